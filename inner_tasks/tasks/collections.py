@@ -48,7 +48,7 @@ def meta_train_distribution() -> TaskDistribution:
             "activation": _ACTS, "norm": ("none", "layernorm"), "batch_size": _BATCH,
         }, META_TRAIN_HORIZON),
         FamilySampler("cnn_classification", {
-            "dataset": ("digits",), "image_size": (8,), "width": (4, 8, 12), "depth": (1, 2), "kernel_size": (3,),
+            "dataset": ("digits",), "image_size": (8,), "width": (8, 12, 16), "depth": (1, 2), "kernel_size": (3,),
             "norm": ("none", "group"), "residual": (False,), "activation": ("relu", "gelu"), "dim": (1, 2),
             "batch_size": _BATCH,
         }, META_TRAIN_HORIZON),
@@ -82,7 +82,7 @@ def _cnn(dataset: str, size: int, width: int, depth: int, norm: str = "none", re
 HELD_OUT_TASKS: dict[str, tuple[str, dict, str]] = {
     "mlp_digits_wide": ("mlp_classification", _mlp("digits", 8, 256, 2), "4x wider than meta-training"),
     "mlp_digits_deep": ("mlp_classification", _mlp("digits", 8, 64, 4), "2x deeper than meta-training"),
-    "cnn_digits_wide": ("cnn_classification", _cnn("digits", 8, 48, 2), "4x wider than meta-training"),
+    "cnn_digits_wide": ("cnn_classification", _cnn("digits", 8, 64, 2), "4x wider than meta-training"),
     "cnn_digits_deep": ("cnn_classification", _cnn("digits", 16, 8, 4), "2x deeper than meta-training"),
     "rescnn_bn_digits": ("cnn_classification", _cnn("digits", 8, 16, 2, "batch", True), "unseen: residual CNN + BatchNorm"),
     "transformer_lm_stdlib": ("transformer_lm", {"width": 32, "depth": 2, "heads": 2, "context": 32, "activation": "gelu",
