@@ -118,3 +118,17 @@ def test_resnet18_has_resnet18_size() -> None:
     # torchvision's resnet18 has 11,689,512 params; ours has a 3x3 stem instead of 7x7 (-8,000 weights).
     n = count_params(build_model(resnet18_spec(3, 1000)))
     assert n == 11_689_512 - 64 * 3 * (49 - 9)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_converts_to_parameter_graph(name: str) -> None:
+    """Every builder's model converts with metaopt.to_graph: one edge per scalar parameter."""
+    metaopt = pytest.importorskip("metaopt")
+    if not hasattr(metaopt, "to_graph"):
+        pytest.skip("metaopt.to_graph not on this branch yet")
+    spec, make_x = SPECS[name]
+    model = build_model(spec, seed=0)
+    graph = metaopt.to_graph(model, (make_x(),))
+    assert graph.num_params == count_params(model) == graph.edge_index.shape[1]
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(graph.params_to_edges(model), flat)

@@ -45,8 +45,12 @@ class Task(ABC):
                     "metaopt.to_graph is not available in this checkout; it comes with the parameter-graph "
                     "work on main (merge main to get it)"
                 ) from err
-            self._graph = to_graph(self.model)
+            self._graph = to_graph(self.model, (self.example_inputs(),))
         return self._graph
+
+    def example_inputs(self, n: int = 2) -> Tensor:
+        """The first `n` evaluation inputs: a correctly shaped input for tracing (to_graph, fx)."""
+        return next(iter(self.eval_batches()))[0][:n]
 
     @property
     def num_params(self) -> int:

@@ -41,7 +41,7 @@ class TaskDistribution:
 
 
 def meta_train_distribution() -> TaskDistribution:
-    """Small tasks on digits, sets and teacher-student regression (CPU-sized: ~1k to ~20k params)."""
+    """Small tasks on digits (MLP, CNN, SIREN INR), sets and teacher-student regression (CPU-sized: ~0.1k to ~15k params)."""
     samplers = (
         FamilySampler("mlp_classification", {
             "dataset": ("digits",), "image_size": (8,), "width": (16, 32, 64), "depth": (1, 2),
@@ -53,8 +53,8 @@ def meta_train_distribution() -> TaskDistribution:
             "batch_size": _BATCH,
         }, META_TRAIN_HORIZON),
         FamilySampler("siren_inr", {
-            "dataset": ("digits",), "image_size": (16,), "width": (16, 32), "depth": (2, 3), "w0": (30.0,),
-            "batch_size": (256,),
+            "dataset": ("digits",), "image_size": (28,), "width": (16, 24), "depth": (2, 3), "w0": (30.0,),
+            "batch_size": (256, 784),
         }, META_TRAIN_HORIZON),
         FamilySampler("deepsets", {
             "target": ("sum", "max", "variance", "distribution"), "set_size": (8, 16), "width": (16, 32),
@@ -89,8 +89,8 @@ HELD_OUT_TASKS: dict[str, tuple[str, dict, str]] = {
                                                  "batch_size": 32}, "unseen: Transformer LM"),
     "mlp_shapes": ("mlp_classification", _mlp("shapes", 16, 64, 2), "other data: shapes"),
     "cnn_shapes": ("cnn_classification", _cnn("shapes", 16, 16, 2), "other data: shapes"),
-    "siren_shapes": ("siren_inr", {"dataset": "shapes", "image_size": 16, "width": 32, "depth": 3, "w0": 30.0,
-                                   "batch_size": 256}, "other data: INR of shapes"),
+    "siren_shapes": ("siren_inr", {"dataset": "shapes", "image_size": 28, "width": 24, "depth": 3, "w0": 30.0,
+                                   "batch_size": 784}, "other data: INR of shapes"),
 }
 
 
