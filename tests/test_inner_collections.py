@@ -85,3 +85,20 @@ def test_every_family_builds_and_sizes_stay_cpu_friendly(meta_samples) -> None:
     assert max(sizes) <= 100_000 and min(sizes) >= 100
     held = [count_params(build_model(s.model)) for s in held_out_suite(seeds=(0,))]
     assert max(held) <= 150_000
+
+
+def test_every_held_out_task_builds_and_steps() -> None:
+    import math
+
+    import torch
+
+    from inner_tasks.tasks import build_task, train_with_adam
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs are far faster on one thread on the shared cores
+    try:
+        for spec in held_out_suite(seeds=(0,)):
+            losses = train_with_adam(build_task(spec), 3)
+            assert len(losses) == 3 and all(math.isfinite(v) for v in losses), spec.name
+    finally:
+        torch.set_num_threads(before)
