@@ -1,0 +1,191 @@
+"""Read INR sets from disk (no model code), render INRs functionally, and augment them exactly.
+
+An INR set folder (written by `python -m inner_tasks.inr`) stores the SIREN's parameter-graph
+structure once plus sharded weights in edge order. Everything here works on the flat weight rows
+``[B, E]``: `render` splits them into parameter tensors with `ParameterGraph.edges_to_params` and
+runs the SIREN forward with the w0 values from the JSON; the augmentations permute and sign-flip
+hidden neurons, which leaves the rendered image unchanged (sin is odd).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from metaopt.graph import ParameterGraph
+
+FORMAT = "metaopt-inr-set/1"
+STRUCTURE_KEYS = ("x", "edge_index", "edge_attr", "aux_edge_index", "aux_edge_attr")
+
+
+@dataclass
+class INRSet:
+    """A loaded INR set: shared graph structure, weights ``[M, E]`` and per-INR / per-image metadata."""
+
+    root: Path
+    graph: ParameterGraph
+    weights: Tensor  # float32 [M, E], edge order
+    labels: Tensor  # int64 [M]
+    image_index: Tensor  # int64 [M]: row of `images`
+    is_test: Tensor  # bool [M]
+    psnr: Tensor  # float32 [M]
+    seeds: Tensor  # int64 [M]
+    images: Tensor  # float32 [N, C, H, W]: the images the INRs were fitted to
+    image_labels: Tensor  # int64 [N]
+    image_is_test: Tensor  # bool [N]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["data"]["num_classes"])
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        """SIREN linear layers in order: weight/bias parameter names and the sine w0 after each (None = output)."""
+        return list(self.meta["siren"]["layers"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def split(self, test: bool) -> Tensor:
+        """Indices of the train (test=False) or test INRs."""
+        return torch.nonzero(self.is_test == test).flatten()
+
+    def first_replicate(self, test: bool) -> Tensor:
+        """One INR per image of the split (the lowest INR index for each image), ordered by image index."""
+        idx = self.split(test)
+        order = torch.argsort(self.image_index[idx] * len(self.weights) + idx)
+        idx = idx[order]
+        keep = torch.ones(len(idx), dtype=torch.bool)
+        keep[1:] = self.image_index[idx][1:] != self.image_index[idx][:-1]
+        return idx[keep]
+
+
+def load_structure(root: str | Path) -> tuple[ParameterGraph, dict[str, Any]]:
+    """The shared SIREN `ParameterGraph` (structure only) and the set's JSON metadata."""
+    root = Path(root)
+    meta_path = root / "structure.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(
+            f"{meta_path} not found: {root} is not an INR set; create one with "
+            f"`python -m inner_tasks.inr --data digits --out {root}`"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, this reader understands {FORMAT!r}")
+    tensors = load_file(str(root / "structure.safetensors"))
+    graph = ParameterGraph(
+        **{k: tensors[k] for k in STRUCTURE_KEYS},
+        num_nodes=int(tensors["x"].shape[0]),
+        param_names=list(meta["param_names"]),
+        param_shapes=[tuple(s) for s in meta["param_shapes"]],
+        layers=list(meta["layers"]),
+    )
+    return graph, meta
+
+
+def load_inr_set(root: str | Path) -> INRSet:
+    """Load every complete shard of an INR set (as listed in index.jsonl) into memory."""
+    root = Path(root)
+    graph, meta = load_structure(root)
+    index_path = root / "index.jsonl"
+    if not index_path.exists():
+        raise FileNotFoundError(f"{index_path} not found: no INR of {root} is fitted yet (run inner_tasks.inr)")
+    shards = sorted({json.loads(line)["shard"] for line in index_path.read_text().splitlines() if line.strip()})
+    parts = []
+    for s in shards:
+        path = root / "shards" / f"shard_{s:05d}.safetensors"
+        if path.exists():
+            parts.append(load_file(str(path)))
+    if not parts:
+        raise FileNotFoundError(f"{root}/shards holds no complete shard; run or resume inner_tasks.inr")
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    if cat["weights"].shape[1] != graph.num_params:
+        raise ValueError(
+            f"{root}: shards have {cat['weights'].shape[1]} weights per INR, the structure has {graph.num_params} edges"
+        )
+    img = load_file(str(root / "images.safetensors"))
+    image_is_test = img["split"].bool()
+    idx = cat["image_index"].long()
+    return INRSet(
+        root=root, graph=graph, weights=cat["weights"].float(), labels=img["labels"][idx].long(), image_index=idx,
+        is_test=image_is_test[idx], psnr=cat["psnr"].float(), seeds=cat["seed"].long(), images=img["images"].float(),
+        image_labels=img["labels"].long(), image_is_test=image_is_test, meta=meta,
+    )
+
+
+def pixel_coords(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+    """[H * W, 2] (x = column, y = row) on linspace(-1, 1), row-major: the set's stored convention."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device)
+    xs = torch.linspace(-1.0, 1.0, width, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1).reshape(-1, 2)
+
+
+def weights_to_params(graph: ParameterGraph, weights: Tensor) -> dict[str, Tensor]:
+    """Flat rows ``[B, E]`` -> ``{name: [B, *shape]}`` via `graph.edges_to_params` (differentiable)."""
+    per_edge = graph.edges_to_params(weights.transpose(0, 1))  # {name: [*shape, B]}
+    return {k: v.movedim(-1, 0) for k, v in per_edge.items()}
+
+
+def params_to_weights(graph: ParameterGraph, params: dict[str, Tensor]) -> Tensor:
+    """Inverse of `weights_to_params`: ``{name: [B, *shape]}`` -> ``[B, E]`` in edge order."""
+    b = next(iter(params.values())).shape[0]
+    return torch.cat([params[n].reshape(b, -1) for n in graph.param_names], dim=1)
+
+
+def render(graph: ParameterGraph, layers: list[dict[str, Any]], weights: Tensor, coords: Tensor) -> Tensor:
+    """Functional SIREN forward of every row of ``weights [B, E]`` at ``coords [P, 2]`` -> ``[B, P, C]``."""
+    p = weights_to_params(graph, weights)
+    h = coords.to(weights.dtype).unsqueeze(0).expand(weights.shape[0], -1, -1)
+    for layer in layers:
+        h = torch.baddbmm(p[layer["bias"]].unsqueeze(1), h, p[layer["weight"]].transpose(1, 2))
+        if layer["w0"] is not None:
+            h = torch.sin(layer["w0"] * h)
+    return h
+
+
+def render_images(inrs: INRSet, weights: Tensor) -> Tensor:
+    """Render weight rows ``[B, E]`` of `inrs`'s architecture as images ``[B, C, H, W]``."""
+    c, h, w = inrs.image_shape
+    out = render(inrs.graph, inrs.layers, weights, pixel_coords(h, w, weights.device))
+    return out.transpose(1, 2).reshape(weights.shape[0], c, h, w)
+
+
+def augment(
+    graph: ParameterGraph, layers: list[dict[str, Any]], weights: Tensor, generator: torch.Generator | None = None,
+    permute: bool = True, flip_signs: bool = True,
+) -> Tensor:
+    """Function-preserving random transform of each row of ``weights [B, E]``.
+
+    For every hidden layer: a random permutation of its neurons (rows of W_l and b_l, columns of
+    W_{l+1}) and, for sine layers, random sign flips (negate W_l row, b_l entry and W_{l+1} column:
+    sin(-z) = -sin(z)). Vectorised over the batch with gathers; the rendered images are unchanged.
+    """
+    if flip_signs and any(l["w0"] is None for l in layers[:-1]):
+        raise ValueError("augment: sign flips need an odd activation (sine) after every hidden layer")
+    p = weights_to_params(graph, weights)
+    p = {k: v.clone() for k, v in p.items()}
+    b = weights.shape[0]
+    dev = weights.device
+    for i in range(len(layers) - 1):
+        w_in, b_in, w_out = layers[i]["weight"], layers[i]["bias"], layers[i + 1]["weight"]
+        width = p[b_in].shape[1]
+        if permute:
+            perm = torch.argsort(torch.rand(b, width, generator=generator, device=dev), dim=1)
+            p[w_in] = torch.gather(p[w_in], 1, perm[:, :, None].expand_as(p[w_in]))
+            p[b_in] = torch.gather(p[b_in], 1, perm)
+            p[w_out] = torch.gather(p[w_out], 2, perm[:, None, :].expand_as(p[w_out]))
+        if flip_signs:
+            sign = torch.where(torch.rand(b, width, generator=generator, device=dev) < 0.5, -1.0, 1.0).to(weights.dtype)
+            p[w_in] = p[w_in] * sign[:, :, None]
+            p[b_in] = p[b_in] * sign
+            p[w_out] = p[w_out] * sign[:, None, :]
+    return params_to_weights(graph, p)
