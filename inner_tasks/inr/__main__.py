@@ -24,12 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--shard-size", type=int, default=256, help="INRs per shard (= per vmapped fitting batch)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shared-init", action="store_true", help="start every INR from one init (per replicate)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--overwrite", action="store_true", help="delete --out first instead of resuming")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = INRSetConfig(data=a.data, size=a.size, n=a.n, inrs_per_image=a.inrs_per_image, hidden=tuple(a.hidden),
-                       w0=a.w0, steps=a.steps, lr=a.lr, shard_size=a.shard_size, seed=a.seed)
+                       w0=a.w0, steps=a.steps, lr=a.lr, shard_size=a.shard_size, seed=a.seed,
+                       shared_init=a.shared_init)
     report = generate_inr_set(cfg, a.out, root=a.root, overwrite=a.overwrite)
     print(f"{report['num_inrs']} INRs in {a.out} ({report['seconds_this_run']} s this run); PSNR (dB):")
     print(format_report(report))

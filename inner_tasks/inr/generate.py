@@ -33,10 +33,13 @@ class INRSetConfig:
     lr: float = 3e-3
     shard_size: int = 256
     seed: int = 0
+    shared_init: bool = False  # every INR starts from the same init (per replicate): weights become comparable
 
 
-def inr_seed(base: int, image_index: int, replicate: int, inrs_per_image: int) -> int:
-    """Init seed of one INR: distinct for every (image, replicate) and reproducible from the index."""
+def inr_seed(base: int, image_index: int, replicate: int, inrs_per_image: int, shared_init: bool = False) -> int:
+    """Init seed of one INR: distinct for every (image, replicate), or per replicate only with shared_init."""
+    if shared_init:
+        return base * 1_000_003 + replicate
     return base * 1_000_003 + image_index * inrs_per_image + replicate
 
 
@@ -89,7 +92,7 @@ def generate_inr_set(cfg: INRSetConfig, out: str | Path, root: str | None = None
     for s in todo:
         sl = slice(s * cfg.shard_size, min((s + 1) * cfg.shard_size, len(jobs_img)))
         img_idx, rep = jobs_img[sl], jobs_rep[sl]
-        seeds = [inr_seed(cfg.seed, int(i), int(r), k) for i, r in zip(img_idx, rep)]
+        seeds = [inr_seed(cfg.seed, int(i), int(r), k, cfg.shared_init) for i, r in zip(img_idx, rep)]
         params, mse = fit_sirens(spec, images[img_idx], seeds, fit_cfg)
         weights = torch.cat([params[n].reshape(len(seeds), -1) for n in graph.param_names], dim=1)
         p = psnr(mse)
