@@ -41,8 +41,8 @@ class ClassifyConfig:
 
     hidden: int = 32
     layers: int = 4
-    epochs: int = 40
-    batch_size: int = 64
+    epochs: int = 30
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     augment: bool = True  # permutations + sign flips of the SIREN's hidden neurons, fresh every batch
@@ -76,6 +76,18 @@ class WeightSpaceClassifier(nn.Module):
         else:
             self.net = StatNN(hidden=hidden * 4, edge_in=1, graph_out=num_classes)
         self._cache: dict[tuple[int, str], Any] = {}
+        # Per-tensor scale (1 / std of that parameter tensor over the training INRs): a scalar per
+        # tensor commutes with neuron permutations and sign flips, and brings hidden weights (std ~0.03)
+        # to O(1) so weight differences between INRs are not drowned by the structure embeddings.
+        self.register_buffer("edge_scale", torch.ones(graph.num_params))
+
+    @torch.no_grad()
+    def fit_scale(self, weights: Tensor) -> None:
+        """Set `edge_scale` from training weights ``[M, E]``: one 1/std per parameter tensor."""
+        ids = self.graph.edge_param_ids()
+        std = torch.zeros(len(self.graph.param_shapes)).index_add_(0, ids, weights.pow(2).mean(0))
+        std = (std / torch.tensor(self.graph.param_numels, dtype=std.dtype)).sqrt()
+        self.edge_scale.copy_(1.0 / std.clamp(min=1e-8)[ids])
 
     def batched_structure(self, b: int) -> Any:
         """The structure for a batch of ``b`` INRs: a PyG Batch (baselines) or GraphInputs (GMNs)."""
@@ -90,7 +102,7 @@ class WeightSpaceClassifier(nn.Module):
 
     def forward(self, weights: Tensor) -> Tensor:
         structure = self.batched_structure(weights.shape[0])
-        values = weights.reshape(-1, 1)  # Batch concatenates graphs' edges in order: row-major [B, E]
+        values = (weights * self.edge_scale).reshape(-1, 1)  # Batch concatenates graphs' edges: row-major [B, E]
         if self.method in ("gmn", "mlp"):
             return self.net(structure, edge_values=values).graph
         return self.net(structure, values)
@@ -107,7 +119,7 @@ class WeightSpaceClassifier(nn.Module):
         states: list[Tensor] = []
         hooks = [layer.register_forward_hook(lambda m, i, o: states.append(o[0])) for layer in self.net.layers]
         try:
-            logits = self.net(g, edge_values=weights.reshape(-1, 1)).graph
+            logits = self.net(g, edge_values=(weights * self.edge_scale).reshape(-1, 1)).graph
         finally:
             for h in hooks:
                 h.remove()
@@ -203,6 +215,8 @@ def train_classifier(method: str, inrs: INRSet, cfg: ClassifyConfig, progress: b
     """Train one classifier (AdamW, cosine lr, cross-entropy); returns it and train/test accuracy + curve."""
     model = build_model(method, inrs, cfg)
     x_tr, y_tr = method_inputs(method, inrs, test=False)
+    if isinstance(model, WeightSpaceClassifier):
+        model.fit_scale(x_tr)
     x_te, y_te = method_inputs(method, inrs, test=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(x_tr) / cfg.batch_size))

@@ -49,7 +49,7 @@ class EditConfig:
     transform: str = "dilate"
     hidden: int = 32
     layers: int = 4
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
