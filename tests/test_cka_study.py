@@ -16,6 +16,7 @@ from metaopt.analysis.study import StudyConfig, run_study, sample_analysis
 from metaopt.weightspace.inr_data import load_inr_set
 
 
+@pytest.mark.slow
 def test_study_writes_tables_and_figures_and_reuses_runs(tmp_path: Path) -> None:
     generate_inr_set(INRSetConfig(data="digits", n=60, steps=60, shard_size=60, shared_init=True), tmp_path / "inrs", progress=False)
     inrs = load_inr_set(tmp_path / "inrs")

@@ -23,7 +23,7 @@ from metaopt.weightspace.inr_edit import EditConfig, evaluate_editor, train_edit
 @pytest.fixture(scope="module")
 def inrs(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("inrs") / "digits"
-    generate_inr_set(INRSetConfig(data="digits", n=160, steps=120, shard_size=160, shared_init=True), out, progress=False)
+    generate_inr_set(INRSetConfig(data="digits", n=160, steps=100, shard_size=160, shared_init=True), out, progress=False)
     return load_inr_set(out)
 
 
@@ -36,6 +36,7 @@ def test_every_method_runs_and_the_table_lists_it(inrs) -> None:
         assert result["summary"][m]["name"] in table
 
 
+@pytest.mark.slow
 def test_gmn_classifier_trains_and_image_reference_beats_chance(inrs) -> None:
     cfg = ClassifyConfig(hidden=32, layers=3, epochs=40, batch_size=16, lr=3e-3, augment=False)
     _, res = train_classifier("gmn", inrs, cfg)
@@ -45,6 +46,7 @@ def test_gmn_classifier_trains_and_image_reference_beats_chance(inrs) -> None:
     assert ref["test_acc"] > 0.5  # 10 classes: chance is 0.1 (measured 0.95)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(reason="known weakness: the GMN does not generalise from 120 INRs in a test-sized budget "
                    "(measured test acc 0.05 after 40 epochs); see docs/inr_cka.md", strict=False)
 def test_gmn_classifier_beats_chance_on_tiny_set(inrs) -> None:
@@ -63,6 +65,7 @@ def test_gmn_representations_are_invariant_to_siren_permutations(inrs) -> None:
         assert torch.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gmn_editor_beats_no_edit(inrs) -> None:
     none = evaluate_editor(None, inrs, "dilate")["test_mse"]
     model, res = train_editor("gmn", inrs, EditConfig(hidden=32, layers=3, epochs=8, batch_size=16, lr=2e-3))
