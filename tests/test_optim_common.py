@@ -1,0 +1,134 @@
+"""Shared helpers for the optimizer tests: small models, data and a contract-following graph.
+
+No tests live here; pytest imports it as a module (tests/ is on sys.path in prepend mode).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from metaopt.graph import ParameterGraph
+from metaopt.graph.schema import EDGE_ATTR_DTYPE, INDEX_DTYPE, EdgeType, NodeType
+
+try:  # the converter lands on main in parallel; until then tests use free_graph below
+    from metaopt.graph import to_graph  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the merge state
+    to_graph = None
+
+try:
+    from metaopt.nn import GMN, PerParameterMLP  # type: ignore[attr-defined]  # noqa: F401
+
+    HAS_GMN = True
+except ImportError:  # pragma: no cover
+    HAS_GMN = False
+
+needs_gmn = "metaopt.nn.GMN is not on main yet (developed in parallel on wip-nn)"
+
+
+def free_graph(model: nn.Module) -> ParameterGraph:
+    """A graph that follows the contract with no structure: each tensor's scalars are FREE self-loops."""
+    names, shapes = zip(*[(n, tuple(p.shape)) for n, p in model.named_parameters()])
+    numels = [math.prod(s) for s in shapes]
+    node = torch.repeat_interleave(torch.arange(len(shapes)), torch.tensor(numels))
+    x = torch.zeros(len(shapes), 4, dtype=torch.long)
+    x[:, 0] = NodeType.FREE
+    x[:, 1] = torch.arange(len(shapes))
+    x[:, 2] = -1
+    edge_attr = torch.zeros(sum(numels), 5, dtype=EDGE_ATTR_DTYPE)
+    edge_attr[:, 0] = EdgeType.FREE
+    edge_attr[:, 1] = node.to(EDGE_ATTR_DTYPE)
+    return ParameterGraph(
+        x=x,
+        edge_index=torch.stack([node, node]).to(INDEX_DTYPE),
+        edge_attr=edge_attr,
+        aux_edge_index=torch.zeros(2, 0, dtype=INDEX_DTYPE),
+        aux_edge_attr=torch.zeros(0, 5, dtype=EDGE_ATTR_DTYPE),
+        param_names=list(names),
+        param_shapes=[list(s) for s in shapes],
+        layers=[],
+        num_nodes=len(shapes),
+    )
+
+
+def graph_for(model: nn.Module) -> ParameterGraph:
+    """The real converter's graph when available, else the structure-free contract graph."""
+    return to_graph(model) if to_graph is not None else free_graph(model)
+
+
+# ---- small models -----------------------------------------------------------------------
+def mlp(din: int = 64, hidden: int = 32, dout: int = 10) -> nn.Module:
+    return nn.Sequential(nn.Linear(din, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dout))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(h)))
+
+
+class ResCNN(nn.Module):
+    """A small residual CNN with BatchNorm for 8x8 single-channel images."""
+
+    def __init__(self, c: int = 8, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.block = ResBlock(c)
+        self.head = nn.Linear(c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x)))
+        h = self.block(h)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class TinyLM(nn.Module):
+    """Token + positional embedding, one pre-norm Transformer encoder layer (causal), LM head."""
+
+    def __init__(self, vocab: int = 16, d: int = 32, heads: int = 4, seq: int = 12) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(seq, d) * 0.02)
+        self.layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq), persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        h = self.tok(idx) + self.pos[:t]
+        h = self.layer(h, src_mask=self.mask[:t, :t], is_causal=True)
+        return self.head(self.norm(h))
+
+
+# ---- data -------------------------------------------------------------------------------
+def digits(n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's bundled 8x8 digits (no download), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:n], dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target[:n], dtype=torch.long)
+    return x, y
+
+
+def lm_batch(batch: int = 16, seq: int = 12, vocab: int = 16, seed: int = 0) -> torch.Tensor:
+    """Sequences of a learnable pattern: each starts at a random token and counts up mod vocab."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, vocab, (batch, 1), generator=g)
+    return (start + torch.arange(seq + 1)) % vocab
+
+
+def lm_loss(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
+    logits = model(seqs[:, :-1])
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), seqs[:, 1:].reshape(-1))
