@@ -132,3 +132,37 @@ def lm_batch(batch: int = 16, seq: int = 12, vocab: int = 16, seed: int = 0) -> 
 def lm_loss(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
     logits = model(seqs[:, :-1])
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), seqs[:, 1:].reshape(-1))
+
+
+class LinearRuleNet(nn.Module):
+    """A stand-in rule network with the GMN call signature: a linear map of edge, source-node and
+    graph features to (d, m). Lets the residual plumbing be tested exactly without metaopt.nn."""
+
+    def __init__(self, edge_in: int, node_in: int, graph_in: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.we = nn.Parameter(torch.randn(edge_in, 2, generator=g) * 0.5)
+        self.wn = nn.Parameter(torch.randn(node_in, 2, generator=g) * 0.5)
+        self.wg = nn.Parameter(torch.randn(graph_in, 2, generator=g) * 0.5)
+        self.poison: torch.Tensor | None = None  # edges whose output is made non-finite
+
+    def forward(self, graph, edge_values=None, node_values=None, graph_values=None):
+        from types import SimpleNamespace
+
+        src = graph.edge_index[0].long()
+        out = edge_values @ self.we + node_values[src] @ self.wn + graph_values @ self.wg
+        if self.poison is not None:
+            out = out.clone()
+            out[self.poison, 0] = float("nan")
+            out[self.poison[:1], 1] = float("inf")
+        return SimpleNamespace(edge=out, node=None, graph=None)
+
+
+def linear_rule(alpha: float = 0.5, beta: float = 0.1, seed: int = 0):
+    """An UpdateRule driven by LinearRuleNet (kind 'none' config, network swapped in)."""
+    from metaopt.optim import RuleConfig, UpdateRule
+
+    rule = UpdateRule(RuleConfig(kind="none", alpha=alpha, beta=beta))
+    f = rule.features
+    rule.net = LinearRuleNet(f.edge_dim, f.node_dim, f.graph_dim, seed=seed)
+    return rule
