@@ -250,13 +250,17 @@ class GMNOptimizer(torch.optim.Optimizer):
 
         m, v, mom = buf["exp_avg"], buf["exp_avg_sq"], buf["momenta"]
         decays = self.rule.features.momentum_decays
+        params = [p for _, p, _ in entries]
+        # Moments: one flat op each when uniform, else foreach over the participating views.
+        # The arithmetic mirrors torch.optim.Adam(foreach=True) op for op, so the untrained
+        # rule reproduces Adam's trajectory bit for bit.
         if flat:
             m.lerp_(grad, 1.0 - b1[0])
             v.mul_(b2[0]).addcmul_(grad, grad, value=1.0 - b2[0])
             for k, d in enumerate(decays):
                 mom[k].lerp_(grad, 1.0 - d)
-            denom = v.sqrt().div_(math.sqrt(bc2[0])).add_(eps[0])
-            adam = [torch.div(m, denom)]
+            denom_flat = v.sqrt().div_(bc2[0] ** 0.5).add_(eps[0])
+            denom = [t.view(p.shape) for t, p in zip(denom_flat.split(self._numels), params)]
         else:
             gv = [grad.split(self._numels)[i] for i in idx]
             mv = [self._views["exp_avg"][i] for i in idx]
@@ -267,35 +271,20 @@ class GMNOptimizer(torch.optim.Optimizer):
             for k, d in enumerate(decays):
                 torch._foreach_lerp_([self._views["momenta"][k][i] for i in idx], gv, 1.0 - d)
             denom = torch._foreach_sqrt(vv)
-            torch._foreach_div_(denom, [math.sqrt(x) for x in bc2])
+            torch._foreach_div_(denom, [x**0.5 for x in bc2])
             torch._foreach_add_(denom, eps)
-            adam = torch._foreach_div(mv, denom)
+            denom = [t.view(p.shape) for t, p in zip(denom, params)]
+        residual = None if self.rule.is_identity else self._rule_residual(grad, device)
 
-        residual = None
-        if not self.rule.is_identity:
-            residual = self._rule_residual(grad, device)
-        params = [p for _, p, _ in entries]
-        if residual is None:
-            scale = [x / y for x, y in zip(lr, bc1)]
-        else:
-            res_parts = residual.split(self._numels)
-            if flat:
-                adam[0].div_(bc1[0]).add_(residual)
-            else:
-                torch._foreach_div_(adam, bc1)
-                torch._foreach_add_(adam, [res_parts[i] for i in idx])
-            scale = lr
-        if flat:
-            adam[0].mul_(scale[0])
-            updates = [u.view(p.shape) for u, p in zip(adam[0].split(self._numels), params)]
-        else:
-            torch._foreach_mul_(adam, scale)
-            updates = [u.view(p.shape) for u, p in zip(adam, params)]
-
+        # Apply through views: decoupled decay, Adam's step, then the rule's residual.
         decayed = [(p, 1.0 - a * w) for p, a, w in zip(params, lr, wd) if w != 0.0]
         if decayed:
             torch._foreach_mul_([p for p, _ in decayed], [f for _, f in decayed])
-        torch._foreach_sub_(params, [u.to(p.dtype) for u, p in zip(updates, params)])
+        exp_avgs = [self._views["exp_avg"][i].view(p.shape) for i, p in zip(idx, params)]
+        torch._foreach_addcdiv_(params, exp_avgs, denom, [-a / c for a, c in zip(lr, bc1)])
+        if residual is not None:
+            res = residual.split(self._numels)
+            torch._foreach_add_(params, [(res[i] * -a).view(p.shape) for i, a, p in zip(idx, lr, params)])
         return loss
 
     def _rule_residual(self, grad: Tensor, device: torch.device) -> Tensor:
