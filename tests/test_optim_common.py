@@ -1,22 +1,14 @@
-"""Shared helpers for the optimizer tests: small models, data and a contract-following graph.
+"""Shared helpers for the optimizer tests: small models, data and a stand-in rule network.
 
 No tests live here; pytest imports it as a module (tests/ is on sys.path in prepend mode).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from metaopt.graph import ParameterGraph
-from metaopt.graph.schema import EDGE_ATTR_DTYPE, INDEX_DTYPE, EdgeType, NodeType
-
-try:  # the converter lands on main in parallel; until then tests use free_graph below
-    from metaopt.graph import to_graph  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the merge state
-    to_graph = None
+from metaopt.graph import to_graph  # noqa: F401  (re-exported for the tests)
 
 try:
     from metaopt.nn import GMN, PerParameterMLP  # type: ignore[attr-defined]  # noqa: F401
@@ -26,36 +18,6 @@ except ImportError:  # pragma: no cover
     HAS_GMN = False
 
 needs_gmn = "metaopt.nn.GMN is not on main yet (developed in parallel on wip-nn)"
-
-
-def free_graph(model: nn.Module) -> ParameterGraph:
-    """A graph that follows the contract with no structure: each tensor's scalars are FREE self-loops."""
-    names, shapes = zip(*[(n, tuple(p.shape)) for n, p in model.named_parameters()])
-    numels = [math.prod(s) for s in shapes]
-    node = torch.repeat_interleave(torch.arange(len(shapes)), torch.tensor(numels))
-    x = torch.zeros(len(shapes), 4, dtype=torch.long)
-    x[:, 0] = NodeType.FREE
-    x[:, 1] = torch.arange(len(shapes))
-    x[:, 2] = -1
-    edge_attr = torch.zeros(sum(numels), 5, dtype=EDGE_ATTR_DTYPE)
-    edge_attr[:, 0] = EdgeType.FREE
-    edge_attr[:, 1] = node.to(EDGE_ATTR_DTYPE)
-    return ParameterGraph(
-        x=x,
-        edge_index=torch.stack([node, node]).to(INDEX_DTYPE),
-        edge_attr=edge_attr,
-        aux_edge_index=torch.zeros(2, 0, dtype=INDEX_DTYPE),
-        aux_edge_attr=torch.zeros(0, 5, dtype=EDGE_ATTR_DTYPE),
-        param_names=list(names),
-        param_shapes=[list(s) for s in shapes],
-        layers=[],
-        num_nodes=len(shapes),
-    )
-
-
-def graph_for(model: nn.Module) -> ParameterGraph:
-    """The real converter's graph when available, else the structure-free contract graph."""
-    return to_graph(model) if to_graph is not None else free_graph(model)
 
 
 # ---- small models -----------------------------------------------------------------------
@@ -104,11 +66,13 @@ class TinyLM(nn.Module):
         self.head = nn.Linear(d, vocab)
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq), persistent=False)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        t = idx.shape[1]
-        h = self.tok(idx) + self.pos[:t]
-        h = self.layer(h, src_mask=self.mask[:t, :t], is_causal=True)
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # idx: [batch, seq] (fixed length: fx-traceable)
+        h = self.tok(idx) + self.pos
+        h = self.layer(h, src_mask=self.mask, is_causal=True)
         return self.head(self.norm(h))
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(2, self.pos.shape[0], dtype=torch.long)
 
 
 # ---- data -------------------------------------------------------------------------------

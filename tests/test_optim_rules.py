@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from metaopt.optim import GMNOptimizer, RuleCheckpointError, RuleConfig, UpdateRule
 from metaopt.optim.rules import DEFAULT_RULE_DIR
-from test_optim_common import HAS_GMN, graph_for, mlp, needs_gmn
+from test_optim_common import HAS_GMN, mlp, needs_gmn, to_graph
 
 
 def test_shipped_default_is_the_untrained_adam_residual():
@@ -20,7 +20,7 @@ def test_shipped_default_is_the_untrained_adam_residual():
     assert "UNTRAINED" in UpdateRule.default.__doc__
     meta = json.loads((DEFAULT_RULE_DIR / "config.json").read_text())
     assert meta["rule"]["alpha"] == 0.0
-    opt = GMNOptimizer(mlp(), graph=graph_for(mlp()))
+    opt = GMNOptimizer(mlp())
     assert opt.rule.is_identity
 
 
@@ -35,7 +35,7 @@ def test_round_trip_keeps_config_and_weights(tmp_path):
     back = UpdateRule.from_pretrained(tmp_path)
     assert back.config.to_dict() == rule.config.to_dict()
     assert float(back.alpha.detach()) == 0.25 and back.net is None and back.is_identity
-    opt = GMNOptimizer.from_pretrained(tmp_path, mlp(), lr=3e-3, graph=graph_for(mlp()))
+    opt = GMNOptimizer.from_pretrained(tmp_path, mlp(), lr=3e-3)
     assert float(opt.rule.alpha.detach()) == 0.25 and opt.param_groups[0]["lr"] == 3e-3
 
 
@@ -101,17 +101,17 @@ def test_corrupt_or_mismatched_checkpoint_raises_clearly(tmp_path, name):
     with pytest.raises(RuleCheckpointError, match=message):
         UpdateRule.from_pretrained(tmp_path)
     with pytest.raises(RuleCheckpointError):
-        GMNOptimizer.from_pretrained(tmp_path, mlp(), graph=graph_for(mlp()))
+        GMNOptimizer.from_pretrained(tmp_path, mlp())
 
 
 def test_state_dict_of_a_rule_with_other_momenta_is_refused():
     torch.manual_seed(0)
     model = mlp()
-    opt = GMNOptimizer(model, graph=graph_for(model))
+    opt = GMNOptimizer(model)
     model(torch.randn(2, 64)).sum().backward()
     opt.step()
     other = GMNOptimizer(
-        model, rule=UpdateRule(RuleConfig(kind="none", features={"momentum_decays": [0.9]})), graph=graph_for(model)
+        model, rule=UpdateRule(RuleConfig(kind="none", features={"momentum_decays": [0.9]})), graph=to_graph(model)
     )
     with pytest.raises(ValueError, match="decays"):
         other.load_state_dict(opt.state_dict())

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from metaopt.optim import GMNOptimizer, RuleConfig, UpdateRule
-from test_optim_common import HAS_GMN, ResCNN, TinyLM, digits, graph_for, lm_batch, lm_loss, mlp, needs_gmn, to_graph
+from test_optim_common import HAS_GMN, ResCNN, TinyLM, digits, lm_batch, lm_loss, mlp, needs_gmn, to_graph
 
 
 def _run_both(model, loss_fn, steps, lr):
     """Train copies with GMNOptimizer (default rule) and torch Adam; return both loss curves."""
     twin = copy.deepcopy(model)
-    opt = GMNOptimizer(model, lr=lr, graph=graph_for(model))
+    opt = GMNOptimizer(model, lr=lr)
     ref = torch.optim.Adam(twin.parameters(), lr=lr, foreach=True)
     curves = ([], [])
     for _ in range(steps):
@@ -41,29 +41,29 @@ def _check(ours, adam, model, twin, ratio):
 
 def test_default_rule_trains_mlp_on_digits_like_adam():
     torch.manual_seed(0)
-    x, y = digits(512)
-    model = mlp(64, 64, 10)
-    ours, adam, model, twin = _run_both(model, lambda m: nn.functional.cross_entropy(m(x), y), 60, 1e-2)
-    _check(ours, adam, model, twin, ratio=0.1)  # loss falls 10x in 60 full-batch steps
+    x, y = digits(256)
+    model = mlp(64, 32, 10)
+    ours, adam, model, twin = _run_both(model, lambda m: nn.functional.cross_entropy(m(x), y), 40, 1e-2)
+    _check(ours, adam, model, twin, ratio=0.1)  # loss falls 10x in 40 full-batch steps
 
 
 def test_default_rule_trains_residual_cnn_with_batchnorm_like_adam():
     torch.manual_seed(0)
-    x, y = digits(256)
+    x, y = digits(128)
     x = x.view(-1, 1, 8, 8)
     model = ResCNN(c=8)
-    ours, adam, model, twin = _run_both(model, lambda m: nn.functional.cross_entropy(m(x), y), 40, 1e-2)
-    _check(ours, adam, model, twin, ratio=0.5)  # loss halves in 40 steps
+    ours, adam, model, twin = _run_both(model, lambda m: nn.functional.cross_entropy(m(x), y), 30, 2e-2)
+    _check(ours, adam, model, twin, ratio=0.5)  # loss halves in 30 steps
     for a, b in zip(model.buffers(), twin.buffers()):  # BatchNorm running stats follow too
         assert torch.equal(a, b)
 
 
 def test_default_rule_trains_transformer_lm_like_adam():
     torch.manual_seed(0)
-    seqs = lm_batch(32)
+    seqs = lm_batch(16)
     model = TinyLM()
-    ours, adam, model, twin = _run_both(model, lambda m: lm_loss(m, seqs), 50, 1e-2)
-    _check(ours, adam, model, twin, ratio=0.25)  # loss falls 4x in 50 steps
+    ours, adam, model, twin = _run_both(model, lambda m: lm_loss(m, seqs), 30, 1e-2)
+    _check(ours, adam, model, twin, ratio=0.25)  # loss falls 4x in 30 steps
 
 
 # ---- equivariance of a random rule (needs the GMN and the real converter) ---------------------
@@ -77,7 +77,7 @@ def _permute_hidden(model: nn.Sequential, perm: torch.Tensor) -> nn.Sequential:
     return out
 
 
-@pytest.mark.skipif(not HAS_GMN or to_graph is None, reason=needs_gmn + " / metaopt.to_graph not on main yet")
+@pytest.mark.skipif(not HAS_GMN, reason=needs_gmn)
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 def test_random_rule_is_equivariant_to_hidden_unit_permutations(kind):
     torch.manual_seed(0)

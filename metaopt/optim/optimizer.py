@@ -10,8 +10,6 @@ Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before t
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,27 +27,18 @@ STEPS_TAKEN = "steps_taken"  # real steps taken (drives the tanh(step / T) featu
 MOMENTUM_DECAYS = "momentum_decays"  # the rule's extra momentum decays the state was built for
 
 
-def _build_graph(model: nn.Module) -> Any:
-    """Convert ``model`` once; unknown layers become free edges with one warning (strict=False)."""
+def _build_graph(model: nn.Module, example_inputs: Any) -> Any:
+    """Convert ``model`` once. Layers no converter knows are kept as free edges (strict=False):
+    still optimized, with the converter's one warning naming them."""
+    from metaopt.graph import ConversionError, to_graph
+
     try:
-        from metaopt.graph import to_graph
-    except ImportError as exc:
-        raise ImportError(
-            f"GMNOptimizer needs metaopt.graph.to_graph to build the parameter graph ({exc}); "
-            "pass graph=... explicitly if you built one yourself."
+        return to_graph(model, example_inputs, strict=False)
+    except ConversionError as exc:
+        raise ConversionError(
+            f"GMNOptimizer could not build the parameter graph of {type(model).__name__}: {exc}\n"
+            "Pass example_inputs=<a batch the model accepts> or graph=to_graph(model, ...)."
         ) from exc
-    try:
-        return to_graph(model, strict=True)
-    except (TypeError, ValueError, NotImplementedError, KeyError, RuntimeError) as exc:
-        warnings.warn(
-            f"GMNOptimizer: the graph converter does not understand part of this model ({exc}). "
-            "Those parameters are still optimized, as free edges without structure "
-            "(to_graph(strict=False)); register a converter to give the rule their structure.",
-            stacklevel=3,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return to_graph(model, strict=False)
 
 
 class GMNOptimizer(torch.optim.Optimizer):
@@ -60,6 +49,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
     With the shipped ``rule="default"`` (the untrained residual, alpha = 0) this is exactly
     Adam, AdamW with ``weight_decay > 0`` (decoupled decay).
+
+    The parameter graph is built once with ``metaopt.to_graph`` (``example_inputs`` is passed on
+    when the model's input cannot be inferred; ``graph=`` supplies a prebuilt one).
 
     Fault handling: a step whose gradients hold NaN/Inf is skipped entirely (``opt.skipped_steps``);
     non-finite rule outputs fall back to the Adam direction on those edges (``opt.rule_fallbacks``).
@@ -76,6 +68,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         *,
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         graph: Any = None,
+        example_inputs: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -90,7 +83,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         if not self._params_all:
             raise ValueError("GMNOptimizer: the model has no parameters.")
         self._index = {id(p): i for i, p in enumerate(self._params_all)}
-        self.graph = graph if graph is not None else _build_graph(model)
+        self.graph = graph if graph is not None else _build_graph(model, example_inputs)
         shapes = [tuple(p.shape) for p in self._params_all]
         if [tuple(s) for s in self.graph.param_shapes] != shapes:
             raise ValueError(
