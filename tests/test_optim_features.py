@@ -53,14 +53,17 @@ def test_shapes_and_names_agree():
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
 
 
-def test_per_tensor_rms_matches_a_loop():
-    vals = torch.randn(26, 3)
-    numels = torch.tensor([12, 4, 8, 2])
-    got = per_tensor_rms(vals, numels)
-    for i, chunk in enumerate(vals.split(numels.tolist())):
-        torch.testing.assert_close(got[i], chunk.pow(2).mean(0).sqrt())
-    normed = normalise_per_tensor(vals.clone(), numels)
-    torch.testing.assert_close(per_tensor_rms(normed, numels), torch.ones(4, 3))
+@pytest.mark.parametrize("method", ["loop", "segment"])
+def test_per_tensor_rms_and_normalisation(method):
+    idx = GraphIndex.from_graph(_random_graph(SHAPES), "cpu")
+    rows = torch.randn(3, 26) * torch.tensor([1.0, 1e-4, 1e3]).unsqueeze(1)
+    got = per_tensor_rms(rows, idx, method)
+    for i, chunk in enumerate(rows.split([12, 4, 8, 2], dim=1)):
+        torch.testing.assert_close(got[:, i], chunk.pow(2).mean(1).sqrt())
+    normed = normalise_per_tensor(rows.clone(), idx, method)
+    torch.testing.assert_close(per_tensor_rms(normed, idx, method), torch.ones(3, 4))
+    zero = normalise_per_tensor(torch.zeros(2, 26), idx, method)  # all-zero tensors stay zero
+    assert torch.equal(zero, torch.zeros(2, 26))
 
 
 def test_edge_features_are_invariant_to_a_tensors_scale():

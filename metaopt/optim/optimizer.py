@@ -214,7 +214,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         grad = torch.cat(
             [t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]
         ).float()
-        if not bool(torch.isfinite(grad).all()):
+        # One reduction, no [E] temporary: min/max propagate NaN, and Inf is their value.
+        if not bool(torch.isfinite(torch.stack(torch.aminmax(grad))).all()):
             self.state[SKIPPED_STEPS] += 1  # state and parameters stay exactly as they were
             return loss
 
@@ -286,11 +287,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         buf = self._buffers
         assert buf is not None
         self.rule.to(device)
-        param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
         feats = compute_features(
             index,
             grad,
-            param,
+            self._params_all,
             buf["exp_avg"],
             buf["exp_avg_sq"],
             buf["momenta"],
