@@ -74,6 +74,19 @@ def _proc(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024  # type: ignore[union-attr]
 
 
+def _fix_malloc_threshold() -> None:
+    """Pin glibc's mmap threshold (128 KiB) so freed large buffers return to the OS and the next
+    step's peak shows in VmHWM (glibc otherwise raises the threshold after frees and keeps them)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | None:
     """Extra memory a step needs at its peak (GPU allocator, or CPU resident set)."""
     if device.type == "cuda":
@@ -92,7 +105,9 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
     return _proc("VmHWM") - base
 
 
-def bench_size(target: float, kinds: list[str], hidden: int, repeats: int, device: torch.device) -> dict[str, Any]:
+def bench_size(
+    target: float, kinds: list[str], hidden: int, repeats: int, device: torch.device, rule_max: float
+) -> dict[str, Any]:
     torch.manual_seed(0)
     base = mlp_of_size(target).to(device)
     n_params = sum(p.numel() for p in base.parameters())
@@ -107,6 +122,9 @@ def bench_size(target: float, kinds: list[str], hidden: int, repeats: int, devic
         model.load_state_dict(base.state_dict())
         if kind == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+        elif kind in ("gmnopt-mlp", "gmnopt-gmn") and n_params > rule_max:
+            rows[kind] = {"skipped": f"above --rule-max-params {rule_max:.0e} on {device.type}"}
+            continue
         else:
             try:
                 rule = UpdateRule(RuleConfig(kind="none")) if kind == "gmnopt-adam" else _rule(kind.split("-")[1], hidden)
@@ -198,9 +216,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1, help="1 by default: OpenMP threads on a loaded shared machine make timings erratic")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--kinds", nargs="+", default=list(LABELS))
+    ap.add_argument(
+        "--rule-max-params", type=float, default=None,
+        help="largest model the MLP/GMN rule rows run on (default 2e6 on CPU, unlimited on GPU)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    rule_max = args.rule_max_params or (float("inf") if device.type == "cuda" else 2e6)
+    _fix_malloc_threshold()
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": args.threads,
@@ -213,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **k: x  # noqa: E731
     for target in tqdm(args.sizes, desc="model sizes"):
-        result["sizes"].append(bench_size(target, args.kinds, args.hidden, args.repeats, device))
+        result["sizes"].append(bench_size(target, args.kinds, args.hidden, args.repeats, device, rule_max))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_step.json").write_text(json.dumps(result, indent=2) + "\n")
     md = to_markdown(result)

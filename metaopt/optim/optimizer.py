@@ -177,9 +177,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         return self._buffers
 
     def _graph_on(self, device: torch.device) -> tuple[Any, GraphIndex]:
-        key = str(device)
+        key = f"{device}/{id(self.rule)}"  # the prepared form depends on the rule's network
         if key not in self._graph_cache:
-            self._graph_cache[key] = (self.graph.to(device), GraphIndex.from_graph(self.graph, device))
+            self._graph_cache[key] = (self.rule.prepare(self.graph, device), GraphIndex.from_graph(self.graph, device))
         return self._graph_cache[key]
 
     # ---- the step ------------------------------------------------------------------------

@@ -118,6 +118,19 @@ class UpdateRule(nn.Module):
         """True when the residual is exactly zero (no network, or alpha == 0): the rule is Adam."""
         return self.net is None or float(self.alpha.detach()) == 0.0
 
+    def prepare(self, graph: Any, device: torch.device | str) -> Any:
+        """The graph in the form the network wants, on ``device``: a metaopt.nn network gets its
+        `prepare_graph` result (int64 indices, degrees) once, instead of recomputing it per step."""
+        if self.net is not None:
+            try:
+                from metaopt.nn import GMN, prepare_graph
+            except ImportError:
+                pass
+            else:
+                if isinstance(self.net, GMN):  # PerParameterMLP is a GMN subclass
+                    return prepare_graph(graph, device)
+        return graph.to(device)
+
     def forward(self, graph: Any, feats: Features) -> tuple[Tensor, Tensor]:
         """Per-edge direction ``d`` [E] and log-magnitude ``m`` [E] from the network's edge head."""
         if self.net is None:
