@@ -99,13 +99,13 @@ class FlatCNN(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, img=8, patch=4, dim=16, depth=2, heads=4, classes=3):
+    def __init__(self, img=8, patch=4, dim=16, depth=2, heads=4, classes=3, mlp_ratio=2):
         super().__init__()
         n = (img // patch) ** 2
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(dim, heads, mlp_ratio * dim, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)

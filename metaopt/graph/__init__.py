@@ -4,7 +4,7 @@ from .builder import NeuronMap, dense_edges, grouped_kernel_edges
 from .parameter_graph import ParameterGraph
 from .registry import ConversionContext, ConversionError, ParamRef, register_converter
 from .schema import AUX_START, Activation, EdgeType, NodeType
-from .to_graph import clear_structure_cache, to_graph
+from .convert import clear_structure_cache, to_graph
 
 __all__ = [
     "ParameterGraph", "to_graph", "register_converter", "clear_structure_cache",

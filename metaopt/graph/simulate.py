@@ -88,10 +88,17 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
         act_in = a[aux_type[a] == EdgeType.ACT_IN]
         pre[adst[act_in]] = h[asrc[act_in]]
         prod = a[aux_type[a] == EdgeType.PRODUCT_IN]
-        if prod.numel():
-            out = h.new_ones(N, B)
-            out.index_reduce_(0, adst[prod], h[asrc[prod]], "prod")
-            pre[adst[prod]] = out[adst[prod]]
+        if prod.numel():  # multiply operands rank by rank (each rank hits a node at most once)
+            prod = prod[torch.argsort(adst[prod], stable=True)]
+            d = adst[prod]
+            first = torch.ones_like(d, dtype=torch.bool)
+            first[1:] = d[1:] != d[:-1]
+            start = torch.cummax(torch.where(first, torch.arange(d.numel()), 0), 0).values
+            rank = torch.arange(d.numel()) - start
+            pre[d] = 1.0
+            for r in range(int(rank.max()) + 1):
+                sel = prod[rank == r]
+                pre[adst[sel]] = pre[adst[sel]] * h[asrc[sel]]
         norm_in = a[aux_type[a] == EdgeType.NORM_IN]
         if norm_in.numel():
             pre = _normalise(pre, h, values, norm_in, asrc, adst, e, etype, src, dst, kinds[layer], eps)
