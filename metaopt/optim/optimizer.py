@@ -256,7 +256,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             denom_flat = v.sqrt().div_(bc2[0] ** 0.5).add_(eps[0])
             denom = [t.view(p.shape) for t, p in zip(denom_flat.split(self._numels), params)]
         else:
-            gv = [grad.split(self._numels)[i] for i in idx]
+            grad_parts = grad.split(self._numels)
+            gv = [grad_parts[i] for i in idx]
             mv = [self._views["exp_avg"][i] for i in idx]
             vv = [self._views["exp_avg_sq"][i] for i in idx]
             torch._foreach_lerp_(mv, gv, [1.0 - x for x in b1])
