@@ -78,7 +78,7 @@ def test_residual_update_matches_the_definition():
     rule = linear_rule(alpha=0.3)
     opt = GMNOptimizer(model, rule=rule, lr=1e-2)
     e = graph.num_params
-    state = {"m": torch.zeros(e), "v": torch.zeros(e), "mom": torch.zeros(2, e)}
+    state = {"m": torch.zeros(e), "v": torch.zeros(e), "mom": torch.zeros(len(rule.features.momentum_decays), e)}
     x, y = torch.randn(16, 16), torch.randint(0, 10, (16,))
     for step in range(1, 5):
         _backward(model, x, y)

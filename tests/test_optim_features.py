@@ -46,10 +46,12 @@ def test_shapes_and_names_agree():
     cfg = FeatureConfig()
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    f = compute_features(idx, *_values(graph.num_params, 2), step=7, config=cfg)
-    assert f.edge.shape == (graph.num_params, cfg.edge_dim) == (26, 9)
+    f = compute_features(idx, *_values(graph.num_params, len(FeatureConfig().momentum_decays)), step=7, config=cfg)
+    assert f.edge.shape == (graph.num_params, cfg.edge_dim) == (26, 8)
     assert f.node.shape == (9, cfg.node_dim) and f.graph.shape == (1, cfg.graph_dim)
-    assert cfg.edge_names()[4:6] == ["momentum_0.5", "momentum_0.99"]
+    assert cfg.edge_names()[4:5] == ["momentum_0.99"]
+    two = FeatureConfig(momentum_decays=(0.5, 0.99))
+    assert two.edge_dim == 9 and two.edge_names()[4:6] == ["momentum_0.5", "momentum_0.99"]
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -72,7 +74,7 @@ def test_edge_features_are_invariant_to_a_tensors_scale():
     cfg = FeatureConfig()
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, 2)
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
     base = compute_features(idx, grad, param, m, v, mom, 3, cfg).edge
     c = torch.ones(graph.num_params)
     c[12:16] = 1e3  # tensor p1
@@ -88,7 +90,7 @@ def test_clipped_gradient_is_bounded_and_equal_below_the_clip():
     cfg = FeatureConfig(clip=1.5)
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, 2)
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
     grad[3] = 50.0  # an outlier
     f = compute_features(idx, grad, param, m, v, mom, 1, cfg).edge
     assert f[:, 1].abs().max() <= 1.5
@@ -100,7 +102,7 @@ def test_node_features_are_factored_second_moments():
     cfg = FeatureConfig()
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, 2)
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
     node = compute_features(idx, grad, param, m, v, mom, 1, cfg).node
     src, dst = graph.edge_index.long()
     g_rms = v.mean().sqrt()
@@ -116,7 +118,7 @@ def test_time_features_and_non_finite_inputs():
     cfg = FeatureConfig(time_scales=(10.0, 1000.0))
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, 2)
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
     param[0] = float("inf")
     f = compute_features(idx, grad, param, m, v, mom, 50, cfg)
     torch.testing.assert_close(f.graph, torch.tensor([[math.tanh(5.0), math.tanh(0.05)]]))

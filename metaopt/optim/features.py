@@ -35,7 +35,7 @@ class FeatureConfig:
     eps: added to the rms in the ``momentum / rms`` and ``grad / rms`` features.
     """
 
-    momentum_decays: tuple[float, ...] = (0.5, 0.99)
+    momentum_decays: tuple[float, ...] = (0.99,)  # with Adam's beta1: two time scales, state = 3x params
     time_scales: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
     clip: float = 3.0
     eps: float = 1e-8
