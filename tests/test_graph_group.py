@@ -309,3 +309,15 @@ def test_layer_errors_are_explicit():
         CyclicLinear(3, 2, 4)(torch.randn(2, 3, 5))
     with pytest.raises(ValueError, match="SetLinear expects"):
         SetLinear(3, 2)(torch.randn(2, 4, 2))
+
+
+# ---- the docs' worked example stays true ----------------------------------------------------------
+
+def test_docs_worked_example_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "layers.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {"__name__": "docs_layers_example"}
+    exec(compile(code, "docs/layers.md", "exec"), scope)  # asserts simulate == model inside
+    assert scope["graph"].num_params == sum(p.numel() for p in scope["model"].parameters())
