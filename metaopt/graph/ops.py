@@ -77,7 +77,7 @@ SHAPE_FUNCS: set[Any] = {
     torch.narrow, "select", torch.select, "movedim", torch.movedim, "swapaxes", torch.swapaxes,
     "chunk", torch.chunk, "split", torch.split, "unbind", torch.unbind, "tensor_split",
     torch.tensor_split, "flip", torch.flip, "roll", torch.roll, "view_as", "reshape_as",
-    "mT", torch.squeeze, "repeat_interleave", "tile", torch.tile, "__getitem__",
+    "repeat_interleave", "tile", torch.tile, "__getitem__",
 }
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__",
         operator.sub, operator.isub, torch.sub, "sub", "sub_", "__sub__", "__rsub__"}
@@ -227,8 +227,7 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
     if not isinstance(result, Tensor):
         return result
     out_ndim = result.ndim
-    vals = [v for v in values[:2]]
-    reals = list(args[:2])
+    vals, reals = list(values[:2]), list(args[:2])
     maps = [v for v in vals if isinstance(v, NeuronMap)]
     params = [v for v in vals if isinstance(v, ParamRef)]
     unassigned = [v for v in vals if isinstance(v, Unassigned)]
@@ -406,10 +405,8 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
         out = NeuronMap(new, fdim, ref.pos, result.ndim)
     for p, r in zip(parts, reals):
         if isinstance(p, ParamRef):  # class token / register tokens concatenated into the sequence
-            pin = p
-            shape = list(r.shape)
             m = out.moved(ref.dim, r.ndim) if not stack else out
-            layout = param_rows(w, m, pin, r, torch.Size(shape))
+            layout = param_rows(w, m, p, r, r.shape)
             if layout is None:
                 w.unclaimed_use([p], n)
                 continue

@@ -1,0 +1,26 @@
+"""Tasks: what gets trained (model + data + loss), their families and the two named collections."""
+
+from .base import Batch, Task
+from .build import build_task
+from .collections import (
+    HELD_OUT_HORIZON,
+    HELD_OUT_SEEDS,
+    HELD_OUT_TASKS,
+    META_TRAIN_HORIZON,
+    TaskDistribution,
+    held_out_suite,
+    meta_train_distribution,
+)
+from .families import FAMILY_BUILDERS, FamilySampler, make_task_spec
+from .language import LanguageModelTask
+from .sources import pixel_grid, supervised_data
+from .spec import TaskSpec
+from .supervised import SupervisedTask
+from .training import train_with_adam
+
+__all__ = [
+    "Batch", "FAMILY_BUILDERS", "FamilySampler", "HELD_OUT_HORIZON", "HELD_OUT_SEEDS", "HELD_OUT_TASKS",
+    "LanguageModelTask", "META_TRAIN_HORIZON", "SupervisedTask", "Task", "TaskDistribution", "TaskSpec",
+    "build_task", "held_out_suite", "make_task_spec", "meta_train_distribution", "pixel_grid", "supervised_data",
+    "train_with_adam",
+]

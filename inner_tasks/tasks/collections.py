@@ -1,0 +1,106 @@
+"""The two named task collections of BENCHMARKS.md §1: the meta-training distribution and the
+held-out evaluation suite. They never overlap (tests/test_inner_collections.py checks it).
+
+Held-out differs from meta-training by: width 4x / depth 2x on digits MLPs and CNNs; architectures
+absent from meta-training (residual CNN with BatchNorm, Transformer LM); another data set
+(procedural shapes); and a 5x longer horizon.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .families import FamilySampler, make_task_spec
+from .spec import TaskSpec
+
+META_TRAIN_HORIZON = 200
+HELD_OUT_HORIZON = 1000  # >= 5x META_TRAIN_HORIZON (BENCHMARKS.md §1: unrolls <= 1/5 of eval horizon)
+HELD_OUT_SEEDS = (0, 1, 2)
+
+_ACTS = ("relu", "tanh", "gelu", "silu")
+_BATCH = (32, 64, 128)
+
+
+@dataclass(frozen=True, eq=False)
+class TaskDistribution:
+    """A weighted mixture of family samplers; `sample(seed)` picks a family, then its knobs."""
+
+    name: str
+    samplers: tuple[FamilySampler, ...]
+    weights: tuple[float, ...]
+
+    def sample(self, seed: int) -> TaskSpec:
+        """Deterministic draw: family by weight, then knobs, both from `seed`."""
+        sampler = random.Random(f"{self.name}:{seed}").choices(self.samplers, weights=self.weights)[0]
+        return sampler.sample(seed)
+
+    def contains(self, spec: TaskSpec) -> bool:
+        """True if any family sampler here can produce `spec` (ignoring seed and horizon)."""
+        return any(s.contains(spec) for s in self.samplers)
+
+
+def meta_train_distribution() -> TaskDistribution:
+    """Small tasks on digits (MLP, CNN, SIREN INR), sets and teacher-student regression (CPU-sized: ~0.1k to ~15k params)."""
+    samplers = (
+        FamilySampler("mlp_classification", {
+            "dataset": ("digits",), "image_size": (8,), "width": (16, 32, 64), "depth": (1, 2),
+            "activation": _ACTS, "norm": ("none", "layernorm"), "batch_size": _BATCH,
+        }, META_TRAIN_HORIZON),
+        FamilySampler("cnn_classification", {
+            "dataset": ("digits",), "image_size": (8,), "width": (8, 12, 16), "depth": (1, 2), "kernel_size": (3,),
+            "norm": ("none", "group"), "residual": (False,), "activation": ("relu", "gelu"), "dim": (1, 2),
+            "batch_size": _BATCH,
+        }, META_TRAIN_HORIZON),
+        FamilySampler("siren_inr", {
+            "dataset": ("digits",), "image_size": (28,), "width": (16, 24), "depth": (2, 3), "w0": (30.0,),
+            "batch_size": (256, 784),
+        }, META_TRAIN_HORIZON),
+        FamilySampler("deepsets", {
+            "target": ("sum", "max", "variance", "distribution"), "set_size": (8, 16), "width": (16, 32),
+            "depth": (1, 2), "pool": ("mean", "sum"), "activation": ("relu", "tanh"), "batch_size": (32, 64),
+        }, META_TRAIN_HORIZON),
+        FamilySampler("teacher_student", {
+            "in_dim": (4, 8, 16), "width": (16, 32, 64), "depth": (1, 2), "activation": ("relu", "tanh"),
+            "norm": ("none",), "batch_size": _BATCH,
+        }, META_TRAIN_HORIZON),
+    )
+    return TaskDistribution("meta_train", samplers, (0.3, 0.25, 0.15, 0.15, 0.15))
+
+
+def _mlp(dataset: str, size: int, width: int, depth: int) -> dict:
+    return {"dataset": dataset, "image_size": size, "width": width, "depth": depth, "activation": "relu",
+            "norm": "none", "batch_size": 64}
+
+
+def _cnn(dataset: str, size: int, width: int, depth: int, norm: str = "none", residual: bool = False) -> dict:
+    return {"dataset": dataset, "image_size": size, "width": width, "depth": depth, "kernel_size": 3, "norm": norm,
+            "residual": residual, "activation": "relu", "dim": 2, "batch_size": 64}
+
+
+# name -> (family, knobs, what it tests)
+HELD_OUT_TASKS: dict[str, tuple[str, dict, str]] = {
+    "mlp_digits_wide": ("mlp_classification", _mlp("digits", 8, 256, 2), "4x wider than meta-training"),
+    "mlp_digits_deep": ("mlp_classification", _mlp("digits", 8, 64, 4), "2x deeper than meta-training"),
+    "cnn_digits_wide": ("cnn_classification", _cnn("digits", 8, 64, 2), "4x wider than meta-training"),
+    "cnn_digits_deep": ("cnn_classification", _cnn("digits", 16, 8, 4), "2x deeper than meta-training"),
+    "rescnn_bn_digits": ("cnn_classification", _cnn("digits", 8, 16, 2, "batch", True), "unseen: residual CNN + BatchNorm"),
+    "transformer_lm_stdlib": ("transformer_lm", {"width": 32, "depth": 2, "heads": 2, "context": 32, "activation": "gelu",
+                                                 "batch_size": 32}, "unseen: Transformer LM"),
+    "mlp_shapes": ("mlp_classification", _mlp("shapes", 16, 64, 2), "other data: shapes"),
+    "cnn_shapes": ("cnn_classification", _cnn("shapes", 16, 16, 2), "other data: shapes"),
+    "siren_shapes": ("siren_inr", {"dataset": "shapes", "image_size": 28, "width": 24, "depth": 3, "w0": 30.0,
+                                   "batch_size": 784}, "other data: INR of shapes"),
+}
+
+
+def held_out_suite(seeds: tuple[int, ...] = HELD_OUT_SEEDS, horizon: int = HELD_OUT_HORIZON) -> list[TaskSpec]:
+    """Every held-out task for every seed, named "<task>/s<seed>", with the evaluation horizon."""
+    return [
+        make_task_spec(family, knobs, seed, horizon, name=f"{name}/s{seed}")
+        for name, (family, knobs, _) in HELD_OUT_TASKS.items()
+        for seed in seeds
+    ]
+
+
+COLLECTIONS = {"meta_train": meta_train_distribution, "held_out": held_out_suite}

@@ -1,0 +1,104 @@
+"""Meta-training distribution vs held-out suite (BENCHMARKS.md §1): disjoint, and held-out really
+is wider/deeper, architecturally new, on other data, with a >= 5x longer horizon."""
+
+from __future__ import annotations
+
+import pytest
+
+from inner_tasks.models import count_params
+from inner_tasks.models import build_model
+from inner_tasks.tasks import (
+    FAMILY_BUILDERS,
+    HELD_OUT_SEEDS,
+    HELD_OUT_TASKS,
+    FamilySampler,
+    held_out_suite,
+    make_task_spec,
+    meta_train_distribution,
+)
+
+N_SAMPLES = 400
+
+
+@pytest.fixture(scope="module")
+def meta_samples():
+    dist = meta_train_distribution()
+    return [dist.sample(s) for s in range(N_SAMPLES)]
+
+
+def test_collections_do_not_overlap(meta_samples) -> None:
+    dist, suite = meta_train_distribution(), held_out_suite()
+    # exact: no held-out task's knobs are within any meta-training family's choices
+    assert not [s.name for s in suite if dist.contains(s)]
+    # and by architecture + data: no sampled meta-training task builds a held-out model on held-out data
+    held = {(s.architecture_key(), repr(sorted(s.data.items()))) for s in suite}
+    assert not [m for m in meta_samples if (m.architecture_key(), repr(sorted(m.data.items()))) in held]
+    # containment is not vacuous: every sample is recognised as a member
+    assert all(dist.contains(m) for m in meta_samples)
+
+
+def test_contains_rejects_out_of_range_knobs() -> None:
+    sampler = meta_train_distribution().samplers[0]
+    spec = sampler.sample(0)
+    assert sampler.contains(spec)
+    wider = make_task_spec(spec.family, {**spec.knobs, "width": 1024}, spec.seed, spec.horizon)
+    assert not sampler.contains(wider)
+    with pytest.raises(ValueError, match="unknown task family"):
+        FamilySampler("nope", {})
+
+
+def test_horizons(meta_samples) -> None:
+    suite = held_out_suite()
+    assert max(m.horizon for m in meta_samples) * 5 <= min(s.horizon for s in suite)
+
+
+def test_meta_sampling_is_deterministic_and_covers_every_family(meta_samples) -> None:
+    dist = meta_train_distribution()
+    assert [dist.sample(s) for s in range(20)] == meta_samples[:20]
+    assert {m.family for m in meta_samples} == {s.family for s in dist.samplers}
+    assert len({m.to_json() for m in meta_samples}) > 0.9 * N_SAMPLES
+
+
+def test_held_out_is_out_of_distribution_in_the_promised_ways(meta_samples) -> None:
+    suite = held_out_suite()
+    assert len(suite) == len(HELD_OUT_TASKS) * len(HELD_OUT_SEEDS) and len(HELD_OUT_SEEDS) >= 3
+    assert len({s.name for s in suite}) == len(suite)
+    meta_mlp = [m for m in meta_samples if m.family == "mlp_classification"]
+    meta_cnn = [m for m in meta_samples if m.family == "cnn_classification"]
+    k = {name: knobs for name, (_, knobs, _) in HELD_OUT_TASKS.items()}
+    assert k["mlp_digits_wide"]["width"] >= 4 * max(m.knobs["width"] for m in meta_mlp)
+    assert k["mlp_digits_deep"]["depth"] >= 2 * max(m.knobs["depth"] for m in meta_mlp)
+    assert k["cnn_digits_wide"]["width"] >= 4 * max(m.knobs["width"] for m in meta_cnn)
+    assert k["cnn_digits_deep"]["depth"] >= 2 * max(m.knobs["depth"] for m in meta_cnn)
+    # unseen architectures: no residual/BatchNorm CNN and no Transformer in meta-training
+    assert not any(m.knobs["residual"] or m.knobs["norm"] == "batch" for m in meta_cnn)
+    assert not any(m.family == "transformer_lm" for m in meta_samples)
+    assert k["rescnn_bn_digits"]["residual"] and k["rescnn_bn_digits"]["norm"] == "batch"
+    # other data: shapes never appears in meta-training
+    meta_data = {m.data.get("name") for m in meta_samples}
+    assert "shapes" not in meta_data and {"shapes"} <= {s.data.get("name") for s in suite}
+
+
+def test_every_family_builds_and_sizes_stay_cpu_friendly(meta_samples) -> None:
+    assert {m.family for m in meta_samples} | {"transformer_lm"} == set(FAMILY_BUILDERS)
+    sizes = [count_params(build_model(m.model)) for m in meta_samples[:60]]
+    assert max(sizes) <= 100_000 and min(sizes) >= 100
+    held = [count_params(build_model(s.model)) for s in held_out_suite(seeds=(0,))]
+    assert max(held) <= 150_000
+
+
+def test_every_held_out_task_builds_and_steps() -> None:
+    import math
+
+    import torch
+
+    from inner_tasks.tasks import build_task, train_with_adam
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs are far faster on one thread on the shared cores
+    try:
+        for spec in held_out_suite(seeds=(0,)):
+            losses = train_with_adam(build_task(spec), 3)
+            assert len(losses) == 3 and all(math.isfinite(v) for v in losses), spec.name
+    finally:
+        torch.set_num_threads(before)
