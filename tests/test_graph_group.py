@@ -126,7 +126,7 @@ def _ordered(g, node_type):
     return nodes[g.x[nodes, NODE_POSITION].argsort()]
 
 
-def _check_dense_uses(m, g, dense, o, r, i, s, uv, group_order):
+def _check_dense_uses(g, dense, o, r, i, s, uv, group_order):
     """Each dense entry [o, r, i, s, ...] uses free parameter `dense - 1`, whose edge must go from
     input channel i to output channel o with K0 = (s - r) mod n (for r = 0 slices also the offset)."""
     edge = dense.long() - 1
@@ -156,7 +156,7 @@ def test_c4_group_conv_graph_fixes_every_dense_entry():
     assert g.num_params == m.weight.numel()  # one edge per free parameter, not per dense entry
     ar = lambda n, at: torch.arange(n).view([-1 if d == at else 1 for d in range(6)])  # noqa: E731
     dense = m.expanded_weight().detach()  # [o, r, i, s, u, v]
-    _check_dense_uses(m, g, dense, ar(2, 0), ar(4, 1), ar(3, 2), ar(4, 3),
+    _check_dense_uses(g, dense, ar(2, 0), ar(4, 1), ar(3, 2), ar(4, 3),
                       _offset_grid(k).view(1, 1, 1, k, k, 2), 4)
 
 
@@ -167,7 +167,7 @@ def test_c4_lifting_graph_fixes_every_dense_entry():
     ar = lambda n, at: torch.arange(n).view([-1 if d == at else 1 for d in range(5)])  # noqa: E731
     dense = m.expanded_weight().detach()  # [o, r, i, u, v]; no input group axis: K0 = 0
     zero = torch.zeros(1, 1, 1, 1, 1, dtype=torch.long)
-    _check_dense_uses(m, g, dense, ar(3, 0), zero, ar(2, 2), zero, _offset_grid(k).view(1, 1, k, k, 2), 4)
+    _check_dense_uses(g, dense, ar(3, 0), zero, ar(2, 2), zero, _offset_grid(k).view(1, 1, k, k, 2), 4)
 
 
 @settings(max_examples=6, deadline=None)
@@ -176,7 +176,7 @@ def test_cyclic_linear_graph_fixes_every_dense_entry(order, cin, cout):
     m = _index_params(CyclicLinear(cin, cout, order, bias=False))
     g = to_graph(m)
     ar = lambda n, at: torch.arange(n).view([-1 if d == at else 1 for d in range(4)])  # noqa: E731
-    _check_dense_uses(m, g, m.expanded_weight().detach(), ar(cout, 0), ar(order, 1), ar(cin, 2),
+    _check_dense_uses(g, m.expanded_weight().detach(), ar(cout, 0), ar(order, 1), ar(cin, 2),
                       ar(order, 3), None, order)
 
 
