@@ -172,6 +172,9 @@ def _example_inputs(model: nn.Module, given: Any) -> tuple:
     first = next((m for m in model.modules() if find_converter(m) is not None), None)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    if first is not None and callable(getattr(first, "example_inputs", None)):  # e.g. metaopt.layers
+        ex = first.example_inputs()
+        return tuple(t.to(device) for t in (ex if isinstance(ex, (tuple, list)) else (ex,)))
     if isinstance(first, nn.Linear):
         return (torch.randn(2, first.in_features, device=device, dtype=dtype),)
     if isinstance(first, nn.modules.conv._ConvNd):
