@@ -168,7 +168,8 @@ class GMN(nn.Module):
 
     ``GMN(hidden, layers, edge_in, node_in, graph_in, edge_out, node_out, graph_out)``; ``*_in``
     are value channels the caller passes in forward (0 = none), ``*_out`` head sizes (0 = no head).
-    ``checkpoint=True`` recomputes each layer in backward (memory O(E * d) instead of O(L * E * d)).
+    ``checkpoint=True`` recomputes each layer in backward (memory O(E * d) instead of O(L * E * d));
+    ``ff_mult`` sets the edge MLP's hidden width (f = ff_mult * hidden; per-edge cost ~3 f d).
     """
 
     layer_cls: type[nn.Module] = EdgeAwareLayer
@@ -185,6 +186,7 @@ class GMN(nn.Module):
         graph_out: int = 0,
         *,
         checkpoint: bool = False,
+        ff_mult: float = 1.0,
     ) -> None:
         super().__init__()
         if hidden < 2 or layers < 0:
@@ -198,7 +200,7 @@ class GMN(nn.Module):
         self.node_encoder = NodeEncoder(hidden, node_in)
         self.edge_encoder = EdgeEncoder(hidden, edge_in)
         self.graph_encoder = ValueEncoder(graph_in, hidden) if graph_in > 0 else None
-        self.layers = nn.ModuleList(self.layer_cls(hidden) for _ in range(layers))
+        self.layers = nn.ModuleList(self.layer_cls(hidden, ff_mult) for _ in range(layers))
         self.edge_head = mlp_head(hidden, edge_out) if edge_out > 0 else None
         self.node_head = mlp_head(hidden, node_out) if node_out > 0 else None
         self.graph_head = GraphHead(hidden, graph_out) if graph_out > 0 else None
