@@ -60,7 +60,6 @@ class EdgeType(IntEnum):
     HEAD_MEMBER = 35  # query/key/value neuron -> its head node
     PRODUCT_IN = 36  # operand neuron -> product neuron
     ACT_IN = 37  # neuron -> activated copy (when the un-activated value is used elsewhere too)
-    VALUE_OUT = 38  # value neuron -> head output neuron (attention mixes tokens, not channels)
 
 
 AUX_START = 32

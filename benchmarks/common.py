@@ -1,0 +1,52 @@
+"""Shared benchmark plumbing: timing with warm-up, and writing JSON + Markdown results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def timed(fn: Callable[[], object], repeats: int = 3) -> tuple[float, object]:
+    """Best-of-`repeats` wall time in seconds, and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def machine() -> dict:
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_results(out_dir: str | Path, name: str, rows: list[dict], columns: list[str], title: str) -> Path:
+    """Write rows as <name>.json and <name>.md (a Markdown table) in out_dir; print the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    md = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(md)
+    print(md)
+    return out / f"{name}.md"
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "" if v is None else str(v)

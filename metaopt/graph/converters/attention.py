@@ -1,0 +1,193 @@
+"""Attention and transformer layers, head-aware.
+
+nn.MultiheadAttention becomes QUERY/KEY/VALUE neurons (edge types ATTN_Q/K/V from the inputs),
+one HEAD node per head with structural HEAD_MEMBER edges from its q/k/v neurons, QK_PAIR edges
+from each query neuron to the key neuron it is dotted with, and ATTN_O edges from the value
+neurons to the output neurons (attention mixes tokens, never channels). Permuting heads, or
+query/key dims jointly within a head, or value dims within a head, is then a graph automorphism.
+Transformer encoder/decoder layers are composed from these pieces following `norm_first`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..builder import NeuronMap, dense_edges, flat_dense_edges
+from ..registry import CONST, ConversionContext, ParamRef, register_converter
+from ..schema import Activation, EdgeType, NodeType
+from .dense import linear
+from .norm import last_dims_norm
+
+
+def multihead_attention(ctx: ConversionContext, name: str, m: nn.MultiheadAttention,
+                        q: Any, k: Any, v: Any, ndim: int) -> NeuronMap:
+    E, H = m.embed_dim, m.num_heads
+    D = E // H
+    qm = ctx.input_map(q, -1, E, ndim)
+    km = ctx.input_map(k, -1, m.kdim, ndim)
+    vm = ctx.input_map(v, -1, m.vdim, ndim)
+    layer = ctx.new_layer(name, "multihead_attention")
+    qn = ctx.add_nodes(E, NodeType.QUERY, layer)
+    kn = ctx.add_nodes(E, NodeType.KEY, layer)
+    vn = ctx.add_nodes(E, NodeType.VALUE, layer)
+    heads = ctx.add_nodes(H, NodeType.HEAD, layer)
+    parts = [(qm, qn, EdgeType.ATTN_Q), (km, kn, EdgeType.ATTN_K), (vm, vn, EdgeType.ATTN_V)]
+    if m._qkv_same_embed_dim:
+        src, dst, types = [], [], []
+        for xm, nodes, etype in parts:
+            s, d = flat_dense_edges(xm, nodes)
+            src.append(s), dst.append(d), types.append(torch.full_like(s, int(etype)))
+        ctx.add_param_edges(m.in_proj_weight, torch.cat(src), torch.cat(dst), torch.cat(types), layer)
+    else:
+        for (xm, nodes, etype), w in zip(parts, (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)):
+            s, d, _ = dense_edges(xm, nodes)
+            ctx.add_param_edges(w, s, d, etype, layer)
+    ctx.add_bias(m.in_proj_bias, torch.cat([qn, kn, vn]), layer)
+    ctx.add_bias(m.bias_k, kn, layer, EdgeType.ATTN_BIAS_KV)
+    ctx.add_bias(m.bias_v, vn, layer, EdgeType.ATTN_BIAS_KV)
+    out = ctx.add_nodes(E, NodeType.HIDDEN, layer)
+    s, d, _ = dense_edges(NeuronMap(vn, 1, None, 2), out)
+    ctx.add_param_edges(m.out_proj.weight, s, d, EdgeType.ATTN_O, layer)
+    ctx.add_bias(m.out_proj.bias, out, layer)
+    ctx.add_aux_edges(qn, kn, EdgeType.QK_PAIR, layer)
+    head_of = heads[torch.arange(E) // D]
+    ctx.add_aux_edges(torch.cat([qn, kn, vn]), head_of.repeat(3), EdgeType.HEAD_MEMBER, layer)
+    return NeuronMap(out, ndim - 1, None, ndim)
+
+
+def _arg(ctx: ConversionContext, inputs: list, i: int, key: str) -> Any:
+    return inputs[i] if len(inputs) > i else ctx.kwargs.get(key)
+
+
+@register_converter(nn.MultiheadAttention)
+def _mha_module(ctx: ConversionContext, m: nn.MultiheadAttention, inputs: list, name: str):
+    q, k, v = (_arg(ctx, inputs, i, key) for i, key in enumerate(("query", "key", "value")))
+    ndim = ctx.args[0].ndim if ctx.args else ctx.ndim_of(q, 3)
+    return multihead_attention(ctx, name, m, q, k, v, ndim), CONST
+
+
+# ---- transformer blocks ---------------------------------------------------------------------------
+
+def residual_sum(ctx: ConversionContext, name: str, a: NeuronMap, b: NeuronMap) -> NeuronMap:
+    """a + b as new SUM neurons with structural RESIDUAL edges from both operands."""
+    layer = ctx.new_layer(name, "residual_add")
+    new = ctx.add_nodes(a.size, NodeType.SUM, layer)
+    ctx.add_aux_edges(a.nodes, new, EdgeType.RESIDUAL, layer)
+    ctx.add_aux_edges(b.nodes, new, EdgeType.RESIDUAL, layer)
+    return NeuronMap(new, a.dim, a.pos, a.ndim)
+
+
+def _activation_of(fn: Any) -> Activation:
+    if isinstance(fn, nn.Module):
+        return ops.ACTIVATION_MODULES.get(type(fn), Activation.OTHER)
+    return ops.act_of(fn) or Activation.OTHER
+
+
+class _Block:
+    """Helpers binding one transformer layer's submodules to the context."""
+
+    def __init__(self, ctx: ConversionContext, m: nn.Module, name: str, ndim: int) -> None:
+        self.ctx, self.m, self.name, self.ndim = ctx, m, name, ndim
+
+    def norm(self, attr: str, x: NeuronMap) -> NeuronMap:
+        n = getattr(self.m, attr)
+        weight = ParamRef.of(n.weight) if getattr(n, "weight", None) is not None else None
+        bias = ParamRef.of(n.bias) if getattr(n, "bias", None) is not None else None
+        kind = "rmsnorm" if type(n).__name__ == "RMSNorm" else "layernorm"
+        return last_dims_norm(self.ctx, f"{self.name}.{attr}", x, tuple(n.normalized_shape), weight, bias,
+                              self.ndim, kind)
+
+    def attn(self, attr: str, x: NeuronMap, mem: NeuronMap | None = None) -> NeuronMap:
+        src = x if mem is None else mem
+        return multihead_attention(self.ctx, f"{self.name}.{attr}", getattr(self.m, attr), x, src, src, self.ndim)
+
+    def ff(self, x: NeuronMap) -> NeuronMap:
+        h = linear(self.ctx, f"{self.name}.linear1", x, ParamRef.of(self.m.linear1.weight),
+                   ParamRef.of(self.m.linear1.bias), self.ndim)
+        self.ctx.set_activation(h.nodes, _activation_of(self.m.activation))
+        return linear(self.ctx, f"{self.name}.linear2", h, ParamRef.of(self.m.linear2.weight),
+                      ParamRef.of(self.m.linear2.bias), self.ndim)
+
+    def add(self, x: NeuronMap, y: NeuronMap, tag: str) -> NeuronMap:
+        return residual_sum(self.ctx, f"{self.name}.{tag}", x, y)
+
+
+def encoder_layer(ctx: ConversionContext, m: nn.TransformerEncoderLayer, x: Any, name: str, ndim: int) -> NeuronMap:
+    b = _Block(ctx, m, name, ndim)
+    x = ctx.input_map(x, -1, m.self_attn.embed_dim, ndim)
+    if m.norm_first:
+        x = b.add(x, b.attn("self_attn", b.norm("norm1", x)), "add1")
+        return b.add(x, b.ff(b.norm("norm2", x)), "add2")
+    x = b.norm("norm1", b.add(x, b.attn("self_attn", x), "add1"))
+    return b.norm("norm2", b.add(x, b.ff(x), "add2"))
+
+
+def decoder_layer(ctx: ConversionContext, m: nn.TransformerDecoderLayer, x: Any, memory: Any, name: str,
+                  ndim: int) -> NeuronMap:
+    b = _Block(ctx, m, name, ndim)
+    E = m.self_attn.embed_dim
+    x = ctx.input_map(x, -1, E, ndim)
+    mem = ctx.input_map(memory, -1, E, ndim)
+    if m.norm_first:
+        x = b.add(x, b.attn("self_attn", b.norm("norm1", x)), "add1")
+        x = b.add(x, b.attn("multihead_attn", b.norm("norm2", x), mem), "add2")
+        return b.add(x, b.ff(b.norm("norm3", x)), "add3")
+    x = b.norm("norm1", b.add(x, b.attn("self_attn", x), "add1"))
+    x = b.norm("norm2", b.add(x, b.attn("multihead_attn", x, mem), "add2"))
+    return b.norm("norm3", b.add(x, b.ff(x), "add3"))
+
+
+def _final_norm(ctx: ConversionContext, m: nn.Module, x: NeuronMap, name: str, ndim: int) -> NeuronMap:
+    if m.norm is None:
+        return x
+    return _Block(ctx, m, name, ndim).norm("norm", x)
+
+
+def _ndim(ctx: ConversionContext) -> int:
+    return ctx.args[0].ndim if ctx.args else 3
+
+
+@register_converter(nn.TransformerEncoderLayer)
+def _encoder_layer(ctx, m, inputs, name):
+    return encoder_layer(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx))
+
+
+@register_converter(nn.TransformerDecoderLayer)
+def _decoder_layer(ctx, m, inputs, name):
+    return decoder_layer(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx))
+
+
+def _encoder_stack(ctx: ConversionContext, m: nn.TransformerEncoder, x: Any, name: str, ndim: int) -> NeuronMap:
+    for i, layer in enumerate(m.layers):
+        x = encoder_layer(ctx, layer, x, f"{name}.layers.{i}", ndim)
+    return _final_norm(ctx, m, x, name, ndim)
+
+
+def _decoder_stack(ctx: ConversionContext, m: nn.TransformerDecoder, x: Any, memory: Any, name: str,
+                   ndim: int) -> NeuronMap:
+    for i, layer in enumerate(m.layers):
+        x = decoder_layer(ctx, layer, x, memory, f"{name}.layers.{i}", ndim)
+    return _final_norm(ctx, m, x, name, ndim)
+
+
+@register_converter(nn.TransformerEncoder)
+def _encoder(ctx, m, inputs, name):
+    return _encoder_stack(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx))
+
+
+@register_converter(nn.TransformerDecoder)
+def _decoder(ctx, m, inputs, name):
+    return _decoder_stack(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx))
+
+
+@register_converter(nn.Transformer)
+def _transformer(ctx, m, inputs, name):
+    ndim = _ndim(ctx)
+    memory = _encoder_stack(ctx, m.encoder, _arg(ctx, inputs, 0, "src"), f"{name}.encoder", ndim)
+    return _decoder_stack(ctx, m.decoder, _arg(ctx, inputs, 1, "tgt"), memory, f"{name}.decoder", ndim)
+
+

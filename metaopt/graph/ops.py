@@ -1,0 +1,504 @@
+"""Dataflow rules for the parameter-free ops of a traced model: how neurons flow through them.
+
+Shape ops (view, flatten, transpose, getitem, chunk, ...) are followed exactly by running the same
+op on *probe* tensors that hold each element's feature index, so no per-op bookkeeping is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .builder import NeuronMap
+from .registry import CONST, Const, ConversionError, ParamRef, Unassigned
+from .schema import Activation, EdgeType, NodeType
+
+if TYPE_CHECKING:
+    from .tracing import DataflowWalker
+
+# ---- activations ------------------------------------------------------------------------------
+
+ACTIVATION_MODULES: dict[type, Activation] = {
+    nn.ReLU: Activation.RELU, nn.GELU: Activation.GELU, nn.Tanh: Activation.TANH,
+    nn.Sigmoid: Activation.SIGMOID, nn.SiLU: Activation.SILU, nn.LeakyReLU: Activation.LEAKY_RELU,
+    nn.ELU: Activation.ELU, nn.Softplus: Activation.SOFTPLUS, nn.Softmax: Activation.SOFTMAX,
+    nn.Mish: Activation.MISH, nn.Hardswish: Activation.HARDSWISH, nn.ReLU6: Activation.OTHER,
+    nn.Hardtanh: Activation.OTHER, nn.SELU: Activation.OTHER, nn.CELU: Activation.OTHER,
+    nn.LogSoftmax: Activation.SOFTMAX, nn.Tanhshrink: Activation.OTHER, nn.Hardsigmoid: Activation.OTHER,
+    nn.Softsign: Activation.OTHER, nn.GLU: Activation.OTHER,
+}
+
+_ACT_BY_NAME = {
+    "relu": Activation.RELU, "relu_": Activation.RELU, "gelu": Activation.GELU, "tanh": Activation.TANH,
+    "sigmoid": Activation.SIGMOID, "silu": Activation.SILU, "sin": Activation.SIN,
+    "leaky_relu": Activation.LEAKY_RELU, "elu": Activation.ELU, "softplus": Activation.SOFTPLUS,
+    "softmax": Activation.SOFTMAX, "log_softmax": Activation.SOFTMAX, "mish": Activation.MISH,
+    "hardswish": Activation.HARDSWISH, "relu6": Activation.OTHER, "hardtanh": Activation.OTHER,
+    "selu": Activation.OTHER, "celu": Activation.OTHER, "cos": Activation.OTHER, "exp": Activation.OTHER,
+    "square": Activation.OTHER, "abs": Activation.OTHER, "hardsigmoid": Activation.OTHER,
+    "softsign": Activation.OTHER, "tanh_": Activation.TANH, "sigmoid_": Activation.SIGMOID,
+}
+_ACT_FUNCTIONS: dict[Any, Activation] = {}
+for _name, _act in _ACT_BY_NAME.items():
+    for _ns in (torch, F, torch.special):
+        if hasattr(_ns, _name):
+            _ACT_FUNCTIONS[getattr(_ns, _name)] = _act
+    _ACT_FUNCTIONS[_name] = _act  # call_method targets are strings
+
+IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d, nn.LPPool1d, nn.LPPool2d, nn.ZeroPad2d, nn.ConstantPad1d,
+    nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)
+
+_IDENTITY_FUNCS: set[Any] = {
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone,
+    operator.pos, "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to",
+    "type", "type_as", "requires_grad_", "cpu", "cuda",
+}
+_POOL_FUNCS: set[Any] = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.pad, F.lp_pool2d,
+}
+SHAPE_FUNCS: set[Any] = {
+    "view", "reshape", torch.reshape, torch.flatten, "flatten", "unflatten", torch.unflatten,
+    "permute", torch.permute, "transpose", torch.transpose, "t", torch.t, "squeeze", torch.squeeze,
+    "unsqueeze", torch.unsqueeze, operator.getitem, "expand", "expand_as", "repeat", "narrow",
+    torch.narrow, "select", torch.select, "movedim", torch.movedim, "swapaxes", torch.swapaxes,
+    "chunk", torch.chunk, "split", torch.split, "unbind", torch.unbind, "tensor_split",
+    torch.tensor_split, "flip", torch.flip, "roll", torch.roll, "view_as", "reshape_as",
+    "mT", torch.squeeze, "repeat_interleave", "tile", torch.tile, "__getitem__",
+}
+_ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__",
+        operator.sub, operator.isub, torch.sub, "sub", "sub_", "__sub__", "__rsub__"}
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__",
+        operator.truediv, operator.itruediv, torch.div, "div", "div_", "__truediv__"}
+_REDUCE = {torch.mean, "mean", torch.sum, "sum", torch.amax, "amax", torch.amin, "amin",
+           torch.max, "max", torch.min, "min", torch.logsumexp, "logsumexp", torch.std, "std",
+           torch.var, "var", "norm", torch.norm, torch.prod, "prod", "nanmean", torch.nanmean}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_STACK = {torch.stack}
+_NEG = {operator.neg, torch.neg, "neg"}
+
+
+def is_tensor_like(v: Any) -> bool:
+    return isinstance(v, (NeuronMap, Unassigned, ParamRef, Const))
+
+
+def first_carrier(values: list[Any]) -> Any:
+    for v in values:
+        if isinstance(v, (NeuronMap, Unassigned, ParamRef)):
+            return v
+    return None
+
+
+# ---- probes for shape ops ---------------------------------------------------------------------
+
+def _probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
+    """Feature index along `dim`, and flat index over all other dims, broadcast to `shape`."""
+    K = shape[dim]
+    view = [1] * len(shape)
+    view[dim] = K
+    feat = torch.arange(K).view(view).expand(shape)
+    rest_shape = [s for i, s in enumerate(shape) if i != dim]
+    rest = torch.arange(max(1, math.prod(rest_shape))).view(rest_shape).unsqueeze(dim).expand(shape)
+    return feat, rest
+
+
+def _map_from_probe(w: "DataflowWalker", m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor) -> Any:
+    """Read the output NeuronMap off the feature probe `q` and rest probe `r` of one output."""
+    if q.ndim == 0:
+        return CONST
+    if m.size == 1:  # a single neuron: follow the size-1 dim if there is one to follow
+        ones = [d for d in range(q.ndim) if q.shape[d] == 1]
+        if not ones:
+            return CONST
+        keep = m.dim - (len(in_shape) - q.ndim) if q.ndim < len(in_shape) else m.dim
+        d = keep if keep in ones else ones[-1]
+        return NeuronMap(m.nodes, d, m.pos, q.ndim)
+    varying = [d for d in range(q.ndim) if q.shape[d] > 1 and bool((q.amax(d) != q.amin(d)).any())]
+    if not varying:
+        return CONST  # one feature selected: its neuron identity no longer spans a dimension
+    if len(varying) > 1:
+        w.ctx.fail(
+            f"this op spreads the {m.size} features of dim {m.dim} over dims {varying} (e.g. a "
+            f"split into attention heads). Use nn.MultiheadAttention, or make the module doing it "
+            f"a leaf with metaopt.register_converter."
+        )
+    j = varying[0]
+    index = [0] * q.ndim
+    index[j] = slice(None)
+    feat = q[tuple(index)].long()
+    rest = r[tuple(index)].long()
+    nodes = m.nodes[feat]
+    pos = m.pos[feat] if m.pos is not None else None
+    if bool((rest != rest[0]).any()):  # other dims were merged into the feature dim: flatten
+        if pos is not None:
+            w.ctx.fail("flattening an already flattened feature map is not supported")
+        trailing = [s for s in in_shape[m.dim + 1 :]]
+        offs = rest - rest.min()
+        coords = []
+        for size in reversed(trailing[-3:] if len(trailing) <= 3 else [math.prod(trailing[:-2])] + trailing[-2:]):
+            coords.append(offs % size)
+            offs = offs // size
+        coords = coords[::-1]
+        pos = torch.zeros(feat.numel(), 3, dtype=torch.long)
+        for i, c in enumerate(coords):
+            pos[:, 3 - len(coords) + i] = c
+    return NeuronMap(nodes, j, pos, q.ndim)
+
+
+def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
+    x = values[0]
+    call = _caller(n)
+    if isinstance(x, ParamRef):
+        out = call(x.index, args[1:], kwargs)
+        return _wrap(out, lambda t: ParamRef(x.param, t))
+    if isinstance(x, Unassigned):
+        return _wrap(result, lambda t: Unassigned(t.ndim, x.node_type))
+    if not isinstance(x, NeuronMap):
+        return _wrap(result, lambda t: CONST)
+    real = args[0]
+    feat, rest = _probe_tensors(real.shape, x.dim)
+    qs, rs = call(feat, args[1:], kwargs), call(rest, args[1:], kwargs)
+    if isinstance(qs, (tuple, list)):
+        return type(qs)(_map_from_probe(w, x, real.shape, q, r) for q, r in zip(qs, rs))
+    return _map_from_probe(w, x, real.shape, qs, rs)
+
+
+def _caller(n) -> Callable:
+    if n.target is getattr:
+        return lambda t, rest, kw: getattr(t, rest[0])
+    if n.op == "call_method":
+        return lambda t, rest, kw: getattr(t, n.target)(*rest, **kw)
+    return lambda t, rest, kw: n.target(t, *rest, **kw)
+
+
+def _wrap(out: Any, fn: Callable[[Tensor], Any]) -> Any:
+    if isinstance(out, Tensor):
+        return fn(out)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_wrap(o, fn) for o in out)
+    return out
+
+
+# ---- activations and identities --------------------------------------------------------------
+
+def activation(w: "DataflowWalker", n, x: Any, act: Activation) -> Any:
+    """Elementwise nonlinearity: tag the neurons, or an activated copy if the input is reused."""
+    if not isinstance(x, NeuronMap):
+        return x
+    if w.reused(n.args[0] if n.args else None) or w.has_activation(x.nodes):
+        layer = w.ctx.new_layer(w.ctx.current, "activation")
+        uniq, inverse = torch.unique(x.nodes, return_inverse=True)
+        new = w.ctx.add_nodes(uniq.numel(), NodeType.HIDDEN, layer)
+        w.ctx.add_aux_edges(uniq, new, EdgeType.ACT_IN, layer)
+        w.ctx.builder.set_activation(new, act, layer)
+        return NeuronMap(new[inverse], x.dim, x.pos, x.ndim)
+    w.ctx.set_activation(torch.unique(x.nodes), act)
+    return x
+
+
+def act_of(target: Any) -> Activation | None:
+    try:
+        return _ACT_FUNCTIONS.get(target)
+    except TypeError:  # unhashable targets
+        return None
+
+
+# ---- binary elementwise ----------------------------------------------------------------------
+
+def _out_dim(m: NeuronMap, out_ndim: int) -> int:
+    return m.dim + (out_ndim - m.ndim)
+
+
+def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, kind: str) -> Any:
+    """a (+,-,*,/) b with broadcasting; `kind` is 'add' or 'mul'."""
+    if not isinstance(result, Tensor):
+        return result
+    out_ndim = result.ndim
+    vals = [v for v in values[:2]]
+    reals = list(args[:2])
+    maps = [v for v in vals if isinstance(v, NeuronMap)]
+    params = [v for v in vals if isinstance(v, ParamRef)]
+    unassigned = [v for v in vals if isinstance(v, Unassigned)]
+    if not maps:
+        if unassigned and not params:
+            return Unassigned(out_ndim, unassigned[0].node_type)
+        if params and not unassigned and len(params) == 1:  # param (op) constant: same elements
+            p = params[0]
+            return ParamRef(p.param, p.index.expand(result.shape)) if p.shape != result.shape else p
+        if params and unassigned:  # raw input + parameter (e.g. pre-embedded input + position table)
+            i = vals.index(unassigned[0])
+            m = w.ctx.input_map(unassigned[0], -1, reals[i].shape[-1], reals[i].ndim)
+            vals[i] = m
+            maps = [m]
+        else:
+            if params:
+                w.unclaimed_use(params, n)
+            return CONST
+    # at least one NeuronMap
+    if len(maps) == 2 or unassigned:
+        if unassigned:  # a raw input combined with neurons: give it input neurons aligned to them
+            m = maps[0]
+            i = vals.index(unassigned[0])
+            d = _out_dim(m, out_ndim) - (out_ndim - reals[i].ndim)
+            size = reals[i].shape[d] if 0 <= d < reals[i].ndim else 1
+            vals[i] = w.ctx.input_map(unassigned[0], d, size, reals[i].ndim)
+            maps = [v for v in vals if isinstance(v, NeuronMap)]
+        a, b = maps
+        if _out_dim(a, out_ndim) != _out_dim(b, out_ndim):
+            w.ctx.fail(
+                f"combines neurons along dim {_out_dim(a, out_ndim)} with neurons along dim "
+                f"{_out_dim(b, out_ndim)}; cannot tell which neurons are combined."
+            )
+        if a.same_neurons(b):
+            if kind == "add":
+                return a.moved(_out_dim(a, out_ndim), out_ndim)
+            return activation(w, n, a.moved(_out_dim(a, out_ndim), out_ndim), Activation.OTHER)
+        K = max(a.size, b.size)
+        if a.size not in (1, K) or b.size not in (1, K):
+            w.ctx.fail(f"combines {a.size} and {b.size} neurons elementwise")
+        node_type, etype = (NodeType.SUM, EdgeType.RESIDUAL) if kind == "add" else (NodeType.PRODUCT, EdgeType.PRODUCT_IN)
+        layer = w.ctx.new_layer(w.ctx.current, "residual_add" if kind == "add" else "product")
+        new = w.ctx.add_nodes(K, node_type, layer)
+        for m in (a, b):
+            w.ctx.add_aux_edges(m.nodes.expand(K), new, etype, layer)
+        pos = a.pos if a.size == K else b.pos
+        return NeuronMap(new, _out_dim(a, out_ndim), pos, out_ndim)
+    m = maps[0]
+    dim = _out_dim(m, out_ndim)
+    if params:
+        i = vals.index(params[0])
+        return param_combine(w, n, m.moved(dim, out_ndim), params[0], reals[i], result, kind)
+    # neurons (op) constant: shift/scale/normalise by a constant keeps the neurons
+    return m.moved(dim, out_ndim)
+
+
+def param_rows(w: "DataflowWalker", m: NeuronMap, p: ParamRef, real_p: Tensor, out_shape: torch.Size
+               ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Per element of parameter p: (row, feature index) when p is laid out [..., K] along m's dim.
+
+    Returns (elements, rows, feats) for every element of the parameter, or None if the
+    parameter's layout does not match (then it stays unclaimed).
+    """
+    K = m.size
+    numel = p.param.numel()
+    if numel % K:
+        return None
+    idx = p.index.expand(out_shape) if p.index.shape != out_shape else p.index
+    view = [1] * len(out_shape)
+    view[m.dim] = K
+    feat = torch.arange(K).view(view).expand(out_shape)
+    seen = torch.full((numel,), -1, dtype=torch.long)
+    seen[idx.reshape(-1)] = feat.reshape(-1)
+    elements = torch.arange(numel)
+    used = seen >= 0
+    if not bool((seen[used] == elements[used] % K).all()):
+        return None
+    return elements, elements // K, elements % K
+
+
+def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Tensor, result: Tensor,
+                  kind: str) -> NeuronMap:
+    """neurons + parameter (positional table, functional bias) or neurons * parameter (scale)."""
+    layout = param_rows(w, m, p, real_p, result.shape)
+    if layout is None:
+        w.unclaimed_use([p], n)
+        return m
+    elements, rows, feats = layout
+    name = w.ctx.builder.param_name(p.param)
+    n_rows = int(rows.max()) + 1
+    if kind == "add":
+        layer = w.ctx.new_layer(name, "param_add")
+        target = m
+        if w.reused(n.args[0]) or w.reused(n.args[1]):
+            new = w.ctx.add_nodes(m.size, NodeType.SUM, layer)
+            w.ctx.add_aux_edges(m.nodes, new, EdgeType.RESIDUAL, layer)
+            target = NeuronMap(new, m.dim, m.pos, m.ndim)
+        if n_rows == 1:
+            src = torch.full_like(elements, w.ctx.bias_node(layer))
+            etype = EdgeType.BIAS
+        else:
+            src = w.ctx.add_nodes(n_rows, NodeType.PARAM_SOURCE, layer, torch.arange(n_rows))[rows]
+            etype = EdgeType.PARAM_ADD
+        w.ctx.add_param_edges(p.param, src, target.nodes[feats], etype, layer)
+        return target
+    layer = w.ctx.new_layer(name, "param_scale")
+    new = w.ctx.add_nodes(m.size, NodeType.NORMED, layer)
+    w.ctx.add_aux_edges(m.nodes, new, EdgeType.NORM_IN, layer)
+    src_nodes = w.ctx.add_nodes(n_rows, NodeType.NORM, layer)
+    w.ctx.add_param_edges(p.param, src_nodes[rows], new[feats], EdgeType.NORM_WEIGHT, layer)
+    return NeuronMap(new, m.dim, m.pos, m.ndim)
+
+
+# ---- reductions, concatenation -----------------------------------------------------------------
+
+def reduce(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
+    x = values[0]
+    out = result[0] if isinstance(result, tuple) else result
+    if not isinstance(x, NeuronMap) or not isinstance(out, Tensor):
+        if isinstance(x, ParamRef):
+            w.unclaimed_use([x], n)
+        v = Unassigned(out.ndim, x.node_type) if isinstance(x, Unassigned) and isinstance(out, Tensor) else CONST
+        return (v, CONST) if isinstance(result, tuple) else v
+    dims = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None)
+    keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
+    if dims is None:
+        v = CONST
+    else:
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        dims = [d % x.ndim for d in dims]
+        if x.dim in dims:
+            v = CONST  # reduced over the neurons themselves (e.g. a norm's statistics)
+        else:
+            v = x.moved(x.dim if keep else x.dim - sum(d < x.dim for d in dims), out.ndim)
+    return (v, CONST) if isinstance(result, tuple) else v
+
+
+def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Tensor, stack: bool) -> Any:
+    parts = list(values[0])
+    reals = list(args[0])
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    dim = dim % result.ndim
+    maps = [p for p in parts if isinstance(p, NeuronMap)]
+    if not maps:
+        if any(isinstance(p, Unassigned) for p in parts):
+            return Unassigned(result.ndim, NodeType.INPUT)
+        if any(isinstance(p, ParamRef) for p in parts):
+            w.unclaimed_use([p for p in parts if isinstance(p, ParamRef)], n)
+        return CONST
+    ref = maps[0]
+    fdim = ref.dim + (1 if stack and dim <= ref.dim else 0)
+    if not stack and dim == ref.dim:  # concatenating features: neurons side by side
+        nodes, pos, any_pos = [], [], any(isinstance(p, NeuronMap) and p.pos is not None for p in parts)
+        for p, r in zip(parts, reals):
+            if not isinstance(p, NeuronMap):
+                if isinstance(p, ParamRef):
+                    w.unclaimed_use([p], n)
+                    p = w.ctx.input_map(Unassigned(r.ndim, NodeType.HIDDEN), dim, r.shape[dim], r.ndim)
+                else:
+                    p = w.ctx.input_map(p if isinstance(p, Unassigned) else Unassigned(r.ndim), dim, r.shape[dim], r.ndim)
+            if p.dim != dim:
+                w.ctx.fail("concatenates tensors whose neurons lie along different dims")
+            nodes.append(p.nodes)
+            if any_pos:
+                pos.append(p.pos if p.pos is not None else torch.zeros(p.size, 3, dtype=torch.long))
+        return NeuronMap(torch.cat(nodes), dim, torch.cat(pos) if any_pos else None, result.ndim)
+    # along another dim (tokens, batch): every part must feed the same neurons
+    out = ref.moved(fdim, result.ndim)
+    distinct = [m for m in maps if not m.same_neurons(ref)]
+    if distinct:
+        layer = w.ctx.new_layer(w.ctx.current, "merge")
+        new = w.ctx.add_nodes(ref.size, NodeType.SUM, layer)
+        for m in maps:
+            w.ctx.add_aux_edges(m.nodes, new, EdgeType.RESIDUAL, layer)
+        out = NeuronMap(new, fdim, ref.pos, result.ndim)
+    for p, r in zip(parts, reals):
+        if isinstance(p, ParamRef):  # class token / register tokens concatenated into the sequence
+            pin = p
+            shape = list(r.shape)
+            m = out.moved(ref.dim, r.ndim) if not stack else out
+            layout = param_rows(w, m, pin, r, torch.Size(shape))
+            if layout is None:
+                w.unclaimed_use([p], n)
+                continue
+            elements, rows, feats = layout
+            name = w.ctx.builder.param_name(p.param)
+            layer = w.ctx.new_layer(name, "param_cat")
+            n_rows = int(rows.max()) + 1
+            src = w.ctx.add_nodes(n_rows, NodeType.PARAM_SOURCE, layer, torch.arange(n_rows))
+            w.ctx.add_param_edges(p.param, src[rows], out.nodes[feats], EdgeType.PARAM_CAT, layer)
+        elif isinstance(p, Unassigned):
+            w.ctx.fail("concatenates a raw input with neurons along a non-feature dim")
+    return out
+
+
+def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
+    """Dataflow for a call_function / call_method node that is not a parametric op."""
+    t = n.target
+    try:
+        hash(t)
+    except TypeError:
+        t = None
+    if t in ("size", "dim", "numel", "shape", "ndimension", "nelement", "stride", "data_ptr"):
+        return result
+    if t is getattr:  # x.shape / x.T / x.mT traced as getattr(x, name)
+        if not isinstance(result, Tensor):
+            return result
+        return shape_op(w, n, values, args, kwargs, result)
+    if not any(is_tensor_like(v) for v in _flat(values)):
+        return CONST if isinstance(result, Tensor) else result
+    act = act_of(t)
+    if act is not None:
+        if t in ("softmax", F.softmax, torch.softmax, F.log_softmax, "log_softmax"):
+            return activation(w, n, values[0], act) if isinstance(values[0], NeuronMap) else values[0]
+        return activation(w, n, values[0], act)
+    if t in _IDENTITY_FUNCS or t in _POOL_FUNCS:
+        x = values[0]
+        if isinstance(x, NeuronMap) and isinstance(result, Tensor):
+            return x.moved(x.dim, result.ndim)
+        return x
+    if t in SHAPE_FUNCS:
+        if t is operator.getitem and not isinstance(args[0], Tensor):
+            return values[0][args[1]] if isinstance(values[0], (tuple, list)) else result
+        return shape_op(w, n, values, args, kwargs, result)
+    if t in _ADD:
+        return binary(w, n, values, args, result, "add")
+    if t in _MUL:
+        return binary(w, n, values, args, result, "mul")
+    if t in _NEG:
+        return values[0]
+    if t in _REDUCE:
+        return reduce(w, n, values, args, kwargs, result)
+    if t in _CAT:
+        return concat(w, n, values, args, kwargs, result, stack=False)
+    if t in _STACK:
+        return concat(w, n, values, args, kwargs, result, stack=True)
+    return unknown_op(w, n, values, args, result)
+
+
+def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -> Any:
+    """An op no rule knows: elementwise if it keeps the input's shape, otherwise an error."""
+    flat = _flat(values)
+    params = [v for v in flat if isinstance(v, ParamRef)]
+    if params:
+        w.unclaimed_use(params, n)
+    maps = [v for v in flat if isinstance(v, NeuronMap)]
+    if not maps:
+        ua = [v for v in flat if isinstance(v, Unassigned)]
+        return _wrap(result, lambda t: Unassigned(t.ndim, ua[0].node_type)) if ua else _wrap(result, lambda t: CONST)
+    m = maps[0]
+    real = args[[i for i, v in enumerate(values) if v is m][0]] if m in values else None
+    if isinstance(result, Tensor) and real is not None and result.shape == real.shape:
+        return activation(w, n, m, Activation.OTHER)
+    msg = (f"op '{getattr(n.target, '__name__', n.target)}' at '{n.name}' changes the neurons' "
+           f"shape and no dataflow rule knows it")
+    if w.ctx.strict:
+        raise ConversionError(
+            f"{w.ctx.current or n.name}: {msg}. Make the module containing it a leaf with "
+            f"metaopt.register_converter, or convert with strict=False (its output then gets "
+            f"fresh hidden neurons)."
+        )
+    w.warn(msg)
+    return _wrap(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
+
+
+def _flat(values: Any) -> list:
+    out = []
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        if isinstance(v, (list, tuple)):
+            out.extend(_flat(v))
+        else:
+            out.append(v)
+    return out

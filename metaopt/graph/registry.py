@@ -1,0 +1,236 @@
+"""Converter registry and the context object converters work through.
+
+A converter turns one module call into graph nodes and edges:
+
+    def convert_my_layer(ctx: ConversionContext, module: MyLayer, inputs: list, name: str):
+        x = ctx.input_map(inputs[0], dim=-1, size=module.in_features)   # NeuronMap of the input
+        layer = ctx.new_layer(name, "my_layer")
+        out = ctx.add_nodes(module.out_features, NodeType.HIDDEN, layer)
+        src, dst, _ = dense_edges(x, out)
+        ctx.add_param_edges(module.weight, src, dst, EdgeType.LINEAR, layer)
+        return ctx.map(out, dim=-1, like=x)                           # NeuronMap of the output
+
+    register_converter(MyLayer, convert_my_layer)
+
+Registered module types become leaves of the torch.fx trace: their `forward` is not traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .builder import GraphBuilder, NeuronMap
+from .schema import Activation, EdgeType, NodeType
+
+Converter = Callable[["ConversionContext", nn.Module, list, str], Any]
+
+_CONVERTERS: dict[type, Converter] = {}
+_generation = [0]  # bumped on every registration; part of the structure-cache key
+
+
+def registry_generation() -> int:
+    return _generation[0]
+
+
+def register_converter(module_type: type[nn.Module], fn: Converter | None = None):
+    """Register `fn(ctx, module, inputs, name) -> output` for `module_type` (usable as decorator).
+
+    Instances of `module_type` (and subclasses without their own registration) become leaves
+    of the trace, converted by `fn` instead of by tracing their forward.
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"register_converter: {module_type!r} is not an nn.Module subclass")
+
+    def deco(f: Converter) -> Converter:
+        _CONVERTERS[module_type] = f
+        _generation[0] += 1  # cached structures may depend on the old registry
+        return f
+
+    return deco if fn is None else deco(fn)
+
+
+def find_converter(module: nn.Module) -> Converter | None:
+    for cls in type(module).__mro__:
+        if cls in _CONVERTERS:
+            return _CONVERTERS[cls]
+        if cls is nn.Module:
+            break
+    return None
+
+
+@dataclass
+class Unassigned:
+    """A tensor whose features are not neurons yet (model inputs, or outputs of an unknown layer).
+
+    The first consumer that needs neurons assigns them; later consumers reuse the assignment.
+    """
+
+    ndim: int
+    node_type: NodeType = NodeType.INPUT
+    assigned: NeuronMap | None = None
+
+
+class ParamRef:
+    """A tensor computed from one parameter by indexing/shape ops.
+
+    `index` has the tensor's shape and holds, per element, the flat index into the parameter,
+    so a consumer knows exactly which parameter element sits where. For the parameter itself
+    (`ParamRef.of`) the index is the identity and is only materialised if an op needs it.
+    """
+
+    __slots__ = ("param", "_index")
+
+    def __init__(self, param: Tensor, index: Tensor | None = None) -> None:
+        self.param = param
+        self._index = index
+
+    @staticmethod
+    def of(param: Tensor | None) -> "ParamRef | None":
+        """The whole parameter, in its own layout (what module converters start from)."""
+        return None if param is None else ParamRef(param)
+
+    @property
+    def identity(self) -> bool:
+        return self._index is None
+
+    @property
+    def index(self) -> Tensor:
+        if self._index is None:
+            return torch.arange(self.param.numel()).view(self.param.shape)
+        return self._index
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.param.shape if self._index is None else self._index.shape
+
+    @property
+    def elements(self) -> Tensor | None:
+        """Flat parameter indices in the index tensor's row-major order (None when the identity)."""
+        return None if self._index is None else self._index.reshape(-1)
+
+    def __repr__(self) -> str:
+        return f"ParamRef(shape={tuple(self.shape)}, identity={self.identity})"
+
+
+class Const:
+    """A tensor with no neuron structure (buffers, masks, per-sample statistics)."""
+
+    def __repr__(self) -> str:
+        return "Const"
+
+
+CONST = Const()
+
+
+class ConversionError(RuntimeError):
+    """The model cannot be converted as asked; the message says where and what to do."""
+
+
+class ConversionContext:
+    """What converters see: node/edge creation plus helpers to read their inputs."""
+
+    def __init__(self, builder: GraphBuilder, strict: bool) -> None:
+        self.builder = builder
+        self.strict = strict
+        self.current: str = ""  # qualified name of the module/op being converted, for errors
+        self.args: tuple = ()  # real (example) positional args of the call being converted
+        self.kwargs: dict = {}  # dataflow values of its keyword args
+
+    # ---- nodes, layers, edges (thin wrappers over the builder) ----------------------------
+    def new_layer(self, name: str, kind: str) -> int:
+        return self.builder.new_layer(name, kind)
+
+    def add_nodes(self, n: int, node_type: NodeType, layer: int, positions: Tensor | None = None) -> Tensor:
+        return self.builder.add_nodes(n, node_type, layer, positions)
+
+    def bias_node(self, layer: int) -> int:
+        return self.builder.bias_node(layer)
+
+    def add_param_edges(self, param: "Tensor | ParamRef", src: Tensor, dst: Tensor,
+                        edge_type: "EdgeType | Tensor", layer: int, kpos: Tensor | None = None) -> bool:
+        """One edge per element of `param` (a parameter, or a ParamRef for a derived layout).
+
+        src/dst/kpos are given per element in the row-major order of the parameter (or of the
+        ParamRef's index tensor). Returns False if the parameter already has edges (tied weight).
+        """
+        if isinstance(param, ParamRef):
+            if param.identity:
+                return self.builder.add_param_edges(param.param, src, dst, edge_type, layer, kpos)
+            shape = param.index.shape  # materialise broadcast per-element values in index order
+            flat = lambda t: t.reshape(-1) if t.numel() == param.index.numel() else t.expand(shape).reshape(-1)  # noqa: E731
+            if kpos is not None:
+                kpos = kpos.reshape(-1, kpos.shape[-1]) if kpos.numel() == param.index.numel() * kpos.shape[-1] \
+                    else kpos.expand(*shape, kpos.shape[-1]).reshape(-1, kpos.shape[-1])
+            if isinstance(edge_type, Tensor):
+                edge_type = flat(edge_type)
+            return self.builder.add_param_edges(param.param, flat(src), flat(dst), edge_type, layer, kpos,
+                                                param.elements)
+        return self.builder.add_param_edges(param, src, dst, edge_type, layer, kpos)
+
+    def add_bias(self, bias: "Tensor | ParamRef | None", out_nodes: Tensor, layer: int,
+                 edge_type: EdgeType = EdgeType.BIAS) -> None:
+        """Edges bias node -> each output neuron (no-op for a missing bias)."""
+        if bias is None:
+            return
+        src = torch.full((out_nodes.numel(),), self.bias_node(layer))
+        self.add_param_edges(bias, src, out_nodes, edge_type, layer)
+
+    def ndim_of(self, value: Any, default: int = 2) -> int:
+        """Number of dims of a dataflow value (NeuronMap / Unassigned), else `default`."""
+        return getattr(value, "ndim", default)
+
+    def add_aux_edges(self, src: Tensor, dst: Tensor, edge_type: EdgeType, layer: int) -> None:
+        self.builder.add_aux_edges(src, dst, edge_type, layer)
+
+    def set_activation(self, nodes: Tensor, act: Activation) -> None:
+        self.builder.set_activation(nodes, act)
+
+    # ---- reading inputs --------------------------------------------------------------------
+    def input_map(self, value: Any, dim: int, size: int, ndim: int | None = None) -> NeuronMap:
+        """The NeuronMap of a converter input along `dim` (negative allowed), checked to have `size`.
+
+        Model inputs (and outputs of unknown layers in non-strict mode) get fresh nodes here:
+        ordered INPUT nodes for real inputs, interchangeable HIDDEN nodes otherwise.
+        """
+        if isinstance(value, NeuronMap):
+            d = dim if dim >= 0 else value.ndim + dim
+            if value.dim != d:
+                raise ConversionError(
+                    f"{self.current}: expects its features along dim {dim} of a {value.ndim}-d "
+                    f"input, but the incoming neurons are along dim {value.dim}. Add a converter "
+                    f"for the op that moved them, or convert with strict=False."
+                )
+            if value.size != size:
+                raise ConversionError(
+                    f"{self.current}: expects {size} input features, the incoming tensor has "
+                    f"{value.size} along dim {dim}."
+                )
+            return value
+        if isinstance(value, Unassigned):
+            if value.assigned is not None:
+                return self.input_map(value.assigned, dim, size)
+            n = value.ndim if ndim is None else ndim
+            d = dim if dim >= 0 else n + dim
+            ordered = value.node_type == NodeType.INPUT
+            nodes = self.add_nodes(size, value.node_type, 0, torch.arange(size) if ordered else None)
+            value.assigned = NeuronMap(nodes, d, None, n)
+            return value.assigned
+        if isinstance(value, Const):
+            # e.g. torch.arange positions fed to an Embedding, or a constant tensor input
+            nodes = self.add_nodes(size, NodeType.INPUT, 0, torch.arange(size))
+            return NeuronMap(nodes, dim if dim >= 0 else (ndim or 2) + dim, None, ndim or 2)
+        raise ConversionError(
+            f"{self.current}: cannot read neurons from an input of kind {type(value).__name__}."
+        )
+
+    def map(self, nodes: Tensor, dim: int, ndim: int, pos: Tensor | None = None) -> NeuronMap:
+        """A NeuronMap for an output tensor of `ndim` dims with features along `dim`."""
+        return NeuronMap(nodes, dim if dim >= 0 else ndim + dim, pos, ndim)
+
+    def fail(self, message: str) -> None:
+        raise ConversionError(f"{self.current}: {message}")
