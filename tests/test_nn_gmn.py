@@ -7,11 +7,11 @@ import torch
 from torch_geometric.data import Batch
 
 from metaopt.graph.schema import EDGE_ATTR_DTYPE, EDGE_FEATURES, INDEX_DTYPE, EdgeType
+from metaopt import to_graph
 from metaopt.nn import GMN, PerParameterMLP, prepare_graph, value_features
 from test_nn_helpers import (
     edge_correspondence,
     make_mlp,
-    mlp_graph,
     permute_mlp_hidden,
     relabel_hidden_nodes,
 )
@@ -34,7 +34,7 @@ def net_cls(request):
 
 
 def test_output_shapes_and_optional_heads(net_cls):
-    g = mlp_graph(make_mlp([4, 7, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 3], seed=0))
     ev, nv, gv = _values(g)
     out = net_cls(**KW)(g, ev, nv, gv)
     assert out.edge.shape == (g.num_params, 3)
@@ -46,7 +46,7 @@ def test_output_shapes_and_optional_heads(net_cls):
 
 def test_relabelled_graph_gives_permuted_outputs(net_cls):
     """Renumbering interchangeable nodes: edge and graph outputs unchanged, node outputs move."""
-    g = mlp_graph(make_mlp([4, 7, 6, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 6, 3], seed=0))
     ev, nv, gv = _values(g)
     net = net_cls(**KW).eval()
     new, perm = relabel_hidden_nodes(g, seed=5)
@@ -62,7 +62,7 @@ def test_relabelled_graph_gives_permuted_outputs(net_cls):
 def test_permuted_model_gives_corresponding_outputs(net_cls, seed):
     """Permuting a network's hidden neurons permutes the edge outputs the same way; graph output fixed."""
     model = make_mlp([5, 8, 8, 3], seed=seed)
-    g = mlp_graph(model)
+    g = to_graph(model)
     net = net_cls(hidden=16, layers=3, edge_in=1, edge_out=2, graph_out=2).eval()
     perm_model = permute_mlp_hidden(model, seed=seed + 10)
     corr = edge_correspondence(g, model, lambda m: permute_mlp_hidden(m, seed=seed + 10))
@@ -73,7 +73,7 @@ def test_permuted_model_gives_corresponding_outputs(net_cls, seed):
 
 
 def test_not_trivially_constant():
-    g = mlp_graph(make_mlp([4, 7, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 3], seed=0))
     net = GMN(**KW).eval()
     ev, nv, gv = _values(g, 0)
     ev2, _, _ = _values(g, 1)
@@ -86,7 +86,7 @@ def test_not_trivially_constant():
 
 def test_message_passing_spreads_information_perparameter_does_not():
     """A last-layer edge's output depends on a first-layer weight (3 hops) only with message passing."""
-    g = mlp_graph(make_mlp([4, 7, 6, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 6, 3], seed=0))
     _, nv, gv = _values(g)
     for cls, spreads in ((GMN, True), (PerParameterMLP, False)):
         ev = _values(g)[0].requires_grad_(True)
@@ -99,7 +99,7 @@ def test_message_passing_spreads_information_perparameter_does_not():
 
 def test_batch_equals_each_graph_alone(net_cls):
     models = [make_mlp([4, 7, 3], seed=0), make_mlp([2, 5, 5, 1], seed=1), make_mlp([6, 3], seed=2)]
-    graphs = [mlp_graph(m) for m in models]
+    graphs = [to_graph(m) for m in models]
     vals = [_values(g, i) for i, g in enumerate(graphs)]
     net = net_cls(**KW).eval()
     batch = Batch.from_data_list(graphs)
@@ -134,7 +134,7 @@ def _with_aux(g):
 
 
 def test_structural_edges_take_part_but_get_no_outputs():
-    g = mlp_graph(make_mlp([3, 6, 3], seed=0))
+    g = to_graph(make_mlp([3, 6, 3], seed=0))
     ga = _with_aux(g)
     ev, nv, gv = _values(g)
     net = GMN(**KW).eval()
@@ -155,7 +155,7 @@ def test_structural_edges_take_part_but_get_no_outputs():
 
 def test_direction_matters():
     """Reversing every edge (gradient flow instead of activation flow) changes the outputs."""
-    g = mlp_graph(make_mlp([4, 4, 4], seed=0))
+    g = to_graph(make_mlp([4, 4, 4], seed=0))
     rev = g.copy_structure()
     rev.edge_index = g.edge_index.flip(0)
     ev, nv, gv = _values(g)
@@ -178,7 +178,7 @@ def test_value_features_are_scale_robust_and_finite():
 
 
 def test_prepared_inputs_match_graph_and_reset_output():
-    g = mlp_graph(make_mlp([4, 7, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 3], seed=0))
     ev, nv, gv = _values(g)
     net = GMN(**KW).eval()
     a, b = net(g, ev, nv, gv), net(prepare_graph(g), ev, nv, gv)
@@ -189,7 +189,7 @@ def test_prepared_inputs_match_graph_and_reset_output():
 
 
 def test_checkpointing_gives_same_gradients():
-    g = mlp_graph(make_mlp([4, 7, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 3], seed=0))
     ev, nv, gv = _values(g)
     torch.manual_seed(0)
     net = GMN(**KW)
@@ -205,7 +205,7 @@ def test_checkpointing_gives_same_gradients():
 
 
 def test_bf16_autocast_runs_and_stays_close():
-    g = mlp_graph(make_mlp([6, 16, 16, 4], seed=0))
+    g = to_graph(make_mlp([6, 16, 16, 4], seed=0))
     ev, nv, gv = _values(g)
     ev[:, 1] *= 1e-6  # gradient-sized channel
     net = GMN(**KW)
@@ -221,7 +221,7 @@ def test_bf16_autocast_runs_and_stays_close():
 
 
 def test_errors_name_the_problem():
-    g = mlp_graph(make_mlp([4, 7, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 3], seed=0))
     net = GMN(hidden=8, layers=1, edge_in=2, edge_out=1)
     with pytest.raises(ValueError, match="parameter edges"):
         net(g, torch.randn(g.num_params + 1, 2))
@@ -235,7 +235,7 @@ def test_errors_name_the_problem():
 
 @pytest.mark.slow
 def test_torch_compile_matches_eager():
-    g = mlp_graph(make_mlp([4, 7, 3], seed=0))
+    g = to_graph(make_mlp([4, 7, 3], seed=0))
     ev, nv, gv = _values(g)
     net = GMN(**KW).eval()
     prepared = prepare_graph(g)

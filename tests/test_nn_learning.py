@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from metaopt.nn import DMC, GMN, DeepSets, PerParameterMLP, StatNN, prepare_graph
-from test_nn_helpers import make_mlp, mlp_graph
+from metaopt import to_graph
+from metaopt.nn import DMC, GMN, DeepSets, PerParameterMLP, StatNN
+from test_nn_helpers import make_mlp
 
 IN, HID, BS = 2, 8, 32
 X0 = torch.tensor([0.8, -0.6])
@@ -40,7 +41,7 @@ def sample_mlps(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
 def train_and_eval(net, forward, steps: int, lr: float, seed: int = 0) -> float:
     """Train on 512 random MLPs, return the test MSE on 256 others (targets standardised)."""
     gen = torch.Generator().manual_seed(seed)
-    graph = mlp_graph(make_mlp([IN, HID, 1]))
+    graph = to_graph(make_mlp([IN, HID, 1]))
     vtr, ytr = sample_mlps(512, gen)
     vte, yte = sample_mlps(256, gen)
     mu, sd = ytr.mean(), ytr.std()
