@@ -63,7 +63,7 @@ def measure(name: str, build) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out/bench")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (conversion is memory-bound)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [measure("resnet18", resnet18), measure("vit_small", vit_small)]
