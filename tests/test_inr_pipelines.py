@@ -37,13 +37,25 @@ def test_every_method_runs_and_the_table_lists_it(inrs) -> None:
 
 
 @pytest.mark.slow
-def test_gmn_classifier_trains_and_image_reference_beats_chance(inrs) -> None:
-    cfg = ClassifyConfig(hidden=32, layers=3, epochs=40, batch_size=16, lr=3e-3, augment=False)
-    _, res = train_classifier("gmn", inrs, cfg)
-    assert res["loss_curve"][-1] < 0.95 * res["loss_curve"][0], res["loss_curve"]  # measured ~0.90
-    assert res["train_acc"] > 0.15
-    _, ref = train_classifier("image_mlp", inrs, cfg)
-    assert ref["test_acc"] > 0.5  # 10 classes: chance is 0.1 (measured 0.95)
+def test_gmn_classifier_fits_a_batch_and_image_reference_beats_chance(inrs) -> None:
+    import torch.nn.functional as F
+
+    from metaopt.weightspace.inr_classify import WeightSpaceClassifier
+
+    model = WeightSpaceClassifier("gmn", inrs.graph, inrs.num_classes, hidden=32, layers=3)
+    model.fit_scale(inrs.weights[inrs.split(False)])
+    x, y = inrs.weights[:32], inrs.labels[:32]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(100):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses[::10]  # gradients reach the weights' encoding
+    _, ref = train_classifier("image_mlp", inrs, ClassifyConfig(epochs=20, batch_size=16, lr=3e-3))
+    assert ref["test_acc"] > 0.5  # 10 classes: chance is 0.1
 
 
 @pytest.mark.slow
