@@ -66,6 +66,7 @@ class MetaOptSection:
     lr: float = 3e-3
     clip: float = 1.0  # global meta-gradient norm clip (0 = off)
     weight_decay: float = 0.0
+    time_budget_s: float = 0.0  # stop early (checkpoint + rule saved) after this much wall time (0 = off)
 
 
 @dataclass

@@ -146,9 +146,25 @@ class TaskGroup:
         group.states = [FunctionalState.zeros(p.numel(), features) for p in group.params]
         return group
 
+    @classmethod
+    def from_task(
+        cls, task: Any, member_seeds: list[int], horizon: int, lr: float, features: Any, num_particles: int = 1
+    ) -> "TaskGroup":
+        """A group over an already built `Task` (any object with the Task protocol), unpermuted."""
+        group = cls(spec=task.spec, member_seeds=list(member_seeds), horizon=horizon, lr=lr)
+        group.attach(task)
+        inits = [flatten(task.init_params(s)) for s in member_seeds]
+        group.params = [p.clone() for _ in range(num_particles) for p in inits]
+        group.states = [FunctionalState.zeros(p.numel(), features) for p in group.params]
+        return group
+
     def build(self) -> None:
         """Build the task, graph index and batch iterators (also after loading a checkpoint)."""
-        self.task = build_task(self.spec)
+        self.attach(build_task(self.spec))
+
+    def attach(self, task: Any) -> None:
+        """Use ``task``: cache its parameter layout and graph index, open the members' batch streams."""
+        self.task = task
         init = self.task.init_params(self.member_seeds[0])
         self.names = list(init)
         self.shapes = [v.shape for v in init.values()]

@@ -9,6 +9,7 @@ ranks alike and counted.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 from tqdm.auto import tqdm
 
 from metaopt.optim import RuleConfig, UpdateRule
@@ -144,13 +145,10 @@ class MetaTrainer:
 
     def _apply(self, flat: Tensor) -> None:
         """Set the rule's .grad from the flat meta-gradient and take a meta-optimizer step."""
-        grads = torch.empty_like(parameters_to_vector(self.rule.parameters()))
-        grads.copy_(flat)
         i = 0
         for p in self.rule.parameters():
-            n = p.numel()
-            p.grad = grads[i : i + n].view_as(p).clone()
-            i += n
+            p.grad = flat[i : i + p.numel()].view_as(p).clone()
+            i += p.numel()
         self.meta_opt.step()
         self.meta_opt.zero_grad(set_to_none=True)
 
@@ -192,12 +190,28 @@ class MetaTrainer:
         ckpt.set_rng_state(mine["rng"])
         return self.step
 
+    def ranks_identical(self) -> bool:
+        """True when every process holds bit-identical rule parameters (always true for one process)."""
+        flat = parameters_to_vector(self.rule.parameters()).detach()
+        if self.world == 1:
+            return True
+        everyone = self.acc.gather(flat[None])
+        return bool((everyone == everyone[0:1]).all())
+
     # ---- monitoring --------------------------------------------------------------------------
     def compare_with_adam(self, steps: int) -> dict[str, list[float]]:
         """Loss curves of the current rule and of Adam (same lr) on one fixed meta-training task."""
         from .compare import rule_vs_adam
 
         return rule_vs_adam(self.rule, self.cfg, steps)
+
+
+def _out_of_time(trainer: MetaTrainer, start: float, budget: float) -> bool:
+    """Every rank stops at the same step: the main process's clock decides."""
+    flag = torch.tensor([float(time.perf_counter() - start > budget)])
+    if trainer.world > 1:
+        flag = trainer.acc.reduce(flag, reduction="sum")
+    return bool(flag.item() > 0)
 
 
 def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dict[str, Any]:
@@ -214,8 +228,12 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
         desc=f"meta-train {cfg.rule.arch}", dynamic_ncols=True,
     )
     metrics: dict[str, float] = {}
+    start = time.perf_counter()
     try:
         while trainer.step < cfg.meta.steps:
+            if cfg.meta.time_budget_s > 0 and _out_of_time(trainer, start, cfg.meta.time_budget_s):
+                trainer.save_checkpoint()
+                break
             metrics = trainer.meta_step()
             step = trainer.step
             if step % cfg.log.every == 0 or step == cfg.meta.steps:
@@ -233,7 +251,12 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
     finally:
         bar.close()
         log.close()
+    identical = trainer.ranks_identical()
+    result = {"step": trainer.step, **metrics, "skipped_total": trainer.counters["skipped"],
+              "tasks_sampled_rank0": trainer.counters["tasks"], "world_size": trainer.world,
+              "rule_identical_across_ranks": identical, "run_dir": str(run_dir)}
     if trainer.main:
         trainer.rule.save_pretrained(run_dir / "rule")
+        (run_dir / "final.json").write_text(json.dumps(result, indent=2) + "\n")
     trainer.acc.wait_for_everyone()
-    return {"step": trainer.step, **metrics, "run_dir": str(run_dir)}
+    return result
