@@ -117,16 +117,22 @@ def tune(task: Task, make: Callable[[float], Callable], grid: list[float], steps
     return out
 
 
-def evaluate_task(spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings) -> dict[str, Any]:
-    """All optimizers on one task and seed."""
+def evaluate_task(
+    spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """All optimizers on one task and seed (results in ``previous`` are reused, not rerun)."""
     task = build_task(spec)
     graph = task.graph if rules else None
-    res: dict[str, Any] = {}
-    res["adam"] = tune(task, lambda lr: lambda m: torch.optim.Adam(m.parameters(), lr=lr), s.grid(s.lr_min, s.lr_max), s.steps, spec.seed)
-    res["adamw"] = tune(task, lambda lr: lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-2),
-                        s.grid(s.lr_min, s.lr_max), s.steps, spec.seed)
-    res["sgd_momentum"] = tune(task, lambda lr: lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
-                               s.grid(s.sgd_lr_min, s.sgd_lr_max), s.steps, spec.seed)
+    res: dict[str, Any] = dict(previous or {})
+    baselines = {
+        "adam": (lambda lr: lambda m: torch.optim.Adam(m.parameters(), lr=lr), s.grid(s.lr_min, s.lr_max)),
+        "adamw": (lambda lr: lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-2), s.grid(s.lr_min, s.lr_max)),
+        "sgd_momentum": (lambda lr: lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
+                         s.grid(s.sgd_lr_min, s.sgd_lr_max)),
+    }
+    for name, (make, grid) in baselines.items():
+        if name not in res:
+            res[name] = tune(task, make, grid, s.steps, spec.seed)
     lr = res["adam"]["lr"]
     for name, rule in rules.items():
         r = run_optimizer(task, lambda m, rule=rule: GMNOptimizer(m, rule=rule, lr=lr, graph=graph), s.steps, spec.seed)
@@ -143,7 +149,7 @@ def evaluate_task(spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings)
 
 def plot(entry: dict[str, Any], path: Path) -> None:
     """Loss curves of every optimizer on one task (log y)."""
-    from .logging import loss_figure
+    from .plots import loss_figure
 
     curves = {f"{k} (lr {v['lr']:.2g})": v["curve"] for k, v in entry["results"].items()}
     fig = loss_figure(curves, f"{entry['task']} ({entry['params']:,} params)")
@@ -201,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help=f"tasks {QUICK_TASKS}, seed 0, 150 steps, 4-point grids")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/eval")
+    p.add_argument("--reuse", help="a results.json from an earlier run with the same settings: its optimizers are "
+                   "kept (not rerun) and the rules given here are added")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     s = EvalSettings(tasks=QUICK_TASKS if a.quick else list(HELD_OUT_TASKS), seeds=[0] if a.quick else [0, 1, 2],
@@ -222,13 +230,23 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     specs = [sp for sp in held_out_suite(tuple(s.seeds), s.steps) if sp.name.split("/")[0] in s.tasks]
+    previous: dict[str, dict[str, Any]] = {}
+    prev_rules: list[str] = []
+    if a.reuse:
+        old = json.loads(Path(a.reuse).read_text())
+        if old["settings"] != s.__dict__:
+            p.error(f"--reuse {a.reuse} was run with settings {old['settings']}, not {s.__dict__}")
+        previous = {e["task"]: e["results"] for e in old["entries"]}
+        prev_rules = [r for r in old.get("rules", []) if r not in a.rule]
     entries = []
     for spec in tqdm(specs, desc="evaluate", dynamic_ncols=True):
-        entry = evaluate_task(spec, rules, s)
+        entry = evaluate_task(spec, rules, s, previous.get(spec.name))
         entries.append(entry)
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
-        (out / "results.json").write_text(json.dumps({"settings": s.__dict__, "rules": a.rule, "entries": entries}, indent=1))
-    optimizers = ["adam", "adamw", "sgd_momentum", *rules]
+        (out / "results.json").write_text(
+            json.dumps({"settings": s.__dict__, "rules": prev_rules + a.rule, "entries": entries}, indent=1)
+        )
+    optimizers = list(dict.fromkeys(k for e in entries for k in e["results"]))
     md = markdown(entries, optimizers)
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
               f"(Adam/AdamW {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}); rules at tuned Adam's lr.\n\n")

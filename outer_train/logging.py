@@ -11,12 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from .plots import loss_figure
 
 
 class RunLogger:
@@ -58,20 +56,6 @@ class RunLogger:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
-
-
-def loss_figure(curves: dict[str, list[float]], title: str):
-    """Matplotlib figure of training-loss curves (log scale)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, ys in curves.items():
-        ax.plot(range(len(ys)), ys, label=label, lw=1.2)
-    ax.set_yscale("log")
-    ax.set_xlabel("inner step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

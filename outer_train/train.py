@@ -236,14 +236,14 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
                 break
             metrics = trainer.meta_step()
             step = trainer.step
+            if trainer.main and cfg.log.compare_every > 0 and step % cfg.log.compare_every == 0:
+                curves = trainer.compare_with_adam(cfg.log.compare_steps)
+                log.curves(step, "compare/loss_curves", curves, f"meta step {step}: learned rule vs Adam")
+                metrics.update({f"compare/{k}_final_loss": v[-1] for k, v in curves.items()})
             if step % cfg.log.every == 0 or step == cfg.meta.steps:
                 log.scalars(step, metrics)
             if trainer._ratio is not None:
                 log.histogram(step, "update_over_param_log10", trainer._ratio)
-            if trainer.main and cfg.log.compare_every > 0 and step % cfg.log.compare_every == 0:
-                curves = trainer.compare_with_adam(cfg.log.compare_steps)
-                log.curves(step, "compare/loss_curves", curves, f"meta step {step}: learned rule vs Adam")
-                log.scalars(step, {f"compare/{k}_final_loss": v[-1] for k, v in curves.items()})
             bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4f}", skipped=int(metrics["skipped"]))
             bar.update(1)
             if step % cfg.checkpoint.every == 0 or step == cfg.meta.steps:

@@ -20,7 +20,7 @@ def test_defaults_preset_file_and_overrides_layer_in_order(tmp_path: Path) -> No
     cfg = resolve(None, f, ["tasks.truncation=5", "rule.arch=mlp", "tasks.families=deepsets,teacher_student"])
     assert cfg.preset == "quick" and cfg.name == "mine"
     assert cfg.tasks.truncation == 5 and cfg.meta.lr == 1e-2 and cfg.rule.arch == "mlp"
-    assert cfg.tasks.max_params == 3000  # from the preset
+    assert cfg.tasks.max_params == 1500  # from the preset
     assert cfg.tasks.families == ["deepsets", "teacher_student"]
     assert TrainConfig().tasks.truncation == 10  # defaults untouched
 

@@ -93,11 +93,11 @@ def test_pes_estimate_is_unbiased_for_the_true_gradient_on_a_quadratic() -> None
     true = _flat(tbptt_gradient(rule, make(1), graph, 3, second_order=True)[0])
     gen = torch.Generator().manual_seed(0)
     ratios = []
-    for _ in range(60):
+    for _ in range(40):
         est = _flat(pes_gradient(rule, make(2), graph, 3, 1e-3, generator=gen)[0])
         ratios.append(float(est @ true) / float(true @ true))
     mean = sum(ratios) / len(ratios)
-    # E[g_pes . g] = |g|^2 (unbiased); one draw has relative std ~sqrt(2), 60 draws ~0.18.
+    # E[g_pes . g] = |g|^2 (unbiased); one draw has relative std ~sqrt(2), 40 draws ~0.22.
     print(f"PES projection ratio {mean:.3f}")
     assert 0.5 < mean < 1.5, mean
 
