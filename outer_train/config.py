@@ -27,6 +27,7 @@ class RuleSection:
     layers: int = 1
     alpha: float = 0.0  # initial residual scale: 0 = start exactly at Adam
     beta: float = 0.1
+    momentum_decays: list[float] = field(default_factory=list)  # extra gradient momenta (empty = FeatureConfig default)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 
 
@@ -181,7 +182,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if isinstance(value, (list, tuple)):
-            return list(value)
+            item = hint.__args__[0]
+            try:
+                return [item(v) for v in value]
+            except (TypeError, ValueError):
+                pass
     raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}.")
 
 

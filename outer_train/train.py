@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 from tqdm.auto import tqdm
 
-from metaopt.optim import RuleConfig, UpdateRule
+from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -43,8 +43,10 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
             )
         return rule
     torch.manual_seed(cfg.seed)
+    features = FeatureConfig(momentum_decays=tuple(cfg.rule.momentum_decays)) if cfg.rule.momentum_decays else FeatureConfig()
     return UpdateRule(
-        RuleConfig(kind=cfg.rule.arch, hidden=cfg.rule.hidden, layers=cfg.rule.layers, alpha=cfg.rule.alpha, beta=cfg.rule.beta)
+        RuleConfig(kind=cfg.rule.arch, hidden=cfg.rule.hidden, layers=cfg.rule.layers, alpha=cfg.rule.alpha,
+                   beta=cfg.rule.beta, features=features)
     )
 
 

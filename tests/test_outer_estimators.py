@@ -103,7 +103,7 @@ def test_pes_estimate_is_unbiased_for_the_true_gradient_on_a_quadratic() -> None
 
 
 def test_a_few_meta_steps_lower_the_meta_loss(tmp_path: Path) -> None:
-    cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"', "meta.lr=0.02", "tasks.unroll_min=30",
+    cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"', "meta.lr=0.05", "tasks.unroll_min=30",
                                          "tasks.unroll_max=30", "tasks.truncation=10"])
     trainer = MetaTrainer(cfg)
     probe_rule = UpdateRule(trainer.rule.config)
@@ -118,7 +118,7 @@ def test_a_few_meta_steps_lower_the_meta_loss(tmp_path: Path) -> None:
     for _ in range(12):
         trainer.meta_step()
     after = probe_loss()
-    assert after < before - 0.05, (before, after)
+    assert after < before - 0.2, (before, after)  # >= 18% lower geometric-mean loss
     assert float(trainer.rule.alpha.detach()) != 0.0
 
 

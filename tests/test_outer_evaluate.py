@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from metaopt.optim import RuleConfig, UpdateRule
+from outer_train import evaluate
 from outer_train.evaluate import final_loss, steps_to
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_steps_to_and_final_loss() -> None:
@@ -25,6 +22,7 @@ def test_steps_to_and_final_loss() -> None:
 
 
 def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
     rules = []
     for kind in ("gmn", "mlp"):
@@ -32,11 +30,8 @@ def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
         UpdateRule(RuleConfig(kind=kind, hidden=4, layers=1, alpha=0.01)).save_pretrained(d)
         rules += ["--rule", str(d)]
     out = tmp_path / "eval"
-    subprocess.run(
-        [sys.executable, "-m", "outer_train.evaluate", *rules, "--quick", "--tasks", "siren_shapes", "--steps", "12",
-         "--grid-points", "2", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    )
+    evaluate.main([*rules, "--quick", "--tasks", "siren_shapes", "--steps", "12", "--grid-points", "2", "--threads", "1",
+                   "--out", str(out)])
     data = json.loads((out / "results.json").read_text())
     (entry,) = data["entries"]
     assert entry["task"] == "siren_shapes/s0"
@@ -44,6 +39,7 @@ def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
     adam = entry["results"]["adam"]
     assert len(adam["grid"]) == 2 and adam["lr"] in (1e-4, 1e-1) and len(adam["curve"]) == 12
     assert entry["results"]["rule_gmn"]["lr"] == adam["lr"]
+    torch.set_num_threads(threads)
     table = (out / "results.md").read_text()
     assert "| siren_shapes/s0 | rule_gmn |" in table and "median speedup" in table
     assert (out / "curves" / "siren_shapes_s0.png").stat().st_size > 1000

@@ -54,8 +54,8 @@ def test_features_fn_matches_compute_features_and_is_differentiable() -> None:
     g = torch.Generator().manual_seed(2)
     grad, param, m = (torch.randn(e, generator=g) for _ in range(3))
     v = torch.rand(e, generator=g) * 1e-3
-    mom = torch.randn(2, e, generator=g)
     cfg = RuleConfig().features
+    mom = torch.randn(len(cfg.momentum_decays), e, generator=g)
     ref = compute_features(index, grad, param, m, v, mom, 7, cfg)
     param = param.clone().requires_grad_()
     got = features_fn(index, grad, param, m, v, mom, 7, cfg)
