@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from metaopt import to_graph
-from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
+from metaopt.optim import RuleConfig, UpdateRule
 from outer_train import train as train_mod
 from outer_train.config import resolve
 from outer_train.pes import pes_gradient
