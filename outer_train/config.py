@@ -1,0 +1,241 @@
+"""Meta-training configuration: nested dataclasses, loadable from JSON/TOML, overridable by dotted keys.
+
+``TrainConfig`` is the whole run; every run writes its fully resolved config (``config.json``)
+so a run can be repeated or resumed from its directory alone. Overrides are ``section.key=value``
+strings (``tasks.truncation=20``); values are parsed as JSON when they parse, else kept as text.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or holds a value of the wrong type."""
+
+
+@dataclass
+class RuleSection:
+    """The update rule being meta-trained (see metaopt.optim.RuleConfig)."""
+
+    arch: str = "gmn"  # gmn | mlp (the per-parameter baseline: same everything but message passing)
+    hidden: int = 16
+    layers: int = 1
+    alpha: float = 0.0  # initial residual scale: 0 = start exactly at Adam
+    beta: float = 0.1
+    momentum_decays: list[float] = field(default_factory=list)  # extra gradient momenta (empty = FeatureConfig default)
+    init_from: str = ""  # a rule directory to start from (save_pretrained format)
+
+
+@dataclass
+class TaskSection:
+    """Which inner tasks are trained and how long."""
+
+    distribution: str = "meta_train"  # inner_tasks collection name
+    families: list[str] = field(default_factory=list)  # restrict to these families (empty = all)
+    max_params: int = 20000  # resample tasks bigger than this (CPU budget)
+    groups: int = 2  # architectures per outer step (per process)
+    group_size: int = 2  # inits of one architecture per group (vmapped over when buffer-free)
+    vmap: bool = True  # torch.func.vmap over a group's members (else a loop)
+    unroll_min: int = 50  # total inner horizon per task, sampled log-uniformly in [min, max]
+    unroll_max: int = 200
+    truncation: int = 10  # inner steps per outer step (K)
+    lr_scale_min: float = 0.5  # inner lr = task reference lr * log-uniform(min, max)
+    lr_scale_max: float = 2.0
+    permute_augment: bool = True  # random hidden-unit permutation of each new task's init
+
+
+@dataclass
+class EstimatorSection:
+    """How the meta-gradient is estimated."""
+
+    kind: str = "tbptt"  # tbptt | pes
+    second_order: bool = False  # TBPTT: differentiate through the inner gradients (Hessian terms)
+    meta_loss: str = "train"  # train (mean log training loss over the truncation) | val
+    pes_sigma: float = 0.01  # PES perturbation std in rule-parameter space
+
+
+@dataclass
+class MetaOptSection:
+    """The outer optimizer (Adam on the rule's parameters)."""
+
+    steps: int = 100
+    lr: float = 3e-3
+    clip: float = 1.0  # global meta-gradient norm clip (0 = off)
+    weight_decay: float = 0.0
+    time_budget_s: float = 0.0  # stop early (checkpoint + rule saved) after this much wall time (0 = off)
+
+
+@dataclass
+class LogSection:
+    """Monitoring: TensorBoard scalars every ``every`` steps, figures every ``compare_every``."""
+
+    every: int = 1
+    compare_every: int = 50  # learned rule vs Adam on one task, as a figure (0 = off)
+    compare_steps: int = 100
+    hist_every: int = 25  # update/param ratio histograms (0 = off)
+    progress: bool = True
+
+
+@dataclass
+class CheckpointSection:
+    """Atomic periodic checkpoints under ``<run>/checkpoints``."""
+
+    every: int = 25
+    keep: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """A whole meta-training run."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    threads: int = 2  # torch intra-op threads per process (the shared CPU machines have 2 cores)
+    preset: str = ""
+    rule: RuleSection = field(default_factory=RuleSection)
+    tasks: TaskSection = field(default_factory=TaskSection)
+    estimator: EstimatorSection = field(default_factory=EstimatorSection)
+    meta: MetaOptSection = field(default_factory=MetaOptSection)
+    log: LogSection = field(default_factory=LogSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def validate(self) -> "TrainConfig":
+        """Raise `ConfigError` for values no run can use; returns self."""
+        checks = [
+            (self.rule.arch in ("gmn", "mlp"), f"rule.arch must be gmn or mlp, got {self.rule.arch!r}"),
+            (self.estimator.kind in ("tbptt", "pes"), f"estimator.kind must be tbptt or pes, got {self.estimator.kind!r}"),
+            (self.estimator.meta_loss in ("train", "val"), f"estimator.meta_loss must be train or val, got {self.estimator.meta_loss!r}"),
+            (1 <= self.tasks.unroll_min <= self.tasks.unroll_max, "need 1 <= tasks.unroll_min <= tasks.unroll_max"),
+            (self.tasks.truncation >= 1, "tasks.truncation must be >= 1"),
+            (self.tasks.groups >= 1 and self.tasks.group_size >= 1, "tasks.groups and tasks.group_size must be >= 1"),
+            (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
+            (self.meta.steps >= 0 and self.meta.lr > 0, "meta.steps must be >= 0 and meta.lr > 0"),
+            (self.estimator.pes_sigma > 0, "estimator.pes_sigma must be > 0"),
+            (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ConfigError("invalid TrainConfig: " + "; ".join(bad))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def from_dict(data: dict[str, Any], base: TrainConfig | None = None, where: str = "config") -> TrainConfig:
+    """A `TrainConfig` from a (possibly partial) nested dict layered over ``base`` (default: defaults)."""
+    cfg = base if base is not None else TrainConfig()
+    _merge(cfg, data, where)
+    return cfg
+
+
+def _merge(obj: Any, data: dict[str, Any], where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table/object, got {type(data).__name__}.")
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(names)}).")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            _merge(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}"))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert ``value`` to the field's type (int -> float allowed, float -> int refused)."""
+    origin = getattr(hint, "__origin__", None)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, (list, tuple)):
+            item = hint.__args__[0]
+            try:
+                return [item(v) for v in value]
+            except (TypeError, ValueError):
+                pass
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}.")
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    text = path.read_text()
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from exc
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"a.b=3"`` -> ``{"a": {"b": 3}}`` (the value parsed as JSON when possible)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value.")
+    key, raw = text.split("=", 1)
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def resolve(
+    preset: str | None = None, file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Defaults <- preset <- file <- overrides, validated."""
+    from .presets import PRESETS
+
+    cfg = TrainConfig()
+    data = load_file(file) if file else {}
+    preset = preset or data.get("preset") or ""
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        from_dict(PRESETS[preset], cfg, f"preset {preset}")
+        cfg.preset = preset
+    if data:
+        from_dict(data, cfg, str(file))
+    for text in overrides:
+        from_dict(parse_override(text), cfg, f"override {text!r}")
+    return cfg.validate()

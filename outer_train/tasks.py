@@ -1,0 +1,251 @@
+"""Inner tasks during meta-training: a seeded, resumable sampler and persistent task groups.
+
+A `TaskGroup` is one architecture from the meta-training distribution trained from
+``group_size`` initialisations (each with its own batch order), all for the same log-uniformly
+drawn horizon. Its members' flat parameters and optimizer states persist across truncations and
+are replaced when the horizon is reached. Members of a buffer-free group are vmapped over.
+
+Everything a group draws comes from ``random.Random("<seed>:<rank>:<counter>")``, so the sampler's
+whole state is one counter: a resumed run draws exactly the tasks the interrupted one would have,
+and each process (rank) draws different tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from inner_tasks import TaskSpec, build_task
+from inner_tasks.tasks.collections import COLLECTIONS, TaskDistribution
+from metaopt.optim import GraphIndex
+from metaopt.optim.functional import FunctionalState
+
+from .augment import permute_params
+from .config import TaskSection
+
+
+def _distribution(cfg: TaskSection) -> TaskDistribution:
+    if cfg.distribution not in COLLECTIONS or cfg.distribution == "held_out":
+        raise ValueError(
+            f"tasks.distribution must name a meta-training distribution, got {cfg.distribution!r} "
+            "(the held-out suite is for evaluation only)."
+        )
+    return COLLECTIONS[cfg.distribution]()
+
+
+class TaskSampler:
+    """Draws task specs for one process; state = the number of groups drawn so far."""
+
+    def __init__(self, cfg: TaskSection, seed: int, rank: int = 0) -> None:
+        self.cfg, self.seed, self.rank = cfg, seed, rank
+        self.counter = 0
+        dist = _distribution(cfg)
+        if cfg.families:
+            keep = [(s, w) for s, w in zip(dist.samplers, dist.weights) if s.family in cfg.families]
+            if not keep:
+                raise ValueError(
+                    f"tasks.families={cfg.families} matches no family of {cfg.distribution!r} "
+                    f"({[s.family for s in dist.samplers]})."
+                )
+            dist = TaskDistribution(dist.name, tuple(s for s, _ in keep), tuple(w for _, w in keep))
+        self.dist = dist
+
+    def rng(self) -> random.Random:
+        """The generator for the next group (advances the counter)."""
+        r = random.Random(f"{self.seed}:{self.rank}:{self.counter}")
+        self.counter += 1
+        return r
+
+    def sample_spec(self, r: random.Random) -> TaskSpec:
+        """A spec within ``max_params`` (rejection sampling on the parameter count)."""
+        from inner_tasks.models import build_model, count_params
+
+        for _ in range(100):
+            spec = self.dist.sample(r.randrange(2**31))
+            if count_params(build_model(spec.model, seed=0)) <= self.cfg.max_params:
+                return spec
+        raise ValueError(
+            f"no task of {self.cfg.distribution!r} (families {self.cfg.families or 'all'}) has <= "
+            f"{self.cfg.max_params} parameters in 100 draws; raise tasks.max_params."
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"counter": self.counter, "seed": self.seed, "rank": self.rank}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.counter = int(state["counter"])
+
+
+def log_uniform_int(r: random.Random, lo: int, hi: int) -> int:
+    """An integer drawn log-uniformly from [lo, hi]."""
+    return int(round(math.exp(r.uniform(math.log(lo), math.log(hi)))))
+
+
+def flatten(params: dict[str, Tensor]) -> Tensor:
+    """Parameters in edge order (``model.parameters()`` order) as one flat vector."""
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+@dataclass
+class TaskGroup:
+    """One architecture, ``len(member_seeds)`` inits, persistent inner state (params, optimizer state)."""
+
+    spec: TaskSpec
+    member_seeds: list[int]
+    horizon: int
+    lr: float
+    task: Any = None
+    names: list[str] = field(default_factory=list)
+    shapes: list[torch.Size] = field(default_factory=list)
+    numels: list[int] = field(default_factory=list)
+    index: GraphIndex | None = None
+    step: int = 0  # inner steps taken by every member
+    batches_used: int = 0
+    params: list[Tensor] = field(default_factory=list)  # per member [E] (TBPTT), or per particle x member (PES)
+    states: list[FunctionalState] = field(default_factory=list)
+    permuted: int = 0
+    pes_xi: Tensor | None = None  # PES: accumulated perturbation since the task started
+    pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
+    _iters: list[Any] = field(default_factory=list)
+    _replay: list[Any] = field(default_factory=list)  # this truncation's batches, for PES's second particle
+    _val: Any = None
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def draw(cls, sampler: TaskSampler, features: Any, num_particles: int = 1) -> "TaskGroup":
+        """A fresh group from the sampler's next draw: spec, inits, horizon, lr, permutation.
+
+        ``features`` is the rule's FeatureConfig (sizes the extra momenta); ``num_particles``
+        copies of every member are kept (2 for PES's antithetic pair), particle-major.
+        """
+        cfg = sampler.cfg
+        r = sampler.rng()
+        spec = sampler.sample_spec(r)
+        seeds = [r.randrange(2**31) for _ in range(cfg.group_size)]
+        # Whole truncations only, so every group steps in lockstep inside an outer step.
+        k = cfg.truncation
+        horizon = max(k, -(-log_uniform_int(r, cfg.unroll_min, cfg.unroll_max) // k) * k)
+        lr = spec.reference_lr * math.exp(r.uniform(math.log(cfg.lr_scale_min), math.log(cfg.lr_scale_max)))
+        perm_seed = r.randrange(2**31)
+        group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr)
+        group.build()
+        inits = [flatten(group.task.init_params(s)) for s in seeds]
+        if cfg.permute_augment:
+            gen = torch.Generator().manual_seed(perm_seed)
+            batch = next(iter(group.task.train_batches(seeds[0])))
+            for i, flat in enumerate(inits):
+                inits[i], ok = permute_params(group.task.graph, flat, gen, lambda f: group.loss(f, batch))
+                group.permuted += int(ok)
+        group.params = [p.clone() for _ in range(num_particles) for p in inits]
+        group.states = [FunctionalState.zeros(p.numel(), features) for p in group.params]
+        return group
+
+    @classmethod
+    def from_task(
+        cls, task: Any, member_seeds: list[int], horizon: int, lr: float, features: Any, num_particles: int = 1
+    ) -> "TaskGroup":
+        """A group over an already built `Task` (any object with the Task protocol), unpermuted."""
+        group = cls(spec=task.spec, member_seeds=list(member_seeds), horizon=horizon, lr=lr)
+        group.attach(task)
+        inits = [flatten(task.init_params(s)) for s in member_seeds]
+        group.params = [p.clone() for _ in range(num_particles) for p in inits]
+        group.states = [FunctionalState.zeros(p.numel(), features) for p in group.params]
+        return group
+
+    def build(self) -> None:
+        """Build the task, graph index and batch iterators (also after loading a checkpoint)."""
+        self.attach(build_task(self.spec))
+
+    def attach(self, task: Any) -> None:
+        """Use ``task``: cache its parameter layout and graph index, open the members' batch streams."""
+        self.task = task
+        init = self.task.init_params(self.member_seeds[0])
+        self.names = list(init)
+        self.shapes = [v.shape for v in init.values()]
+        self.numels = [v.numel() for v in init.values()]
+        self.index = GraphIndex.from_graph(self.task.graph, "cpu")
+        self._iters = [self.task.train_batches(s) for s in self.member_seeds]
+        for it in self._iters:  # resume: skip what the interrupted run drew (the pending batch included)
+            for _ in islice(it, self.batches_used):
+                pass
+
+    # ---- inner objective -------------------------------------------------------------------
+    @property
+    def vmappable(self) -> bool:
+        """Members can be vmapped over: more than one, and no buffers (BatchNorm stats do not vmap)."""
+        return len(self.member_seeds) > 1 and not self.task.init_buffers()
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Flat [E] -> the task's params dict (views)."""
+        return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
+
+    def loss(self, flat: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Training loss of flat parameters on one batch (differentiable, vmappable)."""
+        return self.task.functional_loss(self.unflatten(flat), batch)
+
+    def next_batches(self) -> list[tuple[Tensor, Tensor]]:
+        """One training batch per member (the peeked one first, if any)."""
+        batches = self.peek_batches()
+        self.pending = None
+        return batches
+
+    def peek_batches(self) -> list[tuple[Tensor, Tensor]]:
+        """The batches the next step will use, drawn now (the meta-loss scores the last update on them)."""
+        if self.pending is None:
+            self.batches_used += 1
+            self.pending = [next(it) for it in self._iters]
+        return self.pending
+
+    def val_batch(self) -> tuple[Tensor, Tensor]:
+        """A fixed held-out batch (for meta_loss="val")."""
+        if self._val is None:
+            self._val = next(iter(self.task.eval_batches()))
+        return self._val
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.horizon
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_json(),
+            "member_seeds": list(self.member_seeds),
+            "horizon": self.horizon,
+            "lr": self.lr,
+            "step": self.step,
+            "batches_used": self.batches_used,
+            "permuted": self.permuted,
+            "params": [p.detach().clone() for p in self.params],
+            "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()}} for s in self.states],
+            "pes_xi": None if self.pes_xi is None else self.pes_xi.clone(),
+            "pending": self.pending,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "TaskGroup":
+        group = cls(
+            spec=TaskSpec.from_json(state["spec"]),
+            member_seeds=list(state["member_seeds"]),
+            horizon=int(state["horizon"]),
+            lr=float(state["lr"]),
+            step=int(state["step"]),
+            batches_used=int(state["batches_used"]),
+            permuted=int(state["permuted"]),
+        )
+        group.build()
+        group.params = [p.clone() for p in state["params"]]
+        group.states = [
+            FunctionalState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["momenta"].clone(), int(s["step"]))
+            for s in state["states"]
+        ]
+        group.pes_xi = None if state["pes_xi"] is None else state["pes_xi"].clone()
+        group.pending = state.get("pending")
+        return group
+

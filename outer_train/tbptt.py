@@ -1,0 +1,120 @@
+"""Truncated backpropagation through time over K inner steps.
+
+Inner parameters and optimizer states persist across truncations and are detached at each
+truncation's start, so memory grows with K, not with the task's horizon. The meta-loss is the
+mean log loss at the K parameter vectors the truncation produced (training loss on the batch
+each step sees next, or a fixed validation batch); its gradient reaches the rule through every
+update (and through the inner gradients too with ``second_order``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from metaopt.optim import UpdateRule
+
+from .meta_loss import truncation_meta_loss
+from .tasks import TaskGroup
+from .unroll import final_losses, inner_step
+
+
+@dataclass
+class TruncationResult:
+    """Meta-loss (differentiable for TBPTT), per-group meta-losses, inner steps done, diagnostics."""
+
+    meta_loss: Tensor
+    group_losses: list[float]
+    inner_steps: int
+    update_ratio: Tensor | None
+    last_losses: list[float]
+
+
+def detach_groups(groups: list[TaskGroup]) -> None:
+    """Cut every group's inner state from autograd (the truncation boundary)."""
+    for group in groups:
+        group.params = [p.detach() for p in group.params]
+        group.states = [s.detach() for s in group.states]
+
+
+def unroll_truncation(
+    rule: UpdateRule,
+    groups: list[TaskGroup],
+    graph_inputs,
+    steps: int,
+    *,
+    particle: int = 0,
+    rule_params: dict[str, Tensor] | None = None,
+    second_order: bool = False,
+    meta_loss: str = "train",
+    vmap: bool = True,
+    record_ratio: bool = False,
+    advance: bool = True,
+) -> TruncationResult:
+    """Run ``steps`` inner steps of one particle of every group; returns the truncation's meta-loss.
+
+    ``advance=False`` leaves the groups' step counters and batches for another particle to reuse.
+    """
+    per_group: list[list[Tensor]] = [[] for _ in groups]
+    ratio = None
+    batches_by_step = []
+    for t in range(steps):
+        batches = [g.next_batches() if advance else g._replay[t] for g in groups]
+        batches_by_step.append(batches)
+        rec = inner_step(
+            rule, groups, graph_inputs, particle, batches,
+            rule_params=rule_params, second_order=second_order, vmap=vmap,
+            val=meta_loss == "val", record_ratio=record_ratio and t == steps - 1,
+        )
+        if rec.update_ratio is not None:
+            ratio = rec.update_ratio
+        for g in range(len(groups)):
+            if meta_loss == "val":
+                per_group[g].append(rec.val_losses[g])
+            elif t > 0:  # L(p_0) does not depend on the rule
+                per_group[g].append(rec.losses[g])
+    if meta_loss == "train":
+        tail = [g.peek_batches() if advance else g._replay[steps] for g in groups]
+        batches_by_step.append(tail)
+        for g, loss in enumerate(final_losses(groups, particle, tail)):
+            per_group[g].append(loss)
+    if advance:
+        for g, group in enumerate(groups):
+            group.step += steps
+            group._replay = [b[g] for b in batches_by_step]
+    group_losses = [truncation_meta_loss(ls) for ls in per_group]
+    total = torch.stack(group_losses).mean()
+    return TruncationResult(
+        total,
+        [float(x.detach()) for x in group_losses],
+        steps * sum(len(g.member_seeds) for g in groups),
+        ratio,
+        [float(ls[-1].detach().mean()) for ls in per_group],
+    )
+
+
+def tbptt_gradient(
+    rule: UpdateRule,
+    groups: list[TaskGroup],
+    graph_inputs,
+    steps: int,
+    *,
+    second_order: bool = False,
+    meta_loss: str = "train",
+    vmap: bool = True,
+    record_ratio: bool = False,
+) -> tuple[list[Tensor], TruncationResult]:
+    """Meta-gradient (one tensor per rule parameter) of one truncation of every group."""
+    detach_groups(groups)
+    params = [p for p in rule.parameters()]
+    res = unroll_truncation(
+        rule, groups, graph_inputs, steps,
+        second_order=second_order, meta_loss=meta_loss, vmap=vmap, record_ratio=record_ratio,
+    )
+    grads = torch.autograd.grad(res.meta_loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    detach_groups(groups)
+    res.meta_loss = res.meta_loss.detach()
+    return grads, res

@@ -1,0 +1,263 @@
+"""The meta-training loop: sample tasks, estimate the meta-gradient, all-reduce, clip, step, log, checkpoint.
+
+Runs as one process (``python -m outer_train``) or many (``accelerate launch -m outer_train``).
+Every rank builds the same rule from the same seed and applies the same all-reduced (mean)
+meta-gradient, so the rule stays identical everywhere; ranks differ only in the tasks they
+sample (the sampler is keyed on the rank). A non-finite reduced meta-gradient is skipped on all
+ranks alike and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils import parameters_to_vector
+from tqdm.auto import tqdm
+
+from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .logging import RunLogger
+from .pes import NUM_PARTICLES, pes_gradient
+from .tasks import TaskGroup, TaskSampler
+from .tbptt import tbptt_gradient
+from .unroll import batched_graph
+
+
+def build_rule(cfg: TrainConfig) -> UpdateRule:
+    """The rule to meta-train: from ``rule.init_from`` or freshly initialised from ``cfg.seed`` (same on every rank)."""
+    if cfg.rule.init_from:
+        rule = UpdateRule.from_pretrained(cfg.rule.init_from)
+        if rule.config.kind != cfg.rule.arch:
+            raise ValueError(
+                f"rule.init_from={cfg.rule.init_from} holds a {rule.config.kind} rule but rule.arch={cfg.rule.arch!r}."
+            )
+        return rule
+    torch.manual_seed(cfg.seed)
+    features = FeatureConfig(momentum_decays=tuple(cfg.rule.momentum_decays)) if cfg.rule.momentum_decays else FeatureConfig()
+    return UpdateRule(
+        RuleConfig(kind=cfg.rule.arch, hidden=cfg.rule.hidden, layers=cfg.rule.layers, alpha=cfg.rule.alpha,
+                   beta=cfg.rule.beta, features=features)
+    )
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+class MetaTrainer:
+    """State and one-step logic of a meta-training run (see `train`)."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Any = None) -> None:
+        self.cfg = cfg
+        self.acc = accelerator if accelerator is not None else _accelerator()
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.main = self.acc.is_main_process
+        torch.set_num_threads(max(1, cfg.threads))
+        self.rule = build_rule(cfg)
+        self.meta_opt = torch.optim.Adam(self.rule.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
+        # Per-rank streams for everything random after the rule's init (PES noise).
+        random.seed(cfg.seed * 1009 + self.rank)
+        np.random.seed((cfg.seed * 1009 + self.rank) % 2**32)
+        torch.manual_seed(cfg.seed * 1009 + self.rank + 1)
+        self.sampler = TaskSampler(cfg.tasks, cfg.seed, self.rank)
+        self.particles = NUM_PARTICLES if cfg.estimator.kind == "pes" else 1
+        self.groups: list[TaskGroup] = []
+        self.graph_inputs = None
+        self.step = 0
+        self.counters = {"skipped": 0, "tasks": 0, "inner_steps": 0, "permuted": 0}
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    # ---- tasks -------------------------------------------------------------------------------
+    def refresh_groups(self) -> None:
+        """Replace finished or diverged groups with new draws; rebuild the batched graph if any changed."""
+        changed = len(self.groups) != self.cfg.tasks.groups
+        keep = []
+        for g in self.groups:
+            diverged = not all(bool(torch.isfinite(p).all()) for p in g.params)
+            if g.done or diverged:
+                changed = True
+                self.counters["diverged"] = self.counters.get("diverged", 0) + int(diverged)
+            else:
+                keep.append(g)
+        while len(keep) < self.cfg.tasks.groups:
+            g = TaskGroup.draw(self.sampler, self.rule.features, self.particles)
+            self.counters["tasks"] += 1
+            self.counters["permuted"] += g.permuted
+            keep.append(g)
+        self.groups = keep
+        if changed or self.graph_inputs is None:
+            self.graph_inputs = batched_graph(self.groups)
+
+    # ---- one outer step ----------------------------------------------------------------------
+    def meta_step(self) -> dict[str, float]:
+        """Estimate, reduce, clip and apply one meta-gradient; returns the step's metrics."""
+        cfg = self.cfg
+        self.refresh_groups()
+        t0 = time.perf_counter()
+        record = cfg.log.hist_every > 0 and (self.step + 1) % cfg.log.hist_every == 0
+        if cfg.estimator.kind == "tbptt":
+            grads, res = tbptt_gradient(
+                self.rule, self.groups, self.graph_inputs, cfg.tasks.truncation,
+                second_order=cfg.estimator.second_order, meta_loss=cfg.estimator.meta_loss,
+                vmap=cfg.tasks.vmap, record_ratio=record,
+            )
+        else:
+            grads, res = pes_gradient(
+                self.rule, self.groups, self.graph_inputs, cfg.tasks.truncation, cfg.estimator.pes_sigma,
+                meta_loss=cfg.estimator.meta_loss, vmap=cfg.tasks.vmap, record_ratio=record,
+            )
+        elapsed = time.perf_counter() - t0
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        stats = torch.tensor([float(res.meta_loss), float(res.inner_steps)])
+        if self.world > 1:
+            flat = self.acc.reduce(flat, reduction="mean")
+            stats = self.acc.reduce(stats, reduction="mean")
+        norm = float(flat.norm())
+        finite = math.isfinite(norm)
+        if finite:
+            scale = min(1.0, cfg.meta.clip / (norm + 1e-12)) if cfg.meta.clip > 0 else 1.0
+            self._apply(flat * scale)
+        else:
+            self.counters["skipped"] += 1
+        self.counters["inner_steps"] += int(stats[1]) * self.world
+        self.step += 1
+        metrics = {
+            "meta_loss": float(stats[0]),
+            "meta_grad_norm": norm if finite else float("nan"),
+            "skipped": float(self.counters["skipped"]),
+            "alpha": float(self.rule.alpha.detach()),
+            "inner_steps_per_s": res.inner_steps / max(elapsed, 1e-9),
+            "tasks_sampled": float(self.counters["tasks"]),
+        }
+        self._ratio = res.update_ratio
+        return metrics
+
+    def _apply(self, flat: Tensor) -> None:
+        """Set the rule's .grad from the flat meta-gradient and take a meta-optimizer step."""
+        i = 0
+        for p in self.rule.parameters():
+            p.grad = flat[i : i + p.numel()].view_as(p).clone()
+            i += p.numel()
+        self.meta_opt.step()
+        self.meta_opt.zero_grad(set_to_none=True)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        rank_payload = {
+            "rng": ckpt.rng_state(),
+            "sampler": self.sampler.state_dict(),
+            "groups": [g.state_dict() for g in self.groups],
+            "counters": dict(self.counters),
+        }
+        ckpt.save_rank(self.ckpt_dir, self.step, self.rank, rank_payload)
+        self.acc.wait_for_everyone()
+        if self.main:
+            main_payload = {
+                "step": self.step,
+                "rule": self.rule.state_dict(),
+                "rule_config": self.rule.config.to_dict(),
+                "meta_opt": self.meta_opt.state_dict(),
+                "world_size": self.world,
+                "config": self.cfg.to_dict(),
+            }
+            ckpt.commit(self.ckpt_dir, self.step, main_payload, self.world, self.cfg.checkpoint.keep)
+        self.acc.wait_for_everyone()
+
+    def try_resume(self) -> int | None:
+        """Load the newest checkpoint of this run directory if there is one; returns its step."""
+        d = ckpt.latest(self.ckpt_dir)
+        if d is None:
+            return None
+        main, mine = ckpt.load(d, self.rank, self.world)
+        self.rule.load_state_dict(main["rule"])
+        self.meta_opt.load_state_dict(main["meta_opt"])
+        self.step = int(main["step"])
+        self.sampler.load_state_dict(mine["sampler"])
+        self.groups = [TaskGroup.from_state_dict(s) for s in mine["groups"]]
+        self.counters = dict(mine["counters"])
+        self.graph_inputs = batched_graph(self.groups) if self.groups else None
+        ckpt.set_rng_state(mine["rng"])
+        return self.step
+
+    def ranks_identical(self) -> bool:
+        """True when every process holds bit-identical rule parameters (always true for one process)."""
+        flat = parameters_to_vector(self.rule.parameters()).detach()
+        if self.world == 1:
+            return True
+        everyone = self.acc.gather(flat[None])
+        return bool((everyone == everyone[0:1]).all())
+
+    # ---- monitoring --------------------------------------------------------------------------
+    def compare_with_adam(self, steps: int) -> dict[str, list[float]]:
+        """Loss curves of the current rule and of Adam (same lr) on one fixed meta-training task."""
+        from .compare import rule_vs_adam
+
+        return rule_vs_adam(self.rule, self.cfg, steps)
+
+
+def _out_of_time(trainer: MetaTrainer, start: float, budget: float) -> bool:
+    """Every rank stops at the same step: the main process's clock decides."""
+    flag = torch.tensor([float(time.perf_counter() - start > budget)])
+    if trainer.world > 1:
+        flag = trainer.acc.reduce(flag, reduction="sum")
+    return bool(flag.item() > 0)
+
+
+def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dict[str, Any]:
+    """Meta-train per ``cfg``; writes the run directory and returns the final metrics."""
+    trainer = MetaTrainer(cfg, accelerator)
+    run_dir = cfg.run_dir
+    resumed = trainer.try_resume() if resume else None
+    if trainer.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+    log = RunLogger(run_dir, trainer.main, resumed)
+    bar = tqdm(
+        total=cfg.meta.steps, initial=trainer.step, disable=not (trainer.main and cfg.log.progress),
+        desc=f"meta-train {cfg.rule.arch}", dynamic_ncols=True,
+    )
+    metrics: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        while trainer.step < cfg.meta.steps:
+            if cfg.meta.time_budget_s > 0 and _out_of_time(trainer, start, cfg.meta.time_budget_s):
+                trainer.save_checkpoint()
+                break
+            metrics = trainer.meta_step()
+            step = trainer.step
+            if trainer.main and cfg.log.compare_every > 0 and step % cfg.log.compare_every == 0:
+                curves = trainer.compare_with_adam(cfg.log.compare_steps)
+                log.curves(step, "compare/loss_curves", curves, f"meta step {step}: learned rule vs Adam")
+                metrics.update({f"compare/{k}_final_loss": v[-1] for k, v in curves.items()})
+            if step % cfg.log.every == 0 or step == cfg.meta.steps:
+                log.scalars(step, metrics)
+            if trainer._ratio is not None:
+                log.histogram(step, "update_over_param_log10", trainer._ratio)
+            bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4f}", skipped=int(metrics["skipped"]))
+            bar.update(1)
+            if step % cfg.checkpoint.every == 0 or step == cfg.meta.steps:
+                trainer.save_checkpoint()
+    finally:
+        bar.close()
+        log.close()
+    identical = trainer.ranks_identical()
+    result = {"step": trainer.step, **metrics, "skipped_total": trainer.counters["skipped"],
+              "tasks_sampled_rank0": trainer.counters["tasks"], "world_size": trainer.world,
+              "rule_identical_across_ranks": identical, "run_dir": str(run_dir)}
+    if trainer.main:
+        trainer.rule.save_pretrained(run_dir / "rule")
+        (run_dir / "final.json").write_text(json.dumps(result, indent=2) + "\n")
+    trainer.acc.wait_for_everyone()
+    return result
