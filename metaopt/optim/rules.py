@@ -257,12 +257,23 @@ def _check_feature_set(stored: dict[str, Any], config: FeatureConfig, where: Pat
         )
 
 
+PRETRAINED_DIR = DEFAULT_RULE_DIR.parent
+
+
+def shipped_rules() -> list[str]:
+    """Names of the rules shipped in the package (``rule="<name>"``)."""
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
 def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
-    """``"default"`` -> the shipped rule; a path -> `UpdateRule.from_pretrained`; a rule -> itself."""
+    """``"default"`` or another shipped name (see `shipped_rules`) -> that rule; a path ->
+    `UpdateRule.from_pretrained`; a rule -> itself."""
     if isinstance(rule, UpdateRule):
         return rule
     if rule is None or rule == "default":
         return UpdateRule.default()
+    if isinstance(rule, str) and "/" not in rule and (PRETRAINED_DIR / rule / CONFIG_FILE).is_file():
+        return UpdateRule.from_pretrained(PRETRAINED_DIR / rule)
     if isinstance(rule, (str, Path)):
         return UpdateRule.from_pretrained(rule)
     raise TypeError(f"GMNOptimizer: rule must be 'default', a directory or an UpdateRule, got {type(rule).__name__}.")
