@@ -46,9 +46,9 @@ def sample_hparams(rng: np.random.Generator, tiny: bool) -> dict[str, Any]:
     """Training hyperparameters drawn so test accuracies spread from chance to near-perfect."""
     return {
         "optimizer": "adamw",
-        "lr": _loguniform(rng, 3e-4, 3e-2),
-        "epochs": int(rng.integers(1, 3 if tiny else 13)),
-        "batch_size": 64,
+        "lr": _loguniform(rng, 5e-4, 4e-2),
+        "epochs": int(rng.integers(1, 3 if tiny else 11)),
+        "batch_size": 128,
         "weight_decay": 0.0 if rng.random() < 0.3 else _loguniform(rng, 1e-5, 0.1),
         "dropout": 0.0 if rng.random() < 0.4 else float(rng.uniform(0.0, 0.5)),
         "init_scale": _loguniform(rng, 0.5, 2.0),
