@@ -274,7 +274,9 @@ def generate(out: str | Path, preset: str, n: int | None = None, workers: int = 
         return report
     for mid in sorted(gen.pending):  # groups completed by models that finished last
         gen.try_consolidate(mid)
-    if gen.pending:
-        raise RuntimeError(f"zoo: {len(gen.pending)} models left in {gen.pending_dir} after generation")
-    shutil.rmtree(gen.pending_dir, ignore_errors=True)
+    left = [i for i in gen.pending if i < n]
+    if left:
+        raise RuntimeError(f"zoo: models {left[:5]}... left in {gen.pending_dir} after generation")
+    if not gen.pending:  # models beyond n (from an earlier, larger run) stay pending for a later one
+        shutil.rmtree(gen.pending_dir, ignore_errors=True)
     return report
