@@ -63,9 +63,16 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
 def train_config(cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     """Train cfg's model; returns it (eval mode, no hooks) and its metrics.
 
-    Label noise, data subset and the batch order come from cfg.seed; on a non-finite loss training
-    stops and the weights of the start of that epoch are kept (a zoo never stores NaNs).
+    Everything random (init, label noise, data subset, batch order, dropout masks) derives from
+    cfg.seed, so a regenerated model is bit-identical; the global RNG is left untouched. On a
+    non-finite loss training stops and the weights of the start of that epoch are kept (no NaNs).
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # dropout draws from the global generator
+        return _train(cfg)
+
+
+def _train(cfg: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
     hp = cfg.hparams
     g = torch.Generator().manual_seed(cfg.seed)
     xtr, ytr, xte, yte = zoo_data(cfg.layout)
