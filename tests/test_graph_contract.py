@@ -123,3 +123,13 @@ def test_index_bytes_reported():
     ib = g.index_bytes()
     assert ib["edge_index"] == 2 * 4 * g.num_params
     assert ib["total"] >= ib["edge_index"] + ib["edge_attr"]
+
+
+def test_cache_key_follows_dataflow_not_just_modules():
+    """Same modules, different forward choices (a flag kept in a list): different structures."""
+    from model_zoo import MLP
+
+    plain, residual = MLP((5, 3, 3, 2), residual=False), MLP((5, 3, 3, 2), residual=True)
+    assert repr(plain) == repr(residual)
+    gp, gr = to_graph(plain), to_graph(residual)
+    assert gp.aux_edge_index.shape[1] == 0 and gr.aux_edge_index.shape[1] > 0

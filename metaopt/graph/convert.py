@@ -14,7 +14,7 @@ from . import converters  # noqa: F401  (registers the built-in converters)
 from .builder import GraphBuilder
 from .parameter_graph import ParameterGraph
 from .registry import ConversionError, find_converter, registry_generation
-from .tracing import walk
+from .tracing import trace, walk
 
 _CACHE: "OrderedDict[str, ParameterGraph]" = OrderedDict()
 _CACHE_SIZE = 64
@@ -58,11 +58,11 @@ def to_graph(
             f"hold no values. Materialise them first, e.g. model.to_empty(device='cpu') and "
             f"initialise, then convert."
         )
-    key = architecture_key(model, example_inputs, strict) if cache else None
+    inputs = _example_inputs(model, example_inputs)
+    key = architecture_key(model, inputs, strict) if cache else None
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key].copy_structure()
-    inputs = _example_inputs(model, example_inputs)
     graph = _convert(model, inputs, strict)
     if key is not None:
         _CACHE[key] = graph
@@ -138,8 +138,12 @@ def _resolve_uncovered(model, builder, walker, problems, strict) -> None:
     builder.add_free_edges(names)
 
 
-def architecture_key(model: nn.Module, example_inputs: Any, strict: bool) -> str:
-    """A key that is equal for models of the same architecture (types, configs, shapes)."""
+def architecture_key(model: nn.Module, example_inputs: tuple, strict: bool) -> str:
+    """A key equal for models of the same architecture: same traced dataflow, modules and shapes.
+
+    The traced fx graph is part of the key, so Python-level choices in `forward` (flags in
+    lists, dicts, custom objects) that change the dataflow also change the key.
+    """
     h = hashlib.sha1()
     h.update(repr(model).encode())
     h.update(f"{strict}:{registry_generation()}".encode())
@@ -147,10 +151,12 @@ def architecture_key(model: nn.Module, example_inputs: Any, strict: bool) -> str
         h.update(f"{name}:{tuple(p.shape)}".encode())
     for name, m in model.named_modules():
         h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}".encode())
-        plain = {k: v for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))}
-        h.update(repr(sorted(plain.items())).encode())
     for t in _flat_tensors(example_inputs):
         h.update(f"{tuple(t.shape)}:{t.dtype}".encode())
+    try:
+        h.update(str(trace(model, len(example_inputs)).graph).encode())
+    except ConversionError as exc:  # untraceable: conversion will raise or fall back; key by its reason
+        h.update(str(exc).encode())
     return h.hexdigest()
 
 
@@ -172,6 +178,9 @@ def _example_inputs(model: nn.Module, given: Any) -> tuple:
     first = next((m for m in model.modules() if find_converter(m) is not None), None)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    if first is not None and callable(getattr(first, "example_inputs", None)):  # e.g. metaopt.layers
+        ex = first.example_inputs()
+        return tuple(t.to(device) for t in (ex if isinstance(ex, (tuple, list)) else (ex,)))
     if isinstance(first, nn.Linear):
         return (torch.randn(2, first.in_features, device=device, dtype=dtype),)
     if isinstance(first, nn.modules.conv._ConvNd):

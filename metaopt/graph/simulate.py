@@ -1,8 +1,9 @@
 """`simulate(graph, values, x)`: run the network by message passing over its parameter graph.
 
 This is the proof that the graph *is* the network: for the MLP family (Linear, biases, elementwise
-activations, residual adds, gating products, LayerNorm/RMSNorm) it reproduces `model(x)` from the
-graph and the per-edge values alone. Layers are visited in order; within a layer everything is
+activations, residual adds, gating products, LayerNorm/RMSNorm), also behind a spatial feature grid
+(GRID nodes take their interpolation weights at the query points `x`), it reproduces `model(x)` from
+the graph and the per-edge values alone. Layers are visited in order; within a layer everything is
 vectorised over edges and nodes (index_add), never a loop over neurons.
 """
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .converters.grid import cell_weights
 from .parameter_graph import ParameterGraph
 from .schema import (
     EDGE_LAYER,
@@ -39,12 +41,15 @@ _ACTS = {
     Activation.HARDSWISH: F.hardswish,
     Activation.LEAKY_RELU: F.leaky_relu,  # default slope 0.01: the graph does not store slopes
 }
-_SUPPORTED_EDGES = {EdgeType.LINEAR, EdgeType.BIAS, EdgeType.NORM_WEIGHT, EdgeType.NORM_BIAS}
+_SUPPORTED_EDGES = {EdgeType.LINEAR, EdgeType.BIAS, EdgeType.NORM_WEIGHT, EdgeType.NORM_BIAS, EdgeType.GRID_FEATURE}
+_WEIGHTED_EDGES = (EdgeType.LINEAR, EdgeType.GRID_FEATURE)  # value * source neuron
 _SUPPORTED_AUX = {EdgeType.RESIDUAL, EdgeType.NORM_IN, EdgeType.ACT_IN, EdgeType.PRODUCT_IN}
 
 
 def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5) -> Tensor:
     """Outputs [B, n_out] of the network with per-edge `values` [E] on inputs `x` [B, n_in].
+
+    For a model starting with a spatial feature grid, `x` holds the query points [B, d].
 
     `eps` is the norm layers' epsilon (the graph stores structure, not hyperparameters).
     Raises NotImplementedError for graphs outside the MLP family (convolutions, attention, ...).
@@ -63,7 +68,10 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
     asrc, adst = graph.aux_edge_index.long()
     h = x.new_zeros(N, B)
     inputs = (nx[:, NODE_TYPE] == NodeType.INPUT).nonzero().squeeze(1)
-    h[inputs[nx[inputs, NODE_POSITION].argsort()]] = x.t()
+    if inputs.numel():
+        h[inputs[nx[inputs, NODE_POSITION].argsort()]] = x.t()
+    grid_nodes, grid_w = cell_weights(graph, x)  # GRID node values: interpolation weights at x
+    h[grid_nodes] = grid_w.to(h.dtype)
     h[nx[:, NODE_TYPE] == NodeType.BIAS] = 1.0
     h[nx[:, NODE_TYPE] == NodeType.NORM] = 1.0
     kinds = {rec["layer"]: rec["kind"] for rec in graph.layers}
@@ -71,15 +79,14 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
     node_layer = nx[:, NODE_LAYER]
     edge_dst_layer = node_layer[dst]
     aux_dst_layer = node_layer[adst] if adst.numel() else adst
-    computed = (nx[:, NODE_TYPE] != NodeType.INPUT) & (nx[:, NODE_TYPE] != NodeType.BIAS) & (
-        nx[:, NODE_TYPE] != NodeType.NORM
-    )
+    computed = ~torch.isin(nx[:, NODE_TYPE], torch.tensor([int(NodeType.INPUT), int(NodeType.BIAS),
+                                                          int(NodeType.NORM), int(NodeType.GRID)]))
     for layer in torch.unique(node_layer[computed]).tolist():
         nodes = (computed & (node_layer == layer)).nonzero().squeeze(1)
         e = (edge_dst_layer == layer).nonzero().squeeze(1)
         a = (aux_dst_layer == layer).nonzero().squeeze(1) if adst.numel() else adst
         pre = h.new_zeros(N, B)
-        lin = e[etype[e] == EdgeType.LINEAR]
+        lin = e[torch.isin(etype[e], torch.tensor([int(t) for t in _WEIGHTED_EDGES]))]
         pre.index_add_(0, dst[lin], values[lin, None] * h[src[lin]])
         bias = e[etype[e] == EdgeType.BIAS]
         pre.index_add_(0, dst[bias], values[bias, None].expand(-1, B).to(h.dtype))

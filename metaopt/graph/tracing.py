@@ -36,8 +36,10 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, num_inputs: int = 1) -> fx.GraphModule:
     """Symbolically trace `model`; failures become a ConversionError that says what to do."""
+    if find_converter(model) is not None:  # the root itself is a converted layer: do not trace into it
+        return _leaf_root(model, num_inputs)
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
@@ -50,6 +52,16 @@ def trace(model: nn.Module) -> fx.GraphModule:
             f"strict=False, which keeps every parameter as a free edge (no connectivity)."
         ) from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _leaf_root(model: nn.Module, num_inputs: int) -> fx.GraphModule:
+    """A one-node graph calling `model` as a leaf (so to_graph(SetLinear(...)) uses its converter)."""
+    holder = nn.Module()
+    holder.add_module(type(model).__name__.lower(), model)
+    graph = fx.Graph()
+    args = tuple(graph.placeholder(f"input_{i}") for i in range(num_inputs))
+    graph.output(graph.call_module(type(model).__name__.lower(), args))
+    return fx.GraphModule(holder, graph, type(model).__name__)
 
 
 class DataflowWalker(fx.Interpreter):
@@ -209,7 +221,7 @@ def walk(model: nn.Module, example_inputs: tuple, strict: bool) -> tuple[GraphBu
 
 
 def _walk(model: nn.Module, example_inputs: tuple, strict: bool) -> tuple[GraphBuilder, DataflowWalker]:
-    gm = trace(model)
+    gm = trace(model, len(example_inputs))
     builder = GraphBuilder(model)
     walker = DataflowWalker(gm, builder, strict)
     with torch.no_grad():

@@ -1,0 +1,139 @@
+"""Features: per-tensor scale robustness, factored node moments, time features, shapes and names."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from metaopt.graph import ParameterGraph
+from metaopt.graph.schema import EDGE_ATTR_DTYPE, INDEX_DTYPE
+from metaopt.optim import FeatureConfig, GraphIndex, compute_features
+from metaopt.optim.features import normalise_per_tensor, per_tensor_rms
+
+
+def _random_graph(shapes, num_nodes=9, seed=0) -> ParameterGraph:
+    g = torch.Generator().manual_seed(seed)
+    e = sum(math.prod(s) for s in shapes)
+    return ParameterGraph(
+        x=torch.zeros(num_nodes, 4, dtype=torch.long),
+        edge_index=torch.randint(0, num_nodes - 1, (2, e), generator=g).to(INDEX_DTYPE),  # last node isolated
+        edge_attr=torch.zeros(e, 5, dtype=EDGE_ATTR_DTYPE),
+        aux_edge_index=torch.zeros(2, 0, dtype=INDEX_DTYPE),
+        aux_edge_attr=torch.zeros(0, 5, dtype=EDGE_ATTR_DTYPE),
+        param_names=[f"p{i}" for i in range(len(shapes))],
+        param_shapes=[list(s) for s in shapes],
+        layers=[],
+        num_nodes=num_nodes,
+    )
+
+
+SHAPES = [(4, 3), (4,), (2, 4), (2,)]
+
+
+def _values(e, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(e, generator=g)
+    param = torch.randn(e, generator=g)
+    m = torch.randn(e, generator=g) * 0.3
+    v = torch.rand(e, generator=g) + 0.1
+    mom = torch.randn(k, e, generator=g)
+    return grad, param, m, v, mom
+
+
+def test_shapes_and_names_agree():
+    cfg = FeatureConfig()
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    f = compute_features(idx, *_values(graph.num_params, len(FeatureConfig().momentum_decays)), step=7, config=cfg)
+    assert f.edge.shape == (graph.num_params, cfg.edge_dim) == (26, 8)
+    assert f.node.shape == (9, cfg.node_dim) and f.graph.shape == (1, cfg.graph_dim)
+    assert cfg.edge_names()[4:5] == ["momentum_0.99"]
+    two = FeatureConfig(momentum_decays=(0.5, 0.99))
+    assert two.edge_dim == 9 and two.edge_names()[4:6] == ["momentum_0.5", "momentum_0.99"]
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("method", ["loop", "segment"])
+def test_per_tensor_rms_and_normalisation(method):
+    idx = GraphIndex.from_graph(_random_graph(SHAPES), "cpu")
+    rows = torch.randn(3, 26) * torch.tensor([1.0, 1e-4, 1e3]).unsqueeze(1)
+    got = per_tensor_rms(rows, idx, method)
+    for i, chunk in enumerate(rows.split([12, 4, 8, 2], dim=1)):
+        torch.testing.assert_close(got[:, i], chunk.pow(2).mean(1).sqrt())
+    normed = normalise_per_tensor(rows.clone(), idx, method)
+    torch.testing.assert_close(per_tensor_rms(normed, idx, method), torch.ones(3, 4))
+    zero = normalise_per_tensor(torch.zeros(2, 26), idx, method)  # all-zero tensors stay zero
+    assert torch.equal(zero, torch.zeros(2, 26))
+
+
+def test_edge_features_are_invariant_to_a_tensors_scale():
+    """Rescaling one tensor's weights and gradient history (v by c^2) leaves every edge feature
+    unchanged: the rule is scale-robust per tensor (and bias correction cancels the same way)."""
+    cfg = FeatureConfig()
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
+    base = compute_features(idx, grad, param, m, v, mom, 3, cfg).edge
+    c = torch.ones(graph.num_params)
+    c[12:16] = 1e3  # tensor p1
+    c[16:24] = 1e-3  # tensor p2
+    scaled = compute_features(idx, grad * c, param * c, m * c, v * c * c, mom * c, 3, cfg).edge
+    cols = [i for i, n in enumerate(cfg.edge_names()) if n not in ("adam_momentum", "grad_over_rms")]
+    torch.testing.assert_close(scaled[:, cols], base[:, cols], rtol=1e-4, atol=1e-5)
+    # the two ratio features are scale-free already, up to eps relative to the rms
+    torch.testing.assert_close(scaled, base, rtol=1e-3, atol=1e-3)
+
+
+def test_clipped_gradient_is_bounded_and_equal_below_the_clip():
+    cfg = FeatureConfig(clip=1.5)
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
+    grad[3] = 50.0  # an outlier
+    f = compute_features(idx, grad, param, m, v, mom, 1, cfg).edge
+    assert f[:, 1].abs().max() <= 1.5
+    small = f[:, 0].abs() < 1.5
+    assert torch.equal(f[small, 1], f[small, 0]) and f[3, 1] == 1.5 and f[3, 0] > 1.5
+
+
+def test_node_features_are_factored_second_moments():
+    cfg = FeatureConfig()
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
+    node = compute_features(idx, grad, param, m, v, mom, 1, cfg).node
+    src, dst = graph.edge_index.long()
+    g_rms = v.mean().sqrt()
+    for n in range(graph.num_nodes):
+        ins, outs = v[dst == n], v[src == n]
+        want_in = ins.mean().sqrt() / g_rms if len(ins) else torch.tensor(0.0)
+        want_out = outs.mean().sqrt() / g_rms if len(outs) else torch.tensor(0.0)
+        torch.testing.assert_close(node[n], torch.stack([want_in, want_out]))
+    assert torch.equal(node[-1], torch.zeros(2))  # isolated node
+
+
+def test_time_features_and_non_finite_inputs():
+    cfg = FeatureConfig(time_scales=(10.0, 1000.0))
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
+    param[0] = float("inf")
+    f = compute_features(idx, grad, param, m, v, mom, 50, cfg)
+    torch.testing.assert_close(f.graph, torch.tensor([[math.tanh(5.0), math.tanh(0.05)]]))
+    assert torch.isfinite(f.edge).all() and torch.isfinite(f.node).all()
+
+
+def test_config_and_inputs_are_validated():
+    with pytest.raises(ValueError, match="decays"):
+        FeatureConfig(momentum_decays=(1.5,))
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, mom = _values(graph.num_params, 3)
+    with pytest.raises(ValueError, match="momenta"):
+        compute_features(idx, grad, param, m, v, mom, 1, FeatureConfig())
+    bad = _random_graph(SHAPES)
+    bad.param_shapes = [[4, 3]]
+    with pytest.raises(ValueError, match="one-edge-per-parameter"):
+        GraphIndex.from_graph(bad, "cpu")
