@@ -159,20 +159,25 @@ def append_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 def verify_shard(path: Path, records: list[dict[str, Any]]) -> str | None:
     """None if the shard holds every record's weights with the recorded size and sha256, else why not."""
+    return _load_verified(path, records)[1]
+
+
+def _load_verified(path: Path, records: list[dict[str, Any]]) -> tuple[dict[str, Tensor], str | None]:
+    """(shard tensors, None) if every record's weights match its size and sha256, else ({}, reason)."""
     if not path.is_file():
-        return "file missing"
+        return {}, "file missing"
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        return f"unreadable ({e})"
+        return {}, f"unreadable ({e})"
     for rec in records:
         key = str(rec["id"])
         if key not in tensors:
-            return f"model {key} missing"
+            return {}, f"model {key} missing"
         w = tensors[key]
         if w.numel() * w.element_size() != rec["nbytes"] or tensor_sha256(w) != rec["sha256"]:
-            return f"model {key} size or checksum mismatch"
-    return None
+            return {}, f"model {key} size or checksum mismatch"
+    return tensors, None
 
 
 # ---- the reader used by weight-space learning -------------------------------------------------
@@ -236,10 +241,17 @@ def load_zoo(folder: str | Path, verify: bool = True) -> Zoo:
     for shard, rs in sorted(by_shard.items()):
         path = root / "shards" / shard
         if verify:
-            why = verify_shard(path, rs)
+            tensors, why = _load_verified(path, rs)
             if why is not None:
                 raise ZooFormatError(f"{path}: {why}; rerun the generator on {root} to regenerate the shard")
-        tensors = load_file(str(path))
+        else:
+            try:
+                tensors = load_file(str(path))
+            except (SafetensorError, OSError, ValueError) as e:
+                raise ZooFormatError(f"{path}: unreadable ({e}); rerun the generator on {root}") from e
+            missing = [r["id"] for r in rs if str(r["id"]) not in tensors]
+            if missing:
+                raise ZooFormatError(f"{path}: lacks models {missing[:5]}; rerun the generator on {root}")
         for r in rs:
             weights[r["id"]] = tensors[str(r["id"])]
     ids = sorted(recs)
