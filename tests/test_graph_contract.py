@@ -133,3 +133,20 @@ def test_cache_key_follows_dataflow_not_just_modules():
     assert repr(plain) == repr(residual)
     gp, gr = to_graph(plain), to_graph(residual)
     assert gp.aux_edge_index.shape[1] == 0 and gr.aux_edge_index.shape[1] > 0
+
+
+def test_structure_serialisation_round_trip(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    g = to_graph(MODELS["vit"])
+    save_file(g.structure_tensors(), str(tmp_path / "s.safetensors"))
+    (tmp_path / "s.json").write_text(json.dumps(g.structure_meta()))
+    back = ParameterGraph.from_structure(load_file(str(tmp_path / "s.safetensors")), json.loads((tmp_path / "s.json").read_text()))
+    for k in ParameterGraph.STRUCTURE_KEYS:
+        assert torch.equal(back[k], g[k]) and back[k].dtype == g[k].dtype
+    assert back.param_names == g.param_names and back.param_shapes == g.param_shapes and back.num_nodes == g.num_nodes
+    assert torch.equal(back.params_to_edges(MODELS["vit"]), g.params_to_edges(MODELS["vit"]))
+    with pytest.raises(KeyError, match="edge_attr"):
+        ParameterGraph.from_structure({"x": g.x}, g.structure_meta())

@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 FORMAT = "metaopt-inr-set/1"
-STRUCTURE_KEYS = ("x", "edge_index", "edge_attr", "aux_edge_index", "aux_edge_attr")
 SPLIT_NAMES = ("train", "test")
 
 
@@ -47,13 +46,7 @@ def write_structure(out: Path, graph: Any, meta: dict[str, Any]) -> None:
     """
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "structure.json"
-    record = {
-        "format": FORMAT,
-        "param_names": list(graph.param_names),
-        "param_shapes": [list(s) for s in graph.param_shapes],
-        "layers": list(graph.layers),
-        **meta,
-    }
+    record = {"format": FORMAT, **graph.structure_meta(), **meta}
     if json_path.exists():
         old = json.loads(json_path.read_text())
         if old != json.loads(json.dumps(record, sort_keys=True)):
@@ -63,7 +56,7 @@ def write_structure(out: Path, graph: Any, meta: dict[str, Any]) -> None:
                 "arguments, or pass a new --out folder (or --overwrite to start over)"
             )
         return
-    _atomic_save({k: graph[k] for k in STRUCTURE_KEYS}, out / "structure.safetensors")
+    _atomic_save(graph.structure_tensors(), out / "structure.safetensors")
     _atomic_json(record, json_path)
 
 

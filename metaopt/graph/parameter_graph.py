@@ -134,6 +134,37 @@ class ParameterGraph(Data):
             torch.arange(len(self.param_shapes)), torch.tensor(self.param_numels, dtype=torch.long)
         )
 
+    # ---- serialisation (structure only: stores write these as safetensors + JSON) ---------
+    STRUCTURE_KEYS = ("x", "edge_index", "edge_attr", "aux_edge_index", "aux_edge_attr")
+
+    def structure_tensors(self) -> dict[str, Tensor]:
+        """The structure tensors, contiguous (ready for `safetensors.torch.save_file`)."""
+        return {k: self[k].contiguous() for k in self.STRUCTURE_KEYS}
+
+    def structure_meta(self) -> dict[str, Any]:
+        """The JSON-serialisable rest of the structure."""
+        return {
+            "num_nodes": int(self.num_nodes),
+            "param_names": list(self.param_names),
+            "param_shapes": [list(s) for s in self.param_shapes],
+            "layers": list(self.layers),
+        }
+
+    @classmethod
+    def from_structure(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> "ParameterGraph":
+        """Rebuild a graph from `structure_tensors()` and `structure_meta()` output."""
+        missing = [k for k in cls.STRUCTURE_KEYS if k not in tensors]
+        missing += [k for k in ("param_names", "param_shapes", "layers") if k not in meta]
+        if missing:
+            raise KeyError(f"ParameterGraph.from_structure: missing {missing}")
+        return cls(
+            **{k: tensors[k] for k in cls.STRUCTURE_KEYS},
+            num_nodes=int(meta.get("num_nodes", tensors["x"].shape[0])),
+            param_names=list(meta["param_names"]),
+            param_shapes=[tuple(s) for s in meta["param_shapes"]],
+            layers=list(meta["layers"]),
+        )
+
     # ---- structure views ---------------------------------------------------------------
     def copy_structure(self) -> "ParameterGraph":
         """A new graph object sharing this one's tensors (cheap: used by the structure cache)."""

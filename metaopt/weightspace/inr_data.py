@@ -21,7 +21,7 @@ from torch import Tensor
 from metaopt.graph import ParameterGraph
 
 FORMAT = "metaopt-inr-set/1"
-STRUCTURE_KEYS = ("x", "edge_index", "edge_attr", "aux_edge_index", "aux_edge_attr")
+STRUCTURE_KEYS = ParameterGraph.STRUCTURE_KEYS
 
 
 @dataclass
@@ -81,14 +81,7 @@ def load_structure(root: str | Path) -> tuple[ParameterGraph, dict[str, Any]]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, this reader understands {FORMAT!r}")
     tensors = load_file(str(root / "structure.safetensors"))
-    graph = ParameterGraph(
-        **{k: tensors[k] for k in STRUCTURE_KEYS},
-        num_nodes=int(tensors["x"].shape[0]),
-        param_names=list(meta["param_names"]),
-        param_shapes=[tuple(s) for s in meta["param_shapes"]],
-        layers=list(meta["layers"]),
-    )
-    return graph, meta
+    return ParameterGraph.from_structure(tensors, meta), meta
 
 
 def load_inr_set(root: str | Path) -> INRSet:

@@ -34,7 +34,7 @@ from torch import Tensor
 from ..graph import ParameterGraph
 
 FORMAT_VERSION = 1
-STRUCTURE_KEYS = ("x", "edge_index", "edge_attr", "aux_edge_index", "aux_edge_attr")
+STRUCTURE_KEYS = ParameterGraph.STRUCTURE_KEYS
 MODEL_RECORD_KEYS = (
     "id", "arch_id", "family", "spec", "hparams", "seed", "train_acc", "train_loss", "test_acc",
     "test_loss", "num_params", "shard", "sha256", "nbytes",
@@ -85,15 +85,8 @@ def shard_name(model_id: int, shard_size: int) -> str:
 # ---- graph structures --------------------------------------------------------------------------
 def save_structure(graph: ParameterGraph, folder: Path, arch_id: str, extra: dict[str, Any]) -> None:
     """Store a graph's structure tensors and its parameter/layer lists (plus `extra`, e.g. the spec)."""
-    tensors = {k: graph[k] for k in STRUCTURE_KEYS}
-    meta = {
-        "arch_id": arch_id,
-        "num_nodes": int(graph.num_nodes),
-        "param_names": list(graph.param_names),
-        "param_shapes": [list(s) for s in graph.param_shapes],
-        "layers": list(graph.layers),
-        **extra,
-    }
+    tensors = graph.structure_tensors()
+    meta = {"arch_id": arch_id, **graph.structure_meta(), **extra}
     atomic_save_tensors(folder / f"{arch_id}.safetensors", tensors)
     atomic_write_bytes(folder / f"{arch_id}.json", json.dumps(meta, sort_keys=True).encode())
 
@@ -112,14 +105,7 @@ def load_structure(folder: Path, arch_id: str) -> tuple[ParameterGraph, dict[str
     missing = [k for k in STRUCTURE_KEYS if k not in tensors]
     if missing:
         raise ZooFormatError(f"{st}: lacks structure tensors {missing}; expected {list(STRUCTURE_KEYS)}")
-    graph = ParameterGraph(
-        **tensors,
-        num_nodes=int(meta["num_nodes"]),
-        param_names=list(meta["param_names"]),
-        param_shapes=[tuple(s) for s in meta["param_shapes"]],
-        layers=list(meta["layers"]),
-    )
-    return graph, meta
+    return ParameterGraph.from_structure(tensors, meta), meta
 
 
 # ---- records and shards -----------------------------------------------------------------------
