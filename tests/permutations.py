@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from metaopt.graph import EdgeType, NodeType, ParameterGraph
 from metaopt.graph.schema import EDGE_TYPE, NODE_LAYER, NODE_TYPE
+from model_zoo import MLP, DeepSets, ResNet, TinyLM
 
 
 # ---- model side ----------------------------------------------------------------------------------
@@ -128,3 +129,104 @@ def assert_isomorphic(graph: ParameterGraph, values_a: Tensor, values_b: Tensor,
     asrc, adst = graph.aux_edge_index.long()
     assert torch.equal(canon(sigma[asrc], sigma[adst], graph.aux_edge_attr, None),
                        canon(asrc, adst, graph.aux_edge_attr, None)), "structural edges differ"
+
+
+# ---- symmetry cases: (model, permute(model) -> model, sigma(graph) -> node relabelling, inputs) ----
+# Shared by the graph tests (the graph is isomorphic) and the GMN tests (outputs are equivariant).
+
+def mlp_case():
+    model = MLP((5, 8, 8, 8, 3), act=torch.nn.ReLU, layernorm=True, residual=True)
+    p = torch.randperm(8)
+
+    def permute(m):
+        for i in range(3):  # the residual stream: all three hidden layers share one permutation
+            permute_out(m.layers[i], p)
+            permute_out(m.norms[i], p)
+        for i in range(1, 4):
+            permute_in(m.layers[i], p)
+        return m
+
+    def sigma(g):
+        s = torch.arange(g.num_nodes)
+        for i in range(3):
+            relabel(s, layer_nodes(g, f"layers.{i}"), p)
+        return s
+
+    return model, permute, sigma, (torch.randn(2, 5),)
+
+
+def resnet_case():
+    model = ResNet(widths=(6, 8), blocks=(2, 1)).eval()
+    stream = torch.randperm(6)
+    inner = [torch.randperm(6), torch.randperm(6), torch.randperm(8)]
+
+    def permute(m):
+        permute_out(m.stem, stream), permute_out(m.bn, stream)
+        for blk in (m.layers[0], m.layers[1]):
+            permute_in(blk.conv1, stream)
+            permute_out(blk.conv2, stream), permute_out(blk.bn2, stream)
+        permute_in(m.layers[2].conv1, stream), permute_in(m.layers[2].shortcut[0], stream)
+        for blk, q in zip(m.layers, inner):
+            permute_out(blk.conv1, q), permute_out(blk.bn1, q), permute_in(blk.conv2, q)
+        return m
+
+    def sigma(g):
+        s = torch.arange(g.num_nodes)
+        relabel(s, layer_nodes(g, "stem"), stream)
+        for i in range(2):
+            relabel(s, layer_nodes(g, f"layers.{i}.conv2"), stream)
+        for i, q in enumerate(inner):
+            relabel(s, layer_nodes(g, f"layers.{i}.conv1"), q)
+        return s
+
+    return model, permute, sigma, (torch.randn(2, 3, 8, 8),)
+
+
+def transformer_case():
+    model = TinyLM(vocab=11, dim=12, heads=3, depth=2).eval()
+    head_perms = [torch.randperm(3) for _ in range(2)]
+    ff_perms = [torch.randperm(24) for _ in range(2)]
+    units: list[torch.Tensor] = []
+
+    def permute(m):
+        units.clear()
+        for blk, hp, fp in zip(m.blocks, head_perms, ff_perms):
+            units.append(permute_heads(blk.self_attn, hp))
+            permute_out(blk.linear1, fp), permute_in(blk.linear2, fp)
+        return m
+
+    def sigma(g):
+        s = torch.arange(g.num_nodes)
+        for i, (hp, fp, unit) in enumerate(zip(head_perms, ff_perms, units)):
+            name = f"blocks.{i}.self_attn"
+            for t in (NodeType.QUERY, NodeType.KEY, NodeType.VALUE):
+                relabel(s, layer_nodes(g, name, (t,)), unit)
+            relabel(s, layer_nodes(g, name, (NodeType.HEAD,)), hp)
+            relabel(s, layer_nodes(g, f"blocks.{i}.linear1"), fp)
+        return s
+
+    return model, permute, sigma, (torch.randint(0, 11, (2, 7)),)
+
+
+def deepsets_case():
+    model = DeepSets(din=3, hidden=8, dout=2)
+    p1, p2 = torch.randperm(8), torch.randperm(8)
+
+    def permute(m):
+        permute_out(m.eq1.lam, p1), permute_out(m.eq1.gam, p1)
+        permute_in(m.eq2.lam, p1), permute_in(m.eq2.gam, p1)
+        permute_out(m.rho[0], p2), permute_in(m.rho[2], p2)
+        return m
+
+    def sigma(g):
+        s = torch.arange(g.num_nodes)
+        relabel(s, layer_nodes(g, "eq1.lam"), p1)
+        relabel(s, layer_nodes(g, "eq1.gam"), p1)
+        relabel(s, layer_nodes(g, "rho.0"), p2)
+        return s
+
+    return model, permute, sigma, (torch.randn(2, 5, 3),)
+
+
+SYMMETRY_CASES = {"mlp_ln_res": mlp_case, "resnet_bn": resnet_case, "transformer": transformer_case,
+                  "deepsets": deepsets_case}
