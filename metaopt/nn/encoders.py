@@ -49,12 +49,12 @@ def value_features(values: Tensor) -> Tensor:
     gradients of 1e-8 and weights of 1e2 equally visible. NaN becomes 0 and infinities a large
     finite number, so a diverging inner run cannot poison the metanetwork with NaNs.
     """
-    v = torch.nan_to_num(values.float(), nan=0.0, posinf=1e20, neginf=-1e20)
-    mag, sign = v.abs(), torch.sign(v)
-    feats = [v.clamp(-VALUE_CLIP, VALUE_CLIP)]
-    for s in VALUE_LOG_SCALES:
-        feats.append(sign * torch.log1p(mag / s) / math.log1p(1.0 / s))
-    return torch.stack(feats, dim=-1).flatten(-2)
+    v = torch.nan_to_num(values.float(), nan=0.0, posinf=1e20, neginf=-1e20)[..., None]
+    scales = torch.tensor(VALUE_LOG_SCALES, dtype=torch.float32, device=v.device)
+    # One broadcast op per step over all scales: writing [..., F, 6] directly is several times
+    # faster than stacking six strided [..., F] tensors (this runs on every edge, every optimizer step).
+    logs = torch.sign(v) * torch.log1p(v.abs() / scales) / torch.log1p(1.0 / scales)
+    return torch.cat([v.clamp(-VALUE_CLIP, VALUE_CLIP), logs], dim=-1).flatten(-2)
 
 
 def sinusoidal_encoding(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
