@@ -27,6 +27,7 @@ class RuleSection:
     layers: int = 1
     alpha: float = 0.0  # initial residual scale: 0 = start exactly at Adam
     beta: float = 0.1
+    residual_scale: str = "adam"  # adam: the residual is relative to Adam's step size per edge; none: units of lr
     momentum_decays: list[float] = field(default_factory=list)  # extra gradient momenta (empty = FeatureConfig default)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 

@@ -46,6 +46,9 @@ class EvalSettings:
     lr_max: float = 1e-1
     sgd_lr_min: float = 1e-3
     sgd_lr_max: float = 1.0
+    # "first_seed": each task's lr grid runs on its first seed and the chosen lr is reused for the
+    # other seeds (the lr is tuned per task, as in BENCHMARKS.md; 3x cheaper); "every_seed": per seed.
+    tune: str = "first_seed"
 
     def grid(self, lo: float, hi: float) -> list[float]:
         return [float(x) for x in np.geomspace(lo, hi, self.grid_points)]
@@ -118,9 +121,12 @@ def tune(task: Task, make: Callable[[float], Callable], grid: list[float], steps
 
 
 def evaluate_task(
-    spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings, previous: dict[str, Any] | None = None
+    spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings, previous: dict[str, Any] | None = None,
+    tuned_lrs: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """All optimizers on one task and seed (results in ``previous`` are reused, not rerun)."""
+    """All optimizers on one task and seed (results in ``previous`` are reused, not rerun). With
+    ``tuned_lrs`` (baseline -> lr chosen on another seed of the task) the baselines run once at that
+    lr instead of over the grid."""
     task = build_task(spec)
     graph = task.graph if rules else None
     res: dict[str, Any] = dict(previous or {})
@@ -131,7 +137,12 @@ def evaluate_task(
                          s.grid(s.sgd_lr_min, s.sgd_lr_max)),
     }
     for name, (make, grid) in baselines.items():
-        if name not in res:
+        if name in res:
+            continue
+        if tuned_lrs is not None:
+            res[name] = {**run_optimizer(task, make(tuned_lrs[name]), s.steps, spec.seed), "lr": tuned_lrs[name],
+                         "grid": None, "grid_divergences": 0}
+        else:
             res[name] = tune(task, make, grid, s.steps, spec.seed)
     lr = res["adam"]["lr"]
     for name, rule in rules.items():
@@ -159,6 +170,20 @@ def plot(entry: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def task_summary(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Task (name without the seed) -> optimizer -> median over seeds of speedup and final loss."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_task.setdefault(e["task"].split("/")[0], []).append(e)
+    return {
+        task: {
+            name: {key: float(np.median([e["results"][name][key] for e in es])) for key in ("speedup", "final_loss")}
+            for name in optimizers
+        }
+        for task, es in by_task.items()
+    }
+
+
 def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
     """Per-task table plus a summary per optimizer."""
     lines = [
@@ -174,14 +199,55 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
                 f"| {e['task']} | {name} | {r['lr']:.2g} | {r['final_loss']:.4g} | {e['metric_name']} {r['metric']:.4g} | "
                 f"{steps} | {r['speedup']:.2f} | {div} | {r['ms_per_step']:.1f} |"
             )
-    lines += ["", "| optimizer | median speedup vs tuned Adam | tasks >= 1.0x | beats tuned Adam (final loss) | divergences |",
+    lines += ["", "Per task (median over its seeds):", "",
+              "| optimizer | median speedup vs tuned Adam | tasks >= 1.0x | beats tuned Adam (final loss) | divergences |",
               "|---|---:|---:|---:|---:|"]
+    per_task = task_summary(entries, optimizers)
     for name in optimizers:
-        sp = [e["results"][name]["speedup"] for e in entries]
-        wins = sum(e["results"][name]["final_loss"] < e["results"]["adam"]["final_loss"] for e in entries)
+        sp = [t[name]["speedup"] for t in per_task.values()]
+        wins = sum(t[name]["final_loss"] < t["adam"]["final_loss"] for t in per_task.values())
         div = sum(int(e["results"][name]["diverged"]) for e in entries)
-        lines.append(f"| {name} | {statistics.median(sp):.2f} | {sum(x >= 1.0 for x in sp)}/{len(sp)} | {wins}/{len(entries)} | {div} |")
+        lines.append(f"| {name} | {statistics.median(sp):.2f} | {sum(x >= 1.0 for x in sp)}/{len(sp)} | "
+                     f"{wins}/{len(per_task)} | {div} |")
+    gmn = [n for n in optimizers if n.startswith("rule_gmn")]
+    mlp = [n for n in optimizers if n.startswith("rule_mlp")]
+    if gmn and mlp:
+        g, m = gmn[0], mlp[0]
+        wins = sum(t[g]["final_loss"] < t[m]["final_loss"] for t in per_task.values())
+        lines += ["", f"{g} reaches a lower final loss than {m} on {wins}/{len(per_task)} tasks (median over seeds)."]
     return "\n".join(lines) + "\n"
+
+
+def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path) -> None:
+    """results.md (settings header, per-run table, per-task summary), also printed."""
+    optimizers = list(dict.fromkeys(k for e in entries for k in e["results"]))
+    tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
+    header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
+              f"(Adam/AdamW {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
+              f"rules at tuned Adam's lr.\n\n")
+    text = header + markdown(entries, optimizers)
+    (out / "results.md").write_text(text)
+    print(text)
+
+
+def merge_results(files: list[Path], out: Path) -> int:
+    """One results.json/results.md from runs over disjoint task subsets with otherwise equal settings."""
+    parts = [json.loads(f.read_text()) for f in files]
+    base = {k: v for k, v in parts[0]["settings"].items() if k != "tasks"}
+    for f, part in zip(files, parts):
+        other = {k: v for k, v in part["settings"].items() if k != "tasks"}
+        if other != base:
+            raise SystemExit(f"--merge: {f} was run with settings {other}, {files[0]} with {base}")
+    entries = [e for part in parts for e in part["entries"]]
+    names = [e["task"] for e in entries]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--merge: some task/seed runs appear twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    settings = EvalSettings(**{**base, "tasks": list(dict.fromkeys(t for p in parts for t in p["settings"]["tasks"]))})
+    out.mkdir(parents=True, exist_ok=True)
+    rules = list(dict.fromkeys(r for p in parts for r in p.get("rules", [])))
+    (out / "results.json").write_text(json.dumps({"settings": settings.__dict__, "rules": rules, "entries": entries}, indent=1))
+    write_tables(entries, settings, out)
+    return 0
 
 
 def load_rules(dirs: list[str]) -> dict[str, UpdateRule]:
@@ -207,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help=f"tasks {QUICK_TASKS}, seed 0, 150 steps, 4-point grids")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/eval")
+    p.add_argument("--tune", choices=["first_seed", "every_seed"], default="first_seed",
+                   help="tune baseline lrs on each task's first seed and reuse them (default), or on every seed")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                   help="combine results.json files of runs over disjoint task subsets (same settings) into one "
+                        "table in --out; nothing is run")
     p.add_argument("--reuse", help="a results.json from an earlier run with the same settings: its optimizers are "
                    "kept (not rerun) and the rules given here are added")
     a = p.parse_args(argv)
@@ -224,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         s.steps = a.steps
     if a.grid_points:
         s.grid_points = a.grid_points
+    s.tune = a.tune
     if s.grid_points < 2 or s.steps < WINDOW:
         p.error(f"need --grid-points >= 2 and --steps >= {WINDOW}")
+    if a.merge:
+        return merge_results([Path(f) for f in a.merge], Path(a.out))
     rules = load_rules(a.rule)
     out = Path(a.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
@@ -239,19 +313,18 @@ def main(argv: list[str] | None = None) -> int:
         previous = {e["task"]: e["results"] for e in old["entries"]}
         prev_rules = [r for r in old.get("rules", []) if r not in a.rule]
     entries = []
+    tuned: dict[str, dict[str, float]] = {}  # task -> baseline -> lr chosen on the task's first seed
     for spec in tqdm(specs, desc="evaluate", dynamic_ncols=True):
-        entry = evaluate_task(spec, rules, s, previous.get(spec.name))
+        task_name = spec.name.split("/")[0]
+        reuse_lrs = tuned.get(task_name) if s.tune == "first_seed" else None
+        entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs)
+        tuned.setdefault(task_name, {k: entry["results"][k]["lr"] for k in ("adam", "adamw", "sgd_momentum")})
         entries.append(entry)
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
         (out / "results.json").write_text(
             json.dumps({"settings": s.__dict__, "rules": prev_rules + a.rule, "entries": entries}, indent=1)
         )
-    optimizers = list(dict.fromkeys(k for e in entries for k in e["results"]))
-    md = markdown(entries, optimizers)
-    header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
-              f"(Adam/AdamW {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}); rules at tuned Adam's lr.\n\n")
-    (out / "results.md").write_text(header + md)
-    print(header + md)
+    write_tables(entries, s, out)
     return 0
 
 

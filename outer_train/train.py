@@ -45,7 +45,7 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
     features = FeatureConfig(momentum_decays=tuple(cfg.rule.momentum_decays)) if cfg.rule.momentum_decays else FeatureConfig()
     return UpdateRule(
         RuleConfig(kind=cfg.rule.arch, hidden=cfg.rule.hidden, layers=cfg.rule.layers, alpha=cfg.rule.alpha,
-                   beta=cfg.rule.beta, features=features)
+                   beta=cfg.rule.beta, residual_scale=cfg.rule.residual_scale, features=features)
     )
 
 

@@ -104,7 +104,8 @@ def inner_step(
     for g, group in enumerate(groups):
         m = len(group.member_seeds)
         for i in range(m):
-            new = apply_update(params_all[g][i], states_all[g][i], residuals[k], group.lr, (0.9, 0.999), 1e-8, 0.0)
+            new = apply_update(params_all[g][i], states_all[g][i], residuals[k], group.lr, (0.9, 0.999), 1e-8, 0.0,
+                               rule.config.residual_scale)
             if record_ratio and g == 0 and i == 0:
                 with torch.no_grad():
                     ratio = ((new - params_all[g][i]).abs() / (params_all[g][i].abs() + 1e-12)).detach()

@@ -122,11 +122,11 @@ class LinearRuleNet(nn.Module):
         return SimpleNamespace(edge=out, node=None, graph=None)
 
 
-def linear_rule(alpha: float = 0.5, beta: float = 0.1, seed: int = 0):
+def linear_rule(alpha: float = 0.5, beta: float = 0.1, seed: int = 0, residual_scale: str = "adam"):
     """An UpdateRule driven by LinearRuleNet (kind 'none' config, network swapped in)."""
     from metaopt.optim import RuleConfig, UpdateRule
 
-    rule = UpdateRule(RuleConfig(kind="none", alpha=alpha, beta=beta))
+    rule = UpdateRule(RuleConfig(kind="none", alpha=alpha, beta=beta, residual_scale=residual_scale))
     f = rule.features
     rule.net = LinearRuleNet(f.edge_dim, f.node_dim, f.graph_dim, seed=seed)
     return rule

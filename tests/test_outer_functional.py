@@ -23,12 +23,16 @@ def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-@pytest.mark.parametrize("kind,weight_decay", [("gmn", 0.05), ("mlp", 0.0), ("none", 0.05)])
-def test_functional_step_equals_gmn_optimizer_step(kind: str, weight_decay: float) -> None:
+@pytest.mark.parametrize(
+    "kind,weight_decay,residual_scale",
+    [("gmn", 0.05, "adam"), ("gmn", 0.0, "none"), ("mlp", 0.0, "adam"), ("none", 0.05, "adam")],
+)
+def test_functional_step_equals_gmn_optimizer_step(kind: str, weight_decay: float, residual_scale: str) -> None:
     model = _model()
     graph = to_graph(model, torch.zeros(2, 6))
     torch.manual_seed(0)
-    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, layers=1, alpha=0.5 if kind != "none" else 0.0))
+    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, layers=1, alpha=0.5 if kind != "none" else 0.0,
+                                 residual_scale=residual_scale))
     opt = GMNOptimizer(model, rule=rule, lr=1e-2, weight_decay=weight_decay, graph=graph)
     params = _flat(model)
     state = FunctionalState.zeros(params.numel(), rule.features)

@@ -122,8 +122,10 @@ def apply_update(
     betas: tuple[float, float],
     eps: float,
     weight_decay: float,
+    residual_scale: str = "none",
 ) -> Tensor:
-    """``p * (1 - lr * wd) - lr * (m_hat / (sqrt(v_hat) + eps) + residual)`` with the state after the step."""
+    """``p * (1 - lr * wd) - lr * (m_hat / (sqrt(v_hat) + eps) + residual * s)`` with the state after
+    the step; s = 1, or ``|m_hat| / (sqrt(v_hat) + eps)`` for ``residual_scale="adam"``."""
     b1, b2 = betas
     bc1 = 1.0 - b1**state.step
     bc2 = 1.0 - b2**state.step
@@ -132,6 +134,8 @@ def apply_update(
         params = params * (1.0 - lr * weight_decay)
     new = torch.addcdiv(params, state.exp_avg, denom, value=-lr / bc1)
     if residual is not None:
+        if residual_scale == "adam":
+            residual = residual * (state.exp_avg.abs() / bc1 / denom)
         new = new + residual * -lr
     return new
 
@@ -172,7 +176,8 @@ def step_fn(
         feats = rule_inputs(rule, index, params, grads, new_state)
         residual = rule_residual(rule, graph, feats, rule_params)
         residual = torch.where(torch.isfinite(residual), residual, torch.zeros_like(residual))
-    return apply_update(params, new_state, residual, lr, betas, eps, weight_decay), new_state
+    update = apply_update(params, new_state, residual, lr, betas, eps, weight_decay, rule.config.residual_scale)
+    return update, new_state
 
 
 def rule_residual(rule: UpdateRule, graph: Any, feats: Features, rule_params: dict[str, Tensor] | None = None) -> Tensor:

@@ -279,7 +279,13 @@ class GMNOptimizer(torch.optim.Optimizer):
         torch._foreach_addcdiv_(params, exp_avgs, denom, [-a / c for a, c in zip(lr, bc1)])
         if residual is not None:
             res = residual.split(self._numels)
-            torch._foreach_add_(params, [(res[i] * -a).view(p.shape) for i, a, p in zip(idx, lr, params)])
+            upd = [(res[i] * -a).view(p.shape) for i, a, p in zip(idx, lr, params)]
+            if self.rule.config.residual_scale == "adam":  # in units of Adam's own step there
+                mag = torch._foreach_abs(exp_avgs)
+                torch._foreach_div_(mag, bc1)
+                torch._foreach_div_(mag, denom)
+                torch._foreach_mul_(upd, mag)
+            torch._foreach_add_(params, upd)
         return loss
 
     def _rule_residual(self, grad: Tensor, device: torch.device) -> Tensor:

@@ -33,6 +33,9 @@ class RuleCheckpointError(ValueError):
     """A rule checkpoint is missing, corrupt, or does not match this code's rule/feature format."""
 
 
+RESIDUAL_SCALES = ("adam", "none")
+
+
 @dataclass
 class RuleConfig:
     """Architecture and feature set of an update rule (stored in ``config.json``).
@@ -42,6 +45,10 @@ class RuleConfig:
     hidden, layers: width and depth of the network; net_kwargs: extra constructor arguments.
     alpha: initial residual scale (0 = exactly Adam; a learnable parameter of the rule).
     beta: scale of the magnitude output inside ``exp(beta * m)`` (fixed).
+    residual_scale: "adam" multiplies each edge's residual by the magnitude of Adam's own step
+        direction ``|m_hat| / (sqrt(v_hat) + eps)`` there, so the learned part shrinks as Adam's
+        step does near a minimum and cannot leave an O(lr) noise floor; "none" leaves it in units
+        of the learning rate (rules saved before this option existed load as "none").
     """
 
     kind: str = "gmn"
@@ -49,12 +56,15 @@ class RuleConfig:
     layers: int = 2
     alpha: float = 0.0
     beta: float = 0.1
+    residual_scale: str = "adam"
     features: FeatureConfig = field(default_factory=FeatureConfig)
     net_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"RuleConfig: kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.residual_scale not in RESIDUAL_SCALES:
+            raise ValueError(f"RuleConfig: residual_scale must be one of {RESIDUAL_SCALES}, got {self.residual_scale!r}.")
         if isinstance(self.features, dict):
             self.features = FeatureConfig.from_dict(self.features)
 
@@ -65,6 +75,7 @@ class RuleConfig:
             "layers": self.layers,
             "alpha": self.alpha,
             "beta": self.beta,
+            "residual_scale": self.residual_scale,
             "features": self.features.to_dict(),
             "net_kwargs": dict(self.net_kwargs),
         }
@@ -199,7 +210,8 @@ class UpdateRule(nn.Module):
                 f"this metaopt reads version {RULE_VERSION}. Re-export the rule with a matching metaopt."
             )
         try:
-            config = RuleConfig(**{k: v for k, v in meta["rule"].items()})
+            # Rules saved before residual_scale existed were trained with the plain residual.
+            config = RuleConfig(**{"residual_scale": "none", **meta["rule"]})
         except (KeyError, TypeError, ValueError) as exc:
             raise RuleCheckpointError(f"UpdateRule.from_pretrained: invalid rule section in {cfg_path}: {exc}") from exc
         _check_feature_set(meta["rule"]["features"], config.features, cfg_path)
