@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     prev_rules: list[str] = []
     if a.reuse:
         old = json.loads(Path(a.reuse).read_text())
-        if old["settings"] != s.__dict__:
-            p.error(f"--reuse {a.reuse} was run with settings {old['settings']}, not {s.__dict__}")
+        differ = {k for k in set(old["settings"]) | set(s.__dict__) if k != "tasks" and old["settings"].get(k) != s.__dict__.get(k)}
+        if differ:  # the task list may differ: only the tasks run here are taken from it
+            p.error(f"--reuse {a.reuse} was run with other settings ({sorted(differ)}): {old['settings']}, not {s.__dict__}")
         previous = {e["task"]: e["results"] for e in old["entries"]}
         prev_rules = [r for r in old.get("rules", []) if r not in a.rule]
     entries = []

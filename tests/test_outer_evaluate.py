@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from metaopt.optim import RuleConfig, UpdateRule
@@ -43,3 +44,26 @@ def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "| siren_shapes/s0 | rule_gmn |" in table and "median speedup" in table
     assert (out / "curves" / "siren_shapes_s0.png").stat().st_size > 1000
+
+
+def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    common = ["--steps", "12", "--grid-points", "2", "--threads", "1", "--seeds", "0", "1"]
+    evaluate.main(["--tasks", "siren_shapes", *common, "--out", str(tmp_path / "a")])
+    evaluate.main(["--tasks", "mlp_shapes", *common, "--out", str(tmp_path / "b")])
+    torch.set_num_threads(threads)
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    first, second = (e["results"] for e in a["entries"])
+    for name in ("adam", "adamw", "sgd_momentum"):
+        assert len(first[name]["grid"]) == 2 and second[name]["grid"] is None  # seed 1 reuses seed 0's lr
+        assert second[name]["lr"] == first[name]["lr"] and len(second[name]["curve"]) == 12
+    evaluate.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"),
+                   "--out", str(tmp_path / "m")])
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert [e["task"] for e in merged["entries"]] == ["siren_shapes/s0", "siren_shapes/s1", "mlp_shapes/s0", "mlp_shapes/s1"]
+    assert merged["settings"]["tasks"] == ["siren_shapes", "mlp_shapes"]
+    table = (tmp_path / "m" / "results.md").read_text()
+    assert "| mlp_shapes/s1 | adam |" in table and "Per task (median over its seeds)" in table
+    with pytest.raises(SystemExit):  # the same runs twice cannot be merged
+        evaluate.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "a" / "results.json"),
+                       "--out", str(tmp_path / "x")])
