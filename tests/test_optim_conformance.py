@@ -38,7 +38,7 @@ def _params_close(a: nn.Module, b: nn.Module, rtol: float = 1e-5, atol: float = 
 def test_plain_loop_matches_adam():
     a, b = _pair()
     x, y = _data()
-    opt = GMNOptimizer(a, lr=1e-2)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2, foreach=True)
     first = None
     for _ in range(30):
@@ -58,7 +58,7 @@ def test_plain_loop_matches_adam():
 def test_step_with_closure_returns_loss_and_matches_adam():
     a, b = _pair()
     x, y = _data()
-    opt = GMNOptimizer(a, lr=1e-2)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2)
     for _ in range(10):
         def closure(model=a, o=opt):
@@ -110,7 +110,7 @@ def test_every_lr_scheduler_class_is_covered():
 def test_lr_scheduler_drives_lr_like_adam(name):
     a, b = _pair()
     x, y = _data()
-    opt = GMNOptimizer(a, lr=0.02)
+    opt = GMNOptimizer(a, rule="adam", lr=0.02)
     ref = torch.optim.Adam(b.parameters(), lr=0.02)
     sa, sb = SCHEDULERS[name](opt), SCHEDULERS[name](ref)
     lrs_a, lrs_b = [], []
@@ -143,10 +143,10 @@ def test_state_dict_resume_is_bit_identical(grouped):
 
     def make(m):
         if not grouped:
-            return GMNOptimizer(m, lr=1e-2, weight_decay=0.01, graph=g)
+            return GMNOptimizer(m, rule="adam", lr=1e-2, weight_decay=0.01, graph=g)
         ps = list(m.parameters())
         groups = [{"params": ps[0::2], "lr": 2e-2}, {"params": ps[1::2], "weight_decay": 0.1}]
-        return GMNOptimizer(m, lr=1e-2, params=groups, graph=g)
+        return GMNOptimizer(m, rule="adam", lr=1e-2, params=groups, graph=g)
 
     opt = make(model)
     _train(model, opt, x, y, 5)
@@ -178,7 +178,7 @@ def test_load_state_dict_rejects_foreign_state():
     x, y = _data()
     adam = torch.optim.Adam(b.parameters(), lr=1e-2)
     _train(b, adam, x, y, 1)
-    opt = GMNOptimizer(a, lr=1e-2)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2)
     with pytest.raises(ValueError, match="lacks \\['momenta'\\]"):
         opt.load_state_dict(adam.state_dict())
 
@@ -189,7 +189,7 @@ def test_param_groups_match_adamw_per_group():
     pa, pb = list(a.parameters()), list(b.parameters())
     ga = [{"params": pa[:2], "lr": 3e-2, "weight_decay": 0.1}, {"params": pa[2:], "betas": (0.8, 0.99), "eps": 1e-6}]
     gb = [{"params": pb[:2], "lr": 3e-2, "weight_decay": 0.1}, {"params": pb[2:], "betas": (0.8, 0.99), "eps": 1e-6}]
-    opt = GMNOptimizer(a, lr=1e-2, params=ga)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2, params=ga)
     ref = torch.optim.AdamW(gb, lr=1e-2, weight_decay=0.0)
     for _ in range(15):
         for model, o in ((a, opt), (b, ref)):
@@ -202,7 +202,7 @@ def test_param_groups_match_adamw_per_group():
 def test_weight_decay_is_decoupled_like_adamw():
     a, b = _pair()
     x, y = _data()
-    opt = GMNOptimizer(a, lr=1e-2, weight_decay=0.5)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2, weight_decay=0.5)
     ref = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.5)
     c = copy.deepcopy(b)
     coupled = torch.optim.Adam(c.parameters(), lr=1e-2, weight_decay=0.5)  # L2 in the gradient
@@ -221,7 +221,7 @@ def test_params_without_grad_are_skipped_and_frozen_untouched():
     x, y = _data()
     first, last = model[0], model[4]
     first.weight.requires_grad_(False)  # frozen
-    opt = GMNOptimizer(model, lr=1e-2, weight_decay=0.1)
+    opt = GMNOptimizer(model, rule="adam", lr=1e-2, weight_decay=0.1)
     frozen = first.weight.clone()
     _train(model, opt, x, y, 3)
     assert torch.equal(first.weight, frozen)
@@ -244,7 +244,7 @@ def test_params_outside_groups_are_untouched_and_foreign_params_rejected():
     model = mlp()
     x, y = _data()
     ps = list(model.parameters())
-    opt = GMNOptimizer(model, lr=1e-2, params=ps[2:])
+    opt = GMNOptimizer(model, rule="adam", lr=1e-2, params=ps[2:])
     before = [p.clone() for p in ps]
     _train(model, opt, x, y, 3)
     assert torch.equal(ps[0], before[0]) and torch.equal(ps[1], before[1])
@@ -252,7 +252,7 @@ def test_params_outside_groups_are_untouched_and_foreign_params_rejected():
     with pytest.raises(ValueError, match="not parameters of the model"):
         opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))]})
     with pytest.raises(TypeError, match="nn.Module"):
-        GMNOptimizer(ps)  # type: ignore[arg-type]
+        GMNOptimizer(ps, rule="adam")  # type: ignore[arg-type]
 
 
 def test_accelerate_prepare_and_gradient_accumulation():
@@ -261,7 +261,7 @@ def test_accelerate_prepare_and_gradient_accumulation():
     a, b = _pair()
     x, y = _data(n=32)
     acc = Accelerator(cpu=True, gradient_accumulation_steps=4)
-    opt = GMNOptimizer(a, lr=1e-2)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2)
     a, opt = acc.prepare(a, opt)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2)
     micro = list(zip(x.chunk(8), y.chunk(8)))
@@ -284,7 +284,7 @@ def test_grad_scaler_unscales_and_skips_inf_steps():
     a, b = _pair()
     x, y = _data()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    opt = GMNOptimizer(a, lr=1e-2)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2)
     for step in range(6):
         opt.zero_grad()
@@ -311,7 +311,7 @@ def test_cuda_matches_adam():
     a, b = _pair()
     a, b = a.cuda(), b.cuda()
     x, y = (t.cuda() for t in _data())
-    opt = GMNOptimizer(a, lr=1e-2)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2)
     for _ in range(10):
         for model, o in ((a, opt), (b, ref)):

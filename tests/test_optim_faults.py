@@ -31,7 +31,7 @@ def test_non_finite_gradient_skips_the_whole_step(bad):
     a = mlp()
     b = copy.deepcopy(a)
     x, y = _data()
-    opt = GMNOptimizer(a, lr=1e-2)
+    opt = GMNOptimizer(a, rule="adam", lr=1e-2)
     ref = torch.optim.Adam(b.parameters(), lr=1e-2)
     for step in range(6):
         _backward(a, x, y)

@@ -1,4 +1,5 @@
-"""Update rules: the shipped default is the untrained Adam residual; checkpoints round-trip and
+"""Update rules: the shipped default is a meta-trained GMN rule and "adam" the untrained residual;
+checkpoints round-trip and
 every kind of corruption or mismatch raises RuleCheckpointError before anything is loaded."""
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ import torch
 from safetensors.torch import save_file
 
 from metaopt.optim import GMNOptimizer, RuleCheckpointError, RuleConfig, UpdateRule
-from metaopt.optim.rules import DEFAULT_RULE_DIR
+from metaopt.optim.rules import ADAM_RULE_DIR, DEFAULT_RULE_DIR
 from test_optim_common import HAS_GMN, mlp, needs_gmn, to_graph
 
 
-def test_shipped_default_is_the_untrained_adam_residual():
+def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_residual():
     rule = UpdateRule.default()
-    assert rule.is_identity and float(rule.alpha.detach()) == 0.0
-    assert "UNTRAINED" in UpdateRule.default.__doc__
-    meta = json.loads((DEFAULT_RULE_DIR / "config.json").read_text())
+    assert rule.config.kind == "gmn" and not rule.is_identity and rule.config.residual_scale == "adam"
+    assert rule.features.momentum_decays == (0.99,)  # optimizer state 3x the parameters
+    assert (DEFAULT_RULE_DIR / "train_config.json").is_file()  # how it was trained ships with it
+    assert GMNOptimizer(mlp()).rule.config.kind == "gmn"
+    meta = json.loads((ADAM_RULE_DIR / "config.json").read_text())
     assert meta["rule"]["alpha"] == 0.0
-    opt = GMNOptimizer(mlp())
-    assert opt.rule.is_identity
+    assert GMNOptimizer(mlp(), rule="adam").rule.is_identity
 
 
 def _saved(tmp_path, **kw):
@@ -107,7 +109,7 @@ def test_corrupt_or_mismatched_checkpoint_raises_clearly(tmp_path, name):
 def test_state_dict_of_a_rule_with_other_momenta_is_refused():
     torch.manual_seed(0)
     model = mlp()
-    opt = GMNOptimizer(model)
+    opt = GMNOptimizer(model, rule="adam")
     model(torch.randn(2, 64)).sum().backward()
     opt.step()
     other = GMNOptimizer(

@@ -1,4 +1,5 @@
-"""Rules shipped in the package: the default is exactly Adam; named meta-trained rules load and act."""
+"""Rules shipped in the package: "adam" is exactly Adam; the default and the other meta-trained rules
+load, change the update and train."""
 
 import torch
 from torch import nn
@@ -23,15 +24,15 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert {"default", "gmn-cpu-v0", "mlp-cpu-v0"} <= set(shipped_rules())
+    assert {"default", "adam", "mlp-cpu-v1", "gmn-cpu-v0", "mlp-cpu-v0"} <= set(shipped_rules())
 
 
 def test_meta_trained_rules_load_and_change_the_update():
     adam, _ = _train(lambda m: torch.optim.Adam(m.parameters(), lr=1e-2, foreach=True))
-    default, _ = _train(lambda m: GMNOptimizer(m, lr=1e-2))
-    for a, b in zip(adam.parameters(), default.parameters()):
-        assert torch.equal(a, b), "the default rule is exactly Adam"
-    for name in ("gmn-cpu-v0", "mlp-cpu-v0"):
+    exact, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr=1e-2))
+    for a, b in zip(adam.parameters(), exact.parameters()):
+        assert torch.equal(a, b), 'rule="adam" is exactly Adam'
+    for name in ("default", "mlp-cpu-v1", "gmn-cpu-v0", "mlp-cpu-v0"):
         learned, losses = _train(lambda m: GMNOptimizer(m, rule=name, lr=1e-2))
         assert all(torch.isfinite(torch.tensor(losses)))
         assert losses[-1] < losses[0]

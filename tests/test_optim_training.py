@@ -14,9 +14,9 @@ from test_optim_common import HAS_GMN, ResCNN, TinyLM, digits, lm_batch, lm_loss
 
 
 def _run_both(model, loss_fn, steps, lr):
-    """Train copies with GMNOptimizer (default rule) and torch Adam; return both loss curves."""
+    """Train copies with GMNOptimizer (rule="adam") and torch Adam; return both loss curves."""
     twin = copy.deepcopy(model)
-    opt = GMNOptimizer(model, lr=lr)
+    opt = GMNOptimizer(model, rule="adam", lr=lr)
     ref = torch.optim.Adam(twin.parameters(), lr=lr, foreach=True)
     curves = ([], [])
     for _ in range(steps):

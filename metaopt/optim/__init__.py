@@ -1,8 +1,9 @@
 """The learned optimizer: features, update rules and `GMNOptimizer` (a drop-in torch optimizer).
 
-The rule shipped as ``rule="default"`` (``pretrained/default``) is, until a meta-trained rule
-exists, the UNTRAINED Adam residual (alpha = 0): ``GMNOptimizer(model)`` then computes exactly
-Adam (AdamW with weight decay). Meta-training replaces those files with a learned rule.
+The rule shipped as ``rule="default"`` (``pretrained/default``) is a GMN rule meta-trained on CPU
+by ``outer_train`` (see the README for its budget and held-out evaluation); ``rule="adam"`` is the
+untrained residual (alpha = 0), with which ``GMNOptimizer`` computes exactly Adam (AdamW with
+weight decay), bit for bit.
 """
 
 from .features import FEATURE_VERSION, FeatureConfig, Features, GraphIndex, compute_features

@@ -1,8 +1,9 @@
-"""Write the shipped default rule: ``python -m metaopt.optim.make_default [--kind gmn]``.
+"""Write the shipped exact-Adam rule: ``python -m metaopt.optim.make_default [--kind none]``.
 
-Until meta-training produces a rule, the default is the UNTRAINED Adam residual (alpha = 0):
-with kind "gmn" it has the GMN architecture meta-training will fill in (randomly initialised,
-unused while alpha = 0); kind "none" needs no network at all. Either way the optimizer is Adam.
+``rule="adam"`` (``pretrained/adam``) is an UNTRAINED rule with alpha = 0: the learned residual is
+identically zero, so `GMNOptimizer` computes exactly Adam (AdamW with weight decay), bit for bit.
+Kind "none" needs no network; "gmn"/"mlp" store a randomly initialised network that alpha = 0
+leaves unused (a starting point with the right architecture).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .rules import DEFAULT_RULE_DIR, RuleConfig, UpdateRule
+from .rules import ADAM_RULE_DIR, RuleConfig, UpdateRule
 
 
-def write_default(directory: Path = DEFAULT_RULE_DIR, kind: str = "gmn", seed: int = 0) -> Path:
+def write_adam_rule(directory: Path = ADAM_RULE_DIR, kind: str = "none", seed: int = 0) -> Path:
     """Save an untrained (alpha = 0) rule of ``kind`` to ``directory``; returns the directory."""
     torch.manual_seed(seed)
     return UpdateRule(RuleConfig(kind=kind, alpha=0.0)).save_pretrained(directory)
@@ -23,10 +24,10 @@ def write_default(directory: Path = DEFAULT_RULE_DIR, kind: str = "gmn", seed: i
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kind", default="gmn", choices=["gmn", "mlp", "none"])
-    ap.add_argument("--out", type=Path, default=DEFAULT_RULE_DIR)
+    ap.add_argument("--kind", default="none", choices=["gmn", "mlp", "none"])
+    ap.add_argument("--out", type=Path, default=ADAM_RULE_DIR)
     args = ap.parse_args(argv)
-    print(f"wrote untrained {args.kind} rule (alpha = 0, i.e. Adam) to {write_default(args.out, args.kind)}")
+    print(f"wrote untrained {args.kind} rule (alpha = 0, i.e. Adam) to {write_adam_rule(args.out, args.kind)}")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``GMNOptimizer(model)`` optimizes all of ``model``'s parameters; ``params=`` takes the usual
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
-    With the shipped ``rule="default"`` (the untrained residual, alpha = 0) this is exactly
-    Adam, AdamW with ``weight_decay > 0`` (decoupled decay).
+    ``rule="default"`` is the shipped meta-trained GMN rule; ``rule="adam"`` (the untrained
+    residual, alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay).
 
     The parameter graph is built once with ``metaopt.to_graph`` (``example_inputs`` is passed on
     when the model's input cannot be inferred; ``graph=`` supplies a prebuilt one).

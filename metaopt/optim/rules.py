@@ -26,7 +26,8 @@ RULE_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "rule.safetensors"
 KINDS = ("gmn", "mlp", "none")
-DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"
+DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the meta-trained GMN rule
+ADAM_RULE_DIR = DEFAULT_RULE_DIR.parent / "adam"  # alpha = 0: exactly Adam
 
 
 class RuleCheckpointError(ValueError):
@@ -245,11 +246,9 @@ class UpdateRule(nn.Module):
 
     @classmethod
     def default(cls) -> "UpdateRule":
-        """The rule shipped in ``metaopt/optim/pretrained/default``.
-
-        Until a meta-trained rule exists this is the UNTRAINED Adam residual (alpha = 0): the
-        optimizer it drives computes exactly Adam (AdamW with weight decay).
-        """
+        """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN rule meta-trained by
+        ``outer_train`` (command, budget and evaluation in the README). ``rule="adam"`` is the
+        untrained residual (alpha = 0), i.e. exactly Adam."""
         return cls.from_pretrained(DEFAULT_RULE_DIR)
 
 
