@@ -177,7 +177,7 @@ def bench_size(
 
 LABELS = {
     "adam": "torch Adam (foreach)",
-    "gmnopt-adam": "GMNOptimizer, untrained default (Adam path)",
+    "gmnopt-adam": "GMNOptimizer, rule=\"adam\" (untrained residual: the Adam path)",
     "gmnopt-linear": "GMNOptimizer, linear edge rule (features + plumbing)",
     "gmnopt-mlp": "GMNOptimizer, per-parameter MLP rule",
     "gmnopt-gmn": "GMNOptimizer, GMN rule",
