@@ -27,6 +27,9 @@ from metaopt.graph.schema import NODE_LAYER, NODE_POSITION, NODE_TYPE
 from .inr_data import activations, canonicalize_signs, neuron_nodes
 
 WEIGHT_METHODS = ("gmn", "deepsets", "statnn", "mlp")  # mlp = PerParameterMLP (GMN without message passing)
+# Reference for probe features: the INR's own output at the probe points (what the GMN's output node
+# sees with probes > 0) through the same head; tells how much of a probed model's accuracy is pixel reading.
+PROBE_REFERENCE = "probe_pixels"
 
 
 def structural_groups(graph: Any) -> tuple[Tensor, Tensor]:
@@ -97,8 +100,10 @@ class WeightSpaceClassifier(nn.Module):
         from metaopt.nn import GMN, PerParameterMLP, StatNN
         from metaopt.nn.encoders import ValueEncoder
 
-        if method not in WEIGHT_METHODS:
-            raise ValueError(f"unknown weight-space method {method!r}; choose one of {WEIGHT_METHODS}")
+        if method not in WEIGHT_METHODS + (PROBE_REFERENCE,):
+            raise ValueError(f"unknown weight-space method {method!r}; choose one of {WEIGHT_METHODS + (PROBE_REFERENCE,)}")
+        if method == PROBE_REFERENCE and probes <= 0:
+            raise ValueError(f"{PROBE_REFERENCE} reads the INR at the probe points: pass probes > 0")
         self.method, self.graph = method, graph
         if method in ("gmn", "mlp"):
             cls = GMN if method == "gmn" else PerParameterMLP
@@ -110,10 +115,16 @@ class WeightSpaceClassifier(nn.Module):
             self.net = nn.Sequential(ValueEncoder(1, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, 2 * hidden))
             self.edge_pool = GroupPool(torch.zeros(graph.num_params, dtype=torch.long))
             feat_dim = 4 * hidden
+        elif method == PROBE_REFERENCE:
+            self.net = nn.Identity()
+            if siren_layers is None:
+                raise ValueError(f"{PROBE_REFERENCE} needs siren_layers (INRSet.layers)")
+            out_features = graph.param_shapes[graph.param_names.index(siren_layers[-1]["weight"])][0]
+            feat_dim = probes * out_features
         else:
             self.net = StatNN(hidden=hidden, edge_in=1, graph_out=1, max_tensors=max(2, len(graph.param_shapes)))
             feat_dim = self.net.slot_dim * (self.net.max_tensors + 1)
-        if probes and method not in ("gmn", "mlp"):
+        if probes and method not in ("gmn", "mlp", PROBE_REFERENCE):
             raise ValueError(f"probe features are node values: only gmn / mlp take them, not {method!r}")
         if probes and siren_layers is None:
             raise ValueError("probes > 0 needs siren_layers (INRSet.layers) to run the INRs at the probe points")
@@ -174,6 +185,8 @@ class WeightSpaceClassifier(nn.Module):
             return torch.cat([self.node_pool(out.node), self.edge_pool(out.edge)], dim=1)
         if self.method == "deepsets":
             return self.edge_pool(self.net(values))
+        if self.method == PROBE_REFERENCE:
+            return activations(self.graph, self.siren_layers, weights, self.probe_coords)[-1].flatten(1)
         return self.net.features(self.batched_structure(weights.shape[0]), values)
 
     def forward(self, weights: Tensor) -> Tensor:
