@@ -31,7 +31,7 @@ from .inr_data import INRSet, augment, load_inr_set
 from .inr_models import PROBE_REFERENCE, WEIGHT_METHODS, WeightSpaceClassifier
 IMAGE_METHODS = ("image_mlp", "image_cnn")
 METHOD_NAMES = {
-    "gmn": "GMN (graph head)", "deepsets": "DeepSets", "statnn": "StatNN", "mlp": "PerParameterMLP",
+    "gmn": "GMN (group readout)", "deepsets": "DeepSets", "statnn": "StatNN", "mlp": "PerParameterMLP",
     PROBE_REFERENCE: "MLP on the INR's values at the probe points (reference)",
     "image_mlp": "MLP on images (reference)", "image_cnn": "CNN on images (reference)",
 }
