@@ -1,6 +1,7 @@
 """End-to-end INR classification and editing on a tiny set: every method runs, the GMN beats chance,
 edited INRs beat "no edit", and GMN representations are invariant to the SIREN's symmetries."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ def test_every_method_runs_and_the_table_lists_it(inrs) -> None:
     for m in WEIGHT_METHODS + IMAGE_METHODS:
         assert 0.0 <= result["summary"][m]["test_acc_mean"] <= 1.0
         assert result["summary"][m]["name"] in table
+    probed = run_classification(inrs, ["gmn", "probe_pixels"], seeds=1, cfg=replace(cfg, probes=8), progress=False)
+    assert set(probed["summary"]) == {"gmn", "probe_pixels"}
 
 
 @pytest.mark.slow
