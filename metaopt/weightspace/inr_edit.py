@@ -54,11 +54,6 @@ class EditConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     augment: bool = True
-    # Per-tensor scaling: the editor reads w / rms_t and its outputs are multiplied by rms_t (rms_t of
-    # parameter tensor t over the training INRs), so one head serves tensors whose weights and needed
-    # edits differ ~10x in size (first layer rms 0.29, hidden layer 0.03). A scalar per tensor commutes
-    # with permutations and sign flips, so equivariance is unchanged.
-    scaled: bool = True
     seed: int = 0
 
 
@@ -67,7 +62,6 @@ class WeightEditor(nn.Module):
 
     def __init__(self, method: str, graph: Any, hidden: int = 32, layers: int = 4) -> None:
         super().__init__()
-        self.register_buffer("edge_rms", torch.ones(graph.num_params))
         from metaopt.nn import GMN, PerParameterMLP
 
         if method not in EDIT_METHODS:
@@ -78,14 +72,6 @@ class WeightEditor(nn.Module):
         self.method, self.graph = method, graph
         self._cache: dict[tuple[int, str], Any] = {}
 
-    @torch.no_grad()
-    def fit_scale(self, weights: Tensor) -> None:
-        """Set `edge_rms` from training weights ``[M, E]``: the rms of each parameter tensor, per edge."""
-        ids = self.graph.edge_param_ids()
-        ms = torch.zeros(len(self.graph.param_shapes)).index_add_(0, ids, weights.pow(2).mean(0))
-        rms = (ms / torch.tensor(self.graph.param_numels, dtype=ms.dtype)).sqrt().clamp(min=1e-8)
-        self.edge_rms.copy_(rms[ids])
-
     def forward(self, weights: Tensor) -> Tensor:
         from metaopt.nn import prepare_graph
 
@@ -93,8 +79,8 @@ class WeightEditor(nn.Module):
         key = (b, str(weights.device))
         if key not in self._cache:
             self._cache[key] = prepare_graph(Batch.from_data_list([self.graph] * b), weights.device)
-        out = self.net(self._cache[key], edge_values=(weights / self.edge_rms).reshape(-1, 1)).edge
-        return out.reshape(b, -1) * self.edge_rms
+        out = self.net(self._cache[key], edge_values=weights.reshape(-1, 1)).edge
+        return out.reshape(b, -1)
 
 
 def render_loss(inrs: INRSet, weights: Tensor, targets: Tensor, coords: Tensor) -> Tensor:
@@ -115,8 +101,6 @@ def train_editor(method: str, inrs: INRSet, cfg: EditConfig, progress: bool = Fa
     c, h, w = inrs.image_shape
     coords = pixel_coords(h, w)
     tr = inrs.split(False)
-    if cfg.scaled:
-        model.fit_scale(inrs.weights[tr])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, math.ceil(len(tr) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
@@ -201,7 +185,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=EditConfig.layers)
     p.add_argument("--lr", type=float, default=EditConfig.lr)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--no-scale", action="store_true", help="raw weights in and raw deltas out (no per-tensor rms scaling)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -209,8 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     bad = [m for m in methods if m not in EDIT_METHODS]
     if bad:
         p.error(f"unknown method(s) {bad}; choose from {EDIT_METHODS} or 'all'")
-    cfg = EditConfig(transform=a.transform, hidden=a.hidden, layers=a.layers, epochs=a.epochs, lr=a.lr, augment=not a.no_augment,
-                     scaled=not a.no_scale)
+    cfg = EditConfig(transform=a.transform, hidden=a.hidden, layers=a.layers, epochs=a.epochs, lr=a.lr, augment=not a.no_augment)
     inrs = load_inr_set(a.inrs)
     result = run_editing(inrs, methods, a.seeds, cfg)
     out = Path(a.out or Path(a.inrs) / "edit")
