@@ -111,3 +111,16 @@ def test_gmn_editor_beats_no_edit(inrs) -> None:
 
     fresh = WeightEditor("gmn", inrs.graph, 16, 2)
     assert float(fresh(inrs.weights[:4]).abs().max()) == 0.0
+
+
+def test_classifier_rejects_settings_it_cannot_honour(inrs) -> None:
+    from metaopt.weightspace.inr_models import WeightSpaceClassifier
+
+    with pytest.raises(ValueError, match="siren_layers"):
+        WeightSpaceClassifier("gmn", inrs.graph, 10, probes=4)
+    with pytest.raises(ValueError, match="siren_layers"):
+        WeightSpaceClassifier("gmn", inrs.graph, 10, canonical=True)
+    with pytest.raises(ValueError, match="only gmn / mlp"):
+        WeightSpaceClassifier("statnn", inrs.graph, 10, probes=4, siren_layers=inrs.layers)
+    with pytest.raises(ValueError, match="probes > 0"):
+        WeightSpaceClassifier("probe_pixels", inrs.graph, 10, siren_layers=inrs.layers)

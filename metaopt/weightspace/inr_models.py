@@ -88,7 +88,9 @@ class WeightSpaceClassifier(nn.Module):
     gmn / mlp: the GMN (or PerParameterMLP) body, per-node and per-edge output heads of width
     ``hidden``, then `GroupPool` over nodes and parameter edges. deepsets: a per-edge MLP on the
     values, mean and max over all edges (blind to structure by definition). statnn: per-tensor
-    statistics (`StatNN.features`). All then go through the same `batch_norm_head`. The batched
+    statistics (`StatNN.features`); probe_pixels (reference): the INR's output at the probe points.
+    All then go through the same `batch_norm_head`. With ``canonical`` the weights are first
+    sign-canonicalised (exact sign-flip invariance); ``probes`` adds probe features as node values. The batched
     structure is built once per batch size and cached: every INR has the same graph.
     """
 
@@ -104,6 +106,12 @@ class WeightSpaceClassifier(nn.Module):
             raise ValueError(f"unknown weight-space method {method!r}; choose one of {WEIGHT_METHODS + (PROBE_REFERENCE,)}")
         if method == PROBE_REFERENCE and probes <= 0:
             raise ValueError(f"{PROBE_REFERENCE} reads the INR at the probe points: pass probes > 0")
+        if probes and method not in ("gmn", "mlp", PROBE_REFERENCE):
+            raise ValueError(f"probe features are node values: only gmn / mlp take them, not {method!r}")
+        if probes and siren_layers is None:
+            raise ValueError("probes > 0 needs siren_layers (INRSet.layers) to run the INRs at the probe points")
+        if canonical and siren_layers is None:
+            raise ValueError("canonical=True needs siren_layers (INRSet.layers) to find the hidden neurons")
         self.method, self.graph = method, graph
         if method in ("gmn", "mlp"):
             cls = GMN if method == "gmn" else PerParameterMLP
@@ -117,19 +125,11 @@ class WeightSpaceClassifier(nn.Module):
             feat_dim = 4 * hidden
         elif method == PROBE_REFERENCE:
             self.net = nn.Identity()
-            if siren_layers is None:
-                raise ValueError(f"{PROBE_REFERENCE} needs siren_layers (INRSet.layers)")
             out_features = graph.param_shapes[graph.param_names.index(siren_layers[-1]["weight"])][0]
             feat_dim = probes * out_features
         else:
             self.net = StatNN(hidden=hidden, edge_in=1, graph_out=1, max_tensors=max(2, len(graph.param_shapes)))
             feat_dim = self.net.slot_dim * (self.net.max_tensors + 1)
-        if probes and method not in ("gmn", "mlp", PROBE_REFERENCE):
-            raise ValueError(f"probe features are node values: only gmn / mlp take them, not {method!r}")
-        if probes and siren_layers is None:
-            raise ValueError("probes > 0 needs siren_layers (INRSet.layers) to run the INRs at the probe points")
-        if canonical and siren_layers is None:
-            raise ValueError("canonical=True needs siren_layers (INRSet.layers) to find the hidden neurons")
         self.probes, self.siren_layers, self.canonical = probes, siren_layers, canonical
         if probes:
             # Fixed probe points (the same for every INR and every run), uniform in the image square.
