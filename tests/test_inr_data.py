@@ -9,7 +9,9 @@ import torch
 
 from inner_tasks.inr import FitConfig, INRSetConfig, fit_sirens, generate_inr_set, read_index
 from inner_tasks.models.specs import SIRENSpec, build_model
-from metaopt.weightspace.inr_data import augment, load_inr_set, pixel_coords, render, render_images
+from metaopt.weightspace.inr_data import (
+    activations, augment, canonicalize_signs, load_inr_set, neuron_nodes, pixel_coords, render, render_images,
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,46 @@ def test_augmentations_preserve_the_rendered_image(tiny_set: Path) -> None:
     p["net.0.weight"][0] *= -1
     bad = torch.cat([t.flatten() for t in p.values()])[None]
     assert (render(inrs.graph, inrs.layers, bad, coords) - ref[:1]).abs().max() > 1e-2
+
+
+def test_sign_canonicalisation_keeps_the_image_and_removes_the_flips(tiny_set: Path) -> None:
+    inrs = load_inr_set(tiny_set)
+    w = inrs.weights.double()
+    coords = pixel_coords(16, 16).double()
+    canon = canonicalize_signs(inrs.graph, inrs.layers, w)
+    assert torch.allclose(render(inrs.graph, inrs.layers, canon, coords), render(inrs.graph, inrs.layers, w, coords), atol=1e-5)
+    p = inrs.graph.edges_to_params(canon.t())
+    assert (p["net.0.bias"] >= 0).all() and (p["net.2.bias"] >= 0).all()
+    # sign flips are removed exactly; permutations commute with the map (canon(perm(w)) = perm(canon(w)))
+    g = torch.Generator().manual_seed(3)
+    flipped = augment(inrs.graph, inrs.layers, w, generator=g, permute=False)
+    assert (flipped - w).abs().max() > 0.1
+    assert torch.allclose(canonicalize_signs(inrs.graph, inrs.layers, flipped), canon, atol=1e-12)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    perm_then = canonicalize_signs(inrs.graph, inrs.layers, augment(inrs.graph, inrs.layers, w, generator=g1, flip_signs=False))
+    then_perm = augment(inrs.graph, inrs.layers, canon, generator=g2, flip_signs=False)
+    assert torch.allclose(perm_then, then_perm, atol=1e-12)
+
+
+def test_neuron_nodes_match_the_graph_layout(tiny_set: Path) -> None:
+    inrs = load_inr_set(tiny_set)
+    inputs, neurons = neuron_nodes(inrs.graph, inrs.layers)
+    assert inputs.tolist() == [0, 1] and [len(n) for n in neurons] == [16, 16, 1]
+    # the activations of the last layer are the rendered image, and the graph simulation agrees with
+    # the neuron -> node map: every neuron node receives exactly the edges of its weight row
+    acts = activations(inrs.graph, inrs.layers, inrs.weights[:3], pixel_coords(16, 16))
+    assert torch.equal(acts[-1], render(inrs.graph, inrs.layers, inrs.weights[:3], pixel_coords(16, 16)))
+    # every weight edge runs between the nodes the map names for its row and column
+    ids, (src, dst) = inrs.graph.edge_param_ids(), inrs.graph.edge_index.long()
+    params = inrs.graph.edges_to_params(inrs.weights[0])
+    units = [inputs, *neurons]
+    for l, layer in enumerate(inrs.layers):
+        t = inrs.graph.param_names.index(layer["weight"])
+        row = {int(n): i for i, n in enumerate(units[l + 1])}
+        col = {int(n): i for i, n in enumerate(units[l])}
+        for k in torch.nonzero(ids == t).flatten().tolist():
+            assert params[layer["weight"]][row[int(dst[k])], col[int(src[k])]] == inrs.weights[0, k]
+    assert len(set(torch.cat([inputs, *neurons]).tolist())) == 2 + 16 + 16 + 1
 
 
 def test_reader_errors_name_the_fix(tmp_path: Path) -> None:

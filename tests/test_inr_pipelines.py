@@ -1,6 +1,7 @@
 """End-to-end INR classification and editing on a tiny set: every method runs, the GMN beats chance,
 edited INRs beat "no edit", and GMN representations are invariant to the SIREN's symmetries."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ def test_every_method_runs_and_the_table_lists_it(inrs) -> None:
     for m in WEIGHT_METHODS + IMAGE_METHODS:
         assert 0.0 <= result["summary"][m]["test_acc_mean"] <= 1.0
         assert result["summary"][m]["name"] in table
+    probed = run_classification(inrs, ["gmn", "probe_pixels"], seeds=1, cfg=replace(cfg, probes=8), progress=False)
+    assert set(probed["summary"]) == {"gmn", "probe_pixels"}
 
 
 @pytest.mark.slow
@@ -58,13 +61,34 @@ def test_gmn_classifier_fits_a_batch_and_image_reference_beats_chance(inrs) -> N
     assert ref["test_acc"] > 0.5  # 10 classes: chance is 0.1
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="known weakness: the GMN does not generalise from 120 INRs in a test-sized budget "
-                   "(measured test acc 0.05 after 40 epochs); see docs/inr_cka.md", strict=False)
-def test_gmn_classifier_beats_chance_on_tiny_set(inrs) -> None:
-    cfg = ClassifyConfig(hidden=32, layers=3, epochs=40, batch_size=16, lr=3e-3, augment=False)
+def test_gmn_classifier_fits_its_training_set(inrs) -> None:
+    """Session-1 regression: the GMN's mean-pooled graph head left train accuracy near chance (loss at
+    log 10) because pooled features hardly differed between INRs; the group readout + BatchNorm head
+    fits 120 INRs within a few epochs."""
+    cfg = ClassifyConfig(hidden=16, layers=2, epochs=12, batch_size=16, lr=3e-3)
     _, res = train_classifier("gmn", inrs, cfg)
-    assert res["test_acc"] > 0.2
+    assert res["train_acc"] > 0.8, res
+    assert res["loss_curve"][-1] < 0.5 * res["loss_curve"][0], res["loss_curve"]
+
+
+@pytest.mark.slow
+def test_gmn_classifier_beats_chance_on_tiny_set(inrs) -> None:
+    cfg = ClassifyConfig(hidden=32, layers=3, epochs=30, batch_size=16, lr=3e-3)
+    _, res = train_classifier("gmn", inrs, cfg)
+    assert res["test_acc"] > 0.3, res  # 10 classes: chance is 0.1
+
+
+@pytest.mark.parametrize("probes", [0, 8])
+def test_gmn_classifier_is_invariant_to_permutations_and_sign_flips(inrs, probes: int) -> None:
+    model, _ = train_classifier("gmn", inrs, ClassifyConfig(hidden=16, layers=2, epochs=1, batch_size=32, probes=probes))
+    model.eval()
+    w = inrs.weights[:8]
+    aug = augment(inrs.graph, inrs.layers, w, generator=torch.Generator().manual_seed(2))
+    assert (aug - w).abs().max() > 0.1
+    assert torch.allclose(model(w), model(aug), atol=1e-4)
+    # without sign canonicalisation the same model is not sign-flip invariant: the test can fail
+    model.canonical = False
+    assert not torch.allclose(model(w), model(aug), atol=1e-4)
 
 
 def test_gmn_representations_are_invariant_to_siren_permutations(inrs) -> None:
@@ -87,3 +111,16 @@ def test_gmn_editor_beats_no_edit(inrs) -> None:
 
     fresh = WeightEditor("gmn", inrs.graph, 16, 2)
     assert float(fresh(inrs.weights[:4]).abs().max()) == 0.0
+
+
+def test_classifier_rejects_settings_it_cannot_honour(inrs) -> None:
+    from metaopt.weightspace.inr_models import WeightSpaceClassifier
+
+    with pytest.raises(ValueError, match="siren_layers"):
+        WeightSpaceClassifier("gmn", inrs.graph, 10, probes=4)
+    with pytest.raises(ValueError, match="siren_layers"):
+        WeightSpaceClassifier("gmn", inrs.graph, 10, canonical=True)
+    with pytest.raises(ValueError, match="only gmn / mlp"):
+        WeightSpaceClassifier("statnn", inrs.graph, 10, probes=4, siren_layers=inrs.layers)
+    with pytest.raises(ValueError, match="probes > 0"):
+        WeightSpaceClassifier("probe_pixels", inrs.graph, 10, siren_layers=inrs.layers)

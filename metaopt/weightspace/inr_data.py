@@ -134,15 +134,42 @@ def params_to_weights(graph: ParameterGraph, params: dict[str, Tensor]) -> Tenso
     return torch.cat([params[n].reshape(b, -1) for n in graph.param_names], dim=1)
 
 
-def render(graph: ParameterGraph, layers: list[dict[str, Any]], weights: Tensor, coords: Tensor) -> Tensor:
-    """Functional SIREN forward of every row of ``weights [B, E]`` at ``coords [P, 2]`` -> ``[B, P, C]``."""
+def activations(graph: ParameterGraph, layers: list[dict[str, Any]], weights: Tensor, coords: Tensor) -> list[Tensor]:
+    """Functional SIREN forward of every row of ``weights [B, E]`` at ``coords [P, 2]``: the output of
+    every linear layer after its activation, ``[[B, P, width_l] for each layer]`` (last = the INR's output)."""
     p = weights_to_params(graph, weights)
     h = coords.to(weights.dtype).unsqueeze(0).expand(weights.shape[0], -1, -1)
+    outs = []
     for layer in layers:
         h = torch.baddbmm(p[layer["bias"]].unsqueeze(1), h, p[layer["weight"]].transpose(1, 2))
         if layer["w0"] is not None:
             h = torch.sin(layer["w0"] * h)
-    return h
+        outs.append(h)
+    return outs
+
+
+def render(graph: ParameterGraph, layers: list[dict[str, Any]], weights: Tensor, coords: Tensor) -> Tensor:
+    """Functional SIREN forward of every row of ``weights [B, E]`` at ``coords [P, 2]`` -> ``[B, P, C]``."""
+    return activations(graph, layers, weights, coords)[-1]
+
+
+def neuron_nodes(graph: ParameterGraph, layers: list[dict[str, Any]]) -> tuple[Tensor, list[Tensor]]:
+    """Graph node of every input coordinate ``[in]`` and of every neuron of each linear layer
+    (``[width_l]`` per layer), read from the edges of the weight tensors (edge k of W [out, in] is
+    element (k // in, k % in): it runs from input unit k % in to neuron k // in)."""
+    ids, (src, dst) = graph.edge_param_ids(), graph.edge_index.long()
+    index = {n: i for i, n in enumerate(graph.param_names)}
+    per_layer = []
+    inputs = None
+    for layer in layers:
+        t = index[layer["weight"]]
+        out_f, in_f = graph.param_shapes[t]
+        e = torch.nonzero(ids == t).flatten()
+        per_layer.append(dst[e].view(out_f, in_f)[:, 0].clone())
+        if inputs is None:
+            inputs = src[e].view(out_f, in_f)[0].clone()
+    assert inputs is not None
+    return inputs, per_layer
 
 
 def render_images(inrs: INRSet, weights: Tensor) -> Tensor:
@@ -181,4 +208,25 @@ def augment(
             p[w_in] = p[w_in] * sign[:, :, None]
             p[b_in] = p[b_in] * sign
             p[w_out] = p[w_out] * sign[:, None, :]
+    return params_to_weights(graph, p)
+
+
+def canonicalize_signs(graph: ParameterGraph, layers: list[dict[str, Any]], weights: Tensor) -> Tensor:
+    """Map each row of ``weights [B, E]`` to the representative of its sign-flip orbit: every hidden
+    sine neuron is flipped (its W_l row, b_l entry and W_{l+1} column negated) so that its bias is >= 0.
+
+    The rendered INR is unchanged (sin is odd), the map commutes with hidden permutations, and two
+    INRs that differ only by sign flips give the same output (up to neurons with bias exactly 0), so
+    a permutation-invariant model on canonical weights is invariant to the SIREN's whole hidden
+    symmetry group without having to learn the 2^(hidden units) sign flips from augmentation.
+    """
+    if any(l["w0"] is None for l in layers[:-1]):
+        raise ValueError("canonicalize_signs: needs an odd activation (sine) after every hidden layer")
+    p = weights_to_params(graph, weights)
+    for i in range(len(layers) - 1):
+        w_in, b_in, w_out = layers[i]["weight"], layers[i]["bias"], layers[i + 1]["weight"]
+        sign = torch.where(p[b_in] < 0, -1.0, 1.0).to(weights.dtype)  # [B, width]
+        p[w_in] = p[w_in] * sign[:, :, None]
+        p[b_in] = p[b_in] * sign
+        p[w_out] = p[w_out] * sign[:, None, :]
     return params_to_weights(graph, p)
