@@ -89,3 +89,13 @@ def test_statnn_learns_the_weight_scale_across_unique_architectures():
     train, test = make_split(zoo, "50", 0)
     res = fit_and_score(zoo, train, test, "statnn", PredictorConfig(hidden=16, steps=200, batch_size=16, lr=3e-3), 0)
     assert res["r2"] > 0.7 and res["tau"] > 0.6, (res["r2"], res["tau"])
+
+
+def test_diagnose_reference_regressors_find_the_weight_scale_signal():
+    from metaopt.weightspace.accuracy.diagnose import diagnose, noise_ceiling
+
+    zoo = unique_arch_zoo(120)
+    res = diagnose(zoo, seeds=1, splits=("50",))["splits"]["50"]
+    assert res["weight stats ridge"]["r2"] > 0.8 and res["weight stats GB"]["r2"] > 0.6
+    y = np.array([0.5, 0.9, 0.1, 0.7])
+    assert noise_ceiling(y, 450) > noise_ceiling(y, 45)  # fewer test examples, noisier accuracies
