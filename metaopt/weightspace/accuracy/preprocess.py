@@ -1,9 +1,18 @@
 """Weight and target preprocessing fitted on the training models only.
 
-Per-tensor normalisation: each parameter tensor (architecture, name) gets the mean and std of its
-elements over the training models of that architecture. Architectures with no training model (the
-OOD split) fall back to statistics pooled per edge type (conv tap, dense weight, bias, norm gain, ...)
-over all training tensors. Stats are shared by all models, so differences between models survive.
+Per-tensor normalisation: a parameter tensor (architecture, name) gets the mean and std of its
+elements over the training models of that architecture, but only where that architecture has at
+least `min_models` training models. Every other tensor (rare architectures, and those with no
+training model at all in the OOD split) uses statistics pooled per edge type (conv tap, dense
+weight, bias, norm gain, ...) over all training tensors.
+
+Why the threshold: statistics of an architecture with one or two training models standardise each
+of those models' tensors by *its own* mean and std, which erases the weight scale (the most
+predictive feature of accuracy) for the training models while the unseen test architectures keep
+it under the pooled statistics, so train and test inputs differ in distribution. In zoos where
+nearly every model has its own architecture (session 1's varying-CNN zoo: 437 architectures for
+450 models) that made StatNN/GMN features near-constant on the training set. The statistics are
+shared by all models of an architecture, so differences between models survive.
 """
 
 from __future__ import annotations
@@ -33,11 +42,14 @@ class WeightNormalizer:
     shift: dict[str, Tensor] = field(default_factory=dict)
     scale: dict[str, Tensor] = field(default_factory=dict)
     type_stats: dict[int, tuple[float, float]] = field(default_factory=dict)
+    min_models: int = 8
 
     @classmethod
-    def fit(cls, zoo: Zoo, train_idx: list[int] | Tensor) -> "WeightNormalizer":
-        """Statistics from the models `train_idx` of `zoo` only."""
-        norm = cls()
+    def fit(cls, zoo: Zoo, train_idx: list[int] | Tensor, min_models: int = 8) -> "WeightNormalizer":
+        """Statistics from the models `train_idx` of `zoo` only (per architecture where it has >= `min_models`)."""
+        if min_models < 1:
+            raise ValueError(f"WeightNormalizer: min_models must be >= 1, got {min_models}")
+        norm = cls(min_models=min_models)
         by_arch: dict[str, list[int]] = {}
         for i in map(int, train_idx):
             by_arch.setdefault(zoo.records[i]["arch_id"], []).append(i)
@@ -52,8 +64,9 @@ class WeightNormalizer:
             s2 = torch.zeros(len(numels), dtype=torch.float64).index_add_(0, seg, (w * w).sum(0))
             mean = s1 / cnt
             std = (s2 / cnt - mean**2).clamp(min=0).sqrt()
-            norm.shift[arch] = mean[seg].float()
-            norm.scale[arch] = std.clamp(min=EPS)[seg].float()
+            if len(idx) >= min_models:
+                norm.shift[arch] = mean[seg].float()
+                norm.scale[arch] = std.clamp(min=EPS)[seg].float()
             for t, c, a, b in zip(_tensor_edge_types(zoo, arch).tolist(), cnt.tolist(), s1.tolist(), s2.tolist()):
                 acc = sums.setdefault(t, [0.0, 0.0, 0.0])
                 acc[0] += c
@@ -65,7 +78,7 @@ class WeightNormalizer:
         return norm
 
     def _vectors(self, zoo: Zoo, arch: str) -> tuple[Tensor, Tensor]:
-        if arch not in self.shift:  # unseen architecture: per edge-type statistics
+        if arch not in self.shift:  # rare or unseen architecture: per edge-type statistics
             g = zoo.graphs[arch]
             types = _tensor_edge_types(zoo, arch).tolist()
             fallback = [self.type_stats.get(t, (0.0, 1.0)) for t in types]
