@@ -137,3 +137,13 @@ def test_config_and_inputs_are_validated():
     bad.param_shapes = [[4, 3]]
     with pytest.raises(ValueError, match="one-edge-per-parameter"):
         GraphIndex.from_graph(bad, "cpu")
+
+
+def test_time_features_stop_at_max_step_and_the_option_round_trips():
+    from metaopt.optim.features import time_features
+
+    capped = FeatureConfig(max_step=200)
+    assert torch.equal(time_features(5000, capped, "cpu"), time_features(200, capped, "cpu"))
+    assert not torch.equal(time_features(5000, FeatureConfig(), "cpu"), time_features(200, FeatureConfig(), "cpu"))
+    assert torch.equal(time_features(150, capped, "cpu"), time_features(150, FeatureConfig(), "cpu"))
+    assert FeatureConfig.from_dict(capped.to_dict()) == capped

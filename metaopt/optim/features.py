@@ -31,6 +31,8 @@ class FeatureConfig:
     momentum_decays: decay rates of the extra gradient momenta kept for the rule, on top of Adam's
         own first moment at ``betas[0]``. Each costs one float per parameter of optimizer state.
     time_scales: T in the per-graph features ``tanh(step / T)``.
+    max_step: if > 0, those features read ``min(step, max_step)``: a rule meta-trained on unrolls of
+        at most ``max_step`` steps then never sees time features outside its training range.
     clip: the clipped-gradient feature is the per-tensor-normalised gradient clamped to +-clip.
     eps: added to the rms in the ``momentum / rms`` and ``grad / rms`` features.
     """
@@ -39,6 +41,7 @@ class FeatureConfig:
     time_scales: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
     clip: float = 3.0
     eps: float = 1e-8
+    max_step: int = 0
     version: int = FEATURE_VERSION
 
     def __post_init__(self) -> None:
@@ -92,7 +95,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
-        keys = {"momentum_decays", "time_scales", "clip", "eps", "version"}
+        keys = {"momentum_decays", "time_scales", "clip", "eps", "max_step", "version"}
         unknown = set(data) - keys - {"names"}
         if unknown:
             raise ValueError(f"FeatureConfig: unknown keys {sorted(unknown)} (known: {sorted(keys)}).")
@@ -244,6 +247,12 @@ def compute_features(
     )
     torch.nan_to_num_(node, nan=0.0, posinf=0.0, neginf=0.0)
 
-    scales = torch.tensor(config.time_scales, dtype=torch.float32, device=grad.device)
-    graph = torch.tanh(float(step) / scales).unsqueeze(0)
-    return Features(edge=rows.t(), node=node, graph=graph)
+    return Features(edge=rows.t(), node=node, graph=time_features(step, config, grad.device))
+
+
+def time_features(step: int, config: FeatureConfig, device: torch.device | str) -> Tensor:
+    """Per-graph features ``[1, len(time_scales)]``: ``tanh(step / T)``, step capped at ``max_step``."""
+    if config.max_step > 0:
+        step = min(step, config.max_step)
+    scales = torch.tensor(config.time_scales, dtype=torch.float32, device=device)
+    return torch.tanh(float(step) / scales).unsqueeze(0)

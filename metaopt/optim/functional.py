@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .features import _TINY, FeatureConfig, Features, GraphIndex, per_tensor_rms
+from .features import _TINY, FeatureConfig, Features, GraphIndex, per_tensor_rms, time_features
 from .rules import UpdateRule
 
 
@@ -95,9 +95,7 @@ def features_fn(
         dim=1,
     )
     node = torch.nan_to_num(node, nan=0.0, posinf=0.0, neginf=0.0)
-    scales = torch.tensor(config.time_scales, dtype=torch.float32, device=grad.device)
-    graph = torch.tanh(float(step) / scales).unsqueeze(0)
-    return Features(edge=rows.t(), node=node, graph=graph)
+    return Features(edge=rows.t(), node=node, graph=time_features(step, config, grad.device))
 
 
 def adam_moments(
