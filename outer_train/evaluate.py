@@ -199,10 +199,16 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
                 f"| {e['task']} | {name} | {r['lr']:.2g} | {r['final_loss']:.4g} | {e['metric_name']} {r['metric']:.4g} | "
                 f"{steps} | {r['speedup']:.2f} | {div} | {r['ms_per_step']:.1f} |"
             )
-    lines += ["", "Per task (median over its seeds):", "",
+    per_task = task_summary(entries, optimizers)
+    seeds = {t: sum(e["task"].split("/")[0] == t for e in entries) for t in per_task}
+    lines += ["", "Per task, median over its seeds: final training loss (speedup vs tuned Adam):", "",
+              "| task | seeds | " + " | ".join(optimizers) + " |", "|---|---:|" + "---:|" * len(optimizers)]
+    for task, res in per_task.items():
+        cells = [f"{res[n]['final_loss']:.3g} ({res[n]['speedup']:.2f}x)" for n in optimizers]
+        lines.append(f"| {task} | {seeds[task]} | " + " | ".join(cells) + " |")
+    lines += ["", "Summary over tasks (each task: median over its seeds):", "",
               "| optimizer | median speedup vs tuned Adam | tasks >= 1.0x | beats tuned Adam (final loss) | divergences |",
               "|---|---:|---:|---:|---:|"]
-    per_task = task_summary(entries, optimizers)
     for name in optimizers:
         sp = [t[name]["speedup"] for t in per_task.values()]
         wins = sum(t[name]["final_loss"] < t["adam"]["final_loss"] for t in per_task.values())
