@@ -49,14 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return 0
-    from .train import train
+    from .train import MetaTrainingError, train
 
     if args.fresh and cfg.run_dir.exists():
         import os
 
         if int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(cfg.run_dir)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except MetaTrainingError as exc:
+        print(f"outer_train: {exc}", file=sys.stderr)
+        return 1
     if result.get("run_dir") and int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     return 0
