@@ -9,14 +9,8 @@ import torch
 
 from inner_tasks.inr import INRSetConfig, generate_inr_set
 
-try:  # the GMN lands on main from the nn branch; these tests need it
-    from metaopt.nn import GMN  # noqa: F401
-except ImportError:  # pragma: no cover - only before metaopt.nn exists
-    pytest.skip("metaopt.nn.GMN is not available yet", allow_module_level=True)
-
-from metaopt.weightspace.inr_classify import (
-    IMAGE_METHODS, WEIGHT_METHODS, ClassifyConfig, markdown_table, run_classification, train_classifier,
-)
+from experiments.inr_classify import markdown_table, run_classification
+from metaopt.weightspace.inr_classify import IMAGE_METHODS, WEIGHT_METHODS, ClassifyConfig, train_classifier
 from metaopt.weightspace.inr_data import augment, load_inr_set
 from metaopt.weightspace.inr_edit import EditConfig, evaluate_editor, train_editor
 
