@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from einops import rearrange
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -85,8 +86,7 @@ def render_loss(inrs: INRSet, weights: Tensor, targets: Tensor, coords: Tensor) 
 
 def _targets(inrs: INRSet, idx: Tensor, transform: str) -> Tensor:
     imgs = transform_images(inrs.images[inrs.image_index[idx]], transform)
-    b, c, h, w = imgs.shape
-    return imgs.reshape(b, c, h * w).transpose(1, 2)
+    return rearrange(imgs, "b c h w -> b (h w) c")  # pixel_coords order: row-major
 
 
 def train_editor(method: str, inrs: INRSet, cfg: EditConfig, progress: bool = False) -> tuple[WeightEditor, dict[str, Any]]:
