@@ -56,7 +56,7 @@ def test_gmn_classifier_fits_a_batch_and_image_reference_beats_chance(inrs) -> N
 
 
 def test_gmn_classifier_fits_its_training_set(inrs) -> None:
-    """Session-1 regression: the GMN's mean-pooled graph head left train accuracy near chance (loss at
+    """Regression (v0.0, 2026-11): the GMN's mean-pooled graph head left train accuracy near chance (loss at
     log 10) because pooled features hardly differed between INRs; the group readout + BatchNorm head
     fits 120 INRs within a few epochs."""
     cfg = ClassifyConfig(hidden=16, layers=2, epochs=12, batch_size=16, lr=3e-3)
