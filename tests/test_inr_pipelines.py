@@ -118,3 +118,22 @@ def test_classifier_rejects_settings_it_cannot_honour(inrs) -> None:
         WeightSpaceClassifier("statnn", inrs.graph, 10, probes=4, siren_layers=inrs.layers)
     with pytest.raises(ValueError, match="probes > 0"):
         WeightSpaceClassifier("probe_pixels", inrs.graph, 10, siren_layers=inrs.layers)
+
+
+def test_experiment_clis_write_results_and_reject_unknown_methods(inrs, tmp_path: Path) -> None:
+    import json
+
+    from experiments.inr_classify import main as classify_main
+    from experiments.inr_edit import main as edit_main
+
+    small = ["--seeds", "1", "--epochs", "1", "--hidden", "8", "--layers", "1"]
+    classify_main(["--inrs", str(inrs.root), "--method", "statnn,image_mlp", *small, "--out", str(tmp_path / "c")])
+    result = json.loads((tmp_path / "c" / "classify.json").read_text())
+    assert set(result["summary"]) == {"statnn", "image_mlp"} and len(result["runs"]) == 2
+    assert "StatNN" in (tmp_path / "c" / "classify.md").read_text()
+    edit_main(["--inrs", str(inrs.root), "--method", "mlp", *small, "--out", str(tmp_path / "e")])
+    result = json.loads((tmp_path / "e" / "edit_dilate.json").read_text())
+    assert set(result["summary"]) == {"none", "mlp"}
+    assert "no edit" in (tmp_path / "e" / "edit_dilate.md").read_text()
+    with pytest.raises(SystemExit):
+        classify_main(["--inrs", str(inrs.root), "--method", "nope"])
