@@ -23,7 +23,7 @@ import argparse
 import itertools
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from metaopt.analysis.cka import KERNELS, cka_matrix, gram, hsic
+from metaopt.analysis.cka import KERNELS, gram, hsic
 from metaopt.analysis.plots import plot_curves, plot_heatmaps, plot_samples
 from metaopt.weightspace.inr_classify import ClassifyConfig, method_inputs, train_classifier
 from metaopt.weightspace.inr_data import INRSet, load_inr_set, render_images

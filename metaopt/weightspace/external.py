@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import io
 import math
 from pathlib import Path
 from typing import Any
