@@ -10,15 +10,6 @@ from torch import nn
 
 from metaopt.graph import to_graph  # noqa: F401  (re-exported for the tests)
 
-try:
-    from metaopt.nn import GMN, PerParameterMLP  # type: ignore[attr-defined]  # noqa: F401
-
-    HAS_GMN = True
-except ImportError:  # pragma: no cover
-    HAS_GMN = False
-
-needs_gmn = "metaopt.nn.GMN is not on main yet (developed in parallel on wip-nn)"
-
 
 # ---- small models -----------------------------------------------------------------------
 def mlp(din: int = 64, hidden: int = 32, dout: int = 10) -> nn.Module:

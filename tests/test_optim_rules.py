@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from metaopt.optim import GMNOptimizer, RuleCheckpointError, RuleConfig, UpdateRule
 from metaopt.optim.rules import ADAM_RULE_DIR, DEFAULT_RULE_DIR
-from test_optim_common import HAS_GMN, mlp, needs_gmn, to_graph
+from test_optim_common import mlp, to_graph
 
 
 def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_residual():
@@ -119,7 +119,6 @@ def test_state_dict_of_a_rule_with_other_momenta_is_refused():
         other.load_state_dict(opt.state_dict())
 
 
-@pytest.mark.skipif(not HAS_GMN, reason=needs_gmn)
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 def test_network_rules_round_trip_bit_exactly(tmp_path, kind):
     rule = UpdateRule(RuleConfig(kind=kind, hidden=16, layers=2, alpha=0.1))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from metaopt.optim import GMNOptimizer, RuleConfig, UpdateRule
-from test_optim_common import HAS_GMN, ResCNN, TinyLM, digits, lm_batch, lm_loss, mlp, needs_gmn, to_graph
+from test_optim_common import ResCNN, TinyLM, digits, lm_batch, lm_loss, mlp, to_graph
 
 
 def _run_both(model, loss_fn, steps, lr):
@@ -77,7 +77,6 @@ def _permute_hidden(model: nn.Sequential, perm: torch.Tensor) -> nn.Sequential:
     return out
 
 
-@pytest.mark.skipif(not HAS_GMN, reason=needs_gmn)
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 def test_random_rule_is_equivariant_to_hidden_unit_permutations(kind):
     torch.manual_seed(0)
