@@ -33,6 +33,18 @@ from .gmn import GMNOutput, graph_batch_vector
 
 _EDGE_TYPES = 32  # parameter edge types are < AUX_START = 32
 _NODE_TYPES = 32
+# Without autograd (the optimizer's refresh), edges are processed in chunks of this many: every
+# [chunk, hidden] temporary then stays in cache, which is 3-5x faster than full-size passes over
+# memory at 1M+ edges on one CPU thread. The values are the same as the full-size path's.
+CHUNK = 1 << 14
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
+
+
+def _chunked(edge_values: Tensor) -> bool:
+    return not torch.is_grad_enabled() and edge_values.shape[0] > CHUNK
 
 
 @dataclass
@@ -101,8 +113,8 @@ class LitePerParameterMLP(nn.Module):
     def prepare(self, graph: Data, device: torch.device | str | None = None) -> LiteGraph:
         return prepare_lite(graph, device)
 
-    def edge_hidden(self, g: LiteGraph, edge_values: Tensor) -> Tensor:
-        return self.act(self.edge_in_proj(edge_values) + self.edge_type(g.edge_type))
+    def edge_hidden(self, edge_type: Tensor, edge_values: Tensor) -> Tensor:
+        return self.act(self.edge_in_proj(edge_values) + self.edge_type(edge_type))
 
     def graph_context(self, graph_values: Tensor | None, g: LiteGraph) -> Tensor | None:
         if self.graph_proj is None:
@@ -115,12 +127,19 @@ class LitePerParameterMLP(nn.Module):
     def forward(self, graph: LiteGraph | Data, edge_values: Tensor, node_values: Tensor | None = None,
                 graph_values: Tensor | None = None) -> GMNOutput:
         g = graph if isinstance(graph, LiteGraph) else prepare_lite(graph, edge_values.device)
-        h = self.edge_hidden(g, edge_values)
-        pre = self.mix(h)
         ctx = self.graph_context(graph_values, g)
+        if _chunked(edge_values):
+            out = edge_values.new_empty(edge_values.shape[0], self.edge_out)
+            for c in _chunks(edge_values.shape[0]):
+                out[c] = self._edge_out(g, c, edge_values[c], ctx)
+            return GMNOutput(edge=out, node=None, graph=None)
+        return GMNOutput(edge=self._edge_out(g, slice(None), edge_values, ctx), node=None, graph=None)
+
+    def _edge_out(self, g: LiteGraph, c: slice, values: Tensor, ctx: Tensor | None) -> Tensor:
+        pre = self.mix(self.edge_hidden(g.edge_type[c], values))
         if ctx is not None:
-            pre = pre + (ctx[0] if g.num_graphs == 1 else ctx.index_select(0, g.edge_batch))
-        return GMNOutput(edge=self.out(self.act(pre)), node=None, graph=None)
+            pre = pre + (ctx[0] if g.num_graphs == 1 else ctx.index_select(0, g.edge_batch[c]))
+        return self.out(self.act(pre))
 
 
 class LiteGMN(LitePerParameterMLP):
@@ -138,11 +157,18 @@ class LiteGMN(LitePerParameterMLP):
     def forward(self, graph: LiteGraph | Data, edge_values: Tensor, node_values: Tensor | None = None,
                 graph_values: Tensor | None = None) -> GMNOutput:
         g = graph if isinstance(graph, LiteGraph) else prepare_lite(graph, edge_values.device)
-        h = self.edge_hidden(g, edge_values)
-        zeros = h.new_zeros(g.num_nodes, self.hidden)
-        mean_in = zeros.index_add(0, g.dst, h) * g.inv_in
-        mean_out = zeros.index_add(0, g.src, h) * g.inv_out
-        parts = [mean_in, mean_out, self.node_type(g.node_type)]
+        chunked = _chunked(edge_values)
+        zeros = edge_values.new_zeros(g.num_nodes, self.hidden)
+        if chunked:  # sums first; each chunk's hidden states are recomputed for the output below
+            sum_in, sum_out = zeros, zeros.clone()
+            for c in _chunks(edge_values.shape[0]):
+                h = self.edge_hidden(g.edge_type[c], edge_values[c])
+                sum_in.index_add_(0, g.dst[c], h)
+                sum_out.index_add_(0, g.src[c], h)
+        else:
+            h = self.edge_hidden(g.edge_type, edge_values)
+            sum_in, sum_out = zeros.index_add(0, g.dst, h), zeros.index_add(0, g.src, h)
+        parts = [sum_in * g.inv_in, sum_out * g.inv_out, self.node_type(g.node_type)]
         if self.node_in:
             if node_values is None or node_values.shape != (g.num_nodes, self.node_in):
                 got = None if node_values is None else tuple(node_values.shape)
@@ -152,6 +178,13 @@ class LiteGMN(LitePerParameterMLP):
         ctx = self.graph_context(graph_values, g)
         if ctx is not None:
             node = node + (ctx[0] if g.num_graphs == 1 else ctx.index_select(0, g.batch)).repeat(1, 2)
-        as_src, as_dst = node.split(self.hidden, dim=1)
+        as_src, as_dst = (t.contiguous() for t in node.split(self.hidden, dim=1))
+        if chunked:
+            out = edge_values.new_empty(edge_values.shape[0], self.edge_out)
+            for c in _chunks(edge_values.shape[0]):
+                h = self.edge_hidden(g.edge_type[c], edge_values[c])
+                pre = self.mix(h) + as_src.index_select(0, g.src[c]) + as_dst.index_select(0, g.dst[c])
+                out[c] = self.out(self.act(pre))
+            return GMNOutput(edge=out, node=None, graph=None)
         pre = self.mix(h) + as_src.index_select(0, g.src) + as_dst.index_select(0, g.dst)
         return GMNOutput(edge=self.out(self.act(pre)), node=None, graph=None)

@@ -201,15 +201,34 @@ def compute_features(
             f"{tuple(param.shape)}, exp_avg {tuple(exp_avg.shape)}, exp_avg_sq {tuple(exp_avg_sq.shape)}, "
             f"log_lr_scale {tuple(log_lr_scale.shape)}."
         )
-    rms = safe_sqrt(exp_avg_sq)
-    denom = rms + config.eps
-    raw = torch.stack([grad, param, exp_avg, rms, exp_avg / denom, grad / denom])
-    scale = torch.rsqrt(per_tensor_rms(raw, index).square() + _TINY)  # [F, P]
-    normed = raw * torch.repeat_interleave(scale, index.numels, dim=1, output_size=e)
-    clipped = normed[0].clamp(-config.clip, config.clip)
-    rows = torch.cat([normed[:1], clipped[None], normed[1:], log_lr_scale[None]])
-    rows = torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
-
+    if torch.is_grad_enabled():  # meta-training: out of place, differentiable
+        rms = safe_sqrt(exp_avg_sq)
+        denom = rms + config.eps
+        raw = torch.stack([grad, param, exp_avg, rms, exp_avg / denom, grad / denom])
+        scale = torch.rsqrt(per_tensor_rms(raw, index).square() + _TINY)  # [F, P]
+        normed = raw * torch.repeat_interleave(scale, index.numels, dim=1, output_size=e)
+        clipped = normed[0].clamp(-config.clip, config.clip)
+        rows = torch.cat([normed[:1], clipped[None], normed[1:], log_lr_scale[None]])
+        rows = torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
+    else:  # the optimizer's refresh: the same values written into one buffer, no temporaries
+        rows = torch.empty(8, e, dtype=grad.dtype, device=grad.device)
+        rows[0].copy_(grad)
+        rows[1].zero_()
+        rows[2].copy_(param)
+        rows[3].copy_(exp_avg)
+        torch.sqrt(exp_avg_sq, out=rows[4])
+        denom = rows[4] + config.eps
+        torch.div(exp_avg, denom, out=rows[5])
+        torch.div(grad, denom, out=rows[6])
+        del denom
+        rows[7].zero_()
+        scale = torch.rsqrt(per_tensor_rms(rows, index).square_() + _TINY)  # [F, P]; rows 1, 7 are 0 here
+        o = index.offsets
+        for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
+            rows[:, a:b].mul_(scale[:, t : t + 1])
+        torch.clamp(rows[0], -config.clip, config.clip, out=rows[1])
+        rows[7].copy_(log_lr_scale)
+        torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
     global_rms = exp_avg_sq.mean().sqrt() + _TINY
     zeros = exp_avg_sq.new_zeros(index.num_nodes)
     v_in = zeros.index_add(0, index.dst, exp_avg_sq) * index.inv_in_degree
