@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inner_tasks import Task, TaskSpec, build_task
+from inner_tasks.tasks import train_task
 from inner_tasks.tasks.collections import HELD_OUT_TASKS, held_out_suite
 from metaopt.optim import GMNOptimizer, UpdateRule
 
@@ -91,37 +92,17 @@ def steps_to(curve: list[float], target: float) -> int | None:
 
 
 def run_optimizer(task: Task, make_opt: Callable, steps: int, seed: int) -> dict[str, Any]:
-    """Train once from init ``seed`` with batch order ``seed``: the loss curve, the wall-clock
-    seconds after each step (optimizer construction included), final loss, held-out metric."""
-    import copy
-    from itertools import islice
-
-    model = copy.deepcopy(task.model)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), task.init_params(seed).values()):
-            p.copy_(v)
-    batches = list(islice(task.train_batches(seed), steps))  # data loading is not timed
-    model.train()
-    curve: list[float] = []
-    times: list[float] = []
-    t0 = time.perf_counter()
-    opt = make_opt(model)
-    for batch in batches:
-        loss = task.loss(model(batch[0]), batch)
-        curve.append(float(loss.detach()))
-        if not math.isfinite(curve[-1]):
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    diverged = not all(math.isfinite(x) for x in curve)
+    """Train once from init ``seed`` with batch order ``seed`` (`inner_tasks.train_task`): the loss
+    curve, wall-clock seconds after each step (optimizer construction included), final loss,
+    held-out metric."""
+    run = train_task(task, make_opt, steps, seed, init_seed=seed)
     metric = math.nan
-    if not diverged:
-        ev = task.evaluate(dict(model.named_parameters()), dict(model.named_buffers()))
+    if not run.diverged:
+        ev = task.evaluate(dict(run.model.named_parameters()), dict(run.model.named_buffers()))
         metric = ev[task.metric_name]
-    return {"curve": curve, "times": times, "final_loss": final_loss(curve), "metric": metric,
-            "ms_per_step": 1000 * times[-1] / len(times) if times else math.nan, "diverged": diverged,
+    times = run.times
+    return {"curve": run.losses, "times": times, "final_loss": final_loss(run.losses), "metric": metric,
+            "ms_per_step": 1000 * times[-1] / len(times) if times else math.nan, "diverged": run.diverged,
             "seconds": times[-1] if times else math.nan}
 
 
