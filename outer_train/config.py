@@ -26,7 +26,7 @@ class RuleSection:
     hidden: int = 16
     layers: int = 1
     alpha: float = 0.0  # initial output scale: 0 = start exactly at Adam
-    bound: float = 2.0  # the lr scale stays within exp(+-bound) of Adam's
+    bound: float = 3.0  # the lr scale stays within exp(+-bound) of Adam's
     refresh_every: int = 100  # the rule runs every k inner steps, as it will in GMNOptimizer
     max_step: int = 0  # FeatureConfig.max_step (0 = time features never capped)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)

@@ -104,7 +104,7 @@ class RuleConfig:
     hidden: int = 8
     layers: int = 1
     alpha: float = 0.0
-    bound: float = 2.0
+    bound: float = 3.0
     refresh_every: int = 100
     features: FeatureConfig = field(default_factory=FeatureConfig)
     net_kwargs: dict[str, Any] = field(default_factory=dict)
