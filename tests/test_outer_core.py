@@ -93,31 +93,34 @@ def test_core_step_is_pure() -> None:
     assert new_state.step == 1 and not torch.equal(new_params, params)
 
 
-def _dead_unit_task() -> ModelTask:
-    """A ReLU MLP whose first four hidden units never fire (bias -100): their incoming weights,
-    biases and outgoing weights get exactly zero gradient, so Adam's v stays exactly 0 there."""
+def _dead_unit_task(dead: int) -> ModelTask:
+    """A ReLU MLP whose first ``dead`` of 8 hidden units never fire (bias -100): their incoming
+    weights, biases and outgoing weights get exactly zero gradient, so Adam's v stays exactly 0
+    there. With all 8 dead, whole tensors (the first layer's weight and bias, the second layer's
+    weight) never get a gradient, like a parameter the loss never uses."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     with torch.no_grad():
-        model[0].bias[:4] = -100.0
+        model[0].bias[:dead] = -100.0
     make = lambda g: (torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g))  # noqa: E731
     return ModelTask(model, torch.zeros(2, 4), make)
 
 
-def _second_order_grads(members: int) -> list[torch.Tensor]:
-    task = _dead_unit_task()
+def _second_order_grads(members: int, dead: int) -> list[torch.Tensor]:
+    task = _dead_unit_task(dead)
     torch.manual_seed(0)
     rule = UpdateRule(RuleConfig(kind="gmn", hidden=8, alpha=0.5, refresh_every=2))
     groups = [TaskGroup.from_task(task, list(range(members)), horizon=4, lr=1e-2)]
     grads, res = tbptt_gradient(rule, groups, batched_graph(rule, groups), 4, second_order=True)
     v = groups[0].states[0].exp_avg_sq
-    assert int((v == 0).sum()) >= 4 * 4 + 4 + 4  # the dead units' weights, biases and outgoing weights
+    assert int((v == 0).sum()) == 6 * dead  # the dead units' weights (4 each), biases and outgoing weights
     return grads
 
 
+@pytest.mark.parametrize("dead", [4, 8])
 @pytest.mark.parametrize("members", [1, 2])  # a loop and vmap over members
-def test_second_order_meta_gradient_is_finite_with_dead_units(members: int, monkeypatch) -> None:
-    grads = _second_order_grads(members)
+def test_second_order_meta_gradient_is_finite_with_dead_units(members: int, dead: int, monkeypatch) -> None:
+    grads = _second_order_grads(members, dead)
     flat = torch.cat([g.reshape(-1) for g in grads])
     assert torch.isfinite(flat).all() and flat.abs().max() > 0
     # what the safe sqrt prevents: the plain sqrt's gradient at v = 0 is inf * 0 = NaN
@@ -126,5 +129,5 @@ def test_second_order_meta_gradient_is_finite_with_dead_units(members: int, monk
 
     monkeypatch.setattr(core_mod, "safe_sqrt", torch.sqrt)
     monkeypatch.setattr(features_mod, "safe_sqrt", torch.sqrt)
-    naive = torch.cat([g.reshape(-1) for g in _second_order_grads(members)])
+    naive = torch.cat([g.reshape(-1) for g in _second_order_grads(members, dead)])
     assert not torch.isfinite(naive).all()
