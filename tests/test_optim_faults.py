@@ -215,3 +215,29 @@ def test_unknown_layer_is_optimized_as_free_edges_with_one_warning():
     model(x).pow(2).mean().backward()
     opt.step()
     assert not torch.equal(model[1].scale, before)
+
+
+def test_skipped_step_does_not_advance_the_refresh_schedule():
+    """With a learned rule (k = 2) a NaN gradient at step 3 skips the step: the optimizer then
+    continues exactly like one that never saw it (refreshes on its steps 1, 3, 5, not shifted)."""
+    torch.manual_seed(0)
+    a = mlp(din=16, hidden=8)
+    b = copy.deepcopy(a)
+    graph = to_graph(a)
+    opt = GMNOptimizer(a, rule=linear_rule(alpha=0.5, refresh_every=2), lr=1e-2, graph=graph)
+    ref = GMNOptimizer(b, rule=linear_rule(alpha=0.5, refresh_every=2), lr=1e-2, graph=graph)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(6):
+        x, y = torch.randn(16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        _backward(a, x, y)
+        if step == 2:
+            a[0].bias.grad[0] = float("nan")
+            opt.step()
+            continue
+        opt.step()
+        _backward(b, x, y)
+        ref.step()
+    assert opt.skipped_steps == 1 and opt.state["steps_taken"] == ref.state["steps_taken"] == 5
+    assert opt.rule_refreshes == ref.rule_refreshes == 3
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)

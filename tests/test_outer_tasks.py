@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from outer_train.config import resolve
 from outer_train.tasks import TaskGroup, TaskSampler
 from outer_train.train import MetaTrainer
@@ -51,3 +53,15 @@ def test_only_each_slots_first_group_is_staggered(tmp_path: Path) -> None:
     plain = MetaTrainer(resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', "tasks.stagger=false"]))
     plain.refresh_groups()
     assert [g.horizon for g in plain.groups] == full
+
+
+def test_particles_are_copies_of_every_member(tmp_path: Path) -> None:
+    cfg = resolve("quick", None, SETS + ["tasks.group_size=2"])
+    sampler = TaskSampler(cfg.tasks, cfg.seed)
+    group = TaskGroup.draw(sampler, num_particles=2)
+    assert len(group.params) == len(group.states) == 4  # particle-major: p0m0, p0m1, p1m0, p1m1
+    assert torch.equal(group.params[0], group.params[2]) and torch.equal(group.params[1], group.params[3])
+    assert not torch.equal(group.params[0], group.params[1])
+    assert group.params[0] is not group.params[2]
+    assert all(s.step == 0 and torch.equal(s.lr_scale, torch.ones_like(s.lr_scale)) for s in group.states)
+    assert group.hyper.beta1 == cfg.tasks.beta1 and group.hyper.weight_decay == cfg.tasks.weight_decay
