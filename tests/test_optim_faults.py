@@ -241,3 +241,29 @@ def test_skipped_step_does_not_advance_the_refresh_schedule():
     assert opt.rule_refreshes == ref.rule_refreshes == 3
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_param_groups_with_their_own_hyperparameters_match_the_definition():
+    """One rule over the whole network; each group steps with its own lr, betas, eps and weight decay."""
+    torch.manual_seed(0)
+    model = mlp(din=16, hidden=8)
+    shadow = copy.deepcopy(model)
+    graph = to_graph(model)
+    ps = list(model.parameters())
+    groups = [{"params": ps[:2], "lr": 3e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}, {"params": ps[2:]}]
+    opt = GMNOptimizer(model, rule=linear_rule(alpha=0.3, refresh_every=2), lr=1e-2, params=groups, graph=graph)
+    n_first = ps[0].numel() + ps[1].numel()
+    e = graph.num_params
+
+    def per_edge(a, b):
+        return torch.cat([torch.full((n_first,), a, dtype=torch.float64), torch.full((e - n_first,), b, dtype=torch.float64)]).float()
+
+    lr, b1, b2, eps, wd = per_edge(3e-2, 1e-2), per_edge(0.8, 0.9), per_edge(0.99, 0.999), per_edge(1e-6, 1e-8), per_edge(0.1, 0.0)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(4)]
+    want = _reference_run(shadow, graph, opt.rule, data, 4, lr, (b1, b2), eps, wd)
+    for (x, y), (want_p, want_s) in zip(data, want):
+        _backward(model, x, y)
+        opt.step()
+        torch.testing.assert_close(graph.params_to_edges(model), want_p, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(opt._buffers["lr_scale"], want_s, rtol=1e-5, atol=1e-7)

@@ -131,3 +131,41 @@ def test_second_order_meta_gradient_is_finite_with_dead_units(members: int, dead
     monkeypatch.setattr(features_mod, "safe_sqrt", torch.sqrt)
     naive = torch.cat([g.reshape(-1) for g in _second_order_grads(members, dead)])
     assert not torch.isfinite(naive).all()
+
+
+def _regression_task() -> ModelTask:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 5), nn.SiLU(), nn.Linear(5, 2))
+    make = lambda g: (torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g))  # noqa: E731
+    return ModelTask(model, torch.zeros(2, 3), make)
+
+
+def test_batched_inner_step_of_many_members_equals_one_optimizer_each() -> None:
+    """Two architectures x two members (vmapped), one rule forward over the batch of all four graphs
+    per refresh: every member follows its own GMNOptimizer run on its own batches."""
+    tasks = [_classifier_task(), _regression_task()]
+    losses = [nn.functional.cross_entropy, nn.functional.mse_loss]
+    torch.manual_seed(0)
+    rule = UpdateRule(RuleConfig(kind="gmn", hidden=8, alpha=0.5, refresh_every=2))
+    groups = [TaskGroup.from_task(t, [0, 1], horizon=4, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD) for t in tasks]
+    assert all(g.vmappable for g in groups)
+    graph_inputs = batched_graph(rule, groups)
+    runs = []  # (group index, member, model, optimizer, batch stream)
+    for gi, (task, group) in enumerate(zip(tasks, groups)):
+        for mi, seed in enumerate(group.member_seeds):
+            model = copy.deepcopy(task.model)
+            opt = GMNOptimizer(model, rule=rule, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph)
+            runs.append((gi, mi, model, opt, task.batches(seed)))
+    for _ in range(4):
+        batches = [[None, None], [None, None]]
+        for gi, mi, model, opt, stream in runs:
+            x, y = batches[gi][mi] = next(stream)
+            opt.zero_grad()
+            losses[gi](model(x), y).backward()
+            opt.step()
+        inner_step(rule, groups, graph_inputs, 0, batches)
+        for gi, mi, model, opt, _ in runs:
+            torch.testing.assert_close(groups[gi].params[mi].detach(), flat_params(model), rtol=0, atol=1e-6)
+            torch.testing.assert_close(groups[gi].states[mi].lr_scale.detach(), opt._buffers["lr_scale"], rtol=1e-5, atol=1e-6)
+    # the members really differ (their own batches), and so do their scales
+    assert not torch.equal(groups[0].states[0].lr_scale, groups[0].states[1].lr_scale)
