@@ -155,3 +155,29 @@ def test_safe_sqrt_has_finite_gradients_at_zero():
     assert torch.isfinite(grad).all() and grad[0] == 0 and grad[1] == 0.25
     naive = torch.autograd.grad((v.sqrt() * 0).sum(), v)[0]
     assert torch.isnan(naive[0])  # what the plain sqrt does
+
+
+@pytest.mark.parametrize("method", ["loop", "segment"])
+def test_gradients_are_finite_where_a_whole_tensor_is_zero(method, monkeypatch):
+    """Second-order meta-gradients differentiate the features through gradients and moments that are
+    exactly 0 over whole tensors (a parameter that never gets a gradient) or everywhere (a constant
+    loss): the per-tensor normalisation and the global rms must pass 0, not NaN, back there."""
+    import metaopt.optim.features as features_mod
+
+    real = features_mod.per_tensor_rms
+    monkeypatch.setattr(features_mod, "per_tensor_rms", lambda rows, index: real(rows, index, method))
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, ls = _values(graph.num_params)
+    for zero in (slice(12, 16), slice(None)):  # tensor p1 only; every tensor
+        inputs = [t.clone() for t in (grad, param, m, v)]
+        for t in (inputs[0], inputs[2], inputs[3]):
+            t[zero] = 0.0
+        inputs = [t.requires_grad_() for t in inputs]
+        f = compute_features(idx, *inputs, ls, 5, FeatureConfig())
+        w = torch.randn(f.edge.shape, generator=torch.Generator().manual_seed(0))
+        grads = torch.autograd.grad((f.edge * w).sum() + f.node.sum(), inputs)
+        assert all(torch.isfinite(g).all() for g in grads), zero
+        plain = compute_features(idx, *(t.detach() for t in inputs), ls, 5, FeatureConfig())
+        assert torch.equal(f.edge, plain.edge) and torch.equal(f.node, plain.node)  # values as without autograd
+        assert torch.equal(f.edge[zero, 0], torch.zeros_like(f.edge[zero, 0]))

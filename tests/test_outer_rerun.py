@@ -9,7 +9,7 @@ from outer_train.__main__ import finished_run, main
 from outer_train.logging import RunLogger
 
 SETS = ['tasks.families=["teacher_student"]', "tasks.max_params=300", "tasks.groups=2", "tasks.unroll_min=10",
-        "tasks.unroll_max=10", "tasks.truncation=5", "rule.hidden=4", "threads=1", "log.progress=false",
+        "tasks.unroll_max=10", "tasks.truncation=5", "rule.refresh_every=5", "rule.hidden=4", "threads=1", "log.progress=false",
         "log.compare_every=0"]
 
 

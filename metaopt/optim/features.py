@@ -171,7 +171,7 @@ def per_tensor_rms(rows: Tensor, index: GraphIndex, method: str = "auto") -> Ten
         raise ValueError(f"per_tensor_rms: method must be 'auto', 'loop' or 'segment', got {method!r}.")
     lengths = index.numels.expand(rows.shape[0], -1).contiguous()
     sq = torch.segment_reduce(rows * rows, "sum", lengths=lengths, axis=1)
-    return (sq / numels.clamp_min(1)).sqrt()
+    return safe_sqrt(sq / numels.clamp_min(1))
 
 
 def compute_features(
@@ -205,7 +205,12 @@ def compute_features(
         rms = safe_sqrt(exp_avg_sq)
         denom = rms + config.eps
         raw = torch.stack([grad, param, exp_avg, rms, exp_avg / denom, grad / denom])
-        scale = torch.rsqrt(per_tensor_rms(raw, index).square() + _TINY)  # [F, P]
+        sq = per_tensor_rms(raw, index).square()  # [F, P]
+        # A row that is 0 over a whole tensor (a parameter that never gets a gradient): rsqrt's gradient
+        # at _TINY overflows float32 (inf * 0 = NaN in second-order meta-gradients), so none flows there.
+        zero = sq == 0
+        scale = torch.where(zero, torch.rsqrt(sq.detach() + _TINY),
+                            torch.rsqrt(torch.where(zero, torch.ones_like(sq), sq) + _TINY))
         normed = raw * torch.repeat_interleave(scale, index.numels, dim=1, output_size=e)
         clipped = normed[0].clamp(-config.clip, config.clip)
         rows = torch.cat([normed[:1], clipped[None], normed[1:], log_lr_scale[None]])
@@ -229,7 +234,7 @@ def compute_features(
         torch.clamp(rows[0], -config.clip, config.clip, out=rows[1])
         rows[7].copy_(log_lr_scale)
         torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
-    global_rms = exp_avg_sq.mean().sqrt() + _TINY
+    global_rms = safe_sqrt(exp_avg_sq.mean()) + _TINY
     zeros = exp_avg_sq.new_zeros(index.num_nodes)
     v_in = zeros.index_add(0, index.dst, exp_avg_sq) * index.inv_in_degree
     v_out = zeros.index_add(0, index.src, exp_avg_sq) * index.inv_out_degree

@@ -179,7 +179,11 @@ class UpdateRule(nn.Module):
             d, alpha = self(graph, feats), self.alpha
         else:
             d, alpha = torch.func.functional_call(self, rule_params, (graph, feats)), rule_params["alpha"]
-        return (self.config.bound * torch.tanh(alpha * d)).float()
+        out = self.config.bound * torch.tanh(alpha * d)
+        # tanh would saturate an Inf output to the bound: keep it non-finite, so that the edge
+        # falls back to scale 1 (and is counted) like a NaN output.
+        out = torch.where(torch.isinf(d), torch.full_like(out, float("nan")), out)
+        return out.float()
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
