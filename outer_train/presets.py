@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {
         "name": "gpu",
         "threads": 8,
-        "rule": {"hidden": 32, "layers": 2, "refresh_every": 50},
+        "rule": {"hidden": 16, "refresh_every": 50},
         "tasks": {"max_params": 200000, "groups": 8, "group_size": 4, "unroll_min": 200, "unroll_max": 10000, "truncation": 50},
         "estimator": {"second_order": True},
         "meta": {"steps": 20000, "lr": 1e-3},
@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multi": {
         "name": "multi",
         "threads": 4,
-        "rule": {"hidden": 32, "layers": 2, "refresh_every": 50},
+        "rule": {"hidden": 16, "refresh_every": 50},
         "tasks": {"max_params": 200000, "groups": 4, "group_size": 4, "unroll_min": 200, "unroll_max": 10000, "truncation": 50},
         "estimator": {"second_order": True},
         "meta": {"steps": 20000, "lr": 1e-3},

@@ -227,7 +227,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             g = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for _, p in seg]
             core.update_moments(views(seg, "exp_avg"), views(seg, "exp_avg_sq"), g, h, inplace=True)
 
-        identity = self.rule.is_identity
+        identity = self._rule_is_identity()
         if not identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
             self._refresh(entries, device)
 
@@ -236,6 +236,13 @@ class GMNOptimizer(torch.optim.Optimizer):
             scale = None if identity else views(seg, "lr_scale")
             core.apply_update([p for _, p in seg], views(seg, "exp_avg"), denom, scale, h, t, inplace=True)
         return loss
+
+    def _rule_is_identity(self) -> bool:
+        """``rule.is_identity``, re-read only when alpha changed (reading it syncs a GPU)."""
+        key = (id(self.rule), self.rule.alpha._version, self.rule.alpha.data_ptr())
+        if getattr(self, "_identity_key", None) != key:
+            self._identity_key, self._identity = key, self.rule.is_identity
+        return self._identity
 
     def _refresh(self, entries: list[tuple[int, Tensor, dict[str, Any]]], device: torch.device) -> None:
         """Run the rule on the flat state; store its lr scale (non-finite outputs -> 1, counted)."""

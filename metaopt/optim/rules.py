@@ -270,9 +270,9 @@ class UpdateRule(nn.Module):
 
     @classmethod
     def default(cls) -> "UpdateRule":
-        """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN rule meta-trained by
-        ``outer_train`` (command, budget and evaluation in the README). ``rule="adam"`` is the
-        untrained residual (alpha = 0), i.e. exactly Adam."""
+        """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN lr-scale rule
+        meta-trained by ``outer_train`` (command, budget and evaluation in docs/optim.md).
+        ``rule="adam"`` is the untrained rule (alpha = 0), i.e. exactly Adam."""
         return cls.from_pretrained(DEFAULT_RULE_DIR)
 
 
