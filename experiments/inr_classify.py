@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from experiments.seeds import mean_std, over_seeds
 from metaopt.weightspace.inr_classify import IMAGE_METHODS, ClassifyConfig, train_classifier
 from metaopt.weightspace.inr_data import INRSet, load_inr_set
 from metaopt.weightspace.inr_models import PROBE_REFERENCE, WEIGHT_METHODS
@@ -32,19 +33,16 @@ METHOD_NAMES = {
 
 def run_classification(inrs: INRSet, methods: list[str], seeds: int, cfg: ClassifyConfig, progress: bool = True) -> dict[str, Any]:
     """Every method x seed; returns per-run results and per-method mean/std of test accuracy."""
-    runs = []
-    for method in methods:
-        for s in range(seeds):
-            _, res = train_classifier(method, inrs, replace(cfg, seed=cfg.seed + s), progress=progress)
-            runs.append(res)
-            if progress:
-                print(f"{method:>10} seed {cfg.seed + s}: test acc {res['test_acc']:.4f} (train {res['train_acc']:.4f}, {res['seconds']} s)")
+    runs = over_seeds(
+        methods, seeds, cfg.seed, lambda m, seed: train_classifier(m, inrs, replace(cfg, seed=seed), progress=progress)[1],
+        (lambda r: f"{r['method']:>10} seed {r['seed']}: test acc {r['test_acc']:.4f} (train {r['train_acc']:.4f}, "
+                   f"{r['seconds']} s)") if progress else None,
+    )
     summary = {}
     for method in methods:
-        accs = torch.tensor([r["test_acc"] for r in runs if r["method"] == method], dtype=torch.float64)
+        mean, std, n = mean_std(runs, method, "test_acc")
         summary[method] = {
-            "name": METHOD_NAMES[method], "test_acc_mean": float(accs.mean()),
-            "test_acc_std": float(accs.std()) if len(accs) > 1 else 0.0, "seeds": len(accs),
+            "name": METHOD_NAMES[method], "test_acc_mean": mean, "test_acc_std": std, "seeds": n,
             "params": next(r["params"] for r in runs if r["method"] == method),
         }
     return {"config": asdict(cfg), "inrs": str(inrs.root), "num_train_inrs": int((~inrs.is_test).sum()),

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from experiments.seeds import mean_std, over_seeds
 from metaopt.weightspace.inr_data import INRSet, load_inr_set
 from metaopt.weightspace.inr_edit import EDIT_METHODS, TRANSFORMS, EditConfig, evaluate_editor, train_editor
 
@@ -25,19 +26,16 @@ METHOD_NAMES = {"gmn": "GMN edge head", "mlp": "PerParameterMLP edge head", "non
 def run_editing(inrs: INRSet, methods: list[str], seeds: int, cfg: EditConfig, progress: bool = True) -> dict[str, Any]:
     """'no edit' plus every method x seed; returns runs and per-method mean/std of the test MSE."""
     runs: list[dict[str, Any]] = [{"method": "none", "seed": 0, **evaluate_editor(None, inrs, cfg.transform)}]
-    for method in methods:
-        for s in range(seeds):
-            _, res = train_editor(method, inrs, replace(cfg, seed=cfg.seed + s), progress=progress)
-            runs.append(res)
-            if progress:
-                print(f"edit {method:>4} seed {cfg.seed + s}: test MSE {res['test_mse']:.5f} ({res['seconds']} s)")
+    runs += over_seeds(
+        methods, seeds, cfg.seed, lambda m, seed: train_editor(m, inrs, replace(cfg, seed=seed), progress=progress)[1],
+        (lambda r: f"edit {r['method']:>4} seed {r['seed']}: test MSE {r['test_mse']:.5f} ({r['seconds']} s)")
+        if progress else None,
+    )
     summary = {}
     for method in ["none", *methods]:
-        mses = torch.tensor([r["test_mse"] for r in runs if r["method"] == method], dtype=torch.float64)
-        psnrs = torch.tensor([r["test_psnr"] for r in runs if r["method"] == method], dtype=torch.float64)
-        summary[method] = {"name": METHOD_NAMES[method], "test_mse_mean": float(mses.mean()),
-                           "test_mse_std": float(mses.std()) if len(mses) > 1 else 0.0,
-                           "test_psnr_mean": float(psnrs.mean()), "seeds": len(mses)}
+        mse, mse_std, n = mean_std(runs, method, "test_mse")
+        summary[method] = {"name": METHOD_NAMES[method], "test_mse_mean": mse, "test_mse_std": mse_std,
+                           "test_psnr_mean": mean_std(runs, method, "test_psnr")[0], "seeds": n}
     return {"config": asdict(cfg), "inrs": str(inrs.root), "summary": summary, "runs": runs}
 
 

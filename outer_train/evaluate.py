@@ -27,7 +27,6 @@ import inspect
 import json
 import math
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
