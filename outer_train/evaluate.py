@@ -27,7 +27,7 @@ import inspect
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,6 +61,7 @@ class EvalSettings:
     # "first_seed": each task's lr grid runs on its first seed and the chosen lr is reused for the
     # other seeds (the lr is tuned per task, as in BENCHMARKS.md; 3x cheaper); "every_seed": per seed.
     tune: str = "first_seed"
+    baselines: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd_momentum"])  # adam: the reference
 
     def grid(self, lo: float, hi: float) -> list[float]:
         return [float(x) for x in np.geomspace(lo, hi, self.grid_points)]
@@ -147,6 +148,7 @@ def evaluate_task(
         "sgd_momentum": (lambda lr: lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
                          s.grid(s.sgd_lr_min, s.sgd_lr_max)),
     }
+    tuned = {k: v for k, v in tuned.items() if k == "adam" or k in s.baselines}
     for name, rule in rules.items():
         tuned[f"{name}@best"] = (lambda lr, rule=rule: lambda m: GMNOptimizer(m, rule=rule, lr=lr, example_inputs=example),
                                  grid)
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--tune", choices=["first_seed", "every_seed"], default="first_seed",
                    help="tune baseline lrs on each task's first seed and reuse them (default), or on every seed")
+    p.add_argument("--baselines", nargs="+", choices=["adam", "adamw", "sgd_momentum"],
+                   help="tuned baselines to run (default all three; Adam always runs, it is the reference)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="combine results.json files of runs over disjoint task subsets (same settings) into one "
                         "table in --out; nothing is run")
@@ -382,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.grid_points:
         s.grid_points = a.grid_points
     s.tune = a.tune
+    if a.baselines:
+        s.baselines = list(dict.fromkeys(["adam", *a.baselines]))
     if s.grid_points < 2 or s.steps < WINDOW:
         p.error(f"need --grid-points >= 2 and --steps >= {WINDOW}")
     if a.merge:
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         reuse_lrs = tuned.get(task_name) if s.tune == "first_seed" else None
         entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs)
         tuned.setdefault(task_name, {k: entry["results"][k]["lr"] for k in
-                                     ("adam", "adamw", "sgd_momentum", *[f"{n}@best" for n in rules])})
+                                     ("adam", *[b for b in s.baselines if b != "adam"], *[f"{n}@best" for n in rules])})
         entries.append(entry)
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
         (out / "results.json").write_text(

@@ -99,3 +99,12 @@ def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):  # the same runs twice cannot be merged
         evaluate.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "a" / "results.json"),
                        "--out", str(tmp_path / "x")])
+
+
+def test_baselines_can_be_restricted_to_adam(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    evaluate.main(["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+                   "--baselines", "adam", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["entries"][0]["results"]) == {"adam"} and data["settings"]["baselines"] == ["adam"]
