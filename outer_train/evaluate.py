@@ -59,7 +59,7 @@ class EvalSettings:
     sgd_lr_min: float = 1e-3
     sgd_lr_max: float = 1.0
     # "first_seed": each task's lr grid runs on its first seed and the chosen lr is reused for the
-    # other seeds (the lr is tuned per task, as in BENCHMARKS.md; 3x cheaper); "every_seed": per seed.
+    # other seeds (the lr is tuned per task, as in docs/benchmarks.md; 3x cheaper); "every_seed": per seed.
     tune: str = "first_seed"
     baselines: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd_momentum"])  # adam: the reference
 

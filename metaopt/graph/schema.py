@@ -100,7 +100,7 @@ EDGE_FEATURES = 5
 EDGE_KPOS = slice(EDGE_K0, EDGE_K2 + 1)
 NO_POSITION = -1  # node position of interchangeable (hidden) units
 
-# Storage dtypes: chosen so the index costs ~2x the float32 parameter bytes (BENCHMARKS.md §3).
+# Storage dtypes: chosen so the index costs ~2x the float32 parameter bytes (docs/benchmarks.md §3).
 INDEX_DTYPE = torch.int32
 EDGE_ATTR_DTYPE = torch.int16
 NODE_ATTR_DTYPE = torch.int64

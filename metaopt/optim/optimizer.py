@@ -155,6 +155,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         b = self._buffers
         assert b is not None
         self._views = {k: list(b[k].split(self._numels)) for k in self.STATE_KEYS}
+        self._segment_views: dict[tuple[str, tuple[int, ...]], list[Tensor]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 i = self._index[id(p)]
@@ -221,7 +222,12 @@ class GMNOptimizer(torch.optim.Optimizer):
             segments.setdefault((h, int(step_list[i])), []).append((i, p))
 
         def views(seg: list[tuple[int, Tensor]], key: str) -> list[Tensor]:
-            return [self._views[key][i].view(p.shape) for i, p in seg]
+            """Parameter-shaped views of one state buffer for a segment (cached: the step's Python
+            overhead is what separates it from Adam's on small models)."""
+            k = (key, tuple(i for i, _ in seg))
+            if k not in self._segment_views:
+                self._segment_views[k] = [self._views[key][i].view(p.shape) for i, p in seg]
+            return self._segment_views[k]
 
         for (h, t), seg in segments.items():
             g = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for _, p in seg]
