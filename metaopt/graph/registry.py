@@ -131,6 +131,14 @@ class ConversionError(RuntimeError):
     """The model cannot be converted as asked; the message says where and what to do."""
 
 
+class ExampleInputError(ConversionError):
+    """The example call is not one the model accepts (the model itself raised on it).
+
+    Never turned into free edges by strict=False: the graph would describe a call that cannot
+    happen, so the caller must pass a real input.
+    """
+
+
 class ConversionContext:
     """What converters see: node/edge creation plus helpers to read their inputs."""
 

@@ -16,10 +16,12 @@ from torch import Tensor, fx, nn
 
 from . import ops
 from .builder import GraphBuilder, NeuronMap
+from .example_call import ExampleCall
 from .registry import (
     CONST,
     ConversionContext,
     ConversionError,
+    ExampleInputError,
     ParamRef,
     Unassigned,
     find_converter,
@@ -36,13 +38,25 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module, num_inputs: int = 1) -> fx.GraphModule:
-    """Symbolically trace `model`; failures become a ConversionError that says what to do."""
+def trace(model: nn.Module, call: ExampleCall) -> tuple[fx.GraphModule, list[Any]]:
+    """Symbolically trace `model` for `call`: the graph and the values of its placeholders, in order.
+
+    Python values of the call (None, flags, sizes) are concrete in the trace; failures become a
+    ConversionError that says what to do.
+    """
     if find_converter(model) is not None:  # the root itself is a converted layer: do not trace into it
-        return _leaf_root(model, num_inputs)
+        return _leaf_root(model, call), [*call.args, *call.kwargs.values()]
+    try:
+        _, values, concrete = call.bind(model.forward)
+    except TypeError as exc:
+        raise ExampleInputError(
+            f"the example call {call.describe()} does not match {type(model).__name__}.forward: {exc}. "
+            f"Pass the arguments the model is called with (example_inputs=(...), and keyword "
+            f"arguments as example_kwargs={{...}})."
+        ) from exc
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=concrete or None)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError... all mean the same
         raise ConversionError(
             f"torch.fx could not trace {type(model).__name__}.forward: {type(exc).__name__}: {exc}\n"
@@ -51,29 +65,40 @@ def trace(model: nn.Module, num_inputs: int = 1) -> fx.GraphModule:
             f"(metaopt.register_converter(ThatModule, fn)) so it becomes a leaf, or convert with "
             f"strict=False, which keeps every parameter as a free edge (no connectivity)."
         ) from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__), values
 
 
-def _leaf_root(model: nn.Module, num_inputs: int) -> fx.GraphModule:
+def _leaf_root(model: nn.Module, call: ExampleCall) -> fx.GraphModule:
     """A one-node graph calling `model` as a leaf (so to_graph(SetLinear(...)) uses its converter)."""
     holder = nn.Module()
     holder.add_module(type(model).__name__.lower(), model)
     graph = fx.Graph()
-    args = tuple(graph.placeholder(f"input_{i}") for i in range(num_inputs))
-    graph.output(graph.call_module(type(model).__name__.lower(), args))
+    args = tuple(graph.placeholder(f"input_{i}") for i in range(len(call.args)))
+    kwargs = {k: graph.placeholder(k) for k in call.kwargs}
+    graph.output(graph.call_module(type(model).__name__.lower(), args, kwargs))
     return fx.GraphModule(holder, graph, type(model).__name__)
+
+
+class _ModelRaised(Exception):
+    """The model's own computation raised on the example call (not a dataflow rule)."""
+
+    def __init__(self, node: fx.Node, where: str, exc: Exception) -> None:
+        super().__init__(f"{where}: {type(exc).__name__}: {exc}")
+        self.node, self.where, self.exc = node, where, exc
 
 
 class DataflowWalker(fx.Interpreter):
     """Interprets a traced model on an example input, mapping tensors to graph neurons."""
 
-    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, strict: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, strict: bool, on_meta: bool = False) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.builder = builder
         self.ctx = ConversionContext(builder, strict)
+        self.on_meta = on_meta  # shapes-only run: rule failures are retried on real tensors
         self.values: dict[fx.Node, Any] = {}
         self.unknown_modules: dict[str, str] = {}  # qualified name -> type, parametric, no converter
         self.unclaimed: dict[str, str] = {}  # parameter name -> op that used it
+        self.unreadable: list[str] = []  # ops whose dataflow no rule could read (strict=False)
         self.warnings: list[str] = []
 
     # ---- helpers used by ops/converters -----------------------------------------------------
@@ -97,7 +122,21 @@ class DataflowWalker(fx.Interpreter):
 
     # ---- the walk ------------------------------------------------------------------------------
     def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
+        try:
+            result = super().run_node(n)
+        except Exception as exc:  # the model's own op failed: the example call is wrong for it
+            raise _ModelRaised(n, where(self.module, n), exc) from exc
+        try:
+            out = self._dataflow(n, result)
+        except Exception as exc:
+            if self.on_meta and not isinstance(exc, ConversionError):
+                raise  # e.g. a rule reading values of a meta tensor: walk() retries on real tensors
+            out = self._unreadable(n, exc, result)
+        self.values[n] = out
+        return result
+
+    def _dataflow(self, n: fx.Node, result: Any) -> Any:
+        """Which neurons the value of node `n` carries (the per-op rules of ops/converters)."""
         self.ctx.current = str(n.target) if n.op == "call_module" else n.name
         values = fx.node.map_aggregate(n.args, lambda a: self.values.get(a, a) if isinstance(a, fx.Node) else a)
         if n.op in ("call_function", "call_method", "call_module"):
@@ -107,17 +146,45 @@ class DataflowWalker(fx.Interpreter):
             )
             self.ctx.args, self.ctx.kwargs = args, kw_values
         if n.op == "placeholder":
-            out = Unassigned(result.ndim, NodeType.INPUT) if isinstance(result, Tensor) else result
-        elif n.op == "get_attr":
-            out = self._get_attr(result)
-        elif n.op == "call_module":
-            out = self._call_module(n, list(values), args, kwargs, result)
-        elif n.op in ("call_function", "call_method"):
-            out = self._call_function(n, list(values), args, kwargs, result)
-        else:  # output
-            out = values
-        self.values[n] = out
-        return result
+            return Unassigned(result.ndim, NodeType.INPUT) if isinstance(result, Tensor) else result
+        if n.op == "get_attr":
+            return self._get_attr(result)
+        if n.op == "call_module":
+            return self._call_module(n, list(values), args, kwargs, result)
+        if n.op in ("call_function", "call_method"):
+            return self._call_function(n, list(values), args, kwargs, result)
+        return values  # output
+
+    def _unreadable(self, n: fx.Node, exc: Exception, result: Any) -> Any:
+        """A node no rule could read. strict: an error naming module, op and fix; else fresh neurons.
+
+        Non-strict, the parameters the node uses stay uncovered (they become FREE edges) and its
+        output gets fresh HIDDEN neurons, so the layers after it are still read.
+        """
+        loc = where(self.module, n)
+        reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
+        if self.ctx.strict:
+            if isinstance(exc, ConversionError) and "register_converter" in reason:
+                raise exc
+            owner = module_of(self.module, n)
+            fix = type(owner).__qualname__ if owner is not None else "the module doing this"
+            raise ConversionError(
+                f"{loc}: no dataflow rule can read this op ({reason}).\nFix: make {fix} a leaf "
+                f"with metaopt.register_converter({fix}, fn) (see docs/layers.md, 'Registering a "
+                f"converter'), or convert with strict=False to keep its parameters as free edges."
+            ) from exc
+        self.unreadable.append(f"{loc} ({reason.splitlines()[0]})")
+        if n.op == "call_module":
+            module = self.module.get_submodule(str(n.target))
+            if any(True for _ in module.parameters()):
+                self.unknown_modules[str(n.target)] = type(module).__name__
+            for pn, p in module.named_parameters():
+                if self.builder.owns(p):
+                    self.unclaimed.setdefault(self.builder.param_name(p), f"module '{n.target}'")
+        used = fx.node.map_aggregate((n.args, tuple(n.kwargs.values())),
+                                     lambda a: self.values.get(a, a) if isinstance(a, fx.Node) else a)
+        self.unclaimed_use([v for v in ops._flat(list(used)) if isinstance(v, ParamRef)], n)
+        return ops._wrap(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
 
     def _get_attr(self, result: Any) -> Any:
         if isinstance(result, nn.Parameter) and self.builder.owns(result):
@@ -202,30 +269,66 @@ def unknown_module_message(qualname: str, module: nn.Module, param_names: list[s
     )
 
 
-def walk(model: nn.Module, example_inputs: tuple, strict: bool) -> tuple[GraphBuilder, DataflowWalker]:
-    """Trace and interpret `model` on `example_inputs`, returning the filled builder.
+def module_of(root: nn.Module, n: fx.Node) -> nn.Module | None:
+    """The innermost module whose forward produced node `n` (the module itself for call_module)."""
+    if n.op == "call_module":
+        return root.get_submodule(str(n.target))
+    stack = n.meta.get("nn_module_stack") or {}
+    if not stack:
+        return root
+    path = list(stack.values())[-1][0]
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def where(root: nn.Module, n: fx.Node) -> str:
+    """'op 'view' (node view_3) in module 'blocks.0.attn' (Attention)': for messages."""
+    if n.op == "call_module":
+        m = root.get_submodule(str(n.target))
+        return f"module '{n.target}' ({type(m).__qualname__})"
+    op = getattr(n.target, "__name__", str(n.target))
+    stack = n.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    owner = module_of(root, n)
+    return (f"op '{op}' (node {n.name}) in module '{path or '<root>'}' "
+            f"({type(owner).__qualname__ if owner is not None else '?'})")
+
+
+def walk(model: nn.Module, call: ExampleCall, strict: bool) -> tuple[GraphBuilder, DataflowWalker]:
+    """Trace and interpret `model` on the example `call`, returning the filled builder.
 
     The example pass runs on a meta-device copy of the model (shapes only: no compute, no
     memory for activations, nothing of the user's model touched); if some op has no meta
-    kernel it is rerun on the real model under no_grad.
+    kernel it is rerun on the real model under no_grad. An op of the model raising on the
+    real tensors is an ExampleInputError (the call is not one the model accepts).
     """
     meta_model = _meta_copy(model)
     if meta_model is not None:
         try:
-            return _walk(meta_model, tuple(_to_meta(x) for x in example_inputs), strict)
+            return _walk(meta_model, call.map(lambda t: t.to("meta")), strict, on_meta=True)
         except ConversionError:
             raise
         except Exception:  # a missing meta kernel or data-dependent op: use real tensors
             pass
-    return _walk(model, example_inputs, strict)
+    try:
+        return _walk(model, call, strict, on_meta=False)
+    except _ModelRaised as exc:
+        raise ExampleInputError(
+            f"{type(model).__name__} raised on the example call {call.describe()} at {exc.where}: "
+            f"{type(exc.exc).__name__}: {exc.exc}\nPass a call the model accepts: "
+            f"example_inputs=(...) (and example_kwargs={{...}}), or build the graph from a real "
+            f"batch (GMNOptimizer does this at the model's first forward)."
+        ) from exc.exc
 
 
-def _walk(model: nn.Module, example_inputs: tuple, strict: bool) -> tuple[GraphBuilder, DataflowWalker]:
-    gm = trace(model, len(example_inputs))
+def _walk(model: nn.Module, call: ExampleCall, strict: bool, on_meta: bool) -> tuple[GraphBuilder, DataflowWalker]:
+    gm, values = trace(model, call)
     builder = GraphBuilder(model)
-    walker = DataflowWalker(gm, builder, strict)
+    walker = DataflowWalker(gm, builder, strict, on_meta)
     with torch.no_grad():
-        walker.run(*example_inputs)
+        walker.run(*values)
     out_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     out_maps = [v for v in ops._flat(walker.values[out_node]) if isinstance(v, NeuronMap)]
     if out_maps:
@@ -245,12 +348,3 @@ def _meta_copy(model: nn.Module) -> nn.Module | None:
     except Exception:  # modules holding un-copyable state: convert on the real model
         return None
 
-
-def _to_meta(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.to("meta")
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_meta(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_meta(v) for k, v in x.items()}
-    return x
