@@ -17,7 +17,7 @@ from .parameter_graph import ParameterGraph
 from .registry import ConversionError, ExampleInputError, find_converter, registry_generation
 from .tracing import trace, walk
 
-_CACHE: "OrderedDict[str, ParameterGraph]" = OrderedDict()
+_CACHE: "OrderedDict[str, tuple[ParameterGraph, str | None]]" = OrderedDict()  # graph, its warning
 _CACHE_SIZE = 64
 
 
@@ -70,8 +70,10 @@ def to_graph(
         key = architecture_key(model, call, strict) if cache else None
         if key is not None and key in _CACHE:
             _CACHE.move_to_end(key)
-            return _CACHE[key].copy_structure()
-        graph = _convert(model, call, strict)
+            graph, note = _CACHE[key]
+            _warn(note)  # a cached structure repeats its conversion's one warning
+            return graph.copy_structure()
+        graph, note = _convert(model, call, strict)
     except ExampleInputError as exc:
         if guess is None:
             raise
@@ -81,15 +83,22 @@ def to_graph(
             f"example_inputs=(a small batch the model accepts), or give the model an "
             f"example_inputs() method."
         ) from exc
+    _warn(note)
     if key is not None:
-        _CACHE[key] = graph
+        _CACHE[key] = (graph, note)
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
         return graph.copy_structure()
     return graph
 
 
-def _convert(model: nn.Module, call: ExampleCall, strict: bool) -> ParameterGraph:
+def _warn(note: str | None) -> None:
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=3)  # points at the caller of to_graph
+
+
+def _convert(model: nn.Module, call: ExampleCall, strict: bool) -> tuple[ParameterGraph, str | None]:
+    """The graph and the one warning (or None) that says what was not read."""
     was_training = {m: m.training for m in model.modules()}
     model.eval()  # the example pass must not update BatchNorm statistics
     try:
@@ -99,8 +108,7 @@ def _convert(model: nn.Module, call: ExampleCall, strict: bool) -> ParameterGrap
             free = _resolve_uncovered(model, walker, problems, strict) if problems else []
             if free:
                 builder.add_free_edges(free)
-            _warn_once(model, problems, walker)
-            return builder.finish()
+            return builder.finish(), _note(model, problems, walker)
         except ExampleInputError:
             raise  # a wrong input is never hidden behind free edges
         except Exception as exc:
@@ -108,15 +116,12 @@ def _convert(model: nn.Module, call: ExampleCall, strict: bool) -> ParameterGrap
                 raise
             # strict=False never fails on structure: whatever broke, every parameter stays an edge
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            warnings.warn(
-                f"to_graph(strict=False): could not read {type(model).__name__} ({type(exc).__name__}: "
-                f"{reason}); every parameter becomes a free edge (no connectivity).",
-                UserWarning,
-                stacklevel=3,
-            )
+            note = (f"to_graph ({type(model).__name__}, strict=False): could not read the model "
+                    f"({type(exc).__name__}: {reason}); every parameter becomes a free edge (no "
+                    f"connectivity).")
             builder = GraphBuilder(model)
             builder.add_free_edges()
-            return builder.finish()
+            return builder.finish(), note
     finally:
         for m, flag in was_training.items():
             m.training = flag
@@ -149,10 +154,10 @@ def _resolve_uncovered(model, walker, problems, strict) -> list[str]:
     return [n for n, _ in problems]
 
 
-def _warn_once(model: nn.Module, problems: list[tuple[str, int]], walker) -> None:
+def _note(model: nn.Module, problems: list[tuple[str, int]], walker) -> str | None:
     """One warning for everything that was not read: free parameters, unknown modules and ops."""
     if not problems and not walker.warnings and not walker.unreadable:
-        return
+        return None
     parts = []
     if problems:
         names = [n for n, _ in problems]
@@ -172,7 +177,7 @@ def _warn_once(model: nn.Module, problems: list[tuple[str, int]], walker) -> Non
         parts.append("ops no rule could read (their outputs got fresh neurons): "
                      + "; ".join(walker.unreadable[:4]) + more)
     parts.extend(walker.warnings)
-    warnings.warn(f"to_graph ({type(model).__name__}): " + ". ".join(parts) + ".", UserWarning, stacklevel=4)
+    return f"to_graph ({type(model).__name__}): " + ". ".join(parts) + "."
 
 
 def architecture_key(model: nn.Module, call: ExampleCall, strict: bool) -> str:
