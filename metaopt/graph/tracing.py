@@ -92,6 +92,7 @@ class DataflowWalker(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, strict: bool, on_meta: bool = False) -> None:
         super().__init__(gm, garbage_collect_values=False)
+        self.extra_traceback = False  # our errors already say where; fx would append its graph dump
         self.builder = builder
         self.ctx = ConversionContext(builder, strict)
         self.on_meta = on_meta  # shapes-only run: rule failures are retried on real tensors
@@ -164,15 +165,15 @@ class DataflowWalker(fx.Interpreter):
         loc = where(self.module, n)
         reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
         if self.ctx.strict:
-            if isinstance(exc, ConversionError) and "register_converter" in reason:
-                raise exc
             owner = module_of(self.module, n)
-            fix = type(owner).__qualname__ if owner is not None else "the module doing this"
-            raise ConversionError(
-                f"{loc}: no dataflow rule can read this op ({reason}).\nFix: make {fix} a leaf "
-                f"with metaopt.register_converter({fix}, fn) (see docs/layers.md, 'Registering a "
-                f"converter'), or convert with strict=False to keep its parameters as free edges."
-            ) from exc
+            fix = type_name(owner) if owner is not None else "the module doing this"
+            hint = (
+                f"\nFix: make {fix} a leaf with metaopt.register_converter({fix}, fn) (see "
+                f"docs/layers.md, 'Registering a converter'), or convert with strict=False to keep "
+                f"its parameters as free edges and give its outputs fresh neurons.")
+            if "register_converter" in reason and "strict=False" in reason:
+                hint = ""
+            raise ConversionError(f"{loc}: {reason}{hint}") from exc
         self.unreadable.append(f"{loc} ({reason.splitlines()[0]})")
         if n.op == "call_module":
             module = self.module.get_submodule(str(n.target))
@@ -269,6 +270,13 @@ def unknown_module_message(qualname: str, module: nn.Module, param_names: list[s
     )
 
 
+def type_name(m: nn.Module | None) -> str:
+    """The user's class name (a traced root is a GraphModule carrying the model's class name)."""
+    if m is None:
+        return "?"
+    return type(m).__name__ if isinstance(m, fx.GraphModule) else type(m).__qualname__
+
+
 def module_of(root: nn.Module, n: fx.Node) -> nn.Module | None:
     """The innermost module whose forward produced node `n` (the module itself for call_module)."""
     if n.op == "call_module":
@@ -287,13 +295,12 @@ def where(root: nn.Module, n: fx.Node) -> str:
     """'op 'view' (node view_3) in module 'blocks.0.attn' (Attention)': for messages."""
     if n.op == "call_module":
         m = root.get_submodule(str(n.target))
-        return f"module '{n.target}' ({type(m).__qualname__})"
+        return f"module '{n.target}' ({type_name(m)})"
     op = getattr(n.target, "__name__", str(n.target))
     stack = n.meta.get("nn_module_stack") or {}
     path = list(stack.values())[-1][0] if stack else ""
     owner = module_of(root, n)
-    return (f"op '{op}' (node {n.name}) in module '{path or '<root>'}' "
-            f"({type(owner).__qualname__ if owner is not None else '?'})")
+    return f"op '{op}' (node {n.name}) in module '{path or '<root>'}' ({type_name(owner)})"
 
 
 def walk(model: nn.Module, call: ExampleCall, strict: bool) -> tuple[GraphBuilder, DataflowWalker]:
