@@ -90,8 +90,10 @@ class _ModelRaised(Exception):
 class DataflowWalker(fx.Interpreter):
     """Interprets a traced model on an example input, mapping tensors to graph neurons."""
 
-    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, strict: bool, on_meta: bool = False) -> None:
+    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, strict: bool, on_meta: bool = False,
+                 root: nn.Module | None = None) -> None:
         super().__init__(gm, garbage_collect_values=False)
+        self.root = gm if root is None else root  # the traced model itself: its modules' real types
         self.extra_traceback = False  # our errors already say where; fx would append its graph dump
         self.builder = builder
         self.ctx = ConversionContext(builder, strict)
@@ -126,7 +128,7 @@ class DataflowWalker(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:  # the model's own op failed: the example call is wrong for it
-            raise _ModelRaised(n, where(self.module, n), exc) from exc
+            raise _ModelRaised(n, where(self.root, n), exc) from exc
         try:
             out = self._dataflow(n, result)
         except Exception as exc:
@@ -162,10 +164,10 @@ class DataflowWalker(fx.Interpreter):
         Non-strict, the parameters the node uses stay uncovered (they become FREE edges) and its
         output gets fresh HIDDEN neurons, so the layers after it are still read.
         """
-        loc = where(self.module, n)
+        loc = where(self.root, n)
         reason = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
         if self.ctx.strict:
-            owner = module_of(self.module, n)
+            owner = module_of(self.root, n)
             fix = type_name(owner) if owner is not None else "the module doing this"
             hint = (
                 f"\nFix: make {fix} a leaf with metaopt.register_converter({fix}, fn) (see "
@@ -280,7 +282,7 @@ def type_name(m: nn.Module | None) -> str:
 def module_of(root: nn.Module, n: fx.Node) -> nn.Module | None:
     """The innermost module whose forward produced node `n` (the module itself for call_module)."""
     if n.op == "call_module":
-        return root.get_submodule(str(n.target))
+        return _submodule(root, str(n.target))
     stack = n.meta.get("nn_module_stack") or {}
     if not stack:
         return root
@@ -291,11 +293,17 @@ def module_of(root: nn.Module, n: fx.Node) -> nn.Module | None:
         return None
 
 
+def _submodule(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:  # a converted root is called through a one-module holder
+        return root
+
+
 def where(root: nn.Module, n: fx.Node) -> str:
     """'op 'view' (node view_3) in module 'blocks.0.attn' (Attention)': for messages."""
     if n.op == "call_module":
-        m = root.get_submodule(str(n.target))
-        return f"module '{n.target}' ({type_name(m)})"
+        return f"module '{n.target}' ({type_name(_submodule(root, str(n.target)))})"
     op = getattr(n.target, "__name__", str(n.target))
     stack = n.meta.get("nn_module_stack") or {}
     path = list(stack.values())[-1][0] if stack else ""
@@ -333,7 +341,7 @@ def walk(model: nn.Module, call: ExampleCall, strict: bool) -> tuple[GraphBuilde
 def _walk(model: nn.Module, call: ExampleCall, strict: bool, on_meta: bool) -> tuple[GraphBuilder, DataflowWalker]:
     gm, values = trace(model, call)
     builder = GraphBuilder(model)
-    walker = DataflowWalker(gm, builder, strict, on_meta)
+    walker = DataflowWalker(gm, builder, strict, on_meta, root=model)
     with torch.no_grad():
         walker.run(*values)
     out_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
