@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import einops_shapes
 from .builder import NeuronMap
 from .registry import CONST, Const, ConversionError, ParamRef, Unassigned
 from .schema import Activation, EdgeType, NodeType
+from .split_map import SplitMap
 
 if TYPE_CHECKING:
     from .tracing import DataflowWalker
@@ -79,6 +81,7 @@ SHAPE_FUNCS: set[Any] = {
     torch.tensor_split, "flip", torch.flip, "roll", torch.roll, "view_as", "reshape_as",
     "repeat_interleave", "tile", torch.tile, "__getitem__",
 }
+SHAPE_FUNCS.update(einops_shapes.SHAPE_FUNCTIONS)
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__",
         operator.sub, operator.isub, torch.sub, "sub", "sub_", "__sub__", "__rsub__"}
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__",
@@ -91,8 +94,24 @@ _STACK = {torch.stack}
 _NEG = {operator.neg, torch.neg, "neg"}
 
 
+def follows_split(n: Any, module: nn.Module | None = None) -> bool:
+    """Whether node `n` can take a SplitMap: shape ops, identities, shape queries, attention."""
+    if module is not None:
+        return isinstance(module, (nn.Flatten, nn.Unflatten) + IDENTITY_MODULES + einops_shapes.SHAPE_MODULES)
+    t = n.target
+    try:
+        hash(t)
+    except TypeError:
+        return False
+    return (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS or t is getattr or t in SPLIT_CONSUMERS
+            or t in ("size", "dim", "numel", "shape", "ndimension", "nelement", "stride"))
+
+
+SPLIT_CONSUMERS: set[Any] = set()  # functions whose rules read SplitMaps (attention), filled by converters
+
+
 def is_tensor_like(v: Any) -> bool:
-    return isinstance(v, (NeuronMap, Unassigned, ParamRef, Const))
+    return isinstance(v, (NeuronMap, SplitMap, Unassigned, ParamRef, Const))
 
 
 def first_carrier(values: list[Any]) -> Any:
@@ -129,12 +148,8 @@ def _map_from_probe(w: "DataflowWalker", m: NeuronMap, in_shape: torch.Size, q: 
     varying = [d for d in range(q.ndim) if q.shape[d] > 1 and bool((q.amax(d) != q.amin(d)).any())]
     if not varying:
         return CONST  # one feature selected: its neuron identity no longer spans a dimension
-    if len(varying) > 1:
-        w.ctx.fail(
-            f"this op spreads the {m.size} features of dim {m.dim} over dims {varying} (e.g. a "
-            f"split into attention heads). Use nn.MultiheadAttention, or make the module doing it "
-            f"a leaf with metaopt.register_converter."
-        )
+    if len(varying) > 1:  # spread over several dims (heads, a channel shuffle): keep the probes
+        return SplitMap(m, in_shape, q, r)
     j = varying[0]
     index = [0] * q.ndim
     index[j] = slice(None)
@@ -166,10 +181,17 @@ def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         return _wrap(out, lambda t: ParamRef(x.param, t))
     if isinstance(x, Unassigned):
         return _wrap(result, lambda t: Unassigned(t.ndim, x.node_type))
+    if isinstance(x, SplitMap):  # continue on the probes it carries (contiguous: .view must work)
+        qs, rs = call(x.feat.contiguous(), args[1:], kwargs), call(x.rest.contiguous(), args[1:], kwargs)
+        if isinstance(qs, (tuple, list)):
+            return type(qs)(_map_from_probe(w, x.source, x.src_shape, q, r) for q, r in zip(qs, rs))
+        return _map_from_probe(w, x.source, x.src_shape, qs, rs)
     if not isinstance(x, NeuronMap):
         return _wrap(result, lambda t: CONST)
     real = args[0]
     feat, rest = _probe_tensors(real.shape, x.dim)
+    if n.target in ("view", "view_as"):  # probes are expanded; the real tensor was viewable
+        feat, rest = feat.contiguous(), rest.contiguous()
     qs, rs = call(feat, args[1:], kwargs), call(rest, args[1:], kwargs)
     if isinstance(qs, (tuple, list)):
         return type(qs)(_map_from_probe(w, x, real.shape, q, r) for q, r in zip(qs, rs))

@@ -55,9 +55,15 @@ def register_converter(module_type: type[nn.Module], fn: Converter | None = None
 
 
 def find_converter(module: nn.Module) -> Converter | None:
+    """The converter of the module's class, or of a base class whose `forward` it inherits.
+
+    A subclass that overrides `forward` computes something else (torchvision's LayerNorm2d is an
+    nn.LayerNorm applied channels-last between two permutes), so it is traced through instead.
+    """
+    forward = type(module).forward
     for cls in type(module).__mro__:
         if cls in _CONVERTERS:
-            return _CONVERTERS[cls]
+            return _CONVERTERS[cls] if cls is type(module) or cls.forward is forward else None
         if cls is nn.Module:
             break
     return None

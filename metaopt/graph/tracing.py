@@ -9,12 +9,13 @@ shapes, so flatten/reshape/getitem/chunk are followed without guessing.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
-from . import ops
+from . import einops_shapes, ops
 from .builder import GraphBuilder, NeuronMap
 from .example_call import ExampleCall
 from .registry import (
@@ -27,13 +28,17 @@ from .registry import (
     find_converter,
 )
 from .schema import NodeType
+from .split_map import SplitMap
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer whose leaves are torch.nn built-ins and every module with a converter."""
+    """fx tracer whose leaves are torch.nn built-ins, every module with a converter, and einops."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_modules=(math,), autowrap_functions=einops_shapes.SHAPE_FUNCTIONS)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if find_converter(m) is not None:
+        if find_converter(m) is not None or einops_shapes.is_einops_module(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -148,6 +153,15 @@ class DataflowWalker(fx.Interpreter):
                 dict(n.kwargs), lambda a: self.values.get(a, a) if isinstance(a, fx.Node) else a
             )
             self.ctx.args, self.ctx.kwargs = args, kw_values
+            module = self.module.get_submodule(str(n.target)) if n.op == "call_module" else None
+            split = any(isinstance(v, SplitMap) for v in ops._flat([*values, *kw_values.values()]))
+            if split and not ops.follows_split(n, module):
+                self.ctx.fail(
+                    "this op computes with features spread over several dims (e.g. split into "
+                    "attention heads, or a channel shuffle); only shape ops and "
+                    "F.scaled_dot_product_attention follow such a split. Make the module doing it a "
+                    "leaf with metaopt.register_converter."
+                )
         if n.op == "placeholder":
             return Unassigned(result.ndim, NodeType.INPUT) if isinstance(result, Tensor) else result
         if n.op == "get_attr":
@@ -208,7 +222,7 @@ class DataflowWalker(fx.Interpreter):
             if isinstance(module, ops.IDENTITY_MODULES) or isinstance(module, ops.POOL_MODULES):
                 x = values[0]
                 return x.moved(x.dim, result.ndim) if isinstance(x, NeuronMap) else x
-            if isinstance(module, (nn.Flatten, nn.Unflatten)):
+            if isinstance(module, (nn.Flatten, nn.Unflatten) + einops_shapes.SHAPE_MODULES):
                 return self._module_as_shape_op(n, module, values, args, result)
             return ops.unknown_op(self, n, values, args, result)
         # a leaf module with parameters and no converter
@@ -221,9 +235,13 @@ class DataflowWalker(fx.Interpreter):
     def _module_as_shape_op(self, n: fx.Node, module: nn.Module, values: list, args: tuple, result: Tensor) -> Any:
         if isinstance(module, nn.Flatten):
             fn = lambda t, rest, kw: t.flatten(module.start_dim, module.end_dim)  # noqa: E731
+        elif isinstance(module, einops_shapes.SHAPE_MODULES):
+            fn = lambda t, rest, kw: module(t)  # noqa: E731
         else:
             fn = lambda t, rest, kw: t.unflatten(module.dim, module.unflattened_size)  # noqa: E731
         x = values[0]
+        if isinstance(x, SplitMap):
+            return ops._map_from_probe(self, x.source, x.src_shape, fn(x.feat, (), {}), fn(x.rest, (), {}))
         if isinstance(x, NeuronMap):
             feat, rest = ops._probe_tensors(args[0].shape, x.dim)
             return ops._map_from_probe(self, x, args[0].shape, fn(feat, (), {}), fn(rest, (), {}))

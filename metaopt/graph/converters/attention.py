@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import ops
 from ..builder import NeuronMap, dense_edges, flat_dense_edges
 from ..registry import CONST, ConversionContext, ParamRef, register_converter
 from ..schema import Activation, EdgeType, NodeType
+from ..split_map import SplitMap, head_grid
 from .dense import linear
 from .norm import last_dims_norm
 
@@ -191,3 +192,46 @@ def _transformer(ctx, m, inputs, name):
     return _decoder_stack(ctx, m.decoder, _arg(ctx, inputs, 1, "tgt"), memory, f"{name}.decoder", ndim)
 
 
+
+
+# ---- hand-written attention: F.scaled_dot_product_attention on split heads --------------------
+
+def attention_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Head structure of a hand-written attention from its operands' node grids `[heads, dim]`.
+
+    As for nn.MultiheadAttention: the projection neurons become QUERY/KEY/VALUE (when they are
+    plain hidden neurons), one HEAD node per head with HEAD_MEMBER edges from its q/k/v neurons,
+    and QK_PAIR edges from each query neuron to the key neuron it is dotted with. The attention
+    output carries the value neurons (attention mixes tokens, never channels), so the layer
+    reading it gets edges from the value neurons, as ATTN_O edges do for nn.MultiheadAttention.
+    """
+    if q.shape != k.shape or q.shape[0] != v.shape[0]:
+        ctx.fail(f"query heads {tuple(q.shape)}, key heads {tuple(k.shape)} and value heads "
+                 f"{tuple(v.shape)} do not pair up (grouped-query attention is not supported).")
+    layer = ctx.new_layer(name, "attention")
+    heads = ctx.add_nodes(q.shape[0], NodeType.HEAD, layer)
+    for grid, node_type in ((q, NodeType.QUERY), (k, NodeType.KEY), (v, NodeType.VALUE)):
+        ctx.builder.retype(grid.reshape(-1), NodeType.HIDDEN, node_type)
+        ctx.add_aux_edges(grid.reshape(-1), heads.view(-1, 1).expand_as(grid).reshape(-1),
+                          EdgeType.HEAD_MEMBER, layer)
+    ctx.add_aux_edges(q.reshape(-1), k.reshape(-1), EdgeType.QK_PAIR, layer)
+
+
+def sdpa(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Tensor) -> Any:
+    """F.scaled_dot_product_attention(q, k, v, ...): heads from the operands' split neurons."""
+    ops_ = [values[i] if len(values) > i else kw.get(key) for i, key in enumerate(("query", "key", "value"))]
+    reals = [args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(("query", "key", "value"))]
+    if not any(isinstance(x, (NeuronMap, SplitMap)) for x in ops_):
+        return NotImplemented  # attention over raw inputs / constants: no neurons to structure
+    grids = [head_grid(x, r.ndim) for x, r in zip(ops_, reals)]
+    if any(g is None for g in grids):
+        w.ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
+                   "(features on the last dim and on dims before the token dim).")
+    attention_heads(w.ctx, n.name, *grids)
+    v = ops_[2]
+    if isinstance(v, SplitMap):
+        return v.like(result.shape, result.ndim - 2)
+    return NeuronMap(v.nodes, result.ndim - 1, None, result.ndim)
+
+
+ops.SPLIT_CONSUMERS.add(torch.nn.functional.scaled_dot_product_attention)

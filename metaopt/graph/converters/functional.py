@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..builder import NeuronMap
 from ..registry import ParamRef
+from .attention import sdpa
 from .conv import conv
 from .dense import embedding, linear
 from .norm import last_dims_norm, norm
@@ -114,6 +115,7 @@ FUNCTIONAL_CONVERTERS: dict[Any, Any] = {
     F.layer_norm: _f_layer_norm,
     F.group_norm: _f_group_norm,
     F.batch_norm: _f_batch_norm,
+    F.scaled_dot_product_attention: sdpa,
 }
 if hasattr(F, "rms_norm"):
     FUNCTIONAL_CONVERTERS[F.rms_norm] = _f_rms_norm

@@ -1,0 +1,68 @@
+"""Neurons of one feature axis spread over several tensor dims: head splits, channel shuffles.
+
+`x.view(B, G, C // G, H, W)` (a channel shuffle) or `qkv.reshape(B, N, 3, heads, D)` (attention
+heads) spreads a layer's neurons over several dims. A `SplitMap` keeps the probes that say, per
+element, which neuron it is, so shape ops keep following it exactly (on the probes); once the
+features lie along one dim again it is a plain `NeuronMap`. Ops that *compute* with split
+features must know the split: scaled_dot_product_attention reads it as heads (see
+converters/attention.py); any other consumer is an error naming the op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .builder import NeuronMap
+
+
+@dataclass
+class SplitMap:
+    """`feat[e]` is the index into `source.nodes` of element e; `rest[e]` its flat other-dims index."""
+
+    source: NeuronMap
+    src_shape: torch.Size  # shape of the tensor `source` described, where the probes started
+    feat: Tensor
+    rest: Tensor
+
+    @property
+    def ndim(self) -> int:
+        return self.feat.ndim
+
+    def feature_dims(self) -> list[int]:
+        """Dims along which the neuron changes."""
+        q = self.feat
+        return [d for d in range(q.ndim) if q.shape[d] > 1 and bool((q.amax(d) != q.amin(d)).any())]
+
+    def node_grid(self) -> Tensor:
+        """Node ids over the feature dims (element 0 of every other dim), in dim order."""
+        vary = self.feature_dims()
+        index = tuple(slice(None) if d in vary else 0 for d in range(self.ndim))
+        return self.source.nodes[self.feat[index].long()]
+
+    def like(self, shape: torch.Size, dim: int) -> "SplitMap":
+        """The same neurons in an output whose `dim` (a token/sequence dim) has another length."""
+        feat = self.feat.narrow(dim, 0, 1)
+        rest = self.rest.narrow(dim, 0, 1)
+        return SplitMap(self.source, self.src_shape, feat.expand(shape), rest.expand(shape))
+
+
+def head_grid(value: object, ndim: int) -> Tensor | None:
+    """An attention operand `[..., tokens, E]` as node ids `[heads, E]`, or None if it is not one.
+
+    Heads are the feature dims before the token dim (dim -2, which must not carry features);
+    a NeuronMap along the last dim is a single head.
+    """
+    if isinstance(value, NeuronMap):
+        if value.dim != ndim - 1 or value.pos is not None:
+            return None
+        return value.nodes.view(1, -1)
+    if isinstance(value, SplitMap):
+        vary = value.feature_dims()
+        if ndim - 1 not in vary or ndim - 2 in vary or value.source.pos is not None:
+            return None
+        grid = value.node_grid()
+        return grid.reshape(-1, grid.shape[-1])
+    return None
