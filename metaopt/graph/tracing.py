@@ -108,6 +108,15 @@ class DataflowWalker(fx.Interpreter):
         self.unclaimed: dict[str, str] = {}  # parameter name -> op that used it
         self.unreadable: list[str] = []  # ops whose dataflow no rule could read (strict=False)
         self.warnings: list[str] = []
+        # node -> the nodes whose dataflow value is read for the last time by it (the output's is kept)
+        last: dict[fx.Node, fx.Node] = {}
+        for node in gm.graph.nodes:
+            for used in node.all_input_nodes:
+                last[used] = node
+        self._last_use: dict[fx.Node, list[fx.Node]] = {}
+        for used, user in last.items():
+            if user.op != "output":
+                self._last_use.setdefault(user, []).append(used)
 
     # ---- helpers used by ops/converters -----------------------------------------------------
     def reused(self, node: Any) -> bool:
@@ -141,6 +150,8 @@ class DataflowWalker(fx.Interpreter):
                 raise  # e.g. a rule reading values of a meta tensor: walk() retries on real tensors
             out = self._unreadable(n, exc, result)
         self.values[n] = out
+        for used in self._last_use.get(n, ()):  # free probes held by values nothing reads any more
+            self.values.pop(used, None)
         return result
 
     def _dataflow(self, n: fx.Node, result: Any) -> Any:
