@@ -219,3 +219,61 @@ def test_tied_weights_keep_the_edges_of_their_first_use():
     assert g.param_names == ["emb.weight", "mid.weight", "mid.bias"]
     _, _, attr = edges_of(g, "emb.weight")
     assert bool((attr[:, EDGE_TYPE] == EdgeType.EMBEDDING).all())
+
+
+class MatmulAttention(nn.Module):
+    """nanoGPT-style attention: q @ k^T, scale, causal mask, softmax, dropout, @ v."""
+
+    def __init__(self, dim=12, heads=3, T=5):
+        super().__init__()
+        self.heads = heads
+        self.c_attn = nn.Linear(dim, 3 * dim)
+        self.c_proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(0.1)
+        self.register_buffer("mask", torch.tril(torch.ones(T, T)).view(1, 1, T, T))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        k = k.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        q = q.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        v = v.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / (k.size(-1) ** 0.5))
+        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
+        att = self.drop(torch.softmax(att, dim=-1))
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+def test_matmul_attention_reads_like_sdpa_attention():
+    x = torch.randn(2, 5, 12)
+    a = MatmulAttention()
+    b = Attention()
+    with torch.no_grad():  # same weights: the two spell the same attention
+        b.qkv.weight.copy_(a.c_attn.weight), b.qkv.bias.copy_(a.c_attn.bias)
+        b.proj.weight.copy_(a.c_proj.weight), b.proj.bias.copy_(a.c_proj.bias)
+    ga, gb = to_graph(a, x), to_graph(b, x)
+    exact(ga, a)
+    for key in ("edge_index", "aux_edge_index", "x"):
+        assert torch.equal(ga[key], gb[key]), key
+    assert torch.equal(ga.edge_attr[:, EDGE_TYPE], gb.edge_attr[:, EDGE_TYPE])
+
+
+def test_shape_dependent_python_is_traced_with_the_call_sizes():
+    """Plain fx cannot slice a buffer by `x.size(1)` or branch on a shape; the real sizes can."""
+
+    class ShapeCode(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+            self.register_buffer("scale", torch.linspace(0.5, 1.5, 10).view(1, 10, 1))
+
+        def forward(self, x):
+            if x.shape[-1] != 4:
+                raise ValueError("expected 4 features")
+            return self.a(x) * self.scale[:, : x.size(1)]
+
+    m = ShapeCode()
+    g = to_graph(m, torch.randn(2, 7, 4))
+    exact(g, m)
+    assert "linear" in g.summary()

@@ -19,7 +19,7 @@ from . import einops_shapes
 from .builder import NeuronMap
 from .registry import CONST, Const, ConversionError, ParamRef, Unassigned
 from .schema import Activation, EdgeType, NodeType
-from .split_map import SplitMap
+from .split_map import Scores, SplitMap
 
 if TYPE_CHECKING:
     from .tracing import DataflowWalker
@@ -456,6 +456,8 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         if not isinstance(result, Tensor):
             return result
         return shape_op(w, n, values, args, kwargs, result)
+    if any(isinstance(v, Scores) for v in _flat(values)):
+        return scores_op(w, n, t, values)
     if not any(is_tensor_like(v) for v in _flat(values)):
         return CONST if isinstance(result, Tensor) else result
     act = act_of(t)
@@ -485,6 +487,23 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     if t in _STACK:
         return concat(w, n, values, args, kwargs, result, stack=True)
     return unknown_op(w, n, values, args, result)
+
+
+_SCORE_OPS = {"masked_fill", "masked_fill_", torch.masked_fill, torch.where}
+
+
+def scores_op(w: "DataflowWalker", n, t: Any, values: list) -> Any:
+    """Attention scores through scaling, masking, softmax, dropout: still the same scores."""
+    flat = _flat(values)
+    scores = next(v for v in flat if isinstance(v, Scores))
+    elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
+    if not elementwise or any(isinstance(v, (NeuronMap, SplitMap)) for v in flat):
+        w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
+                   "masking, softmax and dropout are followed before `@ v`).")
+    params = [v for v in flat if isinstance(v, ParamRef)]
+    if params:  # e.g. a relative position bias table: not read yet
+        w.unclaimed_use(params, n)
+    return scores
 
 
 def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -> Any:

@@ -49,6 +49,25 @@ class SplitMap:
         return SplitMap(self.source, self.src_shape, feat.expand(shape), rest.expand(shape))
 
 
+@dataclass
+class Scores:
+    """Attention scores `q @ k^T` (tokens x tokens): no neurons of their own, only which query and
+    key neurons (node grids `[heads, dim]`) made them. Scaling, masking, softmax and dropout keep
+    them; `scores @ v` is the attention (converters/attention.py)."""
+
+    q: Tensor
+    k: Tensor
+
+
+def transposed(value: object) -> object:
+    """The operand with its last two dims swapped (`k.transpose(-2, -1)` undone)."""
+    if isinstance(value, SplitMap):
+        return SplitMap(value.source, value.src_shape, value.feat.transpose(-1, -2), value.rest.transpose(-1, -2))
+    if isinstance(value, NeuronMap) and value.dim >= value.ndim - 2:
+        return NeuronMap(value.nodes, 2 * value.ndim - 3 - value.dim, value.pos, value.ndim)
+    return value
+
+
 def head_grid(value: object, ndim: int) -> Tensor | None:
     """An attention operand `[..., tokens, E]` as node ids `[heads, E]`, or None if it is not one.
 

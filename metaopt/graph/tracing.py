@@ -9,13 +9,13 @@ shapes, so flatten/reshape/getitem/chunk are followed without guessing.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
 from . import einops_shapes, ops
+from .tracers import trace_graph
 from .builder import GraphBuilder, NeuronMap
 from .example_call import ExampleCall
 from .registry import (
@@ -28,40 +28,28 @@ from .registry import (
     find_converter,
 )
 from .schema import NodeType
-from .split_map import SplitMap
-
-
-class _Tracer(fx.Tracer):
-    """fx tracer whose leaves are torch.nn built-ins, every module with a converter, and einops."""
-
-    def __init__(self) -> None:
-        super().__init__(autowrap_modules=(math,), autowrap_functions=einops_shapes.SHAPE_FUNCTIONS)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if find_converter(m) is not None or einops_shapes.is_einops_module(m):
-            return True
-        return super().is_leaf_module(m, qualname)
+from .split_map import Scores, SplitMap
 
 
 def trace(model: nn.Module, call: ExampleCall) -> tuple[fx.GraphModule, list[Any]]:
     """Symbolically trace `model` for `call`: the graph and the values of its placeholders, in order.
 
-    Python values of the call (None, flags, sizes) are concrete in the trace; failures become a
-    ConversionError that says what to do.
+    Python values of the call (None, flags, sizes) are concrete in the trace, and sizes too when
+    plain symbolic tracing fails (see tracers.py); failures become a ConversionError that says
+    what to do.
     """
     if find_converter(model) is not None:  # the root itself is a converted layer: do not trace into it
         return _leaf_root(model, call), [*call.args, *call.kwargs.values()]
     try:
-        _, values, concrete = call.bind(model.forward)
+        names, values, concrete = call.bind(model.forward)
     except TypeError as exc:
         raise ExampleInputError(
             f"the example call {call.describe()} does not match {type(model).__name__}.forward: {exc}. "
             f"Pass the arguments the model is called with (example_inputs=(...), and keyword "
             f"arguments as example_kwargs={{...}})."
         ) from exc
-    tracer = _Tracer()
     try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
+        gm = trace_graph(model, names, values, concrete)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError... all mean the same
         raise ConversionError(
             f"torch.fx could not trace {type(model).__name__}.forward: {type(exc).__name__}: {exc}\n"
@@ -70,7 +58,7 @@ def trace(model: nn.Module, call: ExampleCall) -> tuple[fx.GraphModule, list[Any
             f"(metaopt.register_converter(ThatModule, fn)) so it becomes a leaf, or convert with "
             f"strict=False, which keeps every parameter as a free edge (no connectivity)."
         ) from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__), values
+    return gm, values
 
 
 def _leaf_root(model: nn.Module, call: ExampleCall) -> fx.GraphModule:
@@ -166,6 +154,10 @@ class DataflowWalker(fx.Interpreter):
             self.ctx.args, self.ctx.kwargs = args, kw_values
             module = self.module.get_submodule(str(n.target)) if n.op == "call_module" else None
             split = any(isinstance(v, SplitMap) for v in ops._flat([*values, *kw_values.values()]))
+            scores = module is not None and any(isinstance(v, Scores) for v in ops._flat(values))
+            if scores and not isinstance(module, ops.IDENTITY_MODULES + tuple(ops.ACTIVATION_MODULES)):
+                self.ctx.fail("attention scores (q @ k^T) go through a module no rule reads; only "
+                              "softmax and dropout are followed before `@ v`.")
             if split and not ops.follows_split(n, module):
                 self.ctx.fail(
                     "this op computes with features spread over several dims (e.g. split into "

@@ -19,7 +19,7 @@ from .. import ops
 from ..builder import NeuronMap, dense_edges, flat_dense_edges
 from ..registry import CONST, ConversionContext, ParamRef, register_converter
 from ..schema import Activation, EdgeType, NodeType
-from ..split_map import SplitMap, head_grid
+from ..split_map import Scores, SplitMap, head_grid, transposed
 from .dense import linear
 from .norm import last_dims_norm
 
@@ -232,6 +232,23 @@ def sdpa(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, resu
     if isinstance(v, SplitMap):
         return v.like(result.shape, result.ndim - 2)
     return NeuronMap(v.nodes, result.ndim - 1, None, result.ndim)
+
+
+def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor) -> Any:
+    """`q @ k.transpose(-2, -1)` gives Scores; `scores @ v` is the attention (as sdpa)."""
+    if isinstance(a, Scores):
+        grid = head_grid(b, args[1].ndim)
+        if grid is None:
+            w.ctx.fail("attention weights multiply a tensor whose neurons are not laid out as "
+                       "[..., heads, tokens, head_dim].")
+        attention_heads(w.ctx, n.name, a.q, a.k, grid)
+        if isinstance(b, SplitMap):
+            return b.like(result.shape, result.ndim - 2)
+        return NeuronMap(b.nodes, result.ndim - 1, None, result.ndim)
+    q, k = head_grid(a, args[0].ndim), head_grid(transposed(b), args[1].ndim)
+    if q is None or k is None:
+        return NotImplemented
+    return Scores(q, k)
 
 
 ops.SPLIT_CONSUMERS.add(torch.nn.functional.scaled_dot_product_attention)
