@@ -277,3 +277,24 @@ def test_shape_dependent_python_is_traced_with_the_call_sizes():
     g = to_graph(m, torch.randn(2, 7, 4))
     exact(g, m)
     assert "linear" in g.summary()
+
+
+class EinsumAttention(Attention):
+    """lucidrains / MaxViT style: scaled q, einsum scores, softmax, einsum with v."""
+
+    def forward(self, x):
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        q = q * (q.shape[-1] ** -0.5)
+        attn = torch.einsum("b h i d, b h j d -> b h i j", q, k).softmax(dim=-1)
+        out = torch.einsum("b h i j, b h j d -> b h i d", attn, v)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def test_einsum_attention_reads_like_sdpa_attention():
+    x = torch.randn(2, 5, 12)
+    a, b = EinsumAttention(), Attention()
+    b.load_state_dict(a.state_dict())
+    ga, gb = to_graph(a, x), to_graph(b, x)
+    exact(ga, a)
+    for key in ("edge_index", "aux_edge_index", "x"):
+        assert torch.equal(ga[key], gb[key]), key

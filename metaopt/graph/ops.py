@@ -104,6 +104,7 @@ def follows_split(n: Any, module: nn.Module | None = None) -> bool:
     except TypeError:
         return False
     return (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS or t is getattr or t in SPLIT_CONSUMERS
+            or t in _ADD or t in _MUL or t in _NEG  # by constants only (binary() checks)
             or t in ("size", "dim", "numel", "shape", "ndimension", "nelement", "stride"))
 
 
@@ -250,6 +251,14 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
         return result
     out_ndim = result.ndim
     vals, reals = list(values[:2]), list(args[:2])
+    split = [v for v in vals if isinstance(v, SplitMap)]
+    if split:  # split heads scaled or shifted by a constant (q * scale): the same split neurons
+        others = [v for v in vals if not isinstance(v, SplitMap)]
+        if len(split) > 1 or any(is_tensor_like(v) and v is not CONST for v in others) \
+                or tuple(result.shape) != tuple(split[0].feat.shape):
+            w.ctx.fail("combines features spread over several dims with other neurons or "
+                       "parameters; only scaling or shifting them by a constant is followed.")
+        return split[0]
     maps = [v for v in vals if isinstance(v, NeuronMap)]
     params = [v for v in vals if isinstance(v, ParamRef)]
     unassigned = [v for v in vals if isinstance(v, Unassigned)]
@@ -479,7 +488,7 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     if t in _MUL:
         return binary(w, n, values, args, result, "mul")
     if t in _NEG:
-        return values[0]
+        return values[0]  # the same neurons (split or not), negated
     if t in _REDUCE:
         return reduce(w, n, values, args, kwargs, result)
     if t in _CAT:

@@ -251,4 +251,39 @@ def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor
     return Scores(q, k)
 
 
-ops.SPLIT_CONSUMERS.add(torch.nn.functional.scaled_dot_product_attention)
+def einsum_attention(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Any) -> Any:
+    """`einsum("...id,...jd->...ij", q, k)` and `einsum("...ij,...jd->...id", attn, v)` (MaxViT, lucidrains).
+
+    Other equations are not attention: NotImplemented hands them to the generic rules.
+    """
+    if not args or not isinstance(args[0], str):
+        return NotImplemented
+    operands = list(values[1:])
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    eq = args[0].replace(" ", "")
+    if "->" not in eq or "." in eq or len(operands) != 2 or eq.count(",") != 1:
+        return NotImplemented
+    (a_ix, b_ix), out_ix = eq.split("->")[0].split(","), eq.split("->")[1]
+    if len(a_ix) < 2 or len(a_ix) != len(b_ix) or len(out_ix) != len(a_ix):
+        return NotImplemented
+    batch = a_ix[:-2]
+    a, b = operands
+    ndim = len(a_ix)
+    if b_ix[:-2] != batch or out_ix[:-2] != batch:
+        return NotImplemented
+    if a_ix[-1] == b_ix[-1] and out_ix[-2:] == a_ix[-2] + b_ix[-2]:  # q k^T
+        q, k = head_grid(a, ndim), head_grid(b, ndim)
+        return NotImplemented if q is None or k is None else Scores(q, k)
+    if isinstance(a, Scores) and a_ix[-1] == b_ix[-2] and out_ix == a_ix[:-1] + b_ix[-1]:  # attn v
+        grid = head_grid(b, ndim)
+        if grid is None:
+            return NotImplemented
+        attention_heads(w.ctx, n.name, a.q, a.k, grid)
+        if isinstance(b, SplitMap):
+            return b.like(result.shape, ndim - 2)
+        return NeuronMap(b.nodes, ndim - 1, None, ndim)
+    return NotImplemented
+
+
+ops.SPLIT_CONSUMERS.update({torch.nn.functional.scaled_dot_product_attention, torch.einsum})

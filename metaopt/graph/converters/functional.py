@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..builder import NeuronMap
 from ..registry import ParamRef
 from ..split_map import Scores, SplitMap
-from .attention import attention_matmul, sdpa
+from .attention import attention_matmul, einsum_attention, sdpa
 from .conv import conv
 from .dense import embedding, linear
 from .norm import last_dims_norm, norm
@@ -128,6 +128,7 @@ FUNCTIONAL_CONVERTERS: dict[Any, Any] = {
     F.group_norm: _f_group_norm,
     F.batch_norm: _f_batch_norm,
     F.scaled_dot_product_attention: sdpa,
+    torch.einsum: einsum_attention,
 }
 from .. import ops  # noqa: E402
 
