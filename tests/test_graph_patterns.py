@@ -298,3 +298,38 @@ def test_einsum_attention_reads_like_sdpa_attention():
     exact(ga, a)
     for key in ("edge_index", "aux_edge_index", "x"):
         assert torch.equal(ga[key], gb[key]), key
+
+
+class RelPosAttention(nn.Module):
+    """Swin/MaxViT-style window attention: a learned [(2w-1)^2, heads] table gathered by a
+    relative-offset index and added to the scores of its head."""
+
+    def __init__(self, dim=8, heads=2, w=3):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.table = nn.Parameter(torch.randn((2 * w - 1) ** 2, heads))
+        c = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
+        rel = (c[:, :, None] - c[:, None, :]).permute(1, 2, 0) + (w - 1)
+        self.register_buffer("index", rel[..., 0] * (2 * w - 1) + rel[..., 1])  # [w*w, w*w]
+
+    def forward(self, x):  # [B, w*w, dim]
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index.view(-1)].view(N, N, -1).permute(2, 0, 1)
+        att = ((q * 0.5) @ k.transpose(-2, -1) + bias).softmax(-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def test_relative_position_bias_rows_feed_their_heads():
+    m = RelPosAttention()
+    g = to_graph(m, torch.randn(2, 9, 8))
+    exact(g, m)
+    src, dst, attr = edges_of(g, "table")  # [25, 2]: row r, head h -> PARAM_SOURCE r -> HEAD h
+    assert bool((attr[:, EDGE_TYPE] == EdgeType.PARAM_ADD).all())
+    heads = (g.x[:, NODE_TYPE] == NodeType.HEAD).nonzero().squeeze(1)
+    assert torch.equal(dst.view(25, 2), heads.view(1, 2).expand(25, 2))
+    assert bool((g.x[src, NODE_TYPE] == NodeType.PARAM_SOURCE).all())
+    assert torch.equal(g.x[src.view(25, 2)[:, 0], 2], torch.arange(25))  # ordered by relative offset
+    assert torch.equal(src.view(25, 2)[:, 0], src.view(25, 2)[:, 1])

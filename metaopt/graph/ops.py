@@ -174,9 +174,26 @@ def _map_from_probe(w: "DataflowWalker", m: NeuronMap, in_shape: torch.Size, q: 
     return NeuronMap(nodes, j, pos, q.ndim)
 
 
+class NeedsValues(RuntimeError):
+    """A shape op indexed by a tensor of the meta pass (no values): rerun on real tensors."""
+
+
+def _host(v: Any) -> Any:
+    """Index/size arguments of a shape op, on the CPU where the probes live."""
+    if isinstance(v, Tensor):
+        if v.is_meta:
+            raise NeedsValues("a shape op takes a tensor argument whose values the meta pass lacks")
+        return v.cpu()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_host(x) for x in v)
+    return v
+
+
 def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
     x = values[0]
     call = _caller(n)
+    args = (args[0], *_host(tuple(args[1:])))
+    kwargs = {k: _host(v) for k, v in kwargs.items()}
     if isinstance(x, ParamRef):
         out = call(x.index, args[1:], kwargs)
         return _wrap(out, lambda t: ParamRef(x.param, t))
@@ -466,7 +483,7 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
             return result
         return shape_op(w, n, values, args, kwargs, result)
     if any(isinstance(v, Scores) for v in _flat(values)):
-        return scores_op(w, n, t, values)
+        return scores_op(w, n, t, values, result)
     if not any(is_tensor_like(v) for v in _flat(values)):
         return CONST if isinstance(result, Tensor) else result
     act = act_of(t)
@@ -501,7 +518,7 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
 _SCORE_OPS = {"masked_fill", "masked_fill_", torch.masked_fill, torch.where}
 
 
-def scores_op(w: "DataflowWalker", n, t: Any, values: list) -> Any:
+def scores_op(w: "DataflowWalker", n, t: Any, values: list, result: Any) -> Any:
     """Attention scores through scaling, masking, softmax, dropout: still the same scores."""
     flat = _flat(values)
     scores = next(v for v in flat if isinstance(v, Scores))
@@ -510,8 +527,12 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list) -> Any:
         w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
                    "masking, softmax and dropout are followed before `@ v`).")
     params = [v for v in flat if isinstance(v, ParamRef)]
-    if params:  # e.g. a relative position bias table: not read yet
-        w.unclaimed_use(params, n)
+    if params:
+        from .converters.attention import relative_position_bias
+
+        for p in params:  # a relative position bias table added to the scores, else not read
+            if t not in _ADD or not relative_position_bias(w, n, scores, p, result.shape):
+                w.unclaimed_use([p], n)
     return scores
 
 

@@ -57,6 +57,16 @@ class Scores:
 
     q: Tensor
     k: Tensor
+    heads: Tensor  # HEAD node ids, one per row of q/k
+    layer: int  # the attention layer they belong to
+    head_dims: tuple[int, ...]  # dims of the scores tensor that index heads (row-major order)
+
+
+def head_dims(value: object, ndim: int) -> tuple[int, ...]:
+    """Dims of an attention operand `[..., tokens, dim]` that index its heads (none: one head)."""
+    if isinstance(value, SplitMap):
+        return tuple(d for d in value.feature_dims() if d < ndim - 2)
+    return ()
 
 
 def transposed(value: object) -> object:

@@ -19,7 +19,7 @@ from .. import ops
 from ..builder import NeuronMap, dense_edges, flat_dense_edges
 from ..registry import CONST, ConversionContext, ParamRef, register_converter
 from ..schema import Activation, EdgeType, NodeType
-from ..split_map import Scores, SplitMap, head_grid, transposed
+from ..split_map import Scores, SplitMap, head_dims, head_grid, transposed
 from .dense import linear
 from .norm import last_dims_norm
 
@@ -196,25 +196,41 @@ def _transformer(ctx, m, inputs, name):
 
 # ---- hand-written attention: F.scaled_dot_product_attention on split heads --------------------
 
-def attention_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, v: Tensor) -> None:
-    """Head structure of a hand-written attention from its operands' node grids `[heads, dim]`.
+def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tuple[int, ...]) -> Scores:
+    """Head structure of a hand-written attention from its q/k node grids `[heads, dim]`.
 
-    As for nn.MultiheadAttention: the projection neurons become QUERY/KEY/VALUE (when they are
-    plain hidden neurons), one HEAD node per head with HEAD_MEMBER edges from its q/k/v neurons,
-    and QK_PAIR edges from each query neuron to the key neuron it is dotted with. The attention
-    output carries the value neurons (attention mixes tokens, never channels), so the layer
-    reading it gets edges from the value neurons, as ATTN_O edges do for nn.MultiheadAttention.
+    As for nn.MultiheadAttention: the projection neurons become QUERY/KEY (when they are plain
+    hidden neurons), one HEAD node per head with HEAD_MEMBER edges from its q/k neurons, and
+    QK_PAIR edges from each query neuron to the key neuron it is dotted with.
     """
-    if q.shape != k.shape or q.shape[0] != v.shape[0]:
-        ctx.fail(f"query heads {tuple(q.shape)}, key heads {tuple(k.shape)} and value heads "
-                 f"{tuple(v.shape)} do not pair up (grouped-query attention is not supported).")
+    if q.shape != k.shape:
+        ctx.fail(f"query heads {tuple(q.shape)} and key heads {tuple(k.shape)} do not pair up "
+                 f"(grouped-query attention is not supported).")
     layer = ctx.new_layer(name, "attention")
     heads = ctx.add_nodes(q.shape[0], NodeType.HEAD, layer)
-    for grid, node_type in ((q, NodeType.QUERY), (k, NodeType.KEY), (v, NodeType.VALUE)):
-        ctx.builder.retype(grid.reshape(-1), NodeType.HIDDEN, node_type)
-        ctx.add_aux_edges(grid.reshape(-1), heads.view(-1, 1).expand_as(grid).reshape(-1),
-                          EdgeType.HEAD_MEMBER, layer)
+    for grid, node_type in ((q, NodeType.QUERY), (k, NodeType.KEY)):
+        _members(ctx, grid, node_type, heads, layer)
     ctx.add_aux_edges(q.reshape(-1), k.reshape(-1), EdgeType.QK_PAIR, layer)
+    return Scores(q, k, heads, layer, dims)
+
+
+def attend(ctx: ConversionContext, scores: Scores, v: Tensor, value: Any, shape: torch.Size) -> Any:
+    """`softmax(scores) @ v`: the value neurons join their heads; the output carries them.
+
+    Attention mixes tokens, never channels, so the layer reading the output gets edges from the
+    value neurons, as ATTN_O edges do for nn.MultiheadAttention.
+    """
+    if v.shape[0] != scores.heads.numel():
+        ctx.fail(f"{scores.heads.numel()} attention heads, but values in {v.shape[0]} heads.")
+    _members(ctx, v, NodeType.VALUE, scores.heads, scores.layer)
+    if isinstance(value, SplitMap):
+        return value.like(shape, len(shape) - 2)
+    return NeuronMap(value.nodes, len(shape) - 1, None, len(shape))
+
+
+def _members(ctx: ConversionContext, grid: Tensor, node_type: NodeType, heads: Tensor, layer: int) -> None:
+    ctx.builder.retype(grid.reshape(-1), NodeType.HIDDEN, node_type)
+    ctx.add_aux_edges(grid.reshape(-1), heads.view(-1, 1).expand_as(grid).reshape(-1), EdgeType.HEAD_MEMBER, layer)
 
 
 def sdpa(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Tensor) -> Any:
@@ -227,11 +243,8 @@ def sdpa(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, resu
     if any(g is None for g in grids):
         w.ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
                    "(features on the last dim and on dims before the token dim).")
-    attention_heads(w.ctx, n.name, *grids)
-    v = ops_[2]
-    if isinstance(v, SplitMap):
-        return v.like(result.shape, result.ndim - 2)
-    return NeuronMap(v.nodes, result.ndim - 1, None, result.ndim)
+    scores = qk_heads(w.ctx, n.name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim))
+    return attend(w.ctx, scores, grids[2], ops_[2], result.shape)
 
 
 def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor) -> Any:
@@ -241,14 +254,41 @@ def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor
         if grid is None:
             w.ctx.fail("attention weights multiply a tensor whose neurons are not laid out as "
                        "[..., heads, tokens, head_dim].")
-        attention_heads(w.ctx, n.name, a.q, a.k, grid)
-        if isinstance(b, SplitMap):
-            return b.like(result.shape, result.ndim - 2)
-        return NeuronMap(b.nodes, result.ndim - 1, None, result.ndim)
+        return attend(w.ctx, a, grid, b, result.shape)
     q, k = head_grid(a, args[0].ndim), head_grid(transposed(b), args[1].ndim)
     if q is None or k is None:
         return NotImplemented
-    return Scores(q, k)
+    return qk_heads(w.ctx, n.name, q, k, head_dims(a, args[0].ndim))
+
+
+def relative_position_bias(w: Any, n: Any, scores: Scores, p: ParamRef, shape: torch.Size) -> bool:
+    """scores + table[index] with a table `[rows, heads]` (Swin, MaxViT, relative position bias).
+
+    Each table entry becomes a PARAM_ADD edge from an ordered PARAM_SOURCE node (its row: the
+    relative offset) to the HEAD node of its column, checked element by element against the head
+    each gathered entry is added to. Returns False (left to the caller) for other layouts.
+    """
+    H = scores.heads.numel()
+    table = p.param
+    if table.dim() != 2 or table.shape[1] != H or not scores.head_dims:
+        return False
+    try:
+        idx = p.index.expand(shape)
+    except RuntimeError:
+        return False
+    head_shape = [shape[d] for d in scores.head_dims]
+    view = [1] * len(shape)
+    for d, size in zip(scores.head_dims, head_shape):
+        view[d] = size
+    head = torch.arange(H).view(head_shape).view(view).expand(shape)
+    if bool((idx % H != head).any()):
+        return False  # a column is added to another head than its own
+    used = torch.unique(idx)
+    layer = w.ctx.new_layer(w.ctx.builder.param_name(table), "relative_position_bias")
+    rows = table.shape[0]
+    src = w.ctx.add_nodes(rows, NodeType.PARAM_SOURCE, layer, torch.arange(rows))
+    w.ctx.add_param_edges(ParamRef(table, used), src[used // H], scores.heads[used % H], EdgeType.PARAM_ADD, layer)
+    return True
 
 
 def einsum_attention(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Any) -> Any:
@@ -274,15 +314,12 @@ def einsum_attention(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs
         return NotImplemented
     if a_ix[-1] == b_ix[-1] and out_ix[-2:] == a_ix[-2] + b_ix[-2]:  # q k^T
         q, k = head_grid(a, ndim), head_grid(b, ndim)
-        return NotImplemented if q is None or k is None else Scores(q, k)
+        return NotImplemented if q is None or k is None else qk_heads(w.ctx, n.name, q, k, head_dims(a, ndim))
     if isinstance(a, Scores) and a_ix[-1] == b_ix[-2] and out_ix == a_ix[:-1] + b_ix[-1]:  # attn v
         grid = head_grid(b, ndim)
         if grid is None:
             return NotImplemented
-        attention_heads(w.ctx, n.name, a.q, a.k, grid)
-        if isinstance(b, SplitMap):
-            return b.like(result.shape, ndim - 2)
-        return NeuronMap(b.nodes, ndim - 1, None, ndim)
+        return attend(w.ctx, a, grid, b, result.shape)
     return NotImplemented
 
 
