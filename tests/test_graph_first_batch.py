@@ -104,7 +104,7 @@ def _train(cls, args, kwargs, rule, steps=25):
     torch.manual_seed(0)
     model = cls()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the GRU's free-edge warning is tested separately
+        warnings.simplefilter("ignore")
         opt = GMNOptimizer(model, rule=rule, lr=1e-2)
         assert opt.graph is None, "no input is known: the graph waits for the first forward"
         losses = []
@@ -136,22 +136,15 @@ def test_graph_from_first_batch_and_loss_goes_down(name, rule):
 
 
 def test_first_batch_graph_is_connected_not_free():
-    """Models with known layers get real connectivity from the batch; only the GRU is free."""
+    """Every model here gets real connectivity from the batch (the GRU too), and no warning."""
     for name, (cls, args, kwargs) in TASKS.items():
         model = cls()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             opt = GMNOptimizer(model, rule="adam")
             model(*args, **kwargs)
-        free = opt.graph.edge_attr[:, EDGE_TYPE] == EdgeType.FREE
-        if name == "gru":
-            n_gru = sum(p.numel() for p in model.gru.parameters())
-            assert int(free.sum()) == n_gru
-            ours = [w for w in caught if "to_graph" in str(w.message)]
-            assert len(ours) == 1 and "'gru' (GRU)" in str(ours[0].message)
-        else:
-            assert not bool(free.any()), name
-            assert not [w for w in caught if "to_graph" in str(w.message)], name
+        assert not bool((opt.graph.edge_attr[:, EDGE_TYPE] == EdgeType.FREE).any()), name
+        assert not [w for w in caught if "to_graph" in str(w.message)], name
 
 
 def test_keyword_values_change_the_graph_like_the_call_does():

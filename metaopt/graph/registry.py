@@ -154,6 +154,7 @@ class ConversionContext:
         self.current: str = ""  # qualified name of the module/op being converted, for errors
         self.args: tuple = ()  # real (example) positional args of the call being converted
         self.kwargs: dict = {}  # dataflow values of its keyword args
+        self.result: Any = None  # the real output of the module call being converted (exact shapes)
 
     # ---- nodes, layers, edges (thin wrappers over the builder) ----------------------------
     def new_layer(self, name: str, kind: str) -> int:

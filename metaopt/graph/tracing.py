@@ -215,6 +215,7 @@ class DataflowWalker(fx.Interpreter):
         module = self.module.get_submodule(n.target)
         conv = find_converter(module)
         if conv is not None:
+            self.ctx.result = result
             out = conv(self.ctx, module, values, str(n.target))
             self._check(n, out, result)
             return out
