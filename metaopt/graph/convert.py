@@ -8,7 +8,7 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from . import converters  # noqa: F401  (registers the built-in converters)
 from .builder import GraphBuilder

@@ -129,9 +129,12 @@ def _probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
     K = shape[dim]
     view = [1] * len(shape)
     view[dim] = K
-    feat = torch.arange(K).view(view).expand(shape)
     rest_shape = [s for i, s in enumerate(shape) if i != dim]
-    rest = torch.arange(max(1, math.prod(rest_shape))).view(rest_shape).unsqueeze(dim).expand(shape)
+    n_rest = max(1, math.prod(rest_shape))
+    # int32 halves the probes of a large real batch (shape ops materialise them at full size)
+    dtype = torch.int32 if max(K, n_rest) < 2**31 else torch.int64
+    feat = torch.arange(K, dtype=dtype).view(view).expand(shape)
+    rest = torch.arange(n_rest, dtype=dtype).view(rest_shape).unsqueeze(dim).expand(shape)
     return feat, rest
 
 

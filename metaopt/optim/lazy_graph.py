@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from metaopt.graph import ConversionError, ExampleCall, ExampleInputError, ParameterGraph, to_graph  # noqa: F401
+from metaopt.graph import ConversionError, ExampleCall, ExampleInputError, ParameterGraph, to_graph
 from metaopt.graph.registry import find_converter
 
 
