@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from benchmarks.common import machine, write_results  # noqa: E402
 from metaopt.graph import ConversionError, simulate, to_graph  # noqa: E402
+from metaopt.graph.example_call import ExampleCall  # noqa: E402
 from metaopt.graph.simulate import unsupported_edge_types  # noqa: E402
+from metaopt.graph.tracers import SymbolicTracer  # noqa: E402
+from metaopt.graph.tracing import trace  # noqa: E402
 from metaopt.graph.schema import EDGE_TYPE, EdgeType  # noqa: E402
 from torchvision_models import all_names, build, input_size, load_models  # noqa: E402
 
@@ -39,7 +42,7 @@ def measure(models, name: str) -> dict:
     s = input_size(name)
     x = torch.randn(1, 3, s, s)
     n = sum(p.numel() for p in model.parameters())
-    row: dict = {"model": name, "params": n, "fx_trace": "ok"}
+    row: dict = {"model": name, "params": n, "fx_trace": _tracer_used(model, x)}
     t = time.perf_counter()
     try:
         g = to_graph(model, x, cache=False)
@@ -47,8 +50,6 @@ def measure(models, name: str) -> dict:
     except ConversionError as exc:
         first = str(exc).splitlines()[0]
         row["strict"] = "no: " + re.sub(r"\s+", " ", first.split(": ")[0])[:100]  # where it failed
-        if "torch.fx could not trace" in first:
-            row["fx_trace"] = "failed"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             g = to_graph(model, x, strict=False, cache=False)
@@ -58,6 +59,19 @@ def measure(models, name: str) -> dict:
     row["simulate"] = _simulate(g, model, x)
     del g, model
     return row
+
+
+def _tracer_used(model, x) -> str:
+    """'symbolic' (plain torch.fx), 'shape-concrete' (the MetaTracer fallback) or 'failed'."""
+    try:
+        SymbolicTracer().trace(model)
+        return "symbolic"
+    except Exception:
+        try:
+            trace(model, ExampleCall((x,)))
+            return "shape-concrete"
+        except ConversionError:
+            return "failed"
 
 
 def _simulate(g, model, x) -> str:
@@ -114,10 +128,12 @@ def main() -> None:
     md_path = write_results(args.out, "bench_zoo", rows, COLUMNS, "Graph converter coverage: torchvision models")
     ok = sum(r["strict"] == "ok" for r in rows)
     done = [r for r in rows if "convert_s" in r]
-    traced = sum(r["fx_trace"] == "ok" for r in done)
+    symbolic = sum(r["fx_trace"] == "symbolic" for r in done)
+    fallback = sum(r["fx_trace"] == "shape-concrete" for r in done)
     m = machine()
     summary = (f"{ok} of {len(done)} torchvision definitions convert with strict=True (no FREE edge); "
-               f"torch.fx traces {traced} of {len(done)} from a real input; every one converts with "
+               f"plain symbolic torch.fx traces {symbolic} of {len(done)}, the shape-concrete fallback "
+               f"{fallback} more; every one converts with "
                f"strict=False ({len(rows) - len(done)} larger than {args.max_params / 1e6:.0f}M "
                f"parameters skipped). torch {m['torch']}, {m['threads']} thread(s), {m['cpu']}; batch of 1 "
                f"random image at the side in tests/torchvision_models.py.")
