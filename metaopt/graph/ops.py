@@ -416,6 +416,27 @@ def reduce(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
     return (v, CONST) if isinstance(result, tuple) else v
 
 
+def copy_positions(nodes: Tensor) -> Tensor:
+    """K = (copy index, 0, 0) per feature: the k-th occurrence of a neuron in a concatenation.
+
+    Concatenating the same neurons more than once (a space-to-depth such as Swin's patch merging
+    takes each channel at four spatial offsets) makes features that a later layer weighs
+    separately; without the copy index their edges would be indistinguishable, and the graph would
+    claim a symmetry (swapping the copies) that the model does not have.
+    """
+    order = torch.argsort(nodes, stable=True)
+    s = nodes[order]
+    first = torch.ones_like(s, dtype=torch.bool)
+    first[1:] = s[1:] != s[:-1]
+    idx = torch.arange(s.numel())
+    start = torch.cummax(torch.where(first, idx, 0), 0).values
+    rank = torch.empty_like(nodes)
+    rank[order] = idx - start
+    pos = torch.zeros(nodes.numel(), 3, dtype=torch.long)
+    pos[:, 0] = rank
+    return pos
+
+
 def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Tensor, stack: bool) -> Any:
     parts = list(values[0])
     reals = list(args[0])
@@ -444,7 +465,10 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
             nodes.append(p.nodes)
             if any_pos:
                 pos.append(p.pos if p.pos is not None else torch.zeros(p.size, 3, dtype=torch.long))
-        return NeuronMap(torch.cat(nodes), dim, torch.cat(pos) if any_pos else None, result.ndim)
+        joined = torch.cat(nodes)
+        if not any_pos and torch.unique(joined).numel() < joined.numel():
+            return NeuronMap(joined, dim, copy_positions(joined), result.ndim)
+        return NeuronMap(joined, dim, torch.cat(pos) if any_pos else None, result.ndim)
     # along another dim (tokens, batch): every part must feed the same neurons
     out = ref.moved(fdim, result.ndim)
     distinct = [m for m in maps if not m.same_neurons(ref)]
@@ -486,7 +510,7 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
             return result
         return shape_op(w, n, values, args, kwargs, result)
     if any(isinstance(v, Scores) for v in _flat(values)):
-        return scores_op(w, n, t, values, result)
+        return scores_op(w, n, t, values, args, kwargs, result)
     if not any(is_tensor_like(v) for v in _flat(values)):
         return CONST if isinstance(result, Tensor) else result
     act = act_of(t)
@@ -521,10 +545,14 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
 _SCORE_OPS = {"masked_fill", "masked_fill_", torch.masked_fill, torch.where}
 
 
-def scores_op(w: "DataflowWalker", n, t: Any, values: list, result: Any) -> Any:
+def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
     """Attention scores through scaling, masking, softmax, dropout: still the same scores."""
     flat = _flat(values)
     scores = next(v for v in flat if isinstance(v, Scores))
+    if (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS) and values[0] is scores:  # e.g. a per-window view
+        out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
+        if isinstance(out, Tensor) and tuple(out.shape) == tuple(result.shape):
+            return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
     elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
     if not elementwise or any(isinstance(v, (NeuronMap, SplitMap)) for v in flat):
         w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "

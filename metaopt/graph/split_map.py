@@ -59,7 +59,18 @@ class Scores:
     k: Tensor
     heads: Tensor  # HEAD node ids, one per row of q/k
     layer: int  # the attention layer they belong to
-    head_dims: tuple[int, ...]  # dims of the scores tensor that index heads (row-major order)
+    head_of: Tensor  # per element of the scores tensor: its head (shape ops act on it as on probes)
+
+    @staticmethod
+    def head_probe(shape: torch.Size, dims: tuple[int, ...], heads: int) -> Tensor:
+        """The head index of every element of a scores tensor whose heads lie along `dims`."""
+        view = [1] * len(shape)
+        sizes = [shape[d] for d in dims]
+        for d, size in zip(dims, sizes):
+            view[d] = size
+        if not dims:
+            return torch.zeros((1,) * len(shape), dtype=torch.long).expand(shape)
+        return torch.arange(heads).view(sizes).view(view).expand(shape)
 
 
 def head_dims(value: object, ndim: int) -> tuple[int, ...]:

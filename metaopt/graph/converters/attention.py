@@ -196,7 +196,8 @@ def _transformer(ctx, m, inputs, name):
 
 # ---- hand-written attention: F.scaled_dot_product_attention on split heads --------------------
 
-def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tuple[int, ...]) -> Scores:
+def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tuple[int, ...],
+             shape: torch.Size) -> Scores:
     """Head structure of a hand-written attention from its q/k node grids `[heads, dim]`.
 
     As for nn.MultiheadAttention: the projection neurons become QUERY/KEY (when they are plain
@@ -211,7 +212,7 @@ def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tupl
     for grid, node_type in ((q, NodeType.QUERY), (k, NodeType.KEY)):
         _members(ctx, grid, node_type, heads, layer)
     ctx.add_aux_edges(q.reshape(-1), k.reshape(-1), EdgeType.QK_PAIR, layer)
-    return Scores(q, k, heads, layer, dims)
+    return Scores(q, k, heads, layer, Scores.head_probe(shape, dims, q.shape[0]))
 
 
 def attend(ctx: ConversionContext, scores: Scores, v: Tensor, value: Any, shape: torch.Size) -> Any:
@@ -243,7 +244,8 @@ def sdpa(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, resu
     if any(g is None for g in grids):
         w.ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
                    "(features on the last dim and on dims before the token dim).")
-    scores = qk_heads(w.ctx, n.name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim))
+    scores_shape = (*result.shape[:-1], reals[1].shape[-2])
+    scores = qk_heads(w.ctx, n.name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape))
     return attend(w.ctx, scores, grids[2], ops_[2], result.shape)
 
 
@@ -258,7 +260,7 @@ def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor
     q, k = head_grid(a, args[0].ndim), head_grid(transposed(b), args[1].ndim)
     if q is None or k is None:
         return NotImplemented
-    return qk_heads(w.ctx, n.name, q, k, head_dims(a, args[0].ndim))
+    return qk_heads(w.ctx, n.name, q, k, head_dims(a, args[0].ndim), result.shape)
 
 
 def relative_position_bias(w: Any, n: Any, scores: Scores, p: ParamRef, shape: torch.Size) -> bool:
@@ -270,17 +272,13 @@ def relative_position_bias(w: Any, n: Any, scores: Scores, p: ParamRef, shape: t
     """
     H = scores.heads.numel()
     table = p.param
-    if table.dim() != 2 or table.shape[1] != H or not scores.head_dims:
+    if table.dim() != 2 or table.shape[1] != H or H == 1:
         return False
     try:
         idx = p.index.expand(shape)
+        head = scores.head_of.expand(shape)
     except RuntimeError:
         return False
-    head_shape = [shape[d] for d in scores.head_dims]
-    view = [1] * len(shape)
-    for d, size in zip(scores.head_dims, head_shape):
-        view[d] = size
-    head = torch.arange(H).view(head_shape).view(view).expand(shape)
     if bool((idx % H != head).any()):
         return False  # a column is added to another head than its own
     used = torch.unique(idx)
@@ -314,7 +312,9 @@ def einsum_attention(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs
         return NotImplemented
     if a_ix[-1] == b_ix[-1] and out_ix[-2:] == a_ix[-2] + b_ix[-2]:  # q k^T
         q, k = head_grid(a, ndim), head_grid(b, ndim)
-        return NotImplemented if q is None or k is None else qk_heads(w.ctx, n.name, q, k, head_dims(a, ndim))
+        if q is None or k is None:
+            return NotImplemented
+        return qk_heads(w.ctx, n.name, q, k, head_dims(a, ndim), result.shape)
     if isinstance(a, Scores) and a_ix[-1] == b_ix[-2] and out_ix == a_ix[:-1] + b_ix[-1]:  # attn v
         grid = head_grid(b, ndim)
         if grid is None:
