@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import einops_shapes
+from . import einops_shapes, inline
 from .builder import NeuronMap
 from .registry import CONST, Const, ConversionError, ParamRef, Unassigned
 from .schema import Activation, EdgeType, NodeType
@@ -105,6 +105,7 @@ def follows_split(n: Any, module: nn.Module | None = None) -> bool:
         return False
     return (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS or t is getattr or t in SPLIT_CONSUMERS
             or t in _ADD or t in _MUL or t in _NEG  # by constants only (binary() checks)
+            or inline.inlinable(t)  # its body is walked (tracing.py)
             or t in ("size", "dim", "numel", "shape", "ndimension", "nelement", "stride"))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from . import einops_shapes, ops
+from . import einops_shapes, inline, ops
 from .tracers import trace_graph
 from .builder import GraphBuilder, NeuronMap
 from .example_call import ExampleCall
@@ -96,6 +96,8 @@ class DataflowWalker(fx.Interpreter):
         self.unclaimed: dict[str, str] = {}  # parameter name -> op that used it
         self.unreadable: list[str] = []  # ops whose dataflow no rule could read (strict=False)
         self.warnings: list[str] = []
+        self.depth = 0  # nesting of inlined opaque functions
+        self.inputs: Any = None  # dataflow values of the placeholders when walking an inlined body
         # node -> the nodes whose dataflow value is read for the last time by it (the output's is kept)
         last: dict[fx.Node, fx.Node] = {}
         for node in gm.graph.nodes:
@@ -166,6 +168,8 @@ class DataflowWalker(fx.Interpreter):
                     "leaf with metaopt.register_converter."
                 )
         if n.op == "placeholder":
+            if self.inputs is not None:  # the body of an inlined function: the caller's values
+                return next(self.inputs)
             return Unassigned(result.ndim, NodeType.INPUT) if isinstance(result, Tensor) else result
         if n.op == "get_attr":
             return self._get_attr(result)
@@ -268,7 +272,25 @@ class DataflowWalker(fx.Interpreter):
             if out is not NotImplemented:
                 self._check(n, out, result)
                 return out
+        if inline.inlinable(target) and self.depth < inline.MAX_DEPTH:
+            out = self._inline(n, values, args, kwargs)
+            self._check(n, out, result)
+            return out
         return ops.dispatch(self, n, values, args, kwargs, result)
+
+    def _inline(self, n: fx.Node, values: list, args: tuple, kwargs: dict) -> Any:
+        """Walk the body of an opaque Python function (fx.wrap) on this call; see inline.py."""
+        module, pos_idx, kw_names = inline.function_module(n.target, args, kwargs)
+        flow, real = inline.tensor_values(values, self.ctx.kwargs, args, kwargs, pos_idx, kw_names)
+        gm = trace_graph(module, [f"t{i}" for i in range(len(real))], real, {})
+        sub = DataflowWalker(gm, self.builder, self.ctx.strict, self.on_meta, root=self.root)
+        sub.depth, sub.inputs = self.depth + 1, iter(flow)
+        sub.unknown_modules, sub.unclaimed, sub.unreadable, sub.warnings = (
+            self.unknown_modules, self.unclaimed, self.unreadable, self.warnings)
+        with torch.no_grad():
+            sub.run(*real)
+        out = sub.values[next(m for m in reversed(gm.graph.nodes) if m.op == "output")]
+        return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
 
     def _check(self, n: fx.Node, out: Any, result: Any) -> None:
         """Converter outputs must describe the real tensors: catches converter bugs early."""
