@@ -333,3 +333,53 @@ def test_relative_position_bias_rows_feed_their_heads():
     assert bool((g.x[src, NODE_TYPE] == NodeType.PARAM_SOURCE).all())
     assert torch.equal(g.x[src.view(25, 2)[:, 0], 2], torch.arange(25))  # ordered by relative offset
     assert torch.equal(src.view(25, 2)[:, 0], src.view(25, 2)[:, 1])
+
+
+def _wrapped_attention(x, qkv_weight, proj_weight, heads: int):
+    """A library-style attention function taking its weights as arguments (fx.wrap'ped below)."""
+    B, N, C = x.shape
+    if N % 1:  # shape-dependent Python: why libraries wrap such functions
+        raise ValueError
+    q, k, v = F.linear(x, qkv_weight).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    return F.linear(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C), proj_weight)
+
+
+torch.fx.wrap("_wrapped_attention")
+
+
+class CosineAttention(nn.Module):
+    """Swin V2 style: wrapped function, cosine scores, per-head logit scale, MLP-made head bias."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(heads, 1, 1)))
+        self.bias_mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, heads))
+        self.register_buffer("coords", torch.randn(5, 2))
+
+    def forward(self, x):  # [B, 5, dim]
+        B, N, C = x.shape
+        y = _wrapped_attention(x, self.qkv.weight, self.proj.weight, self.heads)
+        q, k, v = self.qkv(y).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        att = att * torch.clamp(self.logit_scale, max=4.6).exp()
+        bias = self.bias_mlp(self.coords).t().unsqueeze(-1)  # [heads, N, 1]: per head and query
+        att = (att + bias).softmax(-1)
+        return (att @ v).transpose(1, 2).reshape(B, N, C)
+
+
+def test_wrapped_function_is_walked_and_per_head_scales_and_biases_are_read():
+    m = CosineAttention()
+    g = to_graph(m, torch.randn(2, 5, 8))
+    exact(g, m)
+    _, qkv_out, _ = edges_of(g, "qkv.weight")  # inside the wrapped function: the same weights
+    assert bool((g.x[qkv_out, NODE_TYPE] == NodeType.QUERY).any())
+    heads = (g.x[:, NODE_TYPE] == NodeType.HEAD).nonzero().squeeze(1)
+    assert heads.numel() == 4  # two attentions of two heads
+    src, dst, attr = edges_of(g, "logit_scale")  # logit_scale[h] -> the second attention's head h
+    assert bool((attr[:, EDGE_TYPE] == EdgeType.NORM_WEIGHT).all()) and torch.equal(dst, heads[2:])
+    s, d = aux(g, EdgeType.RESIDUAL)
+    bias_out = layer_nodes(g, "bias_mlp.2")
+    assert torch.equal(s[-2:], bias_out) and torch.equal(d[-2:], heads[2:])

@@ -106,6 +106,7 @@ def follows_split(n: Any, module: nn.Module | None = None) -> bool:
     return (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS or t is getattr or t in SPLIT_CONSUMERS
             or t in _ADD or t in _MUL or t in _NEG  # by constants only (binary() checks)
             or inline.inlinable(t)  # its body is walked (tracing.py)
+            or t is F.normalize  # over a head's vector (dispatch checks the dim)
             or t in ("size", "dim", "numel", "shape", "ndimension", "nelement", "stride"))
 
 
@@ -519,6 +520,11 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         if t in ("softmax", F.softmax, torch.softmax, F.log_softmax, "log_softmax"):
             return activation(w, n, values[0], act) if isinstance(values[0], NeuronMap) else values[0]
         return activation(w, n, values[0], act)
+    if t is F.normalize and isinstance(values[0], SplitMap):
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
+        if dim % values[0].ndim == values[0].ndim - 1:  # each head's vector (cosine attention)
+            return values[0]
+        w.ctx.fail("normalizes split features across heads; only over each head's own vector is followed.")
     if t in _IDENTITY_FUNCS or t in _POOL_FUNCS:
         x = values[0]
         if isinstance(x, NeuronMap) and isinstance(result, Tensor):
@@ -554,17 +560,19 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
         out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
         if isinstance(out, Tensor) and tuple(out.shape) == tuple(result.shape):
             return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
-    elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
-    if not elementwise or any(isinstance(v, (NeuronMap, SplitMap)) for v in flat):
-        w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
-                   "masking, softmax and dropout are followed before `@ v`).")
-    params = [v for v in flat if isinstance(v, ParamRef)]
-    if params:
-        from .converters.attention import relative_position_bias
+    from .converters.attention import head_neurons, head_parameter
 
-        for p in params:  # a relative position bias table added to the scores, else not read
-            if t not in _ADD or not relative_position_bias(w, n, scores, p, result.shape):
-                w.unclaimed_use([p], n)
+    elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
+    neurons = [v for v in flat if isinstance(v, (NeuronMap, SplitMap))]
+    if not elementwise or (neurons and not (
+            t in _ADD and len(neurons) == 1 and isinstance(neurons[0], NeuronMap)
+            and head_neurons(w, scores, neurons[0], result.shape))):
+        w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
+                   "masking, softmax, dropout and per-head biases are followed before `@ v`).")
+    for p in [v for v in flat if isinstance(v, ParamRef)]:  # per-head bias tables and scales
+        kind = "add" if t in _ADD else "mul" if t in _MUL else None
+        if kind is None or not head_parameter(w, n, scores, p, result.shape, kind):
+            w.unclaimed_use([p], n)
     return scores
 
 
@@ -572,9 +580,12 @@ def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -
     """An op no rule knows: elementwise if it keeps the input's shape, otherwise an error."""
     flat = _flat(values)
     params = [v for v in flat if isinstance(v, ParamRef)]
+    maps = [v for v in flat if isinstance(v, NeuronMap)]
+    if (len(params) == 1 and not maps and not any(isinstance(v, Unassigned) for v in flat)
+            and isinstance(result, Tensor) and tuple(result.shape) == tuple(params[0].shape)):
+        return params[0]  # an elementwise function of a parameter (exp(logit_scale)): same elements
     if params:
         w.unclaimed_use(params, n)
-    maps = [v for v in flat if isinstance(v, NeuronMap)]
     if not maps:
         ua = [v for v in flat if isinstance(v, Unassigned)]
         return _wrap(result, lambda t: Unassigned(t.ndim, ua[0].node_type)) if ua else _wrap(result, lambda t: CONST)

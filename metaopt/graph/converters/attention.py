@@ -263,29 +263,61 @@ def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor
     return qk_heads(w.ctx, n.name, q, k, head_dims(a, args[0].ndim), result.shape)
 
 
-def relative_position_bias(w: Any, n: Any, scores: Scores, p: ParamRef, shape: torch.Size) -> bool:
-    """scores + table[index] with a table `[rows, heads]` (Swin, MaxViT, relative position bias).
+def head_parameter(w: Any, n: Any, scores: Scores, p: ParamRef, shape: torch.Size, kind: str) -> bool:
+    """A parameter added to (`kind="add"`) or multiplying (`"mul"`) the scores, head by head.
 
-    Each table entry becomes a PARAM_ADD edge from an ordered PARAM_SOURCE node (its row: the
-    relative offset) to the HEAD node of its column, checked element by element against the head
-    each gathered entry is added to. Returns False (left to the caller) for other layouts.
+    Relative position bias tables `[rows, heads]` gathered by a relative-offset index (Swin,
+    MaxViT) and per-head logit scales (Swin V2): every element must act on one head only (checked
+    element by element). Element e becomes an edge from an ordered PARAM_SOURCE node (add: its
+    rank among its head's elements, the relative offset for a table) or a NORM node (mul) to the
+    HEAD node of its head (PARAM_ADD / NORM_WEIGHT). False leaves other layouts to the caller.
     """
     H = scores.heads.numel()
-    table = p.param
-    if table.dim() != 2 or table.shape[1] != H or H == 1:
-        return False
     try:
-        idx = p.index.expand(shape)
-        head = scores.head_of.expand(shape)
+        idx = p.index.expand(shape).reshape(-1)
+        head = scores.head_of.expand(shape).reshape(-1)
     except RuntimeError:
         return False
-    if bool((idx % H != head).any()):
-        return False  # a column is added to another head than its own
-    used = torch.unique(idx)
-    layer = w.ctx.new_layer(w.ctx.builder.param_name(table), "relative_position_bias")
-    rows = table.shape[0]
-    src = w.ctx.add_nodes(rows, NodeType.PARAM_SOURCE, layer, torch.arange(rows))
-    w.ctx.add_param_edges(ParamRef(table, used), src[used // H], scores.heads[used % H], EdgeType.PARAM_ADD, layer)
+    head_of_e = torch.full((p.param.numel(),), -1, dtype=torch.long)
+    head_of_e[idx] = head
+    if bool((head_of_e[idx] != head).any()):
+        return False  # an element acts on several heads
+    used = (head_of_e >= 0).nonzero().squeeze(1)
+    order = torch.argsort(head_of_e[used] * p.param.numel() + used)  # by head, then element
+    rank = torch.empty_like(used)
+    counts = torch.bincount(head_of_e[used], minlength=H)
+    starts = torch.cumsum(counts, 0) - counts
+    rank[order] = torch.arange(used.numel()) - starts[head_of_e[used][order]]
+    rows = int(rank.max()) + 1 if used.numel() else 0
+    table = p.param
+    name = w.ctx.builder.param_name(table)
+    if kind == "add":
+        layer = w.ctx.new_layer(name, "relative_position_bias")
+        src = w.ctx.add_nodes(rows, NodeType.PARAM_SOURCE, layer, torch.arange(rows))
+        etype = EdgeType.PARAM_ADD
+    else:
+        layer = w.ctx.new_layer(name, "head_scale")
+        src = w.ctx.add_nodes(rows, NodeType.NORM, layer)
+        etype = EdgeType.NORM_WEIGHT
+    w.ctx.add_param_edges(ParamRef(table, used), src[rank], scores.heads[head_of_e[used]], etype, layer)
+    return True
+
+
+def head_neurons(w: Any, scores: Scores, m: NeuronMap, shape: torch.Size) -> bool:
+    """Neurons added to the scores head by head (Swin V2's MLP-generated position bias):
+    each neuron feeds the HEAD node of the head it is added to (RESIDUAL)."""
+    d = m.dim + (len(shape) - m.ndim)
+    if not 0 <= d < len(shape) or shape[d] != m.size:
+        return False
+    view = [1] * len(shape)
+    view[d] = m.size
+    k = torch.arange(m.size).view(view).expand(shape).reshape(-1)
+    head = scores.head_of.expand(shape).reshape(-1)
+    head_of_k = torch.full((m.size,), -1, dtype=torch.long)
+    head_of_k[k] = head
+    if bool((head_of_k[k] != head).any()):
+        return False
+    w.ctx.add_aux_edges(m.nodes, scores.heads[head_of_k], EdgeType.RESIDUAL, scores.layer)
     return True
 
 
