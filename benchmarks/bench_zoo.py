@@ -30,7 +30,7 @@ from metaopt.graph.simulate import unsupported_edge_types  # noqa: E402
 from metaopt.graph.tracers import SymbolicTracer  # noqa: E402
 from metaopt.graph.tracing import trace  # noqa: E402
 from metaopt.graph.schema import EDGE_TYPE, EdgeType  # noqa: E402
-from torchvision_models import all_names, build, input_size, load_models  # noqa: E402
+from torchvision_models import MAX_PARAMS, all_names, build, count_params, input_size, load_models  # noqa: E402
 
 COLUMNS = ["model", "params", "strict", "free_edges", "fx_trace", "simulate", "convert_s"]
 START, END = "<!-- bench_zoo:start -->", "<!-- bench_zoo:end -->"
@@ -86,15 +86,6 @@ def _simulate(g, model, x) -> str:
     return f"max err {float((out.reshape(ref.shape) - ref).abs().max()):.1e}"
 
 
-def _count(models, name: str) -> int:
-    """Parameters of a definition, counted on the meta device where its constructor allows."""
-    try:
-        with torch.device("meta"):  # no memory for the 600M-parameter definitions
-            return sum(p.numel() for p in build(models, name).parameters())
-    except Exception:  # constructors computing with tensors (RegNet's widths) need real ones
-        return sum(p.numel() for p in build(models, name).parameters())
-
-
 def update_doc(doc: Path, table: str, summary: str) -> None:
     text = doc.read_text()
     if START not in text or END not in text:
@@ -109,7 +100,7 @@ def main() -> None:
     ap.add_argument("--out", default="out/bench")
     ap.add_argument("--doc", default=None, help="Markdown file whose bench_zoo block is replaced")
     ap.add_argument("--models", nargs="*", default=None)
-    ap.add_argument("--max-params", type=float, default=350e6,
+    ap.add_argument("--max-params", type=float, default=MAX_PARAMS,
                     help="skip larger definitions (a 630M-parameter graph needs ~15 GB)")
     args = ap.parse_args()
     models = load_models()
@@ -117,7 +108,7 @@ def main() -> None:
         raise SystemExit("torchvision is not installed: pip install -e '.[test]'")
     rows = []
     for name in args.models or all_names(models):
-        n = _count(models, name)
+        n = count_params(models, name)
         if n > args.max_params:
             rows.append({"model": name, "params": n, "strict": f"skipped (> {args.max_params / 1e6:.0f}M params)"})
             continue

@@ -68,6 +68,20 @@ def build(models: Any, name: str, num_classes: int = 10) -> Any:
     return models.get_model(name, weights=None, **kwargs)
 
 
+MAX_PARAMS = 350e6  # a 630M-parameter graph needs ~15 GB: more than a 24 GB machine can spare
+
+
+def count_params(models: Any, name: str) -> int:
+    """Parameters of a definition, counted on the meta device where its constructor allows."""
+    import torch
+
+    try:
+        with torch.device("meta"):  # no memory for the 600M-parameter definitions
+            return sum(p.numel() for p in build(models, name).parameters())
+    except Exception:  # constructors computing with tensors (RegNet's widths) need real ones
+        return sum(p.numel() for p in build(models, name).parameters())
+
+
 def small_configs(models: Any) -> dict[str, tuple[Any, int]]:
     """Tiny instances of the transformer / channels-last definitions: (model, image side)."""
     from torchvision.models.convnext import CNBlockConfig
