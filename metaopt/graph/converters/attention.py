@@ -6,6 +6,11 @@ from each query neuron to the key neuron it is dotted with, and ATTN_O edges fro
 neurons to the output neurons (attention mixes tokens, never channels). Permuting heads, or
 query/key dims jointly within a head, or value dims within a head, is then a graph automorphism.
 Transformer encoder/decoder layers are composed from these pieces following `norm_first`.
+
+Hand-written attention (heads split by reshape/rearrange, then F.scaled_dot_product_attention,
+`q @ k^T ... @ v` or the equivalent einsums) gets the same HEAD/QK_PAIR/HEAD_MEMBER structure on
+the projection neurons (see split_map.py for how split heads and scores are followed), plus
+per-head parameters (relative position bias tables, logit scales) as edges into the HEAD nodes.
 """
 
 from __future__ import annotations
