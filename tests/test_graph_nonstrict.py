@@ -133,3 +133,27 @@ def test_rejected_input_is_an_error_in_both_modes():
     for strict in (True, False):
         with pytest.raises(ExampleInputError, match=r"raised on the example call \(Tensor\(2, 5\)\)"):
             to_graph(m, torch.randn(2, 5), strict=strict, cache=False)
+
+
+def test_ops_mixing_a_parameters_elements_are_not_read_as_elementwise():
+    """cumsum/softmax of a parameter mix its elements: no edge may claim element k acts alone;
+    clamp is elementwise and keeps its elements (a per-feature bias here)."""
+
+    class Mixed(nn.Module):
+        def __init__(self, op):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.p = nn.Parameter(torch.randn(4))
+            self.op = op
+
+        def forward(self, x):
+            return self.a(x) + self.op(self.p)
+
+    for op in (lambda p: torch.cumsum(p, 0), lambda p: torch.softmax(p, 0)):
+        with pytest.raises(ConversionError, match="parameter 'p'"):
+            to_graph(Mixed(op), torch.randn(2, 3), cache=False)
+    m = Mixed(lambda p: torch.clamp(p, max=1.0))
+    g = to_graph(m, torch.randn(2, 3), cache=False)
+    _exact(g, m)
+    i = g.param_names.index("p")
+    assert bool((g.edge_attr[g.param_offsets[i]:g.param_offsets[i + 1], EDGE_TYPE] == EdgeType.BIAS).all())

@@ -518,6 +518,9 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     act = act_of(t)
     if act is not None:
         if t in ("softmax", F.softmax, torch.softmax, F.log_softmax, "log_softmax"):
+            if isinstance(values[0], ParamRef):  # mixes the parameter's elements: not read
+                w.unclaimed_use([values[0]], n)
+                return CONST
             return activation(w, n, values[0], act) if isinstance(values[0], NeuronMap) else values[0]
         return activation(w, n, values[0], act)
     if t is F.normalize and isinstance(values[0], SplitMap):
@@ -576,14 +579,20 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
     return scores
 
 
+# elementwise functions whose output element k depends on parameter element k only (not cumsum,
+# softmax, sort...): a parameter passed through them keeps its elements
+_PARAM_ELEMENTWISE: set[Any] = {torch.clamp, "clamp", torch.clip, "clip", torch.log, "log", torch.sqrt,
+                                "sqrt", torch.rsqrt, "rsqrt", torch.reciprocal, "reciprocal", torch.square}
+
+
 def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -> Any:
     """An op no rule knows: elementwise if it keeps the input's shape, otherwise an error."""
     flat = _flat(values)
     params = [v for v in flat if isinstance(v, ParamRef)]
     maps = [v for v in flat if isinstance(v, NeuronMap)]
-    if (len(params) == 1 and not maps and not any(isinstance(v, Unassigned) for v in flat)
+    if (n.target in _PARAM_ELEMENTWISE and len(params) == 1 and not maps
             and isinstance(result, Tensor) and tuple(result.shape) == tuple(params[0].shape)):
-        return params[0]  # an elementwise function of a parameter (exp(logit_scale)): same elements
+        return params[0]  # an elementwise function of a parameter (clamp(logit_scale)): same elements
     if params:
         w.unclaimed_use(params, n)
     if not maps:
