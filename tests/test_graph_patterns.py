@@ -383,3 +383,30 @@ def test_wrapped_function_is_walked_and_per_head_scales_and_biases_are_read():
     s, d = aux(g, EdgeType.RESIDUAL)
     bias_out = layer_nodes(g, "bias_mlp.2")
     assert torch.equal(s[-2:], bias_out) and torch.equal(d[-2:], heads[2:])
+
+
+@torch.no_grad()
+def test_permuting_heads_of_hand_written_attention_is_a_graph_relabelling():
+    from permutations import assert_isomorphic
+
+    torch.manual_seed(0)
+    m = Attention()  # dim 12, 3 heads of 4
+    hp = torch.tensor([2, 0, 1])
+    unit = (hp.view(-1, 1) * 4 + torch.arange(4)).reshape(-1)  # new unit i = old unit unit[i]
+    rows = torch.cat([unit, unit + 12, unit + 24])
+    q = Attention()
+    q.load_state_dict(m.state_dict())
+    q.qkv.weight.copy_(m.qkv.weight[rows])
+    q.qkv.bias.copy_(m.qkv.bias[rows])
+    q.proj.weight.copy_(m.proj.weight[:, unit])
+    x = torch.randn(2, 5, 12)
+    assert torch.allclose(m(x), q(x), atol=1e-6)
+    g = to_graph(m, x)
+    _, qkv_out, _ = edges_of(g, "qkv.weight")
+    nodes = qkv_out.view(36, 12)[:, 0]
+    heads = (g.x[:, NODE_TYPE] == NodeType.HEAD).nonzero().squeeze(1)
+    sigma = torch.arange(g.num_nodes)
+    inv = torch.argsort(rows)
+    sigma[nodes] = nodes[inv]
+    sigma[heads] = heads[torch.argsort(hp)]
+    assert_isomorphic(g, g.params_to_edges(m), g.params_to_edges(q), sigma)
