@@ -87,3 +87,26 @@ def test_every_zoo_model_converts_exactly(tv_models, name):
     if count_params(tv_models, name) > MAX_PARAMS:
         pytest.skip(f"{name}: over {MAX_PARAMS / 1e6:.0f}M parameters (memory)")
     _zoo_case(tv_models, name)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "convnext_tiny_cfg", "swin_tiny_cfg"])
+def test_default_rule_trains_zoo_definitions_from_the_first_batch(tv_models, name):
+    """GMNOptimizer(model) with no input: graph from the first batch, the shipped rule steps."""
+    import torch.nn.functional as F
+
+    from metaopt import GMNOptimizer
+
+    model, s = small_configs(tv_models)[name]
+    x, y = torch.randn(8, 3, s, s), torch.randint(0, 10, (8,))
+    opt = GMNOptimizer(model, lr=1e-3)
+    assert opt.graph is None
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert not bool((opt.graph.edge_attr[:, EDGE_TYPE] == EdgeType.FREE).any())
+    assert opt.rule_fallbacks == 0 and opt.skipped_steps == 0
+    assert losses[-1] < losses[0]
