@@ -101,18 +101,19 @@ def test_several_unknown_layers_one_warning_listing_all():
             super().__init__()
             self.inp = nn.Linear(3, 6)
             self.prelu = nn.PReLU(6)
-            self.cell = nn.GRUCell(6, 6)  # recurrent *cells* have no converter (nn.GRU has)
+            self.cell = nn.Bilinear(6, 6, 6)  # no converter for Bilinear
             self.out = nn.Linear(6, 2)
 
         def forward(self, x):
-            h = self.cell(self.prelu(self.inp(x)))
+            h = self.prelu(self.inp(x))
+            h = self.cell(h, h)
             return self.out(torch.cumsum(h, 1))
 
     m = Net()
     g, msg = _one_warning(lambda: to_graph(m, torch.randn(2, 3), strict=False))
     _exact(g, m)
     assert set(_free_names(g)) == {n for n, _ in m.named_parameters() if n.startswith(("prelu", "cell"))}
-    assert "'prelu' (PReLU)" in msg and "'cell' (GRUCell)" in msg
+    assert "'prelu' (PReLU)" in msg and "'cell' (Bilinear)" in msg
 
 
 def test_untraceable_model_is_all_free_with_one_warning():

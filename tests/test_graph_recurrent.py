@@ -122,3 +122,41 @@ def test_permuting_gru_hidden_units_is_a_graph_relabelling():
         sigma[gates[t]] = gates[t][inv]
     assert_isomorphic(g, g.params_to_edges(m), g.params_to_edges(q), sigma)
     assert int(g.x[state[0], NODE_LAYER]) == int(g.x[gates[0, 0], NODE_LAYER])
+
+
+class Loop(nn.Module):
+    """A cell unrolled over time in Python (range of a size: traced with the call's sizes)."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.inp, self.cell, self.out = nn.Linear(3, 5), cell, nn.Linear(4, 2)
+        self.lstm = isinstance(cell, nn.LSTMCell)
+
+    def forward(self, x):
+        e = self.inp(x)
+        h = c = torch.zeros(x.shape[0], 4)
+        for t in range(x.shape[1]):
+            if self.lstm:
+                h, c = self.cell(e[:, t], (h, c))
+            else:
+                h = self.cell(e[:, t], h)
+        return self.out(h)
+
+
+def test_cells_unrolled_in_a_loop_are_one_recurrent_layer():
+    x = torch.randn(2, 6, 3)
+    for cell, rnn in ((nn.GRUCell(5, 4), nn.GRU(5, 4, batch_first=True)),
+                      (nn.LSTMCell(5, 4), nn.LSTM(5, 4, batch_first=True)),
+                      (nn.RNNCell(5, 4), nn.RNN(5, 4, batch_first=True))):
+        m = Loop(cell)
+        g = to_graph(m, x, cache=False)
+        exact(g, m)
+        # the same structure as the module version: W_ih reads the input layer, the head reads h
+        src, _, attr = edges_of(g, "cell.weight_hh")
+        osrc, _, _ = edges_of(g, "out.weight")
+        assert torch.equal(osrc.view(2, 4)[0], src.view(-1, 4)[0])
+        assert bool((attr[:, EDGE_K0] == 1).all())
+        seq = Seq(rnn)
+        gs = to_graph(seq, torch.randn(2, 6, 5), cache=False)
+        n_gate_state = int((g.x[:, 0] == NodeType.HIDDEN).sum()) - 5  # minus the inp layer
+        assert n_gate_state == int((gs.x[:, 0] == NodeType.HIDDEN).sum())

@@ -1,4 +1,4 @@
-"""Recurrent layers (nn.RNN, nn.GRU, nn.LSTM): gate neurons, state neurons, recurrent edges.
+"""Recurrent layers (nn.RNN/GRU/LSTM and their cells): gate neurons, state neurons, recurrent edges.
 
 Per layer and direction: G x H gate neurons (GRU: r, z, n; LSTM: i, f, g, o; RNN: one) and H state
 neurons, the layer's output h_t (LSTM: also H cell neurons c_t, and P projection neurons with
@@ -43,10 +43,10 @@ def _kpos(rows: int, H: int, k0: int) -> Tensor:
     return k
 
 
-def _direction(ctx: ConversionContext, m: nn.RNNBase, name: str, sfx: str, x: NeuronMap
+def _direction(ctx: ConversionContext, m: nn.Module, mode: str, name: str, sfx: str, x: NeuronMap
                ) -> tuple[Tensor, Tensor | None]:
     """Nodes and edges of one layer and direction; returns (output neurons, cell neurons)."""
-    mode, H = m.mode, m.hidden_size
+    H = m.hidden_size
     G, P = _GATES[mode], getattr(m, "proj_size", 0)
     layer = ctx.new_layer(f"{name}{sfx}", mode.lower())
     gates = ctx.add_nodes(G * H, NodeType.HIDDEN, layer)
@@ -106,7 +106,7 @@ def _rnn(ctx: ConversionContext, m: nn.RNNBase, inputs: list, name: str):
     for layer in range(m.num_layers):
         outs = []
         for d in range(2 if m.bidirectional else 1):
-            out, cell = _direction(ctx, m, name, f"_l{layer}{'_reverse' if d else ''}", x)
+            out, cell = _direction(ctx, m, m.mode, name, f"_l{layer}{'_reverse' if d else ''}", x)
             outs.append(out)
             if cell is not None:
                 cells.append(cell)
@@ -121,3 +121,42 @@ def _rnn(ctx: ConversionContext, m: nn.RNNBase, inputs: list, name: str):
 
 for _cls in (nn.RNN, nn.GRU, nn.LSTM):
     register_converter(_cls, _rnn)
+
+
+def _cell_mode(m: nn.RNNCellBase) -> str:
+    if isinstance(m, nn.LSTMCell):
+        return "LSTM"
+    if isinstance(m, nn.GRUCell):
+        return "GRU"
+    return "RNN_TANH" if m.nonlinearity == "tanh" else "RNN_RELU"
+
+
+def _cell(ctx: ConversionContext, m: nn.RNNCellBase, inputs: list, name: str):
+    """nn.RNNCell / GRUCell / LSTMCell, usually called once per time step in a Python loop.
+
+    The first call builds the same gate/state neurons as one layer of nn.GRU & co.; every later
+    call of the same cell returns those state neurons (the recurrence is the W_hh edges), so an
+    unrolled loop is one recurrent layer, not T copies. The state argument (h, or (h, c)) is the
+    previous step's output and adds nothing; a later call on *other* input neurons cannot be
+    read (its W_ih edges would need a second source) and is an error.
+    """
+    ndim = ctx.args[0].ndim
+    cache = ctx.builder.__dict__.setdefault("_cells", {})
+    if id(m) in cache:
+        src, out = cache[id(m)]
+        x = inputs[0]
+        if isinstance(x, NeuronMap) and not torch.equal(x.nodes, src):
+            ctx.fail("a recurrent cell is called on different input neurons at different steps; "
+                     "only a cell reading the same input features every step is read.")
+    else:
+        x = ctx.input_map(inputs[0], -1, m.input_size, ndim)
+        state, cell = _direction(ctx, m, _cell_mode(m), name, "", x)
+        out = (state, cell)
+        cache[id(m)] = (x.nodes, out)
+    state, cell = out
+    h = NeuronMap(state, ndim - 1, None, ndim)
+    return (h, NeuronMap(cell, ndim - 1, None, ndim)) if cell is not None else h
+
+
+for _cls in (nn.RNNCell, nn.GRUCell, nn.LSTMCell):
+    register_converter(_cls, _cell)
