@@ -102,6 +102,7 @@ class GraphBuilder:
         self._activated = np.zeros(1024, dtype=bool)  # per node: has an activation been recorded
         self.layers: list[LayerRecord] = [LayerRecord(0, "<input>", "input")]
         self._bias_nodes: dict[int, int] = {}
+        self.memo: dict[object, object] = {}  # state converters keep across calls (a cell called per step)
 
     # ---- layers and nodes ----------------------------------------------------------------
     def new_layer(self, name: str, kind: str) -> int:

@@ -141,9 +141,9 @@ def _cell(ctx: ConversionContext, m: nn.RNNCellBase, inputs: list, name: str):
     read (its W_ih edges would need a second source) and is an error.
     """
     ndim = ctx.args[0].ndim
-    cache = ctx.builder.__dict__.setdefault("_cells", {})
-    if id(m) in cache:
-        src, out = cache[id(m)]
+    key = ("recurrent_cell", id(m))
+    if key in ctx.builder.memo:
+        src, out = ctx.builder.memo[key]
         x = inputs[0]
         if isinstance(x, NeuronMap) and not torch.equal(x.nodes, src):
             ctx.fail("a recurrent cell is called on different input neurons at different steps; "
@@ -152,7 +152,7 @@ def _cell(ctx: ConversionContext, m: nn.RNNCellBase, inputs: list, name: str):
         x = ctx.input_map(inputs[0], -1, m.input_size, ndim)
         state, cell = _direction(ctx, m, _cell_mode(m), name, "", x)
         out = (state, cell)
-        cache[id(m)] = (x.nodes, out)
+        ctx.builder.memo[key] = (x.nodes, out)
     state, cell = out
     h = NeuronMap(state, ndim - 1, None, ndim)
     return (h, NeuronMap(cell, ndim - 1, None, ndim)) if cell is not None else h
