@@ -563,7 +563,7 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
         out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
         if isinstance(out, Tensor) and tuple(out.shape) == tuple(result.shape):
             return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
-    from .converters.attention import head_neurons, head_parameter
+    from .converters.attention import head_neurons, head_parameter  # converters import ops: no cycle here
 
     elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
     neurons = [v for v in flat if isinstance(v, (NeuronMap, SplitMap))]
