@@ -1,4 +1,4 @@
-"""Graph conversion cost (BENCHMARKS.md §3): time and index memory for ResNet-18 and ViT-small.
+"""Graph conversion cost (docs/benchmarks.md §3): time and index memory for ResNet-18 and ViT-small.
 
     python -m benchmarks.bench_graph --out out/bench
 

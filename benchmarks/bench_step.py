@@ -1,14 +1,16 @@
-"""Optimizer step cost: GMNOptimizer vs torch Adam (foreach) vs the per-parameter MLP rule.
+"""Optimizer step cost: GMNOptimizer (shipped rules, amortised) vs torch Adam (foreach).
 
-    python -m benchmarks.bench_step --out results/bench_step [--sizes 1e5 1e6 1e7] [--hidden 16]
+    python -m benchmarks.bench_step --out results/bench_step [--sizes 1e5 1e6 1e7]
 
 For MLPs of about 100k, 1M and 10M parameters, times ``optimizer.step()`` alone (gradients are
-fixed random tensors) for every optimizer, interleaved round-robin so the ratios are taken side
-by side on this shared machine. Memory: on a GPU, ``torch.cuda.max_memory_allocated`` during a
-step; on CPU, the step's peak resident-set growth (VmHWM after resetting it via
-/proc/self/clear_refs; large tensors are mmapped, so this tracks torch's transient buffers).
-Optimizer state bytes are counted exactly, also relative to the parameter bytes.
-Writes ``bench_step.json`` and ``bench_step.md`` to --out. BENCHMARKS.md §2 lists the targets.
+fixed random tensors). The shipped rules run every ``refresh_every`` steps, so each optimizer is
+timed over blocks of that many steps (one refresh + the plain steps between), and the amortised
+step is the block time / its length; the refresh and the plain step are also timed alone.
+Optimizers are interleaved round-robin, so the ratios are taken side by side on a shared machine.
+Memory: on a GPU, ``torch.cuda.max_memory_allocated`` during a step; on CPU, the step's peak
+resident-set growth (VmHWM after resetting it via /proc/self/clear_refs). Optimizer state bytes
+are counted exactly, also relative to the parameter bytes. Writes ``bench_step.json`` and
+``bench_step.md`` to --out. Targets: docs/benchmarks.md §2.
 """
 
 from __future__ import annotations
@@ -21,34 +23,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from metaopt.graph import to_graph
-from metaopt.optim import GMNOptimizer, RuleConfig, UpdateRule
-
-
-class LinearEdgeNet(nn.Module):
-    """The cheapest learned rule: a linear map of each edge's features (no hidden layer, no
-    message passing). Its row isolates the cost of features + residual plumbing."""
-
-    def __init__(self, edge_in: int) -> None:
-        super().__init__()
-        self.lin = nn.Linear(edge_in, 2)
-
-    def forward(self, graph: Any, edge_values=None, node_values=None, graph_values=None):
-        return SimpleNamespace(edge=self.lin(edge_values), node=None, graph=None)
-
-
-def _rule(kind: str, hidden: int) -> UpdateRule:
-    if kind == "linear":
-        rule = UpdateRule(RuleConfig(kind="none", alpha=0.1))
-        rule.net = LinearEdgeNet(rule.features.edge_dim)
-        return rule
-    return UpdateRule(RuleConfig(kind=kind, hidden=hidden, layers=2, alpha=0.1))
+from metaopt.optim import GMNOptimizer
+from metaopt.optim.rules import resolve_rule
 
 
 def mlp_of_size(target: float) -> nn.Module:
@@ -105,9 +87,13 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
     return _proc("VmHWM") - base
 
 
-def bench_size(
-    target: float, kinds: list[str], hidden: int, repeats: int, device: torch.device, rule_max: float
-) -> dict[str, Any]:
+def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+    return GMNOptimizer(model, rule=kind.split("-", 1)[1], lr=1e-3, graph=graph)
+
+
+def bench_size(target: float, kinds: list[str], repeats: int, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)
     base = mlp_of_size(target).to(device)
     n_params = sum(p.numel() for p in base.parameters())
@@ -115,61 +101,59 @@ def bench_size(
     graph = to_graph(base.cpu()).to("cpu")
     base.to(device)
     grads = [torch.randn_like(p) * 1e-2 for p in base.parameters()]
+    block = max(resolve_rule(k.split("-", 1)[1]).config.refresh_every for k in kinds if k != "adam")
     rows: dict[str, dict[str, Any]] = {}
-    runners: dict[str, Callable[[], None]] = {}
+    runners: dict[str, Callable[[int], None]] = {}
     for kind in kinds:
         model = mlp_of_size(target).to(device)
         model.load_state_dict(base.state_dict())
-        if kind == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-        elif kind in ("gmnopt-mlp", "gmnopt-gmn") and n_params > rule_max:
-            rows[kind] = {"skipped": f"above --rule-max-params {rule_max:.0e} on {device.type}"}
-            continue
-        else:
-            try:
-                rule = UpdateRule(RuleConfig(kind="none")) if kind == "gmnopt-adam" else _rule(kind.split("-")[1], hidden)
-            except ImportError as exc:
-                rows[kind] = {"skipped": str(exc).split(";")[0]}
-                continue
-            opt = GMNOptimizer(model, rule=rule, lr=1e-3, graph=graph)
+        opt = _make(kind, model, graph)
         for p, g in zip(model.parameters(), grads):
             p.grad = g.clone()
 
-        def run(opt=opt) -> None:
-            opt.step()
+        def run(n: int, opt=opt) -> None:
+            for _ in range(n):
+                opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        try:
-            run()  # warm-up: allocates state, builds caches
-        except RuntimeError as exc:  # e.g. out of memory for a large GMN
-            rows[kind] = {"skipped": f"{type(exc).__name__}: {str(exc)[:120]}"}
-            continue
+        run(1)  # warm-up: allocates state, builds caches, runs the rule once (step 1 is a refresh)
         runners[kind] = run
-        rows[kind] = {"state_bytes": _state_bytes(opt), "peak_step_bytes": _peak_step_bytes(run, device), "opt": opt}
+        rows[kind] = {"state_bytes": _state_bytes(opt), "peak_step_bytes": _peak_step_bytes(lambda: run(1), device),
+                      "opt": opt}
     times: dict[str, list[float]] = {k: [] for k in runners}
+    plain: dict[str, list[float]] = {k: [] for k in runners}
+    refresh: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):  # round-robin: every optimizer sees the same machine load
         for kind, run in runners.items():
+            opt = rows[kind]["opt"]
+            done = opt.state.get("steps_taken", 0) if isinstance(opt, GMNOptimizer) else 0
+            if done % block:  # align the block so that it starts with a refresh step
+                run(block - done % block)
             t0 = time.perf_counter()
-            run()
-            times[kind].append((time.perf_counter() - t0) * 1e3)
+            run(1)
+            refresh[kind].append((time.perf_counter() - t0) * 1e3)
+            t1 = time.perf_counter()
+            run(block - 1)
+            elapsed = time.perf_counter() - t0
+            plain[kind].append((time.perf_counter() - t1) * 1e3 / max(block - 1, 1))
+            times[kind].append(elapsed * 1e3 / block)
     adam_ms = statistics.median(times["adam"]) if "adam" in times else float("nan")
-    out: dict[str, Any] = {"target": target, "params": n_params, "param_bytes": param_bytes, "rows": {}}
+    out: dict[str, Any] = {"target": target, "params": n_params, "param_bytes": param_bytes, "block": block, "rows": {}}
     for kind, row in rows.items():
-        if "skipped" in row:
-            out["rows"][kind] = row
-            continue
         ms = statistics.median(times[kind])
         out["rows"][kind] = {
             "ms_per_step": ms,
-            "ms_iqr": [statistics.quantiles(times[kind], n=4)[0], statistics.quantiles(times[kind], n=4)[2]],
+            "ms_range": [min(times[kind]), max(times[kind])],
             "vs_adam": ms / adam_ms,
+            "refresh_ms": statistics.median(refresh[kind]),
+            "plain_step_ms": statistics.median(plain[kind]),
             "state_bytes": row["state_bytes"],
             "state_over_params": row["state_bytes"] / param_bytes,
             "peak_step_bytes": row["peak_step_bytes"],
             "peak_step_over_params": None if row["peak_step_bytes"] is None else row["peak_step_bytes"] / param_bytes,
         }
-    gmn, mlp = out["rows"].get("gmnopt-gmn", {}), out["rows"].get("gmnopt-mlp", {})
+    gmn, mlp = out["rows"].get("gmnopt-default", {}), out["rows"].get("gmnopt-mlp", {})
     if "ms_per_step" in gmn and "ms_per_step" in mlp:
         out["gmn_over_mlp_rule"] = gmn["ms_per_step"] / mlp["ms_per_step"]
     return out
@@ -177,32 +161,31 @@ def bench_size(
 
 LABELS = {
     "adam": "torch Adam (foreach)",
-    "gmnopt-adam": "GMNOptimizer, rule=\"adam\" (untrained residual: the Adam path)",
-    "gmnopt-linear": "GMNOptimizer, linear edge rule (features + plumbing)",
-    "gmnopt-mlp": "GMNOptimizer, per-parameter MLP rule",
-    "gmnopt-gmn": "GMNOptimizer, GMN rule",
+    "gmnopt-adam": "GMNOptimizer, rule=\"adam\" (exactly Adam)",
+    "gmnopt-default": "GMNOptimizer, rule=\"default\" (GMN rule)",
+    "gmnopt-mlp": "GMNOptimizer, rule=\"mlp\" (per-parameter MLP rule)",
 }
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"# Optimizer step cost ({result['device']}, {result['threads']} threads, GMN/MLP hidden {result['hidden']})",
+        f"# Optimizer step cost ({result['device']}, {result['threads']} threads)",
         "",
-        "| params | optimizer | ms/step | x Adam | state / param bytes | step peak / param bytes |",
-        "|---:|---|---:|---:|---:|---:|",
+        "Amortised over blocks of `refresh_every` steps (one rule refresh + plain steps).",
+        "",
+        "| params | optimizer | ms/step (amortised) | x Adam | refresh step ms | plain step ms | state / param bytes | step peak / param bytes |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for size in result["sizes"]:
         for kind, row in size["rows"].items():
-            if "skipped" in row:
-                lines.append(f"| {size['params']:,} | {LABELS[kind]} | skipped: {row['skipped']} | | | |")
-                continue
             peak = row["peak_step_over_params"]
             lines.append(
-                f"| {size['params']:,} | {LABELS[kind]} | {row['ms_per_step']:.2f} | {row['vs_adam']:.2f} | "
-                f"{row['state_over_params']:.2f} | {'n/a' if peak is None else f'{peak:.2f}'} |"
+                f"| {size['params']:,} | {LABELS[kind]} | {row['ms_per_step']:.3f} | {row['vs_adam']:.2f} | "
+                f"{row['refresh_ms']:.2f} | {row['plain_step_ms']:.3f} | {row['state_over_params']:.2f} | "
+                f"{'n/a' if peak is None else f'{peak:.2f}'} |"
             )
         if "gmn_over_mlp_rule" in size:
-            lines.append(f"| {size['params']:,} | GMN rule / MLP rule step | {size['gmn_over_mlp_rule']:.2f} | | | |")
+            lines.append(f"| {size['params']:,} | GMN rule / MLP rule (amortised step) | {size['gmn_over_mlp_rule']:.2f} | | | | | |")
     lines += ["", f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
@@ -211,24 +194,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7])
-    ap.add_argument("--hidden", type=int, default=16, help="hidden width of the GMN and MLP rules")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5, help="blocks of refresh_every steps timed per optimizer")
     ap.add_argument("--threads", type=int, default=1, help="1 by default: OpenMP threads on a loaded shared machine make timings erratic")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--kinds", nargs="+", default=list(LABELS))
-    ap.add_argument(
-        "--rule-max-params", type=float, default=None,
-        help="largest model the MLP/GMN rule rows run on (default 2e6 on CPU, unlimited on GPU)",
-    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rule_max = args.rule_max_params or (float("inf") if device.type == "cuda" else 2e6)
     _fix_malloc_threshold()
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": args.threads,
-        "hidden": args.hidden,
         "command": "python -m benchmarks.bench_step " + " ".join(argv if argv is not None else sys.argv[1:]),
         "sizes": [],
     }
@@ -237,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **k: x  # noqa: E731
     for target in tqdm(args.sizes, desc="model sizes"):
-        result["sizes"].append(bench_size(target, args.kinds, args.hidden, args.repeats, device, rule_max))
+        result["sizes"].append(bench_size(target, args.kinds, args.repeats, device))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_step.json").write_text(json.dumps(result, indent=2) + "\n")
     md = to_markdown(result)

@@ -22,13 +22,13 @@ class ConfigError(ValueError):
 class RuleSection:
     """The update rule being meta-trained (see metaopt.optim.RuleConfig)."""
 
-    arch: str = "gmn"  # gmn | mlp (the per-parameter baseline: same everything but message passing)
+    arch: str = "gmn"  # a registered rule kind: gmn | mlp (the per-parameter baseline: no message passing)
     hidden: int = 16
     layers: int = 1
-    alpha: float = 0.0  # initial residual scale: 0 = start exactly at Adam
-    beta: float = 0.1
-    residual_scale: str = "adam"  # adam: the residual is relative to Adam's step size per edge; none: units of lr
-    momentum_decays: list[float] = field(default_factory=list)  # extra gradient momenta (empty = FeatureConfig default)
+    alpha: float = 0.0  # initial output scale: 0 = start exactly at Adam
+    bound: float = 3.0  # the lr scale stays within exp(+-bound) of Adam's
+    refresh_every: int = 100  # the rule runs every k inner steps, as it will in GMNOptimizer
+    max_step: int = 0  # FeatureConfig.max_step (0 = time features never capped)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 
 
@@ -44,9 +44,14 @@ class TaskSection:
     vmap: bool = True  # torch.func.vmap over a group's members (else a loop)
     unroll_min: int = 50  # total inner horizon per task, sampled log-uniformly in [min, max]
     unroll_max: int = 200
-    truncation: int = 10  # inner steps per outer step (K)
+    truncation: int = 100  # inner steps per outer step (a multiple of rule.refresh_every)
+    stagger: bool = True  # cut the first trajectory of each slot short, so slots restart out of step
     lr_scale_min: float = 0.5  # inner lr = task reference lr * log-uniform(min, max)
     lr_scale_max: float = 2.0
+    beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
     permute_augment: bool = True  # random hidden-unit permutation of each new task's init
 
 
@@ -69,6 +74,7 @@ class MetaOptSection:
     clip: float = 1.0  # global meta-gradient norm clip (0 = off)
     weight_decay: float = 0.0
     time_budget_s: float = 0.0  # stop early (checkpoint + rule saved) after this much wall time (0 = off)
+    max_consecutive_skips: int = 10  # stop with an error after this many non-finite meta-gradients in a row
 
 
 @dataclass
@@ -112,9 +118,18 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` for values no run can use; returns self."""
+        from metaopt.optim import RULE_KINDS
+
+        from .estimators import ESTIMATORS
+
         checks = [
-            (self.rule.arch in ("gmn", "mlp"), f"rule.arch must be gmn or mlp, got {self.rule.arch!r}"),
-            (self.estimator.kind in ("tbptt", "pes"), f"estimator.kind must be tbptt or pes, got {self.estimator.kind!r}"),
+            (self.rule.arch in RULE_KINDS and self.rule.arch != "none",
+             f"rule.arch must be a registered rule kind with a network {sorted(set(RULE_KINDS) - {'none'})}, got {self.rule.arch!r}"),
+            (self.estimator.kind in ESTIMATORS, f"estimator.kind must be one of {sorted(ESTIMATORS)}, got {self.estimator.kind!r}"),
+            (self.rule.refresh_every >= 1 and self.tasks.truncation % self.rule.refresh_every == 0,
+             f"tasks.truncation ({self.tasks.truncation}) must be a multiple of rule.refresh_every ({self.rule.refresh_every}), "
+             "so that every truncation starts with a refresh"),
+            (self.meta.max_consecutive_skips >= 1, "meta.max_consecutive_skips must be >= 1"),
             (self.estimator.meta_loss in ("train", "val"), f"estimator.meta_loss must be train or val, got {self.estimator.meta_loss!r}"),
             (1 <= self.tasks.unroll_min <= self.tasks.unroll_max, "need 1 <= tasks.unroll_min <= tasks.unroll_max"),
             (self.tasks.truncation >= 1, "tasks.truncation must be >= 1"),

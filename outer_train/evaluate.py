@@ -1,24 +1,33 @@
-"""Evaluate learned rules against tuned baselines on held-out tasks (BENCHMARKS.md §1).
+"""Evaluate learned rules against tuned baselines on held-out tasks, in steps and in wall-clock time.
 
-``python -m outer_train.evaluate --rule DIR [--rule DIR2] [--suite held_out] [--quick] [--out DIR]``
+``python -m outer_train.evaluate --rule DIR [--rule DIR2] [--steps 1000] [--quick] [--out DIR]``
 
-Per task and seed: Adam, AdamW (weight decay 1e-2) and SGD+momentum (0.9) each run over a log
-grid of learning rates and keep the lr with the lowest final training loss; every rule given
-runs through the real `GMNOptimizer` at tuned Adam's lr (the residual is learned on top of Adam,
-so this isolates what the rule adds). Final loss = mean training loss of the last 10 steps.
-"Steps to Adam" = first step where the rule's 10-step running mean reaches tuned Adam's final
-loss; speedup = Adam's own steps to that loss / the rule's. Writes ``results.json``,
-``results.md`` and one loss-curve PNG per task and seed.
+Per task and seed, every optimizer trains the task's model in an ordinary PyTorch loop (forward,
+backward, ``opt.step()``), timed whole on this process's thread(s), the optimizer's construction
+(for a rule: tracing the model into its parameter graph) included. Adam, AdamW (weight decay
+1e-2) and SGD+momentum (0.9) run over a log grid of learning rates and keep the lr with the lowest
+final training loss. Each rule runs through the real `GMNOptimizer`:
+
+- ``<rule>``: at `GMNOptimizer`'s default lr (what ``GMNOptimizer(model)`` gives);
+- ``<rule>@best``: at its best lr on the same grid as Adam's;
+- lr sensitivity: its final loss at the grid points next to the default (about 1/3x and 3x),
+  beside Adam's at the same lrs.
+
+Final loss = mean training loss of the last 10 steps. "Steps to Adam" = first step where the
+10-step running mean reaches tuned Adam's final loss; speedup = tuned Adam's own steps to that
+loss / the optimizer's; wall-clock speedup = tuned Adam's seconds to that loss / the optimizer's.
+Lrs are tuned on each task's first seed and reused for its other seeds (``--tune every_seed``:
+per seed). Writes ``results.json``, ``results.md`` and one loss-curve PNG per task and seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import statistics
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,8 +36,11 @@ import torch
 from tqdm.auto import tqdm
 
 from inner_tasks import Task, TaskSpec, build_task
+from inner_tasks.tasks import train_task
 from inner_tasks.tasks.collections import HELD_OUT_TASKS, held_out_suite
 from metaopt.optim import GMNOptimizer, UpdateRule
+
+DEFAULT_LR = float(inspect.signature(GMNOptimizer).parameters["lr"].default)  # GMNOptimizer(model)
 
 
 WINDOW = 10  # steps averaged for "final loss" and for reaching a target
@@ -49,6 +61,7 @@ class EvalSettings:
     # "first_seed": each task's lr grid runs on its first seed and the chosen lr is reused for the
     # other seeds (the lr is tuned per task, as in BENCHMARKS.md; 3x cheaper); "every_seed": per seed.
     tune: str = "first_seed"
+    baselines: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd_momentum"])  # adam: the reference
 
     def grid(self, lo: float, hi: float) -> list[float]:
         return [float(x) for x in np.geomspace(lo, hi, self.grid_points)]
@@ -79,34 +92,18 @@ def steps_to(curve: list[float], target: float) -> int | None:
 
 
 def run_optimizer(task: Task, make_opt: Callable, steps: int, seed: int) -> dict[str, Any]:
-    """Train once from init ``seed`` with batch order ``seed``; curve, final loss, held-out metric,
-    ms/step, diverged flag."""
-    import copy
-    from itertools import islice
-
-    model = copy.deepcopy(task.model)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), task.init_params(seed).values()):
-            p.copy_(v)
-    opt = make_opt(model)
-    model.train()
-    curve: list[float] = []
-    t0 = time.perf_counter()
-    for batch in islice(task.train_batches(seed), steps):
-        loss = task.loss(model(batch[0]), batch)
-        curve.append(float(loss.detach()))
-        if not math.isfinite(curve[-1]):
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    ms = 1000 * (time.perf_counter() - t0) / max(len(curve), 1)
-    diverged = not all(math.isfinite(x) for x in curve)
+    """Train once from init ``seed`` with batch order ``seed`` (`inner_tasks.train_task`): the loss
+    curve, wall-clock seconds after each step (optimizer construction included), final loss,
+    held-out metric."""
+    run = train_task(task, make_opt, steps, seed, init_seed=seed)
     metric = math.nan
-    if not diverged:
-        ev = task.evaluate(dict(model.named_parameters()), dict(model.named_buffers()))
+    if not run.diverged:
+        ev = task.evaluate(dict(run.model.named_parameters()), dict(run.model.named_buffers()))
         metric = ev[task.metric_name]
-    return {"curve": curve, "final_loss": final_loss(curve), "metric": metric, "ms_per_step": ms, "diverged": diverged}
+    times = run.times
+    return {"curve": run.losses, "times": times, "final_loss": final_loss(run.losses), "metric": metric,
+            "ms_per_step": 1000 * times[-1] / len(times) if times else math.nan, "diverged": run.diverged,
+            "seconds": times[-1] if times else math.nan}
 
 
 def tune(task: Task, make: Callable[[float], Callable], grid: list[float], steps: int, seed: int) -> dict[str, Any]:
@@ -120,119 +117,204 @@ def tune(task: Task, make: Callable[[float], Callable], grid: list[float], steps
     return out
 
 
+def _run_or_tune(task: Task, make: Callable[[float], Callable], grid: list[float], s: "EvalSettings", seed: int,
+                 lr: float | None) -> dict[str, Any]:
+    """Tune over ``grid``, or run once at ``lr`` (chosen on another seed of the task)."""
+    if lr is None:
+        return tune(task, make, grid, s.steps, seed)
+    return {**run_optimizer(task, make(lr), s.steps, seed), "lr": lr, "grid": None, "grid_divergences": 0}
+
+
+def neighbours(grid: list[float], lr: float) -> tuple[float, float]:
+    """The grid points just below and above ``lr`` (which is on the grid): about lr/3 and 3 lr."""
+    i = min(range(len(grid)), key=lambda j: abs(math.log(grid[j] / lr)))
+    return grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+
+
 def evaluate_task(
     spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings, previous: dict[str, Any] | None = None,
     tuned_lrs: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """All optimizers on one task and seed (results in ``previous`` are reused, not rerun). With
-    ``tuned_lrs`` (baseline -> lr chosen on another seed of the task) the baselines run once at that
-    lr instead of over the grid."""
+    ``tuned_lrs`` (optimizer -> lr chosen on another seed of the task) every tuned optimizer runs
+    once at that lr instead of over the grid."""
     task = build_task(spec)
-    graph = task.graph if rules else None
+    example = (task.example_inputs(),)
     res: dict[str, Any] = dict(previous or {})
-    baselines = {
-        "adam": (lambda lr: lambda m: torch.optim.Adam(m.parameters(), lr=lr), s.grid(s.lr_min, s.lr_max)),
-        "adamw": (lambda lr: lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-2), s.grid(s.lr_min, s.lr_max)),
+    grid = s.grid(s.lr_min, s.lr_max)
+    tuned: dict[str, tuple[Callable[[float], Callable], list[float]]] = {
+        "adam": (lambda lr: lambda m: torch.optim.Adam(m.parameters(), lr=lr), grid),
+        "adamw": (lambda lr: lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-2), grid),
         "sgd_momentum": (lambda lr: lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
                          s.grid(s.sgd_lr_min, s.sgd_lr_max)),
     }
-    for name, (make, grid) in baselines.items():
-        if name in res:
-            continue
-        if tuned_lrs is not None:
-            res[name] = {**run_optimizer(task, make(tuned_lrs[name]), s.steps, spec.seed), "lr": tuned_lrs[name],
-                         "grid": None, "grid_divergences": 0}
-        else:
-            res[name] = tune(task, make, grid, s.steps, spec.seed)
-    lr = res["adam"]["lr"]
+    tuned = {k: v for k, v in tuned.items() if k == "adam" or k in s.baselines}
     for name, rule in rules.items():
-        r = run_optimizer(task, lambda m, rule=rule: GMNOptimizer(m, rule=rule, lr=lr, graph=graph), s.steps, spec.seed)
-        r["lr"] = lr
-        res[name] = r
+        tuned[f"{name}@best"] = (lambda lr, rule=rule: lambda m: GMNOptimizer(m, rule=rule, lr=lr, example_inputs=example),
+                                 grid)
+    for name, (make, g) in tuned.items():
+        if name not in res:
+            res[name] = _run_or_tune(task, make, g, s, spec.seed, None if tuned_lrs is None else tuned_lrs[name])
+    for name, rule in rules.items():
+        best = res[f"{name}@best"]
+        if best.get("grid") and f"{DEFAULT_LR:.3g}" in best["grid"] and best["lr"] == DEFAULT_LR:
+            res[name] = {**best, "grid": None}
+        elif name not in res:
+            res[name] = {**run_optimizer(task, tuned[f"{name}@best"][0](DEFAULT_LR), s.steps, spec.seed),
+                         "lr": DEFAULT_LR, "grid": None, "grid_divergences": 0}
     target = res["adam"]["final_loss"]
     adam_steps = steps_to(res["adam"]["curve"], target)
+    adam_seconds = res["adam"]["times"][adam_steps - 1] if adam_steps else None
     for name, r in res.items():
         r["steps_to_adam"] = steps_to(r["curve"], target)
         r["speedup"] = (adam_steps / r["steps_to_adam"]) if (adam_steps and r["steps_to_adam"]) else 0.0
+        r["seconds_to_adam"] = r["times"][r["steps_to_adam"] - 1] if r["steps_to_adam"] else None
+        r["wall_speedup"] = (adam_seconds / r["seconds_to_adam"]) if (adam_seconds and r["seconds_to_adam"]) else 0.0
     return {"task": spec.name, "family": spec.family, "params": task.num_params, "metric_name": task.metric_name,
-            "higher_is_better": task.higher_is_better, "results": res}
+            "higher_is_better": task.higher_is_better, "results": res, "sensitivity": sensitivity(res, rules, grid)}
+
+
+def sensitivity(res: dict[str, Any], rules: dict[str, UpdateRule], grid: list[float]) -> dict[str, dict[str, float]]:
+    """Final loss at the default lr's grid neighbours / final loss at the default lr, for each rule
+    and for Adam (from the grids run on a task's first seed; empty on the other seeds)."""
+    lo, hi = neighbours(grid, DEFAULT_LR)
+    out = {}
+    for name, key in [(n, f"{n}@best") for n in rules] + [("adam", "adam")]:
+        g = res[key].get("grid")
+        if not g or f"{DEFAULT_LR:.3g}" not in g:
+            continue
+        base = g[f"{DEFAULT_LR:.3g}"]
+        out[name] = {"lr_low": lo, "lr_high": hi, "low_over_default": g[f"{lo:.3g}"] / base,
+                     "high_over_default": g[f"{hi:.3g}"] / base}
+    return out
 
 
 def plot(entry: dict[str, Any], path: Path) -> None:
-    """Loss curves of every optimizer on one task (log y)."""
-    from .plots import loss_figure
+    """Loss curves of every optimizer on one task against steps and against wall-clock time (log y)."""
+    from .plots import steps_and_clock_figure
 
-    curves = {f"{k} (lr {v['lr']:.2g})": v["curve"] for k, v in entry["results"].items()}
-    fig = loss_figure(curves, f"{entry['task']} ({entry['params']:,} params)")
+    runs = {f"{k} (lr {v['lr']:.2g})": (v["curve"], v.get("times", [])) for k, v in entry["results"].items()}
+    fig = steps_and_clock_figure(runs, f"{entry['task']} ({entry['params']:,} params)")
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
 
 
+KEYS = ("speedup", "wall_speedup", "final_loss")
+
+
 def task_summary(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """Task (name without the seed) -> optimizer -> median over seeds of speedup and final loss."""
+    """Task (name without the seed) -> optimizer -> median over seeds of speedups and final loss."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_task.setdefault(e["task"].split("/")[0], []).append(e)
     return {
-        task: {
-            name: {key: float(np.median([e["results"][name][key] for e in es])) for key in ("speedup", "final_loss")}
-            for name in optimizers
-        }
+        task: {name: {key: float(np.median([e["results"][name][key] for e in es])) for key in KEYS}
+               for name in optimizers if all(name in e["results"] for e in es)}
         for task, es in by_task.items()
     }
 
 
+def overall(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[str, dict[str, Any]]:
+    """Per optimizer, over tasks (each task: median over its seeds): the benchmark's headline figures."""
+    per_task = task_summary(entries, optimizers)
+    out = {}
+    for name in optimizers:
+        rows = [t[name] for t in per_task.values() if name in t]
+        if not rows:
+            continue
+        out[name] = {
+            "tasks": len(rows),
+            "median_speedup": statistics.median(r["speedup"] for r in rows),
+            "median_wall_speedup": statistics.median(r["wall_speedup"] for r in rows),
+            "tasks_speedup_ge_1": sum(r["speedup"] >= 1.0 for r in rows),
+            "tasks_wall_speedup_ge_1": sum(r["wall_speedup"] >= 1.0 for r in rows),
+            "beats_adam_final_loss": sum(t[name]["final_loss"] < t["adam"]["final_loss"] for t in per_task.values()
+                                         if name in t),
+            "divergences": sum(int(e["results"][name]["diverged"]) for e in entries if name in e["results"]),
+        }
+    return out
+
+
+def _speed(x: float) -> str:
+    return f"{x:.2f}x" if x > 0 else "never"
+
+
 def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
-    """Per-task table plus a summary per optimizer."""
+    """Per-run table, per-task medians, summary per optimizer, lr sensitivity, GMN vs MLP rule."""
     lines = [
-        "| task | optimizer | lr | final loss | test metric | steps to Adam's loss | speedup | divergences | ms/step |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| task | optimizer | lr | final loss | test metric | steps to Adam's loss | speedup (steps) | speedup (wall-clock) | divergences | ms/step |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in entries:
         for name in optimizers:
+            if name not in e["results"]:
+                continue
             r = e["results"][name]
             steps = "-" if r["steps_to_adam"] is None else str(r["steps_to_adam"])
             div = int(r["diverged"]) + int(r.get("grid_divergences", 0))
             lines.append(
                 f"| {e['task']} | {name} | {r['lr']:.2g} | {r['final_loss']:.4g} | {e['metric_name']} {r['metric']:.4g} | "
-                f"{steps} | {r['speedup']:.2f} | {div} | {r['ms_per_step']:.1f} |"
+                f"{steps} | {_speed(r['speedup'])} | {_speed(r['wall_speedup'])} | {div} | {r['ms_per_step']:.2f} |"
             )
     per_task = task_summary(entries, optimizers)
     seeds = {t: sum(e["task"].split("/")[0] == t for e in entries) for t in per_task}
-    lines += ["", "Per task, median over its seeds: final training loss (speedup vs tuned Adam):", "",
-              "| task | seeds | " + " | ".join(optimizers) + " |", "|---|---:|" + "---:|" * len(optimizers)]
+    lines += ["", "Per task, median over its seeds: final training loss (speedup in steps / in wall-clock time vs tuned Adam):",
+              "", "| task | seeds | " + " | ".join(optimizers) + " |", "|---|---:|" + "---:|" * len(optimizers)]
     for task, res in per_task.items():
-        cells = [f"{res[n]['final_loss']:.3g} ({res[n]['speedup']:.2f}x)" for n in optimizers]
+        cells = [f"{res[n]['final_loss']:.3g} ({_speed(res[n]['speedup'])} / {_speed(res[n]['wall_speedup'])})"
+                 if n in res else "-" for n in optimizers]
         lines.append(f"| {task} | {seeds[task]} | " + " | ".join(cells) + " |")
     lines += ["", "Summary over tasks (each task: median over its seeds):", "",
-              "| optimizer | median speedup vs tuned Adam | tasks >= 1.0x | beats tuned Adam (final loss) | divergences |",
-              "|---|---:|---:|---:|---:|"]
-    for name in optimizers:
-        sp = [t[name]["speedup"] for t in per_task.values()]
-        wins = sum(t[name]["final_loss"] < t["adam"]["final_loss"] for t in per_task.values())
-        div = sum(int(e["results"][name]["diverged"]) for e in entries)
-        lines.append(f"| {name} | {statistics.median(sp):.2f} | {sum(x >= 1.0 for x in sp)}/{len(sp)} | "
-                     f"{wins}/{len(per_task)} | {div} |")
-    gmn = [n for n in optimizers if n.startswith("rule_gmn")]
-    mlp = [n for n in optimizers if n.startswith("rule_mlp")]
-    if gmn and mlp:
-        g, m = gmn[0], mlp[0]
-        wins = sum(t[g]["final_loss"] < t[m]["final_loss"] for t in per_task.values())
-        lines += ["", f"{g} reaches a lower final loss than {m} on {wins}/{len(per_task)} tasks (median over seeds)."]
+              "| optimizer | median speedup (steps) | median speedup (wall-clock) | tasks >= 1x (steps) | "
+              "tasks >= 1x (wall-clock) | beats tuned Adam (final loss) | divergences |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, o in overall(entries, optimizers).items():
+        lines.append(f"| {name} | {o['median_speedup']:.2f} | {o['median_wall_speedup']:.2f} | {o['tasks_speedup_ge_1']}/{o['tasks']} | "
+                     f"{o['tasks_wall_speedup_ge_1']}/{o['tasks']} | {o['beats_adam_final_loss']}/{o['tasks']} | {o['divergences']} |")
+    sens = [(e["task"], e.get("sensitivity", {})) for e in entries if e.get("sensitivity")]
+    if sens:
+        names = list(dict.fromkeys(n for _, s in sens for n in s))
+        lo, hi = next(iter(sens[0][1].values()))["lr_low"], next(iter(sens[0][1].values()))["lr_high"]
+        lines += ["", f"lr sensitivity (first seed): final loss at lr {lo:.3g} and {hi:.3g}, relative to the final loss "
+                  f"at the default lr {DEFAULT_LR:g} (within 3x = robust):", "",
+                  "| task | " + " | ".join(f"{n} low / high" for n in names) + " |", "|---|" + "---:|" * len(names)]
+        for task, srow in sens:
+            cells = [f"{srow[n]['low_over_default']:.2f} / {srow[n]['high_over_default']:.2f}" if n in srow else "-"
+                     for n in names]
+            lines.append(f"| {task.split('/')[0]} | " + " | ".join(cells) + " |")
+    for suffix in ("", "@best"):
+        g, m = f"rule_gmn{suffix}", f"rule_mlp{suffix}"
+        both = [t for t in per_task.values() if g in t and m in t]
+        if both:
+            wins = sum(t[g]["final_loss"] < t[m]["final_loss"] for t in both)
+            lines += ["", f"{g} reaches a lower final loss than {m} on {wins}/{len(both)} tasks (median over seeds)."]
     return "\n".join(lines) + "\n"
 
 
-def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path) -> None:
-    """results.md (settings header, per-run table, per-task summary), also printed."""
+def compact(entries: list[dict[str, Any]], s: "EvalSettings", rules: list[str]) -> dict[str, Any]:
+    """The results without curves (small enough to keep in docs/): settings, per-run scalars,
+    per-task medians and the summary per optimizer."""
+    optimizers = list(dict.fromkeys(k for e in entries for k in e["results"]))
+    runs = [{**{k: v for k, v in e.items() if k != "results"},
+             "results": {n: {k: v for k, v in r.items() if k not in ("curve", "times")} for n, r in e["results"].items()}}
+            for e in entries]
+    return {"settings": s.__dict__, "default_lr": DEFAULT_LR, "rules": rules, "runs": runs,
+            "per_task": task_summary(entries, optimizers), "summary": overall(entries, optimizers)}
+
+
+def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rules: list[str] | None = None) -> None:
+    """results.md (settings header, tables) and summary.json (no curves), also printed."""
     optimizers = list(dict.fromkeys(k for e in entries for k in e["results"]))
     tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
-              f"(Adam/AdamW {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
-              f"rules at tuned Adam's lr.\n\n")
+              f"(Adam/AdamW and rules@best {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
+              f"rules at GMNOptimizer's default lr {DEFAULT_LR:g} and at their best lr; whole training loop timed, "
+              f"torch threads {torch.get_num_threads()}.\n\n")
     text = header + markdown(entries, optimizers)
     (out / "results.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(compact(entries, s, rules or []), indent=1))
     print(text)
 
 
@@ -252,7 +334,7 @@ def merge_results(files: list[Path], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rules = list(dict.fromkeys(r for p in parts for r in p.get("rules", [])))
     (out / "results.json").write_text(json.dumps({"settings": settings.__dict__, "rules": rules, "entries": entries}, indent=1))
-    write_tables(entries, settings, out)
+    write_tables(entries, settings, out, rules)
     return 0
 
 
@@ -281,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--tune", choices=["first_seed", "every_seed"], default="first_seed",
                    help="tune baseline lrs on each task's first seed and reuse them (default), or on every seed")
+    p.add_argument("--baselines", nargs="+", choices=["adam", "adamw", "sgd_momentum"],
+                   help="tuned baselines to run (default all three; Adam always runs, it is the reference)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="combine results.json files of runs over disjoint task subsets (same settings) into one "
                         "table in --out; nothing is run")
@@ -302,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.grid_points:
         s.grid_points = a.grid_points
     s.tune = a.tune
+    if a.baselines:
+        s.baselines = list(dict.fromkeys(["adam", *a.baselines]))
     if s.grid_points < 2 or s.steps < WINDOW:
         p.error(f"need --grid-points >= 2 and --steps >= {WINDOW}")
     if a.merge:
@@ -325,13 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         task_name = spec.name.split("/")[0]
         reuse_lrs = tuned.get(task_name) if s.tune == "first_seed" else None
         entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs)
-        tuned.setdefault(task_name, {k: entry["results"][k]["lr"] for k in ("adam", "adamw", "sgd_momentum")})
+        tuned.setdefault(task_name, {k: entry["results"][k]["lr"] for k in
+                                     ("adam", *[b for b in s.baselines if b != "adam"], *[f"{n}@best" for n in rules])})
         entries.append(entry)
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
         (out / "results.json").write_text(
             json.dumps({"settings": s.__dict__, "rules": prev_rules + a.rule, "entries": entries}, indent=1)
         )
-    write_tables(entries, s, out)
+    write_tables(entries, s, out, prev_rules + a.rule)
     return 0
 
 

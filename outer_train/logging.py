@@ -2,7 +2,8 @@
 
 Only the main process writes. ``metrics.jsonl`` holds one line per outer step; on resume it is
 cut back to the checkpoint's step (and TensorBoard purges later events) so the logs of a resumed
-run read as one uninterrupted run.
+run read as one uninterrupted run. The TensorBoard events file is opened on the first write, so a
+run that logs nothing (resumed at its last step) adds no empty events file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ class RunLogger:
     def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None) -> None:
         self.enabled = enabled
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.writer = None
+        self._tb_dir, self._purge_step = run_dir / "tb", None if resume_step is None else resume_step + 1
+        self._writer: SummaryWriter | None = None
         if not enabled:
             return
         if resume_step is not None and self.metrics_path.is_file():
@@ -31,7 +33,13 @@ class RunLogger:
             self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
         elif resume_step is None and self.metrics_path.is_file():
             self.metrics_path.unlink()
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The TensorBoard writer, created (and later events purged, on resume) at the first write."""
+        if self._writer is None:
+            self._writer = SummaryWriter(str(self._tb_dir), purge_step=self._purge_step)
+        return self._writer
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Write scalars to TensorBoard and one JSON line."""
@@ -53,9 +61,9 @@ class RunLogger:
         self.writer.add_figure(name, loss_figure(curves, title), step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

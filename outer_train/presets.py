@@ -13,15 +13,15 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
-        "rule": {"hidden": 16, "layers": 1},
+        "rule": {"hidden": 16, "layers": 1, "refresh_every": 10},
         "tasks": {
             "families": ["mlp_classification", "teacher_student", "deepsets"],
             "max_params": 1500,
             "groups": 2,
             "group_size": 2,
-            "unroll_min": 10,
-            "unroll_max": 60,
-            "truncation": 5,
+            "unroll_min": 20,
+            "unroll_max": 200,
+            "truncation": 10,
         },
         "meta": {"steps": 40, "lr": 3e-3},
         "log": {"compare_every": 20, "compare_steps": 50, "hist_every": 10},
@@ -30,8 +30,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {
         "name": "gpu",
         "threads": 8,
-        "rule": {"hidden": 32, "layers": 2},
-        "tasks": {"max_params": 200000, "groups": 8, "group_size": 4, "unroll_min": 100, "unroll_max": 2000, "truncation": 20},
+        "rule": {"hidden": 16, "refresh_every": 50},
+        "tasks": {"max_params": 200000, "groups": 8, "group_size": 4, "unroll_min": 200, "unroll_max": 10000, "truncation": 50},
         "estimator": {"second_order": True},
         "meta": {"steps": 20000, "lr": 1e-3},
         "log": {"every": 10, "compare_every": 500, "compare_steps": 300, "hist_every": 200},
@@ -40,8 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multi": {
         "name": "multi",
         "threads": 4,
-        "rule": {"hidden": 32, "layers": 2},
-        "tasks": {"max_params": 200000, "groups": 4, "group_size": 4, "unroll_min": 100, "unroll_max": 2000, "truncation": 20},
+        "rule": {"hidden": 16, "refresh_every": 50},
+        "tasks": {"max_params": 200000, "groups": 4, "group_size": 4, "unroll_min": 200, "unroll_max": 10000, "truncation": 50},
         "estimator": {"second_order": True},
         "meta": {"steps": 20000, "lr": 1e-3},
         "log": {"every": 10, "compare_every": 500, "compare_steps": 300, "hist_every": 200},

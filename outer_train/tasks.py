@@ -23,8 +23,7 @@ from torch import Tensor
 
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, TaskDistribution
-from metaopt.optim import GraphIndex
-from metaopt.optim.functional import FunctionalState
+from metaopt.optim import GraphIndex, Hyper, OptState
 
 from .augment import permute_params
 from .config import TaskSection
@@ -108,7 +107,10 @@ class TaskGroup:
     step: int = 0  # inner steps taken by every member
     batches_used: int = 0
     params: list[Tensor] = field(default_factory=list)  # per member [E] (TBPTT), or per particle x member (PES)
-    states: list[FunctionalState] = field(default_factory=list)
+    states: list[OptState] = field(default_factory=list)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
     permuted: int = 0
     pes_xi: Tensor | None = None  # PES: accumulated perturbation since the task started
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
@@ -118,11 +120,13 @@ class TaskGroup:
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def draw(cls, sampler: TaskSampler, features: Any, num_particles: int = 1) -> "TaskGroup":
+    def draw(cls, sampler: TaskSampler, num_particles: int = 1, stagger: bool = False) -> "TaskGroup":
         """A fresh group from the sampler's next draw: spec, inits, horizon, lr, permutation.
 
-        ``features`` is the rule's FeatureConfig (sizes the extra momenta); ``num_particles``
-        copies of every member are kept (2 for PES's antithetic pair), particle-major.
+        ``num_particles`` copies of every member are kept (2 for PES's antithetic pair),
+        particle-major. ``stagger`` (the first group of each slot) cuts the horizon to a uniform
+        number of truncations, so that the slots' trajectories end, and restart, out of step:
+        afterwards every outer step mixes early, middle and late phases of training.
         """
         cfg = sampler.cfg
         r = sampler.rng()
@@ -131,9 +135,12 @@ class TaskGroup:
         # Whole truncations only, so every group steps in lockstep inside an outer step.
         k = cfg.truncation
         horizon = max(k, -(-log_uniform_int(r, cfg.unroll_min, cfg.unroll_max) // k) * k)
+        if stagger:
+            horizon = k * r.randint(1, horizon // k)
         lr = spec.reference_lr * math.exp(r.uniform(math.log(cfg.lr_scale_min), math.log(cfg.lr_scale_max)))
         perm_seed = r.randrange(2**31)
-        group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr)
+        group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                    weight_decay=cfg.weight_decay)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -143,19 +150,19 @@ class TaskGroup:
                 inits[i], ok = permute_params(group.task.graph, flat, gen, lambda f: group.loss(f, batch))
                 group.permuted += int(ok)
         group.params = [p.clone() for _ in range(num_particles) for p in inits]
-        group.states = [FunctionalState.zeros(p.numel(), features) for p in group.params]
+        group.states = [OptState.zeros(p.numel()) for p in group.params]
         return group
 
     @classmethod
     def from_task(
-        cls, task: Any, member_seeds: list[int], horizon: int, lr: float, features: Any, num_particles: int = 1
+        cls, task: Any, member_seeds: list[int], horizon: int, lr: float, num_particles: int = 1, **hyper: Any
     ) -> "TaskGroup":
         """A group over an already built `Task` (any object with the Task protocol), unpermuted."""
-        group = cls(spec=task.spec, member_seeds=list(member_seeds), horizon=horizon, lr=lr)
+        group = cls(spec=task.spec, member_seeds=list(member_seeds), horizon=horizon, lr=lr, **hyper)
         group.attach(task)
         inits = [flatten(task.init_params(s)) for s in member_seeds]
         group.params = [p.clone() for _ in range(num_particles) for p in inits]
-        group.states = [FunctionalState.zeros(p.numel(), features) for p in group.params]
+        group.states = [OptState.zeros(p.numel()) for p in group.params]
         return group
 
     def build(self) -> None:
@@ -209,6 +216,11 @@ class TaskGroup:
         return self._val
 
     @property
+    def hyper(self) -> Hyper:
+        """The inner optimizer's hyperparameters for this group (what GMNOptimizer's param group holds)."""
+        return Hyper(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay)
+
+    @property
     def done(self) -> bool:
         return self.step >= self.horizon
 
@@ -219,6 +231,9 @@ class TaskGroup:
             "member_seeds": list(self.member_seeds),
             "horizon": self.horizon,
             "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
             "step": self.step,
             "batches_used": self.batches_used,
             "permuted": self.permuted,
@@ -235,6 +250,9 @@ class TaskGroup:
             member_seeds=list(state["member_seeds"]),
             horizon=int(state["horizon"]),
             lr=float(state["lr"]),
+            betas=tuple(state["betas"]),
+            eps=float(state["eps"]),
+            weight_decay=float(state["weight_decay"]),
             step=int(state["step"]),
             batches_used=int(state["batches_used"]),
             permuted=int(state["permuted"]),
@@ -242,7 +260,7 @@ class TaskGroup:
         group.build()
         group.params = [p.clone() for p in state["params"]]
         group.states = [
-            FunctionalState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["momenta"].clone(), int(s["step"]))
+            OptState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["lr_scale"].clone(), int(s["step"]))
             for s in state["states"]
         ]
         group.pes_xi = None if state["pes_xi"] is None else state["pes_xi"].clone()

@@ -26,10 +26,13 @@ from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .logging import RunLogger
-from .pes import NUM_PARTICLES, pes_gradient
+from .estimators import ESTIMATORS
 from .tasks import TaskGroup, TaskSampler
-from .tbptt import tbptt_gradient
 from .unroll import batched_graph
+
+
+class MetaTrainingError(RuntimeError):
+    """Meta-training cannot make progress (e.g. every meta-gradient is non-finite): the run stops."""
 
 
 def build_rule(cfg: TrainConfig) -> UpdateRule:
@@ -42,10 +45,10 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
             )
         return rule
     torch.manual_seed(cfg.seed)
-    features = FeatureConfig(momentum_decays=tuple(cfg.rule.momentum_decays)) if cfg.rule.momentum_decays else FeatureConfig()
+    r = cfg.rule
     return UpdateRule(
-        RuleConfig(kind=cfg.rule.arch, hidden=cfg.rule.hidden, layers=cfg.rule.layers, alpha=cfg.rule.alpha,
-                   beta=cfg.rule.beta, residual_scale=cfg.rule.residual_scale, features=features)
+        RuleConfig(kind=r.arch, hidden=r.hidden, layers=r.layers, alpha=r.alpha, bound=r.bound,
+                   refresh_every=r.refresh_every, features=FeatureConfig(max_step=r.max_step))
     )
 
 
@@ -71,7 +74,10 @@ class MetaTrainer:
         np.random.seed((cfg.seed * 1009 + self.rank) % 2**32)
         torch.manual_seed(cfg.seed * 1009 + self.rank + 1)
         self.sampler = TaskSampler(cfg.tasks, cfg.seed, self.rank)
-        self.particles = NUM_PARTICLES if cfg.estimator.kind == "pes" else 1
+        self.estimator = ESTIMATORS[cfg.estimator.kind](cfg)
+        self.particles = self.estimator.num_particles
+        self.consecutive_skips = 0
+        self.update_ratio = None  # |update| / |param| of one member at the last recorded step
         self.groups: list[TaskGroup] = []
         self.graph_inputs = None
         self.step = 0
@@ -92,13 +98,14 @@ class MetaTrainer:
             else:
                 keep.append(g)
         while len(keep) < self.cfg.tasks.groups:
-            g = TaskGroup.draw(self.sampler, self.rule.features, self.particles)
+            first = self.counters["tasks"] < self.cfg.tasks.groups  # this slot's first trajectory
+            g = TaskGroup.draw(self.sampler, self.particles, stagger=first and self.cfg.tasks.stagger)
             self.counters["tasks"] += 1
             self.counters["permuted"] += g.permuted
             keep.append(g)
         self.groups = keep
         if changed or self.graph_inputs is None:
-            self.graph_inputs = batched_graph(self.groups)
+            self.graph_inputs = batched_graph(self.rule, self.groups)
 
     # ---- one outer step ----------------------------------------------------------------------
     def meta_step(self) -> dict[str, float]:
@@ -107,17 +114,7 @@ class MetaTrainer:
         self.refresh_groups()
         t0 = time.perf_counter()
         record = cfg.log.hist_every > 0 and (self.step + 1) % cfg.log.hist_every == 0
-        if cfg.estimator.kind == "tbptt":
-            grads, res = tbptt_gradient(
-                self.rule, self.groups, self.graph_inputs, cfg.tasks.truncation,
-                second_order=cfg.estimator.second_order, meta_loss=cfg.estimator.meta_loss,
-                vmap=cfg.tasks.vmap, record_ratio=record,
-            )
-        else:
-            grads, res = pes_gradient(
-                self.rule, self.groups, self.graph_inputs, cfg.tasks.truncation, cfg.estimator.pes_sigma,
-                meta_loss=cfg.estimator.meta_loss, vmap=cfg.tasks.vmap, record_ratio=record,
-            )
+        grads, res = self.estimator.gradient(self.rule, self.groups, self.graph_inputs, record)
         elapsed = time.perf_counter() - t0
         flat = torch.cat([g.reshape(-1) for g in grads])
         stats = torch.tensor([float(res.meta_loss), float(res.inner_steps)])
@@ -129,8 +126,10 @@ class MetaTrainer:
         if finite:
             scale = min(1.0, cfg.meta.clip / (norm + 1e-12)) if cfg.meta.clip > 0 else 1.0
             self._apply(flat * scale)
+            self.consecutive_skips = 0
         else:
             self.counters["skipped"] += 1
+            self.consecutive_skips += 1
         self.counters["inner_steps"] += int(stats[1]) * self.world
         self.step += 1
         metrics = {
@@ -141,7 +140,7 @@ class MetaTrainer:
             "inner_steps_per_s": res.inner_steps / max(elapsed, 1e-9),
             "tasks_sampled": float(self.counters["tasks"]),
         }
-        self._ratio = res.update_ratio
+        self.update_ratio = res.update_ratio
         return metrics
 
     def _apply(self, flat: Tensor) -> None:
@@ -187,7 +186,7 @@ class MetaTrainer:
         self.sampler.load_state_dict(mine["sampler"])
         self.groups = [TaskGroup.from_state_dict(s) for s in mine["groups"]]
         self.counters = dict(mine["counters"])
-        self.graph_inputs = batched_graph(self.groups) if self.groups else None
+        self.graph_inputs = batched_graph(self.rule, self.groups) if self.groups else None
         ckpt.set_rng_state(mine["rng"])
         return self.step
 
@@ -243,8 +242,15 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
                 metrics.update({f"compare/{k}_final_loss": v[-1] for k, v in curves.items()})
             if step % cfg.log.every == 0 or step == cfg.meta.steps:
                 log.scalars(step, metrics)
-            if trainer._ratio is not None:
-                log.histogram(step, "update_over_param_log10", trainer._ratio)
+            if trainer.update_ratio is not None:
+                log.histogram(step, "update_over_param_log10", trainer.update_ratio)
+            if trainer.consecutive_skips >= cfg.meta.max_consecutive_skips:
+                trainer.save_checkpoint()
+                raise MetaTrainingError(
+                    f"meta-training stopped at outer step {step}: the last {trainer.consecutive_skips} meta-gradients "
+                    f"were non-finite (NaN/Inf) and were skipped, so the rule is not learning. Try a lower meta.lr, "
+                    f"estimator.second_order=false or smaller tasks; meta.max_consecutive_skips sets the limit."
+                )
             bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4f}", skipped=int(metrics["skipped"]))
             bar.update(1)
             if step % cfg.checkpoint.every == 0 or step == cfg.meta.steps:

@@ -1,10 +1,11 @@
 """Inner steps of many tasks at once with one rule forward, shared by the TBPTT and PES estimators.
 
 Per inner step: each group computes its members' losses and gradients (``torch.func.vmap`` over
-members of a buffer-free group, a loop otherwise), every member's features are built with
-`metaopt.optim.functional`, the rule runs ONCE on a PyG batch of all members' graphs, and each
-member takes the exact update `GMNOptimizer` would apply. Gradients flow to the rule's parameters
-through the updated inner parameters (and, with ``second_order``, through the inner gradients).
+members of a buffer-free group, a loop otherwise), every member advances its state with
+`metaopt.optim.core.advance`; on refresh steps the rule runs ONCE on a PyG batch of all members'
+graphs and each member gets its lr scale; then each member takes `metaopt.optim.core.finish`,
+the very functions `GMNOptimizer.step` calls. Gradients flow to the rule's parameters through the
+updated inner parameters (and, with ``second_order``, through the inner gradients too).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from metaopt.nn import prepare_graph
-from metaopt.optim import UpdateRule
+from metaopt.optim import UpdateRule, core
 from metaopt.optim.features import Features
-from metaopt.optim.functional import adam_moments, apply_update, rule_inputs, rule_residual
 
 from .tasks import TaskGroup
 
@@ -33,10 +32,10 @@ class StepRecord:
     extras: dict[str, float] = field(default_factory=dict)
 
 
-def batched_graph(groups: list[TaskGroup]):
-    """Prepared GMN inputs of every member's graph (group-major, member order), built once per group set."""
+def batched_graph(rule: UpdateRule, groups: list[TaskGroup]):
+    """The rule's prepared input for every member's graph (group-major, member order), built once per group set."""
     graphs = [g.task.graph for g in groups for _ in g.member_seeds]
-    return prepare_graph(Batch.from_data_list(graphs))
+    return rule.prepare(Batch.from_data_list(graphs), "cpu")
 
 
 def member_losses_and_grads(group: TaskGroup, params: list[Tensor], batches, vmap: bool) -> tuple[Tensor, list[Tensor]]:
@@ -80,32 +79,29 @@ def inner_step(
         losses.append(loss)
         grads_all.append(grads)
         params_all.append(params)
-        states_all.append([adam_moments(gr, st, (0.9, 0.999), rule.features.momentum_decays)
-                           for gr, st in zip(grads, group.states[sl])])
+        states_all.append([core.advance(st, gr, group.hyper) for gr, st in zip(grads, group.states[sl])])
 
-    residuals: list[Tensor | None] = [None] * sum(len(p) for p in params_all)
-    if rule.net is not None:
-        feats = [
-            rule_inputs(rule, group.index, p, gr, st)
-            for group, ps, gs, sts in zip(groups, params_all, grads_all, states_all)
-            for p, gr, st in zip(ps, gs, sts)
-        ]
+    # Truncations are whole multiples of refresh_every, so every member is due at the same steps.
+    members = [(group, p, gr, st) for group, ps, gs, sts in zip(groups, params_all, grads_all, states_all)
+               for p, gr, st in zip(ps, gs, sts)]
+    due = rule.net is not None and core.refresh_due(members[0][3].step, rule.config.refresh_every)
+    if due:
+        feats = [core.rule_features(group.index, gr, p, st, rule) for group, p, gr, st in members]
         merged = Features(
             edge=torch.cat([f.edge for f in feats]),
             node=torch.cat([f.node for f in feats]),
             graph=torch.cat([f.graph for f in feats]),
         )
-        res = rule_residual(rule, graph_inputs, merged, rule_params)
-        res = torch.where(torch.isfinite(res), res, torch.zeros_like(res))
-        residuals = list(res.split([f.edge.shape[0] for f in feats]))
+        scale, _ = core.scale_from_log(rule.log_scale(graph_inputs, merged, rule_params))
+        for (_, _, _, st), s in zip(members, scale.split([f.edge.shape[0] for f in feats])):
+            st.lr_scale = s
 
     ratio = None
     k = 0
     for g, group in enumerate(groups):
         m = len(group.member_seeds)
         for i in range(m):
-            new = apply_update(params_all[g][i], states_all[g][i], residuals[k], group.lr, (0.9, 0.999), 1e-8, 0.0,
-                               rule.config.residual_scale)
+            new = core.finish(params_all[g][i], states_all[g][i], group.hyper, scaled=rule.net is not None)
             if record_ratio and g == 0 and i == 0:
                 with torch.no_grad():
                     ratio = ((new - params_all[g][i]).abs() / (params_all[g][i].abs() + 1e-12)).detach()

@@ -107,13 +107,14 @@ def test_baselines_run_and_score(method):
 
 def test_cli_end_to_end_on_a_tiny_generated_zoo(tmp_path):
     from inner_tasks.zoo import generate
-    from metaopt.weightspace.accuracy.__main__ import main
+    from experiments.accuracy.__main__ import main
 
     zoo_dir = tmp_path / "zoo"
     generate(zoo_dir, "diverse-archs", 8, workers=1, tiny=True, shard_size=8, progress=False)
     out = tmp_path / "acc"
-    table = main(["--zoo", f"diverse-archs={zoo_dir}", "--split", "50,ood", "--method", "all", "--seeds", "1",
-                  "--steps", "3", "--hidden", "8", "--layers", "1", "--batch-size", "4", "--out", str(out)])
+    assert main(["--zoo", f"diverse-archs={zoo_dir}", "--split", "50,ood", "--method", "all", "--seeds", "1",
+                  "--steps", "3", "--hidden", "8", "--layers", "1", "--batch-size", "4", "--out", str(out)]) == 0
+    table = (out / "accuracy.md").read_text()
     data = json.loads((out / "accuracy.json").read_text())
     assert len(data["runs"]) == 2 * 4
     assert set(data["summary"]["diverse-archs"]) == {"50", "ood"}

@@ -92,7 +92,7 @@ def test_statnn_learns_the_weight_scale_across_unique_architectures():
 
 
 def test_diagnose_reference_regressors_find_the_weight_scale_signal():
-    from metaopt.weightspace.accuracy.diagnose import diagnose, noise_ceiling
+    from experiments.accuracy.diagnose import diagnose, noise_ceiling
 
     zoo = unique_arch_zoo(120)
     res = diagnose(zoo, seeds=1, splits=("50",))["splits"]["50"]

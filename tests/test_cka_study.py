@@ -6,13 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from metaopt.nn import GMN  # noqa: F401
-except ImportError:  # pragma: no cover - only before metaopt.nn exists
-    pytest.skip("metaopt.nn.GMN is not available yet", allow_module_level=True)
-
+from experiments.cka import StudyConfig, run_study, sample_analysis
 from inner_tasks.inr import INRSetConfig, generate_inr_set
-from metaopt.analysis.study import StudyConfig, run_study, sample_analysis
 from metaopt.weightspace.inr_data import load_inr_set
 
 

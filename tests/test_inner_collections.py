@@ -1,4 +1,4 @@
-"""Meta-training distribution vs held-out suite (BENCHMARKS.md §1): disjoint, and held-out really
+"""Meta-training distribution vs held-out suite (docs/benchmarks.md §1): disjoint, and held-out really
 is wider/deeper, architecturally new, on other data, with a >= 5x longer horizon."""
 
 from __future__ import annotations

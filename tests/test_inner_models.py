@@ -23,6 +23,7 @@ from inner_tasks.models import (
     spec_from_json,
     spec_to_json,
 )
+from metaopt import to_graph
 
 # name -> (spec, example input)
 SPECS = {
@@ -123,12 +124,9 @@ def test_resnet18_has_resnet18_size() -> None:
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_converts_to_parameter_graph(name: str) -> None:
     """Every builder's model converts with metaopt.to_graph: one edge per scalar parameter."""
-    metaopt = pytest.importorskip("metaopt")
-    if not hasattr(metaopt, "to_graph"):
-        pytest.skip("metaopt.to_graph not on this branch yet")
     spec, make_x = SPECS[name]
     model = build_model(spec, seed=0)
-    graph = metaopt.to_graph(model, (make_x(),))
+    graph = to_graph(model, (make_x(),))
     assert graph.num_params == count_params(model) == graph.edge_index.shape[1]
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.testing.assert_close(graph.params_to_edges(model), flat)

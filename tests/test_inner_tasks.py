@@ -143,9 +143,6 @@ def test_lm_context_longer_than_model_raises() -> None:
 
 
 def test_graph_matches_parameters() -> None:
-    metaopt = pytest.importorskip("metaopt")
-    if not hasattr(metaopt, "to_graph"):
-        pytest.skip("metaopt.to_graph not on this branch yet")
     for family, knobs in ALL.items():
         task = build_task(make_task_spec(family, knobs, seed=0))
         graph = task.graph

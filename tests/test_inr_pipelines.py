@@ -9,14 +9,8 @@ import torch
 
 from inner_tasks.inr import INRSetConfig, generate_inr_set
 
-try:  # the GMN lands on main from the nn branch; these tests need it
-    from metaopt.nn import GMN  # noqa: F401
-except ImportError:  # pragma: no cover - only before metaopt.nn exists
-    pytest.skip("metaopt.nn.GMN is not available yet", allow_module_level=True)
-
-from metaopt.weightspace.inr_classify import (
-    IMAGE_METHODS, WEIGHT_METHODS, ClassifyConfig, markdown_table, run_classification, train_classifier,
-)
+from experiments.inr_classify import markdown_table, run_classification
+from metaopt.weightspace.inr_classify import IMAGE_METHODS, WEIGHT_METHODS, ClassifyConfig, train_classifier
 from metaopt.weightspace.inr_data import augment, load_inr_set
 from metaopt.weightspace.inr_edit import EditConfig, evaluate_editor, train_editor
 
@@ -62,7 +56,7 @@ def test_gmn_classifier_fits_a_batch_and_image_reference_beats_chance(inrs) -> N
 
 
 def test_gmn_classifier_fits_its_training_set(inrs) -> None:
-    """Session-1 regression: the GMN's mean-pooled graph head left train accuracy near chance (loss at
+    """Regression (v0.0, 2026-11): the GMN's mean-pooled graph head left train accuracy near chance (loss at
     log 10) because pooled features hardly differed between INRs; the group readout + BatchNorm head
     fits 120 INRs within a few epochs."""
     cfg = ClassifyConfig(hidden=16, layers=2, epochs=12, batch_size=16, lr=3e-3)
@@ -124,3 +118,22 @@ def test_classifier_rejects_settings_it_cannot_honour(inrs) -> None:
         WeightSpaceClassifier("statnn", inrs.graph, 10, probes=4, siren_layers=inrs.layers)
     with pytest.raises(ValueError, match="probes > 0"):
         WeightSpaceClassifier("probe_pixels", inrs.graph, 10, siren_layers=inrs.layers)
+
+
+def test_experiment_clis_write_results_and_reject_unknown_methods(inrs, tmp_path: Path) -> None:
+    import json
+
+    from experiments.inr_classify import main as classify_main
+    from experiments.inr_edit import main as edit_main
+
+    small = ["--seeds", "1", "--epochs", "1", "--hidden", "8", "--layers", "1"]
+    classify_main(["--inrs", str(inrs.root), "--method", "statnn,image_mlp", *small, "--out", str(tmp_path / "c")])
+    result = json.loads((tmp_path / "c" / "classify.json").read_text())
+    assert set(result["summary"]) == {"statnn", "image_mlp"} and len(result["runs"]) == 2
+    assert "StatNN" in (tmp_path / "c" / "classify.md").read_text()
+    edit_main(["--inrs", str(inrs.root), "--method", "mlp", *small, "--out", str(tmp_path / "e")])
+    result = json.loads((tmp_path / "e" / "edit_dilate.json").read_text())
+    assert set(result["summary"]) == {"none", "mlp"}
+    assert "no edit" in (tmp_path / "e" / "edit_dilate.md").read_text()
+    with pytest.raises(SystemExit):
+        classify_main(["--inrs", str(inrs.root), "--method", "nope"])

@@ -10,15 +10,6 @@ from torch import nn
 
 from metaopt.graph import to_graph  # noqa: F401  (re-exported for the tests)
 
-try:
-    from metaopt.nn import GMN, PerParameterMLP  # type: ignore[attr-defined]  # noqa: F401
-
-    HAS_GMN = True
-except ImportError:  # pragma: no cover
-    HAS_GMN = False
-
-needs_gmn = "metaopt.nn.GMN is not on main yet (developed in parallel on wip-nn)"
-
 
 # ---- small models -----------------------------------------------------------------------
 def mlp(din: int = 64, hidden: int = 32, dout: int = 10) -> nn.Module:
@@ -99,34 +90,42 @@ def lm_loss(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
 
 
 class LinearRuleNet(nn.Module):
-    """A stand-in rule network with the GMN call signature: a linear map of edge, source-node and
-    graph features to (d, m). Lets the residual plumbing be tested exactly without metaopt.nn."""
+    """A stand-in rule network with the rule-network call signature: a linear map of edge,
+    source-node and graph features to one output per edge ([E, 1]). Lets the lr-scale plumbing be
+    tested exactly without metaopt.nn."""
 
     def __init__(self, edge_in: int, node_in: int, graph_in: int, seed: int = 0) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.we = nn.Parameter(torch.randn(edge_in, 2, generator=g) * 0.5)
-        self.wn = nn.Parameter(torch.randn(node_in, 2, generator=g) * 0.5)
-        self.wg = nn.Parameter(torch.randn(graph_in, 2, generator=g) * 0.5)
+        self.we = nn.Parameter(torch.randn(edge_in, 1, generator=g) * 0.5)
+        self.wn = nn.Parameter(torch.randn(node_in, 1, generator=g) * 0.5)
+        self.wg = nn.Parameter(torch.randn(graph_in, 1, generator=g) * 0.5)
         self.poison: torch.Tensor | None = None  # edges whose output is made non-finite
+        self.calls = 0
 
     def forward(self, graph, edge_values=None, node_values=None, graph_values=None):
         from types import SimpleNamespace
 
+        self.calls += 1
         src = graph.edge_index[0].long()
         out = edge_values @ self.we + node_values[src] @ self.wn + graph_values @ self.wg
         if self.poison is not None:
             out = out.clone()
             out[self.poison, 0] = float("nan")
-            out[self.poison[:1], 1] = float("inf")
+            out[self.poison[:1], 0] = float("inf")
         return SimpleNamespace(edge=out, node=None, graph=None)
 
 
-def linear_rule(alpha: float = 0.5, beta: float = 0.1, seed: int = 0, residual_scale: str = "adam"):
+def linear_rule(alpha: float = 0.5, seed: int = 0, refresh_every: int = 1, bound: float = 2.0):
     """An UpdateRule driven by LinearRuleNet (kind 'none' config, network swapped in)."""
     from metaopt.optim import RuleConfig, UpdateRule
 
-    rule = UpdateRule(RuleConfig(kind="none", alpha=alpha, beta=beta, residual_scale=residual_scale))
+    rule = UpdateRule(RuleConfig(kind="none", alpha=alpha, refresh_every=refresh_every, bound=bound))
     f = rule.features
     rule.net = LinearRuleNet(f.edge_dim, f.node_dim, f.graph_dim, seed=seed)
     return rule
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """The model's parameters in edge order as one flat vector (detached)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])

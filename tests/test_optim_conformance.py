@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim import lr_scheduler as S
 
 from metaopt.optim import GMNOptimizer
-from test_optim_common import mlp, to_graph
+from test_optim_common import linear_rule, mlp, to_graph
 
 
 def _data(n: int = 32, din: int = 64, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,19 +134,23 @@ def _train(model, opt, x, y, steps):
         opt.step()
 
 
+@pytest.mark.parametrize("rule", ["adam", "lr_scale"])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_state_dict_resume_is_bit_identical(grouped):
+def test_state_dict_resume_is_bit_identical(grouped, rule):
+    """Saved after step 5 and resumed: with a learned rule refreshed on steps 1, 4, 7, 10 the
+    scale set at step 4 must travel in the state dict (steps 6) and the refresh count too."""
     torch.manual_seed(0)
     model = mlp()
     x, y = _data()
     g = to_graph(model)
 
     def make(m):
+        r = "adam" if rule == "adam" else linear_rule(alpha=0.5, refresh_every=3)
         if not grouped:
-            return GMNOptimizer(m, rule="adam", lr=1e-2, weight_decay=0.01, graph=g)
+            return GMNOptimizer(m, rule=r, lr=1e-2, weight_decay=0.01, graph=g)
         ps = list(m.parameters())
         groups = [{"params": ps[0::2], "lr": 2e-2}, {"params": ps[1::2], "weight_decay": 0.1}]
-        return GMNOptimizer(m, rule="adam", lr=1e-2, params=groups, graph=g)
+        return GMNOptimizer(m, rule=r, lr=1e-2, params=groups, graph=g)
 
     opt = make(model)
     _train(model, opt, x, y, 5)
@@ -163,6 +167,10 @@ def test_state_dict_resume_is_bit_identical(grouped):
     _train(resumed, opt2, x, y, 5)
     for p, q in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+    assert opt2.state["steps_taken"] == opt.state["steps_taken"] == 10
+    if rule != "adam":
+        assert opt.rule_refreshes == opt2.rule_refreshes == 4
+        assert not torch.equal(opt2._buffers["lr_scale"], torch.ones_like(opt2._buffers["lr_scale"]))
     sd1, sd2 = opt.state_dict(), opt2.state_dict()
     for i, st in sd1["state"].items():
         if isinstance(i, int):
@@ -179,7 +187,7 @@ def test_load_state_dict_rejects_foreign_state():
     adam = torch.optim.Adam(b.parameters(), lr=1e-2)
     _train(b, adam, x, y, 1)
     opt = GMNOptimizer(a, rule="adam", lr=1e-2)
-    with pytest.raises(ValueError, match="lacks \\['momenta'\\]"):
+    with pytest.raises(ValueError, match="lacks \\['lr_scale'\\]"):
         opt.load_state_dict(adam.state_dict())
 
 

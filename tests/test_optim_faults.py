@@ -1,5 +1,6 @@
-"""Faults: non-finite gradients skip the step, non-finite rule output falls back to Adam per edge,
-and the residual path computes exactly ``lr * (adam + alpha * d * exp(beta * m))``."""
+"""Faults: non-finite gradients skip the step, non-finite rule output falls back to Adam (scale 1)
+per edge, and the lr-scale rule computes exactly Adam's step times ``exp(bound * tanh(alpha * d))``,
+refreshed on steps 1, k+1, 2k+1, ... and held in between."""
 
 from __future__ import annotations
 
@@ -53,48 +54,99 @@ def test_non_finite_gradient_skips_the_whole_step(bad):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def _reference_step(model, graph, rule, lr, grads, state, step, betas=(0.9, 0.999), eps=1e-8):
-    """Independent re-computation of one step from the definitions (flat, edge order)."""
-    g = torch.cat([t.reshape(-1) for t in grads])
-    p = torch.cat([t.detach().reshape(-1) for t in model.parameters()])
+def _reference_run(model, graph, rule, data, steps, lr, betas, eps, wd):
+    """Independent re-computation of the lr-scale rule from its definition (flat, edge order):
+    Adam's moments every step; on steps 1, k+1, 2k+1, ... the scale s = exp(bound * tanh(alpha * d))
+    from the rule network's output d on this step's features; in between s is held;
+    p <- p * (1 - lr * wd) - lr * s * m_hat / (sqrt(v_hat) + eps). Returns the parameters and
+    scales after every step."""
+    index = GraphIndex.from_graph(graph, "cpu")
+    e = graph.num_params
+    m, v, s = torch.zeros(e), torch.zeros(e), torch.ones(e)
     b1, b2 = betas
-    state["m"] = b1 * state["m"] + (1 - b1) * g
-    state["v"] = b2 * state["v"] + (1 - b2) * g * g
-    decays = torch.tensor(rule.features.momentum_decays).unsqueeze(1)
-    state["mom"] = decays * state["mom"] + (1 - decays) * g
-    m_hat, v_hat = state["m"] / (1 - b1**step), state["v"] / (1 - b2**step)
-    adam = m_hat / (v_hat.sqrt() + eps)
-    feats = compute_features(GraphIndex.from_graph(graph, "cpu"), g, p, state["m"], state["v"], state["mom"], step, rule.features)
-    d, mag = rule(graph, feats)
-    residual = rule.alpha.detach() * d * torch.exp(rule.config.beta * mag)
-    if rule.config.residual_scale == "adam":
-        residual = residual * adam.abs()
-    return p - lr * (adam + residual), residual
+    k, bound, alpha = rule.config.refresh_every, rule.config.bound, float(rule.alpha.detach())
+    p = torch.cat([t.detach().reshape(-1) for t in model.parameters()])
+    out = []
+    for t in range(1, steps + 1):
+        x, y = data[t - 1]
+        with torch.no_grad():
+            for q, w in zip(model.parameters(), p.split([q.numel() for q in model.parameters()])):
+                q.copy_(w.view_as(q))
+        _backward(model, x, y)
+        g = torch.cat([q.grad.reshape(-1) for q in model.parameters()])
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        if (t - 1) % k == 0:
+            feats = compute_features(index, g, p, m, v, s.log(), t, rule.features)
+            with torch.no_grad():
+                d = rule.net(graph, edge_values=feats.edge, node_values=feats.node, graph_values=feats.graph).edge[:, 0]
+            s = torch.exp(bound * torch.tanh(alpha * d))
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        p = p * (1 - lr * wd) - lr * s * m_hat / (v_hat.sqrt() + eps)
+        out.append((p.clone(), s.clone()))
+    return out
 
 
-@pytest.mark.parametrize("residual_scale", ["adam", "none"])
-def test_residual_update_matches_the_definition(residual_scale):
+@pytest.mark.parametrize("refresh_every", [1, 3])
+def test_lr_scale_update_matches_the_definition(refresh_every):
     torch.manual_seed(0)
     model = mlp(din=16, hidden=8)
     shadow = copy.deepcopy(model)
     graph = to_graph(model)
-    rule = linear_rule(alpha=0.3, residual_scale=residual_scale)
-    opt = GMNOptimizer(model, rule=rule, lr=1e-2)
-    e = graph.num_params
-    state = {"m": torch.zeros(e), "v": torch.zeros(e), "mom": torch.zeros(len(rule.features.momentum_decays), e)}
-    x, y = torch.randn(16, 16), torch.randint(0, 10, (16,))
-    for step in range(1, 5):
+    rule = linear_rule(alpha=0.3, refresh_every=refresh_every, bound=1.5)
+    lr, betas, eps, wd = 1e-2, (0.85, 0.99), 1e-6, 0.05
+    opt = GMNOptimizer(model, rule=rule, lr=lr, betas=betas, eps=eps, weight_decay=wd, graph=graph)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(7)]
+    want = _reference_run(shadow, graph, rule, data, 7, lr, betas, eps, wd)
+    rule.net.calls = 0
+    for t, ((x, y), (want_p, want_s)) in enumerate(zip(data, want), start=1):
         _backward(model, x, y)
-        _backward(shadow, x, y)
-        want, residual = _reference_step(shadow, graph, rule, 1e-2, [p.grad for p in shadow.parameters()], state, step)
-        assert residual.abs().mean() > 0.01  # the rule really contributes
         opt.step()
-        got = graph.params_to_edges(model)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-        with torch.no_grad():
-            for p, q in zip(shadow.parameters(), graph.edges_to_params(want).values()):
-                p.copy_(q)
+        torch.testing.assert_close(graph.params_to_edges(model), want_p, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(opt._buffers["lr_scale"], want_s, rtol=1e-5, atol=1e-7)
+        assert (want_s - 1).abs().mean() > 0.05  # the rule really changes Adam's step
+        if t > 1 and (t - 1) % refresh_every != 0:  # held between refreshes
+            assert torch.equal(want_s, want[t - 2][1])
+    refreshes = len(range(1, 8, refresh_every))  # steps 1, k+1, 2k+1, ... up to 7
+    assert rule.net.calls == opt.rule_refreshes == refreshes
     assert opt.rule_fallbacks == 0
+    # the optimizer state is Adam's two moments plus the scale: 3x the parameters
+    assert set(opt.state[next(model.parameters())]) == {"step", "exp_avg", "exp_avg_sq", "lr_scale"}
+
+
+def test_lr_scale_stays_within_the_bound():
+    torch.manual_seed(0)
+    model = mlp(din=16, hidden=8)
+    rule = linear_rule(alpha=50.0, bound=0.7)  # saturating tanh: the bound is what limits the scale
+    opt = GMNOptimizer(model, rule=rule, lr=1e-2)
+    _backward(model, torch.randn(16, 16), torch.randint(0, 10, (16,)))
+    opt.step()
+    s = opt._buffers["lr_scale"]
+    lo, hi = torch.exp(torch.tensor(-0.7)), torch.exp(torch.tensor(0.7))
+    assert bool((s >= lo * (1 - 1e-6)).all() and (s <= hi * (1 + 1e-6)).all())
+    assert s.min() < lo * 1.01 and s.max() > hi * 0.99  # both ends are reached
+
+
+def test_untrained_network_rule_is_exactly_adam_and_skips_the_network():
+    """alpha = 0 with a real network: the scale is exactly 1, so the step is Adam's bit for bit
+    (AdamW with weight decay) and the network never runs."""
+    from metaopt.optim import RuleConfig, UpdateRule
+
+    torch.manual_seed(0)
+    a = mlp(din=16, hidden=8)
+    b = copy.deepcopy(a)
+    rule = UpdateRule(RuleConfig(kind="gmn", hidden=8, alpha=0.0, refresh_every=1))
+    assert rule.is_identity
+    opt = GMNOptimizer(a, rule=rule, lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.1, foreach=True)
+    x, y = torch.randn(16, 16), torch.randint(0, 10, (16,))
+    for _ in range(4):
+        for m, o in ((a, opt), (b, ref)):
+            _backward(m, x, y)
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert opt.rule_refreshes == 0
 
 
 def test_random_rule_changes_the_updates_vs_untrained():
@@ -127,6 +179,8 @@ def test_non_finite_rule_output_falls_back_to_adam_on_those_edges_only():
     for m, o in ((a, opt), (adam_model, adam), (rule_model, good)):
         _backward(m, x, y)
         o.step()
+    scale = opt._buffers["lr_scale"]
+    assert bool((scale[poisoned] == 1.0).all()) and torch.isfinite(scale).all()
     got, want_adam, want_rule = (graph.params_to_edges(m) for m in (a, adam_model, rule_model))
     assert torch.isfinite(got).all()
     assert torch.equal(got[poisoned], want_adam[poisoned])
@@ -163,22 +217,53 @@ def test_unknown_layer_is_optimized_as_free_edges_with_one_warning():
     assert not torch.equal(model[1].scale, before)
 
 
-def test_adam_scaled_residual_leaves_no_noise_floor():
-    """A rule whose raw residual never shrinks stalls at an O(lr) noise floor when the residual is
-    in units of lr, but converges like Adam when it is relative to Adam's own step size."""
-    finals = {}
-    for scale in ("adam_only", "none", "adam"):
-        torch.manual_seed(0)
-        model = nn.Linear(8, 1)
-        x = torch.randn(64, 8)
-        y = x @ torch.randn(8, 1) + 0.5  # realisable: the minimum loss is 0
-        rule = linear_rule(alpha=0.0 if scale == "adam_only" else 0.2, residual_scale="none" if scale == "adam_only" else scale)
-        opt = GMNOptimizer(model, rule=rule, lr=1e-2)
-        for _ in range(3000):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
+def test_skipped_step_does_not_advance_the_refresh_schedule():
+    """With a learned rule (k = 2) a NaN gradient at step 3 skips the step: the optimizer then
+    continues exactly like one that never saw it (refreshes on its steps 1, 3, 5, not shifted)."""
+    torch.manual_seed(0)
+    a = mlp(din=16, hidden=8)
+    b = copy.deepcopy(a)
+    graph = to_graph(a)
+    opt = GMNOptimizer(a, rule=linear_rule(alpha=0.5, refresh_every=2), lr=1e-2, graph=graph)
+    ref = GMNOptimizer(b, rule=linear_rule(alpha=0.5, refresh_every=2), lr=1e-2, graph=graph)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(6):
+        x, y = torch.randn(16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        _backward(a, x, y)
+        if step == 2:
+            a[0].bias.grad[0] = float("nan")
             opt.step()
-        finals[scale] = float(loss.detach())
-    # Measured: Adam 1.4e-11, Adam-relative residual 1.6e-11, lr-unit residual stalls at 2e-2.
-    assert finals["adam_only"] < 1e-8 and finals["adam"] < 1e-8 and finals["none"] > 1e-4, finals
+            continue
+        opt.step()
+        _backward(b, x, y)
+        ref.step()
+    assert opt.skipped_steps == 1 and opt.state["steps_taken"] == ref.state["steps_taken"] == 5
+    assert opt.rule_refreshes == ref.rule_refreshes == 3
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_param_groups_with_their_own_hyperparameters_match_the_definition():
+    """One rule over the whole network; each group steps with its own lr, betas, eps and weight decay."""
+    torch.manual_seed(0)
+    model = mlp(din=16, hidden=8)
+    shadow = copy.deepcopy(model)
+    graph = to_graph(model)
+    ps = list(model.parameters())
+    groups = [{"params": ps[:2], "lr": 3e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}, {"params": ps[2:]}]
+    opt = GMNOptimizer(model, rule=linear_rule(alpha=0.3, refresh_every=2), lr=1e-2, params=groups, graph=graph)
+    n_first = ps[0].numel() + ps[1].numel()
+    e = graph.num_params
+
+    def per_edge(a, b):
+        return torch.cat([torch.full((n_first,), a, dtype=torch.float64), torch.full((e - n_first,), b, dtype=torch.float64)]).float()
+
+    lr, b1, b2, eps, wd = per_edge(3e-2, 1e-2), per_edge(0.8, 0.9), per_edge(0.99, 0.999), per_edge(1e-6, 1e-8), per_edge(0.1, 0.0)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(4)]
+    want = _reference_run(shadow, graph, opt.rule, data, 4, lr, (b1, b2), eps, wd)
+    for (x, y), (want_p, want_s) in zip(data, want):
+        _backward(model, x, y)
+        opt.step()
+        torch.testing.assert_close(graph.params_to_edges(model), want_p, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(opt._buffers["lr_scale"], want_s, rtol=1e-5, atol=1e-7)

@@ -10,7 +10,7 @@ import torch
 from metaopt.graph import ParameterGraph
 from metaopt.graph.schema import EDGE_ATTR_DTYPE, INDEX_DTYPE
 from metaopt.optim import FeatureConfig, GraphIndex, compute_features
-from metaopt.optim.features import normalise_per_tensor, per_tensor_rms
+from metaopt.optim.features import per_tensor_rms, safe_sqrt
 
 
 def _random_graph(shapes, num_nodes=9, seed=0) -> ParameterGraph:
@@ -32,26 +32,25 @@ def _random_graph(shapes, num_nodes=9, seed=0) -> ParameterGraph:
 SHAPES = [(4, 3), (4,), (2, 4), (2,)]
 
 
-def _values(e, k, seed=0):
+def _values(e, seed=0):
     g = torch.Generator().manual_seed(seed)
     grad = torch.randn(e, generator=g)
     param = torch.randn(e, generator=g)
     m = torch.randn(e, generator=g) * 0.3
     v = torch.rand(e, generator=g) + 0.1
-    mom = torch.randn(k, e, generator=g)
-    return grad, param, m, v, mom
+    log_scale = torch.randn(e, generator=g) * 0.5
+    return grad, param, m, v, log_scale
 
 
 def test_shapes_and_names_agree():
     cfg = FeatureConfig()
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    f = compute_features(idx, *_values(graph.num_params, len(FeatureConfig().momentum_decays)), step=7, config=cfg)
+    f = compute_features(idx, *_values(graph.num_params), step=7, config=cfg)
     assert f.edge.shape == (graph.num_params, cfg.edge_dim) == (26, 8)
     assert f.node.shape == (9, cfg.node_dim) and f.graph.shape == (1, cfg.graph_dim)
-    assert cfg.edge_names()[4:5] == ["momentum_0.99"]
-    two = FeatureConfig(momentum_decays=(0.5, 0.99))
-    assert two.edge_dim == 9 and two.edge_names()[4:6] == ["momentum_0.5", "momentum_0.99"]
+    assert cfg.edge_names()[-1] == "log_lr_scale"
+    assert torch.equal(f.edge[:, -1], _values(graph.num_params)[4])  # the lr scale is passed as it is
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -62,10 +61,7 @@ def test_per_tensor_rms_and_normalisation(method):
     got = per_tensor_rms(rows, idx, method)
     for i, chunk in enumerate(rows.split([12, 4, 8, 2], dim=1)):
         torch.testing.assert_close(got[:, i], chunk.pow(2).mean(1).sqrt())
-    normed = normalise_per_tensor(rows.clone(), idx, method)
-    torch.testing.assert_close(per_tensor_rms(normed, idx, method), torch.ones(3, 4))
-    zero = normalise_per_tensor(torch.zeros(2, 26), idx, method)  # all-zero tensors stay zero
-    assert torch.equal(zero, torch.zeros(2, 26))
+    assert torch.equal(per_tensor_rms(torch.zeros(2, 26), idx, method), torch.zeros(2, 4))
 
 
 def test_edge_features_are_invariant_to_a_tensors_scale():
@@ -74,12 +70,12 @@ def test_edge_features_are_invariant_to_a_tensors_scale():
     cfg = FeatureConfig()
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
-    base = compute_features(idx, grad, param, m, v, mom, 3, cfg).edge
+    grad, param, m, v, ls = _values(graph.num_params)
+    base = compute_features(idx, grad, param, m, v, ls, 3, cfg).edge
     c = torch.ones(graph.num_params)
     c[12:16] = 1e3  # tensor p1
     c[16:24] = 1e-3  # tensor p2
-    scaled = compute_features(idx, grad * c, param * c, m * c, v * c * c, mom * c, 3, cfg).edge
+    scaled = compute_features(idx, grad * c, param * c, m * c, v * c * c, ls, 3, cfg).edge
     cols = [i for i, n in enumerate(cfg.edge_names()) if n not in ("adam_momentum", "grad_over_rms")]
     torch.testing.assert_close(scaled[:, cols], base[:, cols], rtol=1e-4, atol=1e-5)
     # the two ratio features are scale-free already, up to eps relative to the rms
@@ -90,9 +86,9 @@ def test_clipped_gradient_is_bounded_and_equal_below_the_clip():
     cfg = FeatureConfig(clip=1.5)
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
+    grad, param, m, v, ls = _values(graph.num_params)
     grad[3] = 50.0  # an outlier
-    f = compute_features(idx, grad, param, m, v, mom, 1, cfg).edge
+    f = compute_features(idx, grad, param, m, v, ls, 1, cfg).edge
     assert f[:, 1].abs().max() <= 1.5
     small = f[:, 0].abs() < 1.5
     assert torch.equal(f[small, 1], f[small, 0]) and f[3, 1] == 1.5 and f[3, 0] > 1.5
@@ -102,8 +98,8 @@ def test_node_features_are_factored_second_moments():
     cfg = FeatureConfig()
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
-    node = compute_features(idx, grad, param, m, v, mom, 1, cfg).node
+    grad, param, m, v, ls = _values(graph.num_params)
+    node = compute_features(idx, grad, param, m, v, ls, 1, cfg).node
     src, dst = graph.edge_index.long()
     g_rms = v.mean().sqrt()
     for n in range(graph.num_nodes):
@@ -118,21 +114,21 @@ def test_time_features_and_non_finite_inputs():
     cfg = FeatureConfig(time_scales=(10.0, 1000.0))
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, len(FeatureConfig().momentum_decays))
+    grad, param, m, v, ls = _values(graph.num_params)
     param[0] = float("inf")
-    f = compute_features(idx, grad, param, m, v, mom, 50, cfg)
+    f = compute_features(idx, grad, param, m, v, ls, 50, cfg)
     torch.testing.assert_close(f.graph, torch.tensor([[math.tanh(5.0), math.tanh(0.05)]]))
     assert torch.isfinite(f.edge).all() and torch.isfinite(f.node).all()
 
 
 def test_config_and_inputs_are_validated():
-    with pytest.raises(ValueError, match="decays"):
-        FeatureConfig(momentum_decays=(1.5,))
+    with pytest.raises(ValueError, match="time scales"):
+        FeatureConfig(time_scales=(0.0,))
     graph = _random_graph(SHAPES)
     idx = GraphIndex.from_graph(graph, "cpu")
-    grad, param, m, v, mom = _values(graph.num_params, 3)
-    with pytest.raises(ValueError, match="momenta"):
-        compute_features(idx, grad, param, m, v, mom, 1, FeatureConfig())
+    grad, param, m, v, ls = _values(graph.num_params)
+    with pytest.raises(ValueError, match="flat"):
+        compute_features(idx, grad, param, m, v, ls[:-1], 1, FeatureConfig())
     bad = _random_graph(SHAPES)
     bad.param_shapes = [[4, 3]]
     with pytest.raises(ValueError, match="one-edge-per-parameter"):
@@ -147,3 +143,41 @@ def test_time_features_stop_at_max_step_and_the_option_round_trips():
     assert not torch.equal(time_features(5000, FeatureConfig(), "cpu"), time_features(200, FeatureConfig(), "cpu"))
     assert torch.equal(time_features(150, capped, "cpu"), time_features(150, FeatureConfig(), "cpu"))
     assert FeatureConfig.from_dict(capped.to_dict()) == capped
+
+
+def test_safe_sqrt_has_finite_gradients_at_zero():
+    """Second-order meta-gradients differentiate through sqrt(v) where v == 0 (a dead unit):
+    torch.sqrt gives inf * 0 = NaN there, safe_sqrt gives 0 and the same values."""
+    v = torch.tensor([0.0, 4.0, 0.25], requires_grad=True)
+    out = safe_sqrt(v)
+    assert torch.equal(out.detach(), v.detach().sqrt())
+    (grad,) = torch.autograd.grad(out.sum() * 0 + (out * torch.tensor([1.0, 1.0, 1.0])).sum(), v)
+    assert torch.isfinite(grad).all() and grad[0] == 0 and grad[1] == 0.25
+    naive = torch.autograd.grad((v.sqrt() * 0).sum(), v)[0]
+    assert torch.isnan(naive[0])  # what the plain sqrt does
+
+
+@pytest.mark.parametrize("method", ["loop", "segment"])
+def test_gradients_are_finite_where_a_whole_tensor_is_zero(method, monkeypatch):
+    """Second-order meta-gradients differentiate the features through gradients and moments that are
+    exactly 0 over whole tensors (a parameter that never gets a gradient) or everywhere (a constant
+    loss): the per-tensor normalisation and the global rms must pass 0, not NaN, back there."""
+    import metaopt.optim.features as features_mod
+
+    real = features_mod.per_tensor_rms
+    monkeypatch.setattr(features_mod, "per_tensor_rms", lambda rows, index: real(rows, index, method))
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, ls = _values(graph.num_params)
+    for zero in (slice(12, 16), slice(None)):  # tensor p1 only; every tensor
+        inputs = [t.clone() for t in (grad, param, m, v)]
+        for t in (inputs[0], inputs[2], inputs[3]):
+            t[zero] = 0.0
+        inputs = [t.requires_grad_() for t in inputs]
+        f = compute_features(idx, *inputs, ls, 5, FeatureConfig())
+        w = torch.randn(f.edge.shape, generator=torch.Generator().manual_seed(0))
+        grads = torch.autograd.grad((f.edge * w).sum() + f.node.sum(), inputs)
+        assert all(torch.isfinite(g).all() for g in grads), zero
+        plain = compute_features(idx, *(t.detach() for t in inputs), ls, 5, FeatureConfig())
+        assert torch.equal(f.edge, plain.edge) and torch.equal(f.node, plain.node)  # values as without autograd
+        assert torch.equal(f.edge[zero, 0], torch.zeros_like(f.edge[zero, 0]))

@@ -1,6 +1,7 @@
-"""Update rules: the shipped default is a meta-trained GMN rule and "adam" the untrained residual;
-checkpoints round-trip and
-every kind of corruption or mismatch raises RuleCheckpointError before anything is loaded."""
+"""Update rules: the shipped default is a meta-trained GMN lr-scale rule and "adam" the untrained
+rule (alpha = 0); checkpoints round-trip; every kind of corruption or mismatch (a version-1
+checkpoint included) raises RuleCheckpointError before anything is loaded; the rule-kind registry
+takes new kinds end to end."""
 
 from __future__ import annotations
 
@@ -12,18 +13,30 @@ from safetensors.torch import save_file
 
 from metaopt.optim import GMNOptimizer, RuleCheckpointError, RuleConfig, UpdateRule
 from metaopt.optim.rules import ADAM_RULE_DIR, DEFAULT_RULE_DIR
-from test_optim_common import HAS_GMN, mlp, needs_gmn, to_graph
+from test_optim_common import mlp, to_graph
 
 
-def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_residual():
+def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
     rule = UpdateRule.default()
-    assert rule.config.kind == "gmn" and not rule.is_identity and rule.config.residual_scale == "adam"
-    assert rule.features.momentum_decays == (0.99,)  # optimizer state 3x the parameters
+    assert rule.config.kind == "gmn" and not rule.is_identity and rule.net is not None
+    assert rule.features.version == 2 and rule.features.edge_names()[-1] == "log_lr_scale"
     assert (DEFAULT_RULE_DIR / "train_config.json").is_file()  # how it was trained ships with it
     assert GMNOptimizer(mlp()).rule.config.kind == "gmn"
     meta = json.loads((ADAM_RULE_DIR / "config.json").read_text())
     assert meta["rule"]["alpha"] == 0.0
     assert GMNOptimizer(mlp(), rule="adam").rule.is_identity
+
+
+def test_optimizer_state_is_three_times_the_parameters():
+    torch.manual_seed(0)
+    model = mlp()
+    opt = GMNOptimizer(model)  # the shipped GMN rule
+    model(torch.randn(2, 64)).sum().backward()
+    opt.step()
+    n = sum(p.numel() for p in model.parameters())
+    assert sorted(opt._buffers) == ["exp_avg", "exp_avg_sq", "lr_scale", "step"]
+    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 3 * n
+    assert opt.rule_refreshes == 1
 
 
 def _saved(tmp_path, **kw):
@@ -33,10 +46,11 @@ def _saved(tmp_path, **kw):
 
 
 def test_round_trip_keeps_config_and_weights(tmp_path):
-    rule = _saved(tmp_path, beta=0.2)
+    rule = _saved(tmp_path, bound=1.5, refresh_every=7)
     back = UpdateRule.from_pretrained(tmp_path)
     assert back.config.to_dict() == rule.config.to_dict()
     assert float(back.alpha.detach()) == 0.25 and back.net is None and back.is_identity
+    assert back.config.bound == 1.5 and back.config.refresh_every == 7
     opt = GMNOptimizer.from_pretrained(tmp_path, mlp(), lr=3e-3)
     assert float(opt.rule.alpha.detach()) == 0.25 and opt.param_groups[0]["lr"] == 3e-3
 
@@ -61,6 +75,11 @@ CORRUPTIONS = {
     "bad json": (lambda p: (p / "config.json").write_text("{not json"), "not valid JSON"),
     "wrong format": (lambda p: _rewrite_config(p, lambda c: c.__setitem__("format", "x")), "not a metaopt"),
     "future version": (lambda p: _rewrite_config(p, lambda c: c.__setitem__("rule_version", 99)), "rule_version 99"),
+    "version 1 (residual rule)": (
+        lambda p: _rewrite_config(p, lambda c: c.__setitem__("rule_version", 1)),
+        "rule_version 1.*version 1 was the per-step residual rule",
+    ),
+    "bad refresh_every": (lambda p: _rewrite_config(p, lambda c: c["rule"].__setitem__("refresh_every", 0)), "refresh_every"),
     "unknown kind": (lambda p: _rewrite_config(p, lambda c: c["rule"].__setitem__("kind", "lstm")), "kind must be"),
     "feature version": (
         lambda p: _rewrite_config(p, lambda c: c["rule"]["features"].__setitem__("version", 0)),
@@ -106,20 +125,19 @@ def test_corrupt_or_mismatched_checkpoint_raises_clearly(tmp_path, name):
         GMNOptimizer.from_pretrained(tmp_path, mlp())
 
 
-def test_state_dict_of_a_rule_with_other_momenta_is_refused():
+def test_optimizer_state_of_another_shape_is_refused():
     torch.manual_seed(0)
     model = mlp()
     opt = GMNOptimizer(model, rule="adam")
     model(torch.randn(2, 64)).sum().backward()
     opt.step()
-    other = GMNOptimizer(
-        model, rule=UpdateRule(RuleConfig(kind="none", features={"momentum_decays": [0.9]})), graph=to_graph(model)
-    )
-    with pytest.raises(ValueError, match="decays"):
-        other.load_state_dict(opt.state_dict())
+    sd = opt.state_dict()
+    sd["state"][0]["lr_scale"] = torch.ones(3)
+    other = GMNOptimizer(model, rule="adam", graph=to_graph(model))
+    with pytest.raises(ValueError, match="lr_scale"):
+        other.load_state_dict(sd)
 
 
-@pytest.mark.skipif(not HAS_GMN, reason=needs_gmn)
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 def test_network_rules_round_trip_bit_exactly(tmp_path, kind):
     rule = UpdateRule(RuleConfig(kind=kind, hidden=16, layers=2, alpha=0.1))
@@ -130,3 +148,70 @@ def test_network_rules_round_trip_bit_exactly(tmp_path, kind):
     _rewrite_config(tmp_path, lambda c: c["rule"].__setitem__("hidden", 8))
     with pytest.raises(RuleCheckpointError, match="wrong shape"):
         UpdateRule.from_pretrained(tmp_path)
+
+
+# ---- the rule-kind registry --------------------------------------------------------------------
+class _PerEdgeNet(torch.nn.Module):
+    """A toy rule network: one linear map of each edge's features (no graph structure)."""
+
+    def __init__(self, edge_in: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(edge_in, 1)
+
+    def forward(self, graph, edge_values=None, node_values=None, graph_values=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(edge=self.lin(edge_values), node=None, graph=None)
+
+
+def test_registered_rule_kind_works_end_to_end(tmp_path):
+    from metaopt.optim import RULE_KINDS, register_rule_kind
+
+    name = "toy_per_edge"
+    assert name not in RULE_KINDS
+    try:
+        register_rule_kind(name)(lambda cfg: _PerEdgeNet(cfg.features.edge_dim))
+        with pytest.raises(ValueError, match="already registered"):
+            register_rule_kind(name)(lambda cfg: None)
+        with pytest.raises(ValueError, match="already registered"):
+            register_rule_kind("gmn")(lambda cfg: None)
+        torch.manual_seed(0)
+        rule = UpdateRule(RuleConfig(kind=name, alpha=0.5))
+        assert isinstance(rule.net, _PerEdgeNet) and not rule.is_identity
+        model, twin = mlp(), mlp()
+        twin.load_state_dict(model.state_dict())
+        x = torch.randn(4, 64)
+        opt, adam = GMNOptimizer(model, rule=rule, lr=1e-2), GMNOptimizer(twin, rule="adam", lr=1e-2)
+        for m, o in ((model, opt), (twin, adam)):
+            m(x).pow(2).mean().backward()
+            o.step()
+        assert opt.rule_refreshes == 1 and opt.rule_fallbacks == 0
+        delta = max((p - q).abs().max().item() for p, q in zip(model.parameters(), twin.parameters()))
+        assert delta > 1e-5  # the toy network's scale changed the step
+        rule.save_pretrained(tmp_path)
+        back = UpdateRule.from_pretrained(tmp_path)
+        assert back.config.kind == name and torch.equal(back.net.lin.weight, rule.net.lin.weight)
+    finally:
+        RULE_KINDS.pop(name, None)
+    with pytest.raises(ValueError, match="registered rule kind"):
+        RuleConfig(kind=name)
+
+
+def test_a_network_with_the_wrong_output_shape_is_refused():
+    from metaopt.optim import RULE_KINDS, register_rule_kind
+
+    class TwoOutputs(_PerEdgeNet):
+        def forward(self, graph, edge_values=None, node_values=None, graph_values=None):
+            out = super().forward(graph, edge_values)
+            out.edge = out.edge.repeat(1, 2)
+            return out
+
+    try:
+        register_rule_kind("toy_two_outputs")(lambda cfg: TwoOutputs(cfg.features.edge_dim))
+        model = mlp()
+        opt = GMNOptimizer(model, rule=UpdateRule(RuleConfig(kind="toy_two_outputs", alpha=0.5)))
+        model(torch.randn(4, 64)).sum().backward()
+        with pytest.raises(RuntimeError, match="expected"):
+            opt.step()
+    finally:
+        RULE_KINDS.pop("toy_two_outputs", None)

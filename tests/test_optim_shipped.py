@@ -1,11 +1,14 @@
-"""Rules shipped in the package: "adam" is exactly Adam; the default and the other meta-trained rules
-load, change the update and train."""
+"""Rules shipped in the package: "adam" is exactly Adam; "default" (GMN) and "mlp" (the per-parameter
+baseline) are meta-trained lr-scale rules that load, change the update and train; the names of
+earlier releases are gone."""
 
+import pytest
 import torch
 from torch import nn
 
 from metaopt import GMNOptimizer
-from metaopt.optim.rules import shipped_rules
+from metaopt.optim import RuleCheckpointError, UpdateRule
+from metaopt.optim.rules import PRETRAINED_DIR, shipped_rules
 
 
 def _train(opt_fn, steps=5):
@@ -24,7 +27,14 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert {"default", "adam", "mlp-cpu-v1", "gmn-cpu-v0", "mlp-cpu-v0"} <= set(shipped_rules())
+    assert set(shipped_rules()) == {"default", "adam", "mlp"}
+    assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
+
+
+@pytest.mark.parametrize("name", ["gmn-cpu-v0", "mlp-cpu-v0", "mlp-cpu-v1"])
+def test_removed_rule_names_are_refused(name):
+    with pytest.raises(RuleCheckpointError, match="does not exist"):
+        GMNOptimizer(nn.Linear(2, 2), rule=name)
 
 
 def test_meta_trained_rules_load_and_change_the_update():
@@ -32,8 +42,10 @@ def test_meta_trained_rules_load_and_change_the_update():
     exact, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr=1e-2))
     for a, b in zip(adam.parameters(), exact.parameters()):
         assert torch.equal(a, b), 'rule="adam" is exactly Adam'
-    for name in ("default", "mlp-cpu-v1", "gmn-cpu-v0", "mlp-cpu-v0"):
-        learned, losses = _train(lambda m: GMNOptimizer(m, rule=name, lr=1e-2))
+    for name in ("default", "mlp"):
+        opts = []
+        learned, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=name, lr=1e-2)) or opts[-1])
+        assert opts[0].rule_refreshes == 1 and opts[0].rule_fallbacks == 0  # refreshed on step 1 only (k = 100)
         assert all(torch.isfinite(torch.tensor(losses)))
         assert losses[-1] < losses[0]
         diff = max((a - b).abs().max().item() for a, b in zip(adam.parameters(), learned.parameters()))

@@ -1,4 +1,4 @@
-"""The default (untrained residual) rule trains real models like Adam, and a random rule is
+"""The untrained rule (rule="adam", alpha = 0) trains real models exactly as Adam, and a random rule is
 equivariant: permuting hidden units of the model permutes its updates the same way."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from metaopt.optim import GMNOptimizer, RuleConfig, UpdateRule
-from test_optim_common import HAS_GMN, ResCNN, TinyLM, digits, lm_batch, lm_loss, mlp, needs_gmn, to_graph
+from test_optim_common import ResCNN, TinyLM, digits, lm_batch, lm_loss, mlp, to_graph
 
 
 def _run_both(model, loss_fn, steps, lr):
@@ -39,7 +39,7 @@ def _check(ours, adam, model, twin, ratio):
         assert torch.equal(p, q)
 
 
-def test_default_rule_trains_mlp_on_digits_like_adam():
+def test_untrained_rule_trains_mlp_on_digits_like_adam():
     torch.manual_seed(0)
     x, y = digits(256)
     model = mlp(64, 32, 10)
@@ -47,7 +47,7 @@ def test_default_rule_trains_mlp_on_digits_like_adam():
     _check(ours, adam, model, twin, ratio=0.1)  # loss falls 10x in 40 full-batch steps
 
 
-def test_default_rule_trains_residual_cnn_with_batchnorm_like_adam():
+def test_untrained_rule_trains_residual_cnn_with_batchnorm_like_adam():
     torch.manual_seed(0)
     x, y = digits(128)
     x = x.view(-1, 1, 8, 8)
@@ -58,7 +58,7 @@ def test_default_rule_trains_residual_cnn_with_batchnorm_like_adam():
         assert torch.equal(a, b)
 
 
-def test_default_rule_trains_transformer_lm_like_adam():
+def test_untrained_rule_trains_transformer_lm_like_adam():
     torch.manual_seed(0)
     seqs = lm_batch(16)
     model = TinyLM()
@@ -77,7 +77,6 @@ def _permute_hidden(model: nn.Sequential, perm: torch.Tensor) -> nn.Sequential:
     return out
 
 
-@pytest.mark.skipif(not HAS_GMN, reason=needs_gmn)
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 def test_random_rule_is_equivariant_to_hidden_unit_permutations(kind):
     torch.manual_seed(0)

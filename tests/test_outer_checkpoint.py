@@ -22,7 +22,7 @@ DETERMINISTIC = ("meta_loss", "meta_grad_norm", "skipped", "alpha", "tasks_sampl
 
 def _cmd(out: Path, name: str, steps: int) -> list[str]:
     sets = ['tasks.families=["teacher_student","deepsets"]', "tasks.max_params=700", "tasks.groups=2",
-            "tasks.unroll_min=10", "tasks.unroll_max=40", "tasks.truncation=5", "checkpoint.every=2",
+            "tasks.unroll_min=10", "tasks.unroll_max=40", "tasks.truncation=5", "rule.refresh_every=5", "checkpoint.every=2",
             "log.compare_every=4", "log.compare_steps=10", "log.hist_every=3", "threads=1", "log.progress=false"]
     cmd = [sys.executable, "-m", "outer_train", "--preset", "quick", "--steps", str(steps), "--out", str(out), "--name", name]
     for s in sets:
@@ -75,7 +75,8 @@ def test_in_process_resume_is_bit_exact(tmp_path: Path) -> None:
     from outer_train.train import MetaTrainer
 
     sets = ['tasks.families=["teacher_student"]', "tasks.max_params=300", "tasks.groups=2", "tasks.unroll_min=10",
-            "tasks.unroll_max=10", "tasks.truncation=5", "rule.hidden=4", "threads=1", "estimator.kind=pes"]
+            "tasks.unroll_max=10", "tasks.truncation=5", "rule.refresh_every=5", "rule.hidden=4", "threads=1",
+            "estimator.kind=pes"]
     a = MetaTrainer(resolve("quick", None, sets + [f'out_dir="{tmp_path}"', 'name="a"']))
     ma = [a.meta_step() for _ in range(4)]
     b = MetaTrainer(resolve("quick", None, sets + [f'out_dir="{tmp_path}"', 'name="b"']))

@@ -17,12 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_preset_file_and_overrides_layer_in_order(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('preset = "quick"\nname = "mine"\n[tasks]\ntruncation = 7\n[meta]\nlr = 1e-2\n')
-    cfg = resolve(None, f, ["tasks.truncation=5", "rule.arch=mlp", "tasks.families=deepsets,teacher_student"])
+    cfg = resolve(None, f, ["tasks.truncation=5", "rule.refresh_every=5", "rule.arch=mlp", "tasks.families=deepsets,teacher_student"])
     assert cfg.preset == "quick" and cfg.name == "mine"
     assert cfg.tasks.truncation == 5 and cfg.meta.lr == 1e-2 and cfg.rule.arch == "mlp"
     assert cfg.tasks.max_params == 1500  # from the preset
     assert cfg.tasks.families == ["deepsets", "teacher_student"]
-    assert TrainConfig().tasks.truncation == 10  # defaults untouched
+    assert TrainConfig().tasks.truncation == 100 and TrainConfig().rule.arch == "gmn"  # defaults untouched
 
 
 def test_saved_config_round_trips(tmp_path: Path) -> None:
@@ -37,14 +37,33 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     [
         ("tasks.nope=1", "unknown key 'nope'"),
         ("meta.steps=1.5", "expected int"),
-        ("rule.arch=transformer", "rule.arch must be gmn or mlp"),
+        ("rule.arch=transformer", "rule.arch must be a registered rule kind with a network"),
+        ("rule.arch=none", "rule.arch must be a registered rule kind with a network"),
+        ("tasks.truncation=15", "must be a multiple of rule.refresh_every"),
+        ("meta.max_consecutive_skips=0", "max_consecutive_skips must be >= 1"),
         ("tasks.unroll_min=500", "unroll_min <= tasks.unroll_max"),
         ("truncation", "section.key=value"),
     ],
 )
 def test_bad_overrides_raise_with_the_key(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        resolve(None, None, [override])
+        resolve("quick" if override.startswith("tasks.truncation") else None, None, [override])
+
+
+def test_new_rule_and_inner_optimizer_fields_resolve() -> None:
+    cfg = resolve("quick", None, ["rule.bound=1.5", "rule.refresh_every=5", "tasks.truncation=15", "rule.max_step=300",
+                                  "tasks.beta1=0.8", "tasks.beta2=0.99", "tasks.eps=1e-6", "tasks.weight_decay=0.01",
+                                  "tasks.stagger=false", "meta.max_consecutive_skips=4"])
+    assert (cfg.rule.bound, cfg.rule.refresh_every, cfg.rule.max_step) == (1.5, 5, 300)
+    assert (cfg.tasks.beta1, cfg.tasks.beta2, cfg.tasks.eps, cfg.tasks.weight_decay) == (0.8, 0.99, 1e-6, 0.01)
+    assert cfg.tasks.stagger is False and cfg.meta.max_consecutive_skips == 4
+    from outer_train.train import build_rule
+
+    rule = build_rule(cfg)
+    assert (rule.config.bound, rule.config.refresh_every, rule.features.max_step) == (1.5, 5, 300)
+    for preset in ("quick", "gpu", "multi"):  # every preset is valid as shipped
+        c = resolve(preset)
+        assert c.tasks.truncation % c.rule.refresh_every == 0
 
 
 def test_override_parsing_and_bad_files(tmp_path: Path) -> None:

@@ -1,57 +1,28 @@
 """Meta-gradient estimators: TBPTT against finite differences, PES against the true gradient,
-a few meta-steps lowering the meta-loss, and non-finite meta-gradients being skipped."""
+a few meta-steps lowering the meta-loss, non-finite meta-gradients being skipped (and a run of them
+stopping training), and the estimator registry."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
-from torch import nn
 
-from metaopt import to_graph
 from metaopt.optim import RuleConfig, UpdateRule
-from outer_train import train as train_mod
-from outer_train.config import resolve
+from outer_train import estimators
+from outer_train.__main__ import main
+from outer_train.config import ConfigError, resolve
 from outer_train.pes import pes_gradient
 from outer_train.tasks import TaskGroup, TaskSampler
 from outer_train.tbptt import tbptt_gradient, unroll_truncation
-from outer_train.train import MetaTrainer
+from outer_train.train import MetaTrainer, MetaTrainingError, train
 from outer_train.unroll import batched_graph
+from test_outer_common import quadratic_task
 
 TINY = ['tasks.families=["teacher_student"]', "tasks.max_params=120", "tasks.groups=1", "tasks.group_size=2",
         "rule.hidden=4", "rule.layers=1", "tasks.permute_augment=false", "log.progress=false", "threads=1"]
-
-
-class QuadraticTask:
-    """Linear least squares: the loss is an exact quadratic in the parameters (Task protocol subset)."""
-
-    def __init__(self) -> None:
-        torch.manual_seed(0)
-        self.model = nn.Linear(4, 1)
-        self.graph = to_graph(self.model, torch.zeros(2, 4))
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(64, 4, generator=g)
-        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(64, 1, generator=g)
-        self.spec = None
-
-    def init_params(self, seed: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        return {"weight": torch.randn(1, 4, generator=g), "bias": torch.zeros(1)}
-
-    def init_buffers(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def train_batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            yield self.x, self.y
-
-    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield self.x, self.y
-
-    def functional_loss(self, params, batch, buffers=None) -> torch.Tensor:
-        return nn.functional.mse_loss(torch.func.functional_call(self.model, params, (batch[0],)), batch[1])
 
 
 def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -61,10 +32,10 @@ def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
 def test_tbptt_meta_gradient_matches_finite_differences() -> None:
     cfg = resolve("quick", None, TINY + ["rule.alpha=0.05"])
     torch.manual_seed(0)
-    rule = UpdateRule(RuleConfig(kind="gmn", hidden=4, layers=1, alpha=0.05))
-    state = TaskGroup.draw(TaskSampler(cfg.tasks, 0), rule.features).state_dict()
+    rule = UpdateRule(RuleConfig(kind="gmn", hidden=4, layers=1, alpha=0.05, refresh_every=2))  # refreshes 1, 3
+    state = TaskGroup.draw(TaskSampler(cfg.tasks, 0)).state_dict()
     fresh = lambda: [TaskGroup.from_state_dict(copy.deepcopy(state))]  # noqa: E731
-    graph = batched_graph(fresh())
+    graph = batched_graph(rule, fresh())
     grads, _ = tbptt_gradient(rule, fresh(), graph, 4, second_order=True)
     g = torch.Generator().manual_seed(1)
     direction = [torch.randn(p.shape, generator=g) for p in rule.parameters()]
@@ -85,11 +56,10 @@ def test_tbptt_meta_gradient_matches_finite_differences() -> None:
 
 def test_pes_estimate_is_unbiased_for_the_true_gradient_on_a_quadratic() -> None:
     torch.manual_seed(0)
-    task = QuadraticTask()
-    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, layers=0, alpha=0.2))
-    feats = rule.features
-    make = lambda particles: [TaskGroup.from_task(task, [0], 20, 0.05, feats, particles)]  # noqa: E731
-    graph = batched_graph(make(1))
+    task = quadratic_task()
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, layers=0, alpha=0.2, refresh_every=1))
+    make = lambda particles: [TaskGroup.from_task(task, [0], 20, 0.05, num_particles=particles)]  # noqa: E731
+    graph = batched_graph(rule, make(1))
     true = _flat(tbptt_gradient(rule, make(1), graph, 3, second_order=True)[0])
     gen = torch.Generator().manual_seed(0)
     ratios = []
@@ -106,13 +76,12 @@ def test_a_few_meta_steps_lower_the_meta_loss(tmp_path: Path) -> None:
     cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"', "meta.lr=0.05", "tasks.unroll_min=30",
                                          "tasks.unroll_max=30", "tasks.truncation=10"])
     trainer = MetaTrainer(cfg)
-    probe_rule = UpdateRule(trainer.rule.config)
-    probe = TaskGroup.draw(TaskSampler(cfg.tasks, 123), probe_rule.features).state_dict()
+    probe = TaskGroup.draw(TaskSampler(cfg.tasks, 123)).state_dict()
 
     def probe_loss() -> float:
         groups = [TaskGroup.from_state_dict(copy.deepcopy(probe))]
         with torch.no_grad():
-            return float(unroll_truncation(trainer.rule, groups, batched_graph(groups), 20).meta_loss)
+            return float(unroll_truncation(trainer.rule, groups, batched_graph(trainer.rule, groups), 20).meta_loss)
 
     before = probe_loss()
     for _ in range(12):
@@ -122,27 +91,107 @@ def test_a_few_meta_steps_lower_the_meta_loss(tmp_path: Path) -> None:
     assert float(trainer.rule.alpha.detach()) != 0.0
 
 
-def test_non_finite_meta_gradient_is_skipped_and_counted(tmp_path: Path, monkeypatch) -> None:
-    cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"'])
-    trainer = MetaTrainer(cfg)
-    real = train_mod.tbptt_gradient
+def _poison(trainer: MetaTrainer, monkeypatch, which) -> dict[str, int]:
+    """Make the trainer's estimator return NaN meta-gradients on the calls ``which(n)`` selects."""
+    real = trainer.estimator.gradient
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         grads, res = real(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 2:
+        if which(calls["n"]):
             grads[0] = grads[0] + float("nan")
         return grads, res
 
-    monkeypatch.setattr(train_mod, "tbptt_gradient", poisoned)
+    monkeypatch.setattr(trainer.estimator, "gradient", poisoned)
+    return calls
+
+
+def test_non_finite_meta_gradient_is_skipped_and_counted(tmp_path: Path, monkeypatch) -> None:
+    cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"'])
+    trainer = MetaTrainer(cfg)
+    _poison(trainer, monkeypatch, lambda n: n == 2)
     trainer.meta_step()
     before = copy.deepcopy(trainer.rule.state_dict())
     opt_before = copy.deepcopy(trainer.meta_opt.state_dict()["state"])
     metrics = trainer.meta_step()
-    assert metrics["skipped"] == 1.0 and trainer.counters["skipped"] == 1
+    assert metrics["skipped"] == 1.0 and trainer.counters["skipped"] == 1 and trainer.consecutive_skips == 1
     for k, v in trainer.rule.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(torch.equal(opt_before[i]["exp_avg"], s["exp_avg"]) for i, s in trainer.meta_opt.state_dict()["state"].items())
     assert trainer.meta_step()["skipped"] == 1.0
+    assert trainer.consecutive_skips == 0  # a finite step resets the run of skips
     assert all(torch.isfinite(p).all() for p in trainer.rule.parameters())
+
+
+class _AlwaysNaN:
+    """Wraps the configured estimator; every meta-gradient it returns is NaN."""
+
+    calls = 0
+
+    def __init__(self, cfg) -> None:
+        self.inner = estimators.TBPTT(cfg)
+        self.num_particles = self.inner.num_particles
+
+    def gradient(self, rule, groups, graph_inputs, record_ratio):
+        type(self).calls += 1
+        grads, res = self.inner.gradient(rule, groups, graph_inputs, record_ratio)
+        return [torch.full_like(g, float("nan")) for g in grads], res
+
+
+def test_consecutive_non_finite_meta_gradients_stop_the_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(estimators.ESTIMATORS, "tbptt", _AlwaysNaN)
+    _AlwaysNaN.calls = 0
+    cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"', 'name="nan"', "meta.steps=10",
+                                         "meta.max_consecutive_skips=3", "log.compare_every=0", "log.hist_every=0"])
+    with pytest.raises(MetaTrainingError, match="last 3 meta-gradients were non-finite"):
+        train(cfg)
+    assert _AlwaysNaN.calls == 3  # stopped at once, not at meta.steps
+    assert (tmp_path / "nan" / "checkpoints" / "step_000003").is_dir()  # the state it stopped in is kept
+    assert not (tmp_path / "nan" / "final.json").exists()
+
+    # the entry point turns the error into exit status 1 (python -m outer_train raises SystemExit(main()))
+    argv = ["--preset", "quick", "--steps", "10", "--out", str(tmp_path), "--name", "nan_cli", "--set",
+            "meta.max_consecutive_skips=2", "--set", "log.compare_every=0", "--set", "log.hist_every=0"]
+    for s in TINY:
+        argv += ["--set", s]
+    _AlwaysNaN.calls = 0
+    assert main(argv) == 1
+    assert _AlwaysNaN.calls == 2
+    with pytest.raises(ConfigError, match="max_consecutive_skips"):
+        resolve("quick", None, ["meta.max_consecutive_skips=0"])
+
+
+def test_a_registered_estimator_drives_a_meta_step(tmp_path: Path) -> None:
+    """A toy estimator (the meta-gradient of the mean log loss after a 1-step unroll, by TBPTT
+    with its own truncation) is picked by estimator.kind and moves the rule."""
+
+    class OneStep:
+        num_particles = 1
+        calls = 0
+
+        def __init__(self, cfg) -> None:
+            self.cfg = cfg
+
+        def gradient(self, rule, groups, graph_inputs, record_ratio):
+            type(self).calls += 1
+            return tbptt_gradient(rule, groups, graph_inputs, self.cfg.tasks.truncation, vmap=False)
+
+    name = "toy_one_step"
+    try:
+        estimators.register_estimator(name)(OneStep)
+        with pytest.raises(ValueError, match="already registered"):
+            estimators.register_estimator(name)(OneStep)
+        with pytest.raises(ValueError, match="already registered"):
+            estimators.register_estimator("tbptt")(OneStep)
+        cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"', f"estimator.kind={name}", "meta.lr=0.01"])
+        trainer = MetaTrainer(cfg)
+        assert isinstance(trainer.estimator, OneStep)
+        before = float(trainer.rule.alpha.detach())
+        metrics = trainer.meta_step()
+        assert OneStep.calls == 1 and metrics["skipped"] == 0.0
+        assert metrics["alpha"] != before and torch.isfinite(torch.tensor(metrics["meta_loss"]))
+    finally:
+        estimators.ESTIMATORS.pop(name, None)
+    with pytest.raises(ConfigError, match="estimator.kind must be one of"):
+        resolve("quick", None, [f"estimator.kind={name}"])

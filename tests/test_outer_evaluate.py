@@ -36,14 +36,46 @@ def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     (entry,) = data["entries"]
     assert entry["task"] == "siren_shapes/s0"
-    assert set(entry["results"]) == {"adam", "adamw", "sgd_momentum", "rule_gmn", "rule_mlp"}
-    adam = entry["results"]["adam"]
+    assert set(entry["results"]) == {"adam", "adamw", "sgd_momentum", "rule_gmn", "rule_mlp", "rule_gmn@best",
+                                     "rule_mlp@best"}
+    res = entry["results"]
+    adam = res["adam"]
     assert len(adam["grid"]) == 2 and adam["lr"] in (1e-4, 1e-1) and len(adam["curve"]) == 12
-    assert entry["results"]["rule_gmn"]["lr"] == adam["lr"]
+    # the rule at GMNOptimizer's default lr, and at its best lr on Adam's grid
+    assert res["rule_gmn"]["lr"] == evaluate.DEFAULT_LR and res["rule_gmn"]["grid"] is None
+    assert res["rule_gmn@best"]["lr"] in (1e-4, 1e-1) and len(res["rule_gmn@best"]["grid"]) == 2
+    for r in res.values():  # the whole loop is timed: seconds after every step, increasing
+        assert len(r["times"]) == len(r["curve"]) == 12 and r["times"] == sorted(r["times"]) and r["times"][0] > 0
+        assert r["wall_speedup"] >= 0.0 and r["speedup"] >= 0.0
+    assert res["adam"]["wall_speedup"] == 1.0 and res["adam"]["speedup"] == 1.0
+    assert entry["sensitivity"] == {}  # the default lr 1e-3 is not on a 2-point grid
     torch.set_num_threads(threads)
     table = (out / "results.md").read_text()
-    assert "| siren_shapes/s0 | rule_gmn |" in table and "median speedup" in table
+    assert "| siren_shapes/s0 | rule_gmn |" in table and "median speedup (wall-clock)" in table
+    summary = json.loads((out / "summary.json").read_text())
+    assert "curve" not in summary["runs"][0]["results"]["adam"] and summary["summary"]["adam"]["median_speedup"] == 1.0
     assert (out / "curves" / "siren_shapes_s0.png").stat().st_size > 1000
+
+
+def test_rule_lr_sensitivity_comes_from_its_grid(tmp_path: Path) -> None:
+    """On a grid through the default lr (4 points: 1e-4, 1e-3, 1e-2, 1e-1) the default-lr run is the
+    grid's own run, and the sensitivity is the final loss at the grid neighbours over the default's."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    d = tmp_path / "rule"
+    UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.01, refresh_every=5)).save_pretrained(d)
+    out = tmp_path / "eval"
+    evaluate.main(["--rule", str(d), "--tasks", "mlp_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "4",
+                   "--threads", "1", "--out", str(out)])
+    torch.set_num_threads(threads)
+    (entry,) = json.loads((out / "results.json").read_text())["entries"]
+    grid = entry["results"]["rule_gmn@best"]["grid"]
+    sens = entry["sensitivity"]["rule_gmn"]
+    assert (sens["lr_low"], sens["lr_high"]) == pytest.approx((1e-4, 1e-2))
+    assert sens["low_over_default"] == pytest.approx(grid["0.0001"] / grid["0.001"])
+    assert sens["high_over_default"] == pytest.approx(grid["0.01"] / grid["0.001"])
+    assert entry["results"]["rule_gmn"]["final_loss"] == pytest.approx(grid["0.001"])
+    assert "adam" in entry["sensitivity"] and "lr sensitivity" in (out / "results.md").read_text()
 
 
 def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
@@ -67,3 +99,12 @@ def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):  # the same runs twice cannot be merged
         evaluate.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "a" / "results.json"),
                        "--out", str(tmp_path / "x")])
+
+
+def test_baselines_can_be_restricted_to_adam(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    evaluate.main(["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+                   "--baselines", "adam", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["entries"][0]["results"]) == {"adam"} and data["settings"]["baselines"] == ["adam"]

@@ -16,11 +16,13 @@ from .language import LanguageModelTask
 from .sources import pixel_grid, supervised_data
 from .spec import TaskSpec
 from .supervised import SupervisedTask
-from .training import train_with_adam
+from .training import TrainRun, train_task, train_with_adam
 
 __all__ = [
     "Batch", "FAMILY_BUILDERS", "FamilySampler", "HELD_OUT_HORIZON", "HELD_OUT_SEEDS", "HELD_OUT_TASKS",
     "LanguageModelTask", "META_TRAIN_HORIZON", "SupervisedTask", "Task", "TaskDistribution", "TaskSpec",
     "build_task", "held_out_suite", "make_task_spec", "meta_train_distribution", "pixel_grid", "supervised_data",
+    "TrainRun",
+    "train_task",
     "train_with_adam",
 ]

@@ -38,13 +38,8 @@ class Task(ABC):
     def graph(self) -> Any:
         """The model's `ParameterGraph` (metaopt.to_graph), built on first use and cached."""
         if self._graph is None:
-            try:
-                from metaopt import to_graph
-            except ImportError as err:
-                raise ImportError(
-                    "metaopt.to_graph is not available in this checkout; it comes with the parameter-graph "
-                    "work on main (merge main to get it)"
-                ) from err
+            from metaopt import to_graph
+
             self._graph = to_graph(self.model, (self.example_inputs(),))
         return self._graph
 

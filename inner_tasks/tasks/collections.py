@@ -1,4 +1,4 @@
-"""The two named task collections of BENCHMARKS.md §1: the meta-training distribution and the
+"""The two named task collections of docs/benchmarks.md §1: the meta-training distribution and the
 held-out evaluation suite. They never overlap (tests/test_inner_collections.py checks it).
 
 Held-out differs from meta-training by: width 4x / depth 2x on digits MLPs and CNNs; architectures
@@ -15,7 +15,7 @@ from .families import FamilySampler, make_task_spec
 from .spec import TaskSpec
 
 META_TRAIN_HORIZON = 200
-HELD_OUT_HORIZON = 1000  # >= 5x META_TRAIN_HORIZON (BENCHMARKS.md §1: unrolls <= 1/5 of eval horizon)
+HELD_OUT_HORIZON = 1000  # >= 5x META_TRAIN_HORIZON (docs/benchmarks.md §1: unrolls <= 1/5 of eval horizon)
 HELD_OUT_SEEDS = (0, 1, 2)
 
 _ACTS = ("relu", "tanh", "gelu", "silu")

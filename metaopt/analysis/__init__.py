@@ -1,0 +1,1 @@
+"""CKA (centered kernel alignment) between layer representations, and the figures of the CKA study."""

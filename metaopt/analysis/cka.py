@@ -5,8 +5,8 @@ the same n inputs. It is invariant to orthogonal transforms and isotropic scalin
 representation, so it compares networks whose units are arbitrary (different seeds, different
 architectures, GMNs vs image networks). Everything is computed in float64.
 
-`python -m metaopt.analysis.cka --inrs DIR --out DIR` runs the whole study of the second seed paper
-(see `metaopt.analysis.study`).
+The study of "On the Internal Representations of Graph Metanetworks" that uses it is the
+experiment `python -m experiments.cka --inrs DIR --out DIR`.
 """
 
 from __future__ import annotations
@@ -117,13 +117,3 @@ def cka_matrix(
             out[i, j] = hsic(ga, gb, unbiased) / torch.sqrt(self_a[i] * self_b[j])
     return out
 
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m metaopt.analysis.cka` (the full study)."""
-    from .study import main as study_main
-
-    study_main(argv)
-
-
-if __name__ == "__main__":
-    main()

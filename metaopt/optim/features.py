@@ -17,7 +17,8 @@ from torch import Tensor
 
 # Bump when the meaning or order of any feature changes: checkpoints record it, and a rule
 # trained on another feature version is refused instead of silently reading the wrong inputs.
-FEATURE_VERSION = 1
+# Version 2 (metaopt 0.2): features of the amortised rule (no extra momenta; the current lr scale).
+FEATURE_VERSION = 2
 
 # Per-tensor normalisation divides by sqrt(mean square + _TINY): tiny so the rule is
 # scale-robust over the whole float32 range, nonzero so an all-zero tensor stays zero.
@@ -28,16 +29,13 @@ _TINY = 1e-30
 class FeatureConfig:
     """Which features an update rule reads; stored in rule checkpoints.
 
-    momentum_decays: decay rates of the extra gradient momenta kept for the rule, on top of Adam's
-        own first moment at ``betas[0]``. Each costs one float per parameter of optimizer state.
     time_scales: T in the per-graph features ``tanh(step / T)``.
-    max_step: if > 0, those features read ``min(step, max_step)``: a rule meta-trained on unrolls of
-        at most ``max_step`` steps then never sees time features outside its training range.
+    max_step: if > 0, those features read ``min(step, max_step)``: a rule meta-trained on
+        trajectories of at most ``max_step`` steps then never sees time features outside its range.
     clip: the clipped-gradient feature is the per-tensor-normalised gradient clamped to +-clip.
     eps: added to the rms in the ``momentum / rms`` and ``grad / rms`` features.
     """
 
-    momentum_decays: tuple[float, ...] = (0.99,)  # with Adam's beta1: two time scales, state = 3x params
     time_scales: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0)
     clip: float = 3.0
     eps: float = 1e-8
@@ -45,11 +43,7 @@ class FeatureConfig:
     version: int = FEATURE_VERSION
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "momentum_decays", tuple(float(d) for d in self.momentum_decays))
         object.__setattr__(self, "time_scales", tuple(float(t) for t in self.time_scales))
-        bad = [d for d in self.momentum_decays if not 0.0 <= d < 1.0]
-        if bad:
-            raise ValueError(f"FeatureConfig: momentum decays must lie in [0, 1), got {bad}.")
         if any(t <= 0 for t in self.time_scales):
             raise ValueError(f"FeatureConfig: time scales must be > 0, got {self.time_scales}.")
         if self.clip <= 0 or self.eps <= 0:
@@ -61,11 +55,11 @@ class FeatureConfig:
             "grad",
             "grad_clipped",
             "param",
-            "momentum_beta1",
-            *[f"momentum_{d:g}" for d in self.momentum_decays],
-            "second_moment_rms",
             "adam_momentum",
+            "second_moment_rms",
+            "adam_direction",
             "grad_over_rms",
+            "log_lr_scale",
         ]
 
     def node_names(self) -> list[str]:
@@ -88,14 +82,13 @@ class FeatureConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["momentum_decays"] = list(self.momentum_decays)
         out["time_scales"] = list(self.time_scales)
         out["names"] = {"edge": self.edge_names(), "node": self.node_names(), "graph": self.graph_names()}
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
-        keys = {"momentum_decays", "time_scales", "clip", "eps", "max_step", "version"}
+        keys = {"time_scales", "clip", "eps", "max_step", "version"}
         unknown = set(data) - keys - {"names"}
         if unknown:
             raise ValueError(f"FeatureConfig: unknown keys {sorted(unknown)} (known: {sorted(keys)}).")
@@ -178,76 +171,89 @@ def per_tensor_rms(rows: Tensor, index: GraphIndex, method: str = "auto") -> Ten
         raise ValueError(f"per_tensor_rms: method must be 'auto', 'loop' or 'segment', got {method!r}.")
     lengths = index.numels.expand(rows.shape[0], -1).contiguous()
     sq = torch.segment_reduce(rows * rows, "sum", lengths=lengths, axis=1)
-    return (sq / numels.clamp_min(1)).sqrt()
-
-
-def normalise_per_tensor(rows: Tensor, index: GraphIndex, method: str = "auto") -> Tensor:
-    """Divide every row of ``rows`` [F, E] by its RMS within each parameter tensor (in place)."""
-    if method == "auto":
-        method = "segment" if rows.is_cuda else "loop"
-    scale = torch.rsqrt(per_tensor_rms(rows, index, method).square_() + _TINY)  # [F, P]
-    if method == "loop":
-        o = index.offsets
-        for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
-            rows[:, a:b].mul_(scale[:, t : t + 1])
-    else:
-        rows.mul_(torch.repeat_interleave(scale, index.numels, dim=1, output_size=rows.shape[1]))
-    return rows
+    return safe_sqrt(sq / numels.clamp_min(1))
 
 
 def compute_features(
     index: GraphIndex,
     grad: Tensor,
-    param: Tensor | list[Tensor],
+    param: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    momenta: Tensor,
+    log_lr_scale: Tensor,
     step: int,
     config: FeatureConfig,
 ) -> Features:
-    """Build the rule's inputs from flat edge-ordered values (all ``[E]``; ``momenta`` is ``[K, E]``;
-    ``param`` may also be the list of parameter tensors, gathered straight into the buffer).
+    """The rule's inputs from flat edge-ordered values (all ``[E]``), differentiable in every input.
 
-    Every edge feature is RMS-normalised per parameter tensor, so the rule sees the same inputs
-    whatever the gradient or weight scale of a layer (bias correction is a per-tensor factor and
-    cancels too). Node features are the factored (Adafactor-style) second moments: the rms of
-    ``v`` over each node's incoming and outgoing parameter edges, relative to the network's rms.
+    The rule runs once every ``refresh_every`` steps, so this is off the hot path and written once,
+    out of place, for the optimizer and meta-training alike. Every edge row except the lr scale
+    (already bounded) is divided by its RMS within each parameter tensor, so the rule sees the same
+    inputs whatever the gradient or weight scale of a layer (bias correction cancels too); the
+    clipped row is the normalised gradient clamped; non-finite values become 0 (they would spread
+    through message passing). Node features are the factored (Adafactor-style) second moments: the
+    rms of ``v`` over each node's incoming and outgoing parameter edges, relative to the network's.
     """
-    e, k = index.num_edges, len(config.momentum_decays)
-    if grad.shape != (e,) or momenta.shape != (k, e):
+    e = index.num_edges
+    if any(t.shape != (e,) for t in (grad, param, exp_avg, exp_avg_sq, log_lr_scale)):
         raise ValueError(
-            f"compute_features: expected grad [{e}] and momenta [{k}, {e}], "
-            f"got {tuple(grad.shape)} and {tuple(momenta.shape)}."
+            f"compute_features: expected flat [{e}] values, got grad {tuple(grad.shape)}, param "
+            f"{tuple(param.shape)}, exp_avg {tuple(exp_avg.shape)}, exp_avg_sq {tuple(exp_avg_sq.shape)}, "
+            f"log_lr_scale {tuple(log_lr_scale.shape)}."
         )
-    rows = torch.empty(config.edge_dim, e, dtype=grad.dtype, device=grad.device)
-    rows[0].copy_(grad)
-    if isinstance(param, Tensor):
+    if torch.is_grad_enabled():  # meta-training: out of place, differentiable
+        rms = safe_sqrt(exp_avg_sq)
+        denom = rms + config.eps
+        raw = torch.stack([grad, param, exp_avg, rms, exp_avg / denom, grad / denom])
+        sq = per_tensor_rms(raw, index).square()  # [F, P]
+        # A row that is 0 over a whole tensor (a parameter that never gets a gradient): rsqrt's gradient
+        # at _TINY overflows float32 (inf * 0 = NaN in second-order meta-gradients), so none flows there.
+        zero = sq == 0
+        scale = torch.where(zero, torch.rsqrt(sq.detach() + _TINY),
+                            torch.rsqrt(torch.where(zero, torch.ones_like(sq), sq) + _TINY))
+        normed = raw * torch.repeat_interleave(scale, index.numels, dim=1, output_size=e)
+        clipped = normed[0].clamp(-config.clip, config.clip)
+        rows = torch.cat([normed[:1], clipped[None], normed[1:], log_lr_scale[None]])
+        rows = torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
+    else:  # the optimizer's refresh: the same values written into one buffer, no temporaries
+        rows = torch.empty(8, e, dtype=grad.dtype, device=grad.device)
+        rows[0].copy_(grad)
+        rows[1].zero_()
         rows[2].copy_(param)
-    else:
-        torch.cat([p.detach().reshape(-1) for p in param], out=rows[2])
-    rows[3].copy_(exp_avg)
-    rows[4 : 4 + k].copy_(momenta)
-    rms = torch.sqrt(exp_avg_sq, out=rows[4 + k])
-    denom = rms + config.eps
-    torch.div(exp_avg, denom, out=rows[5 + k])
-    torch.div(grad, denom, out=rows[6 + k])
-    del denom
-    rows[1].zero_()  # filled from the normalised gradient below
-    normalise_per_tensor(rows, index)
-    torch.clamp(rows[0], -config.clip, config.clip, out=rows[1])
-    # A non-finite feature would spread through message passing to every neighbour: zero it.
-    torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
-
-    global_rms = exp_avg_sq.mean().sqrt() + _TINY
-    v_in = torch.zeros(index.num_nodes, device=grad.device).index_add_(0, index.dst, exp_avg_sq)
-    v_out = torch.zeros(index.num_nodes, device=grad.device).index_add_(0, index.src, exp_avg_sq)
-    node = torch.stack(
-        [(v_in * index.inv_in_degree).sqrt() / global_rms, (v_out * index.inv_out_degree).sqrt() / global_rms],
-        dim=1,
-    )
-    torch.nan_to_num_(node, nan=0.0, posinf=0.0, neginf=0.0)
-
+        rows[3].copy_(exp_avg)
+        torch.sqrt(exp_avg_sq, out=rows[4])
+        denom = rows[4] + config.eps
+        torch.div(exp_avg, denom, out=rows[5])
+        torch.div(grad, denom, out=rows[6])
+        del denom
+        rows[7].zero_()
+        scale = torch.rsqrt(per_tensor_rms(rows, index).square_() + _TINY)  # [F, P]; rows 1, 7 are 0 here
+        o = index.offsets
+        for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
+            rows[:, a:b].mul_(scale[:, t : t + 1])
+        torch.clamp(rows[0], -config.clip, config.clip, out=rows[1])
+        rows[7].copy_(log_lr_scale)
+        torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
+    global_rms = safe_sqrt(exp_avg_sq.mean()) + _TINY
+    zeros = exp_avg_sq.new_zeros(index.num_nodes)
+    v_in = zeros.index_add(0, index.dst, exp_avg_sq) * index.inv_in_degree
+    v_out = zeros.index_add(0, index.src, exp_avg_sq) * index.inv_out_degree
+    node = torch.stack([safe_sqrt(v_in) / global_rms, safe_sqrt(v_out) / global_rms], dim=1)
+    node = torch.nan_to_num(node, nan=0.0, posinf=0.0, neginf=0.0)
     return Features(edge=rows.t(), node=node, graph=time_features(step, config, grad.device))
+
+
+def safe_sqrt(x: Tensor) -> Tensor:
+    """``sqrt(x)`` for ``x >= 0`` whose gradient is 0 (not inf * 0 = NaN) where ``x == 0``.
+
+    Second-order meta-gradients differentiate through Adam's second moment, which is exactly 0 for
+    parameters whose gradient has always been 0 (dead units, padding): plain sqrt gives NaN there.
+    Values are bit-identical to ``torch.sqrt``.
+    """
+    if not x.requires_grad:
+        return x.sqrt()
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
 def time_features(step: int, config: FeatureConfig, device: torch.device | str) -> Tensor:

@@ -1,10 +1,11 @@
-"""`GMNOptimizer`: a drop-in ``torch.optim.Optimizer`` whose update is Adam plus a learned residual.
+"""`GMNOptimizer`: a drop-in ``torch.optim.Optimizer``: Adam with a learned per-parameter lr scale.
 
-A step (DESIGN.md, "How a step of GMNOptimizer flows"): gradients are gathered once into a flat
-edge-ordered vector; Adam's moments and the rule's extra momenta live in flat buffers (the
-per-parameter entries of ``opt.state`` are views into them); features are computed over the flat
-vector, the rule maps them to a residual per edge, and the update
-``lr * (adam_direction + residual)`` is applied through views with ``torch._foreach`` ops.
+A step (docs/design.md, "How a step of GMNOptimizer flows"): gradients are gathered once into a
+flat edge-ordered vector; Adam's moments and the rule's lr scale live in flat buffers (the
+per-parameter entries of ``opt.state`` are views into them). Every ``refresh_every`` steps the
+rule (a GMN over the parameter graph) reads features of the flat state and sets the scale; every
+step applies ``lr * scale * adam_direction`` through views with ``torch._foreach`` ops. All of the
+arithmetic is `metaopt.optim.core`, the same functions meta-training differentiates through.
 Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before the update.
 """
 
@@ -17,15 +18,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .features import GraphIndex, compute_features
+from . import core
+from .core import Hyper, OptState
+from .features import GraphIndex
 from .lazy_graph import FirstCallGraph, build_graph, check_graph, graph_now, not_built_error
 from .rules import UpdateRule, resolve_rule
 
 # Keys of opt.state that are not parameters: fault counters and the layout check.
 SKIPPED_STEPS = "skipped_steps"  # steps skipped because a gradient was NaN/Inf
 RULE_FALLBACKS = "rule_fallbacks"  # edges whose rule output was non-finite (Adam used instead)
-STEPS_TAKEN = "steps_taken"  # real steps taken (drives the tanh(step / T) features)
-MOMENTUM_DECAYS = "momentum_decays"  # the rule's extra momentum decays the state was built for
+STEPS_TAKEN = "steps_taken"  # real steps taken (drives the refresh schedule and time features)
+RULE_REFRESHES = "rule_refreshes"  # steps on which the rule ran
 
 
 def _build_graph(model: nn.Module, example_inputs: Any) -> Any:
@@ -35,13 +38,14 @@ def _build_graph(model: nn.Module, example_inputs: Any) -> Any:
 
 
 class GMNOptimizer(torch.optim.Optimizer):
-    """Adam with a learned per-parameter residual from a graph-metanetwork update rule.
+    """Adam with a per-parameter lr scale set every ``refresh_every`` steps by a graph-metanetwork rule.
 
     ``GMNOptimizer(model)`` optimizes all of ``model``'s parameters; ``params=`` takes the usual
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
-    ``rule="default"`` is the shipped meta-trained GMN rule; ``rule="adam"`` (the untrained
-    residual, alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay).
+    ``rule="default"`` is the shipped meta-trained GMN rule; ``rule="adam"`` (the untrained rule,
+    alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay). State: Adam's two
+    moments plus the lr scale, 3x the parameters.
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
@@ -49,7 +53,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     a prebuilt one.
 
     Fault handling: a step whose gradients hold NaN/Inf is skipped entirely (``opt.skipped_steps``);
-    non-finite rule outputs fall back to the Adam direction on those edges (``opt.rule_fallbacks``).
+    non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``).
     """
 
     def __init__(
@@ -101,7 +105,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[SKIPPED_STEPS] = 0
         self.state[RULE_FALLBACKS] = 0
         self.state[STEPS_TAKEN] = 0
-        self.state[MOMENTUM_DECAYS] = list(self.rule.features.momentum_decays)
+        self.state[RULE_REFRESHES] = 0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its parameters must be parameters of the model the graph was built from."""
@@ -124,43 +128,32 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     @property
     def rule_fallbacks(self) -> int:
-        """Edges (summed over steps) where the rule's output was non-finite and Adam was used."""
+        """Edges (summed over refreshes) where the rule's output was non-finite and Adam was used."""
         return int(self.state[RULE_FALLBACKS])
 
+    @property
+    def rule_refreshes(self) -> int:
+        """Steps on which the rule ran and set a new lr scale."""
+        return int(self.state[RULE_REFRESHES])
+
     # ---- flat state ----------------------------------------------------------------------
+    STATE_KEYS = ("exp_avg", "exp_avg_sq", "lr_scale")
+
     def _allocate(self, device: torch.device) -> None:
-        """Zero flat buffers (edge order) on ``device`` and per-parameter views into them."""
-        e, k = self._num_edges, len(self.rule.features.momentum_decays)
-        self._buffers = {
-            "exp_avg": torch.zeros(e, device=device),
-            "exp_avg_sq": torch.zeros(e, device=device),
-            "momenta": torch.zeros(k, e, device=device),
-            "step": torch.zeros(len(self._params_all)),  # per tensor, on CPU like torch.optim.Adam
-        }
+        """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
+        init = OptState.zeros(self._num_edges, device)
+        self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
 
     def _attach_views(self) -> None:
         """Point ``self.state[p]`` of every grouped parameter at its slice of the flat buffers."""
         b = self._buffers
         assert b is not None
-        self._views = {
-            "exp_avg": list(b["exp_avg"].split(self._numels)),
-            "exp_avg_sq": list(b["exp_avg_sq"].split(self._numels)),
-            "momenta": [list(row.split(self._numels)) for row in b["momenta"]],
-        }
-        offsets = [0]
-        for n in self._numels:
-            offsets.append(offsets[-1] + n)
+        self._views = {k: list(b[k].split(self._numels)) for k in self.STATE_KEYS}
         for group in self.param_groups:
             for p in group["params"]:
                 i = self._index[id(p)]
-                a, z = offsets[i], offsets[i + 1]
-                self.state[p] = {
-                    "step": b["step"][i],
-                    "exp_avg": self._views["exp_avg"][i].view(p.shape),
-                    "exp_avg_sq": self._views["exp_avg_sq"][i].view(p.shape),
-                    "momenta": b["momenta"][:, a:z].view(-1, *p.shape),
-                }
+                self.state[p] = {"step": b["step"][i], **{k: self._views[k][i].view(p.shape) for k in self.STATE_KEYS}}
 
     def _ensure_state(self, device: torch.device) -> dict[str, Tensor]:
         if self._buffers is None:
@@ -210,125 +203,73 @@ class GMNOptimizer(torch.optim.Optimizer):
         if any(p.device != device for _, p, _ in entries):
             raise RuntimeError("GMNOptimizer: all optimized parameters must be on one device.")
 
-        # Gather gradients once, in edge order (zeros for parameters that do not take part).
-        parts: list[Tensor | None] = [None] * len(self._params_all)
-        for i, p, _ in entries:
-            parts[i] = p.grad.reshape(-1)
-        grad = torch.cat(
-            [t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]
-        ).float()
-        # One reduction, no [E] temporary: min/max propagate NaN, and Inf is their value.
-        if not bool(torch.isfinite(torch.stack(torch.aminmax(grad))).all()):
+        grads = [p.grad for _, p, _ in entries]
+        # One reduction per tensor, no temporaries: a NaN/Inf anywhere makes its norm non-finite.
+        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             self.state[SKIPPED_STEPS] += 1  # state and parameters stay exactly as they were
             return loss
 
         buf = self._ensure_state(device)
         idx = [i for i, _, _ in entries]
-        steps = buf["step"]
-        steps[idx] += 1
+        buf["step"][idx] += 1
         self.state[STEPS_TAKEN] += 1
-        step_list = steps.tolist()
+        step_list = buf["step"].tolist()
 
-        # Per-participating-tensor hyperparameters (Python floats, as torch.optim.Adam computes them).
-        lr, b1, b2, eps, wd, bc1, bc2 = ([] for _ in range(7))
-        for i, _, group in entries:
-            beta1, beta2 = group["betas"]
-            lr.append(float(group["lr"]))
-            b1.append(float(beta1))
-            b2.append(float(beta2))
-            eps.append(float(group["eps"]))
-            wd.append(float(group["weight_decay"]))
-            bc1.append(1.0 - beta1 ** step_list[i])
-            bc2.append(1.0 - beta2 ** step_list[i])
-        # Fast path: every tensor takes part with the same hyperparameters -> plain flat ops.
-        flat = len(entries) == len(self._params_all) and all(
-            len(set(c)) == 1 for c in (lr, b1, b2, eps, wd, bc1, bc2)
-        )
+        # Segments of tensors that share hyperparameters and step count (torch.optim's grouping):
+        # one segment when every tensor takes part alike, the usual case.
+        segments: dict[tuple[Hyper, int], list[tuple[int, Tensor]]] = {}
+        for i, p, group in entries:
+            h = Hyper(float(group["lr"]), float(group["betas"][0]), float(group["betas"][1]),
+                      float(group["eps"]), float(group["weight_decay"]))
+            segments.setdefault((h, int(step_list[i])), []).append((i, p))
 
-        m, v, mom = buf["exp_avg"], buf["exp_avg_sq"], buf["momenta"]
-        decays = self.rule.features.momentum_decays
-        params = [p for _, p, _ in entries]
-        # Moments: one flat op each when uniform, else foreach over the participating views.
-        # The arithmetic mirrors torch.optim.Adam(foreach=True) op for op, so the untrained
-        # rule reproduces Adam's trajectory bit for bit.
-        if flat:
-            m.lerp_(grad, 1.0 - b1[0])
-            v.mul_(b2[0]).addcmul_(grad, grad, value=1.0 - b2[0])
-            for k, d in enumerate(decays):
-                mom[k].lerp_(grad, 1.0 - d)
-            denom_flat = v.sqrt().div_(bc2[0] ** 0.5).add_(eps[0])
-            denom = [t.view(p.shape) for t, p in zip(denom_flat.split(self._numels), params)]
-        else:
-            grad_parts = grad.split(self._numels)
-            gv = [grad_parts[i] for i in idx]
-            mv = [self._views["exp_avg"][i] for i in idx]
-            vv = [self._views["exp_avg_sq"][i] for i in idx]
-            torch._foreach_lerp_(mv, gv, [1.0 - x for x in b1])
-            torch._foreach_mul_(vv, b2)
-            torch._foreach_addcmul_(vv, gv, gv, [1.0 - x for x in b2])
-            for k, d in enumerate(decays):
-                torch._foreach_lerp_([self._views["momenta"][k][i] for i in idx], gv, 1.0 - d)
-            denom = torch._foreach_sqrt(vv)
-            torch._foreach_div_(denom, [x**0.5 for x in bc2])
-            torch._foreach_add_(denom, eps)
-            denom = [t.view(p.shape) for t, p in zip(denom, params)]
-        residual = None if self.rule.is_identity else self._rule_residual(grad, device)
+        def views(seg: list[tuple[int, Tensor]], key: str) -> list[Tensor]:
+            return [self._views[key][i].view(p.shape) for i, p in seg]
 
-        # Apply through views: decoupled decay, Adam's step, then the rule's residual.
-        decayed = [(p, 1.0 - a * w) for p, a, w in zip(params, lr, wd) if w != 0.0]
-        if decayed:
-            torch._foreach_mul_([p for p, _ in decayed], [f for _, f in decayed])
-        exp_avgs = [self._views["exp_avg"][i].view(p.shape) for i, p in zip(idx, params)]
-        torch._foreach_addcdiv_(params, exp_avgs, denom, [-a / c for a, c in zip(lr, bc1)])
-        if residual is not None:
-            res = residual.split(self._numels)
-            upd = [(res[i] * -a).view(p.shape) for i, a, p in zip(idx, lr, params)]
-            if self.rule.config.residual_scale == "adam":  # in units of Adam's own step there
-                mag = torch._foreach_abs(exp_avgs)
-                torch._foreach_div_(mag, bc1)
-                torch._foreach_div_(mag, denom)
-                torch._foreach_mul_(upd, mag)
-            torch._foreach_add_(params, upd)
+        for (h, t), seg in segments.items():
+            g = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for _, p in seg]
+            core.update_moments(views(seg, "exp_avg"), views(seg, "exp_avg_sq"), g, h, inplace=True)
+
+        identity = self._rule_is_identity()
+        if not identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
+            self._refresh(entries, device)
+
+        for (h, t), seg in segments.items():
+            denom = core.adam_denominator(views(seg, "exp_avg_sq"), h, t, inplace=True)
+            scale = None if identity else views(seg, "lr_scale")
+            core.apply_update([p for _, p in seg], views(seg, "exp_avg"), denom, scale, h, t, inplace=True)
         return loss
 
-    def _rule_residual(self, grad: Tensor, device: torch.device) -> Tensor:
-        """The rule's residual per edge; non-finite outputs become 0 (Adam direction), counted."""
+    def _rule_is_identity(self) -> bool:
+        """``rule.is_identity``, re-read only when alpha changed (reading it syncs a GPU)."""
+        key = (id(self.rule), self.rule.alpha._version, self.rule.alpha.data_ptr())
+        if getattr(self, "_identity_key", None) != key:
+            self._identity_key, self._identity = key, self.rule.is_identity
+        return self._identity
+
+    def _refresh(self, entries: list[tuple[int, Tensor, dict[str, Any]]], device: torch.device) -> None:
+        """Run the rule on the flat state; store its lr scale (non-finite outputs -> 1, counted)."""
         graph, index = self._graph_on(device)
         buf = self._buffers
         assert buf is not None
         self.rule.to(device)
-        feats = compute_features(
-            index,
-            grad,
-            self._params_all,
-            buf["exp_avg"],
-            buf["exp_avg_sq"],
-            buf["momenta"],
-            self.state[STEPS_TAKEN],
-            self.rule.features,
-        )
-        residual = self.rule.residual(graph, feats).float()
-        bad = ~torch.isfinite(residual)
-        n_bad = int(bad.sum())
-        if n_bad:
-            self.state[RULE_FALLBACKS] += n_bad
-            residual = residual.masked_fill(bad, 0.0)
-        return residual
+        parts: list[Tensor | None] = [None] * len(self._params_all)
+        for i, p, _ in entries:
+            parts[i] = p.grad.reshape(-1)
+        grad = torch.cat([t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]).float()
+        param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
+        state = OptState(buf["exp_avg"], buf["exp_avg_sq"], buf["lr_scale"], int(self.state[STEPS_TAKEN]))
+        scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state)
+        buf["lr_scale"].copy_(scale)
+        self.state[RULE_FALLBACKS] += n_bad
+        self.state[RULE_REFRESHES] += 1
 
     # ---- checkpointing -------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
-        stored = state_dict.get("state", {}).get(MOMENTUM_DECAYS)
-        current = list(self.rule.features.momentum_decays)
-        if stored is not None and [float(x) for x in stored] != current:
-            raise ValueError(
-                f"GMNOptimizer.load_state_dict: the state was saved with extra momenta at decays {stored}, "
-                f"this optimizer's rule uses {current}; load it with the same rule."
-            )
         super().load_state_dict(state_dict)
-        for key, default in ((SKIPPED_STEPS, 0), (RULE_FALLBACKS, 0), (STEPS_TAKEN, 0)):
-            self.state.setdefault(key, default)
-        self.state[MOMENTUM_DECAYS] = current
+        for key in (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES):
+            self.state.setdefault(key, 0)
         loaded = {p: self.state[p] for group in self.param_groups for p in group["params"] if p in self.state}
         if not loaded:
             self._buffers = None
@@ -337,26 +278,23 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._allocate(device)
         buf = self._buffers
         assert buf is not None
-        k = len(current)
         for p, st in loaded.items():
             i = self._index[id(p)]
-            missing = [key for key in ("step", "exp_avg", "exp_avg_sq", "momenta") if key not in st]
+            missing = [key for key in ("step", *self.STATE_KEYS) if key not in st]
             if missing:
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} (shape {tuple(p.shape)}) lacks "
-                    f"{missing}; it was not saved by a GMNOptimizer."
+                    f"{missing}; it was not saved by this version of GMNOptimizer."
                 )
-            if st["exp_avg"].shape != p.shape or st["exp_avg_sq"].shape != p.shape or st["momenta"].shape != (k, *p.shape):
+            wrong = [key for key in self.STATE_KEYS if st[key].shape != p.shape]
+            if wrong:
                 raise ValueError(
-                    f"GMNOptimizer.load_state_dict: the state of parameter {i} has shapes "
-                    f"{tuple(st['exp_avg'].shape)} / {tuple(st['momenta'].shape)}, expected {tuple(p.shape)} / "
-                    f"{(k, *p.shape)}."
+                    f"GMNOptimizer.load_state_dict: the state of parameter {i} has {wrong} of shapes "
+                    f"{[tuple(st[k].shape) for k in wrong]}, expected {tuple(p.shape)}."
                 )
             buf["step"][i] = st["step"]
-            self._views["exp_avg"][i].copy_(st["exp_avg"].reshape(-1))
-            self._views["exp_avg_sq"][i].copy_(st["exp_avg_sq"].reshape(-1))
-            for r in range(k):
-                self._views["momenta"][r][i].copy_(st["momenta"][r].reshape(-1))
+            for key in self.STATE_KEYS:
+                self._views[key][i].copy_(st[key].reshape(-1))
         self._attach_views()
 
     @classmethod

@@ -1,11 +1,15 @@
-"""Update rules: a residual on Adam, ``update = lr * (adam_direction + alpha * d * exp(beta * m))``.
+"""Update rules: a GMN (or a baseline network) that sets a bounded lr scale per parameter.
 
-An `UpdateRule` wraps a network (a GMN, or the per-parameter MLP baseline that shares everything
-but message passing) whose two edge outputs are a direction ``d`` and a log-magnitude ``m`` per
-parameter. ``alpha`` starts at 0, so an untrained rule is exactly Adam and meta-training learns
-the correction. Rules are stored as ``rule.safetensors`` plus ``config.json`` (architecture,
-feature set, versions, checksum); loading checks everything before touching a module, so a
-corrupt or mismatched checkpoint raises `RuleCheckpointError` instead of loading partially.
+``log_scale = bound * tanh(alpha * d)`` per edge, where ``d`` is the network's edge output;
+`metaopt.optim.core` multiplies Adam's step by ``exp(log_scale)`` and refreshes it every
+``refresh_every`` steps. ``alpha`` starts at 0, so an untrained rule is exactly Adam and
+meta-training learns the correction. The bound keeps any rule within a factor ``exp(bound)`` of
+Adam per parameter, whatever its inputs.
+
+Rule kinds live in a registry (`register_rule_kind`): a kind is a function that builds the
+network from a `RuleConfig`. Rules are stored as ``rule.safetensors`` plus ``config.json``
+(architecture, feature set, versions, checksum); loading checks everything before touching a
+module, so a corrupt or mismatched checkpoint raises `RuleCheckpointError`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +26,11 @@ from torch import Tensor, nn
 from .features import FeatureConfig, Features
 
 RULE_FORMAT = "metaopt-update-rule"
-RULE_VERSION = 1
+# Version 2 (metaopt 0.2): the amortised lr-scale rule. Version-1 rules (a per-step residual on
+# Adam's direction, metaopt 0.1) are refused with a message saying so.
+RULE_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "rule.safetensors"
-KINDS = ("gmn", "mlp", "none")
 DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the meta-trained GMN rule
 ADAM_RULE_DIR = DEFAULT_RULE_DIR.parent / "adam"  # alpha = 0: exactly Adam
 
@@ -34,38 +39,81 @@ class RuleCheckpointError(ValueError):
     """A rule checkpoint is missing, corrupt, or does not match this code's rule/feature format."""
 
 
-RESIDUAL_SCALES = ("adam", "none")
+# ---- the registry of rule kinds ------------------------------------------------------------------
+NetBuilder = Callable[["RuleConfig"], "nn.Module | None"]
+RULE_KINDS: dict[str, NetBuilder] = {}
+
+
+def register_rule_kind(name: str) -> Callable[[NetBuilder], NetBuilder]:
+    """Register ``builder(config) -> network`` as rule kind ``name``. The network is called as
+    ``net(graph, edge_values=, node_values=, graph_values=)`` and returns an object whose ``.edge``
+    is ``[E, 1]`` (one output per parameter); a builder returning None makes a rule that is Adam."""
+
+    def add(builder: NetBuilder) -> NetBuilder:
+        if name in RULE_KINDS:
+            raise ValueError(f"register_rule_kind: a rule kind named {name!r} is already registered.")
+        RULE_KINDS[name] = builder
+        return builder
+
+    return add
+
+
+def _net_kwargs(config: "RuleConfig") -> dict[str, Any]:
+    f = config.features
+    return dict(hidden=config.hidden, edge_in=f.edge_dim, node_in=f.node_dim, graph_in=f.graph_dim, edge_out=1,
+                **config.net_kwargs)
+
+
+@register_rule_kind("gmn")
+def _build_gmn(config: "RuleConfig") -> nn.Module:
+    """A lite graph metanetwork: per-edge MLP plus one edge -> node -> edge round (metaopt.nn.lite)."""
+    from metaopt.nn.lite import LiteGMN
+
+    return LiteGMN(**_net_kwargs(config))
+
+
+@register_rule_kind("mlp")
+def _build_mlp(config: "RuleConfig") -> nn.Module:
+    """The per-parameter MLP baseline: the lite GMN's inputs, width and head, no message passing."""
+    from metaopt.nn.lite import LitePerParameterMLP
+
+    return LitePerParameterMLP(**_net_kwargs(config))
+
+
+@register_rule_kind("none")
+def _build_none(config: "RuleConfig") -> None:
+    """No network: the lr scale is 1, i.e. exactly Adam."""
+    return None
 
 
 @dataclass
 class RuleConfig:
     """Architecture and feature set of an update rule (stored in ``config.json``).
 
-    kind: "gmn" (graph metanetwork), "mlp" (per-parameter MLP: same inputs and head, no message
-        passing) or "none" (no network: the residual is identically zero, i.e. exactly Adam).
-    hidden, layers: width and depth of the network; net_kwargs: extra constructor arguments.
-    alpha: initial residual scale (0 = exactly Adam; a learnable parameter of the rule).
-    beta: scale of the magnitude output inside ``exp(beta * m)`` (fixed).
-    residual_scale: "adam" multiplies each edge's residual by the magnitude of Adam's own step
-        direction ``|m_hat| / (sqrt(v_hat) + eps)`` there, so the learned part shrinks as Adam's
-        step does near a minimum and cannot leave an O(lr) noise floor; "none" leaves it in units
-        of the learning rate (rules saved before this option existed load as "none").
+    kind: a registered rule kind: "gmn" (graph metanetwork), "mlp" (per-parameter MLP: same inputs
+        and head, no message passing), "none" (no network: exactly Adam), or your own.
+    hidden: width of the network (layers: reserved for kinds with a depth); net_kwargs: extra
+        constructor arguments.
+    alpha: initial output scale (0 = exactly Adam; a learnable parameter of the rule).
+    bound: the lr scale stays within ``exp(+-bound)`` of Adam's per parameter.
+    refresh_every: the rule runs on steps 1, k + 1, 2k + 1, ... (k = refresh_every); the scale it
+        sets is reused in between. Meta-training uses the same k as deployment.
     """
 
     kind: str = "gmn"
-    hidden: int = 32
-    layers: int = 2
+    hidden: int = 8
+    layers: int = 1
     alpha: float = 0.0
-    beta: float = 0.1
-    residual_scale: str = "adam"
+    bound: float = 3.0
+    refresh_every: int = 100
     features: FeatureConfig = field(default_factory=FeatureConfig)
     net_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"RuleConfig: kind must be one of {KINDS}, got {self.kind!r}.")
-        if self.residual_scale not in RESIDUAL_SCALES:
-            raise ValueError(f"RuleConfig: residual_scale must be one of {RESIDUAL_SCALES}, got {self.residual_scale!r}.")
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"RuleConfig: kind must be a registered rule kind {sorted(RULE_KINDS)}, got {self.kind!r}.")
+        if not self.bound > 0 or self.refresh_every < 1:
+            raise ValueError(f"RuleConfig: need bound > 0 and refresh_every >= 1, got {self.bound}, {self.refresh_every}.")
         if isinstance(self.features, dict):
             self.features = FeatureConfig.from_dict(self.features)
 
@@ -75,41 +123,15 @@ class RuleConfig:
             "hidden": self.hidden,
             "layers": self.layers,
             "alpha": self.alpha,
-            "beta": self.beta,
-            "residual_scale": self.residual_scale,
+            "bound": self.bound,
+            "refresh_every": self.refresh_every,
             "features": self.features.to_dict(),
             "net_kwargs": dict(self.net_kwargs),
         }
 
 
-def _build_net(config: RuleConfig) -> nn.Module | None:
-    """The rule's network for ``config.kind`` (None for "none"), with two edge outputs (d, m)."""
-    if config.kind == "none":
-        return None
-    try:
-        from metaopt.nn import GMN, PerParameterMLP
-    except ImportError as exc:  # the nn package is developed in parallel
-        raise ImportError(
-            f"UpdateRule(kind={config.kind!r}) needs metaopt.nn.GMN / PerParameterMLP, which could not "
-            f"be imported ({exc}); use kind='none' (exact Adam) until metaopt.nn is installed."
-        ) from exc
-    cls = GMN if config.kind == "gmn" else PerParameterMLP
-    f = config.features
-    return cls(
-        hidden=config.hidden,
-        layers=config.layers,
-        edge_in=f.edge_dim,
-        node_in=f.node_dim,
-        graph_in=f.graph_dim,
-        edge_out=2,
-        node_out=0,
-        graph_out=0,
-        **config.net_kwargs,
-    )
-
-
 class UpdateRule(nn.Module):
-    """Graph + features -> per-edge residual ``alpha * d * exp(beta * m)`` added to Adam's direction."""
+    """Graph + features -> a bounded log lr scale per parameter edge (``bound * tanh(alpha * d)``)."""
 
     def __init__(self, config: RuleConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -118,7 +140,7 @@ class UpdateRule(nn.Module):
         elif overrides:
             raise TypeError("UpdateRule: pass either a RuleConfig or keyword overrides, not both.")
         self.config = config
-        self.net = _build_net(config)
+        self.net = RULE_KINDS[config.kind](config)
         self.alpha = nn.Parameter(torch.tensor(float(config.alpha)))
 
     @property
@@ -127,40 +149,41 @@ class UpdateRule(nn.Module):
 
     @property
     def is_identity(self) -> bool:
-        """True when the residual is exactly zero (no network, or alpha == 0): the rule is Adam."""
+        """True when the lr scale is exactly 1 (no network, or alpha == 0): the rule is Adam."""
         return self.net is None or float(self.alpha.detach()) == 0.0
 
     def prepare(self, graph: Any, device: torch.device | str) -> Any:
-        """The graph in the form the network wants, on ``device``: a metaopt.nn network gets its
-        `prepare_graph` result (int64 indices, degrees) once, instead of recomputing it per step."""
-        if self.net is not None:
-            try:
-                from metaopt.nn import GMN, prepare_graph
-            except ImportError:
-                pass
-            else:
-                if isinstance(self.net, GMN):  # PerParameterMLP is a GMN subclass
-                    return prepare_graph(graph, device)
+        """The graph in the form the network wants, on ``device`` (its ``prepare``: int64 indices,
+        degrees), built once per structure instead of at every refresh."""
+        if self.net is not None and hasattr(self.net, "prepare"):
+            return self.net.prepare(graph, device)
         return graph.to(device)
 
-    def forward(self, graph: Any, feats: Features) -> tuple[Tensor, Tensor]:
-        """Per-edge direction ``d`` [E] and log-magnitude ``m`` [E] from the network's edge head."""
+    def forward(self, graph: Any, feats: Features) -> Tensor:
+        """The network's raw output ``d`` [E], one per parameter edge."""
         if self.net is None:
-            zero = feats.edge.new_zeros(feats.edge.shape[0])
-            return zero, zero
+            return feats.edge.new_zeros(feats.edge.shape[0])
         out = self.net(graph, edge_values=feats.edge, node_values=feats.node, graph_values=feats.graph)
         edge = out.edge
-        if edge is None or edge.shape != (feats.edge.shape[0], 2):
+        if edge is None or edge.shape != (feats.edge.shape[0], 1):
             raise RuntimeError(
                 f"UpdateRule: the {self.config.kind} network returned edge outputs of shape "
-                f"{None if edge is None else tuple(edge.shape)}, expected ({feats.edge.shape[0]}, 2)."
+                f"{None if edge is None else tuple(edge.shape)}, expected ({feats.edge.shape[0]}, 1)."
             )
-        return edge[:, 0], edge[:, 1]
+        return edge[:, 0]
 
-    def residual(self, graph: Any, feats: Features) -> Tensor:
-        """``alpha * d * exp(beta * m)`` per edge, in units of the learning rate (differentiable)."""
-        d, m = self(graph, feats)
-        return self.alpha * d * torch.exp(self.config.beta * m)
+    def log_scale(self, graph: Any, feats: Features, rule_params: dict[str, Tensor] | None = None) -> Tensor:
+        """``bound * tanh(alpha * d)`` per edge (differentiable); ``rule_params`` substitutes the
+        rule's parameters (``torch.func.functional_call``), as PES needs."""
+        if rule_params is None:
+            d, alpha = self(graph, feats), self.alpha
+        else:
+            d, alpha = torch.func.functional_call(self, rule_params, (graph, feats)), rule_params["alpha"]
+        out = self.config.bound * torch.tanh(alpha * d)
+        # tanh would saturate an Inf output to the bound: keep it non-finite, so that the edge
+        # falls back to scale 1 (and is counted) like a NaN output.
+        out = torch.where(torch.isinf(d), torch.full_like(out, float("nan")), out)
+        return out.float()
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -208,11 +231,12 @@ class UpdateRule(nn.Module):
         if meta.get("rule_version") != RULE_VERSION:
             raise RuleCheckpointError(
                 f"UpdateRule.from_pretrained: {cfg_path} has rule_version {meta.get('rule_version')!r}; "
-                f"this metaopt reads version {RULE_VERSION}. Re-export the rule with a matching metaopt."
+                f"this metaopt reads version {RULE_VERSION} (version 1 was the per-step residual rule of "
+                "metaopt 0.1, which this release replaced by the amortised lr-scale rule). Re-train the "
+                "rule with this metaopt's outer_train, or use metaopt 0.1."
             )
         try:
-            # Rules saved before residual_scale existed were trained with the plain residual.
-            config = RuleConfig(**{"residual_scale": "none", **meta["rule"]})
+            config = RuleConfig(**meta["rule"])
         except (KeyError, TypeError, ValueError) as exc:
             raise RuleCheckpointError(f"UpdateRule.from_pretrained: invalid rule section in {cfg_path}: {exc}") from exc
         _check_feature_set(meta["rule"]["features"], config.features, cfg_path)
@@ -246,9 +270,9 @@ class UpdateRule(nn.Module):
 
     @classmethod
     def default(cls) -> "UpdateRule":
-        """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN rule meta-trained by
-        ``outer_train`` (command, budget and evaluation in the README). ``rule="adam"`` is the
-        untrained residual (alpha = 0), i.e. exactly Adam."""
+        """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN lr-scale rule
+        meta-trained by ``outer_train`` (command, budget and evaluation in docs/optim.md).
+        ``rule="adam"`` is the untrained rule (alpha = 0), i.e. exactly Adam."""
         return cls.from_pretrained(DEFAULT_RULE_DIR)
 
 

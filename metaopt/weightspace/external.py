@@ -19,11 +19,11 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import io
 import math
 from pathlib import Path
 from typing import Any
 
+from einops import rearrange
 import numpy as np
 import torch
 from torch import nn
@@ -132,8 +132,11 @@ def _to_torch_order(weights: np.ndarray, pairs: list[tuple[dict[str, Any], dict[
     n, parts = w.shape[0], []
     for k, b in pairs:
         block = w[:, k["start"] : k["end"]].reshape(n, *k["shape"])
-        block = block.permute(0, 4, 3, 1, 2) if len(k["shape"]) == 4 else block.permute(0, 2, 1)
-        parts.append(block.reshape(n, -1))
+        if len(k["shape"]) == 4:  # TF conv kernel (kh, kw, in, out) -> torch (out, in, kh, kw)
+            block = rearrange(block, "n kh kw ci co -> n (co ci kh kw)")
+        else:  # TF dense kernel (in, out) -> torch (out, in)
+            block = rearrange(block, "n ci co -> n (co ci)")
+        parts.append(block)
         if b is not None:
             parts.append(w[:, b["start"] : b["end"]])
     return torch.cat(parts, dim=1)

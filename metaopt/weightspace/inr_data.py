@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from einops import rearrange
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
@@ -176,7 +177,7 @@ def render_images(inrs: INRSet, weights: Tensor) -> Tensor:
     """Render weight rows ``[B, E]`` of `inrs`'s architecture as images ``[B, C, H, W]``."""
     c, h, w = inrs.image_shape
     out = render(inrs.graph, inrs.layers, weights, pixel_coords(h, w, weights.device))
-    return out.transpose(1, 2).reshape(weights.shape[0], c, h, w)
+    return rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
 
 
 def augment(

@@ -5,30 +5,26 @@ The edited weights w + delta are rendered with the functional SIREN (`inr_data.r
 pixel grid and compared (MSE) with the transformed ground-truth image. Baselines: the same model
 without message passing (PerParameterMLP edge head) and "no edit" (the INR as it is).
 
-CLI: ``python -m metaopt.weightspace.inr_edit --inrs DIR --seeds 2 --out DIR``.
+The multi-seed experiment, its table and CLI are `experiments.inr_edit`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+from einops import rearrange
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from tqdm import tqdm
 
-from .inr_data import INRSet, augment, load_inr_set, pixel_coords, render
+from .inr_data import INRSet, augment, pixel_coords, render
+from .training import fit_epochs
 
 EDIT_METHODS = ("gmn", "mlp")  # mlp = PerParameterMLP edge head (no message passing)
 TRANSFORMS = ("dilate", "erode", "invert")
-METHOD_NAMES = {"gmn": "GMN edge head", "mlp": "PerParameterMLP edge head", "none": "no edit"}
 
 
 def transform_images(images: Tensor, name: str) -> Tensor:
@@ -90,8 +86,7 @@ def render_loss(inrs: INRSet, weights: Tensor, targets: Tensor, coords: Tensor) 
 
 def _targets(inrs: INRSet, idx: Tensor, transform: str) -> Tensor:
     imgs = transform_images(inrs.images[inrs.image_index[idx]], transform)
-    b, c, h, w = imgs.shape
-    return imgs.reshape(b, c, h * w).transpose(1, 2)
+    return rearrange(imgs, "b c h w -> b (h w) c")  # pixel_coords order: row-major
 
 
 def train_editor(method: str, inrs: INRSet, cfg: EditConfig, progress: bool = False) -> tuple[WeightEditor, dict[str, Any]]:
@@ -100,29 +95,17 @@ def train_editor(method: str, inrs: INRSet, cfg: EditConfig, progress: bool = Fa
     model = WeightEditor(method, inrs.graph, cfg.hidden, cfg.layers)
     c, h, w = inrs.image_shape
     coords = pixel_coords(h, w)
-    tr = inrs.split(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * max(1, math.ceil(len(tr) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed + 29)
-    curve, t0 = [], time.time()
-    for _ in tqdm(range(cfg.epochs), desc=f"edit {method} seed {cfg.seed}", disable=not progress, leave=False):
-        model.train()
-        perm = tr[torch.randperm(len(tr), generator=gen)]
-        total = 0.0
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            wb = inrs.weights[idx]
-            if cfg.augment:
-                wb = augment(inrs.graph, inrs.layers, wb, generator=gen)
-            loss = render_loss(inrs, wb + model(wb), _targets(inrs, idx, cfg.transform), coords).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        curve.append(total / len(tr))
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        wb = inrs.weights[idx]
+        if cfg.augment:
+            wb = augment(inrs.graph, inrs.layers, wb, generator=gen)
+        return render_loss(inrs, wb + model(wb), _targets(inrs, idx, cfg.transform), coords).mean()
+
+    t0 = time.time()
+    curve = fit_epochs(model, inrs.split(False), batch_loss, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                       weight_decay=cfg.weight_decay, generator=gen, desc=f"edit {method} seed {cfg.seed}", progress=progress)
     res = evaluate_editor(model, inrs, cfg.transform)
     return model, {"method": method, "seed": cfg.seed, **res, "loss_curve": curve, "seconds": round(time.time() - t0, 1)}
 
@@ -143,65 +126,3 @@ def evaluate_editor(model: WeightEditor | None, inrs: INRSet, transform: str, ba
         losses.append(render_loss(inrs, edited, _targets(inrs, idx, transform), coords))
     mse = torch.cat(losses)
     return {"test_mse": float(mse.mean()), "test_psnr": float((10 * torch.log10(1 / mse.clamp(min=1e-12))).mean())}
-
-
-def run_editing(inrs: INRSet, methods: list[str], seeds: int, cfg: EditConfig, progress: bool = True) -> dict[str, Any]:
-    """'no edit' plus every method x seed; returns runs and per-method mean/std of the test MSE."""
-    runs: list[dict[str, Any]] = [{"method": "none", "seed": 0, **evaluate_editor(None, inrs, cfg.transform)}]
-    for method in methods:
-        for s in range(seeds):
-            _, res = train_editor(method, inrs, replace(cfg, seed=cfg.seed + s), progress=progress)
-            runs.append(res)
-            if progress:
-                print(f"edit {method:>4} seed {cfg.seed + s}: test MSE {res['test_mse']:.5f} ({res['seconds']} s)")
-    summary = {}
-    for method in ["none", *methods]:
-        mses = torch.tensor([r["test_mse"] for r in runs if r["method"] == method], dtype=torch.float64)
-        psnrs = torch.tensor([r["test_psnr"] for r in runs if r["method"] == method], dtype=torch.float64)
-        summary[method] = {"name": METHOD_NAMES[method], "test_mse_mean": float(mses.mean()),
-                           "test_mse_std": float(mses.std()) if len(mses) > 1 else 0.0,
-                           "test_psnr_mean": float(psnrs.mean()), "seeds": len(mses)}
-    return {"config": asdict(cfg), "inrs": str(inrs.root), "summary": summary, "runs": runs}
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    """MSE table (mean +- std over seeds) as Markdown."""
-    t = result["config"]["transform"]
-    lines = [f"| method ({t}) | test MSE (mean +- std) | test PSNR (dB) | seeds |", "|---|---:|---:|---:|"]
-    for s in result["summary"].values():
-        lines.append(f"| {s['name']} | {s['test_mse_mean']:.5f} +- {s['test_mse_std']:.5f} | {s['test_psnr_mean']:.2f} | {s['seeds']} |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m metaopt.weightspace.inr_edit", description=__doc__.split("\n")[0])
-    p.add_argument("--inrs", required=True)
-    p.add_argument("--method", default="all", help=f"one of {EDIT_METHODS}, comma-separated, or 'all'")
-    p.add_argument("--transform", default="dilate", choices=TRANSFORMS)
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--out", default=None, help="results folder (default: <inrs>/edit)")
-    p.add_argument("--epochs", type=int, default=EditConfig.epochs)
-    p.add_argument("--hidden", type=int, default=EditConfig.hidden)
-    p.add_argument("--layers", type=int, default=EditConfig.layers)
-    p.add_argument("--lr", type=float, default=EditConfig.lr)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    methods = list(EDIT_METHODS) if a.method == "all" else [m.strip() for m in a.method.split(",")]
-    bad = [m for m in methods if m not in EDIT_METHODS]
-    if bad:
-        p.error(f"unknown method(s) {bad}; choose from {EDIT_METHODS} or 'all'")
-    cfg = EditConfig(transform=a.transform, hidden=a.hidden, layers=a.layers, epochs=a.epochs, lr=a.lr, augment=not a.no_augment)
-    inrs = load_inr_set(a.inrs)
-    result = run_editing(inrs, methods, a.seeds, cfg)
-    out = Path(a.out or Path(a.inrs) / "edit")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"edit_{a.transform}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(result)
-    (out / f"edit_{a.transform}.md").write_text(table + "\n")
-    print(table)
-
-
-if __name__ == "__main__":
-    main()

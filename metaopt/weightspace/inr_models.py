@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from einops import rearrange
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
@@ -68,10 +69,10 @@ class GroupPool(nn.Module):
         idx = (self.groups[None, :] + self.num_groups * torch.arange(b, device=states.device)[:, None]).flatten()
         s = states.float()
         mean = torch.zeros(b * self.num_groups, d, device=s.device).index_add_(0, idx, s)
-        mean = mean.view(b, self.num_groups, d) * self.inv_count[None, :, None]
+        mean = rearrange(mean, "(b g) d -> b g d", b=b) * self.inv_count[None, :, None]
         mx = torch.full((b * self.num_groups, d), float("-inf"), device=s.device)
         mx = mx.scatter_reduce(0, idx[:, None].expand(-1, d), s, reduce="amax", include_self=True)
-        return torch.cat([mean.flatten(1), mx.view(b, -1)], dim=1)
+        return torch.cat([rearrange(mean, "b g d -> b (g d)"), rearrange(mx, "(b g) d -> b (g d)", b=b)], dim=1)
 
 
 def batch_norm_head(in_dim: int, hidden: int, out: int, dropout: float = 0.0) -> nn.Sequential:

@@ -32,7 +32,7 @@ class PredictorConfig:
     eval_batch_size: int = 64
     # Model selection: hold out this fraction of the training models (at least 2) as a validation set,
     # score it every `eval_every` steps and keep the checkpoint with the lowest validation MSE. With a few
-    # hundred training models the predictors overfit long before a fixed budget ends (session 1: 1500 steps
+    # hundred training models the predictors overfit long before a fixed budget ends (v0.0, 2026-11: 1500 steps
     # scored worse than 400), so the fixed-budget last checkpoint is a poor choice. 0 disables it.
     val_fraction: float = 0.2
     eval_every: int = 25

@@ -10,8 +10,8 @@ Why the threshold: statistics of an architecture with one or two training models
 of those models' tensors by *its own* mean and std, which erases the weight scale (the most
 predictive feature of accuracy) for the training models while the unseen test architectures keep
 it under the pooled statistics, so train and test inputs differ in distribution. In zoos where
-nearly every model has its own architecture (session 1's varying-CNN zoo: 437 architectures for
-450 models) that made StatNN/GMN features near-constant on the training set. The statistics are
+nearly every model has its own architecture (the 450-model varying-CNN zoo of v0.0, 2026-11: 437
+architectures for 450 models) that made StatNN/GMN features near-constant on the training set. The statistics are
 shared by all models of an architecture, so differences between models survive.
 """
 

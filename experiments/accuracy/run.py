@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..external import is_small_cnn_zoo, load_small_cnn_zoo
-from ..zoo_io import Zoo, load_zoo
-from .predict import PredictorConfig, fit_and_score
+from metaopt.weightspace.accuracy import PredictorConfig, fit_and_score, make_split
+from metaopt.weightspace.external import is_small_cnn_zoo, load_small_cnn_zoo
+from metaopt.weightspace.zoo_io import Zoo, load_zoo
+
 from .report import markdown_table, scatter_plot, summarize
-from .splits import make_split
 
 
 @lru_cache(maxsize=4)

@@ -1,6 +1,6 @@
 """How predictable is a zoo's accuracy at all? Reference regressors that need no metanetwork.
 
-`python -m metaopt.weightspace.accuracy.diagnose --zoo DIR [--seeds 3]` prints, per split:
+`python -m experiments.accuracy.diagnose --zoo DIR [--seeds 3]` prints, per split:
 - the binomial noise ceiling of R² (test accuracy measured on a finite test set);
 - gradient boosting on the *stored hyperparameters and architecture knobs* (not weights: an upper
   reference for what the training recipe alone explains with this many models);
@@ -21,8 +21,10 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 
-from ..zoo_io import Zoo
-from .splits import SPLITS, make_split
+from metaopt.weightspace.accuracy import SPLITS, make_split
+from metaopt.weightspace.zoo_io import Zoo
+
+from .run import open_zoo
 
 LOG_HPARAMS = ("lr", "weight_decay", "data_fraction")
 HPARAMS = ("lr", "epochs", "weight_decay", "dropout", "init_scale", "label_noise", "data_fraction")
@@ -94,10 +96,9 @@ def diagnose(zoo: Zoo, seeds: int = 3, splits: tuple[str, ...] = SPLITS) -> dict
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from .run import open_zoo
-
-    ap = argparse.ArgumentParser(prog="python -m metaopt.weightspace.accuracy.diagnose", description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    """Print the zoo's reference-regressor table; returns the exit status."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.accuracy.diagnose", description=__doc__)
     ap.add_argument("--zoo", required=True)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--test-examples", type=int, default=450, help="examples behind each test accuracy")
@@ -112,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for split, rows in res["splits"].items():
         for name, s in rows.items():
             print(f"| {split} | {name} | {s['r2']:.3f} ± {s['r2_std']:.3f} | {s['tau']:.3f} |")
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""CLI: python -m metaopt.weightspace.accuracy --zoo [NAME=]DIR [--zoo ...] --split 50|5|ood|all
+"""CLI: python -m experiments.accuracy --zoo [NAME=]DIR [--zoo ...] --split 50|5|ood|all
 --method gmn|deepsets|dmc|statnn|all --seeds 3 --out DIR."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .predict import METHODS, PredictorConfig
+from metaopt.weightspace.accuracy import METHODS, SPLITS, PredictorConfig
+
 from .run import open_zoo, run_grid, write_results
-from .splits import SPLITS
 
 
 def _choices(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -23,8 +23,9 @@ def _choices(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
-def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(prog="python -m metaopt.weightspace.accuracy", description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    """Run the grid and write accuracy.json / accuracy.md / scatter plots; returns the exit status."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.accuracy", description=__doc__)
     ap.add_argument("--zoo", action="append", required=True,
                     help="[NAME=]DIR; repeat for several zoos (columns of the table). DIR is a generated zoo "
                          "or a Small CNN Zoo folder (weights.npy, layout.csv, metrics.csv)")
@@ -46,12 +47,12 @@ def main(argv: list[str] | None = None) -> str:
         zoos[name] = path
     torch.set_num_threads(1)
     runs = run_grid(zoos, splits, methods, args.seeds, cfg, args.workers)
-    command = "python -m metaopt.weightspace.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m experiments.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
     table = write_results(Path(args.out), runs, zoos, splits, methods, cfg, command)
     print(table)
     print(f"wrote {args.out}/accuracy.json, accuracy.md, scatter_*.png")
-    return table
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

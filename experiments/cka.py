@@ -12,6 +12,9 @@ GMN, the same images in the same order for the image networks). Then:
   seed (MLP and CNN) gets them wrong, and the reverse.
 
 Trained runs are cached under ``<out>/runs`` so a rerun only recomputes the analysis.
+CKA itself and the plots are `metaopt.analysis`.
+
+CLI: ``python -m experiments.cka --inrs DIR --out DIR`` (console script ``metaopt-cka``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import argparse
 import itertools
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from metaopt.analysis.cka import KERNELS, gram, hsic
+from metaopt.analysis.plots import plot_curves, plot_heatmaps, plot_samples
 from metaopt.weightspace.inr_classify import ClassifyConfig, method_inputs, train_classifier
 from metaopt.weightspace.inr_data import INRSet, load_inr_set, render_images
-
-from .cka import KERNELS, cka_matrix, gram, hsic
-from .plots import plot_curves, plot_heatmaps, plot_samples
 
 ARCHS = {"GMN": "gmn", "MLP": "image_mlp", "CNN": "image_cnn"}
 LAYER_LABELS = {
@@ -213,7 +215,7 @@ def run_study(inrs: INRSet, out: Path, cfg: StudyConfig, kernels: tuple[str, ...
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m metaopt.analysis.cka", description="CKA study of GMN vs MLP/CNN representations")
+    p = argparse.ArgumentParser(prog="python -m experiments.cka", description="CKA study of GMN vs MLP/CNN representations")
     p.add_argument("--inrs", required=True, help="INR set folder (python -m inner_tasks.inr --data digits --out DIR)")
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, default=StudyConfig.seeds)

@@ -1,5 +1,8 @@
-"""`python -m metaopt.demo`: convert a few models to parameter graphs, print their summaries and
-prove each graph is exact (bitwise round trip; message-passing forward pass for the MLP)."""
+"""Convert a few models to parameter graphs, print their summaries and prove each graph is exact
+(bitwise round trip; message-passing forward pass for the MLP).
+
+CLI: ``python -m experiments.demo`` (console script ``metaopt-demo``).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,203 @@
+"""The one update core: Adam with a learned per-parameter lr scale, refreshed every k steps.
+
+Both `GMNOptimizer.step` and meta-training (``outer_train``) call these functions, as
+``torch.optim.Adam.step`` calls one functional ``adam()``: what is meta-trained is what ships.
+
+One step, for every parameter (edge) e::
+
+    m, v   <- Adam's moments after this gradient
+    s      <- exp(rule's bounded log-scale)       only on refresh steps (1, k+1, 2k+1, ...)
+    p      <- p * (1 - lr * wd) - lr * s * m_hat / (sqrt(v_hat) + eps)
+
+The rule (a GMN over the parameter graph) runs once per ``k`` steps; in between a step costs
+Adam plus one multiply by the stored scale. With the untrained rule (alpha = 0) ``s`` is 1 and the
+step is exactly Adam (AdamW with weight decay): the scale is then never even multiplied in.
+
+Every function takes ``inplace``: True updates the given tensors (the optimizer, on views into
+its flat buffers, with ``torch._foreach`` ops); False returns new tensors and leaves the inputs
+alone, so autograd can differentiate an unroll with respect to the rule (meta-training). The
+arithmetic is op for op the same in both modes and mirrors ``torch.optim.Adam(foreach=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .features import Features, GraphIndex, compute_features, safe_sqrt
+from .rules import UpdateRule
+
+
+@dataclass
+class OptState:
+    """Optimizer state of one network in flat edge order; ``step`` counts the steps taken."""
+
+    exp_avg: Tensor  # [E] Adam's first moment
+    exp_avg_sq: Tensor  # [E] Adam's second moment
+    lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam)
+    step: int = 0
+
+    @classmethod
+    def zeros(cls, num_edges: int, device: torch.device | str = "cpu") -> "OptState":
+        """The state before the first step."""
+        return cls(
+            torch.zeros(num_edges, device=device),
+            torch.zeros(num_edges, device=device),
+            torch.ones(num_edges, device=device),
+            0,
+        )
+
+    def detach(self) -> "OptState":
+        """The same values cut from the autograd graph (the boundary between truncations)."""
+        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self) if f.name != "step"})
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensor fields by name (for checkpoints)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "step"}
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Hyperparameters of one group of tensors at one step (Python floats, as torch.optim uses)."""
+
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def bias_corrections(self, step: int) -> tuple[float, float]:
+        return 1.0 - self.beta1**step, 1.0 - self.beta2**step
+
+
+def refresh_due(step: int, every: int) -> bool:
+    """True on the steps where the rule runs: 1, every + 1, 2 * every + 1, ... (``step`` is 1-based)."""
+    return (step - 1) % every == 0
+
+
+# ---- Adam's part -------------------------------------------------------------------------------
+def update_moments(
+    exp_avg: list[Tensor], exp_avg_sq: list[Tensor], grad: list[Tensor], h: Hyper, inplace: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``m = lerp(m, g, 1 - beta1)``, ``v = beta2 * v + (1 - beta2) * g * g`` for each tensor of the lists."""
+    if inplace:
+        torch._foreach_lerp_(exp_avg, grad, 1.0 - h.beta1)
+        torch._foreach_mul_(exp_avg_sq, h.beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grad, grad, 1.0 - h.beta2)
+        return exp_avg, exp_avg_sq
+    m = [torch.lerp(a, g, 1.0 - h.beta1) for a, g in zip(exp_avg, grad)]
+    v = [torch.addcmul(b * h.beta2, g, g, value=1.0 - h.beta2) for b, g in zip(exp_avg_sq, grad)]
+    return m, v
+
+
+def adam_denominator(exp_avg_sq: list[Tensor], h: Hyper, step: int, inplace: bool) -> list[Tensor]:
+    """``sqrt(v) / sqrt(1 - beta2^t) + eps`` (new tensors in both modes; the state is untouched)."""
+    bc2_sqrt = h.bias_corrections(step)[1] ** 0.5
+    if inplace:
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, h.eps)
+        return denom
+    return [safe_sqrt(v) / bc2_sqrt + h.eps for v in exp_avg_sq]
+
+
+def apply_update(
+    params: list[Tensor],
+    exp_avg: list[Tensor],
+    denom: list[Tensor],
+    lr_scale: list[Tensor] | None,
+    h: Hyper,
+    step: int,
+    inplace: bool,
+) -> list[Tensor]:
+    """``p * (1 - lr * wd) - (lr / bc1) * m / (denom / s)`` per tensor; ``lr_scale=None`` is s = 1.
+
+    The scale divides the denominator (a temporary in both modes) rather than multiplying ``m``:
+    one pass instead of an allocation and a pass. In place, ``denom`` is overwritten.
+    """
+    step_size = -h.lr / h.bias_corrections(step)[0]
+    if inplace:
+        if lr_scale is not None:
+            torch._foreach_div_(denom, lr_scale)
+        if h.weight_decay != 0.0:
+            torch._foreach_mul_(params, 1.0 - h.lr * h.weight_decay)
+        torch._foreach_addcdiv_(params, exp_avg, denom, step_size)
+        return params
+    if lr_scale is not None:
+        denom = [d / s for d, s in zip(denom, lr_scale)]
+    if h.weight_decay != 0.0:
+        params = [p * (1.0 - h.lr * h.weight_decay) for p in params]
+    return [torch.addcdiv(p, m, d, value=step_size) for p, m, d in zip(params, exp_avg, denom)]
+
+
+# ---- the rule's part ---------------------------------------------------------------------------
+def rule_features(index: GraphIndex, grad: Tensor, param: Tensor, state: OptState, rule: UpdateRule) -> Features:
+    """The rule's inputs for a state that already holds this step's moments (flat [E] values)."""
+    return compute_features(
+        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features
+    )
+
+
+def scale_from_log(log_scale: Tensor) -> tuple[Tensor, int]:
+    """``exp(log_scale)`` with non-finite entries replaced by 1 (Adam there); also their count."""
+    bad = ~torch.isfinite(log_scale)
+    n_bad = int(bad.sum())
+    if n_bad:
+        log_scale = torch.where(bad, torch.zeros_like(log_scale), log_scale)
+    return torch.exp(log_scale), n_bad
+
+
+def refresh_lr_scale(
+    rule: UpdateRule,
+    graph: Any,
+    index: GraphIndex,
+    grad: Tensor,
+    param: Tensor,
+    state: OptState,
+    rule_params: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, int]:
+    """A new lr scale [E] for one network from the rule (and the count of non-finite outputs)."""
+    feats = rule_features(index, grad, param, state, rule)
+    return scale_from_log(rule.log_scale(graph, feats, rule_params))
+
+
+# ---- one whole step (meta-training's form; the optimizer composes the same pieces in place) ------
+def advance(state: OptState, grad: Tensor, h: Hyper) -> OptState:
+    """The state after this gradient: new moments, step + 1, the lr scale carried over."""
+    (m,), (v,) = update_moments([state.exp_avg], [state.exp_avg_sq], [grad], h, inplace=False)
+    return OptState(m, v, state.lr_scale, state.step + 1)
+
+
+def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool) -> Tensor:
+    """New flat parameters from a state that already holds this step's moments (and scale)."""
+    denom = adam_denominator([state.exp_avg_sq], h, state.step, inplace=False)
+    (out,) = apply_update([params], [state.exp_avg], denom, [state.lr_scale] if scaled else None, h, state.step,
+                          inplace=False)
+    return out
+
+
+def step(
+    rule: UpdateRule,
+    graph: Any,
+    index: GraphIndex,
+    params: Tensor,
+    grad: Tensor,
+    state: OptState,
+    h: Hyper,
+    *,
+    rule_params: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, OptState]:
+    """One step on flat ``params`` / ``grad`` -> (new params, new state); the inputs are untouched.
+
+    ``graph`` is the network's graph or its ``rule.prepare``-d form; ``rule_params`` evaluates the
+    rule with other parameter values (PES). Meta-training does the same with `advance`, one rule
+    forward over a batch of networks, and `finish`.
+    """
+    new = advance(state, grad, h)
+    # The network runs even at alpha = 0 (scale exactly 1), so meta-gradients reach alpha.
+    if rule.net is not None and refresh_due(new.step, rule.config.refresh_every):
+        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params)
+    return finish(params, new, h, scaled=rule.net is not None), new

@@ -1,0 +1,74 @@
+"""Meta-gradient estimators behind one small interface (learned_optimization's ``GradientEstimator``).
+
+An estimator says how many particles (copies of each inner trajectory) it needs and turns one
+truncation of every task group into a meta-gradient. `MetaTrainer` looks the configured kind up
+in `ESTIMATORS`; adding an estimator is one class and one `register_estimator` line.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from torch import Tensor
+
+from metaopt.optim import UpdateRule
+
+from .config import TrainConfig
+from .pes import NUM_PARTICLES, pes_gradient
+from .tasks import TaskGroup
+from .tbptt import TruncationResult, tbptt_gradient
+
+
+class GradientEstimator(Protocol):
+    """Turns one truncation of every group into (one gradient per rule parameter, the truncation's result)."""
+
+    num_particles: int
+
+    def gradient(
+        self, rule: UpdateRule, groups: list[TaskGroup], graph_inputs, record_ratio: bool
+    ) -> tuple[list[Tensor], TruncationResult]: ...
+
+
+ESTIMATORS: dict[str, Callable[[TrainConfig], GradientEstimator]] = {}
+
+
+def register_estimator(name: str) -> Callable[[Callable[[TrainConfig], GradientEstimator]], Callable[[TrainConfig], GradientEstimator]]:
+    """Register ``factory(cfg) -> estimator`` as ``estimator.kind = name``."""
+
+    def add(factory):
+        if name in ESTIMATORS:
+            raise ValueError(f"register_estimator: an estimator named {name!r} is already registered.")
+        ESTIMATORS[name] = factory
+        return factory
+
+    return add
+
+
+@register_estimator("tbptt")
+class TBPTT:
+    """Truncated backpropagation through time (optionally second order: through the inner gradients)."""
+
+    num_particles = 1
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def gradient(self, rule, groups, graph_inputs, record_ratio):
+        c = self.cfg
+        return tbptt_gradient(rule, groups, graph_inputs, c.tasks.truncation, second_order=c.estimator.second_order,
+                              meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio)
+
+
+@register_estimator("pes")
+class PES:
+    """Persistent evolution strategies with antithetic pairs: unbiased over the whole trajectory."""
+
+    num_particles = NUM_PARTICLES
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def gradient(self, rule, groups, graph_inputs, record_ratio):
+        c = self.cfg
+        return pes_gradient(rule, groups, graph_inputs, c.tasks.truncation, c.estimator.pes_sigma,
+                            meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio)

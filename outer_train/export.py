@@ -1,0 +1,48 @@
+"""Export the rule of a run's newest checkpoint: ``python -m outer_train.export RUN_DIR OUT_DIR``.
+
+A meta-training run writes ``RUN_DIR/rule`` only when it ends; this takes the rule out of the
+newest checkpoint while the run goes on (or after it was interrupted), in `save_pretrained`
+format, with the run's config and metrics beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from metaopt.optim import RuleConfig, UpdateRule
+
+from . import checkpoint as ckpt
+
+
+def export_rule(run_dir: Path, out: Path) -> Path:
+    """Write the newest checkpoint's rule of ``run_dir`` to ``out``; returns ``out``."""
+    d = ckpt.latest(run_dir / "checkpoints")
+    if d is None:
+        raise SystemExit(f"outer_train.export: {run_dir / 'checkpoints'} holds no complete checkpoint.")
+    import torch
+
+    main = torch.load(d / "main.pt", weights_only=False)
+    rule = UpdateRule(RuleConfig(**main["rule_config"]))
+    rule.load_state_dict(main["rule"])
+    rule.save_pretrained(out)
+    for name in ("config.json", "metrics.jsonl"):
+        if (run_dir / name).is_file():
+            shutil.copy(run_dir / name, out / ("train_" + name))
+    (out / "train_step.json").write_text(json.dumps({"checkpoint": d.name, "outer_step": int(main["step"])}) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m outer_train.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("out", type=Path)
+    a = p.parse_args(argv)
+    print(f"wrote {export_rule(a.run_dir, a.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Shared helpers for the meta-training tests: inner tasks built from a given nn.Module.
+
+No tests live here; pytest imports it as a module (tests/ is on sys.path in prepend mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from metaopt import to_graph
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ModelTask:
+    """The Task protocol (the subset `TaskGroup.from_task` uses) over a fixed nn.Module.
+
+    Every member starts from the module's own parameters; member ``seed`` draws its batches from
+    ``make_batch(torch.Generator().manual_seed(seed))``, so a test can replay them exactly.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, make_batch: Callable[[torch.Generator], Batch],
+                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.mse_loss) -> None:
+        self.model = model
+        self.graph = to_graph(model, example)
+        self.make_batch = make_batch
+        self.loss_fn = loss
+        self.spec = None
+
+    def init_params(self, seed: int) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def init_buffers(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def batches(self, seed: int) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            yield self.make_batch(g)
+
+    def train_batches(self, seed: int) -> Iterator[Batch]:
+        return self.batches(seed)
+
+    def eval_batches(self) -> Iterator[Batch]:
+        return self.batches(10**6)
+
+    def functional_loss(self, params, batch: Batch, buffers=None) -> torch.Tensor:
+        return self.loss_fn(torch.func.functional_call(self.model, params, (batch[0],)), batch[1])
+
+
+def quadratic_task() -> ModelTask:
+    """Linear least squares: the loss is an exact quadratic in the parameters."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, 4, generator=torch.Generator().manual_seed(0)))
+        model.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(64, 1, generator=g)
+    return ModelTask(model, torch.zeros(2, 4), lambda gen: (x, y))

@@ -1,0 +1,67 @@
+"""Task groups: staggered starts cut only each slot's first trajectory, to whole truncations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from outer_train.config import resolve
+from outer_train.tasks import TaskGroup, TaskSampler
+from outer_train.train import MetaTrainer
+
+SETS = ['tasks.families=["teacher_student"]', "tasks.max_params=300", "tasks.groups=3", "tasks.group_size=1",
+        "tasks.unroll_min=20", "tasks.unroll_max=400", "tasks.truncation=10", "rule.refresh_every=10",
+        "tasks.permute_augment=false", "rule.hidden=4", "threads=1", "log.progress=false"]
+
+
+def _draw(cfg, counter: int, stagger: bool) -> TaskGroup:
+    sampler = TaskSampler(cfg.tasks, cfg.seed)
+    sampler.counter = counter
+    return TaskGroup.draw(sampler, stagger=stagger)
+
+
+def test_staggered_draw_cuts_the_horizon_to_whole_truncations() -> None:
+    cfg = resolve("quick", None, SETS)
+    k = cfg.tasks.truncation
+    cut_any = False
+    for counter in range(8):
+        full, cut = _draw(cfg, counter, False), _draw(cfg, counter, True)
+        assert full.horizon % k == 0 and full.horizon >= cfg.tasks.unroll_min
+        assert cut.horizon % k == 0 and k <= cut.horizon <= full.horizon, (counter, cut.horizon, full.horizon)
+        assert cut.spec == full.spec and cut.member_seeds == full.member_seeds  # the same task, only shorter
+        cut_any |= cut.horizon < full.horizon
+    assert cut_any
+
+
+def test_only_each_slots_first_group_is_staggered(tmp_path: Path) -> None:
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"'])
+    assert cfg.tasks.stagger  # on by default
+    trainer = MetaTrainer(cfg)
+    trainer.refresh_groups()
+    first = [g.horizon for g in trainer.groups]
+    full = [_draw(cfg, c, False).horizon for c in range(3)]
+    assert all(h <= f and h % 10 == 0 for h, f in zip(first, full))
+    assert first == [_draw(cfg, c, True).horizon for c in range(3)] and first != full
+
+    for g in trainer.groups:  # every slot finishes its first trajectory
+        g.step = g.horizon
+    trainer.refresh_groups()
+    later = [(g.horizon, g.lr) for g in trainer.groups]
+    assert later == [(d.horizon, d.lr) for d in (_draw(cfg, c, False) for c in range(3, 6))]  # drawn in full
+
+    plain = MetaTrainer(resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', "tasks.stagger=false"]))
+    plain.refresh_groups()
+    assert [g.horizon for g in plain.groups] == full
+
+
+def test_particles_are_copies_of_every_member(tmp_path: Path) -> None:
+    cfg = resolve("quick", None, SETS + ["tasks.group_size=2"])
+    sampler = TaskSampler(cfg.tasks, cfg.seed)
+    group = TaskGroup.draw(sampler, num_particles=2)
+    assert len(group.params) == len(group.states) == 4  # particle-major: p0m0, p0m1, p1m0, p1m1
+    assert torch.equal(group.params[0], group.params[2]) and torch.equal(group.params[1], group.params[3])
+    assert not torch.equal(group.params[0], group.params[1])
+    assert group.params[0] is not group.params[2]
+    assert all(s.step == 0 and torch.equal(s.lr_scale, torch.ones_like(s.lr_scale)) for s in group.states)
+    assert group.hyper.beta1 == cfg.tasks.beta1 and group.hyper.weight_decay == cfg.tasks.weight_decay
