@@ -10,3 +10,14 @@ torch.set_num_threads(1)  # tiny test models: threading overhead outweighs any g
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tv_models():
+    """torchvision.models (definitions only, see tests/torchvision_models.py); skips without it."""
+    from torchvision_models import load_models
+
+    models = load_models()
+    if models is None:
+        pytest.skip("torchvision is not installed (pip install -e '.[test]')")
+    return models

@@ -11,40 +11,38 @@ from metaopt.graph import ConversionError, EdgeType, NodeType, dense_edges, to_g
 from metaopt.graph.schema import EDGE_TYPE, NODE_TYPE
 
 
-class WithLSTM(nn.Module):
+class WithUnknown(nn.Module):
     def __init__(self):
         super().__init__()
         self.inp = nn.Linear(3, 4)
-        self.rnn = nn.LSTM(4, 5, batch_first=True)  # no converter for LSTM
-        self.out = nn.Linear(5, 2)
+        self.act = nn.PReLU(4)  # a learned activation: no converter for PReLU
+        self.out = nn.Linear(4, 2)
 
     def example_inputs(self):
-        return (torch.randn(2, 6, 3),)
+        return (torch.randn(2, 3),)
 
     def forward(self, x):
-        h, _ = self.rnn(self.inp(x))
-        return self.out(h)
+        return self.out(self.act(self.inp(x)))
 
 
 def test_strict_unknown_layer_names_module_type_and_fix():
     with pytest.raises(ConversionError) as info:
-        to_graph(WithLSTM())
+        to_graph(WithUnknown())
     msg = str(info.value)
-    assert "'rnn'" in msg and "LSTM" in msg and "register_converter" in msg and "strict=False" in msg
+    assert "'act'" in msg and "PReLU" in msg and "register_converter" in msg and "strict=False" in msg
 
 
 def test_non_strict_keeps_unknown_parameters_as_free_edges_with_one_warning():
-    m = WithLSTM()
+    m = WithUnknown()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         g = to_graph(m, strict=False)
     ours = [w for w in caught if "to_graph" in str(w.message)]
-    assert len(ours) == 1 and "rnn.weight_ih_l0" in str(ours[0].message)
+    assert len(ours) == 1 and "act.weight" in str(ours[0].message)
     assert g.num_params == sum(p.numel() for p in m.parameters())
     assert torch.equal(g.params_to_edges(m), torch.cat([p.detach().flatten() for p in m.parameters()]))
     free = g.edge_attr[:, EDGE_TYPE] == EdgeType.FREE
-    n_rnn = sum(p.numel() for p in m.rnn.parameters())
-    assert int(free.sum()) == n_rnn
+    assert int(free.sum()) == m.act.weight.numel()
     # the layer after the unknown one is still connected (from fresh hidden neurons)
     i = g.param_names.index("out.weight")
     src = g.edge_index[0, g.param_offsets[i]:g.param_offsets[i + 1]].long()

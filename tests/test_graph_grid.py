@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from metaopt.graph import EdgeType, NodeType, simulate, to_graph
+from metaopt.graph import EdgeType, ExampleInputError, NodeType, simulate, to_graph
 from metaopt.graph.converters.grid import cell_weights
 from metaopt.graph.schema import EDGE_K0, EDGE_K1, EDGE_K2, EDGE_TYPE, NODE_POSITION, NODE_TYPE
 from metaopt.layers import FeatureGrid2d, TriPlaneGrid
@@ -221,7 +221,7 @@ def test_gmn_is_invariant_to_decoder_and_channel_permutations():
 # ---- errors -----------------------------------------------------------------------------------------
 
 def test_wrong_query_dimension_is_explicit():
-    with pytest.raises(ValueError, match=r"query points \[\.\.\., 3\]"):
+    with pytest.raises(ExampleInputError, match=r"query points \[\.\.\., 3\]"):  # the layer's own error, kept
         to_graph(grid_mlp(TriPlaneGrid(2, 3)), (torch.rand(4, 2),))
     with pytest.raises(ValueError, match="reduce"):
         TriPlaneGrid(2, 3, "mean")

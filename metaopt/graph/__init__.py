@@ -2,13 +2,14 @@
 
 from .builder import NeuronMap, dense_edges, grouped_kernel_edges
 from .parameter_graph import ParameterGraph
-from .registry import ConversionContext, ConversionError, ParamRef, register_converter
+from .example_call import ExampleCall
+from .registry import ConversionContext, ConversionError, ExampleInputError, ParamRef, register_converter
 from .schema import AUX_START, Activation, EdgeType, NodeType
 from .convert import clear_structure_cache, to_graph
 
 __all__ = [
     "ParameterGraph", "to_graph", "register_converter", "clear_structure_cache",
-    "ConversionContext", "ConversionError", "NeuronMap", "ParamRef", "dense_edges",
+    "ConversionContext", "ConversionError", "ExampleInputError", "ExampleCall", "NeuronMap", "ParamRef", "dense_edges",
     "grouped_kernel_edges", "NodeType", "EdgeType", "Activation", "AUX_START",
 ]
 

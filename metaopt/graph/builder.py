@@ -102,6 +102,7 @@ class GraphBuilder:
         self._activated = np.zeros(1024, dtype=bool)  # per node: has an activation been recorded
         self.layers: list[LayerRecord] = [LayerRecord(0, "<input>", "input")]
         self._bias_nodes: dict[int, int] = {}
+        self.memo: dict[object, object] = {}  # state converters keep across calls (a cell called per step)
 
     # ---- layers and nodes ----------------------------------------------------------------
     def new_layer(self, name: str, kind: str) -> int:
@@ -278,6 +279,13 @@ class GraphBuilder:
         uniq = torch.unique_consecutive(nodes)
         all_nodes[uniq, 0] = int(NodeType.OUTPUT)
         all_nodes[uniq, 2] = torch.arange(uniq.numel())
+
+    def retype(self, nodes: Tensor, old: NodeType, new: NodeType) -> None:
+        """Nodes of type `old` among `nodes` become `new` (e.g. projection neurons read as queries)."""
+        all_nodes = torch.cat(self._node_chunks) if len(self._node_chunks) > 1 else self._node_chunks[0]
+        self._node_chunks = [all_nodes]
+        sel = nodes[all_nodes[nodes, 0] == int(old)]
+        all_nodes[sel, 0] = int(new)
 
     def finish(self) -> ParameterGraph:
         if self.uncovered_params():

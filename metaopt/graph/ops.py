@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import einops_shapes, inline
 from .builder import NeuronMap
 from .registry import CONST, Const, ConversionError, ParamRef, Unassigned
 from .schema import Activation, EdgeType, NodeType
+from .split_map import Scores, SplitMap
 
 if TYPE_CHECKING:
     from .tracing import DataflowWalker
@@ -79,6 +81,7 @@ SHAPE_FUNCS: set[Any] = {
     torch.tensor_split, "flip", torch.flip, "roll", torch.roll, "view_as", "reshape_as",
     "repeat_interleave", "tile", torch.tile, "__getitem__",
 }
+SHAPE_FUNCS.update(einops_shapes.SHAPE_FUNCTIONS)
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__",
         operator.sub, operator.isub, torch.sub, "sub", "sub_", "__sub__", "__rsub__"}
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__",
@@ -91,8 +94,27 @@ _STACK = {torch.stack}
 _NEG = {operator.neg, torch.neg, "neg"}
 
 
+def follows_split(n: Any, module: nn.Module | None = None) -> bool:
+    """Whether node `n` can take a SplitMap: shape ops, identities, shape queries, attention."""
+    if module is not None:
+        return isinstance(module, (nn.Flatten, nn.Unflatten) + IDENTITY_MODULES + einops_shapes.SHAPE_MODULES)
+    t = n.target
+    try:
+        hash(t)
+    except TypeError:
+        return False
+    return (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS or t is getattr or t in SPLIT_CONSUMERS
+            or t in _ADD or t in _MUL or t in _NEG  # by constants only (binary() checks)
+            or inline.inlinable(t)  # its body is walked (tracing.py)
+            or t is F.normalize  # over a head's vector (dispatch checks the dim)
+            or t in ("size", "dim", "numel", "shape", "ndimension", "nelement", "stride"))
+
+
+SPLIT_CONSUMERS: set[Any] = set()  # functions whose rules read SplitMaps (attention), filled by converters
+
+
 def is_tensor_like(v: Any) -> bool:
-    return isinstance(v, (NeuronMap, Unassigned, ParamRef, Const))
+    return isinstance(v, (NeuronMap, SplitMap, Unassigned, ParamRef, Const))
 
 
 def first_carrier(values: list[Any]) -> Any:
@@ -109,9 +131,12 @@ def _probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
     K = shape[dim]
     view = [1] * len(shape)
     view[dim] = K
-    feat = torch.arange(K).view(view).expand(shape)
     rest_shape = [s for i, s in enumerate(shape) if i != dim]
-    rest = torch.arange(max(1, math.prod(rest_shape))).view(rest_shape).unsqueeze(dim).expand(shape)
+    n_rest = max(1, math.prod(rest_shape))
+    # int32 halves the probes of a large real batch (shape ops materialise them at full size)
+    dtype = torch.int32 if max(K, n_rest) < 2**31 else torch.int64
+    feat = torch.arange(K, dtype=dtype).view(view).expand(shape)
+    rest = torch.arange(n_rest, dtype=dtype).view(rest_shape).unsqueeze(dim).expand(shape)
     return feat, rest
 
 
@@ -129,12 +154,8 @@ def _map_from_probe(w: "DataflowWalker", m: NeuronMap, in_shape: torch.Size, q: 
     varying = [d for d in range(q.ndim) if q.shape[d] > 1 and bool((q.amax(d) != q.amin(d)).any())]
     if not varying:
         return CONST  # one feature selected: its neuron identity no longer spans a dimension
-    if len(varying) > 1:
-        w.ctx.fail(
-            f"this op spreads the {m.size} features of dim {m.dim} over dims {varying} (e.g. a "
-            f"split into attention heads). Use nn.MultiheadAttention, or make the module doing it "
-            f"a leaf with metaopt.register_converter."
-        )
+    if len(varying) > 1:  # spread over several dims (heads, a channel shuffle): keep the probes
+        return SplitMap(m, in_shape, q, r)
     j = varying[0]
     index = [0] * q.ndim
     index[j] = slice(None)
@@ -158,18 +179,42 @@ def _map_from_probe(w: "DataflowWalker", m: NeuronMap, in_shape: torch.Size, q: 
     return NeuronMap(nodes, j, pos, q.ndim)
 
 
+class NeedsValues(RuntimeError):
+    """A shape op indexed by a tensor of the meta pass (no values): rerun on real tensors."""
+
+
+def _host(v: Any) -> Any:
+    """Index/size arguments of a shape op, on the CPU where the probes live."""
+    if isinstance(v, Tensor):
+        if v.is_meta:
+            raise NeedsValues("a shape op takes a tensor argument whose values the meta pass lacks")
+        return v.cpu()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_host(x) for x in v)
+    return v
+
+
 def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
     x = values[0]
     call = _caller(n)
+    args = (args[0], *_host(tuple(args[1:])))
+    kwargs = {k: _host(v) for k, v in kwargs.items()}
     if isinstance(x, ParamRef):
         out = call(x.index, args[1:], kwargs)
         return _wrap(out, lambda t: ParamRef(x.param, t))
     if isinstance(x, Unassigned):
         return _wrap(result, lambda t: Unassigned(t.ndim, x.node_type))
+    if isinstance(x, SplitMap):  # continue on the probes it carries (contiguous: .view must work)
+        qs, rs = call(x.feat.contiguous(), args[1:], kwargs), call(x.rest.contiguous(), args[1:], kwargs)
+        if isinstance(qs, (tuple, list)):
+            return type(qs)(_map_from_probe(w, x.source, x.src_shape, q, r) for q, r in zip(qs, rs))
+        return _map_from_probe(w, x.source, x.src_shape, qs, rs)
     if not isinstance(x, NeuronMap):
         return _wrap(result, lambda t: CONST)
     real = args[0]
     feat, rest = _probe_tensors(real.shape, x.dim)
+    if n.target in ("view", "view_as"):  # probes are expanded; the real tensor was viewable
+        feat, rest = feat.contiguous(), rest.contiguous()
     qs, rs = call(feat, args[1:], kwargs), call(rest, args[1:], kwargs)
     if isinstance(qs, (tuple, list)):
         return type(qs)(_map_from_probe(w, x, real.shape, q, r) for q, r in zip(qs, rs))
@@ -228,6 +273,14 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
         return result
     out_ndim = result.ndim
     vals, reals = list(values[:2]), list(args[:2])
+    split = [v for v in vals if isinstance(v, SplitMap)]
+    if split:  # split heads scaled or shifted by a constant (q * scale): the same split neurons
+        others = [v for v in vals if not isinstance(v, SplitMap)]
+        if len(split) > 1 or any(is_tensor_like(v) and v is not CONST for v in others) \
+                or tuple(result.shape) != tuple(split[0].feat.shape):
+            w.ctx.fail("combines features spread over several dims with other neurons or "
+                       "parameters; only scaling or shifting them by a constant is followed.")
+        return split[0]
     maps = [v for v in vals if isinstance(v, NeuronMap)]
     params = [v for v in vals if isinstance(v, ParamRef)]
     unassigned = [v for v in vals if isinstance(v, Unassigned)]
@@ -365,6 +418,27 @@ def reduce(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
     return (v, CONST) if isinstance(result, tuple) else v
 
 
+def copy_positions(nodes: Tensor) -> Tensor:
+    """K = (copy index, 0, 0) per feature: the k-th occurrence of a neuron in a concatenation.
+
+    Concatenating the same neurons more than once (a space-to-depth such as Swin's patch merging
+    takes each channel at four spatial offsets) makes features that a later layer weighs
+    separately; without the copy index their edges would be indistinguishable, and the graph would
+    claim a symmetry (swapping the copies) that the model does not have.
+    """
+    order = torch.argsort(nodes, stable=True)
+    s = nodes[order]
+    first = torch.ones_like(s, dtype=torch.bool)
+    first[1:] = s[1:] != s[:-1]
+    idx = torch.arange(s.numel())
+    start = torch.cummax(torch.where(first, idx, 0), 0).values
+    rank = torch.empty_like(nodes)
+    rank[order] = idx - start
+    pos = torch.zeros(nodes.numel(), 3, dtype=torch.long)
+    pos[:, 0] = rank
+    return pos
+
+
 def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, result: Tensor, stack: bool) -> Any:
     parts = list(values[0])
     reals = list(args[0])
@@ -393,7 +467,10 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
             nodes.append(p.nodes)
             if any_pos:
                 pos.append(p.pos if p.pos is not None else torch.zeros(p.size, 3, dtype=torch.long))
-        return NeuronMap(torch.cat(nodes), dim, torch.cat(pos) if any_pos else None, result.ndim)
+        joined = torch.cat(nodes)
+        if not any_pos and torch.unique(joined).numel() < joined.numel():
+            return NeuronMap(joined, dim, copy_positions(joined), result.ndim)
+        return NeuronMap(joined, dim, torch.cat(pos) if any_pos else None, result.ndim)
     # along another dim (tokens, batch): every part must feed the same neurons
     out = ref.moved(fdim, result.ndim)
     distinct = [m for m in maps if not m.same_neurons(ref)]
@@ -434,13 +511,23 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         if not isinstance(result, Tensor):
             return result
         return shape_op(w, n, values, args, kwargs, result)
+    if any(isinstance(v, Scores) for v in _flat(values)):
+        return scores_op(w, n, t, values, args, kwargs, result)
     if not any(is_tensor_like(v) for v in _flat(values)):
         return CONST if isinstance(result, Tensor) else result
     act = act_of(t)
     if act is not None:
         if t in ("softmax", F.softmax, torch.softmax, F.log_softmax, "log_softmax"):
+            if isinstance(values[0], ParamRef):  # mixes the parameter's elements: not read
+                w.unclaimed_use([values[0]], n)
+                return CONST
             return activation(w, n, values[0], act) if isinstance(values[0], NeuronMap) else values[0]
         return activation(w, n, values[0], act)
+    if t is F.normalize and isinstance(values[0], SplitMap):
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
+        if dim % values[0].ndim == values[0].ndim - 1:  # each head's vector (cosine attention)
+            return values[0]
+        w.ctx.fail("normalizes split features across heads; only over each head's own vector is followed.")
     if t in _IDENTITY_FUNCS or t in _POOL_FUNCS:
         x = values[0]
         if isinstance(x, NeuronMap) and isinstance(result, Tensor):
@@ -455,7 +542,7 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     if t in _MUL:
         return binary(w, n, values, args, result, "mul")
     if t in _NEG:
-        return values[0]
+        return values[0]  # the same neurons (split or not), negated
     if t in _REDUCE:
         return reduce(w, n, values, args, kwargs, result)
     if t in _CAT:
@@ -465,13 +552,49 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     return unknown_op(w, n, values, args, result)
 
 
+_SCORE_OPS = {"masked_fill", "masked_fill_", torch.masked_fill, torch.where}
+
+
+def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
+    """Attention scores through scaling, masking, softmax, dropout: still the same scores."""
+    flat = _flat(values)
+    scores = next(v for v in flat if isinstance(v, Scores))
+    if (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS) and values[0] is scores:  # e.g. a per-window view
+        out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
+        if isinstance(out, Tensor) and tuple(out.shape) == tuple(result.shape):
+            return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
+    from .converters.attention import head_neurons, head_parameter  # converters import ops: no cycle here
+
+    elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
+    neurons = [v for v in flat if isinstance(v, (NeuronMap, SplitMap))]
+    if not elementwise or (neurons and not (
+            t in _ADD and len(neurons) == 1 and isinstance(neurons[0], NeuronMap)
+            and head_neurons(w, scores, neurons[0], result.shape))):
+        w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
+                   "masking, softmax, dropout and per-head biases are followed before `@ v`).")
+    for p in [v for v in flat if isinstance(v, ParamRef)]:  # per-head bias tables and scales
+        kind = "add" if t in _ADD else "mul" if t in _MUL else None
+        if kind is None or not head_parameter(w, n, scores, p, result.shape, kind):
+            w.unclaimed_use([p], n)
+    return scores
+
+
+# elementwise functions whose output element k depends on parameter element k only (not cumsum,
+# softmax, sort...): a parameter passed through them keeps its elements
+_PARAM_ELEMENTWISE: set[Any] = {torch.clamp, "clamp", torch.clip, "clip", torch.log, "log", torch.sqrt,
+                                "sqrt", torch.rsqrt, "rsqrt", torch.reciprocal, "reciprocal", torch.square}
+
+
 def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -> Any:
     """An op no rule knows: elementwise if it keeps the input's shape, otherwise an error."""
     flat = _flat(values)
     params = [v for v in flat if isinstance(v, ParamRef)]
+    maps = [v for v in flat if isinstance(v, NeuronMap)]
+    if (n.target in _PARAM_ELEMENTWISE and len(params) == 1 and not maps
+            and isinstance(result, Tensor) and tuple(result.shape) == tuple(params[0].shape)):
+        return params[0]  # an elementwise function of a parameter (clamp(logit_scale)): same elements
     if params:
         w.unclaimed_use(params, n)
-    maps = [v for v in flat if isinstance(v, NeuronMap)]
     if not maps:
         ua = [v for v in flat if isinstance(v, Unassigned)]
         return _wrap(result, lambda t: Unassigned(t.ndim, ua[0].node_type)) if ua else _wrap(result, lambda t: CONST)

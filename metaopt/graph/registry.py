@@ -55,9 +55,15 @@ def register_converter(module_type: type[nn.Module], fn: Converter | None = None
 
 
 def find_converter(module: nn.Module) -> Converter | None:
+    """The converter of the module's class, or of a base class whose `forward` it inherits.
+
+    A subclass that overrides `forward` computes something else (torchvision's LayerNorm2d is an
+    nn.LayerNorm applied channels-last between two permutes), so it is traced through instead.
+    """
+    forward = type(module).forward
     for cls in type(module).__mro__:
         if cls in _CONVERTERS:
-            return _CONVERTERS[cls]
+            return _CONVERTERS[cls] if cls is type(module) or cls.forward is forward else None
         if cls is nn.Module:
             break
     return None
@@ -131,6 +137,14 @@ class ConversionError(RuntimeError):
     """The model cannot be converted as asked; the message says where and what to do."""
 
 
+class ExampleInputError(ConversionError):
+    """The example call is not one the model accepts (the model itself raised on it).
+
+    Never turned into free edges by strict=False: the graph would describe a call that cannot
+    happen, so the caller must pass a real input.
+    """
+
+
 class ConversionContext:
     """What converters see: node/edge creation plus helpers to read their inputs."""
 
@@ -140,6 +154,7 @@ class ConversionContext:
         self.current: str = ""  # qualified name of the module/op being converted, for errors
         self.args: tuple = ()  # real (example) positional args of the call being converted
         self.kwargs: dict = {}  # dataflow values of its keyword args
+        self.result: Any = None  # the real output of the module call being converted (exact shapes)
 
     # ---- nodes, layers, edges (thin wrappers over the builder) ----------------------------
     def new_layer(self, name: str, kind: str) -> int:

@@ -46,6 +46,13 @@ _WEIGHTED_EDGES = (EdgeType.LINEAR, EdgeType.GRID_FEATURE)  # value * source neu
 _SUPPORTED_AUX = {EdgeType.RESIDUAL, EdgeType.NORM_IN, EdgeType.ACT_IN, EdgeType.PRODUCT_IN}
 
 
+def unsupported_edge_types(graph: ParameterGraph) -> list[str]:
+    """Names of the graph's edge types `simulate` cannot run (empty: it can)."""
+    found = set(torch.unique(graph.edge_attr[:, EDGE_TYPE].long()).tolist()) - {int(t) for t in _SUPPORTED_EDGES}
+    found |= set(torch.unique(graph.aux_edge_attr[:, EDGE_TYPE].long()).tolist()) - {int(t) for t in _SUPPORTED_AUX}
+    return sorted(EdgeType(t).name for t in found)
+
+
 def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5) -> Tensor:
     """Outputs [B, n_out] of the network with per-edge `values` [E] on inputs `x` [B, n_in].
 
@@ -54,13 +61,11 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
     `eps` is the norm layers' epsilon (the graph stores structure, not hyperparameters).
     Raises NotImplementedError for graphs outside the MLP family (convolutions, attention, ...).
     """
-    etype = graph.edge_attr[:, EDGE_TYPE].long()
-    unsupported = set(torch.unique(etype).tolist()) - {int(t) for t in _SUPPORTED_EDGES}
-    aux_type = graph.aux_edge_attr[:, EDGE_TYPE].long()
-    unsupported |= set(torch.unique(aux_type).tolist()) - {int(t) for t in _SUPPORTED_AUX}
-    if unsupported:
-        names = sorted(EdgeType(t).name for t in unsupported)
+    names = unsupported_edge_types(graph)
+    if names:
         raise NotImplementedError(f"simulate covers the MLP family; this graph has edge types {names}")
+    etype = graph.edge_attr[:, EDGE_TYPE].long()
+    aux_type = graph.aux_edge_attr[:, EDGE_TYPE].long()
 
     nx = graph.x
     N, B = int(graph.num_nodes), x.shape[0]

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from . import core
 from .core import Hyper, OptState
 from .features import GraphIndex
+from .lazy_graph import FirstCallGraph, build_graph, check_graph, graph_now, not_built_error
 from .rules import UpdateRule, resolve_rule
 
 # Keys of opt.state that are not parameters: fault counters and the layout check.
@@ -33,15 +34,7 @@ RULE_REFRESHES = "rule_refreshes"  # steps on which the rule ran
 def _build_graph(model: nn.Module, example_inputs: Any) -> Any:
     """Convert ``model`` once. Layers no converter knows are kept as free edges (strict=False):
     still optimized, with the converter's one warning naming them."""
-    from metaopt.graph import ConversionError, to_graph
-
-    try:
-        return to_graph(model, example_inputs, strict=False)
-    except ConversionError as exc:
-        raise ConversionError(
-            f"GMNOptimizer could not build the parameter graph of {type(model).__name__}: {exc}\n"
-            "Pass example_inputs=<a batch the model accepts> or graph=to_graph(model, ...)."
-        ) from exc
+    return build_graph(model, example_inputs)
 
 
 class GMNOptimizer(torch.optim.Optimizer):
@@ -54,8 +47,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay). State: Adam's two
     moments plus the lr scale, 3x the parameters.
 
-    The parameter graph is built once with ``metaopt.to_graph`` (``example_inputs`` is passed on
-    when the model's input cannot be inferred; ``graph=`` supplies a prebuilt one).
+    The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
+    model's ``example_inputs()``) when given, else from the model's first real forward call
+    (``opt.graph`` is None until then; see ``metaopt/optim/lazy_graph.py``); ``graph=`` supplies
+    a prebuilt one.
 
     Fault handling: a step whose gradients hold NaN/Inf is skipped entirely (``opt.skipped_steps``);
     non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``).
@@ -87,14 +82,14 @@ class GMNOptimizer(torch.optim.Optimizer):
         if not self._params_all:
             raise ValueError("GMNOptimizer: the model has no parameters.")
         self._index = {id(p): i for i, p in enumerate(self._params_all)}
-        self.graph = graph if graph is not None else _build_graph(model, example_inputs)
-        shapes = [tuple(p.shape) for p in self._params_all]
-        if [tuple(s) for s in self.graph.param_shapes] != shapes:
-            raise ValueError(
-                "GMNOptimizer: the graph's parameter shapes do not match model.parameters() "
-                f"(graph has {len(self.graph.param_shapes)} tensors, model {len(shapes)}); build the "
-                "graph with to_graph(model) for this very model."
-            )
+        self.graph: Any = None  # the parameter graph; None until the first forward when built lazily
+        self._first_call: FirstCallGraph | None = None
+        if graph is None:
+            graph = _build_graph(model, example_inputs) if example_inputs is not None else graph_now(model)
+        if graph is None:
+            self._first_call = FirstCallGraph(model, self._set_graph)  # built from the first batch
+        else:
+            self._set_graph(graph)
         self.rule: UpdateRule = resolve_rule(rule)
         self.rule.eval()
         self._numels = [p.numel() for p in self._params_all]
@@ -170,7 +165,15 @@ class GMNOptimizer(torch.optim.Optimizer):
         assert self._buffers is not None
         return self._buffers
 
+    def _set_graph(self, graph: Any) -> None:
+        """Adopt ``graph`` (checked against the model's parameters) and drop prepared copies."""
+        check_graph(graph, self._params_all)
+        self.graph = graph
+        self._graph_cache = {}
+
     def _graph_on(self, device: torch.device) -> tuple[Any, GraphIndex]:
+        if self.graph is None:
+            raise not_built_error(self._first_call)
         key = f"{device}/{id(self.rule)}"  # the prepared form depends on the rule's network
         if key not in self._graph_cache:
             self._graph_cache[key] = (self.rule.prepare(self.graph, device), GraphIndex.from_graph(self.graph, device))

@@ -1,3 +1,3 @@
 """Built-in converters, one module per layer family; importing registers them."""
 
-from . import attention, conv, dense, functional, grid, group, norm  # noqa: F401
+from . import attention, conv, dense, functional, grid, group, norm, recurrent  # noqa: F401

@@ -6,6 +6,11 @@ from each query neuron to the key neuron it is dotted with, and ATTN_O edges fro
 neurons to the output neurons (attention mixes tokens, never channels). Permuting heads, or
 query/key dims jointly within a head, or value dims within a head, is then a graph automorphism.
 Transformer encoder/decoder layers are composed from these pieces following `norm_first`.
+
+Hand-written attention (heads split by reshape/rearrange, then F.scaled_dot_product_attention,
+`q @ k^T ... @ v` or the equivalent einsums) gets the same HEAD/QK_PAIR/HEAD_MEMBER structure on
+the projection neurons (see split_map.py for how split heads and scores are followed), plus
+per-head parameters (relative position bias tables, logit scales) as edges into the HEAD nodes.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import ops
 from ..builder import NeuronMap, dense_edges, flat_dense_edges
 from ..registry import CONST, ConversionContext, ParamRef, register_converter
 from ..schema import Activation, EdgeType, NodeType
+from ..split_map import Scores, SplitMap, head_dims, head_grid, transposed
 from .dense import linear
 from .norm import last_dims_norm
 
@@ -191,3 +197,167 @@ def _transformer(ctx, m, inputs, name):
     return _decoder_stack(ctx, m.decoder, _arg(ctx, inputs, 1, "tgt"), memory, f"{name}.decoder", ndim)
 
 
+
+
+# ---- hand-written attention: F.scaled_dot_product_attention on split heads --------------------
+
+def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tuple[int, ...],
+             shape: torch.Size) -> Scores:
+    """Head structure of a hand-written attention from its q/k node grids `[heads, dim]`.
+
+    As for nn.MultiheadAttention: the projection neurons become QUERY/KEY (when they are plain
+    hidden neurons), one HEAD node per head with HEAD_MEMBER edges from its q/k neurons, and
+    QK_PAIR edges from each query neuron to the key neuron it is dotted with.
+    """
+    if q.shape != k.shape:
+        ctx.fail(f"query heads {tuple(q.shape)} and key heads {tuple(k.shape)} do not pair up "
+                 f"(grouped-query attention is not supported).")
+    layer = ctx.new_layer(name, "attention")
+    heads = ctx.add_nodes(q.shape[0], NodeType.HEAD, layer)
+    for grid, node_type in ((q, NodeType.QUERY), (k, NodeType.KEY)):
+        _members(ctx, grid, node_type, heads, layer)
+    ctx.add_aux_edges(q.reshape(-1), k.reshape(-1), EdgeType.QK_PAIR, layer)
+    return Scores(q, k, heads, layer, Scores.head_probe(shape, dims, q.shape[0]))
+
+
+def attend(ctx: ConversionContext, scores: Scores, v: Tensor, value: Any, shape: torch.Size) -> Any:
+    """`softmax(scores) @ v`: the value neurons join their heads; the output carries them.
+
+    Attention mixes tokens, never channels, so the layer reading the output gets edges from the
+    value neurons, as ATTN_O edges do for nn.MultiheadAttention.
+    """
+    if v.shape[0] != scores.heads.numel():
+        ctx.fail(f"{scores.heads.numel()} attention heads, but values in {v.shape[0]} heads.")
+    _members(ctx, v, NodeType.VALUE, scores.heads, scores.layer)
+    if isinstance(value, SplitMap):
+        return value.like(shape, len(shape) - 2)
+    return NeuronMap(value.nodes, len(shape) - 1, None, len(shape))
+
+
+def _members(ctx: ConversionContext, grid: Tensor, node_type: NodeType, heads: Tensor, layer: int) -> None:
+    ctx.builder.retype(grid.reshape(-1), NodeType.HIDDEN, node_type)
+    ctx.add_aux_edges(grid.reshape(-1), heads.view(-1, 1).expand_as(grid).reshape(-1), EdgeType.HEAD_MEMBER, layer)
+
+
+def sdpa(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Tensor) -> Any:
+    """F.scaled_dot_product_attention(q, k, v, ...): heads from the operands' split neurons."""
+    ops_ = [values[i] if len(values) > i else kw.get(key) for i, key in enumerate(("query", "key", "value"))]
+    reals = [args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(("query", "key", "value"))]
+    if not any(isinstance(x, (NeuronMap, SplitMap)) for x in ops_):
+        return NotImplemented  # attention over raw inputs / constants: no neurons to structure
+    grids = [head_grid(x, r.ndim) for x, r in zip(ops_, reals)]
+    if any(g is None for g in grids):
+        w.ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
+                   "(features on the last dim and on dims before the token dim).")
+    scores_shape = (*result.shape[:-1], reals[1].shape[-2])
+    scores = qk_heads(w.ctx, n.name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape))
+    return attend(w.ctx, scores, grids[2], ops_[2], result.shape)
+
+
+def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor) -> Any:
+    """`q @ k.transpose(-2, -1)` gives Scores; `scores @ v` is the attention (as sdpa)."""
+    if isinstance(a, Scores):
+        grid = head_grid(b, args[1].ndim)
+        if grid is None:
+            w.ctx.fail("attention weights multiply a tensor whose neurons are not laid out as "
+                       "[..., heads, tokens, head_dim].")
+        return attend(w.ctx, a, grid, b, result.shape)
+    q, k = head_grid(a, args[0].ndim), head_grid(transposed(b), args[1].ndim)
+    if q is None or k is None:
+        return NotImplemented
+    return qk_heads(w.ctx, n.name, q, k, head_dims(a, args[0].ndim), result.shape)
+
+
+def head_parameter(w: Any, n: Any, scores: Scores, p: ParamRef, shape: torch.Size, kind: str) -> bool:
+    """A parameter added to (`kind="add"`) or multiplying (`"mul"`) the scores, head by head.
+
+    Relative position bias tables `[rows, heads]` gathered by a relative-offset index (Swin,
+    MaxViT) and per-head logit scales (Swin V2): every element must act on one head only (checked
+    element by element). Element e becomes an edge from an ordered PARAM_SOURCE node (add: its
+    rank among its head's elements, the relative offset for a table) or a NORM node (mul) to the
+    HEAD node of its head (PARAM_ADD / NORM_WEIGHT). False leaves other layouts to the caller.
+    """
+    H = scores.heads.numel()
+    try:
+        idx = p.index.expand(shape).reshape(-1)
+        head = scores.head_of.expand(shape).reshape(-1)
+    except RuntimeError:
+        return False
+    head_of_e = torch.full((p.param.numel(),), -1, dtype=torch.long)
+    head_of_e[idx] = head
+    if bool((head_of_e[idx] != head).any()):
+        return False  # an element acts on several heads
+    used = (head_of_e >= 0).nonzero().squeeze(1)
+    order = torch.argsort(head_of_e[used] * p.param.numel() + used)  # by head, then element
+    rank = torch.empty_like(used)
+    counts = torch.bincount(head_of_e[used], minlength=H)
+    starts = torch.cumsum(counts, 0) - counts
+    rank[order] = torch.arange(used.numel()) - starts[head_of_e[used][order]]
+    rows = int(rank.max()) + 1 if used.numel() else 0
+    table = p.param
+    name = w.ctx.builder.param_name(table)
+    if kind == "add":
+        layer = w.ctx.new_layer(name, "relative_position_bias")
+        src = w.ctx.add_nodes(rows, NodeType.PARAM_SOURCE, layer, torch.arange(rows))
+        etype = EdgeType.PARAM_ADD
+    else:
+        layer = w.ctx.new_layer(name, "head_scale")
+        src = w.ctx.add_nodes(rows, NodeType.NORM, layer)
+        etype = EdgeType.NORM_WEIGHT
+    w.ctx.add_param_edges(ParamRef(table, used), src[rank], scores.heads[head_of_e[used]], etype, layer)
+    return True
+
+
+def head_neurons(w: Any, scores: Scores, m: NeuronMap, shape: torch.Size) -> bool:
+    """Neurons added to the scores head by head (Swin V2's MLP-generated position bias):
+    each neuron feeds the HEAD node of the head it is added to (RESIDUAL)."""
+    d = m.dim + (len(shape) - m.ndim)
+    if not 0 <= d < len(shape) or shape[d] != m.size:
+        return False
+    view = [1] * len(shape)
+    view[d] = m.size
+    k = torch.arange(m.size).view(view).expand(shape).reshape(-1)
+    head = scores.head_of.expand(shape).reshape(-1)
+    head_of_k = torch.full((m.size,), -1, dtype=torch.long)
+    head_of_k[k] = head
+    if bool((head_of_k[k] != head).any()):
+        return False
+    w.ctx.add_aux_edges(m.nodes, scores.heads[head_of_k], EdgeType.RESIDUAL, scores.layer)
+    return True
+
+
+def einsum_attention(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Any) -> Any:
+    """`einsum("...id,...jd->...ij", q, k)` and `einsum("...ij,...jd->...id", attn, v)` (MaxViT, lucidrains).
+
+    Other equations are not attention: NotImplemented hands them to the generic rules.
+    """
+    if not args or not isinstance(args[0], str):
+        return NotImplemented
+    operands = list(values[1:])
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    eq = args[0].replace(" ", "")
+    if "->" not in eq or "." in eq or len(operands) != 2 or eq.count(",") != 1:
+        return NotImplemented
+    (a_ix, b_ix), out_ix = eq.split("->")[0].split(","), eq.split("->")[1]
+    if len(a_ix) < 2 or len(a_ix) != len(b_ix) or len(out_ix) != len(a_ix):
+        return NotImplemented
+    batch = a_ix[:-2]
+    a, b = operands
+    ndim = len(a_ix)
+    if b_ix[:-2] != batch or out_ix[:-2] != batch:
+        return NotImplemented
+    if a_ix[-1] == b_ix[-1] and out_ix[-2:] == a_ix[-2] + b_ix[-2]:  # q k^T
+        q, k = head_grid(a, ndim), head_grid(b, ndim)
+        if q is None or k is None:
+            return NotImplemented
+        return qk_heads(w.ctx, n.name, q, k, head_dims(a, ndim), result.shape)
+    if isinstance(a, Scores) and a_ix[-1] == b_ix[-2] and out_ix == a_ix[:-1] + b_ix[-1]:  # attn v
+        grid = head_grid(b, ndim)
+        if grid is None:
+            return NotImplemented
+        return attend(w.ctx, a, grid, b, result.shape)
+    return NotImplemented
+
+
+ops.SPLIT_CONSUMERS.update({torch.nn.functional.scaled_dot_product_attention, torch.einsum})

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from ..builder import NeuronMap
 from ..registry import ParamRef
+from ..split_map import Scores, SplitMap
+from .attention import attention_matmul, einsum_attention, sdpa
 from .conv import conv
 from .dense import embedding, linear
 from .norm import last_dims_norm, norm
@@ -41,6 +43,13 @@ def _matmul(w, n, values, kw, args, kwargs, result):
     if isinstance(a, ParamRef) and len(a.shape) == 2 and isinstance(b, NeuronMap) and b.dim == b.ndim - 2:
         out = linear(w.ctx, n.name, b.moved(b.ndim - 1, b.ndim), a, None, b.ndim)  # W @ x: features on dim -2
         return NeuronMap(out.nodes, b.ndim - 2, None, b.ndim)
+    neurons = (NeuronMap, SplitMap, Scores)
+    if isinstance(a, neurons) and isinstance(b, neurons):  # activations times activations: attention
+        out = attention_matmul(w, n, a, b, args, result)
+        if out is NotImplemented:
+            w.ctx.fail("multiplies two activations whose neurons are not attention operands "
+                       "([..., heads, tokens, dim] @ [..., heads, dim, tokens], then @ values).")
+        return out
     return NotImplemented
 
 
@@ -96,6 +105,8 @@ def _f_batch_norm(w, n, values, kw, args, kwargs, result):
     return norm(w.ctx, n.name, values[0], weight, bias, C, 1, args[0].ndim, "batchnorm")
 
 
+MATMULS = (torch.matmul, operator.matmul, "matmul", "__matmul__", torch.bmm, "bmm")
+
 FUNCTIONAL_CONVERTERS: dict[Any, Any] = {
     F.linear: _f_linear,
     torch.matmul: _matmul,
@@ -104,6 +115,8 @@ FUNCTIONAL_CONVERTERS: dict[Any, Any] = {
     "__matmul__": _matmul,
     torch.mm: _matmul,
     "mm": _matmul,
+    torch.bmm: _matmul,
+    "bmm": _matmul,
     F.conv1d: _f_conv(False),
     F.conv2d: _f_conv(False),
     F.conv3d: _f_conv(False),
@@ -114,6 +127,11 @@ FUNCTIONAL_CONVERTERS: dict[Any, Any] = {
     F.layer_norm: _f_layer_norm,
     F.group_norm: _f_group_norm,
     F.batch_norm: _f_batch_norm,
+    F.scaled_dot_product_attention: sdpa,
+    torch.einsum: einsum_attention,
 }
+from .. import ops  # noqa: E402
+
+ops.SPLIT_CONSUMERS.update(MATMULS)  # the attention rules above read split heads
 if hasattr(F, "rms_norm"):
     FUNCTIONAL_CONVERTERS[F.rms_norm] = _f_rms_norm
