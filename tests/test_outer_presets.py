@@ -24,7 +24,7 @@ def test_preset_takes_two_outer_steps_on_cpu(tmp_path: Path, preset: str) -> Non
     run = tmp_path / preset
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["preset"] == preset and cfg["estimator"]["second_order"] is True
-    assert cfg["rule"]["hidden"] == 32 and cfg["tasks"]["truncation"] % cfg["rule"]["refresh_every"] == 0
+    assert cfg["rule"]["hidden"] == 16 and cfg["tasks"]["truncation"] % cfg["rule"]["refresh_every"] == 0
     final = json.loads((run / "final.json").read_text())
     assert final["step"] == 2 and final["skipped_total"] == 0
     assert final["alpha"] != 0.0  # the rule moved off alpha = 0 (Adam)
