@@ -34,7 +34,7 @@ def steps_and_clock_figure(runs: dict[str, tuple[list[float], list[float]]], tit
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
     _plot_losses(by_step, {k: (list(range(1, len(ys) + 1)), ys) for k, (ys, _) in runs.items()}, "step")
     _plot_losses(by_time, {k: (ts, ys) for k, (ys, ts) in runs.items()},
-                 "wall-clock seconds (whole loop, optimizer construction included)")
+                 "wall-clock seconds (whole loop)")
     by_step.set_ylabel("training loss")
     by_time.get_legend().remove()
     fig.suptitle(title, fontsize=9)
