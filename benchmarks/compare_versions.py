@@ -30,7 +30,7 @@ def _median_by_task(rows: list[tuple[str, float]]) -> dict[str, float]:
 def old_rule(path: Path, name: str = "rule_gmn") -> dict[str, dict[str, float]]:
     """Per task (median over seeds): v0.1 rule's step speedup, wall-clock speedup and final loss."""
     data = json.loads(path.read_text())
-    steps, wall, loss = [], [], []
+    steps, wall, loss, cost = [], [], [], []
     for e in data["entries"]:
         task, res = e["task"].split("/")[0], e["results"]
         r, adam = res[name], res["adam"]
@@ -39,8 +39,9 @@ def old_rule(path: Path, name: str = "rule_gmn") -> dict[str, dict[str, float]]:
         ok = r["steps_to_adam"] and adam_steps
         wall.append((task, (adam_steps * adam["ms_per_step"]) / (r["steps_to_adam"] * r["ms_per_step"]) if ok else 0.0))
         loss.append((task, r["final_loss"]))
-    s, w, f = _median_by_task(steps), _median_by_task(wall), _median_by_task(loss)
-    return {t: {"speedup": s[t], "wall_speedup": w[t], "final_loss": f[t]} for t in s}
+        cost.append((task, r["ms_per_step"] / adam["ms_per_step"]))
+    s, w, f, c = _median_by_task(steps), _median_by_task(wall), _median_by_task(loss), _median_by_task(cost)
+    return {t: {"speedup": s[t], "wall_speedup": w[t], "final_loss": f[t], "cost_vs_adam": c[t]} for t in s}
 
 
 def compare(old: Path, new: Path) -> dict[str, Any]:
@@ -52,7 +53,8 @@ def compare(old: Path, new: Path) -> dict[str, Any]:
                  "adam": cur[t]["adam"]} for t in tasks}
     cols = list(next(iter(table.values())))
     summary = {c: {"median_speedup": statistics.median(table[t][c]["speedup"] for t in tasks),
-                   "median_wall_speedup": statistics.median(table[t][c]["wall_speedup"] for t in tasks)}
+                   "median_wall_speedup": statistics.median(table[t][c]["wall_speedup"] for t in tasks),
+                   "median_cost_vs_adam": statistics.median(table[t][c]["cost_vs_adam"] for t in tasks)}
                for c in cols}
     return {"old": str(old), "new": str(new), "per_task": table, "summary": summary}
 
@@ -64,9 +66,10 @@ def markdown(result: dict[str, Any]) -> str:
     for task, row in result["per_task"].items():
         lines.append(f"| {task} | " + " | ".join(
             f"{row[c]['final_loss']:.3g} ({row[c]['speedup']:.2f}x / {row[c]['wall_speedup']:.2f}x)" for c in cols) + " |")
-    lines += ["", "| optimizer | median speedup (steps) | median speedup (wall-clock) |", "|---|---:|---:|"]
+    lines += ["", "| optimizer | median speedup (steps) | median speedup (wall-clock) | loop ms/step vs Adam |",
+              "|---|---:|---:|---:|"]
     for c, s in result["summary"].items():
-        lines.append(f"| {c} | {s['median_speedup']:.2f} | {s['median_wall_speedup']:.2f} |")
+        lines.append(f"| {c} | {s['median_speedup']:.2f} | {s['median_wall_speedup']:.2f} | {s['median_cost_vs_adam']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -201,7 +201,15 @@ def plot(entry: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-KEYS = ("speedup", "wall_speedup", "final_loss")
+KEYS = ("speedup", "wall_speedup", "final_loss", "cost_vs_adam")
+
+
+def _value(e: dict[str, Any], name: str, key: str) -> float:
+    """A run's figure; ``cost_vs_adam`` = its whole-loop ms/step over tuned Adam's in the same entry."""
+    r = e["results"][name]
+    if key == "cost_vs_adam":
+        return r["ms_per_step"] / e["results"]["adam"]["ms_per_step"]
+    return r[key]
 
 
 def task_summary(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -210,7 +218,7 @@ def task_summary(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[s
     for e in entries:
         by_task.setdefault(e["task"].split("/")[0], []).append(e)
     return {
-        task: {name: {key: float(np.median([e["results"][name][key] for e in es])) for key in KEYS}
+        task: {name: {key: float(np.median([_value(e, name, key) for e in es])) for key in KEYS}
                for name in optimizers if all(name in e["results"] for e in es)}
         for task, es in by_task.items()
     }
@@ -228,6 +236,7 @@ def overall(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[str, d
             "tasks": len(rows),
             "median_speedup": statistics.median(r["speedup"] for r in rows),
             "median_wall_speedup": statistics.median(r["wall_speedup"] for r in rows),
+            "median_cost_vs_adam": statistics.median(r["cost_vs_adam"] for r in rows),
             "tasks_speedup_ge_1": sum(r["speedup"] >= 1.0 for r in rows),
             "tasks_wall_speedup_ge_1": sum(r["wall_speedup"] >= 1.0 for r in rows),
             "beats_adam_final_loss": sum(t[name]["final_loss"] < t["adam"]["final_loss"] for t in per_task.values()
@@ -268,11 +277,12 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
         lines.append(f"| {task} | {seeds[task]} | " + " | ".join(cells) + " |")
     lines += ["", "Summary over tasks (each task: median over its seeds):", "",
               "| optimizer | median speedup (steps) | median speedup (wall-clock) | tasks >= 1x (steps) | "
-              "tasks >= 1x (wall-clock) | beats tuned Adam (final loss) | divergences |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "tasks >= 1x (wall-clock) | beats tuned Adam (final loss) | divergences | loop ms/step vs Adam |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, o in overall(entries, optimizers).items():
         lines.append(f"| {name} | {o['median_speedup']:.2f} | {o['median_wall_speedup']:.2f} | {o['tasks_speedup_ge_1']}/{o['tasks']} | "
-                     f"{o['tasks_wall_speedup_ge_1']}/{o['tasks']} | {o['beats_adam_final_loss']}/{o['tasks']} | {o['divergences']} |")
+                     f"{o['tasks_wall_speedup_ge_1']}/{o['tasks']} | {o['beats_adam_final_loss']}/{o['tasks']} | {o['divergences']} | "
+                     f"{o['median_cost_vs_adam']:.2f} |")
     sens = [(e["task"], e.get("sensitivity", {})) for e in entries if e.get("sensitivity")]
     if sens:
         names = list(dict.fromkeys(n for _, s in sens for n in s))
