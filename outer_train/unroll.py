@@ -97,7 +97,6 @@ def inner_step(
             st.lr_scale = s
 
     ratio = None
-    k = 0
     for g, group in enumerate(groups):
         m = len(group.member_seeds)
         for i in range(m):
@@ -107,7 +106,6 @@ def inner_step(
                     ratio = ((new - params_all[g][i]).abs() / (params_all[g][i].abs() + 1e-12)).detach()
             group.params[particle * m + i] = new
             group.states[particle * m + i] = states_all[g][i]
-            k += 1
 
     val_losses = None
     if val:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 MAX_DEPTH = 4  # nested wrapped functions (Swin: attention -> relative position bias)
 

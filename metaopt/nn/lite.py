@@ -35,7 +35,8 @@ _EDGE_TYPES = 32  # parameter edge types are < AUX_START = 32
 _NODE_TYPES = 32
 # Without autograd (the optimizer's refresh), edges are processed in chunks of this many: every
 # [chunk, hidden] temporary then stays in cache, which is 3-5x faster than full-size passes over
-# memory at 1M+ edges on one CPU thread. The values are the same as the full-size path's.
+# memory at 1M+ edges on one CPU thread. Values equal the full-size path's up to float rounding (a
+# matmul over fewer rows may take another BLAS kernel; tests/test_optim_fast_paths.py).
 CHUNK = 1 << 14
 
 
