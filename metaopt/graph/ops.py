@@ -2,6 +2,8 @@
 
 Shape ops (view, flatten, transpose, getitem, chunk, ...) are followed exactly by running the same
 op on *probe* tensors that hold each element's feature index, so no per-op bookkeeping is needed.
+Helpers for the walker and for converters: `probe_tensors` / `map_from_probe` (follow a shape op),
+`map_tensors` and `flatten_values` (nested outputs and arguments).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from . import einops_shapes, inline
 from .builder import NeuronMap
-from .registry import CONST, Const, ConversionError, ParamRef, Unassigned
+from .registry import CONST, Const, ConversionContext, ConversionError, ParamRef, Unassigned
 from .schema import Activation, EdgeType, NodeType
 from .split_map import Scores, SplitMap
 
@@ -126,8 +128,11 @@ def first_carrier(values: list[Any]) -> Any:
 
 # ---- probes for shape ops ---------------------------------------------------------------------
 
-def _probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
-    """Feature index along `dim`, and flat index over all other dims, broadcast to `shape`."""
+def probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
+    """Feature index along `dim`, and flat index over all other dims, broadcast to `shape`.
+
+    Run a shape op on both probes, then `map_from_probe` reads where the features went.
+    """
     K = shape[dim]
     view = [1] * len(shape)
     view[dim] = K
@@ -140,8 +145,13 @@ def _probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
     return feat, rest
 
 
-def _map_from_probe(w: "DataflowWalker", m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor) -> Any:
-    """Read the output NeuronMap off the feature probe `q` and rest probe `r` of one output."""
+def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor) -> Any:
+    """The dataflow value of a shape op's output, read off its feature probe `q` and rest probe `r`.
+
+    `m` is the input's NeuronMap and `in_shape` the input's real shape; `q`, `r` are the op applied
+    to `probe_tensors(in_shape, m.dim)`. Returns a NeuronMap, CONST (a single feature selected) or
+    a SplitMap (features spread over several dims).
+    """
     if q.ndim == 0:
         return CONST
     if m.size == 1:  # a single neuron: follow the size-1 dim if there is one to follow
@@ -165,7 +175,7 @@ def _map_from_probe(w: "DataflowWalker", m: NeuronMap, in_shape: torch.Size, q: 
     pos = m.pos[feat] if m.pos is not None else None
     if bool((rest != rest[0]).any()):  # other dims were merged into the feature dim: flatten
         if pos is not None:
-            w.ctx.fail("flattening an already flattened feature map is not supported")
+            ctx.fail("flattening an already flattened feature map is not supported")
         trailing = [s for s in in_shape[m.dim + 1 :]]
         offs = rest - rest.min()
         coords = []
@@ -201,24 +211,24 @@ def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     kwargs = {k: _host(v) for k, v in kwargs.items()}
     if isinstance(x, ParamRef):
         out = call(x.index, args[1:], kwargs)
-        return _wrap(out, lambda t: ParamRef(x.param, t))
+        return map_tensors(out, lambda t: ParamRef(x.param, t))
     if isinstance(x, Unassigned):
-        return _wrap(result, lambda t: Unassigned(t.ndim, x.node_type))
+        return map_tensors(result, lambda t: Unassigned(t.ndim, x.node_type))
     if isinstance(x, SplitMap):  # continue on the probes it carries (contiguous: .view must work)
         qs, rs = call(x.feat.contiguous(), args[1:], kwargs), call(x.rest.contiguous(), args[1:], kwargs)
         if isinstance(qs, (tuple, list)):
-            return type(qs)(_map_from_probe(w, x.source, x.src_shape, q, r) for q, r in zip(qs, rs))
-        return _map_from_probe(w, x.source, x.src_shape, qs, rs)
+            return type(qs)(map_from_probe(w.ctx, x.source, x.src_shape, q, r) for q, r in zip(qs, rs))
+        return map_from_probe(w.ctx, x.source, x.src_shape, qs, rs)
     if not isinstance(x, NeuronMap):
-        return _wrap(result, lambda t: CONST)
+        return map_tensors(result, lambda t: CONST)
     real = args[0]
-    feat, rest = _probe_tensors(real.shape, x.dim)
+    feat, rest = probe_tensors(real.shape, x.dim)
     if n.target in ("view", "view_as"):  # probes are expanded; the real tensor was viewable
         feat, rest = feat.contiguous(), rest.contiguous()
     qs, rs = call(feat, args[1:], kwargs), call(rest, args[1:], kwargs)
     if isinstance(qs, (tuple, list)):
-        return type(qs)(_map_from_probe(w, x, real.shape, q, r) for q, r in zip(qs, rs))
-    return _map_from_probe(w, x, real.shape, qs, rs)
+        return type(qs)(map_from_probe(w.ctx, x, real.shape, q, r) for q, r in zip(qs, rs))
+    return map_from_probe(w.ctx, x, real.shape, qs, rs)
 
 
 def _caller(n) -> Callable:
@@ -229,11 +239,12 @@ def _caller(n) -> Callable:
     return lambda t, rest, kw: n.target(t, *rest, **kw)
 
 
-def _wrap(out: Any, fn: Callable[[Tensor], Any]) -> Any:
+def map_tensors(out: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """`fn` applied to every tensor of a (nested tuple/list) output; other values stay as they are."""
     if isinstance(out, Tensor):
         return fn(out)
     if isinstance(out, (tuple, list)):
-        return type(out)(_wrap(o, fn) for o in out)
+        return type(out)(map_tensors(o, fn) for o in out)
     return out
 
 
@@ -511,9 +522,9 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         if not isinstance(result, Tensor):
             return result
         return shape_op(w, n, values, args, kwargs, result)
-    if any(isinstance(v, Scores) for v in _flat(values)):
+    if any(isinstance(v, Scores) for v in flatten_values(values)):
         return scores_op(w, n, t, values, args, kwargs, result)
-    if not any(is_tensor_like(v) for v in _flat(values)):
+    if not any(is_tensor_like(v) for v in flatten_values(values)):
         return CONST if isinstance(result, Tensor) else result
     act = act_of(t)
     if act is not None:
@@ -557,7 +568,7 @@ _SCORE_OPS = {"masked_fill", "masked_fill_", torch.masked_fill, torch.where}
 
 def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
     """Attention scores through scaling, masking, softmax, dropout: still the same scores."""
-    flat = _flat(values)
+    flat = flatten_values(values)
     scores = next(v for v in flat if isinstance(v, Scores))
     if (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS) and values[0] is scores:  # e.g. a per-window view
         out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
@@ -569,12 +580,12 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
     neurons = [v for v in flat if isinstance(v, (NeuronMap, SplitMap))]
     if not elementwise or (neurons and not (
             t in _ADD and len(neurons) == 1 and isinstance(neurons[0], NeuronMap)
-            and head_neurons(w, scores, neurons[0], result.shape))):
+            and head_neurons(w.ctx, scores, neurons[0], result.shape))):
         w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
                    "masking, softmax, dropout and per-head biases are followed before `@ v`).")
     for p in [v for v in flat if isinstance(v, ParamRef)]:  # per-head bias tables and scales
         kind = "add" if t in _ADD else "mul" if t in _MUL else None
-        if kind is None or not head_parameter(w, n, scores, p, result.shape, kind):
+        if kind is None or not head_parameter(w.ctx, scores, p, result.shape, kind):
             w.unclaimed_use([p], n)
     return scores
 
@@ -587,7 +598,7 @@ _PARAM_ELEMENTWISE: set[Any] = {torch.clamp, "clamp", torch.clip, "clip", torch.
 
 def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -> Any:
     """An op no rule knows: elementwise if it keeps the input's shape, otherwise an error."""
-    flat = _flat(values)
+    flat = flatten_values(values)
     params = [v for v in flat if isinstance(v, ParamRef)]
     maps = [v for v in flat if isinstance(v, NeuronMap)]
     if (n.target in _PARAM_ELEMENTWISE and len(params) == 1 and not maps
@@ -597,7 +608,7 @@ def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -
         w.unclaimed_use(params, n)
     if not maps:
         ua = [v for v in flat if isinstance(v, Unassigned)]
-        return _wrap(result, lambda t: Unassigned(t.ndim, ua[0].node_type)) if ua else _wrap(result, lambda t: CONST)
+        return map_tensors(result, (lambda t: Unassigned(t.ndim, ua[0].node_type)) if ua else (lambda t: CONST))
     m = maps[0]
     real = args[[i for i, v in enumerate(values) if v is m][0]] if m in values else None
     if isinstance(result, Tensor) and real is not None and result.shape == real.shape:
@@ -611,14 +622,15 @@ def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -
             f"fresh hidden neurons)."
         )
     w.warn(msg)
-    return _wrap(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
+    return map_tensors(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
 
 
-def _flat(values: Any) -> list:
+def flatten_values(values: Any) -> list:
+    """The leaves of nested lists/tuples of values, in order (a single value gives [value])."""
     out = []
     for v in values if isinstance(values, (list, tuple)) else [values]:
         if isinstance(v, (list, tuple)):
-            out.extend(_flat(v))
+            out.extend(flatten_values(v))
         else:
             out.append(v)
     return out

@@ -1,18 +1,26 @@
 """Converter registry and the context object converters work through.
 
-A converter turns one module call into graph nodes and edges:
+A converter turns one call of a module, or of a function, into graph nodes and edges. Both kinds
+have the same signature, `fn(ctx, target, inputs, name) -> output`, and register the same way:
 
+    @register_converter(MyLayer)                   # a module class: target is the module instance
     def convert_my_layer(ctx: ConversionContext, module: MyLayer, inputs: list, name: str):
         x = ctx.input_map(inputs[0], dim=-1, size=module.in_features)   # NeuronMap of the input
         layer = ctx.new_layer(name, "my_layer")
         out = ctx.add_nodes(module.out_features, NodeType.HIDDEN, layer)
         src, dst, _ = dense_edges(x, out)
         ctx.add_param_edges(module.weight, src, dst, EdgeType.LINEAR, layer)
-        return ctx.map(out, dim=-1, like=x)                           # NeuronMap of the output
+        return ctx.map(out, dim=-1, ndim=x.ndim)                      # NeuronMap of the output
 
-    register_converter(MyLayer, convert_my_layer)
+    @register_converter(my_function)               # a function (or a tensor method's name, "matmul")
+    def convert_my_function(ctx: ConversionContext, fn, inputs: list, name: str):
+        weight = ctx.param_arg(1, "weight")        # a ParamRef if that argument is a parameter
+        if weight is None:
+            return NotImplemented                  # a call it does not read: handled as if unregistered
+        ...
 
-Registered module types become leaves of the torch.fx trace: their `forward` is not traced.
+Registered module types become leaves of the torch.fx trace (their `forward` is not traced), and
+so do registered plain Python functions that a traced `forward` calls by a public global name.
 """
 
 from __future__ import annotations
@@ -27,9 +35,13 @@ from torch import Tensor, nn
 from .builder import GraphBuilder, NeuronMap
 from .schema import Activation, EdgeType, NodeType
 
-Converter = Callable[["ConversionContext", nn.Module, list, str], Any]
+Converter = Callable[["ConversionContext", Any, list, str], Any]
+"""`fn(ctx, target, inputs, name) -> output`: target is the module instance, or the called function
+(a tensor method's name for `x.method(...)`); inputs are the dataflow values of the positional
+arguments; name is the module's qualified name, or the fx node's name for a function call."""
 
-_CONVERTERS: dict[type, Converter] = {}
+_CONVERTERS: dict[type, Converter] = {}  # nn.Module subclass -> converter
+_FUNCTION_CONVERTERS: dict[Any, Converter] = {}  # function or tensor-method name -> converter
 _generation = [0]  # bumped on every registration; part of the structure-cache key
 
 
@@ -37,21 +49,50 @@ def registry_generation() -> int:
     return _generation[0]
 
 
-def register_converter(module_type: type[nn.Module], fn: Converter | None = None):
-    """Register `fn(ctx, module, inputs, name) -> output` for `module_type` (usable as decorator).
+def _check_target(target: Any) -> None:
+    if isinstance(target, type):
+        if not issubclass(target, nn.Module):
+            raise TypeError(f"register_converter: {target!r} is not an nn.Module subclass")
+    elif isinstance(target, nn.Module):
+        raise TypeError(f"register_converter: pass the module's class, {type(target).__name__}, "
+                        f"not an instance of it")
+    elif not (isinstance(target, str) or callable(target)):
+        raise TypeError(f"register_converter: {target!r} is neither an nn.Module subclass, a "
+                        f"function nor a tensor method's name")
 
-    Instances of `module_type` (and subclasses without their own registration) become leaves
-    of the trace, converted by `fn` instead of by tracing their forward.
+
+def register_converter(target: Any, fn: Converter | None = None):
+    """Register `fn(ctx, target, inputs, name) -> output` for `target` (usable as decorator).
+
+    `target` is one of:
+    - an nn.Module subclass: its instances (and subclasses that inherit its `forward` and have no
+      registration of their own) become leaves of the trace, converted by `fn` instead of by
+      tracing their forward; `fn` receives the module instance;
+    - a function (`F.linear`, or your own): its calls are converted by `fn`, which receives the
+      function. A plain Python function from outside torch becomes a leaf of the trace when a
+      traced `forward` calls it by a public global name (`from mylib import my_op; my_op(x, w)`,
+      as `torch.fx.wrap` would); `fn` may return NotImplemented, and then the call's body is
+      walked as if no converter were registered;
+    - a string: the tensor method of that name (`"matmul"` for `x.matmul(w)`).
     """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(f"register_converter: {module_type!r} is not an nn.Module subclass")
+    _check_target(target)
 
     def deco(f: Converter) -> Converter:
-        _CONVERTERS[module_type] = f
+        if isinstance(target, type):
+            _CONVERTERS[target] = f
+        else:
+            _FUNCTION_CONVERTERS[target] = f
         _generation[0] += 1  # cached structures may depend on the old registry
         return f
 
     return deco if fn is None else deco(fn)
+
+
+def unregister_converter(target: Any) -> None:
+    """Remove the converter registered for `target` (a no-op if there is none)."""
+    table = _CONVERTERS if isinstance(target, type) else _FUNCTION_CONVERTERS
+    if table.pop(target, None) is not None:
+        _generation[0] += 1
 
 
 def find_converter(module: nn.Module) -> Converter | None:
@@ -67,6 +108,19 @@ def find_converter(module: nn.Module) -> Converter | None:
         if cls is nn.Module:
             break
     return None
+
+
+def find_function_converter(target: Any) -> Converter | None:
+    """The converter registered for a call_function / call_method target, if any."""
+    try:
+        return _FUNCTION_CONVERTERS.get(target)
+    except TypeError:  # unhashable targets
+        return None
+
+
+def registered_functions() -> tuple[Callable, ...]:
+    """The functions (not method names) that have a converter."""
+    return tuple(t for t in _FUNCTION_CONVERTERS if not isinstance(t, str))
 
 
 @dataclass
@@ -146,7 +200,13 @@ class ExampleInputError(ConversionError):
 
 
 class ConversionContext:
-    """What converters see: node/edge creation plus helpers to read their inputs."""
+    """What converters see: node/edge creation plus helpers to read their inputs.
+
+    Module and function converters get the same context. For the call being converted it holds
+    the dataflow values of its arguments (`inputs`, `kwargs`: NeuronMap, ParamRef, ...), their
+    real example values (`args`, `real_kwargs`: exact shapes, Python sizes and flags) and the real
+    output (`result`); `arg`, `real_arg` and `param_arg` read one argument by position or keyword.
+    """
 
     def __init__(self, builder: GraphBuilder, strict: bool) -> None:
         self.builder = builder
@@ -154,7 +214,23 @@ class ConversionContext:
         self.current: str = ""  # qualified name of the module/op being converted, for errors
         self.args: tuple = ()  # real (example) positional args of the call being converted
         self.kwargs: dict = {}  # dataflow values of its keyword args
-        self.result: Any = None  # the real output of the module call being converted (exact shapes)
+        self.inputs: list = []  # dataflow values of its positional args (the converter's `inputs`)
+        self.real_kwargs: dict = {}  # real (example) keyword args
+        self.result: Any = None  # the real output of the call being converted (exact shapes)
+
+    # ---- the call's arguments ----------------------------------------------------------------
+    def arg(self, i: int, key: str, default: Any = None) -> Any:
+        """Dataflow value of the argument passed at position `i` or as keyword `key`."""
+        return self.inputs[i] if len(self.inputs) > i else self.kwargs.get(key, default)
+
+    def real_arg(self, i: int, key: str, default: Any = None) -> Any:
+        """Real (example) value of the argument passed at position `i` or as keyword `key`."""
+        return self.args[i] if len(self.args) > i else self.real_kwargs.get(key, default)
+
+    def param_arg(self, i: int, key: str) -> "ParamRef | None":
+        """That argument as a ParamRef (a parameter, or a view of one), else None."""
+        value = self.arg(i, key)
+        return value if isinstance(value, ParamRef) else None
 
     # ---- nodes, layers, edges (thin wrappers over the builder) ----------------------------
     def new_layer(self, name: str, kind: str) -> int:

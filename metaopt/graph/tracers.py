@@ -18,19 +18,24 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 
-from . import einops_shapes
-from .registry import find_converter
+from . import einops_shapes, inline
+from .registry import find_converter, registered_functions
 
 
 def _is_leaf(m: nn.Module) -> bool:
     return find_converter(m) is not None or einops_shapes.is_einops_module(m)
 
 
+def _leaf_functions() -> tuple:
+    """Functions recorded as one call: einops shape functions, and Python functions with a converter."""
+    return einops_shapes.SHAPE_FUNCTIONS + tuple(f for f in registered_functions() if inline.inlinable(f))
+
+
 class SymbolicTracer(fx.Tracer):
-    """fx tracer whose leaves are torch.nn built-ins, every module with a converter, and einops."""
+    """fx tracer whose leaves are torch.nn built-ins, every module and function with a converter, and einops."""
 
     def __init__(self) -> None:
-        super().__init__(autowrap_modules=(math,), autowrap_functions=einops_shapes.SHAPE_FUNCTIONS)
+        super().__init__(autowrap_modules=(math,), autowrap_functions=_leaf_functions())
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return _is_leaf(m) or super().is_leaf_module(m, qualname)
@@ -62,7 +67,7 @@ class ShapeTracer(MetaTracer):
     """The same leaves, with real sizes during tracing (meta tensors run beside the proxies)."""
 
     def __init__(self, device: torch.device | str | None = None) -> None:
-        super().__init__(autowrap_modules=(math,), autowrap_functions=einops_shapes.SHAPE_FUNCTIONS)
+        super().__init__(autowrap_modules=(math,), autowrap_functions=_leaf_functions())
         self.device = device  # where constants built from sizes live: the call's device
 
     def proxy(self, node: fx.Node) -> MetaProxy:

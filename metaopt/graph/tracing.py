@@ -26,6 +26,7 @@ from .registry import (
     ParamRef,
     Unassigned,
     find_converter,
+    find_function_converter,
 )
 from .schema import NodeType
 from .split_map import Scores, SplitMap
@@ -154,9 +155,10 @@ class DataflowWalker(fx.Interpreter):
                 dict(n.kwargs), lambda a: self.values.get(a, a) if isinstance(a, fx.Node) else a
             )
             self.ctx.args, self.ctx.kwargs = args, kw_values
+            self.ctx.inputs, self.ctx.real_kwargs, self.ctx.result = list(values), kwargs, result
             module = self.module.get_submodule(str(n.target)) if n.op == "call_module" else None
-            split = any(isinstance(v, SplitMap) for v in ops._flat([*values, *kw_values.values()]))
-            scores = module is not None and any(isinstance(v, Scores) for v in ops._flat(values))
+            split = any(isinstance(v, SplitMap) for v in ops.flatten_values([*values, *kw_values.values()]))
+            scores = module is not None and any(isinstance(v, Scores) for v in ops.flatten_values(values))
             if scores and not isinstance(module, ops.IDENTITY_MODULES + tuple(ops.ACTIVATION_MODULES)):
                 self.ctx.fail("attention scores (q @ k^T) go through a module no rule reads; only "
                               "softmax and dropout are followed before `@ v`.")
@@ -207,8 +209,8 @@ class DataflowWalker(fx.Interpreter):
                     self.unclaimed.setdefault(self.builder.param_name(p), f"module '{n.target}'")
         used = fx.node.map_aggregate((n.args, tuple(n.kwargs.values())),
                                      lambda a: self.values.get(a, a) if isinstance(a, fx.Node) else a)
-        self.unclaimed_use([v for v in ops._flat(list(used)) if isinstance(v, ParamRef)], n)
-        return ops._wrap(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
+        self.unclaimed_use([v for v in ops.flatten_values(list(used)) if isinstance(v, ParamRef)], n)
+        return ops.map_tensors(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
 
     def _get_attr(self, result: Any) -> Any:
         if isinstance(result, nn.Parameter) and self.builder.owns(result):
@@ -219,7 +221,6 @@ class DataflowWalker(fx.Interpreter):
         module = self.module.get_submodule(n.target)
         conv = find_converter(module)
         if conv is not None:
-            self.ctx.result = result
             out = conv(self.ctx, module, values, str(n.target))
             self._check(n, out, result)
             return out
@@ -238,7 +239,7 @@ class DataflowWalker(fx.Interpreter):
         self.unknown_modules[str(n.target)] = type(module).__name__
         if self.ctx.strict:
             raise ConversionError(unknown_module_message(str(n.target), module, names))
-        return ops._wrap(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
+        return ops.map_tensors(result, lambda t: Unassigned(t.ndim, NodeType.HIDDEN))
 
     def _module_as_shape_op(self, n: fx.Node, module: nn.Module, values: list, args: tuple, result: Tensor) -> Any:
         if isinstance(module, nn.Flatten):
@@ -249,10 +250,10 @@ class DataflowWalker(fx.Interpreter):
             fn = lambda t, rest, kw: t.unflatten(module.dim, module.unflattened_size)  # noqa: E731
         x = values[0]
         if isinstance(x, SplitMap):
-            return ops._map_from_probe(self, x.source, x.src_shape, fn(x.feat, (), {}), fn(x.rest, (), {}))
+            return ops.map_from_probe(self.ctx, x.source, x.src_shape, fn(x.feat, (), {}), fn(x.rest, (), {}))
         if isinstance(x, NeuronMap):
-            feat, rest = ops._probe_tensors(args[0].shape, x.dim)
-            return ops._map_from_probe(self, x, args[0].shape, fn(feat, (), {}), fn(rest, (), {}))
+            feat, rest = ops.probe_tensors(args[0].shape, x.dim)
+            return ops.map_from_probe(self.ctx, x, args[0].shape, fn(feat, (), {}), fn(rest, (), {}))
         if isinstance(x, Unassigned):
             return Unassigned(result.ndim, x.node_type)
         if isinstance(x, ParamRef):
@@ -260,15 +261,10 @@ class DataflowWalker(fx.Interpreter):
         return CONST
 
     def _call_function(self, n: fx.Node, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
-        from .converters.functional import FUNCTIONAL_CONVERTERS
-
         target = n.target
-        try:
-            fconv = FUNCTIONAL_CONVERTERS.get(target)
-        except TypeError:
-            fconv = None
+        fconv = find_function_converter(target)
         if fconv is not None:
-            out = fconv(self, n, values, self.ctx.kwargs, args, kwargs, result)
+            out = fconv(self.ctx, target, values, n.name)
             if out is not NotImplemented:
                 self._check(n, out, result)
                 return out
@@ -389,7 +385,7 @@ def _walk(model: nn.Module, call: ExampleCall, strict: bool, on_meta: bool) -> t
     with torch.no_grad():
         walker.run(*values)
     out_node = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
-    out_maps = [v for v in ops._flat(walker.values[out_node]) if isinstance(v, NeuronMap)]
+    out_maps = [v for v in ops.flatten_values(walker.values[out_node]) if isinstance(v, NeuronMap)]
     if out_maps:
         builder.mark_outputs(torch.cat([m.nodes for m in out_maps]))
     return builder, walker

@@ -239,36 +239,38 @@ def _members(ctx: ConversionContext, grid: Tensor, node_type: NodeType, heads: T
     ctx.add_aux_edges(grid.reshape(-1), heads.view(-1, 1).expand_as(grid).reshape(-1), EdgeType.HEAD_MEMBER, layer)
 
 
-def sdpa(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Tensor) -> Any:
+@register_converter(torch.nn.functional.scaled_dot_product_attention)
+def sdpa(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
     """F.scaled_dot_product_attention(q, k, v, ...): heads from the operands' split neurons."""
-    ops_ = [values[i] if len(values) > i else kw.get(key) for i, key in enumerate(("query", "key", "value"))]
-    reals = [args[i] if len(args) > i else kwargs.get(key) for i, key in enumerate(("query", "key", "value"))]
+    ops_ = [ctx.arg(i, key) for i, key in enumerate(("query", "key", "value"))]
+    reals = [ctx.real_arg(i, key) for i, key in enumerate(("query", "key", "value"))]
+    result = ctx.result
     if not any(isinstance(x, (NeuronMap, SplitMap)) for x in ops_):
         return NotImplemented  # attention over raw inputs / constants: no neurons to structure
     grids = [head_grid(x, r.ndim) for x, r in zip(ops_, reals)]
     if any(g is None for g in grids):
-        w.ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
-                   "(features on the last dim and on dims before the token dim).")
+        ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
+                 "(features on the last dim and on dims before the token dim).")
     scores_shape = (*result.shape[:-1], reals[1].shape[-2])
-    scores = qk_heads(w.ctx, n.name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape))
-    return attend(w.ctx, scores, grids[2], ops_[2], result.shape)
+    scores = qk_heads(ctx, name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape))
+    return attend(ctx, scores, grids[2], ops_[2], result.shape)
 
 
-def attention_matmul(w: Any, n: Any, a: Any, b: Any, args: tuple, result: Tensor) -> Any:
+def attention_matmul(ctx: ConversionContext, name: str, a: Any, b: Any, args: tuple, result: Tensor) -> Any:
     """`q @ k.transpose(-2, -1)` gives Scores; `scores @ v` is the attention (as sdpa)."""
     if isinstance(a, Scores):
         grid = head_grid(b, args[1].ndim)
         if grid is None:
-            w.ctx.fail("attention weights multiply a tensor whose neurons are not laid out as "
-                       "[..., heads, tokens, head_dim].")
-        return attend(w.ctx, a, grid, b, result.shape)
+            ctx.fail("attention weights multiply a tensor whose neurons are not laid out as "
+                     "[..., heads, tokens, head_dim].")
+        return attend(ctx, a, grid, b, result.shape)
     q, k = head_grid(a, args[0].ndim), head_grid(transposed(b), args[1].ndim)
     if q is None or k is None:
         return NotImplemented
-    return qk_heads(w.ctx, n.name, q, k, head_dims(a, args[0].ndim), result.shape)
+    return qk_heads(ctx, name, q, k, head_dims(a, args[0].ndim), result.shape)
 
 
-def head_parameter(w: Any, n: Any, scores: Scores, p: ParamRef, shape: torch.Size, kind: str) -> bool:
+def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: torch.Size, kind: str) -> bool:
     """A parameter added to (`kind="add"`) or multiplying (`"mul"`) the scores, head by head.
 
     Relative position bias tables `[rows, heads]` gathered by a relative-offset index (Swin,
@@ -295,20 +297,20 @@ def head_parameter(w: Any, n: Any, scores: Scores, p: ParamRef, shape: torch.Siz
     rank[order] = torch.arange(used.numel()) - starts[head_of_e[used][order]]
     rows = int(rank.max()) + 1 if used.numel() else 0
     table = p.param
-    name = w.ctx.builder.param_name(table)
+    name = ctx.builder.param_name(table)
     if kind == "add":
-        layer = w.ctx.new_layer(name, "relative_position_bias")
-        src = w.ctx.add_nodes(rows, NodeType.PARAM_SOURCE, layer, torch.arange(rows))
+        layer = ctx.new_layer(name, "relative_position_bias")
+        src = ctx.add_nodes(rows, NodeType.PARAM_SOURCE, layer, torch.arange(rows))
         etype = EdgeType.PARAM_ADD
     else:
-        layer = w.ctx.new_layer(name, "head_scale")
-        src = w.ctx.add_nodes(rows, NodeType.NORM, layer)
+        layer = ctx.new_layer(name, "head_scale")
+        src = ctx.add_nodes(rows, NodeType.NORM, layer)
         etype = EdgeType.NORM_WEIGHT
-    w.ctx.add_param_edges(ParamRef(table, used), src[rank], scores.heads[head_of_e[used]], etype, layer)
+    ctx.add_param_edges(ParamRef(table, used), src[rank], scores.heads[head_of_e[used]], etype, layer)
     return True
 
 
-def head_neurons(w: Any, scores: Scores, m: NeuronMap, shape: torch.Size) -> bool:
+def head_neurons(ctx: ConversionContext, scores: Scores, m: NeuronMap, shape: torch.Size) -> bool:
     """Neurons added to the scores head by head (Swin V2's MLP-generated position bias):
     each neuron feeds the HEAD node of the head it is added to (RESIDUAL)."""
     d = m.dim + (len(shape) - m.ndim)
@@ -322,15 +324,17 @@ def head_neurons(w: Any, scores: Scores, m: NeuronMap, shape: torch.Size) -> boo
     head_of_k[k] = head
     if bool((head_of_k[k] != head).any()):
         return False
-    w.ctx.add_aux_edges(m.nodes, scores.heads[head_of_k], EdgeType.RESIDUAL, scores.layer)
+    ctx.add_aux_edges(m.nodes, scores.heads[head_of_k], EdgeType.RESIDUAL, scores.layer)
     return True
 
 
-def einsum_attention(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs: dict, result: Any) -> Any:
+@register_converter(torch.einsum)
+def einsum_attention(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
     """`einsum("...id,...jd->...ij", q, k)` and `einsum("...ij,...jd->...id", attn, v)` (MaxViT, lucidrains).
 
     Other equations are not attention: NotImplemented hands them to the generic rules.
     """
+    args, result = ctx.args, ctx.result
     if not args or not isinstance(args[0], str):
         return NotImplemented
     operands = list(values[1:])
@@ -351,12 +355,12 @@ def einsum_attention(w: Any, n: Any, values: list, kw: dict, args: tuple, kwargs
         q, k = head_grid(a, ndim), head_grid(b, ndim)
         if q is None or k is None:
             return NotImplemented
-        return qk_heads(w.ctx, n.name, q, k, head_dims(a, ndim), result.shape)
+        return qk_heads(ctx, name, q, k, head_dims(a, ndim), result.shape)
     if isinstance(a, Scores) and a_ix[-1] == b_ix[-2] and out_ix == a_ix[:-1] + b_ix[-1]:  # attn v
         grid = head_grid(b, ndim)
         if grid is None:
             return NotImplemented
-        return attend(w.ctx, a, grid, b, result.shape)
+        return attend(ctx, a, grid, b, result.shape)
     return NotImplemented
 
 

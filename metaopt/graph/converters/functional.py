@@ -1,7 +1,10 @@
 """Functional forms with parameters (F.linear(x, self.w), x @ self.W, F.conv2d, F.layer_norm, ...).
 
 Custom modules that keep their own nn.Parameters and call torch functions are traced through;
-these rules give such calls the same graph as the equivalent nn module.
+these rules give such calls the same graph as the equivalent nn module. They are converters like
+the module ones (`register_converter(F.linear)`, `fn(ctx, function, inputs, name)`); one returns
+NotImplemented for a call it does not read (no parameter argument), leaving it to the rules of
+ops.py. F.scaled_dot_product_attention and torch.einsum are registered in attention.py.
 """
 
 from __future__ import annotations
@@ -13,42 +16,36 @@ import torch
 import torch.nn.functional as F
 
 from ..builder import NeuronMap
-from ..registry import ParamRef
+from ..registry import ConversionContext, ParamRef, register_converter
 from ..split_map import Scores, SplitMap
-from .attention import attention_matmul, einsum_attention, sdpa
+from .attention import attention_matmul
 from .conv import conv
 from .dense import embedding, linear
 from .norm import last_dims_norm, norm
 
 
-def _get(values: list, kw: dict, i: int, key: str) -> Any:
-    return values[i] if len(values) > i else kw.get(key)
-
-
-def _pref(v: Any) -> ParamRef | None:
-    return v if isinstance(v, ParamRef) else None
-
-
-def _f_linear(w, n, values, kw, args, kwargs, result):
-    weight, bias = _pref(_get(values, kw, 1, "weight")), _pref(_get(values, kw, 2, "bias"))
+@register_converter(F.linear)
+def _f_linear(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
+    weight, bias = ctx.param_arg(1, "weight"), ctx.param_arg(2, "bias")
     if weight is None or len(weight.shape) != 2:
         return NotImplemented
-    return linear(w.ctx, n.name, values[0], weight, bias, args[0].ndim)
+    return linear(ctx, name, values[0], weight, bias, ctx.args[0].ndim)
 
 
-def _matmul(w, n, values, kw, args, kwargs, result):
+def _matmul(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
     a, b = values[0], values[1]
+    args = ctx.args
     if isinstance(b, ParamRef) and len(b.shape) == 2 and not isinstance(a, ParamRef):
-        return linear(w.ctx, n.name, a, ParamRef(b.param, b.index.t()), None, args[0].ndim)
+        return linear(ctx, name, a, ParamRef(b.param, b.index.t()), None, args[0].ndim)
     if isinstance(a, ParamRef) and len(a.shape) == 2 and isinstance(b, NeuronMap) and b.dim == b.ndim - 2:
-        out = linear(w.ctx, n.name, b.moved(b.ndim - 1, b.ndim), a, None, b.ndim)  # W @ x: features on dim -2
+        out = linear(ctx, name, b.moved(b.ndim - 1, b.ndim), a, None, b.ndim)  # W @ x: features on dim -2
         return NeuronMap(out.nodes, b.ndim - 2, None, b.ndim)
     neurons = (NeuronMap, SplitMap, Scores)
     if isinstance(a, neurons) and isinstance(b, neurons):  # activations times activations: attention
-        out = attention_matmul(w, n, a, b, args, result)
+        out = attention_matmul(ctx, name, a, b, args, ctx.result)
         if out is NotImplemented:
-            w.ctx.fail("multiplies two activations whose neurons are not attention operands "
-                       "([..., heads, tokens, dim] @ [..., heads, dim, tokens], then @ values).")
+            ctx.fail("multiplies two activations whose neurons are not attention operands "
+                     "([..., heads, tokens, dim] @ [..., heads, dim, tokens], then @ values).")
         return out
     return NotImplemented
 
@@ -56,82 +53,69 @@ def _matmul(w, n, values, kw, args, kwargs, result):
 def _f_conv(transposed: bool):
     # F.convNd(input, weight, bias, stride, padding, dilation, groups)
     # F.conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
-    def rule(w, n, values, kw, args, kwargs, result):
-        weight, bias = _pref(_get(values, kw, 1, "weight")), _pref(_get(values, kw, 2, "bias"))
+    def rule(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
+        weight, bias = ctx.param_arg(1, "weight"), ctx.param_arg(2, "bias")
         if weight is None:
             return NotImplemented
-        groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
-        return conv(w.ctx, n.name, values[0], weight, bias, int(groups), transposed, args[0].ndim)
+        groups = ctx.real_kwargs.get("groups", ctx.args[6] if len(ctx.args) > 6 else 1)
+        return conv(ctx, name, values[0], weight, bias, int(groups), transposed, ctx.args[0].ndim)
     return rule
 
 
-def _f_embedding(w, n, values, kw, args, kwargs, result):
-    weight = _pref(_get(values, kw, 1, "weight"))
+@register_converter(F.embedding)
+def _f_embedding(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
+    weight = ctx.param_arg(1, "weight")
     if weight is None:
         return NotImplemented
-    return embedding(w.ctx, n.name, weight, args[0].ndim)
+    return embedding(ctx, name, weight, ctx.args[0].ndim)
 
 
-def _f_layer_norm(w, n, values, kw, args, kwargs, result):
-    shape = tuple(_get(list(args), kwargs, 1, "normalized_shape"))
-    weight, bias = _pref(_get(values, kw, 2, "weight")), _pref(_get(values, kw, 3, "bias"))
+@register_converter(F.layer_norm)
+def _f_layer_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
+    shape = tuple(ctx.real_arg(1, "normalized_shape"))
+    weight, bias = ctx.param_arg(2, "weight"), ctx.param_arg(3, "bias")
     if weight is None and bias is None:
         return NotImplemented
-    return last_dims_norm(w.ctx, n.name, values[0], shape, weight, bias, args[0].ndim, "layernorm")
+    return last_dims_norm(ctx, name, values[0], shape, weight, bias, ctx.args[0].ndim, "layernorm")
 
 
-def _f_rms_norm(w, n, values, kw, args, kwargs, result):
-    shape = tuple(_get(list(args), kwargs, 1, "normalized_shape"))
-    weight = _pref(_get(values, kw, 2, "weight"))
+def _f_rms_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
+    shape = tuple(ctx.real_arg(1, "normalized_shape"))
+    weight = ctx.param_arg(2, "weight")
     if weight is None:
         return NotImplemented
-    return last_dims_norm(w.ctx, n.name, values[0], shape, weight, None, args[0].ndim, "rmsnorm")
+    return last_dims_norm(ctx, name, values[0], shape, weight, None, ctx.args[0].ndim, "rmsnorm")
 
 
-def _f_group_norm(w, n, values, kw, args, kwargs, result):
-    groups = _get(list(args), kwargs, 1, "num_groups")
-    weight, bias = _pref(_get(values, kw, 2, "weight")), _pref(_get(values, kw, 3, "bias"))
+@register_converter(F.group_norm)
+def _f_group_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
+    groups = ctx.real_arg(1, "num_groups")
+    weight, bias = ctx.param_arg(2, "weight"), ctx.param_arg(3, "bias")
     if weight is None and bias is None:
         return NotImplemented
-    C = args[0].shape[1]
-    return norm(w.ctx, n.name, values[0], weight, bias, C, 1, args[0].ndim, "groupnorm", groups=int(groups))
+    C = ctx.args[0].shape[1]
+    return norm(ctx, name, values[0], weight, bias, C, 1, ctx.args[0].ndim, "groupnorm", groups=int(groups))
 
 
-def _f_batch_norm(w, n, values, kw, args, kwargs, result):
-    weight, bias = _pref(_get(values, kw, 3, "weight")), _pref(_get(values, kw, 4, "bias"))
+@register_converter(F.batch_norm)
+def _f_batch_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
+    weight, bias = ctx.param_arg(3, "weight"), ctx.param_arg(4, "bias")
     if weight is None and bias is None:
         return NotImplemented
-    C = args[0].shape[1]
-    return norm(w.ctx, n.name, values[0], weight, bias, C, 1, args[0].ndim, "batchnorm")
+    C = ctx.args[0].shape[1]
+    return norm(ctx, name, values[0], weight, bias, C, 1, ctx.args[0].ndim, "batchnorm")
 
 
 MATMULS = (torch.matmul, operator.matmul, "matmul", "__matmul__", torch.bmm, "bmm")
 
-FUNCTIONAL_CONVERTERS: dict[Any, Any] = {
-    F.linear: _f_linear,
-    torch.matmul: _matmul,
-    operator.matmul: _matmul,
-    "matmul": _matmul,
-    "__matmul__": _matmul,
-    torch.mm: _matmul,
-    "mm": _matmul,
-    torch.bmm: _matmul,
-    "bmm": _matmul,
-    F.conv1d: _f_conv(False),
-    F.conv2d: _f_conv(False),
-    F.conv3d: _f_conv(False),
-    F.conv_transpose1d: _f_conv(True),
-    F.conv_transpose2d: _f_conv(True),
-    F.conv_transpose3d: _f_conv(True),
-    F.embedding: _f_embedding,
-    F.layer_norm: _f_layer_norm,
-    F.group_norm: _f_group_norm,
-    F.batch_norm: _f_batch_norm,
-    F.scaled_dot_product_attention: sdpa,
-    torch.einsum: einsum_attention,
-}
+for _target in (*MATMULS, torch.mm, "mm"):
+    register_converter(_target, _matmul)
+for _target in (F.conv1d, F.conv2d, F.conv3d):
+    register_converter(_target, _f_conv(False))
+for _target in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
+    register_converter(_target, _f_conv(True))
+if hasattr(F, "rms_norm"):
+    register_converter(F.rms_norm, _f_rms_norm)
 from .. import ops  # noqa: E402
 
 ops.SPLIT_CONSUMERS.update(MATMULS)  # the attention rules above read split heads
-if hasattr(F, "rms_norm"):
-    FUNCTIONAL_CONVERTERS[F.rms_norm] = _f_rms_norm
