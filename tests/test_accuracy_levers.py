@@ -35,21 +35,25 @@ def _cli(zoo_dir, out, results, *extra):
 
 def test_results_json_has_the_issue_layout_merges_and_names_the_command(tiny_zoo, tmp_path):
     results = tmp_path / "docs" / "results" / "accuracy.json"
-    assert _cli(tiny_zoo, tmp_path / "a", results, "--method", "gmn,hparams_gb") == 0
+    assert _cli(tiny_zoo, tmp_path / "a", results, "--method", "gmn,gmn_probes,hparams_gb", "--probes", "4") == 0
     data = json.loads(results.read_text())
     assert set(data) == {"diverse-archs"} and set(data["diverse-archs"]) == {"50%", "OOD"}
     row = data["diverse-archs"]["50%"]["gmn"]
     assert {"r2_mean", "r2_std", "tau_mean", "tau_std", "n_seeds", "command"} <= set(row)
     assert row["n_seeds"] == 2 and row["command"].startswith("python -m experiments.accuracy ")
-    assert "--method gmn,hparams_gb" in row["command"]
-    assert set(data["diverse-archs"]["OOD"]) == {"gmn", "hparams_gb"}
+    assert "--method gmn,gmn_probes,hparams_gb" in row["command"]
+    assert set(data["diverse-archs"]["OOD"]) == {"gmn", "gmn_probes", "hparams_gb"}
+    runs = json.loads((tmp_path / "a" / "accuracy.json").read_text())["runs"]
+    assert {(r["method"], r["probes"], r["node_in"]) for r in runs if r["method"].startswith("gmn")} == {("gmn", 0, 0), ("gmn_probes", 4, 5)}
     # a second command adds its rows and keeps the others
     assert _cli(tiny_zoo, tmp_path / "b", results, "--method", "statnn", "--split", "50") == 0
     merged = json.loads(results.read_text())["diverse-archs"]
-    assert set(merged["50%"]) == {"gmn", "hparams_gb", "statnn"} and merged["50%"]["gmn"] == row
+    assert set(merged["50%"]) == {"gmn", "gmn_probes", "hparams_gb", "statnn"} and merged["50%"]["gmn"] == row
     assert "--method statnn" in merged["50%"]["statnn"]["command"]
     table = (tmp_path / "a" / "accuracy.md").read_text()
-    assert "| 50% | hparams+arch GB (reference) |" in table
+    assert "| 50% | hparams+arch GB (reference) |" in table and "| OOD | GMN + probe features |" in table
+    with pytest.raises(SystemExit, match="--probes"):
+        _cli(tiny_zoo, tmp_path / "c", results, "--method", "gmn_probes")
 
 
 def test_hparams_reference_matches_the_diagnosis(tiny_zoo):

@@ -22,6 +22,8 @@ from .report import SPLIT_LABELS, markdown_table, scatter_plot, summarize
 # Reference regressors that need no metanetwork, run as rows of the same table (experiments/accuracy/diagnose.py):
 # hparams_gb = gradient boosting on the stored training hyperparameters and architecture knobs.
 REFERENCE_METHODS: tuple[str, ...] = ("hparams_gb",)
+# The GMN reading probe features as node values (`inner_tasks.zoo.probes`) besides the weights: its own row.
+PROBE_METHODS: tuple[str, ...] = ("gmn_probes",)
 
 
 @lru_cache(maxsize=4)
@@ -56,9 +58,12 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
         res = reference_fit_and_score(zoo, train, test, job["method"])
     else:
-        probes = job.get("probes", 0) if job["method"] == "gmn" else 0
+        probes = job.get("probes", 0) if job["method"] in PROBE_METHODS else 0
+        if job["method"] in PROBE_METHODS and probes <= 0:
+            raise ValueError(f"{job['method']} needs probes > 0 (--probes P)")
         nodes = probe_features(job["path"], probes, job.get("probe_seed", 0)) if probes else None
-        res = fit_and_score(zoo, train, test, job["method"], PredictorConfig(**job["cfg"]), job["seed"],
+        method = "gmn" if job["method"] in PROBE_METHODS else job["method"]
+        res = fit_and_score(zoo, train, test, method, PredictorConfig(**job["cfg"]), job["seed"],
                             node_features=nodes) | {"probes": probes}
     return {k: job[k] for k in ("zoo", "split", "method", "seed")} | res | {"seconds": time.time() - t0}
 
@@ -78,15 +83,17 @@ def run_grid(zoos: dict[str, str], splits: list[str], methods: list[str], seeds:
              resume_dir: Path | None = None) -> list[dict[str, Any]]:
     """All runs of the grid; with workers > 1 runs go to spawned processes with one torch thread each.
 
-    ``probes`` > 0: the GMN reads that many probe features per node (computed here once per zoo, before
-    the workers start). ``resume_dir``: every finished run is saved there as JSON (atomically) and runs
+    ``probes``: how many probe features per node the ``gmn_probes`` runs read (computed here once per zoo,
+    before the workers start); ``gmn`` always reads the weights only. ``resume_dir``: every finished run is saved there as JSON (atomically) and runs
     already there with the same settings are loaded instead of rerun, so an interrupted grid resumes.
     """
     jobs = [{"zoo": name, "path": path, "split": s, "method": m, "seed": seed,
              "cfg": {} if m in REFERENCE_METHODS else cfg.to_dict(),
-             "probes": probes if m == "gmn" else 0, "probe_seed": probe_seed if (probes and m == "gmn") else 0}
+             "probes": probes if m in PROBE_METHODS else 0, "probe_seed": probe_seed if m in PROBE_METHODS else 0}
             for name, path in zoos.items() for s in splits for m in methods for seed in range(seeds)]
-    if probes and "gmn" in methods:
+    if any(m in PROBE_METHODS for m in methods):
+        if probes <= 0:
+            raise ValueError(f"{[m for m in methods if m in PROBE_METHODS]} need probes > 0 (--probes P)")
         for path in zoos.values():
             probe_features(path, probes, probe_seed)
     runs: list[dict[str, Any]] = []
