@@ -263,3 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = run_study(load_inr_set(a.inrs), Path(a.out), cfg, kernels, command=command_line("python -m experiments.cka", argv))
     print(_markdown(summary))
     print(f"figures and tables in {a.out} ({summary['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
