@@ -88,9 +88,12 @@ def results_section(inrs: INRSet) -> str | None:
 
 
 def results_entries(result: dict[str, Any], section: str | None) -> dict[str, Any]:
-    """{method: {acc_mean, acc_std, n_seeds}} (under ``section`` if given), method names as in RESULT_NAMES;
-    acc_std is the sample std over seeds (0 for one seed)."""
-    rows = {RESULT_NAMES.get(m, m): {"acc_mean": s["test_acc_mean"], "acc_std": s["test_acc_std"], "n_seeds": s["seeds"]}
+    """{method: {acc_mean, acc_std, n_seeds}} (under ``section`` if given), method names as in RESULT_NAMES
+    (GMN / PerParameterMLP with probe features: ``gmn_probes`` / ``per_parameter_mlp_probes``); acc_std is
+    the sample std over seeds (0 for one seed)."""
+    probed = result["config"].get("probes", 0) > 0
+    rows = {RESULT_NAMES.get(m, m) + ("_probes" if probed and m in ("gmn", "mlp") else ""):
+            {"acc_mean": s["test_acc_mean"], "acc_std": s["test_acc_std"], "n_seeds": s["seeds"]}
             for m, s in result["summary"].items()}
     return {section: rows} if section else rows
 

@@ -160,6 +160,9 @@ def test_classify_cli_writes_the_results_json_and_resumes(inrs, tmp_path: Path, 
     assert set(data) == {"gmn", "mlp_pixels", "random_init"} and data["random_init"]["gmn"]["acc_mean"] == row["acc_mean"]
     with pytest.raises(AssertionError, match="retrained"):  # other settings are other runs
         ic.main(["--inrs", str(inrs.root), "--method", "gmn", *small, "--input-shift", "0.1"])
+    entries = ic.results_entries({"config": {"probes": 8}, "summary": {
+        m: {"test_acc_mean": 0.5, "test_acc_std": 0.1, "seeds": 3} for m in ("gmn", "probe_pixels", "image_cnn")}}, "random_init")
+    assert set(entries["random_init"]) == {"gmn_probes", "probe_pixels", "cnn_pixels"}
 
 
 def test_input_augmentation_trains_and_leaves_the_references_alone(inrs) -> None:
