@@ -15,7 +15,8 @@
 #   nohup experiments/long_runs.sh all > out/long_runs.log 2>&1 &
 #
 # Settings (environment): DATA (data), OUT (out), WORKERS (2), SEEDS (3), ZOO_N_VARYING (2000),
-# ZOO_N_DIVERSE (3000), PROBES (16), ACC_FLAGS (GMN/baseline budget), INR_EPOCHS (40),
+# ZOO_N_DIVERSE (3000), PROBES (16), ACC_FLAGS (GMN/baseline budget), INR_EPOCHS (40), X4_EPOCHS (15: the x4
+# set has 4x the training INRs per epoch),
 # GMN_FLAGS (INR levers for the GMN tables and the CKA study), RESULTS (docs/results); for smoke runs
 # ZOO_FLAGS (e.g. --tiny) and INR_SET_FLAGS (e.g. "--n 120 --steps 50") shrink the data.
 set -euo pipefail
@@ -29,6 +30,7 @@ PROBES=${PROBES:-16}
 RESULTS=${RESULTS:-docs/results}
 ACC_FLAGS=${ACC_FLAGS:---hidden 32 --layers 3 --batch-size 16 --lr 2e-3 --steps 4000 --eval-every 50 --patience 10 --schedule plateau}
 INR_EPOCHS=${INR_EPOCHS:-40}
+X4_EPOCHS=${X4_EPOCHS:-15}
 GMN_FLAGS=${GMN_FLAGS:---input-rotate 10 --input-scale 0.1 --input-shift 0.06}
 export OMP_NUM_THREADS=1
 ZOOS=(--zoo "varying-cnns=$DATA/zoos/varying-cnns" --zoo "diverse-archs=$DATA/zoos/diverse-archs")
@@ -86,10 +88,10 @@ stage_inr() {
   # random init: the x4 set (4 INRs per training image, each from its own init; test = one INR per image)
   # shellcheck disable=SC2086
   python -m experiments.inr_classify --inrs "$DATA/inr/digits_x4" --method gmn,statnn,mlp,image_mlp --seeds "$SEEDS" \
-    --epochs "$INR_EPOCHS" $GMN_FLAGS --out "$OUT/inr/classify_digits_x4" --results-json "$RESULTS/inr.json"
+    --epochs "$X4_EPOCHS" $GMN_FLAGS --out "$OUT/inr/classify_digits_x4" --results-json "$RESULTS/inr.json"
   # shellcheck disable=SC2086
   python -m experiments.inr_classify --inrs "$DATA/inr/digits_x4" --method gmn,probe_pixels --probes "$PROBES" \
-    --seeds "$SEEDS" --epochs "$INR_EPOCHS" $GMN_FLAGS --out "$OUT/inr/classify_digits_x4_probes" \
+    --seeds "$SEEDS" --epochs "$X4_EPOCHS" $GMN_FLAGS --out "$OUT/inr/classify_digits_x4_probes" \
     --results-json "$RESULTS/inr.json"
 }
 
