@@ -251,7 +251,9 @@ def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         out = call(x.index, args[1:], kwargs)
         return _wrap(out, lambda t: ParamRef(x.param, t))
     if isinstance(x, Unassigned):
-        return _wrap(result, lambda t: Unassigned(t.ndim, x.node_type))
+        moved = x.ops and isinstance(result, Tensor) and tuple(result.shape) != tuple(args[0].shape)
+        extra = (op_records.opaque("a reshape of an input after ops on it"),) if moved else ()
+        return _wrap(result, lambda t: Unassigned(t.ndim, x.node_type, ops=x.ops + extra))
     if isinstance(x, SplitMap):  # continue on the probes it carries (contiguous: .view must work)
         qs, rs = call(x.feat.contiguous(), args[1:], kwargs), call(x.rest.contiguous(), args[1:], kwargs)
         if isinstance(qs, (tuple, list)):
@@ -343,7 +345,13 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
     unassigned = [v for v in vals if isinstance(v, Unassigned)]
     if not maps:
         if unassigned and not params:
-            return Unassigned(out_ndim, unassigned[0].node_type)
+            u = unassigned[0]
+            if len(unassigned) == 1 and not any(is_tensor_like(v) for v in vals if v is not u):  # x / 255
+                i = next(k for k, v in enumerate(vals) if v is u)
+                const = reals[1 - i] if len(reals) > 1 else None
+                op = op_records.scalar_op(n.target, const, i == 1, dict(n.kwargs))
+                return Unassigned(out_ndim, u.node_type, ops=u.ops + (op,))
+            return Unassigned(out_ndim, u.node_type)
         if params and not unassigned and len(params) == 1:  # param (op) constant: same elements
             p = params[0]
             return ParamRef(p.param, p.index.expand(result.shape)) if p.shape != result.shape else p
@@ -534,6 +542,7 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
     fdim = ref.dim + (1 if stack and dim <= ref.dim else 0)
     if not stack and dim == ref.dim:  # concatenating features: neurons side by side
         nodes, pos, any_pos = [], [], any(isinstance(p, NeuronMap) and p.pos is not None for p in parts)
+        resolved = []  # the parts' neuron maps (raw inputs get theirs here)
         for p, r in zip(parts, reals):
             if not isinstance(p, NeuronMap):
                 if isinstance(p, ParamRef):
@@ -544,10 +553,11 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
             if p.dim != dim:
                 w.ctx.fail("concatenates tensors whose neurons lie along different dims")
             nodes.append(p.nodes)
+            resolved.append(p)
             if any_pos:
                 pos.append(p.pos if p.pos is not None else torch.zeros(p.size, 3, dtype=torch.long))
         joined = torch.cat(nodes)
-        ops = merge_ops(w, [p for p in parts if isinstance(p, NeuronMap)])
+        ops = merge_ops(w, resolved)
         if not any_pos and torch.unique(joined).numel() < joined.numel():
             return NeuronMap(joined, dim, copy_positions(joined), result.ndim, ops)
         return NeuronMap(joined, dim, torch.cat(pos) if any_pos else None, result.ndim, ops)
@@ -615,6 +625,8 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         if isinstance(x, NeuronMap) and isinstance(result, Tensor):
             x = x.moved(x.dim, result.ndim)
             return with_op(w, x, op_records.function_op(t, tuple(args[1:]), kwargs)) if t in _POOL_FUNCS else x
+        if isinstance(x, Unassigned) and t in _POOL_FUNCS and isinstance(result, Tensor):  # a pooled input
+            return Unassigned(result.ndim, x.node_type, ops=x.ops + (op_records.function_op(t, tuple(args[1:]), kwargs),))
         return x
     if t in SHAPE_FUNCS:
         if t is operator.getitem and not isinstance(args[0], Tensor):

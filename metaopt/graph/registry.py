@@ -79,6 +79,7 @@ class Unassigned:
     ndim: int
     node_type: NodeType = NodeType.INPUT
     assigned: NeuronMap | None = None
+    ops: tuple = ()  # parameter-free ops applied before any neuron read it (a pooled input)
 
 
 class ParamRef:
@@ -254,7 +255,8 @@ class ConversionContext:
             d = dim if dim >= 0 else n + dim
             ordered = value.node_type == NodeType.INPUT
             nodes = self.add_nodes(size, value.node_type, 0, torch.arange(size) if ordered else None)
-            value.assigned = NeuronMap(nodes, d, None, n)
+            value.assigned = NeuronMap(nodes, d, None, n, {0: value.ops} if value.ops else None)
+            self.note_read(value.assigned)
             return value.assigned
         if isinstance(value, Const):
             # e.g. torch.arange positions fed to an Embedding, or a constant tensor input

@@ -230,6 +230,8 @@ class DataflowWalker(fx.Interpreter):
                 return ops.activation(self, n, values[0], act, op_records.activation_spec(None, module=module))
             if isinstance(module, ops.IDENTITY_MODULES) or isinstance(module, ops.POOL_MODULES):
                 x = values[0]
+                if isinstance(x, Unassigned) and isinstance(module, ops.POOL_MODULES):
+                    return Unassigned(result.ndim, x.node_type, ops=x.ops + (op_records.module_op(module),))
                 if not isinstance(x, NeuronMap):
                     return x
                 x = x.moved(x.dim, result.ndim)
