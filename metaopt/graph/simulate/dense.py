@@ -11,7 +11,7 @@ from ..schema import EdgeType
 
 
 def _of(state, ids, *types):
-    return ids[torch.isin(state.etype[ids] if ids is not None else ids, torch.tensor([int(t) for t in types]))]
+    return ids[torch.isin(state.etype[ids], torch.tensor([int(t) for t in types]))]
 
 
 def _aux(state, ids, t):
