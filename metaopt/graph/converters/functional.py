@@ -60,8 +60,12 @@ def _f_conv(transposed: bool):
         weight, bias = _pref(_get(values, kw, 1, "weight")), _pref(_get(values, kw, 2, "bias"))
         if weight is None:
             return NotImplemented
-        groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
-        return conv(w.ctx, n.name, values[0], weight, bias, int(groups), transposed, args[0].ndim)
+        names = ("stride", "padding", "output_padding", "groups", "dilation") if transposed \
+            else ("stride", "padding", "dilation", "groups")
+        hyper = dict(zip(names, args[3:]))
+        hyper.update({k: v for k, v in kwargs.items() if k in names})
+        groups = hyper.pop("groups", 1)
+        return conv(w.ctx, n.name, values[0], weight, bias, int(groups), transposed, args[0].ndim, hyper)
     return rule
 
 
@@ -77,7 +81,9 @@ def _f_layer_norm(w, n, values, kw, args, kwargs, result):
     weight, bias = _pref(_get(values, kw, 2, "weight")), _pref(_get(values, kw, 3, "bias"))
     if weight is None and bias is None:
         return NotImplemented
-    return last_dims_norm(w.ctx, n.name, values[0], shape, weight, bias, args[0].ndim, "layernorm")
+    eps = _get(list(args), kwargs, 4, "eps")
+    return last_dims_norm(w.ctx, n.name, values[0], shape, weight, bias, args[0].ndim, "layernorm",
+                          1e-5 if eps is None else eps)
 
 
 def _f_rms_norm(w, n, values, kw, args, kwargs, result):
@@ -85,7 +91,8 @@ def _f_rms_norm(w, n, values, kw, args, kwargs, result):
     weight = _pref(_get(values, kw, 2, "weight"))
     if weight is None:
         return NotImplemented
-    return last_dims_norm(w.ctx, n.name, values[0], shape, weight, None, args[0].ndim, "rmsnorm")
+    return last_dims_norm(w.ctx, n.name, values[0], shape, weight, None, args[0].ndim, "rmsnorm",
+                          _get(list(args), kwargs, 3, "eps"))
 
 
 def _f_group_norm(w, n, values, kw, args, kwargs, result):
@@ -94,7 +101,9 @@ def _f_group_norm(w, n, values, kw, args, kwargs, result):
     if weight is None and bias is None:
         return NotImplemented
     C = args[0].shape[1]
-    return norm(w.ctx, n.name, values[0], weight, bias, C, 1, args[0].ndim, "groupnorm", groups=int(groups))
+    eps = _get(list(args), kwargs, 4, "eps")
+    return norm(w.ctx, n.name, values[0], weight, bias, C, 1, args[0].ndim, "groupnorm", groups=int(groups),
+                op={"eps": 1e-5 if eps is None else float(eps), "num_groups": int(groups)})
 
 
 def _f_batch_norm(w, n, values, kw, args, kwargs, result):
@@ -102,7 +111,15 @@ def _f_batch_norm(w, n, values, kw, args, kwargs, result):
     if weight is None and bias is None:
         return NotImplemented
     C = args[0].shape[1]
-    return norm(w.ctx, n.name, values[0], weight, bias, C, 1, args[0].ndim, "batchnorm")
+    training = _get(list(args), kwargs, 5, "training")
+    eps = _get(list(args), kwargs, 7, "eps")
+    mean, var = (None, None) if training else (_get(list(args), kwargs, 1, "running_mean"),
+                                               _get(list(args), kwargs, 2, "running_var"))
+    op = {"eps": 1e-5 if eps is None else float(eps),
+          "running_mean": w.ctx.buffer_name(mean), "running_var": w.ctx.buffer_name(var)}
+    if (mean is None) != (op["running_mean"] is None):  # statistics that are not model buffers
+        op["running_mean"] = op["running_var"] = "<not a buffer>"
+    return norm(w.ctx, n.name, values[0], weight, bias, C, 1, args[0].ndim, "batchnorm", op=op)
 
 
 MATMULS = (torch.matmul, operator.matmul, "matmul", "__matmul__", torch.bmm, "bmm")
