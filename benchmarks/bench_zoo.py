@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from benchmarks.common import machine, write_results  # noqa: E402
 from metaopt.graph import ConversionError, simulate, to_graph  # noqa: E402
 from metaopt.graph.example_call import ExampleCall  # noqa: E402
-from metaopt.graph.simulate import unsupported_edge_types  # noqa: E402
+from metaopt.graph.simulate import unsupported_edge_types, unsupported_reasons  # noqa: E402
 from metaopt.graph.tracers import SymbolicTracer  # noqa: E402
 from metaopt.graph.tracing import trace  # noqa: E402
 from metaopt.graph.schema import EDGE_TYPE, EdgeType  # noqa: E402
@@ -79,9 +79,11 @@ def _simulate(g, model, x) -> str:
     missing = unsupported_edge_types(g)
     if missing:
         return "n/a: " + ", ".join(missing[:3])
+    if unsupported_reasons(g):
+        return "n/a: " + unsupported_reasons(g)[0][:60]
     with torch.no_grad():
         ref = model.double()(x.double())
-        out = simulate(g, g.params_to_edges(model).double(), x.double())
+        out = simulate(g, g.params_to_edges(model).double(), x.double(), buffers=model)
     model.float()
     return f"max err {float((out.reshape(ref.shape) - ref).abs().max()):.1e}"
 

@@ -55,6 +55,22 @@ class StudyConfig:
     layers: int = 4
     unbiased: bool = False
     rbf_sigma_frac: float = 0.5
+    # GMN training levers (the image networks keep the defaults), as in `experiments.inr_classify`.
+    probes: int = 0
+    input_rotate: float = 0.0
+    input_scale: float = 0.0
+    input_shift: float = 0.0
+    dropout: float = 0.0
+    weight_decay: float = ClassifyConfig.weight_decay
+
+
+def classify_config(cfg: StudyConfig, method: str, seed: int) -> ClassifyConfig:
+    """The training config of one run of the study (GMN levers apply to the GMN only)."""
+    if method != "gmn":
+        return ClassifyConfig(hidden=cfg.hidden, layers=cfg.layers, epochs=cfg.image_epochs, seed=seed)
+    return ClassifyConfig(hidden=cfg.hidden, layers=cfg.layers, epochs=cfg.gmn_epochs, seed=seed, probes=cfg.probes,
+                          input_rotate=cfg.input_rotate, input_scale=cfg.input_scale, input_shift=cfg.input_shift,
+                          dropout=cfg.dropout, weight_decay=cfg.weight_decay)
 
 
 def _labels(arch: str, n: int) -> list[str]:
@@ -73,19 +89,22 @@ def train_or_load(inrs: INRSet, arch: str, seed: int, cfg: StudyConfig, runs_dir
     """Train (or load from the cache) one seed of one architecture: test representations, logits, accuracy."""
     path = runs_dir / f"{arch}_seed{seed}.safetensors"
     meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        t = load_file(str(path))
-        reps = [t[f"layer{k}"] for k in range(sum(1 for key in t if key.startswith("layer")))]
-        return {**json.loads(meta_path.read_text()), "reps": reps}
     method = ARCHS[arch]
-    epochs = cfg.gmn_epochs if method == "gmn" else cfg.image_epochs
-    ccfg = ClassifyConfig(hidden=cfg.hidden, layers=cfg.layers, epochs=epochs, seed=seed)
+    ccfg = classify_config(cfg, method, seed)
+    if path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        # a run cached with other training settings is retrained (runs cached before the config was recorded
+        # carry none and are kept)
+        if meta.get("train_config", asdict(ccfg)) == asdict(ccfg):
+            t = load_file(str(path))
+            reps = [t[f"layer{k}"] for k in range(sum(1 for key in t if key.startswith("layer")))]
+            return {**meta, "reps": reps}
     model, res = train_classifier(method, inrs, ccfg, progress=True)
     x_te, y_te = method_inputs(method, inrs, test=True)
     reps = _representations(model, x_te)
     preds = reps[-1].argmax(1)
     meta = {"arch": arch, "seed": seed, "test_acc": res["test_acc"], "train_acc": res["train_acc"],
-            "seconds": res["seconds"], "preds": preds.tolist(), "labels": y_te.tolist()}
+            "seconds": res["seconds"], "preds": preds.tolist(), "labels": y_te.tolist(), "train_config": asdict(ccfg)}
     runs_dir.mkdir(parents=True, exist_ok=True)
     save_file({f"layer{k}": r.contiguous() for k, r in enumerate(reps)}, str(path))
     meta_path.write_text(json.dumps(meta) + "\n")
@@ -153,14 +172,15 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_study(inrs: INRSet, out: Path, cfg: StudyConfig, kernels: tuple[str, ...] = KERNELS) -> dict[str, Any]:
+def run_study(inrs: INRSet, out: Path, cfg: StudyConfig, kernels: tuple[str, ...] = KERNELS,
+              command: str | None = None) -> dict[str, Any]:
     """Train/load every run, compute the CKA tables and write JSON, Markdown and PNG figures to `out`."""
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     runs = {a: [train_or_load(inrs, a, s, cfg, out / "runs") for s in range(cfg.seeds)] for a in ARCHS}
     n_layers = {a: len(rs[0]["reps"]) for a, rs in runs.items()}
     summary: dict[str, Any] = {
-        "config": asdict(cfg), "inrs": str(inrs.root),
+        "command": command, "config": asdict(cfg), "inrs": str(inrs.root),
         "accuracy": {a: {"mean": float(torch.tensor([r["test_acc"] for r in rs]).mean()),
                          "std": float(torch.tensor([r["test_acc"] for r in rs]).std()) if len(rs) > 1 else 0.0,
                          "per_seed": [r["test_acc"] for r in rs]} for a, rs in runs.items()},
@@ -225,12 +245,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=StudyConfig.layers)
     p.add_argument("--kernel", choices=[*KERNELS, "both"], default="both")
     p.add_argument("--unbiased", action="store_true", help="use the unbiased HSIC estimator (Song et al. 2012)")
+    p.add_argument("--probes", type=int, default=0, help="GMN: probe features at this many fixed points")
+    p.add_argument("--input-rotate", type=float, default=0.0, help="GMN: weight-space image rotations +-DEG")
+    p.add_argument("--input-scale", type=float, default=0.0, help="GMN: weight-space image scalings 1 +- S")
+    p.add_argument("--input-shift", type=float, default=0.0, help="GMN: weight-space image shifts +-T")
+    p.add_argument("--dropout", type=float, default=0.0, help="GMN: dropout in the readout head")
+    p.add_argument("--weight-decay", type=float, default=StudyConfig.weight_decay, help="GMN: AdamW weight decay")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = StudyConfig(seeds=a.seeds, gmn_epochs=a.gmn_epochs, image_epochs=a.image_epochs, hidden=a.hidden,
-                      layers=a.layers, unbiased=a.unbiased)
+                      layers=a.layers, unbiased=a.unbiased, probes=a.probes, input_rotate=a.input_rotate,
+                      input_scale=a.input_scale, input_shift=a.input_shift, dropout=a.dropout, weight_decay=a.weight_decay)
     kernels = KERNELS if a.kernel == "both" else (a.kernel,)
-    summary = run_study(load_inr_set(a.inrs), Path(a.out), cfg, kernels)
+    from experiments.results import command_line
+
+    summary = run_study(load_inr_set(a.inrs), Path(a.out), cfg, kernels, command=command_line("python -m experiments.cka", argv))
     print(_markdown(summary))
     print(f"figures and tables in {a.out} ({summary['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

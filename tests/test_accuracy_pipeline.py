@@ -116,7 +116,7 @@ def test_cli_end_to_end_on_a_tiny_generated_zoo(tmp_path):
                   "--steps", "3", "--hidden", "8", "--layers", "1", "--batch-size", "4", "--out", str(out)]) == 0
     table = (out / "accuracy.md").read_text()
     data = json.loads((out / "accuracy.json").read_text())
-    assert len(data["runs"]) == 2 * 4
+    assert len(data["runs"]) == 2 * 5  # four predictors and the hparams_gb reference
     assert set(data["summary"]["diverse-archs"]) == {"50", "ood"}
     assert data["summary"]["diverse-archs"]["50"]["gmn"]["n"] == 1
     assert "| 50% | GMN |" in table and "| OOD | StatNN |" in table and "Diverse Architectures R²" in table

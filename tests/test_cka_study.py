@@ -43,3 +43,13 @@ def test_sample_analysis_sets() -> None:
     assert s["images_right_gmn_wrong"] == [2]
     assert s["all_wrong"] == []
     assert json.dumps(s)
+
+
+def test_gmn_levers_reach_the_gmn_only() -> None:
+    from experiments.cka import classify_config
+
+    cfg = StudyConfig(gmn_epochs=3, image_epochs=5, probes=8, input_shift=0.1, dropout=0.2)
+    g = classify_config(cfg, "gmn", 1)
+    assert (g.epochs, g.probes, g.input_shift, g.dropout, g.seed) == (3, 8, 0.1, 0.2, 1)
+    m = classify_config(cfg, "image_mlp", 1)
+    assert (m.epochs, m.probes, m.input_shift, m.dropout) == (5, 0, 0.0, 0.0)

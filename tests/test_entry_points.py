@@ -29,6 +29,17 @@ def test_every_experiment_module_with_a_cli_is_registered() -> None:
             assert module in targets, f"{module} has a main() but no console script in pyproject.toml"
 
 
+def test_every_experiment_cli_runs_under_python_m() -> None:
+    """`python -m experiments.X` must call main(): a module with main() but no __main__ guard (or
+    __main__.py in its package) would exit 0 having done nothing."""
+    for path in sorted((ROOT / "experiments").rglob("*.py")):
+        text = path.read_text()
+        if "def main(" not in text or path.name == "__main__.py":
+            continue
+        runs = 'if __name__ == "__main__":' in text or (path.name == "__init__.py" and (path.parent / "__main__.py").exists())
+        assert runs, f"{path.relative_to(ROOT)} defines main() but `python -m` would not call it"
+
+
 def test_demo_checks_pass(capsys: pytest.CaptureFixture[str]) -> None:
     from experiments.demo import main
 

@@ -51,7 +51,22 @@ def test_simulate_uses_the_values_not_the_model():
     assert not torch.allclose(simulate(g, values, x), model(x), atol=1e-3)
 
 
-def test_simulate_refuses_graphs_outside_the_mlp_family():
-    g = to_graph(all_models()["resnet"])
-    with pytest.raises(NotImplementedError, match="MLP family"):
-        simulate(g, torch.zeros(g.num_params), torch.zeros(1, 3))
+def test_simulate_refuses_what_it_cannot_run_naming_it():
+    """Attention has no rule; a constant tensor op has no record: clear errors, not wrong answers."""
+    g = to_graph(nn.MultiheadAttention(8, 2, batch_first=True), (torch.randn(1, 3, 8),) * 3)
+    with pytest.raises(NotImplementedError, match="edge type ATTN"):
+        simulate(g, g.params_to_edges(g.edges_to_params(torch.zeros(g.num_params))), torch.zeros(1, 3, 8))
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.register_buffer("mask", torch.ones(1, 1, 6, 6))
+
+        def forward(self, x):
+            return self.conv(x) * self.mask
+
+    model = Masked()
+    g = to_graph(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(NotImplementedError, match="constant tensor"):
+        simulate(g, g.params_to_edges(model), torch.randn(1, 3, 8, 8))

@@ -10,7 +10,8 @@ import torch
 from inner_tasks.inr import FitConfig, INRSetConfig, fit_sirens, generate_inr_set, read_index
 from inner_tasks.models.specs import SIRENSpec, build_model
 from metaopt.weightspace.inr_data import (
-    activations, augment, canonicalize_signs, load_inr_set, neuron_nodes, pixel_coords, render, render_images,
+    activations, augment, canonicalize_signs, load_inr_set, neuron_nodes, pixel_coords, random_affine, render, render_images,
+    transform_inputs,
 )
 
 
@@ -113,6 +114,29 @@ def test_sign_canonicalisation_keeps_the_image_and_removes_the_flips(tiny_set: P
     perm_then = canonicalize_signs(inrs.graph, inrs.layers, augment(inrs.graph, inrs.layers, w, generator=g1, flip_signs=False))
     then_perm = augment(inrs.graph, inrs.layers, canon, generator=g2, flip_signs=False)
     assert torch.allclose(perm_then, then_perm, atol=1e-12)
+
+
+def test_input_transforms_in_weight_space_move_the_image_exactly(tiny_set: Path) -> None:
+    inrs = load_inr_set(tiny_set)
+    w = inrs.weights.double()
+    coords = pixel_coords(16, 16).double()
+    g = torch.Generator().manual_seed(5)
+    a, t = random_affine(len(w), rotate_deg=20, scale=0.1, shift=0.2, generator=g, dtype=torch.float64)
+    assert not torch.allclose(a, torch.eye(2, dtype=a.dtype).expand_as(a)) and t.abs().max() > 0.05
+    moved = transform_inputs(inrs.graph, inrs.layers, w, a, t)
+    # the new INR at x is the old one at A x + t (each INR its own A, t)
+    want = torch.stack([render(inrs.graph, inrs.layers, w[i : i + 1], coords @ a[i].T + t[i])[0] for i in range(len(w))])
+    assert torch.allclose(render(inrs.graph, inrs.layers, moved, coords), want, atol=1e-6)
+    # identity transform is a no-op; only the first layer changes
+    same = transform_inputs(inrs.graph, inrs.layers, w, torch.eye(2, dtype=w.dtype).expand(len(w), 2, 2), torch.zeros(len(w), 2, dtype=w.dtype))
+    assert torch.allclose(same, w, atol=1e-12)
+    p0, p1 = inrs.graph.edges_to_params(w.t()), inrs.graph.edges_to_params(moved.t())
+    first = {inrs.layers[0]["weight"], inrs.layers[0]["bias"]}
+    assert all(torch.equal(p0[k], p1[k]) for k in p0 if k not in first)
+    assert all(not torch.equal(p0[k], p1[k]) for k in first)
+    # a shift alone leaves A the identity
+    a1, t1 = random_affine(len(w), shift=0.125, generator=g, dtype=torch.float64)
+    assert torch.allclose(a1, torch.eye(2, dtype=a1.dtype).expand_as(a1))
 
 
 def test_neuron_nodes_match_the_graph_layout(tiny_set: Path) -> None:

@@ -137,3 +137,39 @@ def test_experiment_clis_write_results_and_reject_unknown_methods(inrs, tmp_path
     assert "no edit" in (tmp_path / "e" / "edit_dilate.md").read_text()
     with pytest.raises(SystemExit):
         classify_main(["--inrs", str(inrs.root), "--method", "nope"])
+
+
+def test_classify_cli_writes_the_results_json_and_resumes(inrs, tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import experiments.inr_classify as ic
+
+    results = tmp_path / "docs" / "results" / "inr.json"
+    small = ["--seeds", "2", "--epochs", "1", "--hidden", "8", "--layers", "1", "--out", str(tmp_path / "c"),
+             "--results-json", str(results)]
+    ic.main(["--inrs", str(inrs.root), "--method", "gmn,image_mlp", *small])
+    data = json.loads(results.read_text())
+    assert set(data) == {"gmn", "mlp_pixels"}  # a shared-init set: top level
+    row = data["gmn"]
+    assert {"acc_mean", "acc_std", "n_seeds", "command"} <= set(row) and row["n_seeds"] == 2
+    assert row["command"].startswith("python -m experiments.inr_classify ") and "--method gmn,image_mlp" in row["command"]
+    # the random-init section sits beside the top-level rows; a rerun loads its finished runs
+    monkeypatch.setattr(ic, "train_classifier", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    ic.main(["--inrs", str(inrs.root), "--method", "gmn", *small, "--results-section", "random_init"])
+    data = json.loads(results.read_text())
+    assert set(data) == {"gmn", "mlp_pixels", "random_init"} and data["random_init"]["gmn"]["acc_mean"] == row["acc_mean"]
+    with pytest.raises(AssertionError, match="retrained"):  # other settings are other runs
+        ic.main(["--inrs", str(inrs.root), "--method", "gmn", *small, "--input-shift", "0.1"])
+    entries = ic.results_entries({"config": {"probes": 8}, "summary": {
+        m: {"test_acc_mean": 0.5, "test_acc_std": 0.1, "seeds": 3} for m in ("gmn", "probe_pixels", "image_cnn")}}, "random_init")
+    assert set(entries["random_init"]) == {"gmn_probes", "probe_pixels", "cnn_pixels"}
+
+
+def test_input_augmentation_trains_and_leaves_the_references_alone(inrs) -> None:
+    cfg = ClassifyConfig(hidden=8, layers=1, epochs=1, batch_size=32, input_rotate=10, input_scale=0.1, input_shift=0.1)
+    _, aug = train_classifier("gmn", inrs, cfg)
+    _, plain = train_classifier("gmn", inrs, replace(cfg, input_rotate=0, input_scale=0, input_shift=0))
+    assert aug["loss_curve"] != plain["loss_curve"] and 0 <= aug["test_acc"] <= 1
+    _, img = train_classifier("image_mlp", inrs, cfg)
+    _, img_plain = train_classifier("image_mlp", inrs, replace(cfg, input_rotate=0, input_scale=0, input_shift=0))
+    assert img["loss_curve"] == img_plain["loss_curve"]

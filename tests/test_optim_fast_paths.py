@@ -73,3 +73,14 @@ def test_chunked_lite_networks_equal_the_full_size_pass(monkeypatch, kind: str, 
         chunked = rule.log_scale(prepared, merged)
     assert merged.edge.shape[0] > 3 * 333
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+
+
+def test_incidence_product_sums_rows_per_node_like_index_add() -> None:
+    """The CSR product the chunked lite path uses equals ``index_add_`` (nodes without edges stay 0)."""
+    from metaopt.nn.lite import _incidence
+
+    gen = torch.Generator().manual_seed(0)
+    node = torch.randint(0, 7, (50,), generator=gen) * 2  # odd nodes have no edges
+    h = torch.randn(50, 8, generator=gen)
+    expected = torch.zeros(15, 8).index_add_(0, node, h)
+    torch.testing.assert_close(_incidence(node, 15) @ h, expected, rtol=1e-6, atol=1e-6)

@@ -55,3 +55,18 @@ def test_empty_index_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="fit_epochs"):
         fit_epochs(nn.Linear(1, 1), torch.arange(0), lambda ids: torch.zeros(()), epochs=1, batch_size=4, lr=1e-3,
                    weight_decay=0.0, generator=torch.Generator())
+
+
+def test_a_last_batch_of_one_sample_joins_the_previous_batch() -> None:
+    from metaopt.weightspace.training import fit_epochs
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    x, sizes = torch.randn(9, 2), []
+
+    def loss(ids: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(ids))
+        return model(x[ids]).pow(2).mean()
+
+    fit_epochs(model, torch.arange(9), loss, epochs=2, batch_size=4, lr=1e-2, weight_decay=0.0,
+               generator=torch.Generator().manual_seed(0))
+    assert sizes == [4, 5, 4, 5]

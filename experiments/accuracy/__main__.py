@@ -1,18 +1,17 @@
 """CLI: python -m experiments.accuracy --zoo [NAME=]DIR [--zoo ...] --split 50|5|ood|all
---method gmn|deepsets|dmc|statnn|all --seeds 3 --out DIR."""
+--method gmn|deepsets|dmc|statnn|hparams_gb|all --seeds 3 --out DIR [--results-json PATH] [--probes P]."""
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 
-from metaopt.weightspace.accuracy import METHODS, SPLITS, PredictorConfig
+from metaopt.weightspace.accuracy import METHODS, SCHEDULES, SPLITS, PredictorConfig
 
-from .run import open_zoo, run_grid, write_results
+from ..results import command_line
+from .run import PROBE_METHODS, REFERENCE_METHODS, open_zoo, run_grid, write_results
 
 
 def _choices(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -30,15 +29,28 @@ def main(argv: list[str] | None = None) -> int:
                     help="[NAME=]DIR; repeat for several zoos (columns of the table). DIR is a generated zoo "
                          "or a Small CNN Zoo folder (weights.npy, layout.csv, metrics.csv)")
     ap.add_argument("--split", default="all", help="50 | 5 | ood | all (or comma-separated)")
-    ap.add_argument("--method", default="all", help="gmn | deepsets | dmc | statnn | all (or comma-separated)")
+    ap.add_argument("--method", default="all", help="gmn | gmn_probes | deepsets | dmc | statnn | hparams_gb | all (or "
+                    "comma-separated); hparams_gb = gradient boosting on the stored hyperparameters (reference, no "
+                    "weights); gmn_probes = the GMN with probe features (--probes P); 'all' includes it when P > 0")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="out/accuracy")
     ap.add_argument("--workers", type=int, default=1, help="runs in parallel processes (1 torch thread each)")
+    ap.add_argument("--results-json", default=None, help="also merge the mean/std table into this JSON "
+                    "(e.g. docs/results/accuracy.json): {zoo: {split: {method: {r2_mean, ...}}}}, each with its command")
+    ap.add_argument("--probes", type=int, default=0, help="gmn_probes: every neuron's response to this many fixed "
+                    "training digits as node features (generated zoos only; cached in <zoo>/probe_features)")
+    ap.add_argument("--probe-seed", type=int, default=0, help="which fixed probe digits (with --probes)")
+    ap.add_argument("--no-resume", action="store_true", help="rerun every run instead of loading finished ones "
+                    "from <out>/runs (runs are stored there as they finish, keyed by all their settings)")
     for name, default in vars(PredictorConfig()).items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        kw = {"choices": SCHEDULES} if name == "schedule" else {}
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, **kw)
     args = ap.parse_args(argv)
     splits = _choices(args.split, SPLITS, "split")
-    methods = _choices(args.method, METHODS, "method")
+    allowed = METHODS[:1] + (PROBE_METHODS if args.probes > 0 or args.method != "all" else ()) + METHODS[1:] + REFERENCE_METHODS
+    methods = _choices(args.method, allowed, "method")
+    if any(m in PROBE_METHODS for m in methods) and args.probes <= 0:
+        raise SystemExit(f"--method {','.join(PROBE_METHODS)} needs --probes P (P > 0)")
     cfg = PredictorConfig(**{k: getattr(args, k) for k in vars(PredictorConfig())})
     zoos: dict[str, str] = {}
     for spec in args.zoo:
@@ -46,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         name = name or open_zoo(path).name
         zoos[name] = path
     torch.set_num_threads(1)
-    runs = run_grid(zoos, splits, methods, args.seeds, cfg, args.workers)
-    command = "python -m experiments.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
-    table = write_results(Path(args.out), runs, zoos, splits, methods, cfg, command)
+    out = Path(args.out)
+    runs = run_grid(zoos, splits, methods, args.seeds, cfg, args.workers, probes=args.probes,
+                    probe_seed=args.probe_seed, resume_dir=None if args.no_resume else out / "runs")
+    command = command_line("python -m experiments.accuracy", argv)
+    table = write_results(out, runs, zoos, splits, methods, cfg, command,
+                          results_json=Path(args.results_json) if args.results_json else None)
     print(table)
-    print(f"wrote {args.out}/accuracy.json, accuracy.md, scatter_*.png")
+    print(f"wrote {args.out}/accuracy.json, accuracy.md, scatter_*.png" + (f", {args.results_json}" if args.results_json else ""))
     return 0
 
 

@@ -75,6 +75,26 @@ def _fit_predict(kind: str, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np
     return gb.fit(x[tr], y[tr]).predict(x[te])
 
 
+def reference_fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method: str = "hparams_gb",
+                            target: str = "test_acc") -> dict[str, Any]:
+    """A reference regressor as one run of the accuracy grid (same result keys as `fit_and_score`).
+
+    ``hparams_gb``: gradient boosting on `hparam_features` (the diagnosis' ``hparams+arch GB``), fitted
+    on all training models (no validation hold-out: boosting has no checkpoint to select).
+    """
+    from metaopt.weightspace.accuracy import scores
+
+    if method != "hparams_gb":
+        raise ValueError(f"unknown reference method {method!r}; choose hparams_gb")
+    y = zoo.targets(target).numpy().astype(float)
+    x = hparam_features(zoo)
+    pred = _fit_predict("gb", x, y, np.asarray(train_idx), np.asarray(test_idx))
+    out = scores(y[test_idx], pred)
+    out.update({"pred": pred.tolist(), "true": y[test_idx].tolist(), "n_train": int(len(train_idx)),
+                "n_fit": int(len(train_idx)), "n_val": 0, "n_test": int(len(test_idx)), "features": int(x.shape[1])})
+    return out
+
+
 def diagnose(zoo: Zoo, seeds: int = 3, splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
     """Scores (mean, std over seeds of R² and tau) of the reference regressors on each split."""
     y = zoo.targets().numpy()

@@ -17,7 +17,13 @@ from metaopt.weightspace.accuracy import PredictorConfig, fit_and_score, make_sp
 from metaopt.weightspace.external import is_small_cnn_zoo, load_small_cnn_zoo
 from metaopt.weightspace.zoo_io import Zoo, load_zoo
 
-from .report import markdown_table, scatter_plot, summarize
+from .report import SPLIT_LABELS, markdown_table, scatter_plot, summarize
+
+# Reference regressors that need no metanetwork, run as rows of the same table (experiments/accuracy/diagnose.py):
+# hparams_gb = gradient boosting on the stored training hyperparameters and architecture knobs.
+REFERENCE_METHODS: tuple[str, ...] = ("hparams_gb",)
+# The GMN reading probe features as node values (`inner_tasks.zoo.probes`) besides the weights: its own row.
+PROBE_METHODS: tuple[str, ...] = ("gmn_probes",)
 
 
 @lru_cache(maxsize=4)
@@ -31,34 +37,93 @@ def zoo_name(path: str) -> str:
     return open_zoo(path).name
 
 
+@lru_cache(maxsize=4)
+def probe_features(path: str, n: int, seed: int = 0) -> list[torch.Tensor]:
+    """Probe features of every model of a generated zoo (computed once, cached in <zoo>/probe_features)."""
+    from inner_tasks.zoo.probes import zoo_probe_features
+
+    if is_small_cnn_zoo(path):
+        raise SystemExit(f"--probes: {path} is an external zoo; probe features need a generated zoo (model specs)")
+    return zoo_probe_features(path, n, seed, zoo=open_zoo(path), progress=True)
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One (zoo, split, method, seed) run; the unit of work of the process pool."""
     torch.set_num_threads(job.get("threads", 1))
     zoo = open_zoo(job["path"])
     train, test = make_split(zoo, job["split"], job["seed"])
     t0 = time.time()
-    res = fit_and_score(zoo, train, test, job["method"], PredictorConfig(**job["cfg"]), job["seed"])
+    if job["method"] in REFERENCE_METHODS:
+        from .diagnose import reference_fit_and_score
+
+        res = reference_fit_and_score(zoo, train, test, job["method"])
+    else:
+        probes = job.get("probes", 0) if job["method"] in PROBE_METHODS else 0
+        if job["method"] in PROBE_METHODS and probes <= 0:
+            raise ValueError(f"{job['method']} needs probes > 0 (--probes P)")
+        nodes = probe_features(job["path"], probes, job.get("probe_seed", 0)) if probes else None
+        method = "gmn" if job["method"] in PROBE_METHODS else job["method"]
+        res = fit_and_score(zoo, train, test, method, PredictorConfig(**job["cfg"]), job["seed"],
+                            node_features=nodes) | {"probes": probes}
     return {k: job[k] for k in ("zoo", "split", "method", "seed")} | res | {"seconds": time.time() - t0}
 
 
+def _job_key(job: dict[str, Any]) -> str:
+    """File name of a run in the resume folder: zoo, split, method, seed and a hash of everything else."""
+    import hashlib
+
+    rest = {k: v for k, v in job.items() if k not in ("zoo", "split", "method", "seed", "path")}
+    rest["path"] = str(Path(job["path"]).resolve())
+    digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{job['zoo']}_{job['split']}_{job['method']}_s{job['seed']}_{digest}.json"
+
+
 def run_grid(zoos: dict[str, str], splits: list[str], methods: list[str], seeds: int, cfg: PredictorConfig,
-             workers: int = 1, progress: bool = True) -> list[dict[str, Any]]:
-    """All runs of the grid; with workers > 1 runs go to spawned processes with one torch thread each."""
-    jobs = [{"zoo": name, "path": path, "split": s, "method": m, "seed": seed, "cfg": cfg.to_dict()}
+             workers: int = 1, progress: bool = True, probes: int = 0, probe_seed: int = 0,
+             resume_dir: Path | None = None) -> list[dict[str, Any]]:
+    """All runs of the grid; with workers > 1 runs go to spawned processes with one torch thread each.
+
+    ``probes``: how many probe features per node the ``gmn_probes`` runs read (computed here once per zoo,
+    before the workers start); ``gmn`` always reads the weights only. ``resume_dir``: every finished run is saved there as JSON (atomically) and runs
+    already there with the same settings are loaded instead of rerun, so an interrupted grid resumes.
+    """
+    jobs = [{"zoo": name, "path": path, "split": s, "method": m, "seed": seed,
+             "cfg": {} if m in REFERENCE_METHODS else cfg.to_dict(),
+             "probes": probes if m in PROBE_METHODS else 0, "probe_seed": probe_seed if m in PROBE_METHODS else 0}
             for name, path in zoos.items() for s in splits for m in methods for seed in range(seeds)]
+    if any(m in PROBE_METHODS for m in methods):
+        if probes <= 0:
+            raise ValueError(f"{[m for m in methods if m in PROBE_METHODS]} need probes > 0 (--probes P)")
+        for path in zoos.values():
+            probe_features(path, probes, probe_seed)
     runs: list[dict[str, Any]] = []
-    bar = tqdm(total=len(jobs), desc="accuracy runs", disable=not progress)
+    todo = []
+    for job in jobs:
+        done = resume_dir / _job_key(job) if resume_dir is not None else None
+        if done is not None and done.is_file():
+            runs.append(json.loads(done.read_text()))
+        else:
+            todo.append(job)
+    bar = tqdm(total=len(jobs), initial=len(runs), desc="accuracy runs", disable=not progress)
+
+    def finish(job: dict[str, Any], res: dict[str, Any]) -> None:
+        runs.append(res)
+        if resume_dir is not None:
+            resume_dir.mkdir(parents=True, exist_ok=True)
+            tmp = resume_dir / (_job_key(job) + ".tmp")
+            tmp.write_text(json.dumps(res))
+            tmp.replace(resume_dir / _job_key(job))
+        bar.update(1)
+        bar.set_postfix_str(_short(res))
+
     if workers <= 1:
-        for job in jobs:
-            runs.append(run_one(job))
-            bar.update(1)
-            bar.set_postfix_str(_short(runs[-1]))
+        for job in todo:
+            finish(job, run_one(job))
     else:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for fut in as_completed([pool.submit(run_one, j) for j in jobs]):
-                runs.append(fut.result())
-                bar.update(1)
-                bar.set_postfix_str(_short(runs[-1]))
+            futures = {pool.submit(run_one, j): j for j in todo}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
     bar.close()
     key = {name: i for i, name in enumerate(zoos)}
     return sorted(runs, key=lambda r: (key[r["zoo"]], splits.index(r["split"]), methods.index(r["method"]), r["seed"]))
@@ -68,11 +133,27 @@ def _short(r: dict[str, Any]) -> str:
     return f"{r['zoo']} {r['split']} {r['method']} s{r['seed']}: R2={r['r2']:.3f} tau={r['tau']:.3f}"
 
 
+def results_entries(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary in the layout of docs/results/accuracy.json: {zoo: {"50%"|"5%"|"OOD": {method: {r2_mean,
+    r2_std, tau_mean, tau_std, n_seeds}}}}."""
+    return {zoo: {SPLIT_LABELS.get(split, split): {
+        method: {"r2_mean": s["r2_mean"], "r2_std": s["r2_std"], "tau_mean": s["tau_mean"], "tau_std": s["tau_std"],
+                 "n_seeds": s["n"]} for method, s in rows.items()} for split, rows in splits.items()}
+        for zoo, splits in summary.items()}
+
+
 def write_results(out: Path, runs: list[dict[str, Any]], zoos: dict[str, str], splits: list[str],
-                  methods: list[str], cfg: PredictorConfig, command: str) -> str:
-    """accuracy.json (config, every run, summary), accuracy.md (table), scatter_<zoo>.png; returns the table."""
+                  methods: list[str], cfg: PredictorConfig, command: str, results_json: Path | None = None) -> str:
+    """accuracy.json (config, every run, summary), accuracy.md (table), scatter_<zoo>.png; returns the table.
+
+    ``results_json``: also merge the summary into that file (see `results_entries`, `experiments.results`).
+    """
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs)
+    if results_json is not None:
+        from ..results import update_results_json
+
+        update_results_json(results_json, results_entries(summary), depth=3, command=command)
     table = markdown_table(summary, list(zoos), splits, methods)
     info = {name: {"path": p, "models": len(open_zoo(p)), "architectures": len(open_zoo(p).graphs)}
             for name, p in zoos.items()}

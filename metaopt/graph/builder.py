@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ class NeuronMap:
     dim: int
     pos: Tensor | None = None  # int64 [K, 3] or None when no spatial positions are folded in
     ndim: int = 0  # number of dimensions of the tensor this map describes
+    # producer layer -> parameter-free ops applied to its neurons since (op_records.py); None: none
+    ops: dict | None = None
 
     @property
     def size(self) -> int:
@@ -52,7 +54,7 @@ class NeuronMap:
 
     def moved(self, dim: int, ndim: int) -> "NeuronMap":
         """The same neurons in a tensor of `ndim` dims along `dim`."""
-        return NeuronMap(self.nodes, dim, self.pos, ndim)
+        return NeuronMap(self.nodes, dim, self.pos, ndim, self.ops)
 
     def same_neurons(self, other: "NeuronMap") -> bool:
         if self.size != other.size or not torch.equal(self.nodes, other.nodes):
@@ -77,6 +79,18 @@ class LayerRecord:
     name: str
     kind: str
     activation: int = 0
+    # what simulate needs beyond the edges (op_records.py documents the keys); omitted when empty
+    op: dict | None = None
+    act_args: dict = field(default_factory=dict)
+    reads: list = field(default_factory=list)
+    inexact: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        out = {"layer": self.layer, "name": self.name, "kind": self.kind, "activation": self.activation}
+        for key in ("op", "act_args", "reads", "inexact"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
 
 
 class GraphBuilder:
@@ -102,6 +116,7 @@ class GraphBuilder:
         self._activated = np.zeros(1024, dtype=bool)  # per node: has an activation been recorded
         self.layers: list[LayerRecord] = [LayerRecord(0, "<input>", "input")]
         self._bias_nodes: dict[int, int] = {}
+        self.buffer_names = {id(b): name for name, b in model.named_buffers()}
         self.memo: dict[object, object] = {}  # state converters keep across calls (a cell called per step)
 
     # ---- layers and nodes ----------------------------------------------------------------
@@ -130,16 +145,40 @@ class GraphBuilder:
             self._bias_nodes[layer] = int(self.add_nodes(1, NodeType.BIAS, layer)[0])
         return self._bias_nodes[layer]
 
-    def set_activation(self, nodes: Tensor, act: Activation, layer: int | None = None) -> None:
+    def set_activation(self, nodes: Tensor, act: Activation, layer: int | None = None,
+                       spec: dict | None = None) -> None:
+        """Tag `nodes` with `act`; `spec` ({"fn": ..., kwargs}) is its exact function, for simulate."""
         self._activations.append((nodes, int(act)))
         self._grow_activated()
         self._activated[nodes.numpy()] = True
-        if layer is not None:
-            self.layers[layer].activation = int(act)
-        else:  # record on the layers that produced these nodes
-            for lid in self._node_layers(nodes):
-                if 0 < lid < len(self.layers):
-                    self.layers[lid].activation = int(act)
+        lids = [layer] if layer is not None else [l for l in self.node_layers(nodes) if 0 < l < len(self.layers)]
+        for lid in lids:  # record on the layers that produced these nodes
+            rec = self.layers[lid]
+            rec.activation = int(act)
+            if spec is not None:
+                old = rec.act_args.get(act.name)
+                if old is not None and old != spec:
+                    self.mark_inexact([lid], f"neurons tagged {act.name} with different functions {old} and {spec}")
+                rec.act_args[act.name] = spec
+
+    # ---- records for simulate (op_records.py) ------------------------------------------------
+    def set_layer_op(self, layer: int, op: dict) -> None:
+        self.layers[layer].op = op
+
+    def note_reads(self, layer: int, ops: dict | None) -> None:
+        """`layer` reads producer p's neurons through the op chain ops[p]."""
+        for p, chain in (ops or {}).items():
+            if chain:
+                self.layers[layer].reads.append({"from": int(p), "ops": list(chain)})
+
+    def mark_inexact(self, layers, reason: str) -> None:
+        for lid in layers:
+            if reason not in self.layers[lid].inexact:
+                self.layers[lid].inexact.append(reason)
+
+    def node_layers(self, nodes: Tensor) -> list[int]:
+        """The distinct layers of `nodes`."""
+        return self._node_layers(nodes)
 
     def has_activation(self, nodes: Tensor) -> bool:
         """Whether any of `nodes` already had a nonlinearity recorded."""
@@ -313,7 +352,7 @@ class GraphBuilder:
             num_nodes=self.num_nodes,
             param_names=[s.name for s in slots],
             param_shapes=[s.shape for s in slots],
-            layers=[vars(r).copy() for r in self.layers],
+            layers=[r.as_dict() for r in self.layers],
         )
 
 

@@ -3,7 +3,8 @@
 Shape ops (view, flatten, transpose, getitem, chunk, ...) are followed exactly by running the same
 op on *probe* tensors that hold each element's feature index, so no per-op bookkeeping is needed.
 Helpers for the walker and for converters: `probe_tensors` / `map_from_probe` (follow a shape op),
-`map_tensors` and `flatten_values` (nested outputs and arguments).
+`map_tensors` and `flatten_values` (nested outputs and arguments), and `with_op` / `merge_ops` (the
+parameter-free op chains a NeuronMap carries for simulate, op_records.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import einops_shapes, inline
+from . import einops_shapes, inline, op_records
 from .builder import NeuronMap
 from .registry import CONST, Const, ConversionContext, ConversionError, ParamRef, Unassigned
 from .schema import Activation, EdgeType, NodeType
@@ -126,6 +127,44 @@ def first_carrier(values: list[Any]) -> Any:
     return None
 
 
+# ---- op chains for simulate (op_records.py) ---------------------------------------------------
+
+def with_op(ctx: ConversionContext, m: NeuronMap, op: dict | None) -> NeuronMap:
+    """`m` after a parameter-free op on each neuron's value: the op joins every producer's chain."""
+    if op is None:
+        return m
+    ops = {p: (m.ops or {}).get(p, ()) + (op,) for p in ctx.builder.node_layers(m.nodes)}
+    return NeuronMap(m.nodes, m.dim, m.pos, m.ndim, ops)
+
+
+def merge_ops(ctx: ConversionContext, maps: list) -> dict | None:
+    """The op chains of neurons gathered from several maps (a concatenation)."""
+    if not any(m.ops for m in maps):
+        return None
+    out: dict = {}
+    for m in maps:  # a map without ops reads its producers directly (an empty chain)
+        chains = m.ops or {p: () for p in ctx.builder.node_layers(m.nodes)}
+        for p, chain in chains.items():
+            if p in out and out[p] != chain:
+                chain = (op_records.opaque("neurons of one layer read through two different op chains"),)
+            out[p] = chain
+    return {p: c for p, c in out.items() if c} or None
+
+
+def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: int) -> dict | None:
+    """What a shape op did to each neuron's value (None: nothing), read off the rest probe."""
+    out_shape = [s for d, s in enumerate(q.shape) if d != j]
+    in_node = [s for d, s in enumerate(in_shape) if d != m.dim]
+    r_sel = r.select(j, 0).reshape(-1).long() if q.ndim else r.reshape(-1).long()
+    if r_sel.numel() != math.prod(in_node) or not torch.equal(r_sel, torch.arange(r_sel.numel())):
+        return op_records.opaque("a shape op that reorders, slices or repeats positions within neurons")
+    if out_shape == in_node:
+        return None
+    if m.pos is not None:
+        return op_records.opaque("a reshape of an already flattened feature map")
+    return op_records.reshape_op(out_shape, batched=j != 0 and m.dim != 0)
+
+
 # ---- probes for shape ops ---------------------------------------------------------------------
 
 def probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
@@ -160,7 +199,7 @@ def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q
             return CONST
         keep = m.dim - (len(in_shape) - q.ndim) if q.ndim < len(in_shape) else m.dim
         d = keep if keep in ones else ones[-1]
-        return NeuronMap(m.nodes, d, m.pos, q.ndim)
+        return with_op(ctx, NeuronMap(m.nodes, d, m.pos, q.ndim, m.ops), _per_node_op(m, in_shape, q, r, d))
     varying = [d for d in range(q.ndim) if q.shape[d] > 1 and bool((q.amax(d) != q.amin(d)).any())]
     if not varying:
         return CONST  # one feature selected: its neuron identity no longer spans a dimension
@@ -173,20 +212,30 @@ def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q
     rest = r[tuple(index)].long()
     nodes = m.nodes[feat]
     pos = m.pos[feat] if m.pos is not None else None
-    if bool((rest != rest[0]).any()):  # other dims were merged into the feature dim: flatten
-        if pos is not None:
-            ctx.fail("flattening an already flattened feature map is not supported")
-        trailing = [s for s in in_shape[m.dim + 1 :]]
-        offs = rest - rest.min()
-        coords = []
-        for size in reversed(trailing[-3:] if len(trailing) <= 3 else [math.prod(trailing[:-2])] + trailing[-2:]):
-            coords.append(offs % size)
-            offs = offs // size
-        coords = coords[::-1]
-        pos = torch.zeros(feat.numel(), 3, dtype=torch.long)
-        for i, c in enumerate(coords):
-            pos[:, 3 - len(coords) + i] = c
-    return NeuronMap(nodes, j, pos, q.ndim)
+    if not bool((rest != rest[0]).any()):
+        out = NeuronMap(nodes, j, pos, q.ndim, m.ops)
+        return with_op(ctx, out, _per_node_op(m, in_shape, q, r, j))
+    # other dims were merged into the feature dim: flatten
+    if pos is not None:
+        ctx.fail("flattening an already flattened feature map is not supported")
+    trailing = [s for s in in_shape[m.dim + 1 :]]
+    offs = rest - rest.min()
+    coords = []
+    for size in reversed(trailing[-3:] if len(trailing) <= 3 else [math.prod(trailing[:-2])] + trailing[-2:]):
+        coords.append(offs % size)
+        offs = offs // size
+    coords = coords[::-1]
+    pos = torch.zeros(feat.numel(), 3, dtype=torch.long)
+    for i, c in enumerate(coords):
+        pos[:, 3 - len(coords) + i] = c
+    span = math.prod(trailing)
+    exact = (m.dim <= 1 and len(trailing) <= 3 and feat.numel() == m.size * span
+             and torch.equal(rest - rest.min(), torch.arange(feat.numel()) % span)
+             and torch.equal(feat, torch.arange(feat.numel()) // span))
+    out = NeuronMap(nodes, j, pos, q.ndim, m.ops)
+    # LINEAR_FLAT edges read each neuron's value at K = (d, h, w): exact only for a channel-major
+    # flatten of the trailing dims (not channels-last, not a partial flatten)
+    return out if exact else with_op(ctx, out, op_records.opaque("a flatten that is not channel-major over the trailing dims"))
 
 
 class NeedsValues(RuntimeError):
@@ -213,7 +262,9 @@ def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         out = call(x.index, args[1:], kwargs)
         return map_tensors(out, lambda t: ParamRef(x.param, t))
     if isinstance(x, Unassigned):
-        return map_tensors(result, lambda t: Unassigned(t.ndim, x.node_type))
+        moved = x.ops and isinstance(result, Tensor) and tuple(result.shape) != tuple(args[0].shape)
+        extra = (op_records.opaque("a reshape of an input after ops on it"),) if moved else ()
+        return map_tensors(result, lambda t: Unassigned(t.ndim, x.node_type, ops=x.ops + extra))
     if isinstance(x, SplitMap):  # continue on the probes it carries (contiguous: .view must work)
         qs, rs = call(x.feat.contiguous(), args[1:], kwargs), call(x.rest.contiguous(), args[1:], kwargs)
         if isinstance(qs, (tuple, list)):
@@ -250,18 +301,27 @@ def map_tensors(out: Any, fn: Callable[[Tensor], Any]) -> Any:
 
 # ---- activations and identities --------------------------------------------------------------
 
-def activation(w: "DataflowWalker", n, x: Any, act: Activation) -> Any:
-    """Elementwise nonlinearity: tag the neurons, or an activated copy if the input is reused."""
+def activation(w: "DataflowWalker", n, x: Any, act: Activation, spec: dict | None = None) -> Any:
+    """Elementwise nonlinearity: tag the neurons, or an activated copy if the input is reused.
+
+    `spec` is the exact function ({"fn": "leaky_relu", "negative_slope": 0.2}), kept for simulate.
+    """
     if not isinstance(x, NeuronMap):
         return x
     if w.reused(n.args[0] if n.args else None) or w.has_activation(x.nodes):
+        w.ctx.note_read(x)
         layer = w.ctx.new_layer(w.ctx.current, "activation")
         uniq, inverse = torch.unique(x.nodes, return_inverse=True)
         new = w.ctx.add_nodes(uniq.numel(), NodeType.HIDDEN, layer)
         w.ctx.add_aux_edges(uniq, new, EdgeType.ACT_IN, layer)
-        w.ctx.builder.set_activation(new, act, layer)
+        w.ctx.builder.set_activation(new, act, layer, spec=spec)
         return NeuronMap(new[inverse], x.dim, x.pos, x.ndim)
-    w.ctx.set_activation(torch.unique(x.nodes), act)
+    # the tag acts on the producers' neurons, before any op of x's chain: exact only if they commute
+    for p, chain in (x.ops or {}).items():
+        if not all(op_records.commutes(op, spec or {}) for op in chain):
+            w.ctx.builder.mark_inexact([p], f"activation '{(spec or {}).get('fn', act.name)}' at "
+                                            f"{w.ctx.current} follows a parameter-free op it does not commute with")
+    w.ctx.set_activation(torch.unique(x.nodes), act, spec)
     return x
 
 
@@ -297,7 +357,13 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
     unassigned = [v for v in vals if isinstance(v, Unassigned)]
     if not maps:
         if unassigned and not params:
-            return Unassigned(out_ndim, unassigned[0].node_type)
+            u = unassigned[0]
+            if len(unassigned) == 1 and not any(is_tensor_like(v) for v in vals if v is not u):  # x / 255
+                i = next(k for k, v in enumerate(vals) if v is u)
+                const = reals[1 - i] if len(reals) > 1 else None
+                op = op_records.scalar_op(n.target, const, i == 1, dict(n.kwargs))
+                return Unassigned(out_ndim, u.node_type, ops=u.ops + (op,))
+            return Unassigned(out_ndim, u.node_type)
         if params and not unassigned and len(params) == 1:  # param (op) constant: same elements
             p = params[0]
             return ParamRef(p.param, p.index.expand(result.shape)) if p.shape != result.shape else p
@@ -326,17 +392,28 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
                 f"{_out_dim(b, out_ndim)}; cannot tell which neurons are combined."
             )
         if a.same_neurons(b):
-            if kind == "add":
-                return a.moved(_out_dim(a, out_ndim), out_ndim)
-            return activation(w, n, a.moved(_out_dim(a, out_ndim), out_ndim), Activation.OTHER)
+            name = getattr(n.target, "__name__", str(n.target))
+            if a.ops != b.ops:  # x + pool(x): the same nodes at two different stages
+                op = op_records.opaque(f"'{name}' of neurons with themselves through different op chains")
+            elif kind == "add":  # x + x = 2x, x - x = 0
+                op = op_records.scalar_op("mul", 0.0 if "sub" in name else 2.0, False, {})
+            else:
+                return activation(w, n, a.moved(_out_dim(a, out_ndim), out_ndim), Activation.OTHER,
+                                  {"fn": f"{name}(x, x)", "unknown": True})
+            return with_op(w.ctx, a.moved(_out_dim(a, out_ndim), out_ndim), op)
         K = max(a.size, b.size)
         if a.size not in (1, K) or b.size not in (1, K):
             w.ctx.fail(f"combines {a.size} and {b.size} neurons elementwise")
         node_type, etype = (NodeType.SUM, EdgeType.RESIDUAL) if kind == "add" else (NodeType.PRODUCT, EdgeType.PRODUCT_IN)
+        w.ctx.note_read(a)
+        w.ctx.note_read(b)
         layer = w.ctx.new_layer(w.ctx.current, "residual_add" if kind == "add" else "product")
         new = w.ctx.add_nodes(K, node_type, layer)
         for m in (a, b):
             w.ctx.add_aux_edges(m.nodes.expand(K), new, etype, layer)
+        tname = getattr(n.target, "__name__", str(n.target))
+        if "sub" in tname or "div" in tname:  # the edges say + and *: a - b or a / b is not that
+            w.ctx.builder.mark_inexact([layer], f"'{tname}' of two neuron sets is recorded as {kind}")
         pos = a.pos if a.size == K else b.pos
         return NeuronMap(new, _out_dim(a, out_ndim), pos, out_ndim)
     m = maps[0]
@@ -344,8 +421,10 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
     if params:
         i = vals.index(params[0])
         return param_combine(w, n, m.moved(dim, out_ndim), params[0], reals[i], result, kind)
-    # neurons (op) constant: shift/scale/normalise by a constant keeps the neurons
-    return m.moved(dim, out_ndim)
+    # neurons (op) constant: shift/scale/normalise by a constant keeps the neurons; the op is recorded
+    i = next(k for k, v in enumerate(vals) if v is m)
+    const = reals[1 - i] if len(reals) > 1 else None
+    return with_op(w.ctx, m.moved(dim, out_ndim), op_records.scalar_op(n.target, const, i == 1, dict(n.kwargs)))
 
 
 def param_rows(w: "DataflowWalker", m: NeuronMap, p: ParamRef, real_p: Tensor, out_shape: torch.Size
@@ -382,9 +461,15 @@ def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Ten
     elements, rows, feats = layout
     name = w.ctx.builder.param_name(p.param)
     n_rows = int(rows.max()) + 1
+    tname = getattr(n.target, "__name__", str(n.target))
+    if "sub" in tname or "div" in tname:  # recorded as + / *: not what simulate may replay
+        w.ctx.builder.mark_inexact(w.ctx.builder.node_layers(m.nodes), f"'{tname}' with parameter {name}")
     if kind == "add":
+        w.ctx.note_read(m)
         layer = w.ctx.new_layer(name, "param_add")
         target = m
+        if m.ops and not (w.reused(n.args[0]) or w.reused(n.args[1])):  # edges land on the producers
+            w.ctx.builder.mark_inexact(list(m.ops), f"parameter {name} is added after a parameter-free op")
         if w.reused(n.args[0]) or w.reused(n.args[1]):
             new = w.ctx.add_nodes(m.size, NodeType.SUM, layer)
             w.ctx.add_aux_edges(m.nodes, new, EdgeType.RESIDUAL, layer)
@@ -397,6 +482,7 @@ def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Ten
             etype = EdgeType.PARAM_ADD
         w.ctx.add_param_edges(p.param, src, target.nodes[feats], etype, layer)
         return target
+    w.ctx.note_read(m)
     layer = w.ctx.new_layer(name, "param_scale")
     new = w.ctx.add_nodes(m.size, NodeType.NORMED, layer)
     w.ctx.add_aux_edges(m.nodes, new, EdgeType.NORM_IN, layer)
@@ -426,6 +512,8 @@ def reduce(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
             v = CONST  # reduced over the neurons themselves (e.g. a norm's statistics)
         else:
             v = x.moved(x.dim if keep else x.dim - sum(d < x.dim for d in dims), out.ndim)
+            extra = {k: a for k, a in kwargs.items() if k not in ("dim", "keepdim")}
+            v = with_op(w.ctx, v, op_records.reduce_op(n.target, dims, keep, x.dim, extra))
     return (v, CONST) if isinstance(result, tuple) else v
 
 
@@ -466,6 +554,7 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
     fdim = ref.dim + (1 if stack and dim <= ref.dim else 0)
     if not stack and dim == ref.dim:  # concatenating features: neurons side by side
         nodes, pos, any_pos = [], [], any(isinstance(p, NeuronMap) and p.pos is not None for p in parts)
+        resolved = []  # the parts' neuron maps (raw inputs get theirs here)
         for p, r in zip(parts, reals):
             if not isinstance(p, NeuronMap):
                 if isinstance(p, ParamRef):
@@ -476,16 +565,20 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
             if p.dim != dim:
                 w.ctx.fail("concatenates tensors whose neurons lie along different dims")
             nodes.append(p.nodes)
+            resolved.append(p)
             if any_pos:
                 pos.append(p.pos if p.pos is not None else torch.zeros(p.size, 3, dtype=torch.long))
         joined = torch.cat(nodes)
+        ops = merge_ops(w.ctx, resolved)
         if not any_pos and torch.unique(joined).numel() < joined.numel():
-            return NeuronMap(joined, dim, copy_positions(joined), result.ndim)
-        return NeuronMap(joined, dim, torch.cat(pos) if any_pos else None, result.ndim)
+            return NeuronMap(joined, dim, copy_positions(joined), result.ndim, ops)
+        return NeuronMap(joined, dim, torch.cat(pos) if any_pos else None, result.ndim, ops)
     # along another dim (tokens, batch): every part must feed the same neurons
     out = ref.moved(fdim, result.ndim)
     distinct = [m for m in maps if not m.same_neurons(ref)]
     if distinct:
+        for m in maps:
+            w.ctx.note_read(m)
         layer = w.ctx.new_layer(w.ctx.current, "merge")
         new = w.ctx.add_nodes(ref.size, NodeType.SUM, layer)
         for m in maps:
@@ -533,7 +626,7 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
                 w.unclaimed_use([values[0]], n)
                 return CONST
             return activation(w, n, values[0], act) if isinstance(values[0], NeuronMap) else values[0]
-        return activation(w, n, values[0], act)
+        return activation(w, n, values[0], act, op_records.activation_spec(t, tuple(args[1:]), kwargs))
     if t is F.normalize and isinstance(values[0], SplitMap):
         dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
         if dim % values[0].ndim == values[0].ndim - 1:  # each head's vector (cosine attention)
@@ -542,7 +635,10 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     if t in _IDENTITY_FUNCS or t in _POOL_FUNCS:
         x = values[0]
         if isinstance(x, NeuronMap) and isinstance(result, Tensor):
-            return x.moved(x.dim, result.ndim)
+            x = x.moved(x.dim, result.ndim)
+            return with_op(w.ctx, x, op_records.function_op(t, tuple(args[1:]), kwargs)) if t in _POOL_FUNCS else x
+        if isinstance(x, Unassigned) and t in _POOL_FUNCS and isinstance(result, Tensor):  # a pooled input
+            return Unassigned(result.ndim, x.node_type, ops=x.ops + (op_records.function_op(t, tuple(args[1:]), kwargs),))
         return x
     if t in SHAPE_FUNCS:
         if t is operator.getitem and not isinstance(args[0], Tensor):
@@ -552,8 +648,10 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         return binary(w, n, values, args, result, "add")
     if t in _MUL:
         return binary(w, n, values, args, result, "mul")
-    if t in _NEG:
-        return values[0]  # the same neurons (split or not), negated
+    if t in _NEG:  # the same neurons (split or not), negated
+        if isinstance(values[0], NeuronMap):
+            return with_op(w.ctx, values[0], op_records.scalar_op("mul", -1.0, False, {}))
+        return values[0]
     if t in _REDUCE:
         return reduce(w, n, values, args, kwargs, result)
     if t in _CAT:

@@ -133,6 +133,7 @@ class Unassigned:
     ndim: int
     node_type: NodeType = NodeType.INPUT
     assigned: NeuronMap | None = None
+    ops: tuple = ()  # parameter-free ops applied before any neuron read it (a pooled input)
 
 
 class ParamRef:
@@ -217,6 +218,7 @@ class ConversionContext:
         self.inputs: list = []  # dataflow values of its positional args (the converter's `inputs`)
         self.real_kwargs: dict = {}  # real (example) keyword args
         self.result: Any = None  # the real output of the call being converted (exact shapes)
+        self.pending_reads: list[dict] = []  # op chains of inputs read since the last new layer
 
     # ---- the call's arguments ----------------------------------------------------------------
     def arg(self, i: int, key: str, default: Any = None) -> Any:
@@ -232,9 +234,28 @@ class ConversionContext:
         value = self.arg(i, key)
         return value if isinstance(value, ParamRef) else None
 
+    # ---- records for simulate (op_records.py) ------------------------------------------------
+    def note_read(self, m: Any) -> None:
+        """The next `new_layer` reads NeuronMap `m` through its op chain (pooling, flatten, ...)."""
+        if isinstance(m, NeuronMap) and m.ops:
+            self.pending_reads.append(m.ops)
+
+    def set_layer_op(self, layer: int, op: dict) -> None:
+        """The layer's hyperparameters (conv stride/padding, norm eps, ...), for simulate."""
+        self.builder.set_layer_op(layer, op)
+
+    def buffer_name(self, t: Any) -> str | None:
+        """Qualified name of a model buffer (BatchNorm running statistics), else None."""
+        return self.builder.buffer_names.get(id(t)) if isinstance(t, Tensor) else None
+
     # ---- nodes, layers, edges (thin wrappers over the builder) ----------------------------
     def new_layer(self, name: str, kind: str) -> int:
-        return self.builder.new_layer(name, kind)
+        """A new layer; the inputs read since the last one (their op chains) are recorded on it."""
+        lid = self.builder.new_layer(name, kind)
+        for ops in self.pending_reads:
+            self.builder.note_reads(lid, ops)
+        self.pending_reads = []
+        return lid
 
     def add_nodes(self, n: int, node_type: NodeType, layer: int, positions: Tensor | None = None) -> Tensor:
         return self.builder.add_nodes(n, node_type, layer, positions)
@@ -278,8 +299,8 @@ class ConversionContext:
     def add_aux_edges(self, src: Tensor, dst: Tensor, edge_type: EdgeType, layer: int) -> None:
         self.builder.add_aux_edges(src, dst, edge_type, layer)
 
-    def set_activation(self, nodes: Tensor, act: Activation) -> None:
-        self.builder.set_activation(nodes, act)
+    def set_activation(self, nodes: Tensor, act: Activation, spec: dict | None = None) -> None:
+        self.builder.set_activation(nodes, act, spec=spec)
 
     # ---- reading inputs --------------------------------------------------------------------
     def input_map(self, value: Any, dim: int, size: int, ndim: int | None = None) -> NeuronMap:
@@ -289,6 +310,7 @@ class ConversionContext:
         ordered INPUT nodes for real inputs, interchangeable HIDDEN nodes otherwise.
         """
         if isinstance(value, NeuronMap):
+            self.note_read(value)
             d = dim if dim >= 0 else value.ndim + dim
             if value.dim != d:
                 raise ConversionError(
@@ -309,7 +331,8 @@ class ConversionContext:
             d = dim if dim >= 0 else n + dim
             ordered = value.node_type == NodeType.INPUT
             nodes = self.add_nodes(size, value.node_type, 0, torch.arange(size) if ordered else None)
-            value.assigned = NeuronMap(nodes, d, None, n)
+            value.assigned = NeuronMap(nodes, d, None, n, {0: value.ops} if value.ops else None)
+            self.note_read(value.assigned)
             return value.assigned
         if isinstance(value, Const):
             # e.g. torch.arange positions fed to an Embedding, or a constant tensor input

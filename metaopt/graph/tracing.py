@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from . import einops_shapes, inline, ops
+from . import einops_shapes, inline, op_records, ops
 from .tracers import trace_graph
 from .builder import GraphBuilder, NeuronMap
 from .example_call import ExampleCall
@@ -148,6 +148,7 @@ class DataflowWalker(fx.Interpreter):
     def _dataflow(self, n: fx.Node, result: Any) -> Any:
         """Which neurons the value of node `n` carries (the per-op rules of ops/converters)."""
         self.ctx.current = str(n.target) if n.op == "call_module" else n.name
+        self.ctx.pending_reads = []  # reads are recorded by the layer this node creates, if any
         values = fx.node.map_aggregate(n.args, lambda a: self.values.get(a, a) if isinstance(a, fx.Node) else a)
         if n.op in ("call_function", "call_method", "call_module"):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -227,10 +228,15 @@ class DataflowWalker(fx.Interpreter):
         if not any(True for _ in module.parameters()):
             act = ops.ACTIVATION_MODULES.get(type(module))
             if act is not None:
-                return ops.activation(self, n, values[0], act)
+                return ops.activation(self, n, values[0], act, op_records.activation_spec(None, module=module))
             if isinstance(module, ops.IDENTITY_MODULES) or isinstance(module, ops.POOL_MODULES):
                 x = values[0]
-                return x.moved(x.dim, result.ndim) if isinstance(x, NeuronMap) else x
+                if isinstance(x, Unassigned) and isinstance(module, ops.POOL_MODULES):
+                    return Unassigned(result.ndim, x.node_type, ops=x.ops + (op_records.module_op(module),))
+                if not isinstance(x, NeuronMap):
+                    return x
+                x = x.moved(x.dim, result.ndim)
+                return x if isinstance(module, ops.IDENTITY_MODULES) else ops.with_op(self.ctx, x, op_records.module_op(module))
             if isinstance(module, (nn.Flatten, nn.Unflatten) + einops_shapes.SHAPE_MODULES):
                 return self._module_as_shape_op(n, module, values, args, result)
             return ops.unknown_op(self, n, values, args, result)
@@ -388,6 +394,8 @@ def _walk(model: nn.Module, call: ExampleCall, strict: bool, on_meta: bool) -> t
     out_maps = [v for v in ops.flatten_values(walker.values[out_node]) if isinstance(v, NeuronMap)]
     if out_maps:
         builder.mark_outputs(torch.cat([m.nodes for m in out_maps]))
+        if any(m.ops for m in out_maps):  # the output is read through ops too (pool + flatten last)
+            builder.note_reads(builder.new_layer("<output>", "output"), ops.merge_ops(walker.ctx, out_maps))
     return builder, walker
 
 

@@ -21,6 +21,7 @@ once per structure, and the same ``(graph, edge_values=, node_values=, graph_val
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -48,6 +49,22 @@ def _chunked(edge_values: Tensor) -> bool:
     return not torch.is_grad_enabled() and edge_values.shape[0] > CHUNK
 
 
+def _incidence(node: Tensor, num_nodes: int) -> Tensor:
+    """``A`` [num_nodes, len(node)] in CSR with ``A[node[j], j] = 1``: ``A @ h`` sums rows of ``h`` per node.
+
+    On CPU a CSR product is ~6x faster than ``index_add_``, which adds one row at a time.
+    """
+    order = torch.argsort(node, stable=True)
+    counts = torch.bincount(node, minlength=num_nodes)
+    crow = torch.zeros(num_nodes + 1, dtype=torch.int32, device=node.device)
+    crow[1:] = torch.cumsum(counts, 0)
+    values = torch.ones(node.shape[0], device=node.device)
+    with warnings.catch_warnings():  # "CSR support is in beta": CSR @ dense is all that is used
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, order.to(torch.int32), values, (num_nodes, node.shape[0]),
+                                       check_invariants=False)
+
+
 @dataclass
 class LiteGraph:
     """What a lite network needs of a graph (or batch), on one device."""
@@ -62,6 +79,15 @@ class LiteGraph:
     edge_batch: Tensor  # int64 [E]: graph of each edge
     num_nodes: int
     num_graphs: int
+
+    def chunk_incidences(self) -> list[tuple[Tensor, Tensor]]:
+        """Per edge chunk, the (incoming, outgoing) incidence matrices (`_incidence`); built once, kept."""
+        cache = self.__dict__.get("_incidences")
+        if cache is None or cache[0] != CHUNK:
+            mats = [(_incidence(self.dst[c], self.num_nodes), _incidence(self.src[c], self.num_nodes))
+                    for c in _chunks(self.src.shape[0])]
+            cache = self.__dict__["_incidences"] = (CHUNK, mats)
+        return cache[1]
 
     def to(self, device: torch.device | str) -> "LiteGraph":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -162,10 +188,10 @@ class LiteGMN(LitePerParameterMLP):
         zeros = edge_values.new_zeros(g.num_nodes, self.hidden)
         if chunked:  # sums first; each chunk's hidden states are recomputed for the output below
             sum_in, sum_out = zeros, zeros.clone()
-            for c in _chunks(edge_values.shape[0]):
+            for c, (a_in, a_out) in zip(_chunks(edge_values.shape[0]), g.chunk_incidences()):
                 h = self.edge_hidden(g.edge_type[c], edge_values[c])
-                sum_in.index_add_(0, g.dst[c], h)
-                sum_out.index_add_(0, g.src[c], h)
+                sum_in += a_in @ h
+                sum_out += a_out @ h
         else:
             h = self.edge_hidden(g.edge_type, edge_values)
             sum_in, sum_out = zeros.index_add(0, g.dst, h), zeros.index_add(0, g.src, h)

@@ -96,6 +96,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._num_edges = sum(self._numels)
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
         self._graph_cache: dict[str, tuple[Any, GraphIndex]] = {}
+        self._finite_check: dict[torch.device, tuple[Tensor, Tensor]] = {}  # `_all_finite`'s (flag, 1.0) per device
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(self._params_all if params is None else params, defaults)
         self._reset_counters()
@@ -150,7 +151,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         b = self._buffers
         assert b is not None
         self._views = {k: list(b[k].split(self._numels)) for k in self.STATE_KEYS}
-        self._segment_views: dict[tuple[str, tuple[int, ...]], list[Tensor]] = {}
+        self._segment_views: dict[tuple[int, ...], dict[str, list[Tensor]]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 i = self._index[id(p)]
@@ -189,14 +190,17 @@ class GMNOptimizer(torch.optim.Optimizer):
                 loss = closure()
 
         # Which parameters take part: in a group, requiring grad, with a gradient (as torch.optim).
-        entries: list[tuple[int, Tensor, dict[str, Any]]] = []
+        # Hyperparameters are read once per group (a group's Hyper is shared by its tensors).
+        entries: list[tuple[int, Tensor, Hyper]] = []
         for group in self.param_groups:
+            h = Hyper(float(group["lr"]), float(group["betas"][0]), float(group["betas"][1]),
+                      float(group["eps"]), float(group["weight_decay"]))
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("GMNOptimizer does not support sparse gradients; use dense embeddings.")
-                entries.append((self._index[id(p)], p, group))
+                entries.append((self._index[id(p)], p, h))
         if not entries:
             return loss
         entries.sort(key=lambda t: t[0])
@@ -205,46 +209,60 @@ class GMNOptimizer(torch.optim.Optimizer):
             raise RuntimeError("GMNOptimizer: all optimized parameters must be on one device.")
 
         grads = [p.grad for _, p, _ in entries]
-        # One reduction per tensor, no temporaries: a NaN/Inf anywhere makes its norm non-finite.
-        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        if not self._all_finite(grads):
             self.state[SKIPPED_STEPS] += 1  # state and parameters stay exactly as they were
             return loss
 
         buf = self._ensure_state(device)
-        idx = [i for i, _, _ in entries]
-        buf["step"][idx] += 1
+        if len(entries) == len(self._params_all):
+            buf["step"].add_(1)  # the usual case: every parameter takes part (no index_put)
+        else:
+            buf["step"][[i for i, _, _ in entries]] += 1
         self.state[STEPS_TAKEN] += 1
         step_list = buf["step"].tolist()
 
         # Segments of tensors that share hyperparameters and step count (torch.optim's grouping):
         # one segment when every tensor takes part alike, the usual case.
         segments: dict[tuple[Hyper, int], list[tuple[int, Tensor]]] = {}
-        for i, p, group in entries:
-            h = Hyper(float(group["lr"]), float(group["betas"][0]), float(group["betas"][1]),
-                      float(group["eps"]), float(group["weight_decay"]))
+        for i, p, h in entries:
             segments.setdefault((h, int(step_list[i])), []).append((i, p))
-
-        def views(seg: list[tuple[int, Tensor]], key: str) -> list[Tensor]:
-            """Parameter-shaped views of one state buffer for a segment (cached: the step's Python
-            overhead is what separates it from Adam's on small models)."""
-            k = (key, tuple(i for i, _ in seg))
-            if k not in self._segment_views:
-                self._segment_views[k] = [self._views[key][i].view(p.shape) for i, p in seg]
-            return self._segment_views[k]
-
+        # Parameter-shaped views of the state buffers per segment, cached: the step's Python
+        # overhead is what separates it from Adam's on small models.
+        seg_views = []
         for (h, t), seg in segments.items():
+            key = tuple(i for i, _ in seg)
+            if key not in self._segment_views:
+                self._segment_views[key] = {k: [self._views[k][i].view(p.shape) for i, p in seg]
+                                            for k in self.STATE_KEYS}
+            seg_views.append((h, t, seg, self._segment_views[key]))
+
+        for h, t, seg, v in seg_views:
             g = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for _, p in seg]
-            core.update_moments(views(seg, "exp_avg"), views(seg, "exp_avg_sq"), g, h, inplace=True)
+            core.update_moments(v["exp_avg"], v["exp_avg_sq"], g, h, inplace=True)
 
         identity = self._rule_is_identity()
         if not identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
             self._refresh(entries, device)
 
-        for (h, t), seg in segments.items():
-            denom = core.adam_denominator(views(seg, "exp_avg_sq"), h, t, inplace=True)
-            scale = None if identity else views(seg, "lr_scale")
-            core.apply_update([p for _, p in seg], views(seg, "exp_avg"), denom, scale, h, t, inplace=True)
+        for h, t, seg, v in seg_views:
+            denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True)
+            scale = None if identity else v["lr_scale"]
+            core.apply_update([p for _, p in seg], v["exp_avg"], denom, scale, h, t, inplace=True)
         return loss
+
+    def _all_finite(self, grads: list[Tensor]) -> bool:
+        """True if no gradient holds a NaN/Inf: GradScaler's fused check, one op for all tensors.
+
+        It multiplies the gradients by 1.0 in place (values unchanged); per-tensor norms + stack +
+        isfinite would be four ops, the largest overhead of a step on a small model.
+        """
+        device = grads[0].device
+        if device not in self._finite_check:
+            self._finite_check[device] = (torch.zeros((), device=device), torch.ones((), device=device))
+        found, one = self._finite_check[device]
+        found.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+        return not bool(found)
 
     def _rule_is_identity(self) -> bool:
         """``rule.is_identity``, re-read only when alpha changed (reading it syncs a GPU)."""
@@ -253,7 +271,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._identity_key, self._identity = key, self.rule.is_identity
         return self._identity
 
-    def _refresh(self, entries: list[tuple[int, Tensor, dict[str, Any]]], device: torch.device) -> None:
+    def _refresh(self, entries: list[tuple[int, Tensor, Hyper]], device: torch.device) -> None:
         """Run the rule on the flat state; store its lr scale (non-finite outputs -> 1, counted)."""
         graph, index = self._graph_on(device)
         buf = self._buffers

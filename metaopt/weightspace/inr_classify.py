@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inr_data import INRSet, augment
+from .inr_data import INRSet, augment, random_affine, transform_inputs
 from .inr_models import PROBE_REFERENCE, WEIGHT_METHODS, WeightSpaceClassifier
 from .training import fit_epochs
 
@@ -46,6 +46,12 @@ class ClassifyConfig:
     dropout: float = 0.0  # in the shared readout head
     canonical: bool = True  # sign-canonicalise hidden neurons (bias >= 0): exact sign-flip invariance
     probes: int = 0  # GMN / PerParameterMLP: neuron activations at this many fixed probe points as node values
+    # Image-space augmentation done exactly in weight space (`inr_data.transform_inputs`), fresh every batch,
+    # weight-space methods only: rotation in +-input_rotate degrees, scale 1 +- input_scale, shift
+    # +-input_shift (coordinates span [-1, 1]). 0 = off. Unlike the hidden symmetries these change the image.
+    input_rotate: float = 0.0
+    input_scale: float = 0.0
+    input_shift: float = 0.0
     seed: int = 0
     eval_batch: int = 256
 
@@ -167,9 +173,13 @@ def train_classifier(method: str, inrs: INRSet, cfg: ClassifyConfig, progress: b
     x_te, y_te = method_inputs(method, inrs, test=True)
     gen = torch.Generator().manual_seed(cfg.seed + 17)
     use_aug = cfg.augment and method in WEIGHT_METHODS
+    use_input_aug = method in WEIGHT_METHODS and max(cfg.input_rotate, cfg.input_scale, cfg.input_shift) > 0
 
     def batch_loss(idx: Tensor) -> Tensor:
         xb = x_tr[idx]
+        if use_input_aug:
+            a, t = random_affine(len(idx), cfg.input_rotate, cfg.input_scale, cfg.input_shift, generator=gen, dtype=xb.dtype)
+            xb = transform_inputs(inrs.graph, inrs.layers, xb, a, t)
         if use_aug:
             xb = augment(inrs.graph, inrs.layers, xb, generator=gen)
         return F.cross_entropy(model(xb), y_tr[idx])

@@ -231,3 +231,37 @@ def canonicalize_signs(graph: ParameterGraph, layers: list[dict[str, Any]], weig
         p[b_in] = p[b_in] * sign
         p[w_out] = p[w_out] * sign[:, None, :]
     return params_to_weights(graph, p)
+
+
+def transform_inputs(graph: ParameterGraph, layers: list[dict[str, Any]], weights: Tensor, matrix: Tensor, shift: Tensor) -> Tensor:
+    """Exact image-space affine transform of INRs in weight space: the returned INR at coordinate ``x``
+    equals the original at ``A x + t`` (``matrix`` A ``[B, d, d]``, ``shift`` t ``[B, d]``, one per row of
+    ``weights [B, E]``).
+
+    Only the first linear layer changes: W1 <- W1 A, b1 <- b1 + W1 t. So a rotation / scaling / shift of
+    the image becomes a weight-space augmentation that needs no re-fitting (the "input-space"
+    augmentations of Shamsian et al., ICML 2023, exact for any first layer that reads the coordinates
+    linearly). Outside the fitted square the INR extrapolates, so keep the transforms small.
+    """
+    p = weights_to_params(graph, weights)
+    w_in, b_in = layers[0]["weight"], layers[0]["bias"]
+    w1 = p[w_in]  # [B, width, d]
+    p = dict(p)
+    p[b_in] = p[b_in] + torch.einsum("bod,bd->bo", w1, shift.to(w1.dtype))
+    p[w_in] = torch.bmm(w1, matrix.to(w1.dtype))
+    return params_to_weights(graph, p)
+
+
+def random_affine(
+    batch: int, rotate_deg: float = 0.0, scale: float = 0.0, shift: float = 0.0, generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """``batch`` random 2-D affine maps (A ``[B, 2, 2]``, t ``[B, 2]``): rotation uniform in +-``rotate_deg``
+    degrees, isotropic scale uniform in 1 +- ``scale``, shift uniform in +-``shift`` per axis (coordinates
+    span [-1, 1], so 0.125 is one pixel of a 16x16 image)."""
+    u = torch.rand(batch, 4, generator=generator, dtype=torch.float64) * 2 - 1
+    theta = u[:, 0] * rotate_deg * torch.pi / 180
+    s = 1 + u[:, 1] * scale
+    c, si = torch.cos(theta) * s, torch.sin(theta) * s
+    a = torch.stack([torch.stack([c, -si], 1), torch.stack([si, c], 1)], 1)
+    return a.to(dtype), (u[:, 2:] * shift).to(dtype)

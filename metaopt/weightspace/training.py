@@ -6,7 +6,6 @@ learning rate, gradient clipping at norm 1, shuffled mini-batches; only the per-
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -36,15 +35,20 @@ def fit_epochs(
     if epochs < 1 or batch_size < 1 or len(index) == 0:
         raise ValueError(f"fit_epochs: need epochs >= 1, batch_size >= 1 and samples, got {epochs}, {batch_size}, {len(index)}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(index) / batch_size)
+    # A last batch of one sample is merged into the one before (BatchNorm heads cannot train on a batch of 1).
+    starts = list(range(0, len(index), batch_size))
+    if len(starts) > 1 and len(index) - starts[-1] == 1:
+        starts.pop()
+    ends = starts[1:] + [len(index)]
+    steps = epochs * len(starts)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     curve = []
     for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         model.train()
         perm = index[torch.randperm(len(index), generator=generator)]
         total = 0.0
-        for i in range(0, len(perm), batch_size):
-            ids = perm[i : i + batch_size]
+        for i, j in zip(starts, ends):
+            ids = perm[i:j]
             loss = batch_loss(ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()

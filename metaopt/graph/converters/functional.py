@@ -57,8 +57,12 @@ def _f_conv(transposed: bool):
         weight, bias = ctx.param_arg(1, "weight"), ctx.param_arg(2, "bias")
         if weight is None:
             return NotImplemented
-        groups = ctx.real_kwargs.get("groups", ctx.args[6] if len(ctx.args) > 6 else 1)
-        return conv(ctx, name, values[0], weight, bias, int(groups), transposed, ctx.args[0].ndim)
+        names = ("stride", "padding", "output_padding", "groups", "dilation") if transposed \
+            else ("stride", "padding", "dilation", "groups")
+        hyper = dict(zip(names, ctx.args[3:]))
+        hyper.update({k: v for k, v in ctx.real_kwargs.items() if k in names})
+        groups = hyper.pop("groups", 1)
+        return conv(ctx, name, values[0], weight, bias, int(groups), transposed, ctx.args[0].ndim, hyper)
     return rule
 
 
@@ -76,7 +80,9 @@ def _f_layer_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> A
     weight, bias = ctx.param_arg(2, "weight"), ctx.param_arg(3, "bias")
     if weight is None and bias is None:
         return NotImplemented
-    return last_dims_norm(ctx, name, values[0], shape, weight, bias, ctx.args[0].ndim, "layernorm")
+    eps = ctx.real_arg(4, "eps")
+    return last_dims_norm(ctx, name, values[0], shape, weight, bias, ctx.args[0].ndim, "layernorm",
+                          1e-5 if eps is None else eps)
 
 
 def _f_rms_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
@@ -84,7 +90,8 @@ def _f_rms_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any
     weight = ctx.param_arg(2, "weight")
     if weight is None:
         return NotImplemented
-    return last_dims_norm(ctx, name, values[0], shape, weight, None, ctx.args[0].ndim, "rmsnorm")
+    return last_dims_norm(ctx, name, values[0], shape, weight, None, ctx.args[0].ndim, "rmsnorm",
+                          ctx.real_arg(3, "eps"))
 
 
 @register_converter(F.group_norm)
@@ -94,7 +101,9 @@ def _f_group_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> A
     if weight is None and bias is None:
         return NotImplemented
     C = ctx.args[0].shape[1]
-    return norm(ctx, name, values[0], weight, bias, C, 1, ctx.args[0].ndim, "groupnorm", groups=int(groups))
+    eps = ctx.real_arg(4, "eps")
+    return norm(ctx, name, values[0], weight, bias, C, 1, ctx.args[0].ndim, "groupnorm", groups=int(groups),
+                op={"eps": 1e-5 if eps is None else float(eps), "num_groups": int(groups)})
 
 
 @register_converter(F.batch_norm)
@@ -103,7 +112,14 @@ def _f_batch_norm(ctx: ConversionContext, fn: Any, values: list, name: str) -> A
     if weight is None and bias is None:
         return NotImplemented
     C = ctx.args[0].shape[1]
-    return norm(ctx, name, values[0], weight, bias, C, 1, ctx.args[0].ndim, "batchnorm")
+    training = ctx.real_arg(5, "training")
+    eps = ctx.real_arg(7, "eps")
+    mean, var = (None, None) if training else (ctx.real_arg(1, "running_mean"), ctx.real_arg(2, "running_var"))
+    op = {"eps": 1e-5 if eps is None else float(eps),
+          "running_mean": ctx.buffer_name(mean), "running_var": ctx.buffer_name(var)}
+    if (mean is None) != (op["running_mean"] is None):  # statistics that are not model buffers
+        op["running_mean"] = op["running_var"] = "<not a buffer>"
+    return norm(ctx, name, values[0], weight, bias, C, 1, ctx.args[0].ndim, "batchnorm", op=op)
 
 
 MATMULS = (torch.matmul, operator.matmul, "matmul", "__matmul__", torch.bmm, "bmm")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..zoo_io import Zoo
 from .preprocess import TargetScaler, WeightNormalizer
 
 METHODS: tuple[str, ...] = ("gmn", "deepsets", "dmc", "statnn")
+SCHEDULES: tuple[str, ...] = ("plateau", "onecycle")
 
 
 @dataclass
@@ -25,7 +27,9 @@ class PredictorConfig:
 
     hidden: int = 32
     layers: int = 3  # GMN message-passing layers
-    steps: int = 1000
+    # Upper bound on optimizer steps; with `patience` > 0 training usually ends earlier (early stopping).
+    # v0.1 (2026-11): 500 steps left the GMN's validation loss still falling, so the bound is long.
+    steps: int = 4000
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -36,17 +40,28 @@ class PredictorConfig:
     # scored worse than 400), so the fixed-budget last checkpoint is a poor choice. 0 disables it.
     val_fraction: float = 0.2
     eval_every: int = 25
+    # Early stopping: stop after `patience` validation evaluations without a new best (0 = run all steps).
+    patience: int = 16
+    # Learning-rate schedule: "plateau" = linear warm-up (5% of `steps`, at most 200 steps), then constant,
+    # halved after every `patience // 3` evaluations without improvement (suits early stopping: the lr does
+    # not depend on a step budget that is rarely reached); "onecycle" = OneCycle over `steps` (v0.1).
+    schedule: str = "plateau"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def build_predictor(method: str, cfg: PredictorConfig) -> nn.Module:
-    """The `method`'s network with one weight channel per edge and one graph-level output."""
+def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0) -> nn.Module:
+    """The `method`'s network with one weight channel per edge and one graph-level output.
+
+    ``node_in`` > 0 (GMN only): that many value channels per node, e.g. probe features.
+    """
     from ...nn import DMC, GMN, DeepSets, StatNN  # imported here: metaopt.nn is optional for zoo I/O
 
+    if node_in and method != "gmn":
+        raise ValueError(f"node features (probe features) are read by the GMN only, not by {method!r}")
     if method == "gmn":
-        return GMN(hidden=cfg.hidden, layers=cfg.layers, edge_in=1, node_in=0, graph_in=0,
+        return GMN(hidden=cfg.hidden, layers=cfg.layers, edge_in=1, node_in=node_in, graph_in=0,
                    edge_out=0, node_out=0, graph_out=1)
     if method == "deepsets":
         return DeepSets(hidden=cfg.hidden, edge_in=1, graph_out=1)
@@ -57,24 +72,28 @@ def build_predictor(method: str, cfg: PredictorConfig) -> nn.Module:
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
-def predict_batch(model: nn.Module, method: str, batch: Batch, values: Tensor) -> Tensor:
-    """[B] predictions (standardised target units) for a PyG batch and its edge values [E, 1]."""
+def predict_batch(model: nn.Module, method: str, batch: Batch, values: Tensor, node_values: Tensor | None = None) -> Tensor:
+    """[B] predictions (standardised target units) for a PyG batch, its edge values [E, 1] and, for the
+    GMN, optional node values [N, C]."""
     if method == "gmn":
-        return model(batch, edge_values=values).graph[:, 0]
+        return model(batch, edge_values=values, node_values=node_values).graph[:, 0]
     return model(batch, values)[:, 0]
 
 
 class ZooBatches:
-    """Normalised weights of a zoo subset and collation into PyG batches of parameter graphs."""
+    """Normalised weights (and optional node features) of a zoo subset; collation into PyG batches."""
 
-    def __init__(self, zoo: Zoo, idx: np.ndarray, normalizer: WeightNormalizer) -> None:
+    def __init__(self, zoo: Zoo, idx: np.ndarray, normalizer: WeightNormalizer,
+                 node_features: Sequence[Tensor] | None = None) -> None:
         self.zoo, self.idx = zoo, [int(i) for i in idx]
         self.values = [normalizer.transform(zoo, i) for i in self.idx]
+        self.node_features = None if node_features is None else [node_features[i].float() for i in self.idx]
 
-    def collate(self, positions: list[int]) -> tuple[Batch, Tensor]:
+    def collate(self, positions: list[int]) -> tuple[Batch, Tensor, Tensor | None]:
         graphs = [self.zoo.graph_of(self.idx[p]) for p in positions]
         values = torch.cat([self.values[p] for p in positions])[:, None]
-        return Batch.from_data_list(graphs), values
+        nodes = None if self.node_features is None else torch.cat([self.node_features[p] for p in positions])
+        return Batch.from_data_list(graphs), values, nodes
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -117,62 +136,110 @@ class BestCheckpoint:
             model.load_state_dict(self.state)
 
 
+class PlateauSchedule:
+    """Linear warm-up to ``lr``, then constant; `report` halves the lr after ``lr_patience`` evaluations
+    in a row without a new best validation loss."""
+
+    def __init__(self, opt: torch.optim.Optimizer, lr: float, warmup: int, lr_patience: int, factor: float = 0.5) -> None:
+        self.opt, self.lr, self.warmup = opt, lr, max(1, warmup)
+        self.lr_patience, self.factor, self.scale, self.bad, self.t = max(1, lr_patience), factor, 1.0, 0, 0
+        self._set()
+
+    def _set(self) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * self.scale * min(1.0, (self.t + 1) / self.warmup)
+
+    def step(self) -> None:
+        self.t += 1
+        self._set()
+
+    def report(self, improved: bool) -> None:
+        self.bad = 0 if improved else self.bad + 1
+        if self.bad >= self.lr_patience:
+            self.scale *= self.factor
+            self.bad = 0
+            self._set()
+
+
 def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method: str, cfg: PredictorConfig,
-                  seed: int, target: str = "test_acc", progress: Any = None) -> dict[str, Any]:
+                  seed: int, target: str = "test_acc", progress: Any = None,
+                  node_features: Sequence[Tensor] | None = None) -> dict[str, Any]:
     """Fit preprocessing on the training models, train `method`, score on the test models.
 
     With cfg.val_fraction > 0 a validation part of the training models is held out (preprocessing is
     still fitted on all training models; it uses no targets except the scaler's mean/std) and the
-    checkpoint with the lowest validation MSE is the one scored. Returns scores, the training-loss curve
-    (every 50 steps), the validation curve, the selected step and test predictions/targets.
+    checkpoint with the lowest validation MSE is the one scored; with cfg.patience > 0 training stops
+    after that many evaluations without a new best. ``node_features`` (GMN only): one float tensor
+    [num_nodes, C] per zoo model (indexed like the zoo), e.g. probe features, passed as node values.
+    Returns scores, the training-loss curve (every 50 steps), the validation curve, the selected step,
+    the number of steps run and test predictions/targets.
     """
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+    if node_features is not None and len(node_features) != len(zoo):
+        raise ValueError(f"node_features: {len(node_features)} entries for a zoo of {len(zoo)} models")
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed)
     y_all = zoo.targets(target)
     fit_idx, val_idx = split_validation(train_idx, cfg.val_fraction, seed)
     scaler = TargetScaler.fit(y_all[fit_idx])
     normalizer = WeightNormalizer.fit(zoo, train_idx)
-    train = ZooBatches(zoo, fit_idx, normalizer)
-    val = ZooBatches(zoo, val_idx, normalizer) if len(val_idx) else None
-    test = ZooBatches(zoo, test_idx, normalizer)
+    train = ZooBatches(zoo, fit_idx, normalizer, node_features)
+    val = ZooBatches(zoo, val_idx, normalizer, node_features) if len(val_idx) else None
+    test = ZooBatches(zoo, test_idx, normalizer, node_features)
     y_train = scaler.transform(y_all[fit_idx])
     y_val = scaler.transform(y_all[val_idx]) if val is not None else None
-    model = build_predictor(method, cfg)
+    node_in = 0 if node_features is None else int(node_features[0].shape[1])
+    model = build_predictor(method, cfg, node_in=node_in)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    if cfg.schedule == "onecycle":
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    else:
+        sched = PlateauSchedule(opt, cfg.lr, warmup=min(200, cfg.steps // 20), lr_patience=max(1, cfg.patience // 3)
+                                if cfg.patience > 0 else 4)
     n, bs = len(fit_idx), min(cfg.batch_size, len(fit_idx))
     order: list[int] = []
     curve, window, val_curve = [], [], []
     best = BestCheckpoint()
+    since_best, steps_run = 0, 0
     model.train()
     for step in range(cfg.steps):
         if len(order) < bs:
             order += gen.permutation(n).tolist()
         pos, order = order[:bs], order[bs:]
-        batch, values = train.collate(pos)
-        loss = torch.nn.functional.mse_loss(predict_batch(model, method, batch, values), y_train[pos])
+        batch, values, nodes = train.collate(pos)
+        loss = torch.nn.functional.mse_loss(predict_batch(model, method, batch, values, nodes), y_train[pos])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        steps_run = step + 1
         window.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
             curve.append(float(np.mean(window)))
             window = []
+        if progress is not None:
+            progress.update(1)
         if val is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             v = float(torch.mean((predict(model, method, val, cfg.eval_batch_size) - y_val) ** 2))
             val_curve.append(v)
-            best.update(model, v, step + 1)
+            improved = best.update(model, v, step + 1)
+            since_best = 0 if improved else since_best + 1
+            if isinstance(sched, PlateauSchedule):
+                sched.report(improved)
             model.train()
-        if progress is not None:
-            progress.update(1)
+            if cfg.patience > 0 and since_best >= cfg.patience:
+                break
+    if window:
+        curve.append(float(np.mean(window)))
     best.restore(model)
     pred = predict(model, method, test, cfg.eval_batch_size)
     pred_acc = scaler.inverse(pred).numpy()
     true_acc = y_all[test_idx].numpy()
     out = scores(true_acc, pred_acc)
-    out.update({"train_curve": curve, "val_curve": val_curve, "best_step": best.step if val is not None else cfg.steps,
+    out.update({"train_curve": curve, "val_curve": val_curve, "best_step": best.step if val is not None else steps_run,
+                "steps_run": steps_run, "node_in": node_in,
                 "pred": pred_acc.tolist(), "true": true_acc.tolist(),
                 "n_train": int(len(train_idx)), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)),
                 "n_test": int(len(test_idx)),
@@ -186,6 +253,6 @@ def predict(model: nn.Module, method: str, data: ZooBatches, batch_size: int) ->
     model.eval()
     outs = []
     for s in range(0, len(data.idx), batch_size):
-        batch, values = data.collate(list(range(s, min(s + batch_size, len(data.idx)))))
-        outs.append(predict_batch(model, method, batch, values))
+        batch, values, nodes = data.collate(list(range(s, min(s + batch_size, len(data.idx)))))
+        outs.append(predict_batch(model, method, batch, values, nodes))
     return torch.cat(outs)

@@ -1,0 +1,54 @@
+"""simulate coverage on torchvision definitions: relative error of simulate against model.eval().
+
+Random init (BatchNorm running statistics and affine entries randomised so a missing rule shows),
+a batch of 2 random images at the side in tests/torchvision_models.py, converted from one image.
+Usage: python -m benchmarks.bench_simulate [--max-params 30e6] [names ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from metaopt.graph import simulate, to_graph  # noqa: E402
+from metaopt.graph.simulate import unsupported_reasons  # noqa: E402
+from test_graph_simulate_conv import randomize_norms  # noqa: E402
+from torchvision_models import all_names, build, count_params, input_size, load_models  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*")
+    ap.add_argument("--max-params", type=float, default=30e6)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    tv = load_models()
+    names = args.names or [n for n in all_names(tv) if count_params(tv, n) <= args.max_params]
+    exact = 0
+    for name in names:
+        t = time.time()
+        torch.manual_seed(0)
+        model = randomize_norms(build(tv, name))
+        s = input_size(name)
+        x = torch.randn(2, 3, s, s)
+        g = to_graph(model, x[:1], cache=False)
+        why = unsupported_reasons(g)
+        if why:
+            print(f"| {name} | refused: {why[0]} |", flush=True)
+            continue
+        with torch.no_grad():
+            ref, out = model(x), simulate(g, g.params_to_edges(model), x, buffers=model)
+        err = float((out.reshape(ref.shape) - ref).norm() / ref.norm())
+        exact += err <= 1e-4
+        print(f"| {name} | rel err {err:.1e} ({time.time() - t:.1f} s) |", flush=True)
+    print(f"{exact} of {len(names)} reproduced to <= 1e-4", flush=True)
+
+
+if __name__ == "__main__":
+    main()

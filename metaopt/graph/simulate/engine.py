@@ -1,0 +1,189 @@
+"""The layer loop: every computed layer's neurons from the edges into it, in layer order.
+
+A neuron's value is a tensor [B, *S] (S: its spatial dims, () for dense neurons); a layer's values
+are kept together as [n, B, *S]. Each layer's value is the sum of what its edge rules (rules.py)
+contribute, then each neuron's activation. Neurons of an earlier layer are read through the op
+chain the consumer recorded (pooling, flatten, constants; chain.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..converters.grid import cell_weights
+from ..parameter_graph import ParameterGraph
+from ..schema import (EDGE_KPOS, EDGE_TYPE, NODE_ACTIVATION, NODE_LAYER, NODE_POSITION, NODE_TYPE, Activation,
+                      EdgeType, NodeType)
+from . import activations, chain
+from .rules import RULES, SUPPORTED_AUX, SUPPORTED_EDGES
+
+_SOURCE_TYPES = (NodeType.INPUT, NodeType.BIAS, NodeType.NORM, NodeType.GRID)  # not computed by a layer
+
+
+def unsupported_edge_types(graph: ParameterGraph) -> list[str]:
+    """Names of the graph's edge types `simulate` cannot run (empty: it can)."""
+    found = set(torch.unique(graph.edge_attr[:, EDGE_TYPE].long()).tolist()) - {int(t) for t in SUPPORTED_EDGES}
+    found |= set(torch.unique(graph.aux_edge_attr[:, EDGE_TYPE].long()).tolist()) - {int(t) for t in SUPPORTED_AUX}
+    return sorted(EdgeType(t).name for t in found)
+
+
+def unsupported_reasons(graph: ParameterGraph) -> list[str]:
+    """Why `simulate` cannot run this graph: edge types, then what its layer records say (empty: it can)."""
+    out = [f"edge type {n}" for n in unsupported_edge_types(graph)]
+    for rec in graph.layers:
+        where = f"layer '{rec['name']}' ({rec['kind']})"
+        out += [f"{where}: {why}" for why in rec.get("inexact", [])]
+        out += [f"{where} reads neurons through {op['why']}" for r in rec.get("reads", [])
+                for op in r["ops"] if op["op"] == "opaque"]
+    return out
+
+
+def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5,
+             buffers: Mapping[str, Tensor] | nn.Module | None = None) -> Tensor:
+    """The network's output on `x` with per-edge `values` [E], computed from the graph alone.
+
+    `x` is the model's input with the same layout as the conversion's example (any batch size):
+    [B, n_in] for dense nets, [B, C, *spatial] for conv nets, query points [B, d] for a feature
+    grid. `buffers` holds running statistics (BatchNorm in eval mode), by name as in
+    `model.named_buffers()` (or the model itself): they are values like the weights, not structure,
+    so they are passed beside `values`. `eps` is the norm epsilon for graphs that predate recorded
+    hyperparameters. Returns [B, n_out, *S] (the OUTPUT neurons in order).
+
+    Raises NotImplementedError naming the edge type, layer or op that no rule runs.
+    """
+    reasons = unsupported_reasons(graph)
+    if reasons:
+        raise NotImplementedError(f"simulate cannot run this graph: {reasons[0]}"
+                                  + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""))
+    if isinstance(buffers, nn.Module):
+        buffers = dict(buffers.named_buffers())
+    state = State(graph, values.to(x.dtype), x, eps, buffers or {})
+    return state.run()
+
+
+class State:
+    """Values computed so far, and the graph indexed by layer."""
+
+    def __init__(self, graph: ParameterGraph, values: Tensor, x: Tensor, eps: float, buffers: Mapping) -> None:
+        self.graph, self.values, self.x, self.eps, self.buffers = graph, values, x, eps, buffers
+        self.B = x.shape[0]
+        nx = graph.x
+        self.ntype, self.nlayer = nx[:, NODE_TYPE], nx[:, NODE_LAYER]
+        self.src, self.dst = graph.edge_index.long()
+        self.asrc, self.adst = graph.aux_edge_index.long()
+        self.etype = graph.edge_attr[:, EDGE_TYPE].long()
+        self.aux_type = graph.aux_edge_attr[:, EDGE_TYPE].long()
+        self.kpos = graph.edge_attr[:, EDGE_KPOS].long()
+        self.records = {rec["layer"]: rec for rec in graph.layers}
+        computed = ~torch.isin(self.ntype, torch.tensor([int(t) for t in _SOURCE_TYPES]))
+        inputs = self.ntype == NodeType.INPUT
+        self.computed = computed
+        # local index: rank of a node among its layer's computed (or input) nodes, by node id
+        self.local = torch.full((nx.shape[0],), -1, dtype=torch.long)
+        self.layer_nodes: dict[int, Tensor] = {}
+        keyed = computed | inputs
+        order = torch.argsort(self.nlayer[keyed] * nx.shape[0] + keyed.nonzero().squeeze(1))
+        ids = keyed.nonzero().squeeze(1)[order]
+        lay = self.nlayer[ids]
+        for lid, nodes in zip(*_groups(lay, ids)):
+            self.layer_nodes[lid] = nodes
+            self.local[nodes] = torch.arange(nodes.numel())
+        self.vals: dict[int, Tensor] = {}
+        self.grid_rows = torch.full((nx.shape[0],), -1, dtype=torch.long)
+        grid_nodes, grid_w = cell_weights(graph, x)
+        self.grid_vals = grid_w.to(x.dtype)
+        self.grid_rows[grid_nodes] = torch.arange(grid_nodes.numel())
+        self._inputs(nx, inputs)
+
+    def _inputs(self, nx: Tensor, inputs: Tensor) -> None:
+        """INPUT neurons: feature k of x (dim 1) is the input node at position k."""
+        nodes = inputs.nonzero().squeeze(1)
+        if not nodes.numel():
+            return
+        lid = int(self.nlayer[nodes[0]])
+        pos = nx[self.layer_nodes[lid], NODE_POSITION]
+        self.vals[lid] = self.x.movedim(1, 0)[pos]
+
+    def record(self, layer: int) -> dict:
+        return self.records.get(layer, {"name": f"layer {layer}", "kind": "?"})
+
+    def where(self, layer: int) -> str:
+        rec = self.record(layer)
+        return f"layer '{rec['name']}' ({rec['kind']})"
+
+    # ---- reading neurons ---------------------------------------------------------------------
+    def read(self, layer: int, nodes: Tensor) -> Tensor:
+        """Values [k, B, *S] of `nodes` as `layer` reads them (through its recorded op chains)."""
+        chains = {r["from"]: r["ops"] for r in self.record(layer).get("reads", [])}
+        parts, rows = [], []
+        grid = self.grid_rows[nodes] >= 0
+        if bool(grid.any()):
+            parts.append(self.grid_vals[self.grid_rows[nodes[grid]]])
+            rows.append(grid.nonzero().squeeze(1))
+        rest = (~grid).nonzero().squeeze(1)
+        for lid, idx in zip(*_groups(self.nlayer[nodes[rest]], rest)):
+            if lid not in self.vals:
+                bad = nodes[idx[0]]
+                raise NotImplementedError(f"simulate: {self.where(layer)} reads a "
+                                          f"{NodeType(int(self.ntype[bad])).name} node of "
+                                          f"{self.where(lid)}, which no rule computes")
+            v = self.vals[lid][self.local[nodes[idx]]]
+            parts.append(chain.apply(v, chains.get(lid, []), self.where(layer)))
+            rows.append(idx)
+        if len(parts) == 1:
+            return parts[0]
+        shape = torch.broadcast_shapes(*[p.shape[1:] for p in parts])
+        out = parts[0].new_empty(nodes.numel(), *shape)
+        for p, r in zip(parts, rows):
+            out[r] = p.expand(p.shape[0], *shape)
+        return out
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> Tensor:
+        e_layer = self.nlayer[self.dst]
+        a_layer = self.nlayer[self.adst] if self.adst.numel() else self.adst
+        e_order = torch.argsort(e_layer, stable=True)
+        a_order = torch.argsort(a_layer, stable=True)
+        e_groups = dict(zip(*_groups(e_layer[e_order], e_order)))
+        a_groups = dict(zip(*_groups(a_layer[a_order], a_order))) if self.adst.numel() else {}
+        empty = torch.zeros(0, dtype=torch.long)
+        for lid in sorted(k for k in self.layer_nodes if k not in self.vals):
+            nodes = self.layer_nodes[lid]
+            e, a = e_groups.get(lid, empty), a_groups.get(lid, empty)
+            parts = []
+            for rule in RULES:
+                parts += rule(self, lid, nodes, e, a)
+            shape = torch.broadcast_shapes(*[p.shape[1:] for _, p in parts]) if parts else (self.B,)
+            pre = self.x.new_zeros(nodes.numel(), *shape)
+            for rows, p in parts:  # per-neuron shapes broadcast right-aligned (a bias is a scalar)
+                p = p.view(p.shape[0], *([1] * (len(shape) - p.dim() + 1)), *p.shape[1:])
+                pre.index_add_(0, rows, p.expand(rows.numel(), *shape))
+            self.vals[lid] = self._activate(lid, nodes, pre)
+        out = (self.ntype == NodeType.OUTPUT).nonzero().squeeze(1)
+        out = out[self.graph.x[out, NODE_POSITION].argsort()]
+        reader = next((r["layer"] for r in self.graph.layers if r["kind"] == "output"), -1)
+        return self.read(reader, out).movedim(0, 1)  # through the output's op chain, if recorded
+
+    def _activate(self, lid: int, nodes: Tensor, pre: Tensor) -> Tensor:
+        codes = self.graph.x[nodes, NODE_ACTIVATION]
+        specs = self.record(lid).get("act_args", {})
+        for code in torch.unique(codes).tolist():
+            if code == 0:
+                continue
+            fn = activations.function(code, specs.get(Activation(code).name), self.where(lid))
+            sel = (codes == code).nonzero().squeeze(1)
+            pre[sel] = fn(pre[sel])
+        return pre
+
+
+def _groups(keys: Tensor, items: Tensor) -> tuple[list[int], list[Tensor]]:
+    """Split `items` by equal `keys` (keys sorted or not): (distinct keys, items of each)."""
+    if not keys.numel():
+        return [], []
+    order = torch.argsort(keys, stable=True)
+    k, it = keys[order], items[order]
+    uniq, counts = torch.unique_consecutive(k, return_counts=True)
+    return uniq.tolist(), list(torch.split(it, counts.tolist()))

@@ -1,0 +1,17 @@
+"""The edge rules simulate runs, one per edge family; a layer's value is the sum of their parts.
+
+A rule is `rule(state, layer, nodes, edges, aux_edges) -> [(rows, values [k, B, *S]), ...]`: it
+looks at the parameter / structural edges into `layer` that it owns and returns what they add to
+the layer's neurons (local `rows`). Adding a family means one file and one entry here.
+"""
+
+from __future__ import annotations
+
+from ..schema import EdgeType
+from . import conv, dense, norm
+
+RULES = [dense.weighted, dense.flat, dense.bias, dense.copies, dense.product, conv.conv, norm.normalise]
+
+SUPPORTED_EDGES = {EdgeType.LINEAR, EdgeType.LINEAR_FLAT, EdgeType.BIAS, EdgeType.GRID_FEATURE, EdgeType.CONV,
+                   EdgeType.NORM_WEIGHT, EdgeType.NORM_BIAS}
+SUPPORTED_AUX = {EdgeType.RESIDUAL, EdgeType.ACT_IN, EdgeType.PRODUCT_IN, EdgeType.NORM_IN}
