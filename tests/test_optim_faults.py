@@ -54,6 +54,19 @@ def test_non_finite_gradient_skips_the_whole_step(bad):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_the_finite_check_leaves_gradients_bit_identical():
+    """The fused NaN/Inf check (GradScaler's, with scale 1.0) must not change a gradient a user reads."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = GMNOptimizer(model, rule="default")
+    _backward(model, *_data())
+    model[0].weight.grad[0, 0] = 1e-45  # a subnormal survives too
+    before = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
+    assert opt.skipped_steps == 0
+
+
 def _reference_run(model, graph, rule, data, steps, lr, betas, eps, wd):
     """Independent re-computation of the lr-scale rule from its definition (flat, edge order):
     Adam's moments every step; on steps 1, k+1, 2k+1, ... the scale s = exp(bound * tanh(alpha * d))
