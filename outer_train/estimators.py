@@ -7,26 +7,37 @@ in `ESTIMATORS`; adding an estimator is one class and one `register_estimator` l
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from torch import Tensor
 
 from metaopt.optim import UpdateRule
 
 from .config import TrainConfig
-from .pes import NUM_PARTICLES, pes_gradient
+from .pes import NUM_PARTICLES, PESState, pes_gradient
 from .tasks import TaskGroup
 from .tbptt import TruncationResult, tbptt_gradient
 
 
 class GradientEstimator(Protocol):
-    """Turns one truncation of every group into (one gradient per rule parameter, the truncation's result)."""
+    """Turns one truncation of every group into (one gradient per rule parameter, the truncation's result).
+
+    Whatever an estimator keeps across truncations (PES's accumulated perturbations) is its own
+    state: such an estimator also defines ``state_dict() -> dict`` and ``load_state_dict(dict)``,
+    and the run's checkpoints save and restore it. A stateless estimator defines neither.
+    """
 
     num_particles: int
 
     def gradient(
         self, rule: UpdateRule, groups: list[TaskGroup], graph_inputs, record_ratio: bool
     ) -> tuple[list[Tensor], TruncationResult]: ...
+
+
+def estimator_state(estimator: GradientEstimator) -> dict[str, Any]:
+    """The estimator's checkpointable state ({} for a stateless one)."""
+    save = getattr(estimator, "state_dict", None)
+    return save() if save is not None else {}
 
 
 ESTIMATORS: dict[str, Callable[[TrainConfig], GradientEstimator]] = {}
@@ -67,8 +78,15 @@ class PES:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.state = PESState()
 
     def gradient(self, rule, groups, graph_inputs, record_ratio):
         c = self.cfg
-        return pes_gradient(rule, groups, graph_inputs, c.tasks.truncation, c.estimator.pes_sigma,
+        return pes_gradient(rule, self.state, groups, graph_inputs, c.tasks.truncation, c.estimator.pes_sigma,
                             meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.load_state_dict(state)

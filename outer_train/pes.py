@@ -5,7 +5,8 @@ Each group keeps two particles, run with rule parameters ``theta + eps`` and ``t
 each particle). ``xi`` accumulates the perturbations a group's particles have seen since its
 task started; the unbiased estimate of the gradient of the whole unroll's meta-loss is
 ``mean_g xi_g * (L+_g - L-_g) / (2 sigma^2)``. No autograd graph is kept: memory is constant in
-the unroll length.
+the unroll length. The ``xi`` are the estimator's own state (`PESState`, checkpointed with it),
+keyed by each group's `TaskGroup.key`, so a new task starts from zero.
 """
 
 from __future__ import annotations
@@ -30,9 +31,29 @@ def _unflatten(rule: UpdateRule, flat: Tensor) -> dict[str, Tensor]:
     return out
 
 
+class PESState:
+    """The accumulated perturbation ``xi`` of every live task group, by `TaskGroup.key`."""
+
+    def __init__(self) -> None:
+        self.xi: dict[str, Tensor] = {}
+
+    def accumulate(self, groups: list[TaskGroup], eps: Tensor) -> list[Tensor]:
+        """Add this truncation's ``eps`` to each group's ``xi`` (zero for a new task); drop finished tasks."""
+        live = {g.key: self.xi.get(g.key, torch.zeros_like(eps)) + eps for g in groups}
+        self.xi = live
+        return [live[g.key] for g in groups]
+
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        return {"xi": {k: v.clone() for k, v in self.xi.items()}}
+
+    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
+        self.xi = {k: v.clone() for k, v in state["xi"].items()}
+
+
 @torch.no_grad()
 def pes_gradient(
     rule: UpdateRule,
+    state: PESState,
     groups: list[TaskGroup],
     graph_inputs,
     steps: int,
@@ -46,20 +67,17 @@ def pes_gradient(
     """PES meta-gradient (one tensor per rule parameter) from one truncation of both particles."""
     theta = parameters_to_vector(rule.parameters()).detach()
     eps = torch.randn(theta.shape, generator=generator) * sigma
-    for group in groups:
-        if group.pes_xi is None:
-            group.pes_xi = torch.zeros_like(theta)
-        group.pes_xi += eps
+    xis = state.accumulate(groups, eps)
     plus = unroll_truncation(
         rule, groups, graph_inputs, steps, particle=0, rule_params=_unflatten(rule, theta + eps),
-        meta_loss=meta_loss, vmap=vmap, record_ratio=record_ratio, advance=True,
+        meta_loss=meta_loss, vmap=vmap, record_ratio=record_ratio,
     )
     minus = unroll_truncation(
         rule, groups, graph_inputs, steps, particle=1, rule_params=_unflatten(rule, theta - eps),
-        meta_loss=meta_loss, vmap=vmap, advance=False,
+        meta_loss=meta_loss, vmap=vmap, replay=plus.batches,
     )
     diffs = [a - b for a, b in zip(plus.group_losses, minus.group_losses)]
-    grad = torch.stack([g.pes_xi * d for g, d in zip(groups, diffs)]).mean(0) / (2 * sigma**2)
+    grad = torch.stack([xi * d for xi, d in zip(xis, diffs)]).mean(0) / (2 * sigma**2)
     result = TruncationResult(
         torch.tensor((sum(plus.group_losses) + sum(minus.group_losses)) / (2 * len(groups))),
         [(a + b) / 2 for a, b in zip(plus.group_losses, minus.group_losses)],

@@ -112,10 +112,8 @@ class TaskGroup:
     eps: float = 1e-8
     weight_decay: float = 0.0
     permuted: int = 0
-    pes_xi: Tensor | None = None  # PES: accumulated perturbation since the task started
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
-    _replay: list[Any] = field(default_factory=list)  # this truncation's batches, for PES's second particle
     _val: Any = None
 
     # ---- construction ----------------------------------------------------------------------
@@ -221,6 +219,13 @@ class TaskGroup:
         return Hyper(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay)
 
     @property
+    def key(self) -> str:
+        """Identifies this trajectory (architecture, inits, horizon, lr): what estimator state is keyed by."""
+        # A group over a spec-less task (tests' hand-built tasks) is never checkpointed: its object id will do.
+        arch = self.spec.name if self.spec is not None else f"task@{id(self.task):x}"
+        return f"{arch}|{self.member_seeds}|{self.horizon}|{self.lr!r}"
+
+    @property
     def done(self) -> bool:
         return self.step >= self.horizon
 
@@ -239,7 +244,6 @@ class TaskGroup:
             "permuted": self.permuted,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()}} for s in self.states],
-            "pes_xi": None if self.pes_xi is None else self.pes_xi.clone(),
             "pending": self.pending,
         }
 
@@ -263,7 +267,6 @@ class TaskGroup:
             OptState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["lr_scale"].clone(), int(s["step"]))
             for s in state["states"]
         ]
-        group.pes_xi = None if state["pes_xi"] is None else state["pes_xi"].clone()
         group.pending = state.get("pending")
         return group
 

@@ -10,6 +10,7 @@ update (and through the inner gradients too with ``second_order``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ class TruncationResult:
     inner_steps: int
     update_ratio: Tensor | None
     last_losses: list[float]
+    batches: list[list[Any]] | None = None  # per step (and the tail), per group: what the truncation used
 
 
 def detach_groups(groups: list[TaskGroup]) -> None:
@@ -51,17 +53,20 @@ def unroll_truncation(
     meta_loss: str = "train",
     vmap: bool = True,
     record_ratio: bool = False,
-    advance: bool = True,
+    replay: list[list[Any]] | None = None,
 ) -> TruncationResult:
     """Run ``steps`` inner steps of one particle of every group; returns the truncation's meta-loss.
 
-    ``advance=False`` leaves the groups' step counters and batches for another particle to reuse.
+    Without ``replay`` the groups draw their batches and advance (step counters, batch streams);
+    the result's ``batches`` are what was drawn. ``replay=<an earlier result's batches>`` runs
+    another particle on exactly those batches and leaves the groups' counters alone (PES).
     """
+    advance = replay is None
     per_group: list[list[Tensor]] = [[] for _ in groups]
     ratio = None
     batches_by_step = []
     for t in range(steps):
-        batches = [g.next_batches() if advance else g._replay[t] for g in groups]
+        batches = [g.next_batches() for g in groups] if advance else replay[t]
         batches_by_step.append(batches)
         rec = inner_step(
             rule, groups, graph_inputs, particle, batches,
@@ -76,14 +81,13 @@ def unroll_truncation(
             elif t > 0:  # L(p_0) does not depend on the rule
                 per_group[g].append(rec.losses[g])
     if meta_loss == "train":
-        tail = [g.peek_batches() if advance else g._replay[steps] for g in groups]
+        tail = [g.peek_batches() for g in groups] if advance else replay[steps]
         batches_by_step.append(tail)
         for g, loss in enumerate(final_losses(groups, particle, tail)):
             per_group[g].append(loss)
     if advance:
-        for g, group in enumerate(groups):
+        for group in groups:
             group.step += steps
-            group._replay = [b[g] for b in batches_by_step]
     group_losses = [truncation_meta_loss(ls) for ls in per_group]
     total = torch.stack(group_losses).mean()
     return TruncationResult(
@@ -92,6 +96,7 @@ def unroll_truncation(
         steps * sum(len(g.member_seeds) for g in groups),
         ratio,
         [float(ls[-1].detach().mean()) for ls in per_group],
+        batches_by_step,
     )
 
 

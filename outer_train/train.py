@@ -26,7 +26,7 @@ from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .logging import RunLogger
-from .estimators import ESTIMATORS
+from .estimators import ESTIMATORS, estimator_state
 from .tasks import TaskGroup, TaskSampler
 from .unroll import batched_graph
 
@@ -158,6 +158,7 @@ class MetaTrainer:
             "rng": ckpt.rng_state(),
             "sampler": self.sampler.state_dict(),
             "groups": [g.state_dict() for g in self.groups],
+            "estimator": estimator_state(self.estimator),
             "counters": dict(self.counters),
         }
         ckpt.save_rank(self.ckpt_dir, self.step, self.rank, rank_payload)
@@ -185,6 +186,11 @@ class MetaTrainer:
         self.step = int(main["step"])
         self.sampler.load_state_dict(mine["sampler"])
         self.groups = [TaskGroup.from_state_dict(s) for s in mine["groups"]]
+        if mine.get("estimator"):
+            self.estimator.load_state_dict(mine["estimator"])
+        elif any(s.get("pes_xi") is not None for s in mine["groups"]):  # checkpoints before metaopt 0.3
+            self.estimator.load_state_dict({"xi": {g.key: s["pes_xi"] for g, s in zip(self.groups, mine["groups"])
+                                                   if s.get("pes_xi") is not None}})
         self.counters = dict(mine["counters"])
         self.graph_inputs = batched_graph(self.rule, self.groups) if self.groups else None
         ckpt.set_rng_state(mine["rng"])

@@ -70,12 +70,15 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_in_process_resume_is_bit_exact(tmp_path: Path) -> None:
-    """The fast check of the same property: 4 straight steps == 2 steps, checkpoint, new trainer, 2 steps."""
+    """The fast check of the same property: 4 straight steps == 2 steps, checkpoint, new trainer, 2 steps.
+
+    Trajectories of 4 truncations: the checkpoint falls inside them, so PES's accumulated
+    perturbations (the estimator's state) must come back too."""
     from outer_train.config import resolve
     from outer_train.train import MetaTrainer
 
-    sets = ['tasks.families=["teacher_student"]', "tasks.max_params=300", "tasks.groups=2", "tasks.unroll_min=10",
-            "tasks.unroll_max=10", "tasks.truncation=5", "rule.refresh_every=5", "rule.hidden=4", "threads=1",
+    sets = ['tasks.families=["teacher_student"]', "tasks.max_params=300", "tasks.groups=2", "tasks.unroll_min=20",
+            "tasks.unroll_max=20", "tasks.truncation=5", "rule.refresh_every=5", "rule.hidden=4", "threads=1",
             "estimator.kind=pes"]
     a = MetaTrainer(resolve("quick", None, sets + [f'out_dir="{tmp_path}"', 'name="a"']))
     ma = [a.meta_step() for _ in range(4)]
@@ -84,6 +87,7 @@ def test_in_process_resume_is_bit_exact(tmp_path: Path) -> None:
     b.save_checkpoint()
     c = MetaTrainer(resolve("quick", None, sets + [f'out_dir="{tmp_path}"', 'name="b"']))
     assert c.try_resume() == 2
+    assert c.estimator.state.xi and all(torch.equal(c.estimator.state.xi[k], v) for k, v in b.estimator.state.xi.items())
     mb += [c.meta_step() for _ in range(2)]
     for x, y in zip(ma, mb):
         assert all(x[k] == y[k] for k in DETERMINISTIC), (x, y)

@@ -14,7 +14,7 @@ from metaopt.optim import RuleConfig, UpdateRule
 from outer_train import estimators
 from outer_train.__main__ import main
 from outer_train.config import ConfigError, resolve
-from outer_train.pes import pes_gradient
+from outer_train.pes import PESState, pes_gradient
 from outer_train.tasks import TaskGroup, TaskSampler
 from outer_train.tbptt import tbptt_gradient, unroll_truncation
 from outer_train.train import MetaTrainer, MetaTrainingError, train
@@ -64,12 +64,35 @@ def test_pes_estimate_is_unbiased_for_the_true_gradient_on_a_quadratic() -> None
     gen = torch.Generator().manual_seed(0)
     ratios = []
     for _ in range(40):
-        est = _flat(pes_gradient(rule, make(2), graph, 3, 1e-3, generator=gen)[0])
+        est = _flat(pes_gradient(rule, PESState(), make(2), graph, 3, 1e-3, generator=gen)[0])
         ratios.append(float(est @ true) / float(true @ true))
     mean = sum(ratios) / len(ratios)
     # E[g_pes . g] = |g|^2 (unbiased); one draw has relative std ~sqrt(2), 40 draws ~0.22.
     print(f"PES projection ratio {mean:.3f}")
     assert 0.5 < mean < 1.5, mean
+
+
+def test_pes_accumulates_perturbations_per_trajectory_and_starts_new_ones_from_zero() -> None:
+    """xi is the estimator's state: the sum of the eps a trajectory saw; a new task's xi is its first eps."""
+    task = quadratic_task()
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, layers=0, alpha=0.2, refresh_every=1))
+    first = TaskGroup.from_task(task, [0], 20, 0.05, num_particles=2)
+    graph = batched_graph(rule, [first])
+    state = PESState()
+    eps = []
+    for seed in range(2):
+        gen = torch.Generator().manual_seed(seed)
+        eps.append(torch.randn(sum(p.numel() for p in rule.parameters()), generator=gen) * 1e-3)
+        pes_gradient(rule, state, [first], graph, 3, 1e-3, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(state.xi[first.key], eps[0] + eps[1])
+    assert first.step == 6  # both particles ran 3 steps per truncation; the group advanced once per truncation
+    second = TaskGroup.from_task(task, [1], 20, 0.05, num_particles=2)
+    pes_gradient(rule, state, [second], graph, 3, 1e-3, generator=torch.Generator().manual_seed(2))
+    assert list(state.xi) == [second.key]  # the finished trajectory's xi is dropped
+    torch.testing.assert_close(state.xi[second.key], torch.randn(eps[0].shape, generator=torch.Generator().manual_seed(2)) * 1e-3)
+    restored = PESState()
+    restored.load_state_dict(state.state_dict())
+    assert torch.equal(restored.xi[second.key], state.xi[second.key])
 
 
 def test_a_few_meta_steps_lower_the_meta_loss(tmp_path: Path) -> None:
