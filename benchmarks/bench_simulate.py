@@ -34,7 +34,7 @@ def main() -> None:
     for name in names:
         t = time.time()
         torch.manual_seed(0)
-        model = randomize_norms(build(tv, name))
+        model = randomize_norms(build(tv, name), zeros=True)
         s = input_size(name)
         x = torch.randn(2, 3, s, s)
         g = to_graph(model, x[:1], cache=False)

@@ -151,12 +151,26 @@ def merge_ops(ctx: ConversionContext, maps: list) -> dict | None:
     return {p: c for p, c in out.items() if c} or None
 
 
-def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: int) -> dict | None:
-    """What a shape op did to each neuron's value (None: nothing), read off the rest probe."""
+def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: int,
+                 candidate: dict | None = None) -> dict | None:
+    """What a shape op did to each neuron's value (None: nothing), read off the rest probe.
+
+    `candidate` is the op's own per-neuron record (op_records.per_node_op): kept when replaying it
+    on the positions of the input reproduces the rest probe exactly.
+    """
     out_shape = [s for d, s in enumerate(q.shape) if d != j]
     in_node = [s for d, s in enumerate(in_shape) if d != m.dim]
     r_sel = r.select(j, 0).reshape(-1).long() if q.ndim else r.reshape(-1).long()
     if r_sel.numel() != math.prod(in_node) or not torch.equal(r_sel, torch.arange(r_sel.numel())):
+        if candidate is not None and m.pos is None:
+            probe = torch.arange(math.prod(in_node)).view(1, *in_node)
+            try:
+                got = op_records.apply_shape(probe, candidate)[0]
+            except (IndexError, RuntimeError, TypeError):
+                got = None
+            want = r.select(j, 0).long() if q.ndim else r.long()
+            if got is not None and tuple(got.shape) == tuple(want.shape) and torch.equal(got, want):
+                return candidate
         return op_records.opaque("a shape op that reorders, slices or repeats positions within neurons")
     if out_shape == in_node:
         return None
@@ -184,7 +198,8 @@ def probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
     return feat, rest
 
 
-def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor) -> Any:
+def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor,
+                   candidate: dict | None = None) -> Any:
     """The dataflow value of a shape op's output, read off its feature probe `q` and rest probe `r`.
 
     `m` is the input's NeuronMap and `in_shape` the input's real shape; `q`, `r` are the op applied
@@ -199,7 +214,7 @@ def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q
             return CONST
         keep = m.dim - (len(in_shape) - q.ndim) if q.ndim < len(in_shape) else m.dim
         d = keep if keep in ones else ones[-1]
-        return with_op(ctx, NeuronMap(m.nodes, d, m.pos, q.ndim, m.ops), _per_node_op(m, in_shape, q, r, d))
+        return with_op(ctx, NeuronMap(m.nodes, d, m.pos, q.ndim, m.ops), _per_node_op(m, in_shape, q, r, d, candidate))
     varying = [d for d in range(q.ndim) if q.shape[d] > 1 and bool((q.amax(d) != q.amin(d)).any())]
     if not varying:
         return CONST  # one feature selected: its neuron identity no longer spans a dimension
@@ -214,7 +229,7 @@ def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q
     pos = m.pos[feat] if m.pos is not None else None
     if not bool((rest != rest[0]).any()):
         out = NeuronMap(nodes, j, pos, q.ndim, m.ops)
-        return with_op(ctx, out, _per_node_op(m, in_shape, q, r, j))
+        return with_op(ctx, out, _per_node_op(m, in_shape, q, r, j, candidate))
     # other dims were merged into the feature dim: flatten
     if pos is not None:
         ctx.fail("flattening an already flattened feature map is not supported")
@@ -279,7 +294,9 @@ def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     qs, rs = call(feat, args[1:], kwargs), call(rest, args[1:], kwargs)
     if isinstance(qs, (tuple, list)):
         return type(qs)(map_from_probe(w.ctx, x, real.shape, q, r) for q, r in zip(qs, rs))
-    return map_from_probe(w.ctx, x, real.shape, qs, rs)
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    candidate = op_records.per_node_op(name, real.ndim, x.dim, tuple(args[1:]), kwargs)
+    return map_from_probe(w.ctx, x, real.shape, qs, rs, candidate)
 
 
 def _caller(n) -> Callable:
@@ -451,6 +468,23 @@ def param_rows(w: "DataflowWalker", m: NeuronMap, p: ParamRef, real_p: Tensor, o
     return elements, elements // K, elements % K
 
 
+def table_shape(p: ParamRef, shape: torch.Size, fdim: int) -> list[int] | None:
+    """Per-neuron shape of parameter table `p` used whole, broadcast into a tensor of `shape` with
+    features along its last dim `fdim` (row r of the table = flat index over the parameter's
+    other dims); None for any other layout (a slice, a gather, features elsewhere)."""
+    param = p.param
+    if fdim != len(shape) - 1 or param.dim() > len(shape) or param.dim() == 0:
+        return None
+    ident = torch.arange(param.numel()).view(param.shape)
+    try:
+        ok = torch.equal(p.index.expand(shape), ident.expand(shape))
+    except RuntimeError:
+        return None
+    if not ok:
+        return None
+    return [1] * (len(shape) - param.dim()) + [int(s) for s in param.shape[:-1]]
+
+
 def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Tensor, result: Tensor,
                   kind: str) -> NeuronMap:
     """neurons + parameter (positional table, functional bias) or neurons * parameter (scale)."""
@@ -468,12 +502,23 @@ def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Ten
         w.ctx.note_read(m)
         layer = w.ctx.new_layer(name, "param_add")
         target = m
-        if m.ops and not (w.reused(n.args[0]) or w.reused(n.args[1])):  # edges land on the producers
-            w.ctx.builder.mark_inexact(list(m.ops), f"parameter {name} is added after a parameter-free op")
-        if w.reused(n.args[0]) or w.reused(n.args[1]):
+        reused = w.reused(n.args[0]) or w.reused(n.args[1])
+        rows_shape = table_shape(p, result.shape, m.dim)
+        # edges land on the producers' neurons: added by the readers' op chains, after the
+        # producers' own ops and activation (a bias straight on un-activated neurons stays theirs)
+        deferred = not reused and (n_rows > 1 or bool(m.ops) or w.has_activation(m.nodes))
+        if rows_shape is not None:
+            w.ctx.set_layer_op(layer, {"rows_shape": rows_shape, "deferred": deferred})
+        if deferred and rows_shape is None:
+            w.ctx.builder.mark_inexact(w.ctx.builder.node_layers(m.nodes),
+                                       f"parameter {name} is added after a parameter-free op, in a layout "
+                                       f"simulate does not replay")
+        if reused:
             new = w.ctx.add_nodes(m.size, NodeType.SUM, layer)
             w.ctx.add_aux_edges(m.nodes, new, EdgeType.RESIDUAL, layer)
             target = NeuronMap(new, m.dim, m.pos, m.ndim)
+        elif deferred and rows_shape is not None:
+            target = with_op(w.ctx, m, {"op": "param_add", "layer": layer})
         if n_rows == 1:
             src = torch.full_like(elements, w.ctx.bias_node(layer))
             etype = EdgeType.BIAS
@@ -584,21 +629,40 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
         for m in maps:
             w.ctx.add_aux_edges(m.nodes, new, EdgeType.RESIDUAL, layer)
         out = NeuronMap(new, fdim, ref.pos, result.ndim)
+    # the per-neuron record of the concatenation (simulate): the neurons' value with the tables
+    record: list | None = [] if not distinct and not stack and len(maps) == 1 else None
     for p, r in zip(parts, reals):
         if isinstance(p, ParamRef):  # class token / register tokens concatenated into the sequence
             m = out.moved(ref.dim, r.ndim) if not stack else out
             layout = param_rows(w, m, p, r, r.shape)
             if layout is None:
                 w.unclaimed_use([p], n)
+                record = None
                 continue
             elements, rows, feats = layout
             name = w.ctx.builder.param_name(p.param)
             layer = w.ctx.new_layer(name, "param_cat")
+            rows_shape = table_shape(p, r.shape, m.dim)
+            if rows_shape is None or record is None:
+                record = None
+            else:
+                w.ctx.set_layer_op(layer, {"rows_shape": rows_shape, "deferred": True})
+                record.append({"layer": layer})
             n_rows = int(rows.max()) + 1
             src = w.ctx.add_nodes(n_rows, NodeType.PARAM_SOURCE, layer, torch.arange(n_rows))
             w.ctx.add_param_edges(p.param, src[rows], out.nodes[feats], EdgeType.PARAM_CAT, layer)
         elif isinstance(p, Unassigned):
             w.ctx.fail("concatenates a raw input with neurons along a non-feature dim")
+        elif isinstance(p, NeuronMap) and record is not None:
+            record.append({"neurons": True})
+        elif record is not None:
+            record = None  # a constant tensor part
+    if any(isinstance(p, ParamRef) for p in parts):
+        op = ({"op": "param_cat", "dim": dim - (dim > fdim), "parts": record} if record is not None else
+              op_records.opaque("a concatenation along a non-feature dim that simulate does not replay"))
+        out = with_op(w.ctx, out, op)
+    elif record is not None and len(parts) > 1:  # neurons with constants along tokens
+        out = with_op(w.ctx, out, op_records.opaque("a concatenation along a non-feature dim"))
     return out
 
 

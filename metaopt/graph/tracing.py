@@ -173,7 +173,10 @@ class DataflowWalker(fx.Interpreter):
         if n.op == "placeholder":
             if self.inputs is not None:  # the body of an inlined function: the caller's values
                 return next(self.inputs)
-            return Unassigned(result.ndim, NodeType.INPUT) if isinstance(result, Tensor) else result
+            if isinstance(result, Tensor):
+                self.ctx.builder.note_model_input()
+                return Unassigned(result.ndim, NodeType.INPUT)
+            return result
         if n.op == "get_attr":
             return self._get_attr(result)
         if n.op == "call_module":
@@ -394,8 +397,15 @@ def _walk(model: nn.Module, call: ExampleCall, strict: bool, on_meta: bool) -> t
     out_maps = [v for v in ops.flatten_values(walker.values[out_node]) if isinstance(v, NeuronMap)]
     if out_maps:
         builder.mark_outputs(torch.cat([m.nodes for m in out_maps]))
-        if any(m.ops for m in out_maps):  # the output is read through ops too (pool + flatten last)
-            builder.note_reads(builder.new_layer("<output>", "output"), ops.merge_ops(walker.ctx, out_maps))
+        dims = {m.dim for m in out_maps}
+        late = max(dims) >= 2  # features after the batch and another dim ([B, tokens, C]): recorded
+        if any(m.ops for m in out_maps) or late:  # the output is read through ops too (pool + flatten last)
+            lid = builder.new_layer("<output>", "output")
+            builder.note_reads(lid, ops.merge_ops(walker.ctx, out_maps))
+            if late and len(dims) == 1:
+                builder.set_layer_op(lid, {"feature_dim": dims.pop()})
+            elif late:
+                builder.mark_inexact([lid], "outputs with features along different dims")
     return builder, walker
 
 

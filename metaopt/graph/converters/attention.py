@@ -30,13 +30,18 @@ from .norm import last_dims_norm
 
 
 def multihead_attention(ctx: ConversionContext, name: str, m: nn.MultiheadAttention,
-                        q: Any, k: Any, v: Any, ndim: int) -> NeuronMap:
+                        q: Any, k: Any, v: Any, ndim: int, mask: str | None = None) -> NeuronMap:
+    """`mask` names a mask the call passed (masks are not recorded: simulate refuses the layer)."""
     E, H = m.embed_dim, m.num_heads
     D = E // H
     qm = ctx.input_map(q, -1, E, ndim)
     km = ctx.input_map(k, -1, m.kdim, ndim)
     vm = ctx.input_map(v, -1, m.vdim, ndim)
     layer = ctx.new_layer(name, "multihead_attention")
+    ctx.set_layer_op(layer, {"batch_first": bool(m.batch_first), "batched": ndim == 3, "num_heads": int(H),
+                             "add_zero_attn": bool(m.add_zero_attn)})
+    if mask is not None:
+        ctx.builder.mark_inexact([layer], f"attention called with {mask} (masks are not recorded)")
     qn = ctx.add_nodes(E, NodeType.QUERY, layer)
     kn = ctx.add_nodes(E, NodeType.KEY, layer)
     vn = ctx.add_nodes(E, NodeType.VALUE, layer)
@@ -69,17 +74,31 @@ def _arg(ctx: ConversionContext, inputs: list, i: int, key: str) -> Any:
     return inputs[i] if len(inputs) > i else ctx.kwargs.get(key)
 
 
+def _mask(ctx: ConversionContext, start: int) -> str | None:
+    """The name of a mask (a tensor argument from position `start` on, or a `*mask*` keyword) or
+    causal flag the call passes, else None."""
+    for i, a in enumerate(ctx.args[start:]):
+        if isinstance(a, Tensor):
+            return f"a mask (argument {start + i})"
+    for key, a in ctx.real_kwargs.items():
+        if isinstance(a, Tensor) or ("causal" in key and a):
+            return f"'{key}'"
+    return None
+
+
 @register_converter(nn.MultiheadAttention)
 def _mha_module(ctx: ConversionContext, m: nn.MultiheadAttention, inputs: list, name: str):
     q, k, v = (_arg(ctx, inputs, i, key) for i, key in enumerate(("query", "key", "value")))
     ndim = ctx.args[0].ndim if ctx.args else ctx.ndim_of(q, 3)
-    return multihead_attention(ctx, name, m, q, k, v, ndim), CONST
+    return multihead_attention(ctx, name, m, q, k, v, ndim, _mask(ctx, 3)), CONST
 
 
 # ---- transformer blocks ---------------------------------------------------------------------------
 
 def residual_sum(ctx: ConversionContext, name: str, a: NeuronMap, b: NeuronMap) -> NeuronMap:
     """a + b as new SUM neurons with structural RESIDUAL edges from both operands."""
+    ctx.note_read(a)  # each operand through its op chain (a patch embedding's flatten, a class token)
+    ctx.note_read(b)
     layer = ctx.new_layer(name, "residual_add")
     new = ctx.add_nodes(a.size, NodeType.SUM, layer)
     ctx.add_aux_edges(a.nodes, new, EdgeType.RESIDUAL, layer)
@@ -96,8 +115,8 @@ def _activation_of(fn: Any) -> Activation:
 class _Block:
     """Helpers binding one transformer layer's submodules to the context."""
 
-    def __init__(self, ctx: ConversionContext, m: nn.Module, name: str, ndim: int) -> None:
-        self.ctx, self.m, self.name, self.ndim = ctx, m, name, ndim
+    def __init__(self, ctx: ConversionContext, m: nn.Module, name: str, ndim: int, mask: str | None = None) -> None:
+        self.ctx, self.m, self.name, self.ndim, self.mask = ctx, m, name, ndim, mask
 
     def norm(self, attr: str, x: NeuronMap) -> NeuronMap:
         n = getattr(self.m, attr)
@@ -105,11 +124,12 @@ class _Block:
         bias = ParamRef.of(n.bias) if getattr(n, "bias", None) is not None else None
         kind = "rmsnorm" if type(n).__name__ == "RMSNorm" else "layernorm"
         return last_dims_norm(self.ctx, f"{self.name}.{attr}", x, tuple(n.normalized_shape), weight, bias,
-                              self.ndim, kind)
+                              self.ndim, kind, getattr(n, "eps", 1e-5))
 
     def attn(self, attr: str, x: NeuronMap, mem: NeuronMap | None = None) -> NeuronMap:
         src = x if mem is None else mem
-        return multihead_attention(self.ctx, f"{self.name}.{attr}", getattr(self.m, attr), x, src, src, self.ndim)
+        return multihead_attention(self.ctx, f"{self.name}.{attr}", getattr(self.m, attr), x, src, src, self.ndim,
+                                   self.mask)
 
     def ff(self, x: NeuronMap) -> NeuronMap:
         h = linear(self.ctx, f"{self.name}.linear1", x, ParamRef.of(self.m.linear1.weight),
@@ -122,8 +142,9 @@ class _Block:
         return residual_sum(self.ctx, f"{self.name}.{tag}", x, y)
 
 
-def encoder_layer(ctx: ConversionContext, m: nn.TransformerEncoderLayer, x: Any, name: str, ndim: int) -> NeuronMap:
-    b = _Block(ctx, m, name, ndim)
+def encoder_layer(ctx: ConversionContext, m: nn.TransformerEncoderLayer, x: Any, name: str, ndim: int,
+                  mask: str | None = None) -> NeuronMap:
+    b = _Block(ctx, m, name, ndim, mask)
     x = ctx.input_map(x, -1, m.self_attn.embed_dim, ndim)
     if m.norm_first:
         x = b.add(x, b.attn("self_attn", b.norm("norm1", x)), "add1")
@@ -133,8 +154,8 @@ def encoder_layer(ctx: ConversionContext, m: nn.TransformerEncoderLayer, x: Any,
 
 
 def decoder_layer(ctx: ConversionContext, m: nn.TransformerDecoderLayer, x: Any, memory: Any, name: str,
-                  ndim: int) -> NeuronMap:
-    b = _Block(ctx, m, name, ndim)
+                  ndim: int, mask: str | None = None) -> NeuronMap:
+    b = _Block(ctx, m, name, ndim, mask)
     E = m.self_attn.embed_dim
     x = ctx.input_map(x, -1, E, ndim)
     mem = ctx.input_map(memory, -1, E, ndim)
@@ -159,42 +180,45 @@ def _ndim(ctx: ConversionContext) -> int:
 
 @register_converter(nn.TransformerEncoderLayer)
 def _encoder_layer(ctx, m, inputs, name):
-    return encoder_layer(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx))
+    return encoder_layer(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx), _mask(ctx, 1))
 
 
 @register_converter(nn.TransformerDecoderLayer)
 def _decoder_layer(ctx, m, inputs, name):
-    return decoder_layer(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx))
+    return decoder_layer(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx),
+                         _mask(ctx, 2))
 
 
-def _encoder_stack(ctx: ConversionContext, m: nn.TransformerEncoder, x: Any, name: str, ndim: int) -> NeuronMap:
+def _encoder_stack(ctx: ConversionContext, m: nn.TransformerEncoder, x: Any, name: str, ndim: int,
+                   mask: str | None = None) -> NeuronMap:
     for i, layer in enumerate(m.layers):
-        x = encoder_layer(ctx, layer, x, f"{name}.layers.{i}", ndim)
+        x = encoder_layer(ctx, layer, x, f"{name}.layers.{i}", ndim, mask)
     return _final_norm(ctx, m, x, name, ndim)
 
 
 def _decoder_stack(ctx: ConversionContext, m: nn.TransformerDecoder, x: Any, memory: Any, name: str,
-                   ndim: int) -> NeuronMap:
+                   ndim: int, mask: str | None = None) -> NeuronMap:
     for i, layer in enumerate(m.layers):
-        x = decoder_layer(ctx, layer, x, memory, f"{name}.layers.{i}", ndim)
+        x = decoder_layer(ctx, layer, x, memory, f"{name}.layers.{i}", ndim, mask)
     return _final_norm(ctx, m, x, name, ndim)
 
 
 @register_converter(nn.TransformerEncoder)
 def _encoder(ctx, m, inputs, name):
-    return _encoder_stack(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx))
+    return _encoder_stack(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx), _mask(ctx, 1))
 
 
 @register_converter(nn.TransformerDecoder)
 def _decoder(ctx, m, inputs, name):
-    return _decoder_stack(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx))
+    return _decoder_stack(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx),
+                          _mask(ctx, 2))
 
 
 @register_converter(nn.Transformer)
 def _transformer(ctx, m, inputs, name):
-    ndim = _ndim(ctx)
-    memory = _encoder_stack(ctx, m.encoder, _arg(ctx, inputs, 0, "src"), f"{name}.encoder", ndim)
-    return _decoder_stack(ctx, m.decoder, _arg(ctx, inputs, 1, "tgt"), memory, f"{name}.decoder", ndim)
+    ndim, mask = _ndim(ctx), _mask(ctx, 2)
+    memory = _encoder_stack(ctx, m.encoder, _arg(ctx, inputs, 0, "src"), f"{name}.encoder", ndim, mask)
+    return _decoder_stack(ctx, m.decoder, _arg(ctx, inputs, 1, "tgt"), memory, f"{name}.decoder", ndim, mask)
 
 
 

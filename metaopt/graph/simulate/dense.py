@@ -1,5 +1,5 @@
 """Rules of the MLP family: dense weights (also from grid cells), flattened-map weights, biases,
-residual sums and activated copies, products (gating)."""
+parameter tables added in place, residual sums and activated copies, products (gating)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,15 @@ def bias(state, lid, nodes, e, a):
     if not sel.numel():
         return []
     return [(state.local[state.dst[sel]], state.values[sel])]  # per-neuron shape (): broadcast
+
+
+def table(state, lid, nodes, e, a):
+    """PARAM_ADD into the layer's own (SUM) neurons: a positional table added where it is read."""
+    sel = _of(state, e, EdgeType.PARAM_ADD)
+    if not sel.numel():
+        return []
+    shape = (state.record(lid).get("op") or {}).get("rows_shape", [])
+    return [(torch.arange(nodes.numel()), state.table(lid, nodes, len(shape)))]
 
 
 def copies(state, lid, nodes, e, a):
