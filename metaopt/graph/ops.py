@@ -368,7 +368,11 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
                 or tuple(result.shape) != tuple(split[0].feat.shape):
             w.ctx.fail("combines features spread over several dims with other neurons or "
                        "parameters; only scaling or shifting them by a constant is followed.")
-        return split[0]
+        x = split[0]
+        i = 0 if vals[0] is x else 1
+        const = reals[1 - i] if len(reals) > 1 else None
+        op = op_records.scalar_op(n.target, const, i == 1, dict(n.kwargs))  # q * scale: exact per element
+        return SplitMap(with_op(w.ctx, x.source, op), x.src_shape, x.feat, x.rest)
     maps = [v for v in vals if isinstance(v, NeuronMap)]
     params = [v for v in vals if isinstance(v, ParamRef)]
     unassigned = [v for v in vals if isinstance(v, Unassigned)]
@@ -728,6 +732,37 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
 _SCORE_OPS = {"masked_fill", "masked_fill_", torch.masked_fill, torch.where}
 
 
+def note_scores(ctx: ConversionContext, scores: Scores, op: dict) -> None:
+    """What is done to attention scores before `@ v`, in order, on the attention layer's record
+    (op["scores"], for simulate): scalar ops, {"op": "softmax"}, or opaque."""
+    rec = ctx.builder.layers[scores.layer]
+    rec.op = dict(rec.op or {})
+    rec.op["scores"] = [*rec.op.get("scores", []), op]
+
+
+def _scores_record(t: Any, scores: Scores, values: list, args: tuple, kwargs: dict, result: Any) -> dict | None:
+    """The simulate record of an op on attention scores (None: it leaves them unchanged)."""
+    name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    if t in _IDENTITY_FUNCS:
+        return None
+    if t in (F.softmax, torch.softmax, "softmax"):
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        nd = result.ndim if isinstance(result, Tensor) else 0
+        if isinstance(dim, int) and dim % max(nd, 1) == nd - 1 and not kwargs.get("dtype"):
+            return {"op": "softmax"}
+        return op_records.opaque(f"'{name}' of attention scores over another dim")
+    if (t in _MUL or t in _ADD) and len(values) >= 2:
+        i = 0 if values[0] is scores else 1
+        other = args[1 - i] if len(args) > 1 else None
+        if values[1 - i] is CONST or not is_tensor_like(values[1 - i]):
+            op = op_records.scalar_op(t, other, i == 1, dict(kwargs))
+            if op["op"] != "opaque":
+                return op
+            return op_records.opaque(f"'{name}' of attention scores with a constant tensor (a mask)")
+        return op_records.opaque(f"'{name}' of attention scores with parameters or neurons (per-head biases)")
+    return op_records.opaque(f"'{name}' of attention scores")
+
+
 def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
     """Attention scores through scaling, masking, softmax, dropout: still the same scores."""
     flat = flatten_values(values)
@@ -735,7 +770,10 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
     if (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS) and values[0] is scores:  # e.g. a per-window view
         out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
         if isinstance(out, Tensor) and tuple(out.shape) == tuple(result.shape):
+            if t not in _IDENTITY_FUNCS and tuple(out.shape) != tuple(scores.head_of.shape):
+                note_scores(w.ctx, scores, op_records.opaque("a reshape of attention scores"))
             return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
+    note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
     from .converters.attention import head_neurons, head_parameter  # converters import ops: no cycle here
 
     elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None

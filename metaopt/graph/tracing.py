@@ -163,6 +163,12 @@ class DataflowWalker(fx.Interpreter):
             if scores and not isinstance(module, ops.IDENTITY_MODULES + tuple(ops.ACTIVATION_MODULES)):
                 self.ctx.fail("attention scores (q @ k^T) go through a module no rule reads; only "
                               "softmax and dropout are followed before `@ v`.")
+            if scores and not isinstance(module, ops.IDENTITY_MODULES):  # recorded for simulate
+                s = next(v for v in ops.flatten_values(values) if isinstance(v, Scores))
+                exact = isinstance(module, nn.Softmax) and module.dim is not None \
+                    and module.dim % result.ndim == result.ndim - 1
+                ops.note_scores(self.ctx, s, {"op": "softmax"} if exact else op_records.opaque(
+                    f"module {type(module).__name__} on attention scores"))
             if split and not ops.follows_split(n, module):
                 self.ctx.fail(
                     "this op computes with features spread over several dims (e.g. split into "

@@ -15,15 +15,17 @@ per-head parameters (relative position bias tables, logit scales) as edges into 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import op_records, ops
 from ..builder import NeuronMap, dense_edges, flat_dense_edges
 from ..registry import CONST, ConversionContext, ParamRef, register_converter
 from ..schema import Activation, EdgeType, NodeType
+from ..ops import with_op
 from ..split_map import Scores, SplitMap, head_dims, head_grid, transposed
 from .dense import linear
 from .norm import last_dims_norm
@@ -225,18 +227,53 @@ def _transformer(ctx, m, inputs, name):
 
 # ---- hand-written attention: F.scaled_dot_product_attention on split heads --------------------
 
+def _chain(x: Any) -> list[dict]:
+    """How an attention operand's producers are read (their op chains), as a `reads` list."""
+    m = x.source if isinstance(x, SplitMap) else x
+    ops_ = getattr(m, "ops", None) or {}
+    return [{"from": int(p), "ops": list(c)} for p, c in ops_.items() if c]
+
+
+def _token_layout(x: Any, ndim: int) -> str | None:
+    """Why operand `x` ([..., tokens, dim]) is not its producers' own per-neuron values with the
+    tokens last (None: it is, so simulate reads each neuron's value as [batch-like, tokens])."""
+    if isinstance(x, NeuronMap):
+        return None if x.dim == ndim - 1 and x.pos is None else "features not on the last dim"
+    vary = x.feature_dims()
+    index = tuple(0 if d in vary else slice(None) for d in range(x.ndim))
+    rest = x.rest[index].long()
+    if not torch.equal(rest.reshape(-1), torch.arange(rest.numel())):
+        return "tokens reordered or sliced relative to their producer's values"
+    src_rest = [s for d, s in enumerate(x.src_shape) if d != x.source.dim]
+    if not src_rest or rest.dim() == 0 or src_rest[-1] != rest.shape[-1]:
+        return "tokens merged with other dims"
+    return None
+
+
 def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tuple[int, ...],
-             shape: torch.Size) -> Scores:
+             shape: torch.Size, operands: tuple = (), scores: list | None = None) -> Scores:
     """Head structure of a hand-written attention from its q/k node grids `[heads, dim]`.
 
     As for nn.MultiheadAttention: the projection neurons become QUERY/KEY (when they are plain
     hidden neurons), one HEAD node per head with HEAD_MEMBER edges from its q/k neurons, and
     QK_PAIR edges from each query neuron to the key neuron it is dotted with.
+
+    For simulate the layer records how it reads the q / k operands (``reads_q``, ``reads_k``: op
+    chains of their producers) and what is done to the scores before `@ v` (``scores``: given by
+    F.scaled_dot_product_attention, else appended by the ops that follow, ops.note_scores).
     """
     if q.shape != k.shape:
         ctx.fail(f"query heads {tuple(q.shape)} and key heads {tuple(k.shape)} do not pair up "
                  f"(grouped-query attention is not supported).")
     layer = ctx.new_layer(name, "attention")
+    if operands:
+        ndim = len(shape)
+        ctx.set_layer_op(layer, {"reads_q": _chain(operands[0]), "reads_k": _chain(operands[1]),
+                                 "scores": list(scores or [])})
+        for role, x in zip(("query", "key"), operands):
+            why = _token_layout(x, ndim)
+            if why is not None:
+                ctx.builder.mark_inexact([layer], f"attention {role}: {why}")
     heads = ctx.add_nodes(q.shape[0], NodeType.HEAD, layer)
     for grid, node_type in ((q, NodeType.QUERY), (k, NodeType.KEY)):
         _members(ctx, grid, node_type, heads, layer)
@@ -253,9 +290,20 @@ def attend(ctx: ConversionContext, scores: Scores, v: Tensor, value: Any, shape:
     if v.shape[0] != scores.heads.numel():
         ctx.fail(f"{scores.heads.numel()} attention heads, but values in {v.shape[0]} heads.")
     _members(ctx, v, NodeType.VALUE, scores.heads, scores.layer)
+    # readers of the output read the value neurons through the attention (simulate)
+    rec = ctx.builder.layers[scores.layer]
+    op = rec.op or {}
+    if "scores" in op:
+        why = _token_layout(value, len(shape))
+        if why is not None:
+            ctx.builder.mark_inexact([scores.layer], f"attention value: {why}")
+        if not any(o.get("op") == "softmax" for o in op["scores"]):
+            ctx.builder.mark_inexact([scores.layer], "attention weights without a recorded softmax")
+    attn = {"op": "attention", "layer": int(scores.layer)}
     if isinstance(value, SplitMap):
+        value = SplitMap(with_op(ctx, value.source, attn), value.src_shape, value.feat, value.rest)
         return value.like(shape, len(shape) - 2)
-    return NeuronMap(value.nodes, len(shape) - 1, None, len(shape))
+    return with_op(ctx, NeuronMap(value.nodes, len(shape) - 1, None, len(shape), value.ops), attn)
 
 
 def _members(ctx: ConversionContext, grid: Tensor, node_type: NodeType, heads: Tensor, layer: int) -> None:
@@ -276,7 +324,20 @@ def sdpa(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
         ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
                  "(features on the last dim and on dims before the token dim).")
     scores_shape = (*result.shape[:-1], reals[1].shape[-2])
-    scores = qk_heads(ctx, name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape))
+    mask, causal = ctx.real_arg(3, "attn_mask"), bool(ctx.real_arg(5, "is_causal", False))
+    dropout, scale = ctx.real_arg(4, "dropout_p", 0.0), ctx.real_arg(6, "scale")
+    D = reals[0].shape[-1]
+    record = [{"op": "scalar", "fn": "mul", "value": float(scale if scale is not None else 1.0 / math.sqrt(D)),
+               "reverse": False}]
+    if causal:
+        record.append({"op": "causal"})
+    if mask is not None:
+        record.append(op_records.opaque("an attention mask (not recorded)"))
+    record.append({"op": "softmax"})
+    if dropout:
+        record.append(op_records.opaque("attention dropout (F.scaled_dot_product_attention drops in eval too)"))
+    scores = qk_heads(ctx, name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape),
+                      operands=(ops_[0], ops_[1]), scores=record)
     return attend(ctx, scores, grids[2], ops_[2], result.shape)
 
 
@@ -291,7 +352,7 @@ def attention_matmul(ctx: ConversionContext, name: str, a: Any, b: Any, args: tu
     q, k = head_grid(a, args[0].ndim), head_grid(transposed(b), args[1].ndim)
     if q is None or k is None:
         return NotImplemented
-    return qk_heads(ctx, name, q, k, head_dims(a, args[0].ndim), result.shape)
+    return qk_heads(ctx, name, q, k, head_dims(a, args[0].ndim), result.shape, operands=(a, transposed(b)))
 
 
 def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: torch.Size, kind: str) -> bool:
@@ -379,7 +440,7 @@ def einsum_attention(ctx: ConversionContext, fn: Any, values: list, name: str) -
         q, k = head_grid(a, ndim), head_grid(b, ndim)
         if q is None or k is None:
             return NotImplemented
-        return qk_heads(ctx, name, q, k, head_dims(a, ndim), result.shape)
+        return qk_heads(ctx, name, q, k, head_dims(a, ndim), result.shape, operands=(a, b))
     if isinstance(a, Scores) and a_ix[-1] == b_ix[-2] and out_ix == a_ix[:-1] + b_ix[-1]:  # attn v
         grid = head_grid(b, ndim)
         if grid is None:

@@ -1,4 +1,5 @@
-"""nn.MultiheadAttention layers (kind ``multihead_attention``), head-aware from the graph.
+"""Attention, head-aware from the graph: nn.MultiheadAttention layers (kind
+``multihead_attention``) and hand-written attention (kind ``attention``).
 
 The layer's QUERY/KEY/VALUE neurons are the in-projections of its inputs (ATTN_Q/K/V edges,
 BIAS, ATTN_BIAS_KV for add_bias_kv); each HEAD node's members (HEAD_MEMBER) say which neurons
@@ -10,6 +11,14 @@ a masked call is marked inexact at conversion and refused.
 
 The whole layer is computed at once (a layer rule, rules.LAYER_RULES); only the output neurons
 are read by other layers, the others hold zeros.
+
+Hand-written attention (split heads, then F.scaled_dot_product_attention, `q @ k^T ... @ v` or
+einsums) has no neurons of its own: its QUERY/KEY/VALUE neurons belong to the projection
+layers, and readers of the output read the value neurons through an ``attention`` op (chain.py)
+that runs `handwritten` below. The layer record gives the query/key operands' op chains
+(``reads_q``, ``reads_k``) and the ops on the scores before `@ v` (``scores``: scale, causal
+mask, softmax, ...). Each operand is its producers' per-neuron values with the tokens last
+(checked at conversion), so a neuron's value is read as [batch-like, tokens].
 """
 
 from __future__ import annotations
@@ -58,28 +67,71 @@ def _tokens_back(v: Tensor, op: dict) -> Tensor:
     return v if op.get("batch_first", False) else v.transpose(1, 2)
 
 
-def heads(state, lid, q: Tensor, k: Tensor, v: Tensor, Q: Tensor, K: Tensor, V: Tensor,
-          scale: float | None = None) -> Tensor:
-    """softmax(Q K^T * scale) V per head, from the layer's HEAD_MEMBER / QK_PAIR edges.
-
-    q, k, v: sorted node ids of the query/key/value neurons; Q, K, V their values [n, B, T].
-    Returns the attended values [len(v), B, T_q]. `scale` defaults to 1/sqrt(head dim).
-    """
+def _structure(state, lid):
+    """head_of (per node: its HEAD node, -1) and the (query, key) pairs of attention layer `lid`."""
     aux = (state.aux_layer == lid).nonzero().squeeze(1)
     member = aux[state.aux_type[aux] == EdgeType.HEAD_MEMBER]
     pair = aux[state.aux_type[aux] == EdgeType.QK_PAIR]
     head_of = torch.full((state.ntype.numel(),), -1, dtype=torch.long)
     head_of[state.asrc[member]] = state.adst[member]
-    pq, pk = state.asrc[pair], state.adst[pair]
+    return head_of, state.asrc[pair], state.adst[pair]
+
+
+def _score_ops(scores: Tensor, ops: list[dict], where: str) -> Tensor:
+    for op in ops:
+        kind = op["op"]
+        if kind == "scalar":
+            c, fn, rev = op["value"], op["fn"], op["reverse"]
+            scores = (scores + c if fn == "add" else (c - scores if rev else scores - c) if fn == "sub"
+                      else scores * c if fn == "mul" else scores / c)
+        elif kind == "softmax":
+            scores = scores.softmax(-1)
+        elif kind == "causal":  # F.scaled_dot_product_attention(is_causal=True): top-left aligned
+            n, m = scores.shape[-2:]
+            scores = scores.masked_fill(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
+        elif kind != "identity":
+            raise NotImplementedError(f"simulate: {where}: attention scores go through {op.get('why', kind)}")
+    return scores
+
+
+def heads(state, lid, q: Tensor, k: Tensor, v: Tensor, Q: Tensor, K: Tensor, V: Tensor,
+          score_ops: list[dict] | None = None) -> Tensor:
+    """Per head: weights = score_ops(Q K^T) (default softmax(Q K^T / sqrt(head dim))), then weights V,
+    from the layer's HEAD_MEMBER / QK_PAIR edges.
+
+    q, k: sorted node ids of the query/key neurons, v: value node ids (any order); Q, K, V their
+    values [n, M, T] (M batch-like, T tokens). Returns the attended values [len(v), M, T_q].
+    """
+    head_of, pq, pk = _structure(state, lid)
     out = V.new_zeros(v.numel(), V.shape[1], Q.shape[2])
-    for h in torch.unique(head_of[q]).tolist():
+    for h in torch.unique(head_of[v]).tolist():
         sel = head_of[pq] == h
         qi, ki = torch.searchsorted(q, pq[sel]), torch.searchsorted(k, pk[sel])
-        vi = torch.searchsorted(v, v[head_of[v] == h])
-        s = scale if scale is not None else 1.0 / math.sqrt(qi.numel())
-        scores = torch.einsum("dbi,dbj->bij", Q[qi] * s, K[ki])
-        out[vi] = torch.einsum("bij,dbj->dbi", scores.softmax(-1), V[vi])
+        vi = (head_of[v] == h).nonzero().squeeze(1)
+        scores = torch.einsum("dbi,dbj->bij", Q[qi], K[ki])
+        if score_ops is None:
+            weights = (scores / math.sqrt(qi.numel())).softmax(-1)
+        else:
+            weights = _score_ops(scores, score_ops, state.where(lid))
+        out[vi] = torch.einsum("bij,dbj->dbi", weights, V[vi])
     return out
+
+
+def handwritten(state, lid: int, V: Tensor, v: Tensor) -> Tensor:
+    """The output of hand-written attention layer `lid` at value neurons `v` with values V
+    [k, *S] (tokens last): queries and keys read through the layer's reads_q / reads_k chains."""
+    op = state.record(lid).get("op") or {}
+    head_of, pq, pk = _structure(state, lid)
+    q, k = torch.unique(pq), torch.unique(pk)
+    Q, K = state.read(lid, q, op.get("reads_q", [])), state.read(lid, k, op.get("reads_k", []))
+    Q, K = Q.reshape(q.numel(), -1, Q.shape[-1]), K.reshape(k.numel(), -1, K.shape[-1])
+    lead = V.shape[1:-1]
+    Vf = V.reshape(v.numel(), -1, V.shape[-1])
+    if not Q.shape[1] == K.shape[1] == Vf.shape[1] or K.shape[2] != Vf.shape[2]:
+        raise NotImplementedError(f"simulate: {state.where(lid)}: query, key and value neurons hold values of "
+                                  f"shapes {tuple(Q.shape[1:])}, {tuple(K.shape[1:])}, {tuple(Vf.shape[1:])}")
+    out = heads(state, lid, q, k, v, Q, K, Vf, op.get("scores", []))
+    return out.reshape(v.numel(), *lead, Q.shape[-1])
 
 
 def multihead(state, lid, nodes, e, a) -> Tensor:
@@ -105,7 +157,7 @@ def multihead(state, lid, nodes, e, a) -> Tensor:
             parts[i] = torch.cat([parts[i], b.view(-1, 1, 1).expand(-1, B, 1)], 2)
         if op.get("add_zero_attn"):
             parts[i] = torch.cat([parts[i], parts[i].new_zeros(parts[i].shape[0], B, 1)], 2)
-    A = heads(state, lid, q, k, v, Q, parts[1], parts[2])  # [n_v, B, T_q]
+    A = heads(state, lid, q, k, v, Q, parts[1], parts[2])  # [n_v, B, T_q], softmax(q k^T / sqrt(D)) v
     sel = e[state.etype[e] == EdgeType.ATTN_O]
     W = A.new_zeros(out_nodes.numel(), v.numel())
     W.index_put_((torch.searchsorted(out_nodes, state.dst[sel]), torch.searchsorted(v, state.src[sel])),

@@ -43,6 +43,11 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
             out.append(f"{where}: {_REFUSED_KINDS[kind]}")
         elif kind == "multihead_attention" and "num_heads" not in op:
             out.append(f"{where}: no recorded token layout (a graph converted before it was recorded)")
+        elif kind == "attention" and "scores" not in op:
+            out.append(f"{where}: hand-written attention without recorded operands (a graph converted "
+                       f"before they were recorded)")
+        elif kind == "attention":
+            out += [f"{where}: {o['why']}" for o in op["scores"] if o["op"] == "opaque"]
         elif rec["layer"] in tables and "rows_shape" not in op:
             out.append(f"{where}: a parameter table in a layout simulate does not replay (a slice or gather "
                        f"of the parameter, or features not on the last dim)")
@@ -53,8 +58,6 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
 
 
 _REFUSED_KINDS = {
-    "attention": "hand-written attention (split heads, then F.scaled_dot_product_attention, softmax(q k^T) v "
-                 "or einsums) is not simulated; nn.MultiheadAttention is",
     "relative_position_bias": "per-head relative position bias tables (gathers of a parameter into the "
                               "scores) are not simulated",
     "head_scale": "per-head logit scales are not simulated",
@@ -161,9 +164,11 @@ class State:
         return f"layer '{rec['name']}' ({rec['kind']})"
 
     # ---- reading neurons ---------------------------------------------------------------------
-    def read(self, layer: int, nodes: Tensor) -> Tensor:
-        """Values [k, B, *S] of `nodes` as `layer` reads them (through its recorded op chains)."""
-        chains = {r["from"]: r["ops"] for r in self.record(layer).get("reads", [])}
+    def read(self, layer: int, nodes: Tensor, reads: list | None = None) -> Tensor:
+        """Values [k, B, *S] of `nodes` as `layer` reads them (through its recorded op chains, or
+        through `reads` in the same format: an attention's query and key operands)."""
+        reads = self.record(layer).get("reads", []) if reads is None else reads
+        chains = {r["from"]: r["ops"] for r in reads}
         parts, rows = [], []
         grid = self.grid_rows[nodes] >= 0
         if bool(grid.any()):
