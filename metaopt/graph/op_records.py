@@ -40,11 +40,27 @@ removed; dim 0 is the batch):
   neuron's value concatenated along its dim d with parameter tables (PARAM_CAT edges of layer
   L, rows_shape as above, broadcast over the other dims): a class token.
 
-Layer ``op`` keys of the attention family: ``multihead_attention``: ``batch_first``, ``batched``
-(3-d input), ``num_heads``, ``add_zero_attn``; masks are not recorded, so a masked call is
-``inexact``. ``param_add`` / ``param_cat``: ``rows_shape`` (above) and ``deferred``: True when the
-table is applied by the readers' op chains (param_add / param_cat ops), not by the layer its
-edges point into.
+- ``{"op": "attention", "layer": L}``: the value neurons of hand-written attention layer L
+  (kind ``attention``) attended: readers of the attention's output read the value neurons
+  through it (simulate/attention.py computes the heads' weights from L's record).
+
+Layer ``op`` keys of the attention family:
+
+- ``multihead_attention``: ``batch_first``, ``batched`` (3-d input), ``num_heads``,
+  ``add_zero_attn``. Masks are not recorded, so a masked call is ``inexact``.
+- ``attention`` (hand-written): ``reads_q`` / ``reads_k`` (the op chains of the query / key
+  operands' producers, in the ``reads`` format) and ``scores``: the ops on one head's scores
+  [batch-like, Nq, Nk] before `@ v`, in order: ``scalar`` (as above), ``{"op": "softmax"}`` (last
+  dim), ``{"op": "causal"}`` (sdpa's is_causal), ``{"op": "identity"}``,
+  ``{"op": "head_table", "layer": L, "rows": [[...]]}`` (relative position bias: row
+  rows[i][j] of the head's table in layer L, or ``rows_by_head``), ``{"op": "add_tensor",
+  "period": P, "value": [P, Nq, Nk]}`` (a constant such as a shifted-window mask, repeating
+  every P batch-like positions), or opaque (masks of other kinds, dropout, per-head scales).
+- ``param_add`` / ``param_cat`` / ``relative_position_bias``: ``rows_shape`` (above) and
+  ``deferred``: True when the table is applied by the readers' op chains (param_add /
+  param_cat ops) or to the scores (head_table), not by the layer its edges point into.
+- ``<input>``: ``feature_dim`` when the model input's features are not on dim 1 ([B, tokens, C]);
+  ``<output>``: ``feature_dim`` likewise for the output.
 """
 
 from __future__ import annotations

@@ -698,7 +698,9 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     if t is F.normalize and isinstance(values[0], SplitMap):
         dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
         if dim % values[0].ndim == values[0].ndim - 1:  # each head's vector (cosine attention)
-            return values[0]
+            x = values[0]  # mixes a head's neurons: no per-neuron record (simulate refuses)
+            op = op_records.opaque("F.normalize over each head's vector (cosine attention)")
+            return SplitMap(with_op(w.ctx, x.source, op), x.src_shape, x.feat, x.rest)
         w.ctx.fail("normalizes split features across heads; only over each head's own vector is followed.")
     if t in _IDENTITY_FUNCS or t in _POOL_FUNCS:
         x = values[0]
@@ -758,9 +760,31 @@ def _scores_record(t: Any, scores: Scores, values: list, args: tuple, kwargs: di
             op = op_records.scalar_op(t, other, i == 1, dict(kwargs))
             if op["op"] != "opaque":
                 return op
+            if t in _ADD and "sub" not in name and isinstance(other, Tensor) and isinstance(result, Tensor):
+                op = _constant_scores(scores, other, result)  # a shifted-window mask
+                if op is not None:
+                    return op
             return op_records.opaque(f"'{name}' of attention scores with a constant tensor (a mask)")
         return op_records.opaque(f"'{name}' of attention scores with parameters or neurons (per-head biases)")
     return op_records.opaque(f"'{name}' of attention scores")
+
+
+def _constant_scores(scores: Scores, c: Tensor, result: Tensor) -> dict | None:
+    """A constant added to the scores, the same for every head and repeating over the batch-like
+    positions with some period P (masks depend on the window, not the sample):
+    {"op": "add_tensor", "period": P, "value": [P, Nq, Nk]}; None otherwise."""
+    if c.is_meta or tuple(scores.head_of.shape) != tuple(result.shape):
+        return None
+    nq, nk = result.shape[-2:]
+    full = c.detach().to(torch.float64).expand(result.shape).reshape(-1, nq, nk)
+    head = scores.head_of.reshape(-1, nq * nk)[:, 0]
+    blocks = [full[head == h] for h in torch.unique(head).tolist()]
+    if any(not torch.equal(b, blocks[0]) for b in blocks):
+        return None
+    b = blocks[0]
+    m = b.shape[0]
+    period = next(p for p in range(1, m + 1) if m % p == 0 and torch.equal(b, b[:p].repeat(m // p, 1, 1)))
+    return {"op": "add_tensor", "period": period, "value": b[:period].tolist()}
 
 
 def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
@@ -770,10 +794,13 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
     if (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS) and values[0] is scores:  # e.g. a per-window view
         out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
         if isinstance(out, Tensor) and tuple(out.shape) == tuple(result.shape):
-            if t not in _IDENTITY_FUNCS and tuple(out.shape) != tuple(scores.head_of.shape):
+            if t not in _IDENTITY_FUNCS and not _regroups_batch(scores.head_of, out):
                 note_scores(w.ctx, scores, op_records.opaque("a reshape of attention scores"))
             return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
-    note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
+    params = [v for v in flat if isinstance(v, ParamRef)]
+    tables: list = []  # per-head tables added to the scores (relative position bias), recorded below
+    if not params:
+        note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
     from .converters.attention import head_neurons, head_parameter  # converters import ops: no cycle here
 
     elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
@@ -783,11 +810,33 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
             and head_neurons(w.ctx, scores, neurons[0], result.shape))):
         w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
                    "masking, softmax, dropout and per-head biases are followed before `@ v`).")
-    for p in [v for v in flat if isinstance(v, ParamRef)]:  # per-head bias tables and scales
+    for p in params:  # per-head bias tables and scales
         kind = "add" if t in _ADD else "mul" if t in _MUL else None
-        if kind is None or not head_parameter(w.ctx, scores, p, result.shape, kind):
+        if kind is None or not head_parameter(w.ctx, scores, p, result.shape, kind, tables):
             w.unclaimed_use([p], n)
+    if params:
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        exact = len(params) == 1 and len(tables) == 1 and "sub" not in name and len(flat) == 2
+        note_scores(w.ctx, scores, tables[0] if exact else op_records.opaque(
+            f"'{name}' of attention scores with parameters in a layout simulate does not replay (per-head scales)"))
     return scores
+
+
+def _regroups_batch(head_in: Tensor, head_out: Tensor) -> bool:
+    """Whether a view of attention scores only regroups their batch-like dims: the (query, key)
+    dims and the head dim, with everything between them, are kept (each head's [M, Nq, Nk] is
+    unchanged in order)."""
+    def head_dim(h: Tensor) -> int | None:
+        vary = [d for d in range(h.ndim) if h.shape[d] > 1 and bool((h.amax(d) != h.amin(d)).any())]
+        return vary[0] if len(vary) == 1 else None
+
+    if head_in.shape[-2:] != head_out.shape[-2:]:
+        return False
+    a, b = head_dim(head_in), head_dim(head_out)
+    if a is None or b is None:
+        return a is None and b is None and head_in.shape[-2:] == head_out.shape[-2:]
+    return (head_in.shape[a] == head_out.shape[b]
+            and math.prod(head_in.shape[a + 1:]) == math.prod(head_out.shape[b + 1:]))
 
 
 # elementwise functions whose output element k depends on parameter element k only (not cumsum,

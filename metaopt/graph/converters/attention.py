@@ -355,7 +355,8 @@ def attention_matmul(ctx: ConversionContext, name: str, a: Any, b: Any, args: tu
     return qk_heads(ctx, name, q, k, head_dims(a, args[0].ndim), result.shape, operands=(a, transposed(b)))
 
 
-def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: torch.Size, kind: str) -> bool:
+def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: torch.Size, kind: str,
+                   record: list | None = None) -> bool:
     """A parameter added to (`kind="add"`) or multiplying (`"mul"`) the scores, head by head.
 
     Relative position bias tables `[rows, heads]` gathered by a relative-offset index (Swin,
@@ -392,7 +393,32 @@ def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: t
         src = ctx.add_nodes(rows, NodeType.NORM, layer)
         etype = EdgeType.NORM_WEIGHT
     ctx.add_param_edges(ParamRef(table, used), src[rank], scores.heads[head_of_e[used]], etype, layer)
+    if kind == "add" and record is not None:
+        rank_of_e = torch.full((p.param.numel(),), -1, dtype=torch.long)
+        rank_of_e[used] = rank
+        rec = _table_rows(rank_of_e[p.index.expand(shape)], scores.head_of.expand(shape), H, layer)
+        if rec is not None:  # applied to the scores by simulate, not to the HEAD nodes' values
+            ctx.set_layer_op(layer, {"rows_shape": [rows], "deferred": True})
+            record.append(rec)
     return True
+
+
+def _table_rows(rows: Tensor, head: Tensor, H: int, layer: int) -> dict | None:
+    """The scores record of a per-head table: which row is added at each (query, key) position,
+    the same for every batch-like position ({"op": "head_table", "layer", "rows" | "rows_by_head"})."""
+    nq, nk = rows.shape[-2:]
+    R, Hd = rows.reshape(-1, nq * nk), head.reshape(-1, nq * nk)
+    if bool((Hd != Hd[:, :1]).any()):
+        return None
+    per_head = []
+    for h in range(H):
+        blk = R[Hd[:, 0] == h]
+        if not blk.numel() or bool((blk != blk[:1]).any()):
+            return None
+        per_head.append(blk[0].view(nq, nk))
+    if all(torch.equal(r, per_head[0]) for r in per_head):
+        return {"op": "head_table", "layer": int(layer), "rows": per_head[0].tolist()}
+    return {"op": "head_table", "layer": int(layer), "rows_by_head": [r.tolist() for r in per_head]}
 
 
 def head_neurons(ctx: ConversionContext, scores: Scores, m: NeuronMap, shape: torch.Size) -> bool:

@@ -77,9 +77,24 @@ def _structure(state, lid):
     return head_of, state.asrc[pair], state.adst[pair]
 
 
-def _score_ops(scores: Tensor, ops: list[dict], where: str) -> Tensor:
+def _score_ops(scores: Tensor, ops: list[dict], state, lid: int, head: int) -> Tensor:
+    """The recorded ops on one head's scores [M, Nq, Nk] (head: its HEAD node)."""
     for op in ops:
         kind = op["op"]
+        if kind == "head_table":  # relative position bias: row rows[i][j] of the head's table
+            T = state.table(op["layer"], torch.tensor([head]), 1)[0]
+            if "rows" in op:
+                rows = op["rows"]
+            else:
+                hs = state.layer_nodes[lid]
+                hs = hs[state.ntype[hs] == NodeType.HEAD]
+                rows = op["rows_by_head"][int(torch.searchsorted(hs, torch.tensor(head)))]
+            scores = scores + T[torch.tensor(rows)]
+            continue
+        if kind == "add_tensor":  # a constant repeating over the batch-like positions (window masks)
+            c = torch.tensor(op["value"], dtype=scores.dtype)
+            scores = (scores.reshape(-1, op["period"], *scores.shape[1:]) + c).reshape(scores.shape)
+            continue
         if kind == "scalar":
             c, fn, rev = op["value"], op["fn"], op["reverse"]
             scores = (scores + c if fn == "add" else (c - scores if rev else scores - c) if fn == "sub"
@@ -90,7 +105,8 @@ def _score_ops(scores: Tensor, ops: list[dict], where: str) -> Tensor:
             n, m = scores.shape[-2:]
             scores = scores.masked_fill(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
         elif kind != "identity":
-            raise NotImplementedError(f"simulate: {where}: attention scores go through {op.get('why', kind)}")
+            raise NotImplementedError(f"simulate: {state.where(lid)}: attention scores go through "
+                                      f"{op.get('why', kind)}")
     return scores
 
 
@@ -112,7 +128,7 @@ def heads(state, lid, q: Tensor, k: Tensor, v: Tensor, Q: Tensor, K: Tensor, V: 
         if score_ops is None:
             weights = (scores / math.sqrt(qi.numel())).softmax(-1)
         else:
-            weights = _score_ops(scores, score_ops, state.where(lid))
+            weights = _score_ops(scores, score_ops, state, lid, h)
         out[vi] = torch.einsum("bij,dbj->dbi", weights, V[vi])
     return out
 

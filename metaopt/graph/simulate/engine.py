@@ -48,6 +48,8 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
                        f"before they were recorded)")
         elif kind == "attention":
             out += [f"{where}: {o['why']}" for o in op["scores"] if o["op"] == "opaque"]
+            out += [f"{where} reads its {role} through {o['why']}" for role in ("query", "key")
+                    for r in op.get(f"reads_{role[0]}", []) for o in r["ops"] if o["op"] == "opaque"]
         elif rec["layer"] in tables and "rows_shape" not in op:
             out.append(f"{where}: a parameter table in a layout simulate does not replay (a slice or gather "
                        f"of the parameter, or features not on the last dim)")
@@ -58,8 +60,6 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
 
 
 _REFUSED_KINDS = {
-    "relative_position_bias": "per-head relative position bias tables (gathers of a parameter into the "
-                              "scores) are not simulated",
     "head_scale": "per-head logit scales are not simulated",
 }
 
