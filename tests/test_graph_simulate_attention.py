@@ -227,10 +227,20 @@ def test_torchvision_vit_config_is_reproduced(tv_models):
     assert _err(model, torch.randn(3, 3, s, s)) < 1e-5
 
 
-def test_torchvision_swin_config_is_refused_naming_what_is_missing(tv_models):
+def test_torchvision_swin_config_is_reproduced(tv_models):
+    """Window partition (permutes), shifted windows (roll, window mask), relative position bias,
+    patch merging (each channel read at four offsets: copies on a last dim of its value)."""
     model, s = small_configs(tv_models)["swin_tiny_cfg"]
-    why = _refusal(model, torch.randn(2, 3, s, s))
-    assert "two different op chains" in why  # patch merging: one channel read at four offsets
+    assert _err(model, torch.randn(3, 3, s, s)) < 1e-5
+
+
+def test_swin_v2_score_parameters_are_refused(tv_models):
+    from torchvision.models.swin_transformer import SwinTransformerBlockV2, PatchMergingV2
+
+    model = tv_models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                      window_size=[4, 4], num_classes=10, block=SwinTransformerBlockV2,
+                                      downsample_layer=PatchMergingV2)
+    assert _refusal(model, torch.randn(2, 3, 32, 32))
 
 
 @pytest.mark.slow

@@ -151,6 +151,41 @@ def merge_ops(ctx: ConversionContext, maps: list) -> dict | None:
     return {p: c for p, c in out.items() if c} or None
 
 
+def copies_op(ctx: ConversionContext, maps: list) -> dict | None:
+    """The op chains of the same neurons concatenated n times along the features, each copy
+    through its own ops (Swin's patch merging: a channel at four offsets): {producer: ({"op":
+    "copies", "chains": [chain of copy 0, ...]},)}, the copies stacked on a new last dim of each
+    neuron's value (copy r = part r, as copy_positions numbers them). None unless every part
+    holds the same neurons in the same order."""
+    if len(maps) < 2 or any(m.pos is not None or not torch.equal(m.nodes, maps[0].nodes) for m in maps):
+        return None
+    layers = ctx.builder.node_layers(maps[0].nodes)
+    out = {}
+    for p in layers:
+        chains = [list((m.ops or {}).get(p, ())) for m in maps]
+        out[p] = ({"op": "copies", "chains": chains},)
+    return out
+
+
+def is_copy_read(m: NeuronMap) -> bool:
+    """Whether `m`'s positions number repeated neurons (copy_positions) rather than a flatten."""
+    return m.pos is not None and m.size > 0 and torch.equal(m.pos, copy_positions(m.nodes)) \
+        and bool((m.pos[:, 0] > 0).any())
+
+
+def carried_copies(ctx: ConversionContext, m: NeuronMap) -> int | None:
+    """n when a layer reading `m` reads repeated neurons whose values carry their n copies on a
+    last dim (a "copies" op ends each chain, or the producers record "copies"), else None."""
+    if not is_copy_read(m):
+        return None
+    n = int(m.pos[:, 0].max()) + 1
+    if m.ops:
+        ok = all(c and c[-1].get("op") == "copies" and len(c[-1]["chains"]) == n for c in m.ops.values())
+    else:
+        ok = all((ctx.builder.layers[p].op or {}).get("copies") == n for p in ctx.builder.node_layers(m.nodes))
+    return n if ok else None
+
+
 def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: int,
                  candidate: dict | None = None) -> dict | None:
     """What a shape op did to each neuron's value (None: nothing), read off the rest probe.
@@ -620,7 +655,8 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
         joined = torch.cat(nodes)
         ops = merge_ops(w.ctx, resolved)
         if not any_pos and torch.unique(joined).numel() < joined.numel():
-            return NeuronMap(joined, dim, copy_positions(joined), result.ndim, ops)
+            copies = copies_op(w.ctx, resolved)
+            return NeuronMap(joined, dim, copy_positions(joined), result.ndim, copies if copies is not None else ops)
         return NeuronMap(joined, dim, torch.cat(pos) if any_pos else None, result.ndim, ops)
     # along another dim (tokens, batch): every part must feed the same neurons
     out = ref.moved(fdim, result.ndim)

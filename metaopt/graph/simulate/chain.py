@@ -50,6 +50,8 @@ def _apply_one(v: Tensor, op: dict, where: str, state, nodes) -> Tensor:
         return v / c
     if kind == "param_add" and state is not None:
         return v + state.table(op["layer"], nodes, v.dim() - 1)
+    if kind == "copies":  # the same neurons read through n chains, stacked on a new last dim
+        return torch.stack([apply(v, c, where, state, nodes) for c in op["chains"]], -1)
     if kind == "attention" and state is not None:
         from .attention import handwritten  # attention reads neurons itself: imported when used
         return handwritten(state, op["layer"], v, nodes)

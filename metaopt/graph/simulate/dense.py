@@ -38,6 +38,16 @@ def flat(state, lid, nodes, e, a):
         return []
     usrc, col = torch.unique(state.src[sel], return_inverse=True)
     X = state.read(lid, usrc)  # [u, B, *T]
+    n = (state.record(lid).get("op") or {}).get("copies")
+    if n:  # repeated neurons (patch merging): K0 = copy, the value's last dim holds the copies
+        if X.shape[-1] != n:
+            raise NotImplementedError(f"simulate: {state.where(lid)} reads {n} copies of neurons whose values "
+                                      f"do not carry them")
+        W = X.new_zeros(nodes.numel(), usrc.numel() * n)
+        W.index_put_((state.local[state.dst[sel]], col * n + state.kpos[sel][:, 0]), state.values[sel],
+                     accumulate=True)
+        out = W @ X.movedim(-1, 1).reshape(usrc.numel() * n, -1)
+        return [(torch.arange(nodes.numel()), out.reshape(nodes.numel(), *X.shape[1:-1]))]
     T = tuple(X.shape[2:])
     if len(T) > 3:
         raise NotImplementedError(f"simulate: {state.where(lid)} reads a flattened map of {len(T)} dims")

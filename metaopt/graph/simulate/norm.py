@@ -20,7 +20,8 @@ def normalise(state, lid, nodes, e, a):
     zr = state.read(lid, state.asrc[sel])
     z = zr.new_zeros(n, *zr.shape[1:])
     z[rows] = zr
-    channels = torch.tensor(op["channels"]) if "channels" in op else torch.arange(n)
+    copies = op.get("copies")  # each neuron's value carries its n copies on a last dim (patch merging)
+    channels = torch.tensor(op["channels"]) if "channels" in op and not copies else torch.arange(n)
     if torch.unique(channels).numel() != channels.numel():
         raise NotImplementedError(f"simulate: {state.where(lid)} normalises a neuron at several features")
     eps = op.get("eps", state.eps)
@@ -29,7 +30,7 @@ def normalise(state, lid, nodes, e, a):
     if kind == "param_scale":
         out = zc
     elif kind in ("layernorm", "rmsnorm"):
-        t = op.get("normalized_dims", 1) - 1  # a multi-dim LayerNorm also normalises the last t dims
+        t = 1 if copies else op.get("normalized_dims", 1) - 1  # also normalised: the last t dims
         if t > z.dim() - 2:
             raise NotImplementedError(f"simulate: {state.where(lid)}: normalises more dims than its neurons hold")
         dims = (0,) + tuple(range(z.dim() - t, z.dim()))
@@ -55,14 +56,15 @@ def normalise(state, lid, nodes, e, a):
         raise NotImplementedError(f"simulate: {state.where(lid)}: normalisation '{kind}' has no rule")
     normed = torch.empty_like(out)
     normed[channels] = out
-    t = op.get("normalized_dims", 1) - 1 if kind in ("layernorm", "rmsnorm") else 0
+    t = (1 if copies else op.get("normalized_dims", 1) - 1) if kind in ("layernorm", "rmsnorm") else 0
     trailing = tuple(z.shape[z.dim() - t:]) if t else ()
+    cols = slice(0, 1) if copies else slice(3 - t, 3)  # K0: the copy index; else the (.., h, w) position
     view = (n,) + (1,) * (z.dim() - 1 - t) + trailing
     scale, shift = z.new_ones(n, *trailing), z.new_zeros(n, *trailing)
     for etype, target in ((EdgeType.NORM_WEIGHT, scale), (EdgeType.NORM_BIAS, shift)):
         s = e[state.etype[e] == etype]
         if t:  # a multi-dim LayerNorm's entries carry their (.., h, w) position in K
-            target[(state.local[state.dst[s]], *state.kpos[s][:, 3 - t:].t())] = state.values[s]
+            target[(state.local[state.dst[s]], *state.kpos[s][:, cols].t())] = state.values[s]
             continue
         if bool(state.kpos[s].any()):
             raise NotImplementedError(f"simulate: {state.where(lid)}: position-dependent affine entries")
