@@ -234,6 +234,13 @@ def test_torchvision_swin_config_is_reproduced(tv_models):
     assert _err(model, torch.randn(3, 3, s, s)) < 1e-5
 
 
+def test_torchvision_swin_with_padded_windows_is_reproduced(tv_models):
+    """A window that does not divide the map: F.pad of a channels-last map (its (0, 0) feature pair)."""
+    model = tv_models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                      window_size=[3, 3], num_classes=10)
+    assert _err(model, torch.randn(3, 3, 32, 32)) < 1e-5
+
+
 def test_swin_v2_score_parameters_are_refused(tv_models):
     from torchvision.models.swin_transformer import SwinTransformerBlockV2, PatchMergingV2
 

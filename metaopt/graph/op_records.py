@@ -350,3 +350,17 @@ def apply_shape(v: Tensor, op: dict) -> Tensor:
 
 
 SHAPE_RECORDS = ("index", "permute", "roll", "flip")
+
+
+def pad_without_feature(op: dict, ndim: int, fdim: int) -> dict:
+    """An F.pad record on neurons along `fdim` of an `ndim`-d tensor, for one neuron's value: the
+    feature dim's pair is dropped (it must pad nothing; channels-last maps pad it with (0, 0))."""
+    if op.get("op") != "call" or not isinstance(op["kwargs"].get("pad"), list):
+        return op
+    pad = list(op["kwargs"]["pad"])
+    j = ndim - 1 - fdim  # pairs run from the last dim backwards
+    if 2 * j + 1 >= len(pad):
+        return op
+    if pad[2 * j] or pad[2 * j + 1]:
+        return opaque("F.pad that pads the feature dim")
+    return {**op, "kwargs": {**op["kwargs"], "pad": pad[:2 * j] + pad[2 * j + 2:]}}

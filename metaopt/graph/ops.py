@@ -742,7 +742,12 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
         x = values[0]
         if isinstance(x, NeuronMap) and isinstance(result, Tensor):
             x = x.moved(x.dim, result.ndim)
-            return with_op(w.ctx, x, op_records.function_op(t, tuple(args[1:]), kwargs)) if t in _POOL_FUNCS else x
+            if t not in _POOL_FUNCS:
+                return x
+            op = op_records.function_op(t, tuple(args[1:]), kwargs)
+            if t is F.pad:  # the pad pairs count dims from the last; a neuron's value has no feature dim
+                op = op_records.pad_without_feature(op, result.ndim, x.dim)
+            return with_op(w.ctx, x, op)
         if isinstance(x, Unassigned) and t in _POOL_FUNCS and isinstance(result, Tensor):  # a pooled input
             return Unassigned(result.ndim, x.node_type, ops=x.ops + (op_records.function_op(t, tuple(args[1:]), kwargs),))
         return x
