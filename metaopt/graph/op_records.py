@@ -40,6 +40,10 @@ removed; dim 0 is the batch):
   neuron's value concatenated along its dim d with parameter tables (PARAM_CAT edges of layer
   L, rows_shape as above, broadcast over the other dims): a class token.
 
+- ``{"op": "copies", "chains": [[op, ...], ...]}``: the same neurons concatenated along the
+  features n times, copy r read through chains[r] (Swin's patch merging: x[..., 0::2, 0::2, :],
+  ...); the copies are stacked on a new last dim of the neuron's value. The reading norm / Linear
+  records ``{"copies": n}`` in its ``op``; their edges carry the copy index in K0.
 - ``{"op": "attention", "layer": L}``: the value neurons of hand-written attention layer L
   (kind ``attention``) attended: readers of the attention's output read the value neurons
   through it (simulate/attention.py computes the heads' weights from L's record).
