@@ -1,8 +1,9 @@
 """simulate coverage on torchvision definitions: relative error of simulate against model.eval().
 
-Random init (BatchNorm running statistics and affine entries randomised so a missing rule shows),
-a batch of 2 random images at the side in tests/torchvision_models.py, converted from one image.
-Usage: python -m benchmarks.bench_simulate [--max-params 30e6] [names ...]
+Random init (BatchNorm running statistics and affine entries randomised so a missing rule shows;
+all-zero parameters such as ViT's class token and classifier head drawn too, else the output is
+zero), a batch of 2 random images at the side in tests/torchvision_models.py, converted from one
+image. Usage: python -m benchmarks.bench_simulate [--max-params 30e6] [names ...]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> None:
     for name in names:
         t = time.time()
         torch.manual_seed(0)
-        model = randomize_norms(build(tv, name))
+        model = randomize_norms(build(tv, name), zeros=True)
         s = input_size(name)
         x = torch.randn(2, 3, s, s)
         g = to_graph(model, x[:1], cache=False)

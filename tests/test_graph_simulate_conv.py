@@ -17,10 +17,18 @@ from torchvision_models import all_names, build, count_params, input_size, load_
 TOL = 1e-4
 
 
-def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Non-trivial running statistics and affine entries (defaults would hide a missing rule)."""
+def randomize_norms(model: nn.Module, seed: int = 1, zeros: bool = False) -> nn.Module:
+    """Non-trivial running statistics and affine entries (defaults would hide a missing rule).
+
+    `zeros`: parameters initialised to all zeros (ViT's class token and classifier head) are drawn
+    too, else the output is zero and a relative error says nothing.
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        if zeros:
+            for p in model.parameters():
+                if p.numel() and not bool(p.any()):
+                    p.normal_(0, 0.2, generator=g)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.normal_(0, 0.2, generator=g)

@@ -165,6 +165,21 @@ class GraphBuilder:
     def set_layer_op(self, layer: int, op: dict) -> None:
         self.layers[layer].op = op
 
+    def note_model_input(self) -> None:
+        """One more tensor argument of the model (simulate replays models of one input tensor)."""
+        self._model_inputs = getattr(self, "_model_inputs", 0) + 1
+        if self._model_inputs > 1:
+            self.mark_inexact([0], "the model takes several input tensors (simulate takes one)")
+
+    def note_input_dim(self, dim: int) -> None:
+        """The model input is read with its features along `dim` (recorded on layer 0 unless 1)."""
+        self._input_dims = getattr(self, "_input_dims", set()) | {dim}
+        rec = self.layers[0]
+        if len(self._input_dims) > 1:
+            self.mark_inexact([0], "inputs read with features along different dims")
+        elif dim != 1:
+            rec.op = {"feature_dim": dim}
+
     def note_reads(self, layer: int, ops: dict | None) -> None:
         """`layer` reads producer p's neurons through the op chain ops[p]."""
         for p, chain in (ops or {}).items():

@@ -26,7 +26,45 @@ removed; dim 0 is the batch):
 - ``{"op": "reshape", "shape": [-1, ...]}``: the neuron's value reshaped (the batch is -1).
 - ``{"op": "reduce", "fn": "mean"|"sum"|..., "dims": [...], "keepdim": bool}``: over its own dims.
 - ``{"op": "scalar", "fn": "add"|"sub"|"mul"|"div", "value": c, "reverse": bool}``: x op c (c op x).
-- ``{"op": "opaque", "why": "..."}``: something no record describes; simulate raises with `why`.
+- ``{"op": "index", "index": [i, ...]}``: basic indexing of the neuron's value, one entry per dim
+  from the batch on: an int, or ``{"slice": [start, stop, step]}`` (ViT's ``x[:, 0]``).
+- ``{"op": "permute", "dims": [...]}``, ``{"op": "roll", "shifts": [...], "dims": [...]}``,
+  ``{"op": "flip", "dims": [...]}``: the tensor op on the neuron's own dims (dim 0 the batch).
+  Shape ops are recorded as these only when replaying the record on the conversion's position
+  probe gives exactly what the op did (ops.py checks), so a record never guesses.
+- ``{"op": "param_add", "layer": L}``: the parameter table of layer L (``param_add`` kind) added to
+  the neuron's value: element (row, k) of the table is the PARAM_ADD (or BIAS) edge from row
+  node `row` of L to neuron k; the table's per-neuron shape is L's ``op["rows_shape"]`` (the
+  parameter's shape without its feature dim, ones prepended to the value's rank).
+- ``{"op": "param_cat", "dim": d, "parts": [{"layer": L} | {"neurons": true}, ...]}``: the
+  neuron's value concatenated along its dim d with parameter tables (PARAM_CAT edges of layer
+  L, rows_shape as above, broadcast over the other dims): a class token.
+
+- ``{"op": "copies", "chains": [[op, ...], ...]}``: the same neurons concatenated along the
+  features n times, copy r read through chains[r] (Swin's patch merging: x[..., 0::2, 0::2, :],
+  ...); the copies are stacked on a new last dim of the neuron's value. The reading norm / Linear
+  records ``{"copies": n}`` in its ``op``; their edges carry the copy index in K0.
+- ``{"op": "attention", "layer": L}``: the value neurons of hand-written attention layer L
+  (kind ``attention``) attended: readers of the attention's output read the value neurons
+  through it (simulate/attention.py computes the heads' weights from L's record).
+
+Layer ``op`` keys of the attention family:
+
+- ``multihead_attention``: ``batch_first``, ``batched`` (3-d input), ``num_heads``,
+  ``add_zero_attn``. Masks are not recorded, so a masked call is ``inexact``.
+- ``attention`` (hand-written): ``reads_q`` / ``reads_k`` (the op chains of the query / key
+  operands' producers, in the ``reads`` format) and ``scores``: the ops on one head's scores
+  [batch-like, Nq, Nk] before `@ v`, in order: ``scalar`` (as above), ``{"op": "softmax"}`` (last
+  dim), ``{"op": "causal"}`` (sdpa's is_causal), ``{"op": "identity"}``,
+  ``{"op": "head_table", "layer": L, "rows": [[...]]}`` (relative position bias: row
+  rows[i][j] of the head's table in layer L, or ``rows_by_head``), ``{"op": "add_tensor",
+  "period": P, "value": [P, Nq, Nk]}`` (a constant such as a shifted-window mask, repeating
+  every P batch-like positions), or opaque (masks of other kinds, dropout, per-head scales).
+- ``param_add`` / ``param_cat`` / ``relative_position_bias``: ``rows_shape`` (above) and
+  ``deferred``: True when the table is applied by the readers' op chains (param_add /
+  param_cat ops) or to the scores (head_table), not by the layer its edges point into.
+- ``<input>``: ``feature_dim`` when the model input's features are not on dim 1 ([B, tokens, C]);
+  ``<output>``: ``feature_dim`` likewise for the output.
 """
 
 from __future__ import annotations
@@ -222,3 +260,111 @@ def commutes(op: dict, act: dict) -> bool:
 
 
 F_BY_NAME = {name: getattr(F, name) for name in SPATIAL_FUNCTIONS}
+
+
+# ---- per-neuron forms of shape ops (checked against the probes in ops.py) --------------------------
+
+def _norm_dims(dims: Any, ndim: int) -> list[int] | None:
+    if isinstance(dims, int):
+        dims = [dims]
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
+        return None
+    return [d % ndim for d in dims]
+
+
+def per_node_op(name: str, ndim: int, fdim: int, args: tuple, kwargs: dict) -> dict | None:
+    """The record of shape op `name` (getitem, permute, transpose, roll, flip) on each neuron's
+    value, for an input of `ndim` dims with features along `fdim`; None when it cannot say.
+
+    The candidate is what the op does to the other dims; the caller checks it on the probes.
+    """
+    def node(d: int) -> int:
+        return d - (d > fdim)
+
+    try:
+        if name in ("getitem", "__getitem__"):
+            idx = args[0] if args else None
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            if any(i is Ellipsis for i in idx):
+                k = idx.index(Ellipsis)
+                idx = idx[:k] + (slice(None),) * (ndim - len(idx) + 1) + idx[k + 1:]
+            if len(idx) > ndim or not all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in idx):
+                return None
+            idx = idx + (slice(None),) * (ndim - len(idx))
+            if idx[fdim] != slice(None):
+                return None
+            out = []
+            for d, i in enumerate(idx):
+                if d == fdim:
+                    continue
+                if isinstance(i, slice):
+                    if not all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)):
+                        return None
+                    out.append({"slice": [i.start, i.stop, i.step]})
+                else:
+                    out.append(int(i))
+            return {"op": "index", "index": out}
+        if name in ("permute", "transpose", "swapaxes"):
+            if name == "permute":
+                dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+                perm = _norm_dims(list(dims or kwargs.get("dims", ())), ndim)
+            else:
+                a = list(args) + [kwargs.get(k) for k in ("dim0", "dim1")][len(args):]
+                pair = _norm_dims(a[:2], ndim)
+                if pair is None or len(pair) != 2:
+                    return None
+                perm = list(range(ndim))
+                perm[pair[0]], perm[pair[1]] = perm[pair[1]], perm[pair[0]]
+            if perm is None or sorted(perm) != list(range(ndim)):
+                return None
+            return {"op": "permute", "dims": [node(p) for p in perm if p != fdim]}
+        if name in ("roll", "flip"):
+            rest = list(args)
+            if name == "roll":
+                shifts = rest[0] if rest else kwargs.get("shifts")
+                dims = rest[1] if len(rest) > 1 else kwargs.get("dims")
+                dims = _norm_dims(dims, ndim)
+                shifts = [shifts] if isinstance(shifts, int) else list(shifts or [])
+                if dims is None or fdim in dims or len(shifts) != len(dims):
+                    return None
+                return {"op": "roll", "shifts": [int(s) for s in shifts], "dims": [node(d) for d in dims]}
+            dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else (rest or kwargs.get("dims"))
+            dims = _norm_dims(list(dims) if isinstance(dims, (list, tuple)) else dims, ndim)
+            if dims is None or fdim in dims:
+                return None
+            return {"op": "flip", "dims": [node(d) for d in dims]}
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def apply_shape(v: Tensor, op: dict) -> Tensor:
+    """A per-neuron shape record (index, permute, roll, flip) applied to values [k, *per-neuron]."""
+    kind = op["op"]
+    if kind == "index":
+        idx = tuple(slice(*i["slice"]) if isinstance(i, dict) else i for i in op["index"])
+        return v[(slice(None), *idx)]
+    if kind == "permute":
+        return v.permute(0, *[d + 1 for d in op["dims"]])
+    if kind == "roll":
+        return torch.roll(v, op["shifts"], [d + 1 for d in op["dims"]])
+    if kind == "flip":
+        return torch.flip(v, [d + 1 for d in op["dims"]])
+    raise KeyError(kind)
+
+
+SHAPE_RECORDS = ("index", "permute", "roll", "flip")
+
+
+def pad_without_feature(op: dict, ndim: int, fdim: int) -> dict:
+    """An F.pad record on neurons along `fdim` of an `ndim`-d tensor, for one neuron's value: the
+    feature dim's pair is dropped (it must pad nothing; channels-last maps pad it with (0, 0))."""
+    if op.get("op") != "call" or not isinstance(op["kwargs"].get("pad"), list):
+        return op
+    pad = list(op["kwargs"]["pad"])
+    j = ndim - 1 - fdim  # pairs run from the last dim backwards
+    if 2 * j + 1 >= len(pad):
+        return op
+    if pad[2 * j] or pad[2 * j + 1]:
+        return opaque("F.pad that pads the feature dim")
+    return {**op, "kwargs": {**op["kwargs"], "pad": pad[:2 * j] + pad[2 * j + 2:]}}

@@ -151,12 +151,61 @@ def merge_ops(ctx: ConversionContext, maps: list) -> dict | None:
     return {p: c for p, c in out.items() if c} or None
 
 
-def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: int) -> dict | None:
-    """What a shape op did to each neuron's value (None: nothing), read off the rest probe."""
+def copies_op(ctx: ConversionContext, maps: list) -> dict | None:
+    """The op chains of the same neurons concatenated n times along the features, each copy
+    through its own ops (Swin's patch merging: a channel at four offsets): {producer: ({"op":
+    "copies", "chains": [chain of copy 0, ...]},)}, the copies stacked on a new last dim of each
+    neuron's value (copy r = part r, as copy_positions numbers them). None unless every part
+    holds the same neurons in the same order."""
+    if len(maps) < 2 or any(m.pos is not None or not torch.equal(m.nodes, maps[0].nodes) for m in maps):
+        return None
+    layers = ctx.builder.node_layers(maps[0].nodes)
+    out = {}
+    for p in layers:
+        chains = [list((m.ops or {}).get(p, ())) for m in maps]
+        out[p] = ({"op": "copies", "chains": chains},)
+    return out
+
+
+def is_copy_read(m: NeuronMap) -> bool:
+    """Whether `m`'s positions number repeated neurons (copy_positions) rather than a flatten."""
+    return m.pos is not None and m.size > 0 and torch.equal(m.pos, copy_positions(m.nodes)) \
+        and bool((m.pos[:, 0] > 0).any())
+
+
+def carried_copies(ctx: ConversionContext, m: NeuronMap) -> int | None:
+    """n when a layer reading `m` reads repeated neurons whose values carry their n copies on a
+    last dim (a "copies" op ends each chain, or the producers record "copies"), else None."""
+    if not is_copy_read(m):
+        return None
+    n = int(m.pos[:, 0].max()) + 1
+    if m.ops:
+        ok = all(c and c[-1].get("op") == "copies" and len(c[-1]["chains"]) == n for c in m.ops.values())
+    else:
+        ok = all((ctx.builder.layers[p].op or {}).get("copies") == n for p in ctx.builder.node_layers(m.nodes))
+    return n if ok else None
+
+
+def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: int,
+                 candidate: dict | None = None) -> dict | None:
+    """What a shape op did to each neuron's value (None: nothing), read off the rest probe.
+
+    `candidate` is the op's own per-neuron record (op_records.per_node_op): kept when replaying it
+    on the positions of the input reproduces the rest probe exactly.
+    """
     out_shape = [s for d, s in enumerate(q.shape) if d != j]
     in_node = [s for d, s in enumerate(in_shape) if d != m.dim]
     r_sel = r.select(j, 0).reshape(-1).long() if q.ndim else r.reshape(-1).long()
     if r_sel.numel() != math.prod(in_node) or not torch.equal(r_sel, torch.arange(r_sel.numel())):
+        if candidate is not None and m.pos is None:
+            probe = torch.arange(math.prod(in_node)).view(1, *in_node)
+            try:
+                got = op_records.apply_shape(probe, candidate)[0]
+            except (IndexError, RuntimeError, TypeError):
+                got = None
+            want = r.select(j, 0).long() if q.ndim else r.long()
+            if got is not None and tuple(got.shape) == tuple(want.shape) and torch.equal(got, want):
+                return candidate
         return op_records.opaque("a shape op that reorders, slices or repeats positions within neurons")
     if out_shape == in_node:
         return None
@@ -184,7 +233,8 @@ def probe_tensors(shape: torch.Size, dim: int) -> tuple[Tensor, Tensor]:
     return feat, rest
 
 
-def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor) -> Any:
+def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor,
+                   candidate: dict | None = None) -> Any:
     """The dataflow value of a shape op's output, read off its feature probe `q` and rest probe `r`.
 
     `m` is the input's NeuronMap and `in_shape` the input's real shape; `q`, `r` are the op applied
@@ -199,7 +249,7 @@ def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q
             return CONST
         keep = m.dim - (len(in_shape) - q.ndim) if q.ndim < len(in_shape) else m.dim
         d = keep if keep in ones else ones[-1]
-        return with_op(ctx, NeuronMap(m.nodes, d, m.pos, q.ndim, m.ops), _per_node_op(m, in_shape, q, r, d))
+        return with_op(ctx, NeuronMap(m.nodes, d, m.pos, q.ndim, m.ops), _per_node_op(m, in_shape, q, r, d, candidate))
     varying = [d for d in range(q.ndim) if q.shape[d] > 1 and bool((q.amax(d) != q.amin(d)).any())]
     if not varying:
         return CONST  # one feature selected: its neuron identity no longer spans a dimension
@@ -214,7 +264,7 @@ def map_from_probe(ctx: ConversionContext, m: NeuronMap, in_shape: torch.Size, q
     pos = m.pos[feat] if m.pos is not None else None
     if not bool((rest != rest[0]).any()):
         out = NeuronMap(nodes, j, pos, q.ndim, m.ops)
-        return with_op(ctx, out, _per_node_op(m, in_shape, q, r, j))
+        return with_op(ctx, out, _per_node_op(m, in_shape, q, r, j, candidate))
     # other dims were merged into the feature dim: flatten
     if pos is not None:
         ctx.fail("flattening an already flattened feature map is not supported")
@@ -279,7 +329,9 @@ def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     qs, rs = call(feat, args[1:], kwargs), call(rest, args[1:], kwargs)
     if isinstance(qs, (tuple, list)):
         return type(qs)(map_from_probe(w.ctx, x, real.shape, q, r) for q, r in zip(qs, rs))
-    return map_from_probe(w.ctx, x, real.shape, qs, rs)
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    candidate = op_records.per_node_op(name, real.ndim, x.dim, tuple(args[1:]), kwargs)
+    return map_from_probe(w.ctx, x, real.shape, qs, rs, candidate)
 
 
 def _caller(n) -> Callable:
@@ -351,7 +403,11 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
                 or tuple(result.shape) != tuple(split[0].feat.shape):
             w.ctx.fail("combines features spread over several dims with other neurons or "
                        "parameters; only scaling or shifting them by a constant is followed.")
-        return split[0]
+        x = split[0]
+        i = 0 if vals[0] is x else 1
+        const = reals[1 - i] if len(reals) > 1 else None
+        op = op_records.scalar_op(n.target, const, i == 1, dict(n.kwargs))  # q * scale: exact per element
+        return SplitMap(with_op(w.ctx, x.source, op), x.src_shape, x.feat, x.rest)
     maps = [v for v in vals if isinstance(v, NeuronMap)]
     params = [v for v in vals if isinstance(v, ParamRef)]
     unassigned = [v for v in vals if isinstance(v, Unassigned)]
@@ -451,6 +507,23 @@ def param_rows(w: "DataflowWalker", m: NeuronMap, p: ParamRef, real_p: Tensor, o
     return elements, elements // K, elements % K
 
 
+def table_shape(p: ParamRef, shape: torch.Size, fdim: int) -> list[int] | None:
+    """Per-neuron shape of parameter table `p` used whole, broadcast into a tensor of `shape` with
+    features along its last dim `fdim` (row r of the table = flat index over the parameter's
+    other dims); None for any other layout (a slice, a gather, features elsewhere)."""
+    param = p.param
+    if fdim != len(shape) - 1 or param.dim() > len(shape) or param.dim() == 0:
+        return None
+    ident = torch.arange(param.numel()).view(param.shape)
+    try:
+        ok = torch.equal(p.index.expand(shape), ident.expand(shape))
+    except RuntimeError:
+        return None
+    if not ok:
+        return None
+    return [1] * (len(shape) - param.dim()) + [int(s) for s in param.shape[:-1]]
+
+
 def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Tensor, result: Tensor,
                   kind: str) -> NeuronMap:
     """neurons + parameter (positional table, functional bias) or neurons * parameter (scale)."""
@@ -468,12 +541,23 @@ def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Ten
         w.ctx.note_read(m)
         layer = w.ctx.new_layer(name, "param_add")
         target = m
-        if m.ops and not (w.reused(n.args[0]) or w.reused(n.args[1])):  # edges land on the producers
-            w.ctx.builder.mark_inexact(list(m.ops), f"parameter {name} is added after a parameter-free op")
-        if w.reused(n.args[0]) or w.reused(n.args[1]):
+        reused = w.reused(n.args[0]) or w.reused(n.args[1])
+        rows_shape = table_shape(p, result.shape, m.dim)
+        # edges land on the producers' neurons: added by the readers' op chains, after the
+        # producers' own ops and activation (a bias straight on un-activated neurons stays theirs)
+        deferred = not reused and (n_rows > 1 or bool(m.ops) or w.has_activation(m.nodes))
+        if rows_shape is not None:
+            w.ctx.set_layer_op(layer, {"rows_shape": rows_shape, "deferred": deferred})
+        if deferred and rows_shape is None:
+            w.ctx.builder.mark_inexact(w.ctx.builder.node_layers(m.nodes),
+                                       f"parameter {name} is added after a parameter-free op, in a layout "
+                                       f"simulate does not replay")
+        if reused:
             new = w.ctx.add_nodes(m.size, NodeType.SUM, layer)
             w.ctx.add_aux_edges(m.nodes, new, EdgeType.RESIDUAL, layer)
             target = NeuronMap(new, m.dim, m.pos, m.ndim)
+        elif deferred and rows_shape is not None:
+            target = with_op(w.ctx, m, {"op": "param_add", "layer": layer})
         if n_rows == 1:
             src = torch.full_like(elements, w.ctx.bias_node(layer))
             etype = EdgeType.BIAS
@@ -571,7 +655,8 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
         joined = torch.cat(nodes)
         ops = merge_ops(w.ctx, resolved)
         if not any_pos and torch.unique(joined).numel() < joined.numel():
-            return NeuronMap(joined, dim, copy_positions(joined), result.ndim, ops)
+            copies = copies_op(w.ctx, resolved)
+            return NeuronMap(joined, dim, copy_positions(joined), result.ndim, copies if copies is not None else ops)
         return NeuronMap(joined, dim, torch.cat(pos) if any_pos else None, result.ndim, ops)
     # along another dim (tokens, batch): every part must feed the same neurons
     out = ref.moved(fdim, result.ndim)
@@ -584,21 +669,40 @@ def concat(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, resu
         for m in maps:
             w.ctx.add_aux_edges(m.nodes, new, EdgeType.RESIDUAL, layer)
         out = NeuronMap(new, fdim, ref.pos, result.ndim)
+    # the per-neuron record of the concatenation (simulate): the neurons' value with the tables
+    record: list | None = [] if not distinct and not stack and len(maps) == 1 else None
     for p, r in zip(parts, reals):
         if isinstance(p, ParamRef):  # class token / register tokens concatenated into the sequence
             m = out.moved(ref.dim, r.ndim) if not stack else out
             layout = param_rows(w, m, p, r, r.shape)
             if layout is None:
                 w.unclaimed_use([p], n)
+                record = None
                 continue
             elements, rows, feats = layout
             name = w.ctx.builder.param_name(p.param)
             layer = w.ctx.new_layer(name, "param_cat")
+            rows_shape = table_shape(p, r.shape, m.dim)
+            if rows_shape is None or record is None:
+                record = None
+            else:
+                w.ctx.set_layer_op(layer, {"rows_shape": rows_shape, "deferred": True})
+                record.append({"layer": layer})
             n_rows = int(rows.max()) + 1
             src = w.ctx.add_nodes(n_rows, NodeType.PARAM_SOURCE, layer, torch.arange(n_rows))
             w.ctx.add_param_edges(p.param, src[rows], out.nodes[feats], EdgeType.PARAM_CAT, layer)
         elif isinstance(p, Unassigned):
             w.ctx.fail("concatenates a raw input with neurons along a non-feature dim")
+        elif isinstance(p, NeuronMap) and record is not None:
+            record.append({"neurons": True})
+        elif record is not None:
+            record = None  # a constant tensor part
+    if any(isinstance(p, ParamRef) for p in parts):
+        op = ({"op": "param_cat", "dim": dim - (dim > fdim), "parts": record} if record is not None else
+              op_records.opaque("a concatenation along a non-feature dim that simulate does not replay"))
+        out = with_op(w.ctx, out, op)
+    elif record is not None and len(parts) > 1:  # neurons with constants along tokens
+        out = with_op(w.ctx, out, op_records.opaque("a concatenation along a non-feature dim"))
     return out
 
 
@@ -630,13 +734,20 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     if t is F.normalize and isinstance(values[0], SplitMap):
         dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
         if dim % values[0].ndim == values[0].ndim - 1:  # each head's vector (cosine attention)
-            return values[0]
+            x = values[0]  # mixes a head's neurons: no per-neuron record (simulate refuses)
+            op = op_records.opaque("F.normalize over each head's vector (cosine attention)")
+            return SplitMap(with_op(w.ctx, x.source, op), x.src_shape, x.feat, x.rest)
         w.ctx.fail("normalizes split features across heads; only over each head's own vector is followed.")
     if t in _IDENTITY_FUNCS or t in _POOL_FUNCS:
         x = values[0]
         if isinstance(x, NeuronMap) and isinstance(result, Tensor):
             x = x.moved(x.dim, result.ndim)
-            return with_op(w.ctx, x, op_records.function_op(t, tuple(args[1:]), kwargs)) if t in _POOL_FUNCS else x
+            if t not in _POOL_FUNCS:
+                return x
+            op = op_records.function_op(t, tuple(args[1:]), kwargs)
+            if t is F.pad:  # the pad pairs count dims from the last; a neuron's value has no feature dim
+                op = op_records.pad_without_feature(op, result.ndim, x.dim)
+            return with_op(w.ctx, x, op)
         if isinstance(x, Unassigned) and t in _POOL_FUNCS and isinstance(result, Tensor):  # a pooled input
             return Unassigned(result.ndim, x.node_type, ops=x.ops + (op_records.function_op(t, tuple(args[1:]), kwargs),))
         return x
@@ -664,6 +775,59 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
 _SCORE_OPS = {"masked_fill", "masked_fill_", torch.masked_fill, torch.where}
 
 
+def note_scores(ctx: ConversionContext, scores: Scores, op: dict) -> None:
+    """What is done to attention scores before `@ v`, in order, on the attention layer's record
+    (op["scores"], for simulate): scalar ops, {"op": "softmax"}, or opaque."""
+    rec = ctx.builder.layers[scores.layer]
+    rec.op = dict(rec.op or {})
+    rec.op["scores"] = [*rec.op.get("scores", []), op]
+
+
+def _scores_record(t: Any, scores: Scores, values: list, args: tuple, kwargs: dict, result: Any) -> dict | None:
+    """The simulate record of an op on attention scores (None: it leaves them unchanged)."""
+    name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    if t in _IDENTITY_FUNCS:
+        return None
+    if t in (F.softmax, torch.softmax, "softmax"):
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        nd = result.ndim if isinstance(result, Tensor) else 0
+        if isinstance(dim, int) and dim % max(nd, 1) == nd - 1 and not kwargs.get("dtype"):
+            return {"op": "softmax"}
+        return op_records.opaque(f"'{name}' of attention scores over another dim")
+    if (t in _MUL or t in _ADD) and len(values) >= 2:
+        i = 0 if values[0] is scores else 1
+        other = args[1 - i] if len(args) > 1 else None
+        if values[1 - i] is CONST or not is_tensor_like(values[1 - i]):
+            op = op_records.scalar_op(t, other, i == 1, dict(kwargs))
+            if op["op"] != "opaque":
+                return op
+            if t in _ADD and "sub" not in name and isinstance(other, Tensor) and isinstance(result, Tensor):
+                op = _constant_scores(scores, other, result)  # a shifted-window mask
+                if op is not None:
+                    return op
+            return op_records.opaque(f"'{name}' of attention scores with a constant tensor (a mask)")
+        return op_records.opaque(f"'{name}' of attention scores with parameters or neurons (per-head biases)")
+    return op_records.opaque(f"'{name}' of attention scores")
+
+
+def _constant_scores(scores: Scores, c: Tensor, result: Tensor) -> dict | None:
+    """A constant added to the scores, the same for every head and repeating over the batch-like
+    positions with some period P (masks depend on the window, not the sample):
+    {"op": "add_tensor", "period": P, "value": [P, Nq, Nk]}; None otherwise."""
+    if c.is_meta or tuple(scores.head_of.shape) != tuple(result.shape):
+        return None
+    nq, nk = result.shape[-2:]
+    full = c.detach().to(torch.float64).expand(result.shape).reshape(-1, nq, nk)
+    head = scores.head_of.reshape(-1, nq * nk)[:, 0]
+    blocks = [full[head == h] for h in torch.unique(head).tolist()]
+    if any(not torch.equal(b, blocks[0]) for b in blocks):
+        return None
+    b = blocks[0]
+    m = b.shape[0]
+    period = next(p for p in range(1, m + 1) if m % p == 0 and torch.equal(b, b[:p].repeat(m // p, 1, 1)))
+    return {"op": "add_tensor", "period": period, "value": b[:period].tolist()}
+
+
 def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs: dict, result: Any) -> Any:
     """Attention scores through scaling, masking, softmax, dropout: still the same scores."""
     flat = flatten_values(values)
@@ -671,7 +835,13 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
     if (t in SHAPE_FUNCS or t in _IDENTITY_FUNCS) and values[0] is scores:  # e.g. a per-window view
         out = _caller(n)(scores.head_of.contiguous(), _host(tuple(args[1:])), {k: _host(v) for k, v in kwargs.items()})
         if isinstance(out, Tensor) and tuple(out.shape) == tuple(result.shape):
+            if t not in _IDENTITY_FUNCS and not _regroups_batch(scores.head_of, out):
+                note_scores(w.ctx, scores, op_records.opaque("a reshape of attention scores"))
             return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
+    params = [v for v in flat if isinstance(v, ParamRef)]
+    tables: list = []  # per-head tables added to the scores (relative position bias), recorded below
+    if not params:
+        note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
     from .converters.attention import head_neurons, head_parameter  # converters import ops: no cycle here
 
     elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
@@ -681,11 +851,33 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
             and head_neurons(w.ctx, scores, neurons[0], result.shape))):
         w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
                    "masking, softmax, dropout and per-head biases are followed before `@ v`).")
-    for p in [v for v in flat if isinstance(v, ParamRef)]:  # per-head bias tables and scales
+    for p in params:  # per-head bias tables and scales
         kind = "add" if t in _ADD else "mul" if t in _MUL else None
-        if kind is None or not head_parameter(w.ctx, scores, p, result.shape, kind):
+        if kind is None or not head_parameter(w.ctx, scores, p, result.shape, kind, tables):
             w.unclaimed_use([p], n)
+    if params:
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        exact = len(params) == 1 and len(tables) == 1 and "sub" not in name and len(flat) == 2
+        note_scores(w.ctx, scores, tables[0] if exact else op_records.opaque(
+            f"'{name}' of attention scores with parameters in a layout simulate does not replay (per-head scales)"))
     return scores
+
+
+def _regroups_batch(head_in: Tensor, head_out: Tensor) -> bool:
+    """Whether a view of attention scores only regroups their batch-like dims: the (query, key)
+    dims and the head dim, with everything between them, are kept (each head's [M, Nq, Nk] is
+    unchanged in order)."""
+    def head_dim(h: Tensor) -> int | None:
+        vary = [d for d in range(h.ndim) if h.shape[d] > 1 and bool((h.amax(d) != h.amin(d)).any())]
+        return vary[0] if len(vary) == 1 else None
+
+    if head_in.shape[-2:] != head_out.shape[-2:]:
+        return False
+    a, b = head_dim(head_in), head_dim(head_out)
+    if a is None or b is None:
+        return a is None and b is None and head_in.shape[-2:] == head_out.shape[-2:]
+    return (head_in.shape[a] == head_out.shape[b]
+            and math.prod(head_in.shape[a + 1:]) == math.prod(head_out.shape[b + 1:]))
 
 
 # elementwise functions whose output element k depends on parameter element k only (not cumsum,

@@ -331,6 +331,8 @@ class ConversionContext:
             d = dim if dim >= 0 else n + dim
             ordered = value.node_type == NodeType.INPUT
             nodes = self.add_nodes(size, value.node_type, 0, torch.arange(size) if ordered else None)
+            if ordered:
+                self.builder.note_input_dim(d)
             value.assigned = NeuronMap(nodes, d, None, n, {0: value.ops} if value.ops else None)
             self.note_read(value.assigned)
             return value.assigned

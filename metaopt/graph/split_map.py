@@ -43,7 +43,12 @@ class SplitMap:
         return self.source.nodes[self.feat[index].long()]
 
     def like(self, shape: torch.Size, dim: int) -> "SplitMap":
-        """The same neurons in an output whose `dim` (a token/sequence dim) has another length."""
+        """The same neurons in an output whose `dim` (a token/sequence dim) has another length.
+
+        Of the same length (self-attention), the probes stay as they are: each token keeps its
+        position, which is what readers of an attention output read."""
+        if tuple(shape) == tuple(self.feat.shape):
+            return self
         feat = self.feat.narrow(dim, 0, 1)
         rest = self.rest.narrow(dim, 0, 1)
         return SplitMap(self.source, self.src_shape, feat.expand(shape), rest.expand(shape))

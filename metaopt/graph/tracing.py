@@ -163,6 +163,12 @@ class DataflowWalker(fx.Interpreter):
             if scores and not isinstance(module, ops.IDENTITY_MODULES + tuple(ops.ACTIVATION_MODULES)):
                 self.ctx.fail("attention scores (q @ k^T) go through a module no rule reads; only "
                               "softmax and dropout are followed before `@ v`.")
+            if scores and not isinstance(module, ops.IDENTITY_MODULES):  # recorded for simulate
+                s = next(v for v in ops.flatten_values(values) if isinstance(v, Scores))
+                exact = isinstance(module, nn.Softmax) and module.dim is not None \
+                    and module.dim % result.ndim == result.ndim - 1
+                ops.note_scores(self.ctx, s, {"op": "softmax"} if exact else op_records.opaque(
+                    f"module {type(module).__name__} on attention scores"))
             if split and not ops.follows_split(n, module):
                 self.ctx.fail(
                     "this op computes with features spread over several dims (e.g. split into "
@@ -173,7 +179,10 @@ class DataflowWalker(fx.Interpreter):
         if n.op == "placeholder":
             if self.inputs is not None:  # the body of an inlined function: the caller's values
                 return next(self.inputs)
-            return Unassigned(result.ndim, NodeType.INPUT) if isinstance(result, Tensor) else result
+            if isinstance(result, Tensor):
+                self.ctx.builder.note_model_input()
+                return Unassigned(result.ndim, NodeType.INPUT)
+            return result
         if n.op == "get_attr":
             return self._get_attr(result)
         if n.op == "call_module":
@@ -394,8 +403,15 @@ def _walk(model: nn.Module, call: ExampleCall, strict: bool, on_meta: bool) -> t
     out_maps = [v for v in ops.flatten_values(walker.values[out_node]) if isinstance(v, NeuronMap)]
     if out_maps:
         builder.mark_outputs(torch.cat([m.nodes for m in out_maps]))
-        if any(m.ops for m in out_maps):  # the output is read through ops too (pool + flatten last)
-            builder.note_reads(builder.new_layer("<output>", "output"), ops.merge_ops(walker.ctx, out_maps))
+        dims = {m.dim for m in out_maps}
+        late = max(dims) >= 2  # features after the batch and another dim ([B, tokens, C]): recorded
+        if any(m.ops for m in out_maps) or late:  # the output is read through ops too (pool + flatten last)
+            lid = builder.new_layer("<output>", "output")
+            builder.note_reads(lid, ops.merge_ops(walker.ctx, out_maps))
+            if late and len(dims) == 1:
+                builder.set_layer_op(lid, {"feature_dim": dims.pop()})
+            elif late:
+                builder.mark_inexact([lid], "outputs with features along different dims")
     return builder, walker
 
 

@@ -15,28 +15,35 @@ per-head parameters (relative position bias tables, logit scales) as edges into 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import op_records, ops
 from ..builder import NeuronMap, dense_edges, flat_dense_edges
 from ..registry import CONST, ConversionContext, ParamRef, register_converter
 from ..schema import Activation, EdgeType, NodeType
+from ..ops import with_op
 from ..split_map import Scores, SplitMap, head_dims, head_grid, transposed
 from .dense import linear
 from .norm import last_dims_norm
 
 
 def multihead_attention(ctx: ConversionContext, name: str, m: nn.MultiheadAttention,
-                        q: Any, k: Any, v: Any, ndim: int) -> NeuronMap:
+                        q: Any, k: Any, v: Any, ndim: int, mask: str | None = None) -> NeuronMap:
+    """`mask` names a mask the call passed (masks are not recorded: simulate refuses the layer)."""
     E, H = m.embed_dim, m.num_heads
     D = E // H
     qm = ctx.input_map(q, -1, E, ndim)
     km = ctx.input_map(k, -1, m.kdim, ndim)
     vm = ctx.input_map(v, -1, m.vdim, ndim)
     layer = ctx.new_layer(name, "multihead_attention")
+    ctx.set_layer_op(layer, {"batch_first": bool(m.batch_first), "batched": ndim == 3, "num_heads": int(H),
+                             "add_zero_attn": bool(m.add_zero_attn)})
+    if mask is not None:
+        ctx.builder.mark_inexact([layer], f"attention called with {mask} (masks are not recorded)")
     qn = ctx.add_nodes(E, NodeType.QUERY, layer)
     kn = ctx.add_nodes(E, NodeType.KEY, layer)
     vn = ctx.add_nodes(E, NodeType.VALUE, layer)
@@ -69,17 +76,31 @@ def _arg(ctx: ConversionContext, inputs: list, i: int, key: str) -> Any:
     return inputs[i] if len(inputs) > i else ctx.kwargs.get(key)
 
 
+def _mask(ctx: ConversionContext, start: int) -> str | None:
+    """The name of a mask (a tensor argument from position `start` on, or a `*mask*` keyword) or
+    causal flag the call passes, else None."""
+    for i, a in enumerate(ctx.args[start:]):
+        if isinstance(a, Tensor):
+            return f"a mask (argument {start + i})"
+    for key, a in ctx.real_kwargs.items():
+        if isinstance(a, Tensor) or ("causal" in key and a):
+            return f"'{key}'"
+    return None
+
+
 @register_converter(nn.MultiheadAttention)
 def _mha_module(ctx: ConversionContext, m: nn.MultiheadAttention, inputs: list, name: str):
     q, k, v = (_arg(ctx, inputs, i, key) for i, key in enumerate(("query", "key", "value")))
     ndim = ctx.args[0].ndim if ctx.args else ctx.ndim_of(q, 3)
-    return multihead_attention(ctx, name, m, q, k, v, ndim), CONST
+    return multihead_attention(ctx, name, m, q, k, v, ndim, _mask(ctx, 3)), CONST
 
 
 # ---- transformer blocks ---------------------------------------------------------------------------
 
 def residual_sum(ctx: ConversionContext, name: str, a: NeuronMap, b: NeuronMap) -> NeuronMap:
     """a + b as new SUM neurons with structural RESIDUAL edges from both operands."""
+    ctx.note_read(a)  # each operand through its op chain (a patch embedding's flatten, a class token)
+    ctx.note_read(b)
     layer = ctx.new_layer(name, "residual_add")
     new = ctx.add_nodes(a.size, NodeType.SUM, layer)
     ctx.add_aux_edges(a.nodes, new, EdgeType.RESIDUAL, layer)
@@ -96,8 +117,8 @@ def _activation_of(fn: Any) -> Activation:
 class _Block:
     """Helpers binding one transformer layer's submodules to the context."""
 
-    def __init__(self, ctx: ConversionContext, m: nn.Module, name: str, ndim: int) -> None:
-        self.ctx, self.m, self.name, self.ndim = ctx, m, name, ndim
+    def __init__(self, ctx: ConversionContext, m: nn.Module, name: str, ndim: int, mask: str | None = None) -> None:
+        self.ctx, self.m, self.name, self.ndim, self.mask = ctx, m, name, ndim, mask
 
     def norm(self, attr: str, x: NeuronMap) -> NeuronMap:
         n = getattr(self.m, attr)
@@ -105,11 +126,12 @@ class _Block:
         bias = ParamRef.of(n.bias) if getattr(n, "bias", None) is not None else None
         kind = "rmsnorm" if type(n).__name__ == "RMSNorm" else "layernorm"
         return last_dims_norm(self.ctx, f"{self.name}.{attr}", x, tuple(n.normalized_shape), weight, bias,
-                              self.ndim, kind)
+                              self.ndim, kind, getattr(n, "eps", 1e-5))
 
     def attn(self, attr: str, x: NeuronMap, mem: NeuronMap | None = None) -> NeuronMap:
         src = x if mem is None else mem
-        return multihead_attention(self.ctx, f"{self.name}.{attr}", getattr(self.m, attr), x, src, src, self.ndim)
+        return multihead_attention(self.ctx, f"{self.name}.{attr}", getattr(self.m, attr), x, src, src, self.ndim,
+                                   self.mask)
 
     def ff(self, x: NeuronMap) -> NeuronMap:
         h = linear(self.ctx, f"{self.name}.linear1", x, ParamRef.of(self.m.linear1.weight),
@@ -122,8 +144,9 @@ class _Block:
         return residual_sum(self.ctx, f"{self.name}.{tag}", x, y)
 
 
-def encoder_layer(ctx: ConversionContext, m: nn.TransformerEncoderLayer, x: Any, name: str, ndim: int) -> NeuronMap:
-    b = _Block(ctx, m, name, ndim)
+def encoder_layer(ctx: ConversionContext, m: nn.TransformerEncoderLayer, x: Any, name: str, ndim: int,
+                  mask: str | None = None) -> NeuronMap:
+    b = _Block(ctx, m, name, ndim, mask)
     x = ctx.input_map(x, -1, m.self_attn.embed_dim, ndim)
     if m.norm_first:
         x = b.add(x, b.attn("self_attn", b.norm("norm1", x)), "add1")
@@ -133,8 +156,8 @@ def encoder_layer(ctx: ConversionContext, m: nn.TransformerEncoderLayer, x: Any,
 
 
 def decoder_layer(ctx: ConversionContext, m: nn.TransformerDecoderLayer, x: Any, memory: Any, name: str,
-                  ndim: int) -> NeuronMap:
-    b = _Block(ctx, m, name, ndim)
+                  ndim: int, mask: str | None = None) -> NeuronMap:
+    b = _Block(ctx, m, name, ndim, mask)
     E = m.self_attn.embed_dim
     x = ctx.input_map(x, -1, E, ndim)
     mem = ctx.input_map(memory, -1, E, ndim)
@@ -159,60 +182,98 @@ def _ndim(ctx: ConversionContext) -> int:
 
 @register_converter(nn.TransformerEncoderLayer)
 def _encoder_layer(ctx, m, inputs, name):
-    return encoder_layer(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx))
+    return encoder_layer(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx), _mask(ctx, 1))
 
 
 @register_converter(nn.TransformerDecoderLayer)
 def _decoder_layer(ctx, m, inputs, name):
-    return decoder_layer(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx))
+    return decoder_layer(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx),
+                         _mask(ctx, 2))
 
 
-def _encoder_stack(ctx: ConversionContext, m: nn.TransformerEncoder, x: Any, name: str, ndim: int) -> NeuronMap:
+def _encoder_stack(ctx: ConversionContext, m: nn.TransformerEncoder, x: Any, name: str, ndim: int,
+                   mask: str | None = None) -> NeuronMap:
     for i, layer in enumerate(m.layers):
-        x = encoder_layer(ctx, layer, x, f"{name}.layers.{i}", ndim)
+        x = encoder_layer(ctx, layer, x, f"{name}.layers.{i}", ndim, mask)
     return _final_norm(ctx, m, x, name, ndim)
 
 
 def _decoder_stack(ctx: ConversionContext, m: nn.TransformerDecoder, x: Any, memory: Any, name: str,
-                   ndim: int) -> NeuronMap:
+                   ndim: int, mask: str | None = None) -> NeuronMap:
     for i, layer in enumerate(m.layers):
-        x = decoder_layer(ctx, layer, x, memory, f"{name}.layers.{i}", ndim)
+        x = decoder_layer(ctx, layer, x, memory, f"{name}.layers.{i}", ndim, mask)
     return _final_norm(ctx, m, x, name, ndim)
 
 
 @register_converter(nn.TransformerEncoder)
 def _encoder(ctx, m, inputs, name):
-    return _encoder_stack(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx))
+    return _encoder_stack(ctx, m, _arg(ctx, inputs, 0, "src"), name, _ndim(ctx), _mask(ctx, 1))
 
 
 @register_converter(nn.TransformerDecoder)
 def _decoder(ctx, m, inputs, name):
-    return _decoder_stack(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx))
+    return _decoder_stack(ctx, m, _arg(ctx, inputs, 0, "tgt"), _arg(ctx, inputs, 1, "memory"), name, _ndim(ctx),
+                          _mask(ctx, 2))
 
 
 @register_converter(nn.Transformer)
 def _transformer(ctx, m, inputs, name):
-    ndim = _ndim(ctx)
-    memory = _encoder_stack(ctx, m.encoder, _arg(ctx, inputs, 0, "src"), f"{name}.encoder", ndim)
-    return _decoder_stack(ctx, m.decoder, _arg(ctx, inputs, 1, "tgt"), memory, f"{name}.decoder", ndim)
+    ndim, mask = _ndim(ctx), _mask(ctx, 2)
+    memory = _encoder_stack(ctx, m.encoder, _arg(ctx, inputs, 0, "src"), f"{name}.encoder", ndim, mask)
+    return _decoder_stack(ctx, m.decoder, _arg(ctx, inputs, 1, "tgt"), memory, f"{name}.decoder", ndim, mask)
 
 
 
 
 # ---- hand-written attention: F.scaled_dot_product_attention on split heads --------------------
 
+def _chain(x: Any) -> list[dict]:
+    """How an attention operand's producers are read (their op chains), as a `reads` list."""
+    m = x.source if isinstance(x, SplitMap) else x
+    ops_ = getattr(m, "ops", None) or {}
+    return [{"from": int(p), "ops": list(c)} for p, c in ops_.items() if c]
+
+
+def _token_layout(x: Any, ndim: int) -> str | None:
+    """Why operand `x` ([..., tokens, dim]) is not its producers' own per-neuron values with the
+    tokens last (None: it is, so simulate reads each neuron's value as [batch-like, tokens])."""
+    if isinstance(x, NeuronMap):
+        return None if x.dim == ndim - 1 and x.pos is None else "features not on the last dim"
+    vary = x.feature_dims()
+    index = tuple(0 if d in vary else slice(None) for d in range(x.ndim))
+    rest = x.rest[index].long()
+    if not torch.equal(rest.reshape(-1), torch.arange(rest.numel())):
+        return "tokens reordered or sliced relative to their producer's values"
+    src_rest = [s for d, s in enumerate(x.src_shape) if d != x.source.dim]
+    if not src_rest or rest.dim() == 0 or src_rest[-1] != rest.shape[-1]:
+        return "tokens merged with other dims"
+    return None
+
+
 def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tuple[int, ...],
-             shape: torch.Size) -> Scores:
+             shape: torch.Size, operands: tuple = (), scores: list | None = None) -> Scores:
     """Head structure of a hand-written attention from its q/k node grids `[heads, dim]`.
 
     As for nn.MultiheadAttention: the projection neurons become QUERY/KEY (when they are plain
     hidden neurons), one HEAD node per head with HEAD_MEMBER edges from its q/k neurons, and
     QK_PAIR edges from each query neuron to the key neuron it is dotted with.
+
+    For simulate the layer records how it reads the q / k operands (``reads_q``, ``reads_k``: op
+    chains of their producers) and what is done to the scores before `@ v` (``scores``: given by
+    F.scaled_dot_product_attention, else appended by the ops that follow, ops.note_scores).
     """
     if q.shape != k.shape:
         ctx.fail(f"query heads {tuple(q.shape)} and key heads {tuple(k.shape)} do not pair up "
                  f"(grouped-query attention is not supported).")
     layer = ctx.new_layer(name, "attention")
+    if operands:
+        ndim = len(shape)
+        ctx.set_layer_op(layer, {"reads_q": _chain(operands[0]), "reads_k": _chain(operands[1]),
+                                 "scores": list(scores or [])})
+        for role, x in zip(("query", "key"), operands):
+            why = _token_layout(x, ndim)
+            if why is not None:
+                ctx.builder.mark_inexact([layer], f"attention {role}: {why}")
     heads = ctx.add_nodes(q.shape[0], NodeType.HEAD, layer)
     for grid, node_type in ((q, NodeType.QUERY), (k, NodeType.KEY)):
         _members(ctx, grid, node_type, heads, layer)
@@ -229,9 +290,20 @@ def attend(ctx: ConversionContext, scores: Scores, v: Tensor, value: Any, shape:
     if v.shape[0] != scores.heads.numel():
         ctx.fail(f"{scores.heads.numel()} attention heads, but values in {v.shape[0]} heads.")
     _members(ctx, v, NodeType.VALUE, scores.heads, scores.layer)
+    # readers of the output read the value neurons through the attention (simulate)
+    rec = ctx.builder.layers[scores.layer]
+    op = rec.op or {}
+    if "scores" in op:
+        why = _token_layout(value, len(shape))
+        if why is not None:
+            ctx.builder.mark_inexact([scores.layer], f"attention value: {why}")
+        if not any(o.get("op") == "softmax" for o in op["scores"]):
+            ctx.builder.mark_inexact([scores.layer], "attention weights without a recorded softmax")
+    attn = {"op": "attention", "layer": int(scores.layer)}
     if isinstance(value, SplitMap):
+        value = SplitMap(with_op(ctx, value.source, attn), value.src_shape, value.feat, value.rest)
         return value.like(shape, len(shape) - 2)
-    return NeuronMap(value.nodes, len(shape) - 1, None, len(shape))
+    return with_op(ctx, NeuronMap(value.nodes, len(shape) - 1, None, len(shape), value.ops), attn)
 
 
 def _members(ctx: ConversionContext, grid: Tensor, node_type: NodeType, heads: Tensor, layer: int) -> None:
@@ -252,7 +324,20 @@ def sdpa(ctx: ConversionContext, fn: Any, values: list, name: str) -> Any:
         ctx.fail("attention operands must carry their neurons as [..., heads, tokens, head_dim] "
                  "(features on the last dim and on dims before the token dim).")
     scores_shape = (*result.shape[:-1], reals[1].shape[-2])
-    scores = qk_heads(ctx, name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape))
+    mask, causal = ctx.real_arg(3, "attn_mask"), bool(ctx.real_arg(5, "is_causal", False))
+    dropout, scale = ctx.real_arg(4, "dropout_p", 0.0), ctx.real_arg(6, "scale")
+    D = reals[0].shape[-1]
+    record = [{"op": "scalar", "fn": "mul", "value": float(scale if scale is not None else 1.0 / math.sqrt(D)),
+               "reverse": False}]
+    if causal:
+        record.append({"op": "causal"})
+    if mask is not None:
+        record.append(op_records.opaque("an attention mask (not recorded)"))
+    record.append({"op": "softmax"})
+    if dropout:
+        record.append(op_records.opaque("attention dropout (F.scaled_dot_product_attention drops in eval too)"))
+    scores = qk_heads(ctx, name, grids[0], grids[1], head_dims(ops_[0], reals[0].ndim), torch.Size(scores_shape),
+                      operands=(ops_[0], ops_[1]), scores=record)
     return attend(ctx, scores, grids[2], ops_[2], result.shape)
 
 
@@ -267,10 +352,11 @@ def attention_matmul(ctx: ConversionContext, name: str, a: Any, b: Any, args: tu
     q, k = head_grid(a, args[0].ndim), head_grid(transposed(b), args[1].ndim)
     if q is None or k is None:
         return NotImplemented
-    return qk_heads(ctx, name, q, k, head_dims(a, args[0].ndim), result.shape)
+    return qk_heads(ctx, name, q, k, head_dims(a, args[0].ndim), result.shape, operands=(a, transposed(b)))
 
 
-def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: torch.Size, kind: str) -> bool:
+def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: torch.Size, kind: str,
+                   record: list | None = None) -> bool:
     """A parameter added to (`kind="add"`) or multiplying (`"mul"`) the scores, head by head.
 
     Relative position bias tables `[rows, heads]` gathered by a relative-offset index (Swin,
@@ -307,7 +393,32 @@ def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: t
         src = ctx.add_nodes(rows, NodeType.NORM, layer)
         etype = EdgeType.NORM_WEIGHT
     ctx.add_param_edges(ParamRef(table, used), src[rank], scores.heads[head_of_e[used]], etype, layer)
+    if kind == "add" and record is not None:
+        rank_of_e = torch.full((p.param.numel(),), -1, dtype=torch.long)
+        rank_of_e[used] = rank
+        rec = _table_rows(rank_of_e[p.index.expand(shape)], scores.head_of.expand(shape), H, layer)
+        if rec is not None:  # applied to the scores by simulate, not to the HEAD nodes' values
+            ctx.set_layer_op(layer, {"rows_shape": [rows], "deferred": True})
+            record.append(rec)
     return True
+
+
+def _table_rows(rows: Tensor, head: Tensor, H: int, layer: int) -> dict | None:
+    """The scores record of a per-head table: which row is added at each (query, key) position,
+    the same for every batch-like position ({"op": "head_table", "layer", "rows" | "rows_by_head"})."""
+    nq, nk = rows.shape[-2:]
+    R, Hd = rows.reshape(-1, nq * nk), head.reshape(-1, nq * nk)
+    if bool((Hd != Hd[:, :1]).any()):
+        return None
+    per_head = []
+    for h in range(H):
+        blk = R[Hd[:, 0] == h]
+        if not blk.numel() or bool((blk != blk[:1]).any()):
+            return None
+        per_head.append(blk[0].view(nq, nk))
+    if all(torch.equal(r, per_head[0]) for r in per_head):
+        return {"op": "head_table", "layer": int(layer), "rows": per_head[0].tolist()}
+    return {"op": "head_table", "layer": int(layer), "rows_by_head": [r.tolist() for r in per_head]}
 
 
 def head_neurons(ctx: ConversionContext, scores: Scores, m: NeuronMap, shape: torch.Size) -> bool:
@@ -355,7 +466,7 @@ def einsum_attention(ctx: ConversionContext, fn: Any, values: list, name: str) -
         q, k = head_grid(a, ndim), head_grid(b, ndim)
         if q is None or k is None:
             return NotImplemented
-        return qk_heads(ctx, name, q, k, head_dims(a, ndim), result.shape)
+        return qk_heads(ctx, name, q, k, head_dims(a, ndim), result.shape, operands=(a, b))
     if isinstance(a, Scores) and a_ix[-1] == b_ix[-2] and out_ix == a_ix[:-1] + b_ix[-1]:  # attn v
         grid = head_grid(b, ndim)
         if grid is None:

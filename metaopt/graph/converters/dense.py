@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..builder import NeuronMap, dense_edges
+from ..ops import carried_copies
 from ..registry import ConversionContext, ParamRef, register_converter
 from ..schema import EdgeType, NodeType
 
@@ -21,6 +22,9 @@ def linear(ctx: ConversionContext, name: str, x: Any, weight: ParamRef, bias: Pa
     out = ctx.add_nodes(O, NodeType.HIDDEN, layer)
     src, dst, kpos = dense_edges(xm, out)
     etype = EdgeType.LINEAR_FLAT if xm.pos is not None else EdgeType.LINEAR
+    copies = carried_copies(ctx, xm)
+    if copies is not None:  # K0 numbers the copies of repeated neurons (patch merging), for simulate
+        ctx.set_layer_op(layer, {"copies": copies})
     ctx.add_param_edges(weight, src, dst, etype, layer, kpos)
     ctx.add_bias(bias, out, layer)
     return NeuronMap(out, xm.ndim - 1, None, xm.ndim)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..builder import NeuronMap
+from ..ops import carried_copies
 from ..registry import ConversionContext, ParamRef, register_converter
 from ..schema import EdgeType, NodeType
 
@@ -31,7 +32,12 @@ def norm(ctx: ConversionContext, name: str, x: Any, weight: ParamRef | None, bia
     ctx.add_aux_edges(uniq, out, EdgeType.NORM_IN, layer)
     out_map = NeuronMap(out[inverse], xm.dim, xm.pos, xm.ndim)
     rec = dict(op or {})
-    if not torch.equal(inverse, torch.arange(inverse.numel())):
+    copies = carried_copies(ctx, xm)
+    if copies is not None:  # each neuron's value carries its copies on a last dim (patch merging)
+        rec["copies"] = copies
+        if kind not in ("layernorm", "rmsnorm") or trailing:
+            ctx.builder.mark_inexact([layer], f"{kind} over repeated neurons")
+    elif not torch.equal(inverse, torch.arange(inverse.numel())):
         rec["channels"] = inverse.tolist()
     if trailing:
         rec["normalized_dims"] = 1 + len(trailing)

@@ -1,22 +1,25 @@
 """Replays the parameter-free ops recorded between layers (op_records.py) on neuron values.
 
 A neuron's value is [k, B, *S] here (k neurons read together): dim 0 the neurons, dim 1 the batch.
+Parameter tables (param_add / param_cat ops) are read from the graph's edges through `state`,
+for the neurons `nodes` being read.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ..op_records import F_BY_NAME
+from ..op_records import F_BY_NAME, SHAPE_RECORDS, apply_shape
 
 
-def apply(v: Tensor, ops: list[dict], where: str) -> Tensor:
+def apply(v: Tensor, ops: list[dict], where: str, state=None, nodes: Tensor | None = None) -> Tensor:
     for op in ops:
-        v = _apply_one(v, op, where)
+        v = _apply_one(v, op, where, state, nodes)
     return v
 
 
-def _apply_one(v: Tensor, op: dict, where: str) -> Tensor:
+def _apply_one(v: Tensor, op: dict, where: str, state, nodes) -> Tensor:
     kind = op["op"]
     if kind == "call":
         fn, kw = op["fn"], op["kwargs"]
@@ -26,6 +29,8 @@ def _apply_one(v: Tensor, op: dict, where: str) -> Tensor:
         return out.reshape(*lead, *out.shape[2:])
     if kind == "reshape":
         return v.reshape(v.shape[0], *op["shape"])
+    if kind in SHAPE_RECORDS:
+        return apply_shape(v, op)
     if kind == "reduce":
         dims = [d + 1 for d in op["dims"]]
         fn = {"max": "amax", "min": "amin"}.get(op["fn"], op["fn"])
@@ -43,4 +48,23 @@ def _apply_one(v: Tensor, op: dict, where: str) -> Tensor:
         if fn == "mul":
             return v * c
         return v / c
+    if kind == "param_add" and state is not None:
+        return v + state.table(op["layer"], nodes, v.dim() - 1)
+    if kind == "copies":  # the same neurons read through n chains, stacked on a new last dim
+        return torch.stack([apply(v, c, where, state, nodes) for c in op["chains"]], -1)
+    if kind == "attention" and state is not None:
+        from .attention import handwritten  # attention reads neurons itself: imported when used
+        return handwritten(state, op["layer"], v, nodes)
+    if kind == "param_cat" and state is not None:
+        d = op["dim"] + 1
+        parts = []
+        for part in op["parts"]:
+            if part.get("neurons"):
+                parts.append(v)
+                continue
+            t = state.table(part["layer"], nodes, v.dim() - 1)
+            size = list(v.shape)
+            size[d] = t.shape[d]
+            parts.append(t.expand(size))
+        return torch.cat(parts, d)
     raise NotImplementedError(f"simulate: {where} reads neurons through {op.get('why', kind)}")

@@ -1,5 +1,6 @@
 """CONV edges: the layer's kernel rebuilt from its tap edges, run with the recorded stride,
-padding, dilation and groups (graph.layers[i]["op"])."""
+padding, dilation and groups (graph.layers[i]["op"]); transposed convolutions likewise (their
+weight is [in, out / groups, *k], plus output_padding)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from ..schema import EdgeType
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def conv(state, lid, nodes, e, a):
@@ -17,10 +19,10 @@ def conv(state, lid, nodes, e, a):
         return []
     rec = state.record(lid)
     kind, op = rec["kind"], rec.get("op")
-    if "transpose" in kind or op is None:
-        raise NotImplementedError(f"simulate: {state.where(lid)}: "
-                                  + ("transposed convolutions are not simulated" if op else
-                                     "no recorded stride/padding (a graph converted before they were recorded)"))
+    if op is None:
+        raise NotImplementedError(f"simulate: {state.where(lid)}: no recorded stride/padding (a graph converted "
+                                  f"before they were recorded)")
+    transposed = "transpose" in kind
     k = int(kind[-2])
     src, dst = state.src[sel], state.dst[sel]
     taps = state.kpos[sel][:, :k]
@@ -40,9 +42,19 @@ def conv(state, lid, nodes, e, a):
     if X.dim() != k + 2:
         raise NotImplementedError(f"simulate: {state.where(lid)} reads neurons of shape {tuple(X.shape[1:])}, "
                                   f"not [B, {k} spatial dims]")
+    x = X.movedim(0, 1)
+    if transposed:  # weight [C_in, C_out / g, *k]: input channel (by group) x output within its group
+        if op.get("padding_mode", "zeros") != "zeros" or isinstance(op["padding"], str):
+            raise NotImplementedError(f"simulate: {state.where(lid)}: transposed convolution with padding "
+                                      f"{op['padding']!r} / mode {op.get('padding_mode')}")
+        per_out = C_out // g
+        W = X.new_zeros(ukey.numel(), per_out, *size)
+        W.index_put_((icol, orow - group * per_out, *taps.t()), state.values[sel], accumulate=True)
+        out = _CONV_T[k](x, W, None, op["stride"], _tuple(op["padding"], k), _tuple(op.get("output_padding", 0), k),
+                         g, op["dilation"])
+        return [(state.local[udst], out.movedim(1, 0))]
     W = X.new_zeros(C_out, per_in, *size)
     W.index_put_((orow, icol - (ukey // N)[icol] * per_in, *taps.t()), state.values[sel], accumulate=True)
-    x = X.movedim(0, 1)
     padding = op["padding"]
     if op.get("padding_mode", "zeros") != "zeros":
         if isinstance(padding, str):

@@ -1,5 +1,5 @@
 """Rules of the MLP family: dense weights (also from grid cells), flattened-map weights, biases,
-residual sums and activated copies, products (gating)."""
+parameter tables added in place, residual sums and activated copies, products (gating)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def flat(state, lid, nodes, e, a):
         return []
     usrc, col = torch.unique(state.src[sel], return_inverse=True)
     X = state.read(lid, usrc)  # [u, B, *T]
+    n = (state.record(lid).get("op") or {}).get("copies")
+    if n:  # repeated neurons (patch merging): K0 = copy, the value's last dim holds the copies
+        if X.shape[-1] != n:
+            raise NotImplementedError(f"simulate: {state.where(lid)} reads {n} copies of neurons whose values "
+                                      f"do not carry them")
+        W = X.new_zeros(nodes.numel(), usrc.numel() * n)
+        W.index_put_((state.local[state.dst[sel]], col * n + state.kpos[sel][:, 0]), state.values[sel],
+                     accumulate=True)
+        out = W @ X.movedim(-1, 1).reshape(usrc.numel() * n, -1)
+        return [(torch.arange(nodes.numel()), out.reshape(nodes.numel(), *X.shape[1:-1]))]
     T = tuple(X.shape[2:])
     if len(T) > 3:
         raise NotImplementedError(f"simulate: {state.where(lid)} reads a flattened map of {len(T)} dims")
@@ -61,6 +71,15 @@ def bias(state, lid, nodes, e, a):
     if not sel.numel():
         return []
     return [(state.local[state.dst[sel]], state.values[sel])]  # per-neuron shape (): broadcast
+
+
+def table(state, lid, nodes, e, a):
+    """PARAM_ADD into the layer's own (SUM) neurons: a positional table added where it is read."""
+    sel = _of(state, e, EdgeType.PARAM_ADD)
+    if not sel.numel():
+        return []
+    shape = (state.record(lid).get("op") or {}).get("rows_shape", [])
+    return [(torch.arange(nodes.numel()), state.table(lid, nodes, len(shape)))]
 
 
 def copies(state, lid, nodes, e, a):

@@ -8,6 +8,7 @@ chain the consumer recorded (pooling, flatten, constants; chain.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -15,10 +16,10 @@ from torch import Tensor, nn
 
 from ..converters.grid import cell_weights
 from ..parameter_graph import ParameterGraph
-from ..schema import (EDGE_KPOS, EDGE_TYPE, NODE_ACTIVATION, NODE_LAYER, NODE_POSITION, NODE_TYPE, Activation,
-                      EdgeType, NodeType)
+from ..schema import (EDGE_KPOS, EDGE_LAYER, EDGE_TYPE, NODE_ACTIVATION, NODE_LAYER, NODE_POSITION, NODE_TYPE,
+                      Activation, EdgeType, NodeType)
 from . import activations, chain
-from .rules import RULES, SUPPORTED_AUX, SUPPORTED_EDGES
+from .rules import LAYER_RULES, RULES, SUPPORTED_AUX, SUPPORTED_EDGES
 
 _SOURCE_TYPES = (NodeType.INPUT, NodeType.BIAS, NodeType.NORM, NodeType.GRID)  # not computed by a layer
 
@@ -33,12 +34,34 @@ def unsupported_edge_types(graph: ParameterGraph) -> list[str]:
 def unsupported_reasons(graph: ParameterGraph) -> list[str]:
     """Why `simulate` cannot run this graph: edge types, then what its layer records say (empty: it can)."""
     out = [f"edge type {n}" for n in unsupported_edge_types(graph)]
+    etype, elayer = graph.edge_attr[:, EDGE_TYPE], graph.edge_attr[:, EDGE_LAYER]
+    tables = set(torch.unique(elayer[(etype == EdgeType.PARAM_ADD) | (etype == EdgeType.PARAM_CAT)]).tolist())
     for rec in graph.layers:
         where = f"layer '{rec['name']}' ({rec['kind']})"
+        kind, op = rec["kind"], rec.get("op") or {}
+        if kind in _REFUSED_KINDS:
+            out.append(f"{where}: {_REFUSED_KINDS[kind]}")
+        elif kind == "multihead_attention" and "num_heads" not in op:
+            out.append(f"{where}: no recorded token layout (a graph converted before it was recorded)")
+        elif kind == "attention" and "scores" not in op:
+            out.append(f"{where}: hand-written attention without recorded operands (a graph converted "
+                       f"before they were recorded)")
+        elif kind == "attention":
+            out += [f"{where}: {o['why']}" for o in op["scores"] if o["op"] == "opaque"]
+            out += [f"{where} reads its {role} through {o['why']}" for role in ("query", "key")
+                    for r in op.get(f"reads_{role[0]}", []) for o in r["ops"] if o["op"] == "opaque"]
+        elif rec["layer"] in tables and "rows_shape" not in op:
+            out.append(f"{where}: a parameter table in a layout simulate does not replay (a slice or gather "
+                       f"of the parameter, or features not on the last dim)")
         out += [f"{where}: {why}" for why in rec.get("inexact", [])]
         out += [f"{where} reads neurons through {op['why']}" for r in rec.get("reads", [])
                 for op in r["ops"] if op["op"] == "opaque"]
     return out
+
+
+_REFUSED_KINDS = {
+    "head_scale": "per-head logit scales are not simulated",
+}
 
 
 def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5,
@@ -75,6 +98,9 @@ class State:
         self.src, self.dst = graph.edge_index.long()
         self.asrc, self.adst = graph.aux_edge_index.long()
         self.etype = graph.edge_attr[:, EDGE_TYPE].long()
+        self.elayer = graph.edge_attr[:, EDGE_LAYER].long()
+        self.aux_layer = graph.aux_edge_attr[:, EDGE_LAYER].long()
+        self._tables: dict[int, tuple[Tensor, Tensor, list[int]]] = {}
         self.aux_type = graph.aux_edge_attr[:, EDGE_TYPE].long()
         self.kpos = graph.edge_attr[:, EDGE_KPOS].long()
         self.records = {rec["layer"]: rec for rec in graph.layers}
@@ -105,7 +131,30 @@ class State:
             return
         lid = int(self.nlayer[nodes[0]])
         pos = nx[self.layer_nodes[lid], NODE_POSITION]
-        self.vals[lid] = self.x.movedim(1, 0)[pos]
+        dim = (self.record(lid).get("op") or {}).get("feature_dim", 1)  # [B, tokens, C] inputs: 2
+        self.vals[lid] = self.x.movedim(dim, 0)[pos]
+
+    def table(self, layer: int, nodes: Tensor, rank: int) -> Tensor:
+        """The parameter table of a param_add / param_cat layer for `nodes`: [k, *rows_shape]
+        (rows_shape with ones prepended up to `rank` dims; zeros for neurons it does not reach)."""
+        if layer not in self._tables:
+            shape = (self.record(layer).get("op") or {}).get("rows_shape")
+            if shape is None:
+                raise NotImplementedError(f"simulate: {self.where(layer)}: no recorded table layout")
+            sel = (self.elayer == layer).nonzero().squeeze(1)
+            sel = sel[torch.isin(self.etype[sel], torch.tensor([int(EdgeType.PARAM_ADD), int(EdgeType.PARAM_CAT),
+                                                                int(EdgeType.BIAS)]))]
+            src = self.src[sel]
+            row = torch.where(self.ntype[src] == NodeType.BIAS, 0, self.graph.x[src, NODE_POSITION])
+            udst, inv = torch.unique(self.dst[sel], return_inverse=True)
+            T = self.values.new_zeros(udst.numel(), max(1, math.prod(shape)))
+            T[inv, row] = self.values[sel]
+            self._tables[layer] = (udst, T, list(shape))
+        udst, T, shape = self._tables[layer]
+        idx = torch.searchsorted(udst, nodes).clamp(max=max(0, udst.numel() - 1))
+        hit = (udst[idx] == nodes).to(T.dtype) if udst.numel() else torch.zeros(nodes.numel(), dtype=T.dtype)
+        out = T[idx] * hit[:, None] if udst.numel() else T.new_zeros(nodes.numel(), T.shape[1])
+        return out.view(nodes.numel(), *([1] * (rank - len(shape))), *shape)
 
     def record(self, layer: int) -> dict:
         return self.records.get(layer, {"name": f"layer {layer}", "kind": "?"})
@@ -115,9 +164,11 @@ class State:
         return f"layer '{rec['name']}' ({rec['kind']})"
 
     # ---- reading neurons ---------------------------------------------------------------------
-    def read(self, layer: int, nodes: Tensor) -> Tensor:
-        """Values [k, B, *S] of `nodes` as `layer` reads them (through its recorded op chains)."""
-        chains = {r["from"]: r["ops"] for r in self.record(layer).get("reads", [])}
+    def read(self, layer: int, nodes: Tensor, reads: list | None = None) -> Tensor:
+        """Values [k, B, *S] of `nodes` as `layer` reads them (through its recorded op chains, or
+        through `reads` in the same format: an attention's query and key operands)."""
+        reads = self.record(layer).get("reads", []) if reads is None else reads
+        chains = {r["from"]: r["ops"] for r in reads}
         parts, rows = [], []
         grid = self.grid_rows[nodes] >= 0
         if bool(grid.any()):
@@ -131,7 +182,7 @@ class State:
                                           f"{NodeType(int(self.ntype[bad])).name} node of "
                                           f"{self.where(lid)}, which no rule computes")
             v = self.vals[lid][self.local[nodes[idx]]]
-            parts.append(chain.apply(v, chains.get(lid, []), self.where(layer)))
+            parts.append(chain.apply(v, chains.get(lid, []), self.where(layer), self, nodes[idx]))
             rows.append(idx)
         if len(parts) == 1:
             return parts[0]
@@ -143,7 +194,11 @@ class State:
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> Tensor:
-        e_layer = self.nlayer[self.dst]
+        # tables applied by op chains (param_add / param_cat ops) are not part of their target layer
+        deferred = [r["layer"] for r in self.graph.layers if (r.get("op") or {}).get("deferred")]
+        e_layer = self.nlayer[self.dst].clone()
+        if deferred:
+            e_layer[torch.isin(self.elayer, torch.tensor(deferred))] = -1
         a_layer = self.nlayer[self.adst] if self.adst.numel() else self.adst
         e_order = torch.argsort(e_layer, stable=True)
         a_order = torch.argsort(a_layer, stable=True)
@@ -153,6 +208,10 @@ class State:
         for lid in sorted(k for k in self.layer_nodes if k not in self.vals):
             nodes = self.layer_nodes[lid]
             e, a = e_groups.get(lid, empty), a_groups.get(lid, empty)
+            layer_rule = LAYER_RULES.get(self.record(lid)["kind"])
+            if layer_rule is not None:  # a layer computed as a whole (attention)
+                self.vals[lid] = self._activate(lid, nodes, layer_rule(self, lid, nodes, e, a))
+                continue
             parts = []
             for rule in RULES:
                 parts += rule(self, lid, nodes, e, a)
@@ -165,7 +224,8 @@ class State:
         out = (self.ntype == NodeType.OUTPUT).nonzero().squeeze(1)
         out = out[self.graph.x[out, NODE_POSITION].argsort()]
         reader = next((r["layer"] for r in self.graph.layers if r["kind"] == "output"), -1)
-        return self.read(reader, out).movedim(0, 1)  # through the output's op chain, if recorded
+        dim = (self.record(reader).get("op") or {}).get("feature_dim", 1)  # [B, tokens, C] outputs: 2
+        return self.read(reader, out).movedim(0, dim)  # through the output's op chain, if recorded
 
     def _activate(self, lid: int, nodes: Tensor, pre: Tensor) -> Tensor:
         codes = self.graph.x[nodes, NODE_ACTIVATION]

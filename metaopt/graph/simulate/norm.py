@@ -20,7 +20,8 @@ def normalise(state, lid, nodes, e, a):
     zr = state.read(lid, state.asrc[sel])
     z = zr.new_zeros(n, *zr.shape[1:])
     z[rows] = zr
-    channels = torch.tensor(op["channels"]) if "channels" in op else torch.arange(n)
+    copies = op.get("copies")  # each neuron's value carries its n copies on a last dim (patch merging)
+    channels = torch.tensor(op["channels"]) if "channels" in op and not copies else torch.arange(n)
     if torch.unique(channels).numel() != channels.numel():
         raise NotImplementedError(f"simulate: {state.where(lid)} normalises a neuron at several features")
     eps = op.get("eps", state.eps)
@@ -29,13 +30,15 @@ def normalise(state, lid, nodes, e, a):
     if kind == "param_scale":
         out = zc
     elif kind in ("layernorm", "rmsnorm"):
-        if op.get("normalized_dims", 1) > 1:
-            raise NotImplementedError(f"simulate: {state.where(lid)}: LayerNorm over several dims")
+        t = 1 if copies else op.get("normalized_dims", 1) - 1  # also normalised: the last t dims
+        if t > z.dim() - 2:
+            raise NotImplementedError(f"simulate: {state.where(lid)}: normalises more dims than its neurons hold")
+        dims = (0,) + tuple(range(z.dim() - t, z.dim()))
         if kind == "layernorm":
-            out = (zc - zc.mean(0, keepdim=True)) / torch.sqrt(zc.var(0, unbiased=False, keepdim=True) + eps)
+            out = (zc - zc.mean(dims, keepdim=True)) / torch.sqrt(zc.var(dims, unbiased=False, keepdim=True) + eps)
         else:
             eps = torch.finfo(z.dtype).eps if eps is None else eps
-            out = zc / torch.sqrt(zc.pow(2).mean(0, keepdim=True) + eps)
+            out = zc / torch.sqrt(zc.pow(2).mean(dims, keepdim=True) + eps)
     elif "batchnorm" in kind or "instancenorm" in kind:
         if op.get("running_mean"):
             mean, var = (_buffer(state, lid, op[k], zc) for k in ("running_mean", "running_var"))
@@ -53,10 +56,16 @@ def normalise(state, lid, nodes, e, a):
         raise NotImplementedError(f"simulate: {state.where(lid)}: normalisation '{kind}' has no rule")
     normed = torch.empty_like(out)
     normed[channels] = out
-    view = (n,) + (1,) * (z.dim() - 1)
-    scale, shift = z.new_ones(n), z.new_zeros(n)
+    t = (1 if copies else op.get("normalized_dims", 1) - 1) if kind in ("layernorm", "rmsnorm") else 0
+    trailing = tuple(z.shape[z.dim() - t:]) if t else ()
+    cols = slice(0, 1) if copies else slice(3 - t, 3)  # K0: the copy index; else the (.., h, w) position
+    view = (n,) + (1,) * (z.dim() - 1 - t) + trailing
+    scale, shift = z.new_ones(n, *trailing), z.new_zeros(n, *trailing)
     for etype, target in ((EdgeType.NORM_WEIGHT, scale), (EdgeType.NORM_BIAS, shift)):
         s = e[state.etype[e] == etype]
+        if t:  # a multi-dim LayerNorm's entries carry their (.., h, w) position in K
+            target[(state.local[state.dst[s]], *state.kpos[s][:, cols].t())] = state.values[s]
+            continue
         if bool(state.kpos[s].any()):
             raise NotImplementedError(f"simulate: {state.where(lid)}: position-dependent affine entries")
         target[state.local[state.dst[s]]] = state.values[s]
