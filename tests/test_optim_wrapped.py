@@ -87,6 +87,19 @@ def test_compiled_module_adam_rule_matches_adam():
     _close(a, b, rtol=1e-4, atol=1e-5)  # compiled vs eager forward/backward: float rounding only
 
 
+@pytest.mark.slow
+def test_compiled_module_inductor_trains_with_inner_graph():
+    torch.manual_seed(0)
+    m = ResCNN()
+    torch._dynamo.reset()
+    c = torch.compile(m)  # inductor: needs a C++ compiler; ~35 s cold, ~3 s with its cache warm
+    x, y = _data()
+    opt = GMNOptimizer(c)
+    losses = _train(c, opt, x, y, 30)
+    _same_graph(opt, m, x)
+    assert losses[-1] < 0.6 * losses[0]
+
+
 # ---- DistributedDataParallel (one process, gloo) ---------------------------------------------
 @pytest.fixture
 def gloo(tmp_path):

@@ -54,7 +54,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
     (``opt.graph`` is None until then; see ``metaopt/optim/lazy_graph.py``); ``graph=`` supplies
-    a prebuilt one.
+    a prebuilt one. ``model`` may be wrapped (``torch.compile``, ``DistributedDataParallel``,
+    ``DataParallel``): the graph is the inner module's. Parameters may be moved to another device or
+    to bf16/fp16 after construction: the state stays float32, low-precision parameters are updated
+    in float32 and rounded once (docs/optim.md, Public API).
 
     Fault handling: a step whose gradients hold NaN/Inf is skipped entirely (``opt.skipped_steps``);
     non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``).
