@@ -20,6 +20,24 @@ from metaopt.graph import ConversionError, ExampleCall, ExampleInputError, Param
 from metaopt.graph.registry import find_converter
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module a wrapper trains: ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``),
+    ``DistributedDataParallel`` / ``DataParallel`` (``.module``, also what Accelerate's ``prepare``
+    returns in a distributed run), unwrapped repeatedly. The graph is read off this module: torch.fx
+    cannot trace the wrappers' own ``forward``. Their ``parameters()`` are the inner module's, in the
+    same order (checked by the optimizer), so edge k of its graph is still element k of the flat vector.
+    """
+    while True:
+        inner = None
+        if type(model).__name__ == "OptimizedModule":
+            inner = getattr(model, "_orig_mod", None)
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def build_graph(model: nn.Module, example: Any, example_kwargs: dict[str, Any] | None = None) -> ParameterGraph:
     """Convert `model` with strict=False (unknown layers become free edges, with one warning)."""
     try:
@@ -74,6 +92,9 @@ def graph_now(model: nn.Module) -> ParameterGraph | None:
 class FirstCallGraph:
     """A forward pre-hook that builds the graph from the model's first call, then removes itself.
 
+    Registered on the module the user calls (a wrapper's hook runs eagerly, outside a compiled
+    frame); the graph is built from the unwrapped module with the same call's args and kwargs.
+
     `on_built(graph)` receives it; the owner is held weakly, so a model outliving its optimizer
     keeps no optimizer alive (the hook then just removes itself).
     """
@@ -99,7 +120,7 @@ class FirstCallGraph:
         if on_built is None:
             return None
         try:
-            on_built(build_graph(module, ExampleCall(tuple(args), dict(kwargs))))
+            on_built(build_graph(unwrap(module), ExampleCall(tuple(args), dict(kwargs))))
         except Exception as exc:  # surfaces here, at the forward, and again at step()
             self.error = exc
             raise

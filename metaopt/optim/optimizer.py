@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import core
 from .core import Hyper, OptState
 from .features import GraphIndex
-from .lazy_graph import FirstCallGraph, build_graph, check_graph, graph_now, not_built_error
+from .lazy_graph import FirstCallGraph, build_graph, check_graph, graph_now, not_built_error, unwrap
 from .rules import UpdateRule, resolve_rule
 
 # Keys of opt.state that are not parameters: fault counters and the layout check.
@@ -29,6 +29,10 @@ SKIPPED_STEPS = "skipped_steps"  # steps skipped because a gradient was NaN/Inf
 RULE_FALLBACKS = "rule_fallbacks"  # edges whose rule output was non-finite (Adam used instead)
 STEPS_TAKEN = "steps_taken"  # real steps taken (drives the refresh schedule and time features)
 RULE_REFRESHES = "rule_refreshes"  # steps on which the rule ran
+
+
+# Parameter dtypes updated through a float32 copy (the state is always float32).
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def _build_graph(model: nn.Module, example_inputs: Any) -> Any:
@@ -50,7 +54,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
     (``opt.graph`` is None until then; see ``metaopt/optim/lazy_graph.py``); ``graph=`` supplies
-    a prebuilt one.
+    a prebuilt one. ``model`` may be wrapped (``torch.compile``, ``DistributedDataParallel``,
+    ``DataParallel``): the graph is the inner module's. Parameters may be moved to another device or
+    to bf16/fp16 after construction: the state stays float32, low-precision parameters are updated
+    in float32 and rounded once (docs/optim.md, Public API).
 
     Fault handling: a step whose gradients hold NaN/Inf is skipped entirely (``opt.skipped_steps``);
     non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``).
@@ -81,13 +88,19 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._params_all: list[Tensor] = list(model.parameters())
         if not self._params_all:
             raise ValueError("GMNOptimizer: the model has no parameters.")
+        inner = unwrap(model)  # torch.compile / DDP / DataParallel: the graph is the inner module's
+        if inner is not model and [id(p) for p in inner.parameters()] != [id(p) for p in self._params_all]:
+            raise ValueError(
+                f"GMNOptimizer: {type(model).__name__}.parameters() are not those of the module it wraps "
+                f"({type(inner).__name__}) in the same order; pass the unwrapped module."
+            )
         self._index = {id(p): i for i, p in enumerate(self._params_all)}
         self.graph: Any = None  # the parameter graph; None until the first forward when built lazily
         self._first_call: FirstCallGraph | None = None
         if graph is None:
-            graph = _build_graph(model, example_inputs) if example_inputs is not None else graph_now(model)
+            graph = _build_graph(inner, example_inputs) if example_inputs is not None else graph_now(inner)
         if graph is None:
-            self._first_call = FirstCallGraph(model, self._set_graph)  # built from the first batch
+            self._first_call = FirstCallGraph(model, self._set_graph)  # built from the first batch (of inner)
         else:
             self._set_graph(graph)
         self.rule: UpdateRule = resolve_rule(rule)
@@ -247,7 +260,16 @@ class GMNOptimizer(torch.optim.Optimizer):
         for h, t, seg, v in seg_views:
             denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True)
             scale = None if identity else v["lr_scale"]
-            core.apply_update([p for _, p in seg], v["exp_avg"], denom, scale, h, t, inplace=True)
+            params = [p for _, p in seg]
+            low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
+            if not low:
+                core.apply_update(params, v["exp_avg"], denom, scale, h, t, inplace=True)
+                continue
+            # bf16 / fp16 parameters (e.g. after model.to(torch.bfloat16)): the update is computed
+            # in float32 from the float32 state on a float32 copy, then rounded once into the parameter.
+            work = [p.float() if k in low else p for k, p in enumerate(params)]
+            core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True)
+            torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
         return loss
 
     def _all_finite(self, grads: list[Tensor]) -> bool:
