@@ -232,3 +232,20 @@ def _accelerate_bf16(acc) -> None:
         losses.append(loss.item())
     _same_graph(opt.optimizer, unwrap(p), x)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_model_waiting_for_its_first_forward_can_be_deep_copied_and_pickled() -> None:
+    """EMA copies and torch.save(model) happen before the first batch too; the copy's hook is inert."""
+    import io
+
+    torch.manual_seed(0)
+    model = ResCNN()  # no input size to infer: the graph waits for the first batch
+    opt = GMNOptimizer(model, rule="adam")
+    assert opt.graph is None
+    ema = copy.deepcopy(model)
+    torch.save(model, io.BytesIO())
+    ema(torch.randn(3, 1, 8, 8))  # the copy's forward does not build this optimizer's graph
+    assert opt.graph is None
+    model(torch.randn(3, 1, 8, 8)).sum().backward()
+    opt.step()
+    assert opt.graph is not None and opt.graph.num_params == sum(p.numel() for p in model.parameters())

@@ -114,9 +114,14 @@ class FirstCallGraph:
             self._handle.remove()
             self._handle = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A deep copy or pickle of the model (an EMA copy, ``torch.save(model)``) is not this
+        optimizer's model: its copy of the hook is inert (and a WeakMethod cannot be pickled)."""
+        return {"_on_built": None, "error": None, "_handle": None}
+
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         self.remove()  # before converting: the conversion calls modules (and must not recurse)
-        on_built = self._on_built()
+        on_built = self._on_built() if self._on_built is not None else None
         if on_built is None:
             return None
         try:
