@@ -52,3 +52,38 @@ def update_results_json(path: str | Path, entries: dict[str, Any], depth: int, c
     tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return merged
+
+
+SPLITS = ("50%", "5%", "OOD")
+
+
+def accuracy_markdown(data: dict[str, Any]) -> str:
+    """The accuracy-prediction table of ``docs/results/accuracy.json``: rows split x method, columns R² and τ per zoo."""
+    zoos = list(data)
+    methods = sorted({m for z in data.values() for s in z.values() for m in s})
+    lines = ["| split | method | " + " | ".join(f"{z} R² | {z} τ" for z in zoos) + " |",
+             "|---|---|" + "---:|---:|" * len(zoos)]
+    for split in SPLITS:
+        for m in methods:
+            recs = [data[z].get(split, {}).get(m) for z in zoos]
+            if not any(recs):
+                continue
+            cells = [f"{r['r2_mean']:.3f} ± {r['r2_std']:.3f} | {r['tau_mean']:.3f} ± {r['tau_std']:.3f}" if r else "- | -"
+                     for r in recs]
+            lines.append(f"| {split} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m experiments.results docs/results/accuracy.json``: print its Markdown table (what the docs show)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("accuracy_json")
+    a = p.parse_args(argv)
+    print(accuracy_markdown(json.loads(Path(a.accuracy_json).read_text())), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -187,3 +187,17 @@ def test_plateau_schedule_warms_up_and_halves_the_lr():
     s.report(True)
     s.report(False)
     assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_results_table_is_rendered_from_the_json(tmp_path) -> None:
+    """docs show `python -m experiments.results docs/results/accuracy.json`: rows split x method, a column pair per zoo."""
+    from experiments.results import accuracy_markdown, update_results_json
+
+    rec = {"r2_mean": 0.5, "r2_std": 0.01, "tau_mean": 0.4, "tau_std": 0.02, "n_seeds": 3}
+    data = update_results_json(tmp_path / "a.json", {"zooA": {"50%": {"gmn": rec}, "OOD": {"statnn": rec}},
+                                                     "zooB": {"50%": {"statnn": rec}}}, depth=3, command="cmd")
+    lines = accuracy_markdown(data).splitlines()
+    assert lines[0] == "| split | method | zooA R² | zooA τ | zooB R² | zooB τ |"
+    assert lines[2:] == ["| 50% | gmn | 0.500 ± 0.010 | 0.400 ± 0.020 | - | - |",
+                         "| 50% | statnn | - | - | 0.500 ± 0.010 | 0.400 ± 0.020 |",
+                         "| OOD | statnn | 0.500 ± 0.010 | 0.400 ± 0.020 | - | - |"]
