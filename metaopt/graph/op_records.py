@@ -59,8 +59,14 @@ Layer ``op`` keys of the attention family:
   ``{"op": "head_table", "layer": L, "rows": [[...]]}`` (relative position bias: row
   rows[i][j] of the head's table in layer L, or ``rows_by_head``), ``{"op": "add_tensor",
   "period": P, "value": [P, Nq, Nk]}`` (a constant such as a shifted-window mask, repeating
-  every P batch-like positions), or opaque (masks of other kinds, dropout, per-head scales).
-- ``param_add`` / ``param_cat`` / ``relative_position_bias``: ``rows_shape`` (above) and
+  every P batch-like positions), ``{"op": "head_scale", "layer": L, "fns": [...]}`` (the scores
+  multiplied by the head's element of L's table, a ``head_scale`` layer, through the elementwise
+  functions ``fns``: ``{"fn": "clamp", "min", "max"}``, ``{"fn": "exp"}``, ...; Swin V2's
+  logit scale), or opaque (masks of other kinds, dropout, other per-head scales).
+- hand-written attention operands (``reads_q`` / ``reads_k``) may hold ``{"op": "head_normalize",
+  "eps": e}``: F.normalize(p=2) over each head's vector (cosine attention), followed only by ops
+  that move positions; simulate normalizes each head's query / key vector before the dot product.
+- ``param_add`` / ``param_cat`` / ``relative_position_bias`` / ``head_scale``: ``rows_shape`` (above) and
   ``deferred``: True when the table is applied by the readers' op chains (param_add /
   param_cat ops) or to the scores (head_table), not by the layer its edges point into.
 - ``<input>``: ``feature_dim`` when the model input's features are not on dim 1 ([B, tokens, C]);
@@ -244,6 +250,37 @@ def _checked(spec: dict) -> dict:
         return {k: jsonable(v) for k, v in spec.items()}
     except TypeError:
         return {"fn": spec["fn"], "unknown": True}
+
+
+_PARAM_FNS = {"clamp": ("min", "max"), "clip": ("min", "max"), "exp": (), "log": (), "sqrt": (), "rsqrt": (),
+              "reciprocal": (), "square": ()}
+
+
+def param_fn(target: Any, args: tuple, kwargs: dict) -> dict:
+    """An elementwise function of a parameter's elements ({"fn": "clamp", "min": None, "max": 4.6}),
+    or opaque: Swin V2's `clamp(logit_scale, max=log(100)).exp()`."""
+    name = (target if isinstance(target, str) else getattr(target, "__name__", str(target))).rstrip("_")
+    names = _PARAM_FNS.get(name)
+    if names is None or len(args) > len(names) or set(kwargs) - set(names):
+        return opaque(f"'{name}' of a parameter has no simulate record")
+    try:
+        out = {"fn": "clamp" if name == "clip" else name,
+               **{k: jsonable(v) for k, v in zip(names, args)}, **{k: jsonable(v) for k, v in kwargs.items()}}
+    except TypeError:
+        return opaque(f"'{name}' of a parameter with a non-constant argument")
+    return out
+
+
+def apply_param_fns(v: Tensor, fns: list[dict]) -> Tensor:
+    """The recorded elementwise functions (param_fn) applied to parameter values `v`."""
+    for f in fns:
+        if f["fn"] == "clamp":
+            v = torch.clamp(v, min=f.get("min"), max=f.get("max"))
+        elif f["fn"] in _PARAM_FNS:
+            v = getattr(torch, f["fn"])(v)
+        else:
+            raise NotImplementedError(f"simulate: {f.get('why', f['fn'])}")
+    return v
 
 
 _MONOTONE = {"relu", "relu6", "leaky_relu", "elu", "celu", "selu", "sigmoid", "tanh", "softplus", "hardtanh",

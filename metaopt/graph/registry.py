@@ -140,15 +140,17 @@ class ParamRef:
     """A tensor computed from one parameter by indexing/shape ops.
 
     `index` has the tensor's shape and holds, per element, the flat index into the parameter,
-    so a consumer knows exactly which parameter element sits where. For the parameter itself
+    so a consumer knows exactly which parameter element sits where (after the elementwise
+    functions `fns`, e.g. Swin V2's clamp(logit_scale).exp()). For the parameter itself
     (`ParamRef.of`) the index is the identity and is only materialised if an op needs it.
     """
 
-    __slots__ = ("param", "_index")
+    __slots__ = ("param", "_index", "fns")
 
-    def __init__(self, param: Tensor, index: Tensor | None = None) -> None:
+    def __init__(self, param: Tensor, index: Tensor | None = None, fns: tuple = ()) -> None:
         self.param = param
         self._index = index
+        self.fns = fns  # elementwise functions applied to the elements, in order (op_records.param_fn)
 
     @staticmethod
     def of(param: Tensor | None) -> "ParamRef | None":
