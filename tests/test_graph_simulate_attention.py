@@ -279,13 +279,30 @@ def test_torchvision_swin_with_padded_windows_is_reproduced(tv_models):
     assert _err(model, torch.randn(3, 3, 32, 32)) < 1e-5
 
 
-def test_swin_v2_score_parameters_are_refused(tv_models):
-    from torchvision.models.swin_transformer import SwinTransformerBlockV2, PatchMergingV2
+def test_torchvision_swin_v2_config_is_reproduced(tv_models):
+    """Swin V2: cosine attention, per-head logit scales (clamp, exp), the continuous position bias
+    (an MLP on a constant coordinate table, gathered, 16 * sigmoid) and the key bias zeroed in
+    place; the key bias is made nonzero so that its zeroing is checked."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
+    torch.manual_seed(0)
     model = tv_models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
                                       window_size=[4, 4], num_classes=10, block=SwinTransformerBlockV2,
                                       downsample_layer=PatchMergingV2)
-    assert _refusal(model, torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "logit_scale"):
+                m.qkv.bias.normal_()
+                m.logit_scale.uniform_(1.0, 6.0)  # some heads clamped at log(100)
+    assert _err(model, torch.randn(3, 3, 32, 32)) < 1e-5
+
+
+@pytest.mark.slow
+def test_torchvision_swin_v2_t_is_reproduced(tv_models):
+    from torchvision_models import build
+
+    torch.manual_seed(0)
+    assert _err(build(tv_models, "swin_v2_t"), torch.randn(2, 3, 256, 256), convert_batch=1) < 1e-4
 
 
 @pytest.mark.slow

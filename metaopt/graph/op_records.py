@@ -40,6 +40,12 @@ removed; dim 0 is the batch):
   neuron's value concatenated along its dim d with parameter tables (PARAM_CAT edges of layer
   L, rows_shape as above, broadcast over the other dims): a class token.
 
+- ``{"op": "take", "in_shape": [...], "shape": [...], "index": [i, ...]}``: position i of the
+  flattened value (batch included, of shape in_shape: one sample, e.g. a constant table through
+  an MLP) at each output position: a gather by a constant index (Swin V2's position bias).
+- ``{"op": "constant", "value": [...]}``: a constant tensor read in place of INPUT neurons
+  (``value[position]`` for the node at that position, batch dim included): Swin V2's coordinate
+  table fed to its position-bias MLP.
 - ``{"op": "copies", "chains": [[op, ...], ...]}``: the same neurons concatenated along the
   features n times, copy r read through chains[r] (Swin's patch merging: x[..., 0::2, 0::2, :],
   ...); the copies are stacked on a new last dim of the neuron's value. The reading norm / Linear
@@ -291,6 +297,8 @@ def commutes(op: dict, act: dict) -> bool:
     """Whether applying `act` before `op` equals applying it after (so tagging the producer is exact)."""
     if op["op"] == "reshape":
         return True
+    if op["op"] in ("take", "index", "permute", "roll", "flip"):  # positions moved, not mixed
+        return act.get("fn") is not None and not act.get("unknown")
     if op["op"] == "call" and op["fn"].startswith(("max_pool", "adaptive_max_pool")):
         return act.get("fn") in _MONOTONE  # max of f = f of max for non-decreasing f
     return False

@@ -206,6 +206,11 @@ def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: in
             want = r.select(j, 0).long() if q.ndim else r.long()
             if got is not None and tuple(got.shape) == tuple(want.shape) and torch.equal(got, want):
                 return candidate
+        if m.pos is None and r_sel.numel() == math.prod(out_shape) and in_node:
+            # a gather (Swin V2's bias table [relative_position_index]): the probe says where each
+            # position comes from; replayed only on values of the conversion's shape (batch included)
+            return {"op": "take", "in_shape": list(in_node), "shape": list(out_shape),
+                    "index": (r.select(j, 0) if q.ndim else r).reshape(-1).long().tolist()}
         return op_records.opaque("a shape op that reorders, slices or repeats positions within neurons")
     if out_shape == in_node:
         return None
@@ -849,15 +854,22 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
             return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
     params = [v for v in flat if isinstance(v, ParamRef)]
     tables: list = []  # per-head tables added to the scores (relative position bias), recorded below
-    if not params:
-        note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
     from .converters.attention import head_neurons, head_parameter  # converters import ops: no cycle here
 
     elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
     neurons = [v for v in flat if isinstance(v, (NeuronMap, SplitMap))]
-    if not elementwise or (neurons and not (
-            t in _ADD and len(neurons) == 1 and isinstance(neurons[0], NeuronMap)
-            and head_neurons(w.ctx, scores, neurons[0], result.shape))):
+    added = (elementwise and t in _ADD and len(neurons) == 1 and isinstance(neurons[0], NeuronMap)
+             and head_neurons(w.ctx, scores, neurons[0], result.shape))
+    if not params:
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        if added and len(flat) == 2 and "sub" not in name and not kwargs:
+            # Swin V2's MLP-generated bias: each head's neuron, read through its chain (RESIDUAL edges)
+            m = neurons[0]
+            note_scores(w.ctx, scores, {"op": "head_neurons", "ndim": int(result.ndim), "dim": _out_dim(m, result.ndim),
+                                        "reads": [{"from": int(p), "ops": list(c)} for p, c in (m.ops or {}).items()]})
+        else:
+            note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
+    if not elementwise or (neurons and not added):
         w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
                    "masking, softmax, dropout and per-head biases are followed before `@ v`).")
     for p in params:  # per-head bias tables and scales
@@ -906,6 +918,9 @@ def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -
         p = params[0]  # an elementwise function of a parameter (clamp(logit_scale)): same elements
         return ParamRef(p.param, p._index, p.fns + (op_records.param_fn(n.target, tuple(n.args[1:]), dict(n.kwargs)),))
     if params:
+        if n.target == "zero_" and len(params) == 1 and not maps:  # x[a:b].zero_() of a parameter (a clone)
+            zeroed = w.ctx.builder.__dict__.setdefault("zeroed", {})
+            zeroed.setdefault(id(params[0].param), set()).update(params[0].index.reshape(-1).tolist())
         w.unclaimed_use(params, n)
     if not maps:
         ua = [v for v in flat if isinstance(v, Unassigned)]

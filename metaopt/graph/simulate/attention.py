@@ -92,6 +92,15 @@ def _score_ops(scores: Tensor, ops: list[dict], state, lid: int, head: int) -> T
                 rows = op["rows_by_head"][int(torch.searchsorted(hs, torch.tensor(head)))]
             scores = scores + T[torch.tensor(rows)]
             continue
+        if kind == "head_neurons":  # neurons added to their head's scores (RESIDUAL edges into the HEAD node)
+            aux = (state.aux_layer == lid) & (state.aux_type == EdgeType.RESIDUAL) & (state.adst == head)
+            src = torch.unique(state.asrc[aux])
+            b = state.read(lid, src, op["reads"]).sum(0)
+            if b.dim() > 2 and any(n != 1 for n in b.shape[:-2]):
+                raise NotImplementedError(f"simulate: {state.where(lid)}: a bias of shape {tuple(b.shape)} "
+                                          f"added to each head's scores (only [.., Nq, Nk] repeating over windows)")
+            scores = scores + b.reshape(b.shape[-2:]) if b.dim() >= 2 else scores + b
+            continue
         if kind == "head_scale":  # the head's element of a head_scale table, through its functions
             c = apply_param_fns(state.table(op["layer"], torch.tensor([head]), 1)[0, 0], op["fns"])
             scores = scores * c

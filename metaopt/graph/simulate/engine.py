@@ -85,7 +85,13 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
                                   + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""))
     if isinstance(buffers, nn.Module):
         buffers = dict(buffers.named_buffers())
-    state = State(graph, values.to(x.dtype), x, eps, buffers or {})
+    values = values.to(x.dtype)
+    zeroed = [(name, el) for rec in graph.layers for name, el in ((rec.get("op") or {}).get("zeroed") or {}).items()]
+    if zeroed:  # parameter elements zeroed in place before their use (edge k = element k of the parameters)
+        values, offsets = values.clone(), graph.param_offsets
+        for name, el in zeroed:
+            values[offsets[graph.param_names.index(name)] + torch.tensor(el, dtype=torch.long)] = 0
+    state = State(graph, values, x, eps, buffers or {})
     return state.run()
 
 
