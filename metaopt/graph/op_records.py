@@ -68,13 +68,20 @@ Layer ``op`` keys of the attention family:
   every P batch-like positions), ``{"op": "head_scale", "layer": L, "fns": [...]}`` (the scores
   multiplied by the head's element of L's table, a ``head_scale`` layer, through the elementwise
   functions ``fns``: ``{"fn": "clamp", "min", "max"}``, ``{"fn": "exp"}``, ...; Swin V2's
-  logit scale), or opaque (masks of other kinds, dropout, other per-head scales).
+  logit scale), ``{"op": "head_neurons", "reads": [...], "dim": d, "ndim": n}`` (neurons added to
+  the scores, each to its head's: the RESIDUAL aux edges into the HEAD nodes say which, ``reads``
+  the neurons' op chains in the ``reads`` format, d / n where their features sat in the sum; Swin
+  V2's `16 * sigmoid(cpb_mlp(table)[index])`), or opaque (masks of other kinds, dropout, other
+  per-head scales).
 - hand-written attention operands (``reads_q`` / ``reads_k``) may hold ``{"op": "head_normalize",
   "eps": e}``: F.normalize(p=2) over each head's vector (cosine attention), followed only by ops
   that move positions; simulate normalizes each head's query / key vector before the dot product.
 - ``param_add`` / ``param_cat`` / ``relative_position_bias`` / ``head_scale``: ``rows_shape`` (above) and
   ``deferred``: True when the table is applied by the readers' op chains (param_add /
   param_cat ops) or to the scores (head_table), not by the layer its edges point into.
+- any layer: ``zeroed``: ``{parameter name: [flat element, ...]}``, elements of a parameter zeroed
+  in place before this layer used it (Swin V2's `qkv_bias[C:2C].zero_()` on a clone): simulate
+  sets those edge values to zero (edge k is element k of the flat parameters).
 - ``<input>``: ``feature_dim`` when the model input's features are not on dim 1 ([B, tokens, C]);
   ``<output>``: ``feature_dim`` likewise for the output.
 """
