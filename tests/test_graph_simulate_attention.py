@@ -4,6 +4,8 @@ ViT's class token, positional table and `x[:, 0]`, token permutes/rolls; refusal
 graph tensors a GMN reads, unchanged by the records simulate needs (pinned hashes).
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,15 +160,51 @@ def test_handwritten_attention_refusals_name_the_op(model, why):
     assert why in _refusal(model, torch.randn(2, 5, 8))
 
 
-def test_cosine_attention_is_refused():
-    class Cosine(Fused):
-        def forward(self, x):
-            B, N, _ = x.shape
-            q, k, v = self.qkv(x).reshape(B, N, 3, 2, 4).permute(2, 0, 3, 1, 4)
-            a = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-            return self.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(B, N, 8))
+class Cosine(Fused):
+    """Cosine attention: each head's query and key vectors L2-normalized (Swin V2)."""
 
-    assert "normalize" in _refusal(Cosine(), torch.randn(2, 5, 8))
+    def __init__(self, p=2.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        a = F.normalize(q, p=self.p, dim=-1) @ F.normalize(k, p=self.p, dim=-1).transpose(-2, -1)
+        return self.proj(((a * 5.0).softmax(-1) @ v).transpose(1, 2).reshape(B, N, 8))
+
+
+def test_cosine_attention_is_reproduced():
+    assert _err(Cosine(), torch.randn(3, 5, 8)) < 1e-5
+
+
+class LogitScaled(Cosine):
+    """Swin V2's scores: cosine attention times exp(clamp(per-head logit scale, max=log 100))."""
+
+    def __init__(self, div=False):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor([[[1.0]], [[5.0]]]))  # head 1 is clamped
+        self.div = div
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        a = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        s = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+        a = a / s if self.div else a * s
+        return self.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(B, N, 8))
+
+
+def test_per_head_logit_scale_is_reproduced():
+    assert _err(LogitScaled(), torch.randn(3, 5, 8)) < 1e-5
+
+
+def test_scores_divided_by_a_per_head_parameter_are_refused():
+    assert "per-head scales" in _refusal(LogitScaled(div=True), torch.randn(2, 5, 8))
+
+
+def test_cosine_attention_with_another_norm_is_refused():
+    assert "normalize" in _refusal(Cosine(p=1.0), torch.randn(2, 5, 8))
 
 
 class WindowAttention(nn.Module):
@@ -241,13 +279,30 @@ def test_torchvision_swin_with_padded_windows_is_reproduced(tv_models):
     assert _err(model, torch.randn(3, 3, 32, 32)) < 1e-5
 
 
-def test_swin_v2_score_parameters_are_refused(tv_models):
-    from torchvision.models.swin_transformer import SwinTransformerBlockV2, PatchMergingV2
+def test_torchvision_swin_v2_config_is_reproduced(tv_models):
+    """Swin V2: cosine attention, per-head logit scales (clamp, exp), the continuous position bias
+    (an MLP on a constant coordinate table, gathered, 16 * sigmoid) and the key bias zeroed in
+    place; the key bias is made nonzero so that its zeroing is checked."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
+    torch.manual_seed(0)
     model = tv_models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
                                       window_size=[4, 4], num_classes=10, block=SwinTransformerBlockV2,
                                       downsample_layer=PatchMergingV2)
-    assert _refusal(model, torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "logit_scale"):
+                m.qkv.bias.normal_()
+                m.logit_scale.uniform_(1.0, 6.0)  # some heads clamped at log(100)
+    assert _err(model, torch.randn(3, 3, 32, 32)) < 1e-5
+
+
+@pytest.mark.slow
+def test_torchvision_swin_v2_t_is_reproduced(tv_models):
+    from torchvision_models import build
+
+    torch.manual_seed(0)
+    assert _err(build(tv_models, "swin_v2_t"), torch.randn(2, 3, 256, 256), convert_batch=1) < 1e-4
 
 
 @pytest.mark.slow

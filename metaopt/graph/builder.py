@@ -240,6 +240,12 @@ class GraphBuilder:
         materialised at full size in int64. With `elements` (flat indices), all are flat [n].
         Returns False when the parameter was already claimed (tied weights keep their first edges).
         """
+        zeroed = getattr(self, "zeroed", {}).get(id(param))
+        if zeroed:  # elements zeroed in place before this use (Swin V2's key bias): simulate zeroes them
+            rec = self.layers[layer]
+            op = dict(rec.op or {})
+            op["zeroed"] = {**op.get("zeroed", {}), self.param_name(param): sorted(zeroed)}
+            rec.op = op
         slot = self.slots.get(id(param))
         if slot is None:
             raise KeyError("add_param_edges: tensor is not a parameter of the converted model")

@@ -40,6 +40,12 @@ removed; dim 0 is the batch):
   neuron's value concatenated along its dim d with parameter tables (PARAM_CAT edges of layer
   L, rows_shape as above, broadcast over the other dims): a class token.
 
+- ``{"op": "take", "in_shape": [...], "shape": [...], "index": [i, ...]}``: position i of the
+  flattened value (batch included, of shape in_shape: one sample, e.g. a constant table through
+  an MLP) at each output position: a gather by a constant index (Swin V2's position bias).
+- ``{"op": "constant", "value": [...]}``: a constant tensor read in place of INPUT neurons
+  (``value[position]`` for the node at that position, batch dim included): Swin V2's coordinate
+  table fed to its position-bias MLP.
 - ``{"op": "copies", "chains": [[op, ...], ...]}``: the same neurons concatenated along the
   features n times, copy r read through chains[r] (Swin's patch merging: x[..., 0::2, 0::2, :],
   ...); the copies are stacked on a new last dim of the neuron's value. The reading norm / Linear
@@ -59,10 +65,23 @@ Layer ``op`` keys of the attention family:
   ``{"op": "head_table", "layer": L, "rows": [[...]]}`` (relative position bias: row
   rows[i][j] of the head's table in layer L, or ``rows_by_head``), ``{"op": "add_tensor",
   "period": P, "value": [P, Nq, Nk]}`` (a constant such as a shifted-window mask, repeating
-  every P batch-like positions), or opaque (masks of other kinds, dropout, per-head scales).
-- ``param_add`` / ``param_cat`` / ``relative_position_bias``: ``rows_shape`` (above) and
+  every P batch-like positions), ``{"op": "head_scale", "layer": L, "fns": [...]}`` (the scores
+  multiplied by the head's element of L's table, a ``head_scale`` layer, through the elementwise
+  functions ``fns``: ``{"fn": "clamp", "min", "max"}``, ``{"fn": "exp"}``, ...; Swin V2's
+  logit scale), ``{"op": "head_neurons", "reads": [...], "dim": d, "ndim": n}`` (neurons added to
+  the scores, each to its head's: the RESIDUAL aux edges into the HEAD nodes say which, ``reads``
+  the neurons' op chains in the ``reads`` format, d / n where their features sat in the sum; Swin
+  V2's `16 * sigmoid(cpb_mlp(table)[index])`), or opaque (masks of other kinds, dropout, other
+  per-head scales).
+- hand-written attention operands (``reads_q`` / ``reads_k``) may hold ``{"op": "head_normalize",
+  "eps": e}``: F.normalize(p=2) over each head's vector (cosine attention), followed only by ops
+  that move positions; simulate normalizes each head's query / key vector before the dot product.
+- ``param_add`` / ``param_cat`` / ``relative_position_bias`` / ``head_scale``: ``rows_shape`` (above) and
   ``deferred``: True when the table is applied by the readers' op chains (param_add /
   param_cat ops) or to the scores (head_table), not by the layer its edges point into.
+- any layer: ``zeroed``: ``{parameter name: [flat element, ...]}``, elements of a parameter zeroed
+  in place before this layer used it (Swin V2's `qkv_bias[C:2C].zero_()` on a clone): simulate
+  sets those edge values to zero (edge k is element k of the flat parameters).
 - ``<input>``: ``feature_dim`` when the model input's features are not on dim 1 ([B, tokens, C]);
   ``<output>``: ``feature_dim`` likewise for the output.
 """
@@ -246,6 +265,37 @@ def _checked(spec: dict) -> dict:
         return {"fn": spec["fn"], "unknown": True}
 
 
+_PARAM_FNS = {"clamp": ("min", "max"), "clip": ("min", "max"), "exp": (), "log": (), "sqrt": (), "rsqrt": (),
+              "reciprocal": (), "square": ()}
+
+
+def param_fn(target: Any, args: tuple, kwargs: dict) -> dict:
+    """An elementwise function of a parameter's elements ({"fn": "clamp", "min": None, "max": 4.6}),
+    or opaque: Swin V2's `clamp(logit_scale, max=log(100)).exp()`."""
+    name = (target if isinstance(target, str) else getattr(target, "__name__", str(target))).rstrip("_")
+    names = _PARAM_FNS.get(name)
+    if names is None or len(args) > len(names) or set(kwargs) - set(names):
+        return opaque(f"'{name}' of a parameter has no simulate record")
+    try:
+        out = {"fn": "clamp" if name == "clip" else name,
+               **{k: jsonable(v) for k, v in zip(names, args)}, **{k: jsonable(v) for k, v in kwargs.items()}}
+    except TypeError:
+        return opaque(f"'{name}' of a parameter with a non-constant argument")
+    return out
+
+
+def apply_param_fns(v: Tensor, fns: list[dict]) -> Tensor:
+    """The recorded elementwise functions (param_fn) applied to parameter values `v`."""
+    for f in fns:
+        if f["fn"] == "clamp":
+            v = torch.clamp(v, min=f.get("min"), max=f.get("max"))
+        elif f["fn"] in _PARAM_FNS:
+            v = getattr(torch, f["fn"])(v)
+        else:
+            raise NotImplementedError(f"simulate: {f.get('why', f['fn'])}")
+    return v
+
+
 _MONOTONE = {"relu", "relu6", "leaky_relu", "elu", "celu", "selu", "sigmoid", "tanh", "softplus", "hardtanh",
              "hardsigmoid", "softsign", "exp"}
 
@@ -254,6 +304,8 @@ def commutes(op: dict, act: dict) -> bool:
     """Whether applying `act` before `op` equals applying it after (so tagging the producer is exact)."""
     if op["op"] == "reshape":
         return True
+    if op["op"] in ("take", "index", "permute", "roll", "flip"):  # positions moved, not mixed
+        return act.get("fn") is not None and not act.get("unknown")
     if op["op"] == "call" and op["fn"].startswith(("max_pool", "adaptive_max_pool")):
         return act.get("fn") in _MONOTONE  # max of f = f of max for non-decreasing f
     return False

@@ -206,6 +206,11 @@ def _per_node_op(m: NeuronMap, in_shape: torch.Size, q: Tensor, r: Tensor, j: in
             want = r.select(j, 0).long() if q.ndim else r.long()
             if got is not None and tuple(got.shape) == tuple(want.shape) and torch.equal(got, want):
                 return candidate
+        if m.pos is None and r_sel.numel() == math.prod(out_shape) and in_node:
+            # a gather (Swin V2's bias table [relative_position_index]): the probe says where each
+            # position comes from; replayed only on values of the conversion's shape (batch included)
+            return {"op": "take", "in_shape": list(in_node), "shape": list(out_shape),
+                    "index": (r.select(j, 0) if q.ndim else r).reshape(-1).long().tolist()}
         return op_records.opaque("a shape op that reorders, slices or repeats positions within neurons")
     if out_shape == in_node:
         return None
@@ -310,7 +315,7 @@ def shape_op(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
     kwargs = {k: _host(v) for k, v in kwargs.items()}
     if isinstance(x, ParamRef):
         out = call(x.index, args[1:], kwargs)
-        return map_tensors(out, lambda t: ParamRef(x.param, t))
+        return map_tensors(out, lambda t: ParamRef(x.param, t, x.fns))
     if isinstance(x, Unassigned):
         moved = x.ops and isinstance(result, Tensor) and tuple(result.shape) != tuple(args[0].shape)
         extra = (op_records.opaque("a reshape of an input after ops on it"),) if moved else ()
@@ -422,7 +427,7 @@ def binary(w: "DataflowWalker", n, values: list, args: tuple, result: Tensor, ki
             return Unassigned(out_ndim, u.node_type)
         if params and not unassigned and len(params) == 1:  # param (op) constant: same elements
             p = params[0]
-            return ParamRef(p.param, p.index.expand(result.shape)) if p.shape != result.shape else p
+            return ParamRef(p.param, p.index.expand(result.shape), p.fns) if p.shape != result.shape else p
         if params and unassigned:  # raw input + parameter (e.g. pre-embedded input + position table)
             i = vals.index(unassigned[0])
             m = w.ctx.input_map(unassigned[0], -1, reals[i].shape[-1], reals[i].ndim)
@@ -730,12 +735,21 @@ def dispatch(w: "DataflowWalker", n, values: list, args: tuple, kwargs: dict, re
                 w.unclaimed_use([values[0]], n)
                 return CONST
             return activation(w, n, values[0], act) if isinstance(values[0], NeuronMap) else values[0]
-        return activation(w, n, values[0], act, op_records.activation_spec(t, tuple(args[1:]), kwargs))
+        spec = op_records.activation_spec(t, tuple(args[1:]), kwargs)
+        if isinstance(values[0], ParamRef) and isinstance(result, Tensor) and len(values) == 1:
+            p = values[0]  # exp(logit_scale): the same elements through a function
+            fn = op_records.param_fn(spec["fn"], (), {k: v for k, v in spec.items() if k != "fn"})
+            return ParamRef(p.param, p._index, p.fns + (fn,))
+        return activation(w, n, values[0], act, spec)
     if t is F.normalize and isinstance(values[0], SplitMap):
         dim = kwargs.get("dim", args[2] if len(args) > 2 else 1)
         if dim % values[0].ndim == values[0].ndim - 1:  # each head's vector (cosine attention)
-            x = values[0]  # mixes a head's neurons: no per-neuron record (simulate refuses)
-            op = op_records.opaque("F.normalize over each head's vector (cosine attention)")
+            x = values[0]  # mixes a head's neurons: simulate normalizes each head's q / k vector
+            p_ = kwargs.get("p", args[1] if len(args) > 1 else 2.0)
+            eps = kwargs.get("eps", args[3] if len(args) > 3 else 1e-12)
+            op = (op_records.opaque("F.normalize over each head's vector with p != 2 or extra arguments")
+                  if p_ != 2 or not isinstance(eps, (int, float)) or kwargs.get("out") is not None or len(args) > 4
+                  else {"op": "head_normalize", "eps": float(eps)})
             return SplitMap(with_op(w.ctx, x.source, op), x.src_shape, x.feat, x.rest)
         w.ctx.fail("normalizes split features across heads; only over each head's own vector is followed.")
     if t in _IDENTITY_FUNCS or t in _POOL_FUNCS:
@@ -840,15 +854,22 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
             return Scores(scores.q, scores.k, scores.heads, scores.layer, out)
     params = [v for v in flat if isinstance(v, ParamRef)]
     tables: list = []  # per-head tables added to the scores (relative position bias), recorded below
-    if not params:
-        note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
     from .converters.attention import head_neurons, head_parameter  # converters import ops: no cycle here
 
     elementwise = t in _MUL or t in _ADD or t in _SCORE_OPS or t in _IDENTITY_FUNCS or t in _NEG or act_of(t) is not None
     neurons = [v for v in flat if isinstance(v, (NeuronMap, SplitMap))]
-    if not elementwise or (neurons and not (
-            t in _ADD and len(neurons) == 1 and isinstance(neurons[0], NeuronMap)
-            and head_neurons(w.ctx, scores, neurons[0], result.shape))):
+    added = (elementwise and t in _ADD and len(neurons) == 1 and isinstance(neurons[0], NeuronMap)
+             and head_neurons(w.ctx, scores, neurons[0], result.shape))
+    if not params:
+        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
+        if added and len(flat) == 2 and "sub" not in name and not kwargs:
+            # Swin V2's MLP-generated bias: each head's neuron, read through its chain (RESIDUAL edges)
+            m = neurons[0]
+            note_scores(w.ctx, scores, {"op": "head_neurons", "ndim": int(result.ndim), "dim": _out_dim(m, result.ndim),
+                                        "reads": [{"from": int(p), "ops": list(c)} for p, c in (m.ops or {}).items()]})
+        else:
+            note_scores(w.ctx, scores, _scores_record(t, scores, values, args, kwargs, result) or {"op": "identity"})
+    if not elementwise or (neurons and not added):
         w.ctx.fail("attention scores (q @ k^T) are combined in a way no rule reads (only scaling, "
                    "masking, softmax, dropout and per-head biases are followed before `@ v`).")
     for p in params:  # per-head bias tables and scales
@@ -857,7 +878,8 @@ def scores_op(w: "DataflowWalker", n, t: Any, values: list, args: tuple, kwargs:
             w.unclaimed_use([p], n)
     if params:
         name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
-        exact = len(params) == 1 and len(tables) == 1 and "sub" not in name and len(flat) == 2
+        exact = (len(params) == 1 and len(tables) == 1 and "sub" not in name and "div" not in name
+                 and len(flat) == 2)
         note_scores(w.ctx, scores, tables[0] if exact else op_records.opaque(
             f"'{name}' of attention scores with parameters in a layout simulate does not replay (per-head scales)"))
     return scores
@@ -893,8 +915,12 @@ def unknown_op(w: "DataflowWalker", n, values: list, args: tuple, result: Any) -
     maps = [v for v in flat if isinstance(v, NeuronMap)]
     if (n.target in _PARAM_ELEMENTWISE and len(params) == 1 and not maps
             and isinstance(result, Tensor) and tuple(result.shape) == tuple(params[0].shape)):
-        return params[0]  # an elementwise function of a parameter (clamp(logit_scale)): same elements
+        p = params[0]  # an elementwise function of a parameter (clamp(logit_scale)): same elements
+        return ParamRef(p.param, p._index, p.fns + (op_records.param_fn(n.target, tuple(n.args[1:]), dict(n.kwargs)),))
     if params:
+        if n.target == "zero_" and len(params) == 1 and not maps:  # x[a:b].zero_() of a parameter (a clone)
+            zeroed = w.ctx.builder.__dict__.setdefault("zeroed", {})
+            zeroed.setdefault(id(params[0].param), set()).update(params[0].index.reshape(-1).tolist())
         w.unclaimed_use(params, n)
     if not maps:
         ua = [v for v in flat if isinstance(v, Unassigned)]

@@ -140,15 +140,17 @@ class ParamRef:
     """A tensor computed from one parameter by indexing/shape ops.
 
     `index` has the tensor's shape and holds, per element, the flat index into the parameter,
-    so a consumer knows exactly which parameter element sits where. For the parameter itself
+    so a consumer knows exactly which parameter element sits where (after the elementwise
+    functions `fns`, e.g. Swin V2's clamp(logit_scale).exp()). For the parameter itself
     (`ParamRef.of`) the index is the identity and is only materialised if an op needs it.
     """
 
-    __slots__ = ("param", "_index")
+    __slots__ = ("param", "_index", "fns")
 
-    def __init__(self, param: Tensor, index: Tensor | None = None) -> None:
+    def __init__(self, param: Tensor, index: Tensor | None = None, fns: tuple = ()) -> None:
         self.param = param
         self._index = index
+        self.fns = fns  # elementwise functions applied to the elements, in order (op_records.param_fn)
 
     @staticmethod
     def of(param: Tensor | None) -> "ParamRef | None":
@@ -339,7 +341,16 @@ class ConversionContext:
         if isinstance(value, Const):
             # e.g. torch.arange positions fed to an Embedding, or a constant tensor input
             nodes = self.add_nodes(size, NodeType.INPUT, 0, torch.arange(size))
-            return NeuronMap(nodes, dim if dim >= 0 else (ndim or 2) + dim, None, ndim or 2)
+            d = dim if dim >= 0 else (ndim or 2) + dim
+            ops = None
+            real = [a for a in getattr(self, "args", None) or () if isinstance(a, Tensor)]
+            if (len(real) == 1 and real[0].is_floating_point() and not real[0].is_meta
+                    and real[0].ndim == (ndim or 2) and real[0].shape[d] == size and real[0].shape[0] == 1):
+                # a one-sample float constant (Swin V2's coordinate table): its values, for simulate
+                ops = {0: ({"op": "constant", "value": real[0].detach().movedim(d, 0).tolist()},)}
+            out = NeuronMap(nodes, d, None, ndim or 2, ops)
+            self.note_read(out)
+            return out
         raise ConversionError(
             f"{self.current}: cannot read neurons from an input of kind {type(value).__name__}."
         )

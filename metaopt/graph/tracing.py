@@ -272,7 +272,7 @@ class DataflowWalker(fx.Interpreter):
         if isinstance(x, Unassigned):
             return Unassigned(result.ndim, x.node_type)
         if isinstance(x, ParamRef):
-            return ParamRef(x.param, fn(x.index, (), {}))
+            return ParamRef(x.param, fn(x.index, (), {}), x.fns)
         return CONST
 
     def _call_function(self, n: fx.Node, values: list, args: tuple, kwargs: dict, result: Any) -> Any:

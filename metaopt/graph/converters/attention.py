@@ -364,6 +364,8 @@ def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: t
     element by element). Element e becomes an edge from an ordered PARAM_SOURCE node (add: its
     rank among its head's elements, the relative offset for a table) or a NORM node (mul) to the
     HEAD node of its head (PARAM_ADD / NORM_WEIGHT). False leaves other layouts to the caller.
+    What simulate replays is appended to `record`: a head_table op (add), a head_scale op (mul
+    by one element per head, through the parameter's recorded elementwise functions).
     """
     H = scores.heads.numel()
     try:
@@ -393,7 +395,11 @@ def head_parameter(ctx: ConversionContext, scores: Scores, p: ParamRef, shape: t
         src = ctx.add_nodes(rows, NodeType.NORM, layer)
         etype = EdgeType.NORM_WEIGHT
     ctx.add_param_edges(ParamRef(table, used), src[rank], scores.heads[head_of_e[used]], etype, layer)
-    if kind == "add" and record is not None:
+    if kind == "mul" and record is not None and rows == 1 and all(f.get("op") != "opaque" for f in p.fns):
+        # one element per head (Swin V2's logit scale [heads, 1, 1]), through clamp / exp: replayed
+        ctx.set_layer_op(layer, {"rows_shape": [1], "deferred": True})
+        record.append({"op": "head_scale", "layer": int(layer), "fns": [dict(f) for f in p.fns]})
+    if kind == "add" and record is not None and not p.fns:
         rank_of_e = torch.full((p.param.numel(),), -1, dtype=torch.long)
         rank_of_e[used] = rank
         rec = _table_rows(rank_of_e[p.index.expand(shape)], scores.head_of.expand(shape), H, layer)

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..op_records import apply_param_fns
 from ..schema import EdgeType, NodeType
 
 
@@ -91,6 +92,19 @@ def _score_ops(scores: Tensor, ops: list[dict], state, lid: int, head: int) -> T
                 rows = op["rows_by_head"][int(torch.searchsorted(hs, torch.tensor(head)))]
             scores = scores + T[torch.tensor(rows)]
             continue
+        if kind == "head_neurons":  # neurons added to their head's scores (RESIDUAL edges into the HEAD node)
+            aux = (state.aux_layer == lid) & (state.aux_type == EdgeType.RESIDUAL) & (state.adst == head)
+            src = torch.unique(state.asrc[aux])
+            b = state.read(lid, src, op["reads"]).sum(0)
+            if b.dim() > 2 and any(n != 1 for n in b.shape[:-2]):
+                raise NotImplementedError(f"simulate: {state.where(lid)}: a bias of shape {tuple(b.shape)} "
+                                          f"added to each head's scores (only [.., Nq, Nk] repeating over windows)")
+            scores = scores + b.reshape(b.shape[-2:]) if b.dim() >= 2 else scores + b
+            continue
+        if kind == "head_scale":  # the head's element of a head_scale table, through its functions
+            c = apply_param_fns(state.table(op["layer"], torch.tensor([head]), 1)[0, 0], op["fns"])
+            scores = scores * c
+            continue
         if kind == "add_tensor":  # a constant repeating over the batch-like positions (window masks)
             c = torch.tensor(op["value"], dtype=scores.dtype)
             scores = (scores.reshape(-1, op["period"], *scores.shape[1:]) + c).reshape(scores.shape)
@@ -111,12 +125,13 @@ def _score_ops(scores: Tensor, ops: list[dict], state, lid: int, head: int) -> T
 
 
 def heads(state, lid, q: Tensor, k: Tensor, v: Tensor, Q: Tensor, K: Tensor, V: Tensor,
-          score_ops: list[dict] | None = None) -> Tensor:
+          score_ops: list[dict] | None = None, eps_q: float | None = None, eps_k: float | None = None) -> Tensor:
     """Per head: weights = score_ops(Q K^T) (default softmax(Q K^T / sqrt(head dim))), then weights V,
     from the layer's HEAD_MEMBER / QK_PAIR edges.
 
     q, k: sorted node ids of the query/key neurons, v: value node ids (any order); Q, K, V their
-    values [n, M, T] (M batch-like, T tokens). Returns the attended values [len(v), M, T_q].
+    values [n, M, T] (M batch-like, T tokens). eps_q / eps_k: each head's query / key vector is
+    L2-normalized first (F.normalize, cosine attention). Returns the attended values [len(v), M, T_q].
     """
     head_of, pq, pk = _structure(state, lid)
     out = V.new_zeros(v.numel(), V.shape[1], Q.shape[2])
@@ -124,7 +139,12 @@ def heads(state, lid, q: Tensor, k: Tensor, v: Tensor, Q: Tensor, K: Tensor, V: 
         sel = head_of[pq] == h
         qi, ki = torch.searchsorted(q, pq[sel]), torch.searchsorted(k, pk[sel])
         vi = (head_of[v] == h).nonzero().squeeze(1)
-        scores = torch.einsum("dbi,dbj->bij", Q[qi], K[ki])
+        Qh, Kh = Q[qi], K[ki]
+        if eps_q is not None:
+            Qh = Qh / Qh.norm(dim=0, keepdim=True).clamp_min(eps_q)
+        if eps_k is not None:
+            Kh = Kh / Kh.norm(dim=0, keepdim=True).clamp_min(eps_k)
+        scores = torch.einsum("dbi,dbj->bij", Qh, Kh)
         if score_ops is None:
             weights = (scores / math.sqrt(qi.numel())).softmax(-1)
         else:
@@ -133,20 +153,48 @@ def heads(state, lid, q: Tensor, k: Tensor, v: Tensor, Q: Tensor, K: Tensor, V: 
     return out
 
 
+_MOVES = {"reshape", "permute", "index", "roll", "flip"}  # move positions alike in every neuron
+
+
+def _normalized(state, lid: int, reads: list) -> tuple[list, float | None]:
+    """An operand's chains without their head_normalize op, and its eps (None: not normalized).
+
+    F.normalize over a head's vector mixes the head's neurons, so it is applied in `heads`; it
+    commutes with the ops after it only when they just move positions (the same in every neuron).
+    """
+    eps, out = None, []
+    for r in reads:
+        ops = r["ops"]
+        at = [i for i, o in enumerate(ops) if o["op"] == "head_normalize"]
+        if not at:
+            out.append(r)
+            continue
+        if len(at) > 1 or any(o["op"] not in _MOVES for o in ops[at[0] + 1:]) or (
+                eps is not None and eps != ops[at[0]]["eps"]):
+            raise NotImplementedError(f"simulate: {state.where(lid)}: F.normalize of a head's vector "
+                                      f"followed by ops that do not commute with it")
+        eps = ops[at[0]]["eps"]
+        out.append({**r, "ops": ops[:at[0]] + ops[at[0] + 1:]})
+    if eps is not None and len(out) != sum(1 for r in reads if any(o["op"] == "head_normalize" for o in r["ops"])):
+        raise NotImplementedError(f"simulate: {state.where(lid)}: an operand normalized in part")
+    return out, eps
+
+
 def handwritten(state, lid: int, V: Tensor, v: Tensor) -> Tensor:
     """The output of hand-written attention layer `lid` at value neurons `v` with values V
     [k, *S] (tokens last): queries and keys read through the layer's reads_q / reads_k chains."""
     op = state.record(lid).get("op") or {}
     head_of, pq, pk = _structure(state, lid)
     q, k = torch.unique(pq), torch.unique(pk)
-    Q, K = state.read(lid, q, op.get("reads_q", [])), state.read(lid, k, op.get("reads_k", []))
+    (reads_q, eps_q), (reads_k, eps_k) = (_normalized(state, lid, op.get(f"reads_{r}", [])) for r in "qk")
+    Q, K = state.read(lid, q, reads_q), state.read(lid, k, reads_k)
     Q, K = Q.reshape(q.numel(), -1, Q.shape[-1]), K.reshape(k.numel(), -1, K.shape[-1])
     lead = V.shape[1:-1]
     Vf = V.reshape(v.numel(), -1, V.shape[-1])
     if not Q.shape[1] == K.shape[1] == Vf.shape[1] or K.shape[2] != Vf.shape[2]:
         raise NotImplementedError(f"simulate: {state.where(lid)}: query, key and value neurons hold values of "
                                   f"shapes {tuple(Q.shape[1:])}, {tuple(K.shape[1:])}, {tuple(Vf.shape[1:])}")
-    out = heads(state, lid, q, k, v, Q, K, Vf, op.get("scores", []))
+    out = heads(state, lid, q, k, v, Q, K, Vf, op.get("scores", []), eps_q, eps_k)
     return out.reshape(v.numel(), *lead, Q.shape[-1])
 
 

@@ -31,6 +31,15 @@ def _apply_one(v: Tensor, op: dict, where: str, state, nodes) -> Tensor:
         return v.reshape(v.shape[0], *op["shape"])
     if kind in SHAPE_RECORDS:
         return apply_shape(v, op)
+    if kind == "take":  # positions gathered from a one-sample value (recorded at conversion)
+        if list(v.shape[1:]) != op["in_shape"]:
+            raise NotImplementedError(f"simulate: {where} gathers positions of a value of shape "
+                                      f"{op['in_shape']}, not {list(v.shape[1:])}")
+        return v.reshape(v.shape[0], -1)[:, torch.tensor(op["index"])].reshape(v.shape[0], *op["shape"])
+    if kind == "constant":  # a constant tensor read in place of neurons: row = the node's position
+        from ..schema import NODE_POSITION
+        c = torch.tensor(op["value"], dtype=v.dtype)
+        return c[state.graph.x[nodes, NODE_POSITION].long()]
     if kind == "reduce":
         dims = [d + 1 for d in op["dims"]]
         fn = {"max": "amax", "min": "amin"}.get(op["fn"], op["fn"])

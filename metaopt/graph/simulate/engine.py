@@ -39,7 +39,7 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
     for rec in graph.layers:
         where = f"layer '{rec['name']}' ({rec['kind']})"
         kind, op = rec["kind"], rec.get("op") or {}
-        if kind in _REFUSED_KINDS:
+        if kind in _REFUSED_KINDS and "rows_shape" not in op:
             out.append(f"{where}: {_REFUSED_KINDS[kind]}")
         elif kind == "multihead_attention" and "num_heads" not in op:
             out.append(f"{where}: no recorded token layout (a graph converted before it was recorded)")
@@ -56,11 +56,13 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
         out += [f"{where}: {why}" for why in rec.get("inexact", [])]
         out += [f"{where} reads neurons through {op['why']}" for r in rec.get("reads", [])
                 for op in r["ops"] if op["op"] == "opaque"]
+        out += [f"{where} reads neurons through F.normalize over a head's vector outside attention scores"
+                for r in rec.get("reads", []) for op in r["ops"] if op["op"] == "head_normalize"]
     return out
 
 
 _REFUSED_KINDS = {
-    "head_scale": "per-head logit scales are not simulated",
+    "head_scale": "per-head scales of attention scores in a layout simulate does not replay",
 }
 
 
@@ -83,7 +85,13 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
                                   + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""))
     if isinstance(buffers, nn.Module):
         buffers = dict(buffers.named_buffers())
-    state = State(graph, values.to(x.dtype), x, eps, buffers or {})
+    values = values.to(x.dtype)
+    zeroed = [(name, el) for rec in graph.layers for name, el in ((rec.get("op") or {}).get("zeroed") or {}).items()]
+    if zeroed:  # parameter elements zeroed in place before their use (edge k = element k of the parameters)
+        values, offsets = values.clone(), graph.param_offsets
+        for name, el in zeroed:
+            values[offsets[graph.param_names.index(name)] + torch.tensor(el, dtype=torch.long)] = 0
+    state = State(graph, values, x, eps, buffers or {})
     return state.run()
 
 
@@ -143,9 +151,10 @@ class State:
                 raise NotImplementedError(f"simulate: {self.where(layer)}: no recorded table layout")
             sel = (self.elayer == layer).nonzero().squeeze(1)
             sel = sel[torch.isin(self.etype[sel], torch.tensor([int(EdgeType.PARAM_ADD), int(EdgeType.PARAM_CAT),
-                                                                int(EdgeType.BIAS)]))]
-            src = self.src[sel]
-            row = torch.where(self.ntype[src] == NodeType.BIAS, 0, self.graph.x[src, NODE_POSITION])
+                                                                int(EdgeType.BIAS), int(EdgeType.NORM_WEIGHT)]))]
+            src = self.src[sel]  # a BIAS source, or a head_scale's NORM source (one element per head): row 0
+            row = torch.where((self.ntype[src] == NodeType.BIAS) | (self.ntype[src] == NodeType.NORM), 0,
+                              self.graph.x[src, NODE_POSITION])
             udst, inv = torch.unique(self.dst[sel], return_inverse=True)
             T = self.values.new_zeros(udst.numel(), max(1, math.prod(shape)))
             T[inv, row] = self.values[sel]
