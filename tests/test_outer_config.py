@@ -89,3 +89,18 @@ def test_cli_prints_resolved_config() -> None:
     bad = subprocess.run([sys.executable, "-m", "outer_train", "--set", "meta.stepz=3", "--print-config"],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown key 'stepz'" in bad.stderr
+
+
+def test_shipped_config_files_resolve_and_differ_only_in_the_estimator() -> None:
+    """The configs that produced the shipped rules stay loadable; the PES one is the TBPTT one with PES."""
+    from pathlib import Path
+
+    from outer_train.config import resolve
+
+    root = Path(__file__).resolve().parents[1] / "outer_train" / "configs"
+    tbptt, pes = resolve(None, root / "cpu_ship.toml"), resolve(None, root / "cpu_ship_pes.toml")
+    assert (tbptt.estimator.kind, pes.estimator.kind) == ("tbptt", "pes")
+    a, b = tbptt.to_dict(), pes.to_dict()
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ <= {"estimator", "meta", "name"}, differ
+    assert {k for k in a["meta"] if a["meta"][k] != b["meta"][k]} <= {"time_budget_s"}
