@@ -54,16 +54,15 @@ def update_results_json(path: str | Path, entries: dict[str, Any], depth: int, c
     return merged
 
 
-SPLITS = ("50%", "5%", "OOD")
-
-
 def accuracy_markdown(data: dict[str, Any]) -> str:
     """The accuracy-prediction table of ``docs/results/accuracy.json``: rows split x method, columns R² and τ per zoo."""
+    from experiments.accuracy.report import SPLIT_LABELS  # the split names the accuracy CLI writes
+
     zoos = list(data)
     methods = sorted({m for z in data.values() for s in z.values() for m in s})
     lines = ["| split | method | " + " | ".join(f"{z} R² | {z} τ" for z in zoos) + " |",
              "|---|---|" + "---:|---:|" * len(zoos)]
-    for split in SPLITS:
+    for split in SPLIT_LABELS.values():
         for m in methods:
             recs = [data[z].get(split, {}).get(m) for z in zoos]
             if not any(recs):
