@@ -29,6 +29,7 @@ class RuleSection:
     bound: float = 3.0  # the lr scale stays within exp(+-bound) of Adam's
     refresh_every: int = 100  # the rule runs every k inner steps, as it will in GMNOptimizer
     max_step: int = 0  # FeatureConfig.max_step (0 = time features never capped)
+    relative_lr: bool = False  # FeatureConfig.relative_lr: the rule sees lr / weight rms per tensor
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 
 

@@ -181,3 +181,47 @@ def test_gradients_are_finite_where_a_whole_tensor_is_zero(method, monkeypatch):
         plain = compute_features(idx, *(t.detach() for t in inputs), ls, 5, FeatureConfig())
         assert torch.equal(f.edge, plain.edge) and torch.equal(f.node, plain.node)  # values as without autograd
         assert torch.equal(f.edge[zero, 0], torch.zeros_like(f.edge[zero, 0]))
+
+
+# ---- the relative-lr feature (FeatureConfig(relative_lr=True)) -------------------------------------
+def _relative_lr_expected(param, lr_per_tensor):
+    out, i = [], 0
+    for shape, lr in zip(SHAPES, lr_per_tensor):
+        n = math.prod(shape)
+        rms = max(float(param[i : i + n].square().mean().sqrt()), 1e-3)
+        out += [max(-3.0, min(3.0, (math.log10(lr / rms) + 2) / 2))] * n
+        i += n
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("grad_enabled", [False, True])
+def test_relative_lr_feature_is_log_lr_over_weight_rms_per_tensor(grad_enabled):
+    """The extra last column: (log10(lr / max(rms(p), 1e-3)) + 2) / 2 per tensor, clamped to +-3, for
+    one lr or one per tensor; a zero tensor (a bias at init) reads the floor; the other columns are
+    exactly those of the rule without it, in both the differentiable and the no-grad path."""
+    cfg = FeatureConfig(relative_lr=True)
+    assert cfg.edge_names()[-1] == "log10_lr_over_param_rms" and cfg.edge_dim == FeatureConfig().edge_dim + 1
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    assert FeatureConfig.from_dict({k: v for k, v in FeatureConfig().to_dict().items() if k != "relative_lr"}) \
+        == FeatureConfig()  # rules saved before the feature existed load without it
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, ls = _values(graph.num_params)
+    param[12:16] = 0.0  # the (4,) bias
+    param[16:24] *= 30.0  # large weights: a small relative step
+    with torch.set_grad_enabled(grad_enabled):
+        for lr in (1e-3, torch.tensor([1e-1, 1e-4, 3e-2, 1e-6])):
+            f = compute_features(idx, grad, param, m, v, ls, 4, cfg, lr=lr)
+            lrs = [float(lr)] * 4 if isinstance(lr, float) else lr.tolist()
+            torch.testing.assert_close(f.edge[:, -1], _relative_lr_expected(param, lrs), rtol=1e-5, atol=1e-6)
+            base = compute_features(idx, grad, param, m, v, ls, 4, FeatureConfig())
+            assert torch.equal(f.edge[:, :-1], base.edge) and torch.equal(f.node, base.node)
+
+
+def test_relative_lr_feature_needs_a_positive_lr():
+    cfg = FeatureConfig(relative_lr=True)
+    idx = GraphIndex.from_graph(_random_graph(SHAPES), "cpu")
+    with pytest.raises(ValueError, match="needs the learning rate"):
+        compute_features(idx, *_values(26), 1, cfg)
+    with pytest.raises(ValueError, match="lr > 0"):
+        compute_features(idx, *_values(26), 1, cfg, lr=0.0)

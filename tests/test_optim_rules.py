@@ -215,3 +215,28 @@ def test_a_network_with_the_wrong_output_shape_is_refused():
             opt.step()
     finally:
         RULE_KINDS.pop("toy_two_outputs", None)
+
+
+def test_relative_lr_rule_reads_each_param_groups_current_lr():
+    """With the relative-lr feature the optimizer gives the rule each tensor's group lr as it is at
+    the refresh (a scheduler's change counts): a per-parameter rule's scale changes exactly on the
+    tensors whose lr changed."""
+    from metaopt.optim import FeatureConfig
+
+    def scales(lr_first: float, lr_rest: float) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = mlp()
+        torch.manual_seed(1)
+        rule = UpdateRule(RuleConfig(kind="mlp", hidden=8, alpha=0.5, features=FeatureConfig(relative_lr=True)))
+        params = list(model.parameters())
+        opt = GMNOptimizer(model, rule=rule, lr=1.0,
+                           params=[{"params": params[:2], "lr": 1e-3}, {"params": params[2:], "lr": lr_rest}])
+        opt.param_groups[0]["lr"] = lr_first  # set after construction, as a scheduler would
+        model(torch.randn(2, 64, generator=torch.Generator().manual_seed(2))).sum().backward()
+        opt.step()
+        return [opt.state[p]["lr_scale"].clone() for p in params]
+
+    base, other = scales(1e-3, 1e-3), scales(1e-1, 1e-3)
+    assert not torch.equal(base[0], other[0]) and not torch.equal(base[1], other[1])
+    assert all(torch.equal(a, b) for a, b in zip(base[2:], other[2:]))
+    assert not torch.equal(scales(1e-3, 1e-2)[2], base[2])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from metaopt.optim import GMNOptimizer, GraphIndex, Hyper, OptState, RuleConfig, UpdateRule, core
+from metaopt.optim import FeatureConfig, GMNOptimizer, GraphIndex, Hyper, OptState, RuleConfig, UpdateRule, core
 from outer_train.tasks import TaskGroup
 from outer_train.tbptt import tbptt_gradient
 from outer_train.unroll import batched_graph, inner_step
@@ -29,13 +29,16 @@ def _classifier_task() -> ModelTask:
 
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 @pytest.mark.parametrize("path", ["inner_step", "core.step"])
-def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str) -> None:
+@pytest.mark.parametrize("relative_lr", [False, True])
+def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, relative_lr: bool) -> None:
     """Five steps with k = 2 (refreshes on steps 1, 3, 5; the scale held on 2 and 4), non-default
     betas, eps and weight decay, a rule with alpha != 0: parameters and the whole optimizer state
-    agree to 1e-6 at every step, each side running on its own trajectory."""
+    agree to 1e-6 at every step, each side running on its own trajectory (also with the feature
+    that reads the lr, which the optimizer takes from its param groups and meta-training from Hyper)."""
     task = _classifier_task()
     torch.manual_seed(0)
-    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2))
+    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2,
+                                 features=FeatureConfig(relative_lr=relative_lr)))
     model = copy.deepcopy(task.model)
     opt = GMNOptimizer(model, rule=rule, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph)
     group = TaskGroup.from_task(task, [0], horizon=5, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)

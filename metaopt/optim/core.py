@@ -134,10 +134,13 @@ def apply_update(
 
 
 # ---- the rule's part ---------------------------------------------------------------------------
-def rule_features(index: GraphIndex, grad: Tensor, param: Tensor, state: OptState, rule: UpdateRule) -> Features:
-    """The rule's inputs for a state that already holds this step's moments (flat [E] values)."""
+def rule_features(
+    index: GraphIndex, grad: Tensor, param: Tensor, state: OptState, rule: UpdateRule, lr: float | Tensor | None = None
+) -> Features:
+    """The rule's inputs for a state that already holds this step's moments (flat [E] values);
+    ``lr`` (a float, or one per parameter tensor) is read by rules with the ``relative_lr`` feature."""
     return compute_features(
-        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features
+        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features, lr
     )
 
 
@@ -158,9 +161,10 @@ def refresh_lr_scale(
     param: Tensor,
     state: OptState,
     rule_params: dict[str, Tensor] | None = None,
+    lr: float | Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """A new lr scale [E] for one network from the rule (and the count of non-finite outputs)."""
-    feats = rule_features(index, grad, param, state, rule)
+    feats = rule_features(index, grad, param, state, rule, lr)
     return scale_from_log(rule.log_scale(graph, feats, rule_params))
 
 
@@ -199,5 +203,5 @@ def step(
     new = advance(state, grad, h)
     # The network runs even at alpha = 0 (scale exactly 1), so meta-gradients reach alpha.
     if rule.net is not None and refresh_due(new.step, rule.config.refresh_every):
-        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params)
+        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, h.lr)
     return finish(params, new, h, scaled=rule.net is not None), new

@@ -23,6 +23,8 @@ FEATURE_VERSION = 2
 # Per-tensor normalisation divides by sqrt(mean square + _TINY): tiny so the rule is
 # scale-robust over the whole float32 range, nonzero so an all-zero tensor stays zero.
 _TINY = 1e-30
+# The relative-lr feature measures weights no smaller than this (zero-initialised biases).
+RELATIVE_LR_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class FeatureConfig:
     time_scales: T in the per-graph features ``tanh(step / T)``.
     max_step: if > 0, those features read ``min(step, max_step)``: a rule meta-trained on
         trajectories of at most ``max_step`` steps then never sees time features outside its range.
+    relative_lr: add the edge feature ``log10_lr_over_param_rms``: per tensor, how far one Adam
+        step at the set lr moves the weights relative to their size,
+        ``(log10(lr / max(rms(p), RELATIVE_LR_FLOOR)) + 2) / 2`` clamped to +-3. Every other feature
+        is scale-free, so without it a rule cannot tell a lr 100x too large from a right one.
     clip: the clipped-gradient feature is the per-tensor-normalised gradient clamped to +-clip.
     eps: added to the rms in the ``momentum / rms`` and ``grad / rms`` features.
     """
@@ -40,6 +46,7 @@ class FeatureConfig:
     clip: float = 3.0
     eps: float = 1e-8
     max_step: int = 0
+    relative_lr: bool = False
     version: int = FEATURE_VERSION
 
     def __post_init__(self) -> None:
@@ -60,7 +67,7 @@ class FeatureConfig:
             "adam_direction",
             "grad_over_rms",
             "log_lr_scale",
-        ]
+        ] + (["log10_lr_over_param_rms"] if self.relative_lr else [])
 
     def node_names(self) -> list[str]:
         return ["second_moment_rms_in", "second_moment_rms_out"]
@@ -88,7 +95,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
-        keys = {"time_scales", "clip", "eps", "max_step", "version"}
+        keys = {"time_scales", "clip", "eps", "max_step", "relative_lr", "version"}
         unknown = set(data) - keys - {"names"}
         if unknown:
             raise ValueError(f"FeatureConfig: unknown keys {sorted(unknown)} (known: {sorted(keys)}).")
@@ -183,6 +190,7 @@ def compute_features(
     log_lr_scale: Tensor,
     step: int,
     config: FeatureConfig,
+    lr: float | Tensor | None = None,
 ) -> Features:
     """The rule's inputs from flat edge-ordered values (all ``[E]``), differentiable in every input.
 
@@ -193,8 +201,11 @@ def compute_features(
     clipped row is the normalised gradient clamped; non-finite values become 0 (they would spread
     through message passing). Node features are the factored (Adafactor-style) second moments: the
     rms of ``v`` over each node's incoming and outgoing parameter edges, relative to the network's.
+    ``lr`` (a float, or one value per parameter tensor [P]) is read by the ``relative_lr`` feature.
     """
     e = index.num_edges
+    if config.relative_lr and lr is None:
+        raise ValueError("compute_features: FeatureConfig(relative_lr=True) needs the learning rate (lr=).")
     if any(t.shape != (e,) for t in (grad, param, exp_avg, exp_avg_sq, log_lr_scale)):
         raise ValueError(
             f"compute_features: expected flat [{e}] values, got grad {tuple(grad.shape)}, param "
@@ -213,10 +224,14 @@ def compute_features(
                             torch.rsqrt(torch.where(zero, torch.ones_like(sq), sq) + _TINY))
         normed = raw * torch.repeat_interleave(scale, index.numels, dim=1, output_size=e)
         clipped = normed[0].clamp(-config.clip, config.clip)
-        rows = torch.cat([normed[:1], clipped[None], normed[1:], log_lr_scale[None]])
+        extra = [log_lr_scale[None]]
+        if config.relative_lr:
+            rel = relative_lr(lr, sq[1].detach().sqrt(), index)
+            extra.append(torch.repeat_interleave(rel, index.numels, output_size=e)[None])
+        rows = torch.cat([normed[:1], clipped[None], normed[1:], *extra])
         rows = torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
     else:  # the optimizer's refresh: the same values written into one buffer, no temporaries
-        rows = torch.empty(8, e, dtype=grad.dtype, device=grad.device)
+        rows = torch.empty(config.edge_dim, e, dtype=grad.dtype, device=grad.device)
         rows[0].copy_(grad)
         rows[1].zero_()
         rows[2].copy_(param)
@@ -226,13 +241,18 @@ def compute_features(
         torch.div(exp_avg, denom, out=rows[5])
         torch.div(grad, denom, out=rows[6])
         del denom
-        rows[7].zero_()
-        scale = torch.rsqrt(per_tensor_rms(rows, index).square_() + _TINY)  # [F, P]; rows 1, 7 are 0 here
+        rows[7:].zero_()
+        rms = per_tensor_rms(rows[:7], index)  # [7, P]; row 1 is 0 here
+        scale = torch.rsqrt(rms.square() + _TINY)
         o = index.offsets
         for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
-            rows[:, a:b].mul_(scale[:, t : t + 1])
+            rows[:7, a:b].mul_(scale[:, t : t + 1])
         torch.clamp(rows[0], -config.clip, config.clip, out=rows[1])
         rows[7].copy_(log_lr_scale)
+        if config.relative_lr:
+            rel = relative_lr(lr, rms[2], index)
+            for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
+                rows[8, a:b].fill_(rel[t])
         torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
     global_rms = safe_sqrt(exp_avg_sq.mean()) + _TINY
     zeros = exp_avg_sq.new_zeros(index.num_nodes)
@@ -241,6 +261,15 @@ def compute_features(
     node = torch.stack([safe_sqrt(v_in) / global_rms, safe_sqrt(v_out) / global_rms], dim=1)
     node = torch.nan_to_num(node, nan=0.0, posinf=0.0, neginf=0.0)
     return Features(edge=rows.t(), node=node, graph=time_features(step, config, grad.device))
+
+
+def relative_lr(lr: float | Tensor, param_rms: Tensor, index: GraphIndex) -> Tensor:
+    """The ``relative_lr`` feature per parameter tensor [P] from the lr and the weights' rms [P]."""
+    lr_t = torch.as_tensor(lr, dtype=param_rms.dtype, device=param_rms.device).expand(param_rms.shape[0])
+    if not bool(torch.all(lr_t > 0)):
+        raise ValueError(f"compute_features: the relative_lr feature needs lr > 0, got {lr}.")
+    ratio = lr_t / param_rms.clamp_min(RELATIVE_LR_FLOOR)
+    return ((torch.log10(ratio) + 2.0) / 2.0).clamp(-3.0, 3.0)
 
 
 def safe_sqrt(x: Tensor) -> Tensor:

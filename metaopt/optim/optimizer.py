@@ -305,7 +305,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         grad = torch.cat([t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]).float()
         param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
         state = OptState(buf["exp_avg"], buf["exp_avg_sq"], buf["lr_scale"], int(self.state[STEPS_TAKEN]))
-        scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state)
+        lr = None
+        if self.rule.features.relative_lr:  # each tensor's group lr (as it is now: schedulers change it)
+            group_lr = {id(p): float(g["lr"]) for g in self.param_groups for p in g["params"]}
+            lr = torch.tensor([group_lr.get(id(p), self.defaults["lr"]) for p in self._params_all], device=device)
+        scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr)
         buf["lr_scale"].copy_(scale)
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
