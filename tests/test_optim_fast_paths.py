@@ -48,9 +48,12 @@ def test_features_without_autograd_equal_the_differentiable_ones() -> None:
 
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 @pytest.mark.parametrize("graphs", [1, 3])
-def test_chunked_lite_networks_equal_the_full_size_pass(monkeypatch, kind: str, graphs: int) -> None:
-    """Chunks smaller than the edge count (and not dividing it) change outputs by float rounding at
-    most (a matmul over fewer rows may take another BLAS kernel)."""
+@pytest.mark.parametrize("type_runs", [16, 0])
+def test_chunked_lite_networks_equal_the_full_size_pass(monkeypatch, kind: str, graphs: int, type_runs: int) -> None:
+    """The no-grad path (feature-major, in chunks smaller than the edge count and not dividing it;
+    edge types added run by run, or gathered per edge where a chunk has too many runs) changes
+    outputs by float rounding at most (other BLAS kernels, other summation order)."""
+    monkeypatch.setattr(lite, "_MAX_TYPE_RUNS", type_runs)
     torch.manual_seed(1)
     rule = UpdateRule(RuleConfig(kind=kind, alpha=0.7))
     model = _model()

@@ -196,7 +196,8 @@ def test_non_finite_rule_output_falls_back_to_adam_on_those_edges_only():
     assert bool((scale[poisoned] == 1.0).all()) and torch.isfinite(scale).all()
     got, want_adam, want_rule = (graph.params_to_edges(m) for m in (a, adam_model, rule_model))
     assert torch.isfinite(got).all()
-    assert torch.equal(got[poisoned], want_adam[poisoned])
+    # Adam's step up to float rounding (with a scale the bias correction moves into the step size)
+    torch.testing.assert_close(got[poisoned], want_adam[poisoned], rtol=1e-6, atol=1e-8)
     assert not torch.allclose(got[poisoned], want_rule[poisoned], rtol=1e-4, atol=1e-6)
     keep = torch.ones(graph.num_params, dtype=torch.bool)
     keep[poisoned] = False

@@ -35,10 +35,15 @@ from .gmn import GMNOutput, graph_batch_vector
 _EDGE_TYPES = 32  # parameter edge types are < AUX_START = 32
 _NODE_TYPES = 32
 # Without autograd (the optimizer's refresh), edges are processed in chunks of this many: every
-# [chunk, hidden] temporary then stays in cache, which is 3-5x faster than full-size passes over
-# memory at 1M+ edges on one CPU thread. Values equal the full-size path's up to float rounding (a
-# matmul over fewer rows may take another BLAS kernel; tests/test_optim_fast_paths.py).
+# temporary then stays in cache, which is 3-5x faster than full-size passes over memory at 1M+
+# edges on one CPU thread. That path is also feature-major: it computes h^T [hidden, chunk] =
+# W @ x^T, because a BLAS product with 8 output columns ([chunk, 9] @ [9, 8]) runs 10-15x slower
+# than the same product with 8 output rows. Values equal the autograd path's up to float rounding
+# (tests/test_optim_fast_paths.py).
 CHUNK = 1 << 14
+# A chunk whose edges fall into at most this many runs of one edge type adds the type embedding
+# run by run (a broadcast add) instead of gathering it per edge.
+_MAX_TYPE_RUNS = 16
 
 
 def _chunks(n: int) -> list[slice]:
@@ -46,7 +51,13 @@ def _chunks(n: int) -> list[slice]:
 
 
 def _chunked(edge_values: Tensor) -> bool:
-    return not torch.is_grad_enabled() and edge_values.shape[0] > CHUNK
+    return not torch.is_grad_enabled()
+
+
+def _linear_t(layer: nn.Linear, x_t: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``layer`` applied feature-major: ``W @ x^T + b`` -> [out, n] (``bias`` replaces the layer's)."""
+    b = layer.bias if bias is None else bias
+    return torch.addmm(b[:, None], layer.weight, x_t)
 
 
 def _incidence(node: Tensor, num_nodes: int) -> Tensor:
@@ -87,6 +98,22 @@ class LiteGraph:
             mats = [(_incidence(self.dst[c], self.num_nodes), _incidence(self.src[c], self.num_nodes))
                     for c in _chunks(self.src.shape[0])]
             cache = self.__dict__["_incidences"] = (CHUNK, mats)
+        return cache[1]
+
+    def chunk_type_runs(self) -> list[list[tuple[int, int, int]] | None]:
+        """Per edge chunk, its runs of one edge type as (start, end, type) within the chunk, or None
+        where there are more than `_MAX_TYPE_RUNS` (parameter tensors are contiguous, so few)."""
+        cache = self.__dict__.get("_type_runs")
+        if cache is None or cache[0] != CHUNK:
+            plans: list[list[tuple[int, int, int]] | None] = []
+            for c in _chunks(self.edge_type.shape[0]):
+                types, counts = torch.unique_consecutive(self.edge_type[c], return_counts=True)
+                if types.numel() > _MAX_TYPE_RUNS:
+                    plans.append(None)
+                    continue
+                ends = torch.cumsum(counts, 0).tolist()
+                plans.append([(e - n, e, t) for e, n, t in zip(ends, counts.tolist(), types.tolist())])
+            cache = self.__dict__["_type_runs"] = (CHUNK, plans)
         return cache[1]
 
     def to(self, device: torch.device | str) -> "LiteGraph":
@@ -151,14 +178,41 @@ class LitePerParameterMLP(nn.Module):
             raise ValueError(f"{type(self).__name__}: graph_values must be [{g.num_graphs}, {self.graph_in}], got {got}.")
         return self.graph_proj(graph_values)
 
+    # ---- the feature-major no-grad path (see CHUNK) ------------------------------------------
+    def edge_hidden_t(self, g: LiteGraph, c: slice, runs: list[tuple[int, int, int]] | None,
+                      values_t: Tensor) -> Tensor:
+        """`edge_hidden` of chunk ``c`` feature-major: ``values_t`` [F, n] -> [hidden, n]."""
+        h_t = _linear_t(self.edge_in_proj, values_t)
+        type_t = self.edge_type.weight.t()  # [hidden, types]
+        if runs is None:
+            h_t += type_t.index_select(1, g.edge_type[c])
+        else:
+            for a, b, t in runs:
+                h_t[:, a:b] += type_t[:, t : t + 1]
+        return nn.functional.silu(h_t, inplace=True)
+
+    def edge_out_t(self, g: LiteGraph, c: slice, h_t: Tensor, ctx: Tensor | None,
+                   node_terms: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The output of chunk ``c`` from its hidden states [hidden, n] -> [edge_out, n]; ``ctx``
+        the per-graph context, ``node_terms`` the GMN's [hidden, N] node terms (as source, as destination)."""
+        one_graph = ctx is not None and g.num_graphs == 1
+        pre = _linear_t(self.mix, h_t, self.mix.bias + ctx[0] if one_graph else None)
+        if ctx is not None and not one_graph:
+            pre += ctx.t().index_select(1, g.edge_batch[c])
+        if node_terms is not None:
+            pre += node_terms[0].index_select(1, g.src[c])
+            pre += node_terms[1].index_select(1, g.dst[c])
+        return _linear_t(self.out, nn.functional.silu(pre, inplace=True))
+
     def forward(self, graph: LiteGraph | Data, edge_values: Tensor, node_values: Tensor | None = None,
                 graph_values: Tensor | None = None) -> GMNOutput:
         g = graph if isinstance(graph, LiteGraph) else prepare_lite(graph, edge_values.device)
         ctx = self.graph_context(graph_values, g)
         if _chunked(edge_values):
+            values_t = edge_values.t()
             out = edge_values.new_empty(edge_values.shape[0], self.edge_out)
-            for c in _chunks(edge_values.shape[0]):
-                out[c] = self._edge_out(g, c, edge_values[c], ctx)
+            for c, runs in zip(_chunks(edge_values.shape[0]), g.chunk_type_runs()):
+                out[c] = self.edge_out_t(g, c, self.edge_hidden_t(g, c, runs, values_t[:, c]), ctx).t()
             return GMNOutput(edge=out, node=None, graph=None)
         return GMNOutput(edge=self._edge_out(g, slice(None), edge_values, ctx), node=None, graph=None)
 
@@ -187,11 +241,15 @@ class LiteGMN(LitePerParameterMLP):
         chunked = _chunked(edge_values)
         zeros = edge_values.new_zeros(g.num_nodes, self.hidden)
         if chunked:  # sums first; each chunk's hidden states are recomputed for the output below
-            sum_in, sum_out = zeros, zeros.clone()
-            for c, (a_in, a_out) in zip(_chunks(edge_values.shape[0]), g.chunk_incidences()):
-                h = self.edge_hidden(g.edge_type[c], edge_values[c])
-                sum_in += a_in @ h
-                sum_out += a_out @ h
+            values_t = edge_values.t()
+            plans = list(zip(_chunks(edge_values.shape[0]), g.chunk_type_runs(), g.chunk_incidences()))
+            sum_in_t, sum_out_t = zeros.t().contiguous(), zeros.t().contiguous()  # [hidden, N]
+            for c, runs, (a_in, a_out) in plans:
+                h_t = self.edge_hidden_t(g, c, runs, values_t[:, c])
+                # h^T @ A^T (dense @ CSC view) is ~5x faster than A @ h on CPU
+                sum_in_t += h_t @ a_in.t()
+                sum_out_t += h_t @ a_out.t()
+            sum_in, sum_out = sum_in_t.t(), sum_out_t.t()
         else:
             h = self.edge_hidden(g.edge_type, edge_values)
             sum_in, sum_out = zeros.index_add(0, g.dst, h), zeros.index_add(0, g.src, h)
@@ -205,13 +263,13 @@ class LiteGMN(LitePerParameterMLP):
         ctx = self.graph_context(graph_values, g)
         if ctx is not None:
             node = node + (ctx[0] if g.num_graphs == 1 else ctx.index_select(0, g.batch)).repeat(1, 2)
-        as_src, as_dst = (t.contiguous() for t in node.split(self.hidden, dim=1))
         if chunked:
+            node_terms = (node[:, : self.hidden].t().contiguous(), node[:, self.hidden :].t().contiguous())
             out = edge_values.new_empty(edge_values.shape[0], self.edge_out)
-            for c in _chunks(edge_values.shape[0]):
-                h = self.edge_hidden(g.edge_type[c], edge_values[c])
-                pre = self.mix(h) + as_src.index_select(0, g.src[c]) + as_dst.index_select(0, g.dst[c])
-                out[c] = self.out(self.act(pre))
+            for c, runs, _ in plans:
+                h_t = self.edge_hidden_t(g, c, runs, values_t[:, c])
+                out[c] = self.edge_out_t(g, c, h_t, None, node_terms).t()
             return GMNOutput(edge=out, node=None, graph=None)
+        as_src, as_dst = (t.contiguous() for t in node.split(self.hidden, dim=1))
         pre = self.mix(h) + as_src.index_select(0, g.src) + as_dst.index_select(0, g.dst)
         return GMNOutput(edge=self.out(self.act(pre)), node=None, graph=None)

@@ -9,8 +9,9 @@ One step, for every parameter (edge) e::
     s      <- exp(rule's bounded log-scale)       only on refresh steps (1, k+1, 2k+1, ...)
     p      <- p * (1 - lr * wd) - lr * s * m_hat / (sqrt(v_hat) + eps)
 
-The rule (a GMN over the parameter graph) runs once per ``k`` steps; in between a step costs
-Adam plus one multiply by the stored scale. With the untrained rule (alpha = 0) ``s`` is 1 and the
+The rule (a GMN over the parameter graph) runs once per ``k`` steps; in between a step makes as
+many passes over the parameters as Adam's (the scale divides the denominator in place of Adam's
+division by the bias correction, which moves into the step size). With the untrained rule (alpha = 0) ``s`` is 1 and the
 step is exactly Adam (AdamW with weight decay): the scale is then never even multiplied in.
 
 Every function takes ``inplace``: True updates the given tensors (the optimizer, on views into
@@ -93,14 +94,24 @@ def update_moments(
     return m, v
 
 
-def adam_denominator(exp_avg_sq: list[Tensor], h: Hyper, step: int, inplace: bool) -> list[Tensor]:
-    """``sqrt(v) / sqrt(1 - beta2^t) + eps`` (new tensors in both modes; the state is untouched)."""
+def adam_denominator(exp_avg_sq: list[Tensor], h: Hyper, step: int, inplace: bool, scaled: bool = False) -> list[Tensor]:
+    """``sqrt(v) / sqrt(1 - beta2^t) + eps`` (new tensors in both modes; the state is untouched).
+
+    ``scaled`` (for `apply_update` with an lr scale) returns ``sqrt(v) + eps * sqrt(1 - beta2^t)``,
+    the same denominator times the bias correction, which `apply_update` folds into its step size:
+    one pass over the parameters fewer, so a step with the scale costs what Adam's does.
+    """
     bc2_sqrt = h.bias_corrections(step)[1] ** 0.5
     if inplace:
         denom = torch._foreach_sqrt(exp_avg_sq)
+        if scaled:
+            torch._foreach_add_(denom, h.eps * bc2_sqrt)
+            return denom
         torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, h.eps)
         return denom
+    if scaled:
+        return [safe_sqrt(v) + h.eps * bc2_sqrt for v in exp_avg_sq]
     return [safe_sqrt(v) / bc2_sqrt + h.eps for v in exp_avg_sq]
 
 
@@ -115,10 +126,13 @@ def apply_update(
 ) -> list[Tensor]:
     """``p * (1 - lr * wd) - (lr / bc1) * m / (denom / s)`` per tensor; ``lr_scale=None`` is s = 1.
 
-    The scale divides the denominator (a temporary in both modes) rather than multiplying ``m``:
-    one pass instead of an allocation and a pass. In place, ``denom`` is overwritten.
+    With a scale, ``denom`` must come from ``adam_denominator(..., scaled=True)`` (the bias
+    correction ``sqrt(1 - beta2^t)`` moves from the denominator into the step size). The scale
+    divides the denominator (a temporary in both modes) rather than multiplying ``m``: one pass
+    instead of an allocation and a pass. In place, ``denom`` is overwritten.
     """
-    step_size = -h.lr / h.bias_corrections(step)[0]
+    bc1, bc2 = h.bias_corrections(step)
+    step_size = -h.lr / bc1 if lr_scale is None else -h.lr * bc2**0.5 / bc1
     if inplace:
         if lr_scale is not None:
             torch._foreach_div_(denom, lr_scale)
@@ -177,7 +191,7 @@ def advance(state: OptState, grad: Tensor, h: Hyper) -> OptState:
 
 def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool) -> Tensor:
     """New flat parameters from a state that already holds this step's moments (and scale)."""
-    denom = adam_denominator([state.exp_avg_sq], h, state.step, inplace=False)
+    denom = adam_denominator([state.exp_avg_sq], h, state.step, inplace=False, scaled=scaled)
     (out,) = apply_update([params], [state.exp_avg], denom, [state.lr_scale] if scaled else None, h, state.step,
                           inplace=False)
     return out

@@ -258,8 +258,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._refresh(entries, device)
 
         for h, t, seg, v in seg_views:
-            denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True)
             scale = None if identity else v["lr_scale"]
+            denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True, scaled=scale is not None)
             params = [p for _, p in seg]
             low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
             if not low:
