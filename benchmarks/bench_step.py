@@ -93,17 +93,15 @@ def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
     return GMNOptimizer(model, rule=kind.split("-", 1)[1], lr=1e-3, graph=graph)
 
 
-def bench_size(target: float, kinds: list[str], repeats: int, device: torch.device) -> dict[str, Any]:
+def _setup(target: float, kinds: list[str], device: torch.device) -> dict[str, Any]:
+    """One model per optimizer kind (same init, same fixed gradients), each optimizer warmed up."""
     torch.manual_seed(0)
     base = mlp_of_size(target).to(device)
-    n_params = sum(p.numel() for p in base.parameters())
-    param_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     graph = to_graph(base.cpu()).to("cpu")
     base.to(device)
     grads = [torch.randn_like(p) * 1e-2 for p in base.parameters()]
-    block = max(resolve_rule(k.split("-", 1)[1]).config.refresh_every for k in kinds if k != "adam")
-    rows: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[int], None]] = {}
+    opts: dict[str, torch.optim.Optimizer] = {}
     for kind in kinds:
         model = mlp_of_size(target).to(device)
         model.load_state_dict(base.state_dict())
@@ -118,15 +116,26 @@ def bench_size(target: float, kinds: list[str], repeats: int, device: torch.devi
                 torch.cuda.synchronize()
 
         run(1)  # warm-up: allocates state, builds caches, runs the rule once (step 1 is a refresh)
-        runners[kind] = run
-        rows[kind] = {"state_bytes": _state_bytes(opt), "peak_step_bytes": _peak_step_bytes(lambda: run(1), device),
-                      "opt": opt}
+        runners[kind], opts[kind] = run, opt
+    return {
+        "params": sum(p.numel() for p in base.parameters()),
+        "param_bytes": sum(p.numel() * p.element_size() for p in base.parameters()),
+        "block": max(resolve_rule(k.split("-", 1)[1]).config.refresh_every for k in kinds if k != "adam"),
+        "runners": runners,
+        "opts": opts,
+    }
+
+
+def bench_size(target: float, kinds: list[str], repeats: int, device: torch.device) -> dict[str, Any]:
+    """Step times (amortised over blocks that start with a refresh) and optimizer state of each kind."""
+    setup = _setup(target, kinds, device)
+    runners, opts, block, param_bytes = setup["runners"], setup["opts"], setup["block"], setup["param_bytes"]
     times: dict[str, list[float]] = {k: [] for k in runners}
     plain: dict[str, list[float]] = {k: [] for k in runners}
     refresh: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeats):  # round-robin: every optimizer sees the same machine load
         for kind, run in runners.items():
-            opt = rows[kind]["opt"]
+            opt = opts[kind]
             done = opt.state.get("steps_taken", 0) if isinstance(opt, GMNOptimizer) else 0
             if done % block:  # align the block so that it starts with a refresh step
                 run(block - done % block)
@@ -139,24 +148,32 @@ def bench_size(target: float, kinds: list[str], repeats: int, device: torch.devi
             plain[kind].append((time.perf_counter() - t1) * 1e3 / max(block - 1, 1))
             times[kind].append(elapsed * 1e3 / block)
     adam_ms = statistics.median(times["adam"]) if "adam" in times else float("nan")
-    out: dict[str, Any] = {"target": target, "params": n_params, "param_bytes": param_bytes, "block": block, "rows": {}}
-    for kind, row in rows.items():
+    out: dict[str, Any] = {"target": target, "params": setup["params"], "param_bytes": param_bytes, "block": block,
+                           "rows": {}}
+    for kind in runners:
         ms = statistics.median(times[kind])
+        state = _state_bytes(opts[kind])
         out["rows"][kind] = {
             "ms_per_step": ms,
             "ms_range": [min(times[kind]), max(times[kind])],
             "vs_adam": ms / adam_ms,
             "refresh_ms": statistics.median(refresh[kind]),
             "plain_step_ms": statistics.median(plain[kind]),
-            "state_bytes": row["state_bytes"],
-            "state_over_params": row["state_bytes"] / param_bytes,
-            "peak_step_bytes": row["peak_step_bytes"],
-            "peak_step_over_params": None if row["peak_step_bytes"] is None else row["peak_step_bytes"] / param_bytes,
+            "state_bytes": state,
+            "state_over_params": state / param_bytes,
+            "peak_step_bytes": None,
+            "peak_step_over_params": None,
         }
     gmn, mlp = out["rows"].get("gmnopt-default", {}), out["rows"].get("gmnopt-mlp", {})
     if "ms_per_step" in gmn and "ms_per_step" in mlp:
         out["gmn_over_mlp_rule"] = gmn["ms_per_step"] / mlp["ms_per_step"]
     return out
+
+
+def peak_size(target: float, kinds: list[str], device: torch.device) -> dict[str, int | None]:
+    """Extra memory of one (plain) step of each kind; on CPU run after `_fix_malloc_threshold`."""
+    setup = _setup(target, kinds, device)
+    return {kind: _peak_step_bytes(lambda run=run: run(1), device) for kind, run in setup["runners"].items()}
 
 
 LABELS = {
@@ -201,7 +218,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    _fix_malloc_threshold()
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": args.threads,
@@ -212,8 +228,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **k: x  # noqa: E731
-    for target in tqdm(args.sizes, desc="model sizes"):
+    for target in tqdm(args.sizes, desc="model sizes (time)"):
         result["sizes"].append(bench_size(target, args.kinds, args.repeats, device))
+    # Peak memory last: pinning glibc's mmap threshold makes every large temporary an mmap with
+    # fresh pages, which would slow the timed steps (2-3x for the refresh) below what users see.
+    _fix_malloc_threshold()
+    for size in tqdm(result["sizes"], desc="model sizes (peak memory)"):
+        for kind, peak in peak_size(size["target"], args.kinds, device).items():
+            size["rows"][kind]["peak_step_bytes"] = peak
+            size["rows"][kind]["peak_step_over_params"] = None if peak is None else peak / size["param_bytes"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_step.json").write_text(json.dumps(result, indent=2) + "\n")
     md = to_markdown(result)
