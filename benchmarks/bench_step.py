@@ -65,6 +65,7 @@ def _fix_malloc_threshold() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+        libc.malloc_trim(0)  # hand back what earlier (timed) steps left in the heap, or steps reuse it unseen
     except (OSError, AttributeError):
         pass
 
