@@ -82,6 +82,17 @@ Layer ``op`` keys of the attention family:
 - any layer: ``zeroed``: ``{parameter name: [flat element, ...]}``, elements of a parameter zeroed
   in place before this layer used it (Swin V2's `qkv_bias[C:2C].zero_()` on a clone): simulate
   sets those edge values to zero (edge k is element k of the flat parameters).
+- ``param_add``: ``prefix``: True when only the table's first rows are added (``pos[:T]``; rows_shape
+  is then that of the rows used, and simulate skips the PARAM_ADD edges of the other rows).
+- ``embedding``: ``ids``: which ids are looked up: ``"input"`` (the model input tensor itself) or
+  ``{"constant": [...]}`` (an index without a batch dim, or with batch dim 1, e.g. ``torch.arange(T)``:
+  recorded at conversion); ``nn.EmbeddingBag`` adds ``bag`` (mode: "sum" / "mean" / "max", over the
+  last dim of [B, T] ids) and ``padding_idx`` (None, or the row left out of each bag).
+- any layer: ``tied``: ``[{"param": name, ...}]``, parameters this layer uses again whose edges
+  belong to an earlier use (tied weights; `GraphBuilder.add_param_edges` records it). A Linear
+  (or `x @ W`) reading the whole parameter adds ``"in"``: the input node id of each column of the
+  weight as used, and ``"transposed"``: whether that weight is the parameter transposed; its rows
+  are the layer's neurons in order. An entry without ``"in"`` is refused by simulate.
 - ``<input>``: ``feature_dim`` when the model input's features are not on dim 1 ([B, tokens, C]);
   ``<output>``: ``feature_dim`` likewise for the output.
 """
