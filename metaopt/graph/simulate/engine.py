@@ -19,6 +19,7 @@ from ..parameter_graph import ParameterGraph
 from ..schema import (EDGE_KPOS, EDGE_LAYER, EDGE_TYPE, NODE_ACTIVATION, NODE_LAYER, NODE_POSITION, NODE_TYPE,
                       Activation, EdgeType, NodeType)
 from . import activations, chain
+from .recurrent import KINDS as RECURRENT_KINDS
 from .rules import LAYER_RULES, RULES, SUPPORTED_AUX, SUPPORTED_EDGES
 
 # not computed by a layer (TOKEN: an embedding's vocabulary rows, looked up by embedding.py)
@@ -51,6 +52,9 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
             out += [f"{where}: {o['why']}" for o in op["scores"] if o["op"] == "opaque"]
             out += [f"{where} reads its {role} through {o['why']}" for role in ("query", "key")
                     for r in op.get(f"reads_{role[0]}", []) for o in r["ops"] if o["op"] == "opaque"]
+        elif kind in RECURRENT_KINDS and "mode" not in op:
+            out.append(f"{where}: a recurrent cell (nn.GRUCell & co.) unrolled in a loop, or a graph converted "
+                       f"before recurrent layers were recorded")
         elif kind == "embedding" and "ids" not in op and not rec.get("inexact"):
             out.append(f"{where}: no recorded ids (a graph converted before they were recorded)")
         elif rec["layer"] in tables and "rows_shape" not in op:
@@ -62,9 +66,18 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
                 for u in op.get("tied", []) if "in" not in u]
         out += [f"{where} reads neurons through {op['why']}" for r in rec.get("reads", [])
                 for op in r["ops"] if op["op"] == "opaque"]
+        out += [f"{where} reads h_n / c_n of a stacked or bidirectional recurrent layer (h_n[-1] of several "
+                f"layers: a gather over layers simulate does not replay; the 1-layer h_n and the output sequence are)"
+                for r in rec.get("reads", []) if _final_state_gather(r["ops"])]
         out += [f"{where} reads neurons through F.normalize over a head's vector outside attention scores"
                 for r in rec.get("reads", []) for op in r["ops"] if op["op"] == "head_normalize"]
     return out
+
+
+def _final_state_gather(ops: list[dict]) -> bool:
+    """A recurrent layer's final states (last_step) then a gather recorded over h_n's layer dim."""
+    kinds = [o["op"] for o in ops]
+    return "last_step" in kinds and "take" in kinds[kinds.index("last_step"):]
 
 
 _REFUSED_KINDS = {
