@@ -163,11 +163,14 @@ class GraphBuilder:
 
     # ---- records for simulate (op_records.py) ------------------------------------------------
     def set_layer_op(self, layer: int, op: dict) -> None:
-        self.layers[layer].op = op
+        old = self.layers[layer].op or {}  # uses of parameters recorded by add_param_edges are kept
+        self.layers[layer].op = {**{k: old[k] for k in ("tied", "zeroed") if k in old}, **op}
 
-    def note_model_input(self) -> None:
+    def note_model_input(self, tensor: Tensor | None = None) -> None:
         """One more tensor argument of the model (simulate replays models of one input tensor)."""
         self._model_inputs = getattr(self, "_model_inputs", 0) + 1
+        if tensor is not None:  # the example tensor itself: an embedding checks it reads the input unchanged
+            self.model_input_tensors = [*getattr(self, "model_input_tensors", []), tensor]
         if self._model_inputs > 1:
             self.mark_inexact([0], "the model takes several input tensors (simulate takes one)")
 
@@ -250,11 +253,11 @@ class GraphBuilder:
         if slot is None:
             raise KeyError("add_param_edges: tensor is not a parameter of the converted model")
         if slot.state == 2:
-            return False
+            return self._tied_use(slot, layer)
         if elements is not None:
             rows = elements.long() + slot.offset
             if slot.state == 1 and bool(self.covered[rows].any()):
-                return False
+                return self._tied_use(slot, layer)
             self.edge_index[0, rows] = src.reshape(-1).to(INDEX_DTYPE)
             self.edge_index[1, rows] = dst.reshape(-1).to(INDEX_DTYPE)
             cols = self._attr_cols[:, rows]
@@ -264,7 +267,7 @@ class GraphBuilder:
             slot.state = 2 if bool(self.covered[slot.offset : slot.offset + slot.numel].all()) else 1
             return True
         if slot.state == 1:
-            return False
+            return self._tied_use(slot, layer)
         sl = slice(slot.offset, slot.offset + slot.numel)
         flat = src.dim() == 1 and dst.dim() == 1 and src.numel() == dst.numel() == slot.numel
         shape = (slot.numel,) if flat or not slot.shape else slot.shape
@@ -282,6 +285,15 @@ class GraphBuilder:
         self.covered[sl] = True
         slot.state = 2
         return True
+
+    def _tied_use(self, slot: "_ParamSlot", layer: int) -> bool:
+        """A parameter used again (tied weights): no edges, but the layer records the use for simulate
+        (``op["tied"]``, op_records.py; a converter that can say how the layer reads it adds that)."""
+        rec = self.layers[layer]
+        op = dict(rec.op or {})
+        op["tied"] = [*op.get("tied", []), {"param": slot.name}]
+        rec.op = op
+        return False
 
     @staticmethod
     def _fill_attr(cols: Tensor, edge_type, layer: int, kpos: Tensor | None, shape: tuple) -> None:

@@ -50,6 +50,9 @@ removed; dim 0 is the batch):
   features n times, copy r read through chains[r] (Swin's patch merging: x[..., 0::2, 0::2, :],
   ...); the copies are stacked on a new last dim of the neuron's value. The reading norm / Linear
   records ``{"copies": n}`` in its ``op``; their edges carry the copy index in K0.
+- ``{"op": "last_step", "dim": d, "reverse": bool}``: a recurrent layer's final state (h_n / c_n):
+  the neuron's value over the sequence taken at its last step along its dim d (index -1, or 0 for
+  the reverse direction).
 - ``{"op": "attention", "layer": L}``: the value neurons of hand-written attention layer L
   (kind ``attention``) attended: readers of the attention's output read the value neurons
   through it (simulate/attention.py computes the heads' weights from L's record).
@@ -82,6 +85,21 @@ Layer ``op`` keys of the attention family:
 - any layer: ``zeroed``: ``{parameter name: [flat element, ...]}``, elements of a parameter zeroed
   in place before this layer used it (Swin V2's `qkv_bias[C:2C].zero_()` on a clone): simulate
   sets those edge values to zero (edge k is element k of the flat parameters).
+- ``gru`` / ``lstm`` / ``rnn_tanh`` / ``rnn_relu`` (one layer and direction of nn.GRU & co.): ``mode``
+  (torch's: "GRU", "LSTM", "RNN_TANH", "RNN_RELU"), ``time_dim`` (the time dim of a neuron's value,
+  the input's per-neuron shape: 1 for batch_first [B, T], else 0), ``reverse``, ``hidden``, ``proj``.
+  Unrolled cells (nn.GRUCell & co.) have none, and simulate refuses them.
+- ``param_add``: ``prefix``: True when only the table's first rows are added (``pos[:T]``; rows_shape
+  is then that of the rows used, and simulate skips the PARAM_ADD edges of the other rows).
+- ``embedding``: ``ids``: which ids are looked up: ``"input"`` (the model input tensor itself) or
+  ``{"constant": [...]}`` (an index without a batch dim, or with batch dim 1, e.g. ``torch.arange(T)``:
+  recorded at conversion); ``nn.EmbeddingBag`` adds ``bag`` (mode: "sum" / "mean" / "max", over the
+  last dim of [B, T] ids) and ``padding_idx`` (None, or the row left out of each bag).
+- any layer: ``tied``: ``[{"param": name, ...}]``, parameters this layer uses again whose edges
+  belong to an earlier use (tied weights; `GraphBuilder.add_param_edges` records it). A Linear
+  (or `x @ W`) reading the whole parameter adds ``"in"``: the input node id of each column of the
+  weight as used, and ``"transposed"``: whether that weight is the parameter transposed; its rows
+  are the layer's neurons in order. An entry without ``"in"`` is refused by simulate.
 - ``<input>``: ``feature_dim`` when the model input's features are not on dim 1 ([B, tokens, C]);
   ``<output>``: ``feature_dim`` likewise for the output.
 """

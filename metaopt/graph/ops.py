@@ -512,21 +512,26 @@ def param_rows(w: "DataflowWalker", m: NeuronMap, p: ParamRef, real_p: Tensor, o
     return elements, elements // K, elements % K
 
 
-def table_shape(p: ParamRef, shape: torch.Size, fdim: int) -> list[int] | None:
+def table_shape(p: ParamRef, shape: torch.Size, fdim: int, prefix: bool = False) -> list[int] | None:
     """Per-neuron shape of parameter table `p` used whole, broadcast into a tensor of `shape` with
     features along its last dim `fdim` (row r of the table = flat index over the parameter's
-    other dims); None for any other layout (a slice, a gather, features elsewhere)."""
+    other dims); None for any other layout (a slice, a gather, features elsewhere).
+
+    With `prefix`, a 2-d table's first rows (`pos[:T]`, an LM's positional table for T tokens) are
+    accepted too: the per-neuron shape is then that of the rows used (rows T.. are not read)."""
     param = p.param
     if fdim != len(shape) - 1 or param.dim() > len(shape) or param.dim() == 0:
         return None
     ident = torch.arange(param.numel()).view(param.shape)
+    if prefix and param.dim() == 2 and p.index.dim() >= 2 and 0 < p.index.shape[-2] < param.shape[0]:
+        ident = ident[:p.index.shape[-2]]
     try:
         ok = torch.equal(p.index.expand(shape), ident.expand(shape))
     except RuntimeError:
         return None
     if not ok:
         return None
-    return [1] * (len(shape) - param.dim()) + [int(s) for s in param.shape[:-1]]
+    return [1] * (len(shape) - ident.dim()) + [int(s) for s in ident.shape[:-1]]
 
 
 def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Tensor, result: Tensor,
@@ -547,12 +552,13 @@ def param_combine(w: "DataflowWalker", n, m: NeuronMap, p: ParamRef, real_p: Ten
         layer = w.ctx.new_layer(name, "param_add")
         target = m
         reused = w.reused(n.args[0]) or w.reused(n.args[1])
-        rows_shape = table_shape(p, result.shape, m.dim)
+        rows_shape = table_shape(p, result.shape, m.dim, prefix=True)
         # edges land on the producers' neurons: added by the readers' op chains, after the
         # producers' own ops and activation (a bias straight on un-activated neurons stays theirs)
         deferred = not reused and (n_rows > 1 or bool(m.ops) or w.has_activation(m.nodes))
-        if rows_shape is not None:
-            w.ctx.set_layer_op(layer, {"rows_shape": rows_shape, "deferred": deferred})
+        if rows_shape is not None:  # "prefix": only the table's first rows are added (pos[:T])
+            prefix = {"prefix": True} if math.prod(rows_shape) < n_rows else {}
+            w.ctx.set_layer_op(layer, {"rows_shape": rows_shape, "deferred": deferred, **prefix})
         if deferred and rows_shape is None:
             w.ctx.builder.mark_inexact(w.ctx.builder.node_layers(m.nodes),
                                        f"parameter {name} is added after a parameter-free op, in a layout "

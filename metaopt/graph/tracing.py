@@ -180,7 +180,7 @@ class DataflowWalker(fx.Interpreter):
             if self.inputs is not None:  # the body of an inlined function: the caller's values
                 return next(self.inputs)
             if isinstance(result, Tensor):
-                self.ctx.builder.note_model_input()
+                self.ctx.builder.note_model_input(result)
                 return Unassigned(result.ndim, NodeType.INPUT)
             return result
         if n.op == "get_attr":

@@ -71,7 +71,7 @@ def _f_embedding(ctx: ConversionContext, fn: Any, values: list, name: str) -> An
     weight = ctx.param_arg(1, "weight")
     if weight is None:
         return NotImplemented
-    return embedding(ctx, name, weight, ctx.args[0].ndim)
+    return embedding(ctx, name, weight, ctx.args[0].ndim, values[0], ctx.real_arg(3, "max_norm"))
 
 
 @register_converter(F.layer_norm)

@@ -81,8 +81,11 @@ def _direction(ctx: ConversionContext, m: nn.Module, mode: str, name: str, sfx: 
     return out, cell
 
 
-def _final_states(nodes: list[Tensor], real: Tensor) -> SplitMap:
-    """h_n / c_n [layers * directions, (B,) H]: neuron (ld, j) is state j of layer-direction ld."""
+def _final_states(nodes: list[Tensor], real: Tensor, last: dict | None = None) -> SplitMap:
+    """h_n / c_n [layers * directions, (B,) H]: neuron (ld, j) is state j of layer-direction ld.
+
+    `last`: per layer(-direction) id, the ``last_step`` op (op_records.py) that takes a state
+    neuron's value over the sequence to its final state, so readers of h_n record it."""
     src = torch.cat(nodes)
     shape = real.shape
     per = nodes[0].numel()
@@ -90,7 +93,8 @@ def _final_states(nodes: list[Tensor], real: Tensor) -> SplitMap:
     feat = torch.arange(src.numel()).view(view).expand(shape)
     rest_shape = [1] + list(shape[1:-1]) + [1]
     rest = torch.arange(max(1, int(torch.tensor(shape[1:-1]).prod()))).view(rest_shape).expand(shape)
-    return SplitMap(NeuronMap(src, len(shape) - 1, None, len(shape)), shape, feat, rest)
+    ops = {lid: (op,) for lid, op in last.items()} if last else None
+    return SplitMap(NeuronMap(src, len(shape) - 1, None, len(shape), ops), shape, feat, rest)
 
 
 def _rnn(ctx: ConversionContext, m: nn.RNNBase, inputs: list, name: str):
@@ -103,10 +107,19 @@ def _rnn(ctx: ConversionContext, m: nn.RNNBase, inputs: list, name: str):
         ctx.fail("a recurrent layer over a flattened feature map is not supported.")
     states: list[Tensor] = []
     cells: list[Tensor] = []
+    last: dict[int, dict] = {}  # layer id -> its final-state op (h_n / c_n readers)
+    batch_first = bool(m.batch_first) and ndim == 3
     for layer in range(m.num_layers):
         outs = []
         for d in range(2 if m.bidirectional else 1):
             out, cell = _direction(ctx, m, m.mode, name, f"_l{layer}{'_reverse' if d else ''}", x)
+            lid = ctx.builder.layers[-1].layer
+            # the per-neuron value of the layer's neurons is the input's without its feature dim:
+            # [B, T] (batch_first), [T, B], or [T] unbatched; time is its dim `time_dim` (0 = first)
+            time_dim = 1 if batch_first else 0
+            ctx.set_layer_op(lid, {"mode": m.mode, "time_dim": time_dim, "reverse": bool(d),
+                                   "hidden": m.hidden_size, "proj": getattr(m, "proj_size", 0)})
+            last[lid] = {"op": "last_step", "dim": time_dim, "reverse": bool(d)}
             outs.append(out)
             if cell is not None:
                 cells.append(cell)
@@ -115,8 +128,8 @@ def _rnn(ctx: ConversionContext, m: nn.RNNBase, inputs: list, name: str):
     result = ctx.result
     if m.mode == "LSTM":
         h_n, c_n = result[1]
-        return x, (_final_states(states, h_n), _final_states(cells, c_n))
-    return x, _final_states(states, result[1])
+        return x, (_final_states(states, h_n, last), _final_states(cells, c_n, last))
+    return x, _final_states(states, result[1], last)
 
 
 for _cls in (nn.RNN, nn.GRU, nn.LSTM):

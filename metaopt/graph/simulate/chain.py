@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..op_records import F_BY_NAME, SHAPE_RECORDS, apply_shape
+from .recurrent import last_step
 
 
 def apply(v: Tensor, ops: list[dict], where: str, state=None, nodes: Tensor | None = None) -> Tensor:
@@ -57,6 +58,8 @@ def _apply_one(v: Tensor, op: dict, where: str, state, nodes) -> Tensor:
         if fn == "mul":
             return v * c
         return v / c
+    if kind == "last_step":  # h_n / c_n of a recurrent layer
+        return last_step(v, op)
     if kind == "param_add" and state is not None:
         return v + state.table(op["layer"], nodes, v.dim() - 1)
     if kind == "copies":  # the same neurons read through n chains, stacked on a new last dim

@@ -1,4 +1,5 @@
-"""Rules of the MLP family: dense weights (also from grid cells), flattened-map weights, biases,
+"""Rules of the MLP family: dense weights (also from grid cells, or tied to an earlier use), flattened-map
+weights, biases,
 parameter tables added in place, residual sums and activated copies, products (gating)."""
 
 from __future__ import annotations
@@ -64,6 +65,31 @@ def flat(state, lid, nodes, e, a):
     W = X.new_zeros(nodes.numel(), usrc.numel() * P)
     W.index_put_((state.local[state.dst[sel]], f), state.values[sel], accumulate=True)
     return [(torch.arange(nodes.numel()), W @ Xf)]
+
+
+def tied(state, lid, nodes, e, a):
+    """A Linear reading a weight whose edges belong to its first use (an LM head tied to the token
+    embedding): W is that parameter's edge values (edge k = element k), rows the layer's neurons in
+    order, columns the recorded input neurons (``op["tied"]``)."""
+    out = []
+    for use in (state.record(lid).get("op") or {}).get("tied", []):
+        if "in" not in use:
+            raise NotImplementedError(f"simulate: {state.where(lid)} reuses the tied parameter {use['param']!r} "
+                                      f"in a layout simulate does not replay")
+        g = state.graph
+        i = g.param_names.index(use["param"])
+        start = g.param_offsets[i]
+        shape = list(g.param_shapes[i])
+        W = state.values[start:start + math.prod(shape)].view(shape)
+        W = W.t() if use["transposed"] else W
+        src = torch.tensor(use["in"], dtype=torch.long)
+        if tuple(W.shape) != (nodes.numel(), src.numel()):
+            raise NotImplementedError(f"simulate: {state.where(lid)}: tied parameter {use['param']!r} of shape "
+                                      f"{tuple(W.shape)} read by {nodes.numel()} neurons from {src.numel()}")
+        X = state.read(lid, src)
+        out.append((torch.arange(nodes.numel()),
+                    (W @ X.reshape(src.numel(), -1)).reshape(nodes.numel(), *X.shape[1:])))
+    return out
 
 
 def bias(state, lid, nodes, e, a):

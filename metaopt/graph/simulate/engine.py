@@ -19,9 +19,11 @@ from ..parameter_graph import ParameterGraph
 from ..schema import (EDGE_KPOS, EDGE_LAYER, EDGE_TYPE, NODE_ACTIVATION, NODE_LAYER, NODE_POSITION, NODE_TYPE,
                       Activation, EdgeType, NodeType)
 from . import activations, chain
+from .recurrent import KINDS as RECURRENT_KINDS
 from .rules import LAYER_RULES, RULES, SUPPORTED_AUX, SUPPORTED_EDGES
 
-_SOURCE_TYPES = (NodeType.INPUT, NodeType.BIAS, NodeType.NORM, NodeType.GRID)  # not computed by a layer
+# not computed by a layer (TOKEN: an embedding's vocabulary rows, looked up by embedding.py)
+_SOURCE_TYPES = (NodeType.INPUT, NodeType.BIAS, NodeType.NORM, NodeType.GRID, NodeType.TOKEN)
 
 
 def unsupported_edge_types(graph: ParameterGraph) -> list[str]:
@@ -50,15 +52,32 @@ def unsupported_reasons(graph: ParameterGraph) -> list[str]:
             out += [f"{where}: {o['why']}" for o in op["scores"] if o["op"] == "opaque"]
             out += [f"{where} reads its {role} through {o['why']}" for role in ("query", "key")
                     for r in op.get(f"reads_{role[0]}", []) for o in r["ops"] if o["op"] == "opaque"]
+        elif kind in RECURRENT_KINDS and "mode" not in op:
+            out.append(f"{where}: a recurrent cell (nn.GRUCell & co.) unrolled in a loop, or a graph converted "
+                       f"before recurrent layers were recorded")
+        elif kind == "embedding" and "ids" not in op and not rec.get("inexact"):
+            out.append(f"{where}: no recorded ids (a graph converted before they were recorded)")
         elif rec["layer"] in tables and "rows_shape" not in op:
             out.append(f"{where}: a parameter table in a layout simulate does not replay (a slice or gather "
                        f"of the parameter, or features not on the last dim)")
         out += [f"{where}: {why}" for why in rec.get("inexact", [])]
+        out += [f"{where} reuses the tied parameter '{u['param']}' in a layout simulate does not replay "
+                f"(only a Linear's weight, as an LM head tied to its token embedding)"
+                for u in op.get("tied", []) if "in" not in u]
         out += [f"{where} reads neurons through {op['why']}" for r in rec.get("reads", [])
                 for op in r["ops"] if op["op"] == "opaque"]
+        out += [f"{where} reads h_n / c_n of a stacked or bidirectional recurrent layer (h_n[-1] of several "
+                f"layers: a gather over layers simulate does not replay; the 1-layer h_n and the output sequence are)"
+                for r in rec.get("reads", []) if _final_state_gather(r["ops"])]
         out += [f"{where} reads neurons through F.normalize over a head's vector outside attention scores"
                 for r in rec.get("reads", []) for op in r["ops"] if op["op"] == "head_normalize"]
     return out
+
+
+def _final_state_gather(ops: list[dict]) -> bool:
+    """A recurrent layer's final states (last_step) then a gather recorded over h_n's layer dim."""
+    kinds = [o["op"] for o in ops]
+    return "last_step" in kinds and "take" in kinds[kinds.index("last_step"):]
 
 
 _REFUSED_KINDS = {
@@ -72,7 +91,8 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
 
     `x` is the model's input with the same layout as the conversion's example (any batch size):
     [B, n_in] for dense nets, [B, C, *spatial] for conv nets, query points [B, d] for a feature
-    grid. `buffers` holds running statistics (BatchNorm in eval mode), by name as in
+    grid, token ids [B, T] (integers) for a model starting with an embedding; the output has
+    `values`' dtype then. `buffers` holds running statistics (BatchNorm in eval mode), by name as in
     `model.named_buffers()` (or the model itself): they are values like the weights, not structure,
     so they are passed beside `values`. `eps` is the norm epsilon for graphs that predate recorded
     hyperparameters. Returns [B, n_out, *S] (the OUTPUT neurons in order).
@@ -85,7 +105,8 @@ def simulate(graph: ParameterGraph, values: Tensor, x: Tensor, eps: float = 1e-5
                                   + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""))
     if isinstance(buffers, nn.Module):
         buffers = dict(buffers.named_buffers())
-    values = values.to(x.dtype)
+    if x.is_floating_point():
+        values = values.to(x.dtype)
     zeroed = [(name, el) for rec in graph.layers for name, el in ((rec.get("op") or {}).get("zeroed") or {}).items()]
     if zeroed:  # parameter elements zeroed in place before their use (edge k = element k of the parameters)
         values, offsets = values.clone(), graph.param_offsets
@@ -128,7 +149,7 @@ class State:
         self.vals: dict[int, Tensor] = {}
         self.grid_rows = torch.full((nx.shape[0],), -1, dtype=torch.long)
         grid_nodes, grid_w = cell_weights(graph, x)
-        self.grid_vals = grid_w.to(x.dtype)
+        self.grid_vals = grid_w.to(values.dtype)
         self.grid_rows[grid_nodes] = torch.arange(grid_nodes.numel())
         self._inputs(nx, inputs)
 
@@ -155,6 +176,9 @@ class State:
             src = self.src[sel]  # a BIAS source, or a head_scale's NORM source (one element per head): row 0
             row = torch.where((self.ntype[src] == NodeType.BIAS) | (self.ntype[src] == NodeType.NORM), 0,
                               self.graph.x[src, NODE_POSITION])
+            if (self.record(layer).get("op") or {}).get("prefix"):  # pos[:T]: rows T.. are not read
+                keep = row < math.prod(shape)
+                sel, row = sel[keep], row[keep]
             udst, inv = torch.unique(self.dst[sel], return_inverse=True)
             T = self.values.new_zeros(udst.numel(), max(1, math.prod(shape)))
             T[inv, row] = self.values[sel]
@@ -197,8 +221,8 @@ class State:
             return parts[0]
         shape = torch.broadcast_shapes(*[p.shape[1:] for p in parts])
         out = parts[0].new_empty(nodes.numel(), *shape)
-        for p, r in zip(parts, rows):
-            out[r] = p.expand(p.shape[0], *shape)
+        for p, r in zip(parts, rows):  # per-neuron shapes broadcast right-aligned (a constant lookup: [T])
+            out[r] = p.view(p.shape[0], *([1] * (len(shape) - p.dim() + 1)), *p.shape[1:]).expand(p.shape[0], *shape)
         return out
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -225,7 +249,7 @@ class State:
             for rule in RULES:
                 parts += rule(self, lid, nodes, e, a)
             shape = torch.broadcast_shapes(*[p.shape[1:] for _, p in parts]) if parts else (self.B,)
-            pre = self.x.new_zeros(nodes.numel(), *shape)
+            pre = self.values.new_zeros(nodes.numel(), *shape)
             for rows, p in parts:  # per-neuron shapes broadcast right-aligned (a bias is a scalar)
                 p = p.view(p.shape[0], *([1] * (len(shape) - p.dim() + 1)), *p.shape[1:])
                 pre.index_add_(0, rows, p.expand(rows.numel(), *shape))
