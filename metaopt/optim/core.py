@@ -160,6 +160,8 @@ def rule_features(
 
 def scale_from_log(log_scale: Tensor) -> tuple[Tensor, int]:
     """``exp(log_scale)`` with non-finite entries replaced by 1 (Adam there); also their count."""
+    if not log_scale.requires_grad and bool(torch.isfinite(log_scale.sum())):
+        return torch.exp(log_scale), 0  # bounded values: a finite sum means all are finite (one pass)
     bad = ~torch.isfinite(log_scale)
     n_bad = int(bad.sum())
     if n_bad:

@@ -181,8 +181,10 @@ class UpdateRule(nn.Module):
             d, alpha = torch.func.functional_call(self, rule_params, (graph, feats)), rule_params["alpha"]
         out = self.config.bound * torch.tanh(alpha * d)
         # tanh would saturate an Inf output to the bound: keep it non-finite, so that the edge
-        # falls back to scale 1 (and is counted) like a NaN output.
-        out = torch.where(torch.isinf(d), torch.full_like(out, float("nan")), out)
+        # falls back to scale 1 (and is counted) like a NaN output. Without autograd a finite sum
+        # of d (one pass; the usual case) shows there is no Inf to find.
+        if torch.is_grad_enabled() or not bool(torch.isfinite(d.sum())):
+            out = torch.where(torch.isinf(d), torch.full_like(out, float("nan")), out)
         return out.float()
 
     # ---- checkpoints ---------------------------------------------------------------------
