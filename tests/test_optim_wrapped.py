@@ -249,3 +249,19 @@ def test_a_model_waiting_for_its_first_forward_can_be_deep_copied_and_pickled() 
     model(torch.randn(3, 1, 8, 8)).sum().backward()
     opt.step()
     assert opt.graph is not None and opt.graph.num_params == sum(p.numel() for p in model.parameters())
+
+
+def test_fsdp_models_are_refused_with_a_clear_error(gloo):
+    """FSDP (flattened FlatParameter) and FSDP2 (sharded DTensor) parameters are not the model's own
+    tensors: a clear TypeError naming DDP, not a free-edge graph or a foreach error on DTensors."""
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+
+    m1 = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.warns(UserWarning):  # world size 1: FSDP switches to NO_SHARD
+        wrapped = FullyShardedDataParallel(m1, device_id=torch.device("cpu"))
+    with pytest.raises(TypeError, match="DistributedDataParallel"):
+        GMNOptimizer(wrapped)
+    m2 = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    fully_shard(m2)
+    with pytest.raises(TypeError, match="DTensor"):
+        GMNOptimizer(m2)

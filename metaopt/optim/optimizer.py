@@ -88,6 +88,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._params_all: list[Tensor] = list(model.parameters())
         if not self._params_all:
             raise ValueError("GMNOptimizer: the model has no parameters.")
+        _refuse_sharded(model, self._params_all)
         inner = unwrap(model)  # torch.compile / DDP / DataParallel: the graph is the inner module's
         if inner is not model and [id(p) for p in inner.parameters()] != [id(p) for p in self._params_all]:
             raise ValueError(
@@ -351,3 +352,15 @@ class GMNOptimizer(torch.optim.Optimizer):
     def from_pretrained(cls, directory: str | Path, model: nn.Module, **kwargs: Any) -> "GMNOptimizer":
         """An optimizer for ``model`` driven by the rule saved in ``directory``."""
         return cls(model, rule=UpdateRule.from_pretrained(directory), **kwargs)
+
+
+def _refuse_sharded(model: nn.Module, params: list[Tensor]) -> None:
+    """FSDP flattens (FSDP1) or shards (FSDP2, DTensor) parameters: the rule would see neither the
+    model's tensors nor its whole network. Say so instead of failing inside a foreach op."""
+    sharded = [type(p).__name__ for p in params if type(p).__name__ in ("DTensor", "FlatParameter")]
+    if sharded or type(model).__name__ == "FullyShardedDataParallel":
+        raise TypeError(
+            f"GMNOptimizer: {type(model).__name__} holds sharded or flattened parameters "
+            f"({sharded[0] if sharded else 'FlatParameter'}), which FSDP makes; the rule reads the model's own "
+            "tensors and graph. Wrap the model with DistributedDataParallel (supported) instead of FSDP."
+        )
