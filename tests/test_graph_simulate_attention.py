@@ -31,7 +31,8 @@ def _err(model: nn.Module, x: torch.Tensor, convert_batch: int = 2) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
-def _refusal(model: nn.Module, x: torch.Tensor) -> str:
+def refusal_reasons(model: nn.Module, x: torch.Tensor) -> str:
+    """The reasons simulate gives for refusing ``model`` (asserting that it does refuse, by name)."""
     g = to_graph(model.eval(), x, cache=False)
     reasons = unsupported_reasons(g)
     assert reasons
@@ -87,7 +88,7 @@ def test_unbatched_multihead_attention_is_reproduced():
 
 
 def test_masked_attention_is_refused_naming_the_mask():
-    assert "mask" in _refusal(MHA(mask=True), torch.randn(2, 5, 6))
+    assert "mask" in refusal_reasons(MHA(mask=True), torch.randn(2, 5, 6))
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -105,7 +106,7 @@ def test_zoo_transformers_are_reproduced_or_refused():
     assert _err(zoo["vit"], torch.randn(3, 3, 8, 8)) < 1e-5  # class token, positional table, x[:, 0]
     assert _err(zoo["mha"], torch.randn(3, 7, 5)) < 1e-5
     assert _err(zoo["lm"], torch.randint(0, 17, (3, 8))) < 1e-5  # token embedding, pos[:T], tied-free head
-    assert "several input tensors" in _refusal(zoo["decoder"], (torch.randn(2, 5, 8), torch.randn(2, 6, 8)))
+    assert "several input tensors" in refusal_reasons(zoo["decoder"], (torch.randn(2, 5, 8), torch.randn(2, 6, 8)))
 
 
 # ---- hand-written attention ----------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_handwritten_attention_is_reproduced(model):
 
 @pytest.mark.parametrize("model,why", [(Fused(mask=True), "attention mask"), (Fused(dropout=0.1), "dropout")])
 def test_handwritten_attention_refusals_name_the_op(model, why):
-    assert why in _refusal(model, torch.randn(2, 5, 8))
+    assert why in refusal_reasons(model, torch.randn(2, 5, 8))
 
 
 class Cosine(Fused):
@@ -200,11 +201,11 @@ def test_per_head_logit_scale_is_reproduced():
 
 
 def test_scores_divided_by_a_per_head_parameter_are_refused():
-    assert "per-head scales" in _refusal(LogitScaled(div=True), torch.randn(2, 5, 8))
+    assert "per-head scales" in refusal_reasons(LogitScaled(div=True), torch.randn(2, 5, 8))
 
 
 def test_cosine_attention_with_another_norm_is_refused():
-    assert "normalize" in _refusal(Cosine(p=1.0), torch.randn(2, 5, 8))
+    assert "normalize" in refusal_reasons(Cosine(p=1.0), torch.randn(2, 5, 8))
 
 
 class WindowAttention(nn.Module):

@@ -12,6 +12,7 @@ from torch import nn
 from metaopt.graph import simulate, to_graph
 from metaopt.graph.simulate import unsupported_reasons
 from model_zoo import TinyLM
+from test_graph_simulate_attention import refusal_reasons
 
 V = 13
 
@@ -26,15 +27,6 @@ def _err(model: nn.Module, x: torch.Tensor, convert_batch: int = 2) -> float:
         out = simulate(g, g.params_to_edges(model), x)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     return float((out - ref).norm() / ref.norm())
-
-
-def _refusal(model: nn.Module, x: torch.Tensor) -> str:
-    g = to_graph(model.eval(), x, cache=False)
-    reasons = unsupported_reasons(g)
-    assert reasons
-    with pytest.raises(NotImplementedError, match="simulate cannot run this graph"):
-        simulate(g, g.params_to_edges(model), x)
-    return " | ".join(reasons)
 
 
 def _ids(b: int, t: int, seed: int = 0) -> torch.Tensor:
@@ -272,4 +264,4 @@ class Bagged(nn.Module):
     (Bagged(), "offsets"),
 ], ids=["computed_ids", "tied_slice", "masked_encoder", "max_norm", "bag_offsets"])
 def test_unsupported_embedding_uses_are_refused_by_name(model, why):
-    assert why in _refusal(model, _ids(2, 6, seed=6))
+    assert why in refusal_reasons(model, _ids(2, 6, seed=6))
