@@ -104,7 +104,7 @@ class TrainConfig:
     name: str = "run"
     out_dir: str = "runs"
     seed: int = 0
-    threads: int = 2  # torch intra-op threads per process (the shared CPU machines have 2 cores)
+    threads: int = 1  # torch intra-op threads per process: the inner tasks are small, and two threads per process fight when two runs share 2 cores
     preset: str = ""
     rule: RuleSection = field(default_factory=RuleSection)
     tasks: TaskSection = field(default_factory=TaskSection)
