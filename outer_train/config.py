@@ -76,6 +76,7 @@ class MetaOptSection:
     weight_decay: float = 0.0
     time_budget_s: float = 0.0  # stop early (checkpoint + rule saved) after this much wall time (0 = off)
     max_consecutive_skips: int = 10  # stop with an error after this many non-finite meta-gradients in a row
+    ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the rule's weights (rule_ema/)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class TrainConfig:
             (self.tasks.truncation >= 1, "tasks.truncation must be >= 1"),
             (self.tasks.groups >= 1 and self.tasks.group_size >= 1, "tasks.groups and tasks.group_size must be >= 1"),
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
+            (0.0 <= self.meta.ema_decay < 1.0, "meta.ema_decay must lie in [0, 1) (0 = no weight average)"),
             (self.meta.steps >= 0 and self.meta.lr > 0, "meta.steps must be >= 0 and meta.lr > 0"),
             (self.estimator.pes_sigma > 0, "estimator.pes_sigma must be > 0"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1"),

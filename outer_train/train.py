@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
@@ -69,6 +70,10 @@ class MetaTrainer:
         torch.set_num_threads(max(1, cfg.threads))
         self.rule = build_rule(cfg)
         self.meta_opt = torch.optim.Adam(self.rule.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
+        # An exponential moving average of the rule's weights: PES meta-gradients are noisy, and the
+        # rule at the last step is one sample of where the run wandered (exported as rule_ema/).
+        self.ema = (AveragedModel(self.rule, multi_avg_fn=get_ema_multi_avg_fn(cfg.meta.ema_decay))
+                    if cfg.meta.ema_decay > 0 else None)
         # Per-rank streams for everything random after the rule's init (PES noise).
         random.seed(cfg.seed * 1009 + self.rank)
         np.random.seed((cfg.seed * 1009 + self.rank) % 2**32)
@@ -151,6 +156,8 @@ class MetaTrainer:
             i += p.numel()
         self.meta_opt.step()
         self.meta_opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.rule)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -169,6 +176,7 @@ class MetaTrainer:
                 "rule": self.rule.state_dict(),
                 "rule_config": self.rule.config.to_dict(),
                 "meta_opt": self.meta_opt.state_dict(),
+                "rule_ema": None if self.ema is None else self.ema.state_dict(),
                 "world_size": self.world,
                 "config": self.cfg.to_dict(),
             }
@@ -183,6 +191,8 @@ class MetaTrainer:
         main, mine = ckpt.load(d, self.rank, self.world)
         self.rule.load_state_dict(main["rule"])
         self.meta_opt.load_state_dict(main["meta_opt"])
+        if self.ema is not None and main.get("rule_ema") is not None:
+            self.ema.load_state_dict(main["rule_ema"])
         self.step = int(main["step"])
         self.sampler.load_state_dict(mine["sampler"])
         self.groups = [TaskGroup.from_state_dict(s) for s in mine["groups"]]
@@ -270,6 +280,8 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
               "rule_identical_across_ranks": identical, "run_dir": str(run_dir)}
     if trainer.main:
         trainer.rule.save_pretrained(run_dir / "rule")
+        if trainer.ema is not None:
+            trainer.ema.module.save_pretrained(run_dir / "rule_ema")
         (run_dir / "final.json").write_text(json.dumps(result, indent=2) + "\n")
     trainer.acc.wait_for_everyone()
     return result
