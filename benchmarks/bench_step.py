@@ -65,7 +65,6 @@ def _fix_malloc_threshold() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-        libc.malloc_trim(0)  # hand back what earlier (timed) steps left in the heap, or steps reuse it unseen
     except (OSError, AttributeError):
         pass
 
@@ -171,6 +170,19 @@ def bench_size(target: float, kinds: list[str], repeats: int, device: torch.devi
     return out
 
 
+def _peak_worker(target: float, kinds: list[str], device: str, threads: int) -> dict[str, int | None]:
+    torch.set_num_threads(threads)
+    _fix_malloc_threshold()
+    return peak_size(target, kinds, torch.device(device))
+
+
+def _peak_in_fresh_process(target: float, kinds: list[str], device: str, threads: int) -> dict[str, int | None]:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_peak_worker, (target, kinds, device, threads))
+
+
 def peak_size(target: float, kinds: list[str], device: torch.device) -> dict[str, int | None]:
     """Extra memory of one (plain) step of each kind; on CPU run after `_fix_malloc_threshold`."""
     setup = _setup(target, kinds, device)
@@ -231,11 +243,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tqdm = lambda x, **k: x  # noqa: E731
     for target in tqdm(args.sizes, desc="model sizes (time)"):
         result["sizes"].append(bench_size(target, args.kinds, args.repeats, device))
-    # Peak memory last: pinning glibc's mmap threshold makes every large temporary an mmap with
-    # fresh pages, which would slow the timed steps (2-3x for the refresh) below what users see.
-    _fix_malloc_threshold()
+    # Peak memory in a fresh process per size: pinning glibc's mmap threshold (so that a step's
+    # temporaries show in VmHWM) would slow timed steps 2-3x, and a heap the timed runs already
+    # grew would hide them.
     for size in tqdm(result["sizes"], desc="model sizes (peak memory)"):
-        for kind, peak in peak_size(size["target"], args.kinds, device).items():
+        for kind, peak in _peak_in_fresh_process(size["target"], args.kinds, str(device), args.threads).items():
             size["rows"][kind]["peak_step_bytes"] = peak
             size["rows"][kind]["peak_step_over_params"] = None if peak is None else peak / size["param_bytes"]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """benchmarks.bench_step: timed blocks start with a refresh, state is 3x the parameters for the
-rules and 2x for Adam, and the peak memory pass (run last, with glibc's mmap threshold pinned)
-fills every row."""
+rules and 2x for Adam, and the peak memory pass (a fresh process per size, glibc's mmap threshold
+pinned) fills every row."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import sys
 
 
 def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
-    # a process of its own: the peak pass pins glibc's mmap threshold for the rest of the process
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e5",
                     "--repeats", "1", "--kinds", "adam", "gmnopt-default"], check=True, capture_output=True)
     result = json.loads((tmp_path / "bench_step.json").read_text())
