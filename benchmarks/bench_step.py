@@ -84,7 +84,7 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
         return None
     base = _proc("VmRSS")
     step()
-    return _proc("VmHWM") - base
+    return max(0, _proc("VmHWM") - base)  # pages freed during the step can leave HWM a little under base
 
 
 def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
