@@ -50,7 +50,8 @@ def _chunks(n: int) -> list[slice]:
     return [slice(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
 
 
-def _chunked(edge_values: Tensor) -> bool:
+def _chunked() -> bool:
+    """The no-grad path (feature-major, in chunks) runs whenever autograd is off."""
     return not torch.is_grad_enabled()
 
 
@@ -208,19 +209,16 @@ class LitePerParameterMLP(nn.Module):
                 graph_values: Tensor | None = None) -> GMNOutput:
         g = graph if isinstance(graph, LiteGraph) else prepare_lite(graph, edge_values.device)
         ctx = self.graph_context(graph_values, g)
-        if _chunked(edge_values):
+        if _chunked():
             values_t = edge_values.t()
             out = edge_values.new_empty(edge_values.shape[0], self.edge_out)
             for c, runs in zip(_chunks(edge_values.shape[0]), g.chunk_type_runs()):
                 out[c] = self.edge_out_t(g, c, self.edge_hidden_t(g, c, runs, values_t[:, c]), ctx).t()
             return GMNOutput(edge=out, node=None, graph=None)
-        return GMNOutput(edge=self._edge_out(g, slice(None), edge_values, ctx), node=None, graph=None)
-
-    def _edge_out(self, g: LiteGraph, c: slice, values: Tensor, ctx: Tensor | None) -> Tensor:
-        pre = self.mix(self.edge_hidden(g.edge_type[c], values))
+        pre = self.mix(self.edge_hidden(g.edge_type, edge_values))
         if ctx is not None:
-            pre = pre + (ctx[0] if g.num_graphs == 1 else ctx.index_select(0, g.edge_batch[c]))
-        return self.out(self.act(pre))
+            pre = pre + (ctx[0] if g.num_graphs == 1 else ctx.index_select(0, g.edge_batch))
+        return GMNOutput(edge=self.out(self.act(pre)), node=None, graph=None)
 
 
 class LiteGMN(LitePerParameterMLP):
@@ -238,12 +236,12 @@ class LiteGMN(LitePerParameterMLP):
     def forward(self, graph: LiteGraph | Data, edge_values: Tensor, node_values: Tensor | None = None,
                 graph_values: Tensor | None = None) -> GMNOutput:
         g = graph if isinstance(graph, LiteGraph) else prepare_lite(graph, edge_values.device)
-        chunked = _chunked(edge_values)
-        zeros = edge_values.new_zeros(g.num_nodes, self.hidden)
+        chunked = _chunked()
         if chunked:  # sums first; each chunk's hidden states are recomputed for the output below
             values_t = edge_values.t()
             plans = list(zip(_chunks(edge_values.shape[0]), g.chunk_type_runs(), g.chunk_incidences()))
-            sum_in_t, sum_out_t = zeros.t().contiguous(), zeros.t().contiguous()  # [hidden, N]
+            sum_in_t = edge_values.new_zeros(self.hidden, g.num_nodes)
+            sum_out_t = edge_values.new_zeros(self.hidden, g.num_nodes)
             for c, runs, (a_in, a_out) in plans:
                 h_t = self.edge_hidden_t(g, c, runs, values_t[:, c])
                 # h^T @ A^T (dense @ CSC view) is ~5x faster than A @ h on CPU
@@ -252,6 +250,7 @@ class LiteGMN(LitePerParameterMLP):
             sum_in, sum_out = sum_in_t.t(), sum_out_t.t()
         else:
             h = self.edge_hidden(g.edge_type, edge_values)
+            zeros = edge_values.new_zeros(g.num_nodes, self.hidden)
             sum_in, sum_out = zeros.index_add(0, g.dst, h), zeros.index_add(0, g.src, h)
         parts = [sum_in * g.inv_in, sum_out * g.inv_out, self.node_type(g.node_type)]
         if self.node_in:

@@ -241,18 +241,16 @@ def compute_features(
         torch.div(exp_avg, denom, out=rows[5])
         torch.div(grad, denom, out=rows[6])
         del denom
-        rows[7:].zero_()
         rms = per_tensor_rms(rows[:7], index)  # [7, P]; row 1 is 0 here
         scale = torch.rsqrt(rms.square() + _TINY)
+        rel = relative_lr(lr, rms[2], index) if config.relative_lr else None
         o = index.offsets
         for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
             rows[:7, a:b].mul_(scale[:, t : t + 1])
+            if rel is not None:
+                rows[8, a:b].fill_(rel[t])
         torch.clamp(rows[0], -config.clip, config.clip, out=rows[1])
         rows[7].copy_(log_lr_scale)
-        if config.relative_lr:
-            rel = relative_lr(lr, rms[2], index)
-            for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
-                rows[8, a:b].fill_(rel[t])
         torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
     global_rms = safe_sqrt(exp_avg_sq.mean()) + _TINY
     zeros = exp_avg_sq.new_zeros(index.num_nodes)

@@ -24,9 +24,10 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
-def _matrix(state, sel: Tensor, rows: int, cols: int, col_of: Tensor) -> Tensor:
+def _matrix(state, sel: Tensor, rows: int, cols: int, col_of: Tensor, row_start: int = 0) -> Tensor:
+    """[rows, cols] weights of edges ``sel``: row = the destination's local index - ``row_start``."""
     W = state.values.new_zeros(rows, cols)
-    W.index_put_((state.local[state.dst[sel]], col_of), state.values[sel], accumulate=True)
+    W.index_put_((state.local[state.dst[sel]] - row_start, col_of), state.values[sel], accumulate=True)
     return W
 
 
@@ -47,20 +48,11 @@ def layer(state, lid, nodes, e, a) -> Tensor:
     W_ih = _matrix(state, e_ih, GH, usrc.numel(), col)
     out0 = GH + H + (H if mode == "LSTM" else 0)  # local index of the first output (projection) neuron
     out_start = out0 if P else GH
-    W_hh = state.values.new_zeros(GH, Hout)
-    W_hh[state.local[state.dst[e_hh]], state.local[state.src[e_hh]] - out_start] = state.values[e_hh]
-    biases = []
+    W_hh = _matrix(state, e_hh, GH, Hout, state.local[state.src[e_hh]] - out_start)
     bias = e[state.etype[e] == EdgeType.BIAS]
-    for k in (0, 1):
-        sel = bias[state.kpos[bias][:, 0] == k]
-        b = state.values.new_zeros(GH)
-        b[state.local[state.dst[sel]]] = state.values[sel]
-        biases.append(b[:, None])
-    b_ih, b_hh = biases
-    W_hr = None
-    if P:
-        W_hr = state.values.new_zeros(P, H)
-        W_hr[state.local[state.dst[e_hr]] - out0, state.local[state.src[e_hr]] - GH] = state.values[e_hr]
+    b_ih, b_hh = (_matrix(state, sel, GH, 1, torch.zeros_like(sel))
+                  for sel in (bias[state.kpos[bias][:, 0] == k] for k in (0, 1)))
+    W_hr = _matrix(state, e_hr, P, H, state.local[state.src[e_hr]] - GH, row_start=out0) if P else None
 
     X = state.read(lid, usrc)  # [I, *per]: the per-neuron value of the input, time on dim t + 1
     t = int(op["time_dim"]) + 1
@@ -79,15 +71,14 @@ def layer(state, lid, nodes, e, a) -> Tensor:
     steps = range(T - 1, -1, -1) if op.get("reverse") else range(T)
     for s in steps:
         gh = W_hh @ h + b_hh
-        if mode == "GRU":
-            r = torch.sigmoid(gx[:H, s] + gh[:H])
-            z = torch.sigmoid(gx[H:2 * H, s] + gh[H:2 * H])
+        g = gx[:, s] + gh
+        if mode == "GRU":  # r and z read gx + gh; n reads gx + r * gh
+            r, z = torch.sigmoid(g[:H]), torch.sigmoid(g[H:2 * H])
             n_pre = gx[2 * H:, s] + r * gh[2 * H:]
-            pre[:H, s], pre[H:2 * H, s], pre[2 * H:, s] = gx[:H, s] + gh[:H], gx[H:2 * H, s] + gh[H:2 * H], n_pre
+            pre[:2 * H, s], pre[2 * H:, s] = g[:2 * H], n_pre
             h = (1 - z) * torch.tanh(n_pre) + z * h
             hs[:, s] = h
         elif mode == "LSTM":
-            g = gx[:, s] + gh
             pre[:, s] = g
             i, f = torch.sigmoid(g[:H]), torch.sigmoid(g[H:2 * H])
             gg, o = torch.tanh(g[2 * H:3 * H]), torch.sigmoid(g[3 * H:])
@@ -98,7 +89,6 @@ def layer(state, lid, nodes, e, a) -> Tensor:
             if outs is not None:
                 outs[:, s] = h
         else:
-            g = gx[:, s] + gh
             pre[:, s] = g
             hs[:, s] = g  # the state neurons' activation (tanh / relu) is applied by the engine
             h = torch.tanh(g) if mode == "RNN_TANH" else torch.relu(g)
