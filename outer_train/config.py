@@ -77,6 +77,7 @@ class MetaOptSection:
     time_budget_s: float = 0.0  # stop early (checkpoint + rule saved) after this much wall time (0 = off)
     max_consecutive_skips: int = 10  # stop with an error after this many non-finite meta-gradients in a row
     ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the rule's weights (rule_ema/)
+    keep_best: bool = False  # keep the rule (its average when kept) that scores best on the comparison tasks (rule_best/)
 
 
 @dataclass
@@ -84,8 +85,9 @@ class LogSection:
     """Monitoring: TensorBoard scalars every ``every`` steps, figures every ``compare_every``."""
 
     every: int = 1
-    compare_every: int = 50  # learned rule vs Adam on one task, as a figure (0 = off)
+    compare_every: int = 50  # learned rule vs Adam on fixed meta-validation tasks, scored and plotted (0 = off)
     compare_steps: int = 100
+    compare_tasks: int = 1  # how many fixed tasks (outer_train/compare.py); meta.keep_best selects on their score
     hist_every: int = 25  # update/param ratio histograms (0 = off)
     progress: bool = True
 
@@ -138,6 +140,9 @@ class TrainConfig:
             (self.tasks.groups >= 1 and self.tasks.group_size >= 1, "tasks.groups and tasks.group_size must be >= 1"),
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
             (0.0 <= self.meta.ema_decay < 1.0, "meta.ema_decay must lie in [0, 1) (0 = no weight average)"),
+            (self.log.compare_tasks >= 1, "log.compare_tasks must be >= 1"),
+            (not self.meta.keep_best or self.log.compare_every > 0,
+             "meta.keep_best selects on the comparison: set log.compare_every > 0"),
             (self.meta.steps >= 0 and self.meta.lr > 0, "meta.steps must be >= 0 and meta.lr > 0"),
             (self.estimator.pes_sigma > 0, "estimator.pes_sigma must be > 0"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every and checkpoint.keep must be >= 1"),

@@ -16,27 +16,36 @@ from metaopt.optim import RuleConfig, UpdateRule
 
 from . import checkpoint as ckpt
 
+WEIGHTS = ("auto", "last", "ema", "best")
+
 
 def export_rule(run_dir: Path, out: Path, weights: str = "auto") -> Path:
     """Write the newest checkpoint's rule of ``run_dir`` to ``out``; returns ``out``.
 
     ``weights``: "last" (the rule at that step), "ema" (the run's moving average of the rule's
-    weights, kept when ``meta.ema_decay > 0``), or "auto" (the average if the run keeps one).
+    weights, kept when ``meta.ema_decay > 0``), "best" (the weights that scored best on the
+    comparison tasks up to that step, kept when ``meta.keep_best``), or "auto" (best if kept, else
+    the average if kept, else last).
     """
-    if weights not in ("auto", "last", "ema"):
-        raise ValueError(f"outer_train.export: weights must be 'auto', 'last' or 'ema', got {weights!r}.")
+    if weights not in WEIGHTS:
+        raise ValueError(f"outer_train.export: weights must be one of {WEIGHTS}, got {weights!r}.")
     d = ckpt.latest(run_dir / "checkpoints")
     if d is None:
         raise SystemExit(f"outer_train.export: {run_dir / 'checkpoints'} holds no complete checkpoint.")
     import torch
 
     main = torch.load(d / "main.pt", weights_only=False)
-    ema = main.get("rule_ema")
+    ema, best = main.get("rule_ema"), main.get("best")
     if weights == "ema" and ema is None:
         raise SystemExit(f"outer_train.export: {d} holds no weight average (the run had meta.ema_decay = 0).")
-    use_ema = ema is not None and weights != "last"
+    if weights == "best" and best is None:
+        raise SystemExit(f"outer_train.export: {d} holds no best rule (the run had meta.keep_best = false).")
+    if weights == "auto":
+        weights = "best" if best is not None else "ema" if ema is not None else "last"
     rule = UpdateRule(RuleConfig(**main["rule_config"]))
-    if use_ema:  # AveragedModel's state: the averaged module's entries under "module.", and n_averaged
+    if weights == "best":
+        rule.load_state_dict(best["state"])
+    elif weights == "ema":  # AveragedModel's state: the averaged module's entries under "module.", and n_averaged
         rule.load_state_dict({k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")})
     else:
         rule.load_state_dict(main["rule"])
@@ -44,8 +53,10 @@ def export_rule(run_dir: Path, out: Path, weights: str = "auto") -> Path:
     for name in ("config.json", "metrics.jsonl"):
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, out / ("train_" + name))
-    (out / "train_step.json").write_text(json.dumps({"checkpoint": d.name, "outer_step": int(main["step"]),
-                                                     "weights": "ema" if use_ema else "last"}) + "\n")
+    record = {"checkpoint": d.name, "outer_step": int(main["step"]), "weights": weights}
+    if weights == "best":
+        record.update(best_step=best["step"], best_log10_loss_ratio=best["score"])
+    (out / "train_step.json").write_text(json.dumps(record) + "\n")
     return out
 
 
@@ -53,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m outer_train.export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--weights", choices=("auto", "last", "ema"), default="auto",
-                   help="the rule at the checkpoint's step, or the run's moving average of its weights "
-                        "(auto: the average when the run keeps one)")
+    p.add_argument("--weights", choices=WEIGHTS, default="auto",
+                   help="the rule at the checkpoint's step, the run's moving average of its weights, or the "
+                        "weights that scored best on the comparison tasks (auto: best, else average, else last, "
+                        "by what the run keeps)")
     a = p.parse_args(argv)
     print(f"wrote {export_rule(a.run_dir, a.out, a.weights)}")
     return 0

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
 
 from . import checkpoint as ckpt
+from .compare import Comparison, ComparisonResult
 from .config import TrainConfig
 from .logging import RunLogger
 from .estimators import ESTIMATORS, estimator_state
@@ -89,6 +90,8 @@ class MetaTrainer:
         self.counters = {"skipped": 0, "tasks": 0, "inner_steps": 0, "permuted": 0}
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.comparison = None  # the fixed meta-validation tasks, built at the first comparison (main process)
+        self.best: dict[str, Any] | None = None  # meta.keep_best: step, score, log_ratios, state of the best rule so far
 
     # ---- tasks -------------------------------------------------------------------------------
     def refresh_groups(self) -> None:
@@ -177,6 +180,7 @@ class MetaTrainer:
                 "rule_config": self.rule.config.to_dict(),
                 "meta_opt": self.meta_opt.state_dict(),
                 "rule_ema": None if self.ema is None else self.ema.state_dict(),
+                "best": self.best,
                 "world_size": self.world,
                 "config": self.cfg.to_dict(),
             }
@@ -193,6 +197,7 @@ class MetaTrainer:
         self.meta_opt.load_state_dict(main["meta_opt"])
         if self.ema is not None and main.get("rule_ema") is not None:
             self.ema.load_state_dict(main["rule_ema"])
+        self.best = main.get("best")
         self.step = int(main["step"])
         self.sampler.load_state_dict(mine["sampler"])
         self.groups = [TaskGroup.from_state_dict(s) for s in mine["groups"]]
@@ -215,11 +220,23 @@ class MetaTrainer:
         return bool((everyone == everyone[0:1]).all())
 
     # ---- monitoring --------------------------------------------------------------------------
-    def compare_with_adam(self, steps: int) -> dict[str, list[float]]:
-        """Loss curves of the current rule and of Adam (same lr) on one fixed meta-training task."""
-        from .compare import rule_vs_adam
+    @property
+    def candidate(self) -> UpdateRule:
+        """The weights a run hands out (what export writes by default): the average when kept, else the rule."""
+        return self.ema.module if self.ema is not None else self.rule
 
-        return rule_vs_adam(self.rule, self.cfg, steps)
+    def compare(self) -> ComparisonResult:
+        """Score the candidate against Adam on the fixed comparison tasks; with meta.keep_best, keep it if best."""
+        if self.comparison is None:
+            self.comparison = Comparison(self.cfg, self.cfg.log.compare_steps, self.cfg.log.compare_tasks)
+        result = self.comparison.run(self.candidate)
+        if self.cfg.meta.keep_best and (self.best is None or result.score < self.best["score"]):
+            self.best = {"step": self.step, "score": result.score, "log_ratios": result.log_ratios,
+                         "state": {k: v.detach().clone() for k, v in self.candidate.state_dict().items()}}
+            self.candidate.save_pretrained(self.run_dir / "rule_best")
+            (self.run_dir / "rule_best" / "best.json").write_text(json.dumps(
+                {k: v for k, v in self.best.items() if k != "state"}, indent=2) + "\n")
+        return result
 
 
 def _out_of_time(trainer: MetaTrainer, start: float, budget: float) -> bool:
@@ -245,6 +262,8 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
     )
     metrics: dict[str, float] = {}
     start = time.perf_counter()
+    if trainer.main and cfg.meta.keep_best and trainer.best is None:
+        trainer.compare()  # the starting rule is a candidate too (it may be a shipped rule, rule.init_from)
     try:
         while trainer.step < cfg.meta.steps:
             if cfg.meta.time_budget_s > 0 and _out_of_time(trainer, start, cfg.meta.time_budget_s):
@@ -253,9 +272,12 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
             metrics = trainer.meta_step()
             step = trainer.step
             if trainer.main and cfg.log.compare_every > 0 and step % cfg.log.compare_every == 0:
-                curves = trainer.compare_with_adam(cfg.log.compare_steps)
-                log.curves(step, "compare/loss_curves", curves, f"meta step {step}: learned rule vs Adam")
-                metrics.update({f"compare/{k}_final_loss": v[-1] for k, v in curves.items()})
+                cmp = trainer.compare()
+                log.curves(step, "compare/loss_curves", cmp.curves, f"meta step {step}: learned rule vs Adam")
+                metrics.update({f"compare/{k}_final_loss": v for k, v in cmp.final_losses.items()})
+                metrics["compare/log10_loss_ratio"] = cmp.score
+                if trainer.best is not None:
+                    metrics["compare/best_log10_loss_ratio"] = trainer.best["score"]
             if step % cfg.log.every == 0 or step == cfg.meta.steps:
                 log.scalars(step, metrics)
             if trainer.update_ratio is not None:
@@ -278,6 +300,8 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
     result = {"step": trainer.step, **metrics, "skipped_total": trainer.counters["skipped"],
               "tasks_sampled_rank0": trainer.counters["tasks"], "world_size": trainer.world,
               "rule_identical_across_ranks": identical, "run_dir": str(run_dir)}
+    if trainer.best is not None:
+        result.update(best_step=trainer.best["step"], best_log10_loss_ratio=trainer.best["score"])
     if trainer.main:
         trainer.rule.save_pretrained(run_dir / "rule")
         if trainer.ema is not None:

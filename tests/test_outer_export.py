@@ -92,3 +92,75 @@ def test_export_of_an_average_the_run_did_not_keep_fails_clearly(tmp_path: Path)
     trainer.save_checkpoint()
     with pytest.raises(SystemExit, match="holds no weight average"):
         export_rule(trainer.run_dir, tmp_path / "out", weights="ema")
+
+
+def test_comparison_scores_an_adam_equivalent_rule_at_zero_and_a_too_small_step_above(tmp_path: Path) -> None:
+    """The score is mean log10(rule loss / Adam loss) over the fixed tasks: a rule whose scale is 1
+    (alpha = 0) is Adam, so it ties; a rule pinned at exp(-1.5) of Adam's lr learns slower on these
+    short runs, so it scores above 0."""
+    from outer_train.compare import Comparison
+
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"'])
+    comparison = Comparison(cfg, steps=60, n_tasks=2)
+    assert len({s.seed for s in comparison.specs}) == 2  # two different tasks
+    rule = MetaTrainer(cfg).rule
+    with torch.no_grad():
+        rule.alpha.zero_()
+    tie = comparison.run(rule)
+    assert len(tie.log_ratios) == 2 and abs(tie.score) < 1e-3
+    assert len(tie.curves["learned"]) == len(tie.curves["adam"]) == 60
+    with torch.no_grad():  # d = 1 on every parameter (zero weights, output bias 1), scale exp(-1.5 tanh(5)) ~ 0.22
+        rule.alpha.fill_(-5.0)
+        for name, p in rule.net.named_parameters():
+            p.zero_()
+        list(rule.net.parameters())[-1].fill_(1.0)
+    slow = comparison.run(rule)
+    assert slow.score > 0.05, slow.log_ratios
+
+
+def test_keep_best_keeps_the_best_scored_rule_across_checkpoints_and_exports_it(tmp_path: Path, monkeypatch) -> None:
+    """meta.keep_best: the candidate is scored at each comparison (the starting rule included) and kept,
+    on disk (rule_best/) and in the checkpoint, only when it beats the best score so far."""
+    from outer_train import compare
+
+    scores = iter([0.0, -0.2, 0.3])
+    monkeypatch.setattr(compare.Comparison, "run", lambda self, rule: compare.ComparisonResult(
+        next(scores), [0.0], {"learned": [1.0], "adam": [1.0]}, {"learned": 1.0, "adam": 1.0}))
+    sets = SETS + [f'out_dir="{tmp_path}"', 'name="run"', "meta.keep_best=true", "log.compare_every=1",
+                   "log.compare_steps=5"]
+    trainer = MetaTrainer(resolve("quick", None, sets))
+    trainer.compare()  # step 0: the starting rule, score 0.0
+    trainer.meta_step()
+    trainer.compare()  # step 1: -0.2, the new best
+    best = {k: v.detach().clone() for k, v in trainer.rule.state_dict().items()}
+    trainer.meta_step()
+    trainer.compare()  # step 2: 0.3, worse: the best stays step 1's
+    assert trainer.best["step"] == 1 and trainer.best["score"] == -0.2
+    assert json.loads((trainer.run_dir / "rule_best" / "best.json").read_text())["step"] == 1
+    on_disk = UpdateRule.from_pretrained(trainer.run_dir / "rule_best").state_dict()
+    assert all(torch.equal(on_disk[k], best[k]) for k in best)
+    assert any(not torch.equal(trainer.rule.state_dict()[k], best[k]) for k in best)
+    trainer.save_checkpoint()
+
+    resumed = MetaTrainer(resolve("quick", None, sets))
+    assert resumed.try_resume() == 2 and resumed.best["step"] == 1
+    out = export_rule(trainer.run_dir, tmp_path / "exported")  # auto = best when kept
+    record = json.loads((out / "train_step.json").read_text())
+    assert record["weights"] == "best" and record["best_step"] == 1 and record["outer_step"] == 2
+    exported = UpdateRule.from_pretrained(out).state_dict()
+    assert all(torch.equal(exported[k], best[k]) for k in best)
+
+
+def test_export_of_a_best_rule_the_run_did_not_keep_fails_clearly(tmp_path: Path) -> None:
+    trainer = MetaTrainer(resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"']))
+    trainer.meta_step()
+    trainer.save_checkpoint()
+    with pytest.raises(SystemExit, match="holds no best rule"):
+        export_rule(trainer.run_dir, tmp_path / "out", weights="best")
+
+
+def test_keep_best_needs_the_comparison() -> None:
+    from outer_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="keep_best selects on the comparison"):
+        resolve("quick", None, SETS + ["meta.keep_best=true", "log.compare_every=0"])
