@@ -79,15 +79,14 @@ def cell_weights(graph: ParameterGraph, coords: Tensor) -> tuple[Tensor, Tensor]
     layers' convention (domain [-1, 1], corners on the boundary, zero outside).
     """
     nx = graph.x
-    ea = graph.edge_attr.long()
-    src = graph.edge_index[0].long()
+    ea = graph.edge_attr  # compact (int16): only the grid edges' rows are widened below
     is_grid = ea[:, EDGE_TYPE] == EdgeType.GRID_FEATURE
     nodes = (nx[:, NODE_TYPE] == NodeType.GRID).nonzero().squeeze(1)
     if not bool(is_grid.any()):
         return nodes, coords.new_zeros(nodes.numel(), coords.shape[0])
     e = is_grid.nonzero().squeeze(1)
     cell = torch.full((int(graph.num_nodes), 4), -1, dtype=torch.long)  # layer, plane, row, col
-    cell[src[e]] = ea[e][:, [EDGE_LAYER, EDGE_K0, EDGE_K1, EDGE_K2]]
+    cell[graph.edge_index[0][e].long()] = ea[e][:, [EDGE_LAYER, EDGE_K0, EDGE_K1, EDGE_K2]].long()
     c = cell[nodes]
     if bool((c[:, 0] < 0).any()):
         raise ValueError("cell_weights: a GRID node has no GRID_FEATURE edge; the graph is malformed.")
