@@ -5,9 +5,10 @@
 Per model (random init, no weights downloaded; definitions imported by tests/torchvision_models.py
 without torchvision's native start-up): parameter count, whether strict conversion succeeds (else
 the first line of its error), the FREE edges a strict=False conversion leaves, whether torch.fx
-traced it, `simulate` against the model where the graph's edge types are supported (else which
-types are not), and the conversion time (cold structure cache). Writes bench_zoo.json / .md to
---out and, with --doc, replaces the table between the bench_zoo markers of that Markdown file.
+traced it, the conversion time (cold structure cache), and `simulate`'s relative error against the
+model as measured by ``python -m benchmarks.bench_simulate`` (read from its bench_simulate.json in
+--out: one protocol for simulate, measured in parts). Writes bench_zoo.json / .md to --out and,
+with --doc, replaces the table between the bench_zoo markers of that Markdown file.
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from benchmarks.common import machine, write_results  # noqa: E402
-from metaopt.graph import ConversionError, simulate, to_graph  # noqa: E402
+from benchmarks.bench_simulate import load_rows, simulate_cell  # noqa: E402
+from benchmarks.common import machine, replace_block, write_results  # noqa: E402
+from metaopt.graph import ConversionError, to_graph  # noqa: E402
 from metaopt.graph.example_call import ExampleCall  # noqa: E402
-from metaopt.graph.simulate import unsupported_edge_types, unsupported_reasons  # noqa: E402
 from metaopt.graph.tracers import SymbolicTracer  # noqa: E402
 from metaopt.graph.tracing import trace  # noqa: E402
 from metaopt.graph.schema import EDGE_TYPE, EdgeType  # noqa: E402
 from torchvision_models import MAX_PARAMS, all_names, build, count_params, input_size, load_models  # noqa: E402
 
 COLUMNS = ["model", "params", "strict", "free_edges", "fx_trace", "simulate", "convert_s"]
-START, END = "<!-- bench_zoo:start -->", "<!-- bench_zoo:end -->"
 
 
-def measure(models, name: str) -> dict:
+def measure(models, name: str, simulated: dict[str, dict]) -> dict:
     torch.manual_seed(0)
     model = build(models, name).eval()
     s = input_size(name)
@@ -56,7 +56,7 @@ def measure(models, name: str) -> dict:
         free = int((g.edge_attr[:, EDGE_TYPE] == EdgeType.FREE).sum())
         row["free_edges"] = f"{free:,} ({100 * free / n:.1f}%)"
     row["convert_s"] = time.perf_counter() - t
-    row["simulate"] = _simulate(g, model, x)
+    row["simulate"] = simulate_cell(simulated.get(name))
     del g, model
     return row
 
@@ -74,29 +74,6 @@ def _tracer_used(model, x) -> str:
             return "failed"
 
 
-def _simulate(g, model, x) -> str:
-    """Max |simulate - model| in float64 where supported, else the unsupported edge types."""
-    missing = unsupported_edge_types(g)
-    if missing:
-        return "n/a: " + ", ".join(missing[:3])
-    if unsupported_reasons(g):
-        return "n/a: " + unsupported_reasons(g)[0][:60]
-    with torch.no_grad():
-        ref = model.double()(x.double())
-        out = simulate(g, g.params_to_edges(model).double(), x.double(), buffers=model)
-    model.float()
-    return f"max err {float((out.reshape(ref.shape) - ref).abs().max()):.1e}"
-
-
-def update_doc(doc: Path, table: str, summary: str) -> None:
-    text = doc.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{doc} has no {START} ... {END} block to fill")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{START}\n{summary}\n\n{table}{END}{tail}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out/bench")
@@ -108,13 +85,15 @@ def main() -> None:
     models = load_models()
     if models is None:
         raise SystemExit("torchvision is not installed: pip install -e '.[test]'")
+    simulated = load_rows(Path(args.out) / "bench_simulate.json")
     rows = []
     for name in args.models or all_names(models):
         n = count_params(models, name)
         if n > args.max_params:
-            rows.append({"model": name, "params": n, "strict": f"skipped (> {args.max_params / 1e6:.0f}M params)"})
+            rows.append({"model": name, "params": n, "strict": f"skipped (> {args.max_params / 1e6:.0f}M params)",
+                         "simulate": simulate_cell(simulated.get(name))})
             continue
-        rows.append(measure(models, name))
+        rows.append(measure(models, name, simulated))
         r = rows[-1]
         print(f"{name:22s} {r['params']:>12,} {r.get('convert_s', 0):7.2f}s {r['strict'][:60]} | {r.get('free_edges')}",
               flush=True)
@@ -132,7 +111,7 @@ def main() -> None:
                f"random image at the side in tests/torchvision_models.py.")
     table = md_path.read_text().split("\n", 2)[2].lstrip("\n")
     if args.doc:
-        update_doc(Path(args.doc), table, summary)
+        replace_block(args.doc, "bench_zoo", f"{summary}\n\n{table}")
     print(summary)
 
 

@@ -44,6 +44,18 @@ def write_results(out_dir: str | Path, name: str, rows: list[dict], columns: lis
     return out / f"{name}.md"
 
 
+def replace_block(doc: str | Path, marker: str, text: str) -> None:
+    """Replace what lies between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->`` in a Markdown file."""
+    doc = Path(doc)
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    content = doc.read_text()
+    if start not in content or end not in content:
+        raise SystemExit(f"{doc} has no {start} ... {end} block to fill")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
