@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from benchmarks.common import machine, replace_block  # noqa: E402
+from benchmarks.common import machine, proc_status_bytes, replace_block  # noqa: E402
 from metaopt.graph import simulate, to_graph  # noqa: E402
 from metaopt.graph.simulate import unsupported_reasons  # noqa: E402
 from test_graph_simulate_conv import randomize_norms  # noqa: E402
@@ -47,8 +46,7 @@ def measure(name: str) -> dict:
     with torch.no_grad():
         ref, out = model(x), simulate(g, g.params_to_edges(model), x, buffers=model)
     err = float((out.reshape(ref.shape) - ref).norm() / ref.norm())
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-    return {"name": name, "rel_err": err, "seconds": time.time() - t, "peak_rss_gb": peak_kib / 2**20}
+    return {"name": name, "rel_err": err, "seconds": time.time() - t, "peak_rss_gb": proc_status_bytes("VmHWM") / 2**30}
 
 
 def _fresh(name: str) -> dict:

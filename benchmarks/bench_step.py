@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from benchmarks.common import proc_status_bytes
 from metaopt.graph import to_graph
 from metaopt.optim import GMNOptimizer
 from metaopt.optim.rules import resolve_rule
@@ -49,11 +49,6 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
         for v in st.values()
         if isinstance(v, torch.Tensor)
     )
-
-
-def _proc(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024  # type: ignore[union-attr]
 
 
 def _fix_malloc_threshold() -> None:
@@ -82,9 +77,9 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     except OSError:
         return None
-    base = _proc("VmRSS")
+    base = proc_status_bytes("VmRSS")
     step()
-    return max(0, _proc("VmHWM") - base)  # pages freed during the step can leave HWM a little under base
+    return max(0, proc_status_bytes("VmHWM") - base)  # pages freed during the step can leave HWM a little under base
 
 
 def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:

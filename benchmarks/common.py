@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,15 @@ def write_results(out_dir: str | Path, name: str, rows: list[dict], columns: lis
     (out / f"{name}.md").write_text(md)
     print(md)
     return out / f"{name}.md"
+
+
+def proc_status_bytes(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM, ...) in bytes (Linux).
+
+    VmHWM is this process's own peak: unlike getrusage's ru_maxrss it is not inherited from the
+    parent across fork + exec, so it is the right peak for a freshly spawned worker."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024  # type: ignore[union-attr]
 
 
 def replace_block(doc: str | Path, marker: str, text: str) -> None:
