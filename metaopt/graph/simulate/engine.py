@@ -265,6 +265,9 @@ class State:
         deferred_t = torch.tensor(deferred, dtype=torch.int32)
         groups: dict[int, list[tuple[int, int] | Tensor]] = {}
         offsets = self.graph.param_offsets
+        if offsets[-1] != self.dst.data.numel():
+            raise ValueError(f"simulate: the graph has {self.dst.data.numel()} edges but its parameters "
+                             f"{offsets[-1]} elements (edge k must be element k of the flat parameters)")
         for start, end in zip(offsets[:-1], offsets[1:]):
             lay = nlayer[self.dst.data[start:end]]
             if deferred:
