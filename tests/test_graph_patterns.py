@@ -172,6 +172,50 @@ def test_attention_with_an_unknown_mixing_of_heads_is_an_error():
         to_graph(Bad(), torch.randn(2, 5, 12))
 
 
+class GroupedQueryAttention(nn.Module):
+    """Llama-style grouped-query attention: 4 query heads share 2 key/value heads."""
+
+    def __init__(self, dim=16, heads=4, kv_heads=2, repeat=True):
+        super().__init__()
+        self.h, self.kv, self.d, self.repeat = heads, kv_heads, dim // heads, repeat
+        self.q = nn.Linear(dim, dim)
+        self.kv_proj = nn.Linear(dim, 2 * kv_heads * self.d)
+        self.o = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.h, self.d).transpose(1, 2)
+        k, v = self.kv_proj(x).view(B, T, 2, self.kv, self.d).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.repeat:  # each key/value head repeated for its group of query heads
+            k, v = (t.repeat_interleave(self.h // self.kv, dim=1) for t in (k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+
+def test_grouped_query_attention_is_refused_not_converted_wrong():
+    """Repeated key/value heads would make two attention outputs one value neuron (a graph that
+    simulates to 4% off): strict conversion names the problem; non-strict warns and gives the
+    attention's output fresh neurons (the documented fallback for an op no rule reads)."""
+    import warnings
+
+    import pytest
+
+    from metaopt.graph import ConversionError
+
+    for repeat in (True, False):
+        torch.manual_seed(0)
+        m = GroupedQueryAttention(repeat=repeat)
+        with pytest.raises(ConversionError, match="grouped-query attention is not supported"):
+            to_graph(m, torch.randn(1, 5, 16), cache=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            g = to_graph(m, torch.randn(1, 5, 16), strict=False, cache=False)
+        assert any("grouped-query" in str(w.message) for w in caught)
+        assert g.num_edges == sum(p.numel() for p in m.parameters())  # every parameter keeps its edge
+
+
 # ---- einops ---------------------------------------------------------------------------------------
 
 class Patches(nn.Module):

@@ -265,6 +265,7 @@ def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tupl
     if q.shape != k.shape:
         ctx.fail(f"query heads {tuple(q.shape)} and key heads {tuple(k.shape)} do not pair up "
                  f"(grouped-query attention is not supported).")
+    _refuse_shared_neurons(ctx, k, "key")
     layer = ctx.new_layer(name, "attention")
     if operands:
         ndim = len(shape)
@@ -281,6 +282,17 @@ def qk_heads(ctx: ConversionContext, name: str, q: Tensor, k: Tensor, dims: tupl
     return Scores(q, k, heads, layer, Scores.head_probe(shape, dims, q.shape[0]))
 
 
+def _refuse_shared_neurons(ctx: ConversionContext, grid: Tensor, role: str) -> None:
+    """Grouped-/multi-query attention written with ``k.repeat_interleave(g, dim=1)`` (or expand)
+    hands several heads the same key / value neurons. The graph cannot say which head a shared
+    value neuron's output belongs to (the output carries the value neurons), so such a graph would
+    be wrong without any error: refuse it by name."""
+    if torch.unique(grid).numel() != grid.numel():
+        ctx.fail(f"the {role} neurons of this attention are shared by several heads (grouped-query or "
+                 f"multi-query attention: keys/values repeated over heads), which the graph does not "
+                 f"represent (grouped-query attention is not supported).")
+
+
 def attend(ctx: ConversionContext, scores: Scores, v: Tensor, value: Any, shape: torch.Size) -> Any:
     """`softmax(scores) @ v`: the value neurons join their heads; the output carries them.
 
@@ -289,6 +301,7 @@ def attend(ctx: ConversionContext, scores: Scores, v: Tensor, value: Any, shape:
     """
     if v.shape[0] != scores.heads.numel():
         ctx.fail(f"{scores.heads.numel()} attention heads, but values in {v.shape[0]} heads.")
+    _refuse_shared_neurons(ctx, v, "value")
     _members(ctx, v, NodeType.VALUE, scores.heads, scores.layer)
     # readers of the output read the value neurons through the attention (simulate)
     rec = ctx.builder.layers[scores.layer]
