@@ -175,9 +175,9 @@ def test_attention_with_an_unknown_mixing_of_heads_is_an_error():
 class GroupedQueryAttention(nn.Module):
     """Llama-style grouped-query attention: 4 query heads share 2 key/value heads."""
 
-    def __init__(self, dim=16, heads=4, kv_heads=2, repeat=True):
+    def __init__(self, dim=16, heads=4, kv_heads=2, mode="repeat"):
         super().__init__()
-        self.h, self.kv, self.d, self.repeat = heads, kv_heads, dim // heads, repeat
+        self.h, self.kv, self.d, self.mode = heads, kv_heads, dim // heads, mode
         self.q = nn.Linear(dim, dim)
         self.kv_proj = nn.Linear(dim, 2 * kv_heads * self.d)
         self.o = nn.Linear(dim, dim)
@@ -186,11 +186,15 @@ class GroupedQueryAttention(nn.Module):
         B, T, C = x.shape
         q = self.q(x).view(B, T, self.h, self.d).transpose(1, 2)
         k, v = self.kv_proj(x).view(B, T, 2, self.kv, self.d).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.repeat:  # each key/value head repeated for its group of query heads
-            k, v = (t.repeat_interleave(self.h // self.kv, dim=1) for t in (k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        g = self.h // self.kv
+        if self.mode == "enable_gqa":
+            return self.o(F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                          .transpose(1, 2).reshape(B, T, C))
+        if self.mode == "repeat":  # each key/value head repeated for its group of query heads
+            k, v = (t.repeat_interleave(g, dim=1) for t in (k, v))
+        else:  # the same by expand (HF transformers' repeat_kv)
+            k, v = (t[:, :, None].expand(B, self.kv, g, T, self.d).reshape(B, self.h, T, self.d) for t in (k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -204,9 +208,9 @@ def test_grouped_query_attention_is_refused_not_converted_wrong():
 
     from metaopt.graph import ConversionError
 
-    for repeat in (True, False):
+    for mode in ("repeat", "expand", "enable_gqa"):
         torch.manual_seed(0)
-        m = GroupedQueryAttention(repeat=repeat)
+        m = GroupedQueryAttention(mode=mode)
         with pytest.raises(ConversionError, match="grouped-query attention is not supported"):
             to_graph(m, torch.randn(1, 5, 16), cache=False)
         with warnings.catch_warnings(record=True) as caught:
