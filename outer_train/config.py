@@ -30,6 +30,7 @@ class RuleSection:
     refresh_every: int = 100  # the rule runs every k inner steps, as it will in GMNOptimizer
     max_step: int = 0  # FeatureConfig.max_step (0 = time features never capped)
     relative_lr: bool = False  # FeatureConfig.relative_lr: the rule sees lr / weight rms per tensor
+    # (with init_from: added to a rule trained without it, its weights starting at zero)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 
 

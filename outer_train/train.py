@@ -9,6 +9,8 @@ ranks alike and counted.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import random
@@ -45,6 +47,9 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
             raise ValueError(
                 f"rule.init_from={cfg.rule.init_from} holds a {rule.config.kind} rule but rule.arch={cfg.rule.arch!r}."
             )
+        if cfg.rule.relative_lr and not rule.features.relative_lr:
+            # Continue a rule trained without the lr feature: its new input column starts at zero.
+            rule = rule.with_features(dataclasses.replace(rule.features, relative_lr=True))
         return rule
     torch.manual_seed(cfg.seed)
     r = cfg.rule

@@ -240,3 +240,43 @@ def test_relative_lr_rule_reads_each_param_groups_current_lr():
     assert not torch.equal(base[0], other[0]) and not torch.equal(base[1], other[1])
     assert all(torch.equal(a, b) for a, b in zip(base[2:], other[2:]))
     assert not torch.equal(scales(1e-3, 1e-2)[2], base[2])
+
+
+def test_with_features_adds_the_relative_lr_input_without_changing_the_rule():
+    """A trained rule continued with the relative-lr feature (rule.init_from + relative_lr) starts out
+    computing exactly the scales it computed before, whatever the new column holds; the new column
+    is trainable and a feature set that reorders the old inputs is refused."""
+    from metaopt.optim import FeatureConfig
+
+    def run(rule: UpdateRule, lr: float) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = mlp()
+        opt = GMNOptimizer(model, rule=rule, lr=lr)
+        model(torch.randn(2, 64, generator=torch.Generator().manual_seed(2))).sum().backward()
+        opt.step()
+        return [opt.state[p]["lr_scale"].clone() for p in model.parameters()]
+
+    old = UpdateRule.default()
+    new = old.with_features(FeatureConfig(relative_lr=True))
+    assert new.features.edge_names() == old.features.edge_names() + ["log10_lr_over_param_rms"]
+    assert new.net.edge_in_proj.weight.shape[1] == old.net.edge_in_proj.weight.shape[1] + 1
+    before = run(old, 1e-3)
+    for lr in (1e-3, 1e-1):  # the lr moves the new feature, not the scales
+        assert all(torch.equal(a, b) for a, b in zip(before, run(new, lr)))
+    with torch.no_grad():
+        new.net.edge_in_proj.weight[:, -1] = 1.0  # once trained, the new input matters
+    assert not all(torch.equal(a, b) for a, b in zip(run(new, 1e-3), run(new, 1e-1)))
+    with pytest.raises(ValueError, match="do not start with"):
+        new.with_features(FeatureConfig())  # dropping a column is not a widening
+
+
+def test_meta_training_can_continue_a_rule_with_the_relative_lr_feature(tmp_path):
+    from outer_train.config import TrainConfig
+    from outer_train.train import build_rule
+
+    cfg = TrainConfig()
+    cfg.rule.init_from, cfg.rule.relative_lr = str(DEFAULT_RULE_DIR), True
+    rule = build_rule(cfg)
+    assert rule.features.relative_lr and rule.config.hidden == UpdateRule.default().config.hidden
+    cfg.rule.relative_lr = False  # without the flag the stored rule is taken as it is
+    assert not build_rule(cfg).features.relative_lr

@@ -270,6 +270,41 @@ class UpdateRule(nn.Module):
         rule.load_state_dict(tensors, strict=True)
         return rule.to(map_location)
 
+    def with_features(self, features: FeatureConfig) -> "UpdateRule":
+        """This rule reading a larger feature set, computing exactly what it computed before.
+
+        The new feature set must list the old edge, node and graph features first (as
+        ``relative_lr`` appends its column); the columns added to an input projection start at
+        zero, so the new inputs are ignored until meta-training gives them weight. This is how a
+        trained rule is continued with a feature it was not trained on (``rule.init_from`` with a
+        new feature flag) instead of starting from scratch."""
+        old, new = self.config.features, features
+        for kind in ("edge", "node", "graph"):
+            a, b = getattr(old, f"{kind}_names")(), getattr(new, f"{kind}_names")()
+            if b[: len(a)] != a:
+                raise ValueError(
+                    f"UpdateRule.with_features: the new {kind} features {b} do not start with the rule's {a}; "
+                    "only appended features keep the trained weights meaningful."
+                )
+        config = RuleConfig(**{**self.config.to_dict(), "features": new})
+        rule = type(self)(config).to(self.alpha.device)
+        current = self.state_dict()
+        widened = {}
+        for name, target in rule.state_dict().items():
+            source = current[name]
+            if source.shape == target.shape:
+                widened[name] = source.clone()
+            elif source.dim() == 2 and source.shape[0] == target.shape[0] and source.shape[1] < target.shape[1]:
+                # An input projection (out, in): the trained columns, then zeros for the new inputs.
+                widened[name] = torch.cat([source, source.new_zeros(target.shape[0], target.shape[1] - source.shape[1])], 1)
+            else:
+                raise ValueError(
+                    f"UpdateRule.with_features: {name} changes from {tuple(source.shape)} to {tuple(target.shape)}, "
+                    "which is not an input projection gaining columns."
+                )
+        rule.load_state_dict(widened, strict=True)
+        return rule
+
     @classmethod
     def default(cls) -> "UpdateRule":
         """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN lr-scale rule
