@@ -7,7 +7,8 @@
 #                   merged into docs/results/accuracy.json
 #     inr-sets      fit the INR sets: shared init, random init, random init x4 INRs per image
 #     inr-ablate    one-seed GMN ablation of the INR levers on the shared-init set (pick GMN_FLAGS)
-#     inr           3-seed tables (all methods) on the shared- and random-init sets -> docs/results/inr.json
+#     inr           3-seed tables (all methods; the GMN with INR_PROBES probe features) on the shared- and
+#                   random-init sets -> docs/results/inr.json
 #     cka           the CKA study with the GMN trained with GMN_FLAGS
 #     all           zoos accuracy inr-sets inr cka
 #
@@ -17,7 +18,8 @@
 # Settings (environment): DATA (data), OUT (out), WORKERS (2), SEEDS (3), ZOO_N_VARYING (2000),
 # ZOO_N_DIVERSE (3000), PROBES (16), ACC_FLAGS (GMN/baseline budget), INR_EPOCHS (40), X4_EPOCHS (15: the x4
 # set has 4x the training INRs per epoch),
-# GMN_FLAGS (INR levers for the GMN tables and the CKA study), RESULTS (docs/results); for smoke runs
+# GMN_FLAGS (INR levers of the weights-only tables and the CKA study), INR_PROBES (64) and PROBE_FLAGS (the
+# probed GMN's levers: dropout 0.2 + input augmentation), RESULTS (docs/results); for smoke runs
 # ZOO_FLAGS (e.g. --tiny) and INR_SET_FLAGS (e.g. "--n 120 --steps 50") shrink the data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,8 @@ ACC_FLAGS=${ACC_FLAGS:---hidden 32 --layers 3 --batch-size 16 --lr 2e-3 --steps 
 INR_EPOCHS=${INR_EPOCHS:-40}
 X4_EPOCHS=${X4_EPOCHS:-15}
 GMN_FLAGS=${GMN_FLAGS:---input-rotate 10 --input-scale 0.1 --input-shift 0.06}
+INR_PROBES=${INR_PROBES:-64}
+PROBE_FLAGS=${PROBE_FLAGS:---dropout 0.2 --input-rotate 10 --input-scale 0.1 --input-shift 0.06}
 export OMP_NUM_THREADS=1
 ZOOS=(--zoo "varying-cnns=$DATA/zoos/varying-cnns" --zoo "diverse-archs=$DATA/zoos/diverse-archs")
 
@@ -72,26 +76,41 @@ stage_inr_sets() {
 stage_inr_ablate() {
   log "INR lever ablation (GMN, 1 seed, 20 epochs, shared init)"
   local set="$DATA/inr/digits_shared" base=(--method gmn --seeds 1 --epochs 20)
+  local aug=(--input-rotate 10 --input-scale 0.1 --input-shift 0.06)
   python -m experiments.inr_classify --inrs "$set" "${base[@]}" --out "$OUT/inr/ablate/plain"
-  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --input-rotate 10 --input-scale 0.1 --input-shift 0.06 --out "$OUT/inr/ablate/input_aug"
-  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --augment --no-canonical --out "$OUT/inr/ablate/sym_aug_no_canonical"
-  python -m experiments.inr_classify --inrs "$set" --method gmn,probe_pixels --seeds 1 --epochs 20 --probes "$PROBES" --out "$OUT/inr/ablate/probes"
+  python -m experiments.inr_classify --inrs "$set" "${base[@]}" "${aug[@]}" --out "$OUT/inr/ablate/input_aug"
+  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --hidden 16 --out "$OUT/inr/ablate/h16"
+  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --hidden 64 "${aug[@]}" --out "$OUT/inr/ablate/h64_input_aug"
+  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --layers 2 --out "$OUT/inr/ablate/l2"
   python -m experiments.inr_classify --inrs "$set" "${base[@]}" --dropout 0.3 --weight-decay 0.05 --out "$OUT/inr/ablate/regularised"
+  for p in 64 256; do
+    python -m experiments.inr_classify --inrs "$set" --method gmn,probe_pixels --seeds 1 --epochs 20 --probes $p \
+      --out "$OUT/inr/ablate/probes$p"
+  done
+  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --probes 64 "${aug[@]}" --out "$OUT/inr/ablate/probes64_aug"
+  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --probes 64 --dropout 0.2 --out "$OUT/inr/ablate/probes64_dropout"
+  python -m experiments.inr_classify --inrs "$set" "${base[@]}" --probes 64 --dropout 0.2 "${aug[@]}" \
+    --out "$OUT/inr/ablate/probes64_reg"
   for d in "$OUT"/inr/ablate/*/; do echo "$d"; cat "$d/classify.md"; done
 }
 
 stage_inr() {
   log "INR classification tables"
+  # shared init: every method on weights (+ image references), then the GMN with probe features
   # shellcheck disable=SC2086
   python -m experiments.inr_classify --inrs "$DATA/inr/digits_shared" --method all --seeds "$SEEDS" --epochs "$INR_EPOCHS" \
     $GMN_FLAGS --out "$OUT/inr/classify_digits_shared" --results-json "$RESULTS/inr.json"
+  # shellcheck disable=SC2086
+  python -m experiments.inr_classify --inrs "$DATA/inr/digits_shared" --method gmn,probe_pixels --probes "$INR_PROBES" \
+    --seeds "$SEEDS" --epochs "$INR_EPOCHS" $PROBE_FLAGS --out "$OUT/inr/classify_digits_shared_probes" \
+    --results-json "$RESULTS/inr.json"
   # random init: the x4 set (4 INRs per training image, each from its own init; test = one INR per image)
   # shellcheck disable=SC2086
   python -m experiments.inr_classify --inrs "$DATA/inr/digits_x4" --method gmn,statnn,mlp,image_mlp --seeds "$SEEDS" \
     --epochs "$X4_EPOCHS" $GMN_FLAGS --out "$OUT/inr/classify_digits_x4" --results-json "$RESULTS/inr.json"
   # shellcheck disable=SC2086
-  python -m experiments.inr_classify --inrs "$DATA/inr/digits_x4" --method gmn,probe_pixels --probes "$PROBES" \
-    --seeds "$SEEDS" --epochs "$X4_EPOCHS" $GMN_FLAGS --out "$OUT/inr/classify_digits_x4_probes" \
+  python -m experiments.inr_classify --inrs "$DATA/inr/digits_x4" --method gmn,probe_pixels --probes "$INR_PROBES" \
+    --seeds "$SEEDS" --epochs "$X4_EPOCHS" $PROBE_FLAGS --out "$OUT/inr/classify_digits_x4_probes" \
     --results-json "$RESULTS/inr.json"
 }
 
@@ -102,7 +121,7 @@ stage_cka() {
     --gmn-epochs "$INR_EPOCHS" $GMN_FLAGS
 }
 
-[ $# -gt 0 ] || { sed -n '2,22p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,23p' "$0"; exit 2; }
 for stage in "$@"; do
   case "$stage" in
     all) stage_zoos; stage_accuracy; stage_inr_sets; stage_inr; stage_cka ;;
