@@ -73,14 +73,69 @@ def accuracy_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+INR_LABELS = {
+    "gmn": "GMN, weights only",
+    "gmn_probes": "GMN + probe features",
+    "per_parameter_mlp": "PerParameterMLP, weights only",
+    "per_parameter_mlp_probes": "PerParameterMLP + probe features",
+    "statnn": "StatNN",
+    "deepsets": "DeepSets",
+    "probe_pixels": "MLP on the INR's values at the probe points (reference)",
+    "mlp_pixels": "MLP on the images (reference)",
+    "cnn_pixels": "CNN on the images (reference)",
+}
+
+
+def inr_markdown(data: dict[str, Any]) -> str:
+    """The INR-classification table of ``docs/results/inr.json``: rows method, columns test accuracy
+    on shared-init and random-init INRs (mean ± sample std over seeds, seeds)."""
+    sections = {"shared init": {k: v for k, v in data.items() if k != "random_init"},
+                "random init": data.get("random_init", {})}
+    methods = [m for m in INR_LABELS if any(m in sec for sec in sections.values())]
+    methods += sorted({m for sec in sections.values() for m in sec} - set(methods))
+    lines = ["| method | " + " | ".join(f"{name} test accuracy | seeds" for name in sections) + " |",
+             "|---|" + "---:|---:|" * len(sections)]
+    for m in methods:
+        cells = []
+        for sec in sections.values():
+            r = sec.get(m)
+            cells.append(f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} % | {r.get('n_seeds', '')}" if r else "- | -")
+        lines.append(f"| {INR_LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_for(path: str | Path) -> str:
+    """The table of a results JSON, chosen by its file name (``accuracy*.json`` or ``inr*.json``)."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    if path.name.startswith("accuracy"):
+        return accuracy_markdown(data)
+    if path.name.startswith("inr"):
+        return inr_markdown(data)
+    raise SystemExit(f"{path}: expected accuracy*.json or inr*.json")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.results docs/results/accuracy.json``: print its Markdown table (what the docs show)."""
+    """``python -m experiments.results docs/results/inr.json [--doc docs/inr_cka.md]``: print the table of
+    a results JSON, or fill it into the doc's ``<!-- results:<name> -->`` block (name: the JSON's stem)."""
     import argparse
 
+    from benchmarks.common import replace_block
+
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("accuracy_json")
+    p.add_argument("results_json", nargs="+")
+    p.add_argument("--doc", action="append", default=[], help="Markdown file(s) whose results block is filled")
     a = p.parse_args(argv)
-    print(accuracy_markdown(json.loads(Path(a.accuracy_json).read_text())), end="")
+    tables = {f"results:{Path(path).stem}": markdown_for(path) for path in a.results_json}
+    if not a.doc:
+        print("\n".join(tables.values()), end="")
+    for doc in a.doc:
+        text = Path(doc).read_text()
+        found = [marker for marker in tables if f"<!-- {marker}:start -->" in text]
+        if not found:
+            raise SystemExit(f"{doc} has none of the blocks {[f'<!-- {m}:start -->' for m in tables]}")
+        for marker in found:
+            replace_block(doc, marker, tables[marker])
     return 0
 
 

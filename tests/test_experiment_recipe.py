@@ -66,3 +66,28 @@ def test_a_toy_experiment_following_the_recipe_learns_and_records_its_command(tm
         rec = result["gmn"][seed]
         assert rec["last_epoch_mse"] < 0.7 * rec["first_epoch_mse"], rec  # it learns from weights
     assert (tmp_path / "toy.md").read_text().startswith("| seed | first | last |")
+
+
+def test_inr_table_is_rendered_from_the_json_into_the_docs_block(tmp_path) -> None:
+    """`python -m experiments.results docs/results/inr.json --doc docs/inr_cka.md` fills the doc's
+    generated block from the JSON (shared- and random-init columns); a doc without the block is an error."""
+    import pytest
+
+    from experiments.results import inr_markdown, main
+
+    rec = lambda acc: {"acc_mean": acc, "acc_std": 0.01, "n_seeds": 3}  # noqa: E731
+    path = tmp_path / "inr.json"
+    update_results_json(path, {"gmn": rec(0.88), "mlp_pixels": rec(0.979)}, depth=1, command="a")
+    update_results_json(path, {"random_init": {"gmn": rec(0.1)}}, depth=2, command="b")
+    lines = inr_markdown(json.loads(path.read_text())).splitlines()
+    assert lines[0] == "| method | shared init test accuracy | seeds | random init test accuracy | seeds |"
+    assert lines[2] == "| GMN, weights only | 88.00 ± 1.00 % | 3 | 10.00 ± 1.00 % | 3 |"
+    assert lines[3] == "| MLP on the images (reference) | 97.90 ± 1.00 % | 3 | - | - |"
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- results:inr:start -->\nold\n<!-- results:inr:end -->\nafter\n")
+    assert main([str(path), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "old" not in text and lines[2] in text and text.startswith("before") and text.endswith("after\n")
+    (tmp_path / "plain.md").write_text("no block\n")
+    with pytest.raises(SystemExit, match="has none of the blocks"):
+        main([str(path), "--doc", str(tmp_path / "plain.md")])
