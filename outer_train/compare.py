@@ -3,8 +3,9 @@
 A PES meta-gradient is noisy and a run wanders: the rule at the last outer step is often not the
 best one it passed through (the shipped recipe's single-task comparison swings between 0.70 and
 1.25 x Adam's loss from one comparison to the next). `Comparison` trains ``n`` fixed tasks, drawn
-from the meta-training distribution with a seed of their own (never the held-out suite, which
-stays for evaluation), with the rule through the real `GMNOptimizer` and with torch Adam at the
+from the meta-training distribution with a seed of their own, or (``collection="meta_val"``) the
+first ``n`` of the meta-validation suite, larger networks shaped like the held-out suite (never the
+held-out suite itself, which stays for evaluation), with the rule through the real `GMNOptimizer` and with torch Adam at the
 same lr, and scores the rule by the mean over tasks of log10(rule's loss / Adam's loss) at the
 end of training (the mean of the last tenth of the curve, so one noisy minibatch does not
 decide), each task's term clipped to +-1 (10x either way), so that one task where the losses
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from inner_tasks import build_task
-from inner_tasks.tasks import train_task
+from inner_tasks.tasks import meta_validation_suite, train_task
 from metaopt.optim import GMNOptimizer, UpdateRule
 
 from .config import TrainConfig
@@ -49,11 +50,19 @@ class ComparisonResult:
 class Comparison:
     """``n_tasks`` fixed meta-validation tasks, ``steps`` inner steps each, at each task's reference lr."""
 
-    def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1) -> None:
+    def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train") -> None:
         if n_tasks < 1:
             raise ValueError(f"log.compare_tasks must be >= 1, got {n_tasks}.")
-        sampler = TaskSampler(cfg.tasks, cfg.seed + VALIDATION_SEED_OFFSET, rank=0)
-        self.specs = [sampler.sample_spec(sampler.rng()) for _ in range(n_tasks)]
+        if collection == "meta_train":
+            sampler = TaskSampler(cfg.tasks, cfg.seed + VALIDATION_SEED_OFFSET, rank=0)
+            self.specs = [sampler.sample_spec(sampler.rng()) for _ in range(n_tasks)]
+        elif collection == "meta_val":  # fixed tasks shaped like the held-out suite (inner_tasks collections)
+            suite = meta_validation_suite()
+            if n_tasks > len(suite):
+                raise ValueError(f"log.compare_tasks = {n_tasks}, but the meta-validation suite has {len(suite)} tasks.")
+            self.specs = suite[:n_tasks]
+        else:
+            raise ValueError(f"log.compare_collection must be 'meta_train' or 'meta_val', got {collection!r}.")
         self.tasks = [build_task(spec) for spec in self.specs]
         self.steps = steps
         self._adam: list[list[float]] | None = None

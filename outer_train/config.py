@@ -89,6 +89,7 @@ class LogSection:
     compare_every: int = 50  # learned rule vs Adam on fixed meta-validation tasks, scored and plotted (0 = off)
     compare_steps: int = 100
     compare_tasks: int = 1  # how many fixed tasks (outer_train/compare.py); meta.keep_best selects on their score
+    compare_collection: str = "meta_train"  # their source: meta_train (own seed) | meta_val (held-out-shaped suite)
     hist_every: int = 25  # update/param ratio histograms (0 = off)
     progress: bool = True
 
@@ -142,6 +143,8 @@ class TrainConfig:
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
             (0.0 <= self.meta.ema_decay < 1.0, "meta.ema_decay must lie in [0, 1) (0 = no weight average)"),
             (self.log.compare_tasks >= 1, "log.compare_tasks must be >= 1"),
+            (self.log.compare_collection in ("meta_train", "meta_val"),
+             "log.compare_collection must be meta_train or meta_val"),
             (not self.meta.keep_best or self.log.compare_every > 0,
              "meta.keep_best selects on the comparison: set log.compare_every > 0"),
             (self.meta.steps >= 0 and self.meta.lr > 0, "meta.steps must be >= 0 and meta.lr > 0"),

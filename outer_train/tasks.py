@@ -30,10 +30,10 @@ from .config import TaskSection
 
 
 def _distribution(cfg: TaskSection) -> TaskDistribution:
-    if cfg.distribution not in COLLECTIONS or cfg.distribution == "held_out":
+    if cfg.distribution not in COLLECTIONS or cfg.distribution in ("held_out", "meta_val"):
         raise ValueError(
             f"tasks.distribution must name a meta-training distribution, got {cfg.distribution!r} "
-            "(the held-out suite is for evaluation only)."
+            "(the held-out suite is for evaluation only, the meta-validation suite for model selection)."
         )
     return COLLECTIONS[cfg.distribution]()
 

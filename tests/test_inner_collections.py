@@ -102,3 +102,25 @@ def test_every_held_out_task_builds_and_steps() -> None:
             assert len(losses) == 3 and all(math.isfinite(v) for v in losses), spec.name
     finally:
         torch.set_num_threads(before)
+
+
+def test_meta_validation_suite_is_disjoint_from_training_and_held_out(meta_samples) -> None:
+    """The suite keep_best selects on: fixed tasks, none a meta-training member, none a held-out task
+    (architecture + data), none on held-out-only data or families; larger than meta-training like the
+    held-out suite, but not as large."""
+    from inner_tasks.tasks import META_VALIDATION_TASKS, meta_validation_suite
+
+    val, suite, dist = meta_validation_suite(), held_out_suite(), meta_train_distribution()
+    assert len(val) == len(META_VALIDATION_TASKS) and val == meta_validation_suite()  # fixed
+    assert not [s.name for s in val if dist.contains(s)]
+    key = lambda s: (s.architecture_key(), repr(sorted(s.data.items())))  # noqa: E731
+    assert not {key(s) for s in val} & {key(s) for s in suite}
+    assert not {key(s) for s in val} & {key(m) for m in meta_samples}
+    assert {s.data.get("name") for s in val} <= {m.data.get("name") for m in meta_samples}  # no shapes
+    assert {s.family for s in val} <= {m.family for m in meta_samples}  # no Transformer
+    assert not any(s.knobs.get("norm") == "batch" for s in val)
+    meta_mlp = max(m.knobs["width"] for m in meta_samples if m.family == "mlp_classification")
+    k = {name: knobs for name, (_, knobs, _) in META_VALIDATION_TASKS.items()}
+    assert meta_mlp < k["mlp_digits_w128"]["width"] < HELD_OUT_TASKS["mlp_digits_wide"][1]["width"]
+    for s in val:  # every task builds and is CPU-sized
+        assert count_params(build_model(s.model)) < 40_000

@@ -164,3 +164,23 @@ def test_keep_best_needs_the_comparison() -> None:
 
     with pytest.raises(ConfigError, match="keep_best selects on the comparison"):
         resolve("quick", None, SETS + ["meta.keep_best=true", "log.compare_every=0"])
+
+
+def test_comparison_on_the_meta_validation_suite(tmp_path: Path) -> None:
+    """log.compare_collection = "meta_val": the comparison trains the first n tasks of the fixed
+    meta-validation suite (held-out-shaped, never held-out); an Adam-equivalent rule still ties."""
+    from inner_tasks.tasks import meta_validation_suite
+    from outer_train.compare import Comparison
+    from outer_train.config import ConfigError
+
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"', 'log.compare_collection="meta_val"'])
+    comparison = Comparison(cfg, steps=20, n_tasks=2, collection=cfg.log.compare_collection)
+    assert [s.name for s in comparison.specs] == [s.name for s in meta_validation_suite()[:2]]
+    rule = MetaTrainer(cfg).rule
+    with torch.no_grad():
+        rule.alpha.zero_()
+    assert abs(comparison.run(rule).score) < 1e-3
+    with pytest.raises(ValueError, match="has 6 tasks"):
+        Comparison(cfg, steps=20, n_tasks=7, collection="meta_val")
+    with pytest.raises(ConfigError, match="compare_collection"):
+        resolve("quick", None, SETS + ['log.compare_collection="held_out"'])

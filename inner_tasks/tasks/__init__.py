@@ -1,4 +1,4 @@
-"""Tasks: what gets trained (model + data + loss), their families and the two named collections."""
+"""Tasks: what gets trained (model + data + loss), their families and the named collections."""
 
 from .base import Batch, Task
 from .build import build_task
@@ -7,9 +7,11 @@ from .collections import (
     HELD_OUT_SEEDS,
     HELD_OUT_TASKS,
     META_TRAIN_HORIZON,
+    META_VALIDATION_TASKS,
     TaskDistribution,
     held_out_suite,
     meta_train_distribution,
+    meta_validation_suite,
 )
 from .families import FAMILY_BUILDERS, FamilySampler, make_task_spec
 from .language import LanguageModelTask
@@ -20,8 +22,8 @@ from .training import TrainRun, train_task, train_with_adam
 
 __all__ = [
     "Batch", "FAMILY_BUILDERS", "FamilySampler", "HELD_OUT_HORIZON", "HELD_OUT_SEEDS", "HELD_OUT_TASKS",
-    "LanguageModelTask", "META_TRAIN_HORIZON", "SupervisedTask", "Task", "TaskDistribution", "TaskSpec",
-    "build_task", "held_out_suite", "make_task_spec", "meta_train_distribution", "pixel_grid", "supervised_data",
+    "LanguageModelTask", "META_TRAIN_HORIZON", "META_VALIDATION_TASKS", "SupervisedTask", "Task", "TaskDistribution", "TaskSpec",
+    "build_task", "held_out_suite", "make_task_spec", "meta_train_distribution", "meta_validation_suite", "pixel_grid", "supervised_data",
     "TrainRun",
     "train_task",
     "train_with_adam",

@@ -1,5 +1,6 @@
-"""The two named task collections of docs/benchmarks.md §1: the meta-training distribution and the
-held-out evaluation suite. They never overlap (tests/test_inner_collections.py checks it).
+"""The named task collections of docs/benchmarks.md §1: the meta-training distribution, the
+meta-validation suite (model selection during meta-training) and the held-out evaluation suite. No
+two overlap (tests/test_inner_collections.py checks it).
 
 Held-out differs from meta-training by: width 4x / depth 2x on digits MLPs and CNNs; architectures
 absent from meta-training (residual CNN with BatchNorm, Transformer LM); another data set
@@ -103,4 +104,26 @@ def held_out_suite(seeds: tuple[int, ...] = HELD_OUT_SEEDS, horizon: int = HELD_
     ]
 
 
-COLLECTIONS = {"meta_train": meta_train_distribution, "held_out": held_out_suite}
+# name -> (family, knobs, what it tests). Shaped like the held-out suite where it scales up (wider and
+# deeper digits MLPs and CNNs, a normalised residual CNN, a larger SIREN) but halfway there and never
+# a held-out task, data set or unseen family: selecting a rule on it must not peek at the held-out
+# suite (no shapes, no Transformer, no BatchNorm).
+META_VALIDATION_TASKS: dict[str, tuple[str, dict, str]] = {
+    "mlp_digits_w128": ("mlp_classification", _mlp("digits", 8, 128, 2), "2x wider than meta-training"),
+    "mlp_digits_d3": ("mlp_classification", _mlp("digits", 8, 64, 3), "1.5x deeper than meta-training"),
+    "cnn_digits_w32": ("cnn_classification", _cnn("digits", 8, 32, 2), "2x wider than meta-training"),
+    "cnn_digits16_d3": ("cnn_classification", _cnn("digits", 16, 8, 3), "16x16 digits, 1.5x deeper"),
+    "rescnn_gn_digits": ("cnn_classification", _cnn("digits", 8, 16, 2, "group", True), "residual CNN + GroupNorm"),
+    "siren_digits_w32": ("siren_inr", {"dataset": "digits", "image_size": 28, "width": 32, "depth": 3, "w0": 30.0,
+                                       "batch_size": 784}, "wider SIREN than meta-training"),
+}
+META_VALIDATION_SEED = 7  # one fixed seed (init + data order) per task, far from the held-out seeds
+
+
+def meta_validation_suite(seed: int = META_VALIDATION_SEED, horizon: int = HELD_OUT_HORIZON) -> list[TaskSpec]:
+    """Every meta-validation task with one seed, named "<task>/s<seed>" (docs/outer_train.md, "Best rule kept")."""
+    return [make_task_spec(family, knobs, seed, horizon, name=f"{name}/s{seed}")
+            for name, (family, knobs, _) in META_VALIDATION_TASKS.items()]
+
+
+COLLECTIONS = {"meta_train": meta_train_distribution, "meta_val": meta_validation_suite, "held_out": held_out_suite}
