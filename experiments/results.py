@@ -104,6 +104,28 @@ def inr_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def classify_runs_markdown(paths: list[str | Path]) -> str:
+    """One row per (run folder, method) of ``experiments.inr_classify`` outputs (``<out>/classify.json``):
+    the settings that differ from `ClassifyConfig`'s defaults, test and train accuracy. For ablations,
+    where each folder is one variant."""
+    from metaopt.weightspace.inr_classify import ClassifyConfig
+
+    defaults = vars(ClassifyConfig())
+    lines = ["| run | settings (besides the defaults) | method | seeds | test accuracy | train accuracy |",
+             "|---|---|---|---:|---:|---:|"]
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        cfg = data["config"]
+        changed = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in cfg.items()
+                            if k != "seed" and k in defaults and defaults[k] != v) or "-"
+        for method, summ in data["summary"].items():
+            train = [r["train_acc"] for r in data["runs"] if r["method"] == method and "train_acc" in r]
+            train_cell = f"{100 * sum(train) / len(train):.1f} %" if train else "-"
+            lines.append(f"| {Path(path).parent.name} | {changed} | {method} | {summ['seeds']} | "
+                         f"{100 * summ['test_acc_mean']:.2f} % | {train_cell} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_for(path: str | Path) -> str:
     """The table of a results JSON, chosen by its file name (``accuracy*.json`` or ``inr*.json``)."""
     path = Path(path)
@@ -123,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import replace_block
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("results_json", nargs="+")
+    p.add_argument("results_json", nargs="+", help="accuracy*.json / inr*.json, or inr_classify outputs "
+                   "(<out>/classify.json, one table of all of them: block results:<--name>)")
     p.add_argument("--doc", action="append", default=[], help="Markdown file(s) whose results block is filled")
+    p.add_argument("--name", default="inr_ablation", help="block name of a table of classify.json files")
     a = p.parse_args(argv)
-    tables = {f"results:{Path(path).stem}": markdown_for(path) for path in a.results_json}
+    runs = [path for path in a.results_json if Path(path).name == "classify.json"]
+    tables = {f"results:{Path(path).stem}": markdown_for(path) for path in a.results_json if path not in runs}
+    if runs:
+        tables[f"results:{a.name}"] = classify_runs_markdown(runs)
     if not a.doc:
         print("\n".join(tables.values()), end="")
     for doc in a.doc:

@@ -91,3 +91,20 @@ def test_inr_table_is_rendered_from_the_json_into_the_docs_block(tmp_path) -> No
     (tmp_path / "plain.md").write_text("no block\n")
     with pytest.raises(SystemExit, match="has none of the blocks"):
         main([str(path), "--doc", str(tmp_path / "plain.md")])
+
+
+def test_ablation_table_lists_each_runs_changed_settings(tmp_path) -> None:
+    """`python -m experiments.results <out>/*/classify.json`: one row per run folder and method, with the
+    settings that differ from ClassifyConfig's defaults (the seed is not a setting)."""
+    from experiments.results import main
+    from metaopt.weightspace.inr_classify import ClassifyConfig
+
+    cfg = {**vars(ClassifyConfig()), "probes": 64, "dropout": 0.2, "seed": 3}
+    run = tmp_path / "probes64" / "classify.json"
+    run.parent.mkdir()
+    run.write_text(json.dumps({"config": cfg, "summary": {"gmn": {"test_acc_mean": 0.9622, "seeds": 1}},
+                               "runs": [{"method": "gmn", "seed": 3, "train_acc": 0.989, "test_acc": 0.9622}]}))
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- results:inr_ablation:start -->\n<!-- results:inr_ablation:end -->\n")
+    assert main([str(run), "--doc", str(doc)]) == 0
+    assert "| probes64 | dropout 0.2, probes 64 | gmn | 1 | 96.22 % | 98.9 % |" in doc.read_text()
