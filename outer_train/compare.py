@@ -93,3 +93,44 @@ class Comparison:
         score = sum(min(max(r, -MAX_LOG_RATIO), MAX_LOG_RATIO) for r in ratios) / len(ratios)
         return ComparisonResult(score=score, log_ratios=ratios, curves=curves,
                                 final_losses={k: v[-1] for k, v in curves.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m outer_train.compare --rule DIR [--rule DIR ...]``: score saved rules against Adam on the
+    meta-validation suite (or on meta-training tasks of a config's seed), the score keep_best selects on;
+    prints a table and writes ``--out`` JSON. For checking a selection against the held-out evaluation."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from .config import resolve
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--rule", action="append", required=True, help="rule directory (save_pretrained); repeatable")
+    p.add_argument("--collection", choices=("meta_val", "meta_train"), default="meta_val")
+    p.add_argument("--tasks", type=int, default=6)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON file for the scores")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    cfg = resolve(None, a.config, [])
+    comparison = Comparison(cfg, a.steps, a.tasks, a.collection)
+    names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
+    rows = {}
+    for path in a.rule:
+        result = comparison.run(UpdateRule.from_pretrained(path))
+        rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}
+    print(f"| rule | score | {' | '.join(names)} |\n|---|---:|{'---:|' * len(names)}")
+    for path, r in rows.items():
+        print(f"| {path} | {r['score']:+.3f} | " + " | ".join(f"{v:+.2f}" for v in r["log_ratios"].values()) + " |")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"collection": a.collection, "steps": a.steps, "tasks": names,
+                                           "rules": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -184,3 +184,16 @@ def test_comparison_on_the_meta_validation_suite(tmp_path: Path) -> None:
         Comparison(cfg, steps=20, n_tasks=7, collection="meta_val")
     with pytest.raises(ConfigError, match="compare_collection"):
         resolve("quick", None, SETS + ['log.compare_collection="held_out"'])
+
+
+def test_compare_cli_scores_saved_rules_on_the_meta_validation_suite(tmp_path: Path, capsys) -> None:
+    """`python -m outer_train.compare --rule DIR ...`: the exact-Adam rule scores 0 on every task."""
+    from outer_train.compare import main
+    from metaopt.optim.rules import ADAM_RULE_DIR
+
+    out = tmp_path / "scores.json"
+    assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "10", "--tasks", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["collection"] == "meta_val" and data["tasks"] == ["mlp_digits_w128/s7"]
+    assert data["rules"][str(ADAM_RULE_DIR)]["score"] == 0.0
+    assert "| score |" in capsys.readouterr().out
