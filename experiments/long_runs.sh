@@ -9,7 +9,7 @@
 #     inr-ablate    one-seed GMN ablation of the INR levers on the shared-init set (pick GMN_FLAGS)
 #     inr           3-seed tables (all methods; the GMN with INR_PROBES probe features) on the shared- and
 #                   random-init sets -> docs/results/inr.json
-#     cka           the CKA study with the GMN trained with GMN_FLAGS
+#     cka           the CKA study with the GMN trained with GMN_FLAGS, then with probes (PROBE_FLAGS)
 #     all           zoos accuracy inr-sets inr cka
 #
 # Start detached and resume by running the same line again (every stage skips finished work):
@@ -119,6 +119,10 @@ stage_cka() {
   # shellcheck disable=SC2086
   python -m experiments.cka --inrs "$DATA/inr/digits_shared" --out "$OUT/inr/cka_digits_shared" --seeds 5 \
     --gmn-epochs "$INR_EPOCHS" $GMN_FLAGS
+  log "CKA study, the GMN with probe features"
+  # shellcheck disable=SC2086
+  python -m experiments.cka --inrs "$DATA/inr/digits_shared" --out "$OUT/inr/cka_digits_shared_probes" --seeds 5 \
+    --gmn-epochs "$INR_EPOCHS" --probes "$INR_PROBES" $PROBE_FLAGS
 }
 
 [ $# -gt 0 ] || { sed -n '2,23p' "$0"; exit 2; }
