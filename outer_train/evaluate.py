@@ -349,20 +349,28 @@ def merge_results(files: list[Path], out: Path) -> int:
 
 
 def load_rules(dirs: list[str]) -> dict[str, UpdateRule]:
-    """Rules by label (their kind, de-duplicated with the directory name)."""
+    """Rules by label: ``LABEL=DIR`` names one (e.g. ``rule_gmn_v04=runs/rules/gmn``), a plain ``DIR`` is
+    labelled by its kind (``rule_gmn``), de-duplicated with the directory name."""
     rules: dict[str, UpdateRule] = {}
     for d in dirs:
-        rule = UpdateRule.from_pretrained(d).eval()
-        label = f"rule_{rule.config.kind}"
+        label, sep, path = d.partition("=")
+        if not sep or "/" in label:
+            label, path = "", d
+        rule = UpdateRule.from_pretrained(path).eval()
+        if not label:
+            label = f"rule_{rule.config.kind}"
+            if label in rules:
+                label = f"{label}_{Path(path).resolve().parent.name}"
         if label in rules:
-            label = f"{label}_{Path(d).resolve().parent.name}"
+            raise SystemExit(f"evaluate: two rules are labelled {label!r}; name them with --rule LABEL=DIR")
         rules[label] = rule
     return rules
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m outer_train.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rule", action="append", default=[], help="rule directory (save_pretrained format); repeatable")
+    p.add_argument("--rule", action="append", default=[],
+                   help="rule directory (save_pretrained format), or LABEL=DIR to name its rows; repeatable")
     p.add_argument("--suite", default="held_out", choices=["held_out"])
     p.add_argument("--tasks", nargs="*", help=f"subset of {list(HELD_OUT_TASKS)}")
     p.add_argument("--seeds", nargs="*", type=int)
@@ -415,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--reuse {a.reuse} was run with other settings ({sorted(differ)}): {old['settings']}, not {s.__dict__}")
         previous = {e["task"]: e["results"] for e in old["entries"]}
         prev_rules = [r for r in old.get("rules", []) if r not in a.rule]
+        taken = {k for res in previous.values() for k in res} & {k for n in rules for k in (n, f"{n}@best")}
+        if taken and prev_rules:  # a result stored under this label would be taken for the new rule
+            p.error(f"--reuse {a.reuse} already holds results labelled {sorted(taken)} (rules {prev_rules}); "
+                    "label the rules evaluated now with --rule LABEL=DIR")
     entries = []
     tuned: dict[str, dict[str, float]] = {}  # task -> baseline -> lr chosen on the task's first seed
     for spec in tqdm(specs, desc="evaluate", dynamic_ncols=True):

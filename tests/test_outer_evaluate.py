@@ -108,3 +108,26 @@ def test_baselines_can_be_restricted_to_adam(tmp_path: Path) -> None:
     torch.set_num_threads(threads)
     data = json.loads((tmp_path / "results.json").read_text())
     assert set(data["entries"][0]["results"]) == {"adam"} and data["settings"]["baselines"] == ["adam"]
+
+
+def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path) -> None:
+    """--reuse keeps an earlier run's optimizers; a second rule of the same kind must get its own label
+    (--rule LABEL=DIR), else its rows would be taken from the earlier rule's results."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.1)).save_pretrained(tmp_path / "r1")
+    UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=-0.1)).save_pretrained(tmp_path / "r2")
+    common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam"]
+    evaluate.main([*common, "--rule", str(tmp_path / "r1"), "--out", str(tmp_path / "a")])
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["entries"][0]["results"]
+    with pytest.raises(SystemExit):  # rule_mlp is already in the reused results
+        evaluate.main([*common, "--rule", str(tmp_path / "r2"), "--reuse", str(tmp_path / "a" / "results.json"),
+                       "--out", str(tmp_path / "b")])
+    evaluate.main([*common, "--rule", f"rule_mlp_new={tmp_path / 'r2'}", "--reuse", str(tmp_path / "a" / "results.json"),
+                   "--out", str(tmp_path / "c")])
+    torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "c" / "results.json").read_text())["entries"][0]["results"]
+    assert {"adam", "rule_mlp", "rule_mlp@best", "rule_mlp_new", "rule_mlp_new@best"} <= set(res)
+    assert res["rule_mlp"]["curve"] == first["rule_mlp"]["curve"] and res["adam"]["curve"] == first["adam"]["curve"]
+    assert res["rule_mlp_new"]["curve"] != first["rule_mlp"]["curve"]
