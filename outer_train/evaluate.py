@@ -314,14 +314,20 @@ def compact(entries: list[dict[str, Any]], s: "EvalSettings", rules: list[str]) 
             "per_task": task_summary(entries, optimizers), "summary": overall(entries, optimizers)}
 
 
-def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rules: list[str] | None = None) -> None:
-    """results.md (settings header, tables) and summary.json (no curves), also printed."""
+def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rules: list[str] | None = None,
+                 reused_from: list[str] | None = None) -> None:
+    """results.md (settings header, tables) and summary.json (no curves), also printed. ``reused_from``: the
+    results.json files whose optimizers were kept (--reuse), named in a caveat on the wall-clock columns."""
     optimizers = list(dict.fromkeys(k for e in entries for k in e["results"]))
     tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
               f"(Adam/AdamW and rules@best {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
               f"rules at GMNOptimizer's default lr {DEFAULT_LR:g} and at their best lr; whole training loop timed, "
               f"torch threads {torch.get_num_threads()}.\n\n")
+    if reused_from:  # timings from two runs: the machine's load may have differed between them
+        header += (f"Optimizers kept from {', '.join(reused_from)} (--reuse) were timed in that run, the others in "
+                   "this one: their wall-clock columns and loop cost compare timings taken at different times "
+                   "(the step columns are exact).\n\n")
     text = header + markdown(entries, optimizers)
     (out / "results.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(compact(entries, s, rules or []), indent=1))
@@ -343,8 +349,10 @@ def merge_results(files: list[Path], out: Path) -> int:
     settings = EvalSettings(**{**base, "tasks": list(dict.fromkeys(t for p in parts for t in p["settings"]["tasks"]))})
     out.mkdir(parents=True, exist_ok=True)
     rules = list(dict.fromkeys(r for p in parts for r in p.get("rules", [])))
-    (out / "results.json").write_text(json.dumps({"settings": settings.__dict__, "rules": rules, "entries": entries}, indent=1))
-    write_tables(entries, settings, out, rules)
+    reused = list(dict.fromkeys(r for p in parts for r in p.get("reused_from", [])))
+    (out / "results.json").write_text(json.dumps({"settings": settings.__dict__, "rules": rules, "entries": entries,
+                                                  "reused_from": reused}, indent=1))
+    write_tables(entries, settings, out, rules, reused)
     return 0
 
 
@@ -416,8 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     specs = [sp for sp in held_out_suite(tuple(s.seeds), s.steps) if sp.name.split("/")[0] in s.tasks]
     previous: dict[str, dict[str, Any]] = {}
     prev_rules: list[str] = []
+    reused_from: list[str] = []
     if a.reuse:
         old = json.loads(Path(a.reuse).read_text())
+        reused_from = [*old.get("reused_from", []), a.reuse]
         differ = {k for k in set(old["settings"]) | set(s.__dict__) if k != "tasks" and old["settings"].get(k) != s.__dict__.get(k)}
         if differ:  # the task list may differ: only the tasks run here are taken from it
             p.error(f"--reuse {a.reuse} was run with other settings ({sorted(differ)}): {old['settings']}, not {s.__dict__}")
@@ -438,9 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         entries.append(entry)
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
         (out / "results.json").write_text(
-            json.dumps({"settings": s.__dict__, "rules": prev_rules + a.rule, "entries": entries}, indent=1)
+            json.dumps({"settings": s.__dict__, "rules": prev_rules + a.rule, "entries": entries,
+                        "reused_from": reused_from}, indent=1)
         )
-    write_tables(entries, s, out, prev_rules + a.rule)
+    write_tables(entries, s, out, prev_rules + a.rule, reused_from)
     return 0
 
 

@@ -131,3 +131,6 @@ def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path
     assert {"adam", "rule_mlp", "rule_mlp@best", "rule_mlp_new", "rule_mlp_new@best"} <= set(res)
     assert res["rule_mlp"]["curve"] == first["rule_mlp"]["curve"] and res["adam"]["curve"] == first["adam"]["curve"]
     assert res["rule_mlp_new"]["curve"] != first["rule_mlp"]["curve"]
+    # the table says which optimizers' timings come from the earlier run
+    assert "(--reuse) were timed in that run" in (tmp_path / "c" / "results.md").read_text()
+    assert "--reuse" not in (tmp_path / "a" / "results.md").read_text()
