@@ -30,6 +30,8 @@ from .tasks import TaskSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003  # the validation tasks' sampler seed = run seed + this
 MAX_LOG_RATIO = 1.0  # a task's term in the score is clipped to +-this (decades)
+# lr multipliers of the reference lr Adam is tuned over with against="tuned_adam" (1e-4..1e-1 at 1e-3)
+TUNED_ADAM_GRID = (0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0)
 
 
 def tail_loss(losses: list[float]) -> float:
@@ -50,7 +52,11 @@ class ComparisonResult:
 class Comparison:
     """``n_tasks`` fixed meta-validation tasks, ``steps`` inner steps each, at each task's reference lr."""
 
-    def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train") -> None:
+    def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
+                 against: str = "adam") -> None:
+        if against not in ("adam", "tuned_adam"):
+            raise ValueError(f"log.compare_against must be 'adam' or 'tuned_adam', got {against!r}.")
+        self.against = against
         if n_tasks < 1:
             raise ValueError(f"log.compare_tasks must be >= 1, got {n_tasks}.")
         if collection == "meta_train":
@@ -70,11 +76,18 @@ class Comparison:
     def _train(self, spec, task, make_opt) -> list[float]:
         return train_task(task, make_opt, self.steps, spec.seed, spec.seed).losses
 
+    def _adam_curve(self, spec, task) -> list[float]:
+        """Adam at the task's reference lr, or (``against="tuned_adam"``) the curve with the lowest tail
+        loss over ``TUNED_ADAM_GRID`` x the reference lr: what the held-out suite compares with."""
+        scales = TUNED_ADAM_GRID if self.against == "tuned_adam" else (1.0,)
+        curves = [self._train(spec, task, lambda m, lr=spec.reference_lr * k: torch.optim.Adam(m.parameters(), lr=lr))
+                  for k in scales]
+        return min(curves, key=tail_loss)
+
     @property
     def adam_curves(self) -> list[list[float]]:
         if self._adam is None:
-            self._adam = [self._train(s, t, lambda m, lr=s.reference_lr: torch.optim.Adam(m.parameters(), lr=lr))
-                          for s, t in zip(self.specs, self.tasks)]
+            self._adam = [self._adam_curve(s, t) for s, t in zip(self.specs, self.tasks)]
         return self._adam
 
     def run(self, rule: UpdateRule) -> ComparisonResult:
@@ -108,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--rule", action="append", required=True, help="rule directory (save_pretrained); repeatable")
     p.add_argument("--collection", choices=("meta_val", "meta_train"), default="meta_val")
+    p.add_argument("--against", choices=("adam", "tuned_adam"), default="adam",
+                   help="Adam at the same lr (keep_best's default) or Adam at its best lr on a 7-point grid")
     p.add_argument("--tasks", type=int, default=6)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
@@ -116,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = resolve(None, a.config, [])
-    comparison = Comparison(cfg, a.steps, a.tasks, a.collection)
+    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:
@@ -127,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {path} | {r['score']:+.3f} | " + " | ".join(f"{v:+.2f}" for v in r["log_ratios"].values()) + " |")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"collection": a.collection, "steps": a.steps, "tasks": names,
-                                           "rules": rows}, indent=1) + "\n")
+        Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
+                                           "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 
 

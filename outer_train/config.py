@@ -90,6 +90,7 @@ class LogSection:
     compare_steps: int = 100
     compare_tasks: int = 1  # how many fixed tasks (outer_train/compare.py); meta.keep_best selects on their score
     compare_collection: str = "meta_train"  # their source: meta_train (own seed) | meta_val (held-out-shaped suite)
+    compare_against: str = "adam"  # adam (same lr as the rule) | tuned_adam (best of a 7-point lr grid, as held-out)
     hist_every: int = 25  # update/param ratio histograms (0 = off)
     progress: bool = True
 
@@ -145,6 +146,7 @@ class TrainConfig:
             (self.log.compare_tasks >= 1, "log.compare_tasks must be >= 1"),
             (self.log.compare_collection in ("meta_train", "meta_val"),
              "log.compare_collection must be meta_train or meta_val"),
+            (self.log.compare_against in ("adam", "tuned_adam"), "log.compare_against must be adam or tuned_adam"),
             (not self.meta.keep_best or self.log.compare_every > 0,
              "meta.keep_best selects on the comparison: set log.compare_every > 0"),
             (self.meta.steps >= 0 and self.meta.lr > 0, "meta.steps must be >= 0 and meta.lr > 0"),

@@ -197,3 +197,25 @@ def test_compare_cli_scores_saved_rules_on_the_meta_validation_suite(tmp_path: P
     assert data["collection"] == "meta_val" and data["tasks"] == ["mlp_digits_w128/s7"]
     assert data["rules"][str(ADAM_RULE_DIR)]["score"] == 0.0
     assert "| score |" in capsys.readouterr().out
+
+
+def test_comparison_against_tuned_adam_takes_adams_best_lr(tmp_path: Path) -> None:
+    """log.compare_against = "tuned_adam": Adam's curve is the best tail loss over the lr grid, so the
+    exact-Adam rule at the reference lr scores >= 0 (it can only lose to a tuned Adam), and more
+    than zero where another lr of the grid is better."""
+    from outer_train.compare import TUNED_ADAM_GRID, Comparison, tail_loss
+
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"'])
+    same = Comparison(cfg, steps=30, n_tasks=2, collection="meta_val")
+    tuned = Comparison(cfg, steps=30, n_tasks=2, collection="meta_val", against="tuned_adam")
+    assert len(TUNED_ADAM_GRID) >= 7 and 1.0 in TUNED_ADAM_GRID
+    for a, b in zip(same.adam_curves, tuned.adam_curves):
+        assert tail_loss(b) <= tail_loss(a)
+    rule = MetaTrainer(cfg).rule
+    with torch.no_grad():
+        rule.alpha.zero_()
+    assert abs(same.run(rule).score) < 1e-3
+    result = tuned.run(rule)
+    assert result.score > 0.05 and all(r >= 0 for r in result.log_ratios), result.log_ratios
+    with pytest.raises(ValueError, match="compare_against"):
+        Comparison(cfg, steps=30, n_tasks=1, against="sgd")
