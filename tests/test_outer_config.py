@@ -104,3 +104,20 @@ def test_shipped_config_files_resolve_and_differ_only_in_the_estimator() -> None
     differ = {k for k in a if a[k] != b[k]}
     assert differ <= {"estimator", "meta", "name"}, differ
     assert {k for k in a["meta"] if a["meta"][k] != b["meta"][k]} <= {"time_budget_s"}
+
+
+def test_every_shipped_config_resolves_and_builds_its_rule() -> None:
+    """Each file in outer_train/configs validates, and a rule it continues (rule.init_from, a path in the
+    repository) exists and loads with the features the config asks for."""
+    from outer_train.train import build_rule
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = sorted((repo / "outer_train" / "configs").glob("*.toml"))
+    assert len(configs) >= 5
+    for path in configs:
+        cfg = resolve(None, path)
+        if cfg.rule.init_from:
+            assert (repo / cfg.rule.init_from / "config.json").is_file(), (path.name, cfg.rule.init_from)
+            cfg.rule.init_from = str(repo / cfg.rule.init_from)
+            rule = build_rule(cfg)
+            assert rule.config.kind == cfg.rule.arch and rule.features.relative_lr >= cfg.rule.relative_lr
