@@ -8,6 +8,7 @@ training on the whole batch (the mean of two half-batch means is the whole batch
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
 import torch
@@ -37,7 +38,8 @@ def _state(model: nn.Module, opt: GMNOptimizer) -> dict[str, torch.Tensor]:
 
 def _rank(rank: int, world: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=init)
+    # A timeout turns a stuck collective into an error instead of a hung test run.
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=init, timeout=timedelta(seconds=120))
     try:
         model = _model()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -48,6 +50,7 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
             nn.functional.cross_entropy(ddp(x[half]), y[half]).backward()
             opt.step()
         torch.save({**_state(model, opt), "refreshes": opt.rule_refreshes}, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # leave together: a rank tearing gloo down while its peer is mid-collective can hang it
     finally:
         dist.destroy_process_group()
 
