@@ -25,7 +25,7 @@ from inner_tasks import build_task
 from inner_tasks.tasks import meta_validation_suite, train_task
 from metaopt.optim import GMNOptimizer, UpdateRule
 
-from .config import TrainConfig
+from .config import COMPARE_AGAINST, COMPARE_COLLECTIONS, TrainConfig
 from .tasks import TaskSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003  # the validation tasks' sampler seed = run seed + this
@@ -54,8 +54,8 @@ class Comparison:
 
     def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
                  against: str = "adam") -> None:
-        if against not in ("adam", "tuned_adam"):
-            raise ValueError(f"log.compare_against must be 'adam' or 'tuned_adam', got {against!r}.")
+        if against not in COMPARE_AGAINST:
+            raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
         self.against = against
         if n_tasks < 1:
             raise ValueError(f"log.compare_tasks must be >= 1, got {n_tasks}.")
@@ -68,7 +68,7 @@ class Comparison:
                 raise ValueError(f"log.compare_tasks = {n_tasks}, but the meta-validation suite has {len(suite)} tasks.")
             self.specs = suite[:n_tasks]
         else:
-            raise ValueError(f"log.compare_collection must be 'meta_train' or 'meta_val', got {collection!r}.")
+            raise ValueError(f"log.compare_collection must be one of {COMPARE_COLLECTIONS}, got {collection!r}.")
         self.tasks = [build_task(spec) for spec in self.specs]
         self.steps = steps
         self._adam: list[list[float]] | None = None
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--rule", action="append", required=True, help="rule directory (save_pretrained); repeatable")
-    p.add_argument("--collection", choices=("meta_val", "meta_train"), default="meta_val")
-    p.add_argument("--against", choices=("adam", "tuned_adam"), default="adam",
+    p.add_argument("--collection", choices=COMPARE_COLLECTIONS, default="meta_val")
+    p.add_argument("--against", choices=COMPARE_AGAINST, default="adam",
                    help="Adam at the same lr (keep_best's default) or Adam at its best lr on a 7-point grid")
     p.add_argument("--tasks", type=int, default=6)
     p.add_argument("--steps", type=int, default=1000)

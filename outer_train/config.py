@@ -18,6 +18,11 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a value of the wrong type."""
 
 
+# Where keep_best's comparison tasks come from, and which Adam they are compared with (outer_train/compare.py).
+COMPARE_COLLECTIONS = ("meta_train", "meta_val")
+COMPARE_AGAINST = ("adam", "tuned_adam")
+
+
 @dataclass
 class RuleSection:
     """The update rule being meta-trained (see metaopt.optim.RuleConfig)."""
@@ -144,9 +149,8 @@ class TrainConfig:
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
             (0.0 <= self.meta.ema_decay < 1.0, "meta.ema_decay must lie in [0, 1) (0 = no weight average)"),
             (self.log.compare_tasks >= 1, "log.compare_tasks must be >= 1"),
-            (self.log.compare_collection in ("meta_train", "meta_val"),
-             "log.compare_collection must be meta_train or meta_val"),
-            (self.log.compare_against in ("adam", "tuned_adam"), "log.compare_against must be adam or tuned_adam"),
+            (self.log.compare_collection in COMPARE_COLLECTIONS, f"log.compare_collection must be one of {COMPARE_COLLECTIONS}"),
+            (self.log.compare_against in COMPARE_AGAINST, f"log.compare_against must be one of {COMPARE_AGAINST}"),
             (not self.meta.keep_best or self.log.compare_every > 0,
              "meta.keep_best selects on the comparison: set log.compare_every > 0"),
             (self.meta.steps >= 0 and self.meta.lr > 0, "meta.steps must be >= 0 and meta.lr > 0"),

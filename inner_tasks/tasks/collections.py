@@ -95,13 +95,18 @@ HELD_OUT_TASKS: dict[str, tuple[str, dict, str]] = {
 }
 
 
-def held_out_suite(seeds: tuple[int, ...] = HELD_OUT_SEEDS, horizon: int = HELD_OUT_HORIZON) -> list[TaskSpec]:
-    """Every held-out task for every seed, named "<task>/s<seed>", with the evaluation horizon."""
+def _fixed_suite(tasks: dict[str, tuple[str, dict, str]], seeds: tuple[int, ...], horizon: int) -> list[TaskSpec]:
+    """Every task of a fixed table for every seed, named "<task>/s<seed>"."""
     return [
         make_task_spec(family, knobs, seed, horizon, name=f"{name}/s{seed}")
-        for name, (family, knobs, _) in HELD_OUT_TASKS.items()
+        for name, (family, knobs, _) in tasks.items()
         for seed in seeds
     ]
+
+
+def held_out_suite(seeds: tuple[int, ...] = HELD_OUT_SEEDS, horizon: int = HELD_OUT_HORIZON) -> list[TaskSpec]:
+    """Every held-out task for every seed, named "<task>/s<seed>", with the evaluation horizon."""
+    return _fixed_suite(HELD_OUT_TASKS, seeds, horizon)
 
 
 # name -> (family, knobs, what it tests). Shaped like the held-out suite where it scales up (wider and
@@ -122,8 +127,7 @@ META_VALIDATION_SEED = 7  # one fixed seed (init + data order) per task, far fro
 
 def meta_validation_suite(seed: int = META_VALIDATION_SEED, horizon: int = HELD_OUT_HORIZON) -> list[TaskSpec]:
     """Every meta-validation task with one seed, named "<task>/s<seed>" (docs/outer_train.md, "Best rule kept")."""
-    return [make_task_spec(family, knobs, seed, horizon, name=f"{name}/s{seed}")
-            for name, (family, knobs, _) in META_VALIDATION_TASKS.items()]
+    return _fixed_suite(META_VALIDATION_TASKS, (seed,), horizon)
 
 
 COLLECTIONS = {"meta_train": meta_train_distribution, "meta_val": meta_validation_suite, "held_out": held_out_suite}
