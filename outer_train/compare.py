@@ -19,6 +19,7 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from inner_tasks import build_task
@@ -90,10 +91,11 @@ class Comparison:
             self._adam = [self._adam_curve(s, t) for s, t in zip(self.specs, self.tasks)]
         return self._adam
 
-    def run(self, rule: UpdateRule) -> ComparisonResult:
-        """Train every task with a frozen copy of ``rule``; the score and the first task's curves."""
+    def run(self, rule: UpdateRule, lr: float | None = None) -> ComparisonResult:
+        """Train every task with a frozen copy of ``rule`` at each task's reference lr (or at ``lr`` on
+        every task); the score and the first task's curves."""
         frozen = copy.deepcopy(rule).eval()
-        learned = [self._train(s, t, lambda m, lr=s.reference_lr, g=t.graph: GMNOptimizer(m, rule=frozen, lr=lr, graph=g))
+        learned = [self._train(s, t, lambda m, lr=lr or s.reference_lr, g=t.graph: GMNOptimizer(m, rule=frozen, lr=lr, graph=g))
                    for s, t in zip(self.specs, self.tasks)]
         ratios = []
         for mine, adam in zip(learned, self.adam_curves):
@@ -106,6 +108,26 @@ class Comparison:
         score = sum(min(max(r, -MAX_LOG_RATIO), MAX_LOG_RATIO) for r in ratios) / len(ratios)
         return ComparisonResult(score=score, log_ratios=ratios, curves=curves,
                                 final_losses={k: v[-1] for k, v in curves.items()})
+
+
+def tune_default_lr(comparison: Comparison, rule: UpdateRule, grid: list[float],
+                    progress: bool = True) -> tuple[float, dict[float, ComparisonResult]]:
+    """The lr of ``grid`` at which ``rule`` scores best on ``comparison`` (the same lr on every task, as
+    ``GMNOptimizer(model)`` would use it; ties -> the smaller lr) and every lr's result. With the
+    meta-validation suite against tuned Adam this chooses a rule's ``default_lr`` without touching the
+    held-out suite."""
+    from tqdm.auto import tqdm
+
+    results = {lr: comparison.run(rule, lr=lr) for lr in tqdm(grid, desc="rule lr grid", disable=not progress)}
+    best = min(grid, key=lambda lr: (results[lr].score, lr))
+    return best, results
+
+
+def set_default_lr(directory: str, lr: float) -> None:
+    """Rewrite a saved rule's ``config.json`` with ``default_lr = lr`` (weights untouched, re-saved and checked)."""
+    rule = UpdateRule.from_pretrained(directory)
+    rule.config.default_lr = float(lr)
+    rule.save_pretrained(directory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,15 +150,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the scores")
+    p.add_argument("--tune-lr", action="store_true", help="score each rule at every lr of a log grid (the same lr on "
+                   "every task, as GMNOptimizer(model) uses one) and report its best: the rule's default_lr")
+    p.add_argument("--lr-grid", default="1e-4,1e-1,7", help="with --tune-lr: MIN,MAX,POINTS (log-spaced)")
+    p.add_argument("--set-default-lr", action="store_true",
+                   help="with --tune-lr: write the best lr into each rule directory's config.json as default_lr")
     a = p.parse_args(argv)
+    if a.set_default_lr and not a.tune_lr:
+        p.error("--set-default-lr needs --tune-lr")
     torch.set_num_threads(a.threads)
     cfg = resolve(None, a.config, [])
     comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:
-        result = comparison.run(UpdateRule.from_pretrained(path))
-        rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}
+        rule = UpdateRule.from_pretrained(path)
+        if not a.tune_lr:
+            result = comparison.run(rule)
+            rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}
+            continue
+        lo, hi, n = (float(x) for x in a.lr_grid.split(","))
+        grid = [float(f"{v:.3g}") for v in np.logspace(math.log10(lo), math.log10(hi), int(n))]
+        best, results = tune_default_lr(comparison, rule, grid)
+        for lr, result in results.items():
+            rows[f"{path}@{lr:g}"] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}
+        rows[path] = {**rows[f"{path}@{best:g}"], "best_lr": best}
+        if a.set_default_lr:
+            set_default_lr(path, best)
+            print(f"{path}: default_lr = {best:g} (was {rule.config.default_lr:g})")
     print(f"| rule | score | {' | '.join(names)} |\n|---|---:|{'---:|' * len(names)}")
     for path, r in rows.items():
         print(f"| {path} | {r['score']:+.3f} | " + " | ".join(f"{v:+.2f}" for v in r["log_ratios"].values()) + " |")

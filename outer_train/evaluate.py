@@ -8,10 +8,10 @@ backward, ``opt.step()``), timed whole on this process's thread(s), the optimize
 1e-2) and SGD+momentum (0.9) run over a log grid of learning rates and keep the lr with the lowest
 final training loss. Each rule runs through the real `GMNOptimizer`:
 
-- ``<rule>``: at `GMNOptimizer`'s default lr (what ``GMNOptimizer(model)`` gives);
+- ``<rule>``: at its default lr, the rule's ``config.default_lr`` (what ``GMNOptimizer(model)`` gives);
 - ``<rule>@best``: at its best lr on the same grid as Adam's;
-- lr sensitivity: its final loss at the grid points next to the default (about 1/3x and 3x),
-  beside Adam's at the same lrs.
+- lr sensitivity: its final loss at the grid points next to its default (about 1/3x and 3x),
+  beside Adam's around Adam's default 1e-3.
 
 Final loss = mean training loss of the last 10 steps. "Steps to Adam" = first step where the
 10-step running mean reaches tuned Adam's final loss; speedup = tuned Adam's own steps to that
@@ -23,7 +23,6 @@ per seed). Writes ``results.json``, ``results.md`` and one loss-curve PNG per ta
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import statistics
@@ -40,7 +39,12 @@ from inner_tasks.tasks import train_task
 from inner_tasks.tasks.collections import HELD_OUT_TASKS, held_out_suite
 from metaopt.optim import GMNOptimizer, UpdateRule
 
-DEFAULT_LR = float(inspect.signature(GMNOptimizer).parameters["lr"].default)  # GMNOptimizer(model)
+ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default: the centre of Adam's lr-sensitivity columns
+
+
+def default_lr(rule: UpdateRule) -> float:
+    """The lr ``GMNOptimizer(model, rule=rule)`` uses: the rule's own default."""
+    return float(rule.config.default_lr)
 
 
 WINDOW = 10  # steps averaged for "final loss" and for reaching a target
@@ -156,12 +160,12 @@ def evaluate_task(
         if name not in res:
             res[name] = _run_or_tune(task, make, g, s, spec.seed, None if tuned_lrs is None else tuned_lrs[name])
     for name, rule in rules.items():
-        best = res[f"{name}@best"]
-        if best.get("grid") and f"{DEFAULT_LR:.3g}" in best["grid"] and best["lr"] == DEFAULT_LR:
+        best, lr = res[f"{name}@best"], default_lr(rule)
+        if best.get("grid") and f"{lr:.3g}" in best["grid"] and f"{best['lr']:.3g}" == f"{lr:.3g}":
             res[name] = {**best, "grid": None}
         elif name not in res:
-            res[name] = {**run_optimizer(task, tuned[f"{name}@best"][0](DEFAULT_LR), s.steps, spec.seed),
-                         "lr": DEFAULT_LR, "grid": None, "grid_divergences": 0}
+            res[name] = {**run_optimizer(task, tuned[f"{name}@best"][0](lr), s.steps, spec.seed),
+                         "lr": lr, "grid": None, "grid_divergences": 0}
     target = res["adam"]["final_loss"]
     adam_steps = steps_to(res["adam"]["curve"], target)
     adam_seconds = res["adam"]["times"][adam_steps - 1] if adam_steps else None
@@ -175,16 +179,18 @@ def evaluate_task(
 
 
 def sensitivity(res: dict[str, Any], rules: dict[str, UpdateRule], grid: list[float]) -> dict[str, dict[str, float]]:
-    """Final loss at the default lr's grid neighbours / final loss at the default lr, for each rule
-    and for Adam (from the grids run on a task's first seed; empty on the other seeds)."""
-    lo, hi = neighbours(grid, DEFAULT_LR)
+    """Final loss at the grid neighbours of an optimizer's default lr / final loss at that default, for
+    each rule (around its ``default_lr``) and for Adam (around 1e-3), from the grids run on a task's
+    first seed (empty on the other seeds)."""
     out = {}
-    for name, key in [(n, f"{n}@best") for n in rules] + [("adam", "adam")]:
+    defaults = [(n, f"{n}@best", default_lr(r)) for n, r in rules.items()] + [("adam", "adam", ADAM_DEFAULT_LR)]
+    for name, key, lr in defaults:
         g = res[key].get("grid")
-        if not g or f"{DEFAULT_LR:.3g}" not in g:
+        if not g or f"{lr:.3g}" not in g:
             continue
-        base = g[f"{DEFAULT_LR:.3g}"]
-        out[name] = {"lr_low": lo, "lr_high": hi, "low_over_default": g[f"{lo:.3g}"] / base,
+        lo, hi = neighbours(grid, lr)
+        base = g[f"{lr:.3g}"]
+        out[name] = {"default_lr": lr, "lr_low": lo, "lr_high": hi, "low_over_default": g[f"{lo:.3g}"] / base,
                      "high_over_default": g[f"{hi:.3g}"] / base}
     return out
 
@@ -286,9 +292,12 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
     sens = [(e["task"], e.get("sensitivity", {})) for e in entries if e.get("sensitivity")]
     if sens:
         names = list(dict.fromkeys(n for _, s in sens for n in s))
-        lo, hi = next(iter(sens[0][1].values()))["lr_low"], next(iter(sens[0][1].values()))["lr_high"]
-        lines += ["", f"lr sensitivity (first seed): final loss at lr {lo:.3g} and {hi:.3g}, relative to the final loss "
-                  f"at the default lr {DEFAULT_LR:g} (within 3x = robust):", "",
+        first = {n: row[n] for _, row in reversed(sens) for n in row}
+        around = ", ".join(f"{n} {first[n]['lr_low']:.3g} / {first[n].get('default_lr', ADAM_DEFAULT_LR):.3g} / "
+                           f"{first[n]['lr_high']:.3g}" for n in names)
+        lines += ["", "lr sensitivity (first seed): final loss at the grid points below and above each optimizer's "
+                  f"default lr, relative to the final loss at its default (within 3x = robust; low / default / high: "
+                  f"{around}):", "",
                   "| task | " + " | ".join(f"{n} low / high" for n in names) + " |", "|---|" + "---:|" * len(names)]
         for task, srow in sens:
             cells = [f"{srow[n]['low_over_default']:.2f} / {srow[n]['high_over_default']:.2f}" if n in srow else "-"
@@ -310,7 +319,8 @@ def compact(entries: list[dict[str, Any]], s: "EvalSettings", rules: list[str]) 
     runs = [{**{k: v for k, v in e.items() if k != "results"},
              "results": {n: {k: v for k, v in r.items() if k not in ("curve", "times")} for n, r in e["results"].items()}}
             for e in entries]
-    return {"settings": s.__dict__, "default_lr": DEFAULT_LR, "rules": rules, "runs": runs,
+    defaults = {n: r["lr"] for e in entries for n, r in e["results"].items() if f"{n}@best" in e["results"]}
+    return {"settings": s.__dict__, "default_lr": {"adam": ADAM_DEFAULT_LR, **defaults}, "rules": rules, "runs": runs,
             "per_task": task_summary(entries, optimizers), "summary": overall(entries, optimizers)}
 
 
@@ -322,7 +332,7 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
     tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
               f"(Adam/AdamW and rules@best {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
-              f"rules at GMNOptimizer's default lr {DEFAULT_LR:g} and at their best lr; whole training loop timed, "
+              f"rules at their default lr (GMNOptimizer(model)) and at their best lr; whole training loop timed, "
               f"torch threads {torch.get_num_threads()}.\n\n")
     if reused_from:  # timings from two runs: the machine's load may have differed between them
         header += (f"Optimizers kept from {', '.join(reused_from)} (--reuse) were timed in that run, the others in "

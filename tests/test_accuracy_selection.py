@@ -99,3 +99,15 @@ def test_diagnose_reference_regressors_find_the_weight_scale_signal():
     assert res["weight stats ridge"]["r2"] > 0.8 and res["weight stats GB"]["r2"] > 0.6
     y = np.array([0.5, 0.9, 0.1, 0.7])
     assert noise_ceiling(y, 450) > noise_ceiling(y, 45)  # fewer test examples, noisier accuracies
+
+
+def test_predictor_dropout_is_gmn_only_and_trains():
+    from metaopt.weightspace.accuracy.predict import build_predictor
+
+    with pytest.raises(ValueError, match="GMN's graph head only"):
+        build_predictor("statnn", PredictorConfig(dropout=0.2))
+    zoo = unique_arch_zoo(60)
+    train, test = make_split(zoo, "50", 0)
+    cfg = PredictorConfig(hidden=8, layers=1, steps=60, eval_every=20, patience=0, dropout=0.2)
+    res = fit_and_score(zoo, train, test, "gmn", cfg, seed=0)
+    assert np.isfinite(res["r2"]) and res["train_curve"][-1] < res["train_curve"][0]

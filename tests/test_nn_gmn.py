@@ -245,3 +245,22 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(out.edge, ref.edge, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.graph, ref.graph, atol=1e-4, rtol=1e-4)
     out.edge.sum().backward()
+
+
+def test_head_dropout_acts_in_training_only_and_keeps_checkpoint_keys():
+    g = to_graph(make_mlp([4, 7, 3], seed=0))
+    ev, nv, gv = _values(g)
+    torch.manual_seed(0)
+    plain = GMN(**KW)
+    drop = GMN(**KW, head_dropout=0.5)
+    assert plain.state_dict().keys() == drop.state_dict().keys()  # older checkpoints load either way
+    drop.load_state_dict(plain.state_dict())
+    plain.eval(), drop.eval()
+    torch.testing.assert_close(drop(g, ev, nv, gv).graph, plain(g, ev, nv, gv).graph)  # identity in eval mode
+    drop.train()
+    torch.manual_seed(1)
+    a = drop(g, ev, nv, gv).graph
+    torch.manual_seed(2)
+    assert not torch.allclose(a, drop(g, ev, nv, gv).graph)  # stochastic in training mode
+    with pytest.raises(ValueError, match="head_dropout"):
+        GMN(**KW, head_dropout=1.0)

@@ -280,3 +280,19 @@ def test_meta_training_can_continue_a_rule_with_the_relative_lr_feature(tmp_path
     assert rule.features.relative_lr and rule.config.hidden == UpdateRule.default().config.hidden
     cfg.rule.relative_lr = False  # without the flag the stored rule is taken as it is
     assert not build_rule(cfg).features.relative_lr
+
+
+def test_the_optimizer_takes_the_rules_default_lr_unless_given(tmp_path):
+    rule = UpdateRule(RuleConfig(kind="gmn", hidden=4, default_lr=3e-3))
+    rule.save_pretrained(tmp_path / "r")
+    loaded = UpdateRule.from_pretrained(tmp_path / "r")
+    assert loaded.config.default_lr == 3e-3
+    assert GMNOptimizer(mlp(), rule=tmp_path / "r").defaults["lr"] == 3e-3
+    assert GMNOptimizer(mlp(), rule=loaded, lr=1e-4).defaults["lr"] == 1e-4  # an explicit lr wins
+    assert GMNOptimizer(mlp(), rule="adam").defaults["lr"] == 1e-3  # exactly torch Adam's default
+    meta = json.loads((tmp_path / "r" / "config.json").read_text())
+    del meta["rule"]["default_lr"]  # a rule saved before default_lr existed: Adam's 1e-3
+    (tmp_path / "r" / "config.json").write_text(json.dumps(meta))
+    assert UpdateRule.from_pretrained(tmp_path / "r").config.default_lr == 1e-3
+    with pytest.raises(ValueError, match="default_lr"):
+        RuleConfig(default_lr=0.0)

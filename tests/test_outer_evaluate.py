@@ -41,8 +41,8 @@ def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
     res = entry["results"]
     adam = res["adam"]
     assert len(adam["grid"]) == 2 and adam["lr"] in (1e-4, 1e-1) and len(adam["curve"]) == 12
-    # the rule at GMNOptimizer's default lr, and at its best lr on Adam's grid
-    assert res["rule_gmn"]["lr"] == evaluate.DEFAULT_LR and res["rule_gmn"]["grid"] is None
+    # the rule at its default lr (GMNOptimizer(model): the rule's default_lr), and at its best lr on Adam's grid
+    assert res["rule_gmn"]["lr"] == 1e-3 and res["rule_gmn"]["grid"] is None
     assert res["rule_gmn@best"]["lr"] in (1e-4, 1e-1) and len(res["rule_gmn@best"]["grid"]) == 2
     for r in res.values():  # the whole loop is timed: seconds after every step, increasing
         assert len(r["times"]) == len(r["curve"]) == 12 and r["times"] == sorted(r["times"]) and r["times"][0] > 0
@@ -134,3 +134,26 @@ def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path
     # the table says which optimizers' timings come from the earlier run
     assert "(--reuse) were timed in that run" in (tmp_path / "c" / "results.md").read_text()
     assert "--reuse" not in (tmp_path / "a" / "results.md").read_text()
+
+
+def test_a_rule_runs_at_its_own_default_lr(tmp_path: Path) -> None:
+    """A rule with ``default_lr`` 1e-2 is evaluated there (what GMNOptimizer(model) gives) and its lr
+    sensitivity is measured around 1e-2 (1e-3 and 1e-1 on a 4-point grid); Adam's stays around 1e-3."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    d = tmp_path / "rule"
+    UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.01, refresh_every=5, default_lr=1e-2)).save_pretrained(d)
+    out = tmp_path / "eval"
+    evaluate.main(["--rule", str(d), "--tasks", "mlp_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "4",
+                   "--threads", "1", "--out", str(out)])
+    torch.set_num_threads(threads)
+    (entry,) = json.loads((out / "results.json").read_text())["entries"]
+    grid = entry["results"]["rule_gmn@best"]["grid"]
+    assert entry["results"]["rule_gmn"]["lr"] == 1e-2
+    assert entry["results"]["rule_gmn"]["final_loss"] == pytest.approx(grid["0.01"])
+    sens = entry["sensitivity"]
+    assert (sens["rule_gmn"]["lr_low"], sens["rule_gmn"]["lr_high"]) == pytest.approx((1e-3, 1e-1))
+    assert sens["rule_gmn"]["high_over_default"] == pytest.approx(grid["0.1"] / grid["0.01"])
+    assert (sens["adam"]["lr_low"], sens["adam"]["lr_high"]) == pytest.approx((1e-4, 1e-2))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["default_lr"] == {"adam": 1e-3, "rule_gmn": 1e-2}

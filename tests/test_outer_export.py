@@ -219,3 +219,31 @@ def test_comparison_against_tuned_adam_takes_adams_best_lr(tmp_path: Path) -> No
     assert result.score > 0.05 and all(r >= 0 for r in result.log_ratios), result.log_ratios
     with pytest.raises(ValueError, match="compare_against"):
         Comparison(cfg, steps=30, n_tasks=1, against="sgd")
+
+
+def test_compare_cli_tunes_a_rules_default_lr_on_the_meta_validation_suite(tmp_path: Path) -> None:
+    """`--tune-lr --set-default-lr`: the rule is scored at every lr of the grid (one lr for every task,
+    as GMNOptimizer(model) uses it), the best-scoring lr is reported and written into the rule's
+    config.json as default_lr, the weights untouched; GMNOptimizer then uses it."""
+    import shutil
+
+    from metaopt.optim import GMNOptimizer
+    from metaopt.optim.rules import DEFAULT_RULE_DIR
+    from outer_train.compare import main
+
+    rule_dir = tmp_path / "rule"
+    shutil.copytree(DEFAULT_RULE_DIR, rule_dir)
+    before = UpdateRule.from_pretrained(rule_dir).state_dict()
+    out = tmp_path / "scores.json"
+    assert main(["--rule", str(rule_dir), "--steps", "10", "--tasks", "1", "--against", "tuned_adam", "--tune-lr",
+                 "--lr-grid", "1e-4,1e-2,3", "--set-default-lr", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rules"]
+    grid = {lr: rows[f"{rule_dir}@{lr:g}"]["score"] for lr in (1e-4, 1e-3, 1e-2)}
+    best = rows[str(rule_dir)]["best_lr"]
+    assert grid[best] == min(grid.values()) and rows[str(rule_dir)]["score"] == grid[best]
+    after = UpdateRule.from_pretrained(rule_dir)
+    assert after.config.default_lr == best
+    assert all(torch.equal(before[k], v) for k, v in after.state_dict().items())
+    assert GMNOptimizer(torch.nn.Linear(3, 2), rule=rule_dir).defaults["lr"] == best
+    with pytest.raises(SystemExit):
+        main(["--rule", str(rule_dir), "--set-default-lr"])

@@ -137,14 +137,18 @@ def mlp_head(hidden: int, out: int) -> nn.Sequential:
 
 class GraphHead(nn.Module):
     """Invariant graph readout: mean and max of node states, mean of parameter-edge states (and the
-    graph value embedding, if any) per graph -> MLP -> ``[B, out]``."""
+    graph value embedding, if any) per graph -> MLP -> ``[B, out]``.
 
-    def __init__(self, hidden: int, out: int) -> None:
+    ``dropout`` acts on the pooled vector and the MLP's hidden layer (a regulariser for graph-level
+    predictors trained on a few hundred graphs); it has no parameters, so checkpoints load either way."""
+
+    def __init__(self, hidden: int, out: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm_mean = nn.LayerNorm(hidden)
         self.norm_max = nn.LayerNorm(hidden)
         self.norm_edge = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
+        self.dropout = nn.Dropout(dropout)  # outside `mlp`, so its state-dict keys stay those of older checkpoints
 
     def forward(self, h: Tensor, e_param: Tensor, g: GraphInputs, graph_emb: Tensor | None) -> Tensor:
         b, d = g.num_graphs, h.shape[1]
@@ -160,7 +164,8 @@ class GraphHead(nn.Module):
             [self.norm_mean(node_mean), self.norm_max(node_max), self.norm_edge(edge_mean), graph_emb.to(node_mean.dtype)],
             dim=-1,
         )
-        return self.mlp(pooled)
+        first, act, last = self.mlp
+        return last(self.dropout(act(first(self.dropout(pooled)))))
 
 
 class GMN(nn.Module):
@@ -169,7 +174,8 @@ class GMN(nn.Module):
     ``GMN(hidden, layers, edge_in, node_in, graph_in, edge_out, node_out, graph_out)``; ``*_in``
     are value channels the caller passes in forward (0 = none), ``*_out`` head sizes (0 = no head).
     ``checkpoint=True`` recomputes each layer in backward (memory O(E * d) instead of O(L * E * d));
-    ``ff_mult`` sets the edge MLP's hidden width (f = ff_mult * hidden; per-edge cost ~3 f d).
+    ``ff_mult`` sets the edge MLP's hidden width (f = ff_mult * hidden; per-edge cost ~3 f d);
+    ``head_dropout``: dropout in the graph head (training mode only).
     """
 
     layer_cls: type[nn.Module] = EdgeAwareLayer
@@ -187,8 +193,11 @@ class GMN(nn.Module):
         *,
         checkpoint: bool = False,
         ff_mult: float = 1.0,
+        head_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"GMN: head_dropout must be in [0, 1), got {head_dropout}.")
         if hidden < 2 or layers < 0:
             raise ValueError(f"GMN: need hidden >= 2 and layers >= 0, got hidden={hidden}, layers={layers}.")
         if min(edge_in, node_in, graph_in, edge_out, node_out, graph_out) < 0:
@@ -203,7 +212,7 @@ class GMN(nn.Module):
         self.layers = nn.ModuleList(self.layer_cls(hidden, ff_mult) for _ in range(layers))
         self.edge_head = mlp_head(hidden, edge_out) if edge_out > 0 else None
         self.node_head = mlp_head(hidden, node_out) if node_out > 0 else None
-        self.graph_head = GraphHead(hidden, graph_out) if graph_out > 0 else None
+        self.graph_head = GraphHead(hidden, graph_out, head_dropout) if graph_out > 0 else None
 
     @torch.no_grad()
     def reset_output_(self, scale: float = 0.0) -> None:

@@ -48,8 +48,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
     ``rule="default"`` is the shipped meta-trained GMN rule; ``rule="adam"`` (the untrained rule,
-    alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay). State: Adam's two
-    moments plus the lr scale, 3x the parameters.
+    alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay). ``lr=None`` takes the
+    rule's ``config.default_lr`` (chosen on the meta-validation suite when the rule was shipped; 1e-3
+    for ``rule="adam"``). State: Adam's two moments plus the lr scale, 3x the parameters.
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
@@ -67,7 +68,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self,
         model: nn.Module,
         rule: str | Path | UpdateRule | None = "default",
-        lr: float = 1e-3,
+        lr: float | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -81,6 +82,9 @@ class GMNOptimizer(torch.optim.Optimizer):
                 f"GMNOptimizer: the first argument must be the nn.Module being trained (its graph is "
                 f"built from it), got {type(model).__name__}; pass parameter groups as params=."
             )
+        rule = resolve_rule(rule)
+        if lr is None:  # the rule's own default (its best lr on the meta-validation suite; 1e-3 for Adam)
+            lr = rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
             raise ValueError(f"GMNOptimizer: lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}.")
         if not all(0.0 <= b < 1.0 for b in betas):
@@ -104,7 +108,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._first_call = FirstCallGraph(model, self._set_graph)  # built from the first batch (of inner)
         else:
             self._set_graph(graph)
-        self.rule: UpdateRule = resolve_rule(rule)
+        self.rule: UpdateRule = rule
         self.rule.eval()
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)

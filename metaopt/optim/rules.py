@@ -98,6 +98,9 @@ class RuleConfig:
     bound: the lr scale stays within ``exp(+-bound)`` of Adam's per parameter.
     refresh_every: the rule runs on steps 1, k + 1, 2k + 1, ... (k = refresh_every); the scale it
         sets is reused in between. Meta-training uses the same k as deployment.
+    default_lr: the lr `GMNOptimizer(model)` uses when none is passed. A rule multiplies Adam's step by
+        its own scale, so its best lr is a property of the rule, not Adam's 1e-3; it is chosen on the
+        meta-validation suite (``python -m outer_train.compare --tune-lr``), never on held-out tasks.
     """
 
     kind: str = "gmn"
@@ -106,6 +109,7 @@ class RuleConfig:
     alpha: float = 0.0
     bound: float = 3.0
     refresh_every: int = 100
+    default_lr: float = 1e-3
     features: FeatureConfig = field(default_factory=FeatureConfig)
     net_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +118,8 @@ class RuleConfig:
             raise ValueError(f"RuleConfig: kind must be a registered rule kind {sorted(RULE_KINDS)}, got {self.kind!r}.")
         if not self.bound > 0 or self.refresh_every < 1:
             raise ValueError(f"RuleConfig: need bound > 0 and refresh_every >= 1, got {self.bound}, {self.refresh_every}.")
+        if not self.default_lr > 0:
+            raise ValueError(f"RuleConfig: default_lr must be > 0, got {self.default_lr}.")
         if isinstance(self.features, dict):
             self.features = FeatureConfig.from_dict(self.features)
 
@@ -125,6 +131,7 @@ class RuleConfig:
             "alpha": self.alpha,
             "bound": self.bound,
             "refresh_every": self.refresh_every,
+            "default_lr": self.default_lr,
             "features": self.features.to_dict(),
             "net_kwargs": dict(self.net_kwargs),
         }

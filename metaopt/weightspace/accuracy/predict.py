@@ -46,6 +46,9 @@ class PredictorConfig:
     # halved after every `patience // 3` evaluations without improvement (suits early stopping: the lr does
     # not depend on a step budget that is rarely reached); "onecycle" = OneCycle over `steps` (v0.1).
     schedule: str = "plateau"
+    # Dropout in the GMN's graph head (GMN only; 0 = none). With probe features the predictor's validation
+    # loss bottoms out after a few hundred steps (2026-12), i.e. it overfits the training models.
+    dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,11 +61,13 @@ def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0) -> nn.M
     """
     from ...nn import DMC, GMN, DeepSets, StatNN  # imported here: metaopt.nn is optional for zoo I/O
 
+    if cfg.dropout and method != "gmn":
+        raise ValueError(f"dropout is implemented for the GMN's graph head only, not for {method!r}")
     if node_in and method != "gmn":
         raise ValueError(f"node features (probe features) are read by the GMN only, not by {method!r}")
     if method == "gmn":
         return GMN(hidden=cfg.hidden, layers=cfg.layers, edge_in=1, node_in=node_in, graph_in=0,
-                   edge_out=0, node_out=0, graph_out=1)
+                   edge_out=0, node_out=0, graph_out=1, head_dropout=cfg.dropout)
     if method == "deepsets":
         return DeepSets(hidden=cfg.hidden, edge_in=1, graph_out=1)
     if method == "dmc":
