@@ -57,25 +57,33 @@ def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
     assert (out / "curves" / "siren_shapes_s0.png").stat().st_size > 1000
 
 
-def test_rule_lr_sensitivity_comes_from_its_grid(tmp_path: Path) -> None:
-    """On a grid through the default lr (4 points: 1e-4, 1e-3, 1e-2, 1e-1) the default-lr run is the
-    grid's own run, and the sensitivity is the final loss at the grid neighbours over the default's."""
+@pytest.mark.parametrize("rule_lr, low, high", [(1e-3, 1e-4, 1e-2), (1e-2, 1e-3, 1e-1)])
+def test_rule_runs_at_its_default_lr_and_its_sensitivity_comes_from_its_grid(tmp_path: Path, rule_lr, low, high) -> None:
+    """On a 4-point grid (1e-4, 1e-3, 1e-2, 1e-1) a rule's default-lr run (its ``default_lr``: what
+    GMNOptimizer(model) gives) is the grid's own run at that lr, and its sensitivity is the final loss at
+    the grid neighbours over the default's; Adam's stays around 1e-3."""
     threads = torch.get_num_threads()
     torch.manual_seed(0)
     d = tmp_path / "rule"
-    UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.01, refresh_every=5)).save_pretrained(d)
+    UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.01, refresh_every=5, default_lr=rule_lr)).save_pretrained(d)
     out = tmp_path / "eval"
     evaluate.main(["--rule", str(d), "--tasks", "mlp_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "4",
                    "--threads", "1", "--out", str(out)])
     torch.set_num_threads(threads)
     (entry,) = json.loads((out / "results.json").read_text())["entries"]
     grid = entry["results"]["rule_gmn@best"]["grid"]
-    sens = entry["sensitivity"]["rule_gmn"]
-    assert (sens["lr_low"], sens["lr_high"]) == pytest.approx((1e-4, 1e-2))
-    assert sens["low_over_default"] == pytest.approx(grid["0.0001"] / grid["0.001"])
-    assert sens["high_over_default"] == pytest.approx(grid["0.01"] / grid["0.001"])
-    assert entry["results"]["rule_gmn"]["final_loss"] == pytest.approx(grid["0.001"])
-    assert "adam" in entry["sensitivity"] and "lr sensitivity" in (out / "results.md").read_text()
+    key = {lr: f"{lr:.3g}" for lr in (low, rule_lr, high)}
+    assert entry["results"]["rule_gmn"]["lr"] == rule_lr
+    assert entry["results"]["rule_gmn"]["final_loss"] == pytest.approx(grid[key[rule_lr]])
+    sens = entry["sensitivity"]
+    assert (sens["rule_gmn"]["lr_low"], sens["rule_gmn"]["lr_high"]) == pytest.approx((low, high))
+    assert sens["rule_gmn"]["low_over_default"] == pytest.approx(grid[key[low]] / grid[key[rule_lr]])
+    assert sens["rule_gmn"]["high_over_default"] == pytest.approx(grid[key[high]] / grid[key[rule_lr]])
+    assert (sens["adam"]["lr_low"], sens["adam"]["lr_high"]) == pytest.approx((1e-4, 1e-2))
+    assert "lr sensitivity" in (out / "results.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["default_lr"] == {"adam": 1e-3, "rule_gmn": rule_lr}
+
 
 
 def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
@@ -134,26 +142,3 @@ def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path
     # the table says which optimizers' timings come from the earlier run
     assert "(--reuse) were timed in that run" in (tmp_path / "c" / "results.md").read_text()
     assert "--reuse" not in (tmp_path / "a" / "results.md").read_text()
-
-
-def test_a_rule_runs_at_its_own_default_lr(tmp_path: Path) -> None:
-    """A rule with ``default_lr`` 1e-2 is evaluated there (what GMNOptimizer(model) gives) and its lr
-    sensitivity is measured around 1e-2 (1e-3 and 1e-1 on a 4-point grid); Adam's stays around 1e-3."""
-    threads = torch.get_num_threads()
-    torch.manual_seed(0)
-    d = tmp_path / "rule"
-    UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.01, refresh_every=5, default_lr=1e-2)).save_pretrained(d)
-    out = tmp_path / "eval"
-    evaluate.main(["--rule", str(d), "--tasks", "mlp_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "4",
-                   "--threads", "1", "--out", str(out)])
-    torch.set_num_threads(threads)
-    (entry,) = json.loads((out / "results.json").read_text())["entries"]
-    grid = entry["results"]["rule_gmn@best"]["grid"]
-    assert entry["results"]["rule_gmn"]["lr"] == 1e-2
-    assert entry["results"]["rule_gmn"]["final_loss"] == pytest.approx(grid["0.01"])
-    sens = entry["sensitivity"]
-    assert (sens["rule_gmn"]["lr_low"], sens["rule_gmn"]["lr_high"]) == pytest.approx((1e-3, 1e-1))
-    assert sens["rule_gmn"]["high_over_default"] == pytest.approx(grid["0.1"] / grid["0.01"])
-    assert (sens["adam"]["lr_low"], sens["adam"]["lr_high"]) == pytest.approx((1e-4, 1e-2))
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["default_lr"] == {"adam": 1e-3, "rule_gmn": 1e-2}
