@@ -264,3 +264,27 @@ def test_head_dropout_acts_in_training_only_and_keeps_checkpoint_keys():
     assert not torch.allclose(a, drop(g, ev, nv, gv).graph)  # stochastic in training mode
     with pytest.raises(ValueError, match="head_dropout"):
         GMN(**KW, head_dropout=1.0)
+
+
+def test_output_node_readout_is_ordered_and_hidden_permutation_invariant():
+    """head_output_nodes: the graph head reads the output neurons' states by position; renumbering
+    interchangeable nodes leaves the graph output unchanged."""
+    from metaopt.graph.schema import NODE_POSITION, NODE_TYPE, NodeType
+    from metaopt.nn.gmn import ordered_output_states
+
+    g = to_graph(make_mlp([4, 7, 6, 3], seed=0))
+    ev, nv, gv = _values(g)
+    net = GMN(**KW, head_output_nodes=3).eval()
+    new, perm = relabel_hidden_nodes(g, seed=5)
+    nv_new = torch.empty_like(nv)
+    nv_new[perm] = nv
+    torch.testing.assert_close(net(g, ev, nv, gv).graph, net(new, ev, nv_new, gv).graph, atol=1e-5, rtol=1e-4)
+    h = torch.randn(g.num_nodes, 5)
+    states = ordered_output_states(h, prepare_graph(g), 4)  # one slot more than the 3 outputs: zeros
+    outs = (g.x[:, NODE_TYPE] == int(NodeType.OUTPUT)).nonzero().flatten()
+    outs = outs[g.x[outs, NODE_POSITION].argsort()]
+    assert states.shape == (1, 4, 5) and len(outs) == 3
+    torch.testing.assert_close(states[0, :3], h[outs])
+    assert states[0, 3].abs().max() == 0
+    with pytest.raises(ValueError, match="head_output_nodes"):
+        GMN(**KW, head_output_nodes=-1)

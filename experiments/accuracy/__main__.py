@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(m in PROBE_METHODS for m in methods) and args.probes <= 0:
         raise SystemExit(f"--method {','.join(PROBE_METHODS)} needs --probes P (P > 0)")
     cfg = PredictorConfig(**{k: getattr(args, k) for k in vars(PredictorConfig())})
-    if cfg.dropout and any(m not in ("gmn",) + PROBE_METHODS + REFERENCE_METHODS for m in methods):
-        raise SystemExit("--dropout acts on the GMN's graph head only; run the baselines without it")
+    if (cfg.dropout or cfg.output_nodes) and any(m not in ("gmn",) + PROBE_METHODS + REFERENCE_METHODS for m in methods):
+        raise SystemExit("--dropout / --output-nodes act on the GMN's graph head only; run the baselines without them")
     zoos: dict[str, str] = {}
     for spec in args.zoo:
         name, _, path = spec.rpartition("=")

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch_geometric.data import Batch, Data
 
-from metaopt.graph.schema import EDGE_FEATURES, NODE_LAYER
+from metaopt.graph.schema import EDGE_FEATURES, NODE_LAYER, NODE_POSITION, NODE_TYPE, NodeType
 
 from .encoders import EdgeEncoder, NodeEncoder, ValueEncoder
 from .message_passing import EdgeAwareLayer, scatter_mean
@@ -135,19 +135,35 @@ def mlp_head(hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
+def ordered_output_states(h: Tensor, g: GraphInputs, k: int) -> Tensor:
+    """``[B, k, d]``: each graph's OUTPUT-node states in output order (position 0..k-1; zeros where a
+    graph has fewer outputs). Output neurons are ordered, not interchangeable, so reading them by
+    position keeps the GMN invariant to hidden-unit permutations."""
+    ntype, pos = g.x[:, NODE_TYPE], g.x[:, NODE_POSITION]
+    m = (ntype == int(NodeType.OUTPUT)) & (pos >= 0) & (pos < k)
+    out = h.new_zeros(g.num_graphs, k, h.shape[1])
+    out[g.batch[m], pos[m]] = h[m]
+    return out
+
+
 class GraphHead(nn.Module):
     """Invariant graph readout: mean and max of node states, mean of parameter-edge states (and the
     graph value embedding, if any) per graph -> MLP -> ``[B, out]``.
 
-    ``dropout`` acts on the pooled vector and the MLP's hidden layer (a regulariser for graph-level
-    predictors trained on a few hundred graphs); it has no parameters, so checkpoints load either way."""
+    ``output_nodes`` = k > 0 also reads the states of the first k OUTPUT nodes in output order (e.g.
+    the 10 class logits' neurons): a mean over all nodes dilutes what the output neurons carry (with
+    probe features: the network's logits on the probe inputs), which a graph-level prediction such as
+    accuracy depends on most. ``dropout`` acts on the pooled vector and the MLP's hidden layer (a
+    regulariser for graph-level predictors trained on a few hundred graphs); it has no parameters."""
 
-    def __init__(self, hidden: int, out: int, dropout: float = 0.0) -> None:
+    def __init__(self, hidden: int, out: int, dropout: float = 0.0, output_nodes: int = 0) -> None:
         super().__init__()
         self.norm_mean = nn.LayerNorm(hidden)
         self.norm_max = nn.LayerNorm(hidden)
         self.norm_edge = nn.LayerNorm(hidden)
-        self.mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
+        self.output_nodes = output_nodes
+        self.norm_out = nn.LayerNorm(hidden) if output_nodes > 0 else None
+        self.mlp = nn.Sequential(nn.Linear((4 + output_nodes) * hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
         self.dropout = nn.Dropout(dropout)  # outside `mlp`, so its state-dict keys stay those of older checkpoints
 
     def forward(self, h: Tensor, e_param: Tensor, g: GraphInputs, graph_emb: Tensor | None) -> Tensor:
@@ -160,10 +176,10 @@ class GraphHead(nn.Module):
         edge_mean = scatter_mean(e_param, g.edge_batch, g.inv_edges_per_graph, b)
         if graph_emb is None:
             graph_emb = torch.zeros(b, d, dtype=node_mean.dtype, device=h.device)
-        pooled = torch.cat(
-            [self.norm_mean(node_mean), self.norm_max(node_max), self.norm_edge(edge_mean), graph_emb.to(node_mean.dtype)],
-            dim=-1,
-        )
+        parts = [self.norm_mean(node_mean), self.norm_max(node_max), self.norm_edge(edge_mean), graph_emb.to(node_mean.dtype)]
+        if self.norm_out is not None:
+            parts.append(self.norm_out(ordered_output_states(h, g, self.output_nodes)).reshape(b, -1).to(node_mean.dtype))
+        pooled = torch.cat(parts, dim=-1)
         first, act, last = self.mlp
         return last(self.dropout(act(first(self.dropout(pooled)))))
 
@@ -175,7 +191,8 @@ class GMN(nn.Module):
     are value channels the caller passes in forward (0 = none), ``*_out`` head sizes (0 = no head).
     ``checkpoint=True`` recomputes each layer in backward (memory O(E * d) instead of O(L * E * d));
     ``ff_mult`` sets the edge MLP's hidden width (f = ff_mult * hidden; per-edge cost ~3 f d);
-    ``head_dropout``: dropout in the graph head (training mode only).
+    ``head_dropout``: dropout in the graph head (training mode only); ``head_output_nodes`` = k: the
+    graph head also reads the first k OUTPUT nodes' states in output order (`GraphHead`).
     """
 
     layer_cls: type[nn.Module] = EdgeAwareLayer
@@ -194,14 +211,15 @@ class GMN(nn.Module):
         checkpoint: bool = False,
         ff_mult: float = 1.0,
         head_dropout: float = 0.0,
+        head_output_nodes: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 <= head_dropout < 1.0:
             raise ValueError(f"GMN: head_dropout must be in [0, 1), got {head_dropout}.")
         if hidden < 2 or layers < 0:
             raise ValueError(f"GMN: need hidden >= 2 and layers >= 0, got hidden={hidden}, layers={layers}.")
-        if min(edge_in, node_in, graph_in, edge_out, node_out, graph_out) < 0:
-            raise ValueError("GMN: *_in and *_out sizes must be >= 0.")
+        if min(edge_in, node_in, graph_in, edge_out, node_out, graph_out, head_output_nodes) < 0:
+            raise ValueError("GMN: *_in and *_out sizes and head_output_nodes must be >= 0.")
         self.hidden, self.num_layers = hidden, layers
         self.edge_in, self.node_in, self.graph_in = edge_in, node_in, graph_in
         self.edge_out, self.node_out, self.graph_out = edge_out, node_out, graph_out
@@ -212,7 +230,7 @@ class GMN(nn.Module):
         self.layers = nn.ModuleList(self.layer_cls(hidden, ff_mult) for _ in range(layers))
         self.edge_head = mlp_head(hidden, edge_out) if edge_out > 0 else None
         self.node_head = mlp_head(hidden, node_out) if node_out > 0 else None
-        self.graph_head = GraphHead(hidden, graph_out, head_dropout) if graph_out > 0 else None
+        self.graph_head = GraphHead(hidden, graph_out, head_dropout, head_output_nodes) if graph_out > 0 else None
 
     @torch.no_grad()
     def reset_output_(self, scale: float = 0.0) -> None:

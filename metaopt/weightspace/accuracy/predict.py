@@ -49,6 +49,10 @@ class PredictorConfig:
     # Dropout in the GMN's graph head (GMN only; 0 = none). With probe features the predictor's validation
     # loss bottoms out after a few hundred steps (2026-12), i.e. it overfits the training models.
     dropout: float = 0.0
+    # The GMN's graph head also reads the states of the first `output_nodes` output neurons in class order
+    # (GMN only; 0 = off). With probe features they carry the network's logits on the probe digits, whose
+    # agreement with the probes' labels alone explains most of the accuracy (docs/accuracy.md).
+    output_nodes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,13 +65,14 @@ def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0) -> nn.M
     """
     from ...nn import DMC, GMN, DeepSets, StatNN  # imported here: metaopt.nn is optional for zoo I/O
 
-    if cfg.dropout and method != "gmn":
-        raise ValueError(f"dropout is implemented for the GMN's graph head only, not for {method!r}")
+    if (cfg.dropout or cfg.output_nodes) and method != "gmn":
+        raise ValueError(f"dropout / output_nodes act on the GMN's graph head only, not on {method!r}")
     if node_in and method != "gmn":
         raise ValueError(f"node features (probe features) are read by the GMN only, not by {method!r}")
     if method == "gmn":
         return GMN(hidden=cfg.hidden, layers=cfg.layers, edge_in=1, node_in=node_in, graph_in=0,
-                   edge_out=0, node_out=0, graph_out=1, head_dropout=cfg.dropout)
+                   edge_out=0, node_out=0, graph_out=1, head_dropout=cfg.dropout,
+                   head_output_nodes=cfg.output_nodes)
     if method == "deepsets":
         return DeepSets(hidden=cfg.hidden, edge_in=1, graph_out=1)
     if method == "dmc":
