@@ -117,6 +117,29 @@ def test_probe_features_are_the_rebuilt_models_layer_outputs(tiny_zoo, monkeypat
     assert all(torch.equal(a, b) for a, b in zip(feats, again))
 
 
+def test_probe_accuracy_is_the_rebuilt_models_accuracy_on_the_probe_digits(tiny_zoo, tmp_path):
+    """probe_accuracy reads the argmax of the output nodes' probe values in class order, i.e. exactly the
+    rebuilt model's accuracy on the probe digits; the probe_acc reference runs as a row of the grid."""
+    from inner_tasks.zoo import probes as probes_mod
+    from inner_tasks.zoo import zoo_data
+
+    zoo = load_zoo(tiny_zoo)
+    feats = probes_mod.zoo_probe_features(tiny_zoo, 4, zoo=zoo)
+    acc = probes_mod.probe_accuracy(zoo, feats, 4)
+    idx = probes_mod.probe_indices(4)
+    for i, rec in enumerate(zoo.records):
+        model = probes_mod.rebuild_model(zoo, i, _shard(tiny_zoo, rec))
+        x, y = zoo_data(rec["layout"])[0][idx], zoo_data(rec["layout"])[1][idx]
+        with torch.no_grad():
+            assert acc[i] == (model(x).argmax(1) == y).double().mean()
+    results = tmp_path / "accuracy.json"
+    assert _cli(tiny_zoo, tmp_path / "a", results, "--method", "probe_acc", "--probes", "4") == 0
+    row = json.loads(results.read_text())["diverse-archs"]["50%"]["probe_acc"]
+    assert np.isfinite(row["r2_mean"]) and "probe-digit accuracy line" in (tmp_path / "a" / "accuracy.md").read_text()
+    with pytest.raises(SystemExit, match="--probes"):
+        _cli(tiny_zoo, tmp_path / "c", results, "--method", "probe_acc")
+
+
 def _shard(root, rec):
     from safetensors.torch import load_file
 

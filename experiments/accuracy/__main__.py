@@ -11,7 +11,7 @@ import torch
 from metaopt.weightspace.accuracy import METHODS, SCHEDULES, SPLITS, PredictorConfig
 
 from ..results import command_line
-from .run import PROBE_METHODS, REFERENCE_METHODS, open_zoo, run_grid, write_results
+from .run import NEEDS_PROBES, PROBE_METHODS, REFERENCE_METHODS, open_zoo, run_grid, write_results
 
 
 def _choices(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="all", help="50 | 5 | ood | all (or comma-separated)")
     ap.add_argument("--method", default="all", help="gmn | gmn_probes | deepsets | dmc | statnn | hparams_gb | all (or "
                     "comma-separated); hparams_gb = gradient boosting on the stored hyperparameters (reference, no "
-                    "weights); gmn_probes = the GMN with probe features (--probes P); 'all' includes it when P > 0")
+                    "weights); probe_acc = a line from the models' accuracy on the probe digits (--probes P); gmn_probes = the "
+                    "GMN with probe features (--probes P); 'all' includes the probe methods when P > 0")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="out/accuracy")
     ap.add_argument("--workers", type=int, default=1, help="runs in parallel processes (1 torch thread each)")
@@ -47,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, **kw)
     args = ap.parse_args(argv)
     splits = _choices(args.split, SPLITS, "split")
-    allowed = METHODS[:1] + (PROBE_METHODS if args.probes > 0 or args.method != "all" else ()) + METHODS[1:] + REFERENCE_METHODS
+    with_probes = args.probes > 0 or args.method != "all"  # 'all' includes the probe methods when P > 0
+    allowed = (METHODS[:1] + (PROBE_METHODS if with_probes else ()) + METHODS[1:]
+               + tuple(m for m in REFERENCE_METHODS if with_probes or m not in NEEDS_PROBES))
     methods = _choices(args.method, allowed, "method")
-    if any(m in PROBE_METHODS for m in methods) and args.probes <= 0:
-        raise SystemExit(f"--method {','.join(PROBE_METHODS)} needs --probes P (P > 0)")
+    if any(m in NEEDS_PROBES for m in methods) and args.probes <= 0:
+        raise SystemExit(f"--method {','.join(m for m in methods if m in NEEDS_PROBES)} needs --probes P (P > 0)")
     cfg = PredictorConfig(**{k: getattr(args, k) for k in vars(PredictorConfig())})
     if (cfg.dropout or cfg.output_nodes) and any(m not in ("gmn",) + PROBE_METHODS + REFERENCE_METHODS for m in methods):
         raise SystemExit("--dropout / --output-nodes act on the GMN's graph head only; run the baselines without them")

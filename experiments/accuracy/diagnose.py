@@ -76,19 +76,31 @@ def _fit_predict(kind: str, x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np
 
 
 def reference_fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method: str = "hparams_gb",
-                            target: str = "test_acc") -> dict[str, Any]:
+                            target: str = "test_acc", probe_acc: np.ndarray | None = None) -> dict[str, Any]:
     """A reference regressor as one run of the accuracy grid (same result keys as `fit_and_score`).
 
     ``hparams_gb``: gradient boosting on `hparam_features` (the diagnosis' ``hparams+arch GB``), fitted
     on all training models (no validation hold-out: boosting has no checkpoint to select).
+    ``probe_acc``: a least-squares line from each model's accuracy on the probe digits (``probe_acc``,
+    `inner_tasks.zoo.probes.probe_accuracy`) to its test accuracy, fitted on the training models.
     """
     from metaopt.weightspace.accuracy import scores
 
-    if method != "hparams_gb":
-        raise ValueError(f"unknown reference method {method!r}; choose hparams_gb")
+    if method not in ("hparams_gb", "probe_acc"):
+        raise ValueError(f"unknown reference method {method!r}; choose hparams_gb or probe_acc")
     y = zoo.targets(target).numpy().astype(float)
-    x = hparam_features(zoo)
-    pred = _fit_predict("gb", x, y, np.asarray(train_idx), np.asarray(test_idx))
+    tr, te = np.asarray(train_idx), np.asarray(test_idx)
+    if method == "probe_acc":
+        if probe_acc is None:
+            raise ValueError("probe_acc needs the models' probe accuracies (--probes P)")
+        x = np.asarray(probe_acc, dtype=float)[:, None]
+        xt, yt = x[tr, 0], y[tr]
+        var = float(np.var(xt))  # every training model equally right on the probes: predict the mean
+        slope = float(np.mean((xt - xt.mean()) * (yt - yt.mean())) / var) if var > 0 else 0.0
+        pred = yt.mean() + slope * (x[te, 0] - xt.mean())
+    else:
+        x = hparam_features(zoo)
+        pred = _fit_predict("gb", x, y, tr, te)
     out = scores(y[test_idx], pred)
     out.update({"pred": pred.tolist(), "true": y[test_idx].tolist(), "n_train": int(len(train_idx)),
                 "n_fit": int(len(train_idx)), "n_val": 0, "n_test": int(len(test_idx)), "features": int(x.shape[1])})

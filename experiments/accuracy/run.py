@@ -20,10 +20,12 @@ from metaopt.weightspace.zoo_io import Zoo, load_zoo
 from .report import SPLIT_LABELS, markdown_table, scatter_plot, summarize
 
 # Reference regressors that need no metanetwork, run as rows of the same table (experiments/accuracy/diagnose.py):
-# hparams_gb = gradient boosting on the stored training hyperparameters and architecture knobs.
-REFERENCE_METHODS: tuple[str, ...] = ("hparams_gb",)
+# hparams_gb = gradient boosting on the stored training hyperparameters and architecture knobs;
+# probe_acc = a line from each model's accuracy on the probe digits (needs --probes) to its test accuracy.
+REFERENCE_METHODS: tuple[str, ...] = ("hparams_gb", "probe_acc")
 # The GMN reading probe features as node values (`inner_tasks.zoo.probes`) besides the weights: its own row.
 PROBE_METHODS: tuple[str, ...] = ("gmn_probes",)
+NEEDS_PROBES: tuple[str, ...] = PROBE_METHODS + ("probe_acc",)
 
 
 @lru_cache(maxsize=4)
@@ -56,7 +58,15 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     if job["method"] in REFERENCE_METHODS:
         from .diagnose import reference_fit_and_score
 
-        res = reference_fit_and_score(zoo, train, test, job["method"])
+        acc = None
+        if job["method"] == "probe_acc":
+            from inner_tasks.zoo.probes import probe_accuracy
+
+            if job.get("probes", 0) <= 0:
+                raise ValueError("probe_acc needs probes > 0 (--probes P)")
+            feats = probe_features(job["path"], job["probes"], job.get("probe_seed", 0))
+            acc = probe_accuracy(zoo, feats, job["probes"], job.get("probe_seed", 0)).numpy()
+        res = reference_fit_and_score(zoo, train, test, job["method"], probe_acc=acc) | {"probes": job.get("probes", 0)}
     else:
         probes = job.get("probes", 0) if job["method"] in PROBE_METHODS else 0
         if job["method"] in PROBE_METHODS and probes <= 0:
@@ -89,11 +99,11 @@ def run_grid(zoos: dict[str, str], splits: list[str], methods: list[str], seeds:
     """
     jobs = [{"zoo": name, "path": path, "split": s, "method": m, "seed": seed,
              "cfg": {} if m in REFERENCE_METHODS else cfg.to_dict(),
-             "probes": probes if m in PROBE_METHODS else 0, "probe_seed": probe_seed if m in PROBE_METHODS else 0}
+             "probes": probes if m in NEEDS_PROBES else 0, "probe_seed": probe_seed if m in NEEDS_PROBES else 0}
             for name, path in zoos.items() for s in splits for m in methods for seed in range(seeds)]
-    if any(m in PROBE_METHODS for m in methods):
+    if any(m in NEEDS_PROBES for m in methods):
         if probes <= 0:
-            raise ValueError(f"{[m for m in methods if m in PROBE_METHODS]} need probes > 0 (--probes P)")
+            raise ValueError(f"{[m for m in methods if m in NEEDS_PROBES]} need probes > 0 (--probes P)")
         for path in zoos.values():
             probe_features(path, probes, probe_seed)
     runs: list[dict[str, Any]] = []

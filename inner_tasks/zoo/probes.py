@@ -145,3 +145,22 @@ def zoo_probe_features(root: str | Path, n: int, seed: int = 0, zoo: Zoo | None 
         atomic_save_tensors(cache, have, metadata={"n": str(n), "seed": str(seed),
                                                    "probe_train_indices": json.dumps(idx.tolist())})
     return [have[str(r["id"])] for r in zoo.records]
+
+
+def probe_accuracy(zoo: Zoo, features: list[Tensor], n: int, seed: int = 0) -> Tensor:
+    """float64 [N]: each model's accuracy on its ``n`` probe digits, read from its probe features: the
+    OUTPUT nodes in class order hold asinh(logits) (asinh keeps the argmax). What the probes say
+    about accuracy with no learning at all: the reference a predictor that reads them should beat."""
+    from metaopt.graph.schema import NODE_POSITION, NODE_TYPE, NodeType
+
+    _, ytr, _, _ = zoo_data("image")
+    labels = ytr[probe_indices(n, seed)]
+    out = torch.zeros(len(zoo), dtype=torch.float64)
+    for i in range(len(zoo)):
+        x = zoo.graph_of(i).x
+        nodes = (x[:, NODE_TYPE] == int(NodeType.OUTPUT)).nonzero().flatten()
+        nodes = nodes[x[nodes, NODE_POSITION].argsort()]
+        if len(nodes) == 0 or features[i].shape[1] < n + 1:
+            raise ValueError(f"probe_accuracy: model {i} has no output nodes or fewer than {n} probe channels")
+        out[i] = (features[i][nodes, :n].argmax(0) == labels).double().mean()
+    return out
