@@ -132,7 +132,19 @@ def test_probe_accuracy_is_the_rebuilt_models_accuracy_on_the_probe_digits(tiny_
         x, y = zoo_data(rec["layout"])[0][idx], zoo_data(rec["layout"])[1][idx]
         with torch.no_grad():
             assert acc[i] == (model(x).argmax(1) == y).double().mean()
+    soft = probes_mod.with_output_softmax(zoo, feats, 4)
+    for i in range(len(zoo)):
+        outs = (zoo.graph_of(i).x[:, NODE_TYPE] == NodeType.OUTPUT).nonzero().flatten()
+        others = torch.ones(len(soft[i]), dtype=torch.bool)
+        others[outs] = False
+        assert soft[i].shape[1] == 9 and torch.equal(soft[i][:, :5], feats[i])
+        torch.testing.assert_close(soft[i][outs, 5:].sum(0), torch.ones(4))  # class probabilities per probe
+        assert torch.equal(soft[i][outs, 5:].argmax(0), feats[i][outs, :4].argmax(0)) and soft[i][others, 5:].eq(0).all()
     results = tmp_path / "accuracy.json"
+    assert _cli(tiny_zoo, tmp_path / "s", results, "--method", "gmn_probes", "--probes", "4", "--probe-softmax",
+                "--output-nodes", "10") == 0
+    runs = json.loads((tmp_path / "s" / "accuracy.json").read_text())["runs"]
+    assert {r["node_in"] for r in runs} == {9}  # 4 probe values + flag + 4 class probabilities
     assert _cli(tiny_zoo, tmp_path / "a", results, "--method", "probe_acc", "--probes", "4") == 0
     row = json.loads(results.read_text())["diverse-archs"]["50%"]["probe_acc"]
     assert np.isfinite(row["r2_mean"]) and "probe-digit accuracy line" in (tmp_path / "a" / "accuracy.md").read_text()

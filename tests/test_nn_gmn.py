@@ -286,5 +286,10 @@ def test_output_node_readout_is_ordered_and_hidden_permutation_invariant():
     assert states.shape == (1, 4, 5) and len(outs) == 3
     torch.testing.assert_close(states[0, :3], h[outs])
     assert states[0, 3].abs().max() == 0
+    # the head also reads the output nodes' raw values: changing one output node's value changes the prediction
+    nv2 = nv.clone()
+    nv2[outs[0]] += 1.0
+    assert not torch.allclose(net(g, ev, nv, gv).graph, net(g, ev, nv2, gv).graph)
+    assert net.graph_head.mlp[0].in_features == (4 + 3) * KW["hidden"] + 3 * KW["node_in"]
     with pytest.raises(ValueError, match="head_output_nodes"):
         GMN(**KW, head_output_nodes=-1)

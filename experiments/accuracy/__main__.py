@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", type=int, default=0, help="gmn_probes: every neuron's response to this many fixed "
                     "training digits as node features (generated zoos only; cached in <zoo>/probe_features)")
     ap.add_argument("--probe-seed", type=int, default=0, help="which fixed probe digits (with --probes)")
+    ap.add_argument("--probe-softmax", action="store_true", help="gmn_probes: the output nodes also get each probe's "
+                    "class probabilities (softmax over the outputs of its logits)")
     ap.add_argument("--no-resume", action="store_true", help="rerun every run instead of loading finished ones "
                     "from <out>/runs (runs are stored there as they finish, keyed by all their settings)")
     for name, default in vars(PredictorConfig()).items():
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     out = Path(args.out)
     runs = run_grid(zoos, splits, methods, args.seeds, cfg, args.workers, probes=args.probes,
-                    probe_seed=args.probe_seed, resume_dir=None if args.no_resume else out / "runs")
+                    probe_seed=args.probe_seed, resume_dir=None if args.no_resume else out / "runs",
+                    probe_softmax=args.probe_softmax)
     command = command_line("python -m experiments.accuracy", argv)
     table = write_results(out, runs, zoos, splits, methods, cfg, command,
                           results_json=Path(args.results_json) if args.results_json else None)

@@ -164,3 +164,23 @@ def probe_accuracy(zoo: Zoo, features: list[Tensor], n: int, seed: int = 0) -> T
             raise ValueError(f"probe_accuracy: model {i} has no output nodes or fewer than {n} probe channels")
         out[i] = (features[i][nodes, :n].argmax(0) == labels).double().mean()
     return out
+
+
+def with_output_softmax(zoo: Zoo, features: list[Tensor], n: int) -> list[Tensor]:
+    """The probe features with ``n`` more channels: on the OUTPUT nodes, the softmax over the outputs of
+    each probe's logits (the network's class probabilities for that probe digit; zeros elsewhere).
+
+    A label-free transform of what the output nodes already hold (asinh(logits)): the probability a
+    model gives probe j's true class is one fixed entry of it, so a predictor can form the soft
+    accuracy on the probes as a linear function of the output nodes' values."""
+    from metaopt.graph.schema import NODE_TYPE, NodeType
+
+    out = []
+    for i, f in enumerate(features):
+        x = zoo.graph_of(i).x
+        nodes = (x[:, NODE_TYPE] == int(NodeType.OUTPUT)).nonzero().flatten()
+        extra = torch.zeros(f.shape[0], n, dtype=f.dtype)
+        if len(nodes):
+            extra[nodes] = torch.softmax(torch.sinh(f[nodes, :n].double()), dim=0).to(f.dtype)
+        out.append(torch.cat([f, extra], dim=1))
+    return out

@@ -151,22 +151,26 @@ class GraphHead(nn.Module):
     graph value embedding, if any) per graph -> MLP -> ``[B, out]``.
 
     ``output_nodes`` = k > 0 also reads the states of the first k OUTPUT nodes in output order (e.g.
-    the 10 class logits' neurons): a mean over all nodes dilutes what the output neurons carry (with
-    probe features: the network's logits on the probe inputs), which a graph-level prediction such as
-    accuracy depends on most. ``dropout`` acts on the pooled vector and the MLP's hidden layer (a
+    the 10 class logits' neurons) and, with ``output_values`` = C > 0, the C value channels the caller
+    gave those nodes, unprocessed: a mean over all nodes dilutes what the output neurons carry (with
+    probe features: the network's outputs on the probe inputs), which a graph-level prediction such as
+    accuracy depends on most, and the raw values let the head form linear functions of them. ``dropout`` acts on the pooled vector and the MLP's hidden layer (a
     regulariser for graph-level predictors trained on a few hundred graphs); it has no parameters."""
 
-    def __init__(self, hidden: int, out: int, dropout: float = 0.0, output_nodes: int = 0) -> None:
+    def __init__(self, hidden: int, out: int, dropout: float = 0.0, output_nodes: int = 0, output_values: int = 0) -> None:
         super().__init__()
         self.norm_mean = nn.LayerNorm(hidden)
         self.norm_max = nn.LayerNorm(hidden)
         self.norm_edge = nn.LayerNorm(hidden)
         self.output_nodes = output_nodes
         self.norm_out = nn.LayerNorm(hidden) if output_nodes > 0 else None
-        self.mlp = nn.Sequential(nn.Linear((4 + output_nodes) * hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
+        self.output_values = output_values if output_nodes > 0 else 0
+        width = (4 + output_nodes) * hidden + output_nodes * self.output_values
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out))
         self.dropout = nn.Dropout(dropout)  # outside `mlp`, so its state-dict keys stay those of older checkpoints
 
-    def forward(self, h: Tensor, e_param: Tensor, g: GraphInputs, graph_emb: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, e_param: Tensor, g: GraphInputs, graph_emb: Tensor | None,
+                node_values: Tensor | None = None) -> Tensor:
         b, d = g.num_graphs, h.shape[1]
         node_mean = scatter_mean(h, g.batch, g.inv_nodes_per_graph, b)
         node_max = torch.full((b, d), float("-inf"), dtype=h.dtype, device=h.device).scatter_reduce(
@@ -179,6 +183,11 @@ class GraphHead(nn.Module):
         parts = [self.norm_mean(node_mean), self.norm_max(node_max), self.norm_edge(edge_mean), graph_emb.to(node_mean.dtype)]
         if self.norm_out is not None:
             parts.append(self.norm_out(ordered_output_states(h, g, self.output_nodes)).reshape(b, -1).to(node_mean.dtype))
+        if self.output_values:
+            if node_values is None:
+                raise ValueError("GraphHead: built to read the output nodes' values, but no node values were passed.")
+            raw = ordered_output_states(node_values, g, self.output_nodes)
+            parts.append(raw.reshape(b, -1).to(node_mean.dtype))
         pooled = torch.cat(parts, dim=-1)
         first, act, last = self.mlp
         return last(self.dropout(act(first(self.dropout(pooled)))))
@@ -192,7 +201,8 @@ class GMN(nn.Module):
     ``checkpoint=True`` recomputes each layer in backward (memory O(E * d) instead of O(L * E * d));
     ``ff_mult`` sets the edge MLP's hidden width (f = ff_mult * hidden; per-edge cost ~3 f d);
     ``head_dropout``: dropout in the graph head (training mode only); ``head_output_nodes`` = k: the
-    graph head also reads the first k OUTPUT nodes' states in output order (`GraphHead`).
+    graph head also reads the first k OUTPUT nodes' states in output order, and their ``node_in`` value
+    channels as given (`GraphHead`).
     """
 
     layer_cls: type[nn.Module] = EdgeAwareLayer
@@ -230,7 +240,7 @@ class GMN(nn.Module):
         self.layers = nn.ModuleList(self.layer_cls(hidden, ff_mult) for _ in range(layers))
         self.edge_head = mlp_head(hidden, edge_out) if edge_out > 0 else None
         self.node_head = mlp_head(hidden, node_out) if node_out > 0 else None
-        self.graph_head = GraphHead(hidden, graph_out, head_dropout, head_output_nodes) if graph_out > 0 else None
+        self.graph_head = GraphHead(hidden, graph_out, head_dropout, head_output_nodes, node_in) if graph_out > 0 else None
 
     @torch.no_grad()
     def reset_output_(self, scale: float = 0.0) -> None:
@@ -281,5 +291,5 @@ class GMN(nn.Module):
         return GMNOutput(
             edge=self.edge_head(e_param) if self.edge_head is not None else None,
             node=self.node_head(h) if self.node_head is not None else None,
-            graph=self.graph_head(h, e_param, g, graph_emb) if self.graph_head is not None else None,
+            graph=self.graph_head(h, e_param, g, graph_emb, node_values) if self.graph_head is not None else None,
         )
