@@ -142,9 +142,10 @@ def test_probe_accuracy_is_the_rebuilt_models_accuracy_on_the_probe_digits(tiny_
         assert torch.equal(soft[i][outs, 5:].argmax(0), feats[i][outs, :4].argmax(0)) and soft[i][others, 5:].eq(0).all()
     results = tmp_path / "accuracy.json"
     assert _cli(tiny_zoo, tmp_path / "s", results, "--method", "gmn_probes", "--probes", "4", "--probe-softmax",
-                "--output-nodes", "10") == 0
+                "--output-nodes", "10", "--probe-acc-input") == 0
     runs = json.loads((tmp_path / "s" / "accuracy.json").read_text())["runs"]
     assert {r["node_in"] for r in runs} == {9}  # 4 probe values + flag + 4 class probabilities
+    assert {r["graph_in"] for r in runs} == {1}  # the probe accuracy
     assert _cli(tiny_zoo, tmp_path / "a", results, "--method", "probe_acc", "--probes", "4") == 0
     row = json.loads(results.read_text())["diverse-archs"]["50%"]["probe_acc"]
     assert np.isfinite(row["r2_mean"]) and "probe-digit accuracy line" in (tmp_path / "a" / "accuracy.md").read_text()
@@ -185,6 +186,12 @@ def test_gmn_reads_probe_features_and_other_methods_refuse_them(tiny_zoo):
         fit_and_score(zoo, train, test, "statnn", cfg, 0, node_features=feats)
     with pytest.raises(ValueError, match="entries"):
         fit_and_score(zoo, train, test, "gmn", cfg, 0, node_features=feats[:3])
+    # a graph-level value per model (e.g. its probe accuracy) is a GMN graph input
+    acc = torch.rand(len(zoo), 1)
+    res = fit_and_score(zoo, train, test, "gmn", cfg, 0, node_features=feats, graph_features=acc)
+    assert res["graph_in"] == 1 and np.isfinite(res["r2"])
+    with pytest.raises(ValueError, match="graph_features"):
+        fit_and_score(zoo, train, test, "gmn", cfg, 0, graph_features=acc[:3])
 
 
 def test_early_stopping_ends_training_after_patience_evaluations():

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-seed", type=int, default=0, help="which fixed probe digits (with --probes)")
     ap.add_argument("--probe-softmax", action="store_true", help="gmn_probes: the output nodes also get each probe's "
                     "class probabilities (softmax over the outputs of its logits)")
+    ap.add_argument("--probe-acc-input", action="store_true", help="gmn_probes: each model's accuracy on the probe "
+                    "digits (the probe_acc reference's input) as a graph-level input of the GMN")
     ap.add_argument("--no-resume", action="store_true", help="rerun every run instead of loading finished ones "
                     "from <out>/runs (runs are stored there as they finish, keyed by all their settings)")
     for name, default in vars(PredictorConfig()).items():
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     runs = run_grid(zoos, splits, methods, args.seeds, cfg, args.workers, probes=args.probes,
                     probe_seed=args.probe_seed, resume_dir=None if args.no_resume else out / "runs",
-                    probe_softmax=args.probe_softmax)
+                    probe_softmax=args.probe_softmax, probe_acc_input=args.probe_acc_input)
     command = command_line("python -m experiments.accuracy", argv)
     table = write_results(out, runs, zoos, splits, methods, cfg, command,
                           results_json=Path(args.results_json) if args.results_json else None)

@@ -72,13 +72,18 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         if job["method"] in PROBE_METHODS and probes <= 0:
             raise ValueError(f"{job['method']} needs probes > 0 (--probes P)")
         nodes = probe_features(job["path"], probes, job.get("probe_seed", 0)) if probes else None
+        graph = None
+        if nodes is not None and job.get("probe_acc_input"):  # the probe-accuracy line's input, as a graph value
+            from inner_tasks.zoo.probes import probe_accuracy
+
+            graph = probe_accuracy(zoo, nodes, probes, job.get("probe_seed", 0)).float()[:, None]
         if nodes is not None and job.get("probe_softmax"):
             from inner_tasks.zoo.probes import with_output_softmax
 
             nodes = with_output_softmax(zoo, nodes, probes)
         method = "gmn" if job["method"] in PROBE_METHODS else job["method"]
         res = fit_and_score(zoo, train, test, method, PredictorConfig(**job["cfg"]), job["seed"],
-                            node_features=nodes) | {"probes": probes}
+                            node_features=nodes, graph_features=graph) | {"probes": probes}
     return {k: job[k] for k in ("zoo", "split", "method", "seed")} | res | {"seconds": time.time() - t0}
 
 
@@ -94,18 +99,21 @@ def _job_key(job: dict[str, Any]) -> str:
 
 def run_grid(zoos: dict[str, str], splits: list[str], methods: list[str], seeds: int, cfg: PredictorConfig,
              workers: int = 1, progress: bool = True, probes: int = 0, probe_seed: int = 0,
-             resume_dir: Path | None = None, probe_softmax: bool = False) -> list[dict[str, Any]]:
+             resume_dir: Path | None = None, probe_softmax: bool = False,
+             probe_acc_input: bool = False) -> list[dict[str, Any]]:
     """All runs of the grid; with workers > 1 runs go to spawned processes with one torch thread each.
 
     ``probes``: how many probe features per node the ``gmn_probes`` runs read (computed here once per zoo,
     before the workers start); ``gmn`` always reads the weights only. ``probe_softmax``: the probe methods'
-    output nodes also get each probe's class probabilities (`inner_tasks.zoo.probes.with_output_softmax`). ``resume_dir``: every finished run is saved there as JSON (atomically) and runs
+    output nodes also get each probe's class probabilities (`inner_tasks.zoo.probes.with_output_softmax`);
+    ``probe_acc_input``: they also read each model's accuracy on the probe digits as a graph-level value. ``resume_dir``: every finished run is saved there as JSON (atomically) and runs
     already there with the same settings are loaded instead of rerun, so an interrupted grid resumes.
     """
     jobs = [{"zoo": name, "path": path, "split": s, "method": m, "seed": seed,
              "cfg": {} if m in REFERENCE_METHODS else cfg.to_dict(),
              "probes": probes if m in NEEDS_PROBES else 0, "probe_seed": probe_seed if m in NEEDS_PROBES else 0,
-             **({"probe_softmax": True} if probe_softmax and m in PROBE_METHODS else {})}
+             **({"probe_softmax": True} if probe_softmax and m in PROBE_METHODS else {}),
+             **({"probe_acc_input": True} if probe_acc_input and m in PROBE_METHODS else {})}
             for name, path in zoos.items() for s in splits for m in methods for seed in range(seeds)]
     if any(m in NEEDS_PROBES for m in methods):
         if probes <= 0:

@@ -58,19 +58,20 @@ class PredictorConfig:
         return asdict(self)
 
 
-def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0) -> nn.Module:
+def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0, graph_in: int = 0) -> nn.Module:
     """The `method`'s network with one weight channel per edge and one graph-level output.
 
-    ``node_in`` > 0 (GMN only): that many value channels per node, e.g. probe features.
+    ``node_in`` > 0 (GMN only): that many value channels per node, e.g. probe features; ``graph_in`` > 0
+    (GMN only): that many values per model, e.g. its accuracy on the probe digits.
     """
     from ...nn import DMC, GMN, DeepSets, StatNN  # imported here: metaopt.nn is optional for zoo I/O
 
     if (cfg.dropout or cfg.output_nodes) and method != "gmn":
         raise ValueError(f"dropout / output_nodes act on the GMN's graph head only, not on {method!r}")
-    if node_in and method != "gmn":
+    if (node_in or graph_in) and method != "gmn":
         raise ValueError(f"node features (probe features) are read by the GMN only, not by {method!r}")
     if method == "gmn":
-        return GMN(hidden=cfg.hidden, layers=cfg.layers, edge_in=1, node_in=node_in, graph_in=0,
+        return GMN(hidden=cfg.hidden, layers=cfg.layers, edge_in=1, node_in=node_in, graph_in=graph_in,
                    edge_out=0, node_out=0, graph_out=1, head_dropout=cfg.dropout,
                    head_output_nodes=cfg.output_nodes)
     if method == "deepsets":
@@ -82,11 +83,12 @@ def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0) -> nn.M
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
-def predict_batch(model: nn.Module, method: str, batch: Batch, values: Tensor, node_values: Tensor | None = None) -> Tensor:
+def predict_batch(model: nn.Module, method: str, batch: Batch, values: Tensor, node_values: Tensor | None = None,
+                  graph_values: Tensor | None = None) -> Tensor:
     """[B] predictions (standardised target units) for a PyG batch, its edge values [E, 1] and, for the
     GMN, optional node values [N, C]."""
     if method == "gmn":
-        return model(batch, edge_values=values, node_values=node_values).graph[:, 0]
+        return model(batch, edge_values=values, node_values=node_values, graph_values=graph_values).graph[:, 0]
     return model(batch, values)[:, 0]
 
 
@@ -94,16 +96,18 @@ class ZooBatches:
     """Normalised weights (and optional node features) of a zoo subset; collation into PyG batches."""
 
     def __init__(self, zoo: Zoo, idx: np.ndarray, normalizer: WeightNormalizer,
-                 node_features: Sequence[Tensor] | None = None) -> None:
+                 node_features: Sequence[Tensor] | None = None, graph_features: Tensor | None = None) -> None:
         self.zoo, self.idx = zoo, [int(i) for i in idx]
         self.values = [normalizer.transform(zoo, i) for i in self.idx]
         self.node_features = None if node_features is None else [node_features[i].float() for i in self.idx]
+        self.graph_features = None if graph_features is None else graph_features[self.idx].float()
 
-    def collate(self, positions: list[int]) -> tuple[Batch, Tensor, Tensor | None]:
+    def collate(self, positions: list[int]) -> tuple[Batch, Tensor, Tensor | None, Tensor | None]:
         graphs = [self.zoo.graph_of(self.idx[p]) for p in positions]
         values = torch.cat([self.values[p] for p in positions])[:, None]
         nodes = None if self.node_features is None else torch.cat([self.node_features[p] for p in positions])
-        return Batch.from_data_list(graphs), values, nodes
+        graph = None if self.graph_features is None else self.graph_features[positions]
+        return Batch.from_data_list(graphs), values, nodes, graph
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -173,7 +177,7 @@ class PlateauSchedule:
 
 def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method: str, cfg: PredictorConfig,
                   seed: int, target: str = "test_acc", progress: Any = None,
-                  node_features: Sequence[Tensor] | None = None) -> dict[str, Any]:
+                  node_features: Sequence[Tensor] | None = None, graph_features: Tensor | None = None) -> dict[str, Any]:
     """Fit preprocessing on the training models, train `method`, score on the test models.
 
     With cfg.val_fraction > 0 a validation part of the training models is held out (preprocessing is
@@ -186,6 +190,8 @@ def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method:
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+    if graph_features is not None and (graph_features.dim() != 2 or len(graph_features) != len(zoo)):
+        raise ValueError(f"graph_features: need [{len(zoo)}, G] (one row per zoo model), got {tuple(graph_features.shape)}")
     if node_features is not None and len(node_features) != len(zoo):
         raise ValueError(f"node_features: {len(node_features)} entries for a zoo of {len(zoo)} models")
     torch.manual_seed(seed)
@@ -194,13 +200,14 @@ def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method:
     fit_idx, val_idx = split_validation(train_idx, cfg.val_fraction, seed)
     scaler = TargetScaler.fit(y_all[fit_idx])
     normalizer = WeightNormalizer.fit(zoo, train_idx)
-    train = ZooBatches(zoo, fit_idx, normalizer, node_features)
-    val = ZooBatches(zoo, val_idx, normalizer, node_features) if len(val_idx) else None
-    test = ZooBatches(zoo, test_idx, normalizer, node_features)
+    train = ZooBatches(zoo, fit_idx, normalizer, node_features, graph_features)
+    val = ZooBatches(zoo, val_idx, normalizer, node_features, graph_features) if len(val_idx) else None
+    test = ZooBatches(zoo, test_idx, normalizer, node_features, graph_features)
     y_train = scaler.transform(y_all[fit_idx])
     y_val = scaler.transform(y_all[val_idx]) if val is not None else None
     node_in = 0 if node_features is None else int(node_features[0].shape[1])
-    model = build_predictor(method, cfg, node_in=node_in)
+    graph_in = 0 if graph_features is None else int(graph_features.shape[1])
+    model = build_predictor(method, cfg, node_in=node_in, graph_in=graph_in)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "onecycle":
         sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
@@ -217,8 +224,8 @@ def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method:
         if len(order) < bs:
             order += gen.permutation(n).tolist()
         pos, order = order[:bs], order[bs:]
-        batch, values, nodes = train.collate(pos)
-        loss = torch.nn.functional.mse_loss(predict_batch(model, method, batch, values, nodes), y_train[pos])
+        batch, values, nodes, gvals = train.collate(pos)
+        loss = torch.nn.functional.mse_loss(predict_batch(model, method, batch, values, nodes, gvals), y_train[pos])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -249,7 +256,7 @@ def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method:
     true_acc = y_all[test_idx].numpy()
     out = scores(true_acc, pred_acc)
     out.update({"train_curve": curve, "val_curve": val_curve, "best_step": best.step if val is not None else steps_run,
-                "steps_run": steps_run, "node_in": node_in,
+                "steps_run": steps_run, "node_in": node_in, "graph_in": graph_in,
                 "pred": pred_acc.tolist(), "true": true_acc.tolist(),
                 "n_train": int(len(train_idx)), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)),
                 "n_test": int(len(test_idx)),
@@ -263,6 +270,6 @@ def predict(model: nn.Module, method: str, data: ZooBatches, batch_size: int) ->
     model.eval()
     outs = []
     for s in range(0, len(data.idx), batch_size):
-        batch, values, nodes = data.collate(list(range(s, min(s + batch_size, len(data.idx)))))
-        outs.append(predict_batch(model, method, batch, values, nodes))
+        batch, values, nodes, gvals = data.collate(list(range(s, min(s + batch_size, len(data.idx)))))
+        outs.append(predict_batch(model, method, batch, values, nodes, gvals))
     return torch.cat(outs)
