@@ -17,7 +17,7 @@
 #
 # Settings (environment): DATA (data), OUT (out), WORKERS (2), SEEDS (3), ZOO_N_VARYING (2000),
 # ZOO_N_DIVERSE (3000), PROBES (16), ACC_FLAGS (GMN/baseline budget), PROBE_HEAD_FLAGS (the probed GMN's read-out of
-# the 10 output neurons and their class probabilities), INR_EPOCHS (40), X4_EPOCHS (15: the x4
+# the 10 output neurons, their class probabilities and the probe accuracy as a graph input), INR_EPOCHS (40), X4_EPOCHS (15: the x4
 # set has 4x the training INRs per epoch),
 # GMN_FLAGS (INR levers of the weights-only tables and the CKA study), INR_PROBES (64) and PROBE_FLAGS (the
 # probed GMN's levers: dropout 0.2 + input augmentation), RESULTS (docs/results); for smoke runs
@@ -32,7 +32,7 @@ SEEDS=${SEEDS:-3}
 PROBES=${PROBES:-16}
 RESULTS=${RESULTS:-docs/results}
 ACC_FLAGS=${ACC_FLAGS:---hidden 32 --layers 3 --batch-size 16 --lr 2e-3 --steps 4000 --eval-every 50 --patience 10 --schedule plateau}
-PROBE_HEAD_FLAGS=${PROBE_HEAD_FLAGS:---output-nodes 10 --probe-softmax}
+PROBE_HEAD_FLAGS=${PROBE_HEAD_FLAGS:---output-nodes 10 --probe-softmax --probe-acc-input}
 INR_EPOCHS=${INR_EPOCHS:-40}
 X4_EPOCHS=${X4_EPOCHS:-15}
 GMN_FLAGS=${GMN_FLAGS:---input-rotate 10 --input-scale 0.1 --input-shift 0.06}
@@ -59,7 +59,7 @@ stage_accuracy() {
   # shellcheck disable=SC2086
   python -m experiments.accuracy "${ZOOS[@]}" --split all --method gmn,hparams_gb \
     --seeds "$SEEDS" --workers "$WORKERS" $ACC_FLAGS --out "$OUT/accuracy/gmn" --results-json "$RESULTS/accuracy.json"
-  log "accuracy: GMN + probe features (output read-out, class probabilities), the probe-accuracy line"
+  log "accuracy: GMN + probe features (output read-out, class probabilities, probe accuracy), the probe-accuracy line"
   # shellcheck disable=SC2086
   python -m experiments.accuracy "${ZOOS[@]}" --split all --method gmn_probes,probe_acc --probes "$PROBES" \
     --seeds "$SEEDS" --workers "$WORKERS" $ACC_FLAGS $PROBE_HEAD_FLAGS --out "$OUT/accuracy/gmn_probes" \
