@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}
             continue
         lo, hi, n = (float(x) for x in a.lr_grid.split(","))
-        grid = [float(f"{v:.3g}") for v in np.logspace(math.log10(lo), math.log10(hi), int(n))]
+        grid = [float(f"{v:.3g}") for v in np.geomspace(lo, hi, int(n))]  # 3 digits: evaluate's grid keys
         best, results = tune_default_lr(comparison, rule, grid)
         for lr, result in results.items():
             rows[f"{path}@{lr:g}"] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}

@@ -49,6 +49,14 @@ def probe_features(path: str, n: int, seed: int = 0) -> list[torch.Tensor]:
     return zoo_probe_features(path, n, seed, zoo=open_zoo(path), progress=True)
 
 
+@lru_cache(maxsize=4)
+def probe_accuracies(path: str, n: int, seed: int = 0) -> torch.Tensor:
+    """Each model's accuracy on the ``n`` probe digits (from its probe features), once per zoo and process."""
+    from inner_tasks.zoo.probes import probe_accuracy
+
+    return probe_accuracy(open_zoo(path), probe_features(path, n, seed), n, seed)
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One (zoo, split, method, seed) run; the unit of work of the process pool."""
     torch.set_num_threads(job.get("threads", 1))
@@ -60,12 +68,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
         acc = None
         if job["method"] == "probe_acc":
-            from inner_tasks.zoo.probes import probe_accuracy
-
             if job.get("probes", 0) <= 0:
                 raise ValueError("probe_acc needs probes > 0 (--probes P)")
-            feats = probe_features(job["path"], job["probes"], job.get("probe_seed", 0))
-            acc = probe_accuracy(zoo, feats, job["probes"], job.get("probe_seed", 0)).numpy()
+            acc = probe_accuracies(job["path"], job["probes"], job.get("probe_seed", 0)).numpy()
         res = reference_fit_and_score(zoo, train, test, job["method"], probe_acc=acc) | {"probes": job.get("probes", 0)}
     else:
         probes = job.get("probes", 0) if job["method"] in PROBE_METHODS else 0
@@ -74,9 +79,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         nodes = probe_features(job["path"], probes, job.get("probe_seed", 0)) if probes else None
         graph = None
         if nodes is not None and job.get("probe_acc_input"):  # the probe-accuracy line's input, as a graph value
-            from inner_tasks.zoo.probes import probe_accuracy
-
-            graph = probe_accuracy(zoo, nodes, probes, job.get("probe_seed", 0)).float()[:, None]
+            graph = probe_accuracies(job["path"], probes, job.get("probe_seed", 0)).float()[:, None]
         if nodes is not None and job.get("probe_softmax"):
             from inner_tasks.zoo.probes import with_output_softmax
 

@@ -154,8 +154,9 @@ class GraphHead(nn.Module):
     the 10 class logits' neurons) and, with ``output_values`` = C > 0, the C value channels the caller
     gave those nodes, unprocessed: a mean over all nodes dilutes what the output neurons carry (with
     probe features: the network's outputs on the probe inputs), which a graph-level prediction such as
-    accuracy depends on most, and the raw values let the head form linear functions of them. ``dropout`` acts on the pooled vector and the MLP's hidden layer (a
-    regulariser for graph-level predictors trained on a few hundred graphs); it has no parameters."""
+    accuracy depends on most, and the raw values let the head form linear functions of them.
+    ``dropout`` acts on the pooled vector and the MLP's hidden layer (a regulariser for graph-level
+    predictors trained on a few hundred graphs); it has no parameters."""
 
     def __init__(self, hidden: int, out: int, dropout: float = 0.0, output_nodes: int = 0, output_values: int = 0) -> None:
         super().__init__()
