@@ -93,9 +93,10 @@ class Comparison:
 
     def run(self, rule: UpdateRule, lr: float | None = None) -> ComparisonResult:
         """Train every task with a frozen copy of ``rule`` at each task's reference lr (or at ``lr`` on
-        every task); the score and the first task's curves."""
+        every task), told the horizon (``total_steps``); the score and the first task's curves."""
         frozen = copy.deepcopy(rule).eval()
-        learned = [self._train(s, t, lambda m, lr=lr or s.reference_lr, g=t.graph: GMNOptimizer(m, rule=frozen, lr=lr, graph=g))
+        learned = [self._train(s, t, lambda m, lr=lr or s.reference_lr, g=t.graph: GMNOptimizer(m, rule=frozen, lr=lr, graph=g,
+                                                                                              total_steps=self.steps))
                    for s, t in zip(self.specs, self.tasks)]
         ratios = []
         for mine, adam in zip(learned, self.adam_curves):

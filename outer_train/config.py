@@ -35,7 +35,8 @@ class RuleSection:
     refresh_every: int = 100  # the rule runs every k inner steps, as it will in GMNOptimizer
     max_step: int = 0  # FeatureConfig.max_step (0 = time features never capped)
     relative_lr: bool = False  # FeatureConfig.relative_lr: the rule sees lr / weight rms per tensor
-    # (with init_from: added to a rule trained without it, its weights starting at zero)
+    horizon: bool = False  # FeatureConfig.horizon: the rule sees the fraction of its trajectory done
+    # (either flag with init_from: added to a rule trained without it, its weights starting at zero)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 
 
@@ -60,6 +61,9 @@ class TaskSection:
     eps: float = 1e-8
     weight_decay: float = 0.0
     permute_augment: bool = True  # random hidden-unit permutation of each new task's init
+    # With rule.horizon: the share of trajectories whose length the rule is told (the others run in the
+    # horizon-unknown mode, as GMNOptimizer(model) without total_steps does).
+    horizon_known_prob: float = 1.0
 
 
 @dataclass
@@ -147,6 +151,7 @@ class TrainConfig:
             (self.tasks.truncation >= 1, "tasks.truncation must be >= 1"),
             (self.tasks.groups >= 1 and self.tasks.group_size >= 1, "tasks.groups and tasks.group_size must be >= 1"),
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
+            (0.0 <= self.tasks.horizon_known_prob <= 1.0, "need 0 <= tasks.horizon_known_prob <= 1"),
             (0.0 <= self.meta.ema_decay < 1.0, "meta.ema_decay must lie in [0, 1) (0 = no weight average)"),
             (self.log.compare_tasks >= 1, "log.compare_tasks must be >= 1"),
             (self.log.compare_collection in COMPARE_COLLECTIONS, f"log.compare_collection must be one of {COMPARE_COLLECTIONS}"),

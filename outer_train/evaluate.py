@@ -5,10 +5,13 @@
 Per task and seed, every optimizer trains the task's model in an ordinary PyTorch loop (forward,
 backward, ``opt.step()``), timed whole on this process's thread(s), the optimizer's construction
 (for a rule: tracing the model into its parameter graph) included. Adam, AdamW (weight decay
-1e-2) and SGD+momentum (0.9) run over a log grid of learning rates and keep the lr with the lowest
-final training loss. Each rule runs through the real `GMNOptimizer`:
+1e-2), SGD+momentum (0.9) and Adam with cosine decay to zero over the horizon (``adam_cosine``: the
+schedule a practitioner who knows the step budget would use) run over a log grid of learning rates
+and keep the lr with the lowest final training loss. Constant-lr tuned Adam stays the reference. Each rule runs through the real `GMNOptimizer`:
 
-- ``<rule>``: at its default lr, the rule's ``config.default_lr`` (what ``GMNOptimizer(model)`` gives);
+- ``<rule>``: at its default lr, the rule's ``config.default_lr`` (what ``GMNOptimizer(model)`` gives),
+  told the horizon (``total_steps=--steps``; ``--no-horizon``: not told), which only rules with
+  horizon features read;
 - ``<rule>@best``: at its best lr on the same grid as Adam's;
 - lr sensitivity: its final loss at the grid points next to its default (about 1/3x and 3x),
   beside Adam's around Adam's default 1e-3.
@@ -66,6 +69,9 @@ class EvalSettings:
     # other seeds (the lr is tuned per task, as in docs/benchmarks.md; 3x cheaper); "every_seed": per seed.
     tune: str = "first_seed"
     baselines: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd_momentum"])  # adam: the reference
+    # Rules are told the horizon (GMNOptimizer(..., total_steps=steps)), as adam_cosine's schedule is;
+    # False runs them as GMNOptimizer(model) without it (rules with horizon features: horizon-unknown mode).
+    tell_horizon: bool = True
 
     def grid(self, lo: float, hi: float) -> list[float]:
         return [float(x) for x in np.geomspace(lo, hi, self.grid_points)]
@@ -93,6 +99,11 @@ def steps_to(curve: list[float], target: float) -> int | None:
     run = np.convolve(c, np.ones(WINDOW) / WINDOW, mode="valid")
     hit = np.nonzero(run <= target * (1 + 1e-9))[0]
     return int(hit[0]) + WINDOW if hit.size else None
+
+
+def cosine(opt: torch.optim.Optimizer, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """``opt`` with its lr decayed from the set value to zero over ``steps`` steps (half a cosine)."""
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
 
 
 def run_optimizer(task: Task, make_opt: Callable, steps: int, seed: int) -> dict[str, Any]:
@@ -151,10 +162,12 @@ def evaluate_task(
         "adamw": (lambda lr: lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=1e-2), grid),
         "sgd_momentum": (lambda lr: lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
                          s.grid(s.sgd_lr_min, s.sgd_lr_max)),
+        "adam_cosine": (lambda lr: lambda m: cosine(torch.optim.Adam(m.parameters(), lr=lr), s.steps), grid),
     }
     tuned = {k: v for k, v in tuned.items() if k == "adam" or k in s.baselines}
     for name, rule in rules.items():
-        tuned[f"{name}@best"] = (lambda lr, rule=rule: lambda m: GMNOptimizer(m, rule=rule, lr=lr, example_inputs=example),
+        tuned[f"{name}@best"] = (lambda lr, rule=rule: lambda m: GMNOptimizer(
+            m, rule=rule, lr=lr, example_inputs=example, total_steps=s.steps if s.tell_horizon else None),
                                  grid)
     for name, (make, g) in tuned.items():
         if name not in res:
@@ -347,6 +360,8 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
 def merge_results(files: list[Path], out: Path) -> int:
     """One results.json/results.md from runs over disjoint task subsets with otherwise equal settings."""
     parts = [json.loads(f.read_text()) for f in files]
+    for part in parts:  # runs before the option existed told the rules the horizon (none read it)
+        part["settings"] = {"tell_horizon": True, **part["settings"]}
     base = {k: v for k, v in parts[0]["settings"].items() if k != "tasks"}
     for f, part in zip(files, parts):
         other = {k: v for k, v in part["settings"].items() if k != "tasks"}
@@ -399,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--tune", choices=["first_seed", "every_seed"], default="first_seed",
                    help="tune baseline lrs on each task's first seed and reuse them (default), or on every seed")
-    p.add_argument("--baselines", nargs="+", choices=["adam", "adamw", "sgd_momentum"],
-                   help="tuned baselines to run (default all three; Adam always runs, it is the reference)")
+    p.add_argument("--baselines", nargs="+", choices=["adam", "adamw", "sgd_momentum", "adam_cosine"],
+                   help="tuned baselines to run (default adam, adamw, sgd_momentum; Adam always runs, it is the reference)")
+    p.add_argument("--no-horizon", action="store_true",
+                   help="run rules without total_steps (as GMNOptimizer(model)); by default they are told --steps")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="combine results.json files of runs over disjoint task subsets (same settings) into one "
                         "table in --out; nothing is run")
@@ -422,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.grid_points:
         s.grid_points = a.grid_points
     s.tune = a.tune
+    s.tell_horizon = not a.no_horizon
     if a.baselines:
         s.baselines = list(dict.fromkeys(["adam", *a.baselines]))
     if s.grid_points < 2 or s.steps < WINDOW:
@@ -437,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     reused_from: list[str] = []
     if a.reuse:
         old = json.loads(Path(a.reuse).read_text())
+        old["settings"] = {"tell_horizon": True, **old["settings"]}  # runs before the option: rules were told
         reused_from = [*old.get("reused_from", []), a.reuse]
         differ = {k for k in set(old["settings"]) | set(s.__dict__) if k != "tasks" and old["settings"].get(k) != s.__dict__.get(k)}
         if differ:  # the task list may differ: only the tasks run here are taken from it

@@ -112,6 +112,7 @@ class TaskGroup:
     eps: float = 1e-8
     weight_decay: float = 0.0
     permuted: int = 0
+    show_horizon: bool = True  # the rule is told the horizon (Hyper.total_steps); else it runs horizon-unknown
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -137,8 +138,10 @@ class TaskGroup:
             horizon = k * r.randint(1, horizon // k)
         lr = spec.reference_lr * math.exp(r.uniform(math.log(cfg.lr_scale_min), math.log(cfg.lr_scale_max)))
         perm_seed = r.randrange(2**31)
+        # No draw at probability 1, so configs without horizon features sample exactly as before.
+        show = cfg.horizon_known_prob >= 1.0 or r.random() < cfg.horizon_known_prob
         group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                    weight_decay=cfg.weight_decay)
+                    weight_decay=cfg.weight_decay, show_horizon=show)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -216,7 +219,8 @@ class TaskGroup:
     @property
     def hyper(self) -> Hyper:
         """The inner optimizer's hyperparameters for this group (what GMNOptimizer's param group holds)."""
-        return Hyper(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay)
+        return Hyper(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                     self.horizon if self.show_horizon else 0)
 
     @property
     def key(self) -> str:
@@ -242,6 +246,7 @@ class TaskGroup:
             "step": self.step,
             "batches_used": self.batches_used,
             "permuted": self.permuted,
+            "show_horizon": self.show_horizon,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()}} for s in self.states],
             "pending": self.pending,
@@ -260,6 +265,7 @@ class TaskGroup:
             step=int(state["step"]),
             batches_used=int(state["batches_used"]),
             permuted=int(state["permuted"]),
+            show_horizon=bool(state.get("show_horizon", True)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]

@@ -47,15 +47,16 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
             raise ValueError(
                 f"rule.init_from={cfg.rule.init_from} holds a {rule.config.kind} rule but rule.arch={cfg.rule.arch!r}."
             )
-        if cfg.rule.relative_lr and not rule.features.relative_lr:
-            # Continue a rule trained without the lr feature: its new input column starts at zero.
-            rule = rule.with_features(dataclasses.replace(rule.features, relative_lr=True))
-        return rule
+        # Continue a rule trained without the lr or horizon features: their new input columns start at zero.
+        wanted = dataclasses.replace(rule.features, relative_lr=rule.features.relative_lr or cfg.rule.relative_lr,
+                                     horizon=rule.features.horizon or cfg.rule.horizon)
+        return rule.with_features(wanted) if wanted != rule.features else rule
     torch.manual_seed(cfg.seed)
     r = cfg.rule
     return UpdateRule(
         RuleConfig(kind=r.arch, hidden=r.hidden, layers=r.layers, alpha=r.alpha, bound=r.bound,
-                   refresh_every=r.refresh_every, features=FeatureConfig(max_step=r.max_step, relative_lr=r.relative_lr))
+                   refresh_every=r.refresh_every, features=FeatureConfig(max_step=r.max_step, relative_lr=r.relative_lr,
+                                                                        horizon=r.horizon))
     )
 
 

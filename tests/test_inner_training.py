@@ -49,3 +49,24 @@ def test_family_trains_with_adam(case: str) -> None:
     fresh = build_task(task.spec).evaluate()
     trained = task.evaluate()
     assert trained["loss"] < fresh["loss"], f"{case}: eval loss did not improve ({fresh} -> {trained})"
+
+
+def test_train_task_steps_a_scheduler_returned_with_the_optimizer():
+    """``make_opt`` may return (optimizer, scheduler): the scheduler steps after every optimizer step."""
+    import torch
+
+    from inner_tasks import build_task
+    from inner_tasks.tasks import train_task
+    from inner_tasks.tasks.collections import held_out_suite
+
+    spec = next(s for s in held_out_suite((0,), 20) if s.name.startswith("mlp_shapes"))
+    task = build_task(spec)
+    seen = []
+
+    def make(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: seen.append(t) or 1.0 / (1 + t))
+        return opt, sched
+
+    run = train_task(task, make, 5, seed=0, init_seed=0)
+    assert len(run.losses) == 5 and seen == [0, 1, 2, 3, 4, 5]

@@ -225,3 +225,28 @@ def test_relative_lr_feature_needs_a_positive_lr():
         compute_features(idx, *_values(26), 1, cfg)
     with pytest.raises(ValueError, match="lr > 0"):
         compute_features(idx, *_values(26), 1, cfg, lr=0.0)
+
+
+# ---- the horizon features (FeatureConfig(horizon=True)) ---------------------------------------------
+@pytest.mark.parametrize("grad_enabled", [False, True])
+def test_horizon_features_are_the_fraction_done_and_whether_it_is_known(grad_enabled):
+    """Two graph columns after the time features: min(step / total, 1) and 1 when the total is given;
+    both 0 when it is not; everything else exactly as without them."""
+    cfg = FeatureConfig(horizon=True)
+    assert cfg.graph_names()[-2:] == ["training_fraction", "horizon_known"]
+    assert cfg.graph_dim == FeatureConfig().graph_dim + 2 and cfg.edge_dim == FeatureConfig().edge_dim
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    assert FeatureConfig.from_dict({k: v for k, v in FeatureConfig().to_dict().items() if k != "horizon"}) \
+        == FeatureConfig()  # rules saved before the feature existed load without it
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    values = _values(graph.num_params)
+    with torch.set_grad_enabled(grad_enabled):
+        base = compute_features(idx, *values, 30, FeatureConfig())
+        for total, expected in ((120, [0.25, 1.0]), (30, [1.0, 1.0]), (10, [1.0, 1.0]), (0, [0.0, 0.0])):
+            f = compute_features(idx, *values, 30, cfg, total_steps=total)
+            assert f.graph.shape == (1, cfg.graph_dim)
+            torch.testing.assert_close(f.graph[0, -2:], torch.tensor(expected))
+            assert torch.equal(f.graph[:, :-2], base.graph) and torch.equal(f.edge, base.edge)
+    with pytest.raises(ValueError, match="total_steps must be >= 0"):
+        compute_features(idx, *values, 3, cfg, total_steps=-1)

@@ -296,3 +296,54 @@ def test_the_optimizer_takes_the_rules_default_lr_unless_given(tmp_path):
     assert UpdateRule.from_pretrained(tmp_path / "r").config.default_lr == 1e-3
     with pytest.raises(ValueError, match="default_lr"):
         RuleConfig(default_lr=0.0)
+
+
+def test_horizon_rule_reads_the_optimizers_total_steps():
+    """With the horizon features the optimizer gives the rule the fraction of ``total_steps`` done: a
+    trained rule widened with them computes exactly what it did (new columns at zero) whatever the
+    total; once those columns carry weight the total changes the scale; state_dict keeps the total."""
+    from metaopt.optim import FeatureConfig
+
+    def run(rule: UpdateRule, total: int | None) -> tuple[list[torch.Tensor], GMNOptimizer]:
+        torch.manual_seed(0)
+        model = mlp()
+        opt = GMNOptimizer(model, rule=rule, total_steps=total)
+        model(torch.randn(2, 64, generator=torch.Generator().manual_seed(2))).sum().backward()
+        opt.step()
+        return [opt.state[p]["lr_scale"].clone() for p in model.parameters()], opt
+
+    old = UpdateRule.default()
+    new = old.with_features(FeatureConfig(horizon=True))
+    assert new.features.graph_names() == old.features.graph_names() + ["training_fraction", "horizon_known"]
+    before, _ = run(old, None)
+    for total in (None, 2, 1000):
+        assert all(torch.equal(a, b) for a, b in zip(before, run(new, total)[0]))
+    with torch.no_grad():
+        new.net.graph_proj.weight[:, -2:] = 1.0
+    short, opt = run(new, 2)
+    assert not all(torch.equal(a, b) for a, b in zip(short, run(new, 1000)[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(short, run(new, None)[0]))
+    assert opt.total_steps == 2
+    resumed = GMNOptimizer(mlp(), rule=new)
+    assert resumed.total_steps == 0
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.total_steps == 2
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_total_steps_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match="total_steps must be a positive int"):
+        GMNOptimizer(mlp(), total_steps=bad)
+
+
+def test_meta_training_can_continue_a_rule_with_the_horizon_features():
+    from outer_train.config import TrainConfig
+    from outer_train.train import build_rule
+
+    cfg = TrainConfig()
+    cfg.rule.init_from, cfg.rule.horizon = str(DEFAULT_RULE_DIR), True
+    rule = build_rule(cfg)
+    assert rule.features.horizon and not rule.features.relative_lr
+    cfg.rule.relative_lr = True
+    both = build_rule(cfg)
+    assert both.features.horizon and both.features.relative_lr

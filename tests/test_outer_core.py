@@ -29,20 +29,21 @@ def _classifier_task() -> ModelTask:
 
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 @pytest.mark.parametrize("path", ["inner_step", "core.step"])
-@pytest.mark.parametrize("relative_lr", [False, True])
-def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, relative_lr: bool) -> None:
+@pytest.mark.parametrize("extra", ["none", "relative_lr", "horizon"])
+def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extra: str) -> None:
     """Five steps with k = 2 (refreshes on steps 1, 3, 5; the scale held on 2 and 4), non-default
     betas, eps and weight decay, a rule with alpha != 0: parameters and the whole optimizer state
     agree to 1e-6 at every step, each side running on its own trajectory (also with the feature
-    that reads the lr, which the optimizer takes from its param groups and meta-training from Hyper)."""
+    that reads the lr, which the optimizer takes from its param groups and meta-training from Hyper,
+    and with the horizon features: the optimizer's total_steps, the trajectory's horizon)."""
     task = _classifier_task()
     torch.manual_seed(0)
-    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2,
-                                 features=FeatureConfig(relative_lr=relative_lr)))
+    features = FeatureConfig(relative_lr=extra == "relative_lr", horizon=extra == "horizon")
+    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2, features=features))
     model = copy.deepcopy(task.model)
-    opt = GMNOptimizer(model, rule=rule, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph)
+    opt = GMNOptimizer(model, rule=rule, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph, total_steps=5)
     group = TaskGroup.from_task(task, [0], horizon=5, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
-    assert group.hyper == Hyper(LR, *BETAS, EPS, WD)
+    assert group.hyper == Hyper(LR, *BETAS, EPS, WD, total_steps=5)
     graph_inputs = batched_graph(rule, [group])
     prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
     params, state = flat_params(model), OptState.zeros(index.num_edges)
@@ -59,7 +60,7 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, rela
         else:
             grad = torch.func.grad(task.functional_loss)(_unflat(task, params), (x, y))
             grad = torch.cat([g.reshape(-1) for g in grad.values()])
-            params, state = core.step(rule, prepared, index, params, grad, state, Hyper(LR, *BETAS, EPS, WD))
+            params, state = core.step(rule, prepared, index, params, grad, state, Hyper(LR, *BETAS, EPS, WD, total_steps=5))
         assert state.step == t
         torch.testing.assert_close(params.detach(), flat_params(model), rtol=0, atol=1e-6)
         for key in ("exp_avg", "exp_avg_sq", "lr_scale"):

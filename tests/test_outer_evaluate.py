@@ -118,6 +118,25 @@ def test_baselines_can_be_restricted_to_adam(tmp_path: Path) -> None:
     assert set(data["entries"][0]["results"]) == {"adam"} and data["settings"]["baselines"] == ["adam"]
 
 
+def test_adam_cosine_baseline_decays_the_lr_to_zero_over_the_horizon(tmp_path: Path) -> None:
+    """adam_cosine is tuned Adam whose lr follows a half cosine to 0 over --steps: at the horizon the
+    optimizer's lr is 0, and its run differs from constant Adam's at the same lr."""
+    opt, sched = evaluate.cosine(torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1), 4)
+    lrs = []
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs == sorted(lrs, reverse=True)
+    threads = torch.get_num_threads()
+    evaluate.main(["--tasks", "mlp_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+                   "--baselines", "adam", "adam_cosine", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "results.json").read_text())["entries"][0]["results"]
+    assert set(res) == {"adam", "adam_cosine"}
+    assert res["adam_cosine"]["curve"][1:] != res["adam"]["curve"][1:] or res["adam_cosine"]["lr"] != res["adam"]["lr"]
+
+
 def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path) -> None:
     """--reuse keeps an earlier run's optimizers; a second rule of the same kind must get its own label
     (--rule LABEL=DIR), else its rows would be taken from the earlier rule's results."""

@@ -65,3 +65,19 @@ def test_particles_are_copies_of_every_member(tmp_path: Path) -> None:
     assert group.params[0] is not group.params[2]
     assert all(s.step == 0 and torch.equal(s.lr_scale, torch.ones_like(s.lr_scale)) for s in group.states)
     assert group.hyper.beta1 == cfg.tasks.beta1 and group.hyper.weight_decay == cfg.tasks.weight_decay
+
+
+def test_horizon_known_prob_hides_some_horizons_and_survives_checkpoints() -> None:
+    """At probability 1 every group tells the rule its horizon (Hyper.total_steps = horizon) and the
+    draws are those of a config without the option; below 1 some groups run horizon-unknown
+    (total_steps 0), and a checkpointed group keeps its mode."""
+    cfg = resolve("quick", None, SETS)
+    told = [_draw(cfg, c, False) for c in range(12)]
+    assert all(g.show_horizon and g.hyper.total_steps == g.horizon for g in told)
+    half = resolve("quick", None, SETS + ["tasks.horizon_known_prob=0.5"])
+    mixed = [_draw(half, c, False) for c in range(12)]
+    assert {g.show_horizon for g in mixed} == {True, False}
+    hidden = next(g for g in mixed if not g.show_horizon)
+    assert hidden.hyper.total_steps == 0
+    restored = TaskGroup.from_state_dict(hidden.state_dict())
+    assert not restored.show_horizon and restored.hyper == hidden.hyper

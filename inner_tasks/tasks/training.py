@@ -4,6 +4,8 @@ Meta-training's monitor (``outer_train.compare``), the held-out evaluation (``ou
 tests and figures all train through `train_task`, so "how a task is trained" is written once: an
 ordinary PyTorch loop (forward, loss, ``zero_grad``, backward, ``opt.step()``) that records the
 loss before each step and the wall-clock seconds after it, and stops at the first non-finite loss.
+``make_opt`` may also return ``(optimizer, lr_scheduler)`` (Lightning's ``configure_optimizers``
+convention): the scheduler steps after every optimizer step, inside the timed loop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +40,7 @@ class TrainRun:
 
 def train_task(
     task: Task,
-    make_opt: Callable[[nn.Module], torch.optim.Optimizer],
+    make_opt: Callable[[nn.Module], torch.optim.Optimizer | tuple[torch.optim.Optimizer, Any]],
     steps: int,
     seed: int | None = None,
     init_seed: int | None = None,
@@ -58,7 +61,9 @@ def train_task(
     model.train()
     run = TrainRun([], [], model)
     t0 = time.perf_counter()
-    opt = make_opt(model)
+    opt, scheduler = make_opt(model), None
+    if isinstance(opt, tuple):
+        opt, scheduler = opt
     for batch in batches:
         loss = task.loss(model(batch[0]), batch)
         run.losses.append(float(loss.detach()))
@@ -67,6 +72,8 @@ def train_task(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         run.times.append(time.perf_counter() - t0)
     return run
 

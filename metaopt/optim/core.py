@@ -69,6 +69,7 @@ class Hyper:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    total_steps: int = 0  # the training budget in steps, read by rules with horizon features (0 = not known)
 
     def bias_corrections(self, step: int) -> tuple[float, float]:
         return 1.0 - self.beta1**step, 1.0 - self.beta2**step
@@ -149,12 +150,15 @@ def apply_update(
 
 # ---- the rule's part ---------------------------------------------------------------------------
 def rule_features(
-    index: GraphIndex, grad: Tensor, param: Tensor, state: OptState, rule: UpdateRule, lr: float | Tensor | None = None
+    index: GraphIndex, grad: Tensor, param: Tensor, state: OptState, rule: UpdateRule, lr: float | Tensor | None = None,
+    total_steps: int = 0,
 ) -> Features:
     """The rule's inputs for a state that already holds this step's moments (flat [E] values);
-    ``lr`` (a float, or one per parameter tensor) is read by rules with the ``relative_lr`` feature."""
+    ``lr`` (a float, or one per parameter tensor) is read by rules with the ``relative_lr`` feature,
+    ``total_steps`` (0 = not known) by rules with the ``horizon`` features."""
     return compute_features(
-        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features, lr
+        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features, lr,
+        total_steps,
     )
 
 
@@ -178,9 +182,10 @@ def refresh_lr_scale(
     state: OptState,
     rule_params: dict[str, Tensor] | None = None,
     lr: float | Tensor | None = None,
+    total_steps: int = 0,
 ) -> tuple[Tensor, int]:
     """A new lr scale [E] for one network from the rule (and the count of non-finite outputs)."""
-    feats = rule_features(index, grad, param, state, rule, lr)
+    feats = rule_features(index, grad, param, state, rule, lr, total_steps)
     return scale_from_log(rule.log_scale(graph, feats, rule_params))
 
 
@@ -219,5 +224,5 @@ def step(
     new = advance(state, grad, h)
     # The network runs even at alpha = 0 (scale exactly 1), so meta-gradients reach alpha.
     if rule.net is not None and refresh_due(new.step, rule.config.refresh_every):
-        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, h.lr)
+        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, h.lr, h.total_steps)
     return finish(params, new, h, scaled=rule.net is not None), new

@@ -38,6 +38,9 @@ class FeatureConfig:
         step at the set lr moves the weights relative to their size,
         ``(log10(lr / max(rms(p), RELATIVE_LR_FLOOR)) + 2) / 2`` clamped to +-3. Every other feature
         is scale-free, so without it a rule cannot tell a lr 100x too large from a right one.
+    horizon: add the graph features ``training_fraction`` (``min(step / total_steps, 1)``) and
+        ``horizon_known`` (1, or 0 with both at 0 when the total is not given): VeLO's input, so a
+        rule can set its step by how much of the training budget is left (decay towards the end).
     clip: the clipped-gradient feature is the per-tensor-normalised gradient clamped to +-clip.
     eps: added to the rms in the ``momentum / rms`` and ``grad / rms`` features.
     """
@@ -47,6 +50,7 @@ class FeatureConfig:
     eps: float = 1e-8
     max_step: int = 0
     relative_lr: bool = False
+    horizon: bool = False
     version: int = FEATURE_VERSION
 
     def __post_init__(self) -> None:
@@ -73,7 +77,9 @@ class FeatureConfig:
         return ["second_moment_rms_in", "second_moment_rms_out"]
 
     def graph_names(self) -> list[str]:
-        return [f"tanh_step_over_{t:g}" for t in self.time_scales]
+        return [f"tanh_step_over_{t:g}" for t in self.time_scales] + (
+            ["training_fraction", "horizon_known"] if self.horizon else []
+        )
 
     @property
     def edge_dim(self) -> int:
@@ -95,7 +101,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
-        keys = {"time_scales", "clip", "eps", "max_step", "relative_lr", "version"}
+        keys = {"time_scales", "clip", "eps", "max_step", "relative_lr", "horizon", "version"}
         unknown = set(data) - keys - {"names"}
         if unknown:
             raise ValueError(f"FeatureConfig: unknown keys {sorted(unknown)} (known: {sorted(keys)}).")
@@ -191,6 +197,7 @@ def compute_features(
     step: int,
     config: FeatureConfig,
     lr: float | Tensor | None = None,
+    total_steps: int = 0,
 ) -> Features:
     """The rule's inputs from flat edge-ordered values (all ``[E]``), differentiable in every input.
 
@@ -201,7 +208,8 @@ def compute_features(
     clipped row is the normalised gradient clamped; non-finite values become 0 (they would spread
     through message passing). Node features are the factored (Adafactor-style) second moments: the
     rms of ``v`` over each node's incoming and outgoing parameter edges, relative to the network's.
-    ``lr`` (a float, or one value per parameter tensor [P]) is read by the ``relative_lr`` feature.
+    ``lr`` (a float, or one value per parameter tensor [P]) is read by the ``relative_lr`` feature,
+    ``total_steps`` (0 = not known) by the ``horizon`` features.
     """
     e = index.num_edges
     if config.relative_lr and lr is None:
@@ -258,7 +266,7 @@ def compute_features(
     v_out = zeros.index_add(0, index.src, exp_avg_sq) * index.inv_out_degree
     node = torch.stack([safe_sqrt(v_in) / global_rms, safe_sqrt(v_out) / global_rms], dim=1)
     node = torch.nan_to_num(node, nan=0.0, posinf=0.0, neginf=0.0)
-    return Features(edge=rows.t(), node=node, graph=time_features(step, config, grad.device))
+    return Features(edge=rows.t(), node=node, graph=time_features(step, config, grad.device, total_steps))
 
 
 def relative_lr(lr: float | Tensor, param_rms: Tensor, index: GraphIndex) -> Tensor:
@@ -283,9 +291,16 @@ def safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
-def time_features(step: int, config: FeatureConfig, device: torch.device | str) -> Tensor:
-    """Per-graph features ``[1, len(time_scales)]``: ``tanh(step / T)``, step capped at ``max_step``."""
+def time_features(step: int, config: FeatureConfig, device: torch.device | str, total_steps: int = 0) -> Tensor:
+    """Per-graph features ``[1, graph_dim]``: ``tanh(step / T)`` (step capped at ``max_step``), then
+    with ``config.horizon`` the fraction of ``total_steps`` done (capped at 1) and whether it is known."""
+    if total_steps < 0:
+        raise ValueError(f"time_features: total_steps must be >= 0 (0 = not known), got {total_steps}.")
+    fraction = min(step / total_steps, 1.0) if total_steps > 0 else 0.0
     if config.max_step > 0:
         step = min(step, config.max_step)
     scales = torch.tensor(config.time_scales, dtype=torch.float32, device=device)
-    return torch.tanh(float(step) / scales).unsqueeze(0)
+    values = torch.tanh(float(step) / scales)
+    if config.horizon:
+        values = torch.cat([values, torch.tensor([fraction, float(total_steps > 0)], device=device)])
+    return values.unsqueeze(0)

@@ -50,7 +50,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``rule="default"`` is the shipped meta-trained GMN rule; ``rule="adam"`` (the untrained rule,
     alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay). ``lr=None`` takes the
     rule's ``config.default_lr`` (chosen on the meta-validation suite when the rule was shipped; 1e-3
-    for ``rule="adam"``). State: Adam's two moments plus the lr scale, 3x the parameters.
+    for ``rule="adam"``). ``total_steps`` (optional, like a scheduler's ``T_max``): the planned number
+    of steps, read by rules with horizon features (the fraction of training done; kept in the param
+    groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
+    State: Adam's two moments plus the lr scale, 3x the parameters.
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
@@ -76,6 +79,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]] | None = None,
         graph: Any = None,
         example_inputs: Any = None,
+        total_steps: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -87,6 +91,9 @@ class GMNOptimizer(torch.optim.Optimizer):
             lr = rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
             raise ValueError(f"GMNOptimizer: lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}.")
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"GMNOptimizer: total_steps must be a positive int (the planned number of steps) or None, "
+                             f"got {total_steps!r}.")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"GMNOptimizer: betas must lie in [0, 1), got {betas}.")
         self._params_all: list[Tensor] = list(model.parameters())
@@ -115,7 +122,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
         self._graph_cache: dict[str, tuple[Any, GraphIndex]] = {}
         self._finite_check: dict[torch.device, tuple[Tensor, Tensor]] = {}  # `_all_finite`'s (flag, 1.0) per device
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, total_steps=total_steps)
         super().__init__(self._params_all if params is None else params, defaults)
         self._reset_counters()
 
@@ -314,10 +321,17 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.rule.features.relative_lr:  # each tensor's group lr (as it is now: schedulers change it)
             group_lr = {id(p): float(g["lr"]) for g in self.param_groups for p in g["params"]}
             lr = torch.tensor([group_lr.get(id(p), self.defaults["lr"]) for p in self._params_all], device=device)
-        scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr)
+        total = self.total_steps if self.rule.features.horizon else 0
+        scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr, total_steps=total)
         buf["lr_scale"].copy_(scale)
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
+
+    @property
+    def total_steps(self) -> int:
+        """The planned number of steps the rule's horizon features read: the largest ``total_steps`` of
+        the param groups (set by the constructor; a group may override it), 0 when none is given."""
+        return max(int(g.get("total_steps") or 0) for g in self.param_groups)
 
     # ---- checkpointing -------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
