@@ -243,3 +243,35 @@ def test_results_table_is_rendered_from_the_json(tmp_path) -> None:
     assert lines[2:] == ["| 50% | gmn | 0.500 ± 0.010 | 0.400 ± 0.020 | - | - |",
                          "| 50% | statnn | - | - | 0.500 ± 0.010 | 0.400 ± 0.020 |",
                          "| OOD | statnn | 0.500 ± 0.010 | 0.400 ± 0.020 | - | - |"]
+
+
+def test_residual_base_starts_at_the_least_squares_line_and_learns_a_correction(tiny_zoo):
+    """residual_base: the untrained predictor is exactly the line fitted on the training models' graph
+    features (gate 0); training moves the gate; it needs graph features and the GMN."""
+    from torch_geometric.data import Batch
+
+    from metaopt.weightspace.accuracy.predict import ResidualOnBase, build_predictor
+
+    zoo = load_zoo(tiny_zoo)
+    net = build_predictor("gmn", PredictorConfig(hidden=8, layers=1), graph_in=2)
+    feats = torch.randn(40, 2, dtype=torch.float64)
+    y = 0.7 * feats[:, 0] - 0.2 * feats[:, 1] + 0.5
+    model = ResidualOnBase.fit(net, feats, y)
+    torch.testing.assert_close(model.coef, torch.tensor([0.7, -0.2]), rtol=0, atol=1e-6)
+    assert float(model.intercept) == pytest.approx(0.5, abs=1e-6) and float(model.gate) == 0.0
+    graphs = [zoo.graph_of(i) for i in range(3)]
+    batch = Batch.from_data_list(graphs)
+    values = torch.randn(batch.edge_index.shape[1], 1)
+    out = model(batch, values, None, feats[:3].float())
+    torch.testing.assert_close(out, (0.7 * feats[:3, 0] - 0.2 * feats[:3, 1] + 0.5).float(), rtol=0, atol=1e-5)
+
+    train, test = make_split(zoo, "50", 0)
+    cfg = PredictorConfig(hidden=8, layers=1, steps=6, batch_size=4, eval_every=2, patience=0, residual_base=True)
+    acc = torch.rand(len(zoo), 1)
+    res = fit_and_score(zoo, train, test, "gmn", cfg, 0, graph_features=acc)
+    assert np.isfinite(res["r2"]) and res["predictor_params"] == 1 + sum(p.numel() for p in build_predictor(
+        "gmn", cfg, graph_in=1).parameters())
+    with pytest.raises(ValueError, match="needs graph_features"):
+        fit_and_score(zoo, train, test, "gmn", cfg, 0)
+    with pytest.raises(ValueError, match="GMN only"):
+        fit_and_score(zoo, train, test, "statnn", cfg, 0)

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="rerun every run instead of loading finished ones "
                     "from <out>/runs (runs are stored there as they finish, keyed by all their settings)")
     for name, default in vars(PredictorConfig()).items():
+        if isinstance(default, bool):  # a switch (type=bool would read "False" as True)
+            ap.add_argument(f"--{name.replace('_', '-')}", action="store_true")
+            continue
         kw = {"choices": SCHEDULES} if name == "schedule" else {}
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, **kw)
     args = ap.parse_args(argv)
@@ -59,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(m in NEEDS_PROBES for m in methods) and args.probes <= 0:
         raise SystemExit(f"--method {','.join(m for m in methods if m in NEEDS_PROBES)} needs --probes P (P > 0)")
     cfg = PredictorConfig(**{k: getattr(args, k) for k in vars(PredictorConfig())})
-    if (cfg.dropout or cfg.output_nodes) and any(m not in ("gmn",) + PROBE_METHODS + REFERENCE_METHODS for m in methods):
-        raise SystemExit("--dropout / --output-nodes act on the GMN's graph head only; run the baselines without them")
+    if (cfg.dropout or cfg.output_nodes or cfg.residual_base) and any(
+            m not in ("gmn",) + PROBE_METHODS + REFERENCE_METHODS for m in methods):
+        raise SystemExit("--dropout / --output-nodes / --residual-base act on the GMN only; run the baselines without them")
+    if cfg.residual_base and not args.probe_acc_input:
+        raise SystemExit("--residual-base needs graph-level inputs for its line: add --probe-acc-input")
     zoos: dict[str, str] = {}
     for spec in args.zoo:
         name, _, path = spec.rpartition("=")

@@ -53,6 +53,11 @@ class PredictorConfig:
     # (GMN only; 0 = off). With probe features they carry the network's logits on the probe digits, whose
     # agreement with the probes' labels alone explains most of the accuracy (docs/accuracy.md).
     output_nodes: int = 0
+    # GMN with graph features only: predict a least-squares line from the graph features (fitted on the
+    # training models) plus the GMN's output times a learned gate that starts at 0 (`ResidualOnBase`), so
+    # training starts at the line and the GMN learns what the line misses (e.g. the order among models
+    # with equal probe accuracy, which a line cannot rank).
+    residual_base: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,8 +71,8 @@ def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0, graph_i
     """
     from ...nn import DMC, GMN, DeepSets, StatNN  # imported here: metaopt.nn is optional for zoo I/O
 
-    if (cfg.dropout or cfg.output_nodes) and method != "gmn":
-        raise ValueError(f"dropout / output_nodes act on the GMN's graph head only, not on {method!r}")
+    if (cfg.dropout or cfg.output_nodes or cfg.residual_base) and method != "gmn":
+        raise ValueError(f"dropout / output_nodes / residual_base act on the GMN only, not on {method!r}")
     if (node_in or graph_in) and method != "gmn":
         raise ValueError(f"node features (probe features) are read by the GMN only, not by {method!r}")
     if method == "gmn":
@@ -83,10 +88,36 @@ def build_predictor(method: str, cfg: PredictorConfig, node_in: int = 0, graph_i
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
+class ResidualOnBase(nn.Module):
+    """``line(graph_values) + gate * net(...)``: a fixed least-squares line from the graph-level inputs
+    plus a GMN's correction, gated by a scalar that starts at 0 (the untrained model is the line)."""
+
+    def __init__(self, net: nn.Module, coef: Tensor, intercept: float) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("coef", coef.float())
+        self.register_buffer("intercept", torch.tensor(float(intercept)))
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    @classmethod
+    def fit(cls, net: nn.Module, features: Tensor, targets: Tensor) -> "ResidualOnBase":
+        """The line by least squares on ``features`` [n, G] -> ``targets`` [n] (the training models)."""
+        x = torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], 1)
+        sol = torch.linalg.lstsq(x, targets.double()[:, None]).solution[:, 0]
+        return cls(net, sol[:-1], float(sol[-1]))
+
+    def forward(self, batch: Batch, edge_values: Tensor, node_values: Tensor | None, graph_values: Tensor) -> Tensor:
+        base = graph_values.float() @ self.coef + self.intercept
+        out = self.net(batch, edge_values=edge_values, node_values=node_values, graph_values=graph_values).graph[:, 0]
+        return base + self.gate * out
+
+
 def predict_batch(model: nn.Module, method: str, batch: Batch, values: Tensor, node_values: Tensor | None = None,
                   graph_values: Tensor | None = None) -> Tensor:
     """[B] predictions (standardised target units) for a PyG batch, its edge values [E, 1] and, for the
     GMN, optional node values [N, C]."""
+    if isinstance(model, ResidualOnBase):
+        return model(batch, values, node_values, graph_values)
     if method == "gmn":
         return model(batch, edge_values=values, node_values=node_values, graph_values=graph_values).graph[:, 0]
     return model(batch, values)[:, 0]
@@ -208,6 +239,10 @@ def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method:
     node_in = 0 if node_features is None else int(node_features[0].shape[1])
     graph_in = 0 if graph_features is None else int(graph_features.shape[1])
     model = build_predictor(method, cfg, node_in=node_in, graph_in=graph_in)
+    if cfg.residual_base:
+        if graph_features is None:
+            raise ValueError("residual_base: needs graph_features (the line's inputs), e.g. the probe accuracy")
+        model = ResidualOnBase.fit(model, train.graph_features, y_train)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "onecycle":
         sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
