@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 # Where keep_best's comparison tasks come from, and which Adam they are compared with (outer_train/compare.py).
 COMPARE_COLLECTIONS = ("meta_train", "meta_val")
 COMPARE_AGAINST = ("adam", "tuned_adam")
+TRAIN_PARAMETERS = ("all", "new_inputs")  # meta.train
 
 
 @dataclass
@@ -88,6 +89,11 @@ class MetaOptSection:
     max_consecutive_skips: int = 10  # stop with an error after this many non-finite meta-gradients in a row
     ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the rule's weights (rule_ema/)
     keep_best: bool = False  # keep the rule (its average when kept) that scores best on the comparison tasks (rule_best/)
+    # Which rule parameters meta-training moves: "all", or "new_inputs": only the input-projection columns
+    # of the features rule.init_from's rule did not read (rule.relative_lr / rule.horizon added to it). PES
+    # then perturbs those few numbers only (its variance grows with the dimension) and the trained rule
+    # stays exactly as it was on its old inputs.
+    train: str = "all"
 
 
 @dataclass
@@ -152,6 +158,9 @@ class TrainConfig:
             (self.tasks.groups >= 1 and self.tasks.group_size >= 1, "tasks.groups and tasks.group_size must be >= 1"),
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
             (0.0 <= self.tasks.horizon_known_prob <= 1.0, "need 0 <= tasks.horizon_known_prob <= 1"),
+            (self.meta.train in TRAIN_PARAMETERS, f"meta.train must be one of {TRAIN_PARAMETERS}"),
+            (self.meta.train == "all" or bool(self.rule.init_from),
+             "meta.train = 'new_inputs' needs rule.init_from (the rule whose inputs are extended)"),
             (0.0 <= self.meta.ema_decay < 1.0, "meta.ema_decay must lie in [0, 1) (0 = no weight average)"),
             (self.log.compare_tasks >= 1, "log.compare_tasks must be >= 1"),
             (self.log.compare_collection in COMPARE_COLLECTIONS, f"log.compare_collection must be one of {COMPARE_COLLECTIONS}"),

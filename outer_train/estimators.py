@@ -30,8 +30,10 @@ class GradientEstimator(Protocol):
     num_particles: int
 
     def gradient(
-        self, rule: UpdateRule, groups: list[TaskGroup], graph_inputs, record_ratio: bool
+        self, rule: UpdateRule, groups: list[TaskGroup], graph_inputs, record_ratio: bool, mask: Tensor | None = None
     ) -> tuple[list[Tensor], TruncationResult]: ...
+    # ``mask`` (flat over the rule's parameters, 1 = trained; None = all): the trainer zeroes the rest of
+    # the gradient; an estimator may also use it to spend its effort on those parameters (PES perturbs only them).
 
 
 def estimator_state(estimator: GradientEstimator) -> dict[str, Any]:
@@ -64,7 +66,7 @@ class TBPTT:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
 
-    def gradient(self, rule, groups, graph_inputs, record_ratio):
+    def gradient(self, rule, groups, graph_inputs, record_ratio, mask=None):
         c = self.cfg
         return tbptt_gradient(rule, groups, graph_inputs, c.tasks.truncation, second_order=c.estimator.second_order,
                               meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio)
@@ -80,10 +82,10 @@ class PES:
         self.cfg = cfg
         self.state = PESState()
 
-    def gradient(self, rule, groups, graph_inputs, record_ratio):
+    def gradient(self, rule, groups, graph_inputs, record_ratio, mask=None):
         c = self.cfg
         return pes_gradient(rule, self.state, groups, graph_inputs, c.tasks.truncation, c.estimator.pes_sigma,
-                            meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio)
+                            meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio, mask=mask)
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.state_dict()

@@ -63,10 +63,14 @@ def pes_gradient(
     vmap: bool = True,
     generator: torch.Generator | None = None,
     record_ratio: bool = False,
+    mask: Tensor | None = None,
 ) -> tuple[list[Tensor], TruncationResult]:
-    """PES meta-gradient (one tensor per rule parameter) from one truncation of both particles."""
+    """PES meta-gradient (one tensor per rule parameter) from one truncation of both particles;
+    with ``mask`` (flat, 1 = trained) only those parameters are perturbed (the rest get 0)."""
     theta = parameters_to_vector(rule.parameters()).detach()
     eps = torch.randn(theta.shape, generator=generator) * sigma
+    if mask is not None:
+        eps = eps * mask
     xis = state.accumulate(groups, eps)
     plus = unroll_truncation(
         rule, groups, graph_inputs, steps, particle=0, rule_params=_unflatten(rule, theta + eps),

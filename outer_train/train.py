@@ -15,6 +15,7 @@ import json
 import math
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,28 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
     )
 
 
+def trainable_mask(cfg: TrainConfig, rule: UpdateRule) -> Tensor | None:
+    """``meta.train``'s mask over the rule's flat parameters (1 = meta-trained), or None for all of them.
+
+    "new_inputs": the columns that `UpdateRule.with_features` appended to an input projection of the
+    ``rule.init_from`` rule (the weights of the features it did not read); nothing else moves."""
+    if cfg.meta.train == "all":
+        return None
+    stored = json.loads((Path(cfg.rule.init_from) / "config.json").read_text())["tensors"]
+    parts = []
+    for name, p in rule.named_parameters():
+        m = torch.zeros_like(p, dtype=torch.float32)
+        old = stored.get(name)
+        if old is not None and p.dim() == 2 and list(p.shape) != old:
+            m[:, old[1]:] = 1.0
+        parts.append(m.reshape(-1))
+    mask = torch.cat(parts)
+    if not bool(mask.any()):
+        raise ValueError(f"meta.train = 'new_inputs': the rule has no inputs beyond those of {cfg.rule.init_from}; "
+                         "set rule.relative_lr or rule.horizon to add some.")
+    return mask
+
+
 def _accelerator():
     from accelerate import Accelerator
 
@@ -76,6 +99,7 @@ class MetaTrainer:
         self.main = self.acc.is_main_process
         torch.set_num_threads(max(1, cfg.threads))
         self.rule = build_rule(cfg)
+        self.mask = trainable_mask(cfg, self.rule)  # None: every rule parameter is meta-trained
         self.meta_opt = torch.optim.Adam(self.rule.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
         # An exponential moving average of the rule's weights: PES meta-gradients are noisy, and the
         # rule at the last step is one sample of where the run wandered (exported as rule_ema/).
@@ -128,9 +152,13 @@ class MetaTrainer:
         self.refresh_groups()
         t0 = time.perf_counter()
         record = cfg.log.hist_every > 0 and (self.step + 1) % cfg.log.hist_every == 0
-        grads, res = self.estimator.gradient(self.rule, self.groups, self.graph_inputs, record)
+        # The mask goes only where one is set: estimators registered without the argument keep working.
+        extra = () if self.mask is None else (self.mask,)
+        grads, res = self.estimator.gradient(self.rule, self.groups, self.graph_inputs, record, *extra)
         elapsed = time.perf_counter() - t0
         flat = torch.cat([g.reshape(-1) for g in grads])
+        if self.mask is not None:
+            flat = flat * self.mask
         stats = torch.tensor([float(res.meta_loss), float(res.inner_steps)])
         if self.world > 1:
             flat = self.acc.reduce(flat, reduction="mean")

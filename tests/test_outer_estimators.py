@@ -218,3 +218,37 @@ def test_a_registered_estimator_drives_a_meta_step(tmp_path: Path) -> None:
         estimators.ESTIMATORS.pop(name, None)
     with pytest.raises(ConfigError, match="estimator.kind must be one of"):
         resolve("quick", None, [f"estimator.kind={name}"])
+
+
+@pytest.mark.parametrize("kind", ["pes", "tbptt"])
+def test_meta_train_new_inputs_moves_only_the_added_input_columns(tmp_path: Path, kind: str) -> None:
+    """meta.train = "new_inputs" with rule.horizon on a stored rule: after meta-steps only the two
+    horizon columns of the graph projection changed (PES perturbs nothing else); everything the
+    stored rule had is bit-identical."""
+    from outer_train.train import trainable_mask
+
+    torch.manual_seed(0)
+    stored = UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.3, refresh_every=10))
+    stored.save_pretrained(tmp_path / "stored")
+    cfg = resolve("quick", None, TINY + [f'out_dir="{tmp_path}"', 'name="new"', f'rule.init_from="{tmp_path / "stored"}"',
+                                         "rule.horizon=true", 'meta.train="new_inputs"', f'estimator.kind="{kind}"',
+                                         "rule.refresh_every=10", "tasks.truncation=10", "tasks.unroll_min=20",
+                                         "tasks.unroll_max=40", "meta.lr=0.05", "log.compare_every=0", "log.hist_every=0"])
+    trainer = MetaTrainer(cfg)
+    mask = trainable_mask(cfg, trainer.rule)
+    assert int(mask.sum()) == trainer.rule.net.graph_proj.weight.shape[0] * 2
+    before = {k: v.clone() for k, v in trainer.rule.state_dict().items()}
+    for _ in range(3):
+        trainer.meta_step()
+    after = trainer.rule.state_dict()
+    for name, old in before.items():
+        if name == "net.graph_proj.weight":
+            assert torch.equal(after[name][:, :-2], old[:, :-2]) and not torch.equal(after[name][:, -2:], old[:, -2:])
+        else:
+            assert torch.equal(after[name], old), name
+
+    with pytest.raises(ConfigError, match="needs rule.init_from"):
+        resolve("quick", None, TINY + ['meta.train="new_inputs"'])
+    plain = resolve("quick", None, TINY + [f'rule.init_from="{tmp_path / "stored"}"', 'meta.train="new_inputs"'])
+    with pytest.raises(ValueError, match="no inputs beyond"):
+        trainable_mask(plain, UpdateRule.from_pretrained(tmp_path / "stored"))
