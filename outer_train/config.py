@@ -75,6 +75,10 @@ class EstimatorSection:
     second_order: bool = False  # TBPTT: differentiate through the inner gradients (Hessian terms)
     meta_loss: str = "train"  # train (mean log training loss over the truncation) | val
     pes_sigma: float = 0.01  # PES perturbation std in rule-parameter space
+    # Weight of a truncation's meta-loss: (fraction of its trajectory done at the truncation's end) ** late_power.
+    # 0: every truncation alike (the mean log loss over the trajectory, v0.3); 2: the last tenth of a trajectory
+    # weighs ~19x its first tenth (PES stays unbiased for the weighted objective).
+    late_power: float = 0.0
 
 
 @dataclass
@@ -158,6 +162,7 @@ class TrainConfig:
             (self.tasks.groups >= 1 and self.tasks.group_size >= 1, "tasks.groups and tasks.group_size must be >= 1"),
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
             (0.0 <= self.tasks.horizon_known_prob <= 1.0, "need 0 <= tasks.horizon_known_prob <= 1"),
+            (self.estimator.late_power >= 0, "need estimator.late_power >= 0"),
             (self.meta.train in TRAIN_PARAMETERS, f"meta.train must be one of {TRAIN_PARAMETERS}"),
             (self.meta.train == "all" or bool(self.rule.init_from),
              "meta.train = 'new_inputs' needs rule.init_from (the rule whose inputs are extended)"),

@@ -69,7 +69,8 @@ class TBPTT:
     def gradient(self, rule, groups, graph_inputs, record_ratio, mask=None):
         c = self.cfg
         return tbptt_gradient(rule, groups, graph_inputs, c.tasks.truncation, second_order=c.estimator.second_order,
-                              meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio)
+                              meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio,
+                              late_power=c.estimator.late_power)
 
 
 @register_estimator("pes")
@@ -85,7 +86,8 @@ class PES:
     def gradient(self, rule, groups, graph_inputs, record_ratio, mask=None):
         c = self.cfg
         return pes_gradient(rule, self.state, groups, graph_inputs, c.tasks.truncation, c.estimator.pes_sigma,
-                            meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio, mask=mask)
+                            meta_loss=c.estimator.meta_loss, vmap=c.tasks.vmap, record_ratio=record_ratio, mask=mask,
+                            late_power=c.estimator.late_power)
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.state_dict()

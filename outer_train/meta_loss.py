@@ -17,6 +17,16 @@ def log_loss(loss: Tensor) -> Tensor:
     return torch.log(loss.clamp_min(LOSS_FLOOR))
 
 
+def late_weights(groups: list, steps: int, power: float) -> list[float]:
+    """Each group's weight for the truncation about to run: ``(fraction of its trajectory done at the
+    truncation's end) ** power``. 0 weighs every truncation alike (the mean log loss over the whole
+    trajectory); > 0 weighs the end of training most, which is what "reach a low loss by the end of the
+    budget" (the held-out evaluation) measures. Computed before the truncation advances the groups."""
+    if power == 0:
+        return [1.0] * len(groups)
+    return [min(1.0, (g.step + steps) / g.horizon) ** power for g in groups]
+
+
 def truncation_meta_loss(losses: list[Tensor]) -> Tensor:
     """Mean over steps (and members) of log loss; ``losses`` is one tensor [M] per inner step."""
     if not losses:

@@ -17,6 +17,7 @@ from torch.nn.utils import parameters_to_vector
 
 from metaopt.optim import UpdateRule
 
+from .meta_loss import late_weights
 from .tasks import TaskGroup
 from .tbptt import TruncationResult, unroll_truncation
 
@@ -64,6 +65,7 @@ def pes_gradient(
     generator: torch.Generator | None = None,
     record_ratio: bool = False,
     mask: Tensor | None = None,
+    late_power: float = 0.0,
 ) -> tuple[list[Tensor], TruncationResult]:
     """PES meta-gradient (one tensor per rule parameter) from one truncation of both particles;
     with ``mask`` (flat, 1 = trained) only those parameters are perturbed (the rest get 0)."""
@@ -72,6 +74,7 @@ def pes_gradient(
     if mask is not None:
         eps = eps * mask
     xis = state.accumulate(groups, eps)
+    weights = late_weights(groups, steps, late_power)  # before the + particle advances the groups
     plus = unroll_truncation(
         rule, groups, graph_inputs, steps, particle=0, rule_params=_unflatten(rule, theta + eps),
         meta_loss=meta_loss, vmap=vmap, record_ratio=record_ratio,
@@ -80,7 +83,7 @@ def pes_gradient(
         rule, groups, graph_inputs, steps, particle=1, rule_params=_unflatten(rule, theta - eps),
         meta_loss=meta_loss, vmap=vmap, replay=plus.batches,
     )
-    diffs = [a - b for a, b in zip(plus.group_losses, minus.group_losses)]
+    diffs = [w * (a - b) for w, a, b in zip(weights, plus.group_losses, minus.group_losses)]
     grad = torch.stack([xi * d for xi, d in zip(xis, diffs)]).mean(0) / (2 * sigma**2)
     result = TruncationResult(
         torch.tensor((sum(plus.group_losses) + sum(minus.group_losses)) / (2 * len(groups))),

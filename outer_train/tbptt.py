@@ -17,7 +17,7 @@ from torch import Tensor
 
 from metaopt.optim import UpdateRule
 
-from .meta_loss import truncation_meta_loss
+from .meta_loss import late_weights, truncation_meta_loss
 from .tasks import TaskGroup
 from .unroll import final_losses, inner_step
 
@@ -31,7 +31,8 @@ class TruncationResult:
     inner_steps: int
     update_ratio: Tensor | None
     last_losses: list[float]
-    batches: list[list[Any]] | None = None  # per step (and the tail), per group: what the truncation used
+    batches: list[list[Any]] | None = None
+    group_loss_tensors: list[Tensor] | None = None  # the per-group meta-losses with autograd (TBPTT's weighting)  # per step (and the tail), per group: what the truncation used
 
 
 def detach_groups(groups: list[TaskGroup]) -> None:
@@ -97,6 +98,7 @@ def unroll_truncation(
         ratio,
         [float(ls[-1].detach().mean()) for ls in per_group],
         batches_by_step,
+        group_losses,
     )
 
 
@@ -110,16 +112,22 @@ def tbptt_gradient(
     meta_loss: str = "train",
     vmap: bool = True,
     record_ratio: bool = False,
+    late_power: float = 0.0,
 ) -> tuple[list[Tensor], TruncationResult]:
-    """Meta-gradient (one tensor per rule parameter) of one truncation of every group."""
+    """Meta-gradient (one tensor per rule parameter) of one truncation of every group (each group's
+    meta-loss weighted by `late_weights`; the reported meta-loss is unweighted)."""
     detach_groups(groups)
     params = [p for p in rule.parameters()]
+    weights = late_weights(groups, steps, late_power)
     res = unroll_truncation(
         rule, groups, graph_inputs, steps,
         second_order=second_order, meta_loss=meta_loss, vmap=vmap, record_ratio=record_ratio,
     )
-    grads = torch.autograd.grad(res.meta_loss, params, allow_unused=True)
+    objective = res.meta_loss if late_power == 0 else torch.stack(
+        [w * loss for w, loss in zip(weights, res.group_loss_tensors)]).mean()
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
     detach_groups(groups)
     res.meta_loss = res.meta_loss.detach()
+    res.group_loss_tensors = None
     return grads, res

@@ -252,3 +252,33 @@ def test_meta_train_new_inputs_moves_only_the_added_input_columns(tmp_path: Path
     plain = resolve("quick", None, TINY + [f'rule.init_from="{tmp_path / "stored"}"', 'meta.train="new_inputs"'])
     with pytest.raises(ValueError, match="no inputs beyond"):
         trainable_mask(plain, UpdateRule.from_pretrained(tmp_path / "stored"))
+
+
+def test_late_power_weighs_each_truncation_by_the_fraction_of_its_trajectory_done() -> None:
+    """late_power p: a group's meta-gradient is scaled by ((step + K) / horizon) ** p, computed before the
+    truncation (the same for PES's two particles); p = 0 is the unweighted estimate; the reported
+    meta-loss stays unweighted."""
+    from outer_train.meta_loss import late_weights
+
+    task = quadratic_task()
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, layers=0, alpha=0.2, refresh_every=1))
+
+    def group(step: int, particles: int) -> TaskGroup:
+        g = TaskGroup.from_task(task, [0], 20, 0.05, num_particles=particles)
+        g.step = step
+        return g
+
+    assert late_weights([group(2, 1), group(15, 1), group(18, 1)], 3, 2.0) == pytest.approx([0.25**2, 0.81, 1.0])
+    assert late_weights([group(2, 1)], 3, 0.0) == [1.0]
+    graph = batched_graph(rule, [group(2, 1)])
+    w = (5 / 20) ** 2
+    for estimate in (
+        lambda p: pes_gradient(rule, PESState(), [group(2, 2)], graph, 3, 1e-3,
+                               generator=torch.Generator().manual_seed(0), late_power=p),
+        lambda p: tbptt_gradient(rule, [group(2, 1)], graph, 3, late_power=p),
+    ):
+        (g0, r0), (g2, r2) = estimate(0.0), estimate(2.0)
+        torch.testing.assert_close(_flat(g2), w * _flat(g0))
+        assert float(r2.meta_loss) == pytest.approx(float(r0.meta_loss))
+    with pytest.raises(ConfigError, match="late_power"):
+        resolve("quick", None, TINY + ["estimator.late_power=-1"])
