@@ -104,7 +104,7 @@ def test_diagnose_reference_regressors_find_the_weight_scale_signal():
 def test_predictor_dropout_is_gmn_only_and_trains():
     from metaopt.weightspace.accuracy.predict import build_predictor
 
-    with pytest.raises(ValueError, match="graph head only"):
+    with pytest.raises(ValueError, match="act on the GMN only"):
         build_predictor("statnn", PredictorConfig(dropout=0.2))
     zoo = unique_arch_zoo(60)
     train, test = make_split(zoo, "50", 0)
