@@ -54,6 +54,13 @@ def test_results_json_has_the_issue_layout_merges_and_names_the_command(tiny_zoo
     assert "| 50% | hparams+arch GB (reference) |" in table and "| OOD | GMN + probe features |" in table
     with pytest.raises(SystemExit, match="--probes"):
         _cli(tiny_zoo, tmp_path / "c", results, "--method", "gmn_probes")
+    # --results-name stores a second configuration of a method beside the first
+    assert _cli(tiny_zoo, tmp_path / "d", results, "--method", "statnn", "--split", "50", "--hidden", "4",
+                "--results-name", "statnn=statnn_h4") == 0
+    named = json.loads(results.read_text())["diverse-archs"]["50%"]
+    assert named["statnn"] == merged["50%"]["statnn"] and "--hidden 4" in named["statnn_h4"]["command"]
+    with pytest.raises(SystemExit, match="--results-name"):
+        _cli(tiny_zoo, tmp_path / "e", results, "--method", "statnn", "--results-name", "gmn=x")
 
 
 def test_hparams_reference_matches_the_diagnosis(tiny_zoo):

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                     "class probabilities (softmax over the outputs of its logits)")
     ap.add_argument("--probe-acc-input", action="store_true", help="gmn_probes: each model's accuracy on the probe "
                     "digits (the probe_acc reference's input) as a graph-level input of the GMN")
+    ap.add_argument("--results-name", action="append", default=[], metavar="METHOD=NAME",
+                    help="store METHOD's rows under NAME in --results-json (e.g. gmn_probes=gmn_probes64: a second "
+                         "configuration beside the first); repeatable")
     ap.add_argument("--no-resume", action="store_true", help="rerun every run instead of loading finished ones "
                     "from <out>/runs (runs are stored there as they finish, keyed by all their settings)")
     for name, default in vars(PredictorConfig()).items():
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--dropout / --output-nodes / --residual-base act on the GMN only; run the baselines without them")
     if cfg.residual_base and not args.probe_acc_input:
         raise SystemExit("--residual-base needs graph-level inputs for its line: add --probe-acc-input")
+    names = dict(item.split("=", 1) for item in args.results_name if "=" in item)
+    if len(names) != len(args.results_name) or any(m not in methods for m in names):
+        raise SystemExit(f"--results-name: need METHOD=NAME with METHOD among {methods}, got {args.results_name}")
     zoos: dict[str, str] = {}
     for spec in args.zoo:
         name, _, path = spec.rpartition("=")
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     probe_softmax=args.probe_softmax, probe_acc_input=args.probe_acc_input)
     command = command_line("python -m experiments.accuracy", argv)
     table = write_results(out, runs, zoos, splits, methods, cfg, command,
-                          results_json=Path(args.results_json) if args.results_json else None)
+                          results_json=Path(args.results_json) if args.results_json else None,
+                          results_names=names)
     print(table)
     print(f"wrote {args.out}/accuracy.json, accuracy.md, scatter_*.png" + (f", {args.results_json}" if args.results_json else ""))
     return 0

@@ -160,17 +160,20 @@ def _short(r: dict[str, Any]) -> str:
     return f"{r['zoo']} {r['split']} {r['method']} s{r['seed']}: R2={r['r2']:.3f} tau={r['tau']:.3f}"
 
 
-def results_entries(summary: dict[str, Any]) -> dict[str, Any]:
+def results_entries(summary: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
     """The summary in the layout of docs/results/accuracy.json: {zoo: {"50%"|"5%"|"OOD": {method: {r2_mean,
-    r2_std, tau_mean, tau_std, n_seeds}}}}."""
+    r2_std, tau_mean, tau_std, n_seeds}}}}; ``names`` renames methods (one configuration of a method beside
+    another, e.g. ``{"gmn_probes": "gmn_probes64"}``)."""
+    names = names or {}
     return {zoo: {SPLIT_LABELS.get(split, split): {
-        method: {"r2_mean": s["r2_mean"], "r2_std": s["r2_std"], "tau_mean": s["tau_mean"], "tau_std": s["tau_std"],
+        names.get(method, method): {"r2_mean": s["r2_mean"], "r2_std": s["r2_std"], "tau_mean": s["tau_mean"], "tau_std": s["tau_std"],
                  "n_seeds": s["n"]} for method, s in rows.items()} for split, rows in splits.items()}
         for zoo, splits in summary.items()}
 
 
 def write_results(out: Path, runs: list[dict[str, Any]], zoos: dict[str, str], splits: list[str],
-                  methods: list[str], cfg: PredictorConfig, command: str, results_json: Path | None = None) -> str:
+                  methods: list[str], cfg: PredictorConfig, command: str, results_json: Path | None = None,
+                  results_names: dict[str, str] | None = None) -> str:
     """accuracy.json (config, every run, summary), accuracy.md (table), scatter_<zoo>.png; returns the table.
 
     ``results_json``: also merge the summary into that file (see `results_entries`, `experiments.results`).
@@ -180,7 +183,7 @@ def write_results(out: Path, runs: list[dict[str, Any]], zoos: dict[str, str], s
     if results_json is not None:
         from ..results import update_results_json
 
-        update_results_json(results_json, results_entries(summary), depth=3, command=command)
+        update_results_json(results_json, results_entries(summary, results_names), depth=3, command=command)
     table = markdown_table(summary, list(zoos), splits, methods)
     info = {name: {"path": p, "models": len(open_zoo(p)), "architectures": len(open_zoo(p).graphs)}
             for name, p in zoos.items()}
