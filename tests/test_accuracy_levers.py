@@ -282,3 +282,16 @@ def test_residual_base_starts_at_the_least_squares_line_and_learns_a_correction(
         fit_and_score(zoo, train, test, "gmn", cfg, 0)
     with pytest.raises(ValueError, match="GMN only"):
         fit_and_score(zoo, train, test, "statnn", cfg, 0)
+
+
+def test_model_selection_can_minimise_minus_kendall_tau(tiny_zoo):
+    """select_on="tau": the validation curve is -tau (in [-1, 1]) and the kept checkpoint is its minimum."""
+    zoo = load_zoo(tiny_zoo)
+    train, test = make_split(zoo, "50", 0)
+    cfg = PredictorConfig(hidden=8, layers=1, steps=8, batch_size=4, eval_every=2, patience=0, val_fraction=0.5,
+                          select_on="tau")
+    res = fit_and_score(zoo, train, test, "statnn", cfg, 0)
+    assert res["val_curve"] and all(-1.0 <= v <= 1.0 for v in res["val_curve"])
+    assert res["best_step"] == 2 * (1 + min(range(len(res["val_curve"])), key=lambda i: (res["val_curve"][i], i)))
+    with pytest.raises(ValueError, match="select_on"):
+        fit_and_score(zoo, train, test, "statnn", PredictorConfig(steps=2, select_on="r2"), 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from metaopt.weightspace.accuracy import METHODS, SCHEDULES, SPLITS, PredictorConfig
+from metaopt.weightspace.accuracy import METHODS, SCHEDULES, SELECT_ON, SPLITS, PredictorConfig
 
 from ..results import command_line
 from .run import NEEDS_PROBES, PROBE_METHODS, REFERENCE_METHODS, open_zoo, run_grid, write_results
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(default, bool):  # a switch (type=bool would read "False" as True)
             ap.add_argument(f"--{name.replace('_', '-')}", action="store_true")
             continue
-        kw = {"choices": SCHEDULES} if name == "schedule" else {}
+        kw = {"choices": SCHEDULES} if name == "schedule" else {"choices": SELECT_ON} if name == "select_on" else {}
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, **kw)
     args = ap.parse_args(argv)
     splits = _choices(args.split, SPLITS, "split")

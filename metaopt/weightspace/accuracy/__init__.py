@@ -4,11 +4,11 @@ The experiment driver (grid of zoos x splits x methods x seeds, tables, plots, d
 `experiments.accuracy` (`python -m experiments.accuracy`, console script `metaopt-accuracy`).
 """
 
-from .predict import METHODS, SCHEDULES, PredictorConfig, build_predictor, fit_and_score, scores
+from .predict import METHODS, SCHEDULES, SELECT_ON, PredictorConfig, build_predictor, fit_and_score, scores
 from .preprocess import TargetScaler, WeightNormalizer
 from .splits import SPLITS, make_split, ood_test_mask
 
 __all__ = [
-    "METHODS", "SCHEDULES", "SPLITS", "PredictorConfig", "TargetScaler", "WeightNormalizer", "build_predictor", "fit_and_score",
+    "METHODS", "SCHEDULES", "SELECT_ON", "SPLITS", "PredictorConfig", "TargetScaler", "WeightNormalizer", "build_predictor", "fit_and_score",
     "make_split", "ood_test_mask", "scores",
 ]

@@ -19,6 +19,7 @@ from .preprocess import TargetScaler, WeightNormalizer
 
 METHODS: tuple[str, ...] = ("gmn", "deepsets", "dmc", "statnn")
 SCHEDULES: tuple[str, ...] = ("plateau", "onecycle")
+SELECT_ON: tuple[str, ...] = ("mse", "tau")
 
 
 @dataclass
@@ -58,6 +59,9 @@ class PredictorConfig:
     # training starts at the line and the GMN learns what the line misses (e.g. the order among models
     # with equal probe accuracy, which a line cannot rank).
     residual_base: bool = False
+    # What model selection (the best checkpoint, early stopping) minimises on the validation models: "mse",
+    # or "tau": minus Kendall's tau, when the ranking matters more than the values.
+    select_on: str = "mse"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,6 +225,8 @@ def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method:
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+    if cfg.select_on not in SELECT_ON:
+        raise ValueError(f"unknown select_on {cfg.select_on!r}; choose one of {SELECT_ON}")
     if graph_features is not None and (graph_features.dim() != 2 or len(graph_features) != len(zoo)):
         raise ValueError(f"graph_features: need [{len(zoo)}, G] (one row per zoo model), got {tuple(graph_features.shape)}")
     if node_features is not None and len(node_features) != len(zoo):
@@ -274,7 +280,11 @@ def fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarray, method:
         if progress is not None:
             progress.update(1)
         if val is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            v = float(torch.mean((predict(model, method, val, cfg.eval_batch_size) - y_val) ** 2))
+            pred_val = predict(model, method, val, cfg.eval_batch_size)
+            if cfg.select_on == "tau":
+                v = -scores(y_val.numpy(), pred_val.numpy())["tau"]
+            else:
+                v = float(torch.mean((pred_val - y_val) ** 2))
             val_curve.append(v)
             improved = best.update(model, v, step + 1)
             since_best = 0 if improved else since_best + 1
