@@ -34,26 +34,13 @@ from .config import resolve
 ADDABLE = ("horizon", "relative_lr")
 
 
-def new_input_mask(rule: UpdateRule, base: UpdateRule) -> list[tuple[str, torch.Tensor]]:
-    """(parameter name, bool mask) for every input column ``rule`` has beyond ``base`` (what
-    `UpdateRule.with_features` appended); the ES trains exactly these entries."""
-    old = dict(base.named_parameters())
-    out = []
-    for name, p in rule.named_parameters():
-        if p.dim() == 2 and name in old and old[name].shape[1] < p.shape[1]:
-            m = torch.zeros_like(p, dtype=torch.bool)
-            m[:, old[name].shape[1]:] = True
-            out.append((name, m))
-    if not out:
-        raise ValueError("full_es: the rule has no input columns beyond the base rule's; add a feature (--add-features).")
-    return out
-
-
 class Entries:
     """Read and write the trained entries of a rule as one flat vector."""
 
-    def __init__(self, rule: UpdateRule, masks: list[tuple[str, torch.Tensor]]) -> None:
-        self.rule, self.masks = rule, masks
+    def __init__(self, rule: UpdateRule, masks: dict[str, torch.Tensor]) -> None:
+        if not masks:
+            raise ValueError("full_es: the rule has no input columns beyond the base rule's; add a feature (--add-features).")
+        self.rule, self.masks = rule, list(masks.items())
         self.params = dict(rule.named_parameters())
 
     def get(self) -> torch.Tensor:
@@ -92,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     base = UpdateRule.from_pretrained(a.rule).eval()
     features = dataclasses.replace(base.features, **{name: True for name in a.add_features})
     rule = base.with_features(features).eval()
-    entries = Entries(rule, new_input_mask(rule, base))
+    entries = Entries(rule, rule.appended_inputs(base))  # the ES trains exactly these entries
     lr = float(rule.config.default_lr)  # what GMNOptimizer(model) uses: fitness is scored there
     cfg = resolve(None if a.config else "quick", a.config, [])  # the meta_train fitness tasks' distribution and seed
     fit = Comparison(cfg, a.steps, a.tasks, a.collection, against="tuned_adam")

@@ -15,7 +15,6 @@ import json
 import math
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,19 +67,12 @@ def trainable_mask(cfg: TrainConfig, rule: UpdateRule) -> Tensor | None:
     ``rule.init_from`` rule (the weights of the features it did not read); nothing else moves."""
     if cfg.meta.train == "all":
         return None
-    stored = json.loads((Path(cfg.rule.init_from) / "config.json").read_text())["tensors"]
-    parts = []
-    for name, p in rule.named_parameters():
-        m = torch.zeros_like(p, dtype=torch.float32)
-        old = stored.get(name)
-        if old is not None and p.dim() == 2 and list(p.shape) != old:
-            m[:, old[1]:] = 1.0
-        parts.append(m.reshape(-1))
-    mask = torch.cat(parts)
-    if not bool(mask.any()):
+    added = rule.appended_inputs(UpdateRule.from_pretrained(cfg.rule.init_from))
+    if not added:
         raise ValueError(f"meta.train = 'new_inputs': the rule has no inputs beyond those of {cfg.rule.init_from}; "
                          "set rule.relative_lr or rule.horizon to add some.")
-    return mask
+    return torch.cat([added.get(name, torch.zeros_like(p, dtype=torch.bool)).reshape(-1).float()
+                      for name, p in rule.named_parameters()])
 
 
 def _accelerator():

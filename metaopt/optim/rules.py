@@ -312,6 +312,18 @@ class UpdateRule(nn.Module):
         rule.load_state_dict(widened, strict=True)
         return rule
 
+    def appended_inputs(self, base: "UpdateRule") -> dict[str, Tensor]:
+        """Parameter name -> bool mask of the input columns this rule has beyond ``base`` (what
+        `with_features` appended to ``base``'s input projections); parameters without any are absent."""
+        old = dict(base.named_parameters())
+        out = {}
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and name in old and old[name].shape[1] < p.shape[1]:
+                mask = torch.zeros_like(p, dtype=torch.bool)
+                mask[:, old[name].shape[1]:] = True
+                out[name] = mask
+        return out
+
     @classmethod
     def default(cls) -> "UpdateRule":
         """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN lr-scale rule
