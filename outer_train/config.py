@@ -37,7 +37,8 @@ class RuleSection:
     max_step: int = 0  # FeatureConfig.max_step (0 = time features never capped)
     relative_lr: bool = False  # FeatureConfig.relative_lr: the rule sees lr / weight rms per tensor
     horizon: bool = False  # FeatureConfig.horizon: the rule sees the fraction of its trajectory done
-    # (either flag with init_from: added to a rule trained without it, its weights starting at zero)
+    snr: bool = False  # FeatureConfig.snr: the rule sees Adam's unnormalised m / sqrt(v) (gradient signal-to-noise)
+    # (any of these flags with init_from: added to a rule trained without it, its weights starting at zero)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 
 
@@ -94,7 +95,7 @@ class MetaOptSection:
     ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the rule's weights (rule_ema/)
     keep_best: bool = False  # keep the rule (its average when kept) that scores best on the comparison tasks (rule_best/)
     # Which rule parameters meta-training moves: "all", or "new_inputs": only the input-projection columns
-    # of the features rule.init_from's rule did not read (rule.relative_lr / rule.horizon added to it). PES
+    # of the features rule.init_from's rule did not read (rule.relative_lr / horizon / snr added to it). PES
     # then perturbs those few numbers only (its variance grows with the dimension) and the trained rule
     # stays exactly as it was on its old inputs.
     train: str = "all"

@@ -31,7 +31,7 @@ from metaopt.optim import UpdateRule
 from .compare import Comparison
 from .config import resolve
 
-ADDABLE = ("horizon", "relative_lr")
+ADDABLE = ("horizon", "relative_lr", "snr")
 
 
 class Entries:

@@ -47,16 +47,17 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
             raise ValueError(
                 f"rule.init_from={cfg.rule.init_from} holds a {rule.config.kind} rule but rule.arch={cfg.rule.arch!r}."
             )
-        # Continue a rule trained without the lr or horizon features: their new input columns start at zero.
+        # Continue a rule trained without the lr, horizon or snr features: their new input columns start at zero.
         wanted = dataclasses.replace(rule.features, relative_lr=rule.features.relative_lr or cfg.rule.relative_lr,
-                                     horizon=rule.features.horizon or cfg.rule.horizon)
+                                     horizon=rule.features.horizon or cfg.rule.horizon,
+                                     snr=rule.features.snr or cfg.rule.snr)
         return rule.with_features(wanted) if wanted != rule.features else rule
     torch.manual_seed(cfg.seed)
     r = cfg.rule
     return UpdateRule(
         RuleConfig(kind=r.arch, hidden=r.hidden, layers=r.layers, alpha=r.alpha, bound=r.bound,
                    refresh_every=r.refresh_every, features=FeatureConfig(max_step=r.max_step, relative_lr=r.relative_lr,
-                                                                        horizon=r.horizon))
+                                                                        horizon=r.horizon, snr=r.snr))
     )
 
 
@@ -70,7 +71,7 @@ def trainable_mask(cfg: TrainConfig, rule: UpdateRule) -> Tensor | None:
     added = rule.appended_inputs(UpdateRule.from_pretrained(cfg.rule.init_from))
     if not added:
         raise ValueError(f"meta.train = 'new_inputs': the rule has no inputs beyond those of {cfg.rule.init_from}; "
-                         "set rule.relative_lr or rule.horizon to add some.")
+                         "set rule.relative_lr, rule.horizon or rule.snr to add some.")
     return torch.cat([added.get(name, torch.zeros_like(p, dtype=torch.bool)).reshape(-1).float()
                       for name, p in rule.named_parameters()])
 

@@ -86,7 +86,8 @@ def inner_step(
                for p, gr, st in zip(ps, gs, sts)]
     due = rule.net is not None and core.refresh_due(members[0][3].step, rule.config.refresh_every)
     if due:
-        feats = [core.rule_features(group.index, gr, p, st, rule, group.hyper.lr, group.hyper.total_steps) for group, p, gr, st in members]
+        feats = [core.rule_features(group.index, gr, p, st, rule, group.hyper.lr, group.hyper.total_steps,
+                                    (group.hyper.beta1, group.hyper.beta2)) for group, p, gr, st in members]
         merged = Features(
             edge=torch.cat([f.edge for f in feats]),
             node=torch.cat([f.node for f in feats]),

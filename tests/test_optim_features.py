@@ -250,3 +250,55 @@ def test_horizon_features_are_the_fraction_done_and_whether_it_is_known(grad_ena
             assert torch.equal(f.graph[:, :-2], base.graph) and torch.equal(f.edge, base.edge)
     with pytest.raises(ValueError, match="total_steps must be >= 0"):
         compute_features(idx, *values, 3, cfg, total_steps=-1)
+
+
+# ---- the signal-to-noise features (FeatureConfig(snr=True)) -----------------------------------------
+@pytest.mark.parametrize("grad_enabled", [False, True])
+def test_snr_features_are_adams_bias_corrected_ratio_and_its_tensor_rms(grad_enabled):
+    """Two edge columns after the others: Adam's bias-corrected m_hat / (sqrt(v_hat) + eps), clamped
+    to +-clip, and its rms over each parameter tensor, neither normalised (rescaling the gradients
+    leaves them as they are); every other column is exactly that of the rule without them, in the
+    differentiable and the no-grad path, with and without the relative-lr column before them."""
+    graph = _random_graph(SHAPES)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    grad, param, m, v, ls = _values(graph.num_params)
+    m[0] = 50.0  # clamped
+    step, betas = 7, (0.8, 0.99)
+    corr = math.sqrt(1 - 0.99**step) / (1 - 0.8**step)
+    ratio = (m / (v.sqrt() + 1e-8) * corr).clamp(-3, 3)
+    rms, i = [], 0
+    for shape in SHAPES:
+        n = math.prod(shape)
+        rms += [float((m[i : i + n] / (v[i : i + n].sqrt() + 1e-8) * corr).square().mean().sqrt())] * n
+        i += n
+    assert FeatureConfig.from_dict({k: v for k, v in FeatureConfig().to_dict().items() if k != "snr"}) == FeatureConfig()
+    with torch.set_grad_enabled(grad_enabled):
+        for relative in (False, True):
+            cfg = FeatureConfig(snr=True, relative_lr=relative)
+            assert cfg.edge_names()[-2:] == ["adam_ratio", "adam_ratio_tensor_rms"]
+            assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+            f = compute_features(idx, grad, param, m, v, ls, step, cfg, lr=1e-3, betas=betas)
+            torch.testing.assert_close(f.edge[:, -2], ratio, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(f.edge[:, -1], torch.tensor(rms), rtol=1e-5, atol=1e-6)
+            assert f.edge[0, -2] == 3.0
+            base = compute_features(idx, grad, param, m, v, ls, step, FeatureConfig(relative_lr=relative), lr=1e-3)
+            assert torch.equal(f.edge[:, :-2], base.edge) and torch.equal(f.node, base.node)
+            scaled = compute_features(idx, grad * 1e3, param, m * 1e3, v * 1e6, ls, step, cfg, lr=1e-3, betas=betas)
+            torch.testing.assert_close(scaled.edge[:, -2:], f.edge[:, -2:], rtol=1e-4, atol=1e-6)
+
+
+def test_snr_ratio_separates_consistent_gradients_from_noise():
+    """What the feature is for: after 200 Adam steps on a constant gradient the tensor rms of the
+    ratio is ~1; on zero-mean noise it is near sqrt((1 - beta1) / (1 + beta1)) = 0.23."""
+    graph = _random_graph([(50, 40)], num_nodes=90)
+    idx = GraphIndex.from_graph(graph, "cpu")
+    g = torch.Generator().manual_seed(1)
+    cfg, e = FeatureConfig(snr=True), graph.num_params
+    for kind, lo, hi in (("constant", 0.98, 1.001), ("noise", 0.18, 0.28)):
+        m, v, const = torch.zeros(e), torch.zeros(e), torch.randn(e, generator=g)
+        for _ in range(200):
+            grad = const if kind == "constant" else torch.randn(e, generator=g)
+            m.mul_(0.9).add_(grad, alpha=0.1)
+            v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+        f = compute_features(idx, grad, torch.randn(e), m, v, torch.zeros(e), 200, cfg)
+        assert lo < float(f.edge[0, -1]) < hi, (kind, float(f.edge[0, -1]))

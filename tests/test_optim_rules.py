@@ -268,6 +268,9 @@ def test_with_features_adds_the_relative_lr_input_without_changing_the_rule():
     assert not all(torch.equal(a, b) for a, b in zip(run(new, 1e-3), run(new, 1e-1)))
     with pytest.raises(ValueError, match="do not start with"):
         new.with_features(FeatureConfig())  # dropping a column is not a widening
+    both = new.with_features(FeatureConfig(relative_lr=True, snr=True))  # the snr columns append after it
+    assert both.features.edge_names()[-3:] == ["log10_lr_over_param_rms", "adam_ratio", "adam_ratio_tensor_rms"]
+    assert all(torch.equal(a, b) for a, b in zip(run(new, 1e-3), run(both, 1e-3)))
 
 
 def test_meta_training_can_continue_a_rule_with_the_relative_lr_feature(tmp_path):
@@ -347,3 +350,18 @@ def test_meta_training_can_continue_a_rule_with_the_horizon_features():
     cfg.rule.relative_lr = True
     both = build_rule(cfg)
     assert both.features.horizon and both.features.relative_lr
+
+
+def test_meta_training_can_continue_a_rule_with_the_snr_features():
+    """rule.snr with rule.init_from: the stored rule gains the two snr columns (zero weights, so it
+    computes what it did), and meta.train = 'new_inputs' trains exactly those columns."""
+    from outer_train.config import TrainConfig
+    from outer_train.train import build_rule, trainable_mask
+
+    cfg = TrainConfig()
+    cfg.rule.init_from, cfg.rule.snr, cfg.meta.train = str(DEFAULT_RULE_DIR), True, "new_inputs"
+    rule = build_rule(cfg)
+    assert rule.features.snr and rule.features.edge_names()[-2:] == ["adam_ratio", "adam_ratio_tensor_rms"]
+    mask = trainable_mask(cfg, rule)
+    assert int(mask.sum()) == 2 * rule.net.edge_in_proj.weight.shape[0]
+    assert torch.equal(rule.net.edge_in_proj.weight[:, -2:], torch.zeros_like(rule.net.edge_in_proj.weight[:, -2:]))

@@ -29,16 +29,17 @@ def _classifier_task() -> ModelTask:
 
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 @pytest.mark.parametrize("path", ["inner_step", "core.step"])
-@pytest.mark.parametrize("extra", ["none", "relative_lr", "horizon"])
+@pytest.mark.parametrize("extra", ["none", "relative_lr", "horizon", "snr"])
 def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extra: str) -> None:
     """Five steps with k = 2 (refreshes on steps 1, 3, 5; the scale held on 2 and 4), non-default
     betas, eps and weight decay, a rule with alpha != 0: parameters and the whole optimizer state
     agree to 1e-6 at every step, each side running on its own trajectory (also with the feature
     that reads the lr, which the optimizer takes from its param groups and meta-training from Hyper,
-    and with the horizon features: the optimizer's total_steps, the trajectory's horizon)."""
+    and with the horizon features: the optimizer's total_steps, the trajectory's horizon; and with the
+    snr features, whose bias correction reads the non-default betas on both sides)."""
     task = _classifier_task()
     torch.manual_seed(0)
-    features = FeatureConfig(relative_lr=extra == "relative_lr", horizon=extra == "horizon")
+    features = FeatureConfig(relative_lr=extra == "relative_lr", horizon=extra == "horizon", snr=extra == "snr")
     rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2, features=features))
     model = copy.deepcopy(task.model)
     opt = GMNOptimizer(model, rule=rule, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph, total_steps=5)

@@ -151,14 +151,14 @@ def apply_update(
 # ---- the rule's part ---------------------------------------------------------------------------
 def rule_features(
     index: GraphIndex, grad: Tensor, param: Tensor, state: OptState, rule: UpdateRule, lr: float | Tensor | None = None,
-    total_steps: int = 0,
+    total_steps: int = 0, betas: tuple[float, float] = (0.9, 0.999),
 ) -> Features:
     """The rule's inputs for a state that already holds this step's moments (flat [E] values);
     ``lr`` (a float, or one per parameter tensor) is read by rules with the ``relative_lr`` feature,
-    ``total_steps`` (0 = not known) by rules with the ``horizon`` features."""
+    ``total_steps`` (0 = not known) by rules with the ``horizon`` features, ``betas`` by the ``snr`` ones."""
     return compute_features(
         index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features, lr,
-        total_steps,
+        total_steps, betas,
     )
 
 
@@ -183,9 +183,10 @@ def refresh_lr_scale(
     rule_params: dict[str, Tensor] | None = None,
     lr: float | Tensor | None = None,
     total_steps: int = 0,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> tuple[Tensor, int]:
     """A new lr scale [E] for one network from the rule (and the count of non-finite outputs)."""
-    feats = rule_features(index, grad, param, state, rule, lr, total_steps)
+    feats = rule_features(index, grad, param, state, rule, lr, total_steps, betas)
     return scale_from_log(rule.log_scale(graph, feats, rule_params))
 
 
@@ -224,5 +225,6 @@ def step(
     new = advance(state, grad, h)
     # The network runs even at alpha = 0 (scale exactly 1), so meta-gradients reach alpha.
     if rule.net is not None and refresh_due(new.step, rule.config.refresh_every):
-        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, h.lr, h.total_steps)
+        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, h.lr, h.total_steps,
+                                           (h.beta1, h.beta2))
     return finish(params, new, h, scaled=rule.net is not None), new

@@ -41,6 +41,12 @@ class FeatureConfig:
     horizon: add the graph features ``training_fraction`` (``min(step / total_steps, 1)``) and
         ``horizon_known`` (1, or 0 with both at 0 when the total is not given): VeLO's input, so a
         rule can set its step by how much of the training budget is left (decay towards the end).
+    snr: add the edge features ``adam_ratio`` (Adam's bias-corrected ``m / sqrt(v)``, clamped to
+        +-clip) and ``adam_ratio_tensor_rms`` (its rms over the parameter tensor), left unnormalised:
+        the signal-to-noise ratio of the gradient, near 1 while gradients agree from step to step
+        (the step could be larger), near sqrt((1 - beta1) / (1 + beta1)) (0.23) for gradients that are
+        noise around a minimum and below it when the step overshoots and they flip sign. Every other
+        edge feature is divided by its per-tensor rms, which removes exactly this level.
     clip: the clipped-gradient feature is the per-tensor-normalised gradient clamped to +-clip.
     eps: added to the rms in the ``momentum / rms`` and ``grad / rms`` features.
     """
@@ -51,6 +57,7 @@ class FeatureConfig:
     max_step: int = 0
     relative_lr: bool = False
     horizon: bool = False
+    snr: bool = False
     version: int = FEATURE_VERSION
 
     def __post_init__(self) -> None:
@@ -71,7 +78,9 @@ class FeatureConfig:
             "adam_direction",
             "grad_over_rms",
             "log_lr_scale",
-        ] + (["log10_lr_over_param_rms"] if self.relative_lr else [])
+        ] + (["log10_lr_over_param_rms"] if self.relative_lr else []) + (
+            ["adam_ratio", "adam_ratio_tensor_rms"] if self.snr else []
+        )
 
     def node_names(self) -> list[str]:
         return ["second_moment_rms_in", "second_moment_rms_out"]
@@ -101,7 +110,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
-        keys = {"time_scales", "clip", "eps", "max_step", "relative_lr", "horizon", "version"}
+        keys = {"time_scales", "clip", "eps", "max_step", "relative_lr", "horizon", "snr", "version"}
         unknown = set(data) - keys - {"names"}
         if unknown:
             raise ValueError(f"FeatureConfig: unknown keys {sorted(unknown)} (known: {sorted(keys)}).")
@@ -198,6 +207,7 @@ def compute_features(
     config: FeatureConfig,
     lr: float | Tensor | None = None,
     total_steps: int = 0,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> Features:
     """The rule's inputs from flat edge-ordered values (all ``[E]``), differentiable in every input.
 
@@ -209,9 +219,12 @@ def compute_features(
     through message passing). Node features are the factored (Adafactor-style) second moments: the
     rms of ``v`` over each node's incoming and outgoing parameter edges, relative to the network's.
     ``lr`` (a float, or one value per parameter tensor [P]) is read by the ``relative_lr`` feature,
-    ``total_steps`` (0 = not known) by the ``horizon`` features.
+    ``total_steps`` (0 = not known) by the ``horizon`` features, Adam's ``betas`` (for the bias
+    corrections at ``step``) by the ``snr`` features.
     """
     e = index.num_edges
+    # m / sqrt(v) of the stored (uncorrected) moments times this is Adam's bias-corrected ratio.
+    correction = snr_correction(step, betas) if config.snr else 1.0
     if config.relative_lr and lr is None:
         raise ValueError("compute_features: FeatureConfig(relative_lr=True) needs the learning rate (lr=).")
     if any(t.shape != (e,) for t in (grad, param, exp_avg, exp_avg_sq, log_lr_scale)):
@@ -236,6 +249,10 @@ def compute_features(
         if config.relative_lr:
             rel = relative_lr(lr, sq[1].detach().sqrt(), index)
             extra.append(torch.repeat_interleave(rel, index.numels, output_size=e)[None])
+        if config.snr:
+            extra.append((raw[4] * correction).clamp(-config.clip, config.clip)[None])
+            tensor_rms = safe_sqrt(sq[4]) * correction
+            extra.append(torch.repeat_interleave(tensor_rms, index.numels, output_size=e)[None])
         rows = torch.cat([normed[:1], clipped[None], normed[1:], *extra])
         rows = torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)
     else:  # the optimizer's refresh: the same values written into one buffer, no temporaries
@@ -252,11 +269,18 @@ def compute_features(
         rms = per_tensor_rms(rows[:7], index)  # [7, P]; row 1 is 0 here
         scale = torch.rsqrt(rms.square() + _TINY)
         rel = relative_lr(lr, rms[2], index) if config.relative_lr else None
+        snr_row = 9 if config.relative_lr else 8
+        if config.snr:  # from the unnormalised m / (sqrt(v) + eps), before row 5 is scaled
+            torch.mul(rows[5], correction, out=rows[snr_row])
+            rows[snr_row].clamp_(-config.clip, config.clip)
+            tensor_rms = rms[5] * correction
         o = index.offsets
         for t, (a, b) in enumerate(zip(o[:-1], o[1:])):
             rows[:7, a:b].mul_(scale[:, t : t + 1])
             if rel is not None:
                 rows[8, a:b].fill_(rel[t])
+            if config.snr:
+                rows[snr_row + 1, a:b].fill_(tensor_rms[t])
         torch.clamp(rows[0], -config.clip, config.clip, out=rows[1])
         rows[7].copy_(log_lr_scale)
         torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
@@ -267,6 +291,15 @@ def compute_features(
     node = torch.stack([safe_sqrt(v_in) / global_rms, safe_sqrt(v_out) / global_rms], dim=1)
     node = torch.nan_to_num(node, nan=0.0, posinf=0.0, neginf=0.0)
     return Features(edge=rows.t(), node=node, graph=time_features(step, config, grad.device, total_steps))
+
+
+def snr_correction(step: int, betas: tuple[float, float]) -> float:
+    """``sqrt(1 - beta2^step) / (1 - beta1^step)``: turns ``m / sqrt(v)`` of Adam's stored moments
+    into the bias-corrected ``m_hat / sqrt(v_hat)`` (1 before the first step)."""
+    beta1, beta2 = (float(b) for b in betas)
+    if step < 1:
+        return 1.0
+    return math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
 
 
 def relative_lr(lr: float | Tensor, param_rms: Tensor, index: GraphIndex) -> Tensor:

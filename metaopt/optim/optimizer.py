@@ -322,7 +322,10 @@ class GMNOptimizer(torch.optim.Optimizer):
             group_lr = {id(p): float(g["lr"]) for g in self.param_groups for p in g["params"]}
             lr = torch.tensor([group_lr.get(id(p), self.defaults["lr"]) for p in self._params_all], device=device)
         total = self.total_steps if self.rule.features.horizon else 0
-        scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr, total_steps=total)
+        # The snr features' bias correction: one (beta1, beta2) for the whole network, the first group's.
+        betas = tuple(float(b) for b in self.param_groups[0]["betas"])
+        scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr, total_steps=total,
+                                             betas=betas)
         buf["lr_scale"].copy_(scale)
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
