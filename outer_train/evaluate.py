@@ -16,6 +16,10 @@ and keep the lr with the lowest final training loss. Constant-lr tuned Adam stay
 - lr sensitivity: its final loss at the grid points next to its default (about 1/3x and 3x),
   beside Adam's around Adam's default 1e-3.
 
+``--rule-schedule cosine`` runs the rules (labelled ``<rule>+cosine``) with the same cosine decay
+over the horizon as ``adam_cosine`` (a ``CosineAnnealingLR`` on the `GMNOptimizer`): what a rule
+gives a practitioner who schedules its lr as they would Adam's.
+
 Final loss = mean training loss of the last 10 steps. "Steps to Adam" = first step where the
 10-step running mean reaches tuned Adam's final loss; speedup = tuned Adam's own steps to that
 loss / the optimizer's; wall-clock speedup = tuned Adam's seconds to that loss / the optimizer's.
@@ -72,6 +76,8 @@ class EvalSettings:
     # Rules are told the horizon (GMNOptimizer(..., total_steps=steps)), as adam_cosine's schedule is;
     # False runs them as GMNOptimizer(model) without it (rules with horizon features: horizon-unknown mode).
     tell_horizon: bool = True
+    # "cosine": rules run under CosineAnnealingLR over the horizon, as adam_cosine does ("constant": not).
+    rule_schedule: str = "constant"
 
     def grid(self, lo: float, hi: float) -> list[float]:
         return [float(x) for x in np.geomspace(lo, hi, self.grid_points)]
@@ -166,9 +172,13 @@ def evaluate_task(
     }
     tuned = {k: v for k, v in tuned.items() if k == "adam" or k in s.baselines}
     for name, rule in rules.items():
-        tuned[f"{name}@best"] = (lambda lr, rule=rule: lambda m: GMNOptimizer(
-            m, rule=rule, lr=lr, example_inputs=example, total_steps=s.steps if s.tell_horizon else None),
-                                 grid)
+        def make_rule(lr: float, rule: UpdateRule = rule) -> Callable:
+            def build(m: torch.nn.Module) -> Any:
+                opt = GMNOptimizer(m, rule=rule, lr=lr, example_inputs=example,
+                                   total_steps=s.steps if s.tell_horizon else None)
+                return cosine(opt, s.steps) if s.rule_schedule == "cosine" else opt
+            return build
+        tuned[f"{name}@best"] = (make_rule, grid)
     for name, (make, g) in tuned.items():
         if name not in res:
             res[name] = _run_or_tune(task, make, g, s, spec.seed, None if tuned_lrs is None else tuned_lrs[name])
@@ -345,7 +355,8 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
     tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
               f"(Adam/AdamW and rules@best {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
-              f"rules at their default lr (GMNOptimizer(model)) and at their best lr; whole training loop timed, "
+              f"rules at their default lr (GMNOptimizer(model)) and at their best lr"
+              f"{', under cosine decay over the horizon' if s.rule_schedule == 'cosine' else ''}; whole training loop timed, "
               f"torch threads {torch.get_num_threads()}.\n\n")
     if reused_from:  # timings from two runs: the machine's load may have differed between them
         header += (f"Optimizers kept from {', '.join(reused_from)} (--reuse) were timed in that run, the others in "
@@ -357,11 +368,15 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
     print(text)
 
 
+# What runs from before a setting existed did (results.json files lack the key).
+OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant"}
+
+
 def merge_results(files: list[Path], out: Path) -> int:
     """One results.json/results.md from runs over disjoint task subsets with otherwise equal settings."""
     parts = [json.loads(f.read_text()) for f in files]
-    for part in parts:  # runs before the option existed told the rules the horizon (none read it)
-        part["settings"] = {"tell_horizon": True, **part["settings"]}
+    for part in parts:  # runs before the options existed told the rules the horizon (none read it), no schedule
+        part["settings"] = {**OLD_SETTINGS, **part["settings"]}
     base = {k: v for k, v in parts[0]["settings"].items() if k != "tasks"}
     for f, part in zip(files, parts):
         other = {k: v for k, v in part["settings"].items() if k != "tasks"}
@@ -418,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="tuned baselines to run (default adam, adamw, sgd_momentum; Adam always runs, it is the reference)")
     p.add_argument("--no-horizon", action="store_true",
                    help="run rules without total_steps (as GMNOptimizer(model)); by default they are told --steps")
+    p.add_argument("--rule-schedule", choices=["constant", "cosine"], default="constant",
+                   help="cosine: run the rules under the cosine decay adam_cosine uses (labelled <rule>+cosine)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="combine results.json files of runs over disjoint task subsets (same settings) into one "
                         "table in --out; nothing is run")
@@ -440,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         s.grid_points = a.grid_points
     s.tune = a.tune
     s.tell_horizon = not a.no_horizon
+    s.rule_schedule = a.rule_schedule
     if a.baselines:
         s.baselines = list(dict.fromkeys(["adam", *a.baselines]))
     if s.grid_points < 2 or s.steps < WINDOW:
@@ -447,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.merge:
         return merge_results([Path(f) for f in a.merge], Path(a.out))
     rules = load_rules(a.rule)
+    if s.rule_schedule == "cosine":
+        rules = {f"{name}+cosine": rule for name, rule in rules.items()}
     out = Path(a.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     specs = [sp for sp in held_out_suite(tuple(s.seeds), s.steps) if sp.name.split("/")[0] in s.tasks]
@@ -455,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     reused_from: list[str] = []
     if a.reuse:
         old = json.loads(Path(a.reuse).read_text())
-        old["settings"] = {"tell_horizon": True, **old["settings"]}  # runs before the option: rules were told
+        old["settings"] = {**OLD_SETTINGS, **old["settings"]}  # runs before the options: told, no schedule
         reused_from = [*old.get("reused_from", []), a.reuse]
         differ = {k for k in set(old["settings"]) | set(s.__dict__) if k != "tasks" and old["settings"].get(k) != s.__dict__.get(k)}
         if differ:  # the task list may differ: only the tasks run here are taken from it

@@ -137,6 +137,30 @@ def test_adam_cosine_baseline_decays_the_lr_to_zero_over_the_horizon(tmp_path: P
     assert res["adam_cosine"]["curve"][1:] != res["adam"]["curve"][1:] or res["adam_cosine"]["lr"] != res["adam"]["lr"]
 
 
+def test_rule_schedule_cosine_runs_the_rules_under_cosine_decay(tmp_path: Path) -> None:
+    """--rule-schedule cosine: each rule runs as <label>+cosine (default lr and @best) under the decay
+    adam_cosine uses, so its curve differs from the same rule at a constant lr; the setting is recorded."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.1)).save_pretrained(tmp_path / "r")
+    common = ["--tasks", "mlp_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam", "--rule", str(tmp_path / "r")]
+    evaluate.main([*common, "--out", str(tmp_path / "constant")])
+    evaluate.main([*common, "--rule-schedule", "cosine", "--out", str(tmp_path / "cosine")])
+    torch.set_num_threads(threads)
+    const = json.loads((tmp_path / "constant" / "results.json").read_text())
+    cos = json.loads((tmp_path / "cosine" / "results.json").read_text())
+    assert cos["settings"]["rule_schedule"] == "cosine" and const["settings"]["rule_schedule"] == "constant"
+    res_c, res_k = const["entries"][0]["results"], cos["entries"][0]["results"]
+    assert set(res_k) == {"adam", "rule_mlp+cosine", "rule_mlp+cosine@best"}
+    assert res_k["adam"]["curve"] == res_c["adam"]["curve"]
+    assert res_k["rule_mlp+cosine"]["curve"][:1] == res_c["rule_mlp"]["curve"][:1]  # same start, then decayed
+    assert res_k["rule_mlp+cosine"]["curve"][2:] != res_c["rule_mlp"]["curve"][2:]
+    with pytest.raises(SystemExit):  # constant- and cosine-schedule runs do not merge into one table
+        evaluate.main(["--merge", str(tmp_path / "constant" / "results.json"), str(tmp_path / "cosine" / "results.json"),
+                       "--out", str(tmp_path / "merged")])
+
+
 def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path) -> None:
     """--reuse keeps an earlier run's optimizers; a second rule of the same kind must get its own label
     (--rule LABEL=DIR), else its rows would be taken from the earlier rule's results."""
