@@ -11,6 +11,12 @@ end of training (the mean of the last tenth of the curve, so one noisy minibatch
 decide), each task's term clipped to +-1 (10x either way), so that one task where the losses
 are orders of magnitude apart does not outvote the others. Adam's curves are computed once: Adam
 does not change during a run.
+
+One seed per task makes that score noisy, and keeping the best of many noisy comparisons picks the
+luckiest (a winner's curse). ``seeds > 1`` runs every meta-validation task from that many inits and
+batch orders (seeds 7, 8, ...; a task's term is the mean of its seeds' clipped log ratios), and
+``aggregate="median"`` takes the median over tasks instead of the mean, so one task that flips
+between two outcomes (SIREN fitting stalling at 1e-5 or going on to 1e-14) cannot move the score alone.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import torch
 
 from inner_tasks import build_task
 from inner_tasks.tasks import meta_validation_suite, train_task
+from inner_tasks.tasks.collections import META_VALIDATION_SEED
 from metaopt.optim import GMNOptimizer, UpdateRule
 
-from .config import COMPARE_AGAINST, COMPARE_COLLECTIONS, TrainConfig
+from .config import COMPARE_AGAINST, COMPARE_AGGREGATES, COMPARE_COLLECTIONS, TrainConfig
 from .tasks import TaskSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003  # the validation tasks' sampler seed = run seed + this
@@ -44,8 +51,8 @@ def tail_loss(losses: list[float]) -> float:
 
 @dataclass
 class ComparisonResult:
-    score: float  # mean over tasks of clip(log10(rule tail loss / Adam tail loss), +-1): lower is better, < 0 beats Adam
-    log_ratios: list[float]  # per task, unclipped
+    score: float  # mean (or median) over tasks of clip(log10(rule tail loss / Adam tail loss), +-1): lower is better, < 0 beats Adam
+    log_ratios: list[float]  # per task and seed (task-major), unclipped
     curves: dict[str, list[float]]  # the first task's curves ("learned", "adam"), for the figure
     final_losses: dict[str, float]  # the first task's last losses (the metric kept from metaopt 0.3)
 
@@ -54,20 +61,26 @@ class Comparison:
     """``n_tasks`` fixed meta-validation tasks, ``steps`` inner steps each, at each task's reference lr."""
 
     def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
-                 against: str = "adam") -> None:
+                 against: str = "adam", seeds: int = 1, aggregate: str = "mean") -> None:
         if against not in COMPARE_AGAINST:
             raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
-        self.against = against
+        if aggregate not in COMPARE_AGGREGATES:
+            raise ValueError(f"log.compare_aggregate must be one of {COMPARE_AGGREGATES}, got {aggregate!r}.")
+        if seeds < 1 or (seeds > 1 and collection != "meta_val"):
+            raise ValueError(f"log.compare_seeds must be >= 1 (> 1 only with the meta_val collection), got {seeds} "
+                             f"with {collection!r}.")
+        self.against, self.aggregate, self.seeds = against, aggregate, seeds
         if n_tasks < 1:
             raise ValueError(f"log.compare_tasks must be >= 1, got {n_tasks}.")
         if collection == "meta_train":
             sampler = TaskSampler(cfg.tasks, cfg.seed + VALIDATION_SEED_OFFSET, rank=0)
             self.specs = [sampler.sample_spec(sampler.rng()) for _ in range(n_tasks)]
         elif collection == "meta_val":  # fixed tasks shaped like the held-out suite (inner_tasks collections)
-            suite = meta_validation_suite()
-            if n_tasks > len(suite):
-                raise ValueError(f"log.compare_tasks = {n_tasks}, but the meta-validation suite has {len(suite)} tasks.")
-            self.specs = suite[:n_tasks]
+            if n_tasks > len(meta_validation_suite()):
+                raise ValueError(f"log.compare_tasks = {n_tasks}, but the meta-validation suite has "
+                                 f"{len(meta_validation_suite())} tasks.")
+            per_seed = [meta_validation_suite(META_VALIDATION_SEED + k)[:n_tasks] for k in range(seeds)]
+            self.specs = [spec for task in zip(*per_seed) for spec in task]  # task-major
         else:
             raise ValueError(f"log.compare_collection must be one of {COMPARE_COLLECTIONS}, got {collection!r}.")
         self.tasks = [build_task(spec) for spec in self.specs]
@@ -106,9 +119,21 @@ class Comparison:
             else:  # (Adam diverging at a task's reference lr would make any finite loss a tie)
                 ratios.append(math.log10(max(a, 1e-30) / max(b, 1e-30)) if math.isfinite(b) else 0.0)
         curves = {"learned": learned[0], "adam": self.adam_curves[0]}
-        score = sum(min(max(r, -MAX_LOG_RATIO), MAX_LOG_RATIO) for r in ratios) / len(ratios)
-        return ComparisonResult(score=score, log_ratios=ratios, curves=curves,
+        return ComparisonResult(score=self.score(ratios), log_ratios=ratios, curves=curves,
                                 final_losses={k: v[-1] for k, v in curves.items()})
+
+    def score(self, ratios: list[float]) -> float:
+        """Per task the mean of its seeds' clipped log ratios, then the mean (or median) over tasks."""
+        clipped = [min(max(r, -MAX_LOG_RATIO), MAX_LOG_RATIO) for r in ratios]
+        per_task = [sum(clipped[i : i + self.seeds]) / self.seeds for i in range(0, len(clipped), self.seeds)]
+        return float(np.median(per_task)) if self.aggregate == "median" else sum(per_task) / len(per_task)
+
+
+def _rescored(comparison: Comparison, aggregate: str, ratios: list[float]) -> float:
+    """The score the same runs get under another aggregate over tasks."""
+    other = copy.copy(comparison)
+    other.aggregate = aggregate
+    return other.score(ratios)
 
 
 def tune_default_lr(comparison: Comparison, rule: UpdateRule, grid: list[float],
@@ -147,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", choices=COMPARE_AGAINST, default="adam",
                    help="Adam at the same lr (keep_best's default) or Adam at its best lr on a 7-point grid")
     p.add_argument("--tasks", type=int, default=6)
+    p.add_argument("--seeds", type=int, default=1, help="meta_val: run every task from this many seeds (7, 8, ...)")
+    p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks: mean or median")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -161,14 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--set-default-lr needs --tune-lr")
     torch.set_num_threads(a.threads)
     cfg = resolve(None, a.config, [])
-    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against)
+    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:
         rule = UpdateRule.from_pretrained(path)
         if not a.tune_lr:
             result = comparison.run(rule)
-            rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}
+            rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios)),
+                          **{f"score_{agg}": _rescored(comparison, agg, result.log_ratios) for agg in COMPARE_AGGREGATES}}
             continue
         lo, hi, n = (float(x) for x in a.lr_grid.split(","))
         grid = [float(f"{v:.3g}") for v in np.geomspace(lo, hi, int(n))]  # 3 digits: evaluate's grid keys
@@ -185,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
-                                           "tasks": names, "rules": rows}, indent=1) + "\n")
+                                           "seeds": a.seeds, "aggregate": a.aggregate, "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 
 

@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 # Where keep_best's comparison tasks come from, and which Adam they are compared with (outer_train/compare.py).
 COMPARE_COLLECTIONS = ("meta_train", "meta_val")
 COMPARE_AGAINST = ("adam", "tuned_adam")
+COMPARE_AGGREGATES = ("mean", "median")
 TRAIN_PARAMETERS = ("all", "new_inputs")  # meta.train
 
 
@@ -111,6 +112,8 @@ class LogSection:
     compare_tasks: int = 1  # how many fixed tasks (outer_train/compare.py); meta.keep_best selects on their score
     compare_collection: str = "meta_train"  # their source: meta_train (own seed) | meta_val (held-out-shaped suite)
     compare_against: str = "adam"  # adam (same lr as the rule) | tuned_adam (best of a 7-point lr grid, as held-out)
+    compare_seeds: int = 1  # meta_val: every task from this many seeds (less noise for keep_best; costs that many x)
+    compare_aggregate: str = "mean"  # over tasks: mean | median (one flipping task cannot move a median alone)
     hist_every: int = 25  # update/param ratio histograms (0 = off)
     progress: bool = True
 
@@ -171,6 +174,9 @@ class TrainConfig:
             (self.log.compare_tasks >= 1, "log.compare_tasks must be >= 1"),
             (self.log.compare_collection in COMPARE_COLLECTIONS, f"log.compare_collection must be one of {COMPARE_COLLECTIONS}"),
             (self.log.compare_against in COMPARE_AGAINST, f"log.compare_against must be one of {COMPARE_AGAINST}"),
+            (self.log.compare_aggregate in COMPARE_AGGREGATES, f"log.compare_aggregate must be one of {COMPARE_AGGREGATES}"),
+            (self.log.compare_seeds >= 1 and (self.log.compare_seeds == 1 or self.log.compare_collection == "meta_val"),
+             "log.compare_seeds must be >= 1, and > 1 only with log.compare_collection = 'meta_val'"),
             (not self.meta.keep_best or self.log.compare_every > 0,
              "meta.keep_best selects on the comparison: set log.compare_every > 0"),
             (self.meta.steps >= 0 and self.meta.lr > 0, "meta.steps must be >= 0 and meta.lr > 0"),

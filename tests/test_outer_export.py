@@ -197,6 +197,12 @@ def test_compare_cli_scores_saved_rules_on_the_meta_validation_suite(tmp_path: P
     assert data["collection"] == "meta_val" and data["tasks"] == ["mlp_digits_w128/s7"]
     assert data["rules"][str(ADAM_RULE_DIR)]["score"] == 0.0
     assert "| score |" in capsys.readouterr().out
+    assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "10", "--tasks", "2", "--seeds", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["seeds"] == 2 and data["tasks"] == ["mlp_digits_w128/s7", "mlp_digits_w128/s8", "mlp_digits_d3/s7",
+                                                    "mlp_digits_d3/s8"]
+    row = data["rules"][str(ADAM_RULE_DIR)]
+    assert row["score"] == row["score_mean"] == row["score_median"] == 0.0
 
 
 def test_comparison_against_tuned_adam_takes_adams_best_lr(tmp_path: Path) -> None:
@@ -247,3 +253,31 @@ def test_compare_cli_tunes_a_rules_default_lr_on_the_meta_validation_suite(tmp_p
     assert GMNOptimizer(torch.nn.Linear(3, 2), rule=rule_dir).defaults["lr"] == best
     with pytest.raises(SystemExit):
         main(["--rule", str(rule_dir), "--set-default-lr"])
+
+
+def test_comparison_over_several_seeds_and_the_median_over_tasks(tmp_path: Path) -> None:
+    """compare_seeds: every meta-validation task from seeds 7, 8, ... (task-major), a task's term the
+    mean of its seeds' clipped log ratios; compare_aggregate="median": the median of those terms, so
+    one task far off cannot move it alone; both refused where they make no sense."""
+    from outer_train.compare import Comparison
+
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"'])
+    mean = Comparison(cfg, steps=3, n_tasks=3, collection="meta_val", seeds=2)
+    assert [s.name for s in mean.specs][:2] == [mean.specs[0].name.split("/")[0] + "/s7",
+                                                 mean.specs[0].name.split("/")[0] + "/s8"]
+    assert len(mean.specs) == 6 and len({s.name for s in mean.specs}) == 6
+    ratios = [0.2, 0.4, -5.0, -3.0, 0.1, 0.3]  # task 2 far below: clipped to -1 per seed
+    assert mean.score(ratios) == pytest.approx((0.3 - 1.0 + 0.2) / 3)
+    median = Comparison(cfg, steps=3, n_tasks=3, collection="meta_val", seeds=2, aggregate="median")
+    assert median.score(ratios) == pytest.approx(0.2)
+    assert median.score([0.2, 0.4, 9.0, 9.0, 0.1, 0.3]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="compare_seeds"):
+        Comparison(cfg, steps=3, n_tasks=1, collection="meta_train", seeds=2)
+    with pytest.raises(ValueError, match="compare_aggregate"):
+        Comparison(cfg, steps=3, n_tasks=1, aggregate="max")
+    from outer_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="compare_seeds"):
+        resolve("quick", None, SETS + ["log.compare_seeds=3"])  # meta_train tasks are drawn, not seeded
+    with pytest.raises(ConfigError, match="compare_aggregate"):
+        resolve("quick", None, SETS + ['log.compare_aggregate="max"'])
