@@ -17,6 +17,8 @@ luckiest (a winner's curse). ``seeds > 1`` runs every meta-validation task from 
 batch orders (seeds 7, 8, ...; a task's term is the mean of its seeds' clipped log ratios), and
 ``aggregate="median"`` takes the median over tasks instead of the mean, so one task that flips
 between two outcomes (SIREN fitting stalling at 1e-5 or going on to 1e-14) cannot move the score alone.
+``rule_lr="tuned"`` runs the rule, like tuned Adam, over the grid around each task's reference lr and
+keeps its best curve: the held-out evaluation's ``<rule>@best`` protocol.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from inner_tasks.tasks import meta_validation_suite, train_task
 from inner_tasks.tasks.collections import META_VALIDATION_SEED
 from metaopt.optim import GMNOptimizer, UpdateRule
 
-from .config import COMPARE_AGAINST, COMPARE_AGGREGATES, COMPARE_COLLECTIONS, TrainConfig
+from .config import COMPARE_AGAINST, COMPARE_AGGREGATES, COMPARE_COLLECTIONS, COMPARE_RULE_LRS, TrainConfig
 from .tasks import TaskSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003  # the validation tasks' sampler seed = run seed + this
@@ -61,7 +63,7 @@ class Comparison:
     """``n_tasks`` fixed meta-validation tasks, ``steps`` inner steps each, at each task's reference lr."""
 
     def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
-                 against: str = "adam", seeds: int = 1, aggregate: str = "mean") -> None:
+                 against: str = "adam", seeds: int = 1, aggregate: str = "mean", rule_lr: str = "reference") -> None:
         if against not in COMPARE_AGAINST:
             raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
         if aggregate not in COMPARE_AGGREGATES:
@@ -69,7 +71,9 @@ class Comparison:
         if seeds < 1 or (seeds > 1 and collection != "meta_val"):
             raise ValueError(f"log.compare_seeds must be >= 1 (> 1 only with the meta_val collection), got {seeds} "
                              f"with {collection!r}.")
-        self.against, self.aggregate, self.seeds = against, aggregate, seeds
+        if rule_lr not in COMPARE_RULE_LRS:
+            raise ValueError(f"log.compare_rule_lr must be one of {COMPARE_RULE_LRS}, got {rule_lr!r}.")
+        self.against, self.aggregate, self.seeds, self.rule_lr = against, aggregate, seeds, rule_lr
         if n_tasks < 1:
             raise ValueError(f"log.compare_tasks must be >= 1, got {n_tasks}.")
         if collection == "meta_train":
@@ -105,12 +109,20 @@ class Comparison:
         return self._adam
 
     def run(self, rule: UpdateRule, lr: float | None = None) -> ComparisonResult:
-        """Train every task with a frozen copy of ``rule`` at each task's reference lr (or at ``lr`` on
-        every task), told the horizon (``total_steps``); the score and the first task's curves."""
+        """Train every task with a frozen copy of ``rule`` at each task's reference lr (``rule_lr="tuned"``:
+        at its best lr of the grid around it; or at ``lr`` on every task), told the horizon
+        (``total_steps``); the score and the first task's curves."""
         frozen = copy.deepcopy(rule).eval()
-        learned = [self._train(s, t, lambda m, lr=lr or s.reference_lr, g=t.graph: GMNOptimizer(m, rule=frozen, lr=lr, graph=g,
-                                                                                              total_steps=self.steps))
-                   for s, t in zip(self.specs, self.tasks)]
+
+        def curve(spec, task, at: float) -> list[float]:
+            return self._train(spec, task, lambda m: GMNOptimizer(m, rule=frozen, lr=at, graph=task.graph,
+                                                                  total_steps=self.steps))
+
+        if lr is None and self.rule_lr == "tuned":  # the rule's best curve over the grid, as tuned Adam's
+            learned = [min((curve(s, t, s.reference_lr * k) for k in TUNED_ADAM_GRID), key=tail_loss)
+                       for s, t in zip(self.specs, self.tasks)]
+        else:
+            learned = [curve(s, t, lr or s.reference_lr) for s, t in zip(self.specs, self.tasks)]
         ratios = []
         for mine, adam in zip(learned, self.adam_curves):
             a, b = tail_loss(mine), tail_loss(adam)
@@ -174,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=6)
     p.add_argument("--seeds", type=int, default=1, help="meta_val: run every task from this many seeds (7, 8, ...)")
     p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks: mean or median")
+    p.add_argument("--rule-lr", choices=COMPARE_RULE_LRS, default="reference",
+                   help="the rule at each task's reference lr, or at its best lr of the tuned-Adam grid (held-out @best)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -188,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--set-default-lr needs --tune-lr")
     torch.set_num_threads(a.threads)
     cfg = resolve(None, a.config, [])
-    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate)
+    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:
@@ -213,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
-                                           "seeds": a.seeds, "aggregate": a.aggregate, "tasks": names, "rules": rows}, indent=1) + "\n")
+                                           "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 
 

@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 COMPARE_COLLECTIONS = ("meta_train", "meta_val")
 COMPARE_AGAINST = ("adam", "tuned_adam")
 COMPARE_AGGREGATES = ("mean", "median")
+COMPARE_RULE_LRS = ("reference", "tuned")
 TRAIN_PARAMETERS = ("all", "new_inputs")  # meta.train
 
 
@@ -114,6 +115,7 @@ class LogSection:
     compare_against: str = "adam"  # adam (same lr as the rule) | tuned_adam (best of a 7-point lr grid, as held-out)
     compare_seeds: int = 1  # meta_val: every task from this many seeds (less noise for keep_best; costs that many x)
     compare_aggregate: str = "mean"  # over tasks: mean | median (one flipping task cannot move a median alone)
+    compare_rule_lr: str = "reference"  # the rule at each task's reference lr | "tuned": its best on Adam's grid (7x the cost)
     hist_every: int = 25  # update/param ratio histograms (0 = off)
     progress: bool = True
 
@@ -175,6 +177,7 @@ class TrainConfig:
             (self.log.compare_collection in COMPARE_COLLECTIONS, f"log.compare_collection must be one of {COMPARE_COLLECTIONS}"),
             (self.log.compare_against in COMPARE_AGAINST, f"log.compare_against must be one of {COMPARE_AGAINST}"),
             (self.log.compare_aggregate in COMPARE_AGGREGATES, f"log.compare_aggregate must be one of {COMPARE_AGGREGATES}"),
+            (self.log.compare_rule_lr in COMPARE_RULE_LRS, f"log.compare_rule_lr must be one of {COMPARE_RULE_LRS}"),
             (self.log.compare_seeds >= 1 and (self.log.compare_seeds == 1 or self.log.compare_collection == "meta_val"),
              "log.compare_seeds must be >= 1, and > 1 only with log.compare_collection = 'meta_val'"),
             (not self.meta.keep_best or self.log.compare_every > 0,

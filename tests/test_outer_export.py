@@ -281,3 +281,21 @@ def test_comparison_over_several_seeds_and_the_median_over_tasks(tmp_path: Path)
         resolve("quick", None, SETS + ["log.compare_seeds=3"])  # meta_train tasks are drawn, not seeded
     with pytest.raises(ConfigError, match="compare_aggregate"):
         resolve("quick", None, SETS + ['log.compare_aggregate="max"'])
+
+
+def test_comparison_with_the_rules_lr_tuned_keeps_its_best_curve_per_task(tmp_path: Path) -> None:
+    """rule_lr="tuned": the rule runs over the tuned-Adam grid around each task's reference lr and its
+    lowest tail loss counts (the held-out @best protocol), so every task's ratio is at most the
+    reference-lr one, and the exact-Adam rule against tuned Adam scores exactly 0."""
+    from metaopt.optim.rules import ADAM_RULE_DIR, DEFAULT_RULE_DIR
+    from outer_train.compare import Comparison
+
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"'])
+    at_ref = Comparison(cfg, steps=12, n_tasks=2, collection="meta_val", against="tuned_adam")
+    tuned = Comparison(cfg, steps=12, n_tasks=2, collection="meta_val", against="tuned_adam", rule_lr="tuned")
+    rule = UpdateRule.from_pretrained(DEFAULT_RULE_DIR)
+    ref, best = at_ref.run(rule), tuned.run(rule)
+    assert all(b <= r + 1e-12 for b, r in zip(best.log_ratios, ref.log_ratios)), (best.log_ratios, ref.log_ratios)
+    assert tuned.run(UpdateRule.from_pretrained(ADAM_RULE_DIR)).score == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="compare_rule_lr"):
+        Comparison(cfg, steps=3, n_tasks=1, rule_lr="best")
