@@ -80,9 +80,9 @@ class Comparison:
             sampler = TaskSampler(cfg.tasks, cfg.seed + VALIDATION_SEED_OFFSET, rank=0)
             self.specs = [sampler.sample_spec(sampler.rng()) for _ in range(n_tasks)]
         elif collection == "meta_val":  # fixed tasks shaped like the held-out suite (inner_tasks collections)
-            if n_tasks > len(meta_validation_suite()):
-                raise ValueError(f"log.compare_tasks = {n_tasks}, but the meta-validation suite has "
-                                 f"{len(meta_validation_suite())} tasks.")
+            size = len(meta_validation_suite())
+            if n_tasks > size:
+                raise ValueError(f"log.compare_tasks = {n_tasks}, but the meta-validation suite has {size} tasks.")
             per_seed = [meta_validation_suite(META_VALIDATION_SEED + k)[:n_tasks] for k in range(seeds)]
             self.specs = [spec for task in zip(*per_seed) for spec in task]  # task-major
         else:
@@ -134,18 +134,13 @@ class Comparison:
         return ComparisonResult(score=self.score(ratios), log_ratios=ratios, curves=curves,
                                 final_losses={k: v[-1] for k, v in curves.items()})
 
-    def score(self, ratios: list[float]) -> float:
-        """Per task the mean of its seeds' clipped log ratios, then the mean (or median) over tasks."""
+    def score(self, ratios: list[float], aggregate: str | None = None) -> float:
+        """Per task the mean of its seeds' clipped log ratios, then the mean (or median) over tasks
+        (``aggregate``: another aggregate than the comparison's, for the same runs)."""
+        aggregate = aggregate or self.aggregate
         clipped = [min(max(r, -MAX_LOG_RATIO), MAX_LOG_RATIO) for r in ratios]
         per_task = [sum(clipped[i : i + self.seeds]) / self.seeds for i in range(0, len(clipped), self.seeds)]
-        return float(np.median(per_task)) if self.aggregate == "median" else sum(per_task) / len(per_task)
-
-
-def _rescored(comparison: Comparison, aggregate: str, ratios: list[float]) -> float:
-    """The score the same runs get under another aggregate over tasks."""
-    other = copy.copy(comparison)
-    other.aggregate = aggregate
-    return other.score(ratios)
+        return float(np.median(per_task)) if aggregate == "median" else sum(per_task) / len(per_task)
 
 
 def tune_default_lr(comparison: Comparison, rule: UpdateRule, grid: list[float],
@@ -210,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.tune_lr:
             result = comparison.run(rule)
             rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios)),
-                          **{f"score_{agg}": _rescored(comparison, agg, result.log_ratios) for agg in COMPARE_AGGREGATES}}
+                          **{f"score_{agg}": comparison.score(result.log_ratios, agg) for agg in COMPARE_AGGREGATES}}
             continue
         lo, hi, n = (float(x) for x in a.lr_grid.split(","))
         grid = [float(f"{v:.3g}") for v in np.geomspace(lo, hi, int(n))]  # 3 digits: evaluate's grid keys
