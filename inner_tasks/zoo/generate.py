@@ -41,7 +41,7 @@ from ..models import build_model, spec_to_dict, spec_to_json
 from .presets import PRESETS, sample_config
 from .train import example_input, train_config
 
-DEFAULT_N = {"varying-cnns": 2000, "diverse-archs": 3000}  # ~15 min each on 2 idle CPU cores (measured CPU s/model)
+DEFAULT_N = {"varying-cnns": 2000, "diverse-archs": 3000, "diverse-archs-spread": 3000}  # ~15 min each on 2 idle CPU cores (measured CPU s/model)
 DEFAULT_SHARD_SIZE = 64
 
 
