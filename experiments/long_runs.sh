@@ -10,13 +10,15 @@
 #     inr           3-seed tables (all methods; the GMN with INR_PROBES probe features) on the shared- and
 #                   random-init sets -> docs/results/inr.json
 #     cka           the CKA study with the GMN trained with GMN_FLAGS, then with probes (PROBE_FLAGS)
+#     spread        the diverse-archs-spread zoo (per-family training budgets) and every accuracy method on it,
+#                   the GMN with 64 probes and the residual on the probe-accuracy line first
 #     all           zoos accuracy inr-sets inr cka
 #
 # Start detached and resume by running the same line again (every stage skips finished work):
 #   nohup experiments/long_runs.sh all > out/long_runs.log 2>&1 &
 #
 # Settings (environment): DATA (data), OUT (out), WORKERS (2), SEEDS (3), ZOO_N_VARYING (2000),
-# ZOO_N_DIVERSE (3000), PROBES (16), ACC_FLAGS (GMN/baseline budget), PROBE_HEAD_FLAGS (the probed GMN's read-out of
+# ZOO_N_DIVERSE (3000), ZOO_N_SPREAD (3000), PROBES (16), ACC_FLAGS (GMN/baseline budget), PROBE_HEAD_FLAGS (the probed GMN's read-out of
 # the 10 output neurons, their class probabilities and the probe accuracy as a graph input), INR_EPOCHS (40), X4_EPOCHS (15: the x4
 # set has 4x the training INRs per epoch),
 # GMN_FLAGS (INR levers of the weights-only tables and the CKA study), INR_PROBES (64) and PROBE_FLAGS (the
@@ -68,6 +70,30 @@ stage_accuracy() {
   # shellcheck disable=SC2086
   python -m experiments.accuracy "${ZOOS[@]}" --split all --method statnn,deepsets,dmc \
     --seeds "$SEEDS" --workers "$WORKERS" $ACC_FLAGS --out "$OUT/accuracy/baselines" --results-json "$RESULTS/accuracy.json"
+}
+
+stage_spread() {
+  local zoo=(--zoo "diverse-archs-spread=$DATA/zoos/diverse-archs-spread")
+  log "spread zoo"
+  # shellcheck disable=SC2086
+  python -m inner_tasks.zoo --preset diverse-archs-spread --out "$DATA/zoos/diverse-archs-spread" \
+    --n "${ZOO_N_SPREAD:-3000}" --workers "$WORKERS" ${ZOO_FLAGS:-}
+  python -m experiments.accuracy.diagnose --zoo "$DATA/zoos/diverse-archs-spread" --seeds "$SEEDS" \
+    | tee "$DATA/zoos/diverse-archs-spread.diagnosis.md"
+  log "spread: references (hparams_gb, 64-probe line)"
+  python -m experiments.accuracy "${zoo[@]}" --split all --method hparams_gb --seeds "$SEEDS" \
+    --out "$OUT/accuracy/spread_hparams_gb" --results-json "$RESULTS/accuracy.json"
+  python -m experiments.accuracy "${zoo[@]}" --split all --method probe_acc --probes 64 --seeds "$SEEDS" \
+    --out "$OUT/accuracy/spread_probe_acc64" --results-json "$RESULTS/accuracy.json" --results-name probe_acc=probe_acc64
+  log "spread: GMN, 64 probes, residual on the line"
+  # shellcheck disable=SC2086
+  python -m experiments.accuracy "${zoo[@]}" --split all --method gmn_probes --probes 64 --seeds "$SEEDS" \
+    --workers "$WORKERS" $ACC_FLAGS $PROBE_HEAD_FLAGS --residual-base --out "$OUT/accuracy/spread_gmn_probes64" \
+    --results-json "$RESULTS/accuracy.json" --results-name gmn_probes=gmn_probes64
+  log "spread: baselines and the weights-only GMN"
+  # shellcheck disable=SC2086
+  python -m experiments.accuracy "${zoo[@]}" --split all --method statnn,deepsets,dmc,gmn --seeds "$SEEDS" \
+    --workers "$WORKERS" $ACC_FLAGS --out "$OUT/accuracy/spread_weights" --results-json "$RESULTS/accuracy.json"
 }
 
 stage_inr_sets() {
@@ -142,6 +168,7 @@ for stage in "$@"; do
     inr-ablate) stage_inr_ablate ;;
     inr) stage_inr ;;
     cka) stage_cka ;;
+    spread) stage_spread ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -10,7 +10,8 @@ import numpy as np
 METHOD_LABELS = {"deepsets": "DeepSets", "dmc": "DMC", "statnn": "StatNN", "gmn": "GMN", "gmn_probes": "GMN + probe features",
                  "hparams_gb": "hparams+arch GB (reference)", "probe_acc": "probe-digit accuracy line (reference)"}
 SPLIT_LABELS = {"50": "50%", "5": "5%", "ood": "OOD"}
-ZOO_LABELS = {"varying-cnns": "Varying CNNs", "diverse-archs": "Diverse Architectures"}
+ZOO_LABELS = {"varying-cnns": "Varying CNNs", "diverse-archs": "Diverse Architectures",
+              "diverse-archs-spread": "Diverse Architectures (per-family budgets)"}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
