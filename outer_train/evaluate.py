@@ -45,6 +45,8 @@ from inner_tasks import Task, TaskSpec, build_task
 from inner_tasks.tasks import train_task
 from inner_tasks.tasks.collections import HELD_OUT_TASKS, held_out_suite
 from metaopt.optim import GMNOptimizer, UpdateRule
+from metaopt.optim.nowcast import Nowcaster
+from metaopt.optim.rules import resolve_rule
 
 ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default: the centre of Adam's lr-sensitivity columns
 
@@ -154,11 +156,13 @@ def neighbours(grid: list[float], lr: float) -> tuple[float, float]:
 
 def evaluate_task(
     spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings, previous: dict[str, Any] | None = None,
-    tuned_lrs: dict[str, float] | None = None,
+    tuned_lrs: dict[str, float] | None = None, nowcasters: dict[str, Nowcaster] | None = None,
 ) -> dict[str, Any]:
     """All optimizers on one task and seed (results in ``previous`` are reused, not rerun). With
     ``tuned_lrs`` (optimizer -> lr chosen on another seed of the task) every tuned optimizer runs
-    once at that lr instead of over the grid."""
+    once at that lr instead of over the grid. ``nowcasters``: rule label -> the nowcaster that
+    rule runs with (``GMNOptimizer(..., nowcast=)``)."""
+    nowcasters = nowcasters or {}
     task = build_task(spec)
     example = (task.example_inputs(),)
     res: dict[str, Any] = dict(previous or {})
@@ -172,10 +176,10 @@ def evaluate_task(
     }
     tuned = {k: v for k, v in tuned.items() if k == "adam" or k in s.baselines}
     for name, rule in rules.items():
-        def make_rule(lr: float, rule: UpdateRule = rule) -> Callable:
+        def make_rule(lr: float, rule: UpdateRule = rule, name: str = name) -> Callable:
             def build(m: torch.nn.Module) -> Any:
                 opt = GMNOptimizer(m, rule=rule, lr=lr, example_inputs=example,
-                                   total_steps=s.steps if s.tell_horizon else None)
+                                   total_steps=s.steps if s.tell_horizon else None, nowcast=nowcasters.get(name))
                 return cosine(opt, s.steps) if s.rule_schedule == "cosine" else opt
             return build
         tuned[f"{name}@best"] = (make_rule, grid)
@@ -419,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m outer_train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--rule", action="append", default=[],
                    help="rule directory (save_pretrained format), or LABEL=DIR to name its rows; repeatable")
+    p.add_argument("--nowcast", action="append", default=[], metavar="LABEL=DIR",
+                   help="a nowcaster (outer_train.nowcast) run inside GMNOptimizer with --nowcast-rule; repeatable")
+    p.add_argument("--nowcast-rule", default="adam", help="the rule nowcasters run with: adam (default), default or a DIR")
     p.add_argument("--suite", default="held_out", choices=["held_out"])
     p.add_argument("--tasks", nargs="*", help=f"subset of {list(HELD_OUT_TASKS)}")
     p.add_argument("--seeds", nargs="*", type=int)
@@ -465,8 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.merge:
         return merge_results([Path(f) for f in a.merge], Path(a.out))
     rules = load_rules(a.rule)
+    nowcasters: dict[str, Nowcaster] = {}
+    for item in a.nowcast:
+        label, sep, path = item.partition("=")
+        if not sep or label in rules or label in nowcasters:
+            p.error(f"--nowcast takes LABEL=DIR with a label of its own, got {item!r}")
+        rules[label], nowcasters[label] = resolve_rule(a.nowcast_rule), Nowcaster.from_pretrained(path)
     if s.rule_schedule == "cosine":
         rules = {f"{name}+cosine": rule for name, rule in rules.items()}
+        nowcasters = {f"{name}+cosine": nc for name, nc in nowcasters.items()}
+    labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
     out = Path(a.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     specs = [sp for sp in held_out_suite(tuple(s.seeds), s.steps) if sp.name.split("/")[0] in s.tasks]
@@ -491,16 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     for spec in tqdm(specs, desc="evaluate", dynamic_ncols=True):
         task_name = spec.name.split("/")[0]
         reuse_lrs = tuned.get(task_name) if s.tune == "first_seed" else None
-        entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs)
+        entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs, nowcasters)
         tuned.setdefault(task_name, {k: entry["results"][k]["lr"] for k in
                                      ("adam", *[b for b in s.baselines if b != "adam"], *[f"{n}@best" for n in rules])})
         entries.append(entry)
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
         (out / "results.json").write_text(
-            json.dumps({"settings": s.__dict__, "rules": prev_rules + a.rule, "entries": entries,
+            json.dumps({"settings": s.__dict__, "rules": prev_rules + labels, "entries": entries,
                         "reused_from": reused_from}, indent=1)
         )
-    write_tables(entries, s, out, prev_rules + a.rule, reused_from)
+    write_tables(entries, s, out, prev_rules + labels, reused_from)
     return 0
 
 

@@ -22,6 +22,7 @@ from . import core
 from .core import Hyper, OptState
 from .features import GraphIndex
 from .lazy_graph import FirstCallGraph, build_graph, check_graph, graph_now, not_built_error, unwrap
+from .nowcast import Nowcaster, resolve_nowcaster, tensor_ids
 from .rules import UpdateRule, resolve_rule
 
 # Keys of opt.state that are not parameters: fault counters and the layout check.
@@ -29,6 +30,11 @@ SKIPPED_STEPS = "skipped_steps"  # steps skipped because a gradient was NaN/Inf
 RULE_FALLBACKS = "rule_fallbacks"  # edges whose rule output was non-finite (Adam used instead)
 STEPS_TAKEN = "steps_taken"  # real steps taken (drives the refresh schedule and time features)
 RULE_REFRESHES = "rule_refreshes"  # steps on which the rule ran
+NOWCAST_JUMPS = "nowcast_jumps"  # times the nowcaster set the parameters
+NOWCAST_FALLBACKS = "nowcast_fallbacks"  # predictions with non-finite values (discarded: no jump)
+NOWCAST_CONTEXT = "nowcast_context"  # [context, E] float32 stored states (rows filled so far: NOWCAST_FILLED)
+NOWCAST_FILLED = "nowcast_filled"
+_COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED)
 
 
 # Parameter dtypes updated through a float32 copy (the state is always float32).
@@ -63,8 +69,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     to bf16/fp16 after construction: the state stays float32, low-precision parameters are updated
     in float32 and rounded once (docs/optim.md, Public API).
 
+    ``nowcast`` (None, ``"default"``, a directory or a `Nowcaster`): every ``interval`` steps the
+    parameters are stored and, once ``context`` are stored, set to where the nowcaster predicts
+    they will be ``horizon`` intervals later (metaopt/optim/nowcast.py); ``opt.nowcast_jumps``
+    counts the jumps. Its stored states add ``context`` x the parameters to the state.
+
     Fault handling: a step whose gradients hold NaN/Inf is skipped entirely (``opt.skipped_steps``);
-    non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``).
+    non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``);
+    a non-finite nowcast is discarded (no jump; ``opt.nowcast_fallbacks``).
     """
 
     def __init__(
@@ -80,6 +92,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         graph: Any = None,
         example_inputs: Any = None,
         total_steps: int | None = None,
+        nowcast: str | Path | Nowcaster | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -117,6 +130,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._set_graph(graph)
         self.rule: UpdateRule = rule
         self.rule.eval()
+        self.nowcaster: Nowcaster | None = resolve_nowcaster(nowcast)
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
@@ -128,10 +142,8 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     # ---- construction helpers ------------------------------------------------------------
     def _reset_counters(self) -> None:
-        self.state[SKIPPED_STEPS] = 0
-        self.state[RULE_FALLBACKS] = 0
-        self.state[STEPS_TAKEN] = 0
-        self.state[RULE_REFRESHES] = 0
+        for key in _COUNTERS:
+            self.state[key] = 0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its parameters must be parameters of the model the graph was built from."""
@@ -161,6 +173,16 @@ class GMNOptimizer(torch.optim.Optimizer):
     def rule_refreshes(self) -> int:
         """Steps on which the rule ran and set a new lr scale."""
         return int(self.state[RULE_REFRESHES])
+
+    @property
+    def nowcast_jumps(self) -> int:
+        """Times the nowcaster moved the parameters."""
+        return int(self.state[NOWCAST_JUMPS])
+
+    @property
+    def nowcast_fallbacks(self) -> int:
+        """Nowcasts discarded because they held NaN/Inf."""
+        return int(self.state[NOWCAST_FALLBACKS])
 
     # ---- flat state ----------------------------------------------------------------------
     STATE_KEYS = ("exp_avg", "exp_avg_sq", "lr_scale")
@@ -282,7 +304,40 @@ class GMNOptimizer(torch.optim.Optimizer):
             work = [p.float() if k in low else p for k, p in enumerate(params)]
             core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True)
             torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
+        if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
+            self._nowcast(entries, device)
         return loss
+
+    def _nowcast(self, entries: list[tuple[int, Tensor, Hyper]], device: torch.device) -> None:
+        """Store the parameters; with ``context`` stored, jump to the nowcast and start a new context."""
+        nc = self.nowcaster
+        assert nc is not None
+        cfg = nc.config
+        ctx = self.state.get(NOWCAST_CONTEXT)
+        if not isinstance(ctx, Tensor) or ctx.shape != (cfg.context, self._num_edges) or ctx.device != device:
+            ctx = self.state[NOWCAST_CONTEXT] = torch.zeros(cfg.context, self._num_edges, device=device)
+            self.state[NOWCAST_FILLED] = 0
+        filled = int(self.state[NOWCAST_FILLED])
+        torch.cat([p.detach().reshape(-1).float() for p in self._params_all], out=ctx[filled])
+        self.state[NOWCAST_FILLED] = filled = filled + 1
+        if filled < cfg.context:
+            return
+        self.state[NOWCAST_FILLED] = 0
+        key = f"{device}/nowcast/{id(nc)}"
+        if key not in self._graph_cache:
+            if self.graph is None:
+                raise not_built_error(self._first_call)
+            self._graph_cache[key] = (nc.to(device).prepare(self.graph, device),
+                                      tensor_ids(self._numels, device))
+        graph, tensor_id = self._graph_cache[key]
+        new = nc(graph, ctx, tensor_id, len(self._numels))
+        if not bool(torch.isfinite(new).all()):
+            self.state[NOWCAST_FALLBACKS] += 1
+            return
+        parts = new.split(self._numels)
+        for i, p, _ in entries:
+            p.copy_(parts[i].view_as(p))
+        self.state[NOWCAST_JUMPS] += 1
 
     def _all_finite(self, grads: list[Tensor]) -> bool:
         """True if no gradient holds a NaN/Inf: GradScaler's fused check, one op for all tensors.
@@ -340,7 +395,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
         super().load_state_dict(state_dict)
-        for key in (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES):
+        for key in _COUNTERS:
             self.state.setdefault(key, 0)
         loaded = {p: self.state[p] for group in self.param_groups for p in group["params"] if p in self.state}
         if not loaded:
