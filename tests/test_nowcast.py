@@ -51,7 +51,7 @@ def test_untrained_nowcaster_is_adam_bit_for_bit(kind):
     batches = _batches(25)
     _train(model, opt, batches)
     _train(ref, adam, batches)
-    assert opt.nowcast_jumps == 25 // nc.config.period == 4 and opt.nowcast_fallbacks == 0
+    assert opt.nowcast_jumps == 0 and opt.nowcast_fallbacks == 0 and opt.nowcast_reverts == 0  # nothing moved
     for p, q in zip(model.parameters(), ref.parameters()):
         assert torch.equal(p, q)
 
@@ -78,6 +78,33 @@ def test_jump_lands_where_the_network_says():
     got = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert opt.nowcast_jumps == 1 and torch.allclose(got, expected, atol=1e-6)
     assert not torch.allclose(got, states[-1])
+
+
+def test_guard_undoes_a_jump_that_blows_the_gradient_up_and_shortens_the_next():
+    nc = Nowcaster(kind="mlp", context=3, interval=2, hidden=8, horizon=4)
+    with torch.no_grad():
+        nc.net.out.bias.fill_(40.0)  # far past anything the context supports
+    model, ref = _mlp(), _mlp()
+    opt = GMNOptimizer(model, rule="adam", lr=1e-2, nowcast=nc, example_inputs=torch.randn(2, 4))
+    adam = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    batches = _batches(7)
+    _train(model, opt, batches[:6])
+    _train(ref, adam, batches[:6])
+    assert opt.nowcast_jumps == 1 and not torch.allclose(model[0].weight, ref[0].weight)
+    _train(model, opt, batches[6:])  # the gradient at the jumped point is far larger: undone, step not taken
+    assert opt.nowcast_reverts == 1 and opt.state["nowcast_horizon"] == 2
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)  # back where Adam was before the jump
+
+
+def test_guard_keeps_a_jump_that_helps():
+    nc = Nowcaster(kind="mlp", context=3, interval=2, hidden=8, horizon=4)
+    with torch.no_grad():
+        nc.net.out.bias.fill_(0.05)  # a small step along nothing in particular
+    model = _mlp()
+    opt = GMNOptimizer(model, rule="adam", lr=1e-3, nowcast=nc, example_inputs=torch.randn(2, 4))
+    _train(model, opt, _batches(7))
+    assert opt.nowcast_jumps == 1 and opt.nowcast_reverts == 0 and opt.state["nowcast_horizon"] == 4
 
 
 def test_gmn_nowcast_is_equivariant_to_hidden_permutations():

@@ -34,7 +34,15 @@ NOWCAST_JUMPS = "nowcast_jumps"  # times the nowcaster set the parameters
 NOWCAST_FALLBACKS = "nowcast_fallbacks"  # predictions with non-finite values (discarded: no jump)
 NOWCAST_CONTEXT = "nowcast_context"  # [context, E] float32 stored states (rows filled so far: NOWCAST_FILLED)
 NOWCAST_FILLED = "nowcast_filled"
-_COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED)
+NOWCAST_REVERTS = "nowcast_reverts"  # jumps undone by the guard
+NOWCAST_GUARD = "nowcast_guard"  # squared gradient norm at the last jump (0: no check pending)
+NOWCAST_HORIZON = "nowcast_horizon"  # the horizon of the next jump (0: the nowcaster's own)
+_COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
+             NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON)
+# The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
+# norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
+# lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
+GUARD_RATIO = 4.0
 
 
 # Parameter dtypes updated through a float32 copy (the state is always float32).
@@ -76,7 +84,8 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     Fault handling: a step whose gradients hold NaN/Inf is skipped entirely (``opt.skipped_steps``);
     non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``);
-    a non-finite nowcast is discarded (no jump; ``opt.nowcast_fallbacks``).
+    a non-finite nowcast is discarded (no jump; ``opt.nowcast_fallbacks``); a jump after which the
+    gradient norm more than doubles is undone (``opt.nowcast_reverts``; see GUARD_RATIO).
     """
 
     def __init__(
@@ -180,6 +189,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         return int(self.state[NOWCAST_JUMPS])
 
     @property
+    def nowcast_reverts(self) -> int:
+        """Jumps the guard undid (the gradient after them more than doubled)."""
+        return int(self.state[NOWCAST_REVERTS])
+
+    @property
     def nowcast_fallbacks(self) -> int:
         """Nowcasts discarded because they held NaN/Inf."""
         return int(self.state[NOWCAST_FALLBACKS])
@@ -260,6 +274,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.state[SKIPPED_STEPS] += 1  # state and parameters stay exactly as they were
             return loss
 
+        if self.nowcaster is not None and self.state[NOWCAST_GUARD] > 0 and self._undo_bad_jump(entries, grads):
+            return loss  # the gradient was taken at the undone point: nothing else of this step applies
         buf = self._ensure_state(device)
         if len(entries) == len(self._params_all):
             buf["step"].add_(1)  # the usual case: every parameter takes part (no index_put)
@@ -330,14 +346,38 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._graph_cache[key] = (nc.to(device).prepare(self.graph, device),
                                       tensor_ids(self._numels, device))
         graph, tensor_id = self._graph_cache[key]
-        new = nc(graph, ctx, tensor_id, len(self._numels))
+        horizon = int(self.state[NOWCAST_HORIZON]) or cfg.horizon
+        new = nc(graph, ctx, tensor_id, len(self._numels), horizon=horizon)
         if not bool(torch.isfinite(new).all()):
             self.state[NOWCAST_FALLBACKS] += 1
             return
+        if torch.equal(new, ctx[-1]):
+            return  # nothing moves (an untrained nowcaster): no jump to check
         parts = new.split(self._numels)
         for i, p, _ in entries:
             p.copy_(parts[i].view_as(p))
         self.state[NOWCAST_JUMPS] += 1
+        self.state[NOWCAST_GUARD] = self._grad_sq_norm([p.grad for _, p, _ in entries])
+        self.state[NOWCAST_HORIZON] = horizon
+
+    @staticmethod
+    def _grad_sq_norm(grads: list[Tensor]) -> float:
+        return float(torch.stack(torch._foreach_norm(grads)).float().pow(2).sum())
+
+    def _undo_bad_jump(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor]) -> bool:
+        """The guard, on the first step after a jump: undo it if the gradient norm more than doubled."""
+        cfg = self.nowcaster.config  # type: ignore[union-attr]
+        before, self.state[NOWCAST_GUARD] = float(self.state[NOWCAST_GUARD]), 0.0
+        horizon = int(self.state[NOWCAST_HORIZON]) or cfg.horizon
+        if self._grad_sq_norm(grads) <= GUARD_RATIO * before:
+            self.state[NOWCAST_HORIZON] = min(cfg.horizon, horizon + 1)
+            return False
+        parts = self.state[NOWCAST_CONTEXT][-1].split(self._numels)  # the parameters before the jump
+        for i, p, _ in entries:
+            p.copy_(parts[i].view_as(p))
+        self.state[NOWCAST_REVERTS] += 1
+        self.state[NOWCAST_HORIZON] = max(1, horizon // 2)
+        return True
 
     def _all_finite(self, grads: list[Tensor]) -> bool:
         """True if no gradient holds a NaN/Inf: GradScaler's fused check, one op for all tensors.
