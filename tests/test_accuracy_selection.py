@@ -111,3 +111,16 @@ def test_predictor_dropout_is_gmn_only_and_trains():
     cfg = PredictorConfig(hidden=8, layers=1, steps=60, eval_every=20, patience=0, dropout=0.2)
     res = fit_and_score(zoo, train, test, "gmn", cfg, seed=0)
     assert np.isfinite(res["r2"]) and res["train_curve"][-1] < res["train_curve"][0]
+
+
+def test_family_table_counts_models_at_chance_per_family():
+    from experiments.accuracy.diagnose import family_table
+
+    zoo = unique_arch_zoo(40)
+    for i, r in enumerate(zoo.records):  # two families, accuracies known
+        r["family"], r["test_acc"] = ("a" if i < 10 else "b"), (0.1 if i % 4 == 0 else 0.8)
+    t = family_table(zoo)
+    assert set(t) == {"a", "b", "all"} and t["a"]["n"] == 10 and t["all"]["n"] == 40
+    assert t["a"]["share_at_chance"] == 3 / 10 and t["b"]["share_at_chance"] == 7 / 30
+    assert t["all"]["share_at_chance"] == 10 / 40
+    assert abs(t["all"]["mean"] - (10 * 0.1 + 30 * 0.8) / 40) < 1e-6

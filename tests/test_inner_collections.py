@@ -124,3 +124,24 @@ def test_meta_validation_suite_is_disjoint_from_training_and_held_out(meta_sampl
     assert meta_mlp < k["mlp_digits_w128"]["width"] < HELD_OUT_TASKS["mlp_digits_wide"][1]["width"]
     for s in val:  # every task builds and is CPU-sized
         assert count_params(build_model(s.model)) < 40_000
+
+
+def test_large_meta_training_distribution_stays_out_of_held_out_and_meta_validation() -> None:
+    """meta_train_large (held-out-shaped meta-training): larger than meta_train, yet no held-out or
+    meta-validation task, no held-out data and no held-out-only architecture."""
+    from inner_tasks.tasks import meta_train_large_distribution, meta_validation_suite
+    from inner_tasks.tasks.collections import COLLECTIONS
+
+    dist = meta_train_large_distribution()
+    samples = [dist.sample(s) for s in range(200)]
+    assert COLLECTIONS["meta_train_large"]().sample(3) == samples[3]  # deterministic, reachable by name
+    assert all(dist.contains(m) for m in samples)
+    fixed = held_out_suite() + meta_validation_suite()
+    assert not [s.name for s in fixed if dist.contains(s)]
+    key = lambda s: (s.architecture_key(), repr(sorted(s.data.items())))  # noqa: E731
+    assert not {key(s) for s in fixed} & {key(m) for m in samples}
+    assert {m.data.get("name") for m in samples} == {"digits"}
+    assert not any(m.family == "transformer_lm" or m.knobs.get("norm") == "batch" for m in samples)
+    small = meta_train_distribution()
+    small_mlp = max(m.knobs["width"] for m in map(small.sample, range(400)) if m.family == "mlp_classification")
+    assert max(m.knobs["width"] for m in samples if m.family == "mlp_classification") > 2 * small_mlp

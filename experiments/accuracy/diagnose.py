@@ -107,13 +107,29 @@ def reference_fit_and_score(zoo: Zoo, train_idx: np.ndarray, test_idx: np.ndarra
     return out
 
 
+CHANCE_ACC = 0.15  # "at chance": 10 classes, below 0.15 test accuracy (noise around 0.10)
+
+
+def family_table(zoo: Zoo, chance: float = CHANCE_ACC) -> dict[str, dict[str, float]]:
+    """Per model family (and "all"): models, mean / std of test accuracy and the share at chance. A
+    zoo whose models sit at chance holds pairs no predictor can order (docs/accuracy.md)."""
+    y = zoo.targets().numpy()
+    fam = np.array([r.get("family", "?") for r in zoo.records])
+    out = {}
+    for name in sorted(set(fam.tolist())) + ["all"]:
+        v = y if name == "all" else y[fam == name]
+        out[name] = {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()),
+                     "share_at_chance": float((v < chance).mean())}
+    return out
+
+
 def diagnose(zoo: Zoo, seeds: int = 3, splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
     """Scores (mean, std over seeds of R² and tau) of the reference regressors on each split."""
     y = zoo.targets().numpy()
     feats = {"hparams+arch GB": ("gb", hparam_features(zoo)), "weight stats GB": ("gb", weight_features(zoo)),
              "weight stats ridge": ("ridge", weight_features(zoo))}
     out: dict[str, Any] = {"n": len(y), "architectures": len(zoo.graphs), "mean": float(y.mean()),
-                           "std": float(y.std()), "splits": {}}
+                           "std": float(y.std()), "families": family_table(zoo), "splits": {}}
     for split in splits:
         out["splits"][split] = {}
         for name, (kind, x) in feats.items():
@@ -141,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     res["noise_ceiling_r2"] = noise_ceiling(y, args.test_examples)
     print(f"{zoo.name}: {res['n']} models, {res['architectures']} architectures, accuracy mean {res['mean']:.3f} "
           f"std {res['std']:.3f}, binomial-noise R² ceiling {res['noise_ceiling_r2']:.3f}")
+    print(f"| family | models | test accuracy mean ± std | share below {CHANCE_ACC} (chance) |\n|---|---:|---:|---:|")
+    for name, f in res["families"].items():
+        print(f"| {name} | {f['n']} | {f['mean']:.3f} ± {f['std']:.3f} | {100 * f['share_at_chance']:.0f}% |")
+    print()
     print("| split | reference | R² | τ |\n|---|---|---:|---:|")
     for split, rows in res["splits"].items():
         for name, s in rows.items():

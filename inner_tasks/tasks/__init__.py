@@ -11,6 +11,7 @@ from .collections import (
     TaskDistribution,
     held_out_suite,
     meta_train_distribution,
+    meta_train_large_distribution,
     meta_validation_suite,
 )
 from .families import FAMILY_BUILDERS, FamilySampler, make_task_spec
@@ -23,7 +24,8 @@ from .training import TrainRun, train_task, train_with_adam
 __all__ = [
     "Batch", "FAMILY_BUILDERS", "FamilySampler", "HELD_OUT_HORIZON", "HELD_OUT_SEEDS", "HELD_OUT_TASKS",
     "LanguageModelTask", "META_TRAIN_HORIZON", "META_VALIDATION_TASKS", "SupervisedTask", "Task", "TaskDistribution", "TaskSpec",
-    "build_task", "held_out_suite", "make_task_spec", "meta_train_distribution", "meta_validation_suite", "pixel_grid", "supervised_data",
+    "build_task", "held_out_suite", "make_task_spec", "meta_train_distribution",
+    "meta_train_large_distribution", "meta_validation_suite", "pixel_grid", "supervised_data",
     "TrainRun",
     "train_task",
     "train_with_adam",

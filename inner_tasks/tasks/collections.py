@@ -69,6 +69,31 @@ def meta_train_distribution() -> TaskDistribution:
     return TaskDistribution("meta_train", samplers, (0.3, 0.25, 0.15, 0.15, 0.15))
 
 
+def meta_train_large_distribution() -> TaskDistribution:
+    """Digits tasks shaped towards the held-out suite (wider and deeper MLPs and CNNs, residual and
+    GroupNorm CNNs, wider SIRENs; ~2k to ~270k params, meta-training's tasks.max_params resamples the
+    largest), for meta-training on the sizes a rule is used at.
+    Never a held-out or meta-validation task, held-out data (shapes) or held-out-only family
+    (Transformer, BatchNorm): tests/test_inner_collections.py checks it. It gives up part of the
+    held-out suite's "4x wider than meta-training" distance, which is the point of it."""
+    samplers = (
+        FamilySampler("mlp_classification", {
+            "dataset": ("digits",), "image_size": (8,), "width": (48, 96, 192), "depth": (2, 3),
+            "activation": _ACTS, "norm": ("none", "layernorm"), "batch_size": (32, 64),
+        }, META_TRAIN_HORIZON),
+        FamilySampler("cnn_classification", {
+            "dataset": ("digits",), "image_size": (8,), "width": (12, 24, 48), "depth": (2, 3), "kernel_size": (3,),
+            "norm": ("none", "group"), "residual": (False, True), "activation": ("relu", "gelu"), "dim": (2,),
+            "batch_size": (32, 64),
+        }, META_TRAIN_HORIZON),
+        FamilySampler("siren_inr", {
+            "dataset": ("digits",), "image_size": (28,), "width": (28, 40), "depth": (3,), "w0": (30.0,),
+            "batch_size": (784,),
+        }, META_TRAIN_HORIZON),
+    )
+    return TaskDistribution("meta_train_large", samplers, (0.4, 0.4, 0.2))
+
+
 def _mlp(dataset: str, size: int, width: int, depth: int) -> dict:
     return {"dataset": dataset, "image_size": size, "width": width, "depth": depth, "activation": "relu",
             "norm": "none", "batch_size": 64}
@@ -130,4 +155,5 @@ def meta_validation_suite(seed: int = META_VALIDATION_SEED, horizon: int = HELD_
     return _fixed_suite(META_VALIDATION_TASKS, (seed,), horizon)
 
 
-COLLECTIONS = {"meta_train": meta_train_distribution, "meta_val": meta_validation_suite, "held_out": held_out_suite}
+COLLECTIONS = {"meta_train": meta_train_distribution, "meta_train_large": meta_train_large_distribution,
+               "meta_val": meta_validation_suite, "held_out": held_out_suite}
