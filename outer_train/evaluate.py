@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 
 from inner_tasks import Task, TaskSpec, build_task
 from inner_tasks.tasks import train_task
-from inner_tasks.tasks.collections import HELD_OUT_TASKS, held_out_suite
+from inner_tasks.tasks.collections import (HELD_OUT_TASKS, META_VALIDATION_SEED, META_VALIDATION_TASKS, held_out_suite,
+                                          meta_validation_suite)
 from metaopt.optim import GMNOptimizer, UpdateRule
 from metaopt.optim.nowcast import Nowcaster
 from metaopt.optim.rules import resolve_rule
@@ -66,6 +67,9 @@ class EvalSettings:
     tasks: list[str]
     seeds: list[int]
     steps: int
+    # "held_out": the evaluation suite; "meta_val": the meta-validation suite (seed k runs its tasks from
+    # META_VALIDATION_SEED + k), for choosing settings (a rule's lr, a nowcaster's horizon) without the held-out suite.
+    suite: str = "held_out"
     grid_points: int = 7
     lr_min: float = 1e-4
     lr_max: float = 1e-1
@@ -373,7 +377,7 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
 
 
 # What runs from before a setting existed did (results.json files lack the key).
-OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant"}
+OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant", "suite": "held_out"}
 
 
 def merge_results(files: list[Path], out: Path) -> int:
@@ -426,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nowcast", action="append", default=[], metavar="LABEL=DIR",
                    help="a nowcaster (outer_train.nowcast) run inside GMNOptimizer with --nowcast-rule; repeatable")
     p.add_argument("--nowcast-rule", default="adam", help="the rule nowcasters run with: adam (default), default or a DIR")
-    p.add_argument("--suite", default="held_out", choices=["held_out"])
-    p.add_argument("--tasks", nargs="*", help=f"subset of {list(HELD_OUT_TASKS)}")
+    p.add_argument("--suite", default="held_out", choices=["held_out", "meta_val"],
+                   help="held_out (default) or meta_val: the meta-validation suite, for choosing settings")
+    p.add_argument("--tasks", nargs="*", help=f"subset of {list(HELD_OUT_TASKS)} (held_out) or {list(META_VALIDATION_TASKS)}")
     p.add_argument("--seeds", nargs="*", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--grid-points", type=int)
@@ -449,12 +454,15 @@ def main(argv: list[str] | None = None) -> int:
                    "kept (not rerun) and the rules given here are added")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    s = EvalSettings(tasks=QUICK_TASKS if a.quick else list(HELD_OUT_TASKS), seeds=[0] if a.quick else [0, 1, 2],
-                     steps=150 if a.quick else 1000, grid_points=4 if a.quick else 7)
+    suite_tasks = list(HELD_OUT_TASKS if a.suite == "held_out" else META_VALIDATION_TASKS)
+    if a.quick and a.suite != "held_out":
+        p.error("--quick runs held-out tasks; give --suite meta_val with --tasks, --steps and --grid-points instead")
+    s = EvalSettings(tasks=QUICK_TASKS if a.quick else suite_tasks, seeds=[0] if a.quick else [0, 1, 2],
+                     steps=150 if a.quick else 1000, grid_points=4 if a.quick else 7, suite=a.suite)
     if a.tasks:
-        unknown = sorted(set(a.tasks) - set(HELD_OUT_TASKS))
+        unknown = sorted(set(a.tasks) - set(suite_tasks))
         if unknown:
-            p.error(f"unknown held-out tasks {unknown}; choose from {list(HELD_OUT_TASKS)}")
+            p.error(f"unknown {a.suite} tasks {unknown}; choose from {suite_tasks}")
         s.tasks = a.tasks
     if a.seeds:
         s.seeds = a.seeds
@@ -484,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
     out = Path(a.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
-    specs = [sp for sp in held_out_suite(tuple(s.seeds), s.steps) if sp.name.split("/")[0] in s.tasks]
+    if s.suite == "held_out":
+        suite = held_out_suite(tuple(s.seeds), s.steps)
+    else:
+        suite = [sp for k in s.seeds for sp in meta_validation_suite(META_VALIDATION_SEED + k, s.steps)]
+    specs = [sp for sp in suite if sp.name.split("/")[0] in s.tasks]
     previous: dict[str, dict[str, Any]] = {}
     prev_rules: list[str] = []
     reused_from: list[str] = []

@@ -185,3 +185,21 @@ def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path
     # the table says which optimizers' timings come from the earlier run
     assert "(--reuse) were timed in that run" in (tmp_path / "c" / "results.md").read_text()
     assert "--reuse" not in (tmp_path / "a" / "results.md").read_text()
+
+
+def test_meta_validation_suite_can_be_evaluated_and_never_mixes_with_held_out_names(tmp_path: Path) -> None:
+    """--suite meta_val runs the meta-validation tasks (seed k -> META_VALIDATION_SEED + k), for choosing
+    settings without the held-out suite; held-out task names are refused there."""
+    from inner_tasks.tasks.collections import META_VALIDATION_SEED
+
+    threads = torch.get_num_threads()
+    evaluate.main(["--suite", "meta_val", "--tasks", "siren_digits_w32", "--seeds", "0", "1", "--steps", "12",
+                   "--grid-points", "2", "--threads", "1", "--baselines", "adam", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["suite"] == "meta_val"
+    assert [e["task"] for e in data["entries"]] == [f"siren_digits_w32/s{META_VALIDATION_SEED + k}" for k in (0, 1)]
+    with pytest.raises(SystemExit):
+        evaluate.main(["--suite", "meta_val", "--tasks", "siren_shapes", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        evaluate.main(["--suite", "meta_val", "--quick", "--out", str(tmp_path / "y")])
