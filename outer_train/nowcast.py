@@ -2,10 +2,13 @@
 
 ``python -m outer_train.nowcast --out runs/nowcast [--tasks 48] [--steps 1000] [--kind gmn|mlp]``
 
-1. collect: ``--tasks`` tasks drawn from the meta-training distribution (never the held-out suite),
-   each trained with Adam at an lr drawn log-uniformly from ``--lr-range`` for ``--steps`` steps;
-   the parameters every ``interval`` steps go to ``trajectories/task_NNNN.safetensors``
-   (resumable: existing files are kept; a diverged run is recorded and skipped).
+1. collect: ``--tasks`` tasks drawn from a meta-training distribution (``--collection``: meta_train or
+   meta_train_large, never the held-out suite; tasks over ``--max-params`` are redrawn), each trained
+   with Adam (or ``GMNOptimizer(rule=--rule)``: the trajectories the nowcaster will be used on) at an
+   lr drawn log-uniformly from ``--lr-range`` for ``--steps`` steps; the parameters every
+   ``interval`` steps go to ``trajectories/task_NNNN.safetensors`` (resumable: existing files are
+   kept; a diverged run is recorded and skipped; the directory records its collection settings
+   and refuses to be extended with others).
 2. fit: examples are (task, newest stored state j, horizon k in 1..max_horizon): inputs from the
    ``context`` states ending at j, target the displacement to state j + k in the same per-tensor
    unit (`nowcast_inputs`); Huber loss, mean over each example's moving parameters. The last
@@ -34,51 +37,83 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from inner_tasks import TaskSpec, build_task
-from inner_tasks.tasks.collections import meta_train_distribution
+from inner_tasks.models import build_model, count_params
+from inner_tasks.tasks.collections import meta_train_distribution, meta_train_large_distribution
 from metaopt.optim.nowcast import TARGET_CLIP, NowcastConfig, Nowcaster, nowcast_inputs, tensor_ids
 
 SEED_OFFSET = 50_000  # task seeds far from the ones meta-training runs sample first
+DISTRIBUTIONS = {"meta_train": meta_train_distribution, "meta_train_large": meta_train_large_distribution}
 
 
 def lr_for(k: int, lo: float, hi: float) -> float:
     return float(math.exp(random.Random(f"nowcast-lr:{k}").uniform(math.log(lo), math.log(hi))))
 
 
-def collect_one(k: int, steps: int, interval: int, lr: float) -> tuple[TaskSpec, Tensor | None]:
-    """Adam on task k of the meta-training distribution: [steps // interval + 1, E] states, None if it diverged."""
-    spec = meta_train_distribution().sample(SEED_OFFSET + k)
+def task_spec(k: int, collection: str = "meta_train", max_params: int | None = None) -> TaskSpec:
+    """Task k of ``collection``; a draw over ``max_params`` parameters is replaced by the next seed's."""
+    dist = DISTRIBUTIONS[collection]()
+    for attempt in range(100):
+        spec = dist.sample(SEED_OFFSET + k + 1_000_003 * attempt)
+        if max_params is None or count_params(build_model(spec.model, seed=0)) <= max_params:
+            return spec
+    raise ValueError(f"no task of {collection!r} has <= {max_params} parameters in 100 draws; raise --max-params.")
+
+
+def collect_one(spec: TaskSpec, steps: int, interval: int, lr: float, rule: str | None = None) -> Tensor | None:
+    """Adam (or GMNOptimizer with ``rule``) on ``spec``: [steps // interval + 1, E] states, None if it diverged."""
     task = build_task(spec)
     model = task.model
     with torch.no_grad():
         for p, v in zip(model.parameters(), task.init_params(spec.seed).values()):
             p.copy_(v)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if rule is None:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        from metaopt.optim import GMNOptimizer
+
+        opt = GMNOptimizer(model, rule=rule, lr=lr, graph=task.graph)
     flat = lambda: torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()  # noqa: E731
     states = [flat()]
     for i, batch in enumerate(islice(task.train_batches(spec.seed), steps)):
         loss = task.loss(model(batch[0]), batch)
         if not torch.isfinite(loss):
-            return spec, None
+            return None
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (i + 1) % interval == 0:
             states.append(flat())
     out = torch.stack(states)
-    return spec, out if torch.isfinite(out).all() else None
+    return out if torch.isfinite(out).all() else None
 
 
-def collect(out: Path, n: int, steps: int, interval: int, lr_range: tuple[float, float]) -> list[Path]:
-    """Trajectories of tasks 0..n-1 under ``out`` (existing files kept)."""
+def collect(out: Path, n: int, steps: int, interval: int, lr_range: tuple[float, float], collection: str = "meta_train",
+            max_params: int | None = None, rule: str | None = None) -> list[Path]:
+    """Trajectories of tasks 0..n-1 under ``out`` (existing files kept, if collected with the same settings)."""
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"collection": collection, "max_params": max_params, "rule": rule, "steps": steps, "interval": interval,
+                "lr_range": list(lr_range)}
+    record = out / "collection.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        if before != settings:
+            raise SystemExit(f"outer_train.nowcast: {out} holds trajectories collected with {before}, not {settings}; "
+                             "use another --out.")
+    elif any(out.iterdir()) and (collection, max_params, rule) != ("meta_train", None, None):
+        # directories from before the record held Adam trajectories of meta_train only
+        raise SystemExit(f"outer_train.nowcast: {out} holds meta_train Adam trajectories (no collection.json); "
+                         "use another --out.")
+    else:
+        record.write_text(json.dumps(settings))
     files = []
     for k in tqdm(range(n), desc="trajectories"):
         path = out / f"task_{k:04d}.safetensors"
         skip = out / f"task_{k:04d}.diverged"
         if not path.exists() and not skip.exists():
             lr = lr_for(k, *lr_range)
-            spec, states = collect_one(k, steps, interval, lr)
+            spec = task_spec(k, collection, max_params)
+            states = collect_one(spec, steps, interval, lr, rule)
             if states is None:
                 skip.write_text(spec.to_json())
                 continue
@@ -173,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=48)
     p.add_argument("--steps", type=int, default=1000, help="Adam steps per stored trajectory")
     p.add_argument("--lr-range", type=float, nargs=2, default=(1e-3, 3e-2))
+    p.add_argument("--collection", choices=tuple(DISTRIBUTIONS), default="meta_train",
+                   help="where the trajectories' tasks come from (never the held-out suite)")
+    p.add_argument("--max-params", type=int, default=None, help="redraw tasks with more parameters than this")
+    p.add_argument("--rule", default=None,
+                   help="collect GMNOptimizer(rule=RULE) trajectories instead of Adam's (a shipped name or a directory)")
     p.add_argument("--kind", choices=("gmn", "mlp"), default="gmn")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--context", type=int, default=5)
@@ -194,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = NowcastConfig(kind=a.kind, hidden=a.hidden, context=a.context, interval=a.interval, horizon=a.horizon,
                         max_horizon=a.max_horizon)
-    files = collect(a.out / "trajectories", a.tasks, a.steps, a.interval, tuple(a.lr_range))
+    files = collect(a.out / "trajectories", a.tasks, a.steps, a.interval, tuple(a.lr_range), a.collection,
+                    a.max_params, a.rule)
     collected = time.time() - t0
     if len(files) < 2:
         raise SystemExit(f"outer_train.nowcast: only {len(files)} trajectories did not diverge; need at least 2.")

@@ -218,10 +218,35 @@ def test_trainer_collects_resumably_and_refuses_to_ship_what_learned_nothing(tmp
             "--horizon", "2", "--batch", "2", "--kind", "mlp", "--fit-steps", "2", "--eval-every", "1", "--lr", "0"]
     assert main(args) == 1  # lr 0 learns nothing (= predicting no move): not saved, non-zero exit
     assert not (out / "nowcaster").exists()
-    files = sorted((out / "trajectories").iterdir())
+    files = sorted((out / "trajectories").glob("task_*"))
     assert len(files) == 3
     stamps = [f.stat().st_mtime_ns for f in files]
     assert main(args) == 1
-    assert [f.stat().st_mtime_ns for f in sorted((out / "trajectories").iterdir())] == stamps  # reused, not redone
+    assert [f.stat().st_mtime_ns for f in sorted((out / "trajectories").glob("task_*"))] == stamps  # reused, not redone
     with pytest.raises(SystemExit):  # too short for a context plus the longest horizon
         main(["--out", str(out), "--steps", "50"])
+
+
+def test_collect_draws_large_tasks_under_the_cap_and_rule_trajectories(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from inner_tasks import TaskSpec
+    from inner_tasks.models import build_model, count_params
+    from inner_tasks.tasks.collections import meta_train_large_distribution
+    from outer_train.nowcast import collect
+
+    kw = dict(n=2, steps=40, interval=20, lr_range=(1e-3, 1e-3), collection="meta_train_large", max_params=20_000)
+    adam = collect(tmp_path / "adam", **kw)
+    rule = collect(tmp_path / "rule", **kw, rule="adam")  # GMNOptimizer(rule="adam") is Adam: the same trajectories
+    assert len(adam) == len(rule) == 2
+    for a, r in zip(adam, rule):
+        with safe_open(str(a), "pt") as f:
+            spec = TaskSpec.from_json(f.metadata()["spec"])
+        assert meta_train_large_distribution().contains(spec)
+        assert count_params(build_model(spec.model, seed=0)) <= 20_000
+        sa, sr = load_file(str(a))["states"], load_file(str(r))["states"]
+        assert sa.shape[0] == 3 and not torch.equal(sa[0], sa[-1])
+        torch.testing.assert_close(sr, sa, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit, match="collected with"):  # a directory is never extended with other settings
+        collect(tmp_path / "adam", **{**kw, "max_params": 10_000})
