@@ -356,9 +356,10 @@ def compact(entries: list[dict[str, Any]], s: "EvalSettings", rules: list[str]) 
 
 
 def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rules: list[str] | None = None,
-                 reused_from: list[str] | None = None) -> None:
+                 reused_from: list[str] | None = None, resumed: list[str] | None = None) -> None:
     """results.md (settings header, tables) and summary.json (no curves), also printed. ``reused_from``: the
-    results.json files whose optimizers were kept (--reuse), named in a caveat on the wall-clock columns."""
+    results.json files whose optimizers were kept (--reuse); ``resumed``: task/seed runs kept from an
+    earlier sitting (--resume); both named in a caveat on the wall-clock columns."""
     optimizers = list(dict.fromkeys(k for e in entries for k in e["results"]))
     tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
@@ -370,6 +371,9 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
         header += (f"Optimizers kept from {', '.join(reused_from)} (--reuse) were timed in that run, the others in "
                    "this one: their wall-clock columns and loop cost compare timings taken at different times "
                    "(the step columns are exact).\n\n")
+    if resumed:
+        header += (f"Resumed run (--resume): {len(resumed)} task/seed runs were kept from an earlier sitting and timed "
+                   "then; the machine's load may have differed between sittings (the step columns are exact).\n\n")
     text = header + markdown(entries, optimizers)
     (out / "results.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(compact(entries, s, rules or []), indent=1))
@@ -398,9 +402,11 @@ def merge_results(files: list[Path], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rules = list(dict.fromkeys(r for p in parts for r in p.get("rules", [])))
     reused = list(dict.fromkeys(r for p in parts for r in p.get("reused_from", [])))
+    resumed = [t for p in parts for t in p.get("resumed", [])]
     (out / "results.json").write_text(json.dumps({"settings": settings.__dict__, "rules": rules, "entries": entries,
-                                                  "reused_from": reused}, indent=1))
-    write_tables(entries, settings, out, rules, reused)
+                                                  "reused_from": reused, **({"resumed": resumed} if resumed else {})},
+                                                 indent=1))
+    write_tables(entries, settings, out, rules, reused, resumed)
     return 0
 
 
@@ -450,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="combine results.json files of runs over disjoint task subsets (same settings) into one "
                         "table in --out; nothing is run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: the task/seed runs already in --out's results.json (same settings "
+                        "and rules) are kept, the rest are run")
     p.add_argument("--reuse", help="a results.json from an earlier run with the same settings: its optimizers are "
                    "kept (not rerun) and the rules given here are added")
     a = p.parse_args(argv)
@@ -513,6 +522,19 @@ def main(argv: list[str] | None = None) -> int:
         if taken and prev_rules:  # a result stored under this label would be taken for the new rule
             p.error(f"--reuse {a.reuse} already holds results labelled {sorted(taken)} (rules {prev_rules}); "
                     "label the rules evaluated now with --rule LABEL=DIR")
+    resumed: list[str] = []  # task/seed runs kept from an earlier sitting of this run (--resume)
+    if a.resume and (out / "results.json").exists():
+        if a.reuse:
+            p.error("--resume continues the run in --out; it does not combine with --reuse")
+        old = json.loads((out / "results.json").read_text())
+        old["settings"] = {**OLD_SETTINGS, **old["settings"]}
+        if old["settings"] != json.loads(json.dumps(s.__dict__)) or old.get("rules", []) != labels:
+            p.error(f"--resume: {out / 'results.json'} was run with settings {old['settings']} and rules "
+                    f"{old.get('rules')}, not {s.__dict__} and {labels}; use another --out")
+        expected = {"adam", *s.baselines, *rules, *(f"{n}@best" for n in rules)}
+        previous = {e["task"]: e["results"] for e in old["entries"] if expected <= set(e["results"])}
+        reused_from, resumed = old.get("reused_from", []), [*old.get("resumed", []), *previous]
+        resumed = list(dict.fromkeys(resumed))
     entries = []
     tuned: dict[str, dict[str, float]] = {}  # task -> baseline -> lr chosen on the task's first seed
     for spec in tqdm(specs, desc="evaluate", dynamic_ncols=True):
@@ -525,9 +547,9 @@ def main(argv: list[str] | None = None) -> int:
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
         (out / "results.json").write_text(
             json.dumps({"settings": s.__dict__, "rules": prev_rules + labels, "entries": entries,
-                        "reused_from": reused_from}, indent=1)
+                        "reused_from": reused_from, **({"resumed": resumed} if resumed else {})}, indent=1)
         )
-    write_tables(entries, s, out, prev_rules + labels, reused_from)
+    write_tables(entries, s, out, prev_rules + labels, reused_from, resumed)
     return 0
 
 

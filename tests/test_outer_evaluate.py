@@ -203,3 +203,29 @@ def test_meta_validation_suite_can_be_evaluated_and_never_mixes_with_held_out_na
         evaluate.main(["--suite", "meta_val", "--tasks", "siren_shapes", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
         evaluate.main(["--suite", "meta_val", "--quick", "--out", str(tmp_path / "y")])
+
+
+def test_resume_continues_an_interrupted_run_without_rerunning_what_is_done(tmp_path: Path) -> None:
+    """--resume keeps the task/seed runs already in --out's results.json and runs the rest; the table says
+    which runs were timed in an earlier sitting; other settings are refused."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.1)).save_pretrained(tmp_path / "r")
+    common = ["--tasks", "siren_shapes", "--steps", "12", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam", "--rule", str(tmp_path / "r"), "--out", str(tmp_path / "run")]
+    evaluate.main([*common, "--seeds", "0", "1"])
+    full = json.loads((tmp_path / "run" / "results.json").read_text())
+    # an interruption after the first seed: only its entry is on disk (marked, to see that it is kept)
+    marker = {**full["entries"][0]}
+    marker["results"] = {**marker["results"], "adam": {**marker["results"]["adam"], "marker": True}}
+    (tmp_path / "run" / "results.json").write_text(json.dumps({**full, "entries": [marker]}))
+    evaluate.main([*common, "--seeds", "0", "1", "--resume"])
+    torch.set_num_threads(threads)
+    resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [e["task"] for e in resumed["entries"]] == [e["task"] for e in full["entries"]]
+    assert resumed["entries"][0]["results"]["adam"].get("marker")  # kept, not rerun
+    assert resumed["entries"][1]["results"]["rule_mlp"]["curve"] == full["entries"][1]["results"]["rule_mlp"]["curve"]
+    assert resumed["resumed"] == [full["entries"][0]["task"]]
+    assert "Resumed run (--resume): 1 task/seed runs" in (tmp_path / "run" / "results.md").read_text()
+    with pytest.raises(SystemExit):  # other settings: refused, nothing mixed
+        evaluate.main([*common, "--seeds", "0", "1", "--steps", "14", "--resume"])
