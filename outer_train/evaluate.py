@@ -160,13 +160,13 @@ def neighbours(grid: list[float], lr: float) -> tuple[float, float]:
 
 def evaluate_task(
     spec: TaskSpec, rules: dict[str, UpdateRule], s: EvalSettings, previous: dict[str, Any] | None = None,
-    tuned_lrs: dict[str, float] | None = None, nowcasters: dict[str, Nowcaster] | None = None,
+    tuned_lrs: dict[str, float] | None = None, rule_kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """All optimizers on one task and seed (results in ``previous`` are reused, not rerun). With
     ``tuned_lrs`` (optimizer -> lr chosen on another seed of the task) every tuned optimizer runs
-    once at that lr instead of over the grid. ``nowcasters``: rule label -> the nowcaster that
-    rule runs with (``GMNOptimizer(..., nowcast=)``)."""
-    nowcasters = nowcasters or {}
+    once at that lr instead of over the grid. ``rule_kwargs``: rule label -> what else its
+    ``GMNOptimizer`` is given (``nowcast=``, ``spike_guard=``)."""
+    rule_kwargs = rule_kwargs or {}
     task = build_task(spec)
     example = (task.example_inputs(),)
     res: dict[str, Any] = dict(previous or {})
@@ -183,7 +183,7 @@ def evaluate_task(
         def make_rule(lr: float, rule: UpdateRule = rule, name: str = name) -> Callable:
             def build(m: torch.nn.Module) -> Any:
                 opt = GMNOptimizer(m, rule=rule, lr=lr, example_inputs=example,
-                                   total_steps=s.steps if s.tell_horizon else None, nowcast=nowcasters.get(name))
+                                   total_steps=s.steps if s.tell_horizon else None, **rule_kwargs.get(name, {}))
                 return cosine(opt, s.steps) if s.rule_schedule == "cosine" else opt
             return build
         tuned[f"{name}@best"] = (make_rule, grid)
@@ -436,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nowcast", action="append", default=[], metavar="LABEL=DIR",
                    help="a nowcaster (outer_train.nowcast) run inside GMNOptimizer with --nowcast-rule; repeatable")
     p.add_argument("--nowcast-rule", default="adam", help="the rule nowcasters run with: adam (default), default or a DIR")
+    p.add_argument("--spike-guard", type=float, metavar="RATIO",
+                   help="also run every rule with GMNOptimizer(spike_guard=RATIO), labelled <rule>+guard")
     p.add_argument("--suite", default="held_out", choices=["held_out", "meta_val"],
                    help="held_out (default) or meta_val: the meta-validation suite, for choosing settings")
     p.add_argument("--tasks", nargs="*", help=f"subset of {list(HELD_OUT_TASKS)} (held_out) or {list(META_VALIDATION_TASKS)}")
@@ -489,16 +491,24 @@ def main(argv: list[str] | None = None) -> int:
     if a.merge:
         return merge_results([Path(f) for f in a.merge], Path(a.out))
     rules = load_rules(a.rule)
-    nowcasters: dict[str, Nowcaster] = {}
+    rule_kwargs: dict[str, dict[str, Any]] = {}  # label -> what else its GMNOptimizer is given
     for item in a.nowcast:
         label, sep, path = item.partition("=")
-        if not sep or label in rules or label in nowcasters:
+        if not sep or label in rules:
             p.error(f"--nowcast takes LABEL=DIR with a label of its own, got {item!r}")
-        rules[label], nowcasters[label] = resolve_rule(a.nowcast_rule), Nowcaster.from_pretrained(path)
+        rules[label] = resolve_rule(a.nowcast_rule)
+        rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
+    labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
+    if a.spike_guard is not None:
+        if not a.spike_guard > 1:
+            p.error(f"--spike-guard is a gradient-norm ratio > 1, got {a.spike_guard}")
+        for name in list(rules):
+            rules[f"{name}+guard"] = rules[name]
+            rule_kwargs[f"{name}+guard"] = {**rule_kwargs.get(name, {}), "spike_guard": a.spike_guard}
+        labels += [f"{label}+guard (spike_guard {a.spike_guard:g})" for label in labels]
     if s.rule_schedule == "cosine":
         rules = {f"{name}+cosine": rule for name, rule in rules.items()}
-        nowcasters = {f"{name}+cosine": nc for name, nc in nowcasters.items()}
-    labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
+        rule_kwargs = {f"{name}+cosine": kw for name, kw in rule_kwargs.items()}
     out = Path(a.out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     if s.suite == "held_out":
@@ -540,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in tqdm(specs, desc="evaluate", dynamic_ncols=True):
         task_name = spec.name.split("/")[0]
         reuse_lrs = tuned.get(task_name) if s.tune == "first_seed" else None
-        entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs, nowcasters)
+        entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs, rule_kwargs)
         tuned.setdefault(task_name, {k: entry["results"][k]["lr"] for k in
                                      ("adam", *[b for b in s.baselines if b != "adam"], *[f"{n}@best" for n in rules])})
         entries.append(entry)

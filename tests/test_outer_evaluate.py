@@ -229,3 +229,29 @@ def test_resume_continues_an_interrupted_run_without_rerunning_what_is_done(tmp_
     assert "Resumed run (--resume): 1 task/seed runs" in (tmp_path / "run" / "results.md").read_text()
     with pytest.raises(SystemExit):  # other settings: refused, nothing mixed
         evaluate.main([*common, "--seeds", "0", "1", "--steps", "14", "--resume"])
+
+
+def test_spike_guard_adds_guarded_rows_beside_each_rule(tmp_path: Path, monkeypatch) -> None:
+    """--spike-guard R runs every rule a second time as GMNOptimizer(spike_guard=R), labelled <rule>+guard."""
+    from metaopt.optim import GMNOptimizer
+
+    seen: list = []
+    original = GMNOptimizer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("spike_guard"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
+    threads = torch.get_num_threads()
+    UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.1)).save_pretrained(tmp_path / "r")
+    common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam", "--rule", str(tmp_path / "r")]
+    evaluate.main([*common, "--spike-guard", "3", "--out", str(tmp_path / "g")])
+    torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert {"rule_mlp", "rule_mlp@best", "rule_mlp+guard", "rule_mlp+guard@best"} <= set(out["entries"][0]["results"])
+    assert out["rules"][-1].endswith("+guard (spike_guard 3)")
+    assert seen.count(3.0) >= 2 and seen.count(None) >= 2  # grid runs of both, each with its own setting
+    with pytest.raises(SystemExit):
+        evaluate.main([*common, "--spike-guard", "1", "--out", str(tmp_path / "bad")])

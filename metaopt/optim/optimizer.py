@@ -37,12 +37,28 @@ NOWCAST_FILLED = "nowcast_filled"
 NOWCAST_REVERTS = "nowcast_reverts"  # jumps undone by the guard
 NOWCAST_GUARD = "nowcast_guard"  # squared gradient norm at the last jump (0: no check pending)
 NOWCAST_HORIZON = "nowcast_horizon"  # the horizon of the next jump (0: the nowcaster's own)
+SPIKE_TRIPS = "spike_trips"  # steps on which the spike guard damped the rule's lr boost
+SPIKE_LEVEL = "spike_level"  # how many halvings of the log boost are in force (0: the rule's own scale)
+SPIKE_NORM_EMA = "spike_norm_ema"  # running mean of the gradient norm (0: none yet)
+SPIKE_TRIPPED = "spike_tripped"  # 1 if the guard tripped since the last refresh
+SPIKE_STREAK = "spike_streak"  # consecutive steps with the gradient norm above the guard's threshold
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
-             NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON)
+             NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
+             SPIKE_STREAK)
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
 GUARD_RATIO = 4.0
+
+
+# The spike guard (opt-in, ``spike_guard=ratio``): the gradient norm's running mean over ~10 steps; a
+# spike is SPIKE_STEPS consecutive steps above ratio x that mean, which the mean chases until the
+# spike is declared: a divergence grows for several steps faster than the mean follows, while one
+# noisy minibatch does not (chosen on the meta-validation suite, docs/optim.md). At most
+# SPIKE_MAX_LEVEL halvings of the log boost are in force (0.5 ** 10: a 20x boost becomes 1.003x).
+SPIKE_EMA_DECAY = 0.9
+SPIKE_STEPS = 3
+SPIKE_MAX_LEVEL = 10
 
 
 # Parameter dtypes updated through a float32 copy (the state is always float32).
@@ -86,6 +102,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     non-finite rule outputs fall back to Adam's step (scale 1) on those edges (``opt.rule_fallbacks``);
     a non-finite nowcast is discarded (no jump; ``opt.nowcast_fallbacks``); a jump after which the
     gradient norm more than doubles is undone (``opt.nowcast_reverts``; see GUARD_RATIO).
+
+    ``spike_guard=ratio`` (off by default): when the gradient norm has stayed above ``ratio`` times its
+    running mean (over ~10 steps) for 3 consecutive steps, the log of every lr scale above 1 is halved,
+    pulling the rule's boosts towards Adam's step and never below it (``opt.spike_trips``); each
+    further step of the spike halves it again. The halvings stay in force across refreshes (the rule's
+    new scale is damped alike) and one is lifted at each refresh with no trip in the interval before it. Learned boosts of up to 20x Adam's step can push a run past the edge of
+    stability into loss spikes that undo hundreds of steps; this is a Loss-Guarded-L2O-style fallback
+    towards Adam that needs no loss, only the gradient the step already has.
     """
 
     def __init__(
@@ -102,6 +126,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         example_inputs: Any = None,
         total_steps: int | None = None,
         nowcast: str | Path | Nowcaster | None = None,
+        spike_guard: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -116,6 +141,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
             raise ValueError(f"GMNOptimizer: total_steps must be a positive int (the planned number of steps) or None, "
                              f"got {total_steps!r}.")
+        if spike_guard is not None and (isinstance(spike_guard, bool) or not float(spike_guard) > 1.0):
+            raise ValueError(f"GMNOptimizer: spike_guard is a gradient-norm ratio > 1 (e.g. 4.0) or None, got {spike_guard!r}.")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"GMNOptimizer: betas must lie in [0, 1), got {betas}.")
         self._params_all: list[Tensor] = list(model.parameters())
@@ -140,6 +167,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.rule: UpdateRule = rule
         self.rule.eval()
         self.nowcaster: Nowcaster | None = resolve_nowcaster(nowcast)
+        self.spike_guard: float | None = None if spike_guard is None else float(spike_guard)
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
@@ -192,6 +220,11 @@ class GMNOptimizer(torch.optim.Optimizer):
     def nowcast_reverts(self) -> int:
         """Jumps the guard undid (the gradient after them more than doubled)."""
         return int(self.state[NOWCAST_REVERTS])
+
+    @property
+    def spike_trips(self) -> int:
+        """Steps on which the spike guard damped the rule's lr boosts (``spike_guard``)."""
+        return int(self.state[SPIKE_TRIPS])
 
     @property
     def nowcast_fallbacks(self) -> int:
@@ -304,6 +337,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             core.update_moments(v["exp_avg"], v["exp_avg_sq"], g, h, inplace=True)
 
         identity = self._rule_is_identity()
+        if self.spike_guard is not None and not identity:
+            self._watch_spikes(grads, buf["lr_scale"])
         if not identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
             self._refresh(entries, device)
 
@@ -393,6 +428,35 @@ class GMNOptimizer(torch.optim.Optimizer):
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
         return not bool(found)
 
+    def _watch_spikes(self, grads: list[Tensor], lr_scale: Tensor) -> None:
+        """The spike guard: after SPIKE_STEPS consecutive gradient norms above ``spike_guard`` x their
+        running mean, halve the log of every lr scale above 1 (in place, this step on) and count one
+        more halving in force; again on every further step of the spike."""
+        norm = self._grad_sq_norm(grads) ** 0.5
+        mean = float(self.state[SPIKE_NORM_EMA])
+        high = mean > 0 and norm > self.spike_guard * mean
+        self.state[SPIKE_STREAK] = int(self.state[SPIKE_STREAK]) + 1 if high else 0
+        if self.state[SPIKE_STREAK] >= SPIKE_STEPS:
+            if int(self.state[SPIKE_LEVEL]) < SPIKE_MAX_LEVEL:
+                torch.where(lr_scale > 1, lr_scale.sqrt(), lr_scale, out=lr_scale)  # log s -> log s / 2 where s > 1
+                self.state[SPIKE_LEVEL] += 1
+                self.state[SPIKE_TRIPS] += 1
+                self.state[SPIKE_TRIPPED] = 1
+            else:  # fully damped and still high: a new level of the gradient norm, not a spike
+                self.state[SPIKE_NORM_EMA], self.state[SPIKE_STREAK] = norm, 0
+        else:  # the mean chases the norm (a slow rise never trips), but not once a spike is declared
+            self.state[SPIKE_NORM_EMA] = norm if mean == 0 else SPIKE_EMA_DECAY * mean + (1 - SPIKE_EMA_DECAY) * norm
+
+    def _damp(self, scale: Tensor) -> Tensor:
+        """The rule's new scale under the spike guard's halvings; one is lifted after a clean interval."""
+        if self.spike_guard is None:
+            return scale
+        if not self.state[SPIKE_TRIPPED] and self.state[SPIKE_LEVEL] > 0:
+            self.state[SPIKE_LEVEL] -= 1
+        self.state[SPIKE_TRIPPED] = 0
+        level = int(self.state[SPIKE_LEVEL])
+        return scale if level == 0 else torch.where(scale > 1, scale.pow(0.5 ** level), scale)
+
     def _rule_is_identity(self) -> bool:
         """``rule.is_identity``, re-read only when alpha changed (reading it syncs a GPU)."""
         key = (id(self.rule), self.rule.alpha._version, self.rule.alpha.data_ptr())
@@ -421,7 +485,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         betas = tuple(float(b) for b in self.param_groups[0]["betas"])
         scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr, total_steps=total,
                                              betas=betas)
-        buf["lr_scale"].copy_(scale)
+        buf["lr_scale"].copy_(self._damp(scale))
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
 
