@@ -37,12 +37,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from inner_tasks import TaskSpec, build_task
-from inner_tasks.models import build_model, count_params
-from inner_tasks.tasks.collections import meta_train_distribution, meta_train_large_distribution
+from inner_tasks.tasks.collections import COLLECTIONS
 from metaopt.optim.nowcast import TARGET_CLIP, NowcastConfig, Nowcaster, nowcast_inputs, tensor_ids
 
+from .tasks import first_within
+
 SEED_OFFSET = 50_000  # task seeds far from the ones meta-training runs sample first
-DISTRIBUTIONS = {"meta_train": meta_train_distribution, "meta_train_large": meta_train_large_distribution}
+TRAJECTORY_COLLECTIONS = ("meta_train", "meta_train_large")  # meta-training distributions, never a fixed suite
 
 
 def lr_for(k: int, lo: float, hi: float) -> float:
@@ -51,12 +52,11 @@ def lr_for(k: int, lo: float, hi: float) -> float:
 
 def task_spec(k: int, collection: str = "meta_train", max_params: int | None = None) -> TaskSpec:
     """Task k of ``collection``; a draw over ``max_params`` parameters is replaced by the next seed's."""
-    dist = DISTRIBUTIONS[collection]()
-    for attempt in range(100):
-        spec = dist.sample(SEED_OFFSET + k + 1_000_003 * attempt)
-        if max_params is None or count_params(build_model(spec.model, seed=0)) <= max_params:
-            return spec
-    raise ValueError(f"no task of {collection!r} has <= {max_params} parameters in 100 draws; raise --max-params.")
+    dist = COLLECTIONS[collection]()
+    spec = first_within((dist.sample(SEED_OFFSET + k + 1_000_003 * attempt) for attempt in range(100)), max_params)
+    if spec is None:
+        raise ValueError(f"no task of {collection!r} has <= {max_params} parameters in 100 draws; raise --max-params.")
+    return spec
 
 
 def collect_one(spec: TaskSpec, steps: int, interval: int, lr: float, rule: str | None = None) -> Tensor | None:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=48)
     p.add_argument("--steps", type=int, default=1000, help="Adam steps per stored trajectory")
     p.add_argument("--lr-range", type=float, nargs=2, default=(1e-3, 3e-2))
-    p.add_argument("--collection", choices=tuple(DISTRIBUTIONS), default="meta_train",
+    p.add_argument("--collection", choices=TRAJECTORY_COLLECTIONS, default="meta_train",
                    help="where the trajectories' tasks come from (never the held-out suite)")
     p.add_argument("--max-params", type=int, default=None, help="redraw tasks with more parameters than this")
     p.add_argument("--rule", default=None,

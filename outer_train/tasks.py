@@ -16,6 +16,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from itertools import islice
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -63,12 +64,9 @@ class TaskSampler:
 
     def sample_spec(self, r: random.Random) -> TaskSpec:
         """A spec within ``max_params`` (rejection sampling on the parameter count)."""
-        from inner_tasks.models import build_model, count_params
-
-        for _ in range(100):
-            spec = self.dist.sample(r.randrange(2**31))
-            if count_params(build_model(spec.model, seed=0)) <= self.cfg.max_params:
-                return spec
+        spec = first_within((self.dist.sample(r.randrange(2**31)) for _ in range(100)), self.cfg.max_params)
+        if spec is not None:
+            return spec
         raise ValueError(
             f"no task of {self.cfg.distribution!r} (families {self.cfg.families or 'all'}) has <= "
             f"{self.cfg.max_params} parameters in 100 draws; raise tasks.max_params."
@@ -89,6 +87,16 @@ def log_uniform_int(r: random.Random, lo: int, hi: int) -> int:
 def flatten(params: dict[str, Tensor]) -> Tensor:
     """Parameters in edge order (``model.parameters()`` order) as one flat vector."""
     return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def first_within(specs: Iterable[TaskSpec], max_params: int | None) -> TaskSpec | None:
+    """The first of ``specs`` (drawn lazily) with at most ``max_params`` parameters; None if none is."""
+    from inner_tasks.models import build_model, count_params
+
+    for spec in specs:
+        if max_params is None or count_params(build_model(spec.model, seed=0)) <= max_params:
+            return spec
+    return None
 
 
 @dataclass
