@@ -52,9 +52,15 @@ from metaopt.optim.rules import resolve_rule
 ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default: the centre of Adam's lr-sensitivity columns
 
 
-def default_lr(rule: UpdateRule) -> float:
-    """The lr ``GMNOptimizer(model, rule=rule)`` uses: the rule's own default."""
-    return float(rule.config.default_lr)
+def default_lr(rule: UpdateRule, kwargs: dict[str, Any] | None = None) -> float:
+    """The lr ``GMNOptimizer(model, rule=rule, **kwargs)`` uses: the rule's own default, or 1 (a
+    multiplier of the estimated step) with ``lr_free=True``."""
+    return 1.0 if (kwargs or {}).get("lr_free") else float(rule.config.default_lr)
+
+
+# lr_free rows tune the multiplier of the estimated step over powers of 3 around 1, so that the
+# sensitivity columns read exactly 1/3x and 3x the default.
+LR_FREE_GRID = [3.0**k for k in range(-3, 4)]
 
 
 WINDOW = 10  # steps averaged for "final loss" and for reaching a target
@@ -186,12 +192,12 @@ def evaluate_task(
                                    total_steps=s.steps if s.tell_horizon else None, **rule_kwargs.get(name, {}))
                 return cosine(opt, s.steps) if s.rule_schedule == "cosine" else opt
             return build
-        tuned[f"{name}@best"] = (make_rule, grid)
+        tuned[f"{name}@best"] = (make_rule, LR_FREE_GRID if rule_kwargs.get(name, {}).get("lr_free") else grid)
     for name, (make, g) in tuned.items():
         if name not in res:
             res[name] = _run_or_tune(task, make, g, s, spec.seed, None if tuned_lrs is None else tuned_lrs[name])
     for name, rule in rules.items():
-        best, lr = res[f"{name}@best"], default_lr(rule)
+        best, lr = res[f"{name}@best"], default_lr(rule, rule_kwargs.get(name))
         if best.get("grid") and f"{lr:.3g}" in best["grid"] and f"{best['lr']:.3g}" == f"{lr:.3g}":
             res[name] = {**best, "grid": None}
         elif name not in res:
@@ -206,20 +212,24 @@ def evaluate_task(
         r["seconds_to_adam"] = r["times"][r["steps_to_adam"] - 1] if r["steps_to_adam"] else None
         r["wall_speedup"] = (adam_seconds / r["seconds_to_adam"]) if (adam_seconds and r["seconds_to_adam"]) else 0.0
     return {"task": spec.name, "family": spec.family, "params": task.num_params, "metric_name": task.metric_name,
-            "higher_is_better": task.higher_is_better, "results": res, "sensitivity": sensitivity(res, rules, grid)}
+            "higher_is_better": task.higher_is_better, "results": res,
+            "sensitivity": sensitivity(res, rules, grid, rule_kwargs)}
 
 
-def sensitivity(res: dict[str, Any], rules: dict[str, UpdateRule], grid: list[float]) -> dict[str, dict[str, float]]:
+def sensitivity(res: dict[str, Any], rules: dict[str, UpdateRule], grid: list[float],
+                rule_kwargs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
     """Final loss at the grid neighbours of an optimizer's default lr / final loss at that default, for
-    each rule (around its ``default_lr``) and for Adam (around 1e-3), from the grids run on a task's
-    first seed (empty on the other seeds)."""
+    each rule (around its ``default_lr``; lr_free rules around the multiplier 1) and for Adam (around
+    1e-3), from the grids run on a task's first seed (empty on the other seeds)."""
     out = {}
-    defaults = [(n, f"{n}@best", default_lr(r)) for n, r in rules.items()] + [("adam", "adam", ADAM_DEFAULT_LR)]
-    for name, key, lr in defaults:
+    kw = rule_kwargs or {}
+    defaults = [(n, f"{n}@best", default_lr(r, kw.get(n)), LR_FREE_GRID if kw.get(n, {}).get("lr_free") else grid)
+                for n, r in rules.items()] + [("adam", "adam", ADAM_DEFAULT_LR, grid)]
+    for name, key, lr, lrs in defaults:
         g = res[key].get("grid")
         if not g or f"{lr:.3g}" not in g:
             continue
-        lo, hi = neighbours(grid, lr)
+        lo, hi = neighbours(lrs, lr)
         base = g[f"{lr:.3g}"]
         out[name] = {"default_lr": lr, "lr_low": lo, "lr_high": hi, "low_over_default": g[f"{lo:.3g}"] / base,
                      "high_over_default": g[f"{hi:.3g}"] / base}
@@ -418,7 +428,7 @@ def load_rules(dirs: list[str]) -> dict[str, UpdateRule]:
         label, sep, path = d.partition("=")
         if not sep or "/" in label:
             label, path = "", d
-        rule = UpdateRule.from_pretrained(path).eval()
+        rule = resolve_rule(path).eval()  # a directory, or a shipped rule's name (default, mlp, adam)
         if not label:
             label = f"rule_{rule.config.kind}"
             if label in rules:
@@ -438,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nowcast-rule", default="adam", help="the rule nowcasters run with: adam (default), default or a DIR")
     p.add_argument("--spike-guard", type=float, metavar="RATIO",
                    help="also run every rule with GMNOptimizer(spike_guard=RATIO), labelled <rule>+guard")
+    p.add_argument("--lr-free", action="store_true",
+                   help="also run every rule with GMNOptimizer(lr_free=True), labelled <rule>+lrfree (its lr grid: "
+                        "multipliers 3^-3..3^3 of the estimated step, default 1)")
+    p.add_argument("--variants-only", action="store_true",
+                   help="with --spike-guard / --lr-free: run only the <rule>+guard / +lrfree rows, not the rules as given")
     p.add_argument("--suite", default="held_out", choices=["held_out", "meta_val"],
                    help="held_out (default) or meta_val: the meta-validation suite, for choosing settings")
     p.add_argument("--tasks", nargs="*", help=f"subset of {list(HELD_OUT_TASKS)} (held_out) or {list(META_VALIDATION_TASKS)}")
@@ -506,6 +521,18 @@ def main(argv: list[str] | None = None) -> int:
             rules[f"{name}+guard"] = rules[name]
             rule_kwargs[f"{name}+guard"] = {**rule_kwargs.get(name, {}), "spike_guard": a.spike_guard}
         labels += [f"{label}+guard (spike_guard {a.spike_guard:g})" for label in labels]
+    if a.lr_free:
+        for name in [n for n in rules if not n.endswith("+guard")]:
+            rules[f"{name}+lrfree"] = rules[name]
+            rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True}
+        labels += [f"{label}+lrfree (lr_free)" for label in labels if "+guard (" not in label]
+    if a.variants_only:
+        if a.spike_guard is None and not a.lr_free:
+            p.error("--variants-only needs --spike-guard or --lr-free")
+        plain = [n for n in rules if not n.endswith(("+guard", "+lrfree"))]
+        rules = {n: r for n, r in rules.items() if n not in plain}
+        rule_kwargs = {n: kw for n, kw in rule_kwargs.items() if n not in plain}
+        labels = [lb for lb in labels if "+guard (" in lb or "+lrfree (" in lb]
     if s.rule_schedule == "cosine":
         rules = {f"{name}+cosine": rule for name, rule in rules.items()}
         rule_kwargs = {f"{name}+cosine": kw for name, kw in rule_kwargs.items()}
@@ -527,8 +554,11 @@ def main(argv: list[str] | None = None) -> int:
         if differ:  # the task list may differ: only the tasks run here are taken from it
             p.error(f"--reuse {a.reuse} was run with other settings ({sorted(differ)}): {old['settings']}, not {s.__dict__}")
         previous = {e["task"]: e["results"] for e in old["entries"]}
-        prev_rules = [r for r in old.get("rules", []) if r not in a.rule]
-        taken = {k for res in previous.values() for k in res} & {k for n in rules for k in (n, f"{n}@best")}
+        prev_rules = [r for r in old.get("rules", []) if r not in a.rule]  # listed before this run's labels
+        # A label the old run gave the same rule (the same LABEL=DIR) keeps its rows; others must be new.
+        same = {spec.partition("=")[0] for spec in a.rule if spec in old.get("rules", []) and "=" in spec}
+        new = [n for n in rules if n not in same]
+        taken = {k for res in previous.values() for k in res} & {k for n in new for k in (n, f"{n}@best")}
         if taken and prev_rules:  # a result stored under this label would be taken for the new rule
             p.error(f"--reuse {a.reuse} already holds results labelled {sorted(taken)} (rules {prev_rules}); "
                     "label the rules evaluated now with --rule LABEL=DIR")

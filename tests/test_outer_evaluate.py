@@ -255,3 +255,39 @@ def test_spike_guard_adds_guarded_rows_beside_each_rule(tmp_path: Path, monkeypa
     assert seen.count(3.0) >= 2 and seen.count(None) >= 2  # grid runs of both, each with its own setting
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--spike-guard", "1", "--out", str(tmp_path / "bad")])
+
+
+def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule(tmp_path: Path, monkeypatch) -> None:
+    """--lr-free runs every rule again as GMNOptimizer(lr_free=True), labelled <rule>+lrfree, with its lr a
+    multiplier on powers of 3 around 1 (so its sensitivity reads 1/3x and 3x); --variants-only drops the
+    rule's own rows; a shipped rule's name works in place of a directory; --reuse of an earlier run of
+    the same LABEL=DIR keeps that rule's rows."""
+    from metaopt.optim import GMNOptimizer
+
+    seen: list = []
+    original = GMNOptimizer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("lr_free", False), kwargs.get("lr")))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
+    threads = torch.get_num_threads()
+    common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam", "--rule", "prodigy=adam"]
+    evaluate.main([*common, "--lr-free", "--variants-only", "--out", str(tmp_path / "v")])
+    res = json.loads((tmp_path / "v" / "results.json").read_text())
+    assert set(res["entries"][0]["results"]) == {"adam", "prodigy+lrfree@best", "prodigy+lrfree"}
+    assert res["rules"] == ["prodigy=adam+lrfree (lr_free)"]
+    assert {lr for free, lr in seen if free} == set(evaluate.LR_FREE_GRID)  # the multipliers (default 1 among them)
+    sens = res["entries"][0]["sensitivity"]["prodigy+lrfree"]
+    assert (sens["default_lr"], sens["lr_low"], sens["lr_high"]) == pytest.approx((1.0, 1 / 3, 3.0))
+    evaluate.main([*common, "--out", str(tmp_path / "plain")])
+    seen.clear()
+    evaluate.main([*common, "--lr-free", "--reuse", str(tmp_path / "plain" / "results.json"), "--out", str(tmp_path / "r")])
+    torch.set_num_threads(threads)
+    assert seen and all(free for free, _ in seen)  # the plain rule's rows came from the reused run
+    res = json.loads((tmp_path / "r" / "results.json").read_text())["entries"][0]["results"]
+    assert {"prodigy", "prodigy@best", "prodigy+lrfree", "prodigy+lrfree@best"} <= set(res)
+    with pytest.raises(SystemExit):
+        evaluate.main([*common, "--variants-only", "--out", str(tmp_path / "bad")])

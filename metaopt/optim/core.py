@@ -22,6 +22,7 @@ arithmetic is op for op the same in both modes and mirrors ``torch.optim.Adam(fo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -146,6 +147,70 @@ def apply_update(
     if h.weight_decay != 0.0:
         params = [p * (1.0 - h.lr * h.weight_decay) for p in params]
     return [torch.addcdiv(p, m, d, value=step_size) for p, m, d in zip(params, exp_avg, denom)]
+
+
+# ---- the lr-free part (Prodigy's distance estimate; GMNOptimizer(lr_free=True)) -------------------
+D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
+
+
+@dataclass(frozen=True)
+class DistanceEstimate:
+    """Prodigy's running estimate ``d`` of the distance from the start to a solution (Mishchenko &
+    Defazio, ICML 2024), which sets the step size in place of a tuned lr.
+
+    ``d_hat = numerator / ||s||_1`` with ``numerator = sum_k w_k <g_k, x_0 - x_k>`` and
+    ``s = sum_k w_k g_k`` (both decayed by ``beta3 = sqrt(beta2)`` per step, ``w_k = d_k^2 / d0``) is a
+    lower bound of ``||x_0 - x*||_inf`` on convex problems; ``d = max(d, d_hat)``. Adam's moments
+    are kept in units of ``d`` (Prodigy's ``m``, ``v`` divided by ``d``, ``d^2``), so the step is
+    Adam's at ``lr = d``, and when ``d`` grows the moments shrink by the growth: gradients taken under
+    a smaller step weigh less, as in Prodigy. The tensors (``x_0`` and ``s``, [E] each) are the
+    caller's; this holds the two scalars.
+    """
+
+    numerator: float = 0.0
+    d: float = D0
+
+
+def estimate_distance(
+    param: Tensor, grad: Tensor, start: Tensor, grad_sum: Tensor, est: DistanceEstimate, h: Hyper, step: int,
+    inplace: bool,
+) -> tuple[DistanceEstimate, Tensor]:
+    """The estimate after this step's gradient at ``param`` (flat [E], before it moves; ``start`` is
+    x_0), and ``s``. ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by default; a
+    constant one cancels in ``d``, a schedule reweighs the steps). As Prodigy
+    (``use_bias_correction=True``), this step still moves by the old ``d``, the new one from the next
+    step. Flat tensors: a handful of ops whatever the number of parameter tensors. In place,
+    ``grad_sum`` is updated; ``d`` takes no gradients (a float)."""
+    bc1, bc2 = h.bias_corrections(step)
+    beta3 = h.beta2**0.5
+    w = est.d / D0 * est.d * h.lr * bc2**0.5 / bc1
+    grad = grad.detach()
+    dot = torch.dot(grad, start - param.detach())  # x_0 - x exactly (<g, x_0> - <g, x> would cancel)
+    s = grad_sum.mul_(beta3).add_(grad, alpha=w) if inplace else grad_sum * beta3 + w * grad
+    dot_f, norm_f = torch.stack([dot, torch.linalg.vector_norm(s, 1)]).tolist()  # one host sync for both
+    numerator = beta3 * est.numerator + w * dot_f
+    d = est.d
+    if norm_f > 0 and math.isfinite(numerator / norm_f):
+        d = max(d, numerator / norm_f)
+    return replace(est, numerator=numerator, d=d), s
+
+
+def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float, inplace: bool
+                   ) -> tuple[list[Tensor], list[Tensor]]:
+    """Moments in units of the old ``d`` to units of the new one (``ratio = d_old / d_new <= 1``)."""
+    if ratio == 1.0:
+        return exp_avg, exp_avg_sq
+    if inplace:
+        torch._foreach_mul_(exp_avg, ratio)
+        torch._foreach_mul_(exp_avg_sq, ratio * ratio)
+        return exp_avg, exp_avg_sq
+    return [m * ratio for m in exp_avg], [v * (ratio * ratio) for v in exp_avg_sq]
+
+
+def normalise_scale(scale: Tensor) -> Tensor:
+    """The lr scale divided by its geometric mean over the network: with ``d`` setting the step size
+    (lr-free), the rule only shares it out between parameters."""
+    return scale / torch.exp(torch.log(scale).mean())
 
 
 # ---- the rule's part ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,9 +43,11 @@ SPIKE_LEVEL = "spike_level"  # how many halvings of the log boost are in force (
 SPIKE_NORM_EMA = "spike_norm_ema"  # running mean of the gradient norm (0: none yet)
 SPIKE_TRIPPED = "spike_tripped"  # 1 if the guard tripped since the last refresh
 SPIKE_STREAK = "spike_streak"  # consecutive steps with the gradient norm above the guard's threshold
+DISTANCE = "distance"  # lr_free: Prodigy's distance estimate d, the step size (core.D0 before the first step)
+DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running numerator
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
-             SPIKE_STREAK)
+             SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR)
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
@@ -110,6 +113,13 @@ class GMNOptimizer(torch.optim.Optimizer):
     new scale is damped alike) and one is lifted at each refresh with no trip in the interval before it. Learned boosts of up to 20x Adam's step can push a run past the edge of
     stability into loss spikes that undo hundreds of steps; this is a Loss-Guarded-L2O-style fallback
     towards Adam that needs no loss, only the gradient the step already has.
+
+    ``lr_free=True``: no lr to tune. The step size is Prodigy's estimate ``d`` of the distance from the
+    start to a solution (`core.DistanceEstimate`; it starts at 1e-6 and grows as the run shows how far
+    it has to go), ``lr`` (default 1) multiplies it as Prodigy's does, and the rule's scale is
+    divided by its geometric mean over the network, so the rule shares the step out between
+    parameters and ``d`` sets its size. State: 5x the parameters (the start point and a gradient sum
+    on top). ``opt.distance`` is the current ``d``.
     """
 
     def __init__(
@@ -127,6 +137,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         total_steps: int | None = None,
         nowcast: str | Path | Nowcaster | None = None,
         spike_guard: float | None = None,
+        lr_free: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -134,8 +145,10 @@ class GMNOptimizer(torch.optim.Optimizer):
                 f"built from it), got {type(model).__name__}; pass parameter groups as params=."
             )
         rule = resolve_rule(rule)
-        if lr is None:  # the rule's own default (its best lr on the meta-validation suite; 1e-3 for Adam)
-            lr = rule.config.default_lr
+        if not isinstance(lr_free, bool):
+            raise TypeError(f"GMNOptimizer: lr_free is True or False, got {lr_free!r}.")
+        if lr is None:  # lr-free: a multiplier of the estimate; else the rule's own default (1e-3 for Adam)
+            lr = 1.0 if lr_free else rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
             raise ValueError(f"GMNOptimizer: lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}.")
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
@@ -168,6 +181,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.rule.eval()
         self.nowcaster: Nowcaster | None = resolve_nowcaster(nowcast)
         self.spike_guard: float | None = None if spike_guard is None else float(spike_guard)
+        self.lr_free = lr_free
+        self._state_keys = self.STATE_KEYS + (self.DISTANCE_KEYS if lr_free else ())
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
@@ -181,6 +196,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     def _reset_counters(self) -> None:
         for key in _COUNTERS:
             self.state[key] = 0
+        self.state[DISTANCE] = core.D0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its parameters must be parameters of the model the graph was built from."""
@@ -227,29 +243,38 @@ class GMNOptimizer(torch.optim.Optimizer):
         return int(self.state[SPIKE_TRIPS])
 
     @property
+    def distance(self) -> float:
+        """``lr_free``: the step size now, Prodigy's distance estimate ``d`` (before ``lr`` multiplies it)."""
+        return float(self.state[DISTANCE])
+
+    @property
     def nowcast_fallbacks(self) -> int:
         """Nowcasts discarded because they held NaN/Inf."""
         return int(self.state[NOWCAST_FALLBACKS])
 
     # ---- flat state ----------------------------------------------------------------------
-    STATE_KEYS = ("exp_avg", "exp_avg_sq", "lr_scale")
+    STATE_KEYS = ("exp_avg", "exp_avg_sq", "lr_scale")  # every optimizer's; self._state_keys adds lr_free's
+    DISTANCE_KEYS = ("start", "grad_sum")  # lr_free: x_0 and Prodigy's gradient sum s
 
     def _allocate(self, device: torch.device) -> None:
         """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
         init = OptState.zeros(self._num_edges, device)
         self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
+        if self.lr_free:  # x_0: the parameters before the first step (load_state_dict overwrites both)
+            self._buffers["start"] = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device)
+            self._buffers["grad_sum"] = torch.zeros(self._num_edges, device=device)
         self._attach_views()
 
     def _attach_views(self) -> None:
         """Point ``self.state[p]`` of every grouped parameter at its slice of the flat buffers."""
         b = self._buffers
         assert b is not None
-        self._views = {k: list(b[k].split(self._numels)) for k in self.STATE_KEYS}
+        self._views = {k: list(b[k].split(self._numels)) for k in self._state_keys}
         self._segment_views: dict[tuple[int, ...], dict[str, list[Tensor]]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 i = self._index[id(p)]
-                self.state[p] = {"step": b["step"][i], **{k: self._views[k][i].view(p.shape) for k in self.STATE_KEYS}}
+                self.state[p] = {"step": b["step"][i], **{k: self._views[k][i].view(p.shape) for k in self._state_keys}}
 
     def _ensure_state(self, device: torch.device) -> dict[str, Tensor]:
         if self._buffers is None:
@@ -316,6 +341,9 @@ class GMNOptimizer(torch.optim.Optimizer):
             buf["step"][[i for i, _, _ in entries]] += 1
         self.state[STEPS_TAKEN] += 1
         step_list = buf["step"].tolist()
+        shrink = 1.0
+        if self.lr_free:
+            entries, shrink = self._adapt_distance(entries, grads, buf)
 
         # Segments of tensors that share hyperparameters and step count (torch.optim's grouping):
         # one segment when every tensor takes part alike, the usual case.
@@ -329,7 +357,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             key = tuple(i for i, _ in seg)
             if key not in self._segment_views:
                 self._segment_views[key] = {k: [self._views[k][i].view(p.shape) for i, p in seg]
-                                            for k in self.STATE_KEYS}
+                                            for k in self._state_keys}
             seg_views.append((h, t, seg, self._segment_views[key]))
 
         for h, t, seg, v in seg_views:
@@ -355,6 +383,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             work = [p.float() if k in low else p for k, p in enumerate(params)]
             core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True)
             torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
+        if shrink < 1.0:  # lr_free: the moments to units of the new estimate (core.DistanceEstimate)
+            core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], shrink, inplace=True)
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
         return loss
@@ -428,6 +458,28 @@ class GMNOptimizer(torch.optim.Optimizer):
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
         return not bool(found)
 
+    def _adapt_distance(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor], buf: dict[str, Tensor]
+                        ) -> tuple[list[tuple[int, Tensor, Hyper]], float]:
+        """lr_free: update the distance estimate from this gradient; return ``entries`` with every group's
+        lr multiplied by the estimate this step moves by (the old one, as Prodigy) and by how much the
+        moments must shrink after the step (old / new estimate). Parameters without a gradient this
+        step count as a zero gradient."""
+        device = buf["start"].device
+        if len(entries) == len(self._params_all):
+            grad = torch.cat([g.reshape(-1) for g in grads]).float()
+        else:
+            parts: list[Tensor | None] = [None] * len(self._params_all)
+            for (i, _, _), g in zip(entries, grads):
+                parts[i] = g.reshape(-1)
+            grad = torch.cat([t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]).float()
+        param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
+        est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]))
+        new, _ = core.estimate_distance(param, grad, buf["start"], buf["grad_sum"], est, entries[0][2],
+                                        int(self.state[STEPS_TAKEN]), inplace=True)
+        self.state[DISTANCE_NUMERATOR], self.state[DISTANCE] = new.numerator, new.d
+        scaled = {h: replace(h, lr=h.lr * est.d) for h in {h for _, _, h in entries}}
+        return [(i, p, scaled[h]) for i, p, h in entries], est.d / new.d
+
     def _watch_spikes(self, grads: list[Tensor], lr_scale: Tensor) -> None:
         """The spike guard: after SPIKE_STEPS consecutive gradient norms above ``spike_guard`` x their
         running mean, halve the log of every lr scale above 1 (in place, this step on) and count one
@@ -477,7 +529,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
         state = OptState(buf["exp_avg"], buf["exp_avg_sq"], buf["lr_scale"], int(self.state[STEPS_TAKEN]))
         lr = None
-        if self.rule.features.relative_lr:  # each tensor's group lr (as it is now: schedulers change it)
+        if self.rule.features.relative_lr and self.lr_free:  # group lrs are multipliers: the rule reads its own lr
+            lr = float(self.rule.config.default_lr)
+        elif self.rule.features.relative_lr:  # each tensor's group lr (as it is now: schedulers change it)
             group_lr = {id(p): float(g["lr"]) for g in self.param_groups for p in g["params"]}
             lr = torch.tensor([group_lr.get(id(p), self.defaults["lr"]) for p in self._params_all], device=device)
         total = self.total_steps if self.rule.features.horizon else 0
@@ -485,6 +539,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         betas = tuple(float(b) for b in self.param_groups[0]["betas"])
         scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr, total_steps=total,
                                              betas=betas)
+        if self.lr_free:
+            scale = core.normalise_scale(scale)
         buf["lr_scale"].copy_(self._damp(scale))
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
@@ -500,7 +556,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
         super().load_state_dict(state_dict)
         for key in _COUNTERS:
-            self.state.setdefault(key, 0)
+            self.state.setdefault(key, core.D0 if key == DISTANCE else 0)
         loaded = {p: self.state[p] for group in self.param_groups for p in group["params"] if p in self.state}
         if not loaded:
             self._buffers = None
@@ -511,20 +567,20 @@ class GMNOptimizer(torch.optim.Optimizer):
         assert buf is not None
         for p, st in loaded.items():
             i = self._index[id(p)]
-            missing = [key for key in ("step", *self.STATE_KEYS) if key not in st]
+            missing = [key for key in ("step", *self._state_keys) if key not in st]
             if missing:
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} (shape {tuple(p.shape)}) lacks "
                     f"{missing}; it was not saved by this version of GMNOptimizer."
                 )
-            wrong = [key for key in self.STATE_KEYS if st[key].shape != p.shape]
+            wrong = [key for key in self._state_keys if st[key].shape != p.shape]
             if wrong:
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} has {wrong} of shapes "
                     f"{[tuple(st[k].shape) for k in wrong]}, expected {tuple(p.shape)}."
                 )
             buf["step"][i] = st["step"]
-            for key in self.STATE_KEYS:
+            for key in self._state_keys:
                 self._views[key][i].copy_(st[key].reshape(-1))
         self._attach_views()
 

@@ -1,0 +1,118 @@
+"""lr-free mode (GMNOptimizer(lr_free=True)): the step size is Prodigy's distance estimate. With
+rule="adam" the optimizer is Prodigy (the authors' package, to float rounding); with a rule, the
+rule's scale is normalised to geometric mean 1; the estimate survives state_dict; the estimate
+makes the final loss nearly independent of the lr multiplier where a fixed lr is not."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metaopt.optim import GMNOptimizer, RuleConfig, UpdateRule
+from metaopt.optim.core import D0
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    return x, torch.sin(x[:, :3]) + 0.1 * torch.randn(64, 3, generator=g)
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    x, y = _data()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_adam_rule_is_prodigy():
+    prodigyopt = pytest.importorskip("prodigyopt")
+    a, b = _model(), _model()
+    # eps: Prodigy adds d * eps to sqrt(v) in its units, Adam's bias-corrected eps differs by sqrt(1 - beta2^t);
+    # with a negligible eps the two are the same arithmetic.
+    ref = prodigyopt.Prodigy(a.parameters(), lr=1.0, use_bias_correction=True, safeguard_warmup=False, eps=1e-30)
+    opt = GMNOptimizer(b, rule="adam", lr_free=True, eps=1e-30)
+    x, y = _data()
+    for t in range(40):
+        for m, o in ((a, ref), (b, opt)):
+            o.zero_grad()
+            nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+        assert opt.distance == pytest.approx(ref.param_groups[0]["d"], rel=1e-5)
+    assert opt.distance > 1e3 * D0  # it grew from d0 as the run went
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-5)
+
+
+def test_rule_scale_is_normalised_and_loss_goes_down():
+    torch.manual_seed(1)
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=2.0, bound=2.0, refresh_every=5))
+    model = _model()
+    opt = GMNOptimizer(model, rule=rule, lr_free=True, example_inputs=torch.randn(2, 5))
+    assert opt.param_groups[0]["lr"] == 1.0  # lr is the multiplier of the estimate
+    losses = _train(model, opt, 60)
+    scale = opt._buffers["lr_scale"]
+    assert not torch.allclose(scale, torch.ones_like(scale))  # the rule still shares the step out ...
+    assert math.exp(float(scale.log().mean())) == pytest.approx(1.0, rel=1e-4)  # ... at geometric mean 1
+    assert opt.rule_refreshes == 12
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_less_sensitive_to_lr_than_a_fixed_lr():
+    """At 1/3x and 3x the multiplier the lr-free final loss moves less than Adam's over the same span."""
+    def final(lr: float, lr_free: bool) -> float:
+        model = _model()
+        return _train(model, GMNOptimizer(model, rule="adam", lr=lr, lr_free=lr_free), 150)[-1]
+
+    free = [final(m, True) for m in (1 / 3, 1.0, 3.0)]
+    fixed = [final(lr, False) for lr in (1e-3 / 3, 1e-3, 3e-3)]
+    spread = lambda v: max(v) / min(v)  # noqa: E731
+    assert spread(free) < spread(fixed)
+
+
+def test_state_dict_resumes_exactly_and_state_is_5x():
+    model = _model()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True)
+    _train(model, opt, 20)
+    clone = copy.deepcopy(model)
+    opt2 = GMNOptimizer(clone, rule="adam", lr_free=True)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert opt2.distance == opt.distance and opt2.distance > D0
+    _train(model, opt, 10), _train(clone, opt2, 10)
+    for pa, pb in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(pa, pb)
+    n = sum(p.numel() for p in model.parameters())
+    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 5 * n
+    st = opt.state[next(model.parameters())]
+    assert {"start", "grad_sum"} <= set(st)
+
+
+def test_partial_gradients_and_bad_arguments():
+    model = _model()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True)
+    x, y = _data()
+    frozen = model[0].weight
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        frozen.grad = None  # a parameter without a gradient this step is not moved
+        before = frozen.detach().clone()
+        opt.step()
+        assert torch.equal(frozen, before)
+    assert math.isfinite(opt.distance)
+    with pytest.raises(TypeError, match="lr_free"):
+        GMNOptimizer(_model(), rule="adam", lr_free="yes")  # type: ignore[arg-type]
