@@ -82,10 +82,17 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
     return max(0, proc_status_bytes("VmHWM") - base)  # pages freed during the step can leave HWM a little under base
 
 
+def _rule_of(kind: str) -> tuple[str, bool]:
+    """``gmnopt-<rule>[-lrfree]`` -> (rule name, lr_free)."""
+    name = kind.split("-", 1)[1]
+    return name.removesuffix("-lrfree"), name.endswith("-lrfree")
+
+
 def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-    return GMNOptimizer(model, rule=kind.split("-", 1)[1], lr=1e-3, graph=graph)
+    rule, lr_free = _rule_of(kind)
+    return GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free)
 
 
 def _setup(target: float, kinds: list[str], device: torch.device) -> dict[str, Any]:
@@ -115,7 +122,7 @@ def _setup(target: float, kinds: list[str], device: torch.device) -> dict[str, A
     return {
         "params": sum(p.numel() for p in base.parameters()),
         "param_bytes": sum(p.numel() * p.element_size() for p in base.parameters()),
-        "block": max(resolve_rule(k.split("-", 1)[1]).config.refresh_every for k in kinds if k != "adam"),
+        "block": max(resolve_rule(_rule_of(k)[0]).config.refresh_every for k in kinds if k != "adam"),
         "runners": runners,
         "opts": opts,
     }
@@ -189,6 +196,8 @@ LABELS = {
     "gmnopt-adam": "GMNOptimizer, rule=\"adam\" (exactly Adam)",
     "gmnopt-default": "GMNOptimizer, rule=\"default\" (GMN rule)",
     "gmnopt-mlp": "GMNOptimizer, rule=\"mlp\" (per-parameter MLP rule)",
+    "gmnopt-adam-lrfree": "GMNOptimizer, rule=\"adam\", lr_free=True (Prodigy)",
+    "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
 }
 
 

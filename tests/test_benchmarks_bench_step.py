@@ -1,5 +1,5 @@
 """benchmarks.bench_step: timed blocks start with a refresh, state is 3x the parameters for the
-rules and 2x for Adam, and the peak memory pass (a fresh process per size, glibc's mmap threshold
+rules (5x lr-free) and 2x for Adam, and the peak memory pass (a fresh process per size, glibc's mmap threshold
 pinned) fills every row."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import sys
 
 def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e5",
-                    "--repeats", "1", "--kinds", "adam", "gmnopt-default"], check=True, capture_output=True)
+                    "--repeats", "1", "--kinds", "adam", "gmnopt-default", "gmnopt-default-lrfree"], check=True, capture_output=True)
     result = json.loads((tmp_path / "bench_step.json").read_text())
     (size,) = result["sizes"]
     adam, rule = size["rows"]["adam"], size["rows"]["gmnopt-default"]
     assert size["block"] == 100 and adam["vs_adam"] == 1.0
     assert abs(adam["state_over_params"] - 2.0) < 0.01 and abs(rule["state_over_params"] - 3.0) < 0.01
+    assert abs(size["rows"]["gmnopt-default-lrfree"]["state_over_params"] - 5.0) < 0.01  # + the start and a gradient sum
     assert rule["refresh_ms"] > rule["plain_step_ms"] > 0  # the rule runs on the block's first step only
     assert all(row["peak_step_bytes"] is not None and row["peak_step_bytes"] >= 0 for row in size["rows"].values())
     assert "GMNOptimizer, rule=\"default\"" in (tmp_path / "bench_step.md").read_text()
