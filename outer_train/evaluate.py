@@ -350,6 +350,17 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
         if both:
             wins = sum(t[g]["final_loss"] < t[m]["final_loss"] for t in both)
             lines += ["", f"{g} reaches a lower final loss than {m} on {wins}/{len(both)} tasks (median over seeds)."]
+    for free in [n for n in optimizers if n.endswith("+lrfree")]:  # each lr-free row against its rule at its lr
+        for base in (free.removesuffix("+lrfree"),):
+            both = [t for t in per_task.values() if free in t and base in t]
+            if not both:
+                continue
+            wins = sum(t[free]["final_loss"] < t[base]["final_loss"] for t in both)
+            ratios = [t[free]["final_loss"] / t[base]["final_loss"] for t in both
+                      if 0 < t[base]["final_loss"] < math.inf and t[free]["final_loss"] < math.inf]
+            ratio = f"; median final-loss ratio {float(np.median(ratios)):.3g}" if ratios else ""
+            lines += ["", f"{free} reaches a lower final loss than {base} on {wins}/{len(both)} tasks "
+                          f"(median over seeds{ratio})."]
     return "\n".join(lines) + "\n"
 
 
@@ -514,6 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         rules[label] = resolve_rule(a.nowcast_rule)
         rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
+    if a.lr_free:
+        for name in list(rules):
+            rules[f"{name}+lrfree"] = rules[name]
+            rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True}
+        labels += [f"{label}+lrfree (lr_free)" for label in labels]
     if a.spike_guard is not None:
         if not a.spike_guard > 1:
             p.error(f"--spike-guard is a gradient-norm ratio > 1, got {a.spike_guard}")
@@ -521,11 +537,6 @@ def main(argv: list[str] | None = None) -> int:
             rules[f"{name}+guard"] = rules[name]
             rule_kwargs[f"{name}+guard"] = {**rule_kwargs.get(name, {}), "spike_guard": a.spike_guard}
         labels += [f"{label}+guard (spike_guard {a.spike_guard:g})" for label in labels]
-    if a.lr_free:
-        for name in [n for n in rules if not n.endswith("+guard")]:
-            rules[f"{name}+lrfree"] = rules[name]
-            rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True}
-        labels += [f"{label}+lrfree (lr_free)" for label in labels if "+guard (" not in label]
     if a.variants_only:
         if a.spike_guard is None and not a.lr_free:
             p.error("--variants-only needs --spike-guard or --lr-free")

@@ -116,3 +116,35 @@ def test_partial_gradients_and_bad_arguments():
     assert math.isfinite(opt.distance)
     with pytest.raises(TypeError, match="lr_free"):
         GMNOptimizer(_model(), rule="adam", lr_free="yes")  # type: ignore[arg-type]
+
+
+def test_spike_guard_halves_and_caps_the_distance_estimate():
+    """lr-free + spike guard (also with rule="adam", which has no scale to damp): a sustained gradient
+    spike halves d and caps it there, the estimate cannot take it back, a clean interval doubles the
+    cap, and with every halving lifted the cap goes."""
+    model = _model()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True, spike_guard=3.0)
+    _train(model, opt, 30)  # d grows from d0
+    d = opt.distance
+    assert d > 1e3 * D0 and opt.spike_trips == 0
+    x, y = _data()
+    for gain in (100.0, 100.0, 100.0):  # three steps far above the running mean of the gradient norm
+        opt.zero_grad()
+        (gain * nn.functional.mse_loss(model(x), y)).backward()
+        opt.step()
+    assert opt.spike_trips == 1 and opt.state["spike_level"] == 1
+    assert opt.distance == pytest.approx(d / 2) and opt.state["distance_cap"] == pytest.approx(d / 2)
+    _train(model, opt, 69)  # to step 102: the interval before the boundary at step 101 held the trip
+    assert opt.state["spike_level"] == 1 and opt.distance == pytest.approx(d / 2)  # capped: not taken back
+    _train(model, opt, 100)  # to step 202: a clean interval, so the boundary at step 201 lifts the halving
+    assert opt.state["spike_level"] == 0 and opt.state["distance_cap"] == 0.0
+
+
+def test_guard_off_and_fixed_lr_unchanged():
+    """Without the guard lr-free never caps d; with a fixed lr rule="adam" + guard still never trips."""
+    model = _model()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True)
+    _train(model, opt, 20)
+    assert opt.state["distance_cap"] == 0 and opt.spike_trips == 0
+    fixed = GMNOptimizer(_model(), rule="adam", lr=1e-3, spike_guard=3.0)
+    assert not fixed.lr_free and fixed.state["distance_cap"] == 0

@@ -289,5 +289,10 @@ def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule
     assert seen and all(free for free, _ in seen)  # the plain rule's rows came from the reused run
     res = json.loads((tmp_path / "r" / "results.json").read_text())["entries"][0]["results"]
     assert {"prodigy", "prodigy@best", "prodigy+lrfree", "prodigy+lrfree@best"} <= set(res)
+    assert "prodigy+lrfree reaches a lower final loss than prodigy on" in (tmp_path / "r" / "results.md").read_text()
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--variants-only", "--out", str(tmp_path / "bad")])
+    evaluate.main([*common, "--lr-free", "--spike-guard", "3", "--variants-only", "--out", str(tmp_path / "g")])
+    torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "g" / "results.json").read_text())["entries"][0]["results"]
+    assert {n for n in res if not n.endswith("@best")} == {"adam", "prodigy+lrfree", "prodigy+guard", "prodigy+lrfree+guard"}

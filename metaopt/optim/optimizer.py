@@ -45,9 +45,10 @@ SPIKE_TRIPPED = "spike_tripped"  # 1 if the guard tripped since the last refresh
 SPIKE_STREAK = "spike_streak"  # consecutive steps with the gradient norm above the guard's threshold
 DISTANCE = "distance"  # lr_free: Prodigy's distance estimate d, the step size (core.D0 before the first step)
 DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running numerator
+DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
-             SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR)
+             SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_CAP)
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
@@ -341,6 +342,11 @@ class GMNOptimizer(torch.optim.Optimizer):
             buf["step"][[i for i, _, _ in entries]] += 1
         self.state[STEPS_TAKEN] += 1
         step_list = buf["step"].tolist()
+        identity = self._rule_is_identity()
+        if self.spike_guard is not None and (self.lr_free or not identity):
+            self._watch_spikes(grads, buf["lr_scale"])
+            if identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
+                self._lift_guard()  # what a refresh does for a rule (lr-free Prodigy: the cap on d)
         shrink = 1.0
         if self.lr_free:
             entries, shrink = self._adapt_distance(entries, grads, buf)
@@ -364,9 +370,6 @@ class GMNOptimizer(torch.optim.Optimizer):
             g = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for _, p in seg]
             core.update_moments(v["exp_avg"], v["exp_avg_sq"], g, h, inplace=True)
 
-        identity = self._rule_is_identity()
-        if self.spike_guard is not None and not identity:
-            self._watch_spikes(grads, buf["lr_scale"])
         if not identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
             self._refresh(entries, device)
 
@@ -476,14 +479,18 @@ class GMNOptimizer(torch.optim.Optimizer):
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]))
         new, _ = core.estimate_distance(param, grad, buf["start"], buf["grad_sum"], est, entries[0][2],
                                         int(self.state[STEPS_TAKEN]), inplace=True)
+        cap = float(self.state[DISTANCE_CAP])
+        if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
+            new = replace(new, d=max(cap, est.d))
         self.state[DISTANCE_NUMERATOR], self.state[DISTANCE] = new.numerator, new.d
         scaled = {h: replace(h, lr=h.lr * est.d) for h in {h for _, _, h in entries}}
         return [(i, p, scaled[h]) for i, p, h in entries], est.d / new.d
 
     def _watch_spikes(self, grads: list[Tensor], lr_scale: Tensor) -> None:
         """The spike guard: after SPIKE_STEPS consecutive gradient norms above ``spike_guard`` x their
-        running mean, halve the log of every lr scale above 1 (in place, this step on) and count one
-        more halving in force; again on every further step of the spike."""
+        running mean, halve the log of every lr scale above 1 (in place, this step on) and, lr-free,
+        the distance estimate ``d`` (capped there), and count one more halving in force; again on every
+        further step of the spike."""
         norm = self._grad_sq_norm(grads) ** 0.5
         mean = float(self.state[SPIKE_NORM_EMA])
         high = mean > 0 and norm > self.spike_guard * mean
@@ -491,6 +498,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.state[SPIKE_STREAK] >= SPIKE_STEPS:
             if int(self.state[SPIKE_LEVEL]) < SPIKE_MAX_LEVEL:
                 torch.where(lr_scale > 1, lr_scale.sqrt(), lr_scale, out=lr_scale)  # log s -> log s / 2 where s > 1
+                if self.lr_free:
+                    self.state[DISTANCE] = self.state[DISTANCE_CAP] = float(self.state[DISTANCE]) / 2
                 self.state[SPIKE_LEVEL] += 1
                 self.state[SPIKE_TRIPS] += 1
                 self.state[SPIKE_TRIPPED] = 1
@@ -499,13 +508,20 @@ class GMNOptimizer(torch.optim.Optimizer):
         else:  # the mean chases the norm (a slow rise never trips), but not once a spike is declared
             self.state[SPIKE_NORM_EMA] = norm if mean == 0 else SPIKE_EMA_DECAY * mean + (1 - SPIKE_EMA_DECAY) * norm
 
+    def _lift_guard(self) -> None:
+        """At a refresh: lift one of the spike guard's halvings if the interval before it was clean (the
+        cap on an lr-free ``d`` doubles, and goes when none is left)."""
+        if not self.state[SPIKE_TRIPPED] and self.state[SPIKE_LEVEL] > 0:
+            self.state[SPIKE_LEVEL] -= 1
+            if self.state[DISTANCE_CAP]:
+                self.state[DISTANCE_CAP] = 0.0 if self.state[SPIKE_LEVEL] == 0 else 2 * float(self.state[DISTANCE_CAP])
+        self.state[SPIKE_TRIPPED] = 0
+
     def _damp(self, scale: Tensor) -> Tensor:
         """The rule's new scale under the spike guard's halvings; one is lifted after a clean interval."""
         if self.spike_guard is None:
             return scale
-        if not self.state[SPIKE_TRIPPED] and self.state[SPIKE_LEVEL] > 0:
-            self.state[SPIKE_LEVEL] -= 1
-        self.state[SPIKE_TRIPPED] = 0
+        self._lift_guard()
         level = int(self.state[SPIKE_LEVEL])
         return scale if level == 0 else torch.where(scale > 1, scale.pow(0.5 ** level), scale)
 
