@@ -14,6 +14,7 @@ from torch import nn
 
 from metaopt.optim import GMNOptimizer, RuleConfig, UpdateRule
 from metaopt.optim.core import D0
+from training_loop import train_losses
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -28,15 +29,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
-    x, y = _data()
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return train_losses(model, opt, nn.functional.mse_loss, *_data(), steps)
 
 
 def test_adam_rule_is_prodigy():

@@ -9,6 +9,7 @@ from torch import nn
 from metaopt import GMNOptimizer
 from metaopt.optim import RuleCheckpointError, UpdateRule
 from metaopt.optim.rules import PRETRAINED_DIR, shipped_rules
+from training_loop import train_losses
 
 
 def _train(opt_fn, steps=5):
@@ -16,14 +17,7 @@ def _train(opt_fn, steps=5):
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     opt = opt_fn(model)  # may draw random numbers (rule init): after the data
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return model, losses
+    return model, train_losses(model, opt, nn.functional.cross_entropy, x, y, steps)
 
 
 def test_named_rules_are_listed():
