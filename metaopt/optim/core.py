@@ -187,7 +187,7 @@ def estimate_distance(
     grad = grad.detach()
     dot = torch.dot(grad, start - param.detach())  # x_0 - x exactly (<g, x_0> - <g, x> would cancel)
     s = grad_sum.mul_(beta3).add_(grad, alpha=w) if inplace else grad_sum * beta3 + w * grad
-    dot_f, norm_f = torch.stack([dot, torch.linalg.vector_norm(s, 1)]).tolist()  # one host sync for both
+    dot_f, norm_f = torch.stack([dot, s.abs().sum()]).tolist()  # one host sync; abs-sum: 3x vector_norm(s, 1)'s speed on CPU
     numerator = beta3 * est.numerator + w * dot_f
     d = est.d
     if norm_f > 0 and math.isfinite(numerator / norm_f):
