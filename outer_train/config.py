@@ -60,6 +60,9 @@ class TaskSection:
     stagger: bool = True  # cut the first trajectory of each slot short, so slots restart out of step
     lr_scale_min: float = 0.5  # inner lr = task reference lr * log-uniform(min, max)
     lr_scale_max: float = 2.0
+    # The inner optimizer is lr-free (GMNOptimizer(lr_free=True)): Prodigy's distance estimate sets the
+    # step size, the inner lr is its multiplier, log-uniform(lr_scale_min, lr_scale_max) (no reference lr).
+    lr_free: bool = False
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8

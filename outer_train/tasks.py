@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from collections.abc import Iterable
 from typing import Any
@@ -25,6 +25,7 @@ from torch import Tensor
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
+from metaopt.optim.core import DistanceEstimate
 
 from .augment import permute_params
 from .config import TaskSection
@@ -121,6 +122,7 @@ class TaskGroup:
     weight_decay: float = 0.0
     permuted: int = 0
     show_horizon: bool = True  # the rule is told the horizon (Hyper.total_steps); else it runs horizon-unknown
+    lr_free: bool = False  # the inner optimizer is lr-free (lr multiplies Prodigy's estimate; core.DistanceEstimate)
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -144,12 +146,13 @@ class TaskGroup:
         horizon = max(k, -(-log_uniform_int(r, cfg.unroll_min, cfg.unroll_max) // k) * k)
         if stagger:
             horizon = k * r.randint(1, horizon // k)
-        lr = spec.reference_lr * math.exp(r.uniform(math.log(cfg.lr_scale_min), math.log(cfg.lr_scale_max)))
+        lr = (1.0 if cfg.lr_free else spec.reference_lr) * math.exp(r.uniform(math.log(cfg.lr_scale_min),
+                                                                              math.log(cfg.lr_scale_max)))
         perm_seed = r.randrange(2**31)
         # No draw at probability 1, so configs without horizon features sample exactly as before.
         show = cfg.horizon_known_prob >= 1.0 or r.random() < cfg.horizon_known_prob
         group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                    weight_decay=cfg.weight_decay, show_horizon=show)
+                    weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -159,7 +162,7 @@ class TaskGroup:
                 inits[i], ok = permute_params(group.task.graph, flat, gen, lambda f: group.loss(f, batch))
                 group.permuted += int(ok)
         group.params = [p.clone() for _ in range(num_particles) for p in inits]
-        group.states = [OptState.zeros(p.numel()) for p in group.params]
+        group.states = group.fresh_states()
         return group
 
     @classmethod
@@ -171,8 +174,12 @@ class TaskGroup:
         group.attach(task)
         inits = [flatten(task.init_params(s)) for s in member_seeds]
         group.params = [p.clone() for _ in range(num_particles) for p in inits]
-        group.states = [OptState.zeros(p.numel()) for p in group.params]
+        group.states = group.fresh_states()
         return group
+
+    def fresh_states(self) -> list[OptState]:
+        """The optimizer state before the first step, one per member (lr-free: starting at its params)."""
+        return [OptState.zeros(p.numel(), start=p if self.lr_free else None) for p in self.params]
 
     def build(self) -> None:
         """Build the task, graph index and batch iterators (also after loading a checkpoint)."""
@@ -255,8 +262,10 @@ class TaskGroup:
             "batches_used": self.batches_used,
             "permuted": self.permuted,
             "show_horizon": self.show_horizon,
+            "lr_free": self.lr_free,
             "params": [p.detach().clone() for p in self.params],
-            "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()}} for s in self.states],
+            "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()},
+                        **({"distance": asdict(s.distance)} if s.distance is not None else {})} for s in self.states],
             "pending": self.pending,
         }
 
@@ -274,11 +283,14 @@ class TaskGroup:
             batches_used=int(state["batches_used"]),
             permuted=int(state["permuted"]),
             show_horizon=bool(state.get("show_horizon", True)),
+            lr_free=bool(state.get("lr_free", False)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]
         group.states = [
-            OptState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["lr_scale"].clone(), int(s["step"]))
+            OptState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["lr_scale"].clone(), int(s["step"]),
+                     *((s["start"].clone(), s["grad_sum"].clone(), DistanceEstimate(**s["distance"]))
+                       if "distance" in s else ()))
             for s in state["states"]
         ]
         group.pending = state.get("pending")

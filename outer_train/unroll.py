@@ -79,15 +79,16 @@ def inner_step(
         losses.append(loss)
         grads_all.append(grads)
         params_all.append(params)
-        states_all.append([core.advance(st, gr, group.hyper) for gr, st in zip(grads, group.states[sl])])
+        states_all.append([core.advance(st, gr, group.hyper, p) for p, gr, st in zip(params, grads, group.states[sl])])
 
     # Truncations are whole multiples of refresh_every, so every member is due at the same steps.
     members = [(group, p, gr, st) for group, ps, gs, sts in zip(groups, params_all, grads_all, states_all)
                for p, gr, st in zip(ps, gs, sts)]
     due = rule.net is not None and core.refresh_due(members[0][3].step, rule.config.refresh_every)
     if due:
-        feats = [core.rule_features(group.index, gr, p, st, rule, group.hyper.lr, group.hyper.total_steps,
-                                    (group.hyper.beta1, group.hyper.beta2)) for group, p, gr, st in members]
+        feats = [core.rule_features(group.index, gr, p, st, rule, core.rule_lr(rule, st, group.hyper),
+                                    group.hyper.total_steps, (group.hyper.beta1, group.hyper.beta2))
+                 for group, p, gr, st in members]
         merged = Features(
             edge=torch.cat([f.edge for f in feats]),
             node=torch.cat([f.node for f in feats]),
@@ -95,7 +96,7 @@ def inner_step(
         )
         scale, _ = core.scale_from_log(rule.log_scale(graph_inputs, merged, rule_params))
         for (_, _, _, st), s in zip(members, scale.split([f.edge.shape[0] for f in feats])):
-            st.lr_scale = s
+            st.lr_scale = s if st.distance is None else core.normalise_scale(s)  # lr-free: d sets the size
 
     ratio = None
     for g, group in enumerate(groups):

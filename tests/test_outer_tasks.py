@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
+from metaopt.optim import RuleConfig, UpdateRule, core
 from outer_train.config import resolve
 from outer_train.tasks import TaskGroup, TaskSampler
-from outer_train.train import MetaTrainer
+from outer_train.train import MetaTrainer, train
+from outer_train.unroll import batched_graph, inner_step
 
 SETS = ['tasks.families=["teacher_student"]', "tasks.max_params=300", "tasks.groups=3", "tasks.group_size=1",
         "tasks.unroll_min=20", "tasks.unroll_max=400", "tasks.truncation=10", "rule.refresh_every=10",
@@ -81,3 +84,25 @@ def test_horizon_known_prob_hides_some_horizons_and_survives_checkpoints() -> No
     assert hidden.hyper.total_steps == 0
     restored = TaskGroup.from_state_dict(hidden.state_dict())
     assert not restored.show_horizon and restored.hyper == hidden.hyper
+
+
+def test_lr_free_groups_start_at_their_params_and_survive_checkpoints(tmp_path: Path) -> None:
+    """tasks.lr_free: the inner lr is the multiplier of Prodigy's estimate (within [lr_scale_min,
+    lr_scale_max], no reference lr), each member's state starts at its own init, and a checkpointed
+    group resumes bit for bit (the estimate's tensors and scalars included); a short meta-training
+    run in this mode takes its steps."""
+    cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.lr_scale_min=0.5", "tasks.lr_scale_max=2"])
+    group = _draw(cfg, 0, False)
+    assert group.lr_free and 0.5 <= group.lr <= 2.0
+    for p, s in zip(group.params, group.states):
+        assert torch.equal(s.start, p) and s.start is not p and s.distance is not None
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=100))
+    inner_step(rule, [group], batched_graph(rule, [group]), 0, [group.next_batches()])
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.lr_free and restored.states[0].distance == group.states[0].distance
+    for a, b in zip(restored.states, group.states):
+        for k, v in b.tensors().items():
+            assert torch.equal(getattr(a, k), v)
+    assert restored.states[0].distance.last == core.D0  # the first step moved by d0
+    result = train(resolve("quick", None, SETS + ["tasks.lr_free=true", "meta.steps=2", f'out_dir="{tmp_path}"']))
+    assert result["step"] == 2 and result["skipped_total"] == 0 and math.isfinite(result["meta_loss"])

@@ -41,24 +41,32 @@ class OptState:
     exp_avg_sq: Tensor  # [E] Adam's second moment
     lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam)
     step: int = 0
+    # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars
+    start: Tensor | None = None
+    grad_sum: Tensor | None = None
+    distance: "DistanceEstimate | None" = None
 
     @classmethod
-    def zeros(cls, num_edges: int, device: torch.device | str = "cpu") -> "OptState":
-        """The state before the first step."""
+    def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None) -> "OptState":
+        """The state before the first step; with ``start`` (the flat parameters before it), lr-free."""
         return cls(
             torch.zeros(num_edges, device=device),
             torch.zeros(num_edges, device=device),
             torch.ones(num_edges, device=device),
             0,
+            None if start is None else start.detach().clone(),
+            None if start is None else torch.zeros(num_edges, device=device),
+            None if start is None else DistanceEstimate(),
         )
 
     def detach(self) -> "OptState":
         """The same values cut from the autograd graph (the boundary between truncations)."""
-        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self) if f.name != "step"})
+        return replace(self, **{k: v.detach() for k, v in self.tensors().items()})
 
     def tensors(self) -> dict[str, Tensor]:
-        """The tensor fields by name (for checkpoints)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "step"}
+        """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("step", "distance") and getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
@@ -162,13 +170,19 @@ class DistanceEstimate:
     ``s = sum_k w_k g_k`` (both decayed by ``beta3 = sqrt(beta2)`` per step, ``w_k = d_k^2 / d0``) is a
     lower bound of ``||x_0 - x*||_inf`` on convex problems; ``d = max(d, d_hat)``. Adam's moments
     are kept in units of ``d`` (Prodigy's ``m``, ``v`` divided by ``d``, ``d^2``), so the step is
-    Adam's at ``lr = d``, and when ``d`` grows the moments shrink by the growth: gradients taken under
-    a smaller step weigh less, as in Prodigy. The tensors (``x_0`` and ``s``, [E] each) are the
+    Adam's at ``lr = d``, and when ``d`` grows the moments shrink by the growth (at the next step,
+    before its gradient enters them): gradients taken under a smaller step weigh less, as in Prodigy. The tensors (``x_0`` and ``s``, [E] each) are the
     caller's; this holds the two scalars.
     """
 
     numerator: float = 0.0
     d: float = D0
+    last: float = D0  # the estimate the last step moved by; the moments are still in its units until
+    # the next step shrinks them by last / d (so a state between steps is consistent, and resumable)
+
+    def shrink(self) -> float:
+        """The factor (<= 1) the moments take on to units of the current estimate."""
+        return self.last / self.d
 
 
 def estimate_distance(
@@ -192,7 +206,7 @@ def estimate_distance(
     d = est.d
     if norm_f > 0 and math.isfinite(numerator / norm_f):
         d = max(d, numerator / norm_f)
-    return replace(est, numerator=numerator, d=d), s
+    return DistanceEstimate(numerator, d, last=est.d), s
 
 
 def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float, inplace: bool
@@ -227,6 +241,12 @@ def rule_features(
     )
 
 
+def rule_lr(rule: UpdateRule, state: OptState, h: Hyper) -> float:
+    """The lr a rule's relative-lr input reads: the group's, or lr-free (where the group's lr multiplies
+    the estimate) the rule's own ``default_lr``, the lr it was meta-trained around."""
+    return float(rule.config.default_lr) if state.distance is not None else h.lr
+
+
 def scale_from_log(log_scale: Tensor) -> tuple[Tensor, int]:
     """``exp(log_scale)`` with non-finite entries replaced by 1 (Adam there); also their count."""
     if not log_scale.requires_grad and bool(torch.isfinite(log_scale.sum())):
@@ -256,14 +276,29 @@ def refresh_lr_scale(
 
 
 # ---- one whole step (meta-training's form; the optimizer composes the same pieces in place) ------
-def advance(state: OptState, grad: Tensor, h: Hyper) -> OptState:
-    """The state after this gradient: new moments, step + 1, the lr scale carried over."""
-    (m,), (v,) = update_moments([state.exp_avg], [state.exp_avg_sq], [grad], h, inplace=False)
-    return OptState(m, v, state.lr_scale, state.step + 1)
+def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = None) -> OptState:
+    """The state after this gradient: new moments, step + 1, the lr scale carried over; lr-free
+    (``state.distance`` set), first the moments to units of the current estimate, then the estimate
+    from this gradient at ``params`` (which lr-free needs)."""
+    m, v, est, grad_sum = state.exp_avg, state.exp_avg_sq, state.distance, state.grad_sum
+    if est is not None:
+        if params is None:
+            raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
+        (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
+        est, grad_sum = estimate_distance(params, grad, state.start, state.grad_sum, est, h, state.step + 1,
+                                          inplace=False)
+    (m,), (v,) = update_moments([m], [v], [grad], h, inplace=False)
+    return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est)
+
+
+def step_hyper(state: OptState, h: Hyper) -> Hyper:
+    """The hyperparameters this step moves by: lr-free, ``lr`` times the estimate before this gradient."""
+    return h if state.distance is None else replace(h, lr=h.lr * state.distance.last)
 
 
 def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool) -> Tensor:
     """New flat parameters from a state that already holds this step's moments (and scale)."""
+    h = step_hyper(state, h)
     denom = adam_denominator([state.exp_avg_sq], h, state.step, inplace=False, scaled=scaled)
     (out,) = apply_update([params], [state.exp_avg], denom, [state.lr_scale] if scaled else None, h, state.step,
                           inplace=False)
@@ -287,9 +322,11 @@ def step(
     rule with other parameter values (PES). Meta-training does the same with `advance`, one rule
     forward over a batch of networks, and `finish`.
     """
-    new = advance(state, grad, h)
+    new = advance(state, grad, h, params)
     # The network runs even at alpha = 0 (scale exactly 1), so meta-gradients reach alpha.
     if rule.net is not None and refresh_due(new.step, rule.config.refresh_every):
-        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, h.lr, h.total_steps,
-                                           (h.beta1, h.beta2))
+        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, rule_lr(rule, new, h),
+                                           h.total_steps, (h.beta1, h.beta2))
+        if new.distance is not None:
+            new.lr_scale = normalise_scale(new.lr_scale)
     return finish(params, new, h, scaled=rule.net is not None), new

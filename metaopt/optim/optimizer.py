@@ -45,10 +45,12 @@ SPIKE_TRIPPED = "spike_tripped"  # 1 if the guard tripped since the last refresh
 SPIKE_STREAK = "spike_streak"  # consecutive steps with the gradient norm above the guard's threshold
 DISTANCE = "distance"  # lr_free: Prodigy's distance estimate d, the step size (core.D0 before the first step)
 DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running numerator
+DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by (the moments' units)
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
-             SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_CAP)
+             SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
+             DISTANCE_CAP)
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
@@ -197,7 +199,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     def _reset_counters(self) -> None:
         for key in _COUNTERS:
             self.state[key] = 0
-        self.state[DISTANCE] = core.D0
+        self.state[DISTANCE] = self.state[DISTANCE_LAST] = core.D0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its parameters must be parameters of the model the graph was built from."""
@@ -347,9 +349,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._watch_spikes(grads, buf["lr_scale"])
             if identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
                 self._lift_guard()  # what a refresh does for a rule (lr-free Prodigy: the cap on d)
-        shrink = 1.0
         if self.lr_free:
-            entries, shrink = self._adapt_distance(entries, grads, buf)
+            entries = self._adapt_distance(entries, grads, buf)
 
         # Segments of tensors that share hyperparameters and step count (torch.optim's grouping):
         # one segment when every tensor takes part alike, the usual case.
@@ -386,8 +387,6 @@ class GMNOptimizer(torch.optim.Optimizer):
             work = [p.float() if k in low else p for k, p in enumerate(params)]
             core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True)
             torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
-        if shrink < 1.0:  # lr_free: the moments to units of the new estimate (core.DistanceEstimate)
-            core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], shrink, inplace=True)
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
         return loss
@@ -462,11 +461,15 @@ class GMNOptimizer(torch.optim.Optimizer):
         return not bool(found)
 
     def _adapt_distance(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor], buf: dict[str, Tensor]
-                        ) -> tuple[list[tuple[int, Tensor, Hyper]], float]:
-        """lr_free: update the distance estimate from this gradient; return ``entries`` with every group's
-        lr multiplied by the estimate this step moves by (the old one, as Prodigy) and by how much the
-        moments must shrink after the step (old / new estimate). Parameters without a gradient this
-        step count as a zero gradient."""
+                        ) -> list[tuple[int, Tensor, Hyper]]:
+        """lr_free (`core.advance`'s order): the moments to units of the current estimate, the estimate
+        from this gradient; returns ``entries`` with every group's lr multiplied by the estimate this step
+        moves by (the one before this gradient, as Prodigy). Parameters without a gradient this step
+        count as a zero gradient."""
+        est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
+                                    float(self.state[DISTANCE_LAST]))
+        if est.shrink() < 1.0:
+            core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
         device = buf["start"].device
         if len(entries) == len(self._params_all):
             grad = torch.cat([g.reshape(-1) for g in grads]).float()
@@ -476,15 +479,14 @@ class GMNOptimizer(torch.optim.Optimizer):
                 parts[i] = g.reshape(-1)
             grad = torch.cat([t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]).float()
         param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
-        est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]))
         new, _ = core.estimate_distance(param, grad, buf["start"], buf["grad_sum"], est, entries[0][2],
                                         int(self.state[STEPS_TAKEN]), inplace=True)
         cap = float(self.state[DISTANCE_CAP])
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
             new = replace(new, d=max(cap, est.d))
-        self.state[DISTANCE_NUMERATOR], self.state[DISTANCE] = new.numerator, new.d
-        scaled = {h: replace(h, lr=h.lr * est.d) for h in {h for _, _, h in entries}}
-        return [(i, p, scaled[h]) for i, p, h in entries], est.d / new.d
+        self.state[DISTANCE_NUMERATOR], self.state[DISTANCE], self.state[DISTANCE_LAST] = new.numerator, new.d, new.last
+        scaled = {h: replace(h, lr=h.lr * new.last) for h in {h for _, _, h in entries}}
+        return [(i, p, scaled[h]) for i, p, h in entries]
 
     def _watch_spikes(self, grads: list[Tensor], lr_scale: Tensor) -> None:
         """The spike guard: after SPIKE_STEPS consecutive gradient norms above ``spike_guard`` x their
@@ -498,8 +500,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.state[SPIKE_STREAK] >= SPIKE_STEPS:
             if int(self.state[SPIKE_LEVEL]) < SPIKE_MAX_LEVEL:
                 torch.where(lr_scale > 1, lr_scale.sqrt(), lr_scale, out=lr_scale)  # log s -> log s / 2 where s > 1
-                if self.lr_free:
+                if self.lr_free:  # d and the moments' units alike: the step halves (a pending shrink is kept)
                     self.state[DISTANCE] = self.state[DISTANCE_CAP] = float(self.state[DISTANCE]) / 2
+                    self.state[DISTANCE_LAST] = float(self.state[DISTANCE_LAST]) / 2
                 self.state[SPIKE_LEVEL] += 1
                 self.state[SPIKE_TRIPS] += 1
                 self.state[SPIKE_TRIPPED] = 1
@@ -543,10 +546,11 @@ class GMNOptimizer(torch.optim.Optimizer):
             parts[i] = p.grad.reshape(-1)
         grad = torch.cat([t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]).float()
         param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
-        state = OptState(buf["exp_avg"], buf["exp_avg_sq"], buf["lr_scale"], int(self.state[STEPS_TAKEN]))
+        state = OptState(buf["exp_avg"], buf["exp_avg_sq"], buf["lr_scale"], int(self.state[STEPS_TAKEN]),
+                         distance=core.DistanceEstimate(float(self.state[DISTANCE])) if self.lr_free else None)
         lr = None
         if self.rule.features.relative_lr and self.lr_free:  # group lrs are multipliers: the rule reads its own lr
-            lr = float(self.rule.config.default_lr)
+            lr = core.rule_lr(self.rule, state, Hyper(0.0))
         elif self.rule.features.relative_lr:  # each tensor's group lr (as it is now: schedulers change it)
             group_lr = {id(p): float(g["lr"]) for g in self.param_groups for p in g["params"]}
             lr = torch.tensor([group_lr.get(id(p), self.defaults["lr"]) for p in self._params_all], device=device)
@@ -572,7 +576,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
         super().load_state_dict(state_dict)
         for key in _COUNTERS:
-            self.state.setdefault(key, core.D0 if key == DISTANCE else 0)
+            self.state.setdefault(key, core.D0 if key in (DISTANCE, DISTANCE_LAST) else 0)
         loaded = {p: self.state[p] for group in self.param_groups for p in group["params"] if p in self.state}
         if not loaded:
             self._buffers = None
