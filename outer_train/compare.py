@@ -74,6 +74,9 @@ class Comparison:
         if rule_lr not in COMPARE_RULE_LRS:
             raise ValueError(f"log.compare_rule_lr must be one of {COMPARE_RULE_LRS}, got {rule_lr!r}.")
         self.against, self.aggregate, self.seeds, self.rule_lr = against, aggregate, seeds, rule_lr
+        self.lr_free = cfg.tasks.lr_free  # the rule runs as meta-trained: lr-free at the multiplier 1
+        if self.lr_free and rule_lr == "tuned":
+            raise ValueError("log.compare_rule_lr = 'tuned' has no lr to tune with tasks.lr_free; use 'reference'.")
         if n_tasks < 1:
             raise ValueError(f"log.compare_tasks must be >= 1, got {n_tasks}.")
         if collection == "meta_train":
@@ -110,19 +113,19 @@ class Comparison:
 
     def run(self, rule: UpdateRule, lr: float | None = None) -> ComparisonResult:
         """Train every task with a frozen copy of ``rule`` at each task's reference lr (``rule_lr="tuned"``:
-        at its best lr of the grid around it; or at ``lr`` on every task), told the horizon
-        (``total_steps``); the score and the first task's curves."""
+        at its best lr of the grid around it; or at ``lr`` on every task; with ``tasks.lr_free``, lr-free
+        at the multiplier ``lr`` or 1), told the horizon (``total_steps``); the score and the first task's curves."""
         frozen = copy.deepcopy(rule).eval()
 
         def curve(spec, task, at: float) -> list[float]:
             return self._train(spec, task, lambda m: GMNOptimizer(m, rule=frozen, lr=at, graph=task.graph,
-                                                                  total_steps=self.steps))
+                                                                  total_steps=self.steps, lr_free=self.lr_free))
 
         if lr is None and self.rule_lr == "tuned":  # the rule's best curve over the grid, as tuned Adam's
             learned = [min((curve(s, t, s.reference_lr * k) for k in TUNED_ADAM_GRID), key=tail_loss)
                        for s, t in zip(self.specs, self.tasks)]
         else:
-            learned = [curve(s, t, lr or s.reference_lr) for s, t in zip(self.specs, self.tasks)]
+            learned = [curve(s, t, lr or (1.0 if self.lr_free else s.reference_lr)) for s, t in zip(self.specs, self.tasks)]
         ratios = []
         for mine, adam in zip(learned, self.adam_curves):
             a, b = tail_loss(mine), tail_loss(adam)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,23 @@ def test_comparison_with_the_rules_lr_tuned_keeps_its_best_curve_per_task(tmp_pa
     assert tuned.run(UpdateRule.from_pretrained(ADAM_RULE_DIR)).score == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="compare_rule_lr"):
         Comparison(cfg, steps=3, n_tasks=1, rule_lr="best")
+
+
+def test_comparison_runs_an_lr_free_rule_lr_free(tmp_path: Path, monkeypatch) -> None:
+    """With tasks.lr_free the comparison runs the rule as it was meta-trained: GMNOptimizer(lr_free=True)
+    at the multiplier 1 (an lr to tune there is refused)."""
+    from outer_train.compare import Comparison
+
+    seen: list = []
+    original = GMNOptimizer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("lr_free"), kwargs.get("lr")))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"', "tasks.lr_free=true"])
+    result = Comparison(cfg, steps=20, n_tasks=2).run(MetaTrainer(cfg).rule)
+    assert seen == [(True, 1.0), (True, 1.0)] and all(math.isfinite(r) for r in result.log_ratios)
+    with pytest.raises(ValueError, match="lr_free"):
+        Comparison(cfg, steps=20, n_tasks=2, rule_lr="tuned")
