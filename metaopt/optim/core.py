@@ -186,22 +186,30 @@ class DistanceEstimate:
 
 
 def estimate_distance(
-    param: Tensor, grad: Tensor, start: Tensor, grad_sum: Tensor, est: DistanceEstimate, h: Hyper, step: int,
-    inplace: bool,
-) -> tuple[DistanceEstimate, Tensor]:
-    """The estimate after this step's gradient at ``param`` (flat [E], before it moves; ``start`` is
-    x_0), and ``s``. ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by default; a
-    constant one cancels in ``d``, a schedule reweighs the steps). As Prodigy
+    params: list[Tensor], grads: list[Tensor], start: list[Tensor], grad_sum: list[Tensor], est: DistanceEstimate,
+    h: Hyper, step: int, inplace: bool,
+) -> tuple[DistanceEstimate, list[Tensor]]:
+    """The estimate after this step's gradient at ``params`` (before they move; ``start`` is x_0), and
+    ``s``, per tensor of the lists. ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by
+    default; a constant one cancels in ``d``, a schedule reweighs the steps). As Prodigy
     (``use_bias_correction=True``), this step still moves by the old ``d``, the new one from the next
-    step. Flat tensors: a handful of ops whatever the number of parameter tensors. In place,
-    ``grad_sum`` is updated; ``d`` takes no gradients (a float)."""
+    step. In place, ``grad_sum`` is updated, and the one [E] temporary (x_0 - x) is reused for |s|;
+    ``d`` takes no gradients (a float)."""
     bc1, bc2 = h.bias_corrections(step)
     beta3 = h.beta2**0.5
     w = est.d / D0 * est.d * h.lr * bc2**0.5 / bc1
-    grad = grad.detach()
-    dot = torch.dot(grad, start - param.detach())  # x_0 - x exactly (<g, x_0> - <g, x> would cancel)
-    s = grad_sum.mul_(beta3).add_(grad, alpha=w) if inplace else grad_sum * beta3 + w * grad
-    dot_f, norm_f = torch.stack([dot, s.abs().sum()]).tolist()  # one host sync; abs-sum: 3x vector_norm(s, 1)'s speed on CPU
+    grads = [g.detach() for g in grads]
+    gaps = torch._foreach_sub(start, [p.detach() for p in params])  # x_0 - x exactly (<g,x_0> - <g,x> would cancel)
+    dots = [torch.dot(g.reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
+    if inplace:
+        torch._foreach_mul_(grad_sum, beta3)
+        torch._foreach_add_(grad_sum, grads, alpha=w)
+        s = grad_sum
+        norms = [torch.abs(t, out=gap).sum() for t, gap in zip(s, gaps)]  # |s| into the spent gap: no allocation
+    else:
+        s = [beta3 * a + w * g for a, g in zip(grad_sum, grads)]
+        norms = [t.abs().sum() for t in s]
+    dot_f, norm_f = torch.stack([torch.stack(dots).sum(), torch.stack(norms).sum()]).tolist()  # one host sync
     numerator = beta3 * est.numerator + w * dot_f
     d = est.d
     if norm_f > 0 and math.isfinite(numerator / norm_f):
@@ -285,8 +293,8 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
         if params is None:
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
         (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
-        est, grad_sum = estimate_distance(params, grad, state.start, state.grad_sum, est, h, state.step + 1,
-                                          inplace=False)
+        est, (grad_sum,) = estimate_distance([params], [grad], [state.start], [state.grad_sum], est, h,
+                                             state.step + 1, inplace=False)
     (m,), (v,) = update_moments([m], [v], [grad], h, inplace=False)
     return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est)
 

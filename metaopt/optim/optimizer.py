@@ -464,23 +464,17 @@ class GMNOptimizer(torch.optim.Optimizer):
                         ) -> list[tuple[int, Tensor, Hyper]]:
         """lr_free (`core.advance`'s order): the moments to units of the current estimate, the estimate
         from this gradient; returns ``entries`` with every group's lr multiplied by the estimate this step
-        moves by (the one before this gradient, as Prodigy). Parameters without a gradient this step
-        count as a zero gradient."""
+        moves by (the one before this gradient, as Prodigy)."""
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
                                     float(self.state[DISTANCE_LAST]))
         if est.shrink() < 1.0:
             core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
-        device = buf["start"].device
-        if len(entries) == len(self._params_all):
-            grad = torch.cat([g.reshape(-1) for g in grads]).float()
-        else:
-            parts: list[Tensor | None] = [None] * len(self._params_all)
-            for (i, _, _), g in zip(entries, grads):
-                parts[i] = g.reshape(-1)
-            grad = torch.cat([t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]).float()
-        param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
-        new, _ = core.estimate_distance(param, grad, buf["start"], buf["grad_sum"], est, entries[0][2],
-                                        int(self.state[STEPS_TAKEN]), inplace=True)
+        # Parameters without a gradient this step take no part (their x_0 - x and s stay as they are).
+        new, _ = core.estimate_distance(
+            [p.float() for _, p, _ in entries], [g.float() for g in grads],
+            [self._views["start"][i].view(p.shape) for i, p, _ in entries],
+            [self._views["grad_sum"][i].view(p.shape) for i, p, _ in entries], est, entries[0][2],
+            int(self.state[STEPS_TAKEN]), inplace=True)
         cap = float(self.state[DISTANCE_CAP])
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
             new = replace(new, d=max(cap, est.d))
