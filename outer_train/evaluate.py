@@ -63,6 +63,11 @@ def default_lr(rule: UpdateRule, kwargs: dict[str, Any] | None = None) -> float:
 LR_FREE_GRID = [3.0**k for k in range(-3, 4)]
 
 
+def rule_grid(kwargs: dict[str, Any] | None, grid: list[float]) -> list[float]:
+    """The lrs a rule row is tuned over: ``grid``, or the multipliers LR_FREE_GRID with ``lr_free=True``."""
+    return LR_FREE_GRID if (kwargs or {}).get("lr_free") else grid
+
+
 WINDOW = 10  # steps averaged for "final loss" and for reaching a target
 
 
@@ -192,7 +197,7 @@ def evaluate_task(
                                    total_steps=s.steps if s.tell_horizon else None, **rule_kwargs.get(name, {}))
                 return cosine(opt, s.steps) if s.rule_schedule == "cosine" else opt
             return build
-        tuned[f"{name}@best"] = (make_rule, LR_FREE_GRID if rule_kwargs.get(name, {}).get("lr_free") else grid)
+        tuned[f"{name}@best"] = (make_rule, rule_grid(rule_kwargs.get(name), grid))
     for name, (make, g) in tuned.items():
         if name not in res:
             res[name] = _run_or_tune(task, make, g, s, spec.seed, None if tuned_lrs is None else tuned_lrs[name])
@@ -223,7 +228,7 @@ def sensitivity(res: dict[str, Any], rules: dict[str, UpdateRule], grid: list[fl
     1e-3), from the grids run on a task's first seed (empty on the other seeds)."""
     out = {}
     kw = rule_kwargs or {}
-    defaults = [(n, f"{n}@best", default_lr(r, kw.get(n)), LR_FREE_GRID if kw.get(n, {}).get("lr_free") else grid)
+    defaults = [(n, f"{n}@best", default_lr(r, kw.get(n)), rule_grid(kw.get(n), grid))
                 for n, r in rules.items()] + [("adam", "adam", ADAM_DEFAULT_LR, grid)]
     for name, key, lr, lrs in defaults:
         g = res[key].get("grid")
@@ -351,16 +356,16 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
             wins = sum(t[g]["final_loss"] < t[m]["final_loss"] for t in both)
             lines += ["", f"{g} reaches a lower final loss than {m} on {wins}/{len(both)} tasks (median over seeds)."]
     for free in [n for n in optimizers if n.endswith("+lrfree")]:  # each lr-free row against its rule at its lr
-        for base in (free.removesuffix("+lrfree"),):
-            both = [t for t in per_task.values() if free in t and base in t]
-            if not both:
-                continue
-            wins = sum(t[free]["final_loss"] < t[base]["final_loss"] for t in both)
-            ratios = [t[free]["final_loss"] / t[base]["final_loss"] for t in both
-                      if 0 < t[base]["final_loss"] < math.inf and t[free]["final_loss"] < math.inf]
-            ratio = f"; median final-loss ratio {float(np.median(ratios)):.3g}" if ratios else ""
-            lines += ["", f"{free} reaches a lower final loss than {base} on {wins}/{len(both)} tasks "
-                          f"(median over seeds{ratio})."]
+        base = free.removesuffix("+lrfree")
+        both = [t for t in per_task.values() if free in t and base in t]
+        if not both:
+            continue
+        wins = sum(t[free]["final_loss"] < t[base]["final_loss"] for t in both)
+        ratios = [t[free]["final_loss"] / t[base]["final_loss"] for t in both
+                  if 0 < t[base]["final_loss"] < math.inf and t[free]["final_loss"] < math.inf]
+        ratio = f"; median final-loss ratio {float(np.median(ratios)):.3g}" if ratios else ""
+        lines += ["", f"{free} reaches a lower final loss than {base} on {wins}/{len(both)} tasks "
+                      f"(median over seeds{ratio})."]
     return "\n".join(lines) + "\n"
 
 

@@ -86,7 +86,8 @@ def inner_step(
                for p, gr, st in zip(ps, gs, sts)]
     due = rule.net is not None and core.refresh_due(members[0][3].step, rule.config.refresh_every)
     if due:
-        feats = [core.rule_features(group.index, gr, p, st, rule, core.rule_lr(rule, st, group.hyper),
+        feats = [core.rule_features(group.index, gr, p, st, rule,
+                                    core.rule_lr(rule, st.distance is not None, group.hyper.lr),
                                     group.hyper.total_steps, (group.hyper.beta1, group.hyper.beta2))
                  for group, p, gr, st in members]
         merged = Features(

@@ -141,3 +141,11 @@ def test_guard_off_and_fixed_lr_unchanged():
     assert opt.state["distance_cap"] == 0 and opt.spike_trips == 0
     fixed = GMNOptimizer(_model(), rule="adam", lr=1e-3, spike_guard=3.0)
     assert not fixed.lr_free and fixed.state["distance_cap"] == 0
+
+
+def test_loading_a_fixed_lr_state_into_lr_free_says_so():
+    model = _model()
+    fixed = GMNOptimizer(model, rule="adam", lr=1e-3)
+    _train(model, fixed, 2)
+    with pytest.raises(ValueError, match="without lr_free=True"):
+        GMNOptimizer(model, rule="adam", lr_free=True).load_state_dict(fixed.state_dict())

@@ -249,10 +249,10 @@ def rule_features(
     )
 
 
-def rule_lr(rule: UpdateRule, state: OptState, h: Hyper) -> float:
-    """The lr a rule's relative-lr input reads: the group's, or lr-free (where the group's lr multiplies
-    the estimate) the rule's own ``default_lr``, the lr it was meta-trained around."""
-    return float(rule.config.default_lr) if state.distance is not None else h.lr
+def rule_lr(rule: UpdateRule, lr_free: bool, lr: float) -> float:
+    """The lr a rule's relative-lr input reads: the group's ``lr``, or lr-free (where the group's lr
+    multiplies the estimate) the rule's own ``default_lr``, the lr it was meta-trained around."""
+    return float(rule.config.default_lr) if lr_free else lr
 
 
 def scale_from_log(log_scale: Tensor) -> tuple[Tensor, int]:
@@ -333,7 +333,8 @@ def step(
     new = advance(state, grad, h, params)
     # The network runs even at alpha = 0 (scale exactly 1), so meta-gradients reach alpha.
     if rule.net is not None and refresh_due(new.step, rule.config.refresh_every):
-        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params, rule_lr(rule, new, h),
+        new.lr_scale, _ = refresh_lr_scale(rule, graph, index, grad, params, new, rule_params,
+                                           rule_lr(rule, new.distance is not None, h.lr),
                                            h.total_steps, (h.beta1, h.beta2))
         if new.distance is not None:
             new.lr_scale = normalise_scale(new.lr_scale)

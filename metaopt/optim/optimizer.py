@@ -12,8 +12,8 @@ Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -261,11 +261,10 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     def _allocate(self, device: torch.device) -> None:
         """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
-        init = OptState.zeros(self._num_edges, device)
+        # lr_free: x_0 is the parameters before the first step (load_state_dict overwrites it)
+        start = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.lr_free else None
+        init = OptState.zeros(self._num_edges, device, start=start)
         self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
-        if self.lr_free:  # x_0: the parameters before the first step (load_state_dict overwrites both)
-            self._buffers["start"] = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device)
-            self._buffers["grad_sum"] = torch.zeros(self._num_edges, device=device)
         self._attach_views()
 
     def _attach_views(self) -> None:
@@ -472,8 +471,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         # Parameters without a gradient this step take no part (their x_0 - x and s stay as they are).
         new, _ = core.estimate_distance(
             [p.float() for _, p, _ in entries], [g.float() for g in grads],
-            [self._views["start"][i].view(p.shape) for i, p, _ in entries],
-            [self._views["grad_sum"][i].view(p.shape) for i, p, _ in entries], est, entries[0][2],
+            [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
+            [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
             int(self.state[STEPS_TAKEN]), inplace=True)
         cap = float(self.state[DISTANCE_CAP])
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
@@ -540,11 +539,10 @@ class GMNOptimizer(torch.optim.Optimizer):
             parts[i] = p.grad.reshape(-1)
         grad = torch.cat([t if t is not None else torch.zeros(n, device=device) for t, n in zip(parts, self._numels)]).float()
         param = torch.cat([p.detach().reshape(-1) for p in self._params_all]).float()
-        state = OptState(buf["exp_avg"], buf["exp_avg_sq"], buf["lr_scale"], int(self.state[STEPS_TAKEN]),
-                         distance=core.DistanceEstimate(float(self.state[DISTANCE])) if self.lr_free else None)
+        state = OptState(buf["exp_avg"], buf["exp_avg_sq"], buf["lr_scale"], int(self.state[STEPS_TAKEN]))
         lr = None
         if self.rule.features.relative_lr and self.lr_free:  # group lrs are multipliers: the rule reads its own lr
-            lr = core.rule_lr(self.rule, state, Hyper(0.0))
+            lr = core.rule_lr(self.rule, True, 0.0)
         elif self.rule.features.relative_lr:  # each tensor's group lr (as it is now: schedulers change it)
             group_lr = {id(p): float(g["lr"]) for g in self.param_groups for p in g["params"]}
             lr = torch.tensor([group_lr.get(id(p), self.defaults["lr"]) for p in self._params_all], device=device)
@@ -582,6 +580,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         for p, st in loaded.items():
             i = self._index[id(p)]
             missing = [key for key in ("step", *self._state_keys) if key not in st]
+            if missing and set(missing) <= set(self.DISTANCE_KEYS):
+                raise ValueError(
+                    f"GMNOptimizer.load_state_dict: the state of parameter {i} lacks {missing}: it was saved by an "
+                    "optimizer without lr_free=True; load it into GMNOptimizer(..., lr_free=False)."
+                )
             if missing:
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} (shape {tuple(p.shape)}) lacks "
