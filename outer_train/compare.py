@@ -19,13 +19,24 @@ batch orders (seeds 7, 8, ...; a task's term is the mean of its seeds' clipped l
 between two outcomes (SIREN fitting stalling at 1e-5 or going on to 1e-14) cannot move the score alone.
 ``rule_lr="tuned"`` runs the rule, like tuned Adam, over the grid around each task's reference lr and
 keeps its best curve: the held-out evaluation's ``<rule>@best`` protocol.
+
+Adam's curves depend only on the tasks, the horizon and the grid, and against tuned Adam they are
+the largest part of a comparison (7 runs per task and seed: ten CPU-minutes for 6 meta-validation
+tasks x 3 seeds). With ``cache_dir`` they are written there once, under a key of those inputs and the
+torch version, and read back by every later comparison of the same setting: a resumed run, another
+run of the same suite (meta-training passes its runs directory's ``.compare_cache``).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,7 +74,8 @@ class Comparison:
     """``n_tasks`` fixed meta-validation tasks, ``steps`` inner steps each, at each task's reference lr."""
 
     def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
-                 against: str = "adam", seeds: int = 1, aggregate: str = "mean", rule_lr: str = "reference") -> None:
+                 against: str = "adam", seeds: int = 1, aggregate: str = "mean", rule_lr: str = "reference",
+                 cache_dir: str | Path | None = None) -> None:
         if against not in COMPARE_AGAINST:
             raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
         if aggregate not in COMPARE_AGGREGATES:
@@ -93,6 +105,36 @@ class Comparison:
         self.tasks = [build_task(spec) for spec in self.specs]
         self.steps = steps
         self._adam: list[list[float]] | None = None
+        self.cache_path = Path(cache_dir) / f"adam_{self._cache_key()}.json" if cache_dir is not None else None
+
+    def _cache_key(self) -> str:
+        """A digest of everything Adam's curves depend on: the tasks, the horizon, the grid, torch."""
+        what = {"specs": [s.to_dict() for s in self.specs], "steps": self.steps, "against": self.against,
+                "grid": TUNED_ADAM_GRID if self.against == "tuned_adam" else (1.0,), "torch": torch.__version__}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _read_cache(self) -> list[list[float]] | None:
+        """The cached curves, or None (no file; or one that does not hold them: recomputed, with a warning)."""
+        if self.cache_path is None or not self.cache_path.exists():
+            return None
+        try:
+            curves = json.loads(self.cache_path.read_text())["curves"]
+            if len(curves) == len(self.specs) and all(len(c) == self.steps for c in curves):
+                return [[float(v) for v in c] for c in curves]
+            problem = "it holds curves of another shape"
+        except (ValueError, KeyError, TypeError) as err:
+            problem = f"it does not read ({err})"
+        warnings.warn(f"Comparison: ignoring the cached Adam curves {self.cache_path}: {problem}; recomputing them.",
+                      stacklevel=3)
+        return None
+
+    def _write_cache(self, curves: list[list[float]]) -> None:
+        assert self.cache_path is not None
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.cache_path.with_suffix(f".{os.getpid()}.tmp")  # then renamed: no reader sees half a file
+        partial.write_text(json.dumps({"tasks": [s.name or s.family for s in self.specs], "steps": self.steps,
+                                       "against": self.against, "curves": curves}) + "\n")
+        os.replace(partial, self.cache_path)
 
     def _train(self, spec, task, make_opt) -> list[float]:
         return train_task(task, make_opt, self.steps, spec.seed, spec.seed).losses
@@ -108,7 +150,11 @@ class Comparison:
     @property
     def adam_curves(self) -> list[list[float]]:
         if self._adam is None:
+            self._adam = self._read_cache()
+        if self._adam is None:
             self._adam = [self._adam_curve(s, t) for s, t in zip(self.specs, self.tasks)]
+            if self.cache_path is not None:
+                self._write_cache(self._adam)
         return self._adam
 
     def run(self, rule: UpdateRule, lr: float | None = None) -> ComparisonResult:
@@ -171,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     meta-validation suite (or on meta-training tasks of a config's seed), the score keep_best selects on;
     prints a table and writes ``--out`` JSON. For checking a selection against the held-out evaluation."""
     import argparse
-    import json
-    from pathlib import Path
 
     from .config import resolve
 
@@ -189,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", default=None, help="where Adam's curves are cached (default: the runs "
+                   "directory's .compare_cache, which meta-training shares; '' for none)")
     p.add_argument("--out", default=None, help="JSON file for the scores")
     p.add_argument("--tune-lr", action="store_true", help="score each rule at every lr of a log grid (the same lr on "
                    "every task, as GMNOptimizer(model) uses one) and report its best: the rule's default_lr")
@@ -200,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--set-default-lr needs --tune-lr")
     torch.set_num_threads(a.threads)
     cfg = resolve(None, a.config, [])
-    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr)
+    cache_dir = Path(cfg.out_dir) / ".compare_cache" if a.cache_dir is None else (a.cache_dir or None)
+    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
+                            cache_dir=cache_dir)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:

@@ -258,7 +258,8 @@ class MetaTrainer:
             self.comparison = Comparison(self.cfg, self.cfg.log.compare_steps, self.cfg.log.compare_tasks,
                                          self.cfg.log.compare_collection, self.cfg.log.compare_against,
                                          self.cfg.log.compare_seeds, self.cfg.log.compare_aggregate,
-                                         self.cfg.log.compare_rule_lr)
+                                         self.cfg.log.compare_rule_lr,
+                                         cache_dir=self.run_dir.parent / ".compare_cache")
         result = self.comparison.run(self.candidate)
         if self.cfg.meta.keep_best and (self.best is None or result.score < self.best["score"]):
             self.best = {"step": self.step, "score": result.score, "log_ratios": result.log_ratios,

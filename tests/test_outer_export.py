@@ -193,12 +193,14 @@ def test_compare_cli_scores_saved_rules_on_the_meta_validation_suite(tmp_path: P
     from metaopt.optim.rules import ADAM_RULE_DIR
 
     out = tmp_path / "scores.json"
-    assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "10", "--tasks", "1", "--out", str(out)]) == 0
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "10", "--tasks", "1", "--out", str(out), *cache]) == 0
     data = json.loads(out.read_text())
     assert data["collection"] == "meta_val" and data["tasks"] == ["mlp_digits_w128/s7"]
     assert data["rules"][str(ADAM_RULE_DIR)]["score"] == 0.0
     assert "| score |" in capsys.readouterr().out
-    assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "10", "--tasks", "2", "--seeds", "2", "--out", str(out)]) == 0
+    assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "10", "--tasks", "2", "--seeds", "2", "--out", str(out),
+                 *cache]) == 0
     data = json.loads(out.read_text())
     assert data["seeds"] == 2 and data["tasks"] == ["mlp_digits_w128/s7", "mlp_digits_w128/s8", "mlp_digits_d3/s7",
                                                     "mlp_digits_d3/s8"]
@@ -228,6 +230,36 @@ def test_comparison_against_tuned_adam_takes_adams_best_lr(tmp_path: Path) -> No
         Comparison(cfg, steps=30, n_tasks=1, against="sgd")
 
 
+def test_comparison_caches_adams_curves_by_setting(tmp_path: Path) -> None:
+    """cache_dir: Adam's curves are computed once per setting (tasks, horizon, grid) and read back by
+    a later comparison of the same setting without training Adam; another horizon is another entry;
+    a cache file that does not hold the curves is recomputed with a warning, not trusted."""
+    from outer_train.compare import Comparison
+
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"'])
+    cache = tmp_path / "cache"
+    first = Comparison(cfg, steps=20, n_tasks=2, collection="meta_val", against="tuned_adam", cache_dir=cache)
+    curves = first.adam_curves
+    assert [p.name for p in cache.iterdir()] == [first.cache_path.name]
+
+    again = Comparison(cfg, steps=20, n_tasks=2, collection="meta_val", against="tuned_adam", cache_dir=cache)
+    again._adam_curve = lambda spec, task: pytest.fail("Adam retrained despite the cache")
+    assert again.adam_curves == curves
+    other = Comparison(cfg, steps=25, n_tasks=2, collection="meta_val", against="tuned_adam", cache_dir=cache)
+    assert other.cache_path != first.cache_path
+    assert Comparison(cfg, steps=20, n_tasks=2, collection="meta_val", cache_dir=cache).cache_path != first.cache_path
+
+    first.cache_path.write_text('{"curves": [[1.0]]}')
+    broken = Comparison(cfg, steps=20, n_tasks=2, collection="meta_val", against="tuned_adam", cache_dir=cache)
+    with pytest.warns(UserWarning, match="another shape"):
+        assert broken.adam_curves == curves
+    first.cache_path.write_text("not json")
+    with pytest.warns(UserWarning, match="does not read"):
+        fresh = Comparison(cfg, steps=20, n_tasks=2, collection="meta_val", against="tuned_adam", cache_dir=cache)
+        assert fresh.adam_curves == curves
+    assert json.loads(first.cache_path.read_text())["curves"] == curves
+
+
 def test_compare_cli_tunes_a_rules_default_lr_on_the_meta_validation_suite(tmp_path: Path) -> None:
     """`--tune-lr --set-default-lr`: the rule is scored at every lr of the grid (one lr for every task,
     as GMNOptimizer(model) uses it), the best-scoring lr is reported and written into the rule's
@@ -243,7 +275,7 @@ def test_compare_cli_tunes_a_rules_default_lr_on_the_meta_validation_suite(tmp_p
     before = UpdateRule.from_pretrained(rule_dir).state_dict()
     out = tmp_path / "scores.json"
     assert main(["--rule", str(rule_dir), "--steps", "10", "--tasks", "1", "--against", "tuned_adam", "--tune-lr",
-                 "--lr-grid", "1e-4,1e-2,3", "--set-default-lr", "--out", str(out)]) == 0
+                 "--lr-grid", "1e-4,1e-2,3", "--set-default-lr", "--out", str(out), "--cache-dir", ""]) == 0
     rows = json.loads(out.read_text())["rules"]
     grid = {lr: rows[f"{rule_dir}@{lr:g}"]["score"] for lr in (1e-4, 1e-3, 1e-2)}
     best = rows[str(rule_dir)]["best_lr"]
