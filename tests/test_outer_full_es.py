@@ -16,7 +16,7 @@ def test_full_es_trains_only_the_added_columns_keeps_the_best_and_resumes(tmp_pa
     base = UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.3, refresh_every=10, default_lr=0.03))
     base.save_pretrained(tmp_path / "base")
     args = ["--rule", str(tmp_path / "base"), "--tasks", "1", "--steps", "20", "--val-every", "1", "--sigma", "0.5",
-            "--lr", "0.5", "--out", str(tmp_path / "es")]
+            "--lr", "0.5", "--out", str(tmp_path / "es"), "--cache-dir", str(tmp_path / "cache")]
     assert main(args + ["--iters", "2"]) == 0
     log = json.loads((tmp_path / "es" / "log.json").read_text())
     assert [r["iter"] for r in log["log"]] == [1, 2] and "start_val_score" in log["best"]
