@@ -19,6 +19,12 @@ batch orders (seeds 7, 8, ...; a task's term is the mean of its seeds' clipped l
 between two outcomes (SIREN fitting stalling at 1e-5 or going on to 1e-14) cannot move the score alone.
 ``rule_lr="tuned"`` runs the rule, like tuned Adam, over the grid around each task's reference lr and
 keeps its best curve: the held-out evaluation's ``<rule>@best`` protocol.
+``metric="speedup"`` scores with the held-out suite's own statistic instead of the loss ratio: per
+curve Adam's steps to its final loss over the rule's (0 where the rule never gets there), the median
+over a task's seeds, then the median (or mean) over tasks, negated so that lower is better. A rule
+whose loss ends lower on average can still miss tuned Adam's loss on more tasks, and the held-out
+suite counts the misses; checkpoints kept on the loss ratio were twice ranked against their held-out
+order (docs/optim.md).
 
 Adam's curves depend only on the tasks, the horizon and the grid, and against tuned Adam they are
 the largest part of a comparison (7 runs per task and seed: ten CPU-minutes for 6 meta-validation
@@ -46,7 +52,9 @@ from inner_tasks.tasks import meta_validation_suite, train_task
 from inner_tasks.tasks.collections import META_VALIDATION_SEED
 from metaopt.optim import GMNOptimizer, UpdateRule
 
-from .config import COMPARE_AGAINST, COMPARE_AGGREGATES, COMPARE_COLLECTIONS, COMPARE_RULE_LRS, TrainConfig
+from .config import (COMPARE_AGAINST, COMPARE_AGGREGATES, COMPARE_COLLECTIONS, COMPARE_METRICS, COMPARE_RULE_LRS,
+                     TrainConfig)
+from .evaluate import final_loss, steps_to
 from .tasks import TaskSampler
 
 VALIDATION_SEED_OFFSET = 1_000_003  # the validation tasks' sampler seed = run seed + this
@@ -64,8 +72,9 @@ def tail_loss(losses: list[float]) -> float:
 
 @dataclass
 class ComparisonResult:
-    score: float  # mean (or median) over tasks of clip(log10(rule tail loss / Adam tail loss), +-1): lower is better, < 0 beats Adam
-    log_ratios: list[float]  # per task and seed (task-major), unclipped
+    score: float  # by the comparison's metric, lower is better; loss_ratio: < 0 beats Adam, speedup: -median speedup
+    log_ratios: list[float]  # log10(rule tail loss / Adam tail loss) per task and seed (task-major), unclipped
+    speedups: list[float]  # Adam's steps to its final loss / the rule's, per task and seed (0: never reached)
     curves: dict[str, list[float]]  # the first task's curves ("learned", "adam"), for the figure
     final_losses: dict[str, float]  # the first task's last losses (the metric kept from metaopt 0.3)
 
@@ -75,7 +84,7 @@ class Comparison:
 
     def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
                  against: str = "adam", seeds: int = 1, aggregate: str = "mean", rule_lr: str = "reference",
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, metric: str = "loss_ratio") -> None:
         if against not in COMPARE_AGAINST:
             raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
         if aggregate not in COMPARE_AGGREGATES:
@@ -85,7 +94,9 @@ class Comparison:
                              f"with {collection!r}.")
         if rule_lr not in COMPARE_RULE_LRS:
             raise ValueError(f"log.compare_rule_lr must be one of {COMPARE_RULE_LRS}, got {rule_lr!r}.")
-        self.against, self.aggregate, self.seeds, self.rule_lr = against, aggregate, seeds, rule_lr
+        if metric not in COMPARE_METRICS:
+            raise ValueError(f"log.compare_metric must be one of {COMPARE_METRICS}, got {metric!r}.")
+        self.against, self.aggregate, self.seeds, self.rule_lr, self.metric = against, aggregate, seeds, rule_lr, metric
         self.lr_free = cfg.tasks.lr_free  # the rule runs as meta-trained: lr-free at the multiplier 1
         if self.lr_free and rule_lr == "tuned":
             raise ValueError("log.compare_rule_lr = 'tuned' has no lr to tune with tasks.lr_free; use 'reference'.")
@@ -172,15 +183,19 @@ class Comparison:
                        for s, t in zip(self.specs, self.tasks)]
         else:
             learned = [curve(s, t, lr or (1.0 if self.lr_free else s.reference_lr)) for s, t in zip(self.specs, self.tasks)]
-        ratios = []
+        ratios, speedups = [], []
         for mine, adam in zip(learned, self.adam_curves):
             a, b = tail_loss(mine), tail_loss(adam)
             if not math.isfinite(a):
                 ratios.append(math.inf)
             else:  # (Adam diverging at a task's reference lr would make any finite loss a tie)
                 ratios.append(math.log10(max(a, 1e-30) / max(b, 1e-30)) if math.isfinite(b) else 0.0)
+            target = final_loss(adam)
+            adam_steps, my_steps = steps_to(adam, target), steps_to(mine, target)
+            speedups.append(adam_steps / my_steps if adam_steps and my_steps else 0.0)
         curves = {"learned": learned[0], "adam": self.adam_curves[0]}
-        return ComparisonResult(score=self.score(ratios), log_ratios=ratios, curves=curves,
+        score = self.speedup_score(speedups) if self.metric == "speedup" else self.score(ratios)
+        return ComparisonResult(score=score, log_ratios=ratios, speedups=speedups, curves=curves,
                                 final_losses={k: v[-1] for k, v in curves.items()})
 
     def score(self, ratios: list[float], aggregate: str | None = None) -> float:
@@ -190,6 +205,13 @@ class Comparison:
         clipped = [min(max(r, -MAX_LOG_RATIO), MAX_LOG_RATIO) for r in ratios]
         per_task = [sum(clipped[i : i + self.seeds]) / self.seeds for i in range(0, len(clipped), self.seeds)]
         return float(np.median(per_task)) if aggregate == "median" else sum(per_task) / len(per_task)
+
+    def speedup_score(self, speedups: list[float], aggregate: str | None = None) -> float:
+        """Minus the median (or mean) over tasks of each task's median speedup over its seeds: the
+        held-out suite's statistic, negated so that lower is better as with the loss ratio."""
+        aggregate = aggregate or self.aggregate
+        per_task = [float(np.median(speedups[i : i + self.seeds])) for i in range(0, len(speedups), self.seeds)]
+        return -(float(np.median(per_task)) if aggregate == "median" else sum(per_task) / len(per_task))
 
 
 def tune_default_lr(comparison: Comparison, rule: UpdateRule, grid: list[float],
@@ -230,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks: mean or median")
     p.add_argument("--rule-lr", choices=COMPARE_RULE_LRS, default="reference",
                    help="the rule at each task's reference lr, or at its best lr of the tuned-Adam grid (held-out @best)")
+    p.add_argument("--metric", choices=COMPARE_METRICS, default="loss_ratio",
+                   help="the score: log10 tail-loss ratio, or the held-out statistic (median steps speedup; both are written)")
+    p.add_argument("--lr-free", action="store_true", help="run the rules lr-free (GMNOptimizer(lr_free=True)) at the multiplier 1")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -245,10 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.set_default_lr and not a.tune_lr:
         p.error("--set-default-lr needs --tune-lr")
     torch.set_num_threads(a.threads)
-    cfg = resolve(None, a.config, [])
+    cfg = resolve(None, a.config, ["tasks.lr_free=true"] if a.lr_free else [])
     cache_dir = Path(cfg.out_dir) / ".compare_cache" if a.cache_dir is None else (a.cache_dir or None)
     comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
-                            cache_dir=cache_dir)
+                            cache_dir=cache_dir, metric=a.metric)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:
@@ -256,24 +281,30 @@ def main(argv: list[str] | None = None) -> int:
         if not a.tune_lr:
             result = comparison.run(rule)
             rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios)),
-                          **{f"score_{agg}": comparison.score(result.log_ratios, agg) for agg in COMPARE_AGGREGATES}}
+                          "speedups": dict(zip(names, result.speedups)),
+                          **{f"score_{agg}": comparison.score(result.log_ratios, agg) for agg in COMPARE_AGGREGATES},
+                          **{f"speedup_score_{agg}": comparison.speedup_score(result.speedups, agg)
+                             for agg in COMPARE_AGGREGATES}}
             continue
         lo, hi, n = (float(x) for x in a.lr_grid.split(","))
         grid = [float(f"{v:.3g}") for v in np.geomspace(lo, hi, int(n))]  # 3 digits: evaluate's grid keys
         best, results = tune_default_lr(comparison, rule, grid)
         for lr, result in results.items():
-            rows[f"{path}@{lr:g}"] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios))}
+            rows[f"{path}@{lr:g}"] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios)),
+                                      "speedups": dict(zip(names, result.speedups))}
         rows[path] = {**rows[f"{path}@{best:g}"], "best_lr": best}
         if a.set_default_lr:
             set_default_lr(path, best)
             print(f"{path}: default_lr = {best:g} (was {rule.config.default_lr:g})")
-    print(f"| rule | score | {' | '.join(names)} |\n|---|---:|{'---:|' * len(names)}")
+    column, fmt = ("speedups", "{:.2f}x") if a.metric == "speedup" else ("log_ratios", "{:+.2f}")
+    print(f"| rule | score ({a.metric}) | {' | '.join(names)} |\n|---|---:|{'---:|' * len(names)}")
     for path, r in rows.items():
-        print(f"| {path} | {r['score']:+.3f} | " + " | ".join(f"{v:+.2f}" for v in r["log_ratios"].values()) + " |")
+        print(f"| {path} | {r['score']:+.3f} | " + " | ".join(fmt.format(v) for v in r[column].values()) + " |")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
-                                           "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "tasks": names, "rules": rows}, indent=1) + "\n")
+                                           "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "metric": a.metric,
+                                           "lr_free": a.lr_free, "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 
 

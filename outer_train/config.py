@@ -23,6 +23,7 @@ COMPARE_COLLECTIONS = ("meta_train", "meta_val")
 COMPARE_AGAINST = ("adam", "tuned_adam")
 COMPARE_AGGREGATES = ("mean", "median")
 COMPARE_RULE_LRS = ("reference", "tuned")
+COMPARE_METRICS = ("loss_ratio", "speedup")
 TRAIN_PARAMETERS = ("all", "new_inputs")  # meta.train
 
 
@@ -119,6 +120,7 @@ class LogSection:
     compare_seeds: int = 1  # meta_val: every task from this many seeds (less noise for keep_best; costs that many x)
     compare_aggregate: str = "mean"  # over tasks: mean | median (one flipping task cannot move a median alone)
     compare_rule_lr: str = "reference"  # the rule at each task's reference lr | "tuned": its best on Adam's grid (7x the cost)
+    compare_metric: str = "loss_ratio"  # log10 tail-loss ratio | "speedup": steps to Adam's final loss, the held-out statistic
     hist_every: int = 25  # update/param ratio histograms (0 = off)
     progress: bool = True
 
@@ -181,6 +183,7 @@ class TrainConfig:
             (self.log.compare_against in COMPARE_AGAINST, f"log.compare_against must be one of {COMPARE_AGAINST}"),
             (self.log.compare_aggregate in COMPARE_AGGREGATES, f"log.compare_aggregate must be one of {COMPARE_AGGREGATES}"),
             (self.log.compare_rule_lr in COMPARE_RULE_LRS, f"log.compare_rule_lr must be one of {COMPARE_RULE_LRS}"),
+            (self.log.compare_metric in COMPARE_METRICS, f"log.compare_metric must be one of {COMPARE_METRICS}"),
             (self.log.compare_seeds >= 1 and (self.log.compare_seeds == 1 or self.log.compare_collection == "meta_val"),
              "log.compare_seeds must be >= 1, and > 1 only with log.compare_collection = 'meta_val'"),
             (not self.meta.keep_best or self.log.compare_every > 0,

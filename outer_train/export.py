@@ -55,7 +55,7 @@ def export_rule(run_dir: Path, out: Path, weights: str = "auto") -> Path:
             shutil.copy(run_dir / name, out / ("train_" + name))
     record = {"checkpoint": d.name, "outer_step": int(main["step"]), "weights": weights}
     if weights == "best":
-        record.update(best_step=best["step"], best_log10_loss_ratio=best["score"])
+        record.update(best_step=best["step"], best_score=best["score"])
     (out / "train_step.json").write_text(json.dumps(record) + "\n")
     return out
 

@@ -259,7 +259,8 @@ class MetaTrainer:
                                          self.cfg.log.compare_collection, self.cfg.log.compare_against,
                                          self.cfg.log.compare_seeds, self.cfg.log.compare_aggregate,
                                          self.cfg.log.compare_rule_lr,
-                                         cache_dir=self.run_dir.parent / ".compare_cache")
+                                         cache_dir=self.run_dir.parent / ".compare_cache",
+                                         metric=self.cfg.log.compare_metric)
         result = self.comparison.run(self.candidate)
         if self.cfg.meta.keep_best and (self.best is None or result.score < self.best["score"]):
             self.best = {"step": self.step, "score": result.score, "log_ratios": result.log_ratios,
@@ -306,9 +307,12 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
                 cmp = trainer.compare()
                 log.curves(step, "compare/loss_curves", cmp.curves, f"meta step {step}: learned rule vs Adam")
                 metrics.update({f"compare/{k}_final_loss": v for k, v in cmp.final_losses.items()})
-                metrics["compare/log10_loss_ratio"] = cmp.score
+                cmp_ = trainer.comparison
+                metrics["compare/log10_loss_ratio"] = cmp_.score(cmp.log_ratios)
+                metrics["compare/median_speedup"] = -cmp_.speedup_score(cmp.speedups, "median")
+                metrics["compare/score"] = cmp.score  # what meta.keep_best selects on (log.compare_metric)
                 if trainer.best is not None:
-                    metrics["compare/best_log10_loss_ratio"] = trainer.best["score"]
+                    metrics["compare/best_score"] = trainer.best["score"]
             if step % cfg.log.every == 0 or step == cfg.meta.steps:
                 log.scalars(step, metrics)
             if trainer.update_ratio is not None:
@@ -332,7 +336,8 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
               "tasks_sampled_rank0": trainer.counters["tasks"], "world_size": trainer.world,
               "rule_identical_across_ranks": identical, "run_dir": str(run_dir)}
     if trainer.best is not None:
-        result.update(best_step=trainer.best["step"], best_log10_loss_ratio=trainer.best["score"])
+        result.update(best_step=trainer.best["step"], best_score=trainer.best["score"],
+                      best_metric=cfg.log.compare_metric)
     if trainer.main:
         trainer.rule.save_pretrained(run_dir / "rule")
         if trainer.ema is not None:

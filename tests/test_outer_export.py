@@ -126,7 +126,7 @@ def test_keep_best_keeps_the_best_scored_rule_across_checkpoints_and_exports_it(
 
     scores = iter([0.0, -0.2, 0.3])
     monkeypatch.setattr(compare.Comparison, "run", lambda self, rule: compare.ComparisonResult(
-        next(scores), [0.0], {"learned": [1.0], "adam": [1.0]}, {"learned": 1.0, "adam": 1.0}))
+        next(scores), [0.0], [1.0], {"learned": [1.0], "adam": [1.0]}, {"learned": 1.0, "adam": 1.0}))
     sets = SETS + [f'out_dir="{tmp_path}"', 'name="run"', "meta.keep_best=true", "log.compare_every=1",
                    "log.compare_steps=5"]
     trainer = MetaTrainer(resolve("quick", None, sets))
@@ -198,7 +198,7 @@ def test_compare_cli_scores_saved_rules_on_the_meta_validation_suite(tmp_path: P
     data = json.loads(out.read_text())
     assert data["collection"] == "meta_val" and data["tasks"] == ["mlp_digits_w128/s7"]
     assert data["rules"][str(ADAM_RULE_DIR)]["score"] == 0.0
-    assert "| score |" in capsys.readouterr().out
+    assert "| score (loss_ratio) |" in capsys.readouterr().out
     assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "10", "--tasks", "2", "--seeds", "2", "--out", str(out),
                  *cache]) == 0
     data = json.loads(out.read_text())
@@ -258,6 +258,38 @@ def test_comparison_caches_adams_curves_by_setting(tmp_path: Path) -> None:
         fresh = Comparison(cfg, steps=20, n_tasks=2, collection="meta_val", against="tuned_adam", cache_dir=cache)
         assert fresh.adam_curves == curves
     assert json.loads(first.cache_path.read_text())["curves"] == curves
+
+
+def test_speedup_metric_scores_with_the_held_out_statistic(tmp_path: Path, capsys) -> None:
+    """compare_metric = "speedup": per curve tuned Adam's steps to its final loss over the rule's (0 if
+    never), the median over a task's seeds and over tasks, negated; the CLI writes both scores and
+    runs lr-free."""
+    from outer_train.compare import Comparison, main
+    from outer_train.evaluate import final_loss, steps_to
+    from metaopt.optim.rules import ADAM_RULE_DIR
+
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"'])
+    comparison = Comparison(cfg, steps=30, n_tasks=3, collection="meta_val", seeds=2, aggregate="median",
+                            metric="speedup", cache_dir=tmp_path / "cache")
+    assert comparison.speedup_score([1.0, 3.0, 0.0, 0.0, 2.0, 2.0]) == -2.0  # task medians 2, 0, 2
+    assert comparison.speedup_score([1.0, 3.0, 0.0, 0.0, 2.0, 2.0], "mean") == pytest.approx(-4 / 3)
+    result = comparison.run(UpdateRule.from_pretrained(ADAM_RULE_DIR))  # exact Adam against Adam at its lr
+    assert result.speedups == [1.0] * 6 and result.score == -1.0
+    tuned = Comparison(cfg, steps=30, n_tasks=1, collection="meta_val", against="tuned_adam", metric="speedup")
+    result = tuned.run(UpdateRule.from_pretrained(ADAM_RULE_DIR))
+    adam, mine = result.curves["adam"], result.curves["learned"]
+    reached = steps_to(mine, final_loss(adam))
+    assert result.speedups == [steps_to(adam, final_loss(adam)) / reached if reached else 0.0]
+    with pytest.raises(ValueError, match="compare_metric"):
+        Comparison(cfg, steps=30, n_tasks=1, metric="accuracy")
+
+    out = tmp_path / "scores.json"
+    assert main(["--rule", str(ADAM_RULE_DIR), "--steps", "20", "--tasks", "1", "--against", "tuned_adam", "--metric", "speedup",
+                 "--lr-free", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    data = json.loads(out.read_text())
+    row = data["rules"][str(ADAM_RULE_DIR)]
+    assert data["metric"] == "speedup" and data["lr_free"] and row["score"] == row["speedup_score_mean"]
+    assert "x |" in capsys.readouterr().out
 
 
 def test_compare_cli_tunes_a_rules_default_lr_on_the_meta_validation_suite(tmp_path: Path) -> None:
