@@ -304,13 +304,12 @@ def train(cfg: TrainConfig, resume: bool = True, accelerator: Any = None) -> dic
             metrics = trainer.meta_step()
             step = trainer.step
             if trainer.main and cfg.log.compare_every > 0 and step % cfg.log.compare_every == 0:
-                cmp = trainer.compare()
-                log.curves(step, "compare/loss_curves", cmp.curves, f"meta step {step}: learned rule vs Adam")
-                metrics.update({f"compare/{k}_final_loss": v for k, v in cmp.final_losses.items()})
-                cmp_ = trainer.comparison
-                metrics["compare/log10_loss_ratio"] = cmp_.score(cmp.log_ratios)
-                metrics["compare/median_speedup"] = -cmp_.speedup_score(cmp.speedups, "median")
-                metrics["compare/score"] = cmp.score  # what meta.keep_best selects on (log.compare_metric)
+                scored = trainer.compare()
+                log.curves(step, "compare/loss_curves", scored.curves, f"meta step {step}: learned rule vs Adam")
+                metrics.update({f"compare/{k}_final_loss": v for k, v in scored.final_losses.items()})
+                metrics["compare/log10_loss_ratio"] = trainer.comparison.score(scored.log_ratios)
+                metrics["compare/median_speedup"] = -trainer.comparison.speedup_score(scored.speedups, "median")
+                metrics["compare/score"] = scored.score  # what meta.keep_best selects on (log.compare_metric)
                 if trainer.best is not None:
                     metrics["compare/best_score"] = trainer.best["score"]
             if step % cfg.log.every == 0 or step == cfg.meta.steps:
