@@ -265,7 +265,7 @@ def test_residual_base_starts_at_the_least_squares_line_and_learns_a_correction(
     y = 0.7 * feats[:, 0] - 0.2 * feats[:, 1] + 0.5
     model = ResidualOnBase.fit(net, feats, y)
     torch.testing.assert_close(model.coef, torch.tensor([0.7, -0.2]), rtol=0, atol=1e-6)
-    assert float(model.intercept) == pytest.approx(0.5, abs=1e-6) and float(model.gate) == 0.0
+    assert float(model.intercept.detach()) == pytest.approx(0.5, abs=1e-6) and float(model.gate.detach()) == 0.0
     graphs = [zoo.graph_of(i) for i in range(3)]
     batch = Batch.from_data_list(graphs)
     values = torch.randn(batch.edge_index.shape[1], 1)
