@@ -43,6 +43,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,20 @@ VALIDATION_SEED_OFFSET = 1_000_003  # the validation tasks' sampler seed = run s
 MAX_LOG_RATIO = 1.0  # a task's term in the score is clipped to +-this (decades)
 # lr multipliers of the reference lr Adam is tuned over with against="tuned_adam" (1e-4..1e-1 at 1e-3)
 TUNED_ADAM_GRID = (0.1, 0.316, 1.0, 3.16, 10.0, 31.6, 100.0)
+
+
+CACHE_DIRNAME = ".compare_cache"  # Adam's curves, under the runs directory (cfg.out_dir): shared by every run there
+
+
+def shared_cache_dir(cfg: TrainConfig, given: str | None = None) -> Path | None:
+    """Where Adam's curves are cached: ``given`` ('' for no cache), else the runs directory's cache."""
+    return Path(cfg.out_dir) / CACHE_DIRNAME if given is None else (Path(given) if given else None)
+
+
+def add_cache_dir_option(parser: Any) -> None:
+    """The ``--cache-dir`` option of the command lines that build a `Comparison`."""
+    parser.add_argument("--cache-dir", default=None, help=f"where Adam's curves are cached (default: the runs "
+                        f"directory's {CACHE_DIRNAME}, which meta-training shares; '' for none)")
 
 
 def tail_loss(losses: list[float]) -> float:
@@ -201,17 +216,18 @@ class Comparison:
     def score(self, ratios: list[float], aggregate: str | None = None) -> float:
         """Per task the mean of its seeds' clipped log ratios, then the mean (or median) over tasks
         (``aggregate``: another aggregate than the comparison's, for the same runs)."""
-        aggregate = aggregate or self.aggregate
         clipped = [min(max(r, -MAX_LOG_RATIO), MAX_LOG_RATIO) for r in ratios]
-        per_task = [sum(clipped[i : i + self.seeds]) / self.seeds for i in range(0, len(clipped), self.seeds)]
-        return float(np.median(per_task)) if aggregate == "median" else sum(per_task) / len(per_task)
+        return self._over_tasks(clipped, np.mean, aggregate)
 
     def speedup_score(self, speedups: list[float], aggregate: str | None = None) -> float:
         """Minus the median (or mean) over tasks of each task's median speedup over its seeds: the
         held-out suite's statistic, negated so that lower is better as with the loss ratio."""
-        aggregate = aggregate or self.aggregate
-        per_task = [float(np.median(speedups[i : i + self.seeds])) for i in range(0, len(speedups), self.seeds)]
-        return -(float(np.median(per_task)) if aggregate == "median" else sum(per_task) / len(per_task))
+        return -self._over_tasks(speedups, np.median, aggregate)
+
+    def _over_tasks(self, values: list[float], over_seeds: Any, aggregate: str | None) -> float:
+        """``over_seeds`` of each task's values (task-major), then the mean or median over tasks."""
+        per_task = [float(over_seeds(values[i : i + self.seeds])) for i in range(0, len(values), self.seeds)]
+        return float(np.median(per_task) if (aggregate or self.aggregate) == "median" else np.mean(per_task))
 
 
 def tune_default_lr(comparison: Comparison, rule: UpdateRule, grid: list[float],
@@ -258,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache-dir", default=None, help="where Adam's curves are cached (default: the runs "
-                   "directory's .compare_cache, which meta-training shares; '' for none)")
+    add_cache_dir_option(p)
     p.add_argument("--out", default=None, help="JSON file for the scores")
     p.add_argument("--tune-lr", action="store_true", help="score each rule at every lr of a log grid (the same lr on "
                    "every task, as GMNOptimizer(model) uses one) and report its best: the rule's default_lr")
@@ -271,9 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--set-default-lr needs --tune-lr")
     torch.set_num_threads(a.threads)
     cfg = resolve(None, a.config, ["tasks.lr_free=true"] if a.lr_free else [])
-    cache_dir = Path(cfg.out_dir) / ".compare_cache" if a.cache_dir is None else (a.cache_dir or None)
     comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
-                            cache_dir=cache_dir, metric=a.metric)
+                            cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:

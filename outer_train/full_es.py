@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from metaopt.optim import UpdateRule
 
-from .compare import Comparison
+from .compare import Comparison, add_cache_dir_option, shared_cache_dir
 from .config import resolve
 
 ADDABLE = ("horizon", "relative_lr", "snr")
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
-    p.add_argument("--cache-dir", default=None, help="where Adam's curves are cached (default: the runs "
-                   "directory's .compare_cache, which meta-training shares; '' for none)")
+    add_cache_dir_option(p)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = Entries(rule, rule.appended_inputs(base))  # the ES trains exactly these entries
     lr = float(rule.config.default_lr)  # what GMNOptimizer(model) uses: fitness is scored there
     cfg = resolve(None if a.config else "quick", a.config, [])  # the meta_train fitness tasks' distribution and seed
-    cache = Path(cfg.out_dir) / ".compare_cache" if a.cache_dir is None else (a.cache_dir or None)
+    cache = shared_cache_dir(cfg, a.cache_dir)
     fit = Comparison(cfg, a.steps, a.tasks, a.collection, against="tuned_adam", cache_dir=cache)
     val = Comparison(cfg, a.steps, 6, "meta_val", against="tuned_adam", cache_dir=cache)
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
 
 from . import checkpoint as ckpt
-from .compare import Comparison, ComparisonResult
+from .compare import Comparison, ComparisonResult, shared_cache_dir
 from .config import TrainConfig
 from .logging import RunLogger
 from .estimators import ESTIMATORS, estimator_state
@@ -259,7 +259,7 @@ class MetaTrainer:
                                          self.cfg.log.compare_collection, self.cfg.log.compare_against,
                                          self.cfg.log.compare_seeds, self.cfg.log.compare_aggregate,
                                          self.cfg.log.compare_rule_lr,
-                                         cache_dir=self.run_dir.parent / ".compare_cache",
+                                         cache_dir=shared_cache_dir(self.cfg),
                                          metric=self.cfg.log.compare_metric)
         result = self.comparison.run(self.candidate)
         if self.cfg.meta.keep_best and (self.best is None or result.score < self.best["score"]):
