@@ -82,17 +82,20 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
     return max(0, proc_status_bytes("VmHWM") - base)  # pages freed during the step can leave HWM a little under base
 
 
-def _rule_of(kind: str) -> tuple[str, bool]:
-    """``gmnopt-<rule>[-lrfree]`` -> (rule name, lr_free)."""
-    name = kind.split("-", 1)[1]
-    return name.removesuffix("-lrfree"), name.endswith("-lrfree")
+def _rule_of(kind: str) -> tuple[str, bool, int]:
+    """``gmnopt-<rule>[-lrfree[-stride<k>]]`` -> (rule name, lr_free, the estimate's stride)."""
+    name, _, stride = kind.split("-", 1)[1].partition("-stride")
+    if stride and not (stride.isdigit() and name.endswith("-lrfree")):
+        raise ValueError(f"bench_step: {kind!r}: the stride goes on an lr-free kind, e.g. gmnopt-default-lrfree-stride11")
+    return name.removesuffix("-lrfree"), name.endswith("-lrfree"), int(stride or 1)
 
 
 def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-    rule, lr_free = _rule_of(kind)
-    return GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free)
+    rule, lr_free, stride = _rule_of(kind)
+    return GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free,
+                        **({"estimate_stride": stride} if lr_free else {}))
 
 
 def _setup(target: float, kinds: list[str], device: torch.device) -> dict[str, Any]:
@@ -198,7 +201,16 @@ LABELS = {
     "gmnopt-mlp": "GMNOptimizer, rule=\"mlp\" (per-parameter MLP rule)",
     "gmnopt-adam-lrfree": "GMNOptimizer, rule=\"adam\", lr_free=True (Prodigy)",
     "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
+    "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
 }
+
+
+def label(kind: str) -> str:
+    """The table's name for an optimizer kind (any stride of an lr-free kind)."""
+    if kind in LABELS:
+        return LABELS[kind]
+    base, _, stride = kind.partition("-stride")
+    return f"{LABELS[base]}, estimate_stride={stride}"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -214,7 +226,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         for kind, row in size["rows"].items():
             peak = row["peak_step_over_params"]
             lines.append(
-                f"| {size['params']:,} | {LABELS[kind]} | {row['ms_per_step']:.3f} | {row['vs_adam']:.2f} | "
+                f"| {size['params']:,} | {label(kind)} | {row['ms_per_step']:.3f} | {row['vs_adam']:.2f} | "
                 f"{row['refresh_ms']:.2f} | {row['plain_step_ms']:.3f} | {row['state_over_params']:.2f} | "
                 f"{'n/a' if peak is None else f'{peak:.2f}'} |"
             )

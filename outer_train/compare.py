@@ -113,6 +113,8 @@ class Comparison:
             raise ValueError(f"log.compare_metric must be one of {COMPARE_METRICS}, got {metric!r}.")
         self.against, self.aggregate, self.seeds, self.rule_lr, self.metric = against, aggregate, seeds, rule_lr, metric
         self.lr_free = cfg.tasks.lr_free  # the rule runs as meta-trained: lr-free at the multiplier 1
+        self.lr_free_options = ({"lr_free": True, "growth_rate": cfg.tasks.growth_rate,
+                                 "estimate_stride": cfg.tasks.estimate_stride} if self.lr_free else {})
         if self.lr_free and rule_lr == "tuned":
             raise ValueError("log.compare_rule_lr = 'tuned' has no lr to tune with tasks.lr_free; use 'reference'.")
         if n_tasks < 1:
@@ -191,7 +193,7 @@ class Comparison:
 
         def curve(spec, task, at: float) -> list[float]:
             return self._train(spec, task, lambda m: GMNOptimizer(m, rule=frozen, lr=at, graph=task.graph,
-                                                                  total_steps=self.steps, lr_free=self.lr_free))
+                                                                  total_steps=self.steps, **self.lr_free_options))
 
         if lr is None and self.rule_lr == "tuned":  # the rule's best curve over the grid, as tuned Adam's
             learned = [min((curve(s, t, s.reference_lr * k) for k in TUNED_ADAM_GRID), key=tail_loss)
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", choices=COMPARE_METRICS, default="loss_ratio",
                    help="the score: log10 tail-loss ratio, or the held-out statistic (median steps speedup; both are written)")
     p.add_argument("--lr-free", action="store_true", help="run the rules lr-free (GMNOptimizer(lr_free=True)) at the multiplier 1")
+    p.add_argument("--growth-rate", type=float, default=None, help="with --lr-free: GMNOptimizer's growth_rate")
+    p.add_argument("--estimate-stride", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_stride")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -285,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.set_default_lr and not a.tune_lr:
         p.error("--set-default-lr needs --tune-lr")
     torch.set_num_threads(a.threads)
-    cfg = resolve(None, a.config, ["tasks.lr_free=true"] if a.lr_free else [])
+    overrides = ["tasks.lr_free=true"] if a.lr_free else []
+    overrides += [] if a.growth_rate is None else [f"tasks.growth_rate={a.growth_rate}"]
+    overrides += [] if a.estimate_stride is None else [f"tasks.estimate_stride={a.estimate_stride}"]
+    cfg = resolve(None, a.config, overrides)
     comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
                             cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
                                            "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "metric": a.metric,
-                                           "lr_free": a.lr_free, "tasks": names, "rules": rows}, indent=1) + "\n")
+                                           "lr_free": a.lr_free, "growth_rate": a.growth_rate,
+                                           "estimate_stride": a.estimate_stride, "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 
 

@@ -8,6 +8,7 @@ strings (``tasks.truncation=20``); values are parsed as JSON when they parse, el
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ class TaskSection:
     # The inner optimizer is lr-free (GMNOptimizer(lr_free=True)): Prodigy's distance estimate sets the
     # step size, the inner lr is its multiplier, log-uniform(lr_scale_min, lr_scale_max) (no reference lr).
     lr_free: bool = False
+    growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (GMNOptimizer's growth_rate)
+    estimate_stride: int = 1  # lr-free: the estimate reads every k-th parameter entry (GMNOptimizer's estimate_stride)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -173,6 +176,11 @@ class TrainConfig:
             (self.tasks.groups >= 1 and self.tasks.group_size >= 1, "tasks.groups and tasks.group_size must be >= 1"),
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
             (0.0 <= self.tasks.horizon_known_prob <= 1.0, "need 0 <= tasks.horizon_known_prob <= 1"),
+            (self.tasks.growth_rate >= 1.0, "tasks.growth_rate must be >= 1 (inf: no limit)"),
+            (isinstance(self.tasks.estimate_stride, int) and self.tasks.estimate_stride >= 1,
+             "tasks.estimate_stride must be an int >= 1"),
+            (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1),
+             "tasks.growth_rate and tasks.estimate_stride shape the lr-free estimate; set tasks.lr_free = true"),
             (self.estimator.late_power >= 0, "need estimator.late_power >= 0"),
             (self.meta.train in TRAIN_PARAMETERS, f"meta.train must be one of {TRAIN_PARAMETERS}"),
             (self.meta.train == "all" or bool(self.rule.init_from),

@@ -467,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-free", action="store_true",
                    help="also run every rule with GMNOptimizer(lr_free=True), labelled <rule>+lrfree (its lr grid: "
                         "multipliers 3^-3..3^3 of the estimated step, default 1)")
+    p.add_argument("--growth-rate", type=float, help="with --lr-free: GMNOptimizer's growth_rate for the +lrfree rows "
+                   "(the estimate grows by at most this factor per step; default no limit)")
+    p.add_argument("--estimate-stride", type=int, help="with --lr-free: GMNOptimizer's estimate_stride for the +lrfree "
+                   "rows (the estimate reads every k-th parameter entry; default 1)")
     p.add_argument("--variants-only", action="store_true",
                    help="with --spike-guard / --lr-free: run only the <rule>+guard / +lrfree rows, not the rules as given")
     p.add_argument("--suite", default="held_out", choices=["held_out", "meta_val"],
@@ -530,11 +534,16 @@ def main(argv: list[str] | None = None) -> int:
         rules[label] = resolve_rule(a.nowcast_rule)
         rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
+    if (a.growth_rate is not None or a.estimate_stride is not None) and not a.lr_free:
+        p.error("--growth-rate and --estimate-stride shape the lr-free rows: add --lr-free")
     if a.lr_free:
+        estimate = {k: v for k, v in (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride))
+                    if v is not None}
         for name in list(rules):
             rules[f"{name}+lrfree"] = rules[name]
-            rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True}
-        labels += [f"{label}+lrfree (lr_free)" for label in labels]
+            rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True, **estimate}
+        how = ", ".join(["lr_free", *(f"{k} {v:g}" for k, v in estimate.items())])
+        labels += [f"{label}+lrfree ({how})" for label in labels]
     if a.spike_guard is not None:
         if not a.spike_guard > 1:
             p.error(f"--spike-guard is a gradient-norm ratio > 1, got {a.spike_guard}")

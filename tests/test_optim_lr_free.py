@@ -32,21 +32,39 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[flo
     return train_losses(model, opt, nn.functional.mse_loss, *_data(), steps)
 
 
-def test_adam_rule_is_prodigy():
+# growth_rate 1.1 binds from the second estimate on; stride 2 samples every second entry of each tensor
+# (the model's tensor sizes are even but one, so the network's flat positions 0, 2, 4, ... are Prodigy's
+# per-tensor slices).
+@pytest.mark.parametrize("growth_rate,stride", [(math.inf, 1), (1.1, 1), (math.inf, 2), (1.1, 3)])
+def test_adam_rule_is_prodigy(growth_rate: float, stride: int):
     prodigyopt = pytest.importorskip("prodigyopt")
     a, b = _model(), _model()
     # eps: Prodigy adds d * eps to sqrt(v) in its units, Adam's bias-corrected eps differs by sqrt(1 - beta2^t);
     # with a negligible eps the two are the same arithmetic.
-    ref = prodigyopt.Prodigy(a.parameters(), lr=1.0, use_bias_correction=True, safeguard_warmup=False, eps=1e-30)
-    opt = GMNOptimizer(b, rule="adam", lr_free=True, eps=1e-30)
+    ref = prodigyopt.Prodigy(a.parameters(), lr=1.0, use_bias_correction=True, safeguard_warmup=False, eps=1e-30,
+                             growth_rate=growth_rate, slice_p=stride)
+    opt = GMNOptimizer(b, rule="adam", lr_free=True, eps=1e-30, growth_rate=growth_rate, estimate_stride=stride)
     x, y = _data()
+    if stride == 3:  # offsets 0, 80, 96, 144 are multiples of 2 but not of 3: the two samplings differ
+        ref_d = []
+    grown = 0
     for t in range(40):
         for m, o in ((a, ref), (b, opt)):
             o.zero_grad()
             nn.functional.mse_loss(m(x), y).backward()
             o.step()
-        assert opt.distance == pytest.approx(ref.param_groups[0]["d"], rel=1e-5)
-    assert opt.distance > 1e3 * D0  # it grew from d0 as the run went
+        if stride != 3:
+            assert opt.distance == pytest.approx(ref.param_groups[0]["d"], rel=1e-5)
+        else:
+            ref_d.append(ref.param_groups[0]["d"])
+        last = opt.state["distance_last"]
+        assert opt.distance <= growth_rate * last * (1 + 1e-12) or last == D0  # the first estimate is taken whole
+        grown += opt.distance > last
+    assert opt.distance > (1e3 if growth_rate == math.inf else 30) * D0  # it grew from d0 as the run went
+    assert grown >= 5
+    if stride == 3:  # another sample of the same run: the estimate differs, but not by much
+        assert opt.distance != ref_d[-1] and opt.distance == pytest.approx(ref_d[-1], rel=0.5)
+        return
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-5)
 
@@ -149,3 +167,47 @@ def test_loading_a_fixed_lr_state_into_lr_free_says_so():
     _train(model, fixed, 2)
     with pytest.raises(ValueError, match="without lr_free=True"):
         GMNOptimizer(model, rule="adam", lr_free=True).load_state_dict(fixed.state_dict())
+
+
+def test_strided_estimate_state_resumes_and_costs_2_over_k():
+    """estimate_stride=k: x_0 and s hold every k-th entry (state 3x + 2/k x the parameters, per-parameter
+    entries 1-D), a state_dict resumes bit for bit, and one saved with another stride is refused clearly."""
+    model = _model()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True, estimate_stride=4, growth_rate=1.5)
+    _train(model, opt, 20)
+    n = sum(p.numel() for p in model.parameters())
+    sampled = opt._buffers["start"].numel()
+    assert sampled == -(-n // 4) and opt._buffers["grad_sum"].numel() == sampled
+    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 3 * n + 2 * sampled
+    assert opt.state[model[0].weight]["start"].shape == (-(-80 // 4),)
+    clone = copy.deepcopy(model)
+    opt2 = GMNOptimizer(clone, rule="adam", lr_free=True, estimate_stride=4, growth_rate=1.5)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert opt2.distance == opt.distance > D0 and opt2.state["distance_peak"] == opt.state["distance_peak"]
+    _train(model, opt, 10), _train(clone, opt2, 10)
+    for pa, pb in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match="another estimate_stride"):
+        GMNOptimizer(_model(), rule="adam", lr_free=True).load_state_dict(opt.state_dict())
+
+
+def test_growth_rate_is_a_warm_up_and_bad_options_are_refused():
+    """A growth rate caps d's rise per step (so d stays below the unlimited run's early on) and the run
+    still trains; options of the estimate without lr_free, a rate below 1 or a stride of 0 are errors."""
+    runs = {}
+    for rate in (math.inf, 1.05):
+        model = _model()
+        opt = GMNOptimizer(model, rule="adam", lr_free=True, growth_rate=rate)
+        d = []
+        for _ in range(60):
+            _train(model, opt, 1)
+            d.append(opt.distance)
+        runs[rate] = (d, _train(model, opt, 1)[0])
+    (free, _), (capped, loss) = runs[math.inf], runs[1.05]
+    assert all(b <= 1.05 * a * (1 + 1e-12) for a, b in zip(capped, capped[1:]) if a > D0)  # the first jump is whole
+    assert capped[20] < free[20] and loss < _train(_model(), torch.optim.SGD(_model().parameters(), lr=0.0), 1)[0]
+    for bad in ({"growth_rate": 0.5}, {"estimate_stride": 0}, {"estimate_stride": 1.5}):
+        with pytest.raises(ValueError, match="growth_rate|stride"):
+            GMNOptimizer(_model(), rule="adam", lr_free=True, **bad)
+    with pytest.raises(ValueError, match="pass lr_free=True"):
+        GMNOptimizer(_model(), rule="adam", growth_rate=1.02)

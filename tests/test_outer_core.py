@@ -4,6 +4,7 @@ stay finite where Adam's second moment is exactly zero."""
 
 from __future__ import annotations
 
+import math
 import copy
 
 import pytest
@@ -29,7 +30,7 @@ def _classifier_task() -> ModelTask:
 
 @pytest.mark.parametrize("kind", ["gmn", "mlp"])
 @pytest.mark.parametrize("path", ["inner_step", "core.step"])
-@pytest.mark.parametrize("extra", ["none", "relative_lr", "horizon", "snr", "lr_free"])
+@pytest.mark.parametrize("extra", ["none", "relative_lr", "horizon", "snr", "lr_free", "lr_free_options"])
 def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extra: str) -> None:
     """Five steps with k = 2 (refreshes on steps 1, 3, 5; the scale held on 2 and 4), non-default
     betas, eps and weight decay, a rule with alpha != 0: parameters and the whole optimizer state
@@ -38,25 +39,32 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
     and with the horizon features: the optimizer's total_steps, the trajectory's horizon; and with the
     snr features, whose bias correction reads the non-default betas on both sides; and lr-free, where
     Prodigy's estimate sets the step, the scale is normalised and a relative-lr rule reads its own
-    default lr on both sides)."""
+    default lr on both sides; and lr-free with Prodigy's options, a growth rate that binds and an
+    estimate reading every third edge)."""
     task = _classifier_task()
     torch.manual_seed(0)
-    free = extra == "lr_free"
+    free = extra.startswith("lr_free")
+    options = extra == "lr_free_options"
+    growth, stride = (1.2, 3) if options else (math.inf, 1)
     lr = 0.7 if free else LR  # lr-free: the multiplier of the estimate
-    features = FeatureConfig(relative_lr=extra in ("relative_lr", "lr_free"), horizon=extra == "horizon", snr=extra == "snr")
+    features = FeatureConfig(relative_lr=extra in ("relative_lr", "lr_free", "lr_free_options"), horizon=extra == "horizon", snr=extra == "snr")
     rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2, features=features))
     model = copy.deepcopy(task.model)
     opt = GMNOptimizer(model, rule=rule, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph, total_steps=5,
-                       lr_free=free)
-    group = TaskGroup.from_task(task, [0], horizon=5, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, lr_free=free)
-    assert group.hyper == Hyper(lr, *BETAS, EPS, WD, total_steps=5)
+                       lr_free=free, **({"growth_rate": growth, "estimate_stride": stride} if options else {}))
+    group = TaskGroup.from_task(task, [0], horizon=5, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, lr_free=free,
+                                growth_rate=growth, estimate_stride=stride)
+    assert group.hyper == Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth)
     graph_inputs = batched_graph(rule, [group])
     prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
     params = flat_params(model)
-    state = OptState.zeros(index.num_edges, start=params if free else None)
+    state = OptState.zeros(index.num_edges, start=params if free else None, stride=stride)
     if free:  # as if well into a run (from d0 = 1e-6 five steps barely move): both sides start at d = 1e-3
-        state.distance = group.states[0].distance = core.DistanceEstimate(d=1e-3, last=1e-3)
-        opt.state["distance"] = opt.state["distance_last"] = 1e-3
+        # (with options: a numerator as if the run had come far, so that the growth rate binds at every step)
+        d0, numerator = (1e-5, 1.0) if options else (1e-3, 0.0)
+        state.distance = group.states[0].distance = core.DistanceEstimate(numerator, d=d0, last=d0)
+        opt.state["distance"] = opt.state["distance_last"] = d0
+        opt.state["distance_numerator"] = numerator
     batches = task.batches(0)
     previous_scale = None
     for t in range(1, 6):
@@ -70,13 +78,17 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
         else:
             grad = torch.func.grad(task.functional_loss)(_unflat(task, params), (x, y))
             grad = torch.cat([g.reshape(-1) for g in grad.values()])
-            params, state = core.step(rule, prepared, index, params, grad, state, Hyper(lr, *BETAS, EPS, WD, total_steps=5))
+            params, state = core.step(rule, prepared, index, params, grad, state,
+                                      Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth))
         assert state.step == t
         torch.testing.assert_close(params.detach(), flat_params(model), rtol=0, atol=1e-6)
         for key in ("exp_avg", "exp_avg_sq", "lr_scale", *(("grad_sum",) if free else ())):
             torch.testing.assert_close(getattr(state, key).detach(), opt._buffers[key], rtol=1e-5, atol=1e-6)
         if free:
             assert state.distance.d == pytest.approx(opt.distance, rel=1e-5) and (t == 1 or state.distance.numerator != 0)
+        if options:  # growing at the capped rate, from an estimate over a third of the edges
+            assert state.distance.d == pytest.approx(d0 * growth**t, rel=1e-9) and state.distance.d < state.distance.peak
+            assert state.grad_sum.numel() == -(-index.num_edges // 3)
         scale = state.lr_scale.detach()
         assert (scale - 1).abs().max() > 1e-3  # the rule is not Adam
         if t % 2 == 0:  # not a refresh step: the scale of the step before is reused

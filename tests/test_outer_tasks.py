@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from metaopt.optim import RuleConfig, UpdateRule, core
@@ -106,3 +107,23 @@ def test_lr_free_groups_start_at_their_params_and_survive_checkpoints(tmp_path: 
     assert restored.states[0].distance.last == core.D0  # the first step moved by d0
     result = train(resolve("quick", None, SETS + ["tasks.lr_free=true", "meta.steps=2", f'out_dir="{tmp_path}"']))
     assert result["step"] == 2 and result["skipped_total"] == 0 and math.isfinite(result["meta_loss"])
+
+
+def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None:
+    """tasks.growth_rate / tasks.estimate_stride: the group's Hyper carries the growth rate, its states
+    hold x_0 and s for every stride-th edge only, and both survive a checkpoint; outside lr-free mode
+    the options are refused."""
+    sets = SETS + ["tasks.lr_free=true", "tasks.growth_rate=1.05", "tasks.estimate_stride=4"]
+    group = _draw(resolve("quick", None, sets), 0, False)
+    assert group.hyper.growth_rate == 1.05 and group.estimate_stride == 4
+    for p, s in zip(group.params, group.states):
+        assert s.stride == 4 and torch.equal(s.start, p[::4]) and s.grad_sum.numel() == -(-p.numel() // 4)
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=100))
+    inner_step(rule, [group], batched_graph(rule, [group]), 0, [group.next_batches()])
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.hyper == group.hyper and restored.states[0].stride == 4
+    assert torch.equal(restored.states[0].grad_sum, group.states[0].grad_sum)
+    with pytest.raises(ValueError, match="lr_free"):
+        resolve("quick", None, SETS + ["tasks.growth_rate=1.05"])
+    with pytest.raises(ValueError, match="estimate_stride"):
+        resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_stride=0"])

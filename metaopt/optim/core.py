@@ -41,22 +41,30 @@ class OptState:
     exp_avg_sq: Tensor  # [E] Adam's second moment
     lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam)
     step: int = 0
-    # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars
+    # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars. With
+    # ``stride`` k > 1 the estimate reads every k-th edge (flat positions 0, k, 2k, ...: Prodigy's
+    # ``slice_p``), and ``start`` / ``grad_sum`` hold only those, ceil(E / k) entries each.
     start: Tensor | None = None
     grad_sum: Tensor | None = None
     distance: "DistanceEstimate | None" = None
+    stride: int = 1
 
     @classmethod
-    def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None) -> "OptState":
-        """The state before the first step; with ``start`` (the flat parameters before it), lr-free."""
+    def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
+              stride: int = 1) -> "OptState":
+        """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
+        estimate reading every ``stride``-th edge."""
+        check_stride(stride)
+        start = None if start is None else start.detach()[::stride].clone()
         return cls(
             torch.zeros(num_edges, device=device),
             torch.zeros(num_edges, device=device),
             torch.ones(num_edges, device=device),
             0,
-            None if start is None else start.detach().clone(),
-            None if start is None else torch.zeros(num_edges, device=device),
+            start,
+            None if start is None else torch.zeros_like(start, device=device),
             None if start is None else DistanceEstimate(),
+            stride,
         )
 
     def detach(self) -> "OptState":
@@ -66,7 +74,14 @@ class OptState:
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("step", "distance") and getattr(self, f.name) is not None}
+                if f.name not in ("step", "distance", "stride") and getattr(self, f.name) is not None}
+
+
+def check_stride(stride: Any) -> int:
+    """``stride`` if it is a positive int (the lr-free estimate reads every stride-th edge), else a ValueError."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"the lr-free estimate's stride is a positive int (1 = every parameter), got {stride!r}.")
+    return stride
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class Hyper:
     eps: float = 1e-8
     weight_decay: float = 0.0
     total_steps: int = 0  # the training budget in steps, read by rules with horizon features (0 = not known)
+    growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (Prodigy's; inf = no limit)
 
     def bias_corrections(self, step: int) -> tuple[float, float]:
         return 1.0 - self.beta1**step, 1.0 - self.beta2**step
@@ -168,7 +184,9 @@ class DistanceEstimate:
 
     ``d_hat = numerator / ||s||_1`` with ``numerator = sum_k w_k <g_k, x_0 - x_k>`` and
     ``s = sum_k w_k g_k`` (both decayed by ``beta3 = sqrt(beta2)`` per step, ``w_k = d_k^2 / d0``) is a
-    lower bound of ``||x_0 - x*||_inf`` on convex problems; ``d = max(d, d_hat)``. Adam's moments
+    lower bound of ``||x_0 - x*||_inf`` on convex problems; ``d = max(d, d_hat)``, or with a growth rate
+    r < inf, Prodigy's ``d = min(peak, r * d)`` (``peak``: the largest ``d_hat`` so far; the first
+    estimate is taken whole), a warm-up that caps how fast the step grows. Adam's moments
     are kept in units of ``d`` (Prodigy's ``m``, ``v`` divided by ``d``, ``d^2``), so the step is
     Adam's at ``lr = d``, and when ``d`` grows the moments shrink by the growth (at the next step,
     before its gradient enters them): gradients taken under a smaller step weigh less, as in Prodigy. The tensors (``x_0`` and ``s``, [E] each) are the
@@ -179,6 +197,7 @@ class DistanceEstimate:
     d: float = D0
     last: float = D0  # the estimate the last step moved by; the moments are still in its units until
     # the next step shrinks them by last / d (so a state between steps is consistent, and resumable)
+    peak: float = D0  # the largest estimate d_hat so far (Prodigy's d_max), which d grows towards
 
     def shrink(self) -> float:
         """The factor (<= 1) the moments take on to units of the current estimate."""
@@ -211,10 +230,14 @@ def estimate_distance(
         norms = [t.abs().sum() for t in s]
     dot_f, norm_f = torch.stack([torch.stack(dots).sum(), torch.stack(norms).sum()]).tolist()  # one host sync
     numerator = beta3 * est.numerator + w * dot_f
-    d = est.d
+    d, peak = est.d, max(est.peak, est.d)  # d <= peak always (the max also reads states saved without a peak)
     if norm_f > 0 and math.isfinite(numerator / norm_f):
-        d = max(d, numerator / norm_f)
-    return DistanceEstimate(numerator, d, last=est.d), s
+        d_hat = numerator / norm_f
+        if d == D0:  # Prodigy's first estimate is not held back by the growth rate
+            d = max(d, d_hat)
+        peak = max(peak, d_hat)
+        d = min(peak, d * h.growth_rate)  # = peak (Prodigy's max(d, d_hat)) at growth_rate = inf
+    return DistanceEstimate(numerator, d, last=est.d, peak=peak), s
 
 
 def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float, inplace: bool
@@ -293,7 +316,8 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
         if params is None:
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
         (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
-        est, (grad_sum,) = estimate_distance([params], [grad], [state.start], [state.grad_sum], est, h,
+        k = state.stride
+        est, (grad_sum,) = estimate_distance([params[::k]], [grad[::k]], [state.start], [state.grad_sum], est, h,
                                              state.step + 1, inplace=False)
     (m,), (v,) = update_moments([m], [v], [grad], h, inplace=False)
     return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est)

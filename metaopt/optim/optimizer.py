@@ -12,6 +12,7 @@ Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,12 @@ DISTANCE = "distance"  # lr_free: Prodigy's distance estimate d, the step size (
 DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running numerator
 DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by (the moments' units)
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
+DISTANCE_PEAK = "distance_peak"  # lr_free: the largest estimate so far, which d grows towards (Prodigy's d_max)
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
-             DISTANCE_CAP)
+             DISTANCE_CAP, DISTANCE_PEAK)
+_DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at core.D0, not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
@@ -122,7 +125,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     it has to go), ``lr`` (default 1) multiplies it as Prodigy's does, and the rule's scale is
     divided by its geometric mean over the network, so the rule shares the step out between
     parameters and ``d`` sets its size. State: 5x the parameters (the start point and a gradient sum
-    on top). ``opt.distance`` is the current ``d``.
+    on top). ``opt.distance`` is the current ``d``. Two of Prodigy's options: ``growth_rate`` (a
+    param-group hyperparameter, default inf) lets ``d`` grow by at most that factor per step, a
+    warm-up (1.02-1.1); ``estimate_stride=k`` (Prodigy's ``slice_p``) computes the estimate from every
+    k-th parameter entry only, so its passes cost 1/k and the state is 3x + 2/k x the parameters.
     """
 
     def __init__(
@@ -141,6 +147,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         nowcast: str | Path | Nowcaster | None = None,
         spike_guard: float | None = None,
         lr_free: bool = False,
+        growth_rate: float = float("inf"),
+        estimate_stride: int = 1,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -150,6 +158,14 @@ class GMNOptimizer(torch.optim.Optimizer):
         rule = resolve_rule(rule)
         if not isinstance(lr_free, bool):
             raise TypeError(f"GMNOptimizer: lr_free is True or False, got {lr_free!r}.")
+        if isinstance(growth_rate, bool) or not float(growth_rate) >= 1.0:
+            raise ValueError(f"GMNOptimizer: growth_rate is a factor >= 1 (inf: no limit), got {growth_rate!r}.")
+        try:
+            self.estimate_stride = core.check_stride(estimate_stride)
+        except ValueError as err:
+            raise ValueError(f"GMNOptimizer: {err}") from None
+        if not lr_free and (growth_rate != float("inf") or estimate_stride != 1):
+            raise ValueError("GMNOptimizer: growth_rate and estimate_stride shape the lr-free estimate; pass lr_free=True.")
         if lr is None:  # lr-free: a multiplier of the estimate; else the rule's own default (1e-3 for Adam)
             lr = 1.0 if lr_free else rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
@@ -188,18 +204,23 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._state_keys = self.STATE_KEYS + (self.DISTANCE_KEYS if lr_free else ())
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
+        # lr_free: per parameter, which flattened entries the estimate reads (the network's flat positions
+        # 0, k, 2k, ..., as `core.advance` reads the flat vector) and how many (its x_0 and s entries)
+        offsets = [0, *accumulate(self._numels[:-1])]
+        self._estimate_slices = [slice(-o % self.estimate_stride, None, self.estimate_stride) for o in offsets]
+        self._sampled = [len(range(n)[sl]) for n, sl in zip(self._numels, self._estimate_slices)]
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
         self._graph_cache: dict[str, tuple[Any, GraphIndex]] = {}
         self._finite_check: dict[torch.device, tuple[Tensor, Tensor]] = {}  # `_all_finite`'s (flag, 1.0) per device
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, total_steps=total_steps)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, total_steps=total_steps,
+                        growth_rate=float(growth_rate))
         super().__init__(self._params_all if params is None else params, defaults)
         self._reset_counters()
 
     # ---- construction helpers ------------------------------------------------------------
     def _reset_counters(self) -> None:
         for key in _COUNTERS:
-            self.state[key] = 0
-        self.state[DISTANCE] = self.state[DISTANCE_LAST] = core.D0
+            self.state[key] = core.D0 if key in _DISTANCE_SCALARS else 0
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its parameters must be parameters of the model the graph was built from."""
@@ -263,7 +284,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
         # lr_free: x_0 is the parameters before the first step (load_state_dict overwrites it)
         start = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.lr_free else None
-        init = OptState.zeros(self._num_edges, device, start=start)
+        init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride)
         self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
 
@@ -271,12 +292,20 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Point ``self.state[p]`` of every grouped parameter at its slice of the flat buffers."""
         b = self._buffers
         assert b is not None
-        self._views = {k: list(b[k].split(self._numels)) for k in self._state_keys}
+        self._views = {k: list(b[k].split(self._numels if k not in self.DISTANCE_KEYS else self._sampled))
+                       for k in self._state_keys}
         self._segment_views: dict[tuple[int, ...], dict[str, list[Tensor]]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 i = self._index[id(p)]
-                self.state[p] = {"step": b["step"][i], **{k: self._views[k][i].view(p.shape) for k in self._state_keys}}
+                self.state[p] = {"step": b["step"][i], **{k: self._views[k][i].view(self._state_shape(k, i))
+                                                          for k in self._state_keys}}
+
+    def _state_shape(self, key: str, i: int) -> tuple[int, ...]:
+        """The shape of a parameter's state entry: the parameter's, or (sampled,) for a strided x_0 / s."""
+        if key in self.DISTANCE_KEYS and self.estimate_stride > 1:
+            return (self._sampled[i],)
+        return tuple(self._params_all[i].shape)
 
     def _ensure_state(self, device: torch.device) -> dict[str, Tensor]:
         if self._buffers is None:
@@ -315,7 +344,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         entries: list[tuple[int, Tensor, Hyper]] = []
         for group in self.param_groups:
             h = Hyper(float(group["lr"]), float(group["betas"][0]), float(group["betas"][1]),
-                      float(group["eps"]), float(group["weight_decay"]))
+                      float(group["eps"]), float(group["weight_decay"]),
+                      growth_rate=float(group.get("growth_rate", float("inf"))))
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -363,7 +393,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             key = tuple(i for i, _ in seg)
             if key not in self._segment_views:
                 self._segment_views[key] = {k: [self._views[k][i].view(p.shape) for i, p in seg]
-                                            for k in self._state_keys}
+                                            for k in self.STATE_KEYS}  # what the step's Adam part reads
             seg_views.append((h, t, seg, self._segment_views[key]))
 
         for h, t, seg, v in seg_views:
@@ -465,12 +495,17 @@ class GMNOptimizer(torch.optim.Optimizer):
         from this gradient; returns ``entries`` with every group's lr multiplied by the estimate this step
         moves by (the one before this gradient, as Prodigy)."""
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
-                                    float(self.state[DISTANCE_LAST]))
+                                    float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]))
         if est.shrink() < 1.0:
             core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
+        params, grads = [p for _, p, _ in entries], list(grads)
+        if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
+            slices = self._estimate_slices
+            params = [p.detach().reshape(-1)[slices[i]] for (i, _, _), p in zip(entries, params)]
+            grads = [g.reshape(-1)[slices[i]] for (i, _, _), g in zip(entries, grads)]
         # Parameters without a gradient this step take no part (their x_0 - x and s stay as they are).
         new, _ = core.estimate_distance(
-            [p.float() for _, p, _ in entries], [g.float() for g in grads],
+            [p.float() for p in params], [g.float() for g in grads],
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
             int(self.state[STEPS_TAKEN]), inplace=True)
@@ -478,6 +513,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
             new = replace(new, d=max(cap, est.d))
         self.state[DISTANCE_NUMERATOR], self.state[DISTANCE], self.state[DISTANCE_LAST] = new.numerator, new.d, new.last
+        self.state[DISTANCE_PEAK] = new.peak
         scaled = {h: replace(h, lr=h.lr * new.last) for h in {h for _, _, h in entries}}
         return [(i, p, scaled[h]) for i, p, h in entries]
 
@@ -568,7 +604,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
         super().load_state_dict(state_dict)
         for key in _COUNTERS:
-            self.state.setdefault(key, core.D0 if key in (DISTANCE, DISTANCE_LAST) else 0)
+            self.state.setdefault(key, core.D0 if key in _DISTANCE_SCALARS else 0)
         loaded = {p: self.state[p] for group in self.param_groups for p in group["params"] if p in self.state}
         if not loaded:
             self._buffers = None
@@ -590,11 +626,13 @@ class GMNOptimizer(torch.optim.Optimizer):
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} (shape {tuple(p.shape)}) lacks "
                     f"{missing}; it was not saved by this version of GMNOptimizer."
                 )
-            wrong = [key for key in self._state_keys if st[key].shape != p.shape]
+            wrong = [key for key in self._state_keys if tuple(st[key].shape) != self._state_shape(key, i)]
             if wrong:
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} has {wrong} of shapes "
-                    f"{[tuple(st[k].shape) for k in wrong]}, expected {tuple(p.shape)}."
+                    f"{[tuple(st[k].shape) for k in wrong]}, expected {[self._state_shape(k, i) for k in wrong]}"
+                    + (" (an lr-free state saved with another estimate_stride?)." if set(wrong) <= set(self.DISTANCE_KEYS)
+                       else ".")
                 )
             buf["step"][i] = st["step"]
             for key in self._state_keys:
