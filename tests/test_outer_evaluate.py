@@ -296,3 +296,29 @@ def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule
     torch.set_num_threads(threads)
     res = json.loads((tmp_path / "g" / "results.json").read_text())["entries"][0]["results"]
     assert {n for n in res if not n.endswith("@best")} == {"adam", "prodigy+lrfree", "prodigy+guard", "prodigy+lrfree+guard"}
+
+
+def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, monkeypatch) -> None:
+    """--growth-rate / --estimate-stride reach every +lrfree row's GMNOptimizer (and are named in its
+    label); without --lr-free they are refused."""
+    from metaopt.optim import GMNOptimizer
+
+    seen: list = []
+    original = GMNOptimizer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("growth_rate"), kwargs.get("estimate_stride")))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
+    threads = torch.get_num_threads()
+    common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam", "--rule", "prodigy=adam"]
+    evaluate.main([*common, "--lr-free", "--growth-rate", "1.1", "--estimate-stride", "3", "--variants-only",
+                   "--out", str(tmp_path / "v")])
+    torch.set_num_threads(threads)
+    assert seen and set(seen) == {(1.1, 3)}
+    res = json.loads((tmp_path / "v" / "results.json").read_text())
+    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, growth_rate 1.1, estimate_stride 3)"]
+    with pytest.raises(SystemExit):
+        evaluate.main([*common, "--growth-rate", "1.1", "--out", str(tmp_path / "bad")])

@@ -384,3 +384,11 @@ def test_comparison_runs_an_lr_free_rule_lr_free(tmp_path: Path, monkeypatch) ->
     assert seen == [(True, 1.0), (True, 1.0)] and all(math.isfinite(r) for r in result.log_ratios)
     with pytest.raises(ValueError, match="lr_free"):
         Comparison(cfg, steps=20, n_tasks=2, rule_lr="tuned")
+    # the run's options of the estimate (tasks.growth_rate / estimate_stride) are the comparison's too
+    options: list = []
+    monkeypatch.setattr(GMNOptimizer, "__init__", lambda self, *a, **kw: (
+        options.append((kw.get("growth_rate"), kw.get("estimate_stride"))), original(self, *a, **kw))[-1])
+    cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"', "tasks.lr_free=true",
+                                         "tasks.growth_rate=1.1", "tasks.estimate_stride=3"])
+    Comparison(cfg, steps=20, n_tasks=1).run(MetaTrainer(cfg).rule)
+    assert options == [(1.1, 3)]
