@@ -82,20 +82,27 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
     return max(0, proc_status_bytes("VmHWM") - base)  # pages freed during the step can leave HWM a little under base
 
 
-def _rule_of(kind: str) -> tuple[str, bool, int]:
-    """``gmnopt-<rule>[-lrfree[-stride<k>]]`` -> (rule name, lr_free, the estimate's stride)."""
-    name, _, stride = kind.split("-", 1)[1].partition("-stride")
-    if stride and not (stride.isdigit() and name.endswith("-lrfree")):
-        raise ValueError(f"bench_step: {kind!r}: the stride goes on an lr-free kind, e.g. gmnopt-default-lrfree-stride11")
-    return name.removesuffix("-lrfree"), name.endswith("-lrfree"), int(stride or 1)
+ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every"}  # kind suffix -> GMNOptimizer option
+
+
+def _rule_of(kind: str) -> tuple[str, bool, dict[str, int]]:
+    """``gmnopt-<rule>[-lrfree[-stride<k>][-every<j>]]`` -> (rule name, lr_free, options of the estimate)."""
+    name, *rest = kind.split("-", 1)[1].split("-lrfree")
+    options = {}
+    for part in (rest[0].split("-")[1:] if rest else []):
+        key = next((k for k in ESTIMATE_OPTIONS if part.startswith(k) and part[len(k):].isdigit()), None)
+        if key is None:
+            raise ValueError(f"bench_step: {kind!r}: after -lrfree come -stride<k> / -every<j>, e.g. "
+                             "gmnopt-default-lrfree-stride11-every10")
+        options[ESTIMATE_OPTIONS[key]] = int(part[len(key):])
+    return name, bool(rest), options
 
 
 def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-    rule, lr_free, stride = _rule_of(kind)
-    return GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free,
-                        **({"estimate_stride": stride} if lr_free else {}))
+    rule, lr_free, options = _rule_of(kind)
+    return GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free, **options)
 
 
 def _setup(target: float, kinds: list[str], device: torch.device) -> dict[str, Any]:
@@ -206,11 +213,11 @@ LABELS = {
 
 
 def label(kind: str) -> str:
-    """The table's name for an optimizer kind (any stride of an lr-free kind)."""
+    """The table's name for an optimizer kind (any options of an lr-free kind)."""
     if kind in LABELS:
         return LABELS[kind]
-    base, _, stride = kind.partition("-stride")
-    return f"{LABELS[base]}, estimate_stride={stride}"
+    rule, _, options = _rule_of(kind)
+    return ", ".join([LABELS[f"gmnopt-{rule}-lrfree"], *(f"{k}={v}" for k, v in options.items())])
 
 
 def to_markdown(result: dict[str, Any]) -> str:

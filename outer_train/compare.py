@@ -114,7 +114,8 @@ class Comparison:
         self.against, self.aggregate, self.seeds, self.rule_lr, self.metric = against, aggregate, seeds, rule_lr, metric
         self.lr_free = cfg.tasks.lr_free  # the rule runs as meta-trained: lr-free at the multiplier 1
         self.lr_free_options = ({"lr_free": True, "growth_rate": cfg.tasks.growth_rate,
-                                 "estimate_stride": cfg.tasks.estimate_stride} if self.lr_free else {})
+                                 "estimate_stride": cfg.tasks.estimate_stride,
+                                 "estimate_every": cfg.tasks.estimate_every} if self.lr_free else {})
         if self.lr_free and rule_lr == "tuned":
             raise ValueError("log.compare_rule_lr = 'tuned' has no lr to tune with tasks.lr_free; use 'reference'.")
         if n_tasks < 1:
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-free", action="store_true", help="run the rules lr-free (GMNOptimizer(lr_free=True)) at the multiplier 1")
     p.add_argument("--growth-rate", type=float, default=None, help="with --lr-free: GMNOptimizer's growth_rate")
     p.add_argument("--estimate-stride", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_stride")
+    p.add_argument("--estimate-every", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_every")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -292,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = ["tasks.lr_free=true"] if a.lr_free else []
     overrides += [] if a.growth_rate is None else [f"tasks.growth_rate={a.growth_rate}"]
     overrides += [] if a.estimate_stride is None else [f"tasks.estimate_stride={a.estimate_stride}"]
+    overrides += [] if a.estimate_every is None else [f"tasks.estimate_every={a.estimate_every}"]
     cfg = resolve(None, a.config, overrides)
     comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
                             cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric)
@@ -326,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
                                            "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "metric": a.metric,
                                            "lr_free": a.lr_free, "growth_rate": a.growth_rate,
-                                           "estimate_stride": a.estimate_stride, "tasks": names, "rules": rows}, indent=1) + "\n")
+                                           "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
+                                           "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 
 

@@ -67,6 +67,7 @@ class TaskSection:
     lr_free: bool = False
     growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (GMNOptimizer's growth_rate)
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th parameter entry (GMNOptimizer's estimate_stride)
+    estimate_every: int = 1  # lr-free: the estimate is taken every j-th step (GMNOptimizer's estimate_every)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -179,8 +180,11 @@ class TrainConfig:
             (self.tasks.growth_rate >= 1.0, "tasks.growth_rate must be >= 1 (inf: no limit)"),
             (isinstance(self.tasks.estimate_stride, int) and self.tasks.estimate_stride >= 1,
              "tasks.estimate_stride must be an int >= 1"),
-            (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1),
-             "tasks.growth_rate and tasks.estimate_stride shape the lr-free estimate; set tasks.lr_free = true"),
+            (isinstance(self.tasks.estimate_every, int) and self.tasks.estimate_every >= 1,
+             "tasks.estimate_every must be an int >= 1"),
+            (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
+                                    and self.tasks.estimate_every == 1),
+             "tasks.growth_rate, estimate_stride and estimate_every shape the lr-free estimate; set tasks.lr_free = true"),
             (self.estimator.late_power >= 0, "need estimator.late_power >= 0"),
             (self.meta.train in TRAIN_PARAMETERS, f"meta.train must be one of {TRAIN_PARAMETERS}"),
             (self.meta.train == "all" or bool(self.rule.init_from),

@@ -471,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(the estimate grows by at most this factor per step; default no limit)")
     p.add_argument("--estimate-stride", type=int, help="with --lr-free: GMNOptimizer's estimate_stride for the +lrfree "
                    "rows (the estimate reads every k-th parameter entry; default 1)")
+    p.add_argument("--estimate-every", type=int, help="with --lr-free: GMNOptimizer's estimate_every for the +lrfree "
+                   "rows (the estimate is taken every j-th step; default 1)")
     p.add_argument("--variants-only", action="store_true",
                    help="with --spike-guard / --lr-free: run only the <rule>+guard / +lrfree rows, not the rules as given")
     p.add_argument("--suite", default="held_out", choices=["held_out", "meta_val"],
@@ -534,11 +536,11 @@ def main(argv: list[str] | None = None) -> int:
         rules[label] = resolve_rule(a.nowcast_rule)
         rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
-    if (a.growth_rate is not None or a.estimate_stride is not None) and not a.lr_free:
-        p.error("--growth-rate and --estimate-stride shape the lr-free rows: add --lr-free")
+    options = (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride), ("estimate_every", a.estimate_every))
+    if any(v is not None for _, v in options) and not a.lr_free:
+        p.error("--growth-rate, --estimate-stride and --estimate-every shape the lr-free rows: add --lr-free")
     if a.lr_free:
-        estimate = {k: v for k, v in (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride))
-                    if v is not None}
+        estimate = {k: v for k, v in options if v is not None}
         for name in list(rules):
             rules[f"{name}+lrfree"] = rules[name]
             rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True, **estimate}

@@ -11,13 +11,17 @@ import sys
 
 def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e5",
-                    "--repeats", "1", "--kinds", "adam", "gmnopt-default", "gmnopt-default-lrfree"], check=True, capture_output=True)
+                    "--repeats", "1", "--kinds", "adam", "gmnopt-default", "gmnopt-default-lrfree",
+                    "gmnopt-default-lrfree-stride4-every10"], check=True, capture_output=True)
     result = json.loads((tmp_path / "bench_step.json").read_text())
     (size,) = result["sizes"]
     adam, rule = size["rows"]["adam"], size["rows"]["gmnopt-default"]
     assert size["block"] == 100 and adam["vs_adam"] == 1.0
     assert abs(adam["state_over_params"] - 2.0) < 0.01 and abs(rule["state_over_params"] - 3.0) < 0.01
     assert abs(size["rows"]["gmnopt-default-lrfree"]["state_over_params"] - 5.0) < 0.01  # + the start and a gradient sum
+    # every 4th entry: x_0 and s hold a quarter of the parameters
+    assert abs(size["rows"]["gmnopt-default-lrfree-stride4-every10"]["state_over_params"] - 3.5) < 0.01
     assert rule["refresh_ms"] > rule["plain_step_ms"] > 0  # the rule runs on the block's first step only
     assert all(row["peak_step_bytes"] is not None and row["peak_step_bytes"] >= 0 for row in size["rows"].values())
-    assert "GMNOptimizer, rule=\"default\"" in (tmp_path / "bench_step.md").read_text()
+    md = (tmp_path / "bench_step.md").read_text()
+    assert "GMNOptimizer, rule=\"default\"" in md and "estimate_stride=4, estimate_every=10" in md

@@ -211,3 +211,47 @@ def test_growth_rate_is_a_warm_up_and_bad_options_are_refused():
             GMNOptimizer(_model(), rule="adam", lr_free=True, **bad)
     with pytest.raises(ValueError, match="pass lr_free=True"):
         GMNOptimizer(_model(), rule="adam", growth_rate=1.02)
+
+
+def test_estimate_every_j_steps_moves_d_only_then_and_resumes_mid_block():
+    """estimate_every=j: d changes only on steps 1, j + 1, 2j + 1, ... (in between a step reads no
+    estimate), the run still trains as Prodigy does to within a small factor, and a state saved in
+    the middle of a block resumes bit for bit."""
+    model, every = _model(), 5
+    opt = GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=every)
+    changed = []
+    for t in range(1, 41):
+        before = opt.distance
+        _train(model, opt, 1)
+        if opt.distance != before:
+            changed.append(t)
+    assert changed and all((t - 1) % every == 0 for t in changed)
+    prodigy = _model()
+    ref = _train(prodigy, GMNOptimizer(prodigy, rule="adam", lr_free=True), 41)[-1]
+    mine = _train(model, opt, 1)[0]
+    assert mine < 0.5 * _train(_model(), torch.optim.SGD(_model().parameters(), lr=0.0), 1)[0]
+    assert mine == pytest.approx(ref, rel=2.0)
+    _train(model, opt, 2)  # to step 44: inside a block
+    clone = copy.deepcopy(model)
+    opt2 = GMNOptimizer(clone, rule="adam", lr_free=True, estimate_every=every)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _train(model, opt, 12), _train(clone, opt2, 12)
+    for pa, pb in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match="estimate_every"):
+        GMNOptimizer(_model(), rule="adam", lr_free=True, estimate_every=0)
+
+
+def test_a_loss_without_minimum_saturates_the_estimate_instead_of_raising():
+    """On a linear loss d grows geometrically; past ~1e15 the estimate's weight leaves float32. The
+    estimate then stops (d stays finite where it was) and steps go on, rather than a foreach op raising."""
+    from benchmarks.bench_step import mlp_of_size
+
+    torch.manual_seed(0)
+    model = mlp_of_size(1e4)  # (bench_step's model, where this was met)
+    opt = GMNOptimizer(model, rule="default", lr_free=True, estimate_every=10)
+    for p in model.parameters():  # a fixed gradient: the loss <g, p>
+        p.grad = torch.randn_like(p) * 1e-2
+    for _ in range(300):
+        opt.step()
+    assert 1e12 < opt.distance < float("inf")

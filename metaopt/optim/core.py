@@ -43,18 +43,21 @@ class OptState:
     step: int = 0
     # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars. With
     # ``stride`` k > 1 the estimate reads every k-th edge (flat positions 0, k, 2k, ...: Prodigy's
-    # ``slice_p``), and ``start`` / ``grad_sum`` hold only those, ceil(E / k) entries each.
+    # ``slice_p``), and ``start`` / ``grad_sum`` hold only those, ceil(E / k) entries each; with
+    # ``every`` j > 1 it is taken on steps 1, j + 1, 2j + 1, ... only (`estimate_distance`'s ``span``).
     start: Tensor | None = None
     grad_sum: Tensor | None = None
     distance: "DistanceEstimate | None" = None
     stride: int = 1
+    every: int = 1
 
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
-              stride: int = 1) -> "OptState":
+              stride: int = 1, every: int = 1) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
-        estimate reading every ``stride``-th edge."""
+        estimate reading every ``stride``-th edge on every ``every``-th step."""
         check_stride(stride)
+        check_stride(every, "estimate_every", "1 = every step")
         start = None if start is None else start.detach()[::stride].clone()
         return cls(
             torch.zeros(num_edges, device=device),
@@ -65,6 +68,7 @@ class OptState:
             None if start is None else torch.zeros_like(start, device=device),
             None if start is None else DistanceEstimate(),
             stride,
+            every,
         )
 
     def detach(self) -> "OptState":
@@ -74,14 +78,14 @@ class OptState:
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("step", "distance", "stride") and getattr(self, f.name) is not None}
+                if f.name not in ("step", "distance", "stride", "every") and getattr(self, f.name) is not None}
 
 
-def check_stride(stride: Any) -> int:
-    """``stride`` if it is a positive int (the lr-free estimate reads every stride-th edge), else a ValueError."""
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"the lr-free estimate's stride is a positive int (1 = every parameter), got {stride!r}.")
-    return stride
+def check_stride(value: Any, name: str = "estimate_stride", one: str = "1 = every parameter") -> int:
+    """``value`` if it is a positive int (how sparsely the lr-free estimate reads), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"the lr-free estimate's {name} is a positive int ({one}), got {value!r}.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ def apply_update(
 
 
 # ---- the lr-free part (Prodigy's distance estimate; GMNOptimizer(lr_free=True)) -------------------
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
 
 
@@ -206,38 +211,53 @@ class DistanceEstimate:
 
 def estimate_distance(
     params: list[Tensor], grads: list[Tensor], start: list[Tensor], grad_sum: list[Tensor], est: DistanceEstimate,
-    h: Hyper, step: int, inplace: bool,
+    h: Hyper, step: int, inplace: bool, span: int = 1,
 ) -> tuple[DistanceEstimate, list[Tensor]]:
     """The estimate after this step's gradient at ``params`` (before they move; ``start`` is x_0), and
     ``s``, per tensor of the lists. ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by
     default; a constant one cancels in ``d``, a schedule reweighs the steps). As Prodigy
     (``use_bias_correction=True``), this step still moves by the old ``d``, the new one from the next
     step. In place, ``grad_sum`` is updated, and the one [E] temporary (x_0 - x) is reused for |s|;
-    ``d`` takes no gradients (a float)."""
+    ``d`` takes no gradients (a float).
+
+    ``span`` j > 1 (``GMNOptimizer(estimate_every=j)``): this estimate stands for the j steps since the
+    last one, as if each had this step's gradient and gap: the sums decay by ``beta3^j`` and this
+    term enters with weight ``w * (1 + beta3 + ... + beta3^(j-1))``, and ``d`` may grow by
+    ``growth_rate^j``. Between estimates ``d`` is fixed and nothing is read, so the estimate's passes
+    and the moments' rescaling cost 1/j; j = 1 is Prodigy."""
     bc1, bc2 = h.bias_corrections(step)
     beta3 = h.beta2**0.5
-    w = est.d / D0 * est.d * h.lr * bc2**0.5 / bc1
+    decay = beta3**span
+    w = est.d / D0 * est.d * h.lr * bc2**0.5 / bc1 * sum(beta3**i for i in range(span))
+    # d in the 1e15s (a loss without a minimum, e.g. linear) puts w past float32: then the sums go to inf,
+    # the estimate stops being finite and d stays where it is, rather than a foreach op raising
+    w = min(w, FLOAT32_MAX)
     grads = [g.detach() for g in grads]
     gaps = torch._foreach_sub(start, [p.detach() for p in params])  # x_0 - x exactly (<g,x_0> - <g,x> would cancel)
     dots = [torch.dot(g.reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
     if inplace:
-        torch._foreach_mul_(grad_sum, beta3)
+        torch._foreach_mul_(grad_sum, decay)
         torch._foreach_add_(grad_sum, grads, alpha=w)
         s = grad_sum
         norms = [torch.abs(t, out=gap).sum() for t, gap in zip(s, gaps)]  # |s| into the spent gap: no allocation
     else:
-        s = [beta3 * a + w * g for a, g in zip(grad_sum, grads)]
+        s = [decay * a + w * g for a, g in zip(grad_sum, grads)]
         norms = [t.abs().sum() for t in s]
     dot_f, norm_f = torch.stack([torch.stack(dots).sum(), torch.stack(norms).sum()]).tolist()  # one host sync
-    numerator = beta3 * est.numerator + w * dot_f
+    numerator = decay * est.numerator + w * dot_f
     d, peak = est.d, max(est.peak, est.d)  # d <= peak always (the max also reads states saved without a peak)
     if norm_f > 0 and math.isfinite(numerator / norm_f):
         d_hat = numerator / norm_f
         if d == D0:  # Prodigy's first estimate is not held back by the growth rate
             d = max(d, d_hat)
         peak = max(peak, d_hat)
-        d = min(peak, d * h.growth_rate)  # = peak (Prodigy's max(d, d_hat)) at growth_rate = inf
+        d = min(peak, d * h.growth_rate**span)  # = peak (Prodigy's max(d, d_hat)) at growth_rate = inf
     return DistanceEstimate(numerator, d, last=est.d, peak=peak), s
+
+
+def estimate_span(step: int, every: int) -> int:
+    """How many steps an estimate on ``step`` stands for: ``every``, or 1 on the first step."""
+    return 1 if step == 1 else every
 
 
 def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float, inplace: bool
@@ -316,9 +336,12 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
         if params is None:
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
         (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
-        k = state.stride
-        est, (grad_sum,) = estimate_distance([params[::k]], [grad[::k]], [state.start], [state.grad_sum], est, h,
-                                             state.step + 1, inplace=False)
+        k, step = state.stride, state.step + 1
+        if refresh_due(step, state.every):
+            est, (grad_sum,) = estimate_distance([params[::k]], [grad[::k]], [state.start], [state.grad_sum], est, h,
+                                                 step, inplace=False, span=estimate_span(step, state.every))
+        else:  # d stays; the moments are in its units after this step's shrink
+            est = replace(est, last=est.d)
     (m,), (v,) = update_moments([m], [v], [grad], h, inplace=False)
     return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est)
 

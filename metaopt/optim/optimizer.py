@@ -128,7 +128,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     on top). ``opt.distance`` is the current ``d``. Two of Prodigy's options: ``growth_rate`` (a
     param-group hyperparameter, default inf) lets ``d`` grow by at most that factor per step, a
     warm-up (1.02-1.1); ``estimate_stride=k`` (Prodigy's ``slice_p``) computes the estimate from every
-    k-th parameter entry only, so its passes cost 1/k and the state is 3x + 2/k x the parameters.
+    k-th parameter entry only, so its passes cost 1/k and the state is 3x + 2/k x the parameters. And
+    one of this package: ``estimate_every=j`` takes the estimate on every j-th step only, each standing
+    for the j steps since the last (`core.estimate_distance`'s ``span``), so between them a step costs
+    what a fixed-lr step does.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         lr_free: bool = False,
         growth_rate: float = float("inf"),
         estimate_stride: int = 1,
+        estimate_every: int = 1,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -162,10 +166,12 @@ class GMNOptimizer(torch.optim.Optimizer):
             raise ValueError(f"GMNOptimizer: growth_rate is a factor >= 1 (inf: no limit), got {growth_rate!r}.")
         try:
             self.estimate_stride = core.check_stride(estimate_stride)
+            self.estimate_every = core.check_stride(estimate_every, "estimate_every", "1 = every step")
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
-        if not lr_free and (growth_rate != float("inf") or estimate_stride != 1):
-            raise ValueError("GMNOptimizer: growth_rate and estimate_stride shape the lr-free estimate; pass lr_free=True.")
+        if not lr_free and (growth_rate != float("inf") or estimate_stride != 1 or estimate_every != 1):
+            raise ValueError("GMNOptimizer: growth_rate, estimate_stride and estimate_every shape the lr-free estimate; "
+                             "pass lr_free=True.")
         if lr is None:  # lr-free: a multiplier of the estimate; else the rule's own default (1e-3 for Adam)
             lr = 1.0 if lr_free else rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
@@ -284,7 +290,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
         # lr_free: x_0 is the parameters before the first step (load_state_dict overwrites it)
         start = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.lr_free else None
-        init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride)
+        init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride,
+                              every=self.estimate_every)
         self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
 
@@ -498,6 +505,10 @@ class GMNOptimizer(torch.optim.Optimizer):
                                     float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]))
         if est.shrink() < 1.0:
             core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
+        step = int(self.state[STEPS_TAKEN])
+        if not core.refresh_due(step, self.estimate_every):  # d stays: this step moves by it
+            self.state[DISTANCE_LAST] = est.d
+            return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
         if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
             slices = self._estimate_slices
@@ -508,13 +519,18 @@ class GMNOptimizer(torch.optim.Optimizer):
             [p.float() for p in params], [g.float() for g in grads],
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
-            int(self.state[STEPS_TAKEN]), inplace=True)
+            step, inplace=True, span=core.estimate_span(step, self.estimate_every))
         cap = float(self.state[DISTANCE_CAP])
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
             new = replace(new, d=max(cap, est.d))
         self.state[DISTANCE_NUMERATOR], self.state[DISTANCE], self.state[DISTANCE_LAST] = new.numerator, new.d, new.last
         self.state[DISTANCE_PEAK] = new.peak
-        scaled = {h: replace(h, lr=h.lr * new.last) for h in {h for _, _, h in entries}}
+        return self._scale_lrs(entries, new.last)
+
+    @staticmethod
+    def _scale_lrs(entries: list[tuple[int, Tensor, Hyper]], d: float) -> list[tuple[int, Tensor, Hyper]]:
+        """``entries`` with every group's lr multiplied by the estimate ``d`` (one Hyper per group)."""
+        scaled = {h: replace(h, lr=h.lr * d) for h in {h for _, _, h in entries}}
         return [(i, p, scaled[h]) for i, p, h in entries]
 
     def _watch_spikes(self, grads: list[Tensor], lr_scale: Tensor) -> None:
