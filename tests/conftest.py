@@ -21,3 +21,20 @@ def tv_models():
     if models is None:
         pytest.skip("torchvision is not installed (pip install -e '.[test]')")
     return models
+
+
+@pytest.fixture
+def optimizer_calls(monkeypatch):
+    """The keyword arguments of every GMNOptimizer built during the test, in order (the optimizer
+    still runs): what a command line or a comparison gave the optimizers it trained with."""
+    from metaopt.optim import GMNOptimizer
+
+    calls: list[dict] = []
+    original = GMNOptimizer.__init__
+
+    def record(self, *args, **kwargs):
+        calls.append(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GMNOptimizer, "__init__", record)
+    return calls

@@ -231,18 +231,8 @@ def test_resume_continues_an_interrupted_run_without_rerunning_what_is_done(tmp_
         evaluate.main([*common, "--seeds", "0", "1", "--steps", "14", "--resume"])
 
 
-def test_spike_guard_adds_guarded_rows_beside_each_rule(tmp_path: Path, monkeypatch) -> None:
+def test_spike_guard_adds_guarded_rows_beside_each_rule(tmp_path: Path, optimizer_calls) -> None:
     """--spike-guard R runs every rule a second time as GMNOptimizer(spike_guard=R), labelled <rule>+guard."""
-    from metaopt.optim import GMNOptimizer
-
-    seen: list = []
-    original = GMNOptimizer.__init__
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("spike_guard"))
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
     threads = torch.get_num_threads()
     UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.1)).save_pretrained(tmp_path / "r")
     common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
@@ -252,26 +242,20 @@ def test_spike_guard_adds_guarded_rows_beside_each_rule(tmp_path: Path, monkeypa
     out = json.loads((tmp_path / "g" / "results.json").read_text())
     assert {"rule_mlp", "rule_mlp@best", "rule_mlp+guard", "rule_mlp+guard@best"} <= set(out["entries"][0]["results"])
     assert out["rules"][-1].endswith("+guard (spike_guard 3)")
+    seen = [kw.get("spike_guard") for kw in optimizer_calls]
     assert seen.count(3.0) >= 2 and seen.count(None) >= 2  # grid runs of both, each with its own setting
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--spike-guard", "1", "--out", str(tmp_path / "bad")])
 
 
-def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule(tmp_path: Path, monkeypatch) -> None:
+def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule(tmp_path: Path, optimizer_calls) -> None:
     """--lr-free runs every rule again as GMNOptimizer(lr_free=True), labelled <rule>+lrfree, with its lr a
     multiplier on powers of 3 around 1 (so its sensitivity reads 1/3x and 3x); --variants-only drops the
     rule's own rows; a shipped rule's name works in place of a directory; --reuse of an earlier run of
     the same LABEL=DIR keeps that rule's rows."""
-    from metaopt.optim import GMNOptimizer
+    def seen() -> list:
+        return [(kw.get("lr_free", False), kw.get("lr")) for kw in optimizer_calls]
 
-    seen: list = []
-    original = GMNOptimizer.__init__
-
-    def spy(self, *args, **kwargs):
-        seen.append((kwargs.get("lr_free", False), kwargs.get("lr")))
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
     threads = torch.get_num_threads()
     common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
               "--baselines", "adam", "--rule", "prodigy=adam"]
@@ -279,14 +263,14 @@ def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule
     res = json.loads((tmp_path / "v" / "results.json").read_text())
     assert set(res["entries"][0]["results"]) == {"adam", "prodigy+lrfree@best", "prodigy+lrfree"}
     assert res["rules"] == ["prodigy=adam+lrfree (lr_free)"]
-    assert {lr for free, lr in seen if free} == set(evaluate.LR_FREE_GRID)  # the multipliers (default 1 among them)
+    assert {lr for free, lr in seen() if free} == set(evaluate.LR_FREE_GRID)  # the multipliers (default 1 among them)
     sens = res["entries"][0]["sensitivity"]["prodigy+lrfree"]
     assert (sens["default_lr"], sens["lr_low"], sens["lr_high"]) == pytest.approx((1.0, 1 / 3, 3.0))
     evaluate.main([*common, "--out", str(tmp_path / "plain")])
-    seen.clear()
+    optimizer_calls.clear()
     evaluate.main([*common, "--lr-free", "--reuse", str(tmp_path / "plain" / "results.json"), "--out", str(tmp_path / "r")])
     torch.set_num_threads(threads)
-    assert seen and all(free for free, _ in seen)  # the plain rule's rows came from the reused run
+    assert seen() and all(free for free, _ in seen())  # the plain rule's rows came from the reused run
     res = json.loads((tmp_path / "r" / "results.json").read_text())["entries"][0]["results"]
     assert {"prodigy", "prodigy@best", "prodigy+lrfree", "prodigy+lrfree@best"} <= set(res)
     assert "prodigy+lrfree reaches a lower final loss than prodigy on" in (tmp_path / "r" / "results.md").read_text()
@@ -298,27 +282,18 @@ def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule
     assert {n for n in res if not n.endswith("@best")} == {"adam", "prodigy+lrfree", "prodigy+guard", "prodigy+lrfree+guard"}
 
 
-def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, monkeypatch) -> None:
-    """--growth-rate / --estimate-stride reach every +lrfree row's GMNOptimizer (and are named in its
-    label); without --lr-free they are refused."""
-    from metaopt.optim import GMNOptimizer
-
-    seen: list = []
-    original = GMNOptimizer.__init__
-
-    def spy(self, *args, **kwargs):
-        seen.append((kwargs.get("growth_rate"), kwargs.get("estimate_stride")))
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
+def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, optimizer_calls) -> None:
+    """--growth-rate / --estimate-stride / --estimate-every reach every +lrfree row's GMNOptimizer (and
+    are named in its label); without --lr-free they are refused."""
     threads = torch.get_num_threads()
     common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
               "--baselines", "adam", "--rule", "prodigy=adam"]
-    evaluate.main([*common, "--lr-free", "--growth-rate", "1.1", "--estimate-stride", "3", "--variants-only",
-                   "--out", str(tmp_path / "v")])
+    evaluate.main([*common, "--lr-free", "--growth-rate", "1.1", "--estimate-stride", "3", "--estimate-every", "5",
+                   "--variants-only", "--out", str(tmp_path / "v")])
     torch.set_num_threads(threads)
-    assert seen and set(seen) == {(1.1, 3)}
+    seen = {(kw.get("growth_rate"), kw.get("estimate_stride"), kw.get("estimate_every")) for kw in optimizer_calls}
+    assert seen == {(1.1, 3, 5)}
     res = json.loads((tmp_path / "v" / "results.json").read_text())
-    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, growth_rate 1.1, estimate_stride 3)"]
+    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, growth_rate 1.1, estimate_stride 3, estimate_every 5)"]
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--growth-rate", "1.1", "--out", str(tmp_path / "bad")])

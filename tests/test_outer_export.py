@@ -366,29 +366,20 @@ def test_comparison_with_the_rules_lr_tuned_keeps_its_best_curve_per_task(tmp_pa
         Comparison(cfg, steps=3, n_tasks=1, rule_lr="best")
 
 
-def test_comparison_runs_an_lr_free_rule_lr_free(tmp_path: Path, monkeypatch) -> None:
+def test_comparison_runs_an_lr_free_rule_lr_free(tmp_path: Path, optimizer_calls) -> None:
     """With tasks.lr_free the comparison runs the rule as it was meta-trained: GMNOptimizer(lr_free=True)
     at the multiplier 1 (an lr to tune there is refused)."""
     from outer_train.compare import Comparison
 
-    seen: list = []
-    original = GMNOptimizer.__init__
-
-    def spy(self, *args, **kwargs):
-        seen.append((kwargs.get("lr_free"), kwargs.get("lr")))
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(GMNOptimizer, "__init__", spy)
     cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"', "tasks.lr_free=true"])
     result = Comparison(cfg, steps=20, n_tasks=2).run(MetaTrainer(cfg).rule)
-    assert seen == [(True, 1.0), (True, 1.0)] and all(math.isfinite(r) for r in result.log_ratios)
+    assert [(kw.get("lr_free"), kw.get("lr")) for kw in optimizer_calls] == [(True, 1.0), (True, 1.0)]
+    assert all(math.isfinite(r) for r in result.log_ratios)
     with pytest.raises(ValueError, match="lr_free"):
         Comparison(cfg, steps=20, n_tasks=2, rule_lr="tuned")
-    # the run's options of the estimate (tasks.growth_rate / estimate_stride) are the comparison's too
-    options: list = []
-    monkeypatch.setattr(GMNOptimizer, "__init__", lambda self, *a, **kw: (
-        options.append((kw.get("growth_rate"), kw.get("estimate_stride"))), original(self, *a, **kw))[-1])
+    # the run's options of the estimate (tasks.growth_rate / estimate_stride / estimate_every) are the comparison's too
+    optimizer_calls.clear()
     cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"', "tasks.lr_free=true",
-                                         "tasks.growth_rate=1.1", "tasks.estimate_stride=3"])
+                                         "tasks.growth_rate=1.1", "tasks.estimate_stride=3", "tasks.estimate_every=5"])
     Comparison(cfg, steps=20, n_tasks=1).run(MetaTrainer(cfg).rule)
-    assert options == [(1.1, 3)]
+    assert [(kw.get("growth_rate"), kw.get("estimate_stride"), kw.get("estimate_every")) for kw in optimizer_calls] == [(1.1, 3, 5)]
