@@ -256,7 +256,10 @@ def estimate_distance(
 
 
 def estimate_span(step: int, every: int) -> int:
-    """How many steps an estimate on ``step`` stands for: ``every``, or 1 on the first step."""
+    """How many steps an estimate on ``step`` stands for: 0 when none is taken on it (estimates are taken
+    on steps 1, every + 1, 2 * every + 1, ...), 1 on the first step, else ``every``."""
+    if not refresh_due(step, every):
+        return 0
     return 1 if step == 1 else every
 
 
@@ -337,9 +340,10 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
         (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
         k, step = state.stride, state.step + 1
-        if refresh_due(step, state.every):
+        span = estimate_span(step, state.every)
+        if span:
             est, (grad_sum,) = estimate_distance([params[::k]], [grad[::k]], [state.start], [state.grad_sum], est, h,
-                                                 step, inplace=False, span=estimate_span(step, state.every))
+                                                 step, inplace=False, span=span)
         else:  # d stays; the moments are in its units after this step's shrink
             est = replace(est, last=est.d)
     (m,), (v,) = update_moments([m], [v], [grad], h, inplace=False)

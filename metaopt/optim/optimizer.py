@@ -506,7 +506,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         if est.shrink() < 1.0:
             core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
         step = int(self.state[STEPS_TAKEN])
-        if not core.refresh_due(step, self.estimate_every):  # d stays: this step moves by it
+        span = core.estimate_span(step, self.estimate_every)
+        if not span:  # d stays: this step moves by it
             self.state[DISTANCE_LAST] = est.d
             return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
@@ -519,7 +520,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             [p.float() for p in params], [g.float() for g in grads],
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
-            step, inplace=True, span=core.estimate_span(step, self.estimate_every))
+            step, inplace=True, span=span)
         cap = float(self.state[DISTANCE_CAP])
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
             new = replace(new, d=max(cap, est.d))
