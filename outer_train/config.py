@@ -42,6 +42,7 @@ class RuleSection:
     relative_lr: bool = False  # FeatureConfig.relative_lr: the rule sees lr / weight rms per tensor
     horizon: bool = False  # FeatureConfig.horizon: the rule sees the fraction of its trajectory done
     snr: bool = False  # FeatureConfig.snr: the rule sees Adam's unnormalised m / sqrt(v) (gradient signal-to-noise)
+    global_bound: float = 0.0  # RuleConfig.global_bound: lr-free, the rule may correct d within exp(+-b) (0 = off)
     # (any of these flags with init_from: added to a rule trained without it, its weights starting at zero)
     init_from: str = ""  # a rule directory to start from (save_pretrained format)
 
@@ -185,6 +186,9 @@ class TrainConfig:
             (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
                                     and self.tasks.estimate_every == 1),
              "tasks.growth_rate, estimate_stride and estimate_every shape the lr-free estimate; set tasks.lr_free = true"),
+            (self.rule.global_bound >= 0, "rule.global_bound must be >= 0 (0 = off)"),
+            (self.rule.global_bound == 0 or self.tasks.lr_free,
+             "rule.global_bound corrects the lr-free estimate; set tasks.lr_free = true"),
             (self.estimator.late_power >= 0, "need estimator.late_power >= 0"),
             (self.meta.train in TRAIN_PARAMETERS, f"meta.train must be one of {TRAIN_PARAMETERS}"),
             (self.meta.train == "all" or bool(self.rule.init_from),

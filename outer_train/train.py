@@ -51,12 +51,15 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
         wanted = dataclasses.replace(rule.features, relative_lr=rule.features.relative_lr or cfg.rule.relative_lr,
                                      horizon=rule.features.horizon or cfg.rule.horizon,
                                      snr=rule.features.snr or cfg.rule.snr)
-        return rule.with_features(wanted) if wanted != rule.features else rule
+        rule = rule.with_features(wanted) if wanted != rule.features else rule
+        # A correction of the lr-free estimate (rule.global_bound) starts at 0: the same rule until trained.
+        bound = cfg.rule.global_bound or rule.config.global_bound
+        return rule.with_global_bound(bound) if bound != rule.config.global_bound else rule
     torch.manual_seed(cfg.seed)
     r = cfg.rule
     return UpdateRule(
         RuleConfig(kind=r.arch, hidden=r.hidden, layers=r.layers, alpha=r.alpha, bound=r.bound,
-                   refresh_every=r.refresh_every, features=FeatureConfig(max_step=r.max_step, relative_lr=r.relative_lr,
+                   refresh_every=r.refresh_every, global_bound=r.global_bound, features=FeatureConfig(max_step=r.max_step, relative_lr=r.relative_lr,
                                                                         horizon=r.horizon, snr=r.snr))
     )
 
@@ -175,6 +178,9 @@ class MetaTrainer:
             "inner_steps_per_s": res.inner_steps / max(elapsed, 1e-9),
             "tasks_sampled": float(self.counters["tasks"]),
         }
+        if self.rule.config.global_bound > 0:  # the lr-free correction of d (RuleConfig.global_bound)
+            metrics["global_gate"] = float(self.rule.global_gate.detach())
+            metrics["global_offset"] = float(self.rule.global_offset.detach())
         self.update_ratio = res.update_ratio
         return metrics
 

@@ -83,6 +83,44 @@ def test_rule_scale_is_normalised_and_loss_goes_down():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_global_bound_corrects_d_within_its_bound_and_starts_as_the_rule_it_continues(tmp_path):
+    """RuleConfig.global_bound b > 0: the scale's geometric mean g becomes
+    exp(b * tanh((gate * log g + offset) / b)), never past exp(+-b), the shares between parameters the
+    rule's; gate = offset = 0 (a rule continued with it) is exactly the normalised rule. The two
+    scalars are saved with the rule; negative bounds are refused."""
+    from metaopt.optim.core import normalise_scale
+
+    torch.manual_seed(1)
+    plain = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=2.0, bound=2.0, refresh_every=5))
+    rule = plain.with_global_bound(1.5)
+    scale = torch.exp(torch.tensor([0.3, 0.1, -0.1, 0.5]))  # log g = 0.2
+    torch.testing.assert_close(normalise_scale(scale, rule), normalise_scale(scale))  # starts normalised
+    assert float(normalise_scale(scale).log().mean()) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        rule.global_gate.fill_(2.0), rule.global_offset.fill_(0.1)
+    kept = normalise_scale(scale, rule).detach()
+    assert float(kept.log().mean()) == pytest.approx(1.5 * math.tanh((2.0 * 0.2 + 0.1) / 1.5), rel=1e-5)
+    torch.testing.assert_close(kept / kept[0], scale / scale[0])  # the shares between parameters are the rule's
+    assert float(normalise_scale(scale * 1e6, rule).detach().log().mean()) == pytest.approx(1.5, rel=1e-5)  # saturates
+
+    def run(r: UpdateRule) -> tuple[list[float], GMNOptimizer]:
+        model = _model()
+        opt = GMNOptimizer(model, rule=r, lr_free=True, example_inputs=torch.randn(2, 5))
+        return _train(model, opt, 60), opt
+
+    fresh = plain.with_global_bound(1.5)
+    assert run(fresh)[0] == run(plain)[0]  # gate = offset = 0: the same run
+    rule.save_pretrained(tmp_path / "rule")
+    loaded = UpdateRule.from_pretrained(tmp_path / "rule")
+    assert loaded.config.global_bound == 1.5 and float(loaded.global_offset.detach()) == pytest.approx(0.1)
+    losses, opt = run(loaded)
+    log_g = float(opt._buffers["lr_scale"].log().mean())
+    assert 1e-3 < abs(log_g) < 1.5  # the rule corrects d, within its bound
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="global_bound"):
+        RuleConfig(global_bound=-1.0)
+
+
 def test_less_sensitive_to_lr_than_a_fixed_lr():
     """At 1/3x and 3x the multiplier the lr-free final loss moves less than Adam's over the same span."""
     def final(lr: float, lr_free: bool) -> float:

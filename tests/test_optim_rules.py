@@ -282,7 +282,10 @@ def test_meta_training_can_continue_a_rule_with_the_relative_lr_feature(tmp_path
     rule = build_rule(cfg)
     assert rule.features.relative_lr and rule.config.hidden == UpdateRule.default().config.hidden
     cfg.rule.relative_lr = False  # without the flag the stored rule is taken as it is
-    assert not build_rule(cfg).features.relative_lr
+    assert not build_rule(cfg).features.relative_lr and build_rule(cfg).config.global_bound == 0.0
+    cfg.rule.global_bound = 2.0  # a correction of the lr-free estimate, starting at 0
+    rule = build_rule(cfg)
+    assert rule.config.global_bound == 2.0 and float(rule.global_gate) == float(rule.global_offset) == 0.0
 
 
 def test_the_optimizer_takes_the_rules_default_lr_unless_given(tmp_path):

@@ -43,6 +43,8 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
         ("meta.max_consecutive_skips=0", "max_consecutive_skips must be >= 1"),
         ("tasks.unroll_min=500", "unroll_min <= tasks.unroll_max"),
         ("truncation", "section.key=value"),
+        ("rule.global_bound=1.0", "rule.global_bound corrects the lr-free estimate"),
+        ("rule.global_bound=-1.0", "rule.global_bound must be >= 0"),
     ],
 )
 def test_bad_overrides_raise_with_the_key(override: str, match: str) -> None:
@@ -61,6 +63,8 @@ def test_new_rule_and_inner_optimizer_fields_resolve() -> None:
 
     rule = build_rule(cfg)
     assert (rule.config.bound, rule.config.refresh_every, rule.features.max_step) == (1.5, 5, 300)
+    cfg = resolve("quick", None, ["tasks.lr_free=true", "rule.global_bound=1.5"])
+    assert build_rule(cfg).config.global_bound == 1.5
     for preset in ("quick", "gpu", "multi"):  # every preset is valid as shipped
         c = resolve(preset)
         assert c.tasks.truncation % c.rule.refresh_every == 0

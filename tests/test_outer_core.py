@@ -40,7 +40,8 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
     snr features, whose bias correction reads the non-default betas on both sides; and lr-free, where
     Prodigy's estimate sets the step, the scale is normalised and a relative-lr rule reads its own
     default lr on both sides; and lr-free with Prodigy's options, a growth rate that binds and an
-    estimate reading every third edge on every second step)."""
+    estimate reading every third edge on every second step, and a rule whose geometric-mean scale
+    corrects the estimate, global_bound)."""
     task = _classifier_task()
     torch.manual_seed(0)
     free = extra.startswith("lr_free")
@@ -48,7 +49,11 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
     growth, stride, every = (1.2, 3, 2) if options else (math.inf, 1, 1)
     lr = 0.7 if free else LR  # lr-free: the multiplier of the estimate
     features = FeatureConfig(relative_lr=extra in ("relative_lr", "lr_free", "lr_free_options"), horizon=extra == "horizon", snr=extra == "snr")
-    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2, features=features))
+    rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2, features=features,
+                                 global_bound=0.05 if options else 0.0))
+    if options:  # a trained correction of d: part of the network's mean output and a constant
+        with torch.no_grad():
+            rule.global_gate.fill_(0.5), rule.global_offset.fill_(0.01)
     model = copy.deepcopy(task.model)
     opt = GMNOptimizer(model, rule=rule, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph, total_steps=5,
                        lr_free=free, **({"growth_rate": growth, "estimate_stride": stride, "estimate_every": every} if options else {}))
@@ -92,6 +97,9 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
             assert state.grad_sum.numel() == -(-index.num_edges // 3)
         scale = state.lr_scale.detach()
         assert (scale - 1).abs().max() > 1e-3  # the rule is not Adam
+        if free:  # lr-free, the network's geometric-mean scale is 1, or within exp(+-global_bound) of it
+            log_g = abs(float(scale.log().mean()))
+            assert 1e-4 < log_g < 0.05 if options else log_g < 1e-5
         if t % 2 == 0:  # not a refresh step: the scale of the step before is reused
             assert torch.equal(scale, previous_scale)
         else:

@@ -275,10 +275,14 @@ def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float
     return [m * ratio for m in exp_avg], [v * (ratio * ratio) for v in exp_avg_sq]
 
 
-def normalise_scale(scale: Tensor) -> Tensor:
-    """The lr scale divided by its geometric mean over the network: with ``d`` setting the step size
-    (lr-free), the rule only shares it out between parameters."""
-    return scale / torch.exp(torch.log(scale).mean())
+def normalise_scale(scale: Tensor, rule: Any = None, rule_params: dict[str, Tensor] | None = None) -> Tensor:
+    """Lr-free, the lr scale divided by its geometric mean ``g`` over the network (``d`` sets the step
+    size; the rule only shares it out between parameters); a ``rule`` with ``global_bound > 0`` keeps
+    its correction of ``d``, ``exp(rule.global_log_scale(log g))``, for the whole network."""
+    log_g = torch.log(scale).mean()
+    if rule is not None and rule.config.global_bound > 0:
+        return scale / torch.exp(log_g - rule.global_log_scale(log_g, rule_params))  # kept 0: bit-equal to normalised
+    return scale / torch.exp(log_g)
 
 
 # ---- the rule's part ---------------------------------------------------------------------------
@@ -388,5 +392,5 @@ def step(
                                            rule_lr(rule, new.distance is not None, h.lr),
                                            h.total_steps, (h.beta1, h.beta2))
         if new.distance is not None:
-            new.lr_scale = normalise_scale(new.lr_scale)
+            new.lr_scale = normalise_scale(new.lr_scale, rule, rule_params)
     return finish(params, new, h, scaled=rule.net is not None), new

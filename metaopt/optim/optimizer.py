@@ -605,7 +605,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr, total_steps=total,
                                              betas=betas)
         if self.lr_free:
-            scale = core.normalise_scale(scale)
+            scale = core.normalise_scale(scale, self.rule)
         buf["lr_scale"].copy_(self._damp(scale))
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1

@@ -98,6 +98,12 @@ class RuleConfig:
     bound: the lr scale stays within ``exp(+-bound)`` of Adam's per parameter.
     refresh_every: the rule runs on steps 1, k + 1, 2k + 1, ... (k = refresh_every); the scale it
         sets is reused in between. Meta-training uses the same k as deployment.
+    global_bound: lr-free only. 0: the scale is divided by its geometric mean ``g`` over the network,
+        so the rule only shares Prodigy's ``d`` out between parameters. ``b > 0``: the rule also
+        corrects ``d`` for the whole network, within ``exp(+-b)``: the scale's geometric mean becomes
+        ``exp(b * tanh((gate * log g + offset) / b))`` with two learned scalars that start at 0 (so a
+        rule continued with it starts exactly where it was): ``offset`` a constant correction of
+        ``d``, ``gate`` how much of the network's own mean output is kept.
     default_lr: the lr `GMNOptimizer(model)` uses when none is passed. A rule multiplies Adam's step by
         its own scale, so its best lr is a property of the rule, not Adam's 1e-3; it is chosen on the
         meta-validation suite (``python -m outer_train.compare --tune-lr``), never on held-out tasks.
@@ -110,6 +116,7 @@ class RuleConfig:
     bound: float = 3.0
     refresh_every: int = 100
     default_lr: float = 1e-3
+    global_bound: float = 0.0
     features: FeatureConfig = field(default_factory=FeatureConfig)
     net_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -118,6 +125,8 @@ class RuleConfig:
             raise ValueError(f"RuleConfig: kind must be a registered rule kind {sorted(RULE_KINDS)}, got {self.kind!r}.")
         if not self.bound > 0 or self.refresh_every < 1:
             raise ValueError(f"RuleConfig: need bound > 0 and refresh_every >= 1, got {self.bound}, {self.refresh_every}.")
+        if not self.global_bound >= 0:
+            raise ValueError(f"RuleConfig: global_bound must be >= 0, got {self.global_bound}.")
         if not self.default_lr > 0:
             raise ValueError(f"RuleConfig: default_lr must be > 0, got {self.default_lr}.")
         if isinstance(self.features, dict):
@@ -132,6 +141,7 @@ class RuleConfig:
             "bound": self.bound,
             "refresh_every": self.refresh_every,
             "default_lr": self.default_lr,
+            "global_bound": self.global_bound,
             "features": self.features.to_dict(),
             "net_kwargs": dict(self.net_kwargs),
         }
@@ -149,6 +159,9 @@ class UpdateRule(nn.Module):
         self.config = config
         self.net = RULE_KINDS[config.kind](config)
         self.alpha = nn.Parameter(torch.tensor(float(config.alpha)))
+        if config.global_bound > 0:  # lr-free: the rule's correction of Prodigy's d (RuleConfig.global_bound)
+            self.global_gate = nn.Parameter(torch.zeros(()))
+            self.global_offset = nn.Parameter(torch.zeros(()))
 
     @property
     def features(self) -> FeatureConfig:
@@ -193,6 +206,24 @@ class UpdateRule(nn.Module):
         if torch.is_grad_enabled() or not bool(torch.isfinite(d.sum())):
             out = torch.where(torch.isinf(d), torch.full_like(out, float("nan")), out)
         return out.float()
+
+    def global_log_scale(self, log_g: Tensor, rule_params: dict[str, Tensor] | None = None) -> Tensor:
+        """Lr-free, the log geometric mean the scale keeps, from the network's ``log_g``:
+        ``b * tanh((gate * log_g + offset) / b)``, ``b = global_bound``; 0 without one."""
+        b = self.config.global_bound
+        if b <= 0:
+            return torch.zeros_like(log_g)
+        p = dict(self.named_parameters()) if rule_params is None else rule_params
+        return b * torch.tanh((p["global_gate"] * log_g + p["global_offset"]) / b)
+
+    def with_global_bound(self, bound: float) -> "UpdateRule":
+        """This rule with ``RuleConfig.global_bound = bound``, its correction of ``d`` starting at 0
+        (gate and offset 0): lr-free it computes exactly what it computed before."""
+        rule = type(self)(RuleConfig(**{**self.config.to_dict(), "global_bound": bound})).to(self.alpha.device)
+        missing, unexpected = rule.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or set(missing) - {"global_gate", "global_offset"}:
+            raise ValueError(f"UpdateRule.with_global_bound: weights do not carry over ({missing}, {unexpected}).")
+        return rule  # a trained correction (gate, offset) carries over when both bounds are > 0
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
