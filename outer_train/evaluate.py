@@ -95,6 +95,8 @@ class EvalSettings:
     tell_horizon: bool = True
     # "cosine": rules run under CosineAnnealingLR over the horizon, as adam_cosine does ("constant": not).
     rule_schedule: str = "constant"
+    # torch threads per process, as run (written in the tables' header; merged parts must agree; 0: not recorded)
+    threads: int = 0
 
     def grid(self, lo: float, hi: float) -> list[float]:
         return [float(x) for x in np.geomspace(lo, hi, self.grid_points)]
@@ -392,7 +394,7 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
               f"(Adam/AdamW and rules@best {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
               f"rules at their default lr (GMNOptimizer(model)) and at their best lr"
               f"{', under cosine decay over the horizon' if s.rule_schedule == 'cosine' else ''}; whole training loop timed, "
-              f"torch threads {torch.get_num_threads()}.\n\n")
+              f"torch threads {s.threads or 'not recorded'}.\n\n")
     if reused_from:  # timings from two runs: the machine's load may have differed between them
         header += (f"Optimizers kept from {', '.join(reused_from)} (--reuse) were timed in that run, the others in "
                    "this one: their wall-clock columns and loop cost compare timings taken at different times "
@@ -407,7 +409,7 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
 
 
 # What runs from before a setting existed did (results.json files lack the key).
-OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant", "suite": "held_out"}
+OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant", "suite": "held_out", "threads": 0}
 
 
 def merge_results(files: list[Path], out: Path) -> int:
@@ -506,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick and a.suite != "held_out":
         p.error("--quick runs held-out tasks; give --suite meta_val with --tasks, --steps and --grid-points instead")
     s = EvalSettings(tasks=QUICK_TASKS if a.quick else suite_tasks, seeds=[0] if a.quick else [0, 1, 2],
-                     steps=150 if a.quick else 1000, grid_points=4 if a.quick else 7, suite=a.suite)
+                     steps=150 if a.quick else 1000, grid_points=4 if a.quick else 7, suite=a.suite,
+                     threads=a.threads)
     if a.tasks:
         unknown = sorted(set(a.tasks) - set(suite_tasks))
         if unknown:
@@ -577,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(Path(a.reuse).read_text())
         old["settings"] = {**OLD_SETTINGS, **old["settings"]}  # runs before the options: told, no schedule
         reused_from = [*old.get("reused_from", []), a.reuse]
-        differ = {k for k in set(old["settings"]) | set(s.__dict__) if k != "tasks" and old["settings"].get(k) != s.__dict__.get(k)}
+        differ = {k for k in set(old["settings"]) | set(s.__dict__)  # threads: the caveat on reused timings covers it
+                  if k not in ("tasks", "threads") and old["settings"].get(k) != s.__dict__.get(k)}
         if differ:  # the task list may differ: only the tasks run here are taken from it
             p.error(f"--reuse {a.reuse} was run with other settings ({sorted(differ)}): {old['settings']}, not {s.__dict__}")
         previous = {e["task"]: e["results"] for e in old["entries"]}

@@ -104,6 +104,7 @@ def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
     assert merged["settings"]["tasks"] == ["siren_shapes", "mlp_shapes"]
     table = (tmp_path / "m" / "results.md").read_text()
     assert "| mlp_shapes/s1 | adam |" in table and "Summary over tasks" in table and "| mlp_shapes | 2 |" in table
+    assert "torch threads 1." in table  # the parts' threads, not the merging process's
     with pytest.raises(SystemExit):  # the same runs twice cannot be merged
         evaluate.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "a" / "results.json"),
                        "--out", str(tmp_path / "x")])
