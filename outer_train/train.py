@@ -59,8 +59,8 @@ def build_rule(cfg: TrainConfig) -> UpdateRule:
     r = cfg.rule
     return UpdateRule(
         RuleConfig(kind=r.arch, hidden=r.hidden, layers=r.layers, alpha=r.alpha, bound=r.bound,
-                   refresh_every=r.refresh_every, global_bound=r.global_bound, features=FeatureConfig(max_step=r.max_step, relative_lr=r.relative_lr,
-                                                                        horizon=r.horizon, snr=r.snr))
+                   refresh_every=r.refresh_every, global_bound=r.global_bound,
+                   features=FeatureConfig(max_step=r.max_step, relative_lr=r.relative_lr, horizon=r.horizon, snr=r.snr))
     )
 
 

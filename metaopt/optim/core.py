@@ -275,13 +275,14 @@ def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float
     return [m * ratio for m in exp_avg], [v * (ratio * ratio) for v in exp_avg_sq]
 
 
-def normalise_scale(scale: Tensor, rule: Any = None, rule_params: dict[str, Tensor] | None = None) -> Tensor:
+def normalise_scale(scale: Tensor, rule: UpdateRule | None = None,
+                    rule_params: dict[str, Tensor] | None = None) -> Tensor:
     """Lr-free, the lr scale divided by its geometric mean ``g`` over the network (``d`` sets the step
-    size; the rule only shares it out between parameters); a ``rule`` with ``global_bound > 0`` keeps
-    its correction of ``d``, ``exp(rule.global_log_scale(log g))``, for the whole network."""
+    size; the rule only shares it out between parameters), times the ``rule``'s correction of ``d``,
+    ``exp(rule.global_log_scale(log g))`` (exactly 1 without ``RuleConfig.global_bound``)."""
     log_g = torch.log(scale).mean()
-    if rule is not None and rule.config.global_bound > 0:
-        return scale / torch.exp(log_g - rule.global_log_scale(log_g, rule_params))  # kept 0: bit-equal to normalised
+    if rule is not None:
+        log_g = log_g - rule.global_log_scale(log_g, rule_params)
     return scale / torch.exp(log_g)
 
 
