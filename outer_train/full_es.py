@@ -13,6 +13,13 @@ meta_train``, the comparison's own seed); every ``--val-every`` iterations the c
 scored on the meta-validation suite and the best (the starting rule included) is saved in
 ``OUT/rule_best``, so neither set is the held-out suite. Each antithetic pair costs two
 comparisons; the state is saved after every iteration and a rerun resumes.
+
+``--train global_correction`` trains instead the two scalars of a lr-free rule's correction of
+Prodigy's ``d`` (``RuleConfig.global_bound``: gate and offset, added at 0 if the rule has none), with
+the config's ``tasks.lr_free`` options at the multiplier 1 (what ``GMNOptimizer(lr_free=True)``
+gives). PES over truncations moved that correction towards smaller steps on every run while the
+held-out suite wanted multipliers >= 1; ``--metric speedup`` scores the fitness with the held-out
+statistic itself (steps to tuned Adam's final loss, over whole runs).
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from tqdm.auto import tqdm
 from metaopt.optim import UpdateRule
 
 from .compare import Comparison, add_cache_dir_option, shared_cache_dir
-from .config import resolve
+from .config import COMPARE_AGGREGATES, COMPARE_METRICS, resolve
 
 ADDABLE = ("horizon", "relative_lr", "snr")
+TRAINABLE = ("features", "global_correction")
+GLOBAL_CORRECTION = ("global_gate", "global_offset")
 
 
 class Entries:
@@ -39,7 +48,8 @@ class Entries:
 
     def __init__(self, rule: UpdateRule, masks: dict[str, torch.Tensor]) -> None:
         if not masks:
-            raise ValueError("full_es: the rule has no input columns beyond the base rule's; add a feature (--add-features).")
+            raise ValueError("full_es: nothing to train: the rule has no input columns beyond the base rule's; add a "
+                             "feature (--add-features).")
         self.rule, self.masks = rule, list(masks.items())
         self.params = dict(rule.named_parameters())
 
@@ -60,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rule", required=True, help="the rule to continue (save_pretrained directory)")
     p.add_argument("--add-features", nargs="+", choices=ADDABLE, default=["horizon"],
                    help="features to add (their input columns start at zero and are the only weights trained)")
+    p.add_argument("--train", choices=TRAINABLE, default="features",
+                   help="features: the added input columns; global_correction: the lr-free correction of d (gate, offset)")
+    p.add_argument("--global-bound", type=float, default=2.0,
+                   help="with --train global_correction and a rule without one: the bound b of the added correction")
+    p.add_argument("--metric", choices=COMPARE_METRICS, default="loss_ratio",
+                   help="the comparison score of fitness and validation (speedup: the held-out statistic)")
+    p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks, fitness and validation")
+    p.add_argument("--val-seeds", type=int, default=1, help="seeds per meta-validation task")
     p.add_argument("--collection", choices=["meta_train", "meta_val"], default="meta_train", help="fitness tasks")
     p.add_argument("--config", default=None, help="a meta-training config whose task distribution and seed draw the "
                    "meta_train fitness tasks (default: the quick preset's)")
@@ -77,15 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = UpdateRule.from_pretrained(a.rule).eval()
-    features = dataclasses.replace(base.features, **{name: True for name in a.add_features})
-    rule = base.with_features(features).eval()
-    entries = Entries(rule, rule.appended_inputs(base))  # the ES trains exactly these entries
-    lr = float(rule.config.default_lr)  # what GMNOptimizer(model) uses: fitness is scored there
     cfg = resolve(None if a.config else "quick", a.config, [])  # the meta_train fitness tasks' distribution and seed
+    base = UpdateRule.from_pretrained(a.rule).eval()
+    if a.train == "global_correction":
+        if not cfg.tasks.lr_free:
+            raise SystemExit("full_es: --train global_correction corrects the lr-free estimate; give a --config with "
+                             "tasks.lr_free = true.")
+        rule = (base if base.config.global_bound > 0 else base.with_global_bound(a.global_bound)).eval()
+        masks = {name: torch.ones((), dtype=torch.bool) for name in GLOBAL_CORRECTION}
+    else:
+        features = dataclasses.replace(base.features, **{name: True for name in a.add_features})
+        rule = base.with_features(features).eval()
+        masks = rule.appended_inputs(base)
+    entries = Entries(rule, masks)  # the ES trains exactly these entries
+    # what GMNOptimizer(model) uses, fitness is scored there: the rule's default lr, or lr-free the multiplier 1
+    lr = None if cfg.tasks.lr_free else float(rule.config.default_lr)
     cache = shared_cache_dir(cfg, a.cache_dir)
-    fit = Comparison(cfg, a.steps, a.tasks, a.collection, against="tuned_adam", cache_dir=cache)
-    val = Comparison(cfg, a.steps, 6, "meta_val", against="tuned_adam", cache_dir=cache)
+    scoring = {"against": "tuned_adam", "cache_dir": cache, "metric": a.metric, "aggregate": a.aggregate}
+    fit = Comparison(cfg, a.steps, a.tasks, a.collection, **scoring)
+    val = Comparison(cfg, a.steps, 6, "meta_val", seeds=a.val_seeds, **scoring)
 
     state_file = out / "es_state.pt"
     theta = entries.get().double()
@@ -117,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         entries.set(param.detach())
         row = {"iter": it + 1, "fit_plus": scores[0], "fit_minus": scores[1]}
+        if a.train == "global_correction":  # two scalars: logged as they move
+            row.update(zip(GLOBAL_CORRECTION, param.detach().tolist()))
         if (it + 1) % a.val_every == 0 or it + 1 == a.iters:
             row["val_score"] = val.run(rule, lr=lr).score
             if row["val_score"] < best["val_score"]:
