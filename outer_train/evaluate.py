@@ -351,8 +351,8 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
             cells = [f"{srow[n]['low_over_default']:.2f} / {srow[n]['high_over_default']:.2f}" if n in srow else "-"
                      for n in names]
             lines.append(f"| {task.split('/')[0]} | " + " | ".join(cells) + " |")
-    for suffix in ("", "@best"):
-        g, m = f"rule_gmn{suffix}", f"rule_mlp{suffix}"
+    for g in [n for n in optimizers if n.startswith("rule_gmn")]:  # at its lr, @best, lr-free, lr-free @best
+        m = "rule_mlp" + g.removeprefix("rule_gmn")
         both = [t for t in per_task.values() if g in t and m in t]
         if both:
             wins = sum(t[g]["final_loss"] < t[m]["final_loss"] for t in both)

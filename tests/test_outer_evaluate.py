@@ -298,3 +298,18 @@ def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, optimizer_calls)
     assert res["rules"] == ["prodigy=adam+lrfree (lr_free, growth_rate 1.1, estimate_stride 3, estimate_every 5)"]
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--growth-rate", "1.1", "--out", str(tmp_path / "bad")])
+
+
+def test_gmn_vs_mlp_line_for_every_row_pair(tmp_path: Path, optimizer_calls) -> None:
+    """rule_gmn against rule_mlp is counted for each pair of rows they both have: lr-free ones included."""
+    threads = torch.get_num_threads()
+    rules = []
+    for kind in ("gmn", "mlp"):
+        UpdateRule(RuleConfig(kind=kind, hidden=4, alpha=0.01)).save_pretrained(tmp_path / f"rule_{kind}")
+        rules += ["--rule", str(tmp_path / f"rule_{kind}")]
+    evaluate.main([*rules, "--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2",
+                   "--threads", "1", "--baselines", "adam", "--lr-free", "--variants-only", "--out", str(tmp_path / "v")])
+    torch.set_num_threads(threads)
+    table = (tmp_path / "v" / "results.md").read_text()
+    for row in ("+lrfree", "+lrfree@best"):
+        assert f"rule_gmn{row} reaches a lower final loss than rule_mlp{row} on " in table
