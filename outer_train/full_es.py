@@ -68,8 +68,9 @@ class Entries:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m outer_train.full_es", description=__doc__.split("\n\n")[0])
     p.add_argument("--rule", required=True, help="the rule to continue (save_pretrained directory)")
-    p.add_argument("--add-features", nargs="+", choices=ADDABLE, default=["horizon"],
-                   help="features to add (their input columns start at zero and are the only weights trained)")
+    p.add_argument("--add-features", nargs="+", choices=ADDABLE, default=None,
+                   help="with --train features: the features to add (their input columns start at zero and are the "
+                        "only weights trained; default: horizon)")
     p.add_argument("--train", choices=TRAINABLE, default="features",
                    help="features: the added input columns; global_correction: the lr-free correction of d (gate, offset)")
     p.add_argument("--global-bound", type=float, default=2.0,
@@ -98,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve(None if a.config else "quick", a.config, [])  # the meta_train fitness tasks' distribution and seed
     base = UpdateRule.from_pretrained(a.rule).eval()
     if a.train == "global_correction":
+        if a.add_features:
+            raise SystemExit("full_es: --add-features trains input columns; it does not go with --train global_correction.")
         if not cfg.tasks.lr_free:
             raise SystemExit("full_es: --train global_correction corrects the lr-free estimate; give a --config with "
                              "tasks.lr_free = true.")
         rule = (base if base.config.global_bound > 0 else base.with_global_bound(a.global_bound)).eval()
         masks = {name: torch.ones((), dtype=torch.bool) for name in GLOBAL_CORRECTION}
     else:
+        a.add_features = a.add_features or ["horizon"]
         features = dataclasses.replace(base.features, **{name: True for name in a.add_features})
         rule = base.with_features(features).eval()
         masks = rule.appended_inputs(base)
