@@ -34,13 +34,13 @@ import torch
 from tqdm.auto import tqdm
 
 from metaopt.optim import UpdateRule
+from metaopt.optim.rules import GLOBAL_CORRECTION
 
 from .compare import Comparison, add_cache_dir_option, shared_cache_dir
 from .config import COMPARE_AGGREGATES, COMPARE_METRICS, resolve
 
 ADDABLE = ("horizon", "relative_lr", "snr")
 TRAINABLE = ("features", "global_correction")
-GLOBAL_CORRECTION = ("global_gate", "global_offset")
 
 
 class Entries:

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
+from metaopt.optim.rules import GLOBAL_CORRECTION
 
 from . import checkpoint as ckpt
 from .compare import Comparison, ComparisonResult, shared_cache_dir
@@ -179,8 +180,7 @@ class MetaTrainer:
             "tasks_sampled": float(self.counters["tasks"]),
         }
         if self.rule.config.global_bound > 0:  # the lr-free correction of d (RuleConfig.global_bound)
-            metrics["global_gate"] = float(self.rule.global_gate.detach())
-            metrics["global_offset"] = float(self.rule.global_offset.detach())
+            metrics.update({name: float(getattr(self.rule, name).detach()) for name in GLOBAL_CORRECTION})
         self.update_ratio = res.update_ratio
         return metrics
 

@@ -31,6 +31,7 @@ RULE_FORMAT = "metaopt-update-rule"
 RULE_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "rule.safetensors"
+GLOBAL_CORRECTION = ("global_gate", "global_offset")  # the parameters of RuleConfig.global_bound's correction of d
 DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the meta-trained GMN rule
 ADAM_RULE_DIR = DEFAULT_RULE_DIR.parent / "adam"  # alpha = 0: exactly Adam
 
@@ -221,7 +222,7 @@ class UpdateRule(nn.Module):
         (gate and offset 0): lr-free it computes exactly what it computed before."""
         rule = type(self)(RuleConfig(**{**self.config.to_dict(), "global_bound": bound})).to(self.alpha.device)
         missing, unexpected = rule.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or set(missing) - {"global_gate", "global_offset"}:
+        if unexpected or set(missing) - set(GLOBAL_CORRECTION):
             raise ValueError(f"UpdateRule.with_global_bound: weights do not carry over ({missing}, {unexpected}).")
         return rule  # a trained correction (gate, offset) carries over when both bounds are > 0
 
