@@ -50,14 +50,24 @@ class OptState:
     distance: "DistanceEstimate | None" = None
     stride: int = 1
     every: int = 1
+    # lr-free with ``per_tensor`` > 0 (`TensorDistances`): each tensor's own estimate and its gradient sum [E]
+    tensor_distances: "TensorDistances | None" = None
+    tensor_grad_sum: Tensor | None = None
 
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
-              stride: int = 1, every: int = 1) -> "OptState":
+              stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = ()) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
-        estimate reading every ``stride``-th edge on every ``every``-th step."""
+        estimate reading every ``stride``-th edge on every ``every``-th step; with ``per_tensor`` > 0 also
+        one estimate per tensor (``sizes``: the tensors' entries in flat order, summing to ``num_edges``)."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
+        tensors = None
+        if per_tensor:
+            if start is None or stride != 1 or sum(sizes) != num_edges:
+                raise ValueError("OptState.zeros: per_tensor needs the lr-free start, estimate_stride 1 and the "
+                                 f"tensor sizes summing to {num_edges} edges (got {sum(sizes)}).")
+            tensors = TensorDistances.fresh(per_tensor, sizes)
         start = None if start is None else start.detach()[::stride].clone()
         return cls(
             torch.zeros(num_edges, device=device),
@@ -69,6 +79,8 @@ class OptState:
             None if start is None else DistanceEstimate(),
             stride,
             every,
+            tensors,
+            None if tensors is None else torch.zeros(num_edges, device=device),
         )
 
     def detach(self) -> "OptState":
@@ -78,7 +90,8 @@ class OptState:
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("step", "distance", "stride", "every") and getattr(self, f.name) is not None}
+                if f.name not in ("step", "distance", "stride", "every", "tensor_distances")
+                and getattr(self, f.name) is not None}
 
 
 def check_stride(value: Any, name: str = "estimate_stride", one: str = "1 = every parameter") -> int:
@@ -153,8 +166,10 @@ def apply_update(
     h: Hyper,
     step: int,
     inplace: bool,
+    factors: list[float] | None = None,
 ) -> list[Tensor]:
-    """``p * (1 - lr * wd) - (lr / bc1) * m / (denom / s)`` per tensor; ``lr_scale=None`` is s = 1.
+    """``p * (1 - lr * wd) - (lr / bc1) * m / (denom / s)`` per tensor; ``lr_scale=None`` is s = 1;
+    ``factors`` (one per tensor; lr-free ``per_tensor``) multiply each tensor's lr.
 
     With a scale, ``denom`` must come from ``adam_denominator(..., scaled=True)`` (the bias
     correction ``sqrt(1 - beta2^t)`` moves from the denominator into the step size). The scale
@@ -163,18 +178,23 @@ def apply_update(
     """
     bc1, bc2 = h.bias_corrections(step)
     step_size = -h.lr / bc1 if lr_scale is None else -h.lr * bc2**0.5 / bc1
+    if factors is not None:
+        sizes = [step_size * f for f in factors]
+        decays = [1.0 - h.lr * f * h.weight_decay for f in factors]
     if inplace:
         if lr_scale is not None:
             torch._foreach_div_(denom, lr_scale)
         if h.weight_decay != 0.0:
-            torch._foreach_mul_(params, 1.0 - h.lr * h.weight_decay)
-        torch._foreach_addcdiv_(params, exp_avg, denom, step_size)
+            torch._foreach_mul_(params, 1.0 - h.lr * h.weight_decay if factors is None else decays)
+        torch._foreach_addcdiv_(params, exp_avg, denom, step_size if factors is None else sizes)
         return params
     if lr_scale is not None:
         denom = [d / s for d, s in zip(denom, lr_scale)]
+    if factors is None:
+        sizes, decays = [step_size] * len(params), [1.0 - h.lr * h.weight_decay] * len(params)
     if h.weight_decay != 0.0:
-        params = [p * (1.0 - h.lr * h.weight_decay) for p in params]
-    return [torch.addcdiv(p, m, d, value=step_size) for p, m, d in zip(params, exp_avg, denom)]
+        params = [p * c for p, c in zip(params, decays)]
+    return [torch.addcdiv(p, m, d, value=z) for p, m, d, z in zip(params, exp_avg, denom, sizes)]
 
 
 # ---- the lr-free part (Prodigy's distance estimate; GMNOptimizer(lr_free=True)) -------------------
@@ -225,13 +245,10 @@ def estimate_distance(
     term enters with weight ``w * (1 + beta3 + ... + beta3^(j-1))``, and ``d`` may grow by
     ``growth_rate^j``. Between estimates ``d`` is fixed and nothing is read, so the estimate's passes
     and the moments' rescaling cost 1/j; j = 1 is Prodigy."""
-    bc1, bc2 = h.bias_corrections(step)
-    beta3 = h.beta2**0.5
-    decay = beta3**span
-    w = est.d / D0 * est.d * h.lr * bc2**0.5 / bc1 * sum(beta3**i for i in range(span))
+    decay = (h.beta2**0.5) ** span
     # d in the 1e15s (a loss without a minimum, e.g. linear) puts w past float32: then the sums go to inf,
     # the estimate stops being finite and d stays where it is, rather than a foreach op raising
-    w = min(w, FLOAT32_MAX)
+    w = _estimate_weight(est, h, step, span)
     grads = [g.detach() for g in grads]
     gaps = torch._foreach_sub(start, [p.detach() for p in params])  # x_0 - x exactly (<g,x_0> - <g,x> would cancel)
     dots = [torch.dot(g.reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
@@ -244,15 +261,96 @@ def estimate_distance(
         s = [decay * a + w * g for a, g in zip(grad_sum, grads)]
         norms = [t.abs().sum() for t in s]
     dot_f, norm_f = torch.stack([torch.stack(dots).sum(), torch.stack(norms).sum()]).tolist()  # one host sync
-    numerator = decay * est.numerator + w * dot_f
+    return _next_estimate(est, dot_f, norm_f, w, decay, h, span), s
+
+
+def _estimate_weight(est: DistanceEstimate, h: Hyper, step: int, span: int) -> float:
+    """Prodigy's weight of this step's term, ``d^2 / d0 * lr * sqrt(bc2) / bc1``, for the ``span`` steps it
+    stands for; capped at the float32 maximum (d in the 1e15s: the estimate then stops being finite)."""
+    bc1, bc2 = h.bias_corrections(step)
+    beta3 = h.beta2**0.5
+    return min(est.d / D0 * est.d * h.lr * bc2**0.5 / bc1 * sum(beta3**i for i in range(span)), FLOAT32_MAX)
+
+
+def _next_estimate(est: DistanceEstimate, dot: float, norm: float, w: float, decay: float, h: Hyper, span: int
+                   ) -> DistanceEstimate:
+    """The estimate after a term ``w * <g, x_0 - x>`` with ``norm = ||s||_1`` of the updated sum."""
+    numerator = decay * est.numerator + w * dot
     d, peak = est.d, max(est.peak, est.d)  # d <= peak always (the max also reads states saved without a peak)
-    if norm_f > 0 and math.isfinite(numerator / norm_f):
-        d_hat = numerator / norm_f
+    if norm > 0 and math.isfinite(numerator / norm):
+        d_hat = numerator / norm
         if d == D0:  # Prodigy's first estimate is not held back by the growth rate
             d = max(d, d_hat)
         peak = max(peak, d_hat)
         d = min(peak, d * h.growth_rate**span)  # = peak (Prodigy's max(d, d_hat)) at growth_rate = inf
-    return DistanceEstimate(numerator, d, last=est.d, peak=peak), s
+    return DistanceEstimate(numerator, d, last=est.d, peak=peak)
+
+
+@dataclass(frozen=True)
+class TensorDistances:
+    """``GMNOptimizer(lr_free=True, per_tensor=a)``: every parameter tensor also keeps its own Prodigy
+    estimate ``d_i`` (its own sums, weights ``d_i^2``), and moves by ``d^(1 - a) * d_i^a`` (``d``: the
+    network's estimate). One ``d`` for all tensors under-steps those that sit far from zero (norm
+    gains at 1, a classifier head) and over-steps others; a = 1 is each tensor on its own, which
+    over-steps small tensors such as biases (docs/optim.md, "Per-tensor estimates"). Moments of
+    tensor i are in units of its step size. ``sizes``: each tensor's entries in flat order."""
+
+    share: float
+    sizes: tuple[int, ...]
+    estimates: tuple[DistanceEstimate, ...]
+
+    @classmethod
+    def fresh(cls, share: float, sizes: tuple[int, ...]) -> "TensorDistances":
+        check_share(share)
+        return cls(float(share), tuple(int(n) for n in sizes), tuple(DistanceEstimate() for _ in sizes))
+
+    def _step(self, d: float, d_i: float) -> float:
+        return d ** (1.0 - self.share) * d_i**self.share
+
+    def shrinks(self, est: DistanceEstimate) -> list[float]:
+        """Per tensor, the factor (<= 1 while the estimates grow) its moments take on to units of its
+        current step size (from the one the last step moved by)."""
+        return [self._step(est.last, e.last) / self._step(est.d, e.d) for e in self.estimates]
+
+    def factors(self, est: DistanceEstimate) -> list[float]:
+        """Per tensor, its step size this step over the network's (``est.last``, which ``lr`` multiplies)."""
+        return [self._step(est.last, e.last) / est.last for e in self.estimates]
+
+    def held(self) -> "TensorDistances":
+        """No estimate on this step: every tensor moves by its current estimate."""
+        return replace(self, estimates=tuple(replace(e, last=e.d) for e in self.estimates))
+
+
+def check_share(value: Any) -> float:
+    """``value`` if it is a number in [0, 1] (the per-tensor estimates' share of the step size)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"per_tensor is the share of each tensor's own estimate in its step size, a number in "
+                         f"[0, 1] (0: one estimate for the network), got {value!r}.")
+    return float(value)
+
+
+def estimate_tensor_distances(
+    params: list[Tensor], grads: list[Tensor], start: list[Tensor], sums: list[Tensor],
+    estimates: list[DistanceEstimate], h: Hyper, step: int, inplace: bool, span: int = 1,
+) -> tuple[list[DistanceEstimate], list[Tensor]]:
+    """`estimate_distance` for each tensor of the lists on its own (its own sum ``s_i``, weighted by its own
+    ``d_i``): the new estimates and sums, with one host sync for all tensors."""
+    decay = (h.beta2**0.5) ** span
+    ws = [_estimate_weight(e, h, step, span) for e in estimates]
+    grads = [g.detach() for g in grads]
+    gaps = torch._foreach_sub(start, [p.detach() for p in params])
+    dots = [torch.dot(g.reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
+    if inplace:
+        torch._foreach_mul_(sums, decay)
+        for t, g, w in zip(sums, grads, ws):
+            t.add_(g, alpha=w)
+        norms = [torch.abs(t, out=gap).sum() for t, gap in zip(sums, gaps)]
+    else:
+        sums = [decay * a + w * g for a, g, w in zip(sums, grads, ws)]
+        norms = [t.abs().sum() for t in sums]
+    values = torch.stack([*dots, *norms]).tolist()  # one host sync
+    n = len(estimates)
+    return [_next_estimate(e, values[i], values[n + i], ws[i], decay, h, span) for i, e in enumerate(estimates)], sums
 
 
 def estimate_span(step: int, every: int) -> int:
@@ -273,6 +371,18 @@ def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float
         torch._foreach_mul_(exp_avg_sq, ratio * ratio)
         return exp_avg, exp_avg_sq
     return [m * ratio for m in exp_avg], [v * (ratio * ratio) for v in exp_avg_sq]
+
+
+def shrink_tensor_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratios: list[float], inplace: bool
+                          ) -> tuple[list[Tensor], list[Tensor]]:
+    """`shrink_moments` with one ratio per tensor (``per_tensor``: each tensor's moments in its own units)."""
+    if all(r == 1.0 for r in ratios):
+        return exp_avg, exp_avg_sq
+    if inplace:
+        torch._foreach_mul_(exp_avg, ratios)
+        torch._foreach_mul_(exp_avg_sq, [r * r for r in ratios])
+        return exp_avg, exp_avg_sq
+    return [m * r for m, r in zip(exp_avg, ratios)], [v * (r * r) for v, r in zip(exp_avg_sq, ratios)]
 
 
 def normalise_scale(scale: Tensor, rule: UpdateRule | None = None,
@@ -340,19 +450,33 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
     (``state.distance`` set), first the moments to units of the current estimate, then the estimate
     from this gradient at ``params`` (which lr-free needs)."""
     m, v, est, grad_sum = state.exp_avg, state.exp_avg_sq, state.distance, state.grad_sum
+    tens, tensor_sum = state.tensor_distances, state.tensor_grad_sum
     if est is not None:
         if params is None:
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
-        (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
+        if tens is None:
+            (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
+        else:  # each tensor's moments by its own factor (as the optimizer's per-tensor views)
+            ms, vs = shrink_tensor_moments(list(m.split(tens.sizes)), list(v.split(tens.sizes)), tens.shrinks(est),
+                                           inplace=False)
+            m, v = torch.cat(ms), torch.cat(vs)
         k, step = state.stride, state.step + 1
         span = estimate_span(step, state.every)
         if span:
+            if tens is not None:
+                split = lambda t: list(t.split(tens.sizes))  # noqa: E731
+                new, sums = estimate_tensor_distances(split(params), split(grad), split(state.start),
+                                                      split(tensor_sum), list(tens.estimates), h, step,
+                                                      inplace=False, span=span)
+                tens, tensor_sum = replace(tens, estimates=tuple(new)), torch.cat(sums)
             est, (grad_sum,) = estimate_distance([params[::k]], [grad[::k]], [state.start], [state.grad_sum], est, h,
                                                  step, inplace=False, span=span)
         else:  # d stays; the moments are in its units after this step's shrink
             est = replace(est, last=est.d)
+            tens = None if tens is None else tens.held()
     (m,), (v,) = update_moments([m], [v], [grad], h, inplace=False)
-    return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est)
+    return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est,
+                   tensor_distances=tens, tensor_grad_sum=tensor_sum)
 
 
 def step_hyper(state: OptState, h: Hyper) -> Hyper:
@@ -363,6 +487,13 @@ def step_hyper(state: OptState, h: Hyper) -> Hyper:
 def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool) -> Tensor:
     """New flat parameters from a state that already holds this step's moments (and scale)."""
     h = step_hyper(state, h)
+    tens = state.tensor_distances
+    if tens is not None:  # per tensor, as the optimizer's per-tensor views, with each tensor's lr factor
+        split = lambda t: list(t.split(tens.sizes))  # noqa: E731
+        denom = adam_denominator(split(state.exp_avg_sq), h, state.step, inplace=False, scaled=scaled)
+        out = apply_update(split(params), split(state.exp_avg), denom, split(state.lr_scale) if scaled else None, h,
+                           state.step, inplace=False, factors=tens.factors(state.distance))
+        return torch.cat(out)
     denom = adam_denominator([state.exp_avg_sq], h, state.step, inplace=False, scaled=scaled)
     (out,) = apply_update([params], [state.exp_avg], denom, [state.lr_scale] if scaled else None, h, state.step,
                           inplace=False)

@@ -49,6 +49,8 @@ DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running num
 DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by (the moments' units)
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
 DISTANCE_PEAK = "distance_peak"  # lr_free: the largest estimate so far, which d grows towards (Prodigy's d_max)
+TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 4] float64, each tensor's own estimate
+# (numerator, d, last, peak) in the model's parameter order
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
@@ -131,7 +133,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     k-th parameter entry only, so its passes cost 1/k and the state is 3x + 2/k x the parameters. And
     one of this package: ``estimate_every=j`` takes the estimate on every j-th step only, each standing
     for the j steps since the last (`core.estimate_distance`'s ``span``), so between them a step costs
-    what a fixed-lr step does.
+    what a fixed-lr step does. ``per_tensor=a`` (0 to 1, default 0): every parameter tensor also keeps
+    its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a`` (`core.TensorDistances`); its gradient sum
+    adds 1x the parameters to the state (6x), the estimate's cost is per tensor.
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         growth_rate: float = float("inf"),
         estimate_stride: int = 1,
         estimate_every: int = 1,
+        per_tensor: float = 0.0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -172,6 +177,13 @@ class GMNOptimizer(torch.optim.Optimizer):
         if not lr_free and (growth_rate != float("inf") or estimate_stride != 1 or estimate_every != 1):
             raise ValueError("GMNOptimizer: growth_rate, estimate_stride and estimate_every shape the lr-free estimate; "
                              "pass lr_free=True.")
+        try:
+            self.per_tensor = core.check_share(per_tensor)
+        except ValueError as err:
+            raise ValueError(f"GMNOptimizer: {err}") from None
+        if self.per_tensor and (not lr_free or estimate_stride != 1 or spike_guard is not None):
+            raise ValueError("GMNOptimizer: per_tensor shares the lr-free step between tensors; it needs lr_free=True "
+                             "and goes with neither estimate_stride > 1 nor spike_guard.")
         if lr is None:  # lr-free: a multiplier of the estimate; else the rule's own default (1e-3 for Adam)
             lr = 1.0 if lr_free else rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
@@ -207,7 +219,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.nowcaster: Nowcaster | None = resolve_nowcaster(nowcast)
         self.spike_guard: float | None = None if spike_guard is None else float(spike_guard)
         self.lr_free = lr_free
-        self._state_keys = self.STATE_KEYS + (self.DISTANCE_KEYS if lr_free else ())
+        self._state_keys = (self.STATE_KEYS + (self.DISTANCE_KEYS if lr_free else ())
+                            + (("tensor_grad_sum",) if self.per_tensor else ()))
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
         # lr_free: per parameter, which flattened entries the estimate reads (the network's flat positions
@@ -227,6 +240,19 @@ class GMNOptimizer(torch.optim.Optimizer):
     def _reset_counters(self) -> None:
         for key in _COUNTERS:
             self.state[key] = core.D0 if key in _DISTANCE_SCALARS else 0
+        if self.per_tensor:
+            self._store_tensor_estimates(core.TensorDistances.fresh(self.per_tensor, tuple(self._numels)).estimates)
+
+    def _tensor_estimates(self) -> list[core.DistanceEstimate]:
+        """per_tensor: each tensor's estimate, from the state (`TENSOR_DISTANCES`)."""
+        return [core.DistanceEstimate(*row) for row in self.state[TENSOR_DISTANCES].tolist()]
+
+    def _store_tensor_estimates(self, estimates: Iterable[core.DistanceEstimate]) -> None:
+        self.state[TENSOR_DISTANCES] = torch.tensor([[e.numerator, e.d, e.last, e.peak] for e in estimates],
+                                                    dtype=torch.float64)
+
+    def _tensor_distances(self) -> core.TensorDistances:
+        return core.TensorDistances(self.per_tensor, tuple(self._numels), tuple(self._tensor_estimates()))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its parameters must be parameters of the model the graph was built from."""
@@ -291,7 +317,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         # lr_free: x_0 is the parameters before the first step (load_state_dict overwrites it)
         start = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.lr_free else None
         init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride,
-                              every=self.estimate_every)
+                              every=self.estimate_every, per_tensor=self.per_tensor, sizes=tuple(self._numels))
         self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
 
@@ -415,13 +441,14 @@ class GMNOptimizer(torch.optim.Optimizer):
             denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True, scaled=scale is not None)
             params = [p for _, p in seg]
             low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
+            factors = [self._tensor_factors[i] for i, _ in seg] if self.per_tensor else None
             if not low:
-                core.apply_update(params, v["exp_avg"], denom, scale, h, t, inplace=True)
+                core.apply_update(params, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors)
                 continue
             # bf16 / fp16 parameters (e.g. after model.to(torch.bfloat16)): the update is computed
             # in float32 from the float32 state on a float32 copy, then rounded once into the parameter.
             work = [p.float() if k in low else p for k, p in enumerate(params)]
-            core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True)
+            core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors)
             torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
@@ -503,12 +530,19 @@ class GMNOptimizer(torch.optim.Optimizer):
         moves by (the one before this gradient, as Prodigy)."""
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
                                     float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]))
-        if est.shrink() < 1.0:
+        tens = self._tensor_distances() if self.per_tensor else None
+        if tens is not None:  # each tensor's moments to units of its own step size
+            core.shrink_tensor_moments(self._views["exp_avg"], self._views["exp_avg_sq"], tens.shrinks(est), inplace=True)
+        elif est.shrink() < 1.0:
             core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
         step = int(self.state[STEPS_TAKEN])
         span = core.estimate_span(step, self.estimate_every)
         if not span:  # d stays: this step moves by it
             self.state[DISTANCE_LAST] = est.d
+            if tens is not None:
+                tens = tens.held()
+                self._store_tensor_estimates(tens.estimates)
+                self._tensor_factors = tens.factors(replace(est, last=est.d))
             return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
         if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
@@ -521,11 +555,23 @@ class GMNOptimizer(torch.optim.Optimizer):
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
             step, inplace=True, span=span)
+        if tens is not None:  # each tensor's own estimate from its own sum (parameters without a gradient: kept)
+            ests = list(tens.held().estimates)  # the tensors without a gradient: their estimate stays
+            mine, _ = core.estimate_tensor_distances(
+                [p.float() for p in params], [g.float() for g in grads], [self.state[p]["start"] for _, p, _ in entries],
+                [self.state[p]["tensor_grad_sum"] for _, p, _ in entries], [ests[i] for i, _, _ in entries],
+                entries[0][2], step, inplace=True, span=span)
+            for (i, _, _), e in zip(entries, mine):
+                ests[i] = e
+            tens = replace(tens, estimates=tuple(ests))
+            self._store_tensor_estimates(tens.estimates)
         cap = float(self.state[DISTANCE_CAP])
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
             new = replace(new, d=max(cap, est.d))
         self.state[DISTANCE_NUMERATOR], self.state[DISTANCE], self.state[DISTANCE_LAST] = new.numerator, new.d, new.last
         self.state[DISTANCE_PEAK] = new.peak
+        if tens is not None:
+            self._tensor_factors = tens.factors(new)
         return self._scale_lrs(entries, new.last)
 
     @staticmethod
@@ -622,6 +668,14 @@ class GMNOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for key in _COUNTERS:
             self.state.setdefault(key, core.D0 if key in _DISTANCE_SCALARS else 0)
+        if self.per_tensor:
+            rows = self.state.get(TENSOR_DISTANCES)
+            if not isinstance(rows, Tensor) or tuple(rows.shape) != (len(self._params_all), 4):
+                raise ValueError(
+                    "GMNOptimizer.load_state_dict: the state holds no per-tensor estimates for this model's "
+                    f"{len(self._params_all)} tensors: it was saved without per_tensor (or for another model); "
+                    "load it into GMNOptimizer(..., per_tensor=0).")
+            self.state[TENSOR_DISTANCES] = rows.detach().to("cpu", torch.float64).clone()
         loaded = {p: self.state[p] for group in self.param_groups for p in group["params"] if p in self.state}
         if not loaded:
             self._buffers = None

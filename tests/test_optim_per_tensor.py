@@ -1,0 +1,182 @@
+"""Per-tensor distance estimates (GMNOptimizer(lr_free=True, per_tensor=a)): every tensor also keeps its
+own Prodigy estimate d_i and moves by d^(1 - a) * d_i^a. One tensor is the network's estimate; the
+optimizer and the functional core (`core.step`) take the same steps; a tensor far from zero (a
+LayerNorm gain at 1) gets a larger step than the network's; the state resumes bit for bit; bad
+combinations are refused."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from metaopt.optim import FeatureConfig, GMNOptimizer, GraphIndex, Hyper, OptState, RuleConfig, UpdateRule, core
+from metaopt.optim.optimizer import TENSOR_DISTANCES
+from test_optim_common import flat_params
+from test_outer_common import ModelTask
+from training_loop import train_losses
+
+BETAS, EPS, WD = (0.8, 0.95), 1e-6, 0.05  # none of them Adam's defaults
+
+
+def _data(inputs: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, inputs, generator=g)
+    return x, torch.sin(x[:, :3]) + 0.1 * torch.randn(64, 3, generator=g)
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    return train_losses(model, opt, nn.functional.mse_loss, *_data(), steps)
+
+
+def _normed(seed: int = 0) -> nn.Module:
+    """A small MLP with a LayerNorm, whose gain starts at 1 while the weights start near 0."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_one_tensor_is_the_networks_estimate(share: float) -> None:
+    """With a single tensor its own estimate is the network's: every share gives the plain lr-free run
+    (the per-tensor estimate, moment shrink and step factor are other code than the network's)."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 3, bias=False))
+    b = copy.deepcopy(a)
+    opt_a = GMNOptimizer(a, rule="adam", lr_free=True, estimate_every=3)
+    opt_b = GMNOptimizer(b, rule="adam", lr_free=True, estimate_every=3, per_tensor=share)
+    _train(a, opt_a, 30), _train(b, opt_b, 30)
+    assert opt_a.distance > 100 * core.D0
+    row = opt_b.state[TENSOR_DISTANCES][0].tolist()
+    assert row[1] == pytest.approx(opt_a.distance, rel=1e-6) and opt_b.distance == pytest.approx(opt_a.distance, rel=1e-6)
+    torch.testing.assert_close(a[0].weight, b[0].weight, rtol=1e-5, atol=1e-7)
+
+
+def test_a_tensor_far_from_zero_gets_a_larger_step_and_loss_goes_down() -> None:
+    """The LayerNorm gain (at 1) estimates a larger distance than the network's d, which the weights near
+    0 dominate; each tensor's step factor is (d_i / d)^a, and training works."""
+    model = _normed()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True, per_tensor=0.7)
+    losses = _train(model, opt, 60)
+    assert losses[-1] < 0.3 * losses[0]
+    rows = opt.state[TENSOR_DISTANCES]
+    d = opt.distance
+    gain = [i for i, p in enumerate(model.parameters()) if p is model[1].weight][0]
+    assert rows[gain, 1] > 2 * d  # the gain's own estimate is well above the network's
+    est = core.DistanceEstimate(d=d, last=d)
+    factors = core.TensorDistances(0.7, tuple(p.numel() for p in model.parameters()),
+                                   tuple(core.DistanceEstimate(*r) for r in rows.tolist())).factors(est)
+    for f, r in zip(factors, rows.tolist()):
+        assert f == pytest.approx((r[2] / d) ** 0.7, rel=1e-9)
+
+
+def _task() -> ModelTask:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3))
+    make = lambda g: (torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))  # noqa: E731
+    return ModelTask(model, torch.zeros(2, 6), make, nn.functional.cross_entropy)
+
+
+def test_core_step_equals_the_optimizer() -> None:
+    """Six steps of a rule (alpha != 0, refresh every 2, a correction of d) lr-free with per_tensor, the
+    estimate every second step, non-default betas, eps and weight decay: the functional core (meta-training's
+    form) and the optimizer agree on the parameters, the whole state and every tensor's estimate."""
+    task = _task()
+    torch.manual_seed(0)
+    rule = UpdateRule(RuleConfig(kind="gmn", hidden=8, alpha=0.5, refresh_every=2, global_bound=0.05,
+                                 features=FeatureConfig(relative_lr=True)))
+    with torch.no_grad():
+        rule.global_gate.fill_(0.5), rule.global_offset.fill_(0.01)
+    model = copy.deepcopy(task.model)
+    lr, share = 0.7, 0.6
+    opt = GMNOptimizer(model, rule=rule, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph,
+                       lr_free=True, estimate_every=2, per_tensor=share)
+    prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
+    params = flat_params(model)
+    sizes = tuple(p.numel() for p in model.parameters())
+    state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=share, sizes=sizes)
+    # as if well into a run (from d0 = 1e-6 six steps barely move): d = 1e-3, each tensor's own around it,
+    # numerators as if the run had come far, so that the estimates grow
+    d0 = 1e-3
+    own = tuple(core.DistanceEstimate(0.1, d=d0 * 2.0 ** (i - 2), last=d0 * 2.0 ** (i - 2)) for i in range(len(sizes)))
+    state.distance = core.DistanceEstimate(1.0, d=d0, last=d0)
+    state.tensor_distances = core.TensorDistances(share, sizes, own)
+    opt.state["distance"] = opt.state["distance_last"] = d0
+    opt.state["distance_numerator"] = 1.0
+    opt._store_tensor_estimates(own)
+    h = Hyper(lr, *BETAS, EPS, WD)
+    batches = task.batches(0)
+    for t in range(1, 7):
+        x, y = next(batches)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        grad = torch.func.grad(task.functional_loss)(_unflat(task, params), (x, y))
+        params, state = core.step(rule, prepared, index, params, torch.cat([g.reshape(-1) for g in grad.values()]),
+                                  state, h)
+        torch.testing.assert_close(params, flat_params(model), rtol=0, atol=1e-6)
+        for key in ("exp_avg", "exp_avg_sq", "lr_scale"):
+            torch.testing.assert_close(getattr(state, key), opt._buffers[key], rtol=1e-5, atol=1e-6, msg=key)
+        for key in ("grad_sum", "tensor_grad_sum"):  # weighted by d^2 / d0 (hundreds here): float32 rounding scales up
+            torch.testing.assert_close(getattr(state, key), opt._buffers[key], rtol=1e-4, atol=1e-5, msg=key)
+        assert state.distance.d == pytest.approx(opt.distance, rel=1e-6)
+        mine = [e.d for e in state.tensor_distances.estimates]
+        assert mine == pytest.approx(opt.state[TENSOR_DISTANCES][:, 1].tolist(), rel=1e-6)
+    assert state.distance.d > d0 and all(e.d > o.d for e, o in zip(state.tensor_distances.estimates, own))  # all grew
+
+
+def _unflat(task: ModelTask, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    out, i = {}, 0
+    for n, p in task.model.named_parameters():
+        out[n] = flat[i : i + p.numel()].view_as(p)
+        i += p.numel()
+    return out
+
+
+def test_state_dict_resumes_exactly_and_state_is_6x() -> None:
+    model = _normed()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=4, per_tensor=0.5)
+    _train(model, opt, 18)  # inside a block of 4
+    clone = copy.deepcopy(model)
+    opt2 = GMNOptimizer(clone, rule="adam", lr_free=True, estimate_every=4, per_tensor=0.5)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert torch.equal(opt2.state[TENSOR_DISTANCES], opt.state[TENSOR_DISTANCES])
+    _train(model, opt, 10), _train(clone, opt2, 10)
+    for pa, pb in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(pa, pb)
+    n = sum(p.numel() for p in model.parameters())
+    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 6 * n
+
+
+def test_bad_arguments_and_states_are_refused() -> None:
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="per_tensor"):
+            GMNOptimizer(_normed(), rule="adam", lr_free=True, per_tensor=bad)
+    for kwargs in ({}, {"lr_free": True, "estimate_stride": 2}, {"lr_free": True, "spike_guard": 4.0}):
+        with pytest.raises(ValueError, match="per_tensor"):
+            GMNOptimizer(_normed(), rule="adam", per_tensor=0.5, **kwargs)
+    model = _normed()
+    plain = GMNOptimizer(model, rule="adam", lr_free=True)
+    _train(model, plain, 3)
+    with pytest.raises(ValueError, match="per-tensor estimates"):
+        GMNOptimizer(copy.deepcopy(model), rule="adam", lr_free=True, per_tensor=0.5).load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="per_tensor"):
+        OptState.zeros(10, start=torch.zeros(10), per_tensor=0.5, sizes=(4, 5))
+
+
+def test_each_tensors_moments_and_step_follow_its_own_blended_step_size() -> None:
+    """A tensor moves by d^(1-a) d_i^a; its moments change units by the ratio of that step size to the
+    last one (its own, not the network's), and without an estimate nothing changes."""
+    a = 0.75
+    net = core.DistanceEstimate(d=4e-3, last=1e-3)
+    own = (core.DistanceEstimate(d=8e-3, last=8e-3), core.DistanceEstimate(d=1e-2, last=1e-4))
+    tens = core.TensorDistances(a, (3, 2), own)
+    blend = lambda d, d_i: d ** (1 - a) * d_i**a  # noqa: E731
+    assert tens.shrinks(net) == pytest.approx([blend(1e-3, 8e-3) / blend(4e-3, 8e-3), blend(1e-3, 1e-4) / blend(4e-3, 1e-2)])
+    assert tens.factors(net) == pytest.approx([blend(1e-3, 8e-3) / 1e-3, blend(1e-3, 1e-4) / 1e-3])
+    held = tens.held()
+    assert held.shrinks(core.DistanceEstimate(d=4e-3, last=4e-3)) == [1.0, 1.0]
+    m, v = [torch.ones(3), torch.ones(2)], [torch.ones(3), torch.ones(2)]
+    core.shrink_tensor_moments(m, v, [0.5, 0.25], inplace=True)
+    assert m[0].tolist() == [0.5] * 3 and v[1].tolist() == [0.0625] * 2
