@@ -99,7 +99,7 @@ class Comparison:
 
     def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
                  against: str = "adam", seeds: int = 1, aggregate: str = "mean", rule_lr: str = "reference",
-                 cache_dir: str | Path | None = None, metric: str = "loss_ratio") -> None:
+                 cache_dir: str | Path | None = None, metric: str = "loss_ratio", per_tensor: float = 0.0) -> None:
         if against not in COMPARE_AGAINST:
             raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
         if aggregate not in COMPARE_AGGREGATES:
@@ -116,6 +116,10 @@ class Comparison:
         self.lr_free_options = ({"lr_free": True, "growth_rate": cfg.tasks.growth_rate,
                                  "estimate_stride": cfg.tasks.estimate_stride,
                                  "estimate_every": cfg.tasks.estimate_every} if self.lr_free else {})
+        if per_tensor:  # GMNOptimizer's per_tensor (evaluation only: meta-training's unroll keeps one estimate)
+            if not self.lr_free:
+                raise ValueError("Comparison: per_tensor shares the lr-free step between tensors; it needs tasks.lr_free.")
+            self.lr_free_options["per_tensor"] = float(per_tensor)
         if self.lr_free and rule_lr == "tuned":
             raise ValueError("log.compare_rule_lr = 'tuned' has no lr to tune with tasks.lr_free; use 'reference'.")
         if n_tasks < 1:
@@ -277,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--growth-rate", type=float, default=None, help="with --lr-free: GMNOptimizer's growth_rate")
     p.add_argument("--estimate-stride", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_stride")
     p.add_argument("--estimate-every", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_every")
+    p.add_argument("--per-tensor", type=float, default=0.0,
+                   help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -290,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.set_default_lr and not a.tune_lr:
         p.error("--set-default-lr needs --tune-lr")
+    if a.per_tensor and not a.lr_free:
+        p.error("--per-tensor shapes the lr-free estimate: add --lr-free")
     torch.set_num_threads(a.threads)
     overrides = ["tasks.lr_free=true"] if a.lr_free else []
     overrides += [] if a.growth_rate is None else [f"tasks.growth_rate={a.growth_rate}"]
@@ -297,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [] if a.estimate_every is None else [f"tasks.estimate_every={a.estimate_every}"]
     cfg = resolve(None, a.config, overrides)
     comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
-                            cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric)
+                            cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric, per_tensor=a.per_tensor)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:

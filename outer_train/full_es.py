@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --train global_correction and a rule without one: the bound b of the added correction")
     p.add_argument("--metric", choices=COMPARE_METRICS, default="loss_ratio",
                    help="the comparison score of fitness and validation (speedup: the held-out statistic)")
+    p.add_argument("--per-tensor", type=float, default=0.0,
+                   help="lr-free configs: GMNOptimizer's per_tensor in every fitness and validation run")
     p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks, fitness and validation")
     p.add_argument("--val-seeds", type=int, default=1, help="seeds per meta-validation task")
     p.add_argument("--collection", choices=["meta_train", "meta_val"], default="meta_train", help="fitness tasks")
@@ -115,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     # what GMNOptimizer(model) uses, fitness is scored there: the rule's default lr, or lr-free the multiplier 1
     lr = None if cfg.tasks.lr_free else float(rule.config.default_lr)
     cache = shared_cache_dir(cfg, a.cache_dir)
-    scoring = {"against": "tuned_adam", "cache_dir": cache, "metric": a.metric, "aggregate": a.aggregate}
+    if a.per_tensor and not cfg.tasks.lr_free:
+        raise SystemExit("full_es: --per-tensor shares the lr-free step between tensors; give a --config with "
+                         "tasks.lr_free = true.")
+    scoring = {"against": "tuned_adam", "cache_dir": cache, "metric": a.metric, "aggregate": a.aggregate,
+               "per_tensor": a.per_tensor}
     fit = Comparison(cfg, a.steps, a.tasks, a.collection, **scoring)
     val = Comparison(cfg, a.steps, 6, "meta_val", seeds=a.val_seeds, **scoring)
 

@@ -383,3 +383,28 @@ def test_comparison_runs_an_lr_free_rule_lr_free(tmp_path: Path, optimizer_calls
                                          "tasks.growth_rate=1.1", "tasks.estimate_stride=3", "tasks.estimate_every=5"])
     Comparison(cfg, steps=20, n_tasks=1).run(MetaTrainer(cfg).rule)
     assert [(kw.get("growth_rate"), kw.get("estimate_stride"), kw.get("estimate_every")) for kw in optimizer_calls] == [(1.1, 3, 5)]
+
+
+def test_compare_runs_lr_free_rules_with_per_tensor_estimates(tmp_path: Path, capsys) -> None:
+    """`python -m outer_train.compare --lr-free --per-tensor a` runs the rules as GMNOptimizer(lr_free=True,
+    per_tensor=a): a curve of its own against the same Adam; refused without --lr-free."""
+    from outer_train.compare import Comparison, main
+    from metaopt.optim.rules import ADAM_RULE_DIR
+
+    cfg = resolve(None, None, ["tasks.lr_free=true"])
+    cache = tmp_path / "cache"
+    plain = Comparison(cfg, steps=40, n_tasks=1, collection="meta_val", cache_dir=cache)
+    shared = Comparison(cfg, steps=40, n_tasks=1, collection="meta_val", cache_dir=cache, per_tensor=0.7)
+    assert shared.lr_free_options["per_tensor"] == 0.7 and "per_tensor" not in plain.lr_free_options
+    rule = UpdateRule.from_pretrained(ADAM_RULE_DIR)
+    a, b = plain.run(rule), shared.run(rule)
+    assert a.curves["adam"] == b.curves["adam"] and a.curves["learned"] != b.curves["learned"]
+    with pytest.raises(ValueError, match="per_tensor"):
+        Comparison(resolve(None, None, []), steps=40, n_tasks=1, collection="meta_val", per_tensor=0.5)
+    out = tmp_path / "scores.json"
+    assert main(["--rule", str(ADAM_RULE_DIR), "--lr-free", "--per-tensor", "0.7", "--steps", "40", "--tasks", "1",
+                 "--out", str(out), "--cache-dir", str(cache)]) == 0
+    assert json.loads(out.read_text())["rules"][str(ADAM_RULE_DIR)]["log_ratios"]["mlp_digits_w128/s7"] == \
+        pytest.approx(b.log_ratios[0])
+    with pytest.raises(SystemExit):
+        main(["--rule", str(ADAM_RULE_DIR), "--per-tensor", "0.7", "--steps", "40"])

@@ -60,3 +60,12 @@ def test_full_es_global_correction_needs_lr_free(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="lr_free"):
         main(["--rule", str(tmp_path / "base"), "--train", "global_correction", "--config",
               str(tmp_path / "fixed_lr.toml"), "--out", str(tmp_path / "es")])
+
+
+def test_full_es_per_tensor_needs_lr_free(tmp_path: Path) -> None:
+    base = UpdateRule(RuleConfig(kind="gmn", hidden=4, refresh_every=10))
+    base.save_pretrained(tmp_path / "base")
+    (tmp_path / "fixed_lr.toml").write_text("[tasks]\nlr_free = false\n")
+    with pytest.raises(SystemExit, match="lr_free"):
+        main(["--rule", str(tmp_path / "base"), "--per-tensor", "0.7", "--config", str(tmp_path / "fixed_lr.toml"),
+              "--out", str(tmp_path / "es")])
