@@ -82,19 +82,23 @@ def _peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | No
     return max(0, proc_status_bytes("VmHWM") - base)  # pages freed during the step can leave HWM a little under base
 
 
-ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every"}  # kind suffix -> GMNOptimizer option
+ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every",  # kind suffix -> GMNOptimizer option
+                    "tensor": "per_tensor"}
+PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0.7
 
 
-def _rule_of(kind: str) -> tuple[str, bool, dict[str, int]]:
-    """``gmnopt-<rule>[-lrfree[-stride<k>][-every<j>]]`` -> (rule name, lr_free, options of the estimate)."""
+def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
+    """``gmnopt-<rule>[-lrfree[-stride<k>][-every<j>][-tensor<percent>]]`` -> (rule name, lr_free, options of the
+    estimate)."""
     name, *rest = kind.split("-", 1)[1].split("-lrfree")
     options = {}
     for part in (rest[0].split("-")[1:] if rest else []):
         key = next((k for k in ESTIMATE_OPTIONS if part.startswith(k) and part[len(k):].isdigit()), None)
         if key is None:
-            raise ValueError(f"bench_step: {kind!r}: after -lrfree come -stride<k> / -every<j>, e.g. "
-                             "gmnopt-default-lrfree-stride11-every10")
-        options[ESTIMATE_OPTIONS[key]] = int(part[len(key):])
+            raise ValueError(f"bench_step: {kind!r}: after -lrfree come -stride<k> / -every<j> / -tensor<percent>, "
+                             "e.g. gmnopt-default-lrfree-stride11-every10 or gmnopt-default-lrfree-every10-tensor70")
+        option, value = ESTIMATE_OPTIONS[key], int(part[len(key):])
+        options[option] = value / 100 if option in PERCENT_OPTIONS else value
     return name, bool(rest), options
 
 

@@ -12,7 +12,8 @@ import sys
 def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e5",
                     "--repeats", "1", "--kinds", "adam", "gmnopt-default", "gmnopt-default-lrfree",
-                    "gmnopt-default-lrfree-stride4-every10"], check=True, capture_output=True)
+                    "gmnopt-default-lrfree-stride4-every10", "gmnopt-default-lrfree-every10-tensor70"],
+                   check=True, capture_output=True)
     result = json.loads((tmp_path / "bench_step.json").read_text())
     (size,) = result["sizes"]
     adam, rule = size["rows"]["adam"], size["rows"]["gmnopt-default"]
@@ -21,7 +22,10 @@ def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     assert abs(size["rows"]["gmnopt-default-lrfree"]["state_over_params"] - 5.0) < 0.01  # + the start and a gradient sum
     # every 4th entry: x_0 and s hold a quarter of the parameters
     assert abs(size["rows"]["gmnopt-default-lrfree-stride4-every10"]["state_over_params"] - 3.5) < 0.01
+    # per-tensor estimates: their gradient sum on top
+    assert abs(size["rows"]["gmnopt-default-lrfree-every10-tensor70"]["state_over_params"] - 6.0) < 0.01
     assert rule["refresh_ms"] > rule["plain_step_ms"] > 0  # the rule runs on the block's first step only
     assert all(row["peak_step_bytes"] is not None and row["peak_step_bytes"] >= 0 for row in size["rows"].values())
     md = (tmp_path / "bench_step.md").read_text()
     assert "GMNOptimizer, rule=\"default\"" in md and "estimate_stride=4, estimate_every=10" in md
+    assert "estimate_every=10, per_tensor=0.7" in md

@@ -248,11 +248,21 @@ class GMNOptimizer(torch.optim.Optimizer):
         return [core.DistanceEstimate(*row) for row in self.state[TENSOR_DISTANCES].tolist()]
 
     def _store_tensor_estimates(self, estimates: Iterable[core.DistanceEstimate]) -> None:
+        estimates = tuple(estimates)
         self.state[TENSOR_DISTANCES] = torch.tensor([[e.numerator, e.d, e.last, e.peak] for e in estimates],
                                                     dtype=torch.float64)
+        self._tensor_cache = (self.state[TENSOR_DISTANCES],
+                              core.TensorDistances(self.per_tensor, tuple(self._numels), estimates), None)
 
-    def _tensor_distances(self) -> core.TensorDistances:
-        return core.TensorDistances(self.per_tensor, tuple(self._numels), tuple(self._tensor_estimates()))
+    def _tensor_distances(self) -> tuple[core.TensorDistances, list[float] | None]:
+        """per_tensor: the estimates in the state, and their step factors when they are settled (every
+        ``last == d``: no estimate since the step before, so nothing changes; None otherwise). Cached
+        against the state's tensor, which `load_state_dict` replaces."""
+        rows = self.state[TENSOR_DISTANCES]
+        if getattr(self, "_tensor_cache", None) is None or self._tensor_cache[0] is not rows:
+            self._tensor_cache = (rows, core.TensorDistances(self.per_tensor, tuple(self._numels),
+                                                             tuple(self._tensor_estimates())), None)
+        return self._tensor_cache[1], self._tensor_cache[2]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its parameters must be parameters of the model the graph was built from."""
@@ -530,19 +540,21 @@ class GMNOptimizer(torch.optim.Optimizer):
         moves by (the one before this gradient, as Prodigy)."""
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
                                     float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]))
-        tens = self._tensor_distances() if self.per_tensor else None
-        if tens is not None:  # each tensor's moments to units of its own step size
+        tens, settled = self._tensor_distances() if self.per_tensor else (None, None)
+        if tens is not None and settled is None:  # each tensor's moments to units of its own step size
             core.shrink_tensor_moments(self._views["exp_avg"], self._views["exp_avg_sq"], tens.shrinks(est), inplace=True)
-        elif est.shrink() < 1.0:
+        elif tens is None and est.shrink() < 1.0:
             core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
         step = int(self.state[STEPS_TAKEN])
         span = core.estimate_span(step, self.estimate_every)
         if not span:  # d stays: this step moves by it
             self.state[DISTANCE_LAST] = est.d
-            if tens is not None:
+            if tens is not None and settled is None:  # the first step after an estimate: they settle
                 tens = tens.held()
                 self._store_tensor_estimates(tens.estimates)
-                self._tensor_factors = tens.factors(replace(est, last=est.d))
+                settled = tens.factors(replace(est, last=est.d))
+                self._tensor_cache = (*self._tensor_cache[:2], settled)
+            self._tensor_factors = settled
             return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
         if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
