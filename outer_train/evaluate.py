@@ -412,8 +412,10 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
 OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant", "suite": "held_out", "threads": 0}
 
 
-def merge_results(files: list[Path], out: Path) -> int:
-    """One results.json/results.md from runs over disjoint task subsets with otherwise equal settings."""
+def merge_results(files: list[Path], out: Path, replace: bool = False) -> int:
+    """One results.json/results.md from runs over disjoint task subsets with otherwise equal settings;
+    ``replace``: a task/seed run in a later file replaces the same run of an earlier one (a re-run, e.g.
+    on a quieter machine), in the earlier one's place."""
     parts = [json.loads(f.read_text()) for f in files]
     for part in parts:  # runs before the options existed told the rules the horizon (none read it), no schedule
         part["settings"] = {**OLD_SETTINGS, **part["settings"]}
@@ -423,6 +425,9 @@ def merge_results(files: list[Path], out: Path) -> int:
         if other != base:
             raise SystemExit(f"--merge: {f} was run with settings {other}, {files[0]} with {base}")
     entries = [e for part in parts for e in part["entries"]]
+    if replace:
+        latest = {e["task"]: e for e in entries}
+        entries = list({e["task"]: latest[e["task"]] for e in entries}.values())
     names = [e["task"] for e in entries]
     if len(set(names)) != len(names):
         raise SystemExit(f"--merge: some task/seed runs appear twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
@@ -499,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="combine results.json files of runs over disjoint task subsets (same settings) into one "
                         "table in --out; nothing is run")
+    p.add_argument("--replace", action="store_true",
+                   help="with --merge: a task/seed run in a later file replaces the same run of an earlier one "
+                        "(a re-run); without it the same run twice is refused")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: the task/seed runs already in --out's results.json (same settings "
                         "and rules) are kept, the rest are run")
@@ -530,8 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         s.baselines = list(dict.fromkeys(["adam", *a.baselines]))
     if s.grid_points < 2 or s.steps < WINDOW:
         p.error(f"need --grid-points >= 2 and --steps >= {WINDOW}")
+    if a.replace and not a.merge:
+        p.error("--replace goes with --merge")
     if a.merge:
-        return merge_results([Path(f) for f in a.merge], Path(a.out))
+        return merge_results([Path(f) for f in a.merge], Path(a.out), a.replace)
     rules = load_rules(a.rule)
     rule_kwargs: dict[str, dict[str, Any]] = {}  # label -> what else its GMNOptimizer is given
     for item in a.nowcast:

@@ -108,6 +108,16 @@ def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):  # the same runs twice cannot be merged
         evaluate.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "a" / "results.json"),
                        "--out", str(tmp_path / "x")])
+    # --replace: a re-run of part of the tasks replaces those runs, in their place
+    evaluate.main(["--tasks", "siren_shapes", *common, "--out", str(tmp_path / "rerun")])
+    torch.set_num_threads(threads)
+    evaluate.main(["--merge", str(tmp_path / "m" / "results.json"), str(tmp_path / "rerun" / "results.json"),
+                   "--replace", "--out", str(tmp_path / "r")])
+    replaced = json.loads((tmp_path / "r" / "results.json").read_text())
+    rerun = json.loads((tmp_path / "rerun" / "results.json").read_text())["entries"]
+    assert [e["task"] for e in replaced["entries"]] == [e["task"] for e in merged["entries"]]
+    assert replaced["entries"][:2] == rerun and replaced["entries"][2:] == merged["entries"][2:]
+    assert rerun[0]["results"]["adam"]["times"] != merged["entries"][0]["results"]["adam"]["times"]  # a re-run
 
 
 def test_baselines_can_be_restricted_to_adam(tmp_path: Path) -> None:
