@@ -15,7 +15,7 @@ from torch import nn
 from metaopt.optim import FeatureConfig, GMNOptimizer, GraphIndex, Hyper, OptState, RuleConfig, UpdateRule, core
 from metaopt.optim.optimizer import TENSOR_DISTANCES
 from test_optim_common import flat_params
-from test_outer_common import ModelTask
+from test_outer_common import ModelTask, unflat
 from training_loop import train_losses
 
 BETAS, EPS, WD = (0.8, 0.95), 1e-6, 0.05  # none of them Adam's defaults
@@ -112,7 +112,7 @@ def test_core_step_equals_the_optimizer() -> None:
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-        grad = torch.func.grad(task.functional_loss)(_unflat(task, params), (x, y))
+        grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
         params, state = core.step(rule, prepared, index, params, torch.cat([g.reshape(-1) for g in grad.values()]),
                                   state, h)
         torch.testing.assert_close(params, flat_params(model), rtol=0, atol=1e-6)
@@ -124,14 +124,6 @@ def test_core_step_equals_the_optimizer() -> None:
         mine = [e.d for e in state.tensor_distances.estimates]
         assert mine == pytest.approx(opt.state[TENSOR_DISTANCES][:, 1].tolist(), rel=1e-6)
     assert state.distance.d > d0 and all(e.d > o.d for e, o in zip(state.tensor_distances.estimates, own))  # all grew
-
-
-def _unflat(task: ModelTask, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for n, p in task.model.named_parameters():
-        out[n] = flat[i : i + p.numel()].view_as(p)
-        i += p.numel()
-    return out
 
 
 def test_state_dict_resumes_exactly_and_state_is_6x() -> None:

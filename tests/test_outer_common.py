@@ -62,3 +62,12 @@ def quadratic_task() -> ModelTask:
     x = torch.randn(64, 4, generator=g)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(64, 1, generator=g)
     return ModelTask(model, torch.zeros(2, 4), lambda gen: (x, y))
+
+
+def unflat(task: ModelTask, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A flat edge-ordered vector as the task model's named parameters (views), for ``torch.func``."""
+    out, i = {}, 0
+    for n, p in task.model.named_parameters():
+        out[n] = flat[i : i + p.numel()].view_as(p)
+        i += p.numel()
+    return out

@@ -16,7 +16,7 @@ from outer_train.tasks import TaskGroup
 from outer_train.tbptt import tbptt_gradient
 from outer_train.unroll import batched_graph, inner_step
 from test_optim_common import flat_params
-from test_outer_common import ModelTask
+from test_outer_common import ModelTask, unflat
 
 LR, BETAS, EPS, WD = 1e-2, (0.8, 0.95), 1e-6, 0.05  # none of them Adam's defaults
 
@@ -81,7 +81,7 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
             inner_step(rule, [group], graph_inputs, 0, [[(x, y)]])
             params, state = group.params[0], group.states[0]
         else:
-            grad = torch.func.grad(task.functional_loss)(_unflat(task, params), (x, y))
+            grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
             grad = torch.cat([g.reshape(-1) for g in grad.values()])
             params, state = core.step(rule, prepared, index, params, grad, state,
                                       Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth))
@@ -106,14 +106,6 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
             assert previous_scale is None or not torch.equal(scale, previous_scale)
         previous_scale = scale.clone()
     assert opt.rule_refreshes == 3
-
-
-def _unflat(task: ModelTask, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for n, p in task.model.named_parameters():
-        out[n] = flat[i : i + p.numel()].view_as(p)
-        i += p.numel()
-    return out
 
 
 def test_core_step_is_pure() -> None:
