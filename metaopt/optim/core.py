@@ -237,8 +237,7 @@ def estimate_distance(
     ``s``, per tensor of the lists. ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by
     default; a constant one cancels in ``d``, a schedule reweighs the steps). As Prodigy
     (``use_bias_correction=True``), this step still moves by the old ``d``, the new one from the next
-    step. In place, ``grad_sum`` is updated, and the one [E] temporary (x_0 - x) is reused for |s|;
-    ``d`` takes no gradients (a float).
+    step. In place, ``grad_sum`` is updated (`_estimate_terms`); ``d`` takes no gradients (a float).
 
     ``span`` j > 1 (``GMNOptimizer(estimate_every=j)``): this estimate stands for the j steps since the
     last one, as if each had this step's gradient and gap: the sums decay by ``beta3^j`` and this
@@ -249,19 +248,33 @@ def estimate_distance(
     # d in the 1e15s (a loss without a minimum, e.g. linear) puts w past float32: then the sums go to inf,
     # the estimate stops being finite and d stays where it is, rather than a foreach op raising
     w = _estimate_weight(est, h, step, span)
+    dots, norms, s = _estimate_terms(params, grads, start, grad_sum, w, decay, inplace)
+    dot_f, norm_f = torch.stack([torch.stack(dots).sum(), torch.stack(norms).sum()]).tolist()  # one host sync
+    return _next_estimate(est, dot_f, norm_f, w, decay, h, span), s
+
+
+def _estimate_terms(params: list[Tensor], grads: list[Tensor], start: list[Tensor], sums: list[Tensor],
+                    w: float | list[float], decay: float, inplace: bool
+                    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per tensor of the lists: ``<g, x_0 - x>``, ``||s||_1`` (0-d tensors, not yet read) and the sums
+    ``s <- decay * s + w * g`` (``w``: one weight for all tensors, or one each). In place, ``sums`` is
+    updated, and the one [E] temporary (x_0 - x) is reused for |s|."""
     grads = [g.detach() for g in grads]
     gaps = torch._foreach_sub(start, [p.detach() for p in params])  # x_0 - x exactly (<g,x_0> - <g,x> would cancel)
     dots = [torch.dot(g.reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
+    ws = w if isinstance(w, list) else [w] * len(grads)
     if inplace:
-        torch._foreach_mul_(grad_sum, decay)
-        torch._foreach_add_(grad_sum, grads, alpha=w)
-        s = grad_sum
-        norms = [torch.abs(t, out=gap).sum() for t, gap in zip(s, gaps)]  # |s| into the spent gap: no allocation
+        torch._foreach_mul_(sums, decay)
+        if isinstance(w, list):
+            for t, g, wi in zip(sums, grads, w):
+                t.add_(g, alpha=wi)
+        else:
+            torch._foreach_add_(sums, grads, alpha=w)
+        norms = [torch.abs(t, out=gap).sum() for t, gap in zip(sums, gaps)]  # |s| into the spent gap: no allocation
     else:
-        s = [decay * a + w * g for a, g in zip(grad_sum, grads)]
-        norms = [t.abs().sum() for t in s]
-    dot_f, norm_f = torch.stack([torch.stack(dots).sum(), torch.stack(norms).sum()]).tolist()  # one host sync
-    return _next_estimate(est, dot_f, norm_f, w, decay, h, span), s
+        sums = [decay * a + wi * g for a, g, wi in zip(sums, grads, ws)]
+        norms = [t.abs().sum() for t in sums]
+    return dots, norms, sums
 
 
 def _estimate_weight(est: DistanceEstimate, h: Hyper, step: int, span: int) -> float:
@@ -337,17 +350,7 @@ def estimate_tensor_distances(
     ``d_i``): the new estimates and sums, with one host sync for all tensors."""
     decay = (h.beta2**0.5) ** span
     ws = [_estimate_weight(e, h, step, span) for e in estimates]
-    grads = [g.detach() for g in grads]
-    gaps = torch._foreach_sub(start, [p.detach() for p in params])
-    dots = [torch.dot(g.reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
-    if inplace:
-        torch._foreach_mul_(sums, decay)
-        for t, g, w in zip(sums, grads, ws):
-            t.add_(g, alpha=w)
-        norms = [torch.abs(t, out=gap).sum() for t, gap in zip(sums, gaps)]
-    else:
-        sums = [decay * a + w * g for a, g, w in zip(sums, grads, ws)]
-        norms = [t.abs().sum() for t in sums]
+    dots, norms, sums = _estimate_terms(params, grads, start, sums, ws, decay, inplace)
     values = torch.stack([*dots, *norms]).tolist()  # one host sync
     n = len(estimates)
     return [_next_estimate(e, values[i], values[n + i], ws[i], decay, h, span) for i, e in enumerate(estimates)], sums

@@ -259,7 +259,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         ``last == d``: no estimate since the step before, so nothing changes; None otherwise). Cached
         against the state's tensor, which `load_state_dict` replaces."""
         rows = self.state[TENSOR_DISTANCES]
-        if getattr(self, "_tensor_cache", None) is None or self._tensor_cache[0] is not rows:
+        if self._tensor_cache[0] is not rows:  # set by _reset_counters; a loaded state is a new tensor
             self._tensor_cache = (rows, core.TensorDistances(self.per_tensor, tuple(self._numels),
                                                              tuple(self._tensor_estimates())), None)
         return self._tensor_cache[1], self._tensor_cache[2]
