@@ -52,6 +52,7 @@ from inner_tasks import build_task
 from inner_tasks.tasks import meta_validation_suite, train_task
 from inner_tasks.tasks.collections import META_VALIDATION_SEED
 from metaopt.optim import GMNOptimizer, UpdateRule
+from metaopt.optim.rules import resolve_rule
 
 from .config import (COMPARE_AGAINST, COMPARE_AGGREGATES, COMPARE_COLLECTIONS, COMPARE_METRICS, COMPARE_RULE_LRS,
                      TrainConfig)
@@ -115,7 +116,8 @@ class Comparison:
         self.lr_free = cfg.tasks.lr_free  # the rule runs as meta-trained: lr-free at the multiplier 1
         self.lr_free_options = ({"lr_free": True, "growth_rate": cfg.tasks.growth_rate,
                                  "estimate_stride": cfg.tasks.estimate_stride,
-                                 "estimate_every": cfg.tasks.estimate_every} if self.lr_free else {})
+                                 "estimate_every": cfg.tasks.estimate_every,
+                                 "estimate_warmup": cfg.tasks.estimate_warmup} if self.lr_free else {})
         if per_tensor:  # GMNOptimizer's per_tensor (evaluation only: meta-training's unroll keeps one estimate)
             if not self.lr_free:
                 raise ValueError("Comparison: per_tensor shares the lr-free step between tensors; it needs tasks.lr_free.")
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import resolve
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--rule", action="append", required=True, help="rule directory (save_pretrained); repeatable")
+    p.add_argument("--rule", action="append", required=True, help="rule directory (save_pretrained) or a shipped rule's name (default, mlp, adam); repeatable")
     p.add_argument("--collection", choices=COMPARE_COLLECTIONS, default="meta_val")
     p.add_argument("--against", choices=COMPARE_AGAINST, default="adam",
                    help="Adam at the same lr (keep_best's default) or Adam at its best lr on a 7-point grid")
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--growth-rate", type=float, default=None, help="with --lr-free: GMNOptimizer's growth_rate")
     p.add_argument("--estimate-stride", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_stride")
     p.add_argument("--estimate-every", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_every")
+    p.add_argument("--estimate-warmup", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_warmup")
     p.add_argument("--per-tensor", type=float, default=0.0,
                    help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step)")
     p.add_argument("--steps", type=int, default=1000)
@@ -303,13 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [] if a.growth_rate is None else [f"tasks.growth_rate={a.growth_rate}"]
     overrides += [] if a.estimate_stride is None else [f"tasks.estimate_stride={a.estimate_stride}"]
     overrides += [] if a.estimate_every is None else [f"tasks.estimate_every={a.estimate_every}"]
+    overrides += [] if a.estimate_warmup is None else [f"tasks.estimate_warmup={a.estimate_warmup}"]
     cfg = resolve(None, a.config, overrides)
     comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
                             cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric, per_tensor=a.per_tensor)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}
     for path in a.rule:
-        rule = UpdateRule.from_pretrained(path)
+        rule = resolve_rule(path)
         if not a.tune_lr:
             result = comparison.run(rule)
             rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios)),
@@ -338,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "metric": a.metric,
                                            "lr_free": a.lr_free, "growth_rate": a.growth_rate,
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
+                                           "estimate_warmup": cfg.tasks.estimate_warmup,
                                            "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 

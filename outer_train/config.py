@@ -69,6 +69,7 @@ class TaskSection:
     growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (GMNOptimizer's growth_rate)
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th parameter entry (GMNOptimizer's estimate_stride)
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step (GMNOptimizer's estimate_every)
+    estimate_warmup: int = 100  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -183,6 +184,8 @@ class TrainConfig:
              "tasks.estimate_stride must be an int >= 1"),
             (isinstance(self.tasks.estimate_every, int) and self.tasks.estimate_every >= 1,
              "tasks.estimate_every must be an int >= 1"),
+            (isinstance(self.tasks.estimate_warmup, int) and self.tasks.estimate_warmup >= 0,
+             "tasks.estimate_warmup must be an int >= 0"),
             (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
                                     and self.tasks.estimate_every == 1),
              "tasks.growth_rate, estimate_stride and estimate_every shape the lr-free estimate; set tasks.lr_free = true"),

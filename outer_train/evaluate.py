@@ -480,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                    "rows (the estimate reads every k-th parameter entry; default 1)")
     p.add_argument("--estimate-every", type=int, help="with --lr-free: GMNOptimizer's estimate_every for the +lrfree "
                    "rows (the estimate is taken every j-th step; default 1)")
+    p.add_argument("--estimate-warmup", type=int, help="with --lr-free: GMNOptimizer's estimate_warmup for the +lrfree "
+                   "rows (with --estimate-every: the first steps that still take an estimate each; default 100)")
     p.add_argument("--per-tensor", type=float, help="with --lr-free: GMNOptimizer's per_tensor for the +lrfree rows "
                    "(the share of each tensor's own distance estimate in its step size; default 0)")
     p.add_argument("--variants-only", action="store_true",
@@ -552,9 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
     options = (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride), ("estimate_every", a.estimate_every),
-               ("per_tensor", a.per_tensor))
+               ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor))
     if any(v is not None for _, v in options) and not a.lr_free:
-        p.error("--growth-rate, --estimate-stride, --estimate-every and --per-tensor shape the lr-free rows: add --lr-free")
+        p.error("--growth-rate, --estimate-stride, --estimate-every, --estimate-warmup and --per-tensor shape the lr-free "
+                "rows: add --lr-free")
     if a.lr_free:
         estimate = {k: v for k, v in options if v is not None}
         for name in list(rules):

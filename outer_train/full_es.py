@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the comparison score of fitness and validation (speedup: the held-out statistic)")
     p.add_argument("--per-tensor", type=float, default=0.0,
                    help="lr-free configs: GMNOptimizer's per_tensor in every fitness and validation run")
+    p.add_argument("--estimate-warmup", type=int, default=None,
+                   help="lr-free configs: GMNOptimizer's estimate_warmup (default: the config's tasks.estimate_warmup)")
     p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks, fitness and validation")
     p.add_argument("--val-seeds", type=int, default=1, help="seeds per meta-validation task")
     p.add_argument("--collection", choices=["meta_train", "meta_val"], default="meta_train", help="fitness tasks")
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = resolve(None if a.config else "quick", a.config, [])  # the meta_train fitness tasks' distribution and seed
+    warmup = [] if a.estimate_warmup is None else [f"tasks.estimate_warmup={a.estimate_warmup}"]
+    cfg = resolve(None if a.config else "quick", a.config, warmup)  # the meta_train fitness tasks' distribution and seed
     base = UpdateRule.from_pretrained(a.rule).eval()
     if a.train == "global_correction":
         if a.add_features:

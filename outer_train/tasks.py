@@ -25,7 +25,7 @@ from torch import Tensor
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
-from metaopt.optim.core import DistanceEstimate
+from metaopt.optim.core import ESTIMATE_WARMUP, DistanceEstimate
 
 from .augment import permute_params
 from .config import TaskSection
@@ -126,6 +126,7 @@ class TaskGroup:
     growth_rate: float = math.inf  # lr-free: the estimate's growth per step is capped at this factor
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th edge
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step
+    estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps (0 in groups saved without it)
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -156,7 +157,8 @@ class TaskGroup:
         show = cfg.horizon_known_prob >= 1.0 or r.random() < cfg.horizon_known_prob
         group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                     weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free,
-                    growth_rate=cfg.growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every)
+                    growth_rate=cfg.growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
+                    estimate_warmup=cfg.estimate_warmup)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -184,7 +186,7 @@ class TaskGroup:
     def fresh_states(self) -> list[OptState]:
         """The optimizer state before the first step, one per member (lr-free: starting at its params)."""
         return [OptState.zeros(p.numel(), start=p if self.lr_free else None, stride=self.estimate_stride,
-                               every=self.estimate_every) for p in self.params]
+                               every=self.estimate_every, warmup=self.estimate_warmup) for p in self.params]
 
     def build(self) -> None:
         """Build the task, graph index and batch iterators (also after loading a checkpoint)."""
@@ -271,6 +273,7 @@ class TaskGroup:
             "growth_rate": self.growth_rate,
             "estimate_stride": self.estimate_stride,
             "estimate_every": self.estimate_every,
+            "estimate_warmup": self.estimate_warmup,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()},
                         **({"distance": asdict(s.distance)} if s.distance is not None else {})} for s in self.states],
@@ -295,6 +298,7 @@ class TaskGroup:
             growth_rate=float(state.get("growth_rate", math.inf)),
             estimate_stride=int(state.get("estimate_stride", 1)),
             estimate_every=int(state.get("estimate_every", 1)),
+            estimate_warmup=int(state.get("estimate_warmup", 0)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]
@@ -302,7 +306,7 @@ class TaskGroup:
             OptState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["lr_scale"].clone(), int(s["step"]),
                      *((s["start"].clone(), s["grad_sum"].clone(), DistanceEstimate(**s["distance"]), group.estimate_stride,
                         group.estimate_every)
-                       if "distance" in s else ()))
+                       if "distance" in s else ()), warmup=group.estimate_warmup)
             for s in state["states"]
         ]
         group.pending = state.get("pending")

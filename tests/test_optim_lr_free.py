@@ -251,19 +251,25 @@ def test_growth_rate_is_a_warm_up_and_bad_options_are_refused():
         GMNOptimizer(_model(), rule="adam", growth_rate=1.02)
 
 
-def test_estimate_every_j_steps_moves_d_only_then_and_resumes_mid_block():
-    """estimate_every=j: d changes only on steps 1, j + 1, 2j + 1, ... (in between a step reads no
-    estimate), the run still trains as Prodigy does to within a small factor, and a state saved in
-    the middle of a block resumes bit for bit."""
+@pytest.mark.parametrize("warmup", [0, 8])
+def test_estimate_every_j_steps_moves_d_only_then_and_resumes_mid_block(warmup):
+    """estimate_every=j: d changes on each of the first ``estimate_warmup`` steps (at least step 1) and
+    then only on every j-th step after them (warm-up 0: steps 1, j + 1, 2j + 1, ...; in between a step
+    reads no estimate), the run still trains as Prodigy does to within a small factor, and a state saved
+    in the middle of a block resumes bit for bit."""
     model, every = _model(), 5
-    opt = GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=every)
+    opt = GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=every, estimate_warmup=warmup)
     changed = []
     for t in range(1, 41):
         before = opt.distance
         _train(model, opt, 1)
         if opt.distance != before:
             changed.append(t)
-    assert changed and all((t - 1) % every == 0 for t in changed)
+    dense = max(warmup, 1)
+    assert changed and all(t <= dense or (t - dense) % every == 0 for t in changed)
+    assert any(t > dense for t in changed)
+    if warmup:  # d grows step by step at the start (not on step 1: no gap from x_0 yet)
+        assert len([t for t in changed if t <= dense]) >= 3
     prodigy = _model()
     ref = _train(prodigy, GMNOptimizer(prodigy, rule="adam", lr_free=True), 41)[-1]
     mine = _train(model, opt, 1)[0]
@@ -271,13 +277,28 @@ def test_estimate_every_j_steps_moves_d_only_then_and_resumes_mid_block():
     assert mine == pytest.approx(ref, rel=2.0)
     _train(model, opt, 2)  # to step 44: inside a block
     clone = copy.deepcopy(model)
-    opt2 = GMNOptimizer(clone, rule="adam", lr_free=True, estimate_every=every)
+    opt2 = GMNOptimizer(clone, rule="adam", lr_free=True, estimate_every=every, estimate_warmup=warmup)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     _train(model, opt, 12), _train(clone, opt2, 12)
     for pa, pb in zip(model.parameters(), clone.parameters()):
         assert torch.equal(pa, pb)
     with pytest.raises(ValueError, match="estimate_every"):
         GMNOptimizer(_model(), rule="adam", lr_free=True, estimate_every=0)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="estimate_warmup"):
+            GMNOptimizer(_model(), rule="adam", lr_free=True, estimate_every=every, estimate_warmup=bad)
+    with pytest.raises(ValueError, match="pass lr_free=True"):
+        GMNOptimizer(_model(), rule="adam", estimate_warmup=warmup + 1)
+
+
+def test_estimate_span_schedule():
+    """`core.estimate_span`: 1 on the warm-up steps, ``every`` on each j-th step after them, else 0."""
+    from metaopt.optim.core import estimate_span
+
+    assert [estimate_span(t, 3, 0) for t in range(1, 9)] == [1, 0, 0, 3, 0, 0, 3, 0]
+    assert [estimate_span(t, 3, 1) for t in range(1, 9)] == [1, 0, 0, 3, 0, 0, 3, 0]
+    assert [estimate_span(t, 3, 4) for t in range(1, 12)] == [1, 1, 1, 1, 0, 0, 3, 0, 0, 3, 0]
+    assert [estimate_span(t, 1, 4) for t in range(1, 8)] == [1] * 7
 
 
 def test_a_loss_without_minimum_saturates_the_estimate_instead_of_raising():

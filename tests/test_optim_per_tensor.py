@@ -80,7 +80,7 @@ def _task() -> ModelTask:
 
 def test_core_step_equals_the_optimizer() -> None:
     """Six steps of a rule (alpha != 0, refresh every 2, a correction of d) lr-free with per_tensor, the
-    estimate every second step, non-default betas, eps and weight decay: the functional core (meta-training's
+    estimate every second step after 3 warm-up steps, non-default betas, eps and weight decay: the functional core (meta-training's
     form) and the optimizer agree on the parameters, the whole state and every tensor's estimate."""
     task = _task()
     torch.manual_seed(0)
@@ -91,11 +91,11 @@ def test_core_step_equals_the_optimizer() -> None:
     model = copy.deepcopy(task.model)
     lr, share = 0.7, 0.6
     opt = GMNOptimizer(model, rule=rule, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph,
-                       lr_free=True, estimate_every=2, per_tensor=share)
+                       lr_free=True, estimate_every=2, estimate_warmup=3, per_tensor=share)
     prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
     params = flat_params(model)
     sizes = tuple(p.numel() for p in model.parameters())
-    state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=share, sizes=sizes)
+    state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=share, sizes=sizes, warmup=3)
     # as if well into a run (from d0 = 1e-6 six steps barely move): d = 1e-3, each tensor's own around it,
     # numerators as if the run had come far, so that the estimates grow
     d0 = 1e-3
@@ -118,8 +118,10 @@ def test_core_step_equals_the_optimizer() -> None:
         torch.testing.assert_close(params, flat_params(model), rtol=0, atol=1e-6)
         for key in ("exp_avg", "exp_avg_sq", "lr_scale"):
             torch.testing.assert_close(getattr(state, key), opt._buffers[key], rtol=1e-5, atol=1e-6, msg=key)
-        for key in ("grad_sum", "tensor_grad_sum"):  # weighted by d^2 / d0 (hundreds here): float32 rounding scales up
-            torch.testing.assert_close(getattr(state, key), opt._buffers[key], rtol=1e-4, atol=1e-5, msg=key)
+        for key in ("grad_sum", "tensor_grad_sum"):  # weighted by d^2 / d0 (up to 1e5 here): float32 rounding of
+            # the largest entries (a few 1e-7 of them) is what an entry that nearly cancels can differ by
+            mine = getattr(state, key)
+            torch.testing.assert_close(mine, opt._buffers[key], rtol=1e-4, atol=1e-6 * float(mine.abs().max()), msg=key)
         assert state.distance.d == pytest.approx(opt.distance, rel=1e-6)
         mine = [e.d for e in state.tensor_distances.estimates]
         assert mine == pytest.approx(opt.state[TENSOR_DISTANCES][:, 1].tolist(), rel=1e-6)

@@ -40,13 +40,13 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
     snr features, whose bias correction reads the non-default betas on both sides; and lr-free, where
     Prodigy's estimate sets the step, the scale is normalised and a relative-lr rule reads its own
     default lr on both sides; and lr-free with Prodigy's options, a growth rate that binds and an
-    estimate reading every third edge on every second step, and a rule whose geometric-mean scale
+    estimate reading every third edge on every second step after two warm-up steps, and a rule whose geometric-mean scale
     corrects the estimate, global_bound)."""
     task = _classifier_task()
     torch.manual_seed(0)
     free = extra.startswith("lr_free")
     options = extra == "lr_free_options"
-    growth, stride, every = (1.2, 3, 2) if options else (math.inf, 1, 1)
+    growth, stride, every, warmup = (1.2, 3, 2, 2) if options else (math.inf, 1, 1, 0)
     lr = 0.7 if free else LR  # lr-free: the multiplier of the estimate
     features = FeatureConfig(relative_lr=extra in ("relative_lr", "lr_free", "lr_free_options"), horizon=extra == "horizon", snr=extra == "snr")
     rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2, features=features,
@@ -56,14 +56,15 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
             rule.global_gate.fill_(0.5), rule.global_offset.fill_(0.01)
     model = copy.deepcopy(task.model)
     opt = GMNOptimizer(model, rule=rule, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph, total_steps=5,
-                       lr_free=free, **({"growth_rate": growth, "estimate_stride": stride, "estimate_every": every} if options else {}))
+                       lr_free=free, **({"growth_rate": growth, "estimate_stride": stride, "estimate_every": every,
+                          "estimate_warmup": warmup} if options else {}))
     group = TaskGroup.from_task(task, [0], horizon=5, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, lr_free=free,
-                                growth_rate=growth, estimate_stride=stride, estimate_every=every)
+                                growth_rate=growth, estimate_stride=stride, estimate_every=every, estimate_warmup=warmup)
     assert group.hyper == Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth)
     graph_inputs = batched_graph(rule, [group])
     prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
     params = flat_params(model)
-    state = OptState.zeros(index.num_edges, start=params if free else None, stride=stride, every=every)
+    state = OptState.zeros(index.num_edges, start=params if free else None, stride=stride, every=every, warmup=warmup)
     if free:  # as if well into a run (from d0 = 1e-6 five steps barely move): both sides start at d = 1e-3
         # (with options: a numerator as if the run had come far, so that the growth rate binds at every step)
         d0, numerator = (1e-5, 1.0) if options else (1e-3, 0.0)
@@ -91,8 +92,8 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
             torch.testing.assert_close(getattr(state, key).detach(), opt._buffers[key], rtol=1e-5, atol=1e-6)
         if free:
             assert state.distance.d == pytest.approx(opt.distance, rel=1e-5) and (t == 1 or state.distance.numerator != 0)
-        if options:  # growing at the capped rate on steps 1, 3, 5 (each standing for the steps since the last)
-            grown = t if t % 2 else t - 1
+        if options:  # growing at the capped rate on steps 1, 2 (warm-up) and 4 (standing for steps 3 and 4)
+            grown = t if t <= warmup or t % 2 == 0 else t - 1
             assert state.distance.d == pytest.approx(d0 * growth**grown, rel=1e-9) and state.distance.d < state.distance.peak
             assert state.grad_sum.numel() == -(-index.num_edges // 3)
         scale = state.lr_scale.detach()

@@ -309,12 +309,12 @@ def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, optimizer_calls)
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--growth-rate", "1.1", "--out", str(tmp_path / "bad")])
     optimizer_calls.clear()
-    evaluate.main([*common, "--lr-free", "--estimate-every", "5", "--per-tensor", "0.7", "--variants-only",
-                   "--out", str(tmp_path / "t")])
+    evaluate.main([*common, "--lr-free", "--estimate-every", "5", "--estimate-warmup", "20", "--per-tensor", "0.7",
+                   "--variants-only", "--out", str(tmp_path / "t")])
     torch.set_num_threads(threads)
-    assert {kw.get("per_tensor") for kw in optimizer_calls} == {0.7}
+    assert {(kw.get("per_tensor"), kw.get("estimate_warmup")) for kw in optimizer_calls} == {(0.7, 20)}
     res = json.loads((tmp_path / "t" / "results.json").read_text())
-    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, estimate_every 5, per_tensor 0.7)"]
+    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, estimate_every 5, estimate_warmup 20, per_tensor 0.7)"]
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--per-tensor", "0.7", "--out", str(tmp_path / "bad")])
 

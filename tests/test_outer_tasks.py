@@ -110,20 +110,30 @@ def test_lr_free_groups_start_at_their_params_and_survive_checkpoints(tmp_path: 
 
 
 def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None:
-    """tasks.growth_rate / tasks.estimate_stride: the group's Hyper carries the growth rate, its states
-    hold x_0 and s for every stride-th edge only, and both survive a checkpoint; outside lr-free mode
-    the options are refused."""
-    sets = SETS + ["tasks.lr_free=true", "tasks.growth_rate=1.05", "tasks.estimate_stride=4"]
+    """tasks.growth_rate / tasks.estimate_stride / tasks.estimate_warmup: the group's Hyper carries the growth
+    rate, its states hold x_0 and s for every stride-th edge only and the warm-up, and all survive a
+    checkpoint (a group saved before the warm-up existed resumes without one); outside lr-free mode the
+    options are refused."""
+    sets = SETS + ["tasks.lr_free=true", "tasks.growth_rate=1.05", "tasks.estimate_stride=4", "tasks.estimate_every=3",
+                   "tasks.estimate_warmup=7"]
     group = _draw(resolve("quick", None, sets), 0, False)
     assert group.hyper.growth_rate == 1.05 and group.estimate_stride == 4
+    assert group.estimate_warmup == 7 and all(s.warmup == 7 and s.every == 3 for s in group.states)
     for p, s in zip(group.params, group.states):
         assert s.stride == 4 and torch.equal(s.start, p[::4]) and s.grad_sum.numel() == -(-p.numel() // 4)
     rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=100))
     inner_step(rule, [group], batched_graph(rule, [group]), 0, [group.next_batches()])
     restored = TaskGroup.from_state_dict(group.state_dict())
     assert restored.hyper == group.hyper and restored.states[0].stride == 4
+    assert restored.estimate_warmup == 7 and restored.states[0].warmup == 7
     assert torch.equal(restored.states[0].grad_sum, group.states[0].grad_sum)
+    old = group.state_dict()
+    del old["estimate_warmup"]
+    assert TaskGroup.from_state_dict(old).states[0].warmup == 0
+    assert _draw(resolve("quick", None, SETS + ["tasks.lr_free=true"]), 0, False).states[0].warmup == core.ESTIMATE_WARMUP
     with pytest.raises(ValueError, match="lr_free"):
         resolve("quick", None, SETS + ["tasks.growth_rate=1.05"])
     with pytest.raises(ValueError, match="estimate_stride"):
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_stride=0"])
+    with pytest.raises(ValueError, match="estimate_warmup"):
+        resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_warmup=-1"])

@@ -44,7 +44,8 @@ class OptState:
     # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars. With
     # ``stride`` k > 1 the estimate reads every k-th edge (flat positions 0, k, 2k, ...: Prodigy's
     # ``slice_p``), and ``start`` / ``grad_sum`` hold only those, ceil(E / k) entries each; with
-    # ``every`` j > 1 it is taken on steps 1, j + 1, 2j + 1, ... only (`estimate_distance`'s ``span``).
+    # ``every`` j > 1 it is taken on each of the first ``warmup`` steps and then on every j-th step only
+    # (`estimate_span`).
     start: Tensor | None = None
     grad_sum: Tensor | None = None
     distance: "DistanceEstimate | None" = None
@@ -53,15 +54,19 @@ class OptState:
     # lr-free with ``per_tensor`` > 0 (`TensorDistances`): each tensor's own estimate and its gradient sum [E]
     tensor_distances: "TensorDistances | None" = None
     tensor_grad_sum: Tensor | None = None
+    warmup: int = 0  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
 
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
-              stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = ()) -> "OptState":
+              stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
+              warmup: int | None = None) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
-        estimate reading every ``stride``-th edge on every ``every``-th step; with ``per_tensor`` > 0 also
-        one estimate per tensor (``sizes``: the tensors' entries in flat order, summing to ``num_edges``)."""
+        estimate reading every ``stride``-th edge on every ``every``-th step after the first ``warmup``
+        (default `ESTIMATE_WARMUP`); with ``per_tensor`` > 0 also one estimate per tensor (``sizes``: the
+        tensors' entries in flat order, summing to ``num_edges``)."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
+        warmup = ESTIMATE_WARMUP if warmup is None else check_warmup(warmup)
         tensors = None
         if per_tensor:
             if start is None or stride != 1 or sum(sizes) != num_edges:
@@ -81,6 +86,7 @@ class OptState:
             every,
             tensors,
             None if tensors is None else torch.zeros(num_edges, device=device),
+            warmup,
         )
 
     def detach(self) -> "OptState":
@@ -90,8 +96,16 @@ class OptState:
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("step", "distance", "stride", "every", "tensor_distances")
+                if f.name not in ("step", "distance", "stride", "every", "tensor_distances", "warmup")
                 and getattr(self, f.name) is not None}
+
+
+def check_warmup(value: Any) -> int:
+    """``value`` if it is an int >= 0 (``estimate_warmup``: the first steps that take an estimate each)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"the lr-free estimate's estimate_warmup is an int >= 0 (the first steps that take an "
+                         f"estimate each), got {value!r}.")
+    return value
 
 
 def check_stride(value: Any, name: str = "estimate_stride", one: str = "1 = every parameter") -> int:
@@ -200,6 +214,10 @@ def apply_update(
 # ---- the lr-free part (Prodigy's distance estimate; GMNOptimizer(lr_free=True)) -------------------
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
+# With estimate_every = j > 1, the first ESTIMATE_WARMUP steps still take an estimate each: d grows from D0
+# to its working size in the first 30-100 steps, and holding it j steps at a time there delays the whole
+# run (measured on the meta-validation suite, docs/optim.md "The estimate's warm-up").
+ESTIMATE_WARMUP = 100
 
 
 @dataclass(frozen=True)
@@ -356,12 +374,14 @@ def estimate_tensor_distances(
     return [_next_estimate(e, values[i], values[n + i], ws[i], decay, h, span) for i, e in enumerate(estimates)], sums
 
 
-def estimate_span(step: int, every: int) -> int:
-    """How many steps an estimate on ``step`` stands for: 0 when none is taken on it (estimates are taken
-    on steps 1, every + 1, 2 * every + 1, ...), 1 on the first step, else ``every``."""
-    if not refresh_due(step, every):
-        return 0
-    return 1 if step == 1 else every
+def estimate_span(step: int, every: int, warmup: int = 0) -> int:
+    """How many steps an estimate on ``step`` stands for: 1 on each of the first ``warmup`` steps (at
+    least the first), then ``every`` on steps warmup + every, warmup + 2 * every, ... and 0 (no estimate)
+    on the others. ``warmup`` 0 or 1: steps 1, every + 1, 2 * every + 1, ..."""
+    dense = max(warmup, 1)
+    if step <= dense:
+        return 1
+    return every if (step - dense) % every == 0 else 0
 
 
 def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float, inplace: bool
@@ -464,7 +484,7 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
                                            inplace=False)
             m, v = torch.cat(ms), torch.cat(vs)
         k, step = state.stride, state.step + 1
-        span = estimate_span(step, state.every)
+        span = estimate_span(step, state.every, state.warmup)
         if span:
             if tens is not None:
                 split = lambda t: list(t.split(tens.sizes))  # noqa: E731

@@ -133,7 +133,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     k-th parameter entry only, so its passes cost 1/k and the state is 3x + 2/k x the parameters. And
     one of this package: ``estimate_every=j`` takes the estimate on every j-th step only, each standing
     for the j steps since the last (`core.estimate_distance`'s ``span``), so between them a step costs
-    what a fixed-lr step does. ``per_tensor=a`` (0 to 1, default 0): every parameter tensor also keeps
+    what a fixed-lr step does; the first ``estimate_warmup`` steps (default 100) still take one each, as
+    ``d`` grows fastest there (0: steps 1, j + 1, 2j + 1, ... from the start). ``per_tensor=a`` (0 to 1, default 0): every parameter tensor also keeps
     its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a`` (`core.TensorDistances`); its gradient sum
     adds 1x the parameters to the state (6x), the estimate's cost is per tensor.
     """
@@ -157,6 +158,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         growth_rate: float = float("inf"),
         estimate_stride: int = 1,
         estimate_every: int = 1,
+        estimate_warmup: int = core.ESTIMATE_WARMUP,
         per_tensor: float = 0.0,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -172,11 +174,13 @@ class GMNOptimizer(torch.optim.Optimizer):
         try:
             self.estimate_stride = core.check_stride(estimate_stride)
             self.estimate_every = core.check_stride(estimate_every, "estimate_every", "1 = every step")
+            self.estimate_warmup = core.check_warmup(estimate_warmup)
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
-        if not lr_free and (growth_rate != float("inf") or estimate_stride != 1 or estimate_every != 1):
-            raise ValueError("GMNOptimizer: growth_rate, estimate_stride and estimate_every shape the lr-free estimate; "
-                             "pass lr_free=True.")
+        if not lr_free and (growth_rate != float("inf") or estimate_stride != 1 or estimate_every != 1
+                            or estimate_warmup != core.ESTIMATE_WARMUP):
+            raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every and estimate_warmup shape the "
+                             "lr-free estimate; pass lr_free=True.")
         try:
             self.per_tensor = core.check_share(per_tensor)
         except ValueError as err:
@@ -327,7 +331,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         # lr_free: x_0 is the parameters before the first step (load_state_dict overwrites it)
         start = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.lr_free else None
         init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride,
-                              every=self.estimate_every, per_tensor=self.per_tensor, sizes=tuple(self._numels))
+                              every=self.estimate_every, per_tensor=self.per_tensor, sizes=tuple(self._numels),
+                              warmup=self.estimate_warmup)
         self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
 
@@ -546,7 +551,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         elif tens is None and est.shrink() < 1.0:
             core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
         step = int(self.state[STEPS_TAKEN])
-        span = core.estimate_span(step, self.estimate_every)
+        span = core.estimate_span(step, self.estimate_every, self.estimate_warmup)
         if not span:  # d stays: this step moves by it
             self.state[DISTANCE_LAST] = est.d
             if tens is not None and settled is None:  # the first step after an estimate: they settle
