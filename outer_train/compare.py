@@ -100,7 +100,8 @@ class Comparison:
 
     def __init__(self, cfg: TrainConfig, steps: int, n_tasks: int = 1, collection: str = "meta_train",
                  against: str = "adam", seeds: int = 1, aggregate: str = "mean", rule_lr: str = "reference",
-                 cache_dir: str | Path | None = None, metric: str = "loss_ratio", per_tensor: float = 0.0) -> None:
+                 cache_dir: str | Path | None = None, metric: str = "loss_ratio",
+                 per_tensor: float | None = None) -> None:
         if against not in COMPARE_AGAINST:
             raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
         if aggregate not in COMPARE_AGGREGATES:
@@ -118,7 +119,8 @@ class Comparison:
                                  "estimate_stride": cfg.tasks.estimate_stride,
                                  "estimate_every": cfg.tasks.estimate_every,
                                  "estimate_warmup": cfg.tasks.estimate_warmup} if self.lr_free else {})
-        if per_tensor:  # GMNOptimizer's per_tensor (evaluation only: meta-training's unroll keeps one estimate)
+        per_tensor = cfg.tasks.per_tensor if per_tensor is None else per_tensor  # as the run's inner optimizer
+        if per_tensor:  # GMNOptimizer's per_tensor
             if not self.lr_free:
                 raise ValueError("Comparison: per_tensor shares the lr-free step between tensors; it needs tasks.lr_free.")
             self.lr_free_options["per_tensor"] = float(per_tensor)
@@ -284,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--estimate-stride", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_stride")
     p.add_argument("--estimate-every", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_every")
     p.add_argument("--estimate-warmup", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_warmup")
-    p.add_argument("--per-tensor", type=float, default=0.0,
-                   help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step)")
+    p.add_argument("--per-tensor", type=float, default=None,
+                   help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step; "
+                        "default: the config's tasks.per_tensor)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -343,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "lr_free": a.lr_free, "growth_rate": a.growth_rate,
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
                                            "estimate_warmup": cfg.tasks.estimate_warmup,
+                                           "per_tensor": comparison.lr_free_options.get("per_tensor", 0.0),
                                            "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 

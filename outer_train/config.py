@@ -69,7 +69,8 @@ class TaskSection:
     growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (GMNOptimizer's growth_rate)
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th parameter entry (GMNOptimizer's estimate_stride)
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step (GMNOptimizer's estimate_every)
-    estimate_warmup: int = 100  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
+    estimate_warmup: int = 0  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
+    per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step (GMNOptimizer's per_tensor)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -186,6 +187,9 @@ class TrainConfig:
              "tasks.estimate_every must be an int >= 1"),
             (isinstance(self.tasks.estimate_warmup, int) and self.tasks.estimate_warmup >= 0,
              "tasks.estimate_warmup must be an int >= 0"),
+            (0.0 <= self.tasks.per_tensor <= 1.0, "tasks.per_tensor is a share in [0, 1]"),
+            (self.tasks.per_tensor == 0.0 or (self.tasks.lr_free and self.tasks.estimate_stride == 1),
+             "tasks.per_tensor shares the lr-free step between tensors; set tasks.lr_free = true and estimate_stride = 1"),
             (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
                                     and self.tasks.estimate_every == 1),
              "tasks.growth_rate, estimate_stride and estimate_every shape the lr-free estimate; set tasks.lr_free = true"),

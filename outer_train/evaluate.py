@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--estimate-every", type=int, help="with --lr-free: GMNOptimizer's estimate_every for the +lrfree "
                    "rows (the estimate is taken every j-th step; default 1)")
     p.add_argument("--estimate-warmup", type=int, help="with --lr-free: GMNOptimizer's estimate_warmup for the +lrfree "
-                   "rows (with --estimate-every: the first steps that still take an estimate each; default 100)")
+                   "rows (with --estimate-every: the first steps that still take an estimate each; default 0)")
     p.add_argument("--per-tensor", type=float, help="with --lr-free: GMNOptimizer's per_tensor for the +lrfree rows "
                    "(the share of each tensor's own distance estimate in its step size; default 0)")
     p.add_argument("--variants-only", action="store_true",

@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --train global_correction and a rule without one: the bound b of the added correction")
     p.add_argument("--metric", choices=COMPARE_METRICS, default="loss_ratio",
                    help="the comparison score of fitness and validation (speedup: the held-out statistic)")
-    p.add_argument("--per-tensor", type=float, default=0.0,
-                   help="lr-free configs: GMNOptimizer's per_tensor in every fitness and validation run")
+    p.add_argument("--per-tensor", type=float, default=None,
+                   help="lr-free configs: GMNOptimizer's per_tensor in every fitness and validation run (default: the "
+                        "config's tasks.per_tensor)")
     p.add_argument("--estimate-warmup", type=int, default=None,
                    help="lr-free configs: GMNOptimizer's estimate_warmup (default: the config's tasks.estimate_warmup)")
     p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks, fitness and validation")

@@ -25,7 +25,7 @@ from torch import Tensor
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
-from metaopt.optim.core import ESTIMATE_WARMUP, DistanceEstimate
+from metaopt.optim.core import ESTIMATE_WARMUP, DistanceEstimate, TensorDistances
 
 from .augment import permute_params
 from .config import TaskSection
@@ -126,7 +126,8 @@ class TaskGroup:
     growth_rate: float = math.inf  # lr-free: the estimate's growth per step is capped at this factor
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th edge
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step
-    estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps (0 in groups saved without it)
+    estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps
+    per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step size (core.TensorDistances)
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -158,7 +159,7 @@ class TaskGroup:
         group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                     weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free,
                     growth_rate=cfg.growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
-                    estimate_warmup=cfg.estimate_warmup)
+                    estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -184,9 +185,11 @@ class TaskGroup:
         return group
 
     def fresh_states(self) -> list[OptState]:
-        """The optimizer state before the first step, one per member (lr-free: starting at its params)."""
+        """The optimizer state before the first step, one per member (lr-free: starting at its params; with
+        ``per_tensor``, also one estimate per tensor of the task's parameters)."""
         return [OptState.zeros(p.numel(), start=p if self.lr_free else None, stride=self.estimate_stride,
-                               every=self.estimate_every, warmup=self.estimate_warmup) for p in self.params]
+                               every=self.estimate_every, warmup=self.estimate_warmup, per_tensor=self.per_tensor,
+                               sizes=tuple(self.numels)) for p in self.params]
 
     def build(self) -> None:
         """Build the task, graph index and batch iterators (also after loading a checkpoint)."""
@@ -274,9 +277,12 @@ class TaskGroup:
             "estimate_stride": self.estimate_stride,
             "estimate_every": self.estimate_every,
             "estimate_warmup": self.estimate_warmup,
+            "per_tensor": self.per_tensor,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()},
-                        **({"distance": asdict(s.distance)} if s.distance is not None else {})} for s in self.states],
+                        **({"distance": asdict(s.distance)} if s.distance is not None else {}),
+                        **({"tensor_distances": [asdict(e) for e in s.tensor_distances.estimates]}
+                           if s.tensor_distances is not None else {})} for s in self.states],
             "pending": self.pending,
         }
 
@@ -299,6 +305,7 @@ class TaskGroup:
             estimate_stride=int(state.get("estimate_stride", 1)),
             estimate_every=int(state.get("estimate_every", 1)),
             estimate_warmup=int(state.get("estimate_warmup", 0)),
+            per_tensor=float(state.get("per_tensor", 0.0)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]
@@ -306,7 +313,10 @@ class TaskGroup:
             OptState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["lr_scale"].clone(), int(s["step"]),
                      *((s["start"].clone(), s["grad_sum"].clone(), DistanceEstimate(**s["distance"]), group.estimate_stride,
                         group.estimate_every)
-                       if "distance" in s else ()), warmup=group.estimate_warmup)
+                       if "distance" in s else ()), warmup=group.estimate_warmup,
+                     **({"tensor_distances": TensorDistances(group.per_tensor, tuple(group.numels),
+                                                             tuple(DistanceEstimate(**e) for e in s["tensor_distances"])),
+                         "tensor_grad_sum": s["tensor_grad_sum"].clone()} if "tensor_distances" in s else {}))
             for s in state["states"]
         ]
         group.pending = state.get("pending")

@@ -137,3 +137,38 @@ def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_stride=0"])
     with pytest.raises(ValueError, match="estimate_warmup"):
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_warmup=-1"])
+
+
+def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tmp_path: Path) -> None:
+    """tasks.per_tensor: meta-training's inner optimizer keeps every tensor's own estimate as
+    GMNOptimizer(per_tensor=a) does; a checkpointed group resumes bit for bit (each tensor's estimate and
+    its gradient sum included); a short meta-training run in this mode takes its steps; without lr-free
+    (or with a strided estimate) the option is refused."""
+    cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.5", "tasks.estimate_every=2",
+                                         "tasks.estimate_warmup=2"])
+    group = _draw(cfg, 0, False)
+    assert group.per_tensor == 0.5
+    for s in group.states:
+        assert s.tensor_distances.share == 0.5 and s.tensor_distances.sizes == tuple(group.numels)
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=10))
+    graph = batched_graph(rule, [group])
+    for _ in range(5):
+        inner_step(rule, [group], graph, 0, [group.next_batches()])
+    ests = group.states[0].tensor_distances.estimates
+    assert len({e.d for e in ests}) > 1 and all(e.d > core.D0 for e in ests)  # each its own, and grown
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.per_tensor == 0.5
+    assert restored.states[0].tensor_distances == group.states[0].tensor_distances
+    assert torch.equal(restored.states[0].tensor_grad_sum, group.states[0].tensor_grad_sum)
+    batches = group.next_batches()
+    inner_step(rule, [group], graph, 0, [batches])
+    inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
+    for a, b in zip(restored.params, group.params):
+        assert torch.equal(a, b)
+    result = train(resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.7", "meta.steps=2",
+                                                  f'out_dir="{tmp_path}"']))
+    assert result["step"] == 2 and result["skipped_total"] == 0 and math.isfinite(result["meta_loss"])
+    for bad in (["tasks.per_tensor=0.5"], ["tasks.lr_free=true", "tasks.per_tensor=1.5"],
+                ["tasks.lr_free=true", "tasks.per_tensor=0.5", "tasks.estimate_stride=2"]):
+        with pytest.raises(ValueError, match="per_tensor"):
+            resolve("quick", None, SETS + bad)

@@ -133,8 +133,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     k-th parameter entry only, so its passes cost 1/k and the state is 3x + 2/k x the parameters. And
     one of this package: ``estimate_every=j`` takes the estimate on every j-th step only, each standing
     for the j steps since the last (`core.estimate_distance`'s ``span``), so between them a step costs
-    what a fixed-lr step does; the first ``estimate_warmup`` steps (default 100) still take one each, as
-    ``d`` grows fastest there (0: steps 1, j + 1, 2j + 1, ... from the start). ``per_tensor=a`` (0 to 1, default 0): every parameter tensor also keeps
+    what a fixed-lr step does; ``estimate_warmup=w`` (default 0) takes one on each of the first w steps too,
+    where ``d`` grows fastest (then on steps w + j, w + 2j, ...). ``per_tensor=a`` (0 to 1, default 0): every parameter tensor also keeps
     its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a`` (`core.TensorDistances`); its gradient sum
     adds 1x the parameters to the state (6x), the estimate's cost is per tensor.
     """
