@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-tensor", type=float, default=None,
                    help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step; "
                         "default: the config's tasks.per_tensor)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="run every rule at this lr on every task (lr-free: the estimate's multiplier; default: each "
+                        "task's reference lr, lr-free 1)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default=None, help="meta_train: the run config whose seed draws the tasks")
     p.add_argument("--threads", type=int, default=1)
@@ -302,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.set_default_lr and not a.tune_lr:
         p.error("--set-default-lr needs --tune-lr")
+    if a.lr is not None and (a.tune_lr or not a.lr > 0):
+        p.error("--lr is one positive lr for every task; it does not go with --tune-lr")
     if a.per_tensor and not a.lr_free:
         p.error("--per-tensor shapes the lr-free estimate: add --lr-free")
     torch.set_num_threads(a.threads)
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.rule:
         rule = resolve_rule(path)
         if not a.tune_lr:
-            result = comparison.run(rule)
+            result = comparison.run(rule, a.lr)
             rows[path] = {"score": result.score, "log_ratios": dict(zip(names, result.log_ratios)),
                           "speedups": dict(zip(names, result.speedups)),
                           **{f"score_{agg}": comparison.score(result.log_ratios, agg) for agg in COMPARE_AGGREGATES},
@@ -342,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
-                                           "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "metric": a.metric,
+                                           "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "lr": a.lr, "metric": a.metric,
                                            "lr_free": a.lr_free, "growth_rate": a.growth_rate,
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
                                            "estimate_warmup": cfg.tasks.estimate_warmup,

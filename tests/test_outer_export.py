@@ -410,3 +410,14 @@ def test_compare_runs_lr_free_rules_with_per_tensor_estimates(tmp_path: Path, ca
         pytest.approx(b.log_ratios[0])
     with pytest.raises(SystemExit):
         main(["--rule", str(ADAM_RULE_DIR), "--per-tensor", "0.7", "--steps", "40"])
+    # a shipped rule by name, at one multiplier; and the config's tasks.per_tensor is the comparison's default
+    assert main(["--rule", "adam", "--lr-free", "--per-tensor", "0.7", "--lr", "0.5", "--steps", "40", "--tasks", "1",
+                 "--out", str(out), "--cache-dir", str(cache)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["lr"] == 0.5 and saved["per_tensor"] == 0.7
+    assert saved["rules"]["adam"]["log_ratios"]["mlp_digits_w128/s7"] == pytest.approx(shared.run(rule, 0.5).log_ratios[0])
+    with pytest.raises(SystemExit):
+        main(["--rule", "adam", "--lr", "0.5", "--tune-lr", "--steps", "40"])
+    configured = Comparison(resolve(None, None, ["tasks.lr_free=true", "tasks.per_tensor=0.3"]), steps=40, n_tasks=1,
+                            collection="meta_val", cache_dir=cache)
+    assert configured.lr_free_options["per_tensor"] == 0.3
