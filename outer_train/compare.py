@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import resolve
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--rule", action="append", required=True, help="rule directory (save_pretrained) or a shipped rule's name (default, mlp, adam); repeatable")
+    p.add_argument("--rule", action="append", required=True,
+                   help="rule directory (save_pretrained) or a shipped rule's name (default, mlp, adam); repeatable")
     p.add_argument("--collection", choices=COMPARE_COLLECTIONS, default="meta_val")
     p.add_argument("--against", choices=COMPARE_AGAINST, default="adam",
                    help="Adam at the same lr (keep_best's default) or Adam at its best lr on a 7-point grid")
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,
-                                           "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "lr": a.lr, "metric": a.metric,
+                                           "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "lr": a.lr,
+                                           "metric": a.metric,
                                            "lr_free": a.lr_free, "growth_rate": a.growth_rate,
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
                                            "estimate_warmup": cfg.tasks.estimate_warmup,

@@ -134,9 +134,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     one of this package: ``estimate_every=j`` takes the estimate on every j-th step only, each standing
     for the j steps since the last (`core.estimate_distance`'s ``span``), so between them a step costs
     what a fixed-lr step does; ``estimate_warmup=w`` (default 0) takes one on each of the first w steps too,
-    where ``d`` grows fastest (then on steps w + j, w + 2j, ...). ``per_tensor=a`` (0 to 1, default 0): every parameter tensor also keeps
-    its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a`` (`core.TensorDistances`); its gradient sum
-    adds 1x the parameters to the state (6x), the estimate's cost is per tensor.
+    where ``d`` grows fastest (then on steps w + j, w + 2j, ...). ``per_tensor=a`` (0 to 1, default 0):
+    every parameter tensor also keeps its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a``
+    (`core.TensorDistances`); its gradient sum adds 1x the parameters to the state (6x), the estimate's
+    cost is per tensor.
     """
 
     def __init__(
