@@ -33,6 +33,13 @@ from .features import Features, GraphIndex, compute_features, safe_sqrt
 from .rules import UpdateRule
 
 
+# With estimate_every = j > 1, the first ESTIMATE_WARMUP steps may still take an estimate each (d grows from
+# D0 to its working size in the first 30-100 steps). Off by default: 100 such steps made the meta-validation
+# suite faster but left 4 of 9 held-out tasks short of tuned Adam's loss at the multiplier 1, where the fast
+# early growth overshoots (docs/optim.md, "The estimate's warm-up").
+ESTIMATE_WARMUP = 0
+
+
 @dataclass
 class OptState:
     """Optimizer state of one network in flat edge order; ``step`` counts the steps taken."""
@@ -54,19 +61,19 @@ class OptState:
     # lr-free with ``per_tensor`` > 0 (`TensorDistances`): each tensor's own estimate and its gradient sum [E]
     tensor_distances: "TensorDistances | None" = None
     tensor_grad_sum: Tensor | None = None
-    warmup: int = 0  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
+    warmup: int = ESTIMATE_WARMUP  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
 
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
-              warmup: int | None = None) -> "OptState":
+              warmup: int = ESTIMATE_WARMUP) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th edge on every ``every``-th step after the first ``warmup``
         (default `ESTIMATE_WARMUP`); with ``per_tensor`` > 0 also one estimate per tensor (``sizes``: the
         tensors' entries in flat order, summing to ``num_edges``)."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
-        warmup = ESTIMATE_WARMUP if warmup is None else check_warmup(warmup)
+        check_warmup(warmup)
         tensors = None
         if per_tensor:
             if start is None or stride != 1 or sum(sizes) != num_edges:
@@ -214,11 +221,6 @@ def apply_update(
 # ---- the lr-free part (Prodigy's distance estimate; GMNOptimizer(lr_free=True)) -------------------
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
-# With estimate_every = j > 1, the first ESTIMATE_WARMUP steps may still take an estimate each (d grows from
-# D0 to its working size in the first 30-100 steps). Off by default: 100 such steps made the meta-validation
-# suite faster but left 4 of 9 held-out tasks short of tuned Adam's loss at the multiplier 1, where the fast
-# early growth overshoots (docs/optim.md, "The estimate's warm-up").
-ESTIMATE_WARMUP = 0
 
 
 @dataclass(frozen=True)
@@ -375,7 +377,7 @@ def estimate_tensor_distances(
     return [_next_estimate(e, values[i], values[n + i], ws[i], decay, h, span) for i, e in enumerate(estimates)], sums
 
 
-def estimate_span(step: int, every: int, warmup: int = 0) -> int:
+def estimate_span(step: int, every: int, warmup: int = ESTIMATE_WARMUP) -> int:
     """How many steps an estimate on ``step`` stands for: 1 on each of the first ``warmup`` steps (at
     least the first), then ``every`` on steps warmup + every, warmup + 2 * every, ... and 0 (no estimate)
     on the others. ``warmup`` 0 or 1: steps 1, every + 1, 2 * every + 1, ..."""
