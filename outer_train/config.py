@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from metaopt.optim.core import ESTIMATE_WARMUP
+
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a value of the wrong type."""
@@ -69,7 +71,7 @@ class TaskSection:
     growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (GMNOptimizer's growth_rate)
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th parameter entry (GMNOptimizer's estimate_stride)
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step (GMNOptimizer's estimate_every)
-    estimate_warmup: int = 0  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
+    estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
     per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step (GMNOptimizer's per_tensor)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
@@ -191,8 +193,9 @@ class TrainConfig:
             (self.tasks.per_tensor == 0.0 or (self.tasks.lr_free and self.tasks.estimate_stride == 1),
              "tasks.per_tensor shares the lr-free step between tensors; set tasks.lr_free = true and estimate_stride = 1"),
             (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
-                                    and self.tasks.estimate_every == 1),
-             "tasks.growth_rate, estimate_stride and estimate_every shape the lr-free estimate; set tasks.lr_free = true"),
+                                    and self.tasks.estimate_every == 1 and self.tasks.estimate_warmup == ESTIMATE_WARMUP),
+             "tasks.growth_rate, estimate_stride, estimate_every and estimate_warmup shape the lr-free estimate; set "
+             "tasks.lr_free = true"),
             (self.rule.global_bound >= 0, "rule.global_bound must be >= 0 (0 = off)"),
             (self.rule.global_bound == 0 or self.tasks.lr_free,
              "rule.global_bound corrects the lr-free estimate; set tasks.lr_free = true"),

@@ -137,6 +137,8 @@ def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_stride=0"])
     with pytest.raises(ValueError, match="estimate_warmup"):
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_warmup=-1"])
+    with pytest.raises(ValueError, match="lr_free"):  # as GMNOptimizer refuses it without lr_free=True
+        resolve("quick", None, SETS + ["tasks.estimate_warmup=5"])
 
 
 def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tmp_path: Path) -> None:
