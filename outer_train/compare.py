@@ -5,7 +5,8 @@ best one it passed through (the shipped recipe's single-task comparison swings b
 1.25 x Adam's loss from one comparison to the next). `Comparison` trains ``n`` fixed tasks, drawn
 from the meta-training distribution with a seed of their own, or (``collection="meta_val"``) the
 first ``n`` of the meta-validation suite, larger networks shaped like the held-out suite (never the
-held-out suite itself, which stays for evaluation), with the rule through the real `GMNOptimizer` and with torch Adam at the
+held-out suite itself, which stays for evaluation), or (``collection="dev"``) of the dev suite, the
+held-out tasks' siblings for choosing optimizer settings, with the rule through the real `GMNOptimizer` and with torch Adam at the
 same lr, and scores the rule by the mean over tasks of log10(rule's loss / Adam's loss) at the
 end of training (the mean of the last tenth of the curve, so one noisy minibatch does not
 decide), each task's term clipped to +-1 (10x either way), so that one task where the losses
@@ -49,8 +50,8 @@ import numpy as np
 import torch
 
 from inner_tasks import build_task
-from inner_tasks.tasks import meta_validation_suite, train_task
-from inner_tasks.tasks.collections import META_VALIDATION_SEED
+from inner_tasks.tasks import train_task
+from inner_tasks.tasks.collections import SELECTION_SUITES
 from metaopt.optim import GMNOptimizer, UpdateRule
 from metaopt.optim.rules import resolve_rule
 
@@ -106,9 +107,9 @@ class Comparison:
             raise ValueError(f"log.compare_against must be one of {COMPARE_AGAINST}, got {against!r}.")
         if aggregate not in COMPARE_AGGREGATES:
             raise ValueError(f"log.compare_aggregate must be one of {COMPARE_AGGREGATES}, got {aggregate!r}.")
-        if seeds < 1 or (seeds > 1 and collection != "meta_val"):
-            raise ValueError(f"log.compare_seeds must be >= 1 (> 1 only with the meta_val collection), got {seeds} "
-                             f"with {collection!r}.")
+        if seeds < 1 or (seeds > 1 and collection not in SELECTION_SUITES):
+            raise ValueError(f"log.compare_seeds must be >= 1 (> 1 only with the fixed suites {list(SELECTION_SUITES)}), "
+                             f"got {seeds} with {collection!r}.")
         if rule_lr not in COMPARE_RULE_LRS:
             raise ValueError(f"log.compare_rule_lr must be one of {COMPARE_RULE_LRS}, got {rule_lr!r}.")
         if metric not in COMPARE_METRICS:
@@ -131,14 +132,15 @@ class Comparison:
         if collection == "meta_train":
             sampler = TaskSampler(cfg.tasks, cfg.seed + VALIDATION_SEED_OFFSET, rank=0)
             self.specs = [sampler.sample_spec(sampler.rng()) for _ in range(n_tasks)]
-        elif collection == "meta_val":  # fixed tasks shaped like the held-out suite (inner_tasks collections)
-            size = len(meta_validation_suite())
-            if n_tasks > size:
-                raise ValueError(f"log.compare_tasks = {n_tasks}, but the meta-validation suite has {size} tasks.")
-            per_seed = [meta_validation_suite(META_VALIDATION_SEED + k)[:n_tasks] for k in range(seeds)]
+        elif collection in SELECTION_SUITES:  # fixed tasks shaped like the held-out suite (inner_tasks collections)
+            table, suite, first_seed = SELECTION_SUITES[collection]
+            if n_tasks > len(table):
+                raise ValueError(f"log.compare_tasks = {n_tasks}, but the {collection} suite has {len(table)} tasks.")
+            per_seed = [suite(first_seed + k)[:n_tasks] for k in range(seeds)]
             self.specs = [spec for task in zip(*per_seed) for spec in task]  # task-major
         else:
-            raise ValueError(f"log.compare_collection must be one of {COMPARE_COLLECTIONS}, got {collection!r}.")
+            raise ValueError(f"log.compare_collection must be one of {COMPARE_COLLECTIONS} (or 'dev' outside meta-training), "
+                             f"got {collection!r}.")
         self.tasks = [build_task(spec) for spec in self.specs]
         self.steps = steps
         self._adam: list[list[float]] | None = None
@@ -272,11 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--rule", action="append", required=True,
                    help="rule directory (save_pretrained) or a shipped rule's name (default, mlp, adam); repeatable")
-    p.add_argument("--collection", choices=COMPARE_COLLECTIONS, default="meta_val")
+    p.add_argument("--collection", choices=[*COMPARE_COLLECTIONS, "dev"], default="meta_val",
+                   help="the tasks; dev (the held-out tasks' siblings, for choosing settings) is never a run's "
+                        "log.compare_collection: a rule is not selected on it")
     p.add_argument("--against", choices=COMPARE_AGAINST, default="adam",
                    help="Adam at the same lr (keep_best's default) or Adam at its best lr on a 7-point grid")
-    p.add_argument("--tasks", type=int, default=6)
-    p.add_argument("--seeds", type=int, default=1, help="meta_val: run every task from this many seeds (7, 8, ...)")
+    p.add_argument("--tasks", type=int, default=None,
+                   help="the first N tasks (default: the whole meta_val or dev suite; 6 of meta_train)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="meta_val / dev: run every task from this many seeds (meta_val 7, 8, ...; dev 20, 21, ...)")
     p.add_argument("--aggregate", choices=COMPARE_AGGREGATES, default="mean", help="over tasks: mean or median")
     p.add_argument("--rule-lr", choices=COMPARE_RULE_LRS, default="reference",
                    help="the rule at each task's reference lr, or at its best lr of the tuned-Adam grid (held-out @best)")
@@ -317,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [] if a.estimate_every is None else [f"tasks.estimate_every={a.estimate_every}"]
     overrides += [] if a.estimate_warmup is None else [f"tasks.estimate_warmup={a.estimate_warmup}"]
     cfg = resolve(None, a.config, overrides)
-    comparison = Comparison(cfg, a.steps, a.tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
+    n_tasks = a.tasks or (len(SELECTION_SUITES[a.collection][0]) if a.collection in SELECTION_SUITES else 6)
+    comparison = Comparison(cfg, a.steps, n_tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
                             cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric, per_tensor=a.per_tensor)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
     rows = {}

@@ -43,8 +43,7 @@ from tqdm.auto import tqdm
 
 from inner_tasks import Task, TaskSpec, build_task
 from inner_tasks.tasks import train_task
-from inner_tasks.tasks.collections import (HELD_OUT_TASKS, META_VALIDATION_SEED, META_VALIDATION_TASKS, held_out_suite,
-                                          meta_validation_suite)
+from inner_tasks.tasks.collections import HELD_OUT_TASKS, SELECTION_SUITES, held_out_suite
 from metaopt.optim import GMNOptimizer, UpdateRule
 from metaopt.optim.nowcast import Nowcaster
 from metaopt.optim.rules import resolve_rule
@@ -78,8 +77,9 @@ class EvalSettings:
     tasks: list[str]
     seeds: list[int]
     steps: int
-    # "held_out": the evaluation suite; "meta_val": the meta-validation suite (seed k runs its tasks from
-    # META_VALIDATION_SEED + k), for choosing settings (a rule's lr, a nowcaster's horizon) without the held-out suite.
+    # "held_out": the evaluation suite; "meta_val" / "dev": the meta-validation suite (seed k runs its tasks from
+    # META_VALIDATION_SEED + k) or the dev suite (DEV_SEED + k), for choosing settings (a rule's lr, a nowcaster's
+    # horizon, an lr-free multiplier) without the held-out suite.
     suite: str = "held_out"
     grid_points: int = 7
     lr_min: float = 1e-4
@@ -486,9 +486,10 @@ def main(argv: list[str] | None = None) -> int:
                    "(the share of each tensor's own distance estimate in its step size; default 0)")
     p.add_argument("--variants-only", action="store_true",
                    help="with --spike-guard / --lr-free: run only the <rule>+guard / +lrfree rows, not the rules as given")
-    p.add_argument("--suite", default="held_out", choices=["held_out", "meta_val"],
-                   help="held_out (default) or meta_val: the meta-validation suite, for choosing settings")
-    p.add_argument("--tasks", nargs="*", help=f"subset of {list(HELD_OUT_TASKS)} (held_out) or {list(META_VALIDATION_TASKS)}")
+    p.add_argument("--suite", default="held_out", choices=["held_out", *SELECTION_SUITES],
+                   help="held_out (default); meta_val (the meta-validation suite) or dev (the held-out tasks' siblings): "
+                        "for choosing settings")
+    p.add_argument("--tasks", nargs="*", help=f"subset of the suite's tasks (held_out: {list(HELD_OUT_TASKS)})")
     p.add_argument("--seeds", nargs="*", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--grid-points", type=int)
@@ -516,9 +517,9 @@ def main(argv: list[str] | None = None) -> int:
                    "kept (not rerun) and the rules given here are added")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    suite_tasks = list(HELD_OUT_TASKS if a.suite == "held_out" else META_VALIDATION_TASKS)
+    suite_tasks = list(HELD_OUT_TASKS if a.suite == "held_out" else SELECTION_SUITES[a.suite][0])
     if a.quick and a.suite != "held_out":
-        p.error("--quick runs held-out tasks; give --suite meta_val with --tasks, --steps and --grid-points instead")
+        p.error(f"--quick runs held-out tasks; give --suite {a.suite} with --tasks, --steps and --grid-points instead")
     s = EvalSettings(tasks=QUICK_TASKS if a.quick else suite_tasks, seeds=[0] if a.quick else [0, 1, 2],
                      steps=150 if a.quick else 1000, grid_points=4 if a.quick else 7, suite=a.suite,
                      threads=a.threads)
@@ -587,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     if s.suite == "held_out":
         suite = held_out_suite(tuple(s.seeds), s.steps)
     else:
-        suite = [sp for k in s.seeds for sp in meta_validation_suite(META_VALIDATION_SEED + k, s.steps)]
+        _, one_seed, first_seed = SELECTION_SUITES[s.suite]
+        suite = [sp for k in s.seeds for sp in one_seed(first_seed + k, s.steps)]
     specs = [sp for sp in suite if sp.name.split("/")[0] in s.tasks]
     previous: dict[str, dict[str, Any]] = {}
     prev_rules: list[str] = []

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from inner_tasks import TaskSpec, build_task
-from inner_tasks.tasks.collections import COLLECTIONS, TaskDistribution
+from inner_tasks.tasks.collections import COLLECTIONS, SELECTION_SUITES, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
 from metaopt.optim.core import ESTIMATE_WARMUP, DistanceEstimate, TensorDistances
 
@@ -32,10 +32,10 @@ from .config import TaskSection
 
 
 def _distribution(cfg: TaskSection) -> TaskDistribution:
-    if cfg.distribution not in COLLECTIONS or cfg.distribution in ("held_out", "meta_val"):
+    if cfg.distribution not in COLLECTIONS or cfg.distribution in ("held_out", *SELECTION_SUITES):
         raise ValueError(
             f"tasks.distribution must name a meta-training distribution, got {cfg.distribution!r} "
-            "(the held-out suite is for evaluation only, the meta-validation suite for model selection)."
+            "(the held-out suite is for evaluation only, the meta-validation and dev suites for choosing settings)."
         )
     return COLLECTIONS[cfg.distribution]()
 

@@ -126,6 +126,36 @@ def test_meta_validation_suite_is_disjoint_from_training_and_held_out(meta_sampl
         assert count_params(build_model(s.model)) < 40_000
 
 
+def test_dev_suite_mirrors_each_held_out_task_without_being_one(meta_samples) -> None:
+    """The dev suite (choosing optimizer settings): one sibling per held-out task, of its family and data set,
+    never a held-out, meta-validation or meta-training task, with seeds of its own; reachable by name, never
+    as a meta-training distribution."""
+    from inner_tasks.tasks import DEV_TASKS, dev_suite, meta_validation_suite
+    from inner_tasks.tasks.collections import COLLECTIONS, DEV_SEED, META_VALIDATION_SEED, SELECTION_SUITES
+    from outer_train.config import TaskSection
+    from outer_train.tasks import _distribution
+
+    dev, held = dev_suite(), held_out_suite()
+    assert dev == dev_suite() and COLLECTIONS["dev"]() == dev and SELECTION_SUITES["dev"][1] is dev_suite
+    assert sorted(mirror for _, _, mirror in DEV_TASKS.values()) == sorted(HELD_OUT_TASKS)  # one sibling each
+    held_by_name = {s.name.split("/")[0]: s for s in held}
+    for spec in dev:
+        twin = held_by_name[DEV_TASKS[spec.name.split("/")[0]][2]]
+        assert spec.family == twin.family and spec.data.get("name") == twin.data.get("name")
+        assert spec.knobs != twin.knobs
+    key = lambda s: (s.architecture_key(), repr(sorted(s.data.items())))  # noqa: E731
+    assert not {key(s) for s in dev} & {key(s) for s in held + meta_validation_suite()}
+    assert not {key(s) for s in dev} & {key(m) for m in meta_samples}
+    assert not [s.name for s in dev if meta_train_distribution().contains(s)]
+    seeds = {DEV_SEED + k for k in range(5)}
+    assert not seeds & (set(HELD_OUT_SEEDS) | {META_VALIDATION_SEED + k for k in range(5)})
+    for s in dev:
+        assert count_params(build_model(s.model)) < 150_000
+    for name in ("dev", "meta_val", "held_out"):
+        with pytest.raises(ValueError, match="meta-training distribution"):
+            _distribution(TaskSection(distribution=name))
+
+
 def test_large_meta_training_distribution_stays_out_of_held_out_and_meta_validation() -> None:
     """meta_train_large (held-out-shaped meta-training): larger than meta_train, yet no held-out or
     meta-validation task, no held-out data and no held-out-only architecture."""

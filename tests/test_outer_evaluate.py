@@ -213,7 +213,22 @@ def test_meta_validation_suite_can_be_evaluated_and_never_mixes_with_held_out_na
     with pytest.raises(SystemExit):
         evaluate.main(["--suite", "meta_val", "--tasks", "siren_shapes", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
+        evaluate.main(["--suite", "dev", "--tasks", "siren_shapes", "--out", str(tmp_path / "z")])
+    with pytest.raises(SystemExit):
         evaluate.main(["--suite", "meta_val", "--quick", "--out", str(tmp_path / "y")])
+
+
+def test_dev_suite_is_evaluated_from_its_own_seeds(tmp_path: Path) -> None:
+    """--suite dev runs the held-out tasks' siblings, seed k from DEV_SEED + k."""
+    from inner_tasks.tasks.collections import DEV_SEED
+
+    threads = torch.get_num_threads()
+    evaluate.main(["--suite", "dev", "--tasks", "siren_shapes_w32", "--seeds", "0", "1", "--steps", "10",
+                   "--grid-points", "2", "--threads", "1", "--baselines", "adam", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["suite"] == "dev"
+    assert [e["task"] for e in data["entries"]] == [f"siren_shapes_w32/s{DEV_SEED + k}" for k in (0, 1)]
 
 
 def test_resume_continues_an_interrupted_run_without_rerunning_what_is_done(tmp_path: Path) -> None:

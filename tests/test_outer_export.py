@@ -183,6 +183,15 @@ def test_comparison_on_the_meta_validation_suite(tmp_path: Path) -> None:
     assert abs(comparison.run(rule).score) < 1e-3
     with pytest.raises(ValueError, match="has 6 tasks"):
         Comparison(cfg, steps=20, n_tasks=7, collection="meta_val")
+    # the dev suite (the held-out tasks' siblings) the same way, outside meta-training only, task-major over seeds
+    from inner_tasks.tasks.collections import DEV_SEED, DEV_TASKS, dev_suite
+
+    dev = Comparison(cfg, steps=20, n_tasks=2, collection="dev", seeds=2)
+    assert [s.name for s in dev.specs] == [s.name for t in zip(dev_suite()[:2], dev_suite(DEV_SEED + 1)[:2]) for s in t]
+    with pytest.raises(ValueError, match=f"has {len(DEV_TASKS)} tasks"):
+        Comparison(cfg, steps=20, n_tasks=len(DEV_TASKS) + 1, collection="dev")
+    with pytest.raises(ConfigError, match="compare_collection"):
+        resolve("quick", None, SETS + ['log.compare_collection="dev"'])
     with pytest.raises(ConfigError, match="compare_collection"):
         resolve("quick", None, SETS + ['log.compare_collection="held_out"'])
 

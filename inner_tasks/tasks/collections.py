@@ -155,5 +155,36 @@ def meta_validation_suite(seed: int = META_VALIDATION_SEED, horizon: int = HELD_
     return _fixed_suite(META_VALIDATION_TASKS, (seed,), horizon)
 
 
+# name -> (family, knobs, the held-out task it mirrors). Siblings of the held-out tasks: the same families and
+# data sets at other widths, depths and image sizes, with seeds of their own, never a held-out task's knobs.
+# For choosing an optimizer's scalar settings (the lr-free multiplier, the estimate's warm-up, the per-tensor
+# share): the meta-validation suite, which by design has no held-out family or data, chose three such settings
+# that then failed on the held-out suite (docs/optim.md, "The estimate's warm-up"). Never used to train a rule,
+# and a setting chosen here is held-out-tested across knobs and seeds only, not across families (docs/outer_train.md).
+DEV_TASKS: dict[str, tuple[str, dict, str]] = {
+    "mlp_digits_w192": ("mlp_classification", _mlp("digits", 8, 192, 2), "mlp_digits_wide"),
+    "mlp_digits_d5": ("mlp_classification", _mlp("digits", 8, 32, 5), "mlp_digits_deep"),
+    "cnn_digits_w48": ("cnn_classification", _cnn("digits", 8, 48, 2), "cnn_digits_wide"),
+    "cnn_digits16_d4": ("cnn_classification", _cnn("digits", 16, 12, 4), "cnn_digits_deep"),
+    "rescnn_bn_digits_w12": ("cnn_classification", _cnn("digits", 8, 12, 2, "batch", True), "rescnn_bn_digits"),
+    "transformer_lm_w24": ("transformer_lm", {"width": 24, "depth": 2, "heads": 2, "context": 32, "activation": "gelu",
+                                              "batch_size": 32}, "transformer_lm_stdlib"),
+    "mlp_shapes_w96": ("mlp_classification", _mlp("shapes", 16, 96, 2), "mlp_shapes"),
+    "cnn_shapes_w12": ("cnn_classification", _cnn("shapes", 16, 12, 2), "cnn_shapes"),
+    "siren_shapes_w32": ("siren_inr", {"dataset": "shapes", "image_size": 28, "width": 32, "depth": 3, "w0": 30.0,
+                                       "batch_size": 784}, "siren_shapes"),
+}
+DEV_SEED = 20  # seeds DEV_SEED + k, apart from the held-out (0-2) and meta-validation (7 + k) seeds
+
+
+def dev_suite(seed: int = DEV_SEED, horizon: int = HELD_OUT_HORIZON) -> list[TaskSpec]:
+    """Every dev task with one seed, named "<task>/s<seed>" (the held-out tasks' siblings; see DEV_TASKS)."""
+    return _fixed_suite(DEV_TASKS, (seed,), horizon)
+
+
+# The fixed suites that choose settings: name -> (tasks, the suite for one seed, its first seed).
+SELECTION_SUITES = {"meta_val": (META_VALIDATION_TASKS, meta_validation_suite, META_VALIDATION_SEED),
+                    "dev": (DEV_TASKS, dev_suite, DEV_SEED)}
+
 COLLECTIONS = {"meta_train": meta_train_distribution, "meta_train_large": meta_train_large_distribution,
-               "meta_val": meta_validation_suite, "held_out": held_out_suite}
+               "meta_val": meta_validation_suite, "dev": dev_suite, "held_out": held_out_suite}
