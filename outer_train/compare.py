@@ -352,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| rule | score ({a.metric}) | {' | '.join(names)} |\n|---|---:|{'---:|' * len(names)}")
     for path, r in rows.items():
         print(f"| {path} | {r['score']:+.3f} | " + " | ".join(fmt.format(v) for v in r[column].values()) + " |")
+    if a.seeds > 1:  # the score's per-task terms: each task's median over its seeds
+        tasks = list(dict.fromkeys(n.split("/")[0] for n in names))
+        for r in rows.values():
+            r["task_medians"] = {t: float(np.median([v for n, v in r[column].items() if n.split("/")[0] == t]))
+                                 for t in tasks}
+        print(f"\nMedian over seeds\n\n| rule | {' | '.join(tasks)} |\n|---|{'---:|' * len(tasks)}")
+        for path, r in rows.items():
+            print(f"| {path} | " + " | ".join(fmt.format(v) for v in r["task_medians"].values()) + " |")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"collection": a.collection, "against": a.against, "steps": a.steps,

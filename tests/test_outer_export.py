@@ -198,6 +198,7 @@ def test_comparison_on_the_meta_validation_suite(tmp_path: Path) -> None:
 
 def test_compare_cli_scores_saved_rules_on_the_meta_validation_suite(tmp_path: Path, capsys) -> None:
     """`python -m outer_train.compare --rule DIR ...`: the exact-Adam rule scores 0 on every task."""
+    from inner_tasks.tasks import dev_suite
     from outer_train.compare import main
     from metaopt.optim.rules import ADAM_RULE_DIR
 
@@ -215,6 +216,11 @@ def test_compare_cli_scores_saved_rules_on_the_meta_validation_suite(tmp_path: P
                                                     "mlp_digits_d3/s8"]
     row = data["rules"][str(ADAM_RULE_DIR)]
     assert row["score"] == row["score_mean"] == row["score_median"] == 0.0
+    assert row["task_medians"] == {"mlp_digits_w128": 0.0, "mlp_digits_d3": 0.0}  # each task's term
+    assert "Median over seeds" in capsys.readouterr().out
+    # --tasks defaults to the whole fixed suite
+    assert main(["--rule", str(ADAM_RULE_DIR), "--collection", "dev", "--steps", "10", "--out", str(out), *cache]) == 0
+    assert json.loads(out.read_text())["tasks"] == [s.name for s in dev_suite()]
 
 
 def test_comparison_against_tuned_adam_takes_adams_best_lr(tmp_path: Path) -> None:
