@@ -119,7 +119,7 @@ class Comparison:
         self.lr_free_options = ({"lr_free": True, "growth_rate": cfg.tasks.growth_rate,
                                  "estimate_stride": cfg.tasks.estimate_stride,
                                  "estimate_every": cfg.tasks.estimate_every,
-                                 "estimate_warmup": cfg.tasks.estimate_warmup} if self.lr_free else {})
+                                 "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0} if self.lr_free else {})
         per_tensor = cfg.tasks.per_tensor if per_tensor is None else per_tensor  # as the run's inner optimizer
         if per_tensor:  # GMNOptimizer's per_tensor
             if not self.lr_free:
@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--estimate-stride", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_stride")
     p.add_argument("--estimate-every", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_every")
     p.add_argument("--estimate-warmup", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_warmup")
+    p.add_argument("--d0", type=float, default=None, help="with --lr-free: GMNOptimizer's d0 (the estimate before the "
+                   "first step; default 1e-6)")
     p.add_argument("--per-tensor", type=float, default=None,
                    help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step; "
                         "default: the config's tasks.per_tensor)")
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [] if a.estimate_stride is None else [f"tasks.estimate_stride={a.estimate_stride}"]
     overrides += [] if a.estimate_every is None else [f"tasks.estimate_every={a.estimate_every}"]
     overrides += [] if a.estimate_warmup is None else [f"tasks.estimate_warmup={a.estimate_warmup}"]
+    overrides += [] if a.d0 is None else [f"tasks.d0={a.d0!r}"]
     cfg = resolve(None, a.config, overrides)
     n_tasks = a.tasks or (len(SELECTION_SUITES[a.collection][0]) if a.collection in SELECTION_SUITES else 6)
     comparison = Comparison(cfg, a.steps, n_tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "metric": a.metric,
                                            "lr_free": a.lr_free, "growth_rate": a.growth_rate,
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
-                                           "estimate_warmup": cfg.tasks.estimate_warmup,
+                                           "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0,
                                            "per_tensor": comparison.lr_free_options.get("per_tensor", 0.0),
                                            "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0

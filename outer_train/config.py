@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from metaopt.optim.core import ESTIMATE_WARMUP
+from metaopt.optim.core import D0, ESTIMATE_WARMUP
 
 
 class ConfigError(ValueError):
@@ -73,6 +73,7 @@ class TaskSection:
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step (GMNOptimizer's estimate_every)
     estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
     per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step (GMNOptimizer's per_tensor)
+    d0: float = D0  # lr-free: the estimate before the first step (GMNOptimizer's d0)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -190,11 +191,13 @@ class TrainConfig:
             (isinstance(self.tasks.estimate_warmup, int) and self.tasks.estimate_warmup >= 0,
              "tasks.estimate_warmup must be an int >= 0"),
             (0.0 <= self.tasks.per_tensor <= 1.0, "tasks.per_tensor is a share in [0, 1]"),
+            (0.0 < self.tasks.d0 < math.inf, "tasks.d0 must be a finite number > 0"),
             (self.tasks.per_tensor == 0.0 or (self.tasks.lr_free and self.tasks.estimate_stride == 1),
              "tasks.per_tensor shares the lr-free step between tensors; set tasks.lr_free = true and estimate_stride = 1"),
             (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
-                                    and self.tasks.estimate_every == 1 and self.tasks.estimate_warmup == ESTIMATE_WARMUP),
-             "tasks.growth_rate, estimate_stride, estimate_every and estimate_warmup shape the lr-free estimate; set "
+                                    and self.tasks.estimate_every == 1 and self.tasks.estimate_warmup == ESTIMATE_WARMUP
+                                    and self.tasks.d0 == D0),
+             "tasks.growth_rate, estimate_stride, estimate_every, estimate_warmup and d0 shape the lr-free estimate; set "
              "tasks.lr_free = true"),
             (self.rule.global_bound >= 0, "rule.global_bound must be >= 0 (0 = off)"),
             (self.rule.global_bound == 0 or self.tasks.lr_free,

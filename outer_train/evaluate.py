@@ -482,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                    "rows (the estimate is taken every j-th step; default 1)")
     p.add_argument("--estimate-warmup", type=int, help="with --lr-free: GMNOptimizer's estimate_warmup for the +lrfree "
                    "rows (with --estimate-every: the first steps that still take an estimate each; default 0)")
+    p.add_argument("--d0", type=float, help="with --lr-free: GMNOptimizer's d0 for the +lrfree rows (the estimate "
+                   "before the first step; default 1e-6)")
     p.add_argument("--per-tensor", type=float, help="with --lr-free: GMNOptimizer's per_tensor for the +lrfree rows "
                    "(the share of each tensor's own distance estimate in its step size; default 0)")
     p.add_argument("--variants-only", action="store_true",
@@ -555,10 +557,10 @@ def main(argv: list[str] | None = None) -> int:
         rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
     options = (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride), ("estimate_every", a.estimate_every),
-               ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor))
+               ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor), ("d0", a.d0))
     if any(v is not None for _, v in options) and not a.lr_free:
-        p.error("--growth-rate, --estimate-stride, --estimate-every, --estimate-warmup and --per-tensor shape the lr-free "
-                "rows: add --lr-free")
+        p.error("--growth-rate, --estimate-stride, --estimate-every, --estimate-warmup, --per-tensor and --d0 shape the "
+                "lr-free rows: add --lr-free")
     if a.lr_free:
         estimate = {k: v for k, v in options if v is not None}
         for name in list(rules):

@@ -25,7 +25,7 @@ from torch import Tensor
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, SELECTION_SUITES, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
-from metaopt.optim.core import ESTIMATE_WARMUP, DistanceEstimate, TensorDistances
+from metaopt.optim.core import D0, ESTIMATE_WARMUP, DistanceEstimate, TensorDistances
 
 from .augment import permute_params
 from .config import TaskSection
@@ -128,6 +128,7 @@ class TaskGroup:
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step
     estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps
     per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step size (core.TensorDistances)
+    d0: float = D0  # lr-free: the estimate before the first step (Prodigy's d0)
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -159,7 +160,7 @@ class TaskGroup:
         group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                     weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free,
                     growth_rate=cfg.growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
-                    estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor)
+                    estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor, d0=cfg.d0)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -189,7 +190,7 @@ class TaskGroup:
         ``per_tensor``, also one estimate per tensor of the task's parameters)."""
         return [OptState.zeros(p.numel(), start=p if self.lr_free else None, stride=self.estimate_stride,
                                every=self.estimate_every, warmup=self.estimate_warmup, per_tensor=self.per_tensor,
-                               sizes=tuple(self.numels)) for p in self.params]
+                               sizes=tuple(self.numels), d0=self.d0) for p in self.params]
 
     def build(self) -> None:
         """Build the task, graph index and batch iterators (also after loading a checkpoint)."""
@@ -245,7 +246,7 @@ class TaskGroup:
     def hyper(self) -> Hyper:
         """The inner optimizer's hyperparameters for this group (what GMNOptimizer's param group holds)."""
         return Hyper(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                     self.horizon if self.show_horizon else 0, self.growth_rate)
+                     self.horizon if self.show_horizon else 0, self.growth_rate, self.d0)
 
     @property
     def key(self) -> str:
@@ -278,6 +279,7 @@ class TaskGroup:
             "estimate_every": self.estimate_every,
             "estimate_warmup": self.estimate_warmup,
             "per_tensor": self.per_tensor,
+            "d0": self.d0,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()},
                         **({"distance": asdict(s.distance)} if s.distance is not None else {}),
@@ -306,6 +308,7 @@ class TaskGroup:
             estimate_every=int(state.get("estimate_every", 1)),
             estimate_warmup=int(state.get("estimate_warmup", 0)),
             per_tensor=float(state.get("per_tensor", 0.0)),
+            d0=float(state.get("d0", D0)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]

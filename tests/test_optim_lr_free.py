@@ -35,15 +35,18 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[flo
 # growth_rate 1.1 binds from the second estimate on; stride 2 samples every second entry of each tensor
 # (the model's tensor sizes are even but one, so the network's flat positions 0, 2, 4, ... are Prodigy's
 # per-tensor slices).
-@pytest.mark.parametrize("growth_rate,stride", [(math.inf, 1), (1.1, 1), (math.inf, 2), (1.1, 3)])
-def test_adam_rule_is_prodigy(growth_rate: float, stride: int):
+# d0: Prodigy's start of the estimate (its first estimate above d0 is taken whole, with a growth rate too)
+@pytest.mark.parametrize("growth_rate,stride,d0", [(math.inf, 1, D0), (1.1, 1, D0), (math.inf, 2, D0), (1.1, 3, D0),
+                                                   (1.1, 1, 1e-4), (math.inf, 1, 1e-3)])
+def test_adam_rule_is_prodigy(growth_rate: float, stride: int, d0: float):
     prodigyopt = pytest.importorskip("prodigyopt")
     a, b = _model(), _model()
     # eps: Prodigy adds d * eps to sqrt(v) in its units, Adam's bias-corrected eps differs by sqrt(1 - beta2^t);
     # with a negligible eps the two are the same arithmetic.
     ref = prodigyopt.Prodigy(a.parameters(), lr=1.0, use_bias_correction=True, safeguard_warmup=False, eps=1e-30,
-                             growth_rate=growth_rate, slice_p=stride)
-    opt = GMNOptimizer(b, rule="adam", lr_free=True, eps=1e-30, growth_rate=growth_rate, estimate_stride=stride)
+                             growth_rate=growth_rate, slice_p=stride, d0=d0)
+    opt = GMNOptimizer(b, rule="adam", lr_free=True, eps=1e-30, growth_rate=growth_rate, estimate_stride=stride, d0=d0)
+    assert opt.distance == d0
     x, y = _data()
     if stride == 3:  # offsets 0, 80, 96, 144 are multiples of 2 but not of 3: the two samplings differ
         ref_d = []
@@ -58,9 +61,9 @@ def test_adam_rule_is_prodigy(growth_rate: float, stride: int):
         else:
             ref_d.append(ref.param_groups[0]["d"])
         last = opt.state["distance_last"]
-        assert opt.distance <= growth_rate * last * (1 + 1e-12) or last == D0  # the first estimate is taken whole
+        assert opt.distance <= growth_rate * last * (1 + 1e-12) or last == d0  # the first estimate is taken whole
         grown += opt.distance > last
-    assert opt.distance > (1e3 if growth_rate == math.inf else 30) * D0  # it grew from d0 as the run went
+    assert opt.distance > (1e3 if growth_rate == math.inf else 30) * D0 and opt.distance > d0  # it grew from d0
     assert grown >= 5
     if stride == 3:  # another sample of the same run: the estimate differs, but not by much
         assert opt.distance != ref_d[-1] and opt.distance == pytest.approx(ref_d[-1], rel=0.5)
@@ -289,6 +292,38 @@ def test_estimate_every_j_steps_moves_d_only_then_and_resumes_mid_block(warmup):
             GMNOptimizer(_model(), rule="adam", lr_free=True, estimate_every=every, estimate_warmup=bad)
     with pytest.raises(ValueError, match="pass lr_free=True"):
         GMNOptimizer(_model(), rule="adam", estimate_warmup=warmup + 1)
+
+
+def test_d0_is_the_first_steps_size_and_a_larger_one_starts_faster():
+    """d0: the estimate before the first step, so the first step moves each entry by ~d0 (Adam's first step
+    is lr * sign(g)); from a larger d0 the estimate has less to grow and the loss falls sooner; it resumes
+    from a saved state bit for bit; it is refused without lr_free or when not a finite number > 0."""
+    first_moves = {}
+    for d0 in (1e-6, 1e-4):
+        model = _model()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = GMNOptimizer(model, rule="adam", lr_free=True, d0=d0)
+        assert opt.distance == d0
+        _train(model, opt, 1)
+        first_moves[d0] = max((p - b).abs().max().item() for p, b in zip(model.parameters(), before))
+        assert first_moves[d0] == pytest.approx(d0, rel=0.05)
+    early = {d0: _train(m, GMNOptimizer(m, rule="adam", lr_free=True, d0=d0, per_tensor=0.5), 15)[-1]
+             for d0, m in ((1e-6, _model()), (1e-4, _model()))}
+    assert early[1e-4] < 0.9 * early[1e-6]
+    model, clone = _model(), _model()
+    opt = GMNOptimizer(model, rule="adam", lr_free=True, d0=1e-4, estimate_every=3)
+    _train(model, opt, 5)
+    opt2 = GMNOptimizer(clone, rule="adam", lr_free=True, d0=1e-4, estimate_every=3)
+    clone.load_state_dict(model.state_dict())
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _train(model, opt, 7), _train(clone, opt2, 7)
+    for pa, pb in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(pa, pb)
+    for bad in (0.0, -1e-3, math.inf, True, "1e-4"):
+        with pytest.raises(ValueError, match="d0"):
+            GMNOptimizer(_model(), rule="adam", lr_free=True, d0=bad)
+    with pytest.raises(ValueError, match="pass lr_free=True"):
+        GMNOptimizer(_model(), rule="adam", d0=1e-4)
 
 
 def test_estimate_span_schedule():

@@ -46,7 +46,7 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
     torch.manual_seed(0)
     free = extra.startswith("lr_free")
     options = extra == "lr_free_options"
-    growth, stride, every, warmup = (1.2, 3, 2, 2) if options else (math.inf, 1, 1, 0)
+    growth, stride, every, warmup, start = (1.2, 3, 2, 2, 2e-6) if options else (math.inf, 1, 1, 0, core.D0)
     lr = 0.7 if free else LR  # lr-free: the multiplier of the estimate
     features = FeatureConfig(relative_lr=extra in ("relative_lr", "lr_free", "lr_free_options"), horizon=extra == "horizon", snr=extra == "snr")
     rule = UpdateRule(RuleConfig(kind=kind, hidden=8, alpha=0.5, refresh_every=2, features=features,
@@ -57,10 +57,11 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
     model = copy.deepcopy(task.model)
     opt = GMNOptimizer(model, rule=rule, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph, total_steps=5,
                        lr_free=free, **({"growth_rate": growth, "estimate_stride": stride, "estimate_every": every,
-                          "estimate_warmup": warmup} if options else {}))
+                          "estimate_warmup": warmup, "d0": start} if options else {}))
     group = TaskGroup.from_task(task, [0], horizon=5, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, lr_free=free,
-                                growth_rate=growth, estimate_stride=stride, estimate_every=every, estimate_warmup=warmup)
-    assert group.hyper == Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth)
+                                growth_rate=growth, estimate_stride=stride, estimate_every=every, estimate_warmup=warmup,
+                                d0=start)
+    assert group.hyper == Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth, d0=start)
     graph_inputs = batched_graph(rule, [group])
     prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
     params = flat_params(model)
@@ -85,7 +86,7 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
             grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
             grad = torch.cat([g.reshape(-1) for g in grad.values()])
             params, state = core.step(rule, prepared, index, params, grad, state,
-                                      Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth))
+                                      Hyper(lr, *BETAS, EPS, WD, total_steps=5, growth_rate=growth, d0=start))
         assert state.step == t
         torch.testing.assert_close(params.detach(), flat_params(model), rtol=0, atol=1e-6)
         for key in ("exp_avg", "exp_avg_sq", "lr_scale", *(("grad_sum",) if free else ())):

@@ -325,11 +325,11 @@ def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, optimizer_calls)
         evaluate.main([*common, "--growth-rate", "1.1", "--out", str(tmp_path / "bad")])
     optimizer_calls.clear()
     evaluate.main([*common, "--lr-free", "--estimate-every", "5", "--estimate-warmup", "20", "--per-tensor", "0.7",
-                   "--variants-only", "--out", str(tmp_path / "t")])
+                   "--d0", "1e-4", "--variants-only", "--out", str(tmp_path / "t")])
     torch.set_num_threads(threads)
-    assert {(kw.get("per_tensor"), kw.get("estimate_warmup")) for kw in optimizer_calls} == {(0.7, 20)}
+    assert {(kw.get("per_tensor"), kw.get("estimate_warmup"), kw.get("d0")) for kw in optimizer_calls} == {(0.7, 20, 1e-4)}
     res = json.loads((tmp_path / "t" / "results.json").read_text())
-    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, estimate_every 5, estimate_warmup 20, per_tensor 0.7)"]
+    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, estimate_every 5, estimate_warmup 20, per_tensor 0.7, d0 0.0001)"]
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--per-tensor", "0.7", "--out", str(tmp_path / "bad")])
 

@@ -396,10 +396,10 @@ def test_comparison_runs_an_lr_free_rule_lr_free(tmp_path: Path, optimizer_calls
     optimizer_calls.clear()
     cfg = resolve("quick", None, SETS + [f'out_dir="{tmp_path}"', 'name="run"', "tasks.lr_free=true",
                                          "tasks.growth_rate=1.1", "tasks.estimate_stride=3", "tasks.estimate_every=5",
-                                         "tasks.estimate_warmup=9"])
+                                         "tasks.estimate_warmup=9", "tasks.d0=1e-4"])
     Comparison(cfg, steps=20, n_tasks=1).run(MetaTrainer(cfg).rule)
-    assert [(kw.get("growth_rate"), kw.get("estimate_stride"), kw.get("estimate_every"), kw.get("estimate_warmup"))
-            for kw in optimizer_calls] == [(1.1, 3, 5, 9)]
+    assert [(kw.get("growth_rate"), kw.get("estimate_stride"), kw.get("estimate_every"), kw.get("estimate_warmup"),
+             kw.get("d0")) for kw in optimizer_calls] == [(1.1, 3, 5, 9, 1e-4)]
 
 
 def test_compare_runs_lr_free_rules_with_per_tensor_estimates(tmp_path: Path, capsys) -> None:

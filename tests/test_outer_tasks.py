@@ -115,9 +115,10 @@ def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None
     checkpoint (a group saved before the warm-up existed resumes without one); outside lr-free mode the
     options are refused."""
     sets = SETS + ["tasks.lr_free=true", "tasks.growth_rate=1.05", "tasks.estimate_stride=4", "tasks.estimate_every=3",
-                   "tasks.estimate_warmup=7"]
+                   "tasks.estimate_warmup=7", "tasks.d0=1e-4"]
     group = _draw(resolve("quick", None, sets), 0, False)
     assert group.hyper.growth_rate == 1.05 and group.estimate_stride == 4
+    assert group.hyper.d0 == 1e-4 and all(s.distance == core.DistanceEstimate.begin(1e-4) for s in group.states)
     assert group.estimate_warmup == 7 and all(s.warmup == 7 and s.every == 3 for s in group.states)
     for p, s in zip(group.params, group.states):
         assert s.stride == 4 and torch.equal(s.start, p[::4]) and s.grad_sum.numel() == -(-p.numel() // 4)
@@ -128,8 +129,8 @@ def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None
     assert restored.estimate_warmup == 7 and restored.states[0].warmup == 7
     assert torch.equal(restored.states[0].grad_sum, group.states[0].grad_sum)
     old = group.state_dict()
-    del old["estimate_warmup"]
-    assert TaskGroup.from_state_dict(old).states[0].warmup == 0
+    del old["estimate_warmup"], old["d0"]
+    assert TaskGroup.from_state_dict(old).states[0].warmup == 0 and TaskGroup.from_state_dict(old).hyper.d0 == core.D0
     assert _draw(resolve("quick", None, SETS + ["tasks.lr_free=true"]), 0, False).states[0].warmup == core.ESTIMATE_WARMUP
     with pytest.raises(ValueError, match="lr_free"):
         resolve("quick", None, SETS + ["tasks.growth_rate=1.05"])
@@ -139,6 +140,10 @@ def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.estimate_warmup=-1"])
     with pytest.raises(ValueError, match="lr_free"):  # as GMNOptimizer refuses it without lr_free=True
         resolve("quick", None, SETS + ["tasks.estimate_warmup=5"])
+    with pytest.raises(ValueError, match="lr_free"):
+        resolve("quick", None, SETS + ["tasks.d0=1e-4"])
+    with pytest.raises(ValueError, match="d0"):
+        resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.d0=0.0"])
 
 
 def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from .rules import UpdateRule
 # suite faster but left 4 of 9 held-out tasks short of tuned Adam's loss at the multiplier 1, where the fast
 # early growth overshoots (docs/optim.md, "The estimate's warm-up").
 ESTIMATE_WARMUP = 0
+D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
 
 
 @dataclass
@@ -66,20 +67,21 @@ class OptState:
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
-              warmup: int = ESTIMATE_WARMUP) -> "OptState":
+              warmup: int = ESTIMATE_WARMUP, d0: float = D0) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th edge on every ``every``-th step after the first ``warmup``
-        (default `ESTIMATE_WARMUP`); with ``per_tensor`` > 0 also one estimate per tensor (``sizes``: the
-        tensors' entries in flat order, summing to ``num_edges``)."""
+        (default `ESTIMATE_WARMUP`), starting at ``d0`` (default `D0`); with ``per_tensor`` > 0 also one
+        estimate per tensor (``sizes``: the tensors' entries in flat order, summing to ``num_edges``)."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
+        check_d0(d0)
         tensors = None
         if per_tensor:
             if start is None or stride != 1 or sum(sizes) != num_edges:
                 raise ValueError("OptState.zeros: per_tensor needs the lr-free start, estimate_stride 1 and the "
                                  f"tensor sizes summing to {num_edges} edges (got {sum(sizes)}).")
-            tensors = TensorDistances.fresh(per_tensor, sizes)
+            tensors = TensorDistances.fresh(per_tensor, sizes, d0)
         start = None if start is None else start.detach()[::stride].clone()
         return cls(
             torch.zeros(num_edges, device=device),
@@ -88,7 +90,7 @@ class OptState:
             0,
             start,
             None if start is None else torch.zeros_like(start, device=device),
-            None if start is None else DistanceEstimate(),
+            None if start is None else DistanceEstimate.begin(d0),
             stride,
             every,
             tensors,
@@ -133,6 +135,7 @@ class Hyper:
     weight_decay: float = 0.0
     total_steps: int = 0  # the training budget in steps, read by rules with horizon features (0 = not known)
     growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (Prodigy's; inf = no limit)
+    d0: float = D0  # lr-free: the estimate before the first step (Prodigy's d0)
 
     def bias_corrections(self, step: int) -> tuple[float, float]:
         return 1.0 - self.beta1**step, 1.0 - self.beta2**step
@@ -220,7 +223,14 @@ def apply_update(
 
 # ---- the lr-free part (Prodigy's distance estimate; GMNOptimizer(lr_free=True)) -------------------
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
+
+
+def check_d0(value: Any) -> float:
+    """``value`` as a float if it is a finite number > 0 (``d0``: the lr-free estimate before the first step)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < math.inf:
+        raise ValueError(f"the lr-free estimate's d0 is a finite number > 0 (its value before the first step, "
+                         f"Prodigy's d0; default {D0:g}), got {value!r}.")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -244,6 +254,11 @@ class DistanceEstimate:
     last: float = D0  # the estimate the last step moved by; the moments are still in its units until
     # the next step shrinks them by last / d (so a state between steps is consistent, and resumable)
     peak: float = D0  # the largest estimate d_hat so far (Prodigy's d_max), which d grows towards
+
+    @classmethod
+    def begin(cls, d0: float = D0) -> "DistanceEstimate":
+        """The estimate before the first step: ``d0`` (Prodigy's; `check_d0`)."""
+        return cls(0.0, d0, d0, d0)
 
     def shrink(self) -> float:
         """The factor (<= 1) the moments take on to units of the current estimate."""
@@ -303,7 +318,7 @@ def _estimate_weight(est: DistanceEstimate, h: Hyper, step: int, span: int) -> f
     stands for; capped at the float32 maximum (d in the 1e15s: the estimate then stops being finite)."""
     bc1, bc2 = h.bias_corrections(step)
     beta3 = h.beta2**0.5
-    return min(est.d / D0 * est.d * h.lr * bc2**0.5 / bc1 * sum(beta3**i for i in range(span)), FLOAT32_MAX)
+    return min(est.d / h.d0 * est.d * h.lr * bc2**0.5 / bc1 * sum(beta3**i for i in range(span)), FLOAT32_MAX)
 
 
 def _next_estimate(est: DistanceEstimate, dot: float, norm: float, w: float, decay: float, h: Hyper, span: int
@@ -313,7 +328,7 @@ def _next_estimate(est: DistanceEstimate, dot: float, norm: float, w: float, dec
     d, peak = est.d, max(est.peak, est.d)  # d <= peak always (the max also reads states saved without a peak)
     if norm > 0 and math.isfinite(numerator / norm):
         d_hat = numerator / norm
-        if d == D0:  # Prodigy's first estimate is not held back by the growth rate
+        if d == h.d0:  # Prodigy's first estimate is not held back by the growth rate
             d = max(d, d_hat)
         peak = max(peak, d_hat)
         d = min(peak, d * h.growth_rate**span)  # = peak (Prodigy's max(d, d_hat)) at growth_rate = inf
@@ -334,9 +349,9 @@ class TensorDistances:
     estimates: tuple[DistanceEstimate, ...]
 
     @classmethod
-    def fresh(cls, share: float, sizes: tuple[int, ...]) -> "TensorDistances":
+    def fresh(cls, share: float, sizes: tuple[int, ...], d0: float = D0) -> "TensorDistances":
         check_share(share)
-        return cls(float(share), tuple(int(n) for n in sizes), tuple(DistanceEstimate() for _ in sizes))
+        return cls(float(share), tuple(int(n) for n in sizes), tuple(DistanceEstimate.begin(d0) for _ in sizes))
 
     def _step(self, d: float, d_i: float) -> float:
         return d ** (1.0 - self.share) * d_i**self.share

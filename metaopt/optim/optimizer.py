@@ -44,7 +44,7 @@ SPIKE_LEVEL = "spike_level"  # how many halvings of the log boost are in force (
 SPIKE_NORM_EMA = "spike_norm_ema"  # running mean of the gradient norm (0: none yet)
 SPIKE_TRIPPED = "spike_tripped"  # 1 if the guard tripped since the last refresh
 SPIKE_STREAK = "spike_streak"  # consecutive steps with the gradient norm above the guard's threshold
-DISTANCE = "distance"  # lr_free: Prodigy's distance estimate d, the step size (core.D0 before the first step)
+DISTANCE = "distance"  # lr_free: Prodigy's distance estimate d, the step size (d0 before the first step)
 DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running numerator
 DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by (the moments' units)
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
@@ -55,7 +55,7 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
              DISTANCE_CAP, DISTANCE_PEAK)
-_DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at core.D0, not 0
+_DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
@@ -123,7 +123,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     towards Adam that needs no loss, only the gradient the step already has.
 
     ``lr_free=True``: no lr to tune. The step size is Prodigy's estimate ``d`` of the distance from the
-    start to a solution (`core.DistanceEstimate`; it starts at 1e-6 and grows as the run shows how far
+    start to a solution (`core.DistanceEstimate`; it starts at ``d0`` = 1e-6 and grows as the run shows how far
     it has to go), ``lr`` (default 1) multiplies it as Prodigy's does, and the rule's scale is
     divided by its geometric mean over the network, so the rule shares the step out between
     parameters and ``d`` sets its size. State: 5x the parameters (the start point and a gradient sum
@@ -137,7 +137,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     where ``d`` grows fastest (then on steps w + j, w + 2j, ...). ``per_tensor=a`` (0 to 1, default 0):
     every parameter tensor also keeps its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a``
     (`core.TensorDistances`); its gradient sum adds 1x the parameters to the state (6x), the estimate's
-    cost is per tensor.
+    cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
+    (1e-4) spends fewer of the first steps growing ``d``, at the risk of starting above the step a task takes.
     """
 
     def __init__(
@@ -161,6 +162,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         estimate_every: int = 1,
         estimate_warmup: int = core.ESTIMATE_WARMUP,
         per_tensor: float = 0.0,
+        d0: float = core.D0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -176,12 +178,13 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.estimate_stride = core.check_stride(estimate_stride)
             self.estimate_every = core.check_stride(estimate_every, "estimate_every", "1 = every step")
             self.estimate_warmup = core.check_warmup(estimate_warmup)
+            self.d0 = core.check_d0(d0)
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
         if not lr_free and (growth_rate != float("inf") or estimate_stride != 1 or estimate_every != 1
-                            or estimate_warmup != core.ESTIMATE_WARMUP):
-            raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every and estimate_warmup shape the "
-                             "lr-free estimate; pass lr_free=True.")
+                            or estimate_warmup != core.ESTIMATE_WARMUP or d0 != core.D0):
+            raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup and d0 shape "
+                             "the lr-free estimate; pass lr_free=True.")
         try:
             self.per_tensor = core.check_share(per_tensor)
         except ValueError as err:
@@ -244,9 +247,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     # ---- construction helpers ------------------------------------------------------------
     def _reset_counters(self) -> None:
         for key in _COUNTERS:
-            self.state[key] = core.D0 if key in _DISTANCE_SCALARS else 0
+            self.state[key] = self.d0 if key in _DISTANCE_SCALARS else 0
         if self.per_tensor:
-            self._store_tensor_estimates(core.TensorDistances.fresh(self.per_tensor, tuple(self._numels)).estimates)
+            self._store_tensor_estimates(core.TensorDistances.fresh(self.per_tensor, tuple(self._numels), self.d0).estimates)
 
     def _tensor_estimates(self) -> list[core.DistanceEstimate]:
         """per_tensor: each tensor's estimate, from the state (`TENSOR_DISTANCES`)."""
@@ -333,7 +336,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         start = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.lr_free else None
         init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride,
                               every=self.estimate_every, per_tensor=self.per_tensor, sizes=tuple(self._numels),
-                              warmup=self.estimate_warmup)
+                              warmup=self.estimate_warmup, d0=self.d0)
         self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
 
@@ -394,7 +397,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             h = Hyper(float(group["lr"]), float(group["betas"][0]), float(group["betas"][1]),
                       float(group["eps"]), float(group["weight_decay"]),
-                      growth_rate=float(group.get("growth_rate", float("inf"))))
+                      growth_rate=float(group.get("growth_rate", float("inf"))), d0=self.d0)
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -685,7 +688,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
         super().load_state_dict(state_dict)
         for key in _COUNTERS:
-            self.state.setdefault(key, core.D0 if key in _DISTANCE_SCALARS else 0)
+            self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
         if self.per_tensor:
             rows = self.state.get(TENSOR_DISTANCES)
             if not isinstance(rows, Tensor) or tuple(rows.shape) != (len(self._params_all), 4):
