@@ -10,8 +10,9 @@ seed noise.
 ``python -m outer_train.eval_stats [LABEL=]SUMMARY[:OPTIMIZER] ... [--key speedup]``
 prints each optimizer's median with its 90% interval and, for every pair, the paired probability
 that the first one's median is higher and the interval of the difference; ``--json FILE`` keeps
-them. SUMMARY is an evaluate ``summary.json`` or ``results.json``; without ``:OPTIMIZER`` every
-optimizer in it but Adam is taken.
+them. SUMMARY is an evaluate ``summary.json`` or ``results.json``, or the ``--out`` JSON of
+``outer_train.compare`` (its rules' per-run speedups, e.g. on the dev suite: ``--key speedup`` only);
+without ``:OPTIMIZER`` every optimizer in it but Adam is taken.
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ def load(spec: str, key: str) -> dict[str, dict[str, dict[int, float]]]:
     label, _, rest = spec.rpartition("=")
     path, _, name = rest.partition(":")
     data = json.loads(Path(path).read_text())
-    runs = data["runs"] if isinstance(data, dict) else data
+    if isinstance(data, dict) and "rules" in data and "runs" not in data:  # outer_train.compare's scores
+        runs = compare_runs(data, key)
+    else:
+        runs = data["runs"] if isinstance(data, dict) else data
     names = [name] if name else list(dict.fromkeys(n for e in runs for n in e["results"] if n != "adam"))
     out = {}
     for n in names:
@@ -101,6 +105,14 @@ def load(spec: str, key: str) -> dict[str, dict[str, dict[int, float]]]:
             raise ValueError(f"{path} has no runs of optimizer {n!r}")
         out[label if label and name else f"{label or Path(path).parent}/{n}"] = m
     return out
+
+
+def compare_runs(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """An `outer_train.compare` JSON as evaluate's runs: one entry per task seed, each rule's speedup in it."""
+    if key != "speedup":
+        raise ValueError(f"an outer_train.compare file holds speedups in steps only, not {key!r}: use --key speedup")
+    return [{"task": task, "results": {name: {"speedup": row["speedups"][task]} for name, row in data["rules"].items()}}
+            for task in data["tasks"]]
 
 
 def markdown(result: dict[str, Any], key: str) -> str:
@@ -118,7 +130,8 @@ def markdown(result: dict[str, Any], key: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("summaries", nargs="+", help="[LABEL=]FILE[:OPTIMIZER]: an evaluate summary.json / results.json")
+    p.add_argument("summaries", nargs="+",
+                   help="[LABEL=]FILE[:OPTIMIZER]: an evaluate summary.json / results.json, or a compare --out JSON")
     p.add_argument("--key", default="speedup", choices=("speedup", "wall_speedup", "final_loss", "cost_vs_adam"))
     p.add_argument("--draws", type=int, default=DRAWS)
     p.add_argument("--level", type=float, default=LEVEL)

@@ -69,3 +69,20 @@ def test_cli_labels_json_and_clashes(tmp_path, capsys):
         eval_stats.main([f"A={one}:rule", f"A={two}:rule"])
     with pytest.raises(ValueError, match="no runs of optimizer"):
         eval_stats.main([f"{one}:missing"])
+
+
+def test_compare_scores_are_bootstrapped_like_held_out_runs(tmp_path, capsys):
+    """An outer_train.compare --out JSON (e.g. on the dev suite) loads as runs: each rule's per-run speedups,
+    its median the compare score's; only speedups are in it."""
+    names = [f"t{i}/s{20 + k}" for i in range(3) for k in range(3)]
+    vals = {"r1": [0.0, 1.2, 1.4, 0.9, 1.0, 2.0, 0.0, 0.0, 3.0], "r2": [1.1, 1.3, 1.5, 1.0, 1.1, 2.1, 0.1, 0.2, 3.1]}
+    data = {"collection": "dev", "tasks": names, "rules": {r: {"speedups": dict(zip(names, v))} for r, v in vals.items()}}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(data))
+    loaded = eval_stats.load(str(path), "speedup")
+    assert set(loaded) == {f"{tmp_path}/r1", f"{tmp_path}/r2"} and loaded[f"{tmp_path}/r1"]["t1"] == {20: 0.9, 21: 1.0, 22: 2.0}
+    assert eval_stats.main([f"a={path}:r1", f"b={path}:r2", "--draws", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| a | 1.000 |" in out and "| b | 1.100 |" in out and "| a vs b |" in out  # tasks 1.2, 1.0, 0.0 -> 1.0
+    with pytest.raises(ValueError, match="speedups in steps only"):
+        eval_stats.load(str(path), "wall_speedup")
