@@ -52,9 +52,16 @@ ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default: the centre of Adam's lr-se
 
 
 def default_lr(rule: UpdateRule, kwargs: dict[str, Any] | None = None) -> float:
-    """The lr ``GMNOptimizer(model, rule=rule, **kwargs)`` uses: the rule's own default, or 1 (a
-    multiplier of the estimated step) with ``lr_free=True``."""
-    return 1.0 if (kwargs or {}).get("lr_free") else float(rule.config.default_lr)
+    """The lr ``GMNOptimizer(model, rule=rule, **kwargs)`` uses: the rule's own default, or with
+    ``lr_free=True`` a multiplier of the estimated step, 1 unless the row names another (``multiplier``,
+    from ``--lr-free-multiplier``)."""
+    kwargs = kwargs or {}
+    return float(kwargs.get("multiplier", 1.0)) if kwargs.get("lr_free") else float(rule.config.default_lr)
+
+
+def optimizer_options(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A row's GMNOptimizer keyword arguments (its ``multiplier`` is the lr the row runs at, not one of them)."""
+    return {k: v for k, v in (kwargs or {}).items() if k != "multiplier"}
 
 
 # lr_free rows tune the multiplier of the estimated step over powers of 3 around 1, so that the
@@ -196,7 +203,8 @@ def evaluate_task(
         def make_rule(lr: float, rule: UpdateRule = rule, name: str = name) -> Callable:
             def build(m: torch.nn.Module) -> Any:
                 opt = GMNOptimizer(m, rule=rule, lr=lr, example_inputs=example,
-                                   total_steps=s.steps if s.tell_horizon else None, **rule_kwargs.get(name, {}))
+                                   total_steps=s.steps if s.tell_horizon else None,
+                                   **optimizer_options(rule_kwargs.get(name)))
                 return cosine(opt, s.steps) if s.rule_schedule == "cosine" else opt
             return build
         tuned[f"{name}@best"] = (make_rule, rule_grid(rule_kwargs.get(name), grid))
@@ -482,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
                    "rows (the estimate is taken every j-th step; default 1)")
     p.add_argument("--estimate-warmup", type=int, help="with --lr-free: GMNOptimizer's estimate_warmup for the +lrfree "
                    "rows (with --estimate-every: the first steps that still take an estimate each; default 0)")
+    p.add_argument("--lr-free-multiplier", type=float, metavar="M",
+                   help="with --lr-free: the +lrfree rows run at this multiplier of the estimated step instead of 1 "
+                        "(their @best grid stays 3^-3..3^3), to see how a figure moves with it")
     p.add_argument("--d0", type=float, help="with --lr-free: GMNOptimizer's d0 for the +lrfree rows (the estimate "
                    "before the first step; default 1e-6)")
     p.add_argument("--per-tensor", type=float, help="with --lr-free: GMNOptimizer's per_tensor for the +lrfree rows "
@@ -557,10 +568,13 @@ def main(argv: list[str] | None = None) -> int:
         rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
     options = (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride), ("estimate_every", a.estimate_every),
-               ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor), ("d0", a.d0))
+               ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor), ("d0", a.d0),
+               ("multiplier", a.lr_free_multiplier))
     if any(v is not None for _, v in options) and not a.lr_free:
-        p.error("--growth-rate, --estimate-stride, --estimate-every, --estimate-warmup, --per-tensor and --d0 shape the "
-                "lr-free rows: add --lr-free")
+        p.error("--growth-rate, --estimate-stride, --estimate-every, --estimate-warmup, --per-tensor, --d0 and "
+                "--lr-free-multiplier shape the lr-free rows: add --lr-free")
+    if a.lr_free_multiplier is not None and not a.lr_free_multiplier > 0:
+        p.error(f"--lr-free-multiplier is a multiplier > 0, got {a.lr_free_multiplier}")
     if a.lr_free:
         estimate = {k: v for k, v in options if v is not None}
         for name in list(rules):

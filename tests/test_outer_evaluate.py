@@ -302,6 +302,18 @@ def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule
     assert "prodigy+lrfree reaches a lower final loss than prodigy on" in (tmp_path / "r" / "results.md").read_text()
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--variants-only", "--out", str(tmp_path / "bad")])
+    # --lr-free-multiplier: the +lrfree row runs at that multiplier (GMNOptimizer's lr), its @best grid unchanged
+    optimizer_calls.clear()
+    evaluate.main([*common, "--lr-free", "--lr-free-multiplier", "1.5", "--variants-only", "--out", str(tmp_path / "m")])
+    torch.set_num_threads(threads)
+    assert {lr for free, lr in seen() if free} == {*evaluate.LR_FREE_GRID, 1.5}
+    assert not any("multiplier" in kw for kw in optimizer_calls)
+    res = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert res["entries"][0]["results"]["prodigy+lrfree"]["lr"] == 1.5
+    assert res["rules"] == ["prodigy=adam+lrfree (lr_free, multiplier 1.5)"]
+    for bad in (["--lr-free-multiplier", "1.5"], ["--lr-free", "--lr-free-multiplier", "0"]):
+        with pytest.raises(SystemExit):
+            evaluate.main([*common, *bad, "--out", str(tmp_path / "bad")])
     evaluate.main([*common, "--lr-free", "--spike-guard", "3", "--variants-only", "--out", str(tmp_path / "g")])
     torch.set_num_threads(threads)
     res = json.loads((tmp_path / "g" / "results.json").read_text())["entries"][0]["results"]
