@@ -198,37 +198,24 @@ def test_reuse_adds_a_labelled_rule_and_refuses_a_label_collision(tmp_path: Path
     assert "--reuse" not in (tmp_path / "a" / "results.md").read_text()
 
 
-def test_meta_validation_suite_can_be_evaluated_and_never_mixes_with_held_out_names(tmp_path: Path) -> None:
-    """--suite meta_val runs the meta-validation tasks (seed k -> META_VALIDATION_SEED + k), for choosing
-    settings without the held-out suite; held-out task names are refused there."""
-    from inner_tasks.tasks.collections import META_VALIDATION_SEED
+@pytest.mark.parametrize("suite,task", [("meta_val", "siren_digits_w32"), ("dev", "siren_shapes_w32")])
+def test_selection_suites_can_be_evaluated_and_never_mix_with_held_out_names(tmp_path: Path, suite: str, task: str) -> None:
+    """--suite meta_val / dev runs that suite's tasks, seed k from its first seed + k (META_VALIDATION_SEED,
+    DEV_SEED), for choosing settings without the held-out suite; held-out task names are refused there."""
+    from inner_tasks.tasks.collections import SELECTION_SUITES
 
+    first_seed = SELECTION_SUITES[suite][2]
     threads = torch.get_num_threads()
-    evaluate.main(["--suite", "meta_val", "--tasks", "siren_digits_w32", "--seeds", "0", "1", "--steps", "12",
+    evaluate.main(["--suite", suite, "--tasks", task, "--seeds", "0", "1", "--steps", "12",
                    "--grid-points", "2", "--threads", "1", "--baselines", "adam", "--out", str(tmp_path)])
     torch.set_num_threads(threads)
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["settings"]["suite"] == "meta_val"
-    assert [e["task"] for e in data["entries"]] == [f"siren_digits_w32/s{META_VALIDATION_SEED + k}" for k in (0, 1)]
+    assert data["settings"]["suite"] == suite
+    assert [e["task"] for e in data["entries"]] == [f"{task}/s{first_seed + k}" for k in (0, 1)]
     with pytest.raises(SystemExit):
-        evaluate.main(["--suite", "meta_val", "--tasks", "siren_shapes", "--out", str(tmp_path / "x")])
+        evaluate.main(["--suite", suite, "--tasks", "siren_shapes", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
-        evaluate.main(["--suite", "dev", "--tasks", "siren_shapes", "--out", str(tmp_path / "z")])
-    with pytest.raises(SystemExit):
-        evaluate.main(["--suite", "meta_val", "--quick", "--out", str(tmp_path / "y")])
-
-
-def test_dev_suite_is_evaluated_from_its_own_seeds(tmp_path: Path) -> None:
-    """--suite dev runs the held-out tasks' siblings, seed k from DEV_SEED + k."""
-    from inner_tasks.tasks.collections import DEV_SEED
-
-    threads = torch.get_num_threads()
-    evaluate.main(["--suite", "dev", "--tasks", "siren_shapes_w32", "--seeds", "0", "1", "--steps", "10",
-                   "--grid-points", "2", "--threads", "1", "--baselines", "adam", "--out", str(tmp_path)])
-    torch.set_num_threads(threads)
-    data = json.loads((tmp_path / "results.json").read_text())
-    assert data["settings"]["suite"] == "dev"
-    assert [e["task"] for e in data["entries"]] == [f"siren_shapes_w32/s{DEV_SEED + k}" for k in (0, 1)]
+        evaluate.main(["--suite", suite, "--quick", "--out", str(tmp_path / "y")])
 
 
 def test_resume_continues_an_interrupted_run_without_rerunning_what_is_done(tmp_path: Path) -> None:

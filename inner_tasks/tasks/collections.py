@@ -104,6 +104,14 @@ def _cnn(dataset: str, size: int, width: int, depth: int, norm: str = "none", re
             "residual": residual, "activation": "relu", "dim": 2, "batch_size": 64}
 
 
+def _lm(width: int) -> dict:
+    return {"width": width, "depth": 2, "heads": 2, "context": 32, "activation": "gelu", "batch_size": 32}
+
+
+def _siren(dataset: str, width: int) -> dict:
+    return {"dataset": dataset, "image_size": 28, "width": width, "depth": 3, "w0": 30.0, "batch_size": 784}
+
+
 # name -> (family, knobs, what it tests)
 HELD_OUT_TASKS: dict[str, tuple[str, dict, str]] = {
     "mlp_digits_wide": ("mlp_classification", _mlp("digits", 8, 256, 2), "4x wider than meta-training"),
@@ -111,12 +119,10 @@ HELD_OUT_TASKS: dict[str, tuple[str, dict, str]] = {
     "cnn_digits_wide": ("cnn_classification", _cnn("digits", 8, 64, 2), "4x wider than meta-training"),
     "cnn_digits_deep": ("cnn_classification", _cnn("digits", 16, 8, 4), "2x deeper than meta-training"),
     "rescnn_bn_digits": ("cnn_classification", _cnn("digits", 8, 16, 2, "batch", True), "unseen: residual CNN + BatchNorm"),
-    "transformer_lm_stdlib": ("transformer_lm", {"width": 32, "depth": 2, "heads": 2, "context": 32, "activation": "gelu",
-                                                 "batch_size": 32}, "unseen: Transformer LM"),
+    "transformer_lm_stdlib": ("transformer_lm", _lm(32), "unseen: Transformer LM"),
     "mlp_shapes": ("mlp_classification", _mlp("shapes", 16, 64, 2), "other data: shapes"),
     "cnn_shapes": ("cnn_classification", _cnn("shapes", 16, 16, 2), "other data: shapes"),
-    "siren_shapes": ("siren_inr", {"dataset": "shapes", "image_size": 28, "width": 24, "depth": 3, "w0": 30.0,
-                                   "batch_size": 784}, "other data: INR of shapes"),
+    "siren_shapes": ("siren_inr", _siren("shapes", 24), "other data: INR of shapes"),
 }
 
 
@@ -144,8 +150,7 @@ META_VALIDATION_TASKS: dict[str, tuple[str, dict, str]] = {
     "cnn_digits_w32": ("cnn_classification", _cnn("digits", 8, 32, 2), "2x wider than meta-training"),
     "cnn_digits16_d3": ("cnn_classification", _cnn("digits", 16, 8, 3), "16x16 digits, 1.5x deeper"),
     "rescnn_gn_digits": ("cnn_classification", _cnn("digits", 8, 16, 2, "group", True), "residual CNN + GroupNorm"),
-    "siren_digits_w32": ("siren_inr", {"dataset": "digits", "image_size": 28, "width": 32, "depth": 3, "w0": 30.0,
-                                       "batch_size": 784}, "wider SIREN than meta-training"),
+    "siren_digits_w32": ("siren_inr", _siren("digits", 32), "wider SIREN than meta-training"),
 }
 META_VALIDATION_SEED = 7  # one fixed seed (init + data order) per task, far from the held-out seeds
 
@@ -167,12 +172,10 @@ DEV_TASKS: dict[str, tuple[str, dict, str]] = {
     "cnn_digits_w48": ("cnn_classification", _cnn("digits", 8, 48, 2), "cnn_digits_wide"),
     "cnn_digits16_d4": ("cnn_classification", _cnn("digits", 16, 12, 4), "cnn_digits_deep"),
     "rescnn_bn_digits_w12": ("cnn_classification", _cnn("digits", 8, 12, 2, "batch", True), "rescnn_bn_digits"),
-    "transformer_lm_w24": ("transformer_lm", {"width": 24, "depth": 2, "heads": 2, "context": 32, "activation": "gelu",
-                                              "batch_size": 32}, "transformer_lm_stdlib"),
+    "transformer_lm_w24": ("transformer_lm", _lm(24), "transformer_lm_stdlib"),
     "mlp_shapes_w96": ("mlp_classification", _mlp("shapes", 16, 96, 2), "mlp_shapes"),
     "cnn_shapes_w12": ("cnn_classification", _cnn("shapes", 16, 12, 2), "cnn_shapes"),
-    "siren_shapes_w32": ("siren_inr", {"dataset": "shapes", "image_size": 28, "width": 32, "depth": 3, "w0": 30.0,
-                                       "batch_size": 784}, "siren_shapes"),
+    "siren_shapes_w32": ("siren_inr", _siren("shapes", 32), "siren_shapes"),
 }
 DEV_SEED = 20  # seeds DEV_SEED + k, apart from the held-out (0-2) and meta-validation (7 + k) seeds
 
