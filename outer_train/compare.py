@@ -6,8 +6,8 @@ best one it passed through (the shipped recipe's single-task comparison swings b
 from the meta-training distribution with a seed of their own, or (``collection="meta_val"``) the
 first ``n`` of the meta-validation suite, larger networks shaped like the held-out suite (never the
 held-out suite itself, which stays for evaluation), or (``collection="dev"``) of the dev suite, the
-held-out tasks' siblings for choosing optimizer settings, with the rule through the real `GMNOptimizer` and with torch Adam at the
-same lr, and scores the rule by the mean over tasks of log10(rule's loss / Adam's loss) at the
+held-out tasks' siblings for choosing optimizer settings, with the rule through the real
+`GMNOptimizer` and with torch Adam at the same lr, and scores the rule by the mean over tasks of log10(rule's loss / Adam's loss) at the
 end of training (the mean of the last tenth of the curve, so one noisy minibatch does not
 decide), each task's term clipped to +-1 (10x either way), so that one task where the losses
 are orders of magnitude apart does not outvote the others. Adam's curves are computed once: Adam
@@ -139,8 +139,8 @@ class Comparison:
             per_seed = [suite(first_seed + k)[:n_tasks] for k in range(seeds)]
             self.specs = [spec for task in zip(*per_seed) for spec in task]  # task-major
         else:
-            raise ValueError(f"log.compare_collection must be one of {COMPARE_COLLECTIONS} (or 'dev' outside meta-training), "
-                             f"got {collection!r}.")
+            raise ValueError(f"log.compare_collection must be one of {COMPARE_COLLECTIONS} (or 'dev' outside "
+                             f"meta-training), got {collection!r}.")
         self.tasks = [build_task(spec) for spec in self.specs]
         self.steps = steps
         self._adam: list[list[float]] | None = None

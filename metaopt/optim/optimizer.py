@@ -249,7 +249,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         for key in _COUNTERS:
             self.state[key] = self.d0 if key in _DISTANCE_SCALARS else 0
         if self.per_tensor:
-            self._store_tensor_estimates(core.TensorDistances.fresh(self.per_tensor, tuple(self._numels), self.d0).estimates)
+            fresh = core.TensorDistances.fresh(self.per_tensor, tuple(self._numels), self.d0)
+            self._store_tensor_estimates(fresh.estimates)
 
     def _tensor_estimates(self) -> list[core.DistanceEstimate]:
         """per_tensor: each tensor's estimate, from the state (`TENSOR_DISTANCES`)."""
