@@ -7,9 +7,9 @@ from the meta-training distribution with a seed of their own, or (``collection="
 first ``n`` of the meta-validation suite, larger networks shaped like the held-out suite (never the
 held-out suite itself, which stays for evaluation), or (``collection="dev"``) of the dev suite, the
 held-out tasks' siblings for choosing optimizer settings, with the rule through the real
-`GMNOptimizer` and with torch Adam at the same lr, and scores the rule by the mean over tasks of log10(rule's loss / Adam's loss) at the
-end of training (the mean of the last tenth of the curve, so one noisy minibatch does not
-decide), each task's term clipped to +-1 (10x either way), so that one task where the losses
+`GMNOptimizer` and with torch Adam at the same lr, and scores the rule by the mean over tasks of
+log10(rule's loss / Adam's loss) at the end of training (the mean of the last tenth of the curve, so
+one noisy minibatch does not decide), each task's term clipped to +-1 (10x either way), so that one task where the losses
 are orders of magnitude apart does not outvote the others. Adam's curves are computed once: Adam
 does not change during a run.
 
@@ -237,9 +237,13 @@ class Comparison:
         held-out suite's statistic, negated so that lower is better as with the loss ratio."""
         return -self._over_tasks(speedups, np.median, aggregate)
 
+    def per_task(self, values: list[float], over_seeds: Any = np.median) -> list[float]:
+        """``over_seeds`` of each task's values (``values`` task-major, as ``specs``): one term per task."""
+        return [float(over_seeds(values[i : i + self.seeds])) for i in range(0, len(values), self.seeds)]
+
     def _over_tasks(self, values: list[float], over_seeds: Any, aggregate: str | None) -> float:
         """``over_seeds`` of each task's values (task-major), then the mean or median over tasks."""
-        per_task = [float(over_seeds(values[i : i + self.seeds])) for i in range(0, len(values), self.seeds)]
+        per_task = self.per_task(values, over_seeds)
         return float(np.median(per_task) if (aggregate or self.aggregate) == "median" else np.mean(per_task))
 
 
@@ -326,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [] if a.estimate_warmup is None else [f"tasks.estimate_warmup={a.estimate_warmup}"]
     overrides += [] if a.d0 is None else [f"tasks.d0={a.d0!r}"]
     cfg = resolve(None, a.config, overrides)
-    n_tasks = a.tasks or (len(SELECTION_SUITES[a.collection][0]) if a.collection in SELECTION_SUITES else 6)
+    if a.tasks is not None:
+        n_tasks = a.tasks
+    else:
+        n_tasks = len(SELECTION_SUITES[a.collection][0]) if a.collection in SELECTION_SUITES else 6
     comparison = Comparison(cfg, a.steps, n_tasks, a.collection, a.against, a.seeds, a.aggregate, a.rule_lr,
                             cache_dir=shared_cache_dir(cfg, a.cache_dir), metric=a.metric, per_tensor=a.per_tensor)
     names = [s.name or f"{s.family}/s{s.seed}" for s in comparison.specs]
@@ -356,10 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     for path, r in rows.items():
         print(f"| {path} | {r['score']:+.3f} | " + " | ".join(fmt.format(v) for v in r[column].values()) + " |")
     if a.seeds > 1:  # the score's per-task terms: each task's median over its seeds
-        tasks = list(dict.fromkeys(n.split("/")[0] for n in names))
+        tasks = [n.split("/")[0] for n in names[:: a.seeds]]  # specs are task-major
         for r in rows.values():
-            r["task_medians"] = {t: float(np.median([v for n, v in r[column].items() if n.split("/")[0] == t]))
-                                 for t in tasks}
+            r["task_medians"] = dict(zip(tasks, comparison.per_task(list(r[column].values()))))
         print(f"\nMedian over seeds\n\n| rule | {' | '.join(tasks)} |\n|---|{'---:|' * len(tasks)}")
         for path, r in rows.items():
             print(f"| {path} | " + " | ".join(fmt.format(v) for v in r["task_medians"].values()) + " |")
