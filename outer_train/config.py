@@ -192,8 +192,8 @@ class TrainConfig:
              "tasks.estimate_warmup must be an int >= 0"),
             (0.0 <= self.tasks.per_tensor <= 1.0, "tasks.per_tensor is a share in [0, 1]"),
             (0.0 < self.tasks.d0 < math.inf, "tasks.d0 must be a finite number > 0"),
-            (self.tasks.per_tensor == 0.0 or (self.tasks.lr_free and self.tasks.estimate_stride == 1),
-             "tasks.per_tensor shares the lr-free step between tensors; set tasks.lr_free = true and estimate_stride = 1"),
+            (self.tasks.per_tensor == 0.0 or self.tasks.lr_free,
+             "tasks.per_tensor shares the lr-free step between tensors; set tasks.lr_free = true"),
             (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
                                     and self.tasks.estimate_every == 1 and self.tasks.estimate_warmup == ESTIMATE_WARMUP
                                     and self.tasks.d0 == D0),

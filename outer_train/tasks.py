@@ -25,7 +25,7 @@ from torch import Tensor
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, SELECTION_SUITES, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
-from metaopt.optim.core import D0, ESTIMATE_WARMUP, DistanceEstimate, TensorDistances
+from metaopt.optim.core import D0, ESTIMATE_WARMUP, DistanceEstimate, TensorDistances, sampled_sizes
 
 from .augment import permute_params
 from .config import TaskSection
@@ -192,6 +192,15 @@ class TaskGroup:
                                every=self.estimate_every, warmup=self.estimate_warmup, per_tensor=self.per_tensor,
                                sizes=tuple(self.numels), d0=self.d0) for p in self.params]
 
+    def _sampled(self, start: Tensor) -> Tensor:
+        """A checkpoint's x_0 (a copy), checked to hold the entries this group's estimate reads."""
+        want = sum(sampled_sizes(tuple(self.numels), self.estimate_stride))
+        if start.numel() != want:
+            raise ValueError(f"TaskGroup.from_state_dict: the lr-free start holds {start.numel()} entries, the estimate "
+                             f"with estimate_stride {self.estimate_stride} reads {want}: a checkpoint of metaopt < 0.3.3, "
+                             "whose strided estimate sampled other entries; start the run afresh.")
+        return start.clone()
+
     def build(self) -> None:
         """Build the task, graph index and batch iterators (also after loading a checkpoint)."""
         self.attach(build_task(self.spec))
@@ -314,9 +323,9 @@ class TaskGroup:
         group.params = [p.clone() for p in state["params"]]
         group.states = [
             OptState(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["lr_scale"].clone(), int(s["step"]),
-                     *((s["start"].clone(), s["grad_sum"].clone(), DistanceEstimate(**s["distance"]), group.estimate_stride,
-                        group.estimate_every)
-                       if "distance" in s else ()), warmup=group.estimate_warmup,
+                     *((group._sampled(s["start"]), s["grad_sum"].clone(), DistanceEstimate(**s["distance"]),
+                        group.estimate_stride, group.estimate_every)
+                       if "distance" in s else ()), warmup=group.estimate_warmup, sizes=tuple(group.numels),
                      **({"tensor_distances": TensorDistances(group.per_tensor, tuple(group.numels),
                                                              tuple(DistanceEstimate(**e) for e in s["tensor_distances"])),
                          "tensor_grad_sum": s["tensor_grad_sum"].clone()} if "tensor_distances" in s else {}))

@@ -1,5 +1,5 @@
 """benchmarks.bench_step: timed blocks start with a refresh, state is 3x the parameters for the
-rules (5x lr-free) and 2x for Adam, and the peak memory pass (a fresh process per size, glibc's mmap threshold
+rules (5x lr-free, 6x with per-tensor estimates, 3.3x with those reading every 10th entry) and 2x for Adam, and the peak memory pass (a fresh process per size, glibc's mmap threshold
 pinned) fills every row."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e5",
                     "--repeats", "1", "--kinds", "adam", "gmnopt-default", "gmnopt-default-lrfree",
-                    "gmnopt-default-lrfree-stride4-every10", "gmnopt-default-lrfree-every10-tensor70"],
+                    "gmnopt-default-lrfree-stride4-every10", "gmnopt-default-lrfree-every10-tensor70",
+                    "gmnopt-default-lrfree-stride10-every10-tensor70"],
                    check=True, capture_output=True)
     result = json.loads((tmp_path / "bench_step.json").read_text())
     (size,) = result["sizes"]
@@ -24,6 +25,8 @@ def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     assert abs(size["rows"]["gmnopt-default-lrfree-stride4-every10"]["state_over_params"] - 3.5) < 0.01
     # per-tensor estimates: their gradient sum on top
     assert abs(size["rows"]["gmnopt-default-lrfree-every10-tensor70"]["state_over_params"] - 6.0) < 0.01
+    # strided, x_0 and both sums hold every 10th entry of each tensor: 3x + 3/10 (+ rounding up per tensor)
+    assert 3.3 <= size["rows"]["gmnopt-default-lrfree-stride10-every10-tensor70"]["state_over_params"] < 3.31
     assert rule["refresh_ms"] > rule["plain_step_ms"] > 0  # the rule runs on the block's first step only
     assert all(row["peak_step_bytes"] is not None and row["peak_step_bytes"] >= 0 for row in size["rows"].values())
     md = (tmp_path / "bench_step.md").read_text()

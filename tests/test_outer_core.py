@@ -65,7 +65,8 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
     graph_inputs = batched_graph(rule, [group])
     prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
     params = flat_params(model)
-    state = OptState.zeros(index.num_edges, start=params if free else None, stride=stride, every=every, warmup=warmup)
+    state = OptState.zeros(index.num_edges, start=params if free else None, stride=stride, every=every, warmup=warmup,
+                           sizes=tuple(p.numel() for p in model.parameters()))
     if free:  # as if well into a run (from d0 = 1e-6 five steps barely move): both sides start at d = 1e-3
         # (with options: a numerator as if the run had come far, so that the growth rate binds at every step)
         d0, numerator = (1e-5, 1.0) if options else (1e-3, 0.0)
@@ -96,7 +97,7 @@ def test_meta_training_step_equals_gmn_optimizer_step(kind: str, path: str, extr
         if options:  # growing at the capped rate on steps 1, 2 (warm-up) and 4 (standing for steps 3 and 4)
             grown = t if t <= warmup or t % 2 == 0 else t - 1
             assert state.distance.d == pytest.approx(d0 * growth**grown, rel=1e-9) and state.distance.d < state.distance.peak
-            assert state.grad_sum.numel() == -(-index.num_edges // 3)
+            assert state.grad_sum.numel() == sum(-(-p.numel() // 3) for p in model.parameters())  # each tensor's every 3rd
         scale = state.lr_scale.detach()
         assert (scale - 1).abs().max() > 1e-3  # the rule is not Adam
         if free:  # lr-free, the network's geometric-mean scale is 1, or within exp(+-global_bound) of it

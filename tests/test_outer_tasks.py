@@ -120,14 +120,21 @@ def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None
     assert group.hyper.growth_rate == 1.05 and group.estimate_stride == 4
     assert group.hyper.d0 == 1e-4 and all(s.distance == core.DistanceEstimate.begin(1e-4) for s in group.states)
     assert group.estimate_warmup == 7 and all(s.warmup == 7 and s.every == 3 for s in group.states)
-    for p, s in zip(group.params, group.states):
-        assert s.stride == 4 and torch.equal(s.start, p[::4]) and s.grad_sum.numel() == -(-p.numel() // 4)
+    for p, s in zip(group.params, group.states):  # every 4th entry of each tensor, from its first (Prodigy's)
+        sampled = torch.cat([t[::4] for t in p.split(group.numels)])
+        assert s.stride == 4 and torch.equal(s.start, sampled) and s.grad_sum.numel() == sampled.numel()
     rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=100))
     inner_step(rule, [group], batched_graph(rule, [group]), 0, [group.next_batches()])
     restored = TaskGroup.from_state_dict(group.state_dict())
     assert restored.hyper == group.hyper and restored.states[0].stride == 4
     assert restored.estimate_warmup == 7 and restored.states[0].warmup == 7
     assert torch.equal(restored.states[0].grad_sum, group.states[0].grad_sum)
+    flat_sampled = group.state_dict()  # x_0 as metaopt < 0.3.3 sampled it (the flat vector's every 4th entry)
+    for s, p in zip(flat_sampled["states"], group.params):
+        s["start"] = p[::4].clone()
+    if flat_sampled["states"][0]["start"].numel() != group.states[0].start.numel():
+        with pytest.raises(ValueError, match="start the run afresh"):
+            TaskGroup.from_state_dict(flat_sampled)
     old = group.state_dict()
     del old["estimate_warmup"], old["d0"]
     assert TaskGroup.from_state_dict(old).states[0].warmup == 0 and TaskGroup.from_state_dict(old).hyper.d0 == core.D0
@@ -150,7 +157,7 @@ def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tm
     """tasks.per_tensor: meta-training's inner optimizer keeps every tensor's own estimate as
     GMNOptimizer(per_tensor=a) does; a checkpointed group resumes bit for bit (each tensor's estimate and
     its gradient sum included); a short meta-training run in this mode takes its steps; without lr-free
-    (or with a strided estimate) the option is refused."""
+    the option is refused; with a strided estimate each tensor's sum holds its sampled entries only."""
     cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.5", "tasks.estimate_every=2",
                                          "tasks.estimate_warmup=2"])
     group = _draw(cfg, 0, False)
@@ -175,7 +182,13 @@ def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tm
     result = train(resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.7", "meta.steps=2",
                                                   f'out_dir="{tmp_path}"']))
     assert result["step"] == 2 and result["skipped_total"] == 0 and math.isfinite(result["meta_loss"])
-    for bad in (["tasks.per_tensor=0.5"], ["tasks.lr_free=true", "tasks.per_tensor=1.5"],
-                ["tasks.lr_free=true", "tasks.per_tensor=0.5", "tasks.estimate_stride=2"]):
+    strided = _draw(resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.5",
+                                                   "tasks.estimate_stride=3"]), 0, False)
+    want = sum(-(-n // 3) for n in strided.numels)
+    assert all(s.tensor_grad_sum.numel() == s.start.numel() == want for s in strided.states)
+    for _ in range(5):  # the first estimate is at x_0 (no gap yet): the estimates grow from the second on
+        inner_step(rule, [strided], batched_graph(rule, [strided]), 0, [strided.next_batches()])
+    assert all(e.d > core.D0 for e in strided.states[0].tensor_distances.estimates)
+    for bad in (["tasks.per_tensor=0.5"], ["tasks.lr_free=true", "tasks.per_tensor=1.5"]):
         with pytest.raises(ValueError, match="per_tensor"):
             resolve("quick", None, SETS + bad)

@@ -50,8 +50,9 @@ class OptState:
     lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam)
     step: int = 0
     # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars. With
-    # ``stride`` k > 1 the estimate reads every k-th edge (flat positions 0, k, 2k, ...: Prodigy's
-    # ``slice_p``), and ``start`` / ``grad_sum`` hold only those, ceil(E / k) entries each; with
+    # ``stride`` k > 1 the estimate reads every k-th entry of each tensor from its first (Prodigy's
+    # ``slice_p``; `sample_entries`, tensors of ``sizes``), and ``start`` / ``grad_sum`` (and
+    # ``tensor_grad_sum``) hold only those, sum of ceil(n_i / k) entries; with
     # ``every`` j > 1 it is taken on each of the first ``warmup`` steps and then on every j-th step only
     # (`estimate_span`).
     start: Tensor | None = None
@@ -59,30 +60,41 @@ class OptState:
     distance: "DistanceEstimate | None" = None
     stride: int = 1
     every: int = 1
-    # lr-free with ``per_tensor`` > 0 (`TensorDistances`): each tensor's own estimate and its gradient sum [E]
+    # lr-free with ``per_tensor`` > 0 (`TensorDistances`): each tensor's own estimate and its gradient sum
+    # (as ``grad_sum``: [E], or the sampled entries with ``stride`` > 1)
     tensor_distances: "TensorDistances | None" = None
     tensor_grad_sum: Tensor | None = None
     warmup: int = ESTIMATE_WARMUP  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
+    sizes: tuple[int, ...] = ()  # the tensors' entries in flat order, which ``stride`` samples (() = one tensor)
+
+    def sample(self, flat: Tensor) -> Tensor:
+        """The entries of a flat [E] vector the estimate reads (`sample_entries`)."""
+        return sample_entries(flat, self.sizes, self.stride)
 
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
               warmup: int = ESTIMATE_WARMUP, d0: float = D0) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
-        estimate reading every ``stride``-th edge on every ``every``-th step after the first ``warmup``
-        (default `ESTIMATE_WARMUP`), starting at ``d0`` (default `D0`); with ``per_tensor`` > 0 also one
-        estimate per tensor (``sizes``: the tensors' entries in flat order, summing to ``num_edges``)."""
+        estimate reading every ``stride``-th entry of each tensor (``sizes``: the tensors' entries in flat
+        order, summing to ``num_edges``; () = one tensor) on every ``every``-th step after the first
+        ``warmup`` (default `ESTIMATE_WARMUP`), starting at ``d0`` (default `D0`); with ``per_tensor`` > 0
+        also one estimate per tensor (``sizes`` required)."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
         check_d0(d0)
+        sizes = tuple(int(n) for n in sizes)
+        if sizes and sum(sizes) != num_edges:
+            raise ValueError(f"OptState.zeros: the tensor sizes (which per_tensor and estimate_stride read) sum to "
+                             f"{sum(sizes)}, not to the {num_edges} edges.")
         tensors = None
         if per_tensor:
-            if start is None or stride != 1 or sum(sizes) != num_edges:
-                raise ValueError("OptState.zeros: per_tensor needs the lr-free start, estimate_stride 1 and the "
-                                 f"tensor sizes summing to {num_edges} edges (got {sum(sizes)}).")
+            if start is None or not sizes:
+                raise ValueError("OptState.zeros: per_tensor needs the lr-free start and the tensor sizes "
+                                 f"(summing to {num_edges} edges).")
             tensors = TensorDistances.fresh(per_tensor, sizes, d0)
-        start = None if start is None else start.detach()[::stride].clone()
+        start = None if start is None else sample_entries(start.detach(), sizes, stride).clone()
         return cls(
             torch.zeros(num_edges, device=device),
             torch.zeros(num_edges, device=device),
@@ -94,8 +106,9 @@ class OptState:
             stride,
             every,
             tensors,
-            None if tensors is None else torch.zeros(num_edges, device=device),
+            None if tensors is None else torch.zeros_like(start, device=device),
             warmup,
+            sizes,
         )
 
     def detach(self) -> "OptState":
@@ -105,8 +118,24 @@ class OptState:
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("step", "distance", "stride", "every", "tensor_distances", "warmup")
+                if f.name not in ("step", "distance", "stride", "every", "tensor_distances", "warmup", "sizes")
                 and getattr(self, f.name) is not None}
+
+
+def sample_entries(flat: Tensor, sizes: tuple[int, ...], stride: int) -> Tensor:
+    """Every ``stride``-th entry of each tensor of ``flat`` (``sizes``, in flat order; () = one tensor),
+    from its first, concatenated: Prodigy's ``slice_p``, which reads ``p.flatten()[::slice_p]`` of
+    every parameter, so no tensor goes unsampled. ``flat`` itself at stride 1."""
+    if stride == 1:
+        return flat
+    if len(sizes) <= 1:
+        return flat[::stride]
+    return torch.cat([t[::stride] for t in flat.split(sizes)])
+
+
+def sampled_sizes(sizes: tuple[int, ...], stride: int) -> tuple[int, ...]:
+    """How many entries of each tensor `sample_entries` reads: ceil(n / stride)."""
+    return tuple(-(-n // stride) for n in sizes)
 
 
 def check_warmup(value: Any) -> int:
@@ -501,16 +530,17 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
             ms, vs = shrink_tensor_moments(list(m.split(tens.sizes)), list(v.split(tens.sizes)), tens.shrinks(est),
                                            inplace=False)
             m, v = torch.cat(ms), torch.cat(vs)
-        k, step = state.stride, state.step + 1
+        step = state.step + 1
         span = estimate_span(step, state.every, state.warmup)
         if span:
-            if tens is not None:
-                split = lambda t: list(t.split(tens.sizes))  # noqa: E731
-                new, sums = estimate_tensor_distances(split(params), split(grad), split(state.start),
+            xs, gs = state.sample(params), state.sample(grad)
+            if tens is not None:  # each tensor's own estimate from its own sampled entries
+                split = lambda t: list(t.split(sampled_sizes(tens.sizes, state.stride)))  # noqa: E731
+                new, sums = estimate_tensor_distances(split(xs), split(gs), split(state.start),
                                                       split(tensor_sum), list(tens.estimates), h, step,
                                                       inplace=False, span=span)
                 tens, tensor_sum = replace(tens, estimates=tuple(new)), torch.cat(sums)
-            est, (grad_sum,) = estimate_distance([params[::k]], [grad[::k]], [state.start], [state.grad_sum], est, h,
+            est, (grad_sum,) = estimate_distance([xs], [gs], [state.start], [state.grad_sum], est, h,
                                                  step, inplace=False, span=span)
         else:  # d stays; the moments are in its units after this step's shrink
             est = replace(est, last=est.d)

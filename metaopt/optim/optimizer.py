@@ -12,7 +12,6 @@ Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from itertools import accumulate
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -130,14 +129,15 @@ class GMNOptimizer(torch.optim.Optimizer):
     on top). ``opt.distance`` is the current ``d``. Two of Prodigy's options: ``growth_rate`` (a
     param-group hyperparameter, default inf) lets ``d`` grow by at most that factor per step, a
     warm-up (1.02-1.1); ``estimate_stride=k`` (Prodigy's ``slice_p``) computes the estimate from every
-    k-th parameter entry only, so its passes cost 1/k and the state is 3x + 2/k x the parameters. And
+    k-th entry of each parameter only, so its passes cost about 1/k and the state is about 3x + 2/k x the
+    parameters (3x + 3/k with ``per_tensor``). And
     one of this package: ``estimate_every=j`` takes the estimate on every j-th step only, each standing
     for the j steps since the last (`core.estimate_distance`'s ``span``), so between them a step costs
     what a fixed-lr step does; ``estimate_warmup=w`` (default 0) takes one on each of the first w steps too,
     where ``d`` grows fastest (then on steps w + j, w + 2j, ...). ``per_tensor=a`` (0 to 1, default 0):
     every parameter tensor also keeps its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a``
-    (`core.TensorDistances`); its gradient sum adds 1x the parameters to the state (6x), the estimate's
-    cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
+    (`core.TensorDistances`); its gradient sum adds 1x the parameters to the state (6x; 1/k with
+    ``estimate_stride=k``), the estimate's cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
     (1e-4) spends fewer of the first steps growing ``d``, at the risk of starting above the step a task takes.
     """
 
@@ -189,9 +189,9 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.per_tensor = core.check_share(per_tensor)
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
-        if self.per_tensor and (not lr_free or estimate_stride != 1 or spike_guard is not None):
+        if self.per_tensor and (not lr_free or spike_guard is not None):
             raise ValueError("GMNOptimizer: per_tensor shares the lr-free step between tensors; it needs lr_free=True "
-                             "and goes with neither estimate_stride > 1 nor spike_guard.")
+                             "and does not go with spike_guard.")
         if lr is None:  # lr-free: a multiplier of the estimate; else the rule's own default (1e-3 for Adam)
             lr = 1.0 if lr_free else rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
@@ -231,11 +231,9 @@ class GMNOptimizer(torch.optim.Optimizer):
                             + (("tensor_grad_sum",) if self.per_tensor else ()))
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
-        # lr_free: per parameter, which flattened entries the estimate reads (the network's flat positions
-        # 0, k, 2k, ..., as `core.advance` reads the flat vector) and how many (its x_0 and s entries)
-        offsets = [0, *accumulate(self._numels[:-1])]
-        self._estimate_slices = [slice(-o % self.estimate_stride, None, self.estimate_stride) for o in offsets]
-        self._sampled = [len(range(n)[sl]) for n, sl in zip(self._numels, self._estimate_slices)]
+        # lr_free: per parameter, how many flattened entries the estimate reads (every k-th from its first,
+        # as `core.sample_entries`): the entries of its x_0 and gradient sums
+        self._sampled = list(core.sampled_sizes(tuple(self._numels), self.estimate_stride))
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
         self._graph_cache: dict[str, tuple[Any, GraphIndex]] = {}
         self._finite_check: dict[torch.device, tuple[Tensor, Tensor]] = {}  # `_all_finite`'s (flag, 1.0) per device
@@ -330,6 +328,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     # ---- flat state ----------------------------------------------------------------------
     STATE_KEYS = ("exp_avg", "exp_avg_sq", "lr_scale")  # every optimizer's; self._state_keys adds lr_free's
     DISTANCE_KEYS = ("start", "grad_sum")  # lr_free: x_0 and Prodigy's gradient sum s
+    SAMPLED_KEYS = (*DISTANCE_KEYS, "tensor_grad_sum")  # the entries the estimate reads (estimate_stride)
 
     def _allocate(self, device: torch.device) -> None:
         """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
@@ -345,7 +344,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Point ``self.state[p]`` of every grouped parameter at its slice of the flat buffers."""
         b = self._buffers
         assert b is not None
-        self._views = {k: list(b[k].split(self._numels if k not in self.DISTANCE_KEYS else self._sampled))
+        self._views = {k: list(b[k].split(self._numels if k not in self.SAMPLED_KEYS else self._sampled))
                        for k in self._state_keys}
         self._segment_views: dict[tuple[int, ...], dict[str, list[Tensor]]] = {}
         for group in self.param_groups:
@@ -355,8 +354,8 @@ class GMNOptimizer(torch.optim.Optimizer):
                                                           for k in self._state_keys}}
 
     def _state_shape(self, key: str, i: int) -> tuple[int, ...]:
-        """The shape of a parameter's state entry: the parameter's, or (sampled,) for a strided x_0 / s."""
-        if key in self.DISTANCE_KEYS and self.estimate_stride > 1:
+        """The shape of a parameter's state entry: the parameter's, or (sampled,) for strided x_0 and sums."""
+        if key in self.SAMPLED_KEYS and self.estimate_stride > 1:
             return (self._sampled[i],)
         return tuple(self._params_all[i].shape)
 
@@ -568,9 +567,9 @@ class GMNOptimizer(torch.optim.Optimizer):
             return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
         if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
-            slices = self._estimate_slices
-            params = [p.detach().reshape(-1)[slices[i]] for (i, _, _), p in zip(entries, params)]
-            grads = [g.reshape(-1)[slices[i]] for (i, _, _), g in zip(entries, grads)]
+            k = self.estimate_stride
+            params = [p.detach().reshape(-1)[::k] for p in params]
+            grads = [g.reshape(-1)[::k] for g in grads]
         # Parameters without a gradient this step take no part (their x_0 - x and s stay as they are).
         new, _ = core.estimate_distance(
             [p.float() for p in params], [g.float() for g in grads],
@@ -724,7 +723,8 @@ class GMNOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} has {wrong} of shapes "
                     f"{[tuple(st[k].shape) for k in wrong]}, expected {[self._state_shape(k, i) for k in wrong]}"
-                    + (" (an lr-free state saved with another estimate_stride?)." if set(wrong) <= set(self.DISTANCE_KEYS)
+                    + (" (an lr-free state saved with another estimate_stride, or with a stride > 1 by metaopt "
+                       "< 0.3.3, which sampled other entries?)." if set(wrong) <= set(self.SAMPLED_KEYS)
                        else ".")
                 )
             buf["step"][i] = st["step"]
