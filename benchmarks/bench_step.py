@@ -30,6 +30,7 @@ from torch import nn
 from benchmarks.common import proc_status_bytes
 from metaopt.graph import to_graph
 from metaopt.optim import GMNOptimizer
+from metaopt.optim.optimizer import SHIPPED_LR_FREE
 from metaopt.optim.rules import resolve_rule
 
 
@@ -87,9 +88,14 @@ ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every",  # k
 PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0.7
 
 
+SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped lr-free rule in the mode it records
+
+
 def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
     """``gmnopt-<rule>[-lrfree[-stride<k>][-every<j>][-tensor<percent>]]`` -> (rule name, lr_free, options of the
-    estimate)."""
+    estimate); `SHIPPED_KIND` -> the shipped lr-free rule, lr-free with the options it records."""
+    if kind == SHIPPED_KIND:
+        return SHIPPED_LR_FREE, True, {}
     name, *rest = kind.split("-", 1)[1].split("-lrfree")
     options = {}
     for part in (rest[0].split("-")[1:] if rest else []):
@@ -213,6 +219,7 @@ LABELS = {
     "gmnopt-adam-lrfree": "GMNOptimizer, rule=\"adam\", lr_free=True (Prodigy)",
     "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
     "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
+    SHIPPED_KIND: "GMNOptimizer(model): rule=\"lrfree\" in its lr-free mode",
 }
 
 

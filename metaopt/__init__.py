@@ -9,4 +9,4 @@ __all__ = [
     "GMN", "GMNOutput", "PerParameterMLP",
     "GMNOptimizer", "UpdateRule",
 ]
-__version__ = "0.3.3"
+__version__ = "0.4.0"

@@ -119,7 +119,8 @@ class Comparison:
         self.lr_free_options = ({"lr_free": True, "growth_rate": cfg.tasks.growth_rate,
                                  "estimate_stride": cfg.tasks.estimate_stride,
                                  "estimate_every": cfg.tasks.estimate_every,
-                                 "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0} if self.lr_free else {})
+                                 "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0} if self.lr_free
+                                else {"lr_free": False})  # explicit: not the mode a rule may record
         per_tensor = cfg.tasks.per_tensor if per_tensor is None else per_tensor  # as the run's inner optimizer
         if per_tensor:  # GMNOptimizer's per_tensor
             if not self.lr_free:

@@ -9,7 +9,9 @@ backward, ``opt.step()``), timed whole on this process's thread(s), the optimize
 schedule a practitioner who knows the step budget would use) run over a log grid of learning rates
 and keep the lr with the lowest final training loss. Constant-lr tuned Adam stays the reference. Each rule runs through the real `GMNOptimizer`:
 
-- ``<rule>``: at its default lr, the rule's ``config.default_lr`` (what ``GMNOptimizer(model)`` gives),
+- ``<rule>``: at a fixed lr, its default, the rule's ``config.default_lr`` (what
+  ``GMNOptimizer(model, rule=rule, lr_free=False)`` gives; ``--lr-free`` adds the rule lr-free, with the
+  estimate options given here, else those the rule records, else plain Prodigy's),
   told the horizon (``total_steps=--steps``; ``--no-horizon``: not told), which only rules with
   horizon features read;
 - ``<rule>@best``: at its best lr on the same grid as Adam's;
@@ -60,8 +62,10 @@ def default_lr(rule: UpdateRule, kwargs: dict[str, Any] | None = None) -> float:
 
 
 def optimizer_options(kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """A row's GMNOptimizer keyword arguments (its ``multiplier`` is the lr the row runs at, not one of them)."""
-    return {k: v for k, v in (kwargs or {}).items() if k != "multiplier"}
+    """A row's GMNOptimizer keyword arguments (its ``multiplier`` is the lr the row runs at, not one of them);
+    the mode is always explicit: a plain row runs at a fixed lr whatever mode the rule records (its +lrfree
+    row runs it lr-free, with the options the rule records where the row gives none)."""
+    return {"lr_free": False, **{k: v for k, v in (kwargs or {}).items() if k != "multiplier"}}
 
 
 # lr_free rows tune the multiplier of the estimated step over powers of 3 around 1, so that the
@@ -400,7 +404,7 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
     tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
               f"(Adam/AdamW and rules@best {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
-              f"rules at their default lr (GMNOptimizer(model)) and at their best lr"
+              f"rules at their default lr (GMNOptimizer(model, rule=..., lr_free=False)) and at their best lr"
               f"{', under cosine decay over the horizon' if s.rule_schedule == 'cosine' else ''}; whole training loop timed, "
               f"torch threads {s.threads or 'not recorded'}.\n\n")
     if reused_from:  # timings from two runs: the machine's load may have differed between them

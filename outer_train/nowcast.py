@@ -72,7 +72,7 @@ def collect_one(spec: TaskSpec, steps: int, interval: int, lr: float, rule: str 
     else:
         from metaopt.optim import GMNOptimizer
 
-        opt = GMNOptimizer(model, rule=rule, lr=lr, graph=task.graph)
+        opt = GMNOptimizer(model, rule=rule, lr=lr, graph=task.graph, lr_free=False)
     flat = lambda: torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()  # noqa: E731
     states = [flat()]
     for i, batch in enumerate(islice(task.train_batches(spec.seed), steps)):

@@ -25,7 +25,7 @@ from torch import Tensor
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, SELECTION_SUITES, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
-from metaopt.optim.core import D0, ESTIMATE_WARMUP, DistanceEstimate, TensorDistances, sampled_sizes
+from metaopt.optim.core import D0, ESTIMATE_WARMUP, DistanceEstimate, TensorDistances, sampled_sizes, tensor_strides
 
 from .augment import permute_params
 from .config import TaskSection
@@ -194,7 +194,8 @@ class TaskGroup:
 
     def _sampled(self, start: Tensor) -> Tensor:
         """A checkpoint's x_0 (a copy), checked to hold the entries this group's estimate reads."""
-        want = sum(sampled_sizes(tuple(self.numels), self.estimate_stride))
+        sizes = tuple(self.numels)
+        want = sum(sampled_sizes(sizes, tensor_strides(sizes, self.estimate_stride, bool(self.per_tensor))))
         if start.numel() != want:
             raise ValueError(f"TaskGroup.from_state_dict: the lr-free start holds {start.numel()} entries, the estimate "
                              f"with estimate_stride {self.estimate_stride} reads {want}: a checkpoint of metaopt < 0.3.3, "

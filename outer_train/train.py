@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
+from metaopt.optim.optimizer import ESTIMATE_DEFAULTS
 from metaopt.optim.rules import GLOBAL_CORRECTION
 
 from . import checkpoint as ckpt
@@ -40,8 +41,27 @@ class MetaTrainingError(RuntimeError):
     """Meta-training cannot make progress (e.g. every meta-gradient is non-finite): the run stops."""
 
 
+def lr_free_mode(cfg: TrainConfig) -> dict[str, float] | None:
+    """The lr-free options the inner optimizer runs with (those that differ from plain Prodigy's), which
+    the rule records (`RuleConfig.lr_free`) so that ``GMNOptimizer(model, rule=DIR)`` runs it as it was
+    meta-trained; None at a fixed lr."""
+    t = cfg.tasks
+    if not t.lr_free:
+        return None
+    values = dict(growth_rate=t.growth_rate, estimate_stride=t.estimate_stride, estimate_every=t.estimate_every,
+                  estimate_warmup=t.estimate_warmup, per_tensor=t.per_tensor, d0=t.d0)
+    return {k: v for k, v in values.items() if v != ESTIMATE_DEFAULTS[k]}
+
+
 def build_rule(cfg: TrainConfig) -> UpdateRule:
-    """The rule to meta-train: from ``rule.init_from`` or freshly initialised from ``cfg.seed`` (same on every rank)."""
+    """The rule to meta-train: from ``rule.init_from`` or freshly initialised from ``cfg.seed`` (same on every
+    rank), recording the inner optimizer's mode (`lr_free_mode`)."""
+    rule = _initial_rule(cfg)
+    mode = lr_free_mode(cfg)
+    return rule.with_lr_free(mode) if rule.config.lr_free != mode else rule
+
+
+def _initial_rule(cfg: TrainConfig) -> UpdateRule:
     if cfg.rule.init_from:
         rule = UpdateRule.from_pretrained(cfg.rule.init_from)
         if rule.config.kind != cfg.rule.arch:

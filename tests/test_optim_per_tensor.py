@@ -79,11 +79,13 @@ def _task() -> ModelTask:
 
 
 @pytest.mark.parametrize("stride", [1, 3])
-def test_core_step_equals_the_optimizer(stride: int) -> None:
+def test_core_step_equals_the_optimizer(stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Six steps of a rule (alpha != 0, refresh every 2, a correction of d) lr-free with per_tensor, the
-    estimate every second step after 3 warm-up steps (reading every entry, or every third of each tensor),
-    non-default betas, eps and weight decay: the functional core (meta-training's form) and the optimizer
-    agree on the parameters, the whole state and every tensor's estimate."""
+    estimate every second step after 3 warm-up steps (reading every entry, or every third of the tensors
+    large enough and more of the others: strides 3, 2 and 1 here), non-default betas, eps and weight decay:
+    the functional core (meta-training's form) and the optimizer agree on the parameters, the whole state
+    and every tensor's estimate."""
+    monkeypatch.setattr(core, "MIN_TENSOR_SAMPLE", 4)  # this task's tensors (3-48 entries) at mixed strides
     task = _task()
     torch.manual_seed(0)
     rule = UpdateRule(RuleConfig(kind="gmn", hidden=8, alpha=0.5, refresh_every=2, global_bound=0.05,
@@ -99,7 +101,9 @@ def test_core_step_equals_the_optimizer(stride: int) -> None:
     sizes = tuple(p.numel() for p in model.parameters())
     state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=share, sizes=sizes, warmup=3,
                            stride=stride)
-    assert state.start.numel() == sum(-(-n // stride) for n in sizes) == sum(opt._sampled)
+    strides = core.tensor_strides(sizes, stride, True)
+    assert set(strides) == ({1} if stride == 1 else {1, 2, 3})
+    assert state.start.numel() == sum(-(-n // k) for n, k in zip(sizes, strides)) == sum(opt._sampled)
     # as if well into a run (from d0 = 1e-6 six steps barely move): d = 1e-3, each tensor's own around it,
     # numerators as if the run had come far, so that the estimates grow
     d0 = 1e-3
@@ -133,10 +137,12 @@ def test_core_step_equals_the_optimizer(stride: int) -> None:
 
 
 @pytest.mark.parametrize("stride", [1, 4])
-def test_state_dict_resumes_exactly_and_state_is_3x_plus_3_over_k(stride: int) -> None:
+def test_state_dict_resumes_exactly_and_state_is_3x_plus_3_over_k(stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """x_0 and both gradient sums hold the sampled entries only: 6x the parameters at stride 1, 3x plus
-    three times ceil(n / k) per tensor at stride k (every tensor sampled from its first entry); the state
-    resumes bit for bit, and a state saved with another stride is refused."""
+    three times ceil(n / k) per tensor at stride k (every tensor sampled from its first entry), a tensor
+    too small for k samples of MIN_TENSOR_SAMPLE read more densely; the state resumes bit for bit, and a
+    state saved with another stride is refused."""
+    monkeypatch.setattr(core, "MIN_TENSOR_SAMPLE", 4)  # at this model's size: strides 4, and 1 for the 3 biases
     model = _normed()
     opt = GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=4, per_tensor=0.5, estimate_stride=stride)
     _train(model, opt, 18)  # inside a block of 4
@@ -148,12 +154,13 @@ def test_state_dict_resumes_exactly_and_state_is_3x_plus_3_over_k(stride: int) -
     for pa, pb in zip(model.parameters(), clone.parameters()):
         assert torch.equal(pa, pb)
     numels = [p.numel() for p in model.parameters()]
-    sampled = sum(-(-n // stride) for n in numels)
+    sampled = sum(-(-n // stride) if n >= 4 * stride else n for n in numels)
     assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 3 * sum(numels) + 3 * sampled
     rows = opt.state[TENSOR_DISTANCES]
     assert bool((rows[:, 1] > 10 * core.D0).all())  # every tensor's own estimate grew, the 3-entry bias's too
     if stride > 1:
-        assert opt.state[model[3].bias]["tensor_grad_sum"].shape == (1,)
+        assert opt.state[model[0].weight]["tensor_grad_sum"].shape == (80 // 4,)
+        assert opt.state[model[3].bias]["tensor_grad_sum"].shape == (3,)  # 3 entries: all read
         with pytest.raises(ValueError, match="another estimate_stride"):
             GMNOptimizer(_normed(), rule="adam", lr_free=True, per_tensor=0.5).load_state_dict(opt.state_dict())
 
@@ -189,3 +196,30 @@ def test_each_tensors_moments_and_step_follow_its_own_blended_step_size() -> Non
     m, v = [torch.ones(3), torch.ones(2)], [torch.ones(3), torch.ones(2)]
     core.shrink_tensor_moments(m, v, [0.5, 0.25], inplace=True)
     assert m[0].tolist() == [0.5] * 3 and v[1].tolist() == [0.0625] * 2
+
+
+def test_small_tensors_are_read_whole_and_the_network_estimate_counts_each_sample_by_its_stride() -> None:
+    """With per-tensor estimates a strided estimate reads every k-th entry of a large tensor but at least
+    MIN_TENSOR_SAMPLE of a smaller one (a LayerNorm gain whole): from a handful of entries a tensor's own
+    estimate runs away. The network's estimate counts each tensor's sampled sums ``stride`` times, so a
+    sample denser in small tensors still weighs tensors by their size; one stride for all is Prodigy's."""
+    m = core.MIN_TENSOR_SAMPLE
+    assert core.tensor_strides((32, 10 * m, 100 * m, 3 * m), 10, True) == (1, 10, 10, 3)
+    assert core.tensor_strides((32, 10 * m), 10, False) == (10, 10)  # Prodigy's slice_p: one stride
+    assert core.tensor_strides((32, 10 * m), 1, True) == (1, 1)
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(6, generator=g), torch.randn(4, generator=g)]
+    grads = [torch.randn(6, generator=g), torch.randn(4, generator=g)]
+    start = [p + 0.1 * torch.randn(p.shape, generator=g) for p in params]
+    h, est = Hyper(1.0), core.DistanceEstimate(1.0, d=1e-3, last=1e-3)
+
+    def d_of(strides):
+        sums = [torch.zeros_like(p) for p in params]
+        return core.estimate_distance(params, grads, start, sums, est, h, 5, inplace=False, strides=strides)[0].d
+    w = core._estimate_weight(est, h, 5, 1)
+    decay = 0.999**0.5
+    dots = [float(torch.dot(gr, s - p)) for gr, s, p in zip(grads, start, params)]
+    norms = [float((w * gr).abs().sum()) for gr in grads]
+    want = (decay * 1.0 + w * (dots[0] + 3 * dots[1])) / (norms[0] + 3 * norms[1])
+    assert d_of([1, 3]) == pytest.approx(max(want, 1e-3), rel=1e-5)
+    assert d_of([2, 2]) == pytest.approx(d_of(None), rel=1e-6)  # one stride for all cancels

@@ -27,15 +27,19 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
     assert GMNOptimizer(mlp(), rule="adam").rule.is_identity
 
 
-def test_optimizer_state_is_three_times_the_parameters():
+@pytest.mark.parametrize("kwargs,keys,times", [
+    ({"lr": 1e-3}, ["exp_avg", "exp_avg_sq", "lr_scale"], 3),  # the fixed-lr GMN rule
+    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),  # GMNOptimizer(model)
+])
+def test_optimizer_state_is_three_times_the_parameters_at_a_fixed_lr_and_six_lr_free(kwargs, keys, times):
     torch.manual_seed(0)
     model = mlp()
-    opt = GMNOptimizer(model)  # the shipped GMN rule
+    opt = GMNOptimizer(model, **kwargs)
     model(torch.randn(2, 64)).sum().backward()
     opt.step()
     n = sum(p.numel() for p in model.parameters())
-    assert sorted(opt._buffers) == ["exp_avg", "exp_avg_sq", "lr_scale", "step"]
-    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 3 * n
+    assert sorted(opt._buffers) == sorted([*keys, "step"])
+    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == times * n
     assert opt.rule_refreshes == 1
 
 

@@ -1,13 +1,17 @@
 """Rules shipped in the package: "adam" is exactly Adam; "default" (GMN) and "mlp" (the per-parameter
-baseline) are meta-trained lr-scale rules that load, change the update and train; the names of
-earlier releases are gone."""
+baseline) are meta-trained lr-scale rules that load, change the update and train; "lrfree" is the GMN
+rule GMNOptimizer(model) runs, in the lr-free mode it records; the names of earlier releases are gone."""
+
+import shutil
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from metaopt import GMNOptimizer
-from metaopt.optim import RuleCheckpointError, UpdateRule
+from metaopt.optim import RuleCheckpointError, RuleConfig, UpdateRule, core
+from metaopt.optim.make_default import LR_FREE_RULE_DIR, write_lr_free_rule
 from metaopt.optim.rules import PRETRAINED_DIR, shipped_rules
 from training_loop import train_losses
 
@@ -21,7 +25,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "adam", "mlp"}
+    assert set(shipped_rules()) == {"default", "lrfree", "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
 
@@ -44,3 +48,81 @@ def test_meta_trained_rules_load_and_change_the_update():
         assert losses[-1] < losses[0]
         diff = max((a - b).abs().max().item() for a, b in zip(adam.parameters(), learned.parameters()))
         assert diff > 1e-6, f"{name}: a meta-trained rule must differ from Adam"
+
+
+SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}
+
+
+def test_nothing_passed_runs_the_lr_free_rule_in_its_mode_and_trains():
+    """GMNOptimizer(model): the shipped lr-free rule, lr-free with the options it records, the lr a
+    multiplier of 1; the loss goes down and the estimate grows from d0."""
+    opts = []
+    _, losses = _train(lambda m: opts.append(GMNOptimizer(m)) or opts[-1], steps=60)
+    opt = opts[0]
+    assert opt.rule.config.lr_free == SHIPPED_MODE and opt.rule.config.kind == "gmn"
+    assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
+    assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 1, 0.7)
+    assert opt.distance > 100 * core.D0 and opt.rule_fallbacks == 0 and opt.rule_refreshes == 1
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_an_lr_picks_the_fixed_lr_rule_and_explicit_choices_win():
+    """With an lr and no rule: the fixed-lr GMN rule at that lr (as before the lr-free default);
+    lr_free=False alone: that rule at its default lr; rule="adam": Adam; an option passed overrides the
+    rule's mode; lr_free=False runs even the lr-free rule at a fixed lr, and options then are refused."""
+    model = nn.Linear(4, 2)
+    fixed = GMNOptimizer(model, lr=3e-3)
+    assert not fixed.lr_free and fixed.rule.config.lr_free is None and fixed.param_groups[0]["lr"] == 3e-3
+    assert fixed.rule.config.to_dict() == UpdateRule.default().config.to_dict()
+    plain = GMNOptimizer(model, lr_free=False)
+    assert not plain.lr_free and plain.param_groups[0]["lr"] == UpdateRule.default().config.default_lr
+    assert not GMNOptimizer(model, rule="adam").lr_free
+    own = GMNOptimizer(model, per_tensor=0.0, estimate_every=5)
+    assert own.lr_free and (own.per_tensor, own.estimate_every, own.estimate_stride) == (0.0, 5, 1)
+    prodigy = GMNOptimizer(model, rule="adam", lr_free=True)  # a rule without a mode: plain Prodigy's options
+    assert (prodigy.per_tensor, prodigy.estimate_every, prodigy.estimate_stride) == (0.0, 1, 1)
+    at_lr = GMNOptimizer(model, rule="lrfree", lr_free=False, lr=1e-3)
+    assert not at_lr.lr_free and at_lr.per_tensor == 0.0
+    with pytest.raises(ValueError, match="pass lr_free=True"):
+        GMNOptimizer(model, rule="lrfree", lr_free=False, per_tensor=0.7)
+    with pytest.raises(TypeError, match="lr_free"):
+        GMNOptimizer(model, lr_free="yes")
+
+
+def test_a_small_lr_for_the_lr_free_rule_warns_and_spike_guard_needs_per_tensor_off():
+    """rule="lrfree" with lr=1e-3 (likely meant as Adam's lr) runs lr-free at a 1000x smaller step and
+    says so; a multiplier near 1 or an explicit lr_free=True does not warn. The spike guard does not go
+    with per-tensor estimates: the error names the rule's mode and the way out."""
+    model = nn.Linear(4, 2)
+    with pytest.warns(UserWarning, match="lr multiplies the estimated step"):
+        opt = GMNOptimizer(model, rule="lrfree", lr=1e-3)
+    assert opt.lr_free and opt.param_groups[0]["lr"] == 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GMNOptimizer(model, rule="lrfree", lr=0.5)
+        GMNOptimizer(model, rule="lrfree", lr=1e-3, lr_free=True)
+    with pytest.raises(ValueError, match="rule's lr-free mode.*per_tensor=0"):
+        GMNOptimizer(model, spike_guard=3.0)
+    assert GMNOptimizer(model, spike_guard=3.0, per_tensor=0.0).spike_guard == 3.0
+
+
+def test_the_mode_round_trips_and_bad_modes_are_refused(tmp_path):
+    """RuleConfig.lr_free is stored in config.json and read back; a rule saved without it is a fixed-lr
+    rule; unknown option names are refused. The shipped lr-free rule is its source rule's weights with
+    the mode recorded (make_default's writer reproduces it)."""
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4)).with_lr_free({"estimate_every": 4})
+    back = UpdateRule.from_pretrained(rule.save_pretrained(tmp_path / "r"))
+    assert back.config.lr_free == {"estimate_every": 4}
+    assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.lr_free is None
+    with pytest.raises(ValueError, match="lr_free"):
+        RuleConfig(lr_free={"lr": 1.0})
+    shipped = UpdateRule.from_pretrained(LR_FREE_RULE_DIR)
+    source = tmp_path / "source"
+    shipped.with_lr_free(None).save_pretrained(source)
+    shutil.copy2(LR_FREE_RULE_DIR / "train_config.json", source / "train_config.json")
+    out = write_lr_free_rule(source, SHIPPED_MODE, tmp_path / "lrfree")
+    again = UpdateRule.from_pretrained(out)
+    assert again.config.to_dict() == shipped.config.to_dict() and (out / "train_config.json").is_file()
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), shipped.state_dict().values()))
+    with pytest.raises(ValueError, match="options"):
+        write_lr_free_rule(source, {}, tmp_path / "empty")

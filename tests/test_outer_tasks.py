@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from metaopt import GMNOptimizer
 from metaopt.optim import RuleConfig, UpdateRule, core
 from outer_train.config import resolve
 from outer_train.tasks import TaskGroup, TaskSampler
@@ -153,7 +154,8 @@ def test_lr_free_estimate_options_reach_groups_and_survive_checkpoints() -> None
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.d0=0.0"])
 
 
-def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tmp_path: Path) -> None:
+def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """tasks.per_tensor: meta-training's inner optimizer keeps every tensor's own estimate as
     GMNOptimizer(per_tensor=a) does; a checkpointed group resumes bit for bit (each tensor's estimate and
     its gradient sum included); a short meta-training run in this mode takes its steps; without lr-free
@@ -180,11 +182,18 @@ def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tm
     for a, b in zip(restored.params, group.params):
         assert torch.equal(a, b)
     result = train(resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.7", "meta.steps=2",
-                                                  f'out_dir="{tmp_path}"']))
+                                                  "tasks.estimate_every=5", f'out_dir="{tmp_path}"']))
     assert result["step"] == 2 and result["skipped_total"] == 0 and math.isfinite(result["meta_loss"])
+    # the rule records the mode it was meta-trained in, and GMNOptimizer runs it so by default
+    rule = UpdateRule.from_pretrained(Path(result["run_dir"]) / "rule")
+    assert rule.config.lr_free == {"per_tensor": 0.7, "estimate_every": 5}
+    opt = GMNOptimizer(torch.nn.Linear(3, 2), rule=rule)
+    assert opt.lr_free and (opt.per_tensor, opt.estimate_every, opt.param_groups[0]["lr"]) == (0.7, 5, 1.0)
+    monkeypatch.setattr(core, "MIN_TENSOR_SAMPLE", 4)  # the quick tasks' small tensors read every 3rd entry too
     strided = _draw(resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.5",
                                                    "tasks.estimate_stride=3"]), 0, False)
-    want = sum(-(-n // 3) for n in strided.numels)
+    want = sum(-(-n // 3) if n >= 12 else n for n in strided.numels)
+    assert want < sum(strided.numels)
     assert all(s.tensor_grad_sum.numel() == s.start.numel() == want for s in strided.states)
     for _ in range(5):  # the first estimate is at x_0 (no gap yet): the estimates grow from the second on
         inner_step(rule, [strided], batched_graph(rule, [strided]), 0, [strided.next_batches()])

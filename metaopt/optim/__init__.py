@@ -1,9 +1,11 @@
 """The learned optimizer: features, update rules, the update core and `GMNOptimizer`.
 
-The rule shipped as ``rule="default"`` (``pretrained/default``) is a GMN rule meta-trained on CPU
-by ``outer_train`` (docs/optim.md gives its budget and held-out evaluation); ``rule="adam"`` is
-the untrained rule (alpha = 0), with which ``GMNOptimizer`` computes exactly Adam (AdamW with
-weight decay), bit for bit.
+``GMNOptimizer(model)`` runs the shipped lr-free GMN rule (``rule="lrfree"``, ``pretrained/lrfree``:
+meta-trained lr-free by ``outer_train``, its correction of the step size tuned by full-horizon ES) in
+the lr-free mode it records: no lr to tune. ``rule="default"`` (``pretrained/default``) is the GMN rule
+meta-trained at a fixed lr, what an ``lr=`` without a rule runs; docs/optim.md gives their budgets and
+held-out evaluations. ``rule="adam"`` is the untrained rule (alpha = 0), with which ``GMNOptimizer``
+computes exactly Adam (AdamW with weight decay), bit for bit.
 """
 
 from . import core

@@ -69,7 +69,8 @@ class OptState:
 
     def sample(self, flat: Tensor) -> Tensor:
         """The entries of a flat [E] vector the estimate reads (`sample_entries`)."""
-        return sample_entries(flat, self.sizes, self.stride)
+        sizes = self.sizes or (flat.numel(),)
+        return sample_entries(flat, sizes, tensor_strides(sizes, self.stride, self.tensor_distances is not None))
 
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
@@ -94,7 +95,9 @@ class OptState:
                 raise ValueError("OptState.zeros: per_tensor needs the lr-free start and the tensor sizes "
                                  f"(summing to {num_edges} edges).")
             tensors = TensorDistances.fresh(per_tensor, sizes, d0)
-        start = None if start is None else sample_entries(start.detach(), sizes, stride).clone()
+        if start is not None:
+            whole = sizes or (num_edges,)
+            start = sample_entries(start.detach(), whole, tensor_strides(whole, stride, bool(per_tensor))).clone()
         return cls(
             torch.zeros(num_edges, device=device),
             torch.zeros(num_edges, device=device),
@@ -122,20 +125,36 @@ class OptState:
                 and getattr(self, f.name) is not None}
 
 
-def sample_entries(flat: Tensor, sizes: tuple[int, ...], stride: int) -> Tensor:
-    """Every ``stride``-th entry of each tensor of ``flat`` (``sizes``, in flat order; () = one tensor),
-    from its first, concatenated: Prodigy's ``slice_p``, which reads ``p.flatten()[::slice_p]`` of
-    every parameter, so no tensor goes unsampled. ``flat`` itself at stride 1."""
-    if stride == 1:
+# With per-tensor estimates and a strided estimate, each tensor's own estimate reads at least this many of
+# its entries (all of a smaller one). From a handful of entries its gradient sum can cancel while its
+# numerator grows: a 32-entry LayerNorm gain read every 10th entry ran its d_i to 4,700x the network's d
+# within 1,000 steps and the held-out Transformer diverged (docs/optim.md, "Per-tensor estimates from a
+# sample").
+MIN_TENSOR_SAMPLE = 128
+
+
+def tensor_strides(sizes: tuple[int, ...], stride: int, per_tensor: bool) -> tuple[int, ...]:
+    """The stride of each tensor's sample: ``stride`` (Prodigy's ``slice_p``), or with per-tensor
+    estimates at most ``n // MIN_TENSOR_SAMPLE`` (and at least 1)."""
+    if not per_tensor or stride == 1:
+        return (stride,) * len(sizes)
+    return tuple(max(1, min(stride, n // MIN_TENSOR_SAMPLE)) for n in sizes)
+
+
+def sample_entries(flat: Tensor, sizes: tuple[int, ...], strides: tuple[int, ...]) -> Tensor:
+    """Every ``strides[i]``-th entry of tensor i of ``flat`` (``sizes``, in flat order), from its first,
+    concatenated: Prodigy's ``slice_p``, which reads ``p.flatten()[::slice_p]`` of every parameter, so
+    no tensor goes unsampled. ``flat`` itself where every stride is 1."""
+    if all(k == 1 for k in strides):
         return flat
-    if len(sizes) <= 1:
-        return flat[::stride]
-    return torch.cat([t[::stride] for t in flat.split(sizes)])
+    if len(sizes) == 1:
+        return flat[::strides[0]]
+    return torch.cat([t[::k] for t, k in zip(flat.split(sizes), strides)])
 
 
-def sampled_sizes(sizes: tuple[int, ...], stride: int) -> tuple[int, ...]:
+def sampled_sizes(sizes: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, ...]:
     """How many entries of each tensor `sample_entries` reads: ceil(n / stride)."""
-    return tuple(-(-n // stride) for n in sizes)
+    return tuple(-(-n // k) for n, k in zip(sizes, strides))
 
 
 def check_warmup(value: Any) -> int:
@@ -296,10 +315,12 @@ class DistanceEstimate:
 
 def estimate_distance(
     params: list[Tensor], grads: list[Tensor], start: list[Tensor], grad_sum: list[Tensor], est: DistanceEstimate,
-    h: Hyper, step: int, inplace: bool, span: int = 1,
+    h: Hyper, step: int, inplace: bool, span: int = 1, strides: list[int] | None = None,
 ) -> tuple[DistanceEstimate, list[Tensor]]:
     """The estimate after this step's gradient at ``params`` (before they move; ``start`` is x_0), and
-    ``s``, per tensor of the lists. ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by
+    ``s``, per tensor of the lists. ``strides`` (one per tensor; per-tensor estimates' `tensor_strides`):
+    each tensor's sampled sums count ``stride`` times, so that a sample denser in small tensors still
+    weighs every tensor by its size (one stride for all cancels in ``d``, as Prodigy's ``slice_p``). ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by
     default; a constant one cancels in ``d``, a schedule reweighs the steps). As Prodigy
     (``use_bias_correction=True``), this step still moves by the old ``d``, the new one from the next
     step. In place, ``grad_sum`` is updated (`_estimate_terms`); ``d`` takes no gradients (a float).
@@ -314,7 +335,11 @@ def estimate_distance(
     # the estimate stops being finite and d stays where it is, rather than a foreach op raising
     w = _estimate_weight(est, h, step, span)
     dots, norms, s = _estimate_terms(params, grads, start, grad_sum, w, decay, inplace)
-    dot_f, norm_f = torch.stack([torch.stack(dots).sum(), torch.stack(norms).sum()]).tolist()  # one host sync
+    dots, norms = torch.stack(dots), torch.stack(norms)
+    if strides is not None and len(set(strides)) > 1:
+        counts = torch.tensor(strides, dtype=dots.dtype, device=dots.device)
+        dots, norms = dots * counts, norms * counts
+    dot_f, norm_f = torch.stack([dots.sum(), norms.sum()]).tolist()  # one host sync
     return _next_estimate(est, dot_f, norm_f, w, decay, h, span), s
 
 
@@ -534,14 +559,20 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
         span = estimate_span(step, state.every, state.warmup)
         if span:
             xs, gs = state.sample(params), state.sample(grad)
-            if tens is not None:  # each tensor's own estimate from its own sampled entries
-                split = lambda t: list(t.split(sampled_sizes(tens.sizes, state.stride)))  # noqa: E731
+            if tens is None:
+                est, (grad_sum,) = estimate_distance([xs], [gs], [state.start], [state.grad_sum], est, h,
+                                                     step, inplace=False, span=span)
+            else:  # per tensor, as the optimizer's views: each tensor's own estimate from its own sample, and
+                # the network's from the same samples, each tensor's sums counted by its stride
+                strides = tensor_strides(tens.sizes, state.stride, True)
+                split = lambda t: list(t.split(sampled_sizes(tens.sizes, strides)))  # noqa: E731
                 new, sums = estimate_tensor_distances(split(xs), split(gs), split(state.start),
                                                       split(tensor_sum), list(tens.estimates), h, step,
                                                       inplace=False, span=span)
                 tens, tensor_sum = replace(tens, estimates=tuple(new)), torch.cat(sums)
-            est, (grad_sum,) = estimate_distance([xs], [gs], [state.start], [state.grad_sum], est, h,
-                                                 step, inplace=False, span=span)
+                est, sums = estimate_distance(split(xs), split(gs), split(state.start), split(state.grad_sum), est, h,
+                                              step, inplace=False, span=span, strides=list(strides))
+                grad_sum = torch.cat(sums)
         else:  # d stays; the moments are in its units after this step's shrink
             est = replace(est, last=est.d)
             tens = None if tens is None else tens.held()

@@ -1,19 +1,31 @@
-"""Write the shipped exact-Adam rule: ``python -m metaopt.optim.make_default [--kind none]``.
+"""Write the shipped rules that are made, not meta-trained, here: ``python -m metaopt.optim.make_default``.
 
-``rule="adam"`` (``pretrained/adam``) is an UNTRAINED rule with alpha = 0: the learned residual is
-identically zero, so `GMNOptimizer` computes exactly Adam (AdamW with weight decay), bit for bit.
-Kind "none" needs no network; "gmn"/"mlp" store a randomly initialised network that alpha = 0
-leaves unused (a starting point with the right architecture).
+``rule="adam"`` (``pretrained/adam``; ``--kind none``) is an UNTRAINED rule with alpha = 0: the learned
+residual is identically zero, so `GMNOptimizer` computes exactly Adam (AdamW with weight decay), bit for
+bit. Kind "none" needs no network; "gmn"/"mlp" store a randomly initialised network that alpha = 0 leaves
+unused (a starting point with the right architecture).
+
+``--lr-free-from DIR`` writes ``pretrained/lrfree``, what ``GMNOptimizer(model)`` runs: the rule in DIR
+(its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
+
+    python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \
+        --estimate-every 10 --per-tensor 0.7 \
+        --record docs/figures/optim/lr_free/rule_gmn_lrfree_e10_s200/train_config.json \
+        --record docs/figures/optim/lr_free/rule_gmn_lrfree_e10_s200/train_metrics.jsonl \
+        --record docs/figures/optim/lr_free/full_es_global/log.json:train_full_es.json
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import torch
 
-from .rules import ADAM_RULE_DIR, RuleConfig, UpdateRule
+from .rules import ADAM_RULE_DIR, PRETRAINED_DIR, RuleConfig, UpdateRule
+
+LR_FREE_RULE_DIR = PRETRAINED_DIR / "lrfree"
 
 
 def write_adam_rule(directory: Path = ADAM_RULE_DIR, kind: str = "none", seed: int = 0) -> Path:
@@ -22,12 +34,44 @@ def write_adam_rule(directory: Path = ADAM_RULE_DIR, kind: str = "none", seed: i
     return UpdateRule(RuleConfig(kind=kind, alpha=0.0)).save_pretrained(directory)
 
 
+def write_lr_free_rule(source: Path, options: dict[str, float], directory: Path = LR_FREE_RULE_DIR,
+                       records: dict[str, Path] | None = None) -> Path:
+    """Save the rule in ``source`` with ``options`` as its lr-free mode to ``directory``, with the
+    source's training records (``train_*``) and ``records`` (name in the directory -> file: how the
+    rule was made) beside it; returns the directory."""
+    if not options:
+        raise ValueError("write_lr_free_rule: give the lr-free estimate's options the rule was tuned with "
+                         "(e.g. estimate_every=10, per_tensor=0.7); an empty mode is plain Prodigy.")
+    rule = UpdateRule.from_pretrained(source).with_lr_free(options)
+    out = rule.save_pretrained(directory)
+    copies = {f.name: f for f in sorted(Path(source).glob("train_*"))} | dict(records or {})
+    for name, record in copies.items():
+        shutil.copy2(record, out / name)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kind", default="none", choices=["gmn", "mlp", "none"])
-    ap.add_argument("--out", type=Path, default=ADAM_RULE_DIR)
+    ap.add_argument("--kind", default="none", choices=["gmn", "mlp", "none"], help="the untrained rule's kind")
+    ap.add_argument("--lr-free-from", type=Path, metavar="DIR", help="write the lr-free rule from the rule in DIR")
+    ap.add_argument("--estimate-every", type=int, help="with --lr-free-from: its mode's estimate_every")
+    ap.add_argument("--estimate-stride", type=int, help="with --lr-free-from: its mode's estimate_stride")
+    ap.add_argument("--per-tensor", type=float, help="with --lr-free-from: its mode's per_tensor")
+    ap.add_argument("--record", action="append", default=[], metavar="FILE[:NAME]",
+                    help="with --lr-free-from: a file on how the rule was made, copied beside it (as NAME)")
+    ap.add_argument("--out", type=Path, default=None, help="directory (default: the shipped one)")
     args = ap.parse_args(argv)
-    print(f"wrote untrained {args.kind} rule (alpha = 0, i.e. Adam) to {write_adam_rule(args.out, args.kind)}")
+    if args.lr_free_from is not None:
+        options = {k: v for k, v in (("estimate_every", args.estimate_every), ("estimate_stride", args.estimate_stride),
+                                     ("per_tensor", args.per_tensor)) if v is not None}
+        records = {}
+        for item in args.record:
+            path, _, name = item.partition(":")
+            records[name or Path(path).name] = Path(path)
+        out = write_lr_free_rule(args.lr_free_from, options, args.out or LR_FREE_RULE_DIR, records)
+        print(f"wrote {args.lr_free_from} with the lr-free mode {options} to {out}")
+        return
+    print(f"wrote untrained {args.kind} rule (alpha = 0, i.e. Adam) to {write_adam_rule(args.out or ADAM_RULE_DIR, args.kind)}")
 
 
 if __name__ == "__main__":

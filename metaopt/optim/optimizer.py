@@ -11,6 +11,7 @@ Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -71,6 +72,16 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
+# GMNOptimizer(model) with nothing else: the shipped lr-free rule in its own lr-free mode (RuleConfig.lr_free);
+# with an lr (or lr_free=False), the shipped fixed-lr rule. docs/optim.md, "The shipped rules".
+SHIPPED_LR_FREE = "lrfree"
+SHIPPED_FIXED_LR = "default"
+# The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
+ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
+                         estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0)
+# Below this, an lr passed to a rule that runs lr-free by its own mode is most likely meant as a fixed lr: warn.
+LR_FREE_MULTIPLIER_WARNING = 0.1
+
 # Parameter dtypes updated through a float32 copy (the state is always float32).
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -87,13 +98,21 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``GMNOptimizer(model)`` optimizes all of ``model``'s parameters; ``params=`` takes the usual
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
-    ``rule="default"`` is the shipped meta-trained GMN rule; ``rule="adam"`` (the untrained rule,
-    alpha = 0) is exactly Adam, AdamW with ``weight_decay > 0`` (decoupled decay). ``lr=None`` takes the
-    rule's ``config.default_lr`` (chosen on the meta-validation suite when the rule was shipped; 1e-3
-    for ``rule="adam"``). ``total_steps`` (optional, like a scheduler's ``T_max``): the planned number
+
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), the shipped lr-free GMN
+    rule ``rule="lrfree"`` runs in the lr-free mode it was tuned in (its `RuleConfig.lr_free`: the step
+    size is Prodigy's distance estimate, taken every 10th step, 70% per tensor), so there is no lr to
+    tune; ``lr`` then multiplies the estimated step (1). With an
+    ``lr`` (or ``lr_free=False``) and no rule, the shipped fixed-lr GMN rule ``rule="default"`` runs at
+    that lr. ``rule="adam"`` (the untrained rule, alpha = 0) is exactly Adam, AdamW with
+    ``weight_decay > 0`` (decoupled decay). A rule runs in the mode it records unless ``lr_free`` says
+    otherwise; an option of the estimate passed here overrides the rule's. ``lr=None`` at a fixed lr
+    takes the rule's ``config.default_lr`` (chosen on the meta-validation suite when the rule was
+    shipped; 1e-3 for ``rule="adam"``). ``total_steps`` (optional, like a scheduler's ``T_max``): the planned number
     of steps, read by rules with horizon features (the fraction of training done; kept in the param
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
-    State: Adam's two moments plus the lr scale, 3x the parameters.
+    State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the shipped
+    lr-free mode: the estimate's start point and two gradient sums on top).
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
@@ -121,12 +140,13 @@ class GMNOptimizer(torch.optim.Optimizer):
     stability into loss spikes that undo hundreds of steps; this is a Loss-Guarded-L2O-style fallback
     towards Adam that needs no loss, only the gradient the step already has.
 
-    ``lr_free=True``: no lr to tune. The step size is Prodigy's estimate ``d`` of the distance from the
+    ``lr_free=True`` (what the shipped lr-free rule records): no lr to tune. The step size is Prodigy's estimate ``d`` of the distance from the
     start to a solution (`core.DistanceEstimate`; it starts at ``d0`` = 1e-6 and grows as the run shows how far
     it has to go), ``lr`` (default 1) multiplies it as Prodigy's does, and the rule's scale is
     divided by its geometric mean over the network, so the rule shares the step out between
     parameters and ``d`` sets its size. State: 5x the parameters (the start point and a gradient sum
-    on top). ``opt.distance`` is the current ``d``. Two of Prodigy's options: ``growth_rate`` (a
+    on top). ``opt.distance`` is the current ``d``. The options below default to the rule's recorded
+    mode, else to plain Prodigy (the values named). Two of Prodigy's options: ``growth_rate`` (a
     param-group hyperparameter, default inf) lets ``d`` grow by at most that factor per step, a
     warm-up (1.02-1.1); ``estimate_stride=k`` (Prodigy's ``slice_p``) computes the estimate from every
     k-th entry of each parameter only, so its passes cost about 1/k and the state is about 3x + 2/k x the
@@ -136,15 +156,16 @@ class GMNOptimizer(torch.optim.Optimizer):
     what a fixed-lr step does; ``estimate_warmup=w`` (default 0) takes one on each of the first w steps too,
     where ``d`` grows fastest (then on steps w + j, w + 2j, ...). ``per_tensor=a`` (0 to 1, default 0):
     every parameter tensor also keeps its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a``
-    (`core.TensorDistances`); its gradient sum adds 1x the parameters to the state (6x; 1/k with
-    ``estimate_stride=k``), the estimate's cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
+    (`core.TensorDistances`); its gradient sum adds 1x the parameters to the state (6x; about 1/k with
+    ``estimate_stride=k``, which then reads at least `core.MIN_TENSOR_SAMPLE` entries of every tensor,
+    all of a smaller one), the estimate's cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
     (1e-4) spends fewer of the first steps growing ``d``, at the risk of starting above the step a task takes.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        rule: str | Path | UpdateRule | None = "default",
+        rule: str | Path | UpdateRule | None = None,
         lr: float | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -156,22 +177,40 @@ class GMNOptimizer(torch.optim.Optimizer):
         total_steps: int | None = None,
         nowcast: str | Path | Nowcaster | None = None,
         spike_guard: float | None = None,
-        lr_free: bool = False,
-        growth_rate: float = float("inf"),
-        estimate_stride: int = 1,
-        estimate_every: int = 1,
-        estimate_warmup: int = core.ESTIMATE_WARMUP,
-        per_tensor: float = 0.0,
-        d0: float = core.D0,
+        lr_free: bool | None = None,
+        growth_rate: float | None = None,
+        estimate_stride: int | None = None,
+        estimate_every: int | None = None,
+        estimate_warmup: int | None = None,
+        per_tensor: float | None = None,
+        d0: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"GMNOptimizer: the first argument must be the nn.Module being trained (its graph is "
                 f"built from it), got {type(model).__name__}; pass parameter groups as params=."
             )
+        if lr_free is not None and not isinstance(lr_free, bool):
+            raise TypeError(f"GMNOptimizer: lr_free is True, False or None (the rule's own mode), got {lr_free!r}.")
+        if rule is None:  # the shipped rule for the mode: lr-free unless an lr (or lr_free=False) says otherwise
+            rule = SHIPPED_LR_FREE if lr is None and lr_free is not False else SHIPPED_FIXED_LR
         rule = resolve_rule(rule)
-        if not isinstance(lr_free, bool):
-            raise TypeError(f"GMNOptimizer: lr_free is True or False, got {lr_free!r}.")
+        mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
+        told = lr_free is not None
+        lr_free = (mode is not None) if lr_free is None else lr_free
+        given = dict(growth_rate=growth_rate, estimate_stride=estimate_stride, estimate_every=estimate_every,
+                     estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0)
+        if not lr_free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items()):
+            raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor "
+                             "and d0 shape the lr-free estimate; pass lr_free=True.")
+        options = {**ESTIMATE_DEFAULTS, **((mode or {}) if lr_free else {}),
+                   **{k: v for k, v in given.items() if v is not None}}
+        growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
+        estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
+        if lr_free and not told and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
+            warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
+                          f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
+                          "estimate. Pass lr_free=False for a fixed lr, or leave lr out.", stacklevel=2)
         if isinstance(growth_rate, bool) or not float(growth_rate) >= 1.0:
             raise ValueError(f"GMNOptimizer: growth_rate is a factor >= 1 (inf: no limit), got {growth_rate!r}.")
         try:
@@ -181,17 +220,14 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.d0 = core.check_d0(d0)
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
-        if not lr_free and (growth_rate != float("inf") or estimate_stride != 1 or estimate_every != 1
-                            or estimate_warmup != core.ESTIMATE_WARMUP or d0 != core.D0):
-            raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup and d0 shape "
-                             "the lr-free estimate; pass lr_free=True.")
         try:
             self.per_tensor = core.check_share(per_tensor)
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
-        if self.per_tensor and (not lr_free or spike_guard is not None):
-            raise ValueError("GMNOptimizer: per_tensor shares the lr-free step between tensors; it needs lr_free=True "
-                             "and does not go with spike_guard.")
+        if self.per_tensor and spike_guard is not None:
+            source = " (the rule's lr-free mode)" if given["per_tensor"] is None else ""
+            raise ValueError(f"GMNOptimizer: per_tensor={self.per_tensor:g}{source} shares the lr-free step between "
+                             "tensors and does not go with spike_guard; pass per_tensor=0 with it.")
         if lr is None:  # lr-free: a multiplier of the estimate; else the rule's own default (1e-3 for Adam)
             lr = 1.0 if lr_free else rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
@@ -233,8 +269,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._num_edges = sum(self._numels)
         # lr_free: per parameter, how many flattened entries the estimate reads (every k-th from its first,
         # as `core.sample_entries`): the entries of its x_0 and gradient sums
-        self._sampled = list(core.sampled_sizes(tuple(self._numels), self.estimate_stride))
+        self._strides = core.tensor_strides(tuple(self._numels), self.estimate_stride, bool(self.per_tensor))
+        self._sampled = list(core.sampled_sizes(tuple(self._numels), self._strides))
         self._buffers: dict[str, Tensor] | None = None  # flat state, allocated at the first step
+        self._warned_low_precision = False  # lr-free on bf16/fp16 parameters: said once (`step`)
         self._graph_cache: dict[str, tuple[Any, GraphIndex]] = {}
         self._finite_check: dict[torch.device, tuple[Tensor, Tensor]] = {}  # `_all_finite`'s (flag, 1.0) per device
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, total_steps=total_steps,
@@ -466,6 +504,13 @@ class GMNOptimizer(torch.optim.Optimizer):
                 continue
             # bf16 / fp16 parameters (e.g. after model.to(torch.bfloat16)): the update is computed
             # in float32 from the float32 state on a float32 copy, then rounded once into the parameter.
+            if self.lr_free and not self._warned_low_precision:
+                self._warned_low_precision = True
+                warnings.warn(
+                    "GMNOptimizer: lr-free on bf16/fp16 parameters: steps of the size the estimate starts at "
+                    f"(d0={self.d0:g}) are below the parameters' precision and are lost in the rounding, so the "
+                    "estimate (which grows only as the parameters move) may stay small and training stall. Keep "
+                    "float32 parameters (bf16 autocast for the compute), or pass lr= for a fixed lr.", stacklevel=2)
             work = [p.float() if k in low else p for k, p in enumerate(params)]
             core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors)
             torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
@@ -567,15 +612,15 @@ class GMNOptimizer(torch.optim.Optimizer):
             return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
         if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
-            k = self.estimate_stride
-            params = [p.detach().reshape(-1)[::k] for p in params]
-            grads = [g.reshape(-1)[::k] for g in grads]
+            strides = self._strides
+            params = [p.detach().reshape(-1)[::strides[i]] for (i, _, _), p in zip(entries, params)]
+            grads = [g.reshape(-1)[::strides[i]] for (i, _, _), g in zip(entries, grads)]
         # Parameters without a gradient this step take no part (their x_0 - x and s stay as they are).
         new, _ = core.estimate_distance(
             [p.float() for p in params], [g.float() for g in grads],
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
-            step, inplace=True, span=span)
+            step, inplace=True, span=span, strides=[self._strides[i] for i, _, _ in entries])
         if tens is not None:  # each tensor's own estimate from its own sum (parameters without a gradient: kept)
             ests = list(tens.held().estimates)  # the tensors without a gradient: their estimate stays
             mine, _ = core.estimate_tensor_distances(

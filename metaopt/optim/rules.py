@@ -31,6 +31,8 @@ RULE_FORMAT = "metaopt-update-rule"
 RULE_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "rule.safetensors"
+# GMNOptimizer's options of the lr-free estimate, which a rule may record as the mode it runs in (RuleConfig.lr_free)
+LR_FREE_OPTIONS = ("growth_rate", "estimate_stride", "estimate_every", "estimate_warmup", "per_tensor", "d0")
 GLOBAL_CORRECTION = ("global_gate", "global_offset")  # the parameters of RuleConfig.global_bound's correction of d
 DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the meta-trained GMN rule
 ADAM_RULE_DIR = DEFAULT_RULE_DIR.parent / "adam"  # alpha = 0: exactly Adam
@@ -108,6 +110,10 @@ class RuleConfig:
     default_lr: the lr `GMNOptimizer(model)` uses when none is passed. A rule multiplies Adam's step by
         its own scale, so its best lr is a property of the rule, not Adam's 1e-3; it is chosen on the
         meta-validation suite (``python -m outer_train.compare --tune-lr``), never on held-out tasks.
+    lr_free: None (a fixed-lr rule), or the options of the lr-free estimate the rule was trained or
+        tuned with (`LR_FREE_OPTIONS`, GMNOptimizer's names, e.g. ``{"estimate_every": 10,
+        "per_tensor": 0.7}``): `GMNOptimizer` then runs it lr-free with those options unless told
+        otherwise (``lr_free=False``, or an option passed), and ``lr`` multiplies the estimated step.
     """
 
     kind: str = "gmn"
@@ -120,6 +126,7 @@ class RuleConfig:
     global_bound: float = 0.0
     features: FeatureConfig = field(default_factory=FeatureConfig)
     net_kwargs: dict[str, Any] = field(default_factory=dict)
+    lr_free: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in RULE_KINDS:
@@ -130,6 +137,11 @@ class RuleConfig:
             raise ValueError(f"RuleConfig: global_bound must be >= 0, got {self.global_bound}.")
         if not self.default_lr > 0:
             raise ValueError(f"RuleConfig: default_lr must be > 0, got {self.default_lr}.")
+        if self.lr_free is not None:
+            if not isinstance(self.lr_free, dict) or set(self.lr_free) - set(LR_FREE_OPTIONS):
+                raise ValueError(f"RuleConfig: lr_free is None or a dict of the lr-free estimate's options "
+                                 f"{list(LR_FREE_OPTIONS)}, got {self.lr_free!r}.")
+            self.lr_free = dict(self.lr_free)
         if isinstance(self.features, dict):
             self.features = FeatureConfig.from_dict(self.features)
 
@@ -145,6 +157,7 @@ class RuleConfig:
             "global_bound": self.global_bound,
             "features": self.features.to_dict(),
             "net_kwargs": dict(self.net_kwargs),
+            **({} if self.lr_free is None else {"lr_free": dict(self.lr_free)}),
         }
 
 
@@ -227,6 +240,13 @@ class UpdateRule(nn.Module):
         return rule  # a trained correction (gate, offset) carries over when both bounds are > 0
 
     # ---- checkpoints ---------------------------------------------------------------------
+    def with_lr_free(self, options: dict[str, float] | None) -> "UpdateRule":
+        """This rule (same weights) recording ``options`` as the lr-free mode `GMNOptimizer` runs it in
+        (`RuleConfig.lr_free`; None: a fixed-lr rule)."""
+        rule = type(self)(RuleConfig(**{**self.config.to_dict(), "lr_free": options})).to(self.alpha.device)
+        rule.load_state_dict(self.state_dict())
+        return rule
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``rule.safetensors`` and ``config.json`` (with versions and a checksum) to ``directory``."""
         from safetensors.torch import save_file
@@ -359,7 +379,8 @@ class UpdateRule(nn.Module):
     @classmethod
     def default(cls) -> "UpdateRule":
         """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN lr-scale rule
-        meta-trained by ``outer_train`` (command, budget and evaluation in docs/optim.md).
+        meta-trained at a fixed lr by ``outer_train`` (command, budget and evaluation in docs/optim.md),
+        which ``GMNOptimizer(model, lr=...)`` runs; ``GMNOptimizer(model)`` runs ``rule="lrfree"``.
         ``rule="adam"`` is the untrained rule (alpha = 0), i.e. exactly Adam."""
         return cls.from_pretrained(DEFAULT_RULE_DIR)
 
@@ -389,8 +410,9 @@ def shipped_rules() -> list[str]:
 
 
 def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
-    """``"default"`` or another shipped name (see `shipped_rules`) -> that rule; a path ->
-    `UpdateRule.from_pretrained`; a rule -> itself."""
+    """``"default"`` or another shipped name (``"lrfree"``, ``"adam"``, ``"mlp"``: `shipped_rules`) -> that
+    rule; a path -> `UpdateRule.from_pretrained`; a rule -> itself (None -> ``"default"``; `GMNOptimizer`
+    picks the shipped rule for its mode itself)."""
     if isinstance(rule, UpdateRule):
         return rule
     if rule is None or rule == "default":
