@@ -81,8 +81,8 @@ def _task() -> ModelTask:
 @pytest.mark.parametrize("stride", [1, 3])
 def test_core_step_equals_the_optimizer(stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Six steps of a rule (alpha != 0, refresh every 2, a correction of d) lr-free with per_tensor, the
-    estimate every second step after 3 warm-up steps (reading every entry, or every third of the tensors
-    large enough and more of the others: strides 3, 2 and 1 here), non-default betas, eps and weight decay:
+    estimate every second step after 3 warm-up steps (reading every entry, or a sample of the tensors
+    large enough and all of the others: strides 5 and 1 here), non-default betas, eps and weight decay:
     the functional core (meta-training's form) and the optimizer agree on the parameters, the whole state
     and every tensor's estimate."""
     monkeypatch.setattr(core, "MIN_TENSOR_SAMPLE", 4)  # this task's tensors (3-48 entries) at mixed strides
@@ -102,7 +102,7 @@ def test_core_step_equals_the_optimizer(stride: int, monkeypatch: pytest.MonkeyP
     state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=share, sizes=sizes, warmup=3,
                            stride=stride)
     strides = core.tensor_strides(sizes, stride, True)
-    assert set(strides) == ({1} if stride == 1 else {1, 2, 3})
+    assert strides == ((1,) * 6 if stride == 1 else (5, 1, 1, 1, 5, 1))  # sizes 48, 8, 8, 8, 24, 3
     assert state.start.numel() == sum(-(-n // k) for n, k in zip(sizes, strides)) == sum(opt._sampled)
     # as if well into a run (from d0 = 1e-6 six steps barely move): d = 1e-3, each tensor's own around it,
     # numerators as if the run had come far, so that the estimates grow
@@ -139,10 +139,11 @@ def test_core_step_equals_the_optimizer(stride: int, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("stride", [1, 4])
 def test_state_dict_resumes_exactly_and_state_is_3x_plus_3_over_k(stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """x_0 and both gradient sums hold the sampled entries only: 6x the parameters at stride 1, 3x plus
-    three times ceil(n / k) per tensor at stride k (every tensor sampled from its first entry), a tensor
-    too small for k samples of MIN_TENSOR_SAMPLE read more densely; the state resumes bit for bit, and a
-    state saved with another stride is refused."""
-    monkeypatch.setattr(core, "MIN_TENSOR_SAMPLE", 4)  # at this model's size: strides 4, and 1 for the 3 biases
+    three times ceil(n / k_i) per tensor at stride k (every tensor sampled from its first entry, k_i a
+    prime near k that divides none of its dimensions, and all of a tensor too small for
+    MIN_TENSOR_SAMPLE samples); the state resumes bit for bit, and a state saved with another stride is
+    refused."""
+    monkeypatch.setattr(core, "MIN_TENSOR_SAMPLE", 4)  # at this model's sizes (80, 16 x 3, 48, 3): strides 7, 3, 5, 1
     model = _normed()
     opt = GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=4, per_tensor=0.5, estimate_stride=stride)
     _train(model, opt, 18)  # inside a block of 4
@@ -154,12 +155,14 @@ def test_state_dict_resumes_exactly_and_state_is_3x_plus_3_over_k(stride: int, m
     for pa, pb in zip(model.parameters(), clone.parameters()):
         assert torch.equal(pa, pb)
     numels = [p.numel() for p in model.parameters()]
-    sampled = sum(-(-n // stride) if n >= 4 * stride else n for n in numels)
+    strides = (1,) * 6 if stride == 1 else (7, 3, 3, 3, 5, 1)
+    assert core.tensor_strides(tuple(numels), stride, True) == strides
+    sampled = sum(-(-n // k) for n, k in zip(numels, strides))
     assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 3 * sum(numels) + 3 * sampled
     rows = opt.state[TENSOR_DISTANCES]
     assert bool((rows[:, 1] > 10 * core.D0).all())  # every tensor's own estimate grew, the 3-entry bias's too
     if stride > 1:
-        assert opt.state[model[0].weight]["tensor_grad_sum"].shape == (80 // 4,)
+        assert opt.state[model[0].weight]["tensor_grad_sum"].shape == (-(-80 // 7),)
         assert opt.state[model[3].bias]["tensor_grad_sum"].shape == (3,)  # 3 entries: all read
         with pytest.raises(ValueError, match="another estimate_stride"):
             GMNOptimizer(_normed(), rule="adam", lr_free=True, per_tensor=0.5).load_state_dict(opt.state_dict())
@@ -199,12 +202,17 @@ def test_each_tensors_moments_and_step_follow_its_own_blended_step_size() -> Non
 
 
 def test_small_tensors_are_read_whole_and_the_network_estimate_counts_each_sample_by_its_stride() -> None:
-    """With per-tensor estimates a strided estimate reads every k-th entry of a large tensor but at least
-    MIN_TENSOR_SAMPLE of a smaller one (a LayerNorm gain whole): from a handful of entries a tensor's own
-    estimate runs away. The network's estimate counts each tensor's sampled sums ``stride`` times, so a
-    sample denser in small tensors still weighs tensors by their size; one stride for all is Prodigy's."""
+    """With per-tensor estimates a strided estimate reads a large tensor at a prime stride near k that
+    divides none of its dimensions (so it visits every column: every 10th entry of a 64-wide weight reads
+    even columns only), at least MIN_TENSOR_SAMPLE entries of a mid-sized one, and all of a small one (a
+    LayerNorm gain): from a handful of entries a tensor's own estimate runs away. The network's estimate
+    counts each tensor's sampled sums ``stride`` times, so a sample denser in small tensors still weighs
+    tensors by their size; one stride for all is Prodigy's."""
     m = core.MIN_TENSOR_SAMPLE
-    assert core.tensor_strides((32, 10 * m, 100 * m, 3 * m), 10, True) == (1, 10, 10, 3)
+    sizes = (32, 10 * m, 100 * m, 3 * m, 64 * 64 * 16)
+    strides = core.tensor_strides(sizes, 10, True)
+    assert strides == (1, 7, 11, 1, 11)
+    assert all(n % k for n, k in zip(sizes, strides) if k > 1) and all(n // k >= m for n, k in zip(sizes, strides) if k > 1)
     assert core.tensor_strides((32, 10 * m), 10, False) == (10, 10)  # Prodigy's slice_p: one stride
     assert core.tensor_strides((32, 10 * m), 1, True) == (1, 1)
     g = torch.Generator().manual_seed(0)

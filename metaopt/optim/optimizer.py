@@ -73,7 +73,7 @@ SPIKE_MAX_LEVEL = 10
 
 
 # GMNOptimizer(model) with nothing else: the shipped lr-free rule in its own lr-free mode (RuleConfig.lr_free);
-# with an lr (or lr_free=False), the shipped fixed-lr rule. docs/optim.md, "The shipped rules".
+# with an lr (or lr_free=False), the shipped fixed-lr rule. docs/optim.md, "The shipped lr-free rule".
 SHIPPED_LR_FREE = "lrfree"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
@@ -84,6 +84,33 @@ LR_FREE_MULTIPLIER_WARNING = 0.1
 
 # Parameter dtypes updated through a float32 copy (the state is always float32).
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free: bool | None,
+                 given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
+    """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
+
+    No rule: the shipped lr-free rule unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
+    the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
+    options (``given``, None = not passed): those passed, else the rule's recorded ones, else
+    ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
+    given to a rule that runs lr-free by its own mode warns: it multiplies the estimated step."""
+    if lr_free is not None and not isinstance(lr_free, bool):
+        raise TypeError(f"GMNOptimizer: lr_free is True, False or None (the rule's own mode), got {lr_free!r}.")
+    if rule is None:
+        rule = SHIPPED_LR_FREE if lr is None and lr_free is not False else SHIPPED_FIXED_LR
+    rule = resolve_rule(rule)
+    mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
+    free = (mode is not None) if lr_free is None else lr_free
+    if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items()):
+        raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor "
+                         "and d0 shape the lr-free estimate; pass lr_free=True.")
+    if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
+        warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
+                      f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
+                      "estimate. Pass lr_free=False for a fixed lr, or leave lr out.", stacklevel=3)
+    options = {**ESTIMATE_DEFAULTS, **((mode or {}) if free else {}), **{k: v for k, v in given.items() if v is not None}}
+    return rule, free, options
 
 
 def _build_graph(model: nn.Module, example_inputs: Any) -> Any:
@@ -190,27 +217,11 @@ class GMNOptimizer(torch.optim.Optimizer):
                 f"GMNOptimizer: the first argument must be the nn.Module being trained (its graph is "
                 f"built from it), got {type(model).__name__}; pass parameter groups as params=."
             )
-        if lr_free is not None and not isinstance(lr_free, bool):
-            raise TypeError(f"GMNOptimizer: lr_free is True, False or None (the rule's own mode), got {lr_free!r}.")
-        if rule is None:  # the shipped rule for the mode: lr-free unless an lr (or lr_free=False) says otherwise
-            rule = SHIPPED_LR_FREE if lr is None and lr_free is not False else SHIPPED_FIXED_LR
-        rule = resolve_rule(rule)
-        mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
-        told = lr_free is not None
-        lr_free = (mode is not None) if lr_free is None else lr_free
         given = dict(growth_rate=growth_rate, estimate_stride=estimate_stride, estimate_every=estimate_every,
                      estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0)
-        if not lr_free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items()):
-            raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor "
-                             "and d0 shape the lr-free estimate; pass lr_free=True.")
-        options = {**ESTIMATE_DEFAULTS, **((mode or {}) if lr_free else {}),
-                   **{k: v for k, v in given.items() if v is not None}}
+        rule, lr_free, options = resolve_mode(rule, lr, lr_free, given)
         growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
         estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
-        if lr_free and not told and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
-            warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
-                          f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
-                          "estimate. Pass lr_free=False for a fixed lr, or leave lr out.", stacklevel=2)
         if isinstance(growth_rate, bool) or not float(growth_rate) >= 1.0:
             raise ValueError(f"GMNOptimizer: growth_rate is a factor >= 1 (inf: no limit), got {growth_rate!r}.")
         try:
