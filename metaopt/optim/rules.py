@@ -34,7 +34,7 @@ WEIGHTS_FILE = "rule.safetensors"
 # GMNOptimizer's options of the lr-free estimate, which a rule may record as the mode it runs in (RuleConfig.lr_free)
 LR_FREE_OPTIONS = ("growth_rate", "estimate_stride", "estimate_every", "estimate_warmup", "per_tensor", "d0")
 GLOBAL_CORRECTION = ("global_gate", "global_offset")  # the parameters of RuleConfig.global_bound's correction of d
-DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the meta-trained GMN rule
+DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the GMN rule meta-trained at a fixed lr
 ADAM_RULE_DIR = DEFAULT_RULE_DIR.parent / "adam"  # alpha = 0: exactly Adam
 
 
@@ -107,7 +107,7 @@ class RuleConfig:
         ``exp(b * tanh((gate * log g + offset) / b))`` with two learned scalars that start at 0 (so a
         rule continued with it starts exactly where it was): ``offset`` a constant correction of
         ``d``, ``gate`` how much of the network's own mean output is kept.
-    default_lr: the lr `GMNOptimizer(model)` uses when none is passed. A rule multiplies Adam's step by
+    default_lr: the lr `GMNOptimizer(model, rule=...)` uses at a fixed lr when none is passed. A rule multiplies Adam's step by
         its own scale, so its best lr is a property of the rule, not Adam's 1e-3; it is chosen on the
         meta-validation suite (``python -m outer_train.compare --tune-lr``), never on held-out tasks.
     lr_free: None (a fixed-lr rule), or the options of the lr-free estimate the rule was trained or
