@@ -346,3 +346,32 @@ def test_gmn_vs_mlp_line_for_every_row_pair(tmp_path: Path, optimizer_calls) -> 
     table = (tmp_path / "v" / "results.md").read_text()
     for row in ("+lrfree", "+lrfree@best"):
         assert f"rule_gmn{row} reaches a lower final loss than rule_mlp{row} on " in table
+
+
+def test_a_rule_with_a_recorded_mode_runs_fixed_lr_in_plain_rows_and_in_its_mode_lr_free(tmp_path: Path,
+                                                                                        optimizer_calls) -> None:
+    """A rule recording an lr-free mode (RuleConfig.lr_free, as the shipped "lrfree" rule): its plain row
+    still runs at a fixed lr (lr_free=False explicitly), its +lrfree row in the recorded mode (the options
+    it records reach the optimizer) unless the command line gives one."""
+    from metaopt.optim import GMNOptimizer, RuleConfig, UpdateRule
+
+    threads = torch.get_num_threads()
+    rule_dir = UpdateRule(RuleConfig(kind="mlp", hidden=4)).with_lr_free({"estimate_every": 4}).save_pretrained(
+        tmp_path / "moded")
+    common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam", "--rule", f"moded={rule_dir}"]
+    built: list[GMNOptimizer] = []
+    original = GMNOptimizer.step
+
+    def keep(self, *args, **kwargs):
+        if self not in built:
+            built.append(self)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GMNOptimizer, "step", keep)
+        evaluate.main([*common, "--lr-free", "--out", str(tmp_path / "e")])
+    torch.set_num_threads(threads)
+    assert {kw["lr_free"] for kw in optimizer_calls} == {False, True}
+    assert {o.estimate_every for o in built if not o.lr_free} == {1}
+    assert {o.estimate_every for o in built if o.lr_free} == {4}  # the rule's recorded option
