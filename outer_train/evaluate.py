@@ -424,19 +424,33 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
 OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant", "suite": "held_out", "threads": 0}
 
 
-def merge_results(files: list[Path], out: Path, replace: bool = False) -> int:
-    """One results.json/results.md from runs over disjoint task subsets with otherwise equal settings;
-    ``replace``: a task/seed run in a later file replaces the same run of an earlier one (a re-run, e.g.
-    on a quieter machine), in the earlier one's place."""
+def rename_rows(entry: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """A task/seed run with its optimizer rows renamed (``old`` -> ``new``, and ``old@best`` -> ``new@best``)."""
+    def name(k: str) -> str:
+        for old, new in renames.items():
+            if k == old or k.startswith(old + "@"):
+                return new + k[len(old):]
+        return k
+    return {**entry, **{key: {name(k): v for k, v in entry[key].items()}
+                        for key in ("results", "sensitivity") if isinstance(entry.get(key), dict)}}
+
+
+def merge_results(files: list[Path], out: Path, replace: bool = False, renames: dict[str, str] | None = None) -> int:
+    """One results.json/results.md from runs over disjoint task subsets, or over other seeds of the same
+    tasks (a replicate: every task's median is then over all its seeds, each run against its own
+    sitting's tuned Adam), with otherwise equal settings; ``replace``: a task/seed run in a later file
+    replaces the same run of an earlier one (a re-run, e.g. on a quieter machine), in the earlier one's
+    place; ``renames`` (old -> new row name): the same optimizer labelled differently in two runs."""
     parts = [json.loads(f.read_text()) for f in files]
     for part in parts:  # runs before the options existed told the rules the horizon (none read it), no schedule
         part["settings"] = {**OLD_SETTINGS, **part["settings"]}
-    base = {k: v for k, v in parts[0]["settings"].items() if k != "tasks"}
+    base = {k: v for k, v in parts[0]["settings"].items() if k not in ("tasks", "seeds")}
     for f, part in zip(files, parts):
-        other = {k: v for k, v in part["settings"].items() if k != "tasks"}
+        other = {k: v for k, v in part["settings"].items() if k not in ("tasks", "seeds")}
         if other != base:
             raise SystemExit(f"--merge: {f} was run with settings {other}, {files[0]} with {base}")
-    entries = [e for part in parts for e in part["entries"]]
+    base["seeds"] = sorted({s for part in parts for s in part["settings"]["seeds"]})
+    entries = [rename_rows(e, renames or {}) for part in parts for e in part["entries"]]
     if replace:
         latest = {e["task"]: e for e in entries}
         entries = list({e["task"]: latest[e["task"]] for e in entries}.values())
@@ -522,8 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rule-schedule", choices=["constant", "cosine"], default="constant",
                    help="cosine: run the rules under the cosine decay adam_cosine uses (labelled <rule>+cosine)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
-                   help="combine results.json files of runs over disjoint task subsets (same settings) into one "
-                        "table in --out; nothing is run")
+                   help="combine results.json files of runs over disjoint task subsets, or over other seeds of the "
+                        "same tasks (same settings otherwise), into one table in --out; nothing is run")
+    p.add_argument("--rename", nargs="*", default=[], metavar="OLD=NEW",
+                   help="with --merge: rows OLD (and OLD@best) are named NEW (the same optimizer labelled "
+                        "differently in two runs, e.g. a replicate on other seeds)")
     p.add_argument("--replace", action="store_true",
                    help="with --merge: a task/seed run in a later file replaces the same run of an earlier one "
                         "(a re-run); without it the same run twice is refused")
@@ -560,8 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"need --grid-points >= 2 and --steps >= {WINDOW}")
     if a.replace and not a.merge:
         p.error("--replace goes with --merge")
+    if a.rename and not a.merge:
+        p.error("--rename goes with --merge")
     if a.merge:
-        return merge_results([Path(f) for f in a.merge], Path(a.out), a.replace)
+        if any("=" not in item for item in a.rename):
+            p.error(f"--rename takes OLD=NEW, got {a.rename}")
+        renames = dict(item.split("=", 1) for item in a.rename)
+        return merge_results([Path(f) for f in a.merge], Path(a.out), a.replace, renames)
     rules = load_rules(a.rule)
     rule_kwargs: dict[str, dict[str, Any]] = {}  # label -> what else its GMNOptimizer is given
     for item in a.nowcast:

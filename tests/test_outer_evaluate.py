@@ -118,6 +118,23 @@ def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
     assert [e["task"] for e in replaced["entries"]] == [e["task"] for e in merged["entries"]]
     assert replaced["entries"][:2] == rerun and replaced["entries"][2:] == merged["entries"][2:]
     assert rerun[0]["results"]["adam"]["times"] != merged["entries"][0]["results"]["adam"]["times"]  # a re-run
+    # a replicate on other seeds of the same task pools with it (each task's median over all its seeds), and
+    # --rename gives an optimizer labelled differently in the two runs one row (its @best row too)
+    evaluate.main(["--tasks", "siren_shapes", "--steps", "12", "--grid-points", "2", "--threads", "1",
+                   "--seeds", "2", "--out", str(tmp_path / "s2")])
+    torch.set_num_threads(threads)
+    s2 = json.loads((tmp_path / "s2" / "results.json").read_text())
+    s2["entries"][0]["results"]["adam_again"] = s2["entries"][0]["results"].pop("adam")
+    (tmp_path / "s2" / "results.json").write_text(json.dumps(s2))
+    evaluate.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "s2" / "results.json"),
+                   "--rename", "adam_again=adam", "--out", str(tmp_path / "pooled")])
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    assert pooled["settings"]["seeds"] == [0, 1, 2]
+    assert [e["task"] for e in pooled["entries"]] == ["siren_shapes/s0", "siren_shapes/s1", "siren_shapes/s2"]
+    assert all("adam" in e["results"] and "adam_again" not in e["results"] for e in pooled["entries"])
+    assert "| siren_shapes | 3 |" in (tmp_path / "pooled" / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        evaluate.main(["--rename", "a=b", "--out", str(tmp_path / "x")])  # only with --merge
 
 
 def test_baselines_can_be_restricted_to_adam(tmp_path: Path) -> None:
