@@ -45,11 +45,9 @@ def lr_free_mode(cfg: TrainConfig) -> dict[str, float] | None:
     """The lr-free options the inner optimizer runs with (those that differ from plain Prodigy's), which
     the rule records (`RuleConfig.lr_free`) so that ``GMNOptimizer(model, rule=DIR)`` runs it as it was
     meta-trained; None at a fixed lr."""
-    t = cfg.tasks
-    if not t.lr_free:
+    if not cfg.tasks.lr_free:
         return None
-    values = dict(growth_rate=t.growth_rate, estimate_stride=t.estimate_stride, estimate_every=t.estimate_every,
-                  estimate_warmup=t.estimate_warmup, per_tensor=t.per_tensor, d0=t.d0)
+    values = {k: getattr(cfg.tasks, k) for k in ESTIMATE_DEFAULTS}  # tasks.* carry GMNOptimizer's option names
     return {k: v for k, v in values.items() if v != ESTIMATE_DEFAULTS[k]}
 
 

@@ -22,6 +22,7 @@ arithmetic is op for op the same in both modes and mirrors ``torch.optim.Adam(fo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -67,10 +68,13 @@ class OptState:
     warmup: int = ESTIMATE_WARMUP  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
     sizes: tuple[int, ...] = ()  # the tensors' entries in flat order, which ``stride`` samples (() = one tensor)
 
+    def strides(self) -> tuple[int, ...]:
+        """Each tensor's stride of the estimate's sample (`tensor_strides`; one tensor when ``sizes`` is ())."""
+        return tensor_strides(self.sizes or (self.exp_avg.numel(),), self.stride, self.tensor_distances is not None)
+
     def sample(self, flat: Tensor) -> Tensor:
         """The entries of a flat [E] vector the estimate reads (`sample_entries`)."""
-        sizes = self.sizes or (flat.numel(),)
-        return sample_entries(flat, sizes, tensor_strides(sizes, self.stride, self.tensor_distances is not None))
+        return sample_entries(flat, self.sizes or (flat.numel(),), self.strides())
 
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
@@ -139,12 +143,17 @@ def tensor_strides(sizes: tuple[int, ...], stride: int, per_tensor: bool) -> tup
     ``n // MIN_TENSOR_SAMPLE`` (1: the whole tensor)."""
     if not per_tensor or stride == 1:
         return (stride,) * len(sizes)
-    return tuple(_spread_stride(n, stride) for n in sizes)
+    return _spread_strides(sizes, stride, MIN_TENSOR_SAMPLE)
 
 
-def _spread_stride(n: int, stride: int) -> int:
-    """The smallest prime >= ``stride`` that does not divide ``n``, or if that leaves fewer than
-    MIN_TENSOR_SAMPLE entries the largest such prime that does not (1 if none). A prime that does not
+@functools.lru_cache(maxsize=256)  # asked at every estimate of meta-training's unroll, for the same few networks
+def _spread_strides(sizes: tuple[int, ...], stride: int, min_sample: int) -> tuple[int, ...]:
+    return tuple(_spread_stride(n, stride, min_sample) for n in sizes)
+
+
+def _spread_stride(n: int, stride: int, min_sample: int) -> int:
+    """The smallest prime >= ``stride`` that does not divide ``n``; if that leaves fewer than
+    ``min_sample`` entries, the largest prime not dividing ``n`` that leaves enough (1 if none). A prime that does not
     divide ``n`` divides no product of the tensor's trailing dimensions (they all divide ``n``), so the
     sample visits every row, column and kernel offset evenly: every 10th entry of a 64 x 64 weight reads
     even input columns only, and on the deep digits MLP that tensor's own estimate ran to 77x the
@@ -154,9 +163,9 @@ def _spread_stride(n: int, stride: int) -> int:
     k = stride
     while not spread(k):
         k += 1
-    if n // k >= MIN_TENSOR_SAMPLE:
+    if n // k >= min_sample:
         return k
-    k = min(stride, n // MIN_TENSOR_SAMPLE)
+    k = min(stride, n // min_sample)
     while k > 1 and not spread(k):
         k -= 1
     return max(k, 1)
@@ -585,7 +594,7 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
                                                      step, inplace=False, span=span)
             else:  # per tensor, as the optimizer's views: each tensor's own estimate from its own sample, and
                 # the network's from the same samples, each tensor's sums counted by its stride
-                strides = tensor_strides(tens.sizes, state.stride, True)
+                strides = state.strides()
                 split = lambda t: list(t.split(sampled_sizes(tens.sizes, strides)))  # noqa: E731
                 new, sums = estimate_tensor_distances(split(xs), split(gs), split(state.start),
                                                       split(tensor_sum), list(tens.estimates), h, step,
