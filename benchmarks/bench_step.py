@@ -228,7 +228,8 @@ def label(kind: str) -> str:
     if kind in LABELS:
         return LABELS[kind]
     rule, _, options = _rule_of(kind)
-    return ", ".join([LABELS[f"gmnopt-{rule}-lrfree"], *(f"{k}={v}" for k, v in options.items())])
+    base = LABELS.get(f"gmnopt-{rule}-lrfree", f"GMNOptimizer, rule=\"{rule}\", lr_free=True")
+    return ", ".join([base, *(f"{k}={v}" for k, v in options.items())])
 
 
 def to_markdown(result: dict[str, Any]) -> str:

@@ -41,6 +41,23 @@ from .rules import UpdateRule
 ESTIMATE_WARMUP = 0
 D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
 
+# The rule's lr scale is stored in float16: a bounded multiplier (within exp(+-bound) of 1, times the
+# lr-free normalisation) needs no more than float16's 11 significant bits (relative rounding <= 2^-11),
+# and the state shrinks by half a parameter. Meta-training rounds it alike (`round_scale`), so what is
+# meta-trained is what ships. Scales are clamped to float16's normal range first (a rule with a bound
+# past ~11 would otherwise overflow to inf).
+SCALE_DTYPE = torch.float16
+_SCALE_MIN = float(torch.finfo(SCALE_DTYPE).tiny)
+_SCALE_MAX = float(torch.finfo(SCALE_DTYPE).max)
+
+
+def round_scale(scale: Tensor) -> Tensor:
+    """``scale`` at the values `SCALE_DTYPE` stores (its dtype kept): what a stored scale multiplies by.
+    In autograd the rounding is passed straight through, so meta-gradients stay in float32."""
+    clamped = scale.clamp(_SCALE_MIN, _SCALE_MAX)
+    rounded = clamped.to(SCALE_DTYPE).to(scale.dtype)
+    return clamped + (rounded - clamped).detach() if scale.requires_grad else rounded
+
 
 @dataclass
 class OptState:
@@ -48,7 +65,7 @@ class OptState:
 
     exp_avg: Tensor  # [E] Adam's first moment
     exp_avg_sq: Tensor  # [E] Adam's second moment
-    lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam)
+    lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam), at `SCALE_DTYPE`'s values
     step: int = 0
     # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars. With
     # ``stride`` k > 1 the estimate reads every k-th entry of each tensor from its first (Prodigy's
@@ -105,7 +122,7 @@ class OptState:
         return cls(
             torch.zeros(num_edges, device=device),
             torch.zeros(num_edges, device=device),
-            torch.ones(num_edges, device=device),
+            torch.ones(num_edges, device=device, dtype=SCALE_DTYPE),
             0,
             start,
             None if start is None else torch.zeros_like(start, device=device),
@@ -353,36 +370,62 @@ def estimate_distance(
     weighs every tensor by its size (one stride for all cancels in ``d``, as Prodigy's ``slice_p``). ``h.lr`` multiplies the estimated step (Prodigy's ``lr``, 1 by
     default; a constant one cancels in ``d``, a schedule reweighs the steps). As Prodigy
     (``use_bias_correction=True``), this step still moves by the old ``d``, the new one from the next
-    step. In place, ``grad_sum`` is updated (`_estimate_terms`); ``d`` takes no gradients (a float).
+    step. In place, ``grad_sum`` is updated (`_decayed_sums`); ``d`` takes no gradients (a float).
 
     ``span`` j > 1 (``GMNOptimizer(estimate_every=j)``): this estimate stands for the j steps since the
     last one, as if each had this step's gradient and gap: the sums decay by ``beta3^j`` and this
     term enters with weight ``w * (1 + beta3 + ... + beta3^(j-1))``, and ``d`` may grow by
     ``growth_rate^j``. Between estimates ``d`` is fixed and nothing is read, so the estimate's passes
     and the moments' rescaling cost 1/j; j = 1 is Prodigy."""
+    est, sums, _, _ = estimate_distances(params, grads, start, grad_sum, est, h, step, inplace, span, strides)
+    return est, sums
+
+
+def estimate_distances(
+    params: list[Tensor], grads: list[Tensor], start: list[Tensor], grad_sum: list[Tensor], est: DistanceEstimate,
+    h: Hyper, step: int, inplace: bool, span: int = 1, strides: list[int] | None = None,
+    tensor_sums: list[Tensor] | None = None, estimates: list[DistanceEstimate] | None = None,
+) -> tuple[DistanceEstimate, list[Tensor], list[DistanceEstimate] | None, list[Tensor] | None]:
+    """`estimate_distance`, and with ``estimates`` (one per tensor of the lists, their sums
+    ``tensor_sums``) also each tensor's own estimate (`TensorDistances`: its own sum ``s_i``, weighted by
+    its own ``d_i``) from the same step: x_0 - x and ``<g, x_0 - x>`` are computed once for both, and all
+    of it is read in one host sync. Returns the network's estimate
+    and sums, the tensors' estimates and sums (None without ``estimates``)."""
     decay = (h.beta2**0.5) ** span
     # d in the 1e15s (a loss without a minimum, e.g. linear) puts w past float32: then the sums go to inf,
     # the estimate stops being finite and d stays where it is, rather than a foreach op raising
     w = _estimate_weight(est, h, step, span)
-    dots, norms, s = _estimate_terms(params, grads, start, grad_sum, w, decay, inplace)
-    dots, norms = torch.stack(dots), torch.stack(norms)
+    gaps, dots = _gaps_and_dots(params, grads, start)
+    norms, sums = _decayed_sums(grads, grad_sum, w, decay, inplace, gaps)
+    dots_t, norms_t = torch.stack(dots), torch.stack(norms)
     if strides is not None and len(set(strides)) > 1:
-        counts = torch.tensor(strides, dtype=dots.dtype, device=dots.device)
-        dots, norms = dots * counts, norms * counts
-    dot_f, norm_f = torch.stack([dots.sum(), norms.sum()]).tolist()  # one host sync
-    return _next_estimate(est, dot_f, norm_f, w, decay, h, span), s
+        counts = torch.tensor(strides, dtype=dots_t.dtype, device=dots_t.device)
+        dots_t, norms_t = dots_t * counts, norms_t * counts
+    network = [dots_t.sum(), norms_t.sum()]
+    if estimates is None:
+        dot_f, norm_f = torch.stack(network).tolist()  # one host sync
+        return _next_estimate(est, dot_f, norm_f, w, decay, h, span), sums, None, None
+    assert tensor_sums is not None
+    ws = [_estimate_weight(e, h, step, span) for e in estimates]
+    tensor_norms, tensor_sums = _decayed_sums(grads, tensor_sums, ws, decay, inplace, gaps)
+    values = torch.stack([*network, *dots, *tensor_norms]).tolist()  # one host sync
+    n = len(estimates)
+    new = [_next_estimate(e, values[2 + i], values[2 + n + i], ws[i], decay, h, span) for i, e in enumerate(estimates)]
+    return _next_estimate(est, values[0], values[1], w, decay, h, span), sums, new, tensor_sums
 
 
-def _estimate_terms(params: list[Tensor], grads: list[Tensor], start: list[Tensor], sums: list[Tensor],
-                    w: float | list[float], decay: float, inplace: bool
-                    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Per tensor of the lists: ``<g, x_0 - x>``, ``||s||_1`` (0-d tensors, not yet read) and the sums
-    ``s <- decay * s + w * g`` (``w``: one weight for all tensors, or one each). In place, ``sums`` is
-    updated, and the one [E] temporary (x_0 - x) is reused for |s|."""
-    grads = [g.detach() for g in grads]
+def _gaps_and_dots(params: list[Tensor], grads: list[Tensor], start: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """Per tensor of the lists: ``x_0 - x`` (new tensors) and ``<g, x_0 - x>`` (0-d tensors, not yet read)."""
     gaps = torch._foreach_sub(start, [p.detach() for p in params])  # x_0 - x exactly (<g,x_0> - <g,x> would cancel)
-    dots = [torch.dot(g.reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
-    ws = w if isinstance(w, list) else [w] * len(grads)
+    return gaps, [torch.dot(g.detach().reshape(-1), gap.reshape(-1)) for g, gap in zip(grads, gaps)]
+
+
+def _decayed_sums(grads: list[Tensor], sums: list[Tensor], w: float | list[float], decay: float, inplace: bool,
+                  scratch: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """Per tensor of the lists: ``||s||_1`` (0-d tensors, not yet read) of the sums ``s <- decay * s + w * g``
+    (``w``: one weight for all tensors, or one each), and the sums. In place, ``sums`` is updated and
+    |s| goes into ``scratch`` (the spent x_0 - x: no allocation)."""
+    grads = [g.detach() for g in grads]
     if inplace:
         torch._foreach_mul_(sums, decay)
         if isinstance(w, list):
@@ -390,11 +433,10 @@ def _estimate_terms(params: list[Tensor], grads: list[Tensor], start: list[Tenso
                 t.add_(g, alpha=wi)
         else:
             torch._foreach_add_(sums, grads, alpha=w)
-        norms = [torch.abs(t, out=gap).sum() for t, gap in zip(sums, gaps)]  # |s| into the spent gap: no allocation
-    else:
-        sums = [decay * a + wi * g for a, g, wi in zip(sums, grads, ws)]
-        norms = [t.abs().sum() for t in sums]
-    return dots, norms, sums
+        return [torch.abs(t, out=buf).sum() for t, buf in zip(sums, scratch)], sums
+    ws = w if isinstance(w, list) else [w] * len(grads)
+    sums = [decay * a + wi * g for a, g, wi in zip(sums, grads, ws)]
+    return [t.abs().sum() for t in sums], sums
 
 
 def _estimate_weight(est: DistanceEstimate, h: Hyper, step: int, span: int) -> float:
@@ -462,20 +504,6 @@ def check_share(value: Any) -> float:
     return float(value)
 
 
-def estimate_tensor_distances(
-    params: list[Tensor], grads: list[Tensor], start: list[Tensor], sums: list[Tensor],
-    estimates: list[DistanceEstimate], h: Hyper, step: int, inplace: bool, span: int = 1,
-) -> tuple[list[DistanceEstimate], list[Tensor]]:
-    """`estimate_distance` for each tensor of the lists on its own (its own sum ``s_i``, weighted by its own
-    ``d_i``): the new estimates and sums, with one host sync for all tensors."""
-    decay = (h.beta2**0.5) ** span
-    ws = [_estimate_weight(e, h, step, span) for e in estimates]
-    dots, norms, sums = _estimate_terms(params, grads, start, sums, ws, decay, inplace)
-    values = torch.stack([*dots, *norms]).tolist()  # one host sync
-    n = len(estimates)
-    return [_next_estimate(e, values[i], values[n + i], ws[i], decay, h, span) for i, e in enumerate(estimates)], sums
-
-
 def estimate_span(step: int, every: int, warmup: int = ESTIMATE_WARMUP) -> int:
     """How many steps an estimate on ``step`` stands for: 1 on each of the first ``warmup`` steps (at
     least the first), then ``every`` on steps warmup + every, warmup + 2 * every, ... and 0 (no estimate)
@@ -530,7 +558,7 @@ def rule_features(
     ``lr`` (a float, or one per parameter tensor) is read by rules with the ``relative_lr`` feature,
     ``total_steps`` (0 = not known) by rules with the ``horizon`` features, ``betas`` by the ``snr`` ones."""
     return compute_features(
-        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features, lr,
+        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale.float()), state.step, rule.features, lr,
         total_steps, betas,
     )
 
@@ -596,13 +624,10 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
                 # the network's from the same samples, each tensor's sums counted by its stride
                 strides = state.strides()
                 split = lambda t: list(t.split(sampled_sizes(tens.sizes, strides)))  # noqa: E731
-                new, sums = estimate_tensor_distances(split(xs), split(gs), split(state.start),
-                                                      split(tensor_sum), list(tens.estimates), h, step,
-                                                      inplace=False, span=span)
-                tens, tensor_sum = replace(tens, estimates=tuple(new)), torch.cat(sums)
-                est, sums = estimate_distance(split(xs), split(gs), split(state.start), split(state.grad_sum), est, h,
-                                              step, inplace=False, span=span, strides=list(strides))
-                grad_sum = torch.cat(sums)
+                est, sums, new, tensor_sums = estimate_distances(
+                    split(xs), split(gs), split(state.start), split(state.grad_sum), est, h, step, inplace=False,
+                    span=span, strides=list(strides), tensor_sums=split(tensor_sum), estimates=list(tens.estimates))
+                tens, tensor_sum, grad_sum = replace(tens, estimates=tuple(new)), torch.cat(tensor_sums), torch.cat(sums)
         else:  # d stays; the moments are in its units after this step's shrink
             est = replace(est, last=est.d)
             tens = None if tens is None else tens.held()
@@ -657,4 +682,5 @@ def step(
                                            h.total_steps, (h.beta1, h.beta2))
         if new.distance is not None:
             new.lr_scale = normalise_scale(new.lr_scale, rule, rule_params)
+        new.lr_scale = round_scale(new.lr_scale)
     return finish(params, new, h, scaled=rule.net is not None), new

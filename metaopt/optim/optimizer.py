@@ -627,17 +627,17 @@ class GMNOptimizer(torch.optim.Optimizer):
             params = [p.detach().reshape(-1)[::strides[i]] for (i, _, _), p in zip(entries, params)]
             grads = [g.reshape(-1)[::strides[i]] for (i, _, _), g in zip(entries, grads)]
         # Parameters without a gradient this step take no part (their x_0 - x and s stay as they are).
-        new, _ = core.estimate_distance(
+        # The network's estimate and (per tensor) each tensor's own from its own sum, in one pass over x_0 - x.
+        ests = None if tens is None else list(tens.held().estimates)  # the tensors without a gradient: theirs stays
+        new, _, mine, _ = core.estimate_distances(
             [p.float() for p in params], [g.float() for g in grads],
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
-            step, inplace=True, span=span, strides=[self._strides[i] for i, _, _ in entries])
-        if tens is not None:  # each tensor's own estimate from its own sum (parameters without a gradient: kept)
-            ests = list(tens.held().estimates)  # the tensors without a gradient: their estimate stays
-            mine, _ = core.estimate_tensor_distances(
-                [p.float() for p in params], [g.float() for g in grads], [self.state[p]["start"] for _, p, _ in entries],
-                [self.state[p]["tensor_grad_sum"] for _, p, _ in entries], [ests[i] for i, _, _ in entries],
-                entries[0][2], step, inplace=True, span=span)
+            step, inplace=True, span=span, strides=[self._strides[i] for i, _, _ in entries],
+            tensor_sums=None if tens is None else [self.state[p]["tensor_grad_sum"] for _, p, _ in entries],
+            estimates=None if ests is None else [ests[i] for i, _, _ in entries])
+        if tens is not None:
+            assert ests is not None and mine is not None
             for (i, _, _), e in zip(entries, mine):
                 ests[i] = e
             tens = replace(tens, estimates=tuple(ests))
@@ -729,7 +729,7 @@ class GMNOptimizer(torch.optim.Optimizer):
                                              betas=betas)
         if self.lr_free:
             scale = core.normalise_scale(scale, self.rule)
-        buf["lr_scale"].copy_(self._damp(scale))
+        buf["lr_scale"].copy_(core.round_scale(self._damp(scale)))  # float16 (core.SCALE_DTYPE)
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
 
