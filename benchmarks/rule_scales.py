@@ -29,7 +29,7 @@ class ScaleRecorder(GMNOptimizer):
 
     def _refresh(self, entries, device):  # type: ignore[override]
         super()._refresh(entries, device)
-        q = torch.quantile(self._buffers["lr_scale"].float(), torch.tensor(QUANTILES, device=device))
+        q = torch.quantile(self._buffers["lr_scale"], torch.tensor(QUANTILES, device=device))
         self.history.append((int(self.state["steps_taken"]), [round(float(x), 4) for x in q]))
 
 

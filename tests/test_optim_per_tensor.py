@@ -125,7 +125,7 @@ def test_core_step_equals_the_optimizer(stride: int, monkeypatch: pytest.MonkeyP
                                   state, h)
         torch.testing.assert_close(params, flat_params(model), rtol=1e-6, atol=1e-6)
         for key in ("exp_avg", "exp_avg_sq", "lr_scale"):
-            torch.testing.assert_close(getattr(state, key), opt._buffers[key].float(), rtol=1e-5, atol=1e-6, msg=key)
+            torch.testing.assert_close(getattr(state, key), opt._buffers[key], rtol=1e-5, atol=1e-6, msg=key)
         for key in ("grad_sum", "tensor_grad_sum"):  # weighted by d^2 / d0 (up to 1e5 here): float32 rounding of
             # the largest entries (a few 1e-7 of them) is what an entry that nearly cancels can differ by
             mine = getattr(state, key)

@@ -28,11 +28,10 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
 
 
 @pytest.mark.parametrize("kwargs,keys,times", [
-    ({"lr": 1e-3}, ["exp_avg", "exp_avg_sq", "lr_scale"], 2.5),  # the fixed-lr GMN rule
-    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 5.5),  # GMNOptimizer(model)
+    ({"lr": 1e-3}, ["exp_avg", "exp_avg_sq", "lr_scale"], 3),  # the fixed-lr GMN rule
+    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),  # GMNOptimizer(model)
 ])
-def test_optimizer_state_bytes_are_2_5_parameters_at_a_fixed_lr_and_5_5_lr_free(kwargs, keys, times):
-    """float32 moments (and lr-free x_0 and the two gradient sums), the lr scale in float16."""
+def test_optimizer_state_is_three_times_the_parameters_at_a_fixed_lr_and_six_lr_free(kwargs, keys, times):
     torch.manual_seed(0)
     model = mlp()
     opt = GMNOptimizer(model, **kwargs)
@@ -40,7 +39,7 @@ def test_optimizer_state_bytes_are_2_5_parameters_at_a_fixed_lr_and_5_5_lr_free(
     opt.step()
     n = sum(p.numel() for p in model.parameters())
     assert sorted(opt._buffers) == sorted([*keys, "step"])
-    assert sum(v.numel() * v.element_size() for k, v in opt._buffers.items() if k != "step") == times * 4 * n
+    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == times * n
     assert opt.rule_refreshes == 1
 
 
@@ -373,33 +372,3 @@ def test_meta_training_can_continue_a_rule_with_the_snr_features():
     mask = trainable_mask(cfg, rule)
     assert int(mask.sum()) == 2 * rule.net.edge_in_proj.weight.shape[0]
     assert torch.equal(rule.net.edge_in_proj.weight[:, -2:], torch.zeros_like(rule.net.edge_in_proj.weight[:, -2:]))
-
-
-def test_round_scale_stores_float16_values_clamped_and_passes_gradients_straight_through():
-    from metaopt.optim import core
-
-    s = torch.tensor([1.0 + 1e-4, 0.3, 1e9, 1e-9], requires_grad=True)
-    r = core.round_scale(s)
-    assert r.dtype == torch.float32
-    half = torch.finfo(torch.float16)
-    assert torch.equal(r.detach(), s.detach().clamp(half.tiny, half.max).half().float())
-    assert r[0].item() == 1.0 and torch.isfinite(r).all()  # 1 + 1e-4 is below float16's resolution near 1
-    r[:2].sum().backward()  # straight through: the meta-gradient is float32's, not float16's
-    assert torch.equal(s.grad, torch.tensor([1.0, 1.0, 0.0, 0.0]))
-
-
-def test_a_rule_with_a_wide_bound_keeps_a_finite_float16_scale():
-    torch.manual_seed(0)
-    model = mlp()
-    rule = UpdateRule(RuleConfig(kind="gmn", hidden=8, alpha=1.0, bound=40.0))  # exp(40) overflows float16
-    with torch.no_grad():
-        for p in rule.net.parameters():
-            p.mul_(50.0)  # outputs far from 0: tanh saturates, log-scales near +-40
-    opt = GMNOptimizer(model, rule=rule, lr=1e-3)
-    model(torch.randn(2, 64)).sum().backward()
-    opt.step()
-    s = opt._buffers["lr_scale"]
-    assert s.dtype == torch.float16 and torch.isfinite(s).all() and (s > 0).all()
-    half = torch.finfo(torch.float16)
-    assert bool(((s == half.tiny) | (s == half.max)).any())  # the clamp to float16's range was needed
-    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -41,23 +41,6 @@ from .rules import UpdateRule
 ESTIMATE_WARMUP = 0
 D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
 
-# The rule's lr scale is stored in float16: a bounded multiplier (within exp(+-bound) of 1, times the
-# lr-free normalisation) needs no more than float16's 11 significant bits (relative rounding <= 2^-11),
-# and the state shrinks by half a parameter. Meta-training rounds it alike (`round_scale`), so what is
-# meta-trained is what ships. Scales are clamped to float16's normal range first (a rule with a bound
-# past ~11 would otherwise overflow to inf).
-SCALE_DTYPE = torch.float16
-_SCALE_MIN = float(torch.finfo(SCALE_DTYPE).tiny)
-_SCALE_MAX = float(torch.finfo(SCALE_DTYPE).max)
-
-
-def round_scale(scale: Tensor) -> Tensor:
-    """``scale`` at the values `SCALE_DTYPE` stores (its dtype kept): what a stored scale multiplies by.
-    In autograd the rounding is passed straight through, so meta-gradients stay in float32."""
-    clamped = scale.clamp(_SCALE_MIN, _SCALE_MAX)
-    rounded = clamped.to(SCALE_DTYPE).to(scale.dtype)
-    return clamped + (rounded - clamped).detach() if scale.requires_grad else rounded
-
 
 @dataclass
 class OptState:
@@ -65,7 +48,7 @@ class OptState:
 
     exp_avg: Tensor  # [E] Adam's first moment
     exp_avg_sq: Tensor  # [E] Adam's second moment
-    lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam), at `SCALE_DTYPE`'s values
+    lr_scale: Tensor  # [E] the rule's per-parameter lr multiplier (1 = Adam)
     step: int = 0
     # lr-free (Prodigy's distance estimate; None otherwise): x_0, the gradient sum s, the scalars. With
     # ``stride`` k > 1 the estimate reads every k-th entry of each tensor from its first (Prodigy's
@@ -122,7 +105,7 @@ class OptState:
         return cls(
             torch.zeros(num_edges, device=device),
             torch.zeros(num_edges, device=device),
-            torch.ones(num_edges, device=device, dtype=SCALE_DTYPE),
+            torch.ones(num_edges, device=device),
             0,
             start,
             None if start is None else torch.zeros_like(start, device=device),
@@ -558,7 +541,7 @@ def rule_features(
     ``lr`` (a float, or one per parameter tensor) is read by rules with the ``relative_lr`` feature,
     ``total_steps`` (0 = not known) by rules with the ``horizon`` features, ``betas`` by the ``snr`` ones."""
     return compute_features(
-        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale.float()), state.step, rule.features, lr,
+        index, grad, param, state.exp_avg, state.exp_avg_sq, torch.log(state.lr_scale), state.step, rule.features, lr,
         total_steps, betas,
     )
 
@@ -682,5 +665,4 @@ def step(
                                            h.total_steps, (h.beta1, h.beta2))
         if new.distance is not None:
             new.lr_scale = normalise_scale(new.lr_scale, rule, rule_params)
-        new.lr_scale = round_scale(new.lr_scale)
     return finish(params, new, h, scaled=rule.net is not None), new

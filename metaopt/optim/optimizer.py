@@ -729,7 +729,7 @@ class GMNOptimizer(torch.optim.Optimizer):
                                              betas=betas)
         if self.lr_free:
             scale = core.normalise_scale(scale, self.rule)
-        buf["lr_scale"].copy_(core.round_scale(self._damp(scale)))  # float16 (core.SCALE_DTYPE)
+        buf["lr_scale"].copy_(self._damp(scale))
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
 
