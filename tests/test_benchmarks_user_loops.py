@@ -1,0 +1,70 @@
+"""benchmarks.bench_user_loops: plain user-style loops, Adam tuned on the first seed, GMNOptimizer(model) as
+shipped; the speedups are the ratios of the steps and seconds each takes to reach tuned Adam's final loss."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import bench_user_loops as ul
+
+
+def test_every_loop_trains_with_the_default_optimizer() -> None:
+    """Each user-style model (GRU and BatchNorm included) builds its graph and steps under GMNOptimizer(model)."""
+    for loop in ul.loops().values():
+        run = ul.train(loop, ul.gmn_default, 12, seed=0)
+        assert len(run["curve"]) == len(run["times"]) == 12 and all(math.isfinite(x) for x in run["curve"])
+        assert run["times"] == sorted(run["times"])
+
+
+def test_batches_and_runs_are_reproducible_per_seed() -> None:
+    loop = ul.loops()["tabular_mlp"]
+    a, b = ul.train(loop, ul.adam(1e-2), 20, seed=3), ul.train(loop, ul.adam(1e-2), 20, seed=3)
+    assert a["curve"] == b["curve"]
+    assert ul.train(loop, ul.adam(1e-2), 20, seed=4)["curve"] != a["curve"]
+
+
+def test_bench_writes_rows_summary_and_plot(tmp_path) -> None:
+    assert ul.main(["--out", str(tmp_path), "--steps", "60", "--seeds", "0", "1", "--tasks", "logistic_regression"]) == 0
+    data = json.loads((tmp_path / "user_loops.json").read_text())
+    rows = data["rows"]
+    assert [(r["task"], r["seed"]) for r in rows] == [("logistic_regression", 0), ("logistic_regression", 1)]
+    first, second = rows
+    assert first["adam_lr"] == second["adam_lr"] in ul.ADAM_GRID  # tuned on the first seed only
+    assert first["adam_grid"] is not None and second["adam_grid"] is None
+    assert min(first["adam_grid"].values()) == pytest.approx(first["adam_final_loss"])
+    for r in rows:
+        assert r["adam_steps"] is not None and r["adam_steps"] <= 60  # Adam reaches its own final loss
+        if r["gmn_steps"]:
+            assert r["speedup_steps"] == pytest.approx(r["adam_steps"] / r["gmn_steps"])
+            assert r["speedup_clock"] == pytest.approx(r["adam_seconds"] / r["gmn_seconds"])
+        else:
+            assert r["speedup_steps"] == r["speedup_clock"] == 0.0 and r["gmn_final_loss"] > r["adam_final_loss"]
+    s = data["summary"]["60"]
+    assert s["tasks"] == 1 and s["median_speedup_steps"] == pytest.approx(
+        sorted(r["speedup_steps"] for r in rows)[0] / 2 + sorted(r["speedup_steps"] for r in rows)[1] / 2)
+    assert "| 60 |" in (tmp_path / "user_loops.md").read_text()
+    assert (tmp_path / "user_loops_60.png").stat().st_size > 0
+
+
+def test_default_optimizer_lowers_the_loss_of_a_plain_loop() -> None:
+    torch.manual_seed(0)
+    run = ul.train(ul.loops()["logistic_regression"], ul.gmn_default, 300, seed=0)
+    assert run["final_loss"] < 0.5 * run["curve"][0]
+
+
+def test_variants_share_tuned_adam_and_are_summarised_apart(tmp_path) -> None:
+    ul.main(["--out", str(tmp_path), "--steps", "40", "--seeds", "0", "1", "--tasks", "tabular_mlp",
+             "--variants", "default", "per_tensor_0"])
+    data = json.loads((tmp_path / "user_loops.json").read_text())
+    rows = data["rows"]
+    assert [(r["seed"], r["variant"]) for r in rows] == [(0, "default"), (0, "per_tensor_0"), (1, "default"),
+                                                         (1, "per_tensor_0")]
+    for seed in (0, 1):  # one Adam run per seed, whatever runs beside it
+        a, b = [r for r in rows if r["seed"] == seed]
+        assert a["curves"]["adam"] == b["curves"]["adam"] and a["curves"]["gmn"] != b["curves"]["gmn"]
+    assert set(data["summary"]) == {"40", "40/per_tensor_0"}
+    assert "GMNOptimizer(model, per_tensor=0)" in (tmp_path / "user_loops.md").read_text()
