@@ -108,6 +108,9 @@ class EvalSettings:
     rule_schedule: str = "constant"
     # torch threads per process, as run (written in the tables' header; merged parts must agree; 0: not recorded)
     threads: int = 0
+    # False (--no-best): rules run at their default lr (lr-free: the multiplier 1) only, without the <rule>@best
+    # grid, which costs 3x the runs of the default; lr sensitivity is then not measured for them
+    rule_best: bool = True
 
     def grid(self, lo: float, hi: float) -> list[float]:
         return [float(x) for x in np.geomspace(lo, hi, self.grid_points)]
@@ -203,6 +206,7 @@ def evaluate_task(
         "adam_cosine": (lambda lr: lambda m: cosine(torch.optim.Adam(m.parameters(), lr=lr), s.steps), grid),
     }
     tuned = {k: v for k, v in tuned.items() if k == "adam" or k in s.baselines}
+    makers: dict[str, Callable[[float], Callable]] = {}  # rule label -> lr -> its optimizer factory
     for name, rule in rules.items():
         def make_rule(lr: float, rule: UpdateRule = rule, name: str = name) -> Callable:
             def build(m: torch.nn.Module) -> Any:
@@ -211,16 +215,18 @@ def evaluate_task(
                                    **optimizer_options(rule_kwargs.get(name)))
                 return cosine(opt, s.steps) if s.rule_schedule == "cosine" else opt
             return build
-        tuned[f"{name}@best"] = (make_rule, rule_grid(rule_kwargs.get(name), grid))
+        makers[name] = make_rule
+        if s.rule_best:
+            tuned[f"{name}@best"] = (make_rule, rule_grid(rule_kwargs.get(name), grid))
     for name, (make, g) in tuned.items():
         if name not in res:
             res[name] = _run_or_tune(task, make, g, s, spec.seed, None if tuned_lrs is None else tuned_lrs[name])
     for name, rule in rules.items():
-        best, lr = res[f"{name}@best"], default_lr(rule, rule_kwargs.get(name))
+        best, lr = res.get(f"{name}@best", {}), default_lr(rule, rule_kwargs.get(name))
         if best.get("grid") and f"{lr:.3g}" in best["grid"] and f"{best['lr']:.3g}" == f"{lr:.3g}":
             res[name] = {**best, "grid": None}
         elif name not in res:
-            res[name] = {**run_optimizer(task, tuned[f"{name}@best"][0](lr), s.steps, spec.seed),
+            res[name] = {**run_optimizer(task, makers[name](lr), s.steps, spec.seed),
                          "lr": lr, "grid": None, "grid_divergences": 0}
     target = res["adam"]["final_loss"]
     adam_steps = steps_to(res["adam"]["curve"], target)
@@ -245,7 +251,7 @@ def sensitivity(res: dict[str, Any], rules: dict[str, UpdateRule], grid: list[fl
     defaults = [(n, f"{n}@best", default_lr(r, kw.get(n)), rule_grid(kw.get(n), grid))
                 for n, r in rules.items()] + [("adam", "adam", ADAM_DEFAULT_LR, grid)]
     for name, key, lr, lrs in defaults:
-        g = res[key].get("grid")
+        g = res.get(key, {}).get("grid")
         if not g or f"{lr:.3g}" not in g:
             continue
         lo, hi = neighbours(lrs, lr)
@@ -404,7 +410,8 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
     tuning = "tuned on each task's first seed" if s.tune == "first_seed" else "tuned per seed"
     header = (f"Settings: tasks {s.tasks}, seeds {s.seeds}, {s.steps} steps, {s.grid_points}-point lr grids "
               f"(Adam/AdamW and rules@best {s.lr_min:g}..{s.lr_max:g}, SGD {s.sgd_lr_min:g}..{s.sgd_lr_max:g}; {tuning}); "
-              f"rules at their default lr (GMNOptimizer(model, rule=..., lr_free=False)) and at their best lr"
+              f"rules at their default lr (GMNOptimizer(model, rule=..., lr_free=False))"
+              f"{' and at their best lr' if s.rule_best else ' only (--no-best)'}"
               f"{', under cosine decay over the horizon' if s.rule_schedule == 'cosine' else ''}; whole training loop timed, "
               f"torch threads {s.threads or 'not recorded'}.\n\n")
     if reused_from:  # timings from two runs: the machine's load may have differed between them
@@ -421,7 +428,7 @@ def write_tables(entries: list[dict[str, Any]], s: EvalSettings, out: Path, rule
 
 
 # What runs from before a setting existed did (results.json files lack the key).
-OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant", "suite": "held_out", "threads": 0}
+OLD_SETTINGS = {"tell_horizon": True, "rule_schedule": "constant", "suite": "held_out", "threads": 0, "rule_best": True}
 
 
 def rename_rows(entry: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
@@ -515,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                    "before the first step; default 1e-6)")
     p.add_argument("--per-tensor", type=float, help="with --lr-free: GMNOptimizer's per_tensor for the +lrfree rows "
                    "(the share of each tensor's own distance estimate in its step size; default 0)")
+    p.add_argument("--no-best", action="store_true",
+                   help="run the rules at their default lr (lr-free: the multiplier 1) only, not also over the lr "
+                        "grid (<rule>@best, 3x the runs); Adam is tuned as always")
     p.add_argument("--variants-only", action="store_true",
                    help="with --spike-guard / --lr-free: run only the <rule>+guard / +lrfree rows, not the rules as given")
     p.add_argument("--suite", default="held_out", choices=["held_out", *SELECTION_SUITES],
@@ -571,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     s.tune = a.tune
     s.tell_horizon = not a.no_horizon
     s.rule_schedule = a.rule_schedule
+    s.rule_best = not a.no_best
     if a.baselines:
         s.baselines = list(dict.fromkeys(["adam", *a.baselines]))
     if s.grid_points < 2 or s.steps < WINDOW:
@@ -640,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(Path(a.reuse).read_text())
         old["settings"] = {**OLD_SETTINGS, **old["settings"]}  # runs before the options: told, no schedule
         reused_from = [*old.get("reused_from", []), a.reuse]
-        differ = {k for k in set(old["settings"]) | set(s.__dict__)  # threads: the caveat on reused timings covers it
-                  if k not in ("tasks", "threads") and old["settings"].get(k) != s.__dict__.get(k)}
+        differ = {k for k in set(old["settings"]) | set(s.__dict__)  # threads: the caveat on reused timings covers
+                  # it; rule_best concerns only the rows run now
+                  if k not in ("tasks", "threads", "rule_best") and old["settings"].get(k) != s.__dict__.get(k)}
         if differ:  # the task list may differ: only the tasks run here are taken from it
             p.error(f"--reuse {a.reuse} was run with other settings ({sorted(differ)}): {old['settings']}, not {s.__dict__}")
         previous = {e["task"]: e["results"] for e in old["entries"]}
@@ -662,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         if old["settings"] != json.loads(json.dumps(s.__dict__)) or old.get("rules", []) != labels:
             p.error(f"--resume: {out / 'results.json'} was run with settings {old['settings']} and rules "
                     f"{old.get('rules')}, not {s.__dict__} and {labels}; use another --out")
-        expected = {"adam", *s.baselines, *rules, *(f"{n}@best" for n in rules)}
+        expected = {"adam", *s.baselines, *rules, *(f"{n}@best" for n in rules if s.rule_best)}
         previous = {e["task"]: e["results"] for e in old["entries"] if expected <= set(e["results"])}
         reused_from, resumed = old.get("reused_from", []), [*old.get("resumed", []), *previous]
         resumed = list(dict.fromkeys(resumed))
@@ -673,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         reuse_lrs = tuned.get(task_name) if s.tune == "first_seed" else None
         entry = evaluate_task(spec, rules, s, previous.get(spec.name), reuse_lrs, rule_kwargs)
         tuned.setdefault(task_name, {k: entry["results"][k]["lr"] for k in
-                                     ("adam", *[b for b in s.baselines if b != "adam"], *[f"{n}@best" for n in rules])})
+                                     ("adam", *[b for b in s.baselines if b != "adam"],
+                                      *[f"{n}@best" for n in rules if s.rule_best])})
         entries.append(entry)
         plot(entry, out / "curves" / f"{spec.name.replace('/', '_')}.png")
         (out / "results.json").write_text(

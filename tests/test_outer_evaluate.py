@@ -86,6 +86,32 @@ def test_rule_runs_at_its_default_lr_and_its_sensitivity_comes_from_its_grid(tmp
 
 
 
+def test_no_best_runs_rules_at_their_default_lr_only_and_can_reuse_a_run_with_the_grid(tmp_path: Path) -> None:
+    """--no-best: no <rule>@best rows (the rule runs once per seed at its default lr), Adam tuned as always,
+    and such a run may --reuse one made with the grid (the setting concerns only the rows run now)."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    d = tmp_path / "rule"
+    UpdateRule(RuleConfig(kind="gmn", hidden=4, alpha=0.01, refresh_every=5, default_lr=1e-2)).save_pretrained(d)
+    common = ["--tasks", "mlp_shapes", "--seeds", "0", "1", "--steps", "12", "--grid-points", "3", "--threads", "1",
+              "--baselines", "adam"]
+    evaluate.main(["--rule", f"a={d}", *common, "--no-best", "--out", str(tmp_path / "nb")])
+    evaluate.main(["--rule", f"with_grid={d}", *common, "--out", str(tmp_path / "g")])
+    evaluate.main(["--rule", f"b={d}", *common, "--no-best", "--reuse", str(tmp_path / "g" / "results.json"),
+                   "--out", str(tmp_path / "both")])
+    torch.set_num_threads(threads)
+    entries = json.loads((tmp_path / "nb" / "results.json").read_text())["entries"]
+    for e in entries:
+        assert set(e["results"]) == {"adam", "a"} and e["results"]["a"]["lr"] == 1e-2
+        assert e["results"]["adam"]["grid"] is None or len(e["results"]["adam"]["grid"]) == 3
+    assert "only (--no-best)" in (tmp_path / "nb" / "results.md").read_text()
+    both = json.loads((tmp_path / "both" / "results.json").read_text())["entries"]
+    assert {k for e in both for k in e["results"]} == {"adam", "with_grid", "with_grid@best", "b"}
+    grid_run = json.loads((tmp_path / "g" / "results.json").read_text())["entries"]
+    for e, g in zip(both, grid_run):  # the same rule at the same lr from the same start: the same curve
+        assert e["results"]["b"]["curve"] == g["results"]["with_grid"]["curve"]
+
+
 def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     common = ["--steps", "12", "--grid-points", "2", "--threads", "1", "--seeds", "0", "1"]
