@@ -15,7 +15,8 @@ others; `GMNOptimizer(model)` is run as shipped (no lr: the lr-free default). Pe
 table gives the steps and seconds each takes to reach tuned Adam's final loss (mean of its last
 `outer_train.evaluate.WINDOW` losses, the held-out evaluation's definition; "never" if it does not),
 and the speedups in steps and in wall-clock. ``--variants`` runs parts of the default's mode beside it
-(`VARIANTS`: without per-tensor estimates; plain Prodigy with them). Writes ``user_loops.json``, ``user_loops.md`` and a loss
+(`VARIANTS`: without per-tensor estimates; the rule's scale per tensor; plain Prodigy with per-tensor
+estimates). Writes ``user_loops.json``, ``user_loops.md`` and a loss
 -vs-seconds plot of each task's first seed to --out.
 """
 
@@ -182,6 +183,7 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
 VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
     "default": ("GMNOptimizer(model)", gmn_default),
     "per_tensor_0": ("GMNOptimizer(model, per_tensor=0)", lambda m: GMNOptimizer(m, per_tensor=0.0)),
+    "scale_per_tensor": ("GMNOptimizer(model, scale_per_tensor=True)", lambda m: GMNOptimizer(m, scale_per_tensor=True)),
     "prodigy_per_tensor": ("GMNOptimizer(model, rule=\"adam\", lr_free=True, estimate_every=10, per_tensor=0.7)",
                            lambda m: GMNOptimizer(m, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7)),
 }

@@ -98,7 +98,7 @@ def inner_step(
         scale, _ = core.scale_from_log(rule.log_scale(graph_inputs, merged, rule_params))
         for (_, _, _, st), s in zip(members, scale.split([f.edge.shape[0] for f in feats])):
             # lr-free: d sets the step size, the rule shares it out (and with global_bound corrects it)
-            st.lr_scale = s if st.distance is None else core.normalise_scale(s, rule, rule_params)
+            st.lr_scale = s if st.distance is None else core.normalise_scale(s, rule, rule_params, core.scale_sizes(st))
 
     ratio = None
     for g, group in enumerate(groups):

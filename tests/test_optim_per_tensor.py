@@ -78,13 +78,13 @@ def _task() -> ModelTask:
     return ModelTask(model, torch.zeros(2, 6), make, nn.functional.cross_entropy)
 
 
-@pytest.mark.parametrize("stride", [1, 3])
-def test_core_step_equals_the_optimizer(stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("stride, scale_per_tensor", [(1, False), (3, False), (1, True)])
+def test_core_step_equals_the_optimizer(stride: int, scale_per_tensor: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Six steps of a rule (alpha != 0, refresh every 2, a correction of d) lr-free with per_tensor, the
     estimate every second step after 3 warm-up steps (reading every entry, or a sample of the tensors
     large enough and all of the others: strides 5 and 1 here), non-default betas, eps and weight decay:
     the functional core (meta-training's form) and the optimizer agree on the parameters, the whole state
-    and every tensor's estimate."""
+    and every tensor's estimate; also with the rule's scale normalised per tensor (``scale_per_tensor``)."""
     monkeypatch.setattr(core, "MIN_TENSOR_SAMPLE", 4)  # this task's tensors (3-48 entries) at mixed strides
     task = _task()
     torch.manual_seed(0)
@@ -95,12 +95,13 @@ def test_core_step_equals_the_optimizer(stride: int, monkeypatch: pytest.MonkeyP
     model = copy.deepcopy(task.model)
     lr, share = 0.7, 0.6
     opt = GMNOptimizer(model, rule=rule, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph,
-                       lr_free=True, estimate_every=2, estimate_warmup=3, per_tensor=share, estimate_stride=stride)
+                       lr_free=True, estimate_every=2, estimate_warmup=3, per_tensor=share, estimate_stride=stride,
+                       scale_per_tensor=scale_per_tensor)
     prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
     params = flat_params(model)
     sizes = tuple(p.numel() for p in model.parameters())
     state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=share, sizes=sizes, warmup=3,
-                           stride=stride)
+                           stride=stride, scale_per_tensor=scale_per_tensor)
     strides = core.tensor_strides(sizes, stride, True)
     assert strides == ((1,) * 6 if stride == 1 else (5, 1, 1, 1, 5, 1))  # sizes 48, 8, 8, 8, 24, 3
     assert state.start.numel() == sum(-(-n // k) for n, k in zip(sizes, strides)) == sum(opt._sampled)
@@ -231,3 +232,57 @@ def test_small_tensors_are_read_whole_and_the_network_estimate_counts_each_sampl
     want = (decay * 1.0 + w * (dots[0] + 3 * dots[1])) / (norms[0] + 3 * norms[1])
     assert d_of([1, 3]) == pytest.approx(max(want, 1e-3), rel=1e-5)
     assert d_of([2, 2]) == pytest.approx(d_of(None), rel=1e-6)  # one stride for all cancels
+
+
+def test_scale_per_tensor_lets_the_rule_share_the_step_out_within_each_tensor_only():
+    """normalise_scale with sizes: each tensor's geometric-mean scale is the rule's correction of d (read
+    from the network's g), the shares within a tensor are the rule's; one tensor is the network form."""
+    torch.manual_seed(0)
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=2.0, bound=2.0)).with_global_bound(1.5)
+    with torch.no_grad():
+        rule.global_gate.fill_(2.0), rule.global_offset.fill_(0.1)
+    log_scale = torch.randn(10, requires_grad=True)
+    scale = log_scale.exp()
+    sizes = (3, 5, 2)
+    out = core.normalise_scale(scale, rule, sizes=sizes)
+    network = core.normalise_scale(scale, rule)
+    correction = float(network.log().mean())  # the network form's mean is the correction
+    for o, t in zip(out.split(list(sizes)), scale.split(list(sizes))):
+        assert float(o.log().mean()) == pytest.approx(correction, abs=1e-5)
+        torch.testing.assert_close((o / o[0]).detach(), (t / t[0]).detach())
+    torch.testing.assert_close(core.normalise_scale(scale, rule, sizes=(10,)), network)
+    out.sum().backward()  # differentiable (meta-training normalises alike)
+    assert log_scale.grad is not None and torch.isfinite(log_scale.grad).all()
+
+
+def test_scale_per_tensor_needs_per_tensor_estimates():
+    model = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="scale_per_tensor=True .* needs lr-free per_tensor > 0"):
+        GMNOptimizer(model, per_tensor=0.0, scale_per_tensor=True)
+    with pytest.raises(ValueError, match="scale_per_tensor=True"):
+        GMNOptimizer(model, lr=1e-3, scale_per_tensor=True)  # a fixed lr has no per-tensor estimates
+    with pytest.raises(ValueError, match="needs per_tensor > 0"):
+        OptState.zeros(10, start=torch.zeros(10), sizes=(8, 2), scale_per_tensor=True)
+    assert GMNOptimizer(model, scale_per_tensor=True).scale_per_tensor
+
+
+def test_scale_per_tensor_keeps_gru_gate_biases_from_running_away():
+    """A byte-level GRU LM (benchmarks.bench_user_loops): under GMNOptimizer(model) the rule's largest
+    scales and the per-tensor estimates' largest factors fall on the gate biases, which grow to rms ~4.5
+    within 400 steps (~10 by 1,000) and saturate the gates; with the scale per tensor they stay near 1."""
+    from benchmarks.bench_user_loops import loops, train
+
+    def bias_rms_and_loss(**kw):
+        holder = {}
+
+        def make(m):
+            holder["m"] = m
+            return GMNOptimizer(m, **kw)
+
+        run = train(loops()["gru_lm"], make, 400, seed=0)
+        return float(holder["m"].gru.bias_ih_l0.detach().pow(2).mean().sqrt()), run["final_loss"]
+
+    default_rms, default_loss = bias_rms_and_loss()
+    rms, loss = bias_rms_and_loss(scale_per_tensor=True)
+    assert default_rms > 3.0 and rms < 2.0
+    assert loss < default_loss - 0.1

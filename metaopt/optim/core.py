@@ -67,6 +67,7 @@ class OptState:
     tensor_grad_sum: Tensor | None = None
     warmup: int = ESTIMATE_WARMUP  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
     sizes: tuple[int, ...] = ()  # the tensors' entries in flat order, which ``stride`` samples (() = one tensor)
+    scale_per_tensor: bool = False  # lr-free per tensor: the rule's scale normalised per tensor (`normalise_scale`)
 
     def strides(self) -> tuple[int, ...]:
         """Each tensor's stride of the estimate's sample (`tensor_strides`; one tensor when ``sizes`` is ())."""
@@ -79,12 +80,13 @@ class OptState:
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
-              warmup: int = ESTIMATE_WARMUP, d0: float = D0) -> "OptState":
+              warmup: int = ESTIMATE_WARMUP, d0: float = D0, scale_per_tensor: bool = False) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th entry of each tensor (``sizes``: the tensors' entries in flat
         order, summing to ``num_edges``; () = one tensor) on every ``every``-th step after the first
         ``warmup`` (default `ESTIMATE_WARMUP`), starting at ``d0`` (default `D0`); with ``per_tensor`` > 0
-        also one estimate per tensor (``sizes`` required)."""
+        also one estimate per tensor (``sizes`` required), and with ``scale_per_tensor`` the rule's scale
+        normalised per tensor."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
@@ -93,6 +95,9 @@ class OptState:
         if sizes and sum(sizes) != num_edges:
             raise ValueError(f"OptState.zeros: the tensor sizes (which per_tensor and estimate_stride read) sum to "
                              f"{sum(sizes)}, not to the {num_edges} edges.")
+        if scale_per_tensor and not per_tensor:
+            raise ValueError("OptState.zeros: scale_per_tensor normalises the rule's scale per tensor under "
+                             "per-tensor estimates: it needs per_tensor > 0.")
         tensors = None
         if per_tensor:
             if start is None or not sizes:
@@ -116,6 +121,7 @@ class OptState:
             None if tensors is None else torch.zeros_like(start, device=device),
             warmup,
             sizes,
+            scale_per_tensor,
         )
 
     def detach(self) -> "OptState":
@@ -125,7 +131,8 @@ class OptState:
     def tensors(self) -> dict[str, Tensor]:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("step", "distance", "stride", "every", "tensor_distances", "warmup", "sizes")
+                if f.name not in ("step", "distance", "stride", "every", "tensor_distances", "warmup", "sizes",
+                                  "scale_per_tensor")
                 and getattr(self, f.name) is not None}
 
 
@@ -522,14 +529,29 @@ def shrink_tensor_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio
 
 
 def normalise_scale(scale: Tensor, rule: UpdateRule | None = None,
-                    rule_params: dict[str, Tensor] | None = None) -> Tensor:
+                    rule_params: dict[str, Tensor] | None = None, sizes: tuple[int, ...] | None = None) -> Tensor:
     """Lr-free, the lr scale divided by its geometric mean ``g`` over the network (``d`` sets the step
     size; the rule only shares it out between parameters), times the ``rule``'s correction of ``d``,
-    ``exp(rule.global_log_scale(log g))`` (exactly 1 without ``RuleConfig.global_bound``)."""
-    log_g = torch.log(scale).mean()
-    if rule is not None:
-        log_g = log_g - rule.global_log_scale(log_g, rule_params)
-    return scale / torch.exp(log_g)
+    ``exp(rule.global_log_scale(log g))`` (exactly 1 without ``RuleConfig.global_bound``).
+
+    With ``sizes`` (the tensors' entries in flat order; ``GMNOptimizer(scale_per_tensor=True)`` with
+    per-tensor estimates), each tensor's scale is divided by its own geometric mean instead: the
+    estimates set how far each tensor moves and the rule shares that out within the tensor only (the
+    correction still reads the network's ``g``)."""
+    log_s = torch.log(scale)
+    log_g = log_s.mean()
+    correction = rule.global_log_scale(log_g, rule_params) if rule is not None else torch.zeros_like(log_g)
+    if sizes is None or len(sizes) < 2:
+        return scale / torch.exp(log_g - correction)
+    means = torch.stack([t.mean() for t in log_s.split(list(sizes))])
+    counts = torch.tensor(sizes, device=scale.device)
+    return torch.exp(log_s - means.repeat_interleave(counts, output_size=scale.numel()) + correction)
+
+
+def scale_sizes(state: OptState) -> tuple[int, ...] | None:
+    """The tensor sizes `normalise_scale` shares the rule's scale out within (None: the whole network)."""
+    tens = state.tensor_distances
+    return tens.sizes if state.scale_per_tensor and tens is not None else None
 
 
 # ---- the rule's part ---------------------------------------------------------------------------
@@ -664,5 +686,5 @@ def step(
                                            rule_lr(rule, new.distance is not None, h.lr),
                                            h.total_steps, (h.beta1, h.beta2))
         if new.distance is not None:
-            new.lr_scale = normalise_scale(new.lr_scale, rule, rule_params)
+            new.lr_scale = normalise_scale(new.lr_scale, rule, rule_params, scale_sizes(new))
     return finish(params, new, h, scaled=rule.net is not None), new

@@ -187,6 +187,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``estimate_stride=k``, which then reads at least `core.MIN_TENSOR_SAMPLE` entries of every tensor,
     all of a smaller one), the estimate's cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
     (1e-4) spends fewer of the first steps growing ``d``, at the risk of starting above the step a task takes.
+    ``scale_per_tensor=True`` (with ``per_tensor``; opt-in) normalises the rule's scale per tensor: the
+    estimates set how far each tensor moves and the rule shares it out within the tensor only (by default
+    it also shares between tensors, which on a GRU LM ran its gate biases away; docs/optim.md, "User-style
+    loops").
     """
 
     def __init__(
@@ -211,6 +215,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         estimate_warmup: int | None = None,
         per_tensor: float | None = None,
         d0: float | None = None,
+        scale_per_tensor: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -235,6 +240,10 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.per_tensor = core.check_share(per_tensor)
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
+        if scale_per_tensor and not self.per_tensor:
+            raise ValueError("GMNOptimizer: scale_per_tensor=True normalises the rule's scale per tensor under "
+                             "per-tensor estimates; it needs lr-free per_tensor > 0 (GMNOptimizer(model) has 0.7).")
+        self.scale_per_tensor = bool(scale_per_tensor)
         if self.per_tensor and spike_guard is not None:
             source = " (the rule's lr-free mode)" if given["per_tensor"] is None else ""
             raise ValueError(f"GMNOptimizer: per_tensor={self.per_tensor:g}{source} shares the lr-free step between "
@@ -728,7 +737,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         scale, n_bad = core.refresh_lr_scale(self.rule, graph, index, grad, param, state, lr=lr, total_steps=total,
                                              betas=betas)
         if self.lr_free:
-            scale = core.normalise_scale(scale, self.rule)
+            scale = core.normalise_scale(scale, self.rule, sizes=tuple(self._numels) if self.scale_per_tensor else None)
         buf["lr_scale"].copy_(self._damp(scale))
         self.state[RULE_FALLBACKS] += n_bad
         self.state[RULE_REFRESHES] += 1
