@@ -17,7 +17,7 @@ table gives the steps and seconds each takes to reach tuned Adam's final loss (m
 and the speedups in steps and in wall-clock. ``--variants`` runs parts of the default's mode beside it
 (`VARIANTS`: without per-tensor estimates; the rule's scale per tensor; plain Prodigy with per-tensor
 estimates). Writes ``user_loops.json``, ``user_loops.md`` and a loss
--vs-seconds plot of each task's first seed to --out.
+-vs-seconds plot of each task's first seed to --out (the loss curves and times: ``user_loops_curves.json``).
 """
 
 from __future__ import annotations
@@ -320,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summ = summary(rows)
     command = "python -m benchmarks.bench_user_loops " + " ".join(argv if argv is not None else sys.argv[1:])
+    compact = [{k: v for k, v in r.items() if k != "curves"} for r in rows]  # small enough to keep in docs
     (out / "user_loops.json").write_text(json.dumps({"machine": machine(), "command": command, "summary": summ,
-                                                      "rows": rows}))
+                                                      "rows": compact}, indent=1))
+    (out / "user_loops_curves.json").write_text(json.dumps([{k: r[k] for k in ("task", "steps", "seed", "variant",
+                                                                              "curves")} for r in rows]))
     md = markdown(rows, summ, command)
     (out / "user_loops.md").write_text(md)
     for steps in a.steps:

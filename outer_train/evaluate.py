@@ -451,12 +451,16 @@ def merge_results(files: list[Path], out: Path, replace: bool = False, renames: 
     parts = [json.loads(f.read_text()) for f in files]
     for part in parts:  # runs before the options existed told the rules the horizon (none read it), no schedule
         part["settings"] = {**OLD_SETTINGS, **part["settings"]}
-    base = {k: v for k, v in parts[0]["settings"].items() if k not in ("tasks", "seeds")}
+    # rule_best (--no-best) says which rows a part has, not how they ran: parts may differ in it (a task's
+    # <rule>@best row is summarised only where every seed has it)
+    free = ("tasks", "seeds", "rule_best")
+    base = {k: v for k, v in parts[0]["settings"].items() if k not in free}
     for f, part in zip(files, parts):
-        other = {k: v for k, v in part["settings"].items() if k not in ("tasks", "seeds")}
+        other = {k: v for k, v in part["settings"].items() if k not in free}
         if other != base:
             raise SystemExit(f"--merge: {f} was run with settings {other}, {files[0]} with {base}")
     base["seeds"] = sorted({s for part in parts for s in part["settings"]["seeds"]})
+    base["rule_best"] = all(part["settings"]["rule_best"] for part in parts)
     entries = [rename_rows(e, renames or {}) for part in parts for e in part["entries"]]
     if replace:
         latest = {e["task"]: e for e in entries}

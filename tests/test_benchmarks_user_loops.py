@@ -63,8 +63,11 @@ def test_variants_share_tuned_adam_and_are_summarised_apart(tmp_path) -> None:
     rows = data["rows"]
     assert [(r["seed"], r["variant"]) for r in rows] == [(0, "default"), (0, "per_tensor_0"), (1, "default"),
                                                          (1, "per_tensor_0")]
+    curves = json.loads((tmp_path / "user_loops_curves.json").read_text())
+    assert [(c["seed"], c["variant"]) for c in curves] == [(r["seed"], r["variant"]) for r in rows]
+    assert all("curves" not in r for r in rows)  # user_loops.json stays small
     for seed in (0, 1):  # one Adam run per seed, whatever runs beside it
-        a, b = [r for r in rows if r["seed"] == seed]
-        assert a["curves"]["adam"] == b["curves"]["adam"] and a["curves"]["gmn"] != b["curves"]["gmn"]
+        a, b = [c["curves"] for c in curves if c["seed"] == seed]
+        assert a["adam"] == b["adam"] and a["gmn"] != b["gmn"]
     assert set(data["summary"]) == {"40", "40/per_tensor_0"}
     assert "GMNOptimizer(model, per_tensor=0)" in (tmp_path / "user_loops.md").read_text()

@@ -110,6 +110,14 @@ def test_no_best_runs_rules_at_their_default_lr_only_and_can_reuse_a_run_with_th
     grid_run = json.loads((tmp_path / "g" / "results.json").read_text())["entries"]
     for e, g in zip(both, grid_run):  # the same rule at the same lr from the same start: the same curve
         assert e["results"]["b"]["curve"] == g["results"]["with_grid"]["curve"]
+    # a run on other seeds without the grid merges with one with it (the @best row only where every seed has it)
+    evaluate.main(["--rule", f"with_grid={d}", *common[:3], "2", *common[5:], "--no-best", "--out", str(tmp_path / "s2")])
+    evaluate.main(["--merge", str(tmp_path / "g" / "results.json"), str(tmp_path / "s2" / "results.json"),
+                   "--out", str(tmp_path / "m")])
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert merged["settings"]["seeds"] == [0, 1, 2] and merged["settings"]["rule_best"] is False
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert "with_grid" in summary["per_task"]["mlp_shapes"] and "with_grid@best" not in summary["per_task"]["mlp_shapes"]
 
 
 def test_lrs_tuned_on_first_seed_and_partial_runs_merge(tmp_path: Path) -> None:
