@@ -379,8 +379,8 @@ def estimate_distances(
     """`estimate_distance`, and with ``estimates`` (one per tensor of the lists, their sums
     ``tensor_sums``) also each tensor's own estimate (`TensorDistances`: its own sum ``s_i``, weighted by
     its own ``d_i``) from the same step: x_0 - x and ``<g, x_0 - x>`` are computed once for both, and all
-    of it is read in one host sync. Returns the network's estimate
-    and sums, the tensors' estimates and sums (None without ``estimates``)."""
+    of it is read in one host sync. Returns the network's estimate and sums, the tensors' estimates and
+    sums (None without ``estimates``)."""
     decay = (h.beta2**0.5) ** span
     # d in the 1e15s (a loss without a minimum, e.g. linear) puts w past float32: then the sums go to inf,
     # the estimate stops being finite and d stays where it is, rather than a foreach op raising
