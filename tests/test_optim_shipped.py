@@ -1,6 +1,7 @@
 """Rules shipped in the package: "adam" is exactly Adam; "default" (GMN) and "mlp" (the per-parameter
 baseline) are meta-trained lr-scale rules that load, change the update and train; "lrfree" is the GMN
-rule GMNOptimizer(model) runs, in the lr-free mode it records; the names of earlier releases are gone."""
+rule GMNOptimizer(model) runs, in the lr-free mode it records; "lrfree_base" is that mode with no rule;
+the names of earlier releases are gone."""
 
 import shutil
 import warnings
@@ -25,7 +26,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "adam", "mlp"}
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
 
@@ -126,3 +127,19 @@ def test_the_mode_round_trips_and_bad_modes_are_refused(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), shipped.state_dict().values()))
     with pytest.raises(ValueError, match="options"):
         write_lr_free_rule(source, {}, tmp_path / "empty")
+
+
+def test_lrfree_base_is_the_default_mode_without_the_rule(tmp_path):
+    """rule="lrfree_base": the untrained rule (exactly Adam's direction) recording the default's lr-free mode,
+    i.e. GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7) bit for bit, with
+    no rule refresh; make_default's writer reproduces the directory from the "adam" rule."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_base")) or opts[-1], steps=40)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **SHIPPED_MODE), steps=40)
+    opt = opts[0]
+    assert opt.lr_free and opt.estimate_every == 10 and opt.per_tensor == 0.7 and opt.rule.is_identity
+    assert opt.rule_refreshes == 0 and losses[-1] < losses[0]
+    for a, b in zip(named.parameters(), explicit.parameters()):
+        assert torch.equal(a, b)
+    out = write_lr_free_rule(PRETRAINED_DIR / "adam", SHIPPED_MODE, tmp_path / "base")
+    assert (out / "config.json").read_text() == (PRETRAINED_DIR / "lrfree_base" / "config.json").read_text()

@@ -410,7 +410,7 @@ def shipped_rules() -> list[str]:
 
 
 def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
-    """``"default"`` or another shipped name (``"lrfree"``, ``"adam"``, ``"mlp"``: `shipped_rules`) -> that
+    """``"default"`` or another shipped name (``"lrfree"``, ``"lrfree_base"``, ``"adam"``, ``"mlp"``: `shipped_rules`) -> that
     rule; a path -> `UpdateRule.from_pretrained`; a rule -> itself (None -> ``"default"``; `GMNOptimizer`
     picks the shipped rule for its mode itself)."""
     if isinstance(rule, UpdateRule):
