@@ -23,6 +23,7 @@ estimates). Writes ``user_loops.json``, ``user_loops.md`` and a loss
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -57,6 +58,7 @@ class Loop:
     batches: Callable[[int, int], list[Batch]]  # (seed, steps) -> batches
 
 
+@functools.cache
 def _digits() -> tuple[Tensor, Tensor]:
     from sklearn.datasets import load_digits
 
@@ -64,6 +66,7 @@ def _digits() -> tuple[Tensor, Tensor]:
     return torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target, dtype=torch.long)
 
 
+@functools.cache
 def _cancer() -> tuple[Tensor, Tensor]:
     from sklearn.datasets import load_breast_cancer
 
@@ -72,8 +75,17 @@ def _cancer() -> tuple[Tensor, Tensor]:
     return torch.tensor(x, dtype=torch.float32), torch.tensor(d.target, dtype=torch.long)
 
 
-def _minibatches(x: Tensor, y: Tensor, batch: int) -> Callable[[int, int], list[Batch]]:
+@functools.cache
+def _stdlib_bytes() -> Tensor:
+    from inner_tasks.data.text import load_stdlib_corpus
+
+    return load_stdlib_corpus(300_000).train.long()
+
+
+def _minibatches(data: Callable[[], tuple[Tensor, Tensor]], batch: int) -> Callable[[int, int], list[Batch]]:
+    """(seed, steps) -> random minibatches of ``data()`` (loaded, once, when first drawn)."""
     def draw(seed: int, steps: int) -> list[Batch]:
+        x, y = data()
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, x.shape[0], (steps, batch), generator=g)
         return [(x[i], y[i]) for i in idx]
@@ -81,13 +93,12 @@ def _minibatches(x: Tensor, y: Tensor, batch: int) -> Callable[[int, int], list[
 
 
 def _text_windows(context: int, batch: int) -> Callable[[int, int], list[Batch]]:
-    from inner_tasks.data.text import load_stdlib_corpus, sample_windows
-
-    tokens = load_stdlib_corpus(300_000).train.long()
+    """(seed, steps) -> random windows of the stdlib bytes and their next bytes."""
+    from inner_tasks.data.text import sample_windows
 
     def draw(seed: int, steps: int) -> list[Batch]:
         g = torch.Generator().manual_seed(seed)
-        return [sample_windows(tokens, batch, context, g) for _ in range(steps)]
+        return [sample_windows(_stdlib_bytes(), batch, context, g) for _ in range(steps)]
     return draw
 
 
@@ -122,29 +133,20 @@ def _next_byte(m: nn.Module, b: Batch) -> Tensor:
 
 def loops() -> dict[str, Loop]:
     """The benchmark's tasks by name (data is loaded when a task's batches are first drawn)."""
-    def lazy(make: Callable[[], Callable[[int, int], list[Batch]]]) -> Callable[[int, int], list[Batch]]:
-        cache: dict[str, Callable[[int, int], list[Batch]]] = {}
-
-        def draw(seed: int, steps: int) -> list[Batch]:
-            if "f" not in cache:
-                cache["f"] = make()
-            return cache["f"](seed, steps)
-        return draw
-
     return {
         "logistic_regression": Loop("logistic_regression", "digits, nn.Linear(64, 10), batch 64",
-                                    lambda: nn.Linear(64, 10), _cross_entropy, lazy(lambda: _minibatches(*_digits(), 64))),
+                                    lambda: nn.Linear(64, 10), _cross_entropy, _minibatches(_digits, 64)),
         "tabular_mlp": Loop("tabular_mlp", "breast cancer (30 features), MLP 64-64, batch 32",
                             lambda: nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)),
-                            _cross_entropy, lazy(lambda: _minibatches(*_cancer(), 32))),
+                            _cross_entropy, _minibatches(_cancer, 32)),
         "autoencoder": Loop("autoencoder", "digits, 64-32-8-32-64 ReLU, MSE, batch 64",
                             lambda: nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(),
                                                   nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 64)),
-                            _reconstruction, lazy(lambda: _minibatches(*_digits(), 64))),
+                            _reconstruction, _minibatches(_digits, 64)),
         "bn_cnn": Loop("bn_cnn", "digits 8x8, two conv + BatchNorm layers, batch 64", _bn_cnn, _cross_entropy,
-                       lazy(lambda: _minibatches(*_digits(), 64))),
+                       _minibatches(_digits, 64)),
         "gru_lm": Loop("gru_lm", "stdlib bytes, embedding 32 + GRU 64, context 32, batch 16", GRULM, _next_byte,
-                       lazy(lambda: _text_windows(32, 16))),
+                       _text_windows(32, 16)),
     }
 
 
