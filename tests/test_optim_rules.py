@@ -30,8 +30,11 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
 @pytest.mark.parametrize("kwargs,keys,times", [
     ({"lr": 1e-3}, ["exp_avg", "exp_avg_sq", "lr_scale"], 3),  # the fixed-lr GMN rule
     ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),  # GMNOptimizer(model)
+    ({"rule": "adam", "lr": 1e-3}, ["exp_avg", "exp_avg_sq"], 2),  # exactly Adam: Adam's state
+    ({"rule": "lrfree_base"}, ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),
 ])
-def test_optimizer_state_is_three_times_the_parameters_at_a_fixed_lr_and_six_lr_free(kwargs, keys, times):
+def test_optimizer_state_in_parameters(kwargs, keys, times):
+    """3x at a fixed lr, 6x lr-free with per-tensor estimates; an identity rule keeps no scale (1x less)."""
     torch.manual_seed(0)
     model = mlp()
     opt = GMNOptimizer(model, **kwargs)
@@ -40,7 +43,62 @@ def test_optimizer_state_is_three_times_the_parameters_at_a_fixed_lr_and_six_lr_
     n = sum(p.numel() for p in model.parameters())
     assert sorted(opt._buffers) == sorted([*keys, "step"])
     assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == times * n
-    assert opt.rule_refreshes == 1
+    assert opt.rule_refreshes == (0 if opt.rule.is_identity else 1)
+    assert sorted(opt.state_dict()["state"][0]) == sorted([*keys, "step"])
+
+
+def _alpha_switched_run(alpha_at_construction: float, steps: int = 8, switch_at: int = 3):
+    """A linear rule that is the identity (alpha 0) for the first ``switch_at`` steps and 0.5 after."""
+    from test_optim_common import linear_rule
+
+    torch.manual_seed(0)
+    model = mlp()
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    rule = linear_rule(alpha=alpha_at_construction, refresh_every=2)
+    opt = GMNOptimizer(model, rule=rule, lr=1e-2, graph=to_graph(model))
+    with torch.no_grad():
+        rule.alpha.fill_(0.0)
+    for t in range(steps):
+        if t == switch_at:
+            with torch.no_grad():
+                rule.alpha.fill_(0.5)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, opt
+
+
+def test_identity_rule_allocates_its_scale_when_it_stops_being_the_identity():
+    """Built with an identity rule (no scale buffer), then alpha changes: the scale is allocated as
+    ones and the run is bit for bit the one whose optimizer held the scale from the start."""
+    lazy_model, lazy = _alpha_switched_run(0.0)
+    eager_model, eager = _alpha_switched_run(0.5)
+    assert "lr_scale" in lazy._buffers and lazy.rule_refreshes == eager.rule_refreshes > 0
+    for p, q in zip(lazy_model.parameters(), eager_model.parameters()):
+        assert torch.equal(p, q)
+    torch.testing.assert_close(lazy._buffers["lr_scale"], eager._buffers["lr_scale"], rtol=0, atol=0)
+    p0 = next(lazy_model.parameters())
+    assert lazy.state[p0]["lr_scale"].untyped_storage().data_ptr() == lazy._buffers["lr_scale"].untyped_storage().data_ptr()
+
+
+def test_state_saved_with_an_identity_rule_loads_into_a_learned_rule_with_scale_one():
+    torch.manual_seed(0)
+    model = mlp()
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    adam = GMNOptimizer(model, rule="adam", lr=1e-2)
+    for _ in range(3):
+        adam.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        adam.step()
+    saved = adam.state_dict()
+    assert "lr_scale" not in saved["state"][0]
+    learned = GMNOptimizer(model, lr=1e-2)  # the fixed-lr GMN rule
+    learned.load_state_dict(saved)
+    assert torch.equal(learned._buffers["lr_scale"], torch.ones_like(learned._buffers["exp_avg"]))
+    torch.testing.assert_close(learned._buffers["exp_avg_sq"], adam._buffers["exp_avg_sq"], rtol=0, atol=0)
+    back = GMNOptimizer(model, rule="adam", lr=1e-2)
+    back.load_state_dict(learned.state_dict())  # the scale is dropped: an identity rule has none
+    assert "lr_scale" not in back._buffers
 
 
 def _saved(tmp_path, **kw):
@@ -136,9 +194,9 @@ def test_optimizer_state_of_another_shape_is_refused():
     model(torch.randn(2, 64)).sum().backward()
     opt.step()
     sd = opt.state_dict()
-    sd["state"][0]["lr_scale"] = torch.ones(3)
+    sd["state"][0]["exp_avg_sq"] = torch.ones(3)
     other = GMNOptimizer(model, rule="adam", graph=to_graph(model))
-    with pytest.raises(ValueError, match="lr_scale"):
+    with pytest.raises(ValueError, match="exp_avg_sq"):
         other.load_state_dict(sd)
 
 

@@ -139,7 +139,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     of steps, read by rules with horizon features (the fraction of training done; kept in the param
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the shipped
-    lr-free mode: the estimate's start point and two gradient sums on top).
+    lr-free mode: the estimate's start point and two gradient sums on top). An identity rule
+    (``rule="adam"``, ``"lrfree_base"``) keeps no scale: 2x, as torch Adam, and 1x less in every mode.
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
@@ -283,7 +284,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.nowcaster: Nowcaster | None = resolve_nowcaster(nowcast)
         self.spike_guard: float | None = None if spike_guard is None else float(spike_guard)
         self.lr_free = lr_free
-        self._state_keys = (self.STATE_KEYS + (self.DISTANCE_KEYS if lr_free else ())
+        # An identity rule (rule="adam": its scale is 1 everywhere) keeps no lr_scale buffer: Adam's state
+        # is 2x the parameters, and the scale is allocated (as ones) if the rule stops being the identity.
+        self._state_keys = ((*self.MOMENT_KEYS, *(() if self._rule_is_identity() else ("lr_scale",)))
+                            + (self.DISTANCE_KEYS if lr_free else ())
                             + (("tensor_grad_sum",) if self.per_tensor else ()))
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
@@ -384,7 +388,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         return int(self.state[NOWCAST_FALLBACKS])
 
     # ---- flat state ----------------------------------------------------------------------
-    STATE_KEYS = ("exp_avg", "exp_avg_sq", "lr_scale")  # every optimizer's; self._state_keys adds lr_free's
+    MOMENT_KEYS = ("exp_avg", "exp_avg_sq")  # every optimizer's; self._state_keys adds the rule's scale and lr_free's
+    STATE_KEYS = (*MOMENT_KEYS, "lr_scale")  # what the step's Adam part reads (the scale unless the rule is the identity)
     DISTANCE_KEYS = ("start", "grad_sum")  # lr_free: x_0 and Prodigy's gradient sum s
     SAMPLED_KEYS = (*DISTANCE_KEYS, "tensor_grad_sum")  # the entries the estimate reads (estimate_stride)
 
@@ -395,8 +400,19 @@ class GMNOptimizer(torch.optim.Optimizer):
         init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride,
                               every=self.estimate_every, per_tensor=self.per_tensor, sizes=tuple(self._numels),
                               warmup=self.estimate_warmup, d0=self.d0)
-        self._buffers = {**init.tensors(), "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
+        self._buffers = {**{k: v for k, v in init.tensors().items() if k in self._state_keys},
+                         "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
+
+    def _ensure_lr_scale(self) -> None:
+        """The rule stopped being the identity after construction (its alpha was changed): allocate its
+        scale as the identity's, ones, and re-point the views."""
+        if "lr_scale" in self._state_keys:
+            return
+        self._state_keys = (*self.MOMENT_KEYS, "lr_scale", *self._state_keys[len(self.MOMENT_KEYS):])
+        if self._buffers is not None:
+            self._buffers["lr_scale"] = torch.ones_like(self._buffers["exp_avg"])
+            self._attach_views()
 
     def _attach_views(self) -> None:
         """Point ``self.state[p]`` of every grouped parameter at its slice of the flat buffers."""
@@ -484,8 +500,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[STEPS_TAKEN] += 1
         step_list = buf["step"].tolist()
         identity = self._rule_is_identity()
+        if not identity and "lr_scale" not in buf:
+            self._ensure_lr_scale()
         if self.spike_guard is not None and (self.lr_free or not identity):
-            self._watch_spikes(grads, buf["lr_scale"])
+            self._watch_spikes(grads, buf.get("lr_scale"))
             if identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
                 self._lift_guard()  # what a refresh does for a rule (lr-free Prodigy: the cap on d)
         if self.lr_free:
@@ -503,7 +521,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             key = tuple(i for i, _ in seg)
             if key not in self._segment_views:
                 self._segment_views[key] = {k: [self._views[k][i].view(p.shape) for i, p in seg]
-                                            for k in self.STATE_KEYS}  # what the step's Adam part reads
+                                            for k in self.STATE_KEYS if k in self._views}  # what the Adam part reads
             seg_views.append((h, t, seg, self._segment_views[key]))
 
         for h, t, seg, v in seg_views:
@@ -666,7 +684,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         scaled = {h: replace(h, lr=h.lr * d) for h in {h for _, _, h in entries}}
         return [(i, p, scaled[h]) for i, p, h in entries]
 
-    def _watch_spikes(self, grads: list[Tensor], lr_scale: Tensor) -> None:
+    def _watch_spikes(self, grads: list[Tensor], lr_scale: Tensor | None) -> None:
         """The spike guard: after SPIKE_STEPS consecutive gradient norms above ``spike_guard`` x their
         running mean, halve the log of every lr scale above 1 (in place, this step on) and, lr-free,
         the distance estimate ``d`` (capped there), and count one more halving in force; again on every
@@ -677,7 +695,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[SPIKE_STREAK] = int(self.state[SPIKE_STREAK]) + 1 if high else 0
         if self.state[SPIKE_STREAK] >= SPIKE_STEPS:
             if int(self.state[SPIKE_LEVEL]) < SPIKE_MAX_LEVEL:
-                torch.where(lr_scale > 1, lr_scale.sqrt(), lr_scale, out=lr_scale)  # log s -> log s / 2 where s > 1
+                if lr_scale is not None:  # log s -> log s / 2 where s > 1 (an identity rule's s is 1)
+                    torch.where(lr_scale > 1, lr_scale.sqrt(), lr_scale, out=lr_scale)
                 if self.lr_free:  # d and the moments' units alike: the step halves (a pending shrink is kept)
                     self.state[DISTANCE] = self.state[DISTANCE_CAP] = float(self.state[DISTANCE]) / 2
                     self.state[DISTANCE_LAST] = float(self.state[DISTANCE_LAST]) / 2
@@ -752,6 +771,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
         super().load_state_dict(state_dict)
+        saved_here = STEPS_TAKEN in self.state  # GMNOptimizer's counters travel with its state (not torch.optim's)
         for key in _COUNTERS:
             self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
         if self.per_tensor:
@@ -772,6 +792,13 @@ class GMNOptimizer(torch.optim.Optimizer):
         assert buf is not None
         for p, st in loaded.items():
             i = self._index[id(p)]
+            if not saved_here:
+                raise ValueError(
+                    f"GMNOptimizer.load_state_dict: the state (parameter {i}: {sorted(st)}) holds none of "
+                    f"GMNOptimizer's counters ({STEPS_TAKEN!r}): it was not saved by a GMNOptimizer (e.g. by "
+                    "torch.optim.Adam).")
+            if "lr_scale" in self._state_keys and "lr_scale" not in st:  # saved with an identity rule: its scale is 1
+                st["lr_scale"] = torch.ones_like(p, dtype=torch.float32)
             missing = [key for key in ("step", *self._state_keys) if key not in st]
             if missing and set(missing) <= set(self.DISTANCE_KEYS):
                 raise ValueError(
