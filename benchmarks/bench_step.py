@@ -219,7 +219,7 @@ LABELS = {
     "gmnopt-adam-lrfree": "GMNOptimizer, rule=\"adam\", lr_free=True (Prodigy)",
     "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
     "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
-    SHIPPED_KIND: "GMNOptimizer(model): rule=\"lrfree\" in its lr-free mode",
+    SHIPPED_KIND: "GMNOptimizer(model): rule=\"lrfree_base\" in its lr-free mode",
 }
 
 

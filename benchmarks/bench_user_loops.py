@@ -14,9 +14,8 @@ Adam is tuned over 7 log-spaced lrs (1e-4 .. 1e-1) on each task's first seed and
 others; `GMNOptimizer(model)` is run as shipped (no lr: the lr-free default). Per task and seed the
 table gives the steps and seconds each takes to reach tuned Adam's final loss (mean of its last
 `outer_train.evaluate.WINDOW` losses, the held-out evaluation's definition; "never" if it does not),
-and the speedups in steps and in wall-clock. ``--variants`` runs parts of the default's mode beside it
-(`VARIANTS`: without per-tensor estimates; the rule's scale per tensor; plain Prodigy with per-tensor
-estimates). Writes ``user_loops.json``, ``user_loops.md`` and a loss
+and the speedups in steps and in wall-clock. ``--variants`` runs others beside it (`VARIANTS`: the
+default without per-tensor estimates; the lr-free GMN rule, alone and with its scale per tensor). Writes ``user_loops.json``, ``user_loops.md`` and a loss
 -vs-seconds plot of each task's first seed to --out (the loss curves and times: ``user_loops_curves.json``).
 """
 
@@ -181,13 +180,15 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
     return GMNOptimizer(m)  # as a user writes it: nothing else passed
 
 
-# What else can run beside the default (--variants), each with nothing to tune: parts of the default's mode
+# What else can run beside the default (--variants), each with nothing to tune: the default without its
+# per-tensor estimates, and the lr-free GMN rule in the same mode (the default of 0.4), alone and with its
+# scale normalised per tensor. (Before 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
 VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
     "default": ("GMNOptimizer(model)", gmn_default),
     "per_tensor_0": ("GMNOptimizer(model, per_tensor=0)", lambda m: GMNOptimizer(m, per_tensor=0.0)),
-    "scale_per_tensor": ("GMNOptimizer(model, scale_per_tensor=True)", lambda m: GMNOptimizer(m, scale_per_tensor=True)),
-    "prodigy_per_tensor": ("GMNOptimizer(model, rule=\"adam\", lr_free=True, estimate_every=10, per_tensor=0.7)",
-                           lambda m: GMNOptimizer(m, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7)),
+    "lrfree_gmn": ("GMNOptimizer(model, rule=\"lrfree\")", lambda m: GMNOptimizer(m, rule="lrfree")),
+    "lrfree_gmn_scale_per_tensor": ("GMNOptimizer(model, rule=\"lrfree\", scale_per_tensor=True)",
+                                    lambda m: GMNOptimizer(m, rule="lrfree", scale_per_tensor=True)),
 }
 
 

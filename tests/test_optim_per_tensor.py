@@ -267,9 +267,10 @@ def test_scale_per_tensor_needs_per_tensor_estimates():
 
 
 def test_scale_per_tensor_keeps_gru_gate_biases_from_running_away():
-    """A byte-level GRU LM (benchmarks.bench_user_loops): under GMNOptimizer(model) the rule's largest
-    scales and the per-tensor estimates' largest factors fall on the gate biases, which grow to rms ~4.5
-    within 400 steps (~10 by 1,000) and saturate the gates; with the scale per tensor they stay near 1."""
+    """A byte-level GRU LM (benchmarks.bench_user_loops): under the lr-free GMN rule (rule="lrfree", the
+    default of 0.4) the rule's largest scales and the per-tensor estimates' largest factors fall on the
+    gate biases, which grow to rms ~4.5 within 400 steps (~10 by 1,000) and saturate the gates; with the
+    scale per tensor, and under GMNOptimizer(model) (no rule), they stay near 1."""
     from benchmarks.bench_user_loops import loops, train
 
     def bias_rms_and_loss(**kw):
@@ -282,7 +283,9 @@ def test_scale_per_tensor_keeps_gru_gate_biases_from_running_away():
         run = train(loops()["gru_lm"], make, 400, seed=0)
         return float(holder["m"].gru.bias_ih_l0.detach().pow(2).mean().sqrt()), run["final_loss"]
 
-    default_rms, default_loss = bias_rms_and_loss()
-    rms, loss = bias_rms_and_loss(scale_per_tensor=True)
-    assert default_rms > 3.0 and rms < 2.0
-    assert loss < default_loss - 0.1
+    gmn_rms, gmn_loss = bias_rms_and_loss(rule="lrfree")
+    rms, loss = bias_rms_and_loss(rule="lrfree", scale_per_tensor=True)
+    assert gmn_rms > 3.0 and rms < 2.0
+    assert loss < gmn_loss - 0.1
+    base_rms, base_loss = bias_rms_and_loss()
+    assert base_rms < 2.0 and base_loss < gmn_loss - 0.1

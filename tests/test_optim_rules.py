@@ -21,7 +21,7 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
     assert rule.config.kind == "gmn" and not rule.is_identity and rule.net is not None
     assert rule.features.version == 2 and rule.features.edge_names()[-1] == "log_lr_scale"
     assert (DEFAULT_RULE_DIR / "train_config.json").is_file()  # how it was trained ships with it
-    assert GMNOptimizer(mlp()).rule.config.kind == "gmn"
+    assert GMNOptimizer(mlp(), lr=1e-3).rule.config.kind == "gmn"  # an lr and no rule: the fixed-lr GMN rule
     meta = json.loads((ADAM_RULE_DIR / "config.json").read_text())
     assert meta["rule"]["alpha"] == 0.0
     assert GMNOptimizer(mlp(), rule="adam").rule.is_identity
@@ -29,9 +29,9 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
 
 @pytest.mark.parametrize("kwargs,keys,times", [
     ({"lr": 1e-3}, ["exp_avg", "exp_avg_sq", "lr_scale"], 3),  # the fixed-lr GMN rule
-    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),  # GMNOptimizer(model)
+    ({"rule": "lrfree"}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),
     ({"rule": "adam", "lr": 1e-3}, ["exp_avg", "exp_avg_sq"], 2),  # exactly Adam: Adam's state
-    ({"rule": "lrfree_base"}, ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),
+    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),  # GMNOptimizer(model): lrfree_base
 ])
 def test_optimizer_state_in_parameters(kwargs, keys, times):
     """3x at a fixed lr, 6x lr-free with per-tensor estimates; an identity rule keeps no scale (1x less)."""

@@ -1,7 +1,7 @@
 """Rules shipped in the package: "adam" is exactly Adam; "default" (GMN) and "mlp" (the per-parameter
-baseline) are meta-trained lr-scale rules that load, change the update and train; "lrfree" is the GMN
-rule GMNOptimizer(model) runs, in the lr-free mode it records; "lrfree_base" is that mode with no rule;
-the names of earlier releases are gone."""
+baseline) are meta-trained lr-scale rules that load, change the update and train; "lrfree_base", what
+GMNOptimizer(model) runs, is the shipped lr-free mode with no rule, and "lrfree" the GMN rule meta-trained
+in that mode; the names of earlier releases are gone."""
 
 import shutil
 import warnings
@@ -54,16 +54,19 @@ def test_meta_trained_rules_load_and_change_the_update():
 SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}
 
 
-def test_nothing_passed_runs_the_lr_free_rule_in_its_mode_and_trains():
-    """GMNOptimizer(model): the shipped lr-free rule, lr-free with the options it records, the lr a
-    multiplier of 1; the loss goes down and the estimate grows from d0."""
+@pytest.mark.parametrize("rule", [None, "lrfree"])
+def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
+    """GMNOptimizer(model): rule="lrfree_base" (no learned rule, no refresh), lr-free with the options it
+    records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in the same mode, refreshed on step 1;
+    the loss goes down and the estimate grows from d0."""
     opts = []
-    _, losses = _train(lambda m: opts.append(GMNOptimizer(m)) or opts[-1], steps=60)
+    _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == SHIPPED_MODE and opt.rule.config.kind == "gmn"
+    assert opt.rule.config.lr_free == SHIPPED_MODE
+    assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
     assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 1, 0.7)
-    assert opt.distance > 100 * core.D0 and opt.rule_fallbacks == 0 and opt.rule_refreshes == 1
+    assert opt.distance > 100 * core.D0 and opt.rule_fallbacks == 0 and opt.rule_refreshes == (rule is not None)
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -380,7 +380,7 @@ class UpdateRule(nn.Module):
     def default(cls) -> "UpdateRule":
         """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN lr-scale rule
         meta-trained at a fixed lr by ``outer_train`` (command, budget and evaluation in docs/optim.md),
-        which ``GMNOptimizer(model, lr=...)`` runs; ``GMNOptimizer(model)`` runs ``rule="lrfree"``.
+        which ``GMNOptimizer(model, lr=...)`` runs; ``GMNOptimizer(model)`` runs ``rule="lrfree_base"``.
         ``rule="adam"`` is the untrained rule (alpha = 0), i.e. exactly Adam."""
         return cls.from_pretrained(DEFAULT_RULE_DIR)
 
