@@ -263,7 +263,9 @@ def test_scale_per_tensor_needs_per_tensor_estimates():
         GMNOptimizer(model, lr=1e-3, scale_per_tensor=True)  # a fixed lr has no per-tensor estimates
     with pytest.raises(ValueError, match="needs per_tensor > 0"):
         OptState.zeros(10, start=torch.zeros(10), sizes=(8, 2), scale_per_tensor=True)
-    assert GMNOptimizer(model, scale_per_tensor=True).scale_per_tensor
+    with pytest.raises(ValueError, match="is the identity"):
+        GMNOptimizer(model, scale_per_tensor=True)  # GMNOptimizer(model) runs no rule: nothing to normalise
+    assert GMNOptimizer(model, rule="lrfree", scale_per_tensor=True).scale_per_tensor
 
 
 def test_scale_per_tensor_keeps_gru_gate_biases_from_running_away():

@@ -247,6 +247,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         if scale_per_tensor and not self.per_tensor:
             raise ValueError("GMNOptimizer: scale_per_tensor=True normalises the rule's scale per tensor under "
                              "per-tensor estimates; it needs lr-free per_tensor > 0 (GMNOptimizer(model) has 0.7).")
+        if scale_per_tensor and rule.is_identity:
+            raise ValueError("GMNOptimizer: scale_per_tensor=True normalises a learned rule's scale, and this rule is "
+                             "the identity (its scale is 1 everywhere; GMNOptimizer(model) runs no rule since 0.5): "
+                             "pass a learned rule, e.g. rule=\"lrfree\".")
         self.scale_per_tensor = bool(scale_per_tensor)
         if self.per_tensor and spike_guard is not None:
             source = " (the rule's lr-free mode)" if given["per_tensor"] is None else ""
