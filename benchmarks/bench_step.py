@@ -88,12 +88,12 @@ ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every",  # k
 PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0.7
 
 
-SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped lr-free rule in the mode it records
+SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_base") in the mode it records
 
 
 def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
     """``gmnopt-<rule>[-lrfree[-stride<k>][-every<j>][-tensor<percent>]]`` -> (rule name, lr_free, options of the
-    estimate); `SHIPPED_KIND` -> the shipped lr-free rule, lr-free with the options it records."""
+    estimate); `SHIPPED_KIND` -> what ``GMNOptimizer(model)`` runs, lr-free with the options it records."""
     if kind == SHIPPED_KIND:
         return SHIPPED_LR_FREE, True, {}
     name, *rest = kind.split("-", 1)[1].split("-lrfree")

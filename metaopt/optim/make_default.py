@@ -5,7 +5,8 @@ residual is identically zero, so `GMNOptimizer` computes exactly Adam (AdamW wit
 bit. Kind "none" needs no network; "gmn"/"mlp" store a randomly initialised network that alpha = 0 leaves
 unused (a starting point with the right architecture).
 
-``--lr-free-from DIR`` writes ``pretrained/lrfree``, what ``GMNOptimizer(model)`` runs: the rule in DIR
+``--lr-free-from DIR`` writes ``pretrained/lrfree`` (the lr-free GMN rule; ``pretrained/lrfree_base``, what
+``GMNOptimizer(model)`` runs since 0.5, is the same from ``pretrained/adam``): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
     python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \
