@@ -91,7 +91,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free rule unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_base") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
     the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
     options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
@@ -171,7 +171,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     stability into loss spikes that undo hundreds of steps; this is a Loss-Guarded-L2O-style fallback
     towards Adam that needs no loss, only the gradient the step already has.
 
-    ``lr_free=True`` (what the shipped lr-free rule records): no lr to tune. The step size is Prodigy's estimate ``d`` of the distance from the
+    ``lr_free=True`` (what the shipped lr-free rules record): no lr to tune. The step size is Prodigy's estimate ``d`` of the distance from the
     start to a solution (`core.DistanceEstimate`; it starts at ``d0`` = 1e-6 and grows as the run shows how far
     it has to go), ``lr`` (default 1) multiplies it as Prodigy's does, and the rule's scale is
     divided by its geometric mean over the network, so the rule shares the step out between
