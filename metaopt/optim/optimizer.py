@@ -777,8 +777,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     # ---- checkpointing -------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by `state_dict`, copying it into the flat buffers (views stay views)."""
+        packed = state_dict.get("state", {})
+        per_param = [k for k in packed if isinstance(k, int)]
+        if per_param and STEPS_TAKEN not in packed:  # checked before anything is replaced: a refused state loses nothing
+            raise ValueError(
+                f"GMNOptimizer.load_state_dict: the state (parameter {per_param[0]}: {sorted(packed[per_param[0]])}) "
+                f"holds none of GMNOptimizer's counters ({STEPS_TAKEN!r}): it was not saved by a GMNOptimizer (e.g. "
+                "by torch.optim.Adam).")
         super().load_state_dict(state_dict)
-        saved_here = STEPS_TAKEN in self.state  # GMNOptimizer's counters travel with its state (not torch.optim's)
         for key in _COUNTERS:
             self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
         if self.per_tensor:
@@ -799,11 +805,6 @@ class GMNOptimizer(torch.optim.Optimizer):
         assert buf is not None
         for p, st in loaded.items():
             i = self._index[id(p)]
-            if not saved_here:
-                raise ValueError(
-                    f"GMNOptimizer.load_state_dict: the state (parameter {i}: {sorted(st)}) holds none of "
-                    f"GMNOptimizer's counters ({STEPS_TAKEN!r}): it was not saved by a GMNOptimizer (e.g. by "
-                    "torch.optim.Adam).")
             if "lr_scale" in self._state_keys and "lr_scale" not in st:  # saved with an identity rule: its scale is 1
                 st["lr_scale"] = torch.ones_like(p, dtype=torch.float32)
             missing = [key for key in ("step", *self._state_keys) if key not in st]
