@@ -104,7 +104,8 @@ def inner_step(
     for g, group in enumerate(groups):
         m = len(group.member_seeds)
         for i in range(m):
-            new = core.finish(params_all[g][i], states_all[g][i], group.hyper, scaled=rule.net is not None)
+            new, states_all[g][i] = core.finish(params_all[g][i], states_all[g][i], group.hyper,
+                                                scaled=rule.net is not None, grad=grads_all[g][i])
             if record_ratio and g == 0 and i == 0:
                 with torch.no_grad():
                     ratio = ((new - params_all[g][i]).abs() / (params_all[g][i].abs() + 1e-12)).detach()

@@ -9,6 +9,10 @@ One step, for every parameter (edge) e::
     s      <- exp(rule's bounded log-scale)       only on refresh steps (1, k+1, 2k+1, ...)
     p      <- p * (1 - lr * wd) - lr * s * m_hat / (sqrt(v_hat) + eps)
 
+Schedule-free (``OptState.averaging`` set; identity rules only): ``m`` is replaced by the point ``z`` the
+plain steps move and the parameters hold ``y``, between ``z`` and the running average ``x`` of the z's
+(`Averaging`, `schedule_free_update`).
+
 The rule (a GMN over the parameter graph) runs once per ``k`` steps; in between a step makes as
 many passes over the parameters as Adam's (the scale divides the denominator in place of Adam's
 division by the bias correction, which moves into the step size). With the untrained rule (alpha = 0) ``s`` is 1 and the
@@ -68,6 +72,9 @@ class OptState:
     warmup: int = ESTIMATE_WARMUP  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
     sizes: tuple[int, ...] = ()  # the tensors' entries in flat order, which ``stride`` samples (() = one tensor)
     scale_per_tensor: bool = False  # lr-free per tensor: the rule's scale normalised per tensor (`normalise_scale`)
+    # schedule-free (`Averaging`; None: Adam's momentum): ``exp_avg`` holds the point z (it starts at the
+    # parameters), the parameters hold y, and the lr-free estimate reads x_0 - z
+    averaging: "Averaging | None" = None
 
     def strides(self) -> tuple[int, ...]:
         """Each tensor's stride of the estimate's sample (`tensor_strides`; one tensor when ``sizes`` is ())."""
@@ -80,13 +87,15 @@ class OptState:
     @classmethod
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
-              warmup: int = ESTIMATE_WARMUP, d0: float = D0, scale_per_tensor: bool = False) -> "OptState":
+              warmup: int = ESTIMATE_WARMUP, d0: float = D0, scale_per_tensor: bool = False,
+              schedule_free: Tensor | None = None) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th entry of each tensor (``sizes``: the tensors' entries in flat
         order, summing to ``num_edges``; () = one tensor) on every ``every``-th step after the first
         ``warmup`` (default `ESTIMATE_WARMUP`), starting at ``d0`` (default `D0`); with ``per_tensor`` > 0
         also one estimate per tensor (``sizes`` required), and with ``scale_per_tensor`` the rule's scale
-        normalised per tensor."""
+        normalised per tensor. ``schedule_free`` (the flat parameters before the first step): a
+        schedule-free state, z starting there (`Averaging`)."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
@@ -108,7 +117,8 @@ class OptState:
             whole = sizes or (num_edges,)
             start = sample_entries(start.detach(), whole, tensor_strides(whole, stride, bool(per_tensor))).clone()
         return cls(
-            torch.zeros(num_edges, device=device),
+            torch.zeros(num_edges, device=device) if schedule_free is None
+            else schedule_free.detach().to(device, torch.float32).reshape(-1).clone(),
             torch.zeros(num_edges, device=device),
             torch.ones(num_edges, device=device),
             0,
@@ -122,6 +132,7 @@ class OptState:
             warmup,
             sizes,
             scale_per_tensor,
+            None if schedule_free is None else Averaging(),
         )
 
     def detach(self) -> "OptState":
@@ -132,7 +143,7 @@ class OptState:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("step", "distance", "stride", "every", "tensor_distances", "warmup", "sizes",
-                                  "scale_per_tensor")
+                                  "scale_per_tensor", "averaging")
                 and getattr(self, f.name) is not None}
 
 
@@ -233,9 +244,16 @@ def refresh_due(step: int, every: int) -> bool:
 
 # ---- Adam's part -------------------------------------------------------------------------------
 def update_moments(
-    exp_avg: list[Tensor], exp_avg_sq: list[Tensor], grad: list[Tensor], h: Hyper, inplace: bool
-) -> tuple[list[Tensor], list[Tensor]]:
-    """``m = lerp(m, g, 1 - beta1)``, ``v = beta2 * v + (1 - beta2) * g * g`` for each tensor of the lists."""
+    exp_avg: list[Tensor] | None, exp_avg_sq: list[Tensor], grad: list[Tensor], h: Hyper, inplace: bool
+) -> tuple[list[Tensor] | None, list[Tensor]]:
+    """``m = lerp(m, g, 1 - beta1)``, ``v = beta2 * v + (1 - beta2) * g * g`` for each tensor of the lists.
+    ``exp_avg`` None (schedule-free, which keeps no m): ``v`` only, and None for ``m``."""
+    if exp_avg is None:
+        if inplace:
+            torch._foreach_mul_(exp_avg_sq, h.beta2)
+            torch._foreach_addcmul_(exp_avg_sq, grad, grad, 1.0 - h.beta2)
+            return None, exp_avg_sq
+        return None, [torch.addcmul(b * h.beta2, g, g, value=1.0 - h.beta2) for b, g in zip(exp_avg_sq, grad)]
     if inplace:
         torch._foreach_lerp_(exp_avg, grad, 1.0 - h.beta1)
         torch._foreach_mul_(exp_avg_sq, h.beta2)
@@ -304,6 +322,71 @@ def apply_update(
     if h.weight_decay != 0.0:
         params = [p * c for p, c in zip(params, decays)]
     return [torch.addcdiv(p, m, d, value=z) for p, m, d, z in zip(params, exp_avg, denom, sizes)]
+
+
+# ---- schedule-free (GMNOptimizer(schedule_free=True)) ---------------------------------------------
+@dataclass(frozen=True)
+class Averaging:
+    """Schedule-free's average (Defazio et al., "The Road Less Scheduled", NeurIPS 2024): the plain steps
+    move a point ``z`` (no momentum), ``x`` is the running average of the z's, and the gradient is taken
+    at ``y = (1 - beta1) z + beta1 x``, which the parameters hold. Each z enters the average with weight
+    ``peak^2`` (``peak``: the largest step size so far; SF-AdamW's ``weight_lr_power`` 2, ``r`` 0), so the
+    steps taken while an lr-free estimate is still growing from ``d0`` weigh next to nothing. It replaces
+    a schedule: the average decays the noise as a decaying lr would, with no horizon to know."""
+
+    weight_sum: float = 0.0
+    peak: float = 0.0
+
+    def after(self, lr: float) -> "Averaging":
+        """The average's scalars once a step of size ``lr`` has entered it."""
+        peak = max(self.peak, lr)
+        return Averaging(self.weight_sum + peak * peak, peak)
+
+    def weight(self) -> float:
+        """``c``, the newest z's share of the average after `after` (1 on the first step: x = z)."""
+        return self.peak * self.peak / self.weight_sum if self.weight_sum > 0 else 0.0
+
+
+def schedule_free_update(
+    params: list[Tensor], z: list[Tensor], grad: list[Tensor], denom: list[Tensor], h: Hyper, step: int, c: float,
+    inplace: bool, factors: list[float] | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """One schedule-free step per tensor with ``u = g / denom`` (+ ``wd * y``, decay at y as SF-AdamW):
+    ``z <- z - lr * u``; ``x <- (1 - c) x + c z``; ``y <- (1 - beta1) z + beta1 x``, computed on y alone
+    (x is not stored) as SF-AdamW: ``y <- lerp(y, z, c) + lr * (beta1 * (1 - c) - 1) * u`` with the old z.
+    ``denom`` from ``adam_denominator`` (unscaled); ``factors`` multiply each tensor's lr (``per_tensor``).
+    Returns (y, z); in place, ``params`` and ``z`` are updated."""
+    lrs = [h.lr] * len(params) if factors is None else [h.lr * f for f in factors]
+    y_sizes = [lr * (h.beta1 * (1.0 - c) - 1.0) for lr in lrs]
+    decay = None
+    if h.weight_decay != 0.0:
+        decay = [p.detach() * h.weight_decay for p in params]  # wd * y at the point the gradient was taken
+    if inplace:
+        torch._foreach_lerp_(params, z, c)
+        torch._foreach_addcdiv_(params, grad, denom, y_sizes)
+        torch._foreach_addcdiv_(z, grad, denom, [-lr for lr in lrs])
+        if decay is not None:
+            for p, zi, wd, a, lr in zip(params, z, decay, y_sizes, lrs):
+                p.add_(wd, alpha=a)
+                zi.add_(wd, alpha=-lr)
+        return params, z
+    ys = [torch.addcdiv(torch.lerp(p, zi, c), g, d, value=a) for p, zi, g, d, a in zip(params, z, grad, denom, y_sizes)]
+    zs = [torch.addcdiv(zi, g, d, value=-lr) for zi, g, d, lr in zip(z, grad, denom, lrs)]
+    if decay is not None:
+        ys = [y + a * wd for y, a, wd in zip(ys, y_sizes, decay)]
+        zs = [zi - lr * wd for zi, lr, wd in zip(zs, lrs, decay)]
+    return ys, zs
+
+
+def estimate_hyper(h: Hyper, schedule_free: bool) -> Hyper:
+    """The hyperparameters the lr-free estimate weighs a step with: schedule-free keeps no momentum, so
+    its steps carry no first-moment bias correction (beta1 = 0 there; Defazio's SF-Prodigy)."""
+    return replace(h, beta1=0.0) if schedule_free else h
+
+
+def averaged_point(params: Tensor, z: Tensor, beta1: float) -> Tensor:
+    """``x = (y - (1 - beta1) z) / beta1``, the average the schedule-free parameters ``y`` lean towards."""
+    return torch.lerp(params, z, 1.0 - 1.0 / beta1)
 
 
 # ---- the lr-free part (Prodigy's distance estimate; GMNOptimizer(lr_free=True)) -------------------
@@ -504,28 +587,25 @@ def estimate_span(step: int, every: int, warmup: int = ESTIMATE_WARMUP) -> int:
     return every if (step - dense) % every == 0 else 0
 
 
-def shrink_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratio: float, inplace: bool
-                   ) -> tuple[list[Tensor], list[Tensor]]:
-    """Moments in units of the old ``d`` to units of the new one (``ratio = d_old / d_new <= 1``)."""
-    if ratio == 1.0:
-        return exp_avg, exp_avg_sq
-    if inplace:
-        torch._foreach_mul_(exp_avg, ratio)
-        torch._foreach_mul_(exp_avg_sq, ratio * ratio)
-        return exp_avg, exp_avg_sq
-    return [m * ratio for m in exp_avg], [v * (ratio * ratio) for v in exp_avg_sq]
+def shrink_moments(exp_avg: list[Tensor] | None, exp_avg_sq: list[Tensor], ratio: float, inplace: bool
+                   ) -> tuple[list[Tensor] | None, list[Tensor]]:
+    """Moments in units of the old ``d`` to units of the new one (``ratio = d_old / d_new <= 1``);
+    ``exp_avg`` None: ``v`` only (schedule-free: z is a point, not a moment)."""
+    return shrink_tensor_moments(exp_avg, exp_avg_sq, [ratio] * len(exp_avg_sq), inplace)
 
 
-def shrink_tensor_moments(exp_avg: list[Tensor], exp_avg_sq: list[Tensor], ratios: list[float], inplace: bool
-                          ) -> tuple[list[Tensor], list[Tensor]]:
+def shrink_tensor_moments(exp_avg: list[Tensor] | None, exp_avg_sq: list[Tensor], ratios: list[float], inplace: bool
+                          ) -> tuple[list[Tensor] | None, list[Tensor]]:
     """`shrink_moments` with one ratio per tensor (``per_tensor``: each tensor's moments in its own units)."""
     if all(r == 1.0 for r in ratios):
         return exp_avg, exp_avg_sq
     if inplace:
-        torch._foreach_mul_(exp_avg, ratios)
+        if exp_avg is not None:
+            torch._foreach_mul_(exp_avg, ratios)
         torch._foreach_mul_(exp_avg_sq, [r * r for r in ratios])
         return exp_avg, exp_avg_sq
-    return [m * r for m, r in zip(exp_avg, ratios)], [v * (r * r) for v, r in zip(exp_avg_sq, ratios)]
+    m = None if exp_avg is None else [m * r for m, r in zip(exp_avg, ratios)]
+    return m, [v * (r * r) for v, r in zip(exp_avg_sq, ratios)]
 
 
 def normalise_scale(scale: Tensor, rule: UpdateRule | None = None,
@@ -606,39 +686,48 @@ def refresh_lr_scale(
 def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = None) -> OptState:
     """The state after this gradient: new moments, step + 1, the lr scale carried over; lr-free
     (``state.distance`` set), first the moments to units of the current estimate, then the estimate
-    from this gradient at ``params`` (which lr-free needs)."""
+    from this gradient at ``params`` (which lr-free needs). Schedule-free: ``v`` only (z moves in
+    `finish`), the estimate reads z in place of the parameters, and the average takes in this step's size."""
     m, v, est, grad_sum = state.exp_avg, state.exp_avg_sq, state.distance, state.grad_sum
     tens, tensor_sum = state.tensor_distances, state.tensor_grad_sum
+    free = state.averaging is not None
     if est is not None:
         if params is None:
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
+        point = m if free else params  # schedule-free: the distance z has come from x_0 (Defazio's SF-Prodigy)
         if tens is None:
-            (m,), (v,) = shrink_moments([m], [v], est.shrink(), inplace=False)
+            ms, (v,) = shrink_moments(None if free else [m], [v], est.shrink(), inplace=False)
+            m = m if ms is None else ms[0]
         else:  # each tensor's moments by its own factor (as the optimizer's per-tensor views)
-            ms, vs = shrink_tensor_moments(list(m.split(tens.sizes)), list(v.split(tens.sizes)), tens.shrinks(est),
-                                           inplace=False)
-            m, v = torch.cat(ms), torch.cat(vs)
+            ms, vs = shrink_tensor_moments(None if free else list(m.split(tens.sizes)), list(v.split(tens.sizes)),
+                                           tens.shrinks(est), inplace=False)
+            m, v = (m if ms is None else torch.cat(ms)), torch.cat(vs)
         step = state.step + 1
         span = estimate_span(step, state.every, state.warmup)
+        he = estimate_hyper(h, free)
         if span:
-            xs, gs = state.sample(params), state.sample(grad)
+            xs, gs = state.sample(point), state.sample(grad)
             if tens is None:
-                est, (grad_sum,) = estimate_distance([xs], [gs], [state.start], [state.grad_sum], est, h,
+                est, (grad_sum,) = estimate_distance([xs], [gs], [state.start], [state.grad_sum], est, he,
                                                      step, inplace=False, span=span)
             else:  # per tensor, as the optimizer's views: each tensor's own estimate from its own sample, and
                 # the network's from the same samples, each tensor's sums counted by its stride
                 strides = state.strides()
                 split = lambda t: list(t.split(sampled_sizes(tens.sizes, strides)))  # noqa: E731
                 est, sums, new, tensor_sums = estimate_distances(
-                    split(xs), split(gs), split(state.start), split(state.grad_sum), est, h, step, inplace=False,
+                    split(xs), split(gs), split(state.start), split(state.grad_sum), est, he, step, inplace=False,
                     span=span, strides=list(strides), tensor_sums=split(tensor_sum), estimates=list(tens.estimates))
                 tens, tensor_sum, grad_sum = replace(tens, estimates=tuple(new)), torch.cat(tensor_sums), torch.cat(sums)
         else:  # d stays; the moments are in its units after this step's shrink
             est = replace(est, last=est.d)
             tens = None if tens is None else tens.held()
-    (m,), (v,) = update_moments([m], [v], [grad], h, inplace=False)
+    ms, (v,) = update_moments(None if free else [m], [v], [grad], h, inplace=False)
+    m = m if ms is None else ms[0]
+    averaging = state.averaging
+    if free:  # the network's step size this step (lr-free: lr times the estimate it moves by)
+        averaging = averaging.after(h.lr * (1.0 if est is None else est.last))
     return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est,
-                   tensor_distances=tens, tensor_grad_sum=tensor_sum)
+                   tensor_distances=tens, tensor_grad_sum=tensor_sum, averaging=averaging)
 
 
 def step_hyper(state: OptState, h: Hyper) -> Hyper:
@@ -646,20 +735,33 @@ def step_hyper(state: OptState, h: Hyper) -> Hyper:
     return h if state.distance is None else replace(h, lr=h.lr * state.distance.last)
 
 
-def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool) -> Tensor:
-    """New flat parameters from a state that already holds this step's moments (and scale)."""
+def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool, grad: Tensor | None = None
+           ) -> tuple[Tensor, OptState]:
+    """New flat parameters from a state that already holds this step's moments (and scale), and the
+    state (schedule-free: with the new z, which needs this step's ``grad``; otherwise ``state`` itself)."""
     h = step_hyper(state, h)
     tens = state.tensor_distances
+    free = state.averaging is not None
+    if free:
+        if grad is None or scaled:
+            raise ValueError("finish: a schedule-free step needs the gradient, and runs with no lr scale")
+        sizes = tens.sizes if tens is not None else (params.numel(),)
+        split = lambda t: list(t.split(sizes))  # noqa: E731
+        denom = adam_denominator(split(state.exp_avg_sq), h, state.step, inplace=False)
+        ys, zs = schedule_free_update(split(params), split(state.exp_avg), split(grad), denom, h, state.step,
+                                      state.averaging.weight(), inplace=False,
+                                      factors=None if tens is None else tens.factors(state.distance))
+        return torch.cat(ys), replace(state, exp_avg=torch.cat(zs))
     if tens is not None:  # per tensor, as the optimizer's per-tensor views, with each tensor's lr factor
         split = lambda t: list(t.split(tens.sizes))  # noqa: E731
         denom = adam_denominator(split(state.exp_avg_sq), h, state.step, inplace=False, scaled=scaled)
         out = apply_update(split(params), split(state.exp_avg), denom, split(state.lr_scale) if scaled else None, h,
                            state.step, inplace=False, factors=tens.factors(state.distance))
-        return torch.cat(out)
+        return torch.cat(out), state
     denom = adam_denominator([state.exp_avg_sq], h, state.step, inplace=False, scaled=scaled)
     (out,) = apply_update([params], [state.exp_avg], denom, [state.lr_scale] if scaled else None, h, state.step,
                           inplace=False)
-    return out
+    return out, state
 
 
 def step(
@@ -687,4 +789,4 @@ def step(
                                            h.total_steps, (h.beta1, h.beta2))
         if new.distance is not None:
             new.lr_scale = normalise_scale(new.lr_scale, rule, rule_params, scale_sizes(new))
-    return finish(params, new, h, scaled=rule.net is not None), new
+    return finish(params, new, h, scaled=rule.net is not None, grad=grad)

@@ -6,7 +6,8 @@ bit. Kind "none" needs no network; "gmn"/"mlp" store a randomly initialised netw
 unused (a starting point with the right architecture).
 
 ``--lr-free-from DIR`` writes ``pretrained/lrfree`` (the lr-free GMN rule; ``pretrained/lrfree_base``, what
-``GMNOptimizer(model)`` runs since 0.5, is the same from ``pretrained/adam``): the rule in DIR
+``GMNOptimizer(model)`` ran in 0.5, is the same from ``pretrained/adam``, and ``pretrained/lrfree_sf`` that with
+``--schedule-free``): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
     python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--estimate-every", type=int, help="with --lr-free-from: its mode's estimate_every")
     ap.add_argument("--estimate-stride", type=int, help="with --lr-free-from: its mode's estimate_stride")
     ap.add_argument("--per-tensor", type=float, help="with --lr-free-from: its mode's per_tensor")
+    ap.add_argument("--schedule-free", action="store_true", help="with --lr-free-from: its mode is schedule-free")
     ap.add_argument("--record", action="append", default=[], metavar="FILE[:NAME]",
                     help="with --lr-free-from: a file on how the rule was made, copied beside it (as NAME)")
     ap.add_argument("--out", type=Path, default=None, help="directory (default: the shipped one)")
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.lr_free_from is not None:
         options = {k: v for k, v in (("estimate_every", args.estimate_every), ("estimate_stride", args.estimate_stride),
                                      ("per_tensor", args.per_tensor)) if v is not None}
+        if args.schedule_free:
+            options["schedule_free"] = True
         records = {}
         for item in args.record:
             path, _, name = item.partition(":")

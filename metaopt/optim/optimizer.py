@@ -11,8 +11,9 @@ Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before t
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,14 @@ DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running num
 DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by (the moments' units)
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
 DISTANCE_PEAK = "distance_peak"  # lr_free: the largest estimate so far, which d grows towards (Prodigy's d_max)
+AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
+AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
 TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 4] float64, each tensor's own estimate
 # (numerator, d, last, peak) in the model's parameter order
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
-             DISTANCE_CAP, DISTANCE_PEAK)
+             DISTANCE_CAP, DISTANCE_PEAK, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
@@ -79,7 +82,9 @@ SHIPPED_LR_FREE = "lrfree_base"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
-                         estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0)
+                         estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, schedule_free=False)
+# The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW).
+_ESTIMATE_ONLY = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
 # Below this, an lr passed to a rule that runs lr-free by its own mode is most likely meant as a fixed lr: warn.
 LR_FREE_MULTIPLIER_WARNING = 0.1
 
@@ -103,7 +108,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     rule = resolve_rule(rule)
     mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
     free = (mode is not None) if lr_free is None else lr_free
-    if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items()):
+    if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in _ESTIMATE_ONLY):
         raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor "
                          "and d0 shape the lr-free estimate; pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
@@ -111,6 +116,9 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                       f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
                       "estimate. Pass lr_free=False for a fixed lr, or leave lr out.", stacklevel=3)
     options = {**ESTIMATE_DEFAULTS, **((mode or {}) if free else {}), **{k: v for k, v in given.items() if v is not None}}
+    if not isinstance(options["schedule_free"], bool):
+        raise TypeError(f"GMNOptimizer: schedule_free is True, False or None (the rule's own mode), "
+                        f"got {options['schedule_free']!r}.")
     return rule, free, options
 
 
@@ -220,6 +228,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         per_tensor: float | None = None,
         d0: float | None = None,
         scale_per_tensor: bool = False,
+        schedule_free: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -227,7 +236,7 @@ class GMNOptimizer(torch.optim.Optimizer):
                 f"built from it), got {type(model).__name__}; pass parameter groups as params=."
             )
         given = dict(growth_rate=growth_rate, estimate_stride=estimate_stride, estimate_every=estimate_every,
-                     estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0)
+                     estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0, schedule_free=schedule_free)
         rule, lr_free, options = resolve_mode(rule, lr, lr_free, given)
         growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
         estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
@@ -252,6 +261,14 @@ class GMNOptimizer(torch.optim.Optimizer):
                              "the identity (its scale is 1 everywhere; GMNOptimizer(model) runs no rule since 0.5): "
                              "pass a learned rule, e.g. rule=\"lrfree\".")
         self.scale_per_tensor = bool(scale_per_tensor)
+        self.schedule_free = options["schedule_free"]
+        if self.schedule_free and not rule.is_identity:
+            raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
+                             "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
+                             "state does not keep.")
+        if self.schedule_free and (spike_guard is not None or nowcast is not None):
+            raise ValueError("GMNOptimizer: schedule_free=True does not go with spike_guard or nowcast (both move "
+                             "the parameters or the step size behind the average's back).")
         if self.per_tensor and spike_guard is not None:
             source = " (the rule's lr-free mode)" if given["per_tensor"] is None else ""
             raise ValueError(f"GMNOptimizer: per_tensor={self.per_tensor:g}{source} shares the lr-free step between "
@@ -293,7 +310,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.lr_free = lr_free
         # An identity rule (rule="adam": its scale is 1 everywhere) keeps no lr_scale buffer: Adam's state
         # is 2x the parameters, and the scale is allocated (as ones) if the rule stops being the identity.
-        self._state_keys = ((*self.MOMENT_KEYS, *(() if self._rule_is_identity() else ("lr_scale",)))
+        self._moment_keys = self.SCHEDULE_FREE_KEYS if self.schedule_free else self.MOMENT_KEYS
+        self._state_keys = ((*self._moment_keys, *(() if self._rule_is_identity() else ("lr_scale",)))
                             + (self.DISTANCE_KEYS if lr_free else ())
                             + (("tensor_grad_sum",) if self.per_tensor else ()))
         self._numels = [p.numel() for p in self._params_all]
@@ -396,7 +414,8 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     # ---- flat state ----------------------------------------------------------------------
     MOMENT_KEYS = ("exp_avg", "exp_avg_sq")  # every optimizer's; self._state_keys adds the rule's scale and lr_free's
-    STATE_KEYS = (*MOMENT_KEYS, "lr_scale")  # what the step's Adam part reads (the scale unless the rule is the identity)
+    SCHEDULE_FREE_KEYS = ("z", "exp_avg_sq")  # schedule_free: the point the plain steps move, in place of m
+    STATE_KEYS = (*MOMENT_KEYS, "z", "lr_scale")  # what the step's Adam part reads (those the optimizer keeps)
     DISTANCE_KEYS = ("start", "grad_sum")  # lr_free: x_0 and Prodigy's gradient sum s
     SAMPLED_KEYS = (*DISTANCE_KEYS, "tensor_grad_sum")  # the entries the estimate reads (estimate_stride)
 
@@ -404,10 +423,12 @@ class GMNOptimizer(torch.optim.Optimizer):
         """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
         # lr_free: x_0 is the parameters before the first step (load_state_dict overwrites it)
         start = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.lr_free else None
+        flat = torch.cat([p.detach().reshape(-1).float() for p in self._params_all]).to(device) if self.schedule_free else None
         init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride,
                               every=self.estimate_every, per_tensor=self.per_tensor, sizes=tuple(self._numels),
-                              warmup=self.estimate_warmup, d0=self.d0)
-        self._buffers = {**{k: v for k, v in init.tensors().items() if k in self._state_keys},
+                              warmup=self.estimate_warmup, d0=self.d0, schedule_free=flat)
+        named = {("z" if k == "exp_avg" and self.schedule_free else k): v for k, v in init.tensors().items()}
+        self._buffers = {**{k: v for k, v in named.items() if k in self._state_keys},
                          "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
         self._attach_views()
 
@@ -416,9 +437,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         scale as the identity's, ones, and re-point the views."""
         if "lr_scale" in self._state_keys:
             return
-        self._state_keys = (*self.MOMENT_KEYS, "lr_scale", *self._state_keys[len(self.MOMENT_KEYS):])
+        self._state_keys = (*self._moment_keys, "lr_scale", *self._state_keys[len(self._moment_keys):])
         if self._buffers is not None:
-            self._buffers["lr_scale"] = torch.ones_like(self._buffers["exp_avg"])
+            self._buffers["lr_scale"] = torch.ones_like(self._buffers["exp_avg_sq"])
             self._attach_views()
 
     def _attach_views(self) -> None:
@@ -443,7 +464,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     def _ensure_state(self, device: torch.device) -> dict[str, Tensor]:
         if self._buffers is None:
             self._allocate(device)
-        elif self._buffers["exp_avg"].device != device:  # the model moved (e.g. .to("cuda"))
+        elif self._buffers["exp_avg_sq"].device != device:  # the model moved (e.g. .to("cuda"))
             self._buffers = {k: (v if k == "step" else v.to(device)) for k, v in self._buffers.items()}
             self._attach_views()
         assert self._buffers is not None
@@ -531,9 +552,14 @@ class GMNOptimizer(torch.optim.Optimizer):
                                             for k in self.STATE_KEYS if k in self._views}  # what the Adam part reads
             seg_views.append((h, t, seg, self._segment_views[key]))
 
+        grads32 = []
         for h, t, seg, v in seg_views:
             g = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for _, p in seg]
-            core.update_moments(v["exp_avg"], v["exp_avg_sq"], g, h, inplace=True)
+            core.update_moments(v.get("exp_avg"), v["exp_avg_sq"], g, h, inplace=True)
+            grads32.append(g)
+        if self.schedule_free:
+            self._schedule_free_step(seg_views, grads32)
+            return loss
 
         if not identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
             self._refresh(entries, device)
@@ -562,6 +588,47 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
         return loss
+
+    def _schedule_free_step(self, seg_views: list[tuple[Hyper, int, list[tuple[int, Tensor]], dict[str, list[Tensor]]]],
+                            grads: list[list[Tensor]]) -> None:
+        """schedule_free: the average takes in this step's size (the largest group lr, lr-free times the
+        estimate), then every segment moves z and y (`core.schedule_free_update`)."""
+        lr = max(h.lr for h, _, _, _ in seg_views)
+        avg = core.Averaging(float(self.state[AVERAGE_WEIGHT_SUM]), float(self.state[AVERAGE_PEAK])).after(lr)
+        self.state[AVERAGE_WEIGHT_SUM], self.state[AVERAGE_PEAK] = avg.weight_sum, avg.peak
+        c = avg.weight()
+        for (h, t, seg, v), g in zip(seg_views, grads):
+            denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True)
+            params = [p for _, p in seg]
+            factors = [self._tensor_factors[i] for i, _ in seg] if self.per_tensor else None
+            low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
+            work = [p.float() if k in low else p for k, p in enumerate(params)]
+            core.schedule_free_update(work, v["z"], g, denom, h, t, c, inplace=True, factors=factors)
+            if low:
+                torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """schedule_free: within the block the parameters hold the average ``x`` (evaluate or save the
+        model there; schedulefree's ``optimizer.eval()``), afterwards ``y`` again. The training loss is
+        taken at ``y``; ``x`` is usually lower still. BatchNorm statistics are those gathered at ``y``."""
+        if not self.schedule_free:
+            raise RuntimeError("GMNOptimizer.averaged(): only a schedule-free optimizer (schedule_free=True, "
+                               "GMNOptimizer(model)'s default mode) keeps an average.")
+        if self._buffers is None:  # no step yet: x = y = the parameters
+            yield
+            return
+        beta1 = float(self.param_groups[0]["betas"][0])
+        saved = [p.detach().clone() for p in self._params_all]
+        with torch.no_grad():
+            for p, z in zip(self._params_all, self._views["z"]):
+                p.copy_(core.averaged_point(p.float(), z.view_as(p), beta1))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, y in zip(self._params_all, saved):
+                    p.copy_(y)
 
     def _nowcast(self, entries: list[tuple[int, Tensor, Hyper]], device: torch.device) -> None:
         """Store the parameters; with ``context`` stored, jump to the nowcast and start a new context."""
@@ -640,10 +707,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
                                     float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]))
         tens, settled = self._tensor_distances() if self.per_tensor else (None, None)
+        first = None if self.schedule_free else self._views["exp_avg"]  # schedule-free: z is a point, not a moment
         if tens is not None and settled is None:  # each tensor's moments to units of its own step size
-            core.shrink_tensor_moments(self._views["exp_avg"], self._views["exp_avg_sq"], tens.shrinks(est), inplace=True)
+            core.shrink_tensor_moments(first, self._views["exp_avg_sq"], tens.shrinks(est), inplace=True)
         elif tens is None and est.shrink() < 1.0:
-            core.shrink_moments([buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
+            core.shrink_moments(None if first is None else [buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
         step = int(self.state[STEPS_TAKEN])
         span = core.estimate_span(step, self.estimate_every, self.estimate_warmup)
         if not span:  # d stays: this step moves by it
@@ -656,6 +724,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._tensor_factors = settled
             return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
+        if self.schedule_free:  # the estimate reads how far z has come from x_0 (core.advance)
+            params = [self.state[p]["z"] for _, p, _ in entries]
         if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
             strides = self._strides
             params = [p.detach().reshape(-1)[::strides[i]] for (i, _, _), p in zip(entries, params)]
@@ -666,7 +736,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         new, _, mine, _ = core.estimate_distances(
             [p.float() for p in params], [g.float() for g in grads],
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
-            [self.state[p]["grad_sum"] for _, p, _ in entries], est, entries[0][2],
+            [self.state[p]["grad_sum"] for _, p, _ in entries], est, core.estimate_hyper(entries[0][2], self.schedule_free),
             step, inplace=True, span=span, strides=[self._strides[i] for i, _, _ in entries],
             tensor_sums=None if tens is None else [self.state[p]["tensor_grad_sum"] for _, p, _ in entries],
             estimates=None if ests is None else [ests[i] for i, _, _ in entries])
@@ -808,6 +878,15 @@ class GMNOptimizer(torch.optim.Optimizer):
             if "lr_scale" in self._state_keys and "lr_scale" not in st:  # saved with an identity rule: its scale is 1
                 st["lr_scale"] = torch.ones_like(p, dtype=torch.float32)
             missing = [key for key in ("step", *self._state_keys) if key not in st]
+            if "z" in missing and "exp_avg" in st:
+                raise ValueError(
+                    f"GMNOptimizer.load_state_dict: the state of parameter {i} holds Adam's momentum, not a "
+                    "schedule-free z: it was saved without schedule_free; load it into GMNOptimizer(..., "
+                    "schedule_free=False).")
+            if "exp_avg" in missing and "z" in st:
+                raise ValueError(
+                    f"GMNOptimizer.load_state_dict: the state of parameter {i} is schedule-free (it holds z, not "
+                    "Adam's momentum); load it into GMNOptimizer(..., schedule_free=True).")
             if missing and set(missing) <= set(self.DISTANCE_KEYS):
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} lacks {missing}: it was saved by an "

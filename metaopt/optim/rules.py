@@ -32,7 +32,8 @@ RULE_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "rule.safetensors"
 # GMNOptimizer's options of the lr-free estimate, which a rule may record as the mode it runs in (RuleConfig.lr_free)
-LR_FREE_OPTIONS = ("growth_rate", "estimate_stride", "estimate_every", "estimate_warmup", "per_tensor", "d0")
+LR_FREE_OPTIONS = ("growth_rate", "estimate_stride", "estimate_every", "estimate_warmup", "per_tensor", "d0",
+                   "schedule_free")
 GLOBAL_CORRECTION = ("global_gate", "global_offset")  # the parameters of RuleConfig.global_bound's correction of d
 DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the GMN rule meta-trained at a fixed lr
 ADAM_RULE_DIR = DEFAULT_RULE_DIR.parent / "adam"  # alpha = 0: exactly Adam
@@ -410,7 +411,8 @@ def shipped_rules() -> list[str]:
 
 
 def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
-    """``"default"`` or another shipped name (``"lrfree"``, ``"lrfree_base"``, ``"adam"``, ``"mlp"``: `shipped_rules`) -> that
+    """``"default"`` or another shipped name (``"lrfree"``, ``"lrfree_base"``, ``"lrfree_sf"``, ``"adam"``, ``"mlp"``:
+    `shipped_rules`) -> that
     rule; a path -> `UpdateRule.from_pretrained`; a rule -> itself (None -> ``"default"``; `GMNOptimizer`
     picks the shipped rule for its mode itself)."""
     if isinstance(rule, UpdateRule):
