@@ -219,6 +219,7 @@ LABELS = {
     "gmnopt-adam-lrfree": "GMNOptimizer, rule=\"adam\", lr_free=True (Prodigy)",
     "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
     "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
+    "gmnopt-lrfree_sf-lrfree": "GMNOptimizer, rule=\"lrfree_sf\" (schedule-free), lr_free=True",
     SHIPPED_KIND: "GMNOptimizer(model): rule=\"lrfree_base\" in its lr-free mode",
 }
 

@@ -182,13 +182,15 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
 
 # What else can run beside the default (--variants), each with nothing to tune: the default without its
 # per-tensor estimates, and the lr-free GMN rule in the same mode (the default of 0.4), alone and with its
-# scale normalised per tensor. (Before 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
+# scale normalised per tensor; and the default's estimate in the schedule-free mode (rule="lrfree_sf"). (Before
+# 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
 VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
     "default": ("GMNOptimizer(model)", gmn_default),
     "per_tensor_0": ("GMNOptimizer(model, per_tensor=0)", lambda m: GMNOptimizer(m, per_tensor=0.0)),
     "lrfree_gmn": ("GMNOptimizer(model, rule=\"lrfree\")", lambda m: GMNOptimizer(m, rule="lrfree")),
     "lrfree_gmn_scale_per_tensor": ("GMNOptimizer(model, rule=\"lrfree\", scale_per_tensor=True)",
                                     lambda m: GMNOptimizer(m, rule="lrfree", scale_per_tensor=True)),
+    "schedule_free": ("GMNOptimizer(model, rule=\"lrfree_sf\")", lambda m: GMNOptimizer(m, rule="lrfree_sf")),
 }
 
 
