@@ -219,3 +219,18 @@ def test_bf16_parameters_step_through_float32() -> None:
     assert opt.state[model[0].weight]["z"].dtype == torch.float32
     assert float(loss) < first
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_averaged_leaves_parameters_that_took_no_step_alone() -> None:
+    """A parameter outside the param groups (never stepped) keeps its value inside ``averaged()`` even if it
+    was changed after the state was allocated; the stepped ones move to x and back."""
+    model = _model()
+    opt = GMNOptimizer(model, rule="adam", lr=1e-2, schedule_free=True, params=[model[0].weight, model[0].bias])
+    train_losses(model, opt, nn.functional.mse_loss, *_data(), 5)
+    with torch.no_grad():
+        model[2].weight.add_(1.0)  # changed after allocation, not optimized
+    frozen, stepped = model[2].weight.detach().clone(), model[0].weight.detach().clone()
+    with opt.averaged():
+        assert torch.equal(model[2].weight, frozen)
+        assert not torch.equal(model[0].weight, stepped)
+    assert torch.equal(model[0].weight, stepped) and torch.equal(model[2].weight, frozen)

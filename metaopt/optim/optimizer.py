@@ -618,16 +618,18 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self._buffers is None:  # no step yet: x = y = the parameters
             yield
             return
-        beta1 = float(self.param_groups[0]["betas"][0])
-        saved = [p.detach().clone() for p in self._params_all]
+        # each stepped parameter with its group's beta1 (frozen ones, and ones in no group, are left as they are)
+        stepped = [(p, self._views["z"][self._index[id(p)]].view_as(p), float(g["betas"][0]))
+                   for g in self.param_groups for p in g["params"] if self._buffers["step"][self._index[id(p)]] > 0]
+        saved = [p.detach().clone() for p, _, _ in stepped]
         with torch.no_grad():
-            for p, z in zip(self._params_all, self._views["z"]):
-                p.copy_(core.averaged_point(p.float(), z.view_as(p), beta1))
+            for p, z, beta1 in stepped:
+                p.copy_(core.averaged_point(p.float(), z, beta1))
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, y in zip(self._params_all, saved):
+                for (p, _, _), y in zip(stepped, saved):
                     p.copy_(y)
 
     def _nowcast(self, entries: list[tuple[int, Tensor, Hyper]], device: torch.device) -> None:
