@@ -199,6 +199,11 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``estimate_stride=k``, which then reads at least `core.MIN_TENSOR_SAMPLE` entries of every tensor,
     all of a smaller one), the estimate's cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
     (1e-4) spends fewer of the first steps growing ``d``, at the risk of starting above the step a task takes.
+    ``schedule_free=True`` (``rule="lrfree_sf"`` records it with the default's estimate; opt-in, identity rules
+    only): Schedule-Free (Defazio et al., 2024) in place of Adam's momentum: the steps move a point ``z``, the
+    parameters hold ``y = (1 - beta1) z + beta1 x`` with ``x`` the average of the z's (`core.Averaging`), and
+    lr-free the estimate reads ``x_0 - z``; ``with opt.averaged():`` the parameters hold ``x``. State as in the
+    same mode with Adam (``z`` replaces ``m``); at a fixed lr it is SF-AdamW (docs/optim.md, "Schedule-free mode").
     ``scale_per_tensor=True`` (with ``per_tensor``; opt-in) normalises the rule's scale per tensor: the
     estimates set how far each tensor moves and the rule shares it out within the tensor only (by default
     it also shares between tensors, which on a GRU LM ran its gate biases away; docs/optim.md, "User-style
