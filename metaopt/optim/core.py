@@ -354,26 +354,29 @@ def schedule_free_update(
     """One schedule-free step per tensor with ``u = g / denom`` (+ ``wd * y``, decay at y as SF-AdamW):
     ``z <- z - lr * u``; ``x <- (1 - c) x + c z``; ``y <- (1 - beta1) z + beta1 x``, computed on y alone
     (x is not stored) as SF-AdamW: ``y <- lerp(y, z, c) + lr * (beta1 * (1 - c) - 1) * u`` with the old z.
-    ``denom`` from ``adam_denominator`` (unscaled); ``factors`` multiply each tensor's lr (``per_tensor``).
-    Returns (y, z); in place, ``params`` and ``z`` are updated."""
+    ``denom`` from ``adam_denominator(..., scaled=True)``: ``sqrt(v) + eps * sqrt(1 - beta2^t)``, the bias
+    correction folded into the step sizes (one pass fewer, as `apply_update` with a scale); ``factors``
+    multiply each tensor's lr (``per_tensor``). Returns (y, z); in place, ``params`` and ``z`` are updated."""
     lrs = [h.lr] * len(params) if factors is None else [h.lr * f for f in factors]
-    y_sizes = [lr * (h.beta1 * (1.0 - c) - 1.0) for lr in lrs]
+    bc2_sqrt = h.bias_corrections(step)[1] ** 0.5
+    y_sizes = [lr * bc2_sqrt * (h.beta1 * (1.0 - c) - 1.0) for lr in lrs]
+    z_sizes = [-lr * bc2_sqrt for lr in lrs]
     decay = None
     if h.weight_decay != 0.0:
         decay = [p.detach() * h.weight_decay for p in params]  # wd * y at the point the gradient was taken
     if inplace:
         torch._foreach_lerp_(params, z, c)
         torch._foreach_addcdiv_(params, grad, denom, y_sizes)
-        torch._foreach_addcdiv_(z, grad, denom, [-lr for lr in lrs])
-        if decay is not None:
-            for p, zi, wd, a, lr in zip(params, z, decay, y_sizes, lrs):
-                p.add_(wd, alpha=a)
+        torch._foreach_addcdiv_(z, grad, denom, z_sizes)
+        if decay is not None:  # wd * y enters u, whose bias correction is not folded: the plain lr
+            for p, zi, wd, lr in zip(params, z, decay, lrs):
+                p.add_(wd, alpha=lr * (h.beta1 * (1.0 - c) - 1.0))
                 zi.add_(wd, alpha=-lr)
         return params, z
     ys = [torch.addcdiv(torch.lerp(p, zi, c), g, d, value=a) for p, zi, g, d, a in zip(params, z, grad, denom, y_sizes)]
-    zs = [torch.addcdiv(zi, g, d, value=-lr) for zi, g, d, lr in zip(z, grad, denom, lrs)]
+    zs = [torch.addcdiv(zi, g, d, value=b) for zi, g, d, b in zip(z, grad, denom, z_sizes)]
     if decay is not None:
-        ys = [y + a * wd for y, a, wd in zip(ys, y_sizes, decay)]
+        ys = [y + lr * (h.beta1 * (1.0 - c) - 1.0) * wd for y, lr, wd in zip(ys, lrs, decay)]
         zs = [zi - lr * wd for zi, lr, wd in zip(zs, lrs, decay)]
     return ys, zs
 
@@ -747,7 +750,7 @@ def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool, grad: Tensor
             raise ValueError("finish: a schedule-free step needs the gradient, and runs with no lr scale")
         sizes = tens.sizes if tens is not None else (params.numel(),)
         split = lambda t: list(t.split(sizes))  # noqa: E731
-        denom = adam_denominator(split(state.exp_avg_sq), h, state.step, inplace=False)
+        denom = adam_denominator(split(state.exp_avg_sq), h, state.step, inplace=False, scaled=True)
         ys, zs = schedule_free_update(split(params), split(state.exp_avg), split(grad), denom, h, state.step,
                                       state.averaging.weight(), inplace=False,
                                       factors=None if tens is None else tens.factors(state.distance))

@@ -603,7 +603,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[AVERAGE_WEIGHT_SUM], self.state[AVERAGE_PEAK] = avg.weight_sum, avg.peak
         c = avg.weight()
         for (h, t, seg, v), g in zip(seg_views, grads):
-            denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True)
+            denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True, scaled=True)
             params = [p for _, p in seg]
             factors = [self._tensor_factors[i] for i, _ in seg] if self.per_tensor else None
             low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
