@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from metaopt.optim import FeatureConfig, RuleConfig, UpdateRule
-from metaopt.optim.optimizer import ESTIMATE_DEFAULTS
+from metaopt.optim.optimizer import ESTIMATE_DEFAULTS, ESTIMATE_OPTIONS
 from metaopt.optim.rules import GLOBAL_CORRECTION
 
 from . import checkpoint as ckpt
@@ -47,7 +47,7 @@ def lr_free_mode(cfg: TrainConfig) -> dict[str, float] | None:
     meta-trained; None at a fixed lr."""
     if not cfg.tasks.lr_free:
         return None
-    values = {k: getattr(cfg.tasks, k) for k in ESTIMATE_DEFAULTS}  # tasks.* carry GMNOptimizer's option names
+    values = {k: getattr(cfg.tasks, k) for k in ESTIMATE_OPTIONS}  # tasks.* carry GMNOptimizer's option names
     return {k: v for k, v in values.items() if v != ESTIMATE_DEFAULTS[k]}
 
 

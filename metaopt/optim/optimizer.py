@@ -83,8 +83,9 @@ SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
                          estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, schedule_free=False)
-# The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW).
-_ESTIMATE_ONLY = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
+# The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW; meta-training
+# runs no schedule-free inner optimizer, since a learned rule reads Adam's momentum).
+ESTIMATE_OPTIONS = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
 # Below this, an lr passed to a rule that runs lr-free by its own mode is most likely meant as a fixed lr: warn.
 LR_FREE_MULTIPLIER_WARNING = 0.1
 
@@ -108,7 +109,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     rule = resolve_rule(rule)
     mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
     free = (mode is not None) if lr_free is None else lr_free
-    if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in _ESTIMATE_ONLY):
+    if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in ESTIMATE_OPTIONS):
         raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor "
                          "and d0 shape the lr-free estimate; pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
