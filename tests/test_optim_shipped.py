@@ -13,6 +13,7 @@ from torch import nn
 
 from metaopt import GMNOptimizer
 from metaopt.optim import RuleCheckpointError, RuleConfig, UpdateRule, core
+from metaopt.optim import make_default
 from metaopt.optim.make_default import LR_FREE_RULE_DIR, write_lr_free_rule
 from metaopt.optim.rules import PRETRAINED_DIR, shipped_rules
 from training_loop import train_losses
@@ -148,3 +149,22 @@ def test_lrfree_base_is_the_default_mode_without_the_rule(tmp_path):
     out = write_lr_free_rule(PRETRAINED_DIR / "adam", SHIPPED_MODE, tmp_path / "base")
     written, shipped = (json.loads((d / "config.json").read_text()) for d in (out, PRETRAINED_DIR / "lrfree_base"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}  # written by 0.4.1
+
+
+def test_lrfree_sf_is_the_default_mode_schedule_free(tmp_path):
+    """rule="lrfree_sf": the default's lr-free mode run schedule-free, i.e. GMNOptimizer(model, rule="adam",
+    lr_free=True, estimate_every=10, per_tensor=0.7, schedule_free=True) bit for bit; make_default's command
+    line (--schedule-free) reproduces the directory from the "adam" rule."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_sf")) or opts[-1], steps=40)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, schedule_free=True, **SHIPPED_MODE),
+                         steps=40)
+    opt = opts[0]
+    assert opt.schedule_free and opt.lr_free and opt.estimate_every == 10 and opt.per_tensor == 0.7
+    assert losses[-1] < losses[0]
+    for a, b in zip(named.parameters(), explicit.parameters()):
+        assert torch.equal(a, b)
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--schedule-free", "--out", str(tmp_path / "sf")])
+    written, shipped = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "sf", PRETRAINED_DIR / "lrfree_sf"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
