@@ -248,18 +248,13 @@ def update_moments(
 ) -> tuple[list[Tensor] | None, list[Tensor]]:
     """``m = lerp(m, g, 1 - beta1)``, ``v = beta2 * v + (1 - beta2) * g * g`` for each tensor of the lists.
     ``exp_avg`` None (schedule-free, which keeps no m): ``v`` only, and None for ``m``."""
-    if exp_avg is None:
-        if inplace:
-            torch._foreach_mul_(exp_avg_sq, h.beta2)
-            torch._foreach_addcmul_(exp_avg_sq, grad, grad, 1.0 - h.beta2)
-            return None, exp_avg_sq
-        return None, [torch.addcmul(b * h.beta2, g, g, value=1.0 - h.beta2) for b, g in zip(exp_avg_sq, grad)]
     if inplace:
-        torch._foreach_lerp_(exp_avg, grad, 1.0 - h.beta1)
+        if exp_avg is not None:
+            torch._foreach_lerp_(exp_avg, grad, 1.0 - h.beta1)
         torch._foreach_mul_(exp_avg_sq, h.beta2)
         torch._foreach_addcmul_(exp_avg_sq, grad, grad, 1.0 - h.beta2)
         return exp_avg, exp_avg_sq
-    m = [torch.lerp(a, g, 1.0 - h.beta1) for a, g in zip(exp_avg, grad)]
+    m = None if exp_avg is None else [torch.lerp(a, g, 1.0 - h.beta1) for a, g in zip(exp_avg, grad)]
     v = [torch.addcmul(b * h.beta2, g, g, value=1.0 - h.beta2) for b, g in zip(exp_avg_sq, grad)]
     return m, v
 

@@ -560,11 +560,12 @@ class GMNOptimizer(torch.optim.Optimizer):
                                             for k in self.STATE_KEYS if k in self._views}  # what the Adam part reads
             seg_views.append((h, t, seg, self._segment_views[key]))
 
-        grads32 = []
+        grads32 = []  # schedule_free: the float32 gradients, which its step reads again
         for h, t, seg, v in seg_views:
             g = [p.grad if p.grad.dtype == torch.float32 else p.grad.float() for _, p in seg]
             core.update_moments(v.get("exp_avg"), v["exp_avg_sq"], g, h, inplace=True)
-            grads32.append(g)
+            if self.schedule_free:
+                grads32.append(g)
         if self.schedule_free:
             self._schedule_free_step(seg_views, grads32)
             return loss
@@ -575,24 +576,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         for h, t, seg, v in seg_views:
             scale = None if identity else v["lr_scale"]
             denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True, scaled=scale is not None)
-            params = [p for _, p in seg]
-            low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
             factors = [self._tensor_factors[i] for i, _ in seg] if self.per_tensor else None
-            if not low:
-                core.apply_update(params, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors)
-                continue
-            # bf16 / fp16 parameters (e.g. after model.to(torch.bfloat16)): the update is computed
-            # in float32 from the float32 state on a float32 copy, then rounded once into the parameter.
-            if self.lr_free and not self._warned_low_precision:
-                self._warned_low_precision = True
-                warnings.warn(
-                    "GMNOptimizer: lr-free on bf16/fp16 parameters: steps of the size the estimate starts at "
-                    f"(d0={self.d0:g}) are below the parameters' precision and are lost in the rounding, so the "
-                    "estimate (which grows only as the parameters move) may stay small and training stall. Keep "
-                    "float32 parameters (bf16 autocast for the compute), or pass lr= for a fixed lr.", stacklevel=2)
-            work = [p.float() if k in low else p for k, p in enumerate(params)]
-            core.apply_update(work, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors)
-            torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
+            self._update_in_float32([p for _, p in seg], lambda work: core.apply_update(
+                work, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors))
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
         return loss
@@ -607,13 +593,27 @@ class GMNOptimizer(torch.optim.Optimizer):
         c = avg.weight()
         for (h, t, seg, v), g in zip(seg_views, grads):
             denom = core.adam_denominator(v["exp_avg_sq"], h, t, inplace=True, scaled=True)
-            params = [p for _, p in seg]
             factors = [self._tensor_factors[i] for i, _ in seg] if self.per_tensor else None
-            low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
-            work = [p.float() if k in low else p for k, p in enumerate(params)]
-            core.schedule_free_update(work, v["z"], g, denom, h, t, c, inplace=True, factors=factors)
-            if low:
-                torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
+            self._update_in_float32([p for _, p in seg], lambda work: core.schedule_free_update(
+                work, v["z"], g, denom, h, t, c, inplace=True, factors=factors))
+
+    def _update_in_float32(self, params: list[Tensor], update: Callable[[list[Tensor]], Any]) -> None:
+        """``update(params)`` in place; bf16 / fp16 parameters (e.g. after model.to(torch.bfloat16)) are
+        updated through float32 copies (from the float32 state), then rounded once into the parameter."""
+        low = [k for k, p in enumerate(params) if p.dtype in _LOW_PRECISION]
+        if not low:
+            update(params)
+            return
+        if self.lr_free and not self._warned_low_precision:
+            self._warned_low_precision = True
+            warnings.warn(
+                "GMNOptimizer: lr-free on bf16/fp16 parameters: steps of the size the estimate starts at "
+                f"(d0={self.d0:g}) are below the parameters' precision and are lost in the rounding, so the "
+                "estimate (which grows only as the parameters move) may stay small and training stall. Keep "
+                "float32 parameters (bf16 autocast for the compute), or pass lr= for a fixed lr.", stacklevel=3)
+        work = [p.float() if k in low else p for k, p in enumerate(params)]
+        update(work)
+        torch._foreach_copy_([params[k] for k in low], [work[k] for k in low])
 
     @contextlib.contextmanager
     def averaged(self) -> Iterator[None]:
