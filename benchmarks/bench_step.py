@@ -220,6 +220,7 @@ LABELS = {
     "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
     "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
     "gmnopt-lrfree_sf-lrfree": "GMNOptimizer, rule=\"lrfree_sf\" (schedule-free), lr_free=True",
+    "gmnopt-lrfree_lean-lrfree": "GMNOptimizer, rule=\"lrfree_lean\" (shared sums, stride 3), lr_free=True",
     SHIPPED_KIND: "GMNOptimizer(model): rule=\"lrfree_base\" in its lr-free mode",
 }
 

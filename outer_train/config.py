@@ -74,6 +74,7 @@ class TaskSection:
     estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
     per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step (GMNOptimizer's per_tensor)
     d0: float = D0  # lr-free: the estimate before the first step (GMNOptimizer's d0)
+    shared_sums: bool = False  # lr-free per tensor: each tensor's estimate reads the network's sum (GMNOptimizer's shared_sums)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -192,6 +193,8 @@ class TrainConfig:
              "tasks.estimate_warmup must be an int >= 0"),
             (0.0 <= self.tasks.per_tensor <= 1.0, "tasks.per_tensor is a share in [0, 1]"),
             (0.0 < self.tasks.d0 < math.inf, "tasks.d0 must be a finite number > 0"),
+            (not self.tasks.shared_sums or self.tasks.per_tensor > 0.0,
+             "tasks.shared_sums makes each tensor's estimate read the network's sum; set tasks.per_tensor > 0"),
             (self.tasks.per_tensor == 0.0 or self.tasks.lr_free,
              "tasks.per_tensor shares the lr-free step between tensors; set tasks.lr_free = true"),
             (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1

@@ -526,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                    "before the first step; default 1e-6)")
     p.add_argument("--per-tensor", type=float, help="with --lr-free: GMNOptimizer's per_tensor for the +lrfree rows "
                    "(the share of each tensor's own distance estimate in its step size; default 0)")
+    p.add_argument("--shared-sums", action="store_true",
+                   help="with --lr-free and per-tensor estimates: GMNOptimizer(shared_sums=True) for the +lrfree rows "
+                        "(each tensor's estimate reads the network's gradient sum: 1x the parameters less state)")
     p.add_argument("--scale-per-tensor", action="store_true",
                    help="with --lr-free and per-tensor estimates: GMNOptimizer(scale_per_tensor=True) for the +lrfree "
                         "rows (the rule's scale normalised per tensor)")
@@ -613,10 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
     options = (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride), ("estimate_every", a.estimate_every),
                ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor), ("d0", a.d0),
-               ("multiplier", a.lr_free_multiplier), ("scale_per_tensor", True if a.scale_per_tensor else None))
+               ("multiplier", a.lr_free_multiplier), ("scale_per_tensor", True if a.scale_per_tensor else None),
+               ("shared_sums", True if a.shared_sums else None))
     if any(v is not None for _, v in options) and not a.lr_free:
         p.error("--growth-rate, --estimate-stride, --estimate-every, --estimate-warmup, --per-tensor, --d0, "
-                "--scale-per-tensor and --lr-free-multiplier shape the lr-free rows: add --lr-free")
+                "--scale-per-tensor, --shared-sums and --lr-free-multiplier shape the lr-free rows: add --lr-free")
     if a.lr_free_multiplier is not None and not a.lr_free_multiplier > 0:
         p.error(f"--lr-free-multiplier is a multiplier > 0, got {a.lr_free_multiplier}")
     if a.lr_free:

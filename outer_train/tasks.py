@@ -129,6 +129,7 @@ class TaskGroup:
     estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps
     per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step size (core.TensorDistances)
     d0: float = D0  # lr-free: the estimate before the first step (Prodigy's d0)
+    shared_sums: bool = False  # lr-free per tensor: each tensor's estimate reads the network's sum (no sum of its own)
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -160,7 +161,8 @@ class TaskGroup:
         group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                     weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free,
                     growth_rate=cfg.growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
-                    estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor, d0=cfg.d0)
+                    estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor, d0=cfg.d0,
+                    shared_sums=cfg.shared_sums)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -190,7 +192,7 @@ class TaskGroup:
         ``per_tensor``, also one estimate per tensor of the task's parameters)."""
         return [OptState.zeros(p.numel(), start=p if self.lr_free else None, stride=self.estimate_stride,
                                every=self.estimate_every, warmup=self.estimate_warmup, per_tensor=self.per_tensor,
-                               sizes=tuple(self.numels), d0=self.d0) for p in self.params]
+                               sizes=tuple(self.numels), d0=self.d0, shared_sums=self.shared_sums) for p in self.params]
 
     def _sampled(self, start: Tensor) -> Tensor:
         """A checkpoint's x_0 (a copy), checked to hold the entries this group's estimate reads."""
@@ -290,6 +292,7 @@ class TaskGroup:
             "estimate_warmup": self.estimate_warmup,
             "per_tensor": self.per_tensor,
             "d0": self.d0,
+            "shared_sums": self.shared_sums,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()},
                         **({"distance": asdict(s.distance)} if s.distance is not None else {}),
@@ -319,6 +322,7 @@ class TaskGroup:
             estimate_warmup=int(state.get("estimate_warmup", 0)),
             per_tensor=float(state.get("per_tensor", 0.0)),
             d0=float(state.get("d0", D0)),
+            shared_sums=bool(state.get("shared_sums", False)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]
@@ -329,7 +333,8 @@ class TaskGroup:
                        if "distance" in s else ()), warmup=group.estimate_warmup, sizes=tuple(group.numels),
                      **({"tensor_distances": TensorDistances(group.per_tensor, tuple(group.numels),
                                                              tuple(DistanceEstimate(**e) for e in s["tensor_distances"])),
-                         "tensor_grad_sum": s["tensor_grad_sum"].clone()} if "tensor_distances" in s else {}))
+                         "tensor_grad_sum": None if group.shared_sums else s["tensor_grad_sum"].clone()}
+                        if "tensor_distances" in s else {}))
             for s in state["states"]
         ]
         group.pending = state.get("pending")

@@ -28,7 +28,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_sf", "adam", "mlp"}
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_sf", "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
 
@@ -167,4 +167,37 @@ def test_lrfree_sf_is_the_default_mode_schedule_free(tmp_path):
     make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
                        "--schedule-free", "--out", str(tmp_path / "sf")])
     written, shipped = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "sf", PRETRAINED_DIR / "lrfree_sf"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+
+
+def test_lrfree_lean_is_the_default_mode_in_less_state(tmp_path):
+    """rule="lrfree_lean": the default's lr-free mode with the tensors' estimates reading the network's
+    gradient sum and x_0 and the sum holding every 3rd entry of each large tensor, i.e. GMNOptimizer(model,
+    rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7, estimate_stride=3, shared_sums=True) bit
+    for bit; its state is at most 2x + 2/3x the parameters (1x less than the default's even where every entry
+    is read); make_default's command line reproduces the directory from the "adam" rule."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_lean")) or opts[-1], steps=40)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, estimate_stride=3, shared_sums=True,
+                                                **SHIPPED_MODE), steps=40)
+    opt = opts[0]
+    assert opt.shared_sums and opt.estimate_stride == 3 and opt.estimate_every == 10 and opt.per_tensor == 0.7
+    assert losses[-1] < losses[0]
+    for a, b in zip(named.parameters(), explicit.parameters()):
+        assert torch.equal(a, b)
+    numel = sum(p.numel() for p in named.parameters())
+    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 4 * numel  # tensors < 1,024: all read
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))  # weights read every 3rd entry
+    lean = GMNOptimizer(big, rule="lrfree_lean")
+    big(torch.randn(4, 128)).sum().backward()
+    lean.step()
+    sizes = [p.numel() for p in big.parameters()]
+    sampled = sum(-(-n // k) for n, k in zip(sizes, core.tensor_strides(tuple(sizes), 3, True)))
+    state = sum(v.numel() for k, v in lean._buffers.items() if k != "step")
+    assert state == 2 * sum(sizes) + 2 * sampled and state / sum(sizes) < 2.0 + 2.0 / 3.0 + 0.02
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--estimate-stride", "3", "--shared-sums", "--out", str(tmp_path / "lean")])
+    written, shipped = (json.loads((d / "config.json").read_text())
+                        for d in (tmp_path / "lean", PRETRAINED_DIR / "lrfree_lean"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}

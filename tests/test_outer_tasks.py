@@ -201,3 +201,32 @@ def test_per_tensor_groups_keep_each_tensors_estimate_and_survive_checkpoints(tm
     for bad in (["tasks.per_tensor=0.5"], ["tasks.lr_free=true", "tasks.per_tensor=1.5"]):
         with pytest.raises(ValueError, match="per_tensor"):
             resolve("quick", None, SETS + bad)
+
+
+def test_shared_sums_groups_keep_no_tensor_sums_and_survive_checkpoints() -> None:
+    """tasks.shared_sums: meta-training's inner optimizer keeps no per-tensor gradient sum (each tensor's
+    estimate reads the network's, as GMNOptimizer(shared_sums=True)); every tensor still has its own
+    estimate, a checkpointed group resumes bit for bit, and without per-tensor estimates the option is
+    refused."""
+    cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.5", "tasks.shared_sums=true",
+                                         "tasks.estimate_every=2"])
+    group = _draw(cfg, 0, False)
+    assert group.shared_sums and all(s.tensor_grad_sum is None for s in group.states)
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=10))
+    graph = batched_graph(rule, [group])
+    for _ in range(5):
+        inner_step(rule, [group], graph, 0, [group.next_batches()])
+    state = group.states[0]
+    assert state.tensor_grad_sum is None and "tensor_grad_sum" not in state.tensors()
+    ests = state.tensor_distances.estimates
+    assert len({e.d for e in ests}) > 1 and all(e.d > core.D0 for e in ests)
+    assert sum(e.numerator for e in ests) == pytest.approx(state.distance.numerator, rel=1e-5)
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.shared_sums and restored.states[0].tensor_distances == state.tensor_distances
+    batches = group.next_batches()
+    inner_step(rule, [group], graph, 0, [batches])
+    inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
+    for a, b in zip(restored.params, group.params):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="shared_sums"):
+        resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.shared_sums=true"])

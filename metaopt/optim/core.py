@@ -66,7 +66,8 @@ class OptState:
     stride: int = 1
     every: int = 1
     # lr-free with ``per_tensor`` > 0 (`TensorDistances`): each tensor's own estimate and its gradient sum
-    # (as ``grad_sum``: [E], or the sampled entries with ``stride`` > 1)
+    # (as ``grad_sum``: [E], or the sampled entries with ``stride`` > 1); None with shared sums (each tensor's
+    # estimate reads the network's ``grad_sum``)
     tensor_distances: "TensorDistances | None" = None
     tensor_grad_sum: Tensor | None = None
     warmup: int = ESTIMATE_WARMUP  # with ``every`` > 1: the first steps that still take an estimate each (0 and 1: only the first)
@@ -88,14 +89,15 @@ class OptState:
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
               warmup: int = ESTIMATE_WARMUP, d0: float = D0, scale_per_tensor: bool = False,
-              schedule_free: Tensor | None = None) -> "OptState":
+              schedule_free: Tensor | None = None, shared_sums: bool = False) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th entry of each tensor (``sizes``: the tensors' entries in flat
         order, summing to ``num_edges``; () = one tensor) on every ``every``-th step after the first
         ``warmup`` (default `ESTIMATE_WARMUP`), starting at ``d0`` (default `D0`); with ``per_tensor`` > 0
         also one estimate per tensor (``sizes`` required), and with ``scale_per_tensor`` the rule's scale
         normalised per tensor. ``schedule_free`` (the flat parameters before the first step): a
-        schedule-free state, z starting there (`Averaging`)."""
+        schedule-free state, z starting there (`Averaging`). ``shared_sums`` (with ``per_tensor``): each tensor's
+        estimate reads the network's gradient sum, and no sum of its own is kept (`estimate_distances`)."""
         check_stride(stride)
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
@@ -107,6 +109,9 @@ class OptState:
         if scale_per_tensor and not per_tensor:
             raise ValueError("OptState.zeros: scale_per_tensor normalises the rule's scale per tensor under "
                              "per-tensor estimates: it needs per_tensor > 0.")
+        if shared_sums and not per_tensor:
+            raise ValueError("OptState.zeros: shared_sums makes each tensor's own estimate read the network's "
+                             "gradient sum: it needs per_tensor > 0.")
         tensors = None
         if per_tensor:
             if start is None or not sizes:
@@ -128,7 +133,7 @@ class OptState:
             stride,
             every,
             tensors,
-            None if tensors is None else torch.zeros_like(start, device=device),
+            None if tensors is None or shared_sums else torch.zeros_like(start, device=device),
             warmup,
             sizes,
             scale_per_tensor,
@@ -461,7 +466,12 @@ def estimate_distances(
     ``tensor_sums``) also each tensor's own estimate (`TensorDistances`: its own sum ``s_i``, weighted by
     its own ``d_i``) from the same step: x_0 - x and ``<g, x_0 - x>`` are computed once for both, and all
     of it is read in one host sync. Returns the network's estimate and sums, the tensors' estimates and
-    sums (None without ``estimates``)."""
+    sums (None without ``estimates``).
+
+    ``estimates`` with ``tensor_sums`` None (``shared_sums``): each tensor's estimate is Prodigy's ratio over
+    its entries of the network's terms (the network's weights and sum ``s``, restricted to the tensor), so
+    the tensors' numerators add up to the network's and no sum of their own is kept: 1x the parameters
+    less state, one pass less per estimate (tensor sums None in the result)."""
     decay = (h.beta2**0.5) ** span
     # d in the 1e15s (a loss without a minimum, e.g. linear) puts w past float32: then the sums go to inf,
     # the estimate stops being finite and d stays where it is, rather than a foreach op raising
@@ -476,9 +486,12 @@ def estimate_distances(
     if estimates is None:
         dot_f, norm_f = torch.stack(network).tolist()  # one host sync
         return _next_estimate(est, dot_f, norm_f, w, decay, h, span), sums, None, None
-    assert tensor_sums is not None
-    ws = [_estimate_weight(e, h, step, span) for e in estimates]
-    tensor_norms, tensor_sums = _decayed_sums(grads, tensor_sums, ws, decay, inplace, gaps)
+    if tensor_sums is None:  # shared sums: the network's terms, restricted to each tensor
+        ws: list[float] = [w] * len(estimates)
+        tensor_norms = norms
+    else:
+        ws = [_estimate_weight(e, h, step, span) for e in estimates]
+        tensor_norms, tensor_sums = _decayed_sums(grads, tensor_sums, ws, decay, inplace, gaps)
     values = torch.stack([*network, *dots, *tensor_norms]).tolist()  # one host sync
     n = len(estimates)
     new = [_next_estimate(e, values[2 + i], values[2 + n + i], ws[i], decay, h, span) for i, e in enumerate(estimates)]
@@ -714,8 +727,10 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
                 split = lambda t: list(t.split(sampled_sizes(tens.sizes, strides)))  # noqa: E731
                 est, sums, new, tensor_sums = estimate_distances(
                     split(xs), split(gs), split(state.start), split(state.grad_sum), est, he, step, inplace=False,
-                    span=span, strides=list(strides), tensor_sums=split(tensor_sum), estimates=list(tens.estimates))
-                tens, tensor_sum, grad_sum = replace(tens, estimates=tuple(new)), torch.cat(tensor_sums), torch.cat(sums)
+                    span=span, strides=list(strides), tensor_sums=None if tensor_sum is None else split(tensor_sum),
+                    estimates=list(tens.estimates))
+                tens, grad_sum = replace(tens, estimates=tuple(new)), torch.cat(sums)
+                tensor_sum = None if tensor_sums is None else torch.cat(tensor_sums)
         else:  # d stays; the moments are in its units after this step's shrink
             est = replace(est, last=est.d)
             tens = None if tens is None else tens.held()

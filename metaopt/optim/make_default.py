@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--estimate-stride", type=int, help="with --lr-free-from: its mode's estimate_stride")
     ap.add_argument("--per-tensor", type=float, help="with --lr-free-from: its mode's per_tensor")
     ap.add_argument("--schedule-free", action="store_true", help="with --lr-free-from: its mode is schedule-free")
+    ap.add_argument("--shared-sums", action="store_true",
+                    help="with --lr-free-from: its per-tensor estimates read the network's gradient sum")
     ap.add_argument("--record", action="append", default=[], metavar="FILE[:NAME]",
                     help="with --lr-free-from: a file on how the rule was made, copied beside it (as NAME)")
     ap.add_argument("--out", type=Path, default=None, help="directory (default: the shipped one)")
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.lr_free_from is not None:
         options = {k: v for k, v in (("estimate_every", args.estimate_every), ("estimate_stride", args.estimate_stride),
                                      ("per_tensor", args.per_tensor)) if v is not None}
-        if args.schedule_free:
-            options["schedule_free"] = True
+        options.update({k: True for k, on in (("schedule_free", args.schedule_free),
+                                              ("shared_sums", args.shared_sums)) if on})
         records = {}
         for item in args.record:
             path, _, name = item.partition(":")

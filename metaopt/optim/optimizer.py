@@ -82,7 +82,8 @@ SHIPPED_LR_FREE = "lrfree_base"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
-                         estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, schedule_free=False)
+                         estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, shared_sums=False,
+                         schedule_free=False)
 # The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW; meta-training
 # runs no schedule-free inner optimizer, since a learned rule reads Adam's momentum).
 ESTIMATE_OPTIONS = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
@@ -110,16 +111,16 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
     free = (mode is not None) if lr_free is None else lr_free
     if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in ESTIMATE_OPTIONS):
-        raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor "
-                         "and d0 shape the lr-free estimate; pass lr_free=True.")
+        raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor, "
+                         "d0 and shared_sums shape the lr-free estimate; pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
         warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
                       f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
                       "estimate. Pass lr_free=False for a fixed lr, or leave lr out.", stacklevel=3)
     options = {**ESTIMATE_DEFAULTS, **((mode or {}) if free else {}), **{k: v for k, v in given.items() if v is not None}}
-    if not isinstance(options["schedule_free"], bool):
-        raise TypeError(f"GMNOptimizer: schedule_free is True, False or None (the rule's own mode), "
-                        f"got {options['schedule_free']!r}.")
+    for key in ("schedule_free", "shared_sums"):
+        if not isinstance(options[key], bool):
+            raise TypeError(f"GMNOptimizer: {key} is True, False or None (the rule's own mode), got {options[key]!r}.")
     return rule, free, options
 
 
@@ -198,7 +199,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     every parameter tensor also keeps its own estimate ``d_i`` and moves by ``d^(1 - a) * d_i^a``
     (`core.TensorDistances`); its gradient sum adds 1x the parameters to the state (6x; about 1/k with
     ``estimate_stride=k``, which then reads at least `core.MIN_TENSOR_SAMPLE` entries of every tensor,
-    all of a smaller one), the estimate's cost is per tensor. ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
+    all of a smaller one), the estimate's cost is per tensor; with ``shared_sums=True`` each tensor's estimate
+    reads the network's gradient sum instead (Prodigy's ratio over the tensor's entries; no sum of its own,
+    one pass less per estimate). ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
     (1e-4) spends fewer of the first steps growing ``d``, at the risk of starting above the step a task takes.
     ``schedule_free=True`` (``rule="lrfree_sf"`` records it with the default's estimate; opt-in, identity rules
     only): Schedule-Free (Defazio et al., 2024) in place of Adam's momentum: the steps move a point ``z``, the
@@ -233,6 +236,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         estimate_warmup: int | None = None,
         per_tensor: float | None = None,
         d0: float | None = None,
+        shared_sums: bool | None = None,
         scale_per_tensor: bool = False,
         schedule_free: bool | None = None,
     ) -> None:
@@ -242,7 +246,8 @@ class GMNOptimizer(torch.optim.Optimizer):
                 f"built from it), got {type(model).__name__}; pass parameter groups as params=."
             )
         given = dict(growth_rate=growth_rate, estimate_stride=estimate_stride, estimate_every=estimate_every,
-                     estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0, schedule_free=schedule_free)
+                     estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0, shared_sums=shared_sums,
+                     schedule_free=schedule_free)
         rule, lr_free, options = resolve_mode(rule, lr, lr_free, given)
         growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
         estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
@@ -259,6 +264,10 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.per_tensor = core.check_share(per_tensor)
         except ValueError as err:
             raise ValueError(f"GMNOptimizer: {err}") from None
+        self.shared_sums = options["shared_sums"]
+        if self.shared_sums and not self.per_tensor:
+            raise ValueError("GMNOptimizer: shared_sums=True makes each tensor's own estimate read the network's "
+                             "gradient sum; it needs lr-free per_tensor > 0.")
         if scale_per_tensor and not self.per_tensor:
             raise ValueError("GMNOptimizer: scale_per_tensor=True normalises the rule's scale per tensor under "
                              "per-tensor estimates; it needs lr-free per_tensor > 0 (GMNOptimizer(model) has 0.7).")
@@ -319,7 +328,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._moment_keys = self.SCHEDULE_FREE_KEYS if self.schedule_free else self.MOMENT_KEYS
         self._state_keys = ((*self._moment_keys, *(() if self._rule_is_identity() else ("lr_scale",)))
                             + (self.DISTANCE_KEYS if lr_free else ())
-                            + (("tensor_grad_sum",) if self.per_tensor else ()))
+                            + (("tensor_grad_sum",) if self.per_tensor and not self.shared_sums else ()))
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
         # lr_free: per parameter, how many flattened entries the estimate reads (every k-th from its first,
@@ -434,7 +443,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         start = flat if self.lr_free else None
         init = OptState.zeros(self._num_edges, device, start=start, stride=self.estimate_stride,
                               every=self.estimate_every, per_tensor=self.per_tensor, sizes=tuple(self._numels),
-                              warmup=self.estimate_warmup, d0=self.d0, schedule_free=flat if self.schedule_free else None)
+                              warmup=self.estimate_warmup, d0=self.d0, schedule_free=flat if self.schedule_free else None,
+                              shared_sums=self.shared_sums)
         named = {("z" if k == "exp_avg" and self.schedule_free else k): v for k, v in init.tensors().items()}
         self._buffers = {**{k: v for k, v in named.items() if k in self._state_keys},
                          "step": torch.zeros(len(self._params_all))}  # steps on CPU, as Adam
@@ -749,7 +759,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, core.estimate_hyper(entries[0][2], self.schedule_free),
             step, inplace=True, span=span, strides=[self._strides[i] for i, _, _ in entries],
-            tensor_sums=None if tens is None else [self.state[p]["tensor_grad_sum"] for _, p, _ in entries],
+            tensor_sums=None if tens is None or self.shared_sums else [self.state[p]["tensor_grad_sum"] for _, p, _ in entries],
             estimates=None if ests is None else [ests[i] for i, _, _ in entries])
         if tens is not None:
             assert ests is not None and mine is not None
@@ -898,6 +908,15 @@ class GMNOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} is schedule-free (it holds z, not "
                     "Adam's momentum); load it into GMNOptimizer(..., schedule_free=True).")
+            if self.shared_sums and "tensor_grad_sum" in st:
+                raise ValueError(
+                    f"GMNOptimizer.load_state_dict: the state of parameter {i} holds a per-tensor gradient sum: it "
+                    "was saved with shared_sums=False; load it into GMNOptimizer(..., shared_sums=False).")
+            if missing == ["tensor_grad_sum"]:
+                raise ValueError(
+                    f"GMNOptimizer.load_state_dict: the state of parameter {i} holds no per-tensor gradient sum: it "
+                    "was saved with shared_sums=True (or without per_tensor); load it into GMNOptimizer(..., "
+                    "shared_sums=True).")
             if missing and set(missing) <= set(self.DISTANCE_KEYS):
                 raise ValueError(
                     f"GMNOptimizer.load_state_dict: the state of parameter {i} lacks {missing}: it was saved by an "
