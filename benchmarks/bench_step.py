@@ -88,7 +88,7 @@ ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every",  # k
 PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0.7
 
 
-SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_base") in the mode it records
+SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_lean") in the mode it records
 
 
 def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
@@ -221,7 +221,8 @@ LABELS = {
     "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
     "gmnopt-lrfree_sf-lrfree": "GMNOptimizer, rule=\"lrfree_sf\" (schedule-free), lr_free=True",
     "gmnopt-lrfree_lean-lrfree": "GMNOptimizer, rule=\"lrfree_lean\" (shared sums, stride 3), lr_free=True",
-    SHIPPED_KIND: "GMNOptimizer(model): rule=\"lrfree_base\" in its lr-free mode",
+    SHIPPED_KIND: f"GMNOptimizer(model): rule=\"{SHIPPED_LR_FREE}\" in its lr-free mode",
+    "gmnopt-lrfree_base-lrfree": "GMNOptimizer, rule=\"lrfree_base\" (the default of 0.5), lr_free=True",
 }
 
 

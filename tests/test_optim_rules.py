@@ -31,10 +31,12 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
     ({"lr": 1e-3}, ["exp_avg", "exp_avg_sq", "lr_scale"], 3),  # the fixed-lr GMN rule
     ({"rule": "lrfree"}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),
     ({"rule": "adam", "lr": 1e-3}, ["exp_avg", "exp_avg_sq"], 2),  # exactly Adam: Adam's state
-    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),  # GMNOptimizer(model): lrfree_base
+    ({"rule": "lrfree_base"}, ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),  # 0.5's default
+    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "start"], 4),  # GMNOptimizer(model): lrfree_lean (mlp()'s tensors all read)
 ])
 def test_optimizer_state_in_parameters(kwargs, keys, times):
-    """3x at a fixed lr, 6x lr-free with per-tensor estimates; an identity rule keeps no scale (1x less)."""
+    """3x at a fixed lr, 6x lr-free with per-tensor estimates; an identity rule keeps no scale (1x less);
+    GMNOptimizer(model) keeps no per-tensor sum (shared sums: 4x where every entry is read)."""
     torch.manual_seed(0)
     model = mlp()
     opt = GMNOptimizer(model, **kwargs)

@@ -53,21 +53,23 @@ def test_meta_trained_rules_load_and_change_the_update():
         assert diff > 1e-6, f"{name}: a meta-trained rule must differ from Adam"
 
 
-SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}
+SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}  # lrfree_base's (0.5's default), the lr-free GMN rule's
+LEAN_MODE = {**SHIPPED_MODE, "estimate_stride": 3, "shared_sums": True}  # GMNOptimizer(model)'s since 0.6
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
-    """GMNOptimizer(model): rule="lrfree_base" (no learned rule, no refresh), lr-free with the options it
-    records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in the same mode, refreshed on step 1;
-    the loss goes down and the estimate grows from d0."""
+    """GMNOptimizer(model): rule="lrfree_lean" (no learned rule, no refresh), lr-free with the options it
+    records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
+    tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == SHIPPED_MODE
+    assert opt.rule.config.lr_free == (LEAN_MODE if rule is None else SHIPPED_MODE)
     assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
-    assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 1, 0.7)
+    assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 3 if rule is None else 1, 0.7)
+    assert opt.shared_sums == (rule is None)
     assert opt.distance > 100 * core.D0 and opt.rule_fallbacks == 0 and opt.rule_refreshes == (rule is not None)
     assert losses[-1] < 0.5 * losses[0]
 
@@ -84,7 +86,8 @@ def test_an_lr_picks_the_fixed_lr_rule_and_explicit_choices_win():
     assert not plain.lr_free and plain.param_groups[0]["lr"] == UpdateRule.default().config.default_lr
     assert not GMNOptimizer(model, rule="adam").lr_free
     own = GMNOptimizer(model, per_tensor=0.0, estimate_every=5)
-    assert own.lr_free and (own.per_tensor, own.estimate_every, own.estimate_stride) == (0.0, 5, 1)
+    assert own.lr_free and (own.per_tensor, own.estimate_every, own.estimate_stride) == (0.0, 5, 3)
+    assert not own.shared_sums  # the default's recorded shared sums: nothing to share without per-tensor estimates
     prodigy = GMNOptimizer(model, rule="adam", lr_free=True)  # a rule without a mode: plain Prodigy's options
     assert (prodigy.per_tensor, prodigy.estimate_every, prodigy.estimate_stride) == (0.0, 1, 1)
     at_lr = GMNOptimizer(model, rule="lrfree", lr_free=False, lr=1e-3)
@@ -170,21 +173,22 @@ def test_lrfree_sf_is_the_default_mode_schedule_free(tmp_path):
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
 
 
-def test_lrfree_lean_is_the_default_mode_in_less_state(tmp_path):
-    """rule="lrfree_lean": the default's lr-free mode with the tensors' estimates reading the network's
-    gradient sum and x_0 and the sum holding every 3rd entry of each large tensor, i.e. GMNOptimizer(model,
-    rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7, estimate_stride=3, shared_sums=True) bit
-    for bit; its state is at most 2x + 2/3x the parameters (1x less than the default's even where every entry
-    is read); make_default's command line reproduces the directory from the "adam" rule."""
+def test_lrfree_lean_is_the_default_in_less_state(tmp_path):
+    """rule="lrfree_lean" = GMNOptimizer(model) since 0.6: lrfree_base's mode with the tensors' estimates
+    reading the network's gradient sum and x_0 and the sum holding every 3rd entry of each large tensor,
+    i.e. GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7, estimate_stride=3,
+    shared_sums=True) bit for bit; its state is at most 2x + 2/3x the parameters on large tensors (4x, 1x less
+    than lrfree_base's, where every entry is read); make_default's command line reproduces the directory
+    from the "adam" rule."""
     opts = []
     named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_lean")) or opts[-1], steps=40)
-    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, estimate_stride=3, shared_sums=True,
-                                                **SHIPPED_MODE), steps=40)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **LEAN_MODE), steps=40)
+    default, _ = _train(GMNOptimizer, steps=40)  # GMNOptimizer(model) since 0.6
     opt = opts[0]
     assert opt.shared_sums and opt.estimate_stride == 3 and opt.estimate_every == 10 and opt.per_tensor == 0.7
     assert losses[-1] < losses[0]
-    for a, b in zip(named.parameters(), explicit.parameters()):
-        assert torch.equal(a, b)
+    for a, b, c in zip(named.parameters(), explicit.parameters(), default.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
     numel = sum(p.numel() for p in named.parameters())
     assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 4 * numel  # tensors < 1,024: all read
     torch.manual_seed(0)
