@@ -126,6 +126,7 @@ class Comparison:
             if not self.lr_free:
                 raise ValueError("Comparison: per_tensor shares the lr-free step between tensors; it needs tasks.lr_free.")
             self.lr_free_options["per_tensor"] = float(per_tensor)
+            self.lr_free_options["shared_sums"] = bool(cfg.tasks.shared_sums)  # explicit, as the rest
         if self.lr_free and rule_lr == "tuned":
             raise ValueError("log.compare_rule_lr = 'tuned' has no lr to tune with tasks.lr_free; use 'reference'.")
         if n_tasks < 1:
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
                                            "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0,
                                            "per_tensor": comparison.lr_free_options.get("per_tensor", 0.0),
+                                           "shared_sums": comparison.lr_free_options.get("shared_sums", False),
                                            "tasks": names, "rules": rows}, indent=1) + "\n")
     return 0
 

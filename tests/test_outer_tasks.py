@@ -228,5 +228,9 @@ def test_shared_sums_groups_keep_no_tensor_sums_and_survive_checkpoints() -> Non
     inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
     for a, b in zip(restored.params, group.params):
         assert torch.equal(a, b)
+    from outer_train.compare import Comparison
+
+    comparison = Comparison(cfg, steps=10, n_tasks=1)  # the comparisons run the rule as the inner optimizer ran
+    assert comparison.lr_free_options["shared_sums"] is True and comparison.lr_free_options["per_tensor"] == 0.5
     with pytest.raises(ValueError, match="shared_sums"):
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.shared_sums=true"])
