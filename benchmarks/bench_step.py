@@ -223,6 +223,7 @@ LABELS = {
     "gmnopt-lrfree_lean-lrfree": "GMNOptimizer, rule=\"lrfree_lean\" (shared sums, stride 3), lr_free=True",
     SHIPPED_KIND: f"GMNOptimizer(model): rule=\"{SHIPPED_LR_FREE}\" in its lr-free mode",
     "gmnopt-lrfree_base-lrfree": "GMNOptimizer, rule=\"lrfree_base\" (the default of 0.5), lr_free=True",
+    "gmnopt-lrfree_settled-lrfree": "GMNOptimizer, rule=\"lrfree_settled\" (lean, growth capped once settled), lr_free=True",
 }
 
 

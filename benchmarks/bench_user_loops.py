@@ -183,7 +183,8 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
 # What else can run beside the default (--variants), each with nothing to tune: the default without its
 # per-tensor estimates, and the lr-free GMN rule in the same mode (the default of 0.4), alone and with its
 # scale normalised per tensor; the default's estimate in the schedule-free mode (rule="lrfree_sf") and in less
-# state (rule="lrfree_lean": shared sums, every 3rd entry of large tensors). (Before
+# state (rule="lrfree_lean": shared sums, every 3rd entry of large tensors), and that with the estimate's growth
+# capped once it has settled (rule="lrfree_settled"). (Before
 # 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
 VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
     "default": ("GMNOptimizer(model)", gmn_default),
@@ -193,6 +194,7 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
                                     lambda m: GMNOptimizer(m, rule="lrfree", scale_per_tensor=True)),
     "schedule_free": ("GMNOptimizer(model, rule=\"lrfree_sf\")", lambda m: GMNOptimizer(m, rule="lrfree_sf")),
     "lean": ("GMNOptimizer(model, rule=\"lrfree_lean\")", lambda m: GMNOptimizer(m, rule="lrfree_lean")),
+    "settled": ("GMNOptimizer(model, rule=\"lrfree_settled\")", lambda m: GMNOptimizer(m, rule="lrfree_settled")),
 }
 
 

@@ -117,6 +117,7 @@ class Comparison:
         self.against, self.aggregate, self.seeds, self.rule_lr, self.metric = against, aggregate, seeds, rule_lr, metric
         self.lr_free = cfg.tasks.lr_free  # the rule runs as meta-trained: lr-free at the multiplier 1
         self.lr_free_options = ({"lr_free": True, "growth_rate": cfg.tasks.growth_rate,
+                                 "settled_growth_rate": cfg.tasks.settled_growth_rate,
                                  "estimate_stride": cfg.tasks.estimate_stride,
                                  "estimate_every": cfg.tasks.estimate_every,
                                  "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0} if self.lr_free
@@ -296,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the score: log10 tail-loss ratio, or the held-out statistic (median steps speedup; both are written)")
     p.add_argument("--lr-free", action="store_true", help="run the rules lr-free (GMNOptimizer(lr_free=True)) at the multiplier 1")
     p.add_argument("--growth-rate", type=float, default=None, help="with --lr-free: GMNOptimizer's growth_rate")
+    p.add_argument("--settled-growth-rate", type=float, default=None,
+                   help="with --lr-free: GMNOptimizer's settled_growth_rate")
     p.add_argument("--estimate-stride", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_stride")
     p.add_argument("--estimate-every", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_every")
     p.add_argument("--estimate-warmup", type=int, default=None, help="with --lr-free: GMNOptimizer's estimate_warmup")
@@ -327,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     overrides = ["tasks.lr_free=true"] if a.lr_free else []
     overrides += [] if a.growth_rate is None else [f"tasks.growth_rate={a.growth_rate}"]
+    overrides += [] if a.settled_growth_rate is None else [f"tasks.settled_growth_rate={a.settled_growth_rate}"]
     overrides += [] if a.estimate_stride is None else [f"tasks.estimate_stride={a.estimate_stride}"]
     overrides += [] if a.estimate_every is None else [f"tasks.estimate_every={a.estimate_every}"]
     overrides += [] if a.estimate_warmup is None else [f"tasks.estimate_warmup={a.estimate_warmup}"]
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "seeds": a.seeds, "aggregate": a.aggregate, "rule_lr": a.rule_lr, "lr": a.lr,
                                            "metric": a.metric,
                                            "lr_free": a.lr_free, "growth_rate": a.growth_rate,
+                                           "settled_growth_rate": cfg.tasks.settled_growth_rate,
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
                                            "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0,
                                            "per_tensor": comparison.lr_free_options.get("per_tensor", 0.0),

@@ -69,6 +69,7 @@ class TaskSection:
     # step size, the inner lr is its multiplier, log-uniform(lr_scale_min, lr_scale_max) (no reference lr).
     lr_free: bool = False
     growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (GMNOptimizer's growth_rate)
+    settled_growth_rate: float = math.inf  # lr-free: ... once the estimate has settled (GMNOptimizer's settled_growth_rate)
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th parameter entry (GMNOptimizer's estimate_stride)
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step (GMNOptimizer's estimate_every)
     estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps (GMNOptimizer's estimate_warmup)
@@ -185,6 +186,7 @@ class TrainConfig:
             (0 < self.tasks.lr_scale_min <= self.tasks.lr_scale_max, "need 0 < tasks.lr_scale_min <= tasks.lr_scale_max"),
             (0.0 <= self.tasks.horizon_known_prob <= 1.0, "need 0 <= tasks.horizon_known_prob <= 1"),
             (self.tasks.growth_rate >= 1.0, "tasks.growth_rate must be >= 1 (inf: no limit)"),
+            (self.tasks.settled_growth_rate >= 1.0, "tasks.settled_growth_rate must be >= 1 (inf: no limit)"),
             (isinstance(self.tasks.estimate_stride, int) and self.tasks.estimate_stride >= 1,
              "tasks.estimate_stride must be an int >= 1"),
             (isinstance(self.tasks.estimate_every, int) and self.tasks.estimate_every >= 1,
@@ -197,10 +199,12 @@ class TrainConfig:
              "tasks.shared_sums makes each tensor's estimate read the network's sum; set tasks.per_tensor > 0"),
             (self.tasks.per_tensor == 0.0 or self.tasks.lr_free,
              "tasks.per_tensor shares the lr-free step between tensors; set tasks.lr_free = true"),
-            (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.estimate_stride == 1
+            (self.tasks.lr_free or (self.tasks.growth_rate == math.inf and self.tasks.settled_growth_rate == math.inf
+                                    and self.tasks.estimate_stride == 1
                                     and self.tasks.estimate_every == 1 and self.tasks.estimate_warmup == ESTIMATE_WARMUP
                                     and self.tasks.d0 == D0),
-             "tasks.growth_rate, estimate_stride, estimate_every, estimate_warmup and d0 shape the lr-free estimate; set "
+             "tasks.growth_rate, settled_growth_rate, estimate_stride, estimate_every, estimate_warmup and d0 shape the "
+             "lr-free estimate; set "
              "tasks.lr_free = true"),
             (self.rule.global_bound >= 0, "rule.global_bound must be >= 0 (0 = off)"),
             (self.rule.global_bound == 0 or self.tasks.lr_free,

@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                         "multipliers 3^-3..3^3 of the estimated step, default 1)")
     p.add_argument("--growth-rate", type=float, help="with --lr-free: GMNOptimizer's growth_rate for the +lrfree rows "
                    "(the estimate grows by at most this factor per step; default no limit)")
+    p.add_argument("--settled-growth-rate", type=float, help="with --lr-free: GMNOptimizer's settled_growth_rate for the "
+                   "+lrfree rows (growth_rate's limit from the estimate's first settling on; default no limit)")
     p.add_argument("--estimate-stride", type=int, help="with --lr-free: GMNOptimizer's estimate_stride for the +lrfree "
                    "rows (the estimate reads every k-th parameter entry; default 1)")
     p.add_argument("--estimate-every", type=int, help="with --lr-free: GMNOptimizer's estimate_every for the +lrfree "
@@ -614,12 +616,14 @@ def main(argv: list[str] | None = None) -> int:
         rules[label] = resolve_rule(a.nowcast_rule)
         rule_kwargs[label] = {"nowcast": Nowcaster.from_pretrained(path)}
     labels = a.rule + [f"{item} (nowcaster, rule {a.nowcast_rule})" for item in a.nowcast]
-    options = (("growth_rate", a.growth_rate), ("estimate_stride", a.estimate_stride), ("estimate_every", a.estimate_every),
+    options = (("growth_rate", a.growth_rate), ("settled_growth_rate", a.settled_growth_rate),
+               ("estimate_stride", a.estimate_stride), ("estimate_every", a.estimate_every),
                ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor), ("d0", a.d0),
                ("multiplier", a.lr_free_multiplier), ("scale_per_tensor", True if a.scale_per_tensor else None),
                ("shared_sums", True if a.shared_sums else None))
     if any(v is not None for _, v in options) and not a.lr_free:
-        p.error("--growth-rate, --estimate-stride, --estimate-every, --estimate-warmup, --per-tensor, --d0, "
+        p.error("--growth-rate, --settled-growth-rate, --estimate-stride, --estimate-every, --estimate-warmup, "
+                "--per-tensor, --d0, "
                 "--scale-per-tensor, --shared-sums and --lr-free-multiplier shape the lr-free rows: add --lr-free")
     if a.lr_free_multiplier is not None and not a.lr_free_multiplier > 0:
         p.error(f"--lr-free-multiplier is a multiplier > 0, got {a.lr_free_multiplier}")

@@ -124,6 +124,7 @@ class TaskGroup:
     show_horizon: bool = True  # the rule is told the horizon (Hyper.total_steps); else it runs horizon-unknown
     lr_free: bool = False  # the inner optimizer is lr-free (lr multiplies Prodigy's estimate; core.DistanceEstimate)
     growth_rate: float = math.inf  # lr-free: the estimate's growth per step is capped at this factor
+    settled_growth_rate: float = math.inf  # lr-free: ... from the estimate's first settling on
     estimate_stride: int = 1  # lr-free: the estimate reads every k-th edge
     estimate_every: int = 1  # lr-free: the estimate is taken every j-th step
     estimate_warmup: int = ESTIMATE_WARMUP  # lr-free: ... after the first this many steps
@@ -160,7 +161,7 @@ class TaskGroup:
         show = cfg.horizon_known_prob >= 1.0 or r.random() < cfg.horizon_known_prob
         group = cls(spec=spec, member_seeds=seeds, horizon=horizon, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                     weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free,
-                    growth_rate=cfg.growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
+                    growth_rate=cfg.growth_rate, settled_growth_rate=cfg.settled_growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
                     estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor, d0=cfg.d0,
                     shared_sums=cfg.shared_sums)
         group.build()
@@ -258,7 +259,8 @@ class TaskGroup:
     def hyper(self) -> Hyper:
         """The inner optimizer's hyperparameters for this group (what GMNOptimizer's param group holds)."""
         return Hyper(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                     self.horizon if self.show_horizon else 0, self.growth_rate, self.d0)
+                     self.horizon if self.show_horizon else 0, self.growth_rate, self.d0,
+                     settled_growth_rate=self.settled_growth_rate)
 
     @property
     def key(self) -> str:
@@ -287,6 +289,7 @@ class TaskGroup:
             "show_horizon": self.show_horizon,
             "lr_free": self.lr_free,
             "growth_rate": self.growth_rate,
+            "settled_growth_rate": self.settled_growth_rate,
             "estimate_stride": self.estimate_stride,
             "estimate_every": self.estimate_every,
             "estimate_warmup": self.estimate_warmup,
@@ -317,6 +320,7 @@ class TaskGroup:
             show_horizon=bool(state.get("show_horizon", True)),
             lr_free=bool(state.get("lr_free", False)),
             growth_rate=float(state.get("growth_rate", math.inf)),
+            settled_growth_rate=float(state.get("settled_growth_rate", math.inf)),
             estimate_stride=int(state.get("estimate_stride", 1)),
             estimate_every=int(state.get("estimate_every", 1)),
             estimate_warmup=int(state.get("estimate_warmup", 0)),

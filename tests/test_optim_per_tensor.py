@@ -66,7 +66,7 @@ def test_a_tensor_far_from_zero_gets_a_larger_step_and_loss_goes_down() -> None:
     assert rows[gain, 1] > 2 * d  # the gain's own estimate is well above the network's
     est = core.DistanceEstimate(d=d, last=d)
     factors = core.TensorDistances(0.7, tuple(p.numel() for p in model.parameters()),
-                                   tuple(core.DistanceEstimate(*r) for r in rows.tolist())).factors(est)
+                                   tuple(core.DistanceEstimate(*r[:4]) for r in rows.tolist())).factors(est)
     for f, r in zip(factors, rows.tolist()):
         assert f == pytest.approx((r[2] / d) ** 0.7, rel=1e-9)
 
@@ -319,7 +319,7 @@ def test_shared_sums_each_tensors_estimate_is_the_networks_ratio_over_its_entrie
     rows = opt.state[TENSOR_DISTANCES]
     assert float(rows[:, 0].sum()) == pytest.approx(float(opt.state[DISTANCE_NUMERATOR]), rel=1e-6)
     norms = [float(opt.state[p]["grad_sum"].abs().sum()) for p in model.parameters()]
-    for (numerator, _, _, peak), norm in zip(rows.tolist(), norms):
+    for (numerator, _, _, peak, _), norm in zip(rows.tolist(), norms):
         assert peak >= numerator / norm * (1 - 1e-6)
     assert len({round(r, 12) for r in rows[:, 1].tolist()}) == len(norms)  # each tensor its own estimate
     with pytest.raises(ValueError, match="per_tensor > 0"):

@@ -28,7 +28,8 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_sf", "adam", "mlp"}
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_sf",
+                                    "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
 
@@ -204,4 +205,29 @@ def test_lrfree_lean_is_the_default_in_less_state(tmp_path):
                        "--estimate-stride", "3", "--shared-sums", "--out", str(tmp_path / "lean")])
     written, shipped = (json.loads((d / "config.json").read_text())
                         for d in (tmp_path / "lean", PRETRAINED_DIR / "lrfree_lean"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+
+
+def test_lrfree_settled_is_lean_with_the_settled_growth_rate(tmp_path):
+    """rule="lrfree_settled": lrfree_lean's mode with settled_growth_rate 1.02, i.e. GMNOptimizer(model,
+    rule="adam", lr_free=True, ..., settled_growth_rate=1.02) bit for bit; the state is lean's plus one flag
+    per estimate; make_default's command line reproduces the directory from the "adam" rule."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_settled")) or opts[-1], steps=60)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **LEAN_MODE, settled_growth_rate=1.02),
+                         steps=60)
+    lean_opts = []
+    lean, _ = _train(lambda m: lean_opts.append(GMNOptimizer(m, rule="lrfree_lean")) or lean_opts[-1], steps=60)
+    opt = opts[0]
+    assert opt.settled_growth_rate == 1.02 and opt.shared_sums and opt.estimate_stride == 3
+    assert losses[-1] < losses[0]
+    for a, b in zip(named.parameters(), explicit.parameters()):
+        assert torch.equal(a, b)
+    assert sorted(opt._buffers) == sorted(lean_opts[0]._buffers)
+    assert all(opt._buffers[k].numel() == v.numel() for k, v in lean_opts[0]._buffers.items())
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
+                       "--out", str(tmp_path / "settled")])
+    written, shipped = (json.loads((d / "config.json").read_text())
+                        for d in (tmp_path / "settled", PRETRAINED_DIR / "lrfree_settled"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}

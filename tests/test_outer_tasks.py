@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,41 @@ def test_shared_sums_groups_keep_no_tensor_sums_and_survive_checkpoints() -> Non
     assert comparison.lr_free_options["shared_sums"] is True and comparison.lr_free_options["per_tensor"] == 0.5
     with pytest.raises(ValueError, match="shared_sums"):
         resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.shared_sums=true"])
+
+
+def test_settled_growth_rate_reaches_the_inner_optimizer_and_survives_checkpoints() -> None:
+    """tasks.settled_growth_rate: meta-training's inner optimizer caps the estimate's growth once settled,
+    as GMNOptimizer(settled_growth_rate=r); the settled flags survive a checkpoint and the comparisons run
+    the rule with the same option; without lr_free, or below 1, it is refused."""
+    cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.per_tensor=0.5", "tasks.settled_growth_rate=1.01",
+                                         "tasks.estimate_every=2"])
+    group = _draw(cfg, 0, False)
+    assert group.settled_growth_rate == 1.01 and group.hyper.settled_growth_rate == 1.01
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=10))
+    graph = batched_graph(rule, [group])
+    for _ in range(12):
+        inner_step(rule, [group], graph, 0, [group.next_batches()])
+    state = group.states[0]
+    assert not state.distance.settled  # this task's estimate still grows at step 12: settle it by hand
+    tens = state.tensor_distances
+    state.distance = replace(state.distance, settled=True)
+    state.tensor_distances = replace(tens, estimates=(replace(tens.estimates[0], settled=True), *tens.estimates[1:]))
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.settled_growth_rate == 1.01
+    assert restored.states[0].distance == state.distance and restored.states[0].distance.settled
+    assert restored.states[0].tensor_distances == state.tensor_distances
+    d = state.distance.d
+    batches = group.next_batches()
+    for _ in range(2):  # an estimate every 2nd step: one in these two
+        inner_step(rule, [group], graph, 0, [batches])
+        inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
+        batches = group.next_batches()
+    for a, b in zip(restored.params, group.params):
+        assert torch.equal(a, b)
+    assert d < group.states[0].distance.d <= d * 1.01**2 * (1 + 1e-12)  # grew, by at most the settled rate
+    from outer_train.compare import Comparison
+
+    assert Comparison(cfg, steps=10, n_tasks=1).lr_free_options["settled_growth_rate"] == 1.01
+    for bad in (["tasks.settled_growth_rate=1.01"], ["tasks.lr_free=true", "tasks.settled_growth_rate=0.9"]):
+        with pytest.raises(ValueError, match="settled_growth_rate"):
+            resolve("quick", None, SETS + bad)

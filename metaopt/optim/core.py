@@ -237,6 +237,8 @@ class Hyper:
     total_steps: int = 0  # the training budget in steps, read by rules with horizon features (0 = not known)
     growth_rate: float = math.inf  # lr-free: d grows by at most this factor per step (Prodigy's; inf = no limit)
     d0: float = D0  # lr-free: the estimate before the first step (Prodigy's d0)
+    # lr-free: growth_rate's limit from the estimate's first settling on (`DistanceEstimate.settled`; inf = no limit)
+    settled_growth_rate: float = math.inf
 
     def bias_corrections(self, step: int) -> tuple[float, float]:
         return 1.0 - self.beta1**step, 1.0 - self.beta2**step
@@ -413,7 +415,10 @@ class DistanceEstimate:
     ``s = sum_k w_k g_k`` (both decayed by ``beta3 = sqrt(beta2)`` per step, ``w_k = d_k^2 / d0``) is a
     lower bound of ``||x_0 - x*||_inf`` on convex problems; ``d = max(d, d_hat)``, or with a growth rate
     r < inf, Prodigy's ``d = min(peak, r * d)`` (``peak``: the largest ``d_hat`` so far; the first
-    estimate is taken whole), a warm-up that caps how fast the step grows. Adam's moments
+    estimate is taken whole), a warm-up that caps how fast the step grows. A settled growth rate
+    (``Hyper.settled_growth_rate``, this package's) caps it only once the estimate has settled: the
+    search up from ``d0`` runs free, and a later jump of ``d`` (which killed a ReLU CNN's units before
+    it had learned anything, docs/optim.md) becomes a warm-up. Adam's moments
     are kept in units of ``d`` (Prodigy's ``m``, ``v`` divided by ``d``, ``d^2``), so the step is
     Adam's at ``lr = d``, and when ``d`` grows the moments shrink by the growth (at the next step,
     before its gradient enters them): gradients taken under a smaller step weigh less, as in Prodigy. The tensors (``x_0`` and ``s``, [E] each) are the
@@ -425,6 +430,9 @@ class DistanceEstimate:
     last: float = D0  # the estimate the last step moved by; the moments are still in its units until
     # the next step shrinks them by last / d (so a state between steps is consistent, and resumable)
     peak: float = D0  # the largest estimate d_hat so far (Prodigy's d_max), which d grows towards
+    # True from the first estimate after d left d0 that did not raise d: the search up from d0 is over, and
+    # from then on d grows by at most ``settled_growth_rate`` per step (`_next_estimate`)
+    settled: bool = False
 
     @classmethod
     def begin(cls, d0: float = D0) -> "DistanceEstimate":
@@ -536,13 +544,16 @@ def _next_estimate(est: DistanceEstimate, dot: float, norm: float, w: float, dec
     """The estimate after a term ``w * <g, x_0 - x>`` with ``norm = ||s||_1`` of the updated sum."""
     numerator = decay * est.numerator + w * dot
     d, peak = est.d, max(est.peak, est.d)  # d <= peak always (the max also reads states saved without a peak)
+    rate = min(h.growth_rate, h.settled_growth_rate) if est.settled else h.growth_rate
     if norm > 0 and math.isfinite(numerator / norm):
         d_hat = numerator / norm
         if d == h.d0:  # Prodigy's first estimate is not held back by the growth rate
             d = max(d, d_hat)
         peak = max(peak, d_hat)
-        d = min(peak, d * h.growth_rate**span)  # = peak (Prodigy's max(d, d_hat)) at growth_rate = inf
-    return DistanceEstimate(numerator, d, last=est.d, peak=peak)
+        d = min(peak, d * rate**span)  # = peak (Prodigy's max(d, d_hat)) at growth_rate = inf
+    # settled: d has left d0 and this estimate did not raise it (the first plateau of the search from d0)
+    settled = est.settled or (est.d > h.d0 and d <= est.d)
+    return DistanceEstimate(numerator, d, last=est.d, peak=peak, settled=settled)
 
 
 @dataclass(frozen=True)

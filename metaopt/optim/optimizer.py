@@ -50,14 +50,15 @@ DISTANCE_NUMERATOR = "distance_numerator"  # lr_free: the estimate's running num
 DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by (the moments' units)
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
 DISTANCE_PEAK = "distance_peak"  # lr_free: the largest estimate so far, which d grows towards (Prodigy's d_max)
+DISTANCE_SETTLED = "distance_settled"  # lr_free: 1 once the estimate has settled (core.DistanceEstimate.settled)
 AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
 AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
-TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 4] float64, each tensor's own estimate
-# (numerator, d, last, peak) in the model's parameter order
+TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] float64, each tensor's own estimate
+# (numerator, d, last, peak, settled) in the model's parameter order (states of 0.6 and before: 4 columns, unsettled)
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
-             DISTANCE_CAP, DISTANCE_PEAK, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK)
+             DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
@@ -82,7 +83,7 @@ SPIKE_MAX_LEVEL = 10
 SHIPPED_LR_FREE = "lrfree_lean"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
-ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
+ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
                          estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, shared_sums=False,
                          schedule_free=False)
 # The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW; meta-training
@@ -112,8 +113,8 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
     free = (mode is not None) if lr_free is None else lr_free
     if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in ESTIMATE_OPTIONS):
-        raise ValueError("GMNOptimizer: growth_rate, estimate_stride, estimate_every, estimate_warmup, per_tensor, "
-                         "d0 and shared_sums shape the lr-free estimate; pass lr_free=True.")
+        raise ValueError("GMNOptimizer: growth_rate, settled_growth_rate, estimate_stride, estimate_every, "
+                         "estimate_warmup, per_tensor, d0 and shared_sums shape the lr-free estimate; pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
         warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
                       f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
@@ -194,7 +195,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     on top). ``opt.distance`` is the current ``d``. The options below default to the rule's recorded
     mode, else to plain Prodigy (the values named). Two of Prodigy's options: ``growth_rate`` (a
     param-group hyperparameter, default inf) lets ``d`` grow by at most that factor per step, a
-    warm-up (1.02-1.1); ``estimate_stride=k`` (Prodigy's ``slice_p``) computes the estimate from every
+    warm-up (1.02-1.1); and this package's ``settled_growth_rate`` (default inf) the same limit, only from the
+    estimate's first settling on (its first estimate after leaving ``d0`` that does not raise ``d``): the
+    search up from ``d0`` runs free, a later jump of ``d`` is spread out (`core.DistanceEstimate`);
+    ``estimate_stride=k`` (Prodigy's ``slice_p``) computes the estimate from every
     k-th entry of each parameter only, so its passes cost about 1/k and the state is about 3x + 2/k x the
     parameters (3x + 3/k with ``per_tensor``). And
     one of this package: ``estimate_every=j`` takes the estimate on every j-th step only, each standing
@@ -236,6 +240,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         spike_guard: float | None = None,
         lr_free: bool | None = None,
         growth_rate: float | None = None,
+        settled_growth_rate: float | None = None,
         estimate_stride: int | None = None,
         estimate_every: int | None = None,
         estimate_warmup: int | None = None,
@@ -250,14 +255,17 @@ class GMNOptimizer(torch.optim.Optimizer):
                 f"GMNOptimizer: the first argument must be the nn.Module being trained (its graph is "
                 f"built from it), got {type(model).__name__}; pass parameter groups as params=."
             )
-        given = dict(growth_rate=growth_rate, estimate_stride=estimate_stride, estimate_every=estimate_every,
+        given = dict(growth_rate=growth_rate, settled_growth_rate=settled_growth_rate,
+                     estimate_stride=estimate_stride, estimate_every=estimate_every,
                      estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0, shared_sums=shared_sums,
                      schedule_free=schedule_free)
         rule, lr_free, options = resolve_mode(rule, lr, lr_free, given)
         growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
         estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
-        if isinstance(growth_rate, bool) or not float(growth_rate) >= 1.0:
-            raise ValueError(f"GMNOptimizer: growth_rate is a factor >= 1 (inf: no limit), got {growth_rate!r}.")
+        for key in ("growth_rate", "settled_growth_rate"):
+            if isinstance(options[key], bool) or not isinstance(options[key], (int, float)) or not options[key] >= 1.0:
+                raise ValueError(f"GMNOptimizer: {key} is a factor >= 1 (inf: no limit), got {options[key]!r}.")
+        self.settled_growth_rate = float(options["settled_growth_rate"])
         try:
             self.estimate_stride = core.check_stride(estimate_stride)
             self.estimate_every = core.check_stride(estimate_every, "estimate_every", "1 = every step")
@@ -361,11 +369,11 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     def _tensor_estimates(self) -> list[core.DistanceEstimate]:
         """per_tensor: each tensor's estimate, from the state (`TENSOR_DISTANCES`)."""
-        return [core.DistanceEstimate(*row) for row in self.state[TENSOR_DISTANCES].tolist()]
+        return [core.DistanceEstimate(*row[:4], settled=bool(row[4])) for row in self.state[TENSOR_DISTANCES].tolist()]
 
     def _store_tensor_estimates(self, estimates: Iterable[core.DistanceEstimate]) -> None:
         estimates = tuple(estimates)
-        self.state[TENSOR_DISTANCES] = torch.tensor([[e.numerator, e.d, e.last, e.peak] for e in estimates],
+        self.state[TENSOR_DISTANCES] = torch.tensor([[e.numerator, e.d, e.last, e.peak, float(e.settled)] for e in estimates],
                                                     dtype=torch.float64)
         self._tensor_cache = (self.state[TENSOR_DISTANCES],
                               core.TensorDistances(self.per_tensor, tuple(self._numels), estimates), None)
@@ -524,7 +532,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             h = Hyper(float(group["lr"]), float(group["betas"][0]), float(group["betas"][1]),
                       float(group["eps"]), float(group["weight_decay"]),
-                      growth_rate=float(group.get("growth_rate", float("inf"))), d0=self.d0)
+                      growth_rate=float(group.get("growth_rate", float("inf"))),
+                      settled_growth_rate=self.settled_growth_rate, d0=self.d0)
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -733,7 +742,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         from this gradient; returns ``entries`` with every group's lr multiplied by the estimate this step
         moves by (the one before this gradient, as Prodigy)."""
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
-                                    float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]))
+                                    float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]),
+                                    bool(self.state[DISTANCE_SETTLED]))
         tens, settled = self._tensor_distances() if self.per_tensor else (None, None)
         first = None if self.schedule_free else self._views["exp_avg"]  # schedule-free: z is a point, not a moment
         if tens is not None and settled is None:  # each tensor's moments to units of its own step size
@@ -778,7 +788,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
             new = replace(new, d=max(cap, est.d))
         self.state[DISTANCE_NUMERATOR], self.state[DISTANCE], self.state[DISTANCE_LAST] = new.numerator, new.d, new.last
-        self.state[DISTANCE_PEAK] = new.peak
+        self.state[DISTANCE_PEAK], self.state[DISTANCE_SETTLED] = new.peak, int(new.settled)
         if tens is not None:
             self._tensor_factors = tens.factors(new)
         return self._scale_lrs(entries, new.last)
@@ -887,7 +897,9 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
         if self.per_tensor:
             rows = self.state.get(TENSOR_DISTANCES)
-            if not isinstance(rows, Tensor) or tuple(rows.shape) != (len(self._params_all), 4):
+            if isinstance(rows, Tensor) and tuple(rows.shape) == (len(self._params_all), 4):  # saved by 0.6 or before
+                rows = torch.cat([rows, torch.zeros_like(rows[:, :1])], dim=1)  # no settled column: not settled
+            if not isinstance(rows, Tensor) or tuple(rows.shape) != (len(self._params_all), 5):
                 raise ValueError(
                     "GMNOptimizer.load_state_dict: the state holds no per-tensor estimates for this model's "
                     f"{len(self._params_all)} tensors: it was saved without per_tensor (or for another model); "
