@@ -4,6 +4,7 @@ GMNOptimizer(model) runs, is the shipped lr-free mode with no rule, and "lrfree"
 in that mode; the names of earlier releases are gone."""
 
 import json
+import math
 import shutil
 import warnings
 
@@ -55,22 +56,23 @@ def test_meta_trained_rules_load_and_change_the_update():
 
 
 SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}  # lrfree_base's (0.5's default), the lr-free GMN rule's
-LEAN_MODE = {**SHIPPED_MODE, "estimate_stride": 3, "shared_sums": True}  # GMNOptimizer(model)'s since 0.6
+LEAN_MODE = {**SHIPPED_MODE, "estimate_stride": 3, "shared_sums": True}  # GMNOptimizer(model)'s in 0.6
+SETTLED_MODE = {**LEAN_MODE, "settled_growth_rate": 1.02}  # GMNOptimizer(model)'s since 0.7
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
-    """GMNOptimizer(model): rule="lrfree_lean" (no learned rule, no refresh), lr-free with the options it
+    """GMNOptimizer(model): rule="lrfree_settled" (no learned rule, no refresh), lr-free with the options it
     records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
     tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == (LEAN_MODE if rule is None else SHIPPED_MODE)
+    assert opt.rule.config.lr_free == (SETTLED_MODE if rule is None else SHIPPED_MODE)
     assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
     assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 3 if rule is None else 1, 0.7)
-    assert opt.shared_sums == (rule is None)
+    assert opt.shared_sums == (rule is None) and opt.settled_growth_rate == (1.02 if rule is None else math.inf)
     assert opt.distance > 100 * core.D0 and opt.rule_fallbacks == 0 and opt.rule_refreshes == (rule is not None)
     assert losses[-1] < 0.5 * losses[0]
 
@@ -175,7 +177,7 @@ def test_lrfree_sf_is_the_default_mode_schedule_free(tmp_path):
 
 
 def test_lrfree_lean_is_the_default_in_less_state(tmp_path):
-    """rule="lrfree_lean" = GMNOptimizer(model) since 0.6: lrfree_base's mode with the tensors' estimates
+    """rule="lrfree_lean" (GMNOptimizer(model) in 0.6): lrfree_base's mode with the tensors' estimates
     reading the network's gradient sum and x_0 and the sum holding every 3rd entry of each large tensor,
     i.e. GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7, estimate_stride=3,
     shared_sums=True) bit for bit; its state is at most 2x + 2/3x the parameters on large tensors (4x, 1x less
@@ -184,7 +186,7 @@ def test_lrfree_lean_is_the_default_in_less_state(tmp_path):
     opts = []
     named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_lean")) or opts[-1], steps=40)
     explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **LEAN_MODE), steps=40)
-    default, _ = _train(GMNOptimizer, steps=40)  # GMNOptimizer(model) since 0.6
+    default, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_lean"), steps=40)
     opt = opts[0]
     assert opt.shared_sums and opt.estimate_stride == 3 and opt.estimate_every == 10 and opt.per_tensor == 0.7
     assert losses[-1] < losses[0]
@@ -209,20 +211,21 @@ def test_lrfree_lean_is_the_default_in_less_state(tmp_path):
 
 
 def test_lrfree_settled_is_lean_with_the_settled_growth_rate(tmp_path):
-    """rule="lrfree_settled": lrfree_lean's mode with settled_growth_rate 1.02, i.e. GMNOptimizer(model,
-    rule="adam", lr_free=True, ..., settled_growth_rate=1.02) bit for bit; the state is lean's plus one flag
-    per estimate; make_default's command line reproduces the directory from the "adam" rule."""
+    """rule="lrfree_settled" = GMNOptimizer(model) since 0.7: lrfree_lean's mode with settled_growth_rate
+    1.02, i.e. GMNOptimizer(model, rule="adam", lr_free=True, ..., settled_growth_rate=1.02) bit for bit; the
+    state is lean's plus one flag per estimate; make_default's command line reproduces the directory from
+    the "adam" rule."""
     opts = []
     named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_settled")) or opts[-1], steps=60)
-    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **LEAN_MODE, settled_growth_rate=1.02),
-                         steps=60)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **SETTLED_MODE), steps=60)
+    default, _ = _train(GMNOptimizer, steps=60)  # GMNOptimizer(model) since 0.7
     lean_opts = []
     lean, _ = _train(lambda m: lean_opts.append(GMNOptimizer(m, rule="lrfree_lean")) or lean_opts[-1], steps=60)
     opt = opts[0]
     assert opt.settled_growth_rate == 1.02 and opt.shared_sums and opt.estimate_stride == 3
     assert losses[-1] < losses[0]
-    for a, b in zip(named.parameters(), explicit.parameters()):
-        assert torch.equal(a, b)
+    for a, b, c in zip(named.parameters(), explicit.parameters(), default.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
     assert sorted(opt._buffers) == sorted(lean_opts[0]._buffers)
     assert all(opt._buffers[k].numel() == v.numel() for k, v in lean_opts[0]._buffers.items())
     make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",

@@ -7,8 +7,9 @@ unused (a starting point with the right architecture).
 
 ``--lr-free-from DIR`` writes ``pretrained/lrfree`` (the lr-free GMN rule; ``pretrained/lrfree_base``, what
 ``GMNOptimizer(model)`` ran in 0.5, is the same from ``pretrained/adam``, ``pretrained/lrfree_sf`` that with
-``--schedule-free`` and ``pretrained/lrfree_lean``, what it runs since 0.6, that with ``--estimate-stride 3
---shared-sums``): the rule in DIR
+``--schedule-free``, ``pretrained/lrfree_lean``, what it ran in 0.6, that with ``--estimate-stride 3
+--shared-sums``, and ``pretrained/lrfree_settled``, what it runs since 0.7, that with ``--settled-growth-rate
+1.02``): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
     python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \

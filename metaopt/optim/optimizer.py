@@ -76,11 +76,11 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule, in less state (rule="lrfree_lean",
-# since 0.6: level with 0.5's "lrfree_base" over nine held-out seeds at 1,000 and 5,000 steps, state 2.4-2.7x the
-# parameters of large models against 5x); with an lr (or lr_free=False), the shipped fixed-lr GMN rule.
-# docs/optim.md, "What GMNOptimizer(model) runs (0.6)".
-SHIPPED_LR_FREE = "lrfree_lean"
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_settled", since 0.7:
+# 0.6's "lrfree_lean", in 2.4-2.7x the parameters of large models, with the estimate's growth capped once it has
+# settled, ahead of it over nine held-out seeds at 1,000 and 5,000 steps); with an lr (or lr_free=False), the
+# shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.7)".
+SHIPPED_LR_FREE = "lrfree_settled"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
@@ -100,7 +100,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_lean") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_settled") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
     the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
     options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
@@ -139,13 +139,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
 
-    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_lean"``
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_settled"``
     runs: the shipped lr-free mode (the step size is Prodigy's distance estimate, taken every 10th step,
     70% per tensor, the tensors' estimates reading the network's gradient sum, x_0 and the sum holding
-    every 3rd entry of large tensors) with no learned rule, so there is no lr to tune; ``lr`` then
-    multiplies the estimated step (1). ``rule="lrfree_base"`` (the default of 0.5) is the same with every
-    entry read and a sum per tensor (state 5x); since 0.6 the lean mode is the default, level with it over
-    nine held-out seeds in about half the state. The lr-free GMN rule ``rule="lrfree"`` (the default of
+    every 3rd entry of large tensors, each estimate growing by at most 1.02x per step once it has
+    settled) with no learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step
+    (1). ``rule="lrfree_lean"`` (the default of 0.6) is the same without the settled cap;
+    ``rule="lrfree_base"`` (the default of 0.5) is 0.6's with every entry read and a sum per tensor
+    (state 5x). The lr-free GMN rule ``rule="lrfree"`` (the default of
     0.4) runs in 0.5's mode when named (docs/optim.md). With an
     ``lr`` (or ``lr_free=False``) and no rule, the shipped fixed-lr GMN rule ``rule="default"`` runs at
     that lr. ``rule="adam"`` (the untrained rule, alpha = 0) is exactly Adam, AdamW with
@@ -157,7 +158,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``) keeps no scale: 2x, as torch Adam, and 1x less in
+    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``) keeps no scale: 2x, as torch Adam, and 1x less in
     every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
     3,072 entries, 2.4-2.7x on large models).
 
