@@ -15,7 +15,7 @@ from torch import nn
 from metaopt.optim import FeatureConfig, GMNOptimizer, GraphIndex, Hyper, OptState, RuleConfig, UpdateRule, core
 from metaopt.optim.optimizer import TENSOR_DISTANCES
 from test_optim_common import flat_params
-from test_outer_common import ModelTask, unflat
+from test_outer_common import ModelTask, step_both
 from training_loop import train_losses
 
 BETAS, EPS, WD = (0.8, 0.95), 1e-6, 0.05  # none of them Adam's defaults
@@ -121,13 +121,7 @@ def test_core_step_equals_the_optimizer(stride: int, scale_per_tensor: bool, sha
     h = Hyper(lr, *BETAS, EPS, WD)
     batches = task.batches(0)
     for t in range(1, 7):
-        x, y = next(batches)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
-        params, state = core.step(rule, prepared, index, params, torch.cat([g.reshape(-1) for g in grad.values()]),
-                                  state, h)
+        params, state = step_both(task, model, opt, rule, prepared, index, params, state, h, next(batches))
         torch.testing.assert_close(params, flat_params(model), rtol=1e-6, atol=1e-6)
         for key in ("exp_avg", "exp_avg_sq", "lr_scale"):
             torch.testing.assert_close(getattr(state, key), opt._buffers[key], rtol=1e-5, atol=1e-6, msg=key)

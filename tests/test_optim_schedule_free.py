@@ -18,7 +18,7 @@ from metaopt.optim import GMNOptimizer, GraphIndex, Hyper, OptState, core
 from metaopt.optim.rules import resolve_rule
 from metaopt.optim.optimizer import TENSOR_DISTANCES
 from test_optim_common import flat_params
-from test_outer_common import ModelTask, unflat
+from test_outer_common import ModelTask, step_both
 from training_loop import train_losses
 
 BETAS, EPS, WD = (0.8, 0.95), 1e-6, 0.05  # none of them Adam's defaults
@@ -138,12 +138,7 @@ def test_core_step_equals_the_optimizer(stride: int) -> None:
     h = Hyper(lr, *BETAS, EPS, WD, d0=1e-4)
     batches = task.batches(0)
     for _ in range(20):
-        x, y = next(batches)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
-        params, state = core.step(rule, None, index, params, torch.cat([t.reshape(-1) for t in grad.values()]), state, h)
+        params, state = step_both(task, model, opt, rule, None, index, params, state, h, next(batches))
         torch.testing.assert_close(params, flat_params(model), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(state.exp_avg, opt._buffers["z"], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(state.exp_avg_sq, opt._buffers["exp_avg_sq"], rtol=1e-5, atol=1e-9)

@@ -11,14 +11,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from metaopt.optim import GMNOptimizer, GraphIndex, Hyper, OptState, core
 from metaopt.optim.optimizer import DISTANCE_SETTLED, TENSOR_DISTANCES
 from metaopt.optim.rules import resolve_rule
 from test_optim_common import flat_params
 from test_optim_per_tensor import _normed, _task, _train
-from test_outer_common import unflat
+from test_outer_common import step_both
 
 BETAS, EPS, WD = (0.8, 0.95), 1e-6, 0.05  # none of them Adam's defaults
 
@@ -72,13 +71,7 @@ def test_core_step_equals_the_optimizer_through_settling() -> None:
     batches = task.batches(0)
     history = []
     for _ in range(60):
-        x, y = next(batches)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
-        params, state = core.step(rule, prepared, index, params, torch.cat([g.reshape(-1) for g in grad.values()]),
-                                  state, h)
+        params, state = step_both(task, model, opt, rule, prepared, index, params, state, h, next(batches))
         torch.testing.assert_close(params, flat_params(model), rtol=1e-5, atol=1e-6)
         assert state.distance.d == pytest.approx(opt.distance, rel=1e-5)
         assert state.distance.settled == bool(opt.state[DISTANCE_SETTLED])

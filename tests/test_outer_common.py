@@ -71,3 +71,17 @@ def unflat(task: ModelTask, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out[n] = flat[i : i + p.numel()].view_as(p)
         i += p.numel()
     return out
+
+
+def step_both(task: ModelTask, model: nn.Module, opt: torch.optim.Optimizer, rule, graph, index, params: torch.Tensor,
+              state, h, batch: Batch):
+    """One cross-entropy step of ``opt`` on ``model`` and one of the functional core (``core.step``, meta-training's
+    form) from the flat ``params`` / ``state`` on the same batch; returns the core's new params and state."""
+    from metaopt.optim import core
+
+    x, y = batch
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
+    return core.step(rule, graph, index, params, torch.cat([g.reshape(-1) for g in grad.values()]), state, h)
