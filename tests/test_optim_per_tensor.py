@@ -66,7 +66,7 @@ def test_a_tensor_far_from_zero_gets_a_larger_step_and_loss_goes_down() -> None:
     assert rows[gain, 1] > 2 * d  # the gain's own estimate is well above the network's
     est = core.DistanceEstimate(d=d, last=d)
     factors = core.TensorDistances(0.7, tuple(p.numel() for p in model.parameters()),
-                                   tuple(core.DistanceEstimate(*r[:4]) for r in rows.tolist())).factors(est)
+                                   tuple(core.DistanceEstimate.from_row(r) for r in rows.tolist())).factors(est)
     for f, r in zip(factors, rows.tolist()):
         assert f == pytest.approx((r[2] / d) ** 0.7, rel=1e-9)
 

@@ -439,6 +439,15 @@ class DistanceEstimate:
         """The estimate before the first step: ``d0`` (Prodigy's; `check_d0`)."""
         return cls(0.0, d0, d0, d0)
 
+    def row(self) -> list[float]:
+        """The fields as numbers, in order (a row of `GMNOptimizer`'s per-tensor state)."""
+        return [self.numerator, self.d, self.last, self.peak, float(self.settled)]
+
+    @classmethod
+    def from_row(cls, row: list[float]) -> "DistanceEstimate":
+        """`row`'s inverse; a row of 4 (saved by 0.6 or before, without ``settled``) is unsettled."""
+        return cls(*row[:4], settled=bool(row[4]) if len(row) > 4 else False)
+
     def shrink(self) -> float:
         """The factor (<= 1) the moments take on to units of the current estimate."""
         return self.last / self.d

@@ -370,17 +370,16 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     def _tensor_estimates(self) -> list[core.DistanceEstimate]:
         """per_tensor: each tensor's estimate, from the state (`TENSOR_DISTANCES`)."""
-        return [core.DistanceEstimate(*row[:4], settled=bool(row[4])) for row in self.state[TENSOR_DISTANCES].tolist()]
+        return [core.DistanceEstimate.from_row(row) for row in self.state[TENSOR_DISTANCES].tolist()]
 
     def _store_tensor_estimates(self, estimates: Iterable[core.DistanceEstimate]) -> None:
         estimates = tuple(estimates)
-        self.state[TENSOR_DISTANCES] = torch.tensor([[e.numerator, e.d, e.last, e.peak, float(e.settled)] for e in estimates],
-                                                    dtype=torch.float64)
+        self.state[TENSOR_DISTANCES] = torch.tensor([e.row() for e in estimates], dtype=torch.float64)
         self._tensor_cache = (self.state[TENSOR_DISTANCES],
                               core.TensorDistances(self.per_tensor, tuple(self._numels), estimates), None)
 
     def _tensor_distances(self) -> tuple[core.TensorDistances, list[float] | None]:
-        """per_tensor: the estimates in the state, and their step factors when they are settled (every
+        """per_tensor: the estimates in the state, and their step factors when they are held (every
         ``last == d``: no estimate since the step before, so nothing changes; None otherwise). Cached
         against the state's tensor, which `load_state_dict` replaces."""
         rows = self.state[TENSOR_DISTANCES]
@@ -745,9 +744,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
                                     float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]),
                                     bool(self.state[DISTANCE_SETTLED]))
-        tens, settled = self._tensor_distances() if self.per_tensor else (None, None)
+        tens, held = self._tensor_distances() if self.per_tensor else (None, None)
         first = None if self.schedule_free else self._views["exp_avg"]  # schedule-free: z is a point, not a moment
-        if tens is not None and settled is None:  # each tensor's moments to units of its own step size
+        if tens is not None and held is None:  # each tensor's moments to units of its own step size
             core.shrink_tensor_moments(first, self._views["exp_avg_sq"], tens.shrinks(est), inplace=True)
         elif tens is None and est.shrink() < 1.0:
             core.shrink_moments(None if first is None else [buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
@@ -755,12 +754,12 @@ class GMNOptimizer(torch.optim.Optimizer):
         span = core.estimate_span(step, self.estimate_every, self.estimate_warmup)
         if not span:  # d stays: this step moves by it
             self.state[DISTANCE_LAST] = est.d
-            if tens is not None and settled is None:  # the first step after an estimate: they settle
+            if tens is not None and held is None:  # the first step after an estimate: they are held from here
                 tens = tens.held()
                 self._store_tensor_estimates(tens.estimates)
-                settled = tens.factors(replace(est, last=est.d))
-                self._tensor_cache = (*self._tensor_cache[:2], settled)
-            self._tensor_factors = settled
+                held = tens.factors(replace(est, last=est.d))
+                self._tensor_cache = (*self._tensor_cache[:2], held)
+            self._tensor_factors = held
             return self._scale_lrs(entries, est.d)
         params, grads = [p for _, p, _ in entries], list(grads)
         if self.schedule_free:  # the estimate reads how far z has come from x_0 (core.advance)
@@ -899,7 +898,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.per_tensor:
             rows = self.state.get(TENSOR_DISTANCES)
             if isinstance(rows, Tensor) and tuple(rows.shape) == (len(self._params_all), 4):  # saved by 0.6 or before
-                rows = torch.cat([rows, torch.zeros_like(rows[:, :1])], dim=1)  # no settled column: not settled
+                rows = torch.tensor([core.DistanceEstimate.from_row(r).row() for r in rows.tolist()], dtype=torch.float64)
             if not isinstance(rows, Tensor) or tuple(rows.shape) != (len(self._params_all), 5):
                 raise ValueError(
                     "GMNOptimizer.load_state_dict: the state holds no per-tensor estimates for this model's "
