@@ -176,7 +176,7 @@ def test_lrfree_sf_is_the_default_mode_schedule_free(tmp_path):
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
 
 
-def test_lrfree_lean_is_the_default_in_less_state(tmp_path):
+def test_lrfree_lean_is_the_base_in_less_state(tmp_path):
     """rule="lrfree_lean" (GMNOptimizer(model) in 0.6): lrfree_base's mode with the tensors' estimates
     reading the network's gradient sum and x_0 and the sum holding every 3rd entry of each large tensor,
     i.e. GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7, estimate_stride=3,
@@ -186,12 +186,11 @@ def test_lrfree_lean_is_the_default_in_less_state(tmp_path):
     opts = []
     named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_lean")) or opts[-1], steps=40)
     explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **LEAN_MODE), steps=40)
-    default, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_lean"), steps=40)
     opt = opts[0]
     assert opt.shared_sums and opt.estimate_stride == 3 and opt.estimate_every == 10 and opt.per_tensor == 0.7
     assert losses[-1] < losses[0]
-    for a, b, c in zip(named.parameters(), explicit.parameters(), default.parameters()):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    for a, b in zip(named.parameters(), explicit.parameters()):
+        assert torch.equal(a, b)
     numel = sum(p.numel() for p in named.parameters())
     assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 4 * numel  # tensors < 1,024: all read
     torch.manual_seed(0)

@@ -411,10 +411,7 @@ def shipped_rules() -> list[str]:
 
 
 def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
-    """``"default"`` or another shipped name (``"lrfree"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``,
-    ``"lrfree_sf"``, ``"adam"``,
-    ``"mlp"``:
-    `shipped_rules`) -> that
+    """``"default"`` or another shipped name (`shipped_rules`: ``"lrfree_settled"``, ``"adam"``, ...) -> that
     rule; a path -> `UpdateRule.from_pretrained`; a rule -> itself (None -> ``"default"``; `GMNOptimizer`
     picks the shipped rule for its mode itself)."""
     if isinstance(rule, UpdateRule):
