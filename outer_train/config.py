@@ -76,6 +76,7 @@ class TaskSection:
     per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step (GMNOptimizer's per_tensor)
     d0: float = D0  # lr-free: the estimate before the first step (GMNOptimizer's d0)
     shared_sums: bool = False  # lr-free per tensor: each tensor's estimate reads the network's sum (GMNOptimizer's shared_sums)
+    plateau_block: int = 0  # lr-free: the step halves on plateaus of the gradient norm, blocks this long (GMNOptimizer's plateau_block; 0 off)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -195,6 +196,10 @@ class TrainConfig:
              "tasks.estimate_warmup must be an int >= 0"),
             (0.0 <= self.tasks.per_tensor <= 1.0, "tasks.per_tensor is a share in [0, 1]"),
             (0.0 < self.tasks.d0 < math.inf, "tasks.d0 must be a finite number > 0"),
+            (isinstance(self.tasks.plateau_block, int) and not isinstance(self.tasks.plateau_block, bool)
+             and self.tasks.plateau_block >= 0, "tasks.plateau_block must be an int >= 0 (0: off)"),
+            (self.tasks.plateau_block == 0 or self.tasks.lr_free,
+             "tasks.plateau_block decays the lr-free step; set tasks.lr_free = true"),
             (not self.tasks.shared_sums or self.tasks.per_tensor > 0.0,
              "tasks.shared_sums makes each tensor's estimate read the network's sum; set tasks.per_tensor > 0"),
             (self.tasks.per_tensor == 0.0 or self.tasks.lr_free,

@@ -25,7 +25,7 @@ from torch import Tensor
 from inner_tasks import TaskSpec, build_task
 from inner_tasks.tasks.collections import COLLECTIONS, SELECTION_SUITES, TaskDistribution
 from metaopt.optim import GraphIndex, Hyper, OptState
-from metaopt.optim.core import D0, ESTIMATE_WARMUP, DistanceEstimate, TensorDistances, sampled_sizes, tensor_strides
+from metaopt.optim.core import D0, ESTIMATE_WARMUP, DistanceEstimate, PlateauDecay, TensorDistances, sampled_sizes, tensor_strides
 
 from .augment import permute_params
 from .config import TaskSection
@@ -131,6 +131,7 @@ class TaskGroup:
     per_tensor: float = 0.0  # lr-free: each tensor's own estimate's share of its step size (core.TensorDistances)
     d0: float = D0  # lr-free: the estimate before the first step (Prodigy's d0)
     shared_sums: bool = False  # lr-free per tensor: each tensor's estimate reads the network's sum (no sum of its own)
+    plateau_block: int = 0  # lr-free: the step halves on plateaus of the gradient norm (core.PlateauDecay; 0 off)
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -163,7 +164,7 @@ class TaskGroup:
                     weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free,
                     growth_rate=cfg.growth_rate, settled_growth_rate=cfg.settled_growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
                     estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor, d0=cfg.d0,
-                    shared_sums=cfg.shared_sums)
+                    shared_sums=cfg.shared_sums, plateau_block=cfg.plateau_block)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -193,7 +194,8 @@ class TaskGroup:
         ``per_tensor``, also one estimate per tensor of the task's parameters)."""
         return [OptState.zeros(p.numel(), start=p if self.lr_free else None, stride=self.estimate_stride,
                                every=self.estimate_every, warmup=self.estimate_warmup, per_tensor=self.per_tensor,
-                               sizes=tuple(self.numels), d0=self.d0, shared_sums=self.shared_sums) for p in self.params]
+                               sizes=tuple(self.numels), d0=self.d0, shared_sums=self.shared_sums,
+                               plateau_block=self.plateau_block if self.lr_free else 0) for p in self.params]
 
     def _sampled(self, start: Tensor) -> Tensor:
         """A checkpoint's x_0 (a copy), checked to hold the entries this group's estimate reads."""
@@ -296,11 +298,13 @@ class TaskGroup:
             "per_tensor": self.per_tensor,
             "d0": self.d0,
             "shared_sums": self.shared_sums,
+            "plateau_block": self.plateau_block,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()},
                         **({"distance": asdict(s.distance)} if s.distance is not None else {}),
                         **({"tensor_distances": [asdict(e) for e in s.tensor_distances.estimates]}
-                           if s.tensor_distances is not None else {})} for s in self.states],
+                           if s.tensor_distances is not None else {}),
+                        **({"plateau": asdict(s.plateau)} if s.plateau is not None else {})} for s in self.states],
             "pending": self.pending,
         }
 
@@ -327,6 +331,7 @@ class TaskGroup:
             per_tensor=float(state.get("per_tensor", 0.0)),
             d0=float(state.get("d0", D0)),
             shared_sums=bool(state.get("shared_sums", False)),
+            plateau_block=int(state.get("plateau_block", 0)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]
@@ -338,7 +343,9 @@ class TaskGroup:
                      **({"tensor_distances": TensorDistances(group.per_tensor, tuple(group.numels),
                                                              tuple(DistanceEstimate(**e) for e in s["tensor_distances"])),
                          "tensor_grad_sum": None if group.shared_sums else s["tensor_grad_sum"].clone()}
-                        if "tensor_distances" in s else {}))
+                        if "tensor_distances" in s else {}),
+                     **({"plateau": PlateauDecay(**s["plateau"]), "plateau_block": group.plateau_block}
+                        if "plateau" in s else {}))
             for s in state["states"]
         ]
         group.pending = state.get("pending")

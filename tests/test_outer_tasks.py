@@ -273,3 +273,37 @@ def test_settled_growth_rate_reaches_the_inner_optimizer_and_survives_checkpoint
     for bad in (["tasks.settled_growth_rate=1.01"], ["tasks.lr_free=true", "tasks.settled_growth_rate=0.9"]):
         with pytest.raises(ValueError, match="settled_growth_rate"):
             resolve("quick", None, SETS + bad)
+
+
+def test_plateau_block_reaches_the_inner_optimizer_and_survives_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tasks.plateau_block: meta-training's inner optimizer decays its step on plateaus of the gradient norm,
+    as GMNOptimizer(plateau_block=B) (blocks of 4 steps here, the drop condition off so that cuts come); the
+    decay's fields survive a checkpoint mid-block and the resumed group steps as the original; the comparisons
+    run the rule with the same option; without lr_free, or below 0, it is refused."""
+    monkeypatch.setattr(core, "PLATEAU_DROP", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_SAMPLE_EVERY", 1)
+    cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.plateau_block=4"])
+    group = _draw(cfg, 0, False)
+    assert group.plateau_block == 4 and group.states[0].plateau == core.PlateauDecay()
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=10))
+    graph = batched_graph(rule, [group])
+    for _ in range(30):
+        inner_step(rule, [group], graph, 0, [group.next_batches()])
+    inner_step(rule, [group], graph, 0, [group.next_batches()])  # mid-block
+    state = group.states[0]
+    assert state.plateau.blocks == 7 and state.plateau.samples == 3
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.plateau_block == 4 and restored.states[0].plateau == state.plateau
+    for _ in range(20):
+        batches = group.next_batches()
+        inner_step(rule, [group], graph, 0, [batches])
+        inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
+    for a, b in zip(restored.params, group.params):
+        assert torch.equal(a, b)
+    assert restored.states[0].plateau == group.states[0].plateau and group.states[0].plateau.cuts >= 1
+    from outer_train.compare import Comparison
+
+    assert Comparison(cfg, steps=10, n_tasks=1).lr_free_options["plateau_block"] == 4
+    for bad in (["tasks.plateau_block=500"], ["tasks.lr_free=true", "tasks.plateau_block=-1"]):
+        with pytest.raises(ValueError, match="plateau_block"):
+            resolve("quick", None, SETS + bad)

@@ -76,6 +76,9 @@ class OptState:
     # schedule-free (`Averaging`; None: Adam's momentum): ``exp_avg`` holds the point z (it starts at the
     # parameters), the parameters hold y, and the lr-free estimate reads x_0 - z
     averaging: "Averaging | None" = None
+    # lr-free with a plateau decay (`PlateauDecay`, its blocks ``plateau_block`` steps long; None: none)
+    plateau: "PlateauDecay | None" = None
+    plateau_block: int = 0
 
     def strides(self) -> tuple[int, ...]:
         """Each tensor's stride of the estimate's sample (`tensor_strides`; one tensor when ``sizes`` is ())."""
@@ -89,7 +92,7 @@ class OptState:
     def zeros(cls, num_edges: int, device: torch.device | str = "cpu", start: Tensor | None = None,
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
               warmup: int = ESTIMATE_WARMUP, d0: float = D0, scale_per_tensor: bool = False,
-              schedule_free: Tensor | None = None, shared_sums: bool = False) -> "OptState":
+              schedule_free: Tensor | None = None, shared_sums: bool = False, plateau_block: int = 0) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th entry of each tensor (``sizes``: the tensors' entries in flat
         order, summing to ``num_edges``; () = one tensor) on every ``every``-th step after the first
@@ -97,8 +100,12 @@ class OptState:
         also one estimate per tensor (``sizes`` required), and with ``scale_per_tensor`` the rule's scale
         normalised per tensor. ``schedule_free`` (the flat parameters before the first step): a
         schedule-free state, z starting there (`Averaging`). ``shared_sums`` (with ``per_tensor``): each tensor's
-        estimate reads the network's gradient sum, and no sum of its own is kept (`estimate_distances`)."""
+        estimate reads the network's gradient sum, and no sum of its own is kept (`estimate_distances`).
+        ``plateau_block`` (lr-free; 0: none): the step decays on plateaus of the gradient (`PlateauDecay`)."""
         check_stride(stride)
+        check_plateau_block(plateau_block)
+        if plateau_block and start is None:
+            raise ValueError("OptState.zeros: plateau_block decays the lr-free step: it needs the lr-free start.")
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
         check_d0(d0)
@@ -138,6 +145,8 @@ class OptState:
             sizes,
             scale_per_tensor,
             None if schedule_free is None else Averaging(),
+            PlateauDecay() if plateau_block else None,
+            plateau_block,
         )
 
     def detach(self) -> "OptState":
@@ -148,7 +157,7 @@ class OptState:
         """The tensor fields by name (for checkpoints; the lr-free ones only when set)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("step", "distance", "stride", "every", "tensor_distances", "warmup", "sizes",
-                                  "scale_per_tensor", "averaging")
+                                  "scale_per_tensor", "averaging", "plateau", "plateau_block")
                 and getattr(self, f.name) is not None}
 
 
@@ -565,6 +574,84 @@ def _next_estimate(est: DistanceEstimate, dot: float, norm: float, w: float, dec
     return DistanceEstimate(numerator, d, last=est.d, peak=peak, settled=settled)
 
 
+# The plateau decay of the lr-free step (``GMNOptimizer(lr_free=True, plateau_block=B)``, `PlateauDecay`).
+PLATEAU_FACTOR = 0.5  # what one cut multiplies the step by
+PLATEAU_DROP = 10.0  # cuts only once the block's gradient sits this many times below its largest sample
+PLATEAU_SAMPLE_EVERY = 10  # the squared norm is read on steps 1, 11, 21, ... (one pass over the gradient each)
+
+
+def plateau_sample_due(step: int) -> bool:
+    """Whether ``step`` (1-based) is one `PlateauDecay` reads the gradient's squared norm on."""
+    return (step - 1) % PLATEAU_SAMPLE_EVERY == 0
+
+
+@dataclass(frozen=True)
+class PlateauDecay:
+    """ReduceLROnPlateau read off the gradient instead of the loss, which an optimizer does not see: at the
+    end of every block of steps, the step is cut by `PLATEAU_FACTOR` when the gradient's squared norm
+    (the mean of its log over the block's samples) has not fallen since the block before, once it sits
+    `PLATEAU_DROP` times below its largest sample. Where a network can fit its data (the digits and shapes
+    networks) the gradient falls with the loss by orders of magnitude and nothing is cut; at a noise floor
+    (a language model) the minibatch noise keeps it level or rising while a constant step keeps the loss
+    at the floor that step size allows, and each cut lowers that floor. The drop condition keeps the cut
+    out of the first plateau at chance, where the gradient is flat from the start (docs/optim.md,
+    "The plateau decay"). Host-side scalars; the squared norms come from the caller."""
+
+    log_sum: float = 0.0  # sum of log |g|^2 over this block's samples
+    samples: int = 0
+    blocks: int = 0  # blocks closed so far (the first has no block before it to compare with)
+    previous: float = 0.0  # the last closed block's mean log |g|^2
+    peak: float = 0.0  # the largest sample so far
+    cuts: int = 0
+
+    @property
+    def scale(self) -> float:
+        """What the step is multiplied by now."""
+        return PLATEAU_FACTOR**self.cuts
+
+    def row(self) -> list[float]:
+        """The fields as numbers, in order (`GMNOptimizer`'s state)."""
+        return [self.log_sum, float(self.samples), float(self.blocks), self.previous, self.peak, float(self.cuts)]
+
+    @classmethod
+    def from_row(cls, row: list[float]) -> "PlateauDecay":
+        """`row`'s inverse."""
+        return cls(float(row[0]), int(row[1]), int(row[2]), float(row[3]), float(row[4]), int(row[5]))
+
+    def sampled(self, sq_norm: float) -> "PlateauDecay":
+        """With one more sample of the gradient's squared norm (0 or not finite: not counted)."""
+        if not (sq_norm > 0.0 and math.isfinite(sq_norm)):
+            return self
+        return replace(self, log_sum=self.log_sum + math.log(sq_norm), samples=self.samples + 1,
+                       peak=max(self.peak, sq_norm))
+
+    def after(self, step: int, block: int, grads: list[Tensor]) -> "PlateauDecay":
+        """After step ``step`` (1-based)'s gradient (as tensors): a sample of its squared norm on
+        `plateau_sample_due` steps (one host sync; float32 norms summed in order), a block closed every
+        ``block`` steps."""
+        out = self
+        if plateau_sample_due(step):
+            out = out.sampled(float(sum(n**2 for n in torch._foreach_norm(grads, dtype=torch.float32))))
+        return out.closed() if step % block == 0 else out
+
+    def closed(self) -> "PlateauDecay":
+        """At a block's end: cut when this block's mean log is not below the last block's and sits
+        `PLATEAU_DROP` times below the peak; a block without samples changes nothing."""
+        if not self.samples:
+            return self
+        mean = self.log_sum / self.samples
+        cut = self.blocks > 0 and mean >= self.previous and mean + math.log(PLATEAU_DROP) <= math.log(self.peak)
+        return PlateauDecay(0.0, 0, self.blocks + 1, mean, self.peak, self.cuts + int(cut))
+
+
+def check_plateau_block(value: Any) -> int:
+    """``value`` if it is an int >= 0 (`PlateauDecay`'s block in steps; 0: off)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"plateau_block is the length in steps of the blocks whose gradient norms the plateau "
+                         f"decay compares, an int >= 0 (0: off; 500 tried), got {value!r}.")
+    return value
+
+
 @dataclass(frozen=True)
 class TensorDistances:
     """``GMNOptimizer(lr_free=True, per_tensor=a)``: every parameter tensor also keeps its own Prodigy
@@ -722,6 +809,10 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
     m, v, est, grad_sum = state.exp_avg, state.exp_avg_sq, state.distance, state.grad_sum
     tens, tensor_sum = state.tensor_distances, state.tensor_grad_sum
     free = state.averaging is not None
+    plateau = state.plateau
+    if plateau is not None:  # first, as the optimizer: the estimate's weights read the decayed lr
+        plateau = plateau.after(state.step + 1, state.plateau_block, list(grad.detach().split(state.sizes or (grad.numel(),))))
+        h = replace(h, lr=h.lr * plateau.scale)
     if est is not None:
         if params is None:
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
@@ -760,12 +851,14 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
     if free:  # the network's step size this step (lr-free: lr times the estimate it moves by)
         averaging = averaging.after(h.lr * (1.0 if est is None else est.last))
     return replace(state, exp_avg=m, exp_avg_sq=v, step=state.step + 1, grad_sum=grad_sum, distance=est,
-                   tensor_distances=tens, tensor_grad_sum=tensor_sum, averaging=averaging)
+                   tensor_distances=tens, tensor_grad_sum=tensor_sum, averaging=averaging, plateau=plateau)
 
 
 def step_hyper(state: OptState, h: Hyper) -> Hyper:
-    """The hyperparameters this step moves by: lr-free, ``lr`` times the estimate before this gradient."""
-    return h if state.distance is None else replace(h, lr=h.lr * state.distance.last)
+    """The hyperparameters this step moves by: lr-free, ``lr`` times the estimate before this gradient (and
+    the plateau decay's scale)."""
+    scale = 1.0 if state.plateau is None else state.plateau.scale
+    return h if state.distance is None else replace(h, lr=h.lr * scale * state.distance.last)
 
 
 def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool, grad: Tensor | None = None

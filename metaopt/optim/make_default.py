@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--estimate-stride", type=int, help="with --lr-free-from: its mode's estimate_stride")
     ap.add_argument("--per-tensor", type=float, help="with --lr-free-from: its mode's per_tensor")
     ap.add_argument("--settled-growth-rate", type=float, help="with --lr-free-from: its mode's settled_growth_rate")
+    ap.add_argument("--plateau-block", type=int, help="with --lr-free-from: its mode's plateau_block")
     ap.add_argument("--schedule-free", action="store_true", help="with --lr-free-from: its mode is schedule-free")
     ap.add_argument("--shared-sums", action="store_true",
                     help="with --lr-free-from: its per-tensor estimates read the network's gradient sum")
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.lr_free_from is not None:
         options = {k: v for k, v in (("estimate_every", args.estimate_every), ("estimate_stride", args.estimate_stride),
-                                     ("per_tensor", args.per_tensor), ("settled_growth_rate", args.settled_growth_rate))
+                                     ("per_tensor", args.per_tensor), ("settled_growth_rate", args.settled_growth_rate),
+                                     ("plateau_block", args.plateau_block))
                    if v is not None}
         options.update({k: True for k, on in (("schedule_free", args.schedule_free),
                                               ("shared_sums", args.shared_sums)) if on})

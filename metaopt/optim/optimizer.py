@@ -51,6 +51,8 @@ DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by 
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
 DISTANCE_PEAK = "distance_peak"  # lr_free: the largest estimate so far, which d grows towards (Prodigy's d_max)
 DISTANCE_SETTLED = "distance_settled"  # lr_free: 1 once the estimate has settled (core.DistanceEstimate.settled)
+# lr_free + plateau_block: core.PlateauDecay's fields, in its row's order (its cuts multiply the step)
+PLATEAU_KEYS = ("plateau_log_sum", "plateau_samples", "plateau_blocks", "plateau_previous", "plateau_peak", "plateau_cuts")
 AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
 AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
 TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] float64, each tensor's own estimate
@@ -58,7 +60,7 @@ TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] floa
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
-             DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK)
+             DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
@@ -85,7 +87,7 @@ SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
                          estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, shared_sums=False,
-                         schedule_free=False)
+                         plateau_block=0, schedule_free=False)
 # The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW; meta-training
 # runs no schedule-free inner optimizer, since a learned rule reads Adam's momentum).
 ESTIMATE_OPTIONS = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
@@ -114,7 +116,8 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     free = (mode is not None) if lr_free is None else lr_free
     if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in ESTIMATE_OPTIONS):
         raise ValueError("GMNOptimizer: growth_rate, settled_growth_rate, estimate_stride, estimate_every, "
-                         "estimate_warmup, per_tensor, d0 and shared_sums shape the lr-free estimate; pass lr_free=True.")
+                         "estimate_warmup, per_tensor, d0, shared_sums and plateau_block shape the lr-free step; "
+                         "pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
         warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
                       f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
@@ -213,6 +216,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     reads the network's gradient sum instead (Prodigy's ratio over the tensor's entries; no sum of its own,
     one pass less per estimate). ``d0`` (Prodigy's, default 1e-6): the estimate before the first step; a larger one
     (1e-4) spends fewer of the first steps growing ``d``, at the risk of starting above the step a task takes.
+    ``plateau_block=B`` (default 0, off): ReduceLROnPlateau on the gradient (`core.PlateauDecay`): every B steps
+    the step is halved when the gradient's squared norm (sampled every 10th step, geometric mean over the
+    block) has not fallen since the block before, once it is 10x below its largest sample: a decay at a
+    noise floor, none while the loss still falls with the gradient; ``opt.plateau_cuts`` counts the halvings.
     ``schedule_free=True`` (``rule="lrfree_sf"`` records it with the default's estimate; opt-in, identity rules
     only): Schedule-Free (Defazio et al., 2024) in place of Adam's momentum: the steps move a point ``z``, the
     parameters hold ``y = (1 - beta1) z + beta1 x`` with ``x`` the average of the z's (`core.Averaging`), and
@@ -248,6 +255,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         per_tensor: float | None = None,
         d0: float | None = None,
         shared_sums: bool | None = None,
+        plateau_block: int | None = None,
         scale_per_tensor: bool = False,
         schedule_free: bool | None = None,
     ) -> None:
@@ -259,7 +267,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         given = dict(growth_rate=growth_rate, settled_growth_rate=settled_growth_rate,
                      estimate_stride=estimate_stride, estimate_every=estimate_every,
                      estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0, shared_sums=shared_sums,
-                     schedule_free=schedule_free)
+                     plateau_block=plateau_block, schedule_free=schedule_free)
         rule, lr_free, options = resolve_mode(rule, lr, lr_free, given)
         growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
         estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
@@ -293,6 +301,7 @@ class GMNOptimizer(torch.optim.Optimizer):
                              "pass a learned rule, e.g. rule=\"lrfree\".")
         self.scale_per_tensor = bool(scale_per_tensor)
         self.schedule_free = options["schedule_free"]
+        self.plateau_block = core.check_plateau_block(options["plateau_block"])
         if self.schedule_free and not rule.is_identity:
             raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
                              "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
@@ -436,6 +445,11 @@ class GMNOptimizer(torch.optim.Optimizer):
     def distance(self) -> float:
         """``lr_free``: the step size now, Prodigy's distance estimate ``d`` (before ``lr`` multiplies it)."""
         return float(self.state[DISTANCE])
+
+    @property
+    def plateau_cuts(self) -> int:
+        """``lr_free`` with ``plateau_block``: times the plateau decay has halved the step (`core.PlateauDecay`)."""
+        return int(self.state["plateau_cuts"])
 
     @property
     def nowcast_fallbacks(self) -> int:
@@ -740,7 +754,12 @@ class GMNOptimizer(torch.optim.Optimizer):
                         ) -> list[tuple[int, Tensor, Hyper]]:
         """lr_free (`core.advance`'s order): the moments to units of the current estimate, the estimate
         from this gradient; returns ``entries`` with every group's lr multiplied by the estimate this step
-        moves by (the one before this gradient, as Prodigy)."""
+        moves by (the one before this gradient, as Prodigy), and by the plateau decay's scale."""
+        step = int(self.state[STEPS_TAKEN])
+        if self.plateau_block:  # before the estimate, whose weights read the step's lr as Prodigy's do
+            scale = self._decay_on_plateau(step, grads)
+            if scale != 1.0:
+                entries = self._scale_lrs(entries, scale)
         est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
                                     float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]),
                                     bool(self.state[DISTANCE_SETTLED]))
@@ -750,7 +769,6 @@ class GMNOptimizer(torch.optim.Optimizer):
             core.shrink_tensor_moments(first, self._views["exp_avg_sq"], tens.shrinks(est), inplace=True)
         elif tens is None and est.shrink() < 1.0:
             core.shrink_moments(None if first is None else [buf["exp_avg"]], [buf["exp_avg_sq"]], est.shrink(), inplace=True)
-        step = int(self.state[STEPS_TAKEN])
         span = core.estimate_span(step, self.estimate_every, self.estimate_warmup)
         if not span:  # d stays: this step moves by it
             self.state[DISTANCE_LAST] = est.d
@@ -792,6 +810,14 @@ class GMNOptimizer(torch.optim.Optimizer):
         if tens is not None:
             self._tensor_factors = tens.factors(new)
         return self._scale_lrs(entries, new.last)
+
+    def _decay_on_plateau(self, step: int, grads: list[Tensor]) -> float:
+        """``plateau_block``: the plateau decay after this step's gradient (a sample of its squared norm on
+        `core.plateau_sample_due` steps, a block closed every ``plateau_block`` steps); returns its scale."""
+        plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS]).after(step, self.plateau_block, grads)
+        for key, value in zip(PLATEAU_KEYS, plateau.row()):
+            self.state[key] = value
+        return plateau.scale
 
     @staticmethod
     def _scale_lrs(entries: list[tuple[int, Tensor, Hyper]], d: float) -> list[tuple[int, Tensor, Hyper]]:
