@@ -67,7 +67,7 @@ def _noisy_fit(steps: int, plateau_block: int, noise: float = 2.0, batch: int = 
     y = clean + noise * torch.randn(4096, 1, generator=g)
     torch.manual_seed(0)
     model = nn.Linear(20, 1)
-    opt = GMNOptimizer(model, plateau_block=plateau_block, **kw) if plateau_block else GMNOptimizer(model, **kw)
+    opt = GMNOptimizer(model, plateau_block=plateau_block, **kw)
     g = torch.Generator().manual_seed(1)
     cut_steps, cuts = [], 0
     for t in range(1, steps + 1):
@@ -87,12 +87,15 @@ def _noisy_fit(steps: int, plateau_block: int, noise: float = 2.0, batch: int = 
     return model, opt, cut_steps, fit
 
 
-def test_off_by_default_and_at_zero() -> None:
-    """GMNOptimizer(model) runs without it; at 0 the run is the same bit for bit and nothing is cut."""
+def test_off_unless_asked_or_recorded_and_at_zero() -> None:
+    """Off in Prodigy's mode and in the modes shipped before 0.8 (GMNOptimizer(model) since 0.8 records 500);
+    at 0 the run is 0.7's default bit for bit and nothing is cut."""
+    assert GMNOptimizer(_normed(), rule="adam", lr_free=True).plateau_block == 0
+    assert GMNOptimizer(_normed(), rule="lrfree_settled").plateau_block == 0
     a, b = _normed(), _normed()
-    opt_a, opt_b = GMNOptimizer(a), GMNOptimizer(b, plateau_block=0)
+    opt_a, opt_b = GMNOptimizer(a, rule="lrfree_settled"), GMNOptimizer(b, plateau_block=0)
     _train(a, opt_a, 40), _train(b, opt_b, 40)
-    assert opt_a.plateau_block == 0 and opt_a.plateau_cuts == 0 == opt_b.plateau_cuts
+    assert opt_b.plateau_block == 0 and opt_a.plateau_cuts == 0 == opt_b.plateau_cuts
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
 
@@ -188,3 +191,22 @@ def test_core_step_equals_the_optimizer_through_cuts(monkeypatch: pytest.MonkeyP
         assert state.distance.d == pytest.approx(opt.distance, rel=1e-5)
         assert state.plateau.cuts == opt.plateau_cuts
     assert opt.plateau_cuts >= 1
+
+
+def test_the_decay_is_never_faster_than_one_over_t() -> None:
+    """A norm that never stops rising (a lasting noise floor, past its first descent) is cut at every block
+    only while the scale stays above PLATEAU_FLOOR * block / step; from then on the cuts thin out to the
+    pace of 1 / t (the steps' sum diverges) and the scale never falls below that floor."""
+    block, p, level = 500, core.PlateauDecay(), 1.0
+    for step in range(1, 200_001):
+        if step == 1:
+            p = p.sampled(10.0)  # the first descent's peak
+        if core.plateau_sample_due(step):
+            level *= 1.0001
+            p = p.sampled(level * 0.01)
+        if step % block == 0:
+            p = p.closed(core.PLATEAU_FLOOR * block / step)
+            assert p.scale >= core.PLATEAU_FLOOR * block / step
+        if step == 5_000:
+            assert p.cuts == 7  # every block from the second on to step 4,000; the floor holds the next back
+    assert p.cuts == 12 and p.scale > 0.5 * core.PLATEAU_FLOOR * block / 200_000

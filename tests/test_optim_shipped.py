@@ -29,7 +29,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_sf",
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_sf",
                                     "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
@@ -57,18 +57,20 @@ def test_meta_trained_rules_load_and_change_the_update():
 
 SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}  # lrfree_base's (0.5's default), the lr-free GMN rule's
 LEAN_MODE = {**SHIPPED_MODE, "estimate_stride": 3, "shared_sums": True}  # GMNOptimizer(model)'s in 0.6
-SETTLED_MODE = {**LEAN_MODE, "settled_growth_rate": 1.02}  # GMNOptimizer(model)'s since 0.7
+SETTLED_MODE = {**LEAN_MODE, "settled_growth_rate": 1.02}  # GMNOptimizer(model)'s in 0.7
+PLATEAU_MODE = {**SETTLED_MODE, "plateau_block": 500}  # GMNOptimizer(model)'s since 0.8
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
-    """GMNOptimizer(model): rule="lrfree_settled" (no learned rule, no refresh), lr-free with the options it
+    """GMNOptimizer(model): rule="lrfree_plateau" (no learned rule, no refresh), lr-free with the options it
     records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
     tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == (SETTLED_MODE if rule is None else SHIPPED_MODE)
+    assert opt.rule.config.lr_free == (PLATEAU_MODE if rule is None else SHIPPED_MODE)
+    assert opt.plateau_block == (500 if rule is None else 0)
     assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
     assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 3 if rule is None else 1, 0.7)
@@ -210,14 +212,14 @@ def test_lrfree_lean_is_the_base_in_less_state(tmp_path):
 
 
 def test_lrfree_settled_is_lean_with_the_settled_growth_rate(tmp_path):
-    """rule="lrfree_settled" = GMNOptimizer(model) since 0.7: lrfree_lean's mode with settled_growth_rate
+    """rule="lrfree_settled" = GMNOptimizer(model) in 0.7: lrfree_lean's mode with settled_growth_rate
     1.02, i.e. GMNOptimizer(model, rule="adam", lr_free=True, ..., settled_growth_rate=1.02) bit for bit; the
     state is lean's plus one flag per estimate; make_default's command line reproduces the directory from
     the "adam" rule."""
     opts = []
     named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_settled")) or opts[-1], steps=60)
     explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **SETTLED_MODE), steps=60)
-    default, _ = _train(GMNOptimizer, steps=60)  # GMNOptimizer(model) since 0.7
+    default, _ = _train(lambda m: GMNOptimizer(m, plateau_block=0), steps=60)  # GMNOptimizer(model) in 0.7
     lean_opts = []
     lean, _ = _train(lambda m: lean_opts.append(GMNOptimizer(m, rule="lrfree_lean")) or lean_opts[-1], steps=60)
     opt = opts[0]
@@ -232,4 +234,29 @@ def test_lrfree_settled_is_lean_with_the_settled_growth_rate(tmp_path):
                        "--out", str(tmp_path / "settled")])
     written, shipped = (json.loads((d / "config.json").read_text())
                         for d in (tmp_path / "settled", PRETRAINED_DIR / "lrfree_settled"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+
+
+def test_lrfree_plateau_is_settled_with_the_plateau_decay(tmp_path):
+    """rule="lrfree_plateau" = GMNOptimizer(model) since 0.8: lrfree_settled's mode with plateau_block 500, i.e.
+    GMNOptimizer(model, rule="adam", lr_free=True, ..., plateau_block=500) bit for bit; before its second block
+    ends it is lrfree_settled bit for bit (a cut can come at step 1,000 at the earliest, and acts from that
+    step's update on); the state is settled's plus the decay's scalars; make_default's command line
+    reproduces the directory from the "adam" rule."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_plateau")) or opts[-1], steps=60)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **PLATEAU_MODE), steps=60)
+    default, _ = _train(GMNOptimizer, steps=60)
+    settled, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_settled"), steps=60)
+    opt = opts[0]
+    assert opt.plateau_block == 500 and opt.settled_growth_rate == 1.02 and opt.plateau_cuts == 0
+    assert losses[-1] < losses[0]
+    for a, b, c, d in zip(named.parameters(), explicit.parameters(), default.parameters(), settled.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
+    assert int(opt.state["plateau_samples"]) == 6  # steps 1, 11, ..., 51
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
+                       "--plateau-block", "500", "--out", str(tmp_path / "plateau")])
+    written, shipped = (json.loads((d / "config.json").read_text())
+                        for d in (tmp_path / "plateau", PRETRAINED_DIR / "lrfree_plateau"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}

@@ -78,11 +78,12 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_settled", since 0.7:
-# 0.6's "lrfree_lean", in 2.4-2.7x the parameters of large models, with the estimate's growth capped once it has
-# settled, ahead of it over nine held-out seeds at 1,000 and 5,000 steps); with an lr (or lr_free=False), the
-# shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.7)".
-SHIPPED_LR_FREE = "lrfree_settled"
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_plateau", since 0.8:
+# 0.7's "lrfree_settled" (0.6's estimate in 2.4-2.7x the parameters of large models, its growth capped once it has
+# settled) with the plateau decay in blocks of 500 steps, which takes the held-out Transformer from behind tuned
+# Adam to ahead of it at 5,000 steps and changes nothing in the first 1,000); with an lr (or lr_free=False), the
+# shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.8)".
+SHIPPED_LR_FREE = "lrfree_plateau"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
@@ -102,7 +103,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_settled") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_plateau") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
     the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
     options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
@@ -142,12 +143,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
 
-    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_settled"``
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_plateau"``
     runs: the shipped lr-free mode (the step size is Prodigy's distance estimate, taken every 10th step,
     70% per tensor, the tensors' estimates reading the network's gradient sum, x_0 and the sum holding
     every 3rd entry of large tensors, each estimate growing by at most 1.02x per step once it has
-    settled) with no learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step
-    (1). ``rule="lrfree_lean"`` (the default of 0.6) is the same without the settled cap;
+    settled, the step halved where the gradient norm stops falling over a block of 500 steps) with no
+    learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step (1).
+    ``rule="lrfree_settled"`` (the default of 0.7) is the same without the plateau decay,
+    ``rule="lrfree_lean"`` (the default of 0.6) that without the settled cap;
     ``rule="lrfree_base"`` (the default of 0.5) is 0.6's with every entry read and a sum per tensor
     (state 5x). The lr-free GMN rule ``rule="lrfree"`` (the default of
     0.4) runs in 0.5's mode when named (docs/optim.md). With an
@@ -161,7 +164,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``) keeps no scale: 2x, as torch Adam, and 1x less in
+    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``) keeps no scale: 2x, as torch Adam, and 1x less in
     every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
     3,072 entries, 2.4-2.7x on large models).
 
@@ -219,7 +222,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``plateau_block=B`` (default 0, off): ReduceLROnPlateau on the gradient (`core.PlateauDecay`): every B steps
     the step is halved when the gradient's squared norm (sampled every 10th step, geometric mean over the
     block) has not fallen since the block before, once it is 10x below its largest sample: a decay at a
-    noise floor, none while the loss still falls with the gradient; ``opt.plateau_cuts`` counts the halvings.
+    noise floor, none while the loss still falls with the gradient, never faster than 1/t (no cut below
+    ``core.PLATEAU_FLOOR * B / t``); ``opt.plateau_cuts`` counts the halvings.
     ``schedule_free=True`` (``rule="lrfree_sf"`` records it with the default's estimate; opt-in, identity rules
     only): Schedule-Free (Defazio et al., 2024) in place of Adam's momentum: the steps move a point ``z``, the
     parameters hold ``y = (1 - beta1) z + beta1 x`` with ``x`` the average of the z's (`core.Averaging`), and
