@@ -292,11 +292,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = "default" if any(r["variant"] == "default" for r in rows) else rows[0]["variant"]  # --variants without it
     first = [r for r in rows if r["seed"] == min(x["seed"] for x in rows if x["task"] == r["task"])
-             and r["variant"] == "default"]
+             and r["variant"] == shown]
     fig, axes = plt.subplots(1, len(first), figsize=(3.2 * len(first), 3), squeeze=False)
     for ax, r in zip(axes[0], first):
-        for name, label in (("adam", f"Adam lr {r['adam_lr']:.2g} (tuned)"), ("gmn", "GMNOptimizer(model)")):
+        for name, label in (("adam", f"Adam lr {r['adam_lr']:.2g} (tuned)"), ("gmn", VARIANTS[shown][0])):
             c = r["curves"][name]
             ax.plot(c["seconds"], c["loss"][: len(c["seconds"])], label=label, lw=1)
         ax.axhline(r["adam_final_loss"], color="grey", ls=":", lw=0.8)

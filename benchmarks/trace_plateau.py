@@ -4,7 +4,8 @@
 
 Trains held-out tasks (all nine by default) with ``GMNOptimizer(model)`` (since 0.8 ``rule="lrfree_plateau"``:
 the plateau decay in blocks of 500 steps) and with ``rule="lrfree_settled"`` (0.7's default, the same without
-it) as the evaluation does (same init, same batches), recording on every step the training loss and the
+it) on the task's init and batches for that seed (the evaluation's; its loop differs in details, so final
+losses can differ from `outer_train.evaluate`'s in the later digits), recording on every step the training loss and the
 gradient's squared norm, and the steps at which the decay halved the step (`GMNOptimizer.plateau_cuts`).
 Writes ``trace_s<seed>.json`` (the losses and norms every 10th step), ``trace_s<seed>.md`` (per task: the
 norm's geometric mean per block under 0.7's default, the cuts, the final losses) and ``trace_s<seed>.png``
