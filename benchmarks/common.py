@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import re
@@ -72,3 +73,21 @@ def _fmt(v: object) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return "" if v is None else str(v)
+
+
+def held_out_model(task_name: str, seed: int, steps: int, tool: str) -> tuple[object, torch.nn.Module]:
+    """A held-out task (``inner_tasks.held_out_suite``) and a copy of its model at the seed's init, in train
+    mode: what the trace tools train, on ``task.train_batches(seed)``. ``tool`` names the caller in the error."""
+    from inner_tasks import build_task
+    from inner_tasks.tasks.collections import held_out_suite
+
+    specs = [s for s in held_out_suite((seed,), steps) if s.name.split("/")[0] == task_name]
+    if not specs:
+        raise SystemExit(f"{tool}: no held-out task named {task_name!r}")
+    task = build_task(specs[0])
+    model = copy.deepcopy(task.model)
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), task.init_params(seed).values()):
+            p.copy_(v)
+    model.train()
+    return task, model

@@ -15,7 +15,6 @@ norm's geometric mean per block under 0.7's default, the cuts, the final losses)
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from inner_tasks import build_task
+from benchmarks.common import held_out_model
 from inner_tasks.tasks.collections import held_out_suite
 from metaopt.optim import GMNOptimizer
 
@@ -37,15 +36,7 @@ EVERY = 10  # what the JSON keeps
 
 def trace(task_name: str, seed: int, steps: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Per step the loss and the squared gradient norm of one run, and the steps at which a cut came."""
-    specs = [s for s in held_out_suite((seed,), steps) if s.name.split("/")[0] == task_name]
-    if not specs:
-        raise SystemExit(f"trace_plateau: no held-out task named {task_name!r}")
-    task = build_task(specs[0])
-    model = copy.deepcopy(task.model)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), task.init_params(seed).values()):
-            p.copy_(v)
-    model.train()
+    task, model = held_out_model(task_name, seed, steps, "trace_plateau")
     opt = GMNOptimizer(model, example_inputs=(task.example_inputs(),), **kwargs)
     losses, norms, cuts = [], [], []
     batches = list(islice(task.train_batches(seed), steps))

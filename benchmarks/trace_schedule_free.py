@@ -12,7 +12,6 @@ init, same batches) and at logarithmically spaced steps records the loss on that
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from itertools import islice
@@ -23,22 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inner_tasks import build_task
-from inner_tasks.tasks.collections import held_out_suite
+from benchmarks.common import held_out_model
 from metaopt.optim import GMNOptimizer
 
 
 def trace(task_name: str, seed: int, steps: int, points: int = 25) -> dict[str, Any]:
     """The losses at y and x and ``d`` at about ``points`` log-spaced steps of one run."""
-    specs = [s for s in held_out_suite((seed,), steps) if s.name.split("/")[0] == task_name]
-    if not specs:
-        raise SystemExit(f"trace_schedule_free: no held-out task named {task_name!r}")
-    task = build_task(specs[0])
-    model = copy.deepcopy(task.model)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), task.init_params(seed).values()):
-            p.copy_(v)
-    model.train()
+    task, model = held_out_model(task_name, seed, steps, "trace_schedule_free")
     opt = GMNOptimizer(model, rule="lrfree_sf", example_inputs=(task.example_inputs(),))
     marks = set(np.unique(np.geomspace(1, steps, points).astype(int)).tolist())
     rows = []

@@ -164,25 +164,18 @@ def test_core_step_equals_the_optimizer_through_cuts(monkeypatch: pytest.MonkeyP
     of 10 steps and the drop condition off (so that cuts come within the run), non-default betas, eps and
     weight decay: the functional core (meta-training's form) and the optimizer agree on the parameters, the
     estimate and every cut."""
-    from metaopt.optim import GraphIndex, Hyper, OptState
-    from metaopt.optim.rules import resolve_rule
+    from metaopt.optim import Hyper
     from test_optim_common import flat_params
     from test_optim_per_tensor import _task
-    from test_outer_common import step_both
+    from test_outer_common import lr_free_pair, step_both
 
     monkeypatch.setattr(core, "PLATEAU_DROP", 1.0)
     monkeypatch.setattr(core, "PLATEAU_SAMPLE_EVERY", 2)
     betas, eps, wd = (0.8, 0.95), 1e-6, 0.05
     task = _task()
-    model = copy.deepcopy(task.model)
-    kw = dict(lr_free=True, estimate_every=2, per_tensor=0.7, shared_sums=True, plateau_block=10)
-    opt = GMNOptimizer(model, rule="adam", lr=1.0, betas=betas, eps=eps, weight_decay=wd, graph=task.graph, **kw)
-    rule = resolve_rule("adam")
-    prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
-    params = flat_params(model)
-    sizes = tuple(p.numel() for p in model.parameters())
-    state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=0.7, sizes=sizes, shared_sums=True,
-                           plateau_block=10)
+    model, opt, rule, prepared, index, params, state = lr_free_pair(
+        task, betas, eps, wd, dict(estimate_every=2, per_tensor=0.7, shared_sums=True, plateau_block=10),
+        dict(every=2, per_tensor=0.7, shared_sums=True, plateau_block=10))
     h = Hyper(1.0, *betas, eps, wd)
     batches = task.batches(0)
     for _ in range(60):

@@ -12,12 +12,11 @@ import math
 import pytest
 import torch
 
-from metaopt.optim import GMNOptimizer, GraphIndex, Hyper, OptState, core
+from metaopt.optim import GMNOptimizer, Hyper, core
 from metaopt.optim.optimizer import DISTANCE_SETTLED, TENSOR_DISTANCES
-from metaopt.optim.rules import resolve_rule
 from test_optim_common import flat_params
 from test_optim_per_tensor import _normed, _task, _train
-from test_outer_common import step_both
+from test_outer_common import lr_free_pair, step_both
 
 BETAS, EPS, WD = (0.8, 0.95), 1e-6, 0.05  # none of them Adam's defaults
 
@@ -59,14 +58,9 @@ def test_core_step_equals_the_optimizer_through_settling() -> None:
     form) and the optimizer agree on the parameters, every estimate and its settled flag; the network's and
     some tensors' estimates settle, and then grow no faster than the rate."""
     task = _task()
-    model = copy.deepcopy(task.model)
-    kw = dict(lr_free=True, estimate_every=2, per_tensor=0.7, shared_sums=True, settled_growth_rate=1.01)
-    opt = GMNOptimizer(model, rule="adam", lr=1.0, betas=BETAS, eps=EPS, weight_decay=WD, graph=task.graph, **kw)
-    rule = resolve_rule("adam")
-    prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
-    params = flat_params(model)
-    sizes = tuple(p.numel() for p in model.parameters())
-    state = OptState.zeros(index.num_edges, start=params, every=2, per_tensor=0.7, sizes=sizes, shared_sums=True)
+    model, opt, rule, prepared, index, params, state = lr_free_pair(
+        task, BETAS, EPS, WD, dict(estimate_every=2, per_tensor=0.7, shared_sums=True, settled_growth_rate=1.01),
+        dict(every=2, per_tensor=0.7, shared_sums=True))
     h = Hyper(1.0, *BETAS, EPS, WD, settled_growth_rate=1.01)
     batches = task.batches(0)
     history = []

@@ -85,3 +85,24 @@ def step_both(task: ModelTask, model: nn.Module, opt: torch.optim.Optimizer, rul
     opt.step()
     grad = torch.func.grad(task.functional_loss)(unflat(task, params), (x, y))
     return core.step(rule, graph, index, params, torch.cat([g.reshape(-1) for g in grad.values()]), state, h)
+
+
+def lr_free_pair(task: ModelTask, betas: tuple[float, float], eps: float, wd: float, opt_kw: dict, state_kw: dict):
+    """The optimizer (``rule="adam"``, lr-free with ``opt_kw``) on a copy of ``task``'s model and the functional
+    core's start from the same parameters (``OptState.zeros`` with ``state_kw``): what `step_both` steps side by
+    side. Returns (model, opt, rule, prepared graph, index, flat params, state)."""
+    import copy
+
+    from metaopt import GMNOptimizer
+    from metaopt.optim import GraphIndex, OptState
+    from metaopt.optim.rules import resolve_rule
+
+    model = copy.deepcopy(task.model)
+    opt = GMNOptimizer(model, rule="adam", lr=1.0, betas=betas, eps=eps, weight_decay=wd, graph=task.graph,
+                       lr_free=True, **opt_kw)
+    rule = resolve_rule("adam")
+    prepared, index = rule.prepare(task.graph, "cpu"), GraphIndex.from_graph(task.graph, "cpu")
+    params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    sizes = tuple(p.numel() for p in model.parameters())
+    state = OptState.zeros(index.num_edges, start=params, sizes=sizes, **state_kw)
+    return model, opt, rule, prepared, index, params, state
