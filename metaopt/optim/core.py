@@ -590,6 +590,12 @@ def plateau_sample_due(step: int) -> bool:
     return (step - 1) % PLATEAU_SAMPLE_EVERY == 0
 
 
+def plateau_due(step: int, block: int) -> bool:
+    """Whether `PlateauDecay.after` changes anything on ``step``: a sampled step or a block's end (on the
+    others, 9 in 10, callers skip it and its gradient split, and keep the scale as it is)."""
+    return plateau_sample_due(step) or step % block == 0
+
+
 @dataclass(frozen=True)
 class PlateauDecay:
     """ReduceLROnPlateau read off the gradient instead of the loss, which an optimizer does not see: at the
@@ -819,7 +825,9 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
     free = state.averaging is not None
     plateau = state.plateau
     if plateau is not None:  # first, as the optimizer: the estimate's weights read the decayed lr
-        plateau = plateau.after(state.step + 1, state.plateau_block, list(grad.detach().split(state.sizes or (grad.numel(),))))
+        if plateau_due(state.step + 1, state.plateau_block):
+            grads = list(grad.detach().split(state.sizes or (grad.numel(),)))
+            plateau = plateau.after(state.step + 1, state.plateau_block, grads)
         h = replace(h, lr=h.lr * plateau.scale)
     if est is not None:
         if params is None:

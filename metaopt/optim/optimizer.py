@@ -819,7 +819,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         """``plateau_block``: the plateau decay after this step's gradient (a sample of its squared norm on
         `core.plateau_sample_due` steps, a block closed every ``plateau_block`` steps); returns its scale.
         On the other steps (9 in 10) nothing is read or written: on sub-millisecond steps the bookkeeping shows."""
-        if core.plateau_sample_due(step) or step % self.plateau_block == 0:
+        if core.plateau_due(step, self.plateau_block):
             plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS])
             for key, value in zip(PLATEAU_KEYS, plateau.after(step, self.plateau_block, grads).row()):
                 self.state[key] = value
