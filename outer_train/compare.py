@@ -121,7 +121,8 @@ class Comparison:
                                  "estimate_stride": cfg.tasks.estimate_stride,
                                  "estimate_every": cfg.tasks.estimate_every,
                                  "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0,
-                                 "plateau_block": cfg.tasks.plateau_block} if self.lr_free
+                                 "plateau_block": cfg.tasks.plateau_block,
+                                 "plateau_boost": cfg.tasks.plateau_boost} if self.lr_free
                                 else {"lr_free": False})  # explicit: not the mode a rule may record
         per_tensor = cfg.tasks.per_tensor if per_tensor is None else per_tensor  # as the run's inner optimizer
         if per_tensor:  # GMNOptimizer's per_tensor
@@ -307,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                    "first step; default 1e-6)")
     p.add_argument("--plateau-block", type=int, default=None, help="with --lr-free: GMNOptimizer's plateau_block "
                    "(halve the step where the gradient norm stops falling; default 0, off)")
+    p.add_argument("--plateau-boost", action="store_true", help="with --plateau-block: GMNOptimizer's plateau_boost "
+                   "(double the step where the gradient norm keeps falling fast)")
     p.add_argument("--per-tensor", type=float, default=None,
                    help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step; "
                         "default: the config's tasks.per_tensor)")
@@ -339,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [] if a.estimate_warmup is None else [f"tasks.estimate_warmup={a.estimate_warmup}"]
     overrides += [] if a.d0 is None else [f"tasks.d0={a.d0!r}"]
     overrides += [] if a.plateau_block is None else [f"tasks.plateau_block={a.plateau_block}"]
+    overrides += ["tasks.plateau_boost=true"] if a.plateau_boost else []
     cfg = resolve(None, a.config, overrides)
     if a.tasks is not None:
         n_tasks = a.tasks
@@ -389,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "estimate_stride": a.estimate_stride, "estimate_every": a.estimate_every,
                                            "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0,
                                            "plateau_block": cfg.tasks.plateau_block,
+                                           "plateau_boost": cfg.tasks.plateau_boost,
                                            "per_tensor": comparison.lr_free_options.get("per_tensor", 0.0),
                                            "shared_sums": comparison.lr_free_options.get("shared_sums", False),
                                            "tasks": names, "rules": rows}, indent=1) + "\n")

@@ -77,6 +77,7 @@ class TaskSection:
     d0: float = D0  # lr-free: the estimate before the first step (GMNOptimizer's d0)
     shared_sums: bool = False  # lr-free per tensor: each tensor's estimate reads the network's sum (GMNOptimizer's shared_sums)
     plateau_block: int = 0  # lr-free: the step halves on plateaus of the gradient norm, blocks this long (GMNOptimizer's plateau_block; 0 off)
+    plateau_boost: bool = False  # with plateau_block: ... and doubles where it keeps falling fast (GMNOptimizer's plateau_boost)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -200,6 +201,9 @@ class TrainConfig:
              and self.tasks.plateau_block >= 0, "tasks.plateau_block must be an int >= 0 (0: off)"),
             (self.tasks.plateau_block == 0 or self.tasks.lr_free,
              "tasks.plateau_block decays the lr-free step; set tasks.lr_free = true"),
+            (isinstance(self.tasks.plateau_boost, bool), "tasks.plateau_boost must be true or false"),
+            (not self.tasks.plateau_boost or self.tasks.plateau_block > 0,
+             "tasks.plateau_boost doubles the step between the plateau decay's blocks; set tasks.plateau_block > 0"),
             (not self.tasks.shared_sums or self.tasks.per_tensor > 0.0,
              "tasks.shared_sums makes each tensor's estimate read the network's sum; set tasks.per_tensor > 0"),
             (self.tasks.per_tensor == 0.0 or self.tasks.lr_free,

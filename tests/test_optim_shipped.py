@@ -29,7 +29,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_sf",
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_boost", "lrfree_sf",
                                     "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
@@ -58,7 +58,8 @@ def test_meta_trained_rules_load_and_change_the_update():
 SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}  # lrfree_base's (0.5's default), the lr-free GMN rule's
 LEAN_MODE = {**SHIPPED_MODE, "estimate_stride": 3, "shared_sums": True}  # GMNOptimizer(model)'s in 0.6
 SETTLED_MODE = {**LEAN_MODE, "settled_growth_rate": 1.02}  # GMNOptimizer(model)'s in 0.7
-PLATEAU_MODE = {**SETTLED_MODE, "plateau_block": 500}  # GMNOptimizer(model)'s since 0.8
+PLATEAU_MODE = {**SETTLED_MODE, "plateau_block": 500}  # GMNOptimizer(model)'s in 0.8
+BOOST_MODE = {**PLATEAU_MODE, "plateau_boost": True}  # ... since 0.9
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
@@ -259,4 +260,24 @@ def test_lrfree_plateau_is_settled_with_the_plateau_decay(tmp_path):
                        "--plateau-block", "500", "--out", str(tmp_path / "plateau")])
     written, shipped = (json.loads((d / "config.json").read_text())
                         for d in (tmp_path / "plateau", PRETRAINED_DIR / "lrfree_plateau"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+
+
+def test_lrfree_boost_is_plateau_with_the_boost(tmp_path):
+    """rule="lrfree_boost": lrfree_plateau's mode with plateau_boost, i.e. GMNOptimizer(model, rule="adam",
+    lr_free=True, ..., plateau_boost=True) bit for bit, and lrfree_plateau bit for bit before a boost can come
+    (step 1,000); make_default's command line reproduces the directory from the "adam" rule."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_boost")) or opts[-1], steps=60)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **BOOST_MODE), steps=60)
+    plateau, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_plateau"), steps=60)
+    opt = opts[0]
+    assert opt.plateau_block == 500 and opt.plateau_boost and opt.plateau_boosts == 0 and losses[-1] < losses[0]
+    for a, b, c in zip(named.parameters(), explicit.parameters(), plateau.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
+                       "--plateau-block", "500", "--plateau-boost", "--out", str(tmp_path / "boost")])
+    written, shipped = (json.loads((d / "config.json").read_text())
+                        for d in (tmp_path / "boost", PRETRAINED_DIR / "lrfree_boost"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}

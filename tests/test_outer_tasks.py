@@ -304,6 +304,36 @@ def test_plateau_block_reaches_the_inner_optimizer_and_survives_checkpoints(monk
     from outer_train.compare import Comparison
 
     assert Comparison(cfg, steps=10, n_tasks=1).lr_free_options["plateau_block"] == 4
-    for bad in (["tasks.plateau_block=500"], ["tasks.lr_free=true", "tasks.plateau_block=-1"]):
+    for bad in (["tasks.plateau_block=500"], ["tasks.lr_free=true", "tasks.plateau_block=-1"],
+                ["tasks.lr_free=true", "tasks.plateau_boost=true"]):
         with pytest.raises(ValueError, match="plateau_block"):
             resolve("quick", None, SETS + bad)
+
+
+def test_plateau_boost_reaches_the_inner_optimizer_and_survives_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tasks.plateau_boost: meta-training's inner optimizer also doubles its step where the gradient keeps
+    falling (the fall and depth conditions relaxed so that boosts come); the setting and the boosts survive a
+    checkpoint and the resumed group steps as the original; the comparisons run the rule with the same option."""
+    monkeypatch.setattr(core, "PLATEAU_BOOST_FALL", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_BOOST_DROP", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_SAMPLE_EVERY", 1)
+    cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.plateau_block=4", "tasks.plateau_boost=true"])
+    group = _draw(cfg, 0, False)
+    assert group.plateau_boost and group.states[0].plateau == core.PlateauDecay(boost=True)
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=10))
+    graph = batched_graph(rule, [group])
+    for _ in range(30):
+        inner_step(rule, [group], graph, 0, [group.next_batches()])
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.plateau_boost and restored.states[0].plateau == group.states[0].plateau
+    for _ in range(20):
+        batches = group.next_batches()
+        inner_step(rule, [group], graph, 0, [batches])
+        inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
+    for a, b in zip(restored.params, group.params):
+        assert torch.equal(a, b)
+    assert restored.states[0].plateau == group.states[0].plateau
+    assert group.states[0].plateau.boosts == core.PLATEAU_BOOST_MAX and not group.states[0].plateau.spiked
+    from outer_train.compare import Comparison
+
+    assert Comparison(cfg, steps=10, n_tasks=1).lr_free_options["plateau_boost"] is True

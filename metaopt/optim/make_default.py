@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-tensor", type=float, help="with --lr-free-from: its mode's per_tensor")
     ap.add_argument("--settled-growth-rate", type=float, help="with --lr-free-from: its mode's settled_growth_rate")
     ap.add_argument("--plateau-block", type=int, help="with --lr-free-from: its mode's plateau_block")
+    ap.add_argument("--plateau-boost", action="store_true",
+                    help="with --lr-free-from and --plateau-block: its plateau decay also boosts")
     ap.add_argument("--schedule-free", action="store_true", help="with --lr-free-from: its mode is schedule-free")
     ap.add_argument("--shared-sums", action="store_true",
                     help="with --lr-free-from: its per-tensor estimates read the network's gradient sum")
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                                      ("plateau_block", args.plateau_block))
                    if v is not None}
         options.update({k: True for k, on in (("schedule_free", args.schedule_free),
-                                              ("shared_sums", args.shared_sums)) if on})
+                                              ("shared_sums", args.shared_sums),
+                                              ("plateau_boost", args.plateau_boost)) if on})
         records = {}
         for item in args.record:
             path, _, name = item.partition(":")

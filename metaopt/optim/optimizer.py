@@ -51,8 +51,10 @@ DISTANCE_LAST = "distance_last"  # lr_free: the estimate the last step moved by 
 DISTANCE_CAP = "distance_cap"  # lr_free + spike guard: the estimate may not exceed this (0: no cap)
 DISTANCE_PEAK = "distance_peak"  # lr_free: the largest estimate so far, which d grows towards (Prodigy's d_max)
 DISTANCE_SETTLED = "distance_settled"  # lr_free: 1 once the estimate has settled (core.DistanceEstimate.settled)
-# lr_free + plateau_block: core.PlateauDecay's fields, in its row's order (its cuts multiply the step)
-PLATEAU_KEYS = ("plateau_log_sum", "plateau_samples", "plateau_blocks", "plateau_previous", "plateau_peak", "plateau_cuts")
+# lr_free + plateau_block: core.PlateauDecay's fields, in its row's order (its cuts and boosts multiply the step;
+# states of 0.8 have no boosts and load with none)
+PLATEAU_KEYS = ("plateau_log_sum", "plateau_samples", "plateau_blocks", "plateau_previous", "plateau_peak", "plateau_cuts",
+                "plateau_boosts", "plateau_spiked")
 AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
 AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
 TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] float64, each tensor's own estimate
@@ -88,7 +90,7 @@ SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
                          estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, shared_sums=False,
-                         plateau_block=0, schedule_free=False)
+                         plateau_block=0, plateau_boost=False, schedule_free=False)
 # The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW; meta-training
 # runs no schedule-free inner optimizer, since a learned rule reads Adam's momentum).
 ESTIMATE_OPTIONS = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
@@ -117,14 +119,15 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     free = (mode is not None) if lr_free is None else lr_free
     if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in ESTIMATE_OPTIONS):
         raise ValueError("GMNOptimizer: growth_rate, settled_growth_rate, estimate_stride, estimate_every, "
-                         "estimate_warmup, per_tensor, d0, shared_sums and plateau_block shape the lr-free step; "
+                         "estimate_warmup, per_tensor, d0, shared_sums, plateau_block and plateau_boost shape the "
+                         "lr-free step; "
                          "pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
         warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
                       f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
                       "estimate. Pass lr_free=False for a fixed lr, or leave lr out.", stacklevel=3)
     options = {**ESTIMATE_DEFAULTS, **((mode or {}) if free else {}), **{k: v for k, v in given.items() if v is not None}}
-    for key in ("schedule_free", "shared_sums"):
+    for key in ("schedule_free", "shared_sums", "plateau_boost"):
         if not isinstance(options[key], bool):
             raise TypeError(f"GMNOptimizer: {key} is True, False or None (the rule's own mode), got {options[key]!r}.")
     return rule, free, options
@@ -223,7 +226,11 @@ class GMNOptimizer(torch.optim.Optimizer):
     the step is halved when the gradient's squared norm (sampled every 10th step, geometric mean over the
     block) has not fallen since the block before, once it is 10x below its largest sample: a decay at a
     noise floor, none while the loss still falls with the gradient, never faster than 1/t (no cut below
-    ``core.PLATEAU_FLOOR * B / t``); ``opt.plateau_cuts`` counts the halvings.
+    ``core.PLATEAU_FLOOR * B / t``); ``opt.plateau_cuts`` counts the halvings. ``plateau_boost=True`` (with
+    ``plateau_block``) is its other half: the step is doubled (at most twice) at a block's end where the block's
+    norm fell 4x since the block before and sits 10^4 below its largest sample (a classifier deep in fitting its
+    data, whose curvature vanishes with its loss), and every doubling is taken back for good at a sample 1000x
+    above the last block's (`core.PLATEAU_BOOST`); ``opt.plateau_boosts`` is the doublings in force.
     ``schedule_free=True`` (``rule="lrfree_sf"`` records it with the default's estimate; opt-in, identity rules
     only): Schedule-Free (Defazio et al., 2024) in place of Adam's momentum: the steps move a point ``z``, the
     parameters hold ``y = (1 - beta1) z + beta1 x`` with ``x`` the average of the z's (`core.Averaging`), and
@@ -260,6 +267,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         d0: float | None = None,
         shared_sums: bool | None = None,
         plateau_block: int | None = None,
+        plateau_boost: bool | None = None,
         scale_per_tensor: bool = False,
         schedule_free: bool | None = None,
     ) -> None:
@@ -271,7 +279,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         given = dict(growth_rate=growth_rate, settled_growth_rate=settled_growth_rate,
                      estimate_stride=estimate_stride, estimate_every=estimate_every,
                      estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0, shared_sums=shared_sums,
-                     plateau_block=plateau_block, schedule_free=schedule_free)
+                     plateau_block=plateau_block, plateau_boost=plateau_boost, schedule_free=schedule_free)
         rule, lr_free, options = resolve_mode(rule, lr, lr_free, given)
         growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
         estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
@@ -306,6 +314,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.scale_per_tensor = bool(scale_per_tensor)
         self.schedule_free = options["schedule_free"]
         self.plateau_block = core.check_plateau_block(options["plateau_block"])
+        self.plateau_boost = core.check_plateau_boost(options["plateau_boost"], self.plateau_block, "GMNOptimizer")
         if self.schedule_free and not rule.is_identity:
             raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
                              "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
@@ -454,6 +463,11 @@ class GMNOptimizer(torch.optim.Optimizer):
     def plateau_cuts(self) -> int:
         """``lr_free`` with ``plateau_block``: times the plateau decay has halved the step (`core.PlateauDecay`)."""
         return int(self.state["plateau_cuts"])
+
+    @property
+    def plateau_boosts(self) -> int:
+        """``plateau_boost``: doublings of the step in force now (0 after a spike took them back)."""
+        return int(self.state["plateau_boosts"])
 
     @property
     def nowcast_fallbacks(self) -> int:
@@ -820,10 +834,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         `core.plateau_sample_due` steps, a block closed every ``plateau_block`` steps); returns its scale.
         On the other steps (9 in 10) nothing is read or written: on sub-millisecond steps the bookkeeping shows."""
         if core.plateau_due(step, self.plateau_block):
-            plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS])
+            plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS], boost=self.plateau_boost)
             for key, value in zip(PLATEAU_KEYS, plateau.after(step, self.plateau_block, grads).row()):
                 self.state[key] = value
-        return core.PLATEAU_FACTOR ** int(self.state["plateau_cuts"])
+        return core.PLATEAU_FACTOR ** int(self.state["plateau_cuts"]) * core.PLATEAU_BOOST ** int(self.state["plateau_boosts"])
 
     @staticmethod
     def _scale_lrs(entries: list[tuple[int, Tensor, Hyper]], d: float) -> list[tuple[int, Tensor, Hyper]]:

@@ -1,0 +1,177 @@
+"""The plateau decay's boost (GMNOptimizer(lr_free=True, plateau_block=B, plateau_boost=True)): at a block's end
+the lr-free step is doubled where the block's gradient norm fell 4x since the block before and sits 10^4 below
+its largest sample, at most twice, and a spike (a sample 1000x above the last block's mean, or not finite) takes
+every doubling back for good. The decision itself; a boost is exactly a doubled lr from that step on; on a
+separable classification (cross-entropy, whose curvature vanishes with its loss) it boosts and ends lower than
+the unboosted run; it survives a checkpoint and states of 0.8 load; the functional core agrees; bad values are
+refused."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metaopt.optim import GMNOptimizer, core
+from metaopt.optim.optimizer import PLATEAU_KEYS
+from test_optim_per_tensor import _normed
+
+
+def _blocks(*levels: float, boost: bool = True, per_block: int = 3) -> core.PlateauDecay:
+    """A decay that has seen blocks of samples at these squared norms, each block closed."""
+    p = core.PlateauDecay(boost=boost)
+    for level in levels:
+        for _ in range(per_block):
+            p = p.sampled(level)
+        p = p.closed()
+    return p
+
+
+def test_boosts_where_the_gradient_keeps_falling_deep_in_the_fit() -> None:
+    """A boost needs a block before, a 4x fall since it and a mean 10^4 below the peak; each doubles the scale;
+    at most PLATEAU_BOOST_MAX; none without the setting; cuts are counted apart and still come on a level block."""
+    assert _blocks(1.0, 1e-5).boosts == 1 and _blocks(1.0, 1e-5).scale == core.PLATEAU_BOOST
+    assert _blocks(1.0, 1e-5, 1e-6).boosts == 2 and _blocks(1.0, 1e-5, 1e-6).scale == 4.0
+    assert _blocks(1.0, 1e-5, 1e-6, 1e-7, 1e-8).boosts == core.PLATEAU_BOOST_MAX == 2
+    assert _blocks(1e-5).boosts == 0  # the first block: nothing to compare with
+    assert _blocks(1.0, 1e-3).boosts == 0  # fell 1000x, but only 10^3 below the peak: still the first descent
+    assert _blocks(1.0, 1e-5, 0.5e-5).boosts == 1  # fell 2x: no second boost
+    assert _blocks(1.0, 1e-5, 1e-6, boost=False).boosts == 0
+    level = _blocks(1.0, 1e-5, 1e-5)
+    assert level.boosts == 1 and level.cuts == 1 and level.scale == core.PLATEAU_BOOST * core.PLATEAU_FACTOR
+    assert core.PlateauDecay.from_row(level.row(), boost=True) == level
+
+
+def test_a_spike_takes_every_boost_back_for_good() -> None:
+    """While boosted, a sample PLATEAU_SPIKE times above the last block's mean (or NaN / inf) takes the boosts
+    back and no later block boosts; below that it is a sample like any other; unboosted, a spike is not one."""
+    boosted = _blocks(1.0, 1e-5, 1e-6)
+    assert boosted.sampled(0.9e-3).boosts == 2  # 900x the last block's mean
+    for spike in (2e-3, 1.0, math.nan, math.inf):
+        back = boosted.sampled(spike)
+        assert back.boosts == 0 and back.spiked and back.scale == 1.0
+    back = boosted.sampled(2e-3)
+    assert back.samples == boosted.samples + 1  # the spike is still a sample of its block
+    for level in (1e-7, 1e-8, 1e-9):
+        for _ in range(3):
+            back = back.sampled(level)
+        back = back.closed()
+    assert back.boosts == 0 and back.spiked
+    assert _blocks(1.0, 1e-5, boost=False).sampled(1.0).spiked is False
+
+
+def _separable(steps: int, plateau_block: int, boost: bool, lr_at: dict | None = None, batch: int = 0,
+               **kw) -> tuple[nn.Module, GMNOptimizer, list[int], list[float]]:
+    """A linearly separable 2-class problem fitted by a small MLP under cross-entropy (the gradient falls by
+    orders of magnitude with the loss); returns the model, the optimizer, the steps at which its boost count
+    rose and the losses."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 10, generator=g)
+    y = (x @ torch.randn(10, generator=g) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
+    opt = GMNOptimizer(model, rule="lrfree_plateau", plateau_block=plateau_block, plateau_boost=boost, **kw)
+    g = torch.Generator().manual_seed(1)
+    boost_steps, boosts, losses = [], 0, []
+    for t in range(1, steps + 1):
+        if lr_at and t in lr_at:
+            for group in opt.param_groups:
+                group["lr"] = lr_at[t]
+        i = torch.randint(0, len(x), (batch,), generator=g) if batch else slice(None)
+        loss = nn.functional.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if boost and opt.plateau_boosts > boosts:
+            boost_steps.append(t)
+        boosts = opt.plateau_boosts if boost else 0
+    return model, opt, boost_steps, losses
+
+
+def test_on_a_separable_fit_it_boosts_and_a_boost_is_a_doubled_lr_from_that_step() -> None:
+    """Cross-entropy on separable data: the gradient keeps falling, the boost doubles the step twice (at block
+    ends) and the run ends at a lower loss than the same run without it. The unboosted run with its lr doubled
+    by hand on the steps the boosts came is the same bit for bit."""
+    block, steps = 100, 1200
+    model, opt, boost_steps, losses = _separable(steps, block, True)
+    assert len(boost_steps) == 2 and all(t % block == 0 for t in boost_steps) and not opt.state["plateau_spiked"]
+    _, plain, _, plain_losses = _separable(steps, block, False)
+    assert plain.plateau_cuts == opt.plateau_cuts == 0
+    assert losses[-1] < 0.5 * plain_losses[-1]
+    by_hand, _, _, _ = _separable(steps, block, False, lr_at={t: core.PLATEAU_BOOST ** (k + 1)
+                                                              for k, t in enumerate(boost_steps)})
+    for a, b in zip(model.parameters(), by_hand.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resumes_exactly_while_boosted_and_states_of_0_8_load_unboosted() -> None:
+    """The boost's fields are part of the state: a run resumed mid-block with its boosts in force is the same
+    bit for bit as the uninterrupted one; a state saved by 0.8 (no boost fields) loads with none."""
+    model, opt, boost_steps, _ = _separable(1150, 100, True)
+    assert opt.plateau_boosts == 2 and int(opt.state["plateau_samples"]) > 0
+    clone = copy.deepcopy(model)
+    opt2 = GMNOptimizer(clone, rule="lrfree_plateau", plateau_block=100, plateau_boost=True)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(64, 10, generator=g), torch.randint(0, 2, (64,), generator=g)
+    for m, o in ((model, opt), (clone, opt2)):
+        for _ in range(100):
+            loss = nn.functional.cross_entropy(m(x), y)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+    assert opt2.plateau_boosts == opt.plateau_boosts and opt2.plateau_cuts == opt.plateau_cuts
+    for a, b in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(a, b)
+    old = copy.deepcopy(opt.state_dict())
+    for key in PLATEAU_KEYS[6:]:
+        del old["state"][key]
+    opt3 = GMNOptimizer(copy.deepcopy(model), rule="lrfree_plateau", plateau_block=100, plateau_boost=True)
+    opt3.load_state_dict(old)
+    assert opt3.plateau_boosts == 0 and opt3.plateau_cuts == opt.plateau_cuts
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="needs plateau_block > 0"):
+        GMNOptimizer(_normed(), rule="lrfree_settled", plateau_boost=True)
+    with pytest.raises(TypeError, match="plateau_boost is True, False or None"):
+        GMNOptimizer(_normed(), plateau_boost=1)
+    with pytest.raises(ValueError, match="pass lr_free=True"):
+        GMNOptimizer(_normed(), rule="adam", lr=1e-3, plateau_boost=True)
+    with pytest.raises(ValueError, match="needs plateau_block > 0"):
+        core.OptState.zeros(4, start=torch.zeros(4), plateau_boost=True)
+
+
+def test_core_step_equals_the_optimizer_through_boosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixty steps lr-free with per-tensor estimates on shared sums, the estimate every second step, blocks of
+    10 steps and the fall and depth conditions relaxed (so that boosts come within the run), non-default betas,
+    eps and weight decay: the functional core (meta-training's form) and the optimizer agree on the parameters,
+    the estimate and every boost."""
+    from metaopt.optim import Hyper
+    from test_optim_common import flat_params
+    from test_optim_per_tensor import _task
+    from test_outer_common import lr_free_pair, step_both
+
+    monkeypatch.setattr(core, "PLATEAU_BOOST_FALL", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_BOOST_DROP", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_SAMPLE_EVERY", 2)
+    betas, eps, wd = (0.8, 0.95), 1e-6, 0.05
+    task = _task()
+    model, opt, rule, prepared, index, params, state = lr_free_pair(
+        task, betas, eps, wd, dict(estimate_every=2, per_tensor=0.7, shared_sums=True, plateau_block=10,
+                                   plateau_boost=True),
+        dict(every=2, per_tensor=0.7, shared_sums=True, plateau_block=10, plateau_boost=True))
+    h = Hyper(1.0, *betas, eps, wd)
+    batches = task.batches(0)
+    seen = 0
+    for _ in range(60):
+        params, state = step_both(task, model, opt, rule, prepared, index, params, state, h, next(batches))
+        torch.testing.assert_close(params, flat_params(model), rtol=1e-5, atol=1e-6)
+        assert state.distance.d == pytest.approx(opt.distance, rel=1e-5)
+        assert (state.plateau.boosts, state.plateau.cuts) == (opt.plateau_boosts, opt.plateau_cuts)
+        seen = max(seen, opt.plateau_boosts)
+    assert seen >= 1
