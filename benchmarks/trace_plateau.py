@@ -1,15 +1,18 @@
-"""What the plateau decay reads and does: the gradient's squared norm along a run, and where the step is cut.
+"""What the plateau decay reads and does: the gradient's squared norm along a run, and where the step is cut
+or boosted.
 
-    python -m benchmarks.trace_plateau --seed 0 --steps 5000 --out docs/figures/optim/plateau_0.8/trace
+    python -m benchmarks.trace_plateau --seed 0 --steps 5000 --out docs/figures/optim/boost_0.9/trace
 
-Trains held-out tasks (all nine by default) with ``GMNOptimizer(model)`` (since 0.8 ``rule="lrfree_plateau"``:
-the plateau decay in blocks of 500 steps) and with ``rule="lrfree_settled"`` (0.7's default, the same without
-it) on the task's init and batches for that seed (the evaluation's; its loop differs in details, so final
-losses can differ from `outer_train.evaluate`'s in the later digits), recording on every step the training loss and the
-gradient's squared norm, and the steps at which the decay halved the step (`GMNOptimizer.plateau_cuts`).
+Trains held-out tasks (all nine by default) with ``GMNOptimizer(model)`` (since 0.9 ``rule="lrfree_boost"``:
+the plateau decay in blocks of 500 steps with its boost), with ``rule="lrfree_plateau"`` (0.8's default, the
+decay without the boost) and with ``rule="lrfree_settled"`` (0.7's, no decay) on the task's init and batches
+for that seed (the evaluation's; its loop differs in details, so final losses can differ from
+`outer_train.evaluate`'s in the later digits), recording on every step the training loss and the gradient's
+squared norm, the steps at which the decay halved the step (`GMNOptimizer.plateau_cuts`) and those at which the
+boost doubled it (`GMNOptimizer.plateau_boosts`; a negative step: a spike took the boosts back there).
 Writes ``trace_s<seed>.json`` (the losses and norms every 10th step), ``trace_s<seed>.md`` (per task: the
-norm's geometric mean per block under 0.7's default, the cuts, the final losses) and ``trace_s<seed>.png``
-(per task the norm and the loss over steps, the cuts marked) to --out.
+norm's geometric mean per block under 0.7's default, the cuts and boosts, the final losses) and
+``trace_s<seed>.png`` (per task the norm and the loss over steps, cuts and boosts marked) to --out.
 """
 
 from __future__ import annotations
@@ -30,15 +33,17 @@ from inner_tasks.tasks.collections import held_out_suite
 from metaopt.optim import GMNOptimizer
 
 BLOCK = 500  # the shipped mode's plateau_block, which the table's block means use
-VARIANTS = {"plateau": {}, "settled": {"rule": "lrfree_settled"}}  # GMNOptimizer(model, **kwargs)
+# GMNOptimizer(model, **kwargs): the default (0.9), 0.8's and 0.7's
+VARIANTS = {"boost": {}, "plateau": {"rule": "lrfree_plateau"}, "settled": {"rule": "lrfree_settled"}}
 EVERY = 10  # what the JSON keeps
 
 
 def trace(task_name: str, seed: int, steps: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Per step the loss and the squared gradient norm of one run, and the steps at which a cut came."""
+    """Per step the loss and the squared gradient norm of one run, the steps at which a cut came and those at
+    which a boost came (negative: a spike took the boosts back)."""
     task, model = held_out_model(task_name, seed, steps, "trace_plateau")
     opt = GMNOptimizer(model, example_inputs=(task.example_inputs(),), **kwargs)
-    losses, norms, cuts = [], [], []
+    losses, norms, cuts, boosts = [], [], [], []
     batches = list(islice(task.train_batches(seed), steps))
     for t, batch in enumerate(tqdm(batches, desc=f"{task_name} s{seed} {kwargs or 'default'}", leave=False), 1):
         loss = task.loss(model(batch[0]), batch)
@@ -46,12 +51,14 @@ def trace(task_name: str, seed: int, steps: int, kwargs: dict[str, Any]) -> dict
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         norms.append(float(sum(n**2 for n in torch._foreach_norm(grads, dtype=torch.float32))))
-        before = opt.plateau_cuts
+        before, boosted = opt.plateau_cuts, opt.plateau_boosts
         opt.step()
         losses.append(float(loss))
         if opt.plateau_cuts > before:
             cuts.append(t)
-    return {"losses": losses, "norms": norms, "cuts": cuts}
+        if opt.plateau_boosts != boosted:
+            boosts.append(t if opt.plateau_boosts > boosted else -t)
+    return {"losses": losses, "norms": norms, "cuts": cuts, "boosts": boosts}
 
 
 def block_means(norms: list[float], block: int = BLOCK) -> list[float]:
@@ -72,16 +79,20 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"(`{result['command']}`).", "",
              f"Per task: the gradient's squared norm under 0.7's default (`rule=\"lrfree_settled\"`), geometric "
              f"mean per block of {BLOCK} steps (every 10th step), first / largest / last block; the steps at which "
-             "`GMNOptimizer(model)` (0.8) halved its step; the final training loss (mean of the last 50 steps) of "
-             "both.", "",
-             "| task | norm^2: first / peak / last block | blocks where it rose | cuts (0.8) | final loss 0.7 | final loss 0.8 |",
-             "|---|---|---:|---|---:|---:|"]
+             "0.8's default (`rule=\"lrfree_plateau\"`) halved its step, and those at which `GMNOptimizer(model)` "
+             "(0.9) halved or doubled it (-t: a spike took the doublings back at step t); the final training loss "
+             "(mean of the last 50 steps) of each.", "",
+             "| task | norm^2: first / peak / last block | blocks where it rose | cuts (0.8) | cuts / boosts (0.9) "
+             "| final loss 0.7 | final loss 0.8 | final loss 0.9 |",
+             "|---|---|---:|---|---|---:|---:|---:|"]
     for task, runs in result["tasks"].items():
         means = block_means(runs["settled"]["norms"])
         rose = sum(b >= a for a, b in zip(means, means[1:]))
         lines.append(f"| {task} | {means[0]:.2g} / {max(means):.2g} / {means[-1]:.2g} | {rose} of {len(means) - 1} | "
-                     f"{', '.join(map(str, runs['plateau']['cuts'])) or 'none'} | {final(runs['settled']['losses']):.4g} | "
-                     f"{final(runs['plateau']['losses']):.4g} |")
+                     f"{', '.join(map(str, runs['plateau']['cuts'])) or 'none'} | "
+                     f"{', '.join(map(str, runs['boost']['cuts'])) or 'none'} / "
+                     f"{', '.join(map(str, runs['boost']['boosts'])) or 'none'} | {final(runs['settled']['losses']):.4g} | "
+                     f"{final(runs['plateau']['losses']):.4g} | {final(runs['boost']['losses']):.4g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -97,17 +108,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
     for ax, task in zip(axes.flat, names):
         runs = result["tasks"][task]
-        for key, colour, label in (("settled", "tab:blue", "0.7 (no decay)"), ("plateau", "tab:red", "0.8")):
+        lines = (("settled", "tab:blue", "0.7 (no decay)"), ("plateau", "tab:red", "0.8"), ("boost", "tab:green", "0.9"))
+        for key, colour, label in lines:
             steps = range(1, len(runs[key]["norms"]) + 1)
             ax.plot(list(steps)[::EVERY], runs[key]["norms"][::EVERY], color=colour, lw=0.6, alpha=0.7,
                     label=f"|g|^2, {label}")
         twin = ax.twinx()
-        for key, colour in (("settled", "tab:blue"), ("plateau", "tab:red")):
+        for key, colour, _ in lines:
             loss = runs[key]["losses"]
             smooth = [sum(loss[max(0, i - 49):i + 1]) / len(loss[max(0, i - 49):i + 1]) for i in range(0, len(loss), EVERY)]
             twin.plot(range(1, len(loss) + 1, EVERY), smooth, color=colour, lw=1.4, ls="--")
         for t in runs["plateau"]["cuts"]:
             ax.axvline(t, color="tab:red", lw=0.8, ls=":")
+        for t in runs["boost"]["boosts"]:
+            ax.axvline(abs(t), color="tab:green", lw=0.8, ls=":" if t > 0 else "-.")
         ax.set_yscale("log")
         twin.set_yscale("log")
         ax.set_title(task, fontsize=9)
@@ -116,7 +130,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("gradient squared norm (solid, left axis) and training loss (dashed, right axis; mean of 50 steps); "
-                 "dotted: the 0.8 default's cuts", fontsize=9)
+                 "dotted: 0.8's cuts (red), 0.9's boosts (green; dash-dot: taken back)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -138,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         result["tasks"][task] = {key: trace(task, a.seed, a.steps, kw) for key, kw in VARIANTS.items()}
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"trace_s{a.seed}"
-    kept = {**result, "tasks": {t: {k: {"losses": r["losses"][::EVERY], "norms": r["norms"][::EVERY], "cuts": r["cuts"]}
+    kept = {**result, "tasks": {t: {k: {"losses": r["losses"][::EVERY], "norms": r["norms"][::EVERY], "cuts": r["cuts"],
+                                         "boosts": r["boosts"]}
                                     for k, r in runs.items()} for t, runs in result["tasks"].items()}}
     stem.with_suffix(".json").write_text(json.dumps(kept) + "\n")
     stem.with_suffix(".md").write_text(to_markdown(result))

@@ -1,10 +1,10 @@
 """The plateau decay's boost (GMNOptimizer(lr_free=True, plateau_block=B, plateau_boost=True)): at a block's end
-the lr-free step is doubled where the block's gradient norm fell 4x since the block before and sits 10^4 below
-its largest sample, at most twice, and a spike (a sample 1000x above the last block's mean, or not finite) takes
-every doubling back for good. The decision itself; a boost is exactly a doubled lr from that step on; on a
-separable classification (cross-entropy, whose curvature vanishes with its loss) it boosts and ends lower than
-the unboosted run; it survives a checkpoint and states of 0.8 load; the functional core agrees; bad values are
-refused."""
+a doubling of the lr-free step is granted where the block's gradient norm fell 4x since the block before and
+sits 10^4 below its largest sample, at most twice; each is ramped in over the next 10 samples (2^(1/10) per
+sample), and a spike (a sample 100x above the last block's mean, or not finite) takes every doubling back for
+good. The decision itself; the boost is exactly the lr raised by hand on the same steps; on a separable
+classification it boosts and ends lower than the unboosted run; it survives a checkpoint and states of 0.8
+load; the functional core agrees; bad values are refused."""
 
 from __future__ import annotations
 
@@ -31,16 +31,24 @@ def _blocks(*levels: float, boost: bool = True, per_block: int = 3) -> core.Plat
 
 
 def test_boosts_where_the_gradient_keeps_falling_deep_in_the_fit() -> None:
-    """A boost needs a block before, a 4x fall since it and a mean 10^4 below the peak; each doubles the scale;
-    at most PLATEAU_BOOST_MAX; none without the setting; cuts are counted apart and still come on a level block."""
-    assert _blocks(1.0, 1e-5).boosts == 1 and _blocks(1.0, 1e-5).scale == core.PLATEAU_BOOST
-    assert _blocks(1.0, 1e-5, 1e-6).boosts == 2 and _blocks(1.0, 1e-5, 1e-6).scale == 4.0
+    """A boost needs a block before, a 4x fall since it and a mean 10^4 below the peak; each doubling ramps in
+    by 2^(1 / PLATEAU_RAMP) per sample after it is granted; at most PLATEAU_BOOST_MAX; none without the setting;
+    cuts are counted apart and still come on a level block."""
+    granted = _blocks(1.0, 1e-5)
+    assert granted.boosts == 1 and granted.ramp == 0 and granted.scale == 1.0
+    for k in range(1, 2 * core.PLATEAU_RAMP):
+        granted = granted.sampled(1e-5)
+        assert granted.ramp == min(k, core.PLATEAU_RAMP)
+        assert granted.scale == core.PLATEAU_BOOST ** (min(k, core.PLATEAU_RAMP) / core.PLATEAU_RAMP)
+    assert granted.scale == core.PLATEAU_BOOST
+    assert _blocks(1.0, 1e-5, 1e-6, per_block=30).boosts == 2
+    assert _blocks(1.0, 1e-5, 1e-6, 1e-7, per_block=30).scale == 4.0
     assert _blocks(1.0, 1e-5, 1e-6, 1e-7, 1e-8).boosts == core.PLATEAU_BOOST_MAX == 2
     assert _blocks(1e-5).boosts == 0  # the first block: nothing to compare with
     assert _blocks(1.0, 1e-3).boosts == 0  # fell 1000x, but only 10^3 below the peak: still the first descent
     assert _blocks(1.0, 1e-5, 0.5e-5).boosts == 1  # fell 2x: no second boost
     assert _blocks(1.0, 1e-5, 1e-6, boost=False).boosts == 0
-    level = _blocks(1.0, 1e-5, 1e-5)
+    level = _blocks(1.0, 1e-5, 1e-5, per_block=30)
     assert level.boosts == 1 and level.cuts == 1 and level.scale == core.PLATEAU_BOOST * core.PLATEAU_FACTOR
     assert core.PlateauDecay.from_row(level.row(), boost=True) == level
 
@@ -49,11 +57,11 @@ def test_a_spike_takes_every_boost_back_for_good() -> None:
     """While boosted, a sample PLATEAU_SPIKE times above the last block's mean (or NaN / inf) takes the boosts
     back and no later block boosts; below that it is a sample like any other; unboosted, a spike is not one."""
     boosted = _blocks(1.0, 1e-5, 1e-6)
-    assert boosted.sampled(0.9e-3).boosts == 2  # 900x the last block's mean
-    for spike in (2e-3, 1.0, math.nan, math.inf):
+    assert boosted.sampled(0.9e-4).boosts == 2  # 90x the last block's mean
+    for spike in (2e-4, 1.0, math.nan, math.inf):
         back = boosted.sampled(spike)
-        assert back.boosts == 0 and back.spiked and back.scale == 1.0
-    back = boosted.sampled(2e-3)
+        assert back.boosts == 0 == back.ramp and back.spiked and back.scale == 1.0
+    back = boosted.sampled(2e-4)
     assert back.samples == boosted.samples + 1  # the spike is still a sample of its block
     for level in (1e-7, 1e-8, 1e-9):
         for _ in range(3):
@@ -66,8 +74,8 @@ def test_a_spike_takes_every_boost_back_for_good() -> None:
 def _separable(steps: int, plateau_block: int, boost: bool, lr_at: dict | None = None, batch: int = 0,
                **kw) -> tuple[nn.Module, GMNOptimizer, list[int], list[float]]:
     """A linearly separable 2-class problem fitted by a small MLP under cross-entropy (the gradient falls by
-    orders of magnitude with the loss); returns the model, the optimizer, the steps at which its boost count
-    rose and the losses."""
+    orders of magnitude with the loss); returns the model, the optimizer, the step -> scale of each change of the
+    boost's ramp (of the step's scale) and the losses."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 10, generator=g)
     y = (x @ torch.randn(10, generator=g) > 0).long()
@@ -75,7 +83,7 @@ def _separable(steps: int, plateau_block: int, boost: bool, lr_at: dict | None =
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
     opt = GMNOptimizer(model, rule="lrfree_plateau", plateau_block=plateau_block, plateau_boost=boost, **kw)
     g = torch.Generator().manual_seed(1)
-    boost_steps, boosts, losses = [], 0, []
+    ramps, ramp, losses = {}, 0, []
     for t in range(1, steps + 1):
         if lr_at and t in lr_at:
             for group in opt.param_groups:
@@ -86,24 +94,24 @@ def _separable(steps: int, plateau_block: int, boost: bool, lr_at: dict | None =
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        if boost and opt.plateau_boosts > boosts:
-            boost_steps.append(t)
-        boosts = opt.plateau_boosts if boost else 0
-    return model, opt, boost_steps, losses
+        if boost and int(opt.state["plateau_ramp"]) != ramp:
+            ramp = int(opt.state["plateau_ramp"])
+            ramps[t] = core.PLATEAU_BOOST ** (ramp / core.PLATEAU_RAMP)
+    return model, opt, ramps, losses
 
 
-def test_on_a_separable_fit_it_boosts_and_a_boost_is_a_doubled_lr_from_that_step() -> None:
-    """Cross-entropy on separable data: the gradient keeps falling, the boost doubles the step twice (at block
-    ends) and the run ends at a lower loss than the same run without it. The unboosted run with its lr doubled
-    by hand on the steps the boosts came is the same bit for bit."""
+def test_on_a_separable_fit_it_boosts_and_the_boost_is_the_lr_raised_on_those_steps() -> None:
+    """Cross-entropy on separable data: the gradient keeps falling, the boost doubles the step twice, ramped in
+    on the sampled steps after two block ends, and the run ends at a lower loss than the same run without it.
+    The unboosted run with its lr raised by hand on the same steps to the same scale is the same bit for bit."""
     block, steps = 100, 1200
-    model, opt, boost_steps, losses = _separable(steps, block, True)
-    assert len(boost_steps) == 2 and all(t % block == 0 for t in boost_steps) and not opt.state["plateau_spiked"]
+    model, opt, ramps, losses = _separable(steps, block, True)
+    assert opt.plateau_boosts == 2 and not opt.state["plateau_spiked"] and len(ramps) == 2 * core.PLATEAU_RAMP
+    assert all(core.plateau_sample_due(t) for t in ramps) and max(ramps.values()) == 4.0
     _, plain, _, plain_losses = _separable(steps, block, False)
     assert plain.plateau_cuts == opt.plateau_cuts == 0
     assert losses[-1] < 0.5 * plain_losses[-1]
-    by_hand, _, _, _ = _separable(steps, block, False, lr_at={t: core.PLATEAU_BOOST ** (k + 1)
-                                                              for k, t in enumerate(boost_steps)})
+    by_hand, _, _, _ = _separable(steps, block, False, lr_at=ramps)
     for a, b in zip(model.parameters(), by_hand.parameters()):
         assert torch.equal(a, b)
 
@@ -111,7 +119,7 @@ def test_on_a_separable_fit_it_boosts_and_a_boost_is_a_doubled_lr_from_that_step
 def test_resumes_exactly_while_boosted_and_states_of_0_8_load_unboosted() -> None:
     """The boost's fields are part of the state: a run resumed mid-block with its boosts in force is the same
     bit for bit as the uninterrupted one; a state saved by 0.8 (no boost fields) loads with none."""
-    model, opt, boost_steps, _ = _separable(1150, 100, True)
+    model, opt, _, _ = _separable(1150, 100, True)
     assert opt.plateau_boosts == 2 and int(opt.state["plateau_samples"]) > 0
     clone = copy.deepcopy(model)
     opt2 = GMNOptimizer(clone, rule="lrfree_plateau", plateau_block=100, plateau_boost=True)

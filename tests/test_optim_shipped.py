@@ -64,14 +64,14 @@ BOOST_MODE = {**PLATEAU_MODE, "plateau_boost": True}  # ... since 0.9
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
-    """GMNOptimizer(model): rule="lrfree_plateau" (no learned rule, no refresh), lr-free with the options it
+    """GMNOptimizer(model): rule="lrfree_boost" (no learned rule, no refresh), lr-free with the options it
     records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
     tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == (PLATEAU_MODE if rule is None else SHIPPED_MODE)
-    assert opt.plateau_block == (500 if rule is None else 0)
+    assert opt.rule.config.lr_free == (BOOST_MODE if rule is None else SHIPPED_MODE)
+    assert opt.plateau_block == (500 if rule is None else 0) and opt.plateau_boost == (rule is None)
     assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
     assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 3 if rule is None else 1, 0.7)
@@ -239,7 +239,7 @@ def test_lrfree_settled_is_lean_with_the_settled_growth_rate(tmp_path):
 
 
 def test_lrfree_plateau_is_settled_with_the_plateau_decay(tmp_path):
-    """rule="lrfree_plateau" = GMNOptimizer(model) since 0.8: lrfree_settled's mode with plateau_block 500, i.e.
+    """rule="lrfree_plateau" = GMNOptimizer(model) in 0.8: lrfree_settled's mode with plateau_block 500, i.e.
     GMNOptimizer(model, rule="adam", lr_free=True, ..., plateau_block=500) bit for bit; before its second block
     ends it is lrfree_settled bit for bit (a cut can come at step 1,000 at the earliest, and acts from that
     step's update on); the state is settled's plus the decay's scalars; make_default's command line

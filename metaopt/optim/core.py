@@ -586,19 +586,23 @@ PLATEAU_SAMPLE_EVERY = 10  # the squared norm is read on steps 1, 11, 21, ... (o
 # few thousand steps of cuts (a Transformer LM's norm keeps rising; halved every block it would be at 2^-16 by
 # step 10,000). At 1/16 no cut of the 5,000-step held-out runs measured is held back (docs/optim.md).
 PLATEAU_FLOOR = 1.0 / 16.0
-# The boost (``plateau_boost=True``, `PlateauDecay.boost`): the decay's other half, as a bold driver's. Where a
-# classifier fits its data the cross-entropy's curvature vanishes with the loss and the gradient keeps falling by
-# orders of magnitude; there the step the estimate settled on early is too small (3x to 27x the estimate reaches a
-# lower 5,000-step loss on five of the nine held-out tasks). At a block's end the step is doubled when the block's
-# mean squared norm fell PLATEAU_BOOST_FALL times since the block before and sits PLATEAU_BOOST_DROP times below
-# its largest sample (deep in the fit, not in the first descent), at most PLATEAU_BOOST_MAX times. Where the
-# curvature does not vanish (a regression: the SIREN) a larger step makes the gradient spike; a sample
-# PLATEAU_SPIKE times above the last block's mean while boosted takes every boost back, for good.
+# The boost (``plateau_boost=True``, `PlateauDecay.boost`): the decay's other half, as a bold driver's. Prodigy's
+# estimate stops growing once the gradient has fallen (its numerator sums the gradient's projections), so where a
+# network goes on fitting its data it keeps the step it settled on in the first few hundred steps, which is too
+# small there (3x to 27x the estimate reaches a lower 5,000-step loss on five of the nine held-out tasks, seed 0).
+# At a block's end a doubling is granted when the block's mean squared norm fell PLATEAU_BOOST_FALL times since
+# the block before and sits PLATEAU_BOOST_DROP times below its largest sample (deep in the fit, not the first
+# descent), at most PLATEAU_BOOST_MAX times, each ramped in over PLATEAU_RAMP samples. Where the larger step is
+# past what the network takes (a SIREN, some ReLU CNNs) the gradient spikes; a sample PLATEAU_SPIKE times above
+# the last block's mean while boosted takes every doubling back, for good.
 PLATEAU_BOOST = 2.0
 PLATEAU_BOOST_FALL = 4.0
 PLATEAU_BOOST_DROP = 1e4
 PLATEAU_BOOST_MAX = 2
-PLATEAU_SPIKE = 1e3
+PLATEAU_SPIKE = 1e2
+# A doubling is ramped in over this many samples (2^(1/n) each, on the sampled steps: 100 steps at 10 per sample):
+# a doubling at once is a jump of the step, which kills a ReLU network's units before the guard can see it.
+PLATEAU_RAMP = 10
 
 
 def plateau_sample_due(step: int) -> bool:
@@ -633,37 +637,40 @@ class PlateauDecay:
     previous: float = 0.0  # the last closed block's mean log |g|^2
     peak: float = 0.0  # the largest sample so far
     cuts: int = 0
-    boosts: int = 0  # doublings in force (``boost``)
+    boosts: int = 0  # doublings granted (``boost``)
+    ramp: int = 0  # ... of which ramped in so far, in steps of 2^(1 / PLATEAU_RAMP) (one per sample)
     spiked: bool = False  # a spike took the boosts back: no more
     boost: bool = False  # the setting: boost where the gradient keeps falling fast
 
     @property
     def scale(self) -> float:
         """What the step is multiplied by now."""
-        return PLATEAU_FACTOR**self.cuts * PLATEAU_BOOST**self.boosts
+        return PLATEAU_FACTOR**self.cuts * PLATEAU_BOOST ** (self.ramp / PLATEAU_RAMP)
 
     def row(self) -> list[float]:
         """The state's fields as numbers, in order (`GMNOptimizer`'s state; ``boost`` is a setting)."""
         return [self.log_sum, float(self.samples), float(self.blocks), self.previous, self.peak, float(self.cuts),
-                float(self.boosts), float(self.spiked)]
+                float(self.boosts), float(self.ramp), float(self.spiked)]
 
     @classmethod
     def from_row(cls, row: list[float], boost: bool = False) -> "PlateauDecay":
         """`row`'s inverse; a row of 6 (saved by 0.8, before the boost) has no boosts."""
-        extra = (int(row[6]), bool(row[7])) if len(row) > 6 else (0, False)
+        extra = (int(row[6]), int(row[7]), bool(row[8])) if len(row) > 6 else (0, 0, False)
         return cls(float(row[0]), int(row[1]), int(row[2]), float(row[3]), float(row[4]), int(row[5]), *extra,
                    boost=boost)
 
     def sampled(self, sq_norm: float) -> "PlateauDecay":
         """With one more sample of the gradient's squared norm (0 or not finite: not counted); while boosted,
-        a sample `PLATEAU_SPIKE` times above the last block's mean (or not finite) takes the boosts back."""
+        a sample `PLATEAU_SPIKE` times above the last block's mean (or not finite) takes the boosts back, and
+        otherwise a granted doubling not yet in force ramps in by one step."""
         spike = not sq_norm < math.inf or (sq_norm > 0.0 and math.log(sq_norm) >= self.previous + math.log(PLATEAU_SPIKE))
         if self.boosts and spike:
-            return replace(self, boosts=0, spiked=True).sampled(sq_norm)
+            return replace(self, boosts=0, ramp=0, spiked=True).sampled(sq_norm)
+        out = self if self.ramp >= self.boosts * PLATEAU_RAMP else replace(self, ramp=self.ramp + 1)
         if not (sq_norm > 0.0 and math.isfinite(sq_norm)):
-            return self
-        return replace(self, log_sum=self.log_sum + math.log(sq_norm), samples=self.samples + 1,
-                       peak=max(self.peak, sq_norm))
+            return out
+        return replace(out, log_sum=out.log_sum + math.log(sq_norm), samples=out.samples + 1,
+                       peak=max(out.peak, sq_norm))
 
     def after(self, step: int, block: int, grads: list[Tensor]) -> "PlateauDecay":
         """After step ``step`` (1-based)'s gradient (as tensors): a sample of its squared norm on

@@ -9,7 +9,8 @@ unused (a starting point with the right architecture).
 ``GMNOptimizer(model)`` ran in 0.5, is the same from ``pretrained/adam``, ``pretrained/lrfree_sf`` that with
 ``--schedule-free``, ``pretrained/lrfree_lean``, what it ran in 0.6, that with ``--estimate-stride 3
 --shared-sums``, ``pretrained/lrfree_settled``, what it ran in 0.7, that with ``--settled-growth-rate
-1.02``, and ``pretrained/lrfree_plateau``, what it runs since 0.8, that with ``--plateau-block 500``): the rule in DIR
+1.02``, ``pretrained/lrfree_plateau``, what it ran in 0.8, that with ``--plateau-block 500``, and
+``pretrained/lrfree_boost``, what it runs since 0.9, that with ``--plateau-boost``): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
     python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \

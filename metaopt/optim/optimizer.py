@@ -54,7 +54,7 @@ DISTANCE_SETTLED = "distance_settled"  # lr_free: 1 once the estimate has settle
 # lr_free + plateau_block: core.PlateauDecay's fields, in its row's order (its cuts and boosts multiply the step;
 # states of 0.8 have no boosts and load with none)
 PLATEAU_KEYS = ("plateau_log_sum", "plateau_samples", "plateau_blocks", "plateau_previous", "plateau_peak", "plateau_cuts",
-                "plateau_boosts", "plateau_spiked")
+                "plateau_boosts", "plateau_ramp", "plateau_spiked")
 AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
 AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
 TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] float64, each tensor's own estimate
@@ -80,12 +80,13 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_plateau", since 0.8:
-# 0.7's "lrfree_settled" (0.6's estimate in 2.4-2.7x the parameters of large models, its growth capped once it has
-# settled) with the plateau decay in blocks of 500 steps, which takes the held-out Transformer from behind tuned
-# Adam to ahead of it at 5,000 steps and changes nothing in the first 1,000); with an lr (or lr_free=False), the
-# shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.8)".
-SHIPPED_LR_FREE = "lrfree_plateau"
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_boost", since 0.9:
+# 0.8's "lrfree_plateau" (0.7's "lrfree_settled", 0.6's estimate in 2.4-2.7x the parameters of large models with
+# its growth capped once it has settled, and the step halved on plateaus of the gradient norm over blocks of 500
+# steps) with the plateau decay's boost, which doubles the step, at most twice, where a classifier's gradient keeps
+# falling deep in the fit; nothing changes in the first 1,000 steps); with an lr (or lr_free=False), the shipped
+# fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.9)".
+SHIPPED_LR_FREE = "lrfree_boost"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
@@ -105,7 +106,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_plateau") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_boost") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
     the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
     options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
@@ -146,13 +147,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
 
-    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_plateau"``
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_boost"``
     runs: the shipped lr-free mode (the step size is Prodigy's distance estimate, taken every 10th step,
     70% per tensor, the tensors' estimates reading the network's gradient sum, x_0 and the sum holding
     every 3rd entry of large tensors, each estimate growing by at most 1.02x per step once it has
-    settled, the step halved where the gradient norm stops falling over a block of 500 steps) with no
-    learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step (1).
-    ``rule="lrfree_settled"`` (the default of 0.7) is the same without the plateau decay,
+    settled, the step halved where the gradient norm stops falling over a block of 500 steps and doubled,
+    at most twice, where it keeps falling fast deep in the fit) with no learned rule, so there is no lr to
+    tune; ``lr`` then multiplies the estimated step (1). ``rule="lrfree_plateau"`` (the default of 0.8) is
+    the same without the doubling, ``rule="lrfree_settled"`` (the default of 0.7) without the plateau decay,
     ``rule="lrfree_lean"`` (the default of 0.6) that without the settled cap;
     ``rule="lrfree_base"`` (the default of 0.5) is 0.6's with every entry read and a sum per tensor
     (state 5x). The lr-free GMN rule ``rule="lrfree"`` (the default of
@@ -167,7 +169,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``) keeps no scale: 2x, as torch Adam, and 1x less in
+    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``, ``"lrfree_boost"``) keeps no scale: 2x, as torch Adam, and 1x less in
     every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
     3,072 entries, 2.4-2.7x on large models).
 
@@ -227,10 +229,11 @@ class GMNOptimizer(torch.optim.Optimizer):
     block) has not fallen since the block before, once it is 10x below its largest sample: a decay at a
     noise floor, none while the loss still falls with the gradient, never faster than 1/t (no cut below
     ``core.PLATEAU_FLOOR * B / t``); ``opt.plateau_cuts`` counts the halvings. ``plateau_boost=True`` (with
-    ``plateau_block``) is its other half: the step is doubled (at most twice) at a block's end where the block's
-    norm fell 4x since the block before and sits 10^4 below its largest sample (a classifier deep in fitting its
-    data, whose curvature vanishes with its loss), and every doubling is taken back for good at a sample 1000x
-    above the last block's (`core.PLATEAU_BOOST`); ``opt.plateau_boosts`` is the doublings in force.
+    ``plateau_block``) is its other half: a doubling of the step (at most two) is granted at a block's end where
+    the block's norm fell 4x since the block before and sits 10^4 below its largest sample (a network deep in
+    fitting its data, where the estimate no longer grows), ramped in over the next 100 steps, and every doubling
+    is taken back for good at a sample 100x above the last block's (`core.PLATEAU_BOOST`);
+    ``opt.plateau_boosts`` is the doublings granted and in force (0 after a spike).
     ``schedule_free=True`` (``rule="lrfree_sf"`` records it with the default's estimate; opt-in, identity rules
     only): Schedule-Free (Defazio et al., 2024) in place of Adam's momentum: the steps move a point ``z``, the
     parameters hold ``y = (1 - beta1) z + beta1 x`` with ``x`` the average of the z's (`core.Averaging`), and
@@ -314,7 +317,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.scale_per_tensor = bool(scale_per_tensor)
         self.schedule_free = options["schedule_free"]
         self.plateau_block = core.check_plateau_block(options["plateau_block"])
-        self.plateau_boost = core.check_plateau_boost(options["plateau_boost"], self.plateau_block, "GMNOptimizer")
+        # a rule's recorded boost has nothing to boost without the decay (GMNOptimizer(model, plateau_block=0));
+        # passed here, it is a mistake
+        self.plateau_boost = core.check_plateau_boost(
+            options["plateau_boost"] if given["plateau_boost"] else options["plateau_boost"] and bool(self.plateau_block),
+            self.plateau_block, "GMNOptimizer")
         if self.schedule_free and not rule.is_identity:
             raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
                              "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
@@ -837,7 +844,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS], boost=self.plateau_boost)
             for key, value in zip(PLATEAU_KEYS, plateau.after(step, self.plateau_block, grads).row()):
                 self.state[key] = value
-        return core.PLATEAU_FACTOR ** int(self.state["plateau_cuts"]) * core.PLATEAU_BOOST ** int(self.state["plateau_boosts"])
+        return core.PLATEAU_FACTOR ** int(self.state["plateau_cuts"]) * core.PLATEAU_BOOST ** (
+            int(self.state["plateau_ramp"]) / core.PLATEAU_RAMP)
 
     @staticmethod
     def _scale_lrs(entries: list[tuple[int, Tensor, Hyper]], d: float) -> list[tuple[int, Tensor, Hyper]]:
