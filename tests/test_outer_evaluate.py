@@ -359,8 +359,8 @@ def test_lr_free_rows_tune_the_multiplier_and_variants_only_skips_the_plain_rule
 
 
 def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, optimizer_calls) -> None:
-    """--growth-rate / --estimate-stride / --estimate-every reach every +lrfree row's GMNOptimizer (and
-    are named in its label); without --lr-free they are refused."""
+    """--growth-rate / --estimate-stride / --estimate-every (and the others: --plateau-boost too) reach every
+    +lrfree row's GMNOptimizer (and are named in its label); without --lr-free they are refused."""
     threads = torch.get_num_threads()
     common = ["--tasks", "siren_shapes", "--seeds", "0", "--steps", "12", "--grid-points", "2", "--threads", "1",
               "--baselines", "adam", "--rule", "prodigy=adam"]
@@ -382,6 +382,13 @@ def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, optimizer_calls)
     assert res["rules"] == ["prodigy=adam+lrfree (lr_free, estimate_every 5, estimate_warmup 20, per_tensor 0.7, d0 0.0001)"]
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--per-tensor", "0.7", "--out", str(tmp_path / "bad")])
+    optimizer_calls.clear()
+    evaluate.main([*common, "--lr-free", "--plateau-block", "500", "--plateau-boost", "--variants-only",
+                   "--out", str(tmp_path / "p")])
+    torch.set_num_threads(threads)
+    assert {(kw.get("plateau_block"), kw.get("plateau_boost")) for kw in optimizer_calls} == {(500, True)}
+    with pytest.raises(SystemExit):
+        evaluate.main([*common, "--plateau-boost", "--out", str(tmp_path / "bad")])
 
 
 def test_gmn_vs_mlp_line_for_every_row_pair(tmp_path: Path, optimizer_calls) -> None:
