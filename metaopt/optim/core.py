@@ -626,7 +626,7 @@ class PlateauDecay:
     (a language model) the minibatch noise keeps it level or rising while a constant step keeps the loss
     at the floor that step size allows, and each cut lowers that floor. The drop condition keeps the cut
     out of the first plateau at chance, where the gradient is flat from the start, and `PLATEAU_FLOOR` keeps
-    the decay from being faster than 1 / t (docs/optim.md, "What `GMNOptimizer(model)` runs (0.8)").
+    the decay from being faster than 1 / t (docs/optim.md, "What `GMNOptimizer(model)` ran in 0.8").
     With ``boost`` (a setting, not state) the step is also doubled where the gradient keeps falling fast, and the
     doublings are taken back at a spike (`PLATEAU_BOOST`; "What `GMNOptimizer(model)` runs (0.9)").
     Host-side scalars; the squared norms come from the caller."""
