@@ -19,9 +19,9 @@ from metaopt.optim.optimizer import PLATEAU_KEYS
 from test_optim_per_tensor import _normed, _train
 
 
-def _blocks(*levels: float, per_block: int = 3) -> core.PlateauDecay:
-    """A decay that has seen blocks of samples at these squared norms, each block closed."""
-    p = core.PlateauDecay()
+def _blocks(*levels: float, per_block: int = 3, boost: bool = False) -> core.PlateauDecay:
+    """A decay (boosting with ``boost``) that has seen blocks of samples at these squared norms, each closed."""
+    p = core.PlateauDecay(boost=boost)
     for level in levels:
         for _ in range(per_block):
             p = p.sampled(level)

@@ -9,6 +9,7 @@ load; the functional core agrees; bad values are refused."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -18,16 +19,10 @@ from torch import nn
 from metaopt.optim import GMNOptimizer, core
 from metaopt.optim.optimizer import PLATEAU_KEYS
 from test_optim_per_tensor import _normed
+from test_optim_plateau import _blocks as _plateau_blocks
 
 
-def _blocks(*levels: float, boost: bool = True, per_block: int = 3) -> core.PlateauDecay:
-    """A decay that has seen blocks of samples at these squared norms, each block closed."""
-    p = core.PlateauDecay(boost=boost)
-    for level in levels:
-        for _ in range(per_block):
-            p = p.sampled(level)
-        p = p.closed()
-    return p
+_blocks = functools.partial(_plateau_blocks, boost=True)  # a boosting decay through closed blocks of samples
 
 
 def test_boosts_where_the_gradient_keeps_falling_deep_in_the_fit() -> None:

@@ -275,6 +275,16 @@ def test_settled_growth_rate_reaches_the_inner_optimizer_and_survives_checkpoint
             resolve("quick", None, SETS + bad)
 
 
+def _step_alike(rule: UpdateRule, group: TaskGroup, graph, restored: TaskGroup, steps: int = 20) -> None:
+    """Steps a group and its restored copy on the same batches; their parameters stay equal to the bit."""
+    for _ in range(steps):
+        batches = group.next_batches()
+        inner_step(rule, [group], graph, 0, [batches])
+        inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
+    for a, b in zip(restored.params, group.params):
+        assert torch.equal(a, b)
+
+
 def test_plateau_block_reaches_the_inner_optimizer_and_survives_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     """tasks.plateau_block: meta-training's inner optimizer decays its step on plateaus of the gradient norm,
     as GMNOptimizer(plateau_block=B) (blocks of 4 steps here, the drop condition off so that cuts come); the
@@ -294,12 +304,7 @@ def test_plateau_block_reaches_the_inner_optimizer_and_survives_checkpoints(monk
     assert state.plateau.blocks == 7 and state.plateau.samples == 3
     restored = TaskGroup.from_state_dict(group.state_dict())
     assert restored.plateau_block == 4 and restored.states[0].plateau == state.plateau
-    for _ in range(20):
-        batches = group.next_batches()
-        inner_step(rule, [group], graph, 0, [batches])
-        inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
-    for a, b in zip(restored.params, group.params):
-        assert torch.equal(a, b)
+    _step_alike(rule, group, graph, restored)
     assert restored.states[0].plateau == group.states[0].plateau and group.states[0].plateau.cuts >= 1
     from outer_train.compare import Comparison
 
@@ -326,12 +331,7 @@ def test_plateau_boost_reaches_the_inner_optimizer_and_survives_checkpoints(monk
         inner_step(rule, [group], graph, 0, [group.next_batches()])
     restored = TaskGroup.from_state_dict(group.state_dict())
     assert restored.plateau_boost and restored.states[0].plateau == group.states[0].plateau
-    for _ in range(20):
-        batches = group.next_batches()
-        inner_step(rule, [group], graph, 0, [batches])
-        inner_step(rule, [restored], batched_graph(rule, [restored]), 0, [batches])
-    for a, b in zip(restored.params, group.params):
-        assert torch.equal(a, b)
+    _step_alike(rule, group, graph, restored)
     assert restored.states[0].plateau == group.states[0].plateau
     assert group.states[0].plateau.boosts == core.PLATEAU_BOOST_MAX and not group.states[0].plateau.spiked
     from outer_train.compare import Comparison
