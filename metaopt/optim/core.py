@@ -610,6 +610,12 @@ def plateau_sample_due(step: int) -> bool:
     return (step - 1) % PLATEAU_SAMPLE_EVERY == 0
 
 
+def plateau_scale(cuts: int, ramp: int) -> float:
+    """What `PlateauDecay` multiplies the step by after ``cuts`` halvings and ``ramp`` steps of the boost's ramp
+    (the optimizer reads it off its state on the steps the decay skips)."""
+    return PLATEAU_FACTOR**cuts * PLATEAU_BOOST ** (ramp / PLATEAU_RAMP)
+
+
 def plateau_due(step: int, block: int) -> bool:
     """Whether `PlateauDecay.after` changes anything on ``step``: a sampled step or a block's end (on the
     others, 9 in 10, callers skip it and its gradient split, and keep the scale as it is)."""
@@ -645,7 +651,7 @@ class PlateauDecay:
     @property
     def scale(self) -> float:
         """What the step is multiplied by now."""
-        return PLATEAU_FACTOR**self.cuts * PLATEAU_BOOST ** (self.ramp / PLATEAU_RAMP)
+        return plateau_scale(self.cuts, self.ramp)
 
     def row(self) -> list[float]:
         """The state's fields as numbers, in order (`GMNOptimizer`'s state; ``boost`` is a setting)."""

@@ -319,9 +319,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.plateau_block = core.check_plateau_block(options["plateau_block"])
         # a rule's recorded boost has nothing to boost without the decay (GMNOptimizer(model, plateau_block=0));
         # passed here, it is a mistake
-        self.plateau_boost = core.check_plateau_boost(
-            options["plateau_boost"] if given["plateau_boost"] else options["plateau_boost"] and bool(self.plateau_block),
-            self.plateau_block, "GMNOptimizer")
+        boost = options["plateau_boost"] and (given["plateau_boost"] is not None or bool(self.plateau_block))
+        self.plateau_boost = core.check_plateau_boost(boost, self.plateau_block, "GMNOptimizer")
         if self.schedule_free and not rule.is_identity:
             raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
                              "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
@@ -473,7 +472,8 @@ class GMNOptimizer(torch.optim.Optimizer):
 
     @property
     def plateau_boosts(self) -> int:
-        """``plateau_boost``: doublings of the step in force now (0 after a spike took them back)."""
+        """``plateau_boost``: doublings of the step granted so far, ramping in or in force (0 after a spike took
+        them back)."""
         return int(self.state["plateau_boosts"])
 
     @property
@@ -844,8 +844,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS], boost=self.plateau_boost)
             for key, value in zip(PLATEAU_KEYS, plateau.after(step, self.plateau_block, grads).row()):
                 self.state[key] = value
-        return core.PLATEAU_FACTOR ** int(self.state["plateau_cuts"]) * core.PLATEAU_BOOST ** (
-            int(self.state["plateau_ramp"]) / core.PLATEAU_RAMP)
+        return core.plateau_scale(int(self.state["plateau_cuts"]), int(self.state["plateau_ramp"]))
 
     @staticmethod
     def _scale_lrs(entries: list[tuple[int, Tensor, Hyper]], d: float) -> list[tuple[int, Tensor, Hyper]]:
