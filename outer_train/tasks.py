@@ -197,7 +197,7 @@ class TaskGroup:
                                every=self.estimate_every, warmup=self.estimate_warmup, per_tensor=self.per_tensor,
                                sizes=tuple(self.numels), d0=self.d0, shared_sums=self.shared_sums,
                                plateau_block=self.plateau_block if self.lr_free else 0,
-                               plateau_boost=self.plateau_boost and self.lr_free) for p in self.params]
+                               plateau_boost=self.plateau_boost if self.lr_free else 0) for p in self.params]
 
     def _sampled(self, start: Tensor) -> Tensor:
         """A checkpoint's x_0 (a copy), checked to hold the entries this group's estimate reads."""
@@ -335,7 +335,7 @@ class TaskGroup:
             d0=float(state.get("d0", D0)),
             shared_sums=bool(state.get("shared_sums", False)),
             plateau_block=int(state.get("plateau_block", 0)),
-            plateau_boost=bool(state.get("plateau_boost", False)),
+            plateau_boost=state.get("plateau_boost", False),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]

@@ -43,6 +43,10 @@ def test_boosts_where_the_gradient_keeps_falling_deep_in_the_fit() -> None:
     assert _blocks(1.0, 1e-3).boosts == 0  # fell 1000x, but only 10^3 below the peak: still the first descent
     assert _blocks(1.0, 1e-5, 0.5e-5).boosts == 1  # fell 2x: no second boost
     assert _blocks(1.0, 1e-5, 1e-6, boost=False).boosts == 0
+    assert _blocks(1.0, 1e-5, 1e-6, 1e-7, boost=1).boosts == 1  # plateau_boost=1 (GMNOptimizer(model) since 0.10)
+    assert _blocks(1.0, 1e-5, 1e-6, 1e-7, 1e-8, boost=3).boosts == 3
+    # True is 0.9's cap (states saved by 0.9 record the setting as True)
+    assert core.PlateauDecay(boost=True).boost == core.PLATEAU_BOOST_MAX == 2 and core.PlateauDecay().boost == 0
     level = _blocks(1.0, 1e-5, 1e-5, per_block=30)
     assert level.boosts == 1 and level.cuts == 1 and level.scale == core.PLATEAU_BOOST * core.PLATEAU_FACTOR
     assert core.PlateauDecay.from_row(level.row(), boost=True) == level
@@ -66,7 +70,7 @@ def test_a_spike_takes_every_boost_back_for_good() -> None:
     assert _blocks(1.0, 1e-5, boost=False).sampled(1.0).spiked is False
 
 
-def _separable(steps: int, plateau_block: int, boost: bool, lr_at: dict | None = None, batch: int = 0,
+def _separable(steps: int, plateau_block: int, boost: bool | int, lr_at: dict | None = None, batch: int = 0,
                **kw) -> tuple[nn.Module, GMNOptimizer, list[int], list[float]]:
     """A linearly separable 2-class problem fitted by a small MLP under cross-entropy (the gradient falls by
     orders of magnitude with the loss); returns the model, the optimizer, the step -> scale of each change of the
@@ -109,6 +113,9 @@ def test_on_a_separable_fit_it_boosts_and_the_boost_is_the_lr_raised_on_those_st
     by_hand, _, _, _ = _separable(steps, block, False, lr_at=ramps)
     for a, b in zip(model.parameters(), by_hand.parameters()):
         assert torch.equal(a, b)
+    _, once, once_ramps, once_losses = _separable(steps, block, 1)  # at most one doubling
+    assert once.plateau_boosts == 1 and max(once_ramps.values()) == 2.0 and len(once_ramps) == core.PLATEAU_RAMP
+    assert losses[-1] < once_losses[-1] < plain_losses[-1]
 
 
 def test_resumes_exactly_while_boosted_and_states_of_0_8_load_unboosted() -> None:
@@ -141,8 +148,13 @@ def test_resumes_exactly_while_boosted_and_states_of_0_8_load_unboosted() -> Non
 def test_bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match="needs plateau_block > 0"):
         GMNOptimizer(_normed(), rule="lrfree_settled", plateau_boost=True)
-    with pytest.raises(TypeError, match="plateau_boost is True, False or None"):
-        GMNOptimizer(_normed(), plateau_boost=1)
+    for bad in (1.0, "2", None.__class__):
+        with pytest.raises(TypeError, match="plateau_boost is True, False or the most doublings"):
+            GMNOptimizer(_normed(), plateau_boost=bad)
+    with pytest.raises(ValueError, match="an int >= 0, got -1"):
+        GMNOptimizer(_normed(), plateau_boost=-1)
+    with pytest.raises(ValueError, match="needs plateau_block > 0"):
+        GMNOptimizer(_normed(), rule="lrfree_settled", plateau_boost=1)
     with pytest.raises(ValueError, match="pass lr_free=True"):
         GMNOptimizer(_normed(), rule="adam", lr=1e-3, plateau_boost=True)
     with pytest.raises(ValueError, match="needs plateau_block > 0"):

@@ -29,7 +29,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_boost", "lrfree_sf",
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_boost", "lrfree_boost1", "lrfree_sf",
                                     "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
@@ -59,19 +59,20 @@ SHIPPED_MODE = {"estimate_every": 10, "per_tensor": 0.7}  # lrfree_base's (0.5's
 LEAN_MODE = {**SHIPPED_MODE, "estimate_stride": 3, "shared_sums": True}  # GMNOptimizer(model)'s in 0.6
 SETTLED_MODE = {**LEAN_MODE, "settled_growth_rate": 1.02}  # GMNOptimizer(model)'s in 0.7
 PLATEAU_MODE = {**SETTLED_MODE, "plateau_block": 500}  # GMNOptimizer(model)'s in 0.8
-BOOST_MODE = {**PLATEAU_MODE, "plateau_boost": True}  # ... since 0.9
+BOOST_MODE = {**PLATEAU_MODE, "plateau_boost": True}  # ... in 0.9 (at most core.PLATEAU_BOOST_MAX = 2 doublings)
+BOOST1_MODE = {**PLATEAU_MODE, "plateau_boost": 1}  # ... since 0.10 (one doubling)
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
-    """GMNOptimizer(model): rule="lrfree_boost" (no learned rule, no refresh), lr-free with the options it
+    """GMNOptimizer(model): rule="lrfree_boost1" (no learned rule, no refresh), lr-free with the options it
     records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
     tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == (BOOST_MODE if rule is None else SHIPPED_MODE)
-    assert opt.plateau_block == (500 if rule is None else 0) and opt.plateau_boost == (rule is None)
+    assert opt.rule.config.lr_free == (BOOST1_MODE if rule is None else SHIPPED_MODE)
+    assert opt.plateau_block == (500 if rule is None else 0) and opt.plateau_boost == (1 if rule is None else 0)
     assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
     assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 3 if rule is None else 1, 0.7)
@@ -280,4 +281,23 @@ def test_lrfree_boost_is_plateau_with_the_boost(tmp_path):
                        "--plateau-block", "500", "--plateau-boost", "--out", str(tmp_path / "boost")])
     written, shipped = (json.loads((d / "config.json").read_text())
                         for d in (tmp_path / "boost", PRETRAINED_DIR / "lrfree_boost"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+
+
+def test_lrfree_boost1_is_the_boost_with_one_doubling(tmp_path):
+    """rule="lrfree_boost1" (GMNOptimizer(model) since 0.10): lrfree_boost's mode with plateau_boost=1, i.e.
+    GMNOptimizer(model, rule="adam", lr_free=True, ..., plateau_boost=1) bit for bit, and lrfree_boost bit for bit
+    before a second doubling can come (step 1,500); make_default's command line reproduces the directory."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_boost1")) or opts[-1], steps=60)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **BOOST1_MODE), steps=60)
+    twice, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_boost"), steps=60)
+    assert opts[0].plateau_boost == 1 and losses[-1] < losses[0]
+    for a, b, c in zip(named.parameters(), explicit.parameters(), twice.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
+                       "--plateau-block", "500", "--plateau-boost", "1", "--out", str(tmp_path / "boost1")])
+    written, shipped = (json.loads((d / "config.json").read_text())
+                        for d in (tmp_path / "boost1", PRETRAINED_DIR / "lrfree_boost1"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}

@@ -93,7 +93,7 @@ class OptState:
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
               warmup: int = ESTIMATE_WARMUP, d0: float = D0, scale_per_tensor: bool = False,
               schedule_free: Tensor | None = None, shared_sums: bool = False, plateau_block: int = 0,
-              plateau_boost: bool = False) -> "OptState":
+              plateau_boost: bool | int = False) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th entry of each tensor (``sizes``: the tensors' entries in flat
         order, summing to ``num_edges``; () = one tensor) on every ``every``-th step after the first
@@ -103,12 +103,12 @@ class OptState:
         schedule-free state, z starting there (`Averaging`). ``shared_sums`` (with ``per_tensor``): each tensor's
         estimate reads the network's gradient sum, and no sum of its own is kept (`estimate_distances`).
         ``plateau_block`` (lr-free; 0: none): the step decays on plateaus of the gradient (`PlateauDecay`), and
-        with ``plateau_boost`` also doubles where it keeps falling fast."""
+        with ``plateau_boost`` also doubles where it keeps falling fast (`check_plateau_boost`)."""
         check_stride(stride)
         check_plateau_block(plateau_block)
         if plateau_block and start is None:
             raise ValueError("OptState.zeros: plateau_block decays the lr-free step: it needs the lr-free start.")
-        check_plateau_boost(plateau_boost, plateau_block, "OptState.zeros")
+        boost = check_plateau_boost(plateau_boost, plateau_block, "OptState.zeros")
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
         check_d0(d0)
@@ -148,7 +148,7 @@ class OptState:
             sizes,
             scale_per_tensor,
             None if schedule_free is None else Averaging(),
-            PlateauDecay(boost=plateau_boost) if plateau_block else None,
+            PlateauDecay(boost=boost) if plateau_block else None,
             plateau_block,
         )
 
@@ -592,7 +592,8 @@ PLATEAU_FLOOR = 1.0 / 16.0
 # small there (3x to 27x the estimate reaches a lower 5,000-step loss on five of the nine held-out tasks, seed 0).
 # At a block's end a doubling is granted when the block's mean squared norm fell PLATEAU_BOOST_FALL times since
 # the block before and sits PLATEAU_BOOST_DROP times below its largest sample (deep in the fit, not the first
-# descent), at most PLATEAU_BOOST_MAX times, each ramped in over PLATEAU_RAMP samples. Where the larger step is
+# descent), at most PLATEAU_BOOST_MAX times (``plateau_boost=True``; an int sets another cap), each ramped in over
+# PLATEAU_RAMP samples. Where the larger step is
 # past what the network takes (a SIREN, some ReLU CNNs) the gradient spikes; a sample PLATEAU_SPIKE times above
 # the last block's mean while boosted takes every doubling back, for good.
 PLATEAU_BOOST = 2.0
@@ -633,8 +634,9 @@ class PlateauDecay:
     at the floor that step size allows, and each cut lowers that floor. The drop condition keeps the cut
     out of the first plateau at chance, where the gradient is flat from the start, and `PLATEAU_FLOOR` keeps
     the decay from being faster than 1 / t (docs/optim.md, "What `GMNOptimizer(model)` ran in 0.8").
-    With ``boost`` (a setting, not state) the step is also doubled where the gradient keeps falling fast, and the
-    doublings are taken back at a spike (`PLATEAU_BOOST`; "What `GMNOptimizer(model)` runs (0.9)").
+    With ``boost`` (a setting, not state: the most doublings) the step is also doubled where the gradient keeps
+    falling fast, and the doublings are taken back at a spike (`PLATEAU_BOOST`; docs/optim.md, "What
+    `GMNOptimizer(model)` runs (0.10)").
     Host-side scalars; the squared norms come from the caller."""
 
     log_sum: float = 0.0  # sum of log |g|^2 over this block's samples
@@ -646,7 +648,10 @@ class PlateauDecay:
     boosts: int = 0  # doublings granted (``boost``)
     ramp: int = 0  # ... of which ramped in so far, in steps of 2^(1 / PLATEAU_RAMP) (one per sample)
     spiked: bool = False  # a spike took the boosts back: no more
-    boost: bool = False  # the setting: boost where the gradient keeps falling fast
+    boost: int = 0  # the setting: the most doublings where the gradient keeps falling fast (0: none)
+
+    def __post_init__(self) -> None:  # ``boost`` as a count: True is PLATEAU_BOOST_MAX (states saved by 0.9 say True)
+        object.__setattr__(self, "boost", plateau_boost_count(self.boost, "PlateauDecay"))
 
     @property
     def scale(self) -> float:
@@ -659,7 +664,7 @@ class PlateauDecay:
                 float(self.boosts), float(self.ramp), float(self.spiked)]
 
     @classmethod
-    def from_row(cls, row: list[float], boost: bool = False) -> "PlateauDecay":
+    def from_row(cls, row: list[float], boost: int = 0) -> "PlateauDecay":
         """`row`'s inverse; a row of 6 (saved by 0.8, before the boost) has no boosts."""
         extra = (int(row[6]), int(row[7]), bool(row[8])) if len(row) > 6 else (0, 0, False)
         return cls(float(row[0]), int(row[1]), int(row[2]), float(row[3]), float(row[4]), int(row[5]), *extra,
@@ -690,28 +695,38 @@ class PlateauDecay:
     def closed(self, floor: float = 0.0) -> "PlateauDecay":
         """At a block's end: cut when this block's mean log is not below the last block's and sits
         `PLATEAU_DROP` times below the peak, unless the cut would take the scale below ``floor`` (the cuts'
-        own scale: a boost does not count); with ``boost``, double when it fell `PLATEAU_BOOST_FALL` times and
-        sits `PLATEAU_BOOST_DROP` times below the peak (`PLATEAU_BOOST`). A block without samples changes nothing."""
+        own scale: a boost does not count); below ``boost`` doublings, double when it fell `PLATEAU_BOOST_FALL`
+        times and sits `PLATEAU_BOOST_DROP` times below the peak (`PLATEAU_BOOST`). A block without samples changes nothing."""
         if not self.samples:
             return self
         mean = self.log_sum / self.samples
         cut = (self.blocks > 0 and mean >= self.previous and mean + math.log(PLATEAU_DROP) <= math.log(self.peak)
                and PLATEAU_FACTOR ** (self.cuts + 1) >= floor)
-        boosted = (self.boost and not self.spiked and self.blocks > 0 and self.boosts < PLATEAU_BOOST_MAX
+        boosted = (not self.spiked and self.blocks > 0 and self.boosts < self.boost
                    and mean + math.log(PLATEAU_BOOST_FALL) <= self.previous
                    and mean + math.log(PLATEAU_BOOST_DROP) <= math.log(self.peak))
         return replace(self, log_sum=0.0, samples=0, blocks=self.blocks + 1, previous=mean,
                        cuts=self.cuts + int(cut), boosts=self.boosts + int(boosted))
 
 
-def check_plateau_boost(value: Any, block: int, who: str) -> bool:
-    """``value`` if it is a bool, and False unless there is a plateau decay (``block`` > 0) to boost."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{who}: plateau_boost is True or False, got {value!r}.")
-    if value and not block:
-        raise ValueError(f"{who}: plateau_boost=True doubles the lr-free step between the plateau decay's blocks; "
-                         "it needs plateau_block > 0 (500 tried).")
+def plateau_boost_count(value: Any, who: str) -> int:
+    """The most doublings ``plateau_boost`` grants: True `PLATEAU_BOOST_MAX` (0.9's), False 0, or an int >= 0."""
+    if isinstance(value, bool):
+        return PLATEAU_BOOST_MAX if value else 0
+    if not isinstance(value, int):
+        raise TypeError(f"{who}: plateau_boost is True, False or the most doublings (an int >= 0), got {value!r}.")
+    if value < 0:
+        raise ValueError(f"{who}: plateau_boost as a count is the most doublings, an int >= 0, got {value}.")
     return value
+
+
+def check_plateau_boost(value: Any, block: int, who: str) -> int:
+    """`plateau_boost_count` of ``value``, which needs a plateau decay (``block`` > 0) to boost."""
+    count = plateau_boost_count(value, who)
+    if count and not block:
+        raise ValueError(f"{who}: plateau_boost doubles the lr-free step between the plateau decay's blocks; "
+                         "it needs plateau_block > 0 (500 tried).")
+    return count
 
 
 def check_plateau_block(value: Any) -> int:

@@ -10,7 +10,8 @@ unused (a starting point with the right architecture).
 ``--schedule-free``, ``pretrained/lrfree_lean``, what it ran in 0.6, that with ``--estimate-stride 3
 --shared-sums``, ``pretrained/lrfree_settled``, what it ran in 0.7, that with ``--settled-growth-rate
 1.02``, ``pretrained/lrfree_plateau``, what it ran in 0.8, that with ``--plateau-block 500``, and
-``pretrained/lrfree_boost``, what it runs since 0.9, that with ``--plateau-boost``): the rule in DIR
+``pretrained/lrfree_boost``, what it ran in 0.9, that with ``--plateau-boost``, and ``pretrained/lrfree_boost1``,
+what it runs since 0.10, that with ``--plateau-boost 1``): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
     python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \
@@ -64,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-tensor", type=float, help="with --lr-free-from: its mode's per_tensor")
     ap.add_argument("--settled-growth-rate", type=float, help="with --lr-free-from: its mode's settled_growth_rate")
     ap.add_argument("--plateau-block", type=int, help="with --lr-free-from: its mode's plateau_block")
-    ap.add_argument("--plateau-boost", action="store_true",
-                    help="with --lr-free-from and --plateau-block: its plateau decay also boosts")
+    ap.add_argument("--plateau-boost", type=int, nargs="?", const=True, default=None, metavar="N",
+                    help="with --lr-free-from and --plateau-block: its plateau decay also boosts (at most N doublings; "
+                         "without N: True, core.PLATEAU_BOOST_MAX)")
     ap.add_argument("--schedule-free", action="store_true", help="with --lr-free-from: its mode is schedule-free")
     ap.add_argument("--shared-sums", action="store_true",
                     help="with --lr-free-from: its per-tensor estimates read the network's gradient sum")
@@ -76,11 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.lr_free_from is not None:
         options = {k: v for k, v in (("estimate_every", args.estimate_every), ("estimate_stride", args.estimate_stride),
                                      ("per_tensor", args.per_tensor), ("settled_growth_rate", args.settled_growth_rate),
-                                     ("plateau_block", args.plateau_block))
+                                     ("plateau_block", args.plateau_block), ("plateau_boost", args.plateau_boost))
                    if v is not None}
         options.update({k: True for k, on in (("schedule_free", args.schedule_free),
-                                              ("shared_sums", args.shared_sums),
-                                              ("plateau_boost", args.plateau_boost)) if on})
+                                              ("shared_sums", args.shared_sums)) if on})
         records = {}
         for item in args.record:
             path, _, name = item.partition(":")

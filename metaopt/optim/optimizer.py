@@ -80,13 +80,14 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_boost", since 0.9:
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_boost1", since 0.10:
 # 0.8's "lrfree_plateau" (0.7's "lrfree_settled", 0.6's estimate in 2.4-2.7x the parameters of large models with
 # its growth capped once it has settled, and the step halved on plateaus of the gradient norm over blocks of 500
-# steps) with the plateau decay's boost, which doubles the step, at most twice, where a classifier's gradient keeps
-# falling deep in the fit; nothing changes in the first 1,000 steps); with an lr (or lr_free=False), the shipped
-# fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.9)".
-SHIPPED_LR_FREE = "lrfree_boost"
+# steps) with the plateau decay's boost, which doubles the step where a classifier's gradient keeps falling deep
+# in the fit, once (0.9's "lrfree_boost" twice, which killed ReLU CNNs on single seeds); nothing changes in the
+# first 1,000 steps); with an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What
+# GMNOptimizer(model) runs (0.10)".
+SHIPPED_LR_FREE = "lrfree_boost1"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
@@ -106,7 +107,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_boost") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_boost1") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
     the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
     options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
@@ -128,7 +129,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                       f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
                       "estimate. Pass lr_free=False for a fixed lr, or leave lr out.", stacklevel=3)
     options = {**ESTIMATE_DEFAULTS, **((mode or {}) if free else {}), **{k: v for k, v in given.items() if v is not None}}
-    for key in ("schedule_free", "shared_sums", "plateau_boost"):
+    for key in ("schedule_free", "shared_sums"):
         if not isinstance(options[key], bool):
             raise TypeError(f"GMNOptimizer: {key} is True, False or None (the rule's own mode), got {options[key]!r}.")
     return rule, free, options
@@ -147,14 +148,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
 
-    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_boost"``
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_boost1"``
     runs: the shipped lr-free mode (the step size is Prodigy's distance estimate, taken every 10th step,
     70% per tensor, the tensors' estimates reading the network's gradient sum, x_0 and the sum holding
     every 3rd entry of large tensors, each estimate growing by at most 1.02x per step once it has
     settled, the step halved where the gradient norm stops falling over a block of 500 steps and doubled,
-    at most twice, where it keeps falling fast deep in the fit) with no learned rule, so there is no lr to
-    tune; ``lr`` then multiplies the estimated step (1). ``rule="lrfree_plateau"`` (the default of 0.8) is
-    the same without the doubling, ``rule="lrfree_settled"`` (the default of 0.7) without the plateau decay,
+    once, where it keeps falling fast deep in the fit) with no learned rule, so there is no lr to
+    tune; ``lr`` then multiplies the estimated step (1). ``rule="lrfree_boost"`` (the default of 0.9) doubles
+    at most twice, ``rule="lrfree_plateau"`` (the default of 0.8) is the same without the doubling, ``rule="lrfree_settled"`` (the default of 0.7) without the plateau decay,
     ``rule="lrfree_lean"`` (the default of 0.6) that without the settled cap;
     ``rule="lrfree_base"`` (the default of 0.5) is 0.6's with every entry read and a sum per tensor
     (state 5x). The lr-free GMN rule ``rule="lrfree"`` (the default of
@@ -169,7 +170,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``, ``"lrfree_boost"``) keeps no scale: 2x, as torch Adam, and 1x less in
+    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``, ``"lrfree_boost"``, ``"lrfree_boost1"``) keeps no scale: 2x, as torch Adam, and 1x less in
     every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
     3,072 entries, 2.4-2.7x on large models).
 
@@ -228,8 +229,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     the step is halved when the gradient's squared norm (sampled every 10th step, geometric mean over the
     block) has not fallen since the block before, once it is 10x below its largest sample: a decay at a
     noise floor, none while the loss still falls with the gradient, never faster than 1/t (no cut below
-    ``core.PLATEAU_FLOOR * B / t``); ``opt.plateau_cuts`` counts the halvings. ``plateau_boost=True`` (with
-    ``plateau_block``) is its other half: a doubling of the step (at most two) is granted at a block's end where
+    ``core.PLATEAU_FLOOR * B / t``); ``opt.plateau_cuts`` counts the halvings. ``plateau_boost`` (with
+    ``plateau_block``; True: at most ``core.PLATEAU_BOOST_MAX`` = 2 doublings, as 0.9's default; an int: at most
+    that many; ``GMNOptimizer(model)`` runs 1) is its other half: a doubling of the step is granted at a block's end where
     the block's norm fell 4x since the block before and sits 10^4 below its largest sample (a network deep in
     fitting its data, where the estimate no longer grows), ramped in over the next 100 steps, and every doubling
     is taken back for good at a sample 100x above the last block's (`core.PLATEAU_BOOST`);
@@ -270,7 +272,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         d0: float | None = None,
         shared_sums: bool | None = None,
         plateau_block: int | None = None,
-        plateau_boost: bool | None = None,
+        plateau_boost: bool | int | None = None,
         scale_per_tensor: bool = False,
         schedule_free: bool | None = None,
     ) -> None:
@@ -319,8 +321,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.plateau_block = core.check_plateau_block(options["plateau_block"])
         # a rule's recorded boost has nothing to boost without the decay (GMNOptimizer(model, plateau_block=0));
         # passed here, it is a mistake
-        boost = options["plateau_boost"] and (given["plateau_boost"] is not None or bool(self.plateau_block))
-        self.plateau_boost = core.check_plateau_boost(boost, self.plateau_block, "GMNOptimizer")
+        boost = options["plateau_boost"] if given["plateau_boost"] is not None or self.plateau_block else 0
+        self.plateau_boost = core.check_plateau_boost(boost, self.plateau_block, "GMNOptimizer")  # the most doublings
         if self.schedule_free and not rule.is_identity:
             raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
                              "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
