@@ -126,6 +126,23 @@ def final_loss(curve: list[float]) -> float:
     return float(np.mean(curve[-WINDOW:]))
 
 
+# A collapse: a run that fitted (its running loss fell below COLLAPSE_FIT x its first window's) and ended back up
+# (its final loss at least COLLAPSE_BACK x the first window's), e.g. a ReLU network whose units a spike killed
+# (back at chance). Finite throughout, so not a divergence; counted apart.
+COLLAPSE_FIT = 0.1
+COLLAPSE_BACK = 0.25
+
+
+def collapsed(curve: list[float]) -> bool:
+    """Whether a finite run collapsed (`COLLAPSE_FIT`, `COLLAPSE_BACK`); False for a diverged or short one."""
+    c = np.asarray(curve, dtype=np.float64)
+    if len(c) < 2 * WINDOW or not np.isfinite(c).all():
+        return False
+    start = c[:WINDOW].mean()
+    lowest = np.convolve(c, np.ones(WINDOW) / WINDOW, mode="valid").min()
+    return bool(start > 0 and lowest <= COLLAPSE_FIT * start and c[-WINDOW:].mean() >= COLLAPSE_BACK * start)
+
+
 def steps_to(curve: list[float], target: float) -> int | None:
     """First step (1-based, end of the window) where the running mean of WINDOW losses <= target."""
     if not curve or not math.isfinite(target):
@@ -314,6 +331,7 @@ def overall(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[str, d
             "beats_adam_final_loss": sum(t[name]["final_loss"] < t["adam"]["final_loss"] for t in per_task.values()
                                          if name in t),
             "divergences": sum(int(e["results"][name]["diverged"]) for e in entries if name in e["results"]),
+            "collapses": sum(collapsed(e["results"][name]["curve"]) for e in entries if name in e["results"]),
         }
     return out
 
@@ -349,12 +367,12 @@ def markdown(entries: list[dict[str, Any]], optimizers: list[str]) -> str:
         lines.append(f"| {task} | {seeds[task]} | " + " | ".join(cells) + " |")
     lines += ["", "Summary over tasks (each task: median over its seeds):", "",
               "| optimizer | median speedup (steps) | median speedup (wall-clock) | tasks >= 1x (steps) | "
-              "tasks >= 1x (wall-clock) | beats tuned Adam (final loss) | divergences | loop ms/step vs Adam |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "tasks >= 1x (wall-clock) | beats tuned Adam (final loss) | divergences | collapses | loop ms/step vs Adam |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, o in overall(entries, optimizers).items():
         lines.append(f"| {name} | {o['median_speedup']:.2f} | {o['median_wall_speedup']:.2f} | {o['tasks_speedup_ge_1']}/{o['tasks']} | "
                      f"{o['tasks_wall_speedup_ge_1']}/{o['tasks']} | {o['beats_adam_final_loss']}/{o['tasks']} | {o['divergences']} | "
-                     f"{o['median_cost_vs_adam']:.2f} |")
+                     f"{o['collapses']} | {o['median_cost_vs_adam']:.2f} |")
     sens = [(e["task"], e.get("sensitivity", {})) for e in entries if e.get("sensitivity")]
     if sens:
         names = list(dict.fromkeys(n for _, s in sens for n in s))

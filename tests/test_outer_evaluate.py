@@ -22,6 +22,28 @@ def test_steps_to_and_final_loss() -> None:
     assert steps_to([1.0] * 5, 2.0) is None  # shorter than a window
 
 
+def test_a_collapse_is_a_fit_that_ends_back_near_its_start_and_the_summary_counts_it() -> None:
+    """collapsed: the running loss fell below a tenth of the first window's and the final loss is back above
+    a quarter of it (a network a spike killed); a fit that stays down, one that never fitted, a diverged and a
+    short run are not collapses. `overall` counts them per optimizer."""
+    fit = [2.3] * 10 + [1e-4] * 100
+    assert not evaluate.collapsed(fit)
+    assert evaluate.collapsed(fit + [1.6] * 10) and evaluate.collapsed(fit + [2.3] * 10)
+    assert evaluate.collapsed(fit + [1.0] * 10)  # a quarter of the start or more
+    assert not evaluate.collapsed(fit + [0.4] * 10)  # back up, but below a quarter of the start: a worse end
+    assert not evaluate.collapsed([2.3] * 110)  # never fitted
+    assert not evaluate.collapsed(fit + [math.nan] + [2.3] * 10)  # diverged: counted as a divergence instead
+    assert not evaluate.collapsed([2.3, 1e-4, 2.3])  # too short to read
+    run = {"speedup": 1.0, "wall_speedup": 1.0, "final_loss": 1.0, "ms_per_step": 1.0, "diverged": False,
+           "lr": 1e-3, "metric": 0.5, "steps_to_adam": 10}
+    entries = [{"task": f"t/s{i}", "metric_name": "accuracy", "results": {"adam": {**run, "curve": fit},
+                                               "rule": {**run, "curve": fit + [2.3] * 10 if i else fit}}}
+               for i in range(3)]
+    summary = evaluate.overall(entries, ["adam", "rule"])
+    assert summary["adam"]["collapses"] == 0 and summary["rule"]["collapses"] == 2
+    assert "| collapses |" in evaluate.markdown(entries, ["adam", "rule"])
+
+
 def test_evaluate_cli_quick_on_a_tiny_suite(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.manual_seed(0)
