@@ -185,7 +185,7 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
 # scale normalised per tensor; the default's estimate in the schedule-free mode (rule="lrfree_sf") and in less
 # state (rule="lrfree_lean": shared sums, every 3rd entry of large tensors), and that with the estimate's growth
 # capped once it has settled (rule="lrfree_settled"), and that with the plateau decay (rule="lrfree_plateau",
-# the default since 0.8). (Before
+# the default of 0.8), and that with the decay's boost at most twice (rule="lrfree_boost", 0.9's). (Before
 # 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
 VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
     "default": ("GMNOptimizer(model)", gmn_default),
@@ -197,6 +197,7 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "lean": ("GMNOptimizer(model, rule=\"lrfree_lean\")", lambda m: GMNOptimizer(m, rule="lrfree_lean")),
     "settled": ("GMNOptimizer(model, rule=\"lrfree_settled\")", lambda m: GMNOptimizer(m, rule="lrfree_settled")),
     "plateau": ("GMNOptimizer(model, rule=\"lrfree_plateau\")", lambda m: GMNOptimizer(m, rule="lrfree_plateau")),
+    "boost": ("GMNOptimizer(model, rule=\"lrfree_boost\")", lambda m: GMNOptimizer(m, rule="lrfree_boost")),
 }
 
 
