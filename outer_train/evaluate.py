@@ -331,7 +331,7 @@ def overall(entries: list[dict[str, Any]], optimizers: list[str]) -> dict[str, d
             "beats_adam_final_loss": sum(t[name]["final_loss"] < t["adam"]["final_loss"] for t in per_task.values()
                                          if name in t),
             "divergences": sum(int(e["results"][name]["diverged"]) for e in entries if name in e["results"]),
-            "collapses": sum(collapsed(e["results"][name]["curve"]) for e in entries if name in e["results"]),
+            "collapses": sum(collapsed(e["results"][name].get("curve", [])) for e in entries if name in e["results"]),
         }
     return out
 
