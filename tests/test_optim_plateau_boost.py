@@ -1,6 +1,6 @@
 """The plateau decay's boost (GMNOptimizer(lr_free=True, plateau_block=B, plateau_boost=True)): at a block's end
 a doubling of the lr-free step is granted where the block's gradient norm fell 4x since the block before and
-sits 10^4 below its largest sample, at most twice; each is ramped in over the next 10 samples (2^(1/10) per
+sits 10^4 below its largest sample, at most twice for True (an int n: at most n); each is ramped in over the next 10 samples (2^(1/10) per
 sample), and a spike (a sample 100x above the last block's mean, or not finite) takes every doubling back for
 good. The decision itself; the boost is exactly the lr raised by hand on the same steps; on a separable
 classification it boosts and ends lower than the unboosted run; it survives a checkpoint and states of 0.8
