@@ -126,6 +126,11 @@ def final_loss(curve: list[float]) -> float:
     return float(np.mean(curve[-WINDOW:]))
 
 
+def running_mean(c: np.ndarray) -> np.ndarray:
+    """The mean of each WINDOW consecutive losses (one per window's end)."""
+    return np.convolve(c, np.ones(WINDOW) / WINDOW, mode="valid")
+
+
 # A collapse: a run that fitted (its running loss fell below COLLAPSE_FIT x its first window's) and ended back up
 # (its final loss at least COLLAPSE_BACK x the first window's), e.g. a ReLU network whose units a spike killed
 # (back at chance). Finite throughout, so not a divergence; counted apart.
@@ -139,7 +144,7 @@ def collapsed(curve: list[float]) -> bool:
     if len(c) < 2 * WINDOW or not np.isfinite(c).all():
         return False
     start = c[:WINDOW].mean()
-    lowest = np.convolve(c, np.ones(WINDOW) / WINDOW, mode="valid").min()
+    lowest = running_mean(c).min()
     return bool(start > 0 and lowest <= COLLAPSE_FIT * start and c[-WINDOW:].mean() >= COLLAPSE_BACK * start)
 
 
@@ -152,7 +157,7 @@ def steps_to(curve: list[float], target: float) -> int | None:
         c = c[: int(np.argmax(~np.isfinite(c)))]
     if len(c) < WINDOW:
         return None
-    run = np.convolve(c, np.ones(WINDOW) / WINDOW, mode="valid")
+    run = running_mean(c)
     hit = np.nonzero(run <= target * (1 + 1e-9))[0]
     return int(hit[0]) + WINDOW if hit.size else None
 
