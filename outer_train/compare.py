@@ -122,7 +122,8 @@ class Comparison:
                                  "estimate_every": cfg.tasks.estimate_every,
                                  "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0,
                                  "plateau_block": cfg.tasks.plateau_block,
-                                 "plateau_boost": cfg.tasks.plateau_boost} if self.lr_free
+                                 "plateau_boost": cfg.tasks.plateau_boost,
+                                 "plateau_anchor": cfg.tasks.plateau_anchor} if self.lr_free
                                 else {"lr_free": False})  # explicit: not the mode a rule may record
         per_tensor = cfg.tasks.per_tensor if per_tensor is None else per_tensor  # as the run's inner optimizer
         if per_tensor:  # GMNOptimizer's per_tensor
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(halve the step where the gradient norm stops falling; default 0, off)")
     p.add_argument("--plateau-boost", action="store_true", help="with --plateau-block: GMNOptimizer's plateau_boost "
                    "(double the step where the gradient norm keeps falling fast)")
+    p.add_argument("--plateau-anchor", action="store_true", help="with --plateau-boost: GMNOptimizer's plateau_anchor "
+                   "(a doubling is of the step at its grant)")
     p.add_argument("--per-tensor", type=float, default=None,
                    help="with --lr-free: GMNOptimizer's per_tensor (each tensor's own estimate's share of its step; "
                         "default: the config's tasks.per_tensor)")
@@ -343,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [] if a.d0 is None else [f"tasks.d0={a.d0!r}"]
     overrides += [] if a.plateau_block is None else [f"tasks.plateau_block={a.plateau_block}"]
     overrides += ["tasks.plateau_boost=true"] if a.plateau_boost else []
+    overrides += ["tasks.plateau_anchor=true"] if a.plateau_anchor else []
     cfg = resolve(None, a.config, overrides)
     if a.tasks is not None:
         n_tasks = a.tasks
@@ -394,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "estimate_warmup": cfg.tasks.estimate_warmup, "d0": cfg.tasks.d0,
                                            "plateau_block": cfg.tasks.plateau_block,
                                            "plateau_boost": cfg.tasks.plateau_boost,
+                                           "plateau_anchor": cfg.tasks.plateau_anchor,
                                            "per_tensor": comparison.lr_free_options.get("per_tensor", 0.0),
                                            "shared_sums": comparison.lr_free_options.get("shared_sums", False),
                                            "tasks": names, "rules": rows}, indent=1) + "\n")

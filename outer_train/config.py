@@ -78,6 +78,7 @@ class TaskSection:
     shared_sums: bool = False  # lr-free per tensor: each tensor's estimate reads the network's sum (GMNOptimizer's shared_sums)
     plateau_block: int = 0  # lr-free: the step halves on plateaus of the gradient norm, blocks this long (GMNOptimizer's plateau_block; 0 off)
     plateau_boost: bool = False  # with plateau_block: ... and doubles where it keeps falling fast (GMNOptimizer's plateau_boost)
+    plateau_anchor: bool = False  # with plateau_boost: ... to twice the step at the grant (GMNOptimizer's plateau_anchor)
     beta1: float = 0.9  # the inner optimizer's Adam hyperparameters (GMNOptimizer's betas, eps, weight_decay)
     beta2: float = 0.999
     eps: float = 1e-8
@@ -204,6 +205,9 @@ class TrainConfig:
             (isinstance(self.tasks.plateau_boost, bool), "tasks.plateau_boost must be true or false"),
             (not self.tasks.plateau_boost or self.tasks.plateau_block > 0,
              "tasks.plateau_boost doubles the step between the plateau decay's blocks; set tasks.plateau_block > 0"),
+            (isinstance(self.tasks.plateau_anchor, bool), "tasks.plateau_anchor must be true or false"),
+            (not self.tasks.plateau_anchor or self.tasks.plateau_boost,
+             "tasks.plateau_anchor anchors the plateau boost's doublings; set tasks.plateau_boost = true"),
             (not self.tasks.shared_sums or self.tasks.per_tensor > 0.0,
              "tasks.shared_sums makes each tensor's estimate read the network's sum; set tasks.per_tensor > 0"),
             (self.tasks.per_tensor == 0.0 or self.tasks.lr_free,

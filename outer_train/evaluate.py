@@ -553,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                    "for the +lrfree rows (halve the step where the gradient norm stops falling; default 0, off)")
     p.add_argument("--plateau-boost", action="store_true", help="with --lr-free and a plateau block: GMNOptimizer("
                    "plateau_boost=True) for the +lrfree rows (double the step where the gradient norm keeps falling)")
+    p.add_argument("--plateau-anchor", action="store_true", help="with --plateau-boost: GMNOptimizer(plateau_anchor="
+                   "True) for the +lrfree rows (a doubling is of the step at its grant)")
     p.add_argument("--per-tensor", type=float, help="with --lr-free: GMNOptimizer's per_tensor for the +lrfree rows "
                    "(the share of each tensor's own distance estimate in its step size; default 0)")
     p.add_argument("--shared-sums", action="store_true",
@@ -648,10 +650,11 @@ def main(argv: list[str] | None = None) -> int:
                ("estimate_warmup", a.estimate_warmup), ("per_tensor", a.per_tensor), ("d0", a.d0),
                ("multiplier", a.lr_free_multiplier), ("scale_per_tensor", True if a.scale_per_tensor else None),
                ("shared_sums", True if a.shared_sums else None), ("plateau_block", a.plateau_block),
-               ("plateau_boost", True if a.plateau_boost else None))
+               ("plateau_boost", True if a.plateau_boost else None),
+               ("plateau_anchor", True if a.plateau_anchor else None))
     if any(v is not None for _, v in options) and not a.lr_free:
         p.error("--growth-rate, --settled-growth-rate, --estimate-stride, --estimate-every, --estimate-warmup, "
-                "--per-tensor, --d0, --plateau-block, --plateau-boost, "
+                "--per-tensor, --d0, --plateau-block, --plateau-boost, --plateau-anchor, "
                 "--scale-per-tensor, --shared-sums and --lr-free-multiplier shape the lr-free rows: add --lr-free")
     if a.lr_free_multiplier is not None and not a.lr_free_multiplier > 0:
         p.error(f"--lr-free-multiplier is a multiplier > 0, got {a.lr_free_multiplier}")

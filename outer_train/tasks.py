@@ -133,6 +133,7 @@ class TaskGroup:
     shared_sums: bool = False  # lr-free per tensor: each tensor's estimate reads the network's sum (no sum of its own)
     plateau_block: int = 0  # lr-free: the step halves on plateaus of the gradient norm (core.PlateauDecay; 0 off)
     plateau_boost: bool = False  # with plateau_block: ... and doubles where it keeps falling fast (PlateauDecay.boost)
+    plateau_anchor: bool = False  # with plateau_boost: ... to twice the step at the grant (PlateauDecay.anchored)
     pending: list[tuple[Tensor, Tensor]] | None = None  # batches drawn by peek, used by the next step
     _iters: list[Any] = field(default_factory=list)
     _val: Any = None
@@ -165,7 +166,8 @@ class TaskGroup:
                     weight_decay=cfg.weight_decay, show_horizon=show, lr_free=cfg.lr_free,
                     growth_rate=cfg.growth_rate, settled_growth_rate=cfg.settled_growth_rate, estimate_stride=cfg.estimate_stride, estimate_every=cfg.estimate_every,
                     estimate_warmup=cfg.estimate_warmup, per_tensor=cfg.per_tensor, d0=cfg.d0,
-                    shared_sums=cfg.shared_sums, plateau_block=cfg.plateau_block, plateau_boost=cfg.plateau_boost)
+                    shared_sums=cfg.shared_sums, plateau_block=cfg.plateau_block, plateau_boost=cfg.plateau_boost,
+                    plateau_anchor=cfg.plateau_anchor)
         group.build()
         inits = [flatten(group.task.init_params(s)) for s in seeds]
         if cfg.permute_augment:
@@ -197,7 +199,8 @@ class TaskGroup:
                                every=self.estimate_every, warmup=self.estimate_warmup, per_tensor=self.per_tensor,
                                sizes=tuple(self.numels), d0=self.d0, shared_sums=self.shared_sums,
                                plateau_block=self.plateau_block if self.lr_free else 0,
-                               plateau_boost=self.plateau_boost if self.lr_free else 0) for p in self.params]
+                               plateau_boost=self.plateau_boost if self.lr_free else 0,
+                               plateau_anchor=self.plateau_anchor and self.lr_free) for p in self.params]
 
     def _sampled(self, start: Tensor) -> Tensor:
         """A checkpoint's x_0 (a copy), checked to hold the entries this group's estimate reads."""
@@ -302,6 +305,7 @@ class TaskGroup:
             "shared_sums": self.shared_sums,
             "plateau_block": self.plateau_block,
             "plateau_boost": self.plateau_boost,
+            "plateau_anchor": self.plateau_anchor,
             "params": [p.detach().clone() for p in self.params],
             "states": [{"step": s.step, **{k: v.detach().clone() for k, v in s.tensors().items()},
                         **({"distance": asdict(s.distance)} if s.distance is not None else {}),
@@ -336,6 +340,7 @@ class TaskGroup:
             shared_sums=bool(state.get("shared_sums", False)),
             plateau_block=int(state.get("plateau_block", 0)),
             plateau_boost=state.get("plateau_boost", False),
+            plateau_anchor=bool(state.get("plateau_anchor", False)),
         )
         group.build()
         group.params = [p.clone() for p in state["params"]]
@@ -348,7 +353,8 @@ class TaskGroup:
                                                              tuple(DistanceEstimate(**e) for e in s["tensor_distances"])),
                          "tensor_grad_sum": None if group.shared_sums else s["tensor_grad_sum"].clone()}
                         if "tensor_distances" in s else {}),
-                     **({"plateau": PlateauDecay(**{**s["plateau"], "boost": group.plateau_boost}),
+                     **({"plateau": PlateauDecay(**{**s["plateau"], "boost": group.plateau_boost,
+                                                    "anchored": group.plateau_anchor}),
                          "plateau_block": group.plateau_block}
                         if "plateau" in s else {}))
             for s in state["states"]

@@ -4,11 +4,13 @@ sits 10^4 below its largest sample, at most twice for True (an int n: at most n)
 sample), and a spike (a sample 100x above the last block's mean, or not finite) takes every doubling back for
 good. The decision itself; the boost is exactly the lr raised by hand on the same steps; on a separable
 classification it boosts and ends lower than the unboosted run; it survives a checkpoint and states of 0.8
-load; the functional core agrees; bad values are refused."""
+load; the functional core agrees; bad values are refused. Anchored (``plateau_anchor``, 0.11), a doubling is of
+the step at its grant: the estimate's growth after it counts towards the doubling instead of compounding with it."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import functools
 import math
 
@@ -161,7 +163,8 @@ def test_bad_values_are_refused() -> None:
         core.OptState.zeros(4, start=torch.zeros(4), plateau_boost=True)
 
 
-def test_core_step_equals_the_optimizer_through_boosts(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("anchored", [False, True])
+def test_core_step_equals_the_optimizer_through_boosts(monkeypatch: pytest.MonkeyPatch, anchored: bool) -> None:
     """Sixty steps lr-free with per-tensor estimates on shared sums, the estimate every second step, blocks of
     10 steps and the fall and depth conditions relaxed (so that boosts come within the run), non-default betas,
     eps and weight decay: the functional core (meta-training's form) and the optimizer agree on the parameters,
@@ -178,8 +181,8 @@ def test_core_step_equals_the_optimizer_through_boosts(monkeypatch: pytest.Monke
     task = _task()
     model, opt, rule, prepared, index, params, state = lr_free_pair(
         task, betas, eps, wd, dict(estimate_every=2, per_tensor=0.7, shared_sums=True, plateau_block=10,
-                                   plateau_boost=True),
-        dict(every=2, per_tensor=0.7, shared_sums=True, plateau_block=10, plateau_boost=True))
+                                   plateau_boost=True, plateau_anchor=anchored),
+        dict(every=2, per_tensor=0.7, shared_sums=True, plateau_block=10, plateau_boost=True, plateau_anchor=anchored))
     h = Hyper(1.0, *betas, eps, wd)
     batches = task.batches(0)
     seen = 0
@@ -188,5 +191,94 @@ def test_core_step_equals_the_optimizer_through_boosts(monkeypatch: pytest.Monke
         torch.testing.assert_close(params, flat_params(model), rtol=1e-5, atol=1e-6)
         assert state.distance.d == pytest.approx(opt.distance, rel=1e-5)
         assert (state.plateau.boosts, state.plateau.cuts) == (opt.plateau_boosts, opt.plateau_cuts)
+        assert state.plateau.anchor == pytest.approx(float(opt.state["plateau_anchor"]), rel=1e-5)
         seen = max(seen, opt.plateau_boosts)
-    assert seen >= 1
+    assert seen >= 1 and (state.plateau.anchor > 0) == anchored
+
+
+def test_an_anchored_doubling_is_of_the_step_at_its_grant() -> None:
+    """plateau_anchor: the first doubling anchors at the estimate the step moved by at its grant, and the boost
+    tops the estimate up to its ramped multiple of the anchor and no further (1 once d has doubled by itself;
+    cuts still halve); a spike clears the anchor; the anchor is part of the state's row (rows of 0.9 and 0.10,
+    without it, load unanchored), and unanchored nothing changes."""
+    full = core.PLATEAU_RAMP
+    assert core.plateau_scale(0, full, 0.1, 0.1) == core.PLATEAU_BOOST
+    assert core.plateau_scale(0, full, 0.1, 0.15) == pytest.approx(core.PLATEAU_BOOST / 1.5)
+    assert core.plateau_scale(0, full, 0.1, 0.25) == 1.0 and core.plateau_scale(2, full, 0.1, 0.25) == 0.25
+    assert core.plateau_scale(0, full // 2, 0.1, 0.1) == core.PLATEAU_BOOST ** 0.5
+    assert core.plateau_scale(1, full, 0.0, 0.3) == core.plateau_scale(1, full)  # no anchor: the doubling as is
+    p = core.PlateauDecay(boost=1, anchored=True)
+    for level, d in ((1.0, 0.05), (1e-5, 0.1)):
+        for _ in range(3):
+            p = p.sampled(level)
+        p = p.closed(0.0, d)
+    assert p.boosts == 1 and p.anchor == 0.1  # granted at the second block's end, where the step moved by 0.1
+    for _ in range(full):
+        p = p.sampled(1e-5)
+    assert p.scale == core.PLATEAU_BOOST and p.scale_at(0.1) == core.PLATEAU_BOOST
+    assert p.scale_at(0.16) == pytest.approx(core.PLATEAU_BOOST * 0.1 / 0.16) and p.scale_at(0.3) == 1.0
+    assert core.PlateauDecay.from_row(p.row(), boost=1, anchored=True) == p
+    assert core.PlateauDecay.from_row(p.row()[:9], boost=1, anchored=True).anchor == 0.0  # 0.9's / 0.10's row
+    plain = replace(p, anchored=False)
+    assert plain.scale_at(0.3) == core.PLATEAU_BOOST  # unanchored: the doubling multiplies whatever d is
+    back = p.sampled(1.0)  # a spike
+    assert back.spiked and back.boosts == 0 and back.anchor == 0.0 and back.scale_at(0.3) == 1.0
+
+
+def test_anchored_on_a_separable_fit_is_the_lr_raised_by_hand_to_the_anchored_multiple(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the separable fit with one doubling, granted while the estimate still climbs (the fall and depth
+    conditions relaxed): the anchored run is the unboosted run with its lr raised by hand on every step to
+    core.plateau_scale(0, ramp, anchor, d) (d: the estimate the step moves by), bit for bit; the estimate
+    outgrows the anchor, so the multiple fades from the doubling to 1, where the unanchored run keeps 2."""
+    from metaopt.optim.optimizer import DISTANCE_LAST
+
+    monkeypatch.setattr(core, "PLATEAU_BOOST_FALL", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_BOOST_DROP", 1.0)
+    block, steps = 20, 300
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 10, generator=g)
+    y = (x @ torch.randn(10, generator=g) > 0).long()
+
+    def run(lr_at: dict | None = None, **kw) -> tuple[nn.Module, GMNOptimizer, dict[int, float]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
+        opt = GMNOptimizer(model, rule="lrfree_plateau", plateau_block=block, **kw)
+        factors, last = {}, 1.0
+        for t in range(1, steps + 1):
+            if lr_at and t in lr_at:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at[t]
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if kw.get("plateau_boost"):
+                factor = core.plateau_scale(0, int(opt.state["plateau_ramp"]), float(opt.state["plateau_anchor"]),
+                                            float(opt.state[DISTANCE_LAST]))
+                if factor != last:
+                    factors[t], last = factor, factor
+        return model, opt, factors
+
+    model, opt, factors = run(plateau_boost=1, plateau_anchor=True)
+    assert opt.plateau_boosts == 1 and opt.plateau_cuts == 0 and float(opt.state["plateau_anchor"]) > 0
+    assert 1.0 < max(factors.values()) <= core.PLATEAU_BOOST and factors[max(factors)] == 1.0  # faded
+    assert opt.distance > core.PLATEAU_BOOST * float(opt.state["plateau_anchor"])
+    by_hand, _, _ = run(lr_at=factors, plateau_boost=False)
+    for a, b in zip(model.parameters(), by_hand.parameters()):
+        assert torch.equal(a, b)
+    _, plain, plain_factors = run(plateau_boost=1)
+    assert min(plain_factors) == min(factors) and plain_factors[max(plain_factors)] == core.PLATEAU_BOOST
+
+
+def test_anchor_bad_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="plateau_anchor .* needs plateau_boost"):
+        GMNOptimizer(_normed(), rule="lrfree_plateau", plateau_anchor=True)
+    with pytest.raises(TypeError, match="plateau_anchor is True or False"):
+        GMNOptimizer(_normed(), plateau_anchor=1)
+    with pytest.raises(ValueError, match="pass lr_free=True"):
+        GMNOptimizer(_normed(), rule="adam", lr=1e-3, plateau_anchor=True)
+    with pytest.raises(ValueError, match="needs plateau_boost"):
+        core.OptState.zeros(4, start=torch.zeros(4), plateau_block=10, plateau_anchor=True)
+    # a rule recording the anchor runs without it where its boost is switched off
+    assert GMNOptimizer(_normed(), plateau_boost=0, plateau_anchor=None).plateau_anchor is False

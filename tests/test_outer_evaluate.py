@@ -405,12 +405,14 @@ def test_lr_free_rows_take_the_estimate_options(tmp_path: Path, optimizer_calls)
     with pytest.raises(SystemExit):
         evaluate.main([*common, "--per-tensor", "0.7", "--out", str(tmp_path / "bad")])
     optimizer_calls.clear()
-    evaluate.main([*common, "--lr-free", "--plateau-block", "500", "--plateau-boost", "--variants-only",
-                   "--out", str(tmp_path / "p")])
+    evaluate.main([*common, "--lr-free", "--plateau-block", "500", "--plateau-boost", "--plateau-anchor",
+                   "--variants-only", "--out", str(tmp_path / "p")])
     torch.set_num_threads(threads)
-    assert {(kw.get("plateau_block"), kw.get("plateau_boost")) for kw in optimizer_calls} == {(500, True)}
-    with pytest.raises(SystemExit):
-        evaluate.main([*common, "--plateau-boost", "--out", str(tmp_path / "bad")])
+    assert {(kw.get("plateau_block"), kw.get("plateau_boost"), kw.get("plateau_anchor"))
+            for kw in optimizer_calls} == {(500, True, True)}
+    for bad in ("--plateau-boost", "--plateau-anchor"):
+        with pytest.raises(SystemExit):
+            evaluate.main([*common, bad, "--out", str(tmp_path / "bad")])
 
 
 def test_gmn_vs_mlp_line_for_every_row_pair(tmp_path: Path, optimizer_calls) -> None:

@@ -337,3 +337,30 @@ def test_plateau_boost_reaches_the_inner_optimizer_and_survives_checkpoints(monk
     from outer_train.compare import Comparison
 
     assert Comparison(cfg, steps=10, n_tasks=1).lr_free_options["plateau_boost"] is True
+
+
+def test_plateau_anchor_reaches_the_inner_optimizer_and_survives_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tasks.plateau_anchor: meta-training's inner optimizer anchors its doubling at the step of its grant (as
+    GMNOptimizer(plateau_anchor=True)); the setting and the anchor survive a checkpoint and the resumed group
+    steps as the original; without tasks.plateau_boost it is refused; the comparisons pass it on."""
+    monkeypatch.setattr(core, "PLATEAU_BOOST_FALL", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_BOOST_DROP", 1.0)
+    monkeypatch.setattr(core, "PLATEAU_SAMPLE_EVERY", 1)
+    cfg = resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.plateau_block=4", "tasks.plateau_boost=true",
+                                         "tasks.plateau_anchor=true"])
+    group = _draw(cfg, 0, False)
+    assert group.plateau_anchor and group.states[0].plateau == core.PlateauDecay(boost=True, anchored=True)
+    rule = UpdateRule(RuleConfig(kind="mlp", hidden=4, alpha=0.5, refresh_every=10))
+    graph = batched_graph(rule, [group])
+    for _ in range(30):
+        inner_step(rule, [group], graph, 0, [group.next_batches()])
+    assert group.states[0].plateau.anchor > 0
+    restored = TaskGroup.from_state_dict(group.state_dict())
+    assert restored.plateau_anchor and restored.states[0].plateau == group.states[0].plateau
+    _step_alike(rule, group, graph, restored)
+    assert restored.states[0].plateau == group.states[0].plateau
+    from outer_train.compare import Comparison
+
+    assert Comparison(cfg, steps=10, n_tasks=1).lr_free_options["plateau_anchor"] is True
+    with pytest.raises(ValueError, match="tasks.plateau_anchor"):
+        resolve("quick", None, SETS + ["tasks.lr_free=true", "tasks.plateau_block=4", "tasks.plateau_anchor=true"])

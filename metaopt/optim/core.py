@@ -93,7 +93,7 @@ class OptState:
               stride: int = 1, every: int = 1, per_tensor: float = 0.0, sizes: tuple[int, ...] = (),
               warmup: int = ESTIMATE_WARMUP, d0: float = D0, scale_per_tensor: bool = False,
               schedule_free: Tensor | None = None, shared_sums: bool = False, plateau_block: int = 0,
-              plateau_boost: bool | int = False) -> "OptState":
+              plateau_boost: bool | int = False, plateau_anchor: bool = False) -> "OptState":
         """The state before the first step; with ``start`` (the flat parameters before it), lr-free, the
         estimate reading every ``stride``-th entry of each tensor (``sizes``: the tensors' entries in flat
         order, summing to ``num_edges``; () = one tensor) on every ``every``-th step after the first
@@ -103,12 +103,14 @@ class OptState:
         schedule-free state, z starting there (`Averaging`). ``shared_sums`` (with ``per_tensor``): each tensor's
         estimate reads the network's gradient sum, and no sum of its own is kept (`estimate_distances`).
         ``plateau_block`` (lr-free; 0: none): the step decays on plateaus of the gradient (`PlateauDecay`), and
-        with ``plateau_boost`` also doubles where it keeps falling fast (`check_plateau_boost`)."""
+        with ``plateau_boost`` also doubles where it keeps falling fast (`check_plateau_boost`), with
+        ``plateau_anchor`` to twice the step at the doubling's grant (`PlateauDecay.anchored`)."""
         check_stride(stride)
         check_plateau_block(plateau_block)
         if plateau_block and start is None:
             raise ValueError("OptState.zeros: plateau_block decays the lr-free step: it needs the lr-free start.")
         boost = check_plateau_boost(plateau_boost, plateau_block, "OptState.zeros")
+        anchored = check_plateau_anchor(plateau_anchor, boost, "OptState.zeros")
         check_stride(every, "estimate_every", "1 = every step")
         check_warmup(warmup)
         check_d0(d0)
@@ -148,7 +150,7 @@ class OptState:
             sizes,
             scale_per_tensor,
             None if schedule_free is None else Averaging(),
-            PlateauDecay(boost=boost) if plateau_block else None,
+            PlateauDecay(boost=boost, anchored=anchored) if plateau_block else None,
             plateau_block,
         )
 
@@ -595,7 +597,12 @@ PLATEAU_FLOOR = 1.0 / 16.0
 # descent), at most PLATEAU_BOOST_MAX times (``plateau_boost=True``; an int sets another cap), each ramped in over
 # PLATEAU_RAMP samples. Where the larger step is
 # past what the network takes (a SIREN, some ReLU CNNs) the gradient spikes; a sample PLATEAU_SPIKE times above
-# the last block's mean while boosted takes every doubling back, for good.
+# the last block's mean while boosted takes every doubling back, for good. Anchored (``plateau_anchor``, 0.11's
+# default), a doubling raises the step to twice the step at its grant rather than multiplying whatever the
+# estimate grows to after it: where d keeps growing after the grant (a ReLU CNN deep in its fit, d 0.09 -> 0.15
+# in 500 steps) its growth counts towards the doubling, and the boost fades once d has doubled by itself. Not
+# anchored, that growth and the doubling compound (3.4x the step at the grant within 500 steps), and a shapes
+# CNN died at step 2,881 where the unboosted run ends at 2.9e-5 (docs/optim.md, "0.11").
 PLATEAU_BOOST = 2.0
 PLATEAU_BOOST_FALL = 4.0
 PLATEAU_BOOST_DROP = 1e4
@@ -611,10 +618,15 @@ def plateau_sample_due(step: int) -> bool:
     return (step - 1) % PLATEAU_SAMPLE_EVERY == 0
 
 
-def plateau_scale(cuts: int, ramp: int) -> float:
+def plateau_scale(cuts: int, ramp: int, anchor: float = 0.0, d: float = 0.0) -> float:
     """What `PlateauDecay` multiplies the step by after ``cuts`` halvings and ``ramp`` steps of the boost's ramp
-    (the optimizer reads it off its state on the steps the decay skips)."""
-    return PLATEAU_FACTOR**cuts * PLATEAU_BOOST ** (ramp / PLATEAU_RAMP)
+    (the optimizer reads it off its state on the steps the decay skips); with an ``anchor`` (anchored: the
+    estimate at the grant) and ``d`` (the estimate this step moves by), the boost tops ``d`` up to its
+    ramped multiple of the anchor and no further (1 once ``d`` has grown past it)."""
+    boost = PLATEAU_BOOST ** (ramp / PLATEAU_RAMP)
+    if anchor > 0.0 and d > 0.0:
+        boost = max(1.0, boost * anchor / d)
+    return PLATEAU_FACTOR**cuts * boost
 
 
 def plateau_due(step: int, block: int) -> bool:
@@ -636,7 +648,8 @@ class PlateauDecay:
     the decay from being faster than 1 / t (docs/optim.md, "What `GMNOptimizer(model)` ran in 0.8").
     With ``boost`` (a setting, not state: the most doublings) the step is also doubled where the gradient keeps
     falling fast, and the doublings are taken back at a spike (`PLATEAU_BOOST`; docs/optim.md, "What
-    `GMNOptimizer(model)` runs (0.10)").
+    `GMNOptimizer(model)` ran in 0.10"); ``anchored`` (a setting), a doubling raises the step to twice the
+    step at its grant, the estimate's own growth since counting towards it (`plateau_scale`).
     Host-side scalars; the squared norms come from the caller."""
 
     log_sum: float = 0.0  # sum of log |g|^2 over this block's samples
@@ -648,27 +661,36 @@ class PlateauDecay:
     boosts: int = 0  # doublings granted (``boost``)
     ramp: int = 0  # ... of which ramped in so far, in steps of 2^(1 / PLATEAU_RAMP) (one per sample)
     spiked: bool = False  # a spike took the boosts back: no more
+    anchor: float = 0.0  # anchored: the estimate d when the first doubling in force was granted (0: none in force)
     boost: int = 0  # the setting: the most doublings where the gradient keeps falling fast (0: none)
+    anchored: bool = False  # the setting: the doublings are of the step at the grant (`plateau_scale`)
 
     def __post_init__(self) -> None:  # ``boost`` as a count: True is PLATEAU_BOOST_MAX (states saved by 0.9 say True)
         object.__setattr__(self, "boost", plateau_boost_count(self.boost, "PlateauDecay"))
 
     @property
     def scale(self) -> float:
-        """What the step is multiplied by now."""
+        """What the step is multiplied by now, not anchored (anchored: the multiple of the anchor's step)."""
         return plateau_scale(self.cuts, self.ramp)
 
+    def scale_at(self, d: float) -> float:
+        """What the step is multiplied by now, where it moves by the estimate ``d`` (`plateau_scale`)."""
+        return plateau_scale(self.cuts, self.ramp, self.anchor if self.anchored else 0.0, d)
+
     def row(self) -> list[float]:
-        """The state's fields as numbers, in order (`GMNOptimizer`'s state; ``boost`` is a setting)."""
+        """The state's fields as numbers, in order (`GMNOptimizer`'s state; ``boost`` and ``anchored`` are
+        settings)."""
         return [self.log_sum, float(self.samples), float(self.blocks), self.previous, self.peak, float(self.cuts),
-                float(self.boosts), float(self.ramp), float(self.spiked)]
+                float(self.boosts), float(self.ramp), float(self.spiked), self.anchor]
 
     @classmethod
-    def from_row(cls, row: list[float], boost: int = 0) -> "PlateauDecay":
-        """`row`'s inverse; a row of 6 (saved by 0.8, before the boost) has no boosts."""
+    def from_row(cls, row: list[float], boost: int = 0, anchored: bool = False) -> "PlateauDecay":
+        """`row`'s inverse; a row of 6 (saved by 0.8, before the boost) has no boosts, one of 9 (0.9, 0.10) no
+        anchor."""
         extra = (int(row[6]), int(row[7]), bool(row[8])) if len(row) > 6 else (0, 0, False)
+        anchor = float(row[9]) if len(row) > 9 else 0.0
         return cls(float(row[0]), int(row[1]), int(row[2]), float(row[3]), float(row[4]), int(row[5]), *extra,
-                   boost=boost)
+                   anchor=anchor, boost=boost, anchored=anchored)
 
     def sampled(self, sq_norm: float) -> "PlateauDecay":
         """With one more sample of the gradient's squared norm (0 or not finite: not counted); while boosted,
@@ -676,27 +698,28 @@ class PlateauDecay:
         otherwise a granted doubling not yet in force ramps in by one step."""
         spike = not sq_norm < math.inf or (sq_norm > 0.0 and math.log(sq_norm) >= self.previous + math.log(PLATEAU_SPIKE))
         if self.boosts and spike:
-            return replace(self, boosts=0, ramp=0, spiked=True).sampled(sq_norm)
+            return replace(self, boosts=0, ramp=0, spiked=True, anchor=0.0).sampled(sq_norm)
         out = self if self.ramp >= self.boosts * PLATEAU_RAMP else replace(self, ramp=self.ramp + 1)
         if not (sq_norm > 0.0 and math.isfinite(sq_norm)):
             return out
         return replace(out, log_sum=out.log_sum + math.log(sq_norm), samples=out.samples + 1,
                        peak=max(out.peak, sq_norm))
 
-    def after(self, step: int, block: int, grads: list[Tensor]) -> "PlateauDecay":
-        """After step ``step`` (1-based)'s gradient (as tensors): a sample of its squared norm on
-        `plateau_sample_due` steps (one host sync; float32 norms summed in order), a block closed every
-        ``block`` steps."""
+    def after(self, step: int, block: int, grads: list[Tensor], d: float = 0.0) -> "PlateauDecay":
+        """After step ``step`` (1-based)'s gradient (as tensors), which moves by the estimate ``d``: a sample of
+        its squared norm on `plateau_sample_due` steps (one host sync; float32 norms summed in order), a block
+        closed every ``block`` steps."""
         out = self
         if plateau_sample_due(step):
             out = out.sampled(float(sum(n**2 for n in torch._foreach_norm(grads, dtype=torch.float32))))
-        return out.closed(PLATEAU_FLOOR * block / step) if step % block == 0 else out
+        return out.closed(PLATEAU_FLOOR * block / step, d) if step % block == 0 else out
 
-    def closed(self, floor: float = 0.0) -> "PlateauDecay":
+    def closed(self, floor: float = 0.0, d: float = 0.0) -> "PlateauDecay":
         """At a block's end: cut when this block's mean log is not below the last block's and sits
         `PLATEAU_DROP` times below the peak, unless the cut would take the scale below ``floor`` (the cuts'
         own scale: a boost does not count); below ``boost`` doublings, double when it fell `PLATEAU_BOOST_FALL`
-        times and sits `PLATEAU_BOOST_DROP` times below the peak (`PLATEAU_BOOST`). A block without samples changes nothing."""
+        times and sits `PLATEAU_BOOST_DROP` times below the peak (`PLATEAU_BOOST`; the first doubling in force
+        anchors at ``d``, the estimate the step moves by). A block without samples changes nothing."""
         if not self.samples:
             return self
         mean = self.log_sum / self.samples
@@ -705,8 +728,9 @@ class PlateauDecay:
         boosted = (not self.spiked and self.blocks > 0 and self.boosts < self.boost
                    and mean + math.log(PLATEAU_BOOST_FALL) <= self.previous
                    and mean + math.log(PLATEAU_BOOST_DROP) <= math.log(self.peak))
+        anchor = d if self.anchored and boosted and not self.boosts else self.anchor
         return replace(self, log_sum=0.0, samples=0, blocks=self.blocks + 1, previous=mean,
-                       cuts=self.cuts + int(cut), boosts=self.boosts + int(boosted))
+                       cuts=self.cuts + int(cut), boosts=self.boosts + int(boosted), anchor=anchor)
 
 
 def plateau_boost_count(value: Any, who: str) -> int:
@@ -727,6 +751,16 @@ def check_plateau_boost(value: Any, block: int, who: str) -> int:
         raise ValueError(f"{who}: plateau_boost doubles the lr-free step between the plateau decay's blocks; "
                          "it needs plateau_block > 0 (500 tried).")
     return count
+
+
+def check_plateau_anchor(value: Any, boost: int, who: str) -> bool:
+    """``plateau_anchor`` as a bool; anchoring needs doublings to anchor (``boost`` > 0)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{who}: plateau_anchor is True or False, got {value!r}.")
+    if value and not boost:
+        raise ValueError(f"{who}: plateau_anchor makes the plateau boost's doublings twice the step at their grant; "
+                         "it needs plateau_boost (1 doubling tried).")
+    return value
 
 
 def check_plateau_block(value: Any) -> int:
@@ -896,10 +930,11 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
     free = state.averaging is not None
     plateau = state.plateau
     if plateau is not None:  # first, as the optimizer: the estimate's weights read the decayed lr
+        d = est.d if est is not None else 0.0  # the estimate this step moves by (before this gradient)
         if plateau_due(state.step + 1, state.plateau_block):
             grads = list(grad.detach().split(state.sizes or (grad.numel(),)))
-            plateau = plateau.after(state.step + 1, state.plateau_block, grads)
-        h = replace(h, lr=h.lr * plateau.scale)
+            plateau = plateau.after(state.step + 1, state.plateau_block, grads, d)
+        h = replace(h, lr=h.lr * plateau.scale_at(d))
     if est is not None:
         if params is None:
             raise ValueError("advance: an lr-free state needs the parameters the gradient was taken at")
@@ -944,8 +979,10 @@ def advance(state: OptState, grad: Tensor, h: Hyper, params: Tensor | None = Non
 def step_hyper(state: OptState, h: Hyper) -> Hyper:
     """The hyperparameters this step moves by: lr-free, ``lr`` times the estimate before this gradient (and
     the plateau decay's scale)."""
-    scale = 1.0 if state.plateau is None else state.plateau.scale
-    return h if state.distance is None else replace(h, lr=h.lr * scale * state.distance.last)
+    if state.distance is None:
+        return h
+    scale = 1.0 if state.plateau is None else state.plateau.scale_at(state.distance.last)
+    return replace(h, lr=h.lr * scale * state.distance.last)
 
 
 def finish(params: Tensor, state: OptState, h: Hyper, scaled: bool, grad: Tensor | None = None

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plateau-boost", type=int, nargs="?", const=True, default=None, metavar="N",
                     help="with --lr-free-from and --plateau-block: its plateau decay also boosts (at most N doublings; "
                          "without N: True, core.PLATEAU_BOOST_MAX)")
+    ap.add_argument("--plateau-anchor", action="store_true",
+                    help="with --plateau-boost: its doublings are of the step at their grant (plateau_anchor)")
     ap.add_argument("--schedule-free", action="store_true", help="with --lr-free-from: its mode is schedule-free")
     ap.add_argument("--shared-sums", action="store_true",
                     help="with --lr-free-from: its per-tensor estimates read the network's gradient sum")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                                      ("per_tensor", args.per_tensor), ("settled_growth_rate", args.settled_growth_rate),
                                      ("plateau_block", args.plateau_block), ("plateau_boost", args.plateau_boost))
                    if v is not None}
-        options.update({k: True for k, on in (("schedule_free", args.schedule_free),
+        options.update({k: True for k, on in (("schedule_free", args.schedule_free), ("plateau_anchor", args.plateau_anchor),
                                               ("shared_sums", args.shared_sums)) if on})
         records = {}
         for item in args.record:

@@ -54,7 +54,7 @@ DISTANCE_SETTLED = "distance_settled"  # lr_free: 1 once the estimate has settle
 # lr_free + plateau_block: core.PlateauDecay's fields, in its row's order (its cuts and boosts multiply the step;
 # states of 0.8 have no boosts and load with none)
 PLATEAU_KEYS = ("plateau_log_sum", "plateau_samples", "plateau_blocks", "plateau_previous", "plateau_peak", "plateau_cuts",
-                "plateau_boosts", "plateau_ramp", "plateau_spiked")
+                "plateau_boosts", "plateau_ramp", "plateau_spiked", "plateau_anchor")
 AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
 AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
 TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] float64, each tensor's own estimate
@@ -92,7 +92,7 @@ SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
                          estimate_warmup=core.ESTIMATE_WARMUP, per_tensor=0.0, d0=core.D0, shared_sums=False,
-                         plateau_block=0, plateau_boost=False, schedule_free=False)
+                         plateau_block=0, plateau_boost=False, plateau_anchor=False, schedule_free=False)
 # The options above that shape the estimate itself (schedule_free also runs at a fixed lr: SF-AdamW; meta-training
 # runs no schedule-free inner optimizer, since a learned rule reads Adam's momentum).
 ESTIMATE_OPTIONS = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
@@ -121,7 +121,8 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     free = (mode is not None) if lr_free is None else lr_free
     if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in ESTIMATE_OPTIONS):
         raise ValueError("GMNOptimizer: growth_rate, settled_growth_rate, estimate_stride, estimate_every, "
-                         "estimate_warmup, per_tensor, d0, shared_sums, plateau_block and plateau_boost shape the "
+                         "estimate_warmup, per_tensor, d0, shared_sums, plateau_block, plateau_boost and plateau_anchor "
+                         "shape the "
                          "lr-free step; "
                          "pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
@@ -235,7 +236,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     the block's norm fell 4x since the block before and sits 10^4 below its largest sample (a network deep in
     fitting its data, where the estimate no longer grows), ramped in over the next 100 steps, and every doubling
     is taken back for good at a sample 100x above the last block's (`core.PLATEAU_BOOST`);
-    ``opt.plateau_boosts`` is the doublings granted and in force (0 after a spike).
+    ``opt.plateau_boosts`` is the doublings granted and in force (0 after a spike). ``plateau_anchor=True``
+    (with ``plateau_boost``; ``GMNOptimizer(model)`` since 0.11) makes a doubling one of the step at its grant:
+    where the estimate grows after the grant, its growth counts towards the doubling instead of compounding
+    with it (the boost fades once ``d`` has doubled by itself; `core.plateau_scale`).
     ``schedule_free=True`` (``rule="lrfree_sf"`` records it with the default's estimate; opt-in, identity rules
     only): Schedule-Free (Defazio et al., 2024) in place of Adam's momentum: the steps move a point ``z``, the
     parameters hold ``y = (1 - beta1) z + beta1 x`` with ``x`` the average of the z's (`core.Averaging`), and
@@ -273,6 +277,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         shared_sums: bool | None = None,
         plateau_block: int | None = None,
         plateau_boost: bool | int | None = None,
+        plateau_anchor: bool | None = None,
         scale_per_tensor: bool = False,
         schedule_free: bool | None = None,
     ) -> None:
@@ -284,7 +289,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         given = dict(growth_rate=growth_rate, settled_growth_rate=settled_growth_rate,
                      estimate_stride=estimate_stride, estimate_every=estimate_every,
                      estimate_warmup=estimate_warmup, per_tensor=per_tensor, d0=d0, shared_sums=shared_sums,
-                     plateau_block=plateau_block, plateau_boost=plateau_boost, schedule_free=schedule_free)
+                     plateau_block=plateau_block, plateau_boost=plateau_boost, plateau_anchor=plateau_anchor,
+                     schedule_free=schedule_free)
         rule, lr_free, options = resolve_mode(rule, lr, lr_free, given)
         growth_rate, estimate_stride, estimate_every = options["growth_rate"], options["estimate_stride"], options["estimate_every"]
         estimate_warmup, per_tensor, d0 = options["estimate_warmup"], options["per_tensor"], options["d0"]
@@ -323,6 +329,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         # passed here, it is a mistake
         boost = options["plateau_boost"] if given["plateau_boost"] is not None or self.plateau_block else 0
         self.plateau_boost = core.check_plateau_boost(boost, self.plateau_block, "GMNOptimizer")  # the most doublings
+        # likewise a rule's recorded anchor without doublings to anchor (GMNOptimizer(model, plateau_boost=0))
+        anchor = options["plateau_anchor"] if given["plateau_anchor"] is not None or self.plateau_boost else False
+        self.plateau_anchor = core.check_plateau_anchor(anchor, self.plateau_boost, "GMNOptimizer")
         if self.schedule_free and not rule.is_identity:
             raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
                              "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
@@ -842,11 +851,14 @@ class GMNOptimizer(torch.optim.Optimizer):
         """``plateau_block``: the plateau decay after this step's gradient (a sample of its squared norm on
         `core.plateau_sample_due` steps, a block closed every ``plateau_block`` steps); returns its scale.
         On the other steps (9 in 10) nothing is read or written: on sub-millisecond steps the bookkeeping shows."""
+        d = float(self.state[DISTANCE])  # the estimate this step moves by (before this gradient's)
         if core.plateau_due(step, self.plateau_block):
-            plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS], boost=self.plateau_boost)
-            for key, value in zip(PLATEAU_KEYS, plateau.after(step, self.plateau_block, grads).row()):
+            plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS], boost=self.plateau_boost,
+                                                 anchored=self.plateau_anchor)
+            for key, value in zip(PLATEAU_KEYS, plateau.after(step, self.plateau_block, grads, d).row()):
                 self.state[key] = value
-        return core.plateau_scale(int(self.state["plateau_cuts"]), int(self.state["plateau_ramp"]))
+        anchor = float(self.state["plateau_anchor"]) if self.plateau_anchor else 0.0
+        return core.plateau_scale(int(self.state["plateau_cuts"]), int(self.state["plateau_ramp"]), anchor, d)
 
     @staticmethod
     def _scale_lrs(entries: list[tuple[int, Tensor, Hyper]], d: float) -> list[tuple[int, Tensor, Hyper]]:

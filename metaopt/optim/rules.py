@@ -33,7 +33,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "rule.safetensors"
 # GMNOptimizer's options of the lr-free estimate, which a rule may record as the mode it runs in (RuleConfig.lr_free)
 LR_FREE_OPTIONS = ("growth_rate", "settled_growth_rate", "estimate_stride", "estimate_every", "estimate_warmup", "per_tensor", "d0", "shared_sums",
-                   "plateau_block", "plateau_boost", "schedule_free")
+                   "plateau_block", "plateau_boost", "plateau_anchor", "schedule_free")
 GLOBAL_CORRECTION = ("global_gate", "global_offset")  # the parameters of RuleConfig.global_bound's correction of d
 DEFAULT_RULE_DIR = Path(__file__).parent / "pretrained" / "default"  # the GMN rule meta-trained at a fixed lr
 ADAM_RULE_DIR = DEFAULT_RULE_DIR.parent / "adam"  # alpha = 0: exactly Adam
