@@ -282,3 +282,20 @@ def test_anchor_bad_values_are_refused() -> None:
         core.OptState.zeros(4, start=torch.zeros(4), plateau_block=10, plateau_anchor=True)
     # a rule recording the anchor runs without it where its boost is switched off
     assert GMNOptimizer(_normed(), plateau_boost=0, plateau_anchor=None).plateau_anchor is False
+
+
+def test_the_spike_guard_halves_an_anchored_step() -> None:
+    """spike_guard with an anchored boost in force: the guard halves d and the anchor alike, so the step halves
+    (the anchored boost does not top the halved d back up)."""
+    from metaopt.optim.optimizer import DISTANCE, DISTANCE_LAST, SPIKE_NORM_EMA
+
+    model = _normed()
+    opt = GMNOptimizer(model, per_tensor=0.0, spike_guard=3.0, plateau_anchor=True)
+    opt.state.update({DISTANCE: 0.15, DISTANCE_LAST: 0.15, "plateau_anchor": 0.1, "plateau_boosts": 1,
+                      "plateau_ramp": core.PLATEAU_RAMP, SPIKE_NORM_EMA: 1e-3})
+    step = 0.15 * core.plateau_scale(0, core.PLATEAU_RAMP, 0.1, 0.15)
+    grads = [torch.ones_like(p) for p in model.parameters()]
+    for _ in range(3):
+        opt._watch_spikes(grads, None)
+    d, anchor = float(opt.state[DISTANCE]), float(opt.state["plateau_anchor"])
+    assert (d, anchor) == (0.075, 0.05) and d * core.plateau_scale(0, core.PLATEAU_RAMP, anchor, d) == step / 2

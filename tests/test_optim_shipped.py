@@ -29,7 +29,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_boost", "lrfree_boost1", "lrfree_sf",
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_boost", "lrfree_boost1", "lrfree_anchor", "lrfree_sf",
                                     "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
@@ -61,6 +61,7 @@ SETTLED_MODE = {**LEAN_MODE, "settled_growth_rate": 1.02}  # GMNOptimizer(model)
 PLATEAU_MODE = {**SETTLED_MODE, "plateau_block": 500}  # GMNOptimizer(model)'s in 0.8
 BOOST_MODE = {**PLATEAU_MODE, "plateau_boost": True}  # ... in 0.9 (at most core.PLATEAU_BOOST_MAX = 2 doublings)
 BOOST1_MODE = {**PLATEAU_MODE, "plateau_boost": 1}  # ... since 0.10 (one doubling)
+ANCHOR_MODE = {**BOOST1_MODE, "plateau_anchor": True}  # rule="lrfree_anchor" (the doubling of the step at its grant)
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
@@ -300,4 +301,24 @@ def test_lrfree_boost1_is_the_boost_with_one_doubling(tmp_path):
                        "--plateau-block", "500", "--plateau-boost", "1", "--out", str(tmp_path / "boost1")])
     written, shipped = (json.loads((d / "config.json").read_text())
                         for d in (tmp_path / "boost1", PRETRAINED_DIR / "lrfree_boost1"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+
+
+def test_lrfree_anchor_is_the_boost_once_anchored(tmp_path):
+    """rule="lrfree_anchor": lrfree_boost1's mode with plateau_anchor=True, i.e. GMNOptimizer(model, rule="adam",
+    lr_free=True, ..., plateau_boost=1, plateau_anchor=True) bit for bit, and lrfree_boost1 bit for bit before a
+    doubling is granted (the anchor changes only a granted doubling); make_default's command line reproduces it."""
+    opts = []
+    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_anchor")) or opts[-1], steps=60)
+    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **ANCHOR_MODE), steps=60)
+    once, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_boost1"), steps=60)
+    assert opts[0].rule.config.lr_free == ANCHOR_MODE and opts[0].plateau_anchor and losses[-1] < losses[0]
+    for a, b, c in zip(named.parameters(), explicit.parameters(), once.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
+                       "--plateau-block", "500", "--plateau-boost", "1", "--plateau-anchor",
+                       "--out", str(tmp_path / "anchor")])
+    written, shipped = (json.loads((d / "config.json").read_text())
+                        for d in (tmp_path / "anchor", PRETRAINED_DIR / "lrfree_anchor"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}

@@ -882,6 +882,8 @@ class GMNOptimizer(torch.optim.Optimizer):
                 if self.lr_free:  # d and the moments' units alike: the step halves (a pending shrink is kept)
                     self.state[DISTANCE] = self.state[DISTANCE_CAP] = float(self.state[DISTANCE]) / 2
                     self.state[DISTANCE_LAST] = float(self.state[DISTANCE_LAST]) / 2
+                    # an anchored boost would top the halved d back up to its multiple of the anchor
+                    self.state["plateau_anchor"] = float(self.state["plateau_anchor"]) / 2
                 self.state[SPIKE_LEVEL] += 1
                 self.state[SPIKE_TRIPS] += 1
                 self.state[SPIKE_TRIPPED] = 1
