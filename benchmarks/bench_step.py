@@ -88,7 +88,7 @@ ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every",  # k
 PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0.7
 
 
-SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_boost1") in the mode it records
+SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_anchor") in the mode it records
 
 
 def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:

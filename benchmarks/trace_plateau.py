@@ -3,8 +3,9 @@ or boosted.
 
     python -m benchmarks.trace_plateau --seed 0 --steps 5000 --out docs/figures/optim/boost_0.9/trace
 
-Trains held-out tasks (all nine by default) with ``GMNOptimizer(model)`` (since 0.10 ``rule="lrfree_boost1"``:
-the plateau decay in blocks of 500 steps with its boost, one doubling; 0.9's ``"lrfree_boost"`` doubled twice), with ``rule="lrfree_plateau"`` (0.8's default, the
+Trains held-out tasks (all nine by default) with ``GMNOptimizer(model)`` (since 0.11 ``rule="lrfree_anchor"``:
+the plateau decay in blocks of 500 steps with its boost, one doubling of the step at its grant; 0.10's
+``"lrfree_boost1"`` doubled whatever the estimate grew to, 0.9's ``"lrfree_boost"`` doubled twice), with ``rule="lrfree_plateau"`` (0.8's default, the
 decay without the boost) and with ``rule="lrfree_settled"`` (0.7's, no decay) on the task's init and batches
 for that seed (the evaluation's; its loop differs in details, so final losses can differ from
 `outer_train.evaluate`'s in the later digits), recording on every step the training loss and the gradient's
@@ -33,7 +34,7 @@ from inner_tasks.tasks.collections import held_out_suite
 from metaopt.optim import GMNOptimizer
 
 BLOCK = 500  # the shipped mode's plateau_block, which the table's block means use
-# GMNOptimizer(model, **kwargs): the default (0.10), 0.8's and 0.7's
+# GMNOptimizer(model, **kwargs): the default (0.11), 0.8's and 0.7's
 VARIANTS = {"boost": {}, "plateau": {"rule": "lrfree_plateau"}, "settled": {"rule": "lrfree_settled"}}
 EVERY = 10  # what the JSON keeps
 

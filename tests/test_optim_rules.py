@@ -32,7 +32,7 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
     ({"rule": "lrfree"}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),
     ({"rule": "adam", "lr": 1e-3}, ["exp_avg", "exp_avg_sq"], 2),  # exactly Adam: Adam's state
     ({"rule": "lrfree_base"}, ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),  # 0.5's default
-    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "start"], 4),  # GMNOptimizer(model): lrfree_boost1 (mlp()'s tensors all read)
+    ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "start"], 4),  # GMNOptimizer(model): lrfree_anchor (mlp()'s tensors all read)
 ])
 def test_optimizer_state_in_parameters(kwargs, keys, times):
     """3x at a fixed lr, 6x lr-free with per-tensor estimates; an identity rule keeps no scale (1x less);

@@ -60,20 +60,21 @@ LEAN_MODE = {**SHIPPED_MODE, "estimate_stride": 3, "shared_sums": True}  # GMNOp
 SETTLED_MODE = {**LEAN_MODE, "settled_growth_rate": 1.02}  # GMNOptimizer(model)'s in 0.7
 PLATEAU_MODE = {**SETTLED_MODE, "plateau_block": 500}  # GMNOptimizer(model)'s in 0.8
 BOOST_MODE = {**PLATEAU_MODE, "plateau_boost": True}  # ... in 0.9 (at most core.PLATEAU_BOOST_MAX = 2 doublings)
-BOOST1_MODE = {**PLATEAU_MODE, "plateau_boost": 1}  # ... since 0.10 (one doubling)
-ANCHOR_MODE = {**BOOST1_MODE, "plateau_anchor": True}  # rule="lrfree_anchor" (the doubling of the step at its grant)
+BOOST1_MODE = {**PLATEAU_MODE, "plateau_boost": 1}  # ... in 0.10 (one doubling)
+ANCHOR_MODE = {**BOOST1_MODE, "plateau_anchor": True}  # ... since 0.11 (the doubling of the step at its grant)
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
-    """GMNOptimizer(model): rule="lrfree_boost1" (no learned rule, no refresh), lr-free with the options it
+    """GMNOptimizer(model): rule="lrfree_anchor" (no learned rule, no refresh), lr-free with the options it
     records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
     tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == (BOOST1_MODE if rule is None else SHIPPED_MODE)
+    assert opt.rule.config.lr_free == (ANCHOR_MODE if rule is None else SHIPPED_MODE)
     assert opt.plateau_block == (500 if rule is None else 0) and opt.plateau_boost == (1 if rule is None else 0)
+    assert opt.plateau_anchor == (rule is None)
     assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
     assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 3 if rule is None else 1, 0.7)
@@ -286,7 +287,7 @@ def test_lrfree_boost_is_plateau_with_the_boost(tmp_path):
 
 
 def test_lrfree_boost1_is_the_boost_with_one_doubling(tmp_path):
-    """rule="lrfree_boost1" (GMNOptimizer(model) since 0.10): lrfree_boost's mode with plateau_boost=1, i.e.
+    """rule="lrfree_boost1" (GMNOptimizer(model) in 0.10): lrfree_boost's mode with plateau_boost=1, i.e.
     GMNOptimizer(model, rule="adam", lr_free=True, ..., plateau_boost=1) bit for bit, and lrfree_boost bit for bit
     before a second doubling can come (step 1,500); make_default's command line reproduces the directory."""
     opts = []
@@ -305,7 +306,7 @@ def test_lrfree_boost1_is_the_boost_with_one_doubling(tmp_path):
 
 
 def test_lrfree_anchor_is_the_boost_once_anchored(tmp_path):
-    """rule="lrfree_anchor": lrfree_boost1's mode with plateau_anchor=True, i.e. GMNOptimizer(model, rule="adam",
+    """rule="lrfree_anchor" (GMNOptimizer(model) since 0.11): lrfree_boost1's mode with plateau_anchor=True, i.e. GMNOptimizer(model, rule="adam",
     lr_free=True, ..., plateau_boost=1, plateau_anchor=True) bit for bit, and lrfree_boost1 bit for bit before a
     doubling is granted (the anchor changes only a granted doubling); make_default's command line reproduces it."""
     opts = []

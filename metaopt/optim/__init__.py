@@ -1,9 +1,9 @@
 """The learned optimizer: features, update rules, the update core and `GMNOptimizer`.
 
-``GMNOptimizer(model)`` runs the shipped lr-free mode with no learned rule (``rule="lrfree_boost1"``:
+``GMNOptimizer(model)`` runs the shipped lr-free mode with no learned rule (``rule="lrfree_anchor"``:
 Prodigy's distance estimate every 10th step, 70% per tensor, in about half the state of 0.5's
 ``rule="lrfree_base"``, its growth capped once it has settled, the step halved on plateaus of the
-gradient norm and doubled, once, where it keeps falling fast): no lr to tune. ``rule="lrfree"`` (``pretrained/lrfree``) is the GMN rule
+gradient norm and doubled, once, where it keeps falling fast, to twice the step at the doubling): no lr to tune. ``rule="lrfree"`` (``pretrained/lrfree``) is the GMN rule
 meta-trained in 0.5's mode (the default of 0.4; behind it over nine held-out seeds, docs/optim.md). ``rule="default"`` (``pretrained/default``) is the GMN rule
 meta-trained at a fixed lr, what an ``lr=`` without a rule runs; docs/optim.md gives their budgets and
 held-out evaluations. ``rule="adam"`` is the untrained rule (alpha = 0), with which ``GMNOptimizer``

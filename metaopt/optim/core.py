@@ -602,7 +602,8 @@ PLATEAU_FLOOR = 1.0 / 16.0
 # estimate grows to after it: where d keeps growing after the grant (a ReLU CNN deep in its fit, d 0.09 -> 0.15
 # in 500 steps) its growth counts towards the doubling, and the boost fades once d has doubled by itself. Not
 # anchored, that growth and the doubling compound (3.4x the step at the grant within 500 steps), and a shapes
-# CNN died at step 2,881 where the unboosted run ends at 2.9e-5 (docs/optim.md, "0.11").
+# CNN died at step 2,881 where the unboosted run ends at 2.9e-5 (docs/optim.md, "What `GMNOptimizer(model)` runs
+# (0.11)").
 PLATEAU_BOOST = 2.0
 PLATEAU_BOOST_FALL = 4.0
 PLATEAU_BOOST_DROP = 1e4
@@ -648,7 +649,7 @@ class PlateauDecay:
     the decay from being faster than 1 / t (docs/optim.md, "What `GMNOptimizer(model)` ran in 0.8").
     With ``boost`` (a setting, not state: the most doublings) the step is also doubled where the gradient keeps
     falling fast, and the doublings are taken back at a spike (`PLATEAU_BOOST`; docs/optim.md, "What
-    `GMNOptimizer(model)` ran in 0.10"); ``anchored`` (a setting), a doubling raises the step to twice the
+    `GMNOptimizer(model)` runs (0.11)"); ``anchored`` (a setting), a doubling raises the step to twice the
     step at its grant, the estimate's own growth since counting towards it (`plateau_scale`).
     Host-side scalars; the squared norms come from the caller."""
 

@@ -10,8 +10,9 @@ unused (a starting point with the right architecture).
 ``--schedule-free``, ``pretrained/lrfree_lean``, what it ran in 0.6, that with ``--estimate-stride 3
 --shared-sums``, ``pretrained/lrfree_settled``, what it ran in 0.7, that with ``--settled-growth-rate
 1.02``, ``pretrained/lrfree_plateau``, what it ran in 0.8, that with ``--plateau-block 500``, and
-``pretrained/lrfree_boost``, what it ran in 0.9, that with ``--plateau-boost``, and ``pretrained/lrfree_boost1``,
-what it runs since 0.10, that with ``--plateau-boost 1``): the rule in DIR
+``pretrained/lrfree_boost``, what it ran in 0.9, that with ``--plateau-boost``, ``pretrained/lrfree_boost1``,
+what it ran in 0.10, that with ``--plateau-boost 1``, and ``pretrained/lrfree_anchor``, what it runs since 0.11,
+that with ``--plateau-anchor``): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
     python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \

@@ -80,14 +80,15 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_boost1", since 0.10:
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_anchor", since 0.11:
 # 0.8's "lrfree_plateau" (0.7's "lrfree_settled", 0.6's estimate in 2.4-2.7x the parameters of large models with
 # its growth capped once it has settled, and the step halved on plateaus of the gradient norm over blocks of 500
 # steps) with the plateau decay's boost, which doubles the step where a classifier's gradient keeps falling deep
-# in the fit, once (0.9's "lrfree_boost" twice, which killed ReLU CNNs on single seeds); nothing changes in the
-# first 1,000 steps); with an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What
-# GMNOptimizer(model) runs (0.10)".
-SHIPPED_LR_FREE = "lrfree_boost1"
+# in the fit, once (0.9's "lrfree_boost" twice, which killed ReLU CNNs on single seeds), to twice the step at the
+# grant (0.10's "lrfree_boost1" doubled whatever the estimate grew to after it); nothing changes in the first
+# 1,000 steps); with an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What
+# GMNOptimizer(model) runs (0.11)".
+SHIPPED_LR_FREE = "lrfree_anchor"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
@@ -107,7 +108,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_boost1") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_anchor") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
     the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
     options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
@@ -122,9 +123,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     if not free and any(v is not None and v != ESTIMATE_DEFAULTS[k] for k, v in given.items() if k in ESTIMATE_OPTIONS):
         raise ValueError("GMNOptimizer: growth_rate, settled_growth_rate, estimate_stride, estimate_every, "
                          "estimate_warmup, per_tensor, d0, shared_sums, plateau_block, plateau_boost and plateau_anchor "
-                         "shape the "
-                         "lr-free step; "
-                         "pass lr_free=True.")
+                         "shape the lr-free step; pass lr_free=True.")
     if free and lr_free is None and lr is not None and lr < LR_FREE_MULTIPLIER_WARNING:
         warnings.warn(f"GMNOptimizer: the rule runs lr-free (its RuleConfig.lr_free), where lr multiplies the "
                       f"estimated step (1 by default): lr={lr:g} makes every step {1 / lr:.3g}x smaller than the "
@@ -149,14 +148,15 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
 
-    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_boost1"``
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_anchor"``
     runs: the shipped lr-free mode (the step size is Prodigy's distance estimate, taken every 10th step,
     70% per tensor, the tensors' estimates reading the network's gradient sum, x_0 and the sum holding
     every 3rd entry of large tensors, each estimate growing by at most 1.02x per step once it has
     settled, the step halved where the gradient norm stops falling over a block of 500 steps and doubled,
-    once, where it keeps falling fast deep in the fit) with no learned rule, so there is no lr to
-    tune; ``lr`` then multiplies the estimated step (1). ``rule="lrfree_boost"`` (the default of 0.9) doubles
-    at most twice, ``rule="lrfree_plateau"`` (the default of 0.8) is the same without the doubling, ``rule="lrfree_settled"`` (the default of 0.7) without the plateau decay,
+    once, where it keeps falling fast deep in the fit, to twice the step at the doubling's grant) with no
+    learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step (1).
+    ``rule="lrfree_boost1"`` (the default of 0.10) doubles whatever the estimate grows to after the grant,
+    ``rule="lrfree_boost"`` (the default of 0.9) at most twice, ``rule="lrfree_plateau"`` (the default of 0.8) is the same without the doubling, ``rule="lrfree_settled"`` (the default of 0.7) without the plateau decay,
     ``rule="lrfree_lean"`` (the default of 0.6) that without the settled cap;
     ``rule="lrfree_base"`` (the default of 0.5) is 0.6's with every entry read and a sum per tensor
     (state 5x). The lr-free GMN rule ``rule="lrfree"`` (the default of
@@ -171,7 +171,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``, ``"lrfree_boost"``, ``"lrfree_boost1"``) keeps no scale: 2x, as torch Adam, and 1x less in
+    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``, ``"lrfree_boost"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``) keeps no scale: 2x, as torch Adam, and 1x less in
     every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
     3,072 entries, 2.4-2.7x on large models).
 
