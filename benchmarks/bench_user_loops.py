@@ -185,7 +185,8 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
 # scale normalised per tensor; the default's estimate in the schedule-free mode (rule="lrfree_sf") and in less
 # state (rule="lrfree_lean": shared sums, every 3rd entry of large tensors), and that with the estimate's growth
 # capped once it has settled (rule="lrfree_settled"), and that with the plateau decay (rule="lrfree_plateau",
-# the default of 0.8), and that with the decay's boost at most twice (rule="lrfree_boost", 0.9's). (Before
+# the default of 0.8), and that with the decay's boost at most twice (rule="lrfree_boost", 0.9's), and once, not
+# anchored (rule="lrfree_boost1", 0.10's). (Before
 # 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
 VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
     "default": ("GMNOptimizer(model)", gmn_default),
@@ -198,6 +199,7 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "settled": ("GMNOptimizer(model, rule=\"lrfree_settled\")", lambda m: GMNOptimizer(m, rule="lrfree_settled")),
     "plateau": ("GMNOptimizer(model, rule=\"lrfree_plateau\")", lambda m: GMNOptimizer(m, rule="lrfree_plateau")),
     "boost": ("GMNOptimizer(model, rule=\"lrfree_boost\")", lambda m: GMNOptimizer(m, rule="lrfree_boost")),
+    "boost1": ("GMNOptimizer(model, rule=\"lrfree_boost1\")", lambda m: GMNOptimizer(m, rule="lrfree_boost1")),
 }
 
 

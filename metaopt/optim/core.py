@@ -601,7 +601,7 @@ PLATEAU_FLOOR = 1.0 / 16.0
 # default), a doubling raises the step to twice the step at its grant rather than multiplying whatever the
 # estimate grows to after it: where d keeps growing after the grant (a ReLU CNN deep in its fit, d 0.09 -> 0.15
 # in 500 steps) its growth counts towards the doubling, and the boost fades once d has doubled by itself. Not
-# anchored, that growth and the doubling compound (3.4x the step at the grant within 500 steps), and a shapes
+# anchored, that growth and the doubling compound (2.5x the step at the grant 250 steps after it), and a shapes
 # CNN died at step 2,881 where the unboosted run ends at 2.9e-5 (docs/optim.md, "What `GMNOptimizer(model)` runs
 # (0.11)").
 PLATEAU_BOOST = 2.0
