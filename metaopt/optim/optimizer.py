@@ -851,13 +851,14 @@ class GMNOptimizer(torch.optim.Optimizer):
         """``plateau_block``: the plateau decay after this step's gradient (a sample of its squared norm on
         `core.plateau_sample_due` steps, a block closed every ``plateau_block`` steps); returns its scale.
         On the other steps (9 in 10) nothing is read or written: on sub-millisecond steps the bookkeeping shows."""
-        d = float(self.state[DISTANCE])  # the estimate this step moves by (before this gradient's)
+        # anchored only: the estimate this step moves by (before this gradient's); unanchored, nothing more is read
+        d = float(self.state[DISTANCE]) if self.plateau_anchor else 0.0
         if core.plateau_due(step, self.plateau_block):
             plateau = core.PlateauDecay.from_row([self.state[k] for k in PLATEAU_KEYS], boost=self.plateau_boost,
                                                  anchored=self.plateau_anchor)
             for key, value in zip(PLATEAU_KEYS, plateau.after(step, self.plateau_block, grads, d).row()):
                 self.state[key] = value
-        anchor = float(self.state["plateau_anchor"]) if self.plateau_anchor else 0.0
+        anchor = float(self.state["plateau_anchor"]) if self.plateau_anchor else 0.0  # 0: the doubling as is
         return core.plateau_scale(int(self.state["plateau_cuts"]), int(self.state["plateau_ramp"]), anchor, d)
 
     @staticmethod
