@@ -31,7 +31,7 @@ from benchmarks.common import proc_status_bytes
 from metaopt.graph import to_graph
 from metaopt.optim import GMNOptimizer
 from metaopt.optim.optimizer import SHIPPED_LR_FREE
-from metaopt.optim.rules import resolve_rule
+from metaopt.optim.rules import RETIRED_RULES, resolve_rule
 
 
 def mlp_of_size(target: float) -> nn.Module:
@@ -97,6 +97,8 @@ def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
     if kind == SHIPPED_KIND:
         return SHIPPED_LR_FREE, True, {}
     name, *rest = kind.split("-", 1)[1].split("-lrfree")
+    if name in RETIRED_RULES:  # a default of 0.5-0.9 (retired in 0.12): rule="adam" with the options of its mode
+        return "adam", True, {**RETIRED_RULES[name].options, **_rule_of(f"gmnopt-adam-lrfree{rest[0] if rest else ''}")[2]}
     options = {}
     for part in (rest[0].split("-")[1:] if rest else []):
         key = next((k for k in ESTIMATE_OPTIONS if part.startswith(k) and part[len(k):].isdigit()), None)
@@ -220,11 +222,13 @@ LABELS = {
     "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
     "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
     "gmnopt-lrfree_sf-lrfree": "GMNOptimizer, rule=\"lrfree_sf\" (schedule-free), lr_free=True",
-    "gmnopt-lrfree_lean-lrfree": "GMNOptimizer, rule=\"lrfree_lean\" (shared sums, stride 3), lr_free=True",
     SHIPPED_KIND: f"GMNOptimizer(model): rule=\"{SHIPPED_LR_FREE}\" in its lr-free mode",
-    "gmnopt-lrfree_base-lrfree": "GMNOptimizer, rule=\"lrfree_base\" (the default of 0.5), lr_free=True",
-    "gmnopt-lrfree_settled-lrfree": "GMNOptimizer, rule=\"lrfree_settled\" (lean, growth capped once settled), lr_free=True",
+    "gmnopt-lrfree_boost1-lrfree": "GMNOptimizer, rule=\"lrfree_boost1\" (the default of 0.10), lr_free=True",
 }
+CURRENT_KINDS = list(LABELS)  # what --kinds runs by default
+# The retired defaults of 0.5-0.9 (gmnopt-lrfree_plateau-lrfree, ...) still run by name, for the recorded commands.
+LABELS.update({f"gmnopt-{name}-lrfree": f"GMNOptimizer, rule=\"adam\", lr_free=True with the options of "
+               f"{retired.default_of}'s default ({name!r}, retired)" for name, retired in RETIRED_RULES.items()})
 
 
 def label(kind: str) -> str:
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=5, help="blocks of refresh_every steps timed per optimizer")
     ap.add_argument("--threads", type=int, default=1, help="1 by default: OpenMP threads on a loaded shared machine make timings erratic")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--kinds", nargs="+", default=list(LABELS))
+    ap.add_argument("--kinds", nargs="+", default=CURRENT_KINDS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

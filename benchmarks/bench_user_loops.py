@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from benchmarks.common import machine
 from metaopt import GMNOptimizer
+from metaopt.optim.rules import RETIRED_RULES
 from outer_train.evaluate import final_loss, steps_to
 
 ADAM_GRID = [float(x) for x in np.logspace(-4, -1, 7)]  # 1e-4 .. 1e-1, half a decade apart
@@ -181,13 +182,17 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
 
 
 # What else can run beside the default (--variants), each with nothing to tune: the default without its
-# per-tensor estimates, and the lr-free GMN rule in the same mode (the default of 0.4), alone and with its
-# scale normalised per tensor; the default's estimate in the schedule-free mode (rule="lrfree_sf") and in less
-# state (rule="lrfree_lean": shared sums, every 3rd entry of large tensors), and that with the estimate's growth
-# capped once it has settled (rule="lrfree_settled"), and that with the plateau decay (rule="lrfree_plateau",
-# the default of 0.8), and that with the decay's boost at most twice (rule="lrfree_boost", 0.9's), and once, not
-# anchored (rule="lrfree_boost1", 0.10's). (Before
-# 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
+# per-tensor estimates, and the lr-free GMN rule in 0.5's mode (the default of 0.4), alone and with its scale
+# normalised per tensor; the schedule-free mode (rule="lrfree_sf"); 0.10's default, its doubling not anchored
+# (rule="lrfree_boost1"); and the retired defaults of 0.6-0.9 by the options that run them (rules.RETIRED_RULES):
+# the estimate in less state (0.6: shared sums, every 3rd entry of large tensors), that with its growth capped
+# once it has settled (0.7), that with the plateau decay (0.8), and that with the decay's boost at most twice
+# (0.9). (Before 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
+def _retired(name: str) -> tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]:
+    retired = RETIRED_RULES[name]
+    return retired.call(), lambda m: GMNOptimizer(m, **retired.kwargs())
+
+
 VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = {
     "default": ("GMNOptimizer(model)", gmn_default),
     "per_tensor_0": ("GMNOptimizer(model, per_tensor=0)", lambda m: GMNOptimizer(m, per_tensor=0.0)),
@@ -195,10 +200,10 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "lrfree_gmn_scale_per_tensor": ("GMNOptimizer(model, rule=\"lrfree\", scale_per_tensor=True)",
                                     lambda m: GMNOptimizer(m, rule="lrfree", scale_per_tensor=True)),
     "schedule_free": ("GMNOptimizer(model, rule=\"lrfree_sf\")", lambda m: GMNOptimizer(m, rule="lrfree_sf")),
-    "lean": ("GMNOptimizer(model, rule=\"lrfree_lean\")", lambda m: GMNOptimizer(m, rule="lrfree_lean")),
-    "settled": ("GMNOptimizer(model, rule=\"lrfree_settled\")", lambda m: GMNOptimizer(m, rule="lrfree_settled")),
-    "plateau": ("GMNOptimizer(model, rule=\"lrfree_plateau\")", lambda m: GMNOptimizer(m, rule="lrfree_plateau")),
-    "boost": ("GMNOptimizer(model, rule=\"lrfree_boost\")", lambda m: GMNOptimizer(m, rule="lrfree_boost")),
+    "lean": _retired("lrfree_lean"),
+    "settled": _retired("lrfree_settled"),
+    "plateau": _retired("lrfree_plateau"),
+    "boost": _retired("lrfree_boost"),
     "boost1": ("GMNOptimizer(model, rule=\"lrfree_boost1\")", lambda m: GMNOptimizer(m, rule="lrfree_boost1")),
 }
 

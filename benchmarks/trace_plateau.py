@@ -5,8 +5,8 @@ or boosted.
 
 Trains held-out tasks (all nine by default) with ``GMNOptimizer(model)`` (since 0.11 ``rule="lrfree_anchor"``:
 the plateau decay in blocks of 500 steps with its boost, one doubling of the step at its grant; 0.10's
-``"lrfree_boost1"`` doubled whatever the estimate grew to, 0.9's ``"lrfree_boost"`` doubled twice), with ``rule="lrfree_plateau"`` (0.8's default, the
-decay without the boost) and with ``rule="lrfree_settled"`` (0.7's, no decay) on the task's init and batches
+``"lrfree_boost1"`` doubled whatever the estimate grew to, 0.9's default doubled twice), with 0.8's default (the decay without the boost) and with 0.7's (no decay), both
+run by their options (`rules.RETIRED_RULES`, the rule names retired in 0.12), on the task's init and batches
 for that seed (the evaluation's; its loop differs in details, so final losses can differ from
 `outer_train.evaluate`'s in the later digits), recording on every step the training loss and the gradient's
 squared norm, the steps at which the decay halved the step (`GMNOptimizer.plateau_cuts`) and those at which the
@@ -32,21 +32,22 @@ from tqdm import tqdm
 from benchmarks.common import held_out_model
 from inner_tasks.tasks.collections import held_out_suite
 from metaopt.optim import GMNOptimizer
+from metaopt.optim.rules import RETIRED_RULES
 
 BLOCK = 500  # the shipped mode's plateau_block, which the table's block means use
 # GMNOptimizer(model, **kwargs): the default (0.11), 0.8's and 0.7's
-VARIANTS = {"boost": {}, "plateau": {"rule": "lrfree_plateau"}, "settled": {"rule": "lrfree_settled"}}
+VARIANTS = {"boost": {}, **{name: RETIRED_RULES[f"lrfree_{name}"].kwargs() for name in ("plateau", "settled")}}
 EVERY = 10  # what the JSON keeps
 
 
-def trace(task_name: str, seed: int, steps: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+def trace(task_name: str, seed: int, steps: int, kwargs: dict[str, Any], variant: str = "boost") -> dict[str, Any]:
     """Per step the loss and the squared gradient norm of one run, the steps at which a cut came and those at
     which a boost came (negative: a spike took the boosts back)."""
     task, model = held_out_model(task_name, seed, steps, "trace_plateau")
     opt = GMNOptimizer(model, example_inputs=(task.example_inputs(),), **kwargs)
     losses, norms, cuts, boosts = [], [], [], []
     batches = list(islice(task.train_batches(seed), steps))
-    for t, batch in enumerate(tqdm(batches, desc=f"{task_name} s{seed} {kwargs or 'default'}", leave=False), 1):
+    for t, batch in enumerate(tqdm(batches, desc=f"{task_name} s{seed} {variant}", leave=False), 1):
         loss = task.loss(model(batch[0]), batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,13 +79,13 @@ def final(losses: list[float], window: int = 50) -> float:
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [f"Plateau decay traced on held-out seed {result['seed']}, {result['steps']} steps "
              f"(`{result['command']}`).", "",
-             f"Per task: the gradient's squared norm under 0.7's default (`rule=\"lrfree_settled\"`), geometric "
+             f"Per task: the gradient's squared norm under 0.7's default (`RETIRED_RULES[\"lrfree_settled\"]`), geometric "
              f"mean per block of {BLOCK} steps (every 10th step), first / largest / last block; the steps at which "
-             "0.8's default (`rule=\"lrfree_plateau\"`) halved its step, and those at which `GMNOptimizer(model)` "
-             "(0.9) halved or doubled it (-t: a spike took the doublings back at step t); the final training loss "
+             "0.8's default (`RETIRED_RULES[\"lrfree_plateau\"]`) halved its step, and those at which `GMNOptimizer(model)` "
+             "halved or doubled it (-t: a spike took the doublings back at step t); the final training loss "
              "(mean of the last 50 steps) of each.", "",
-             "| task | norm^2: first / peak / last block | blocks where it rose | cuts (0.8) | cuts / boosts (0.9) "
-             "| final loss 0.7 | final loss 0.8 | final loss 0.9 |",
+             "| task | norm^2: first / peak / last block | blocks where it rose | cuts (0.8) | cuts / boosts (default) "
+             "| final loss 0.7 | final loss 0.8 | final loss (default) |",
              "|---|---|---:|---|---|---:|---:|---:|"]
     for task, runs in result["tasks"].items():
         means = block_means(runs["settled"]["norms"])
@@ -109,7 +110,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
     for ax, task in zip(axes.flat, names):
         runs = result["tasks"][task]
-        lines = (("settled", "tab:blue", "0.7 (no decay)"), ("plateau", "tab:red", "0.8"), ("boost", "tab:green", "0.9"))
+        lines = (("settled", "tab:blue", "0.7 (no decay)"), ("plateau", "tab:red", "0.8"), ("boost", "tab:green", "default"))
         for key, colour, label in lines:
             steps = range(1, len(runs[key]["norms"]) + 1)
             ax.plot(list(steps)[::EVERY], runs[key]["norms"][::EVERY], color=colour, lw=0.6, alpha=0.7,
@@ -131,7 +132,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("gradient squared norm (solid, left axis) and training loss (dashed, right axis; mean of 50 steps); "
-                 "dotted: 0.8's cuts (red), 0.9's boosts (green; dash-dot: taken back)", fontsize=9)
+                 "dotted: 0.8's cuts (red), the default's boosts (green; dash-dot: taken back)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"seed": a.seed, "steps": a.steps, "block": BLOCK, "tasks": {},
                               "command": " ".join(["python -m benchmarks.trace_plateau", *(argv or sys.argv[1:])])}
     for task in tqdm(names, desc="tasks"):
-        result["tasks"][task] = {key: trace(task, a.seed, a.steps, kw) for key, kw in VARIANTS.items()}
+        result["tasks"][task] = {key: trace(task, a.seed, a.steps, kw, key) for key, kw in VARIANTS.items()}
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"trace_s{a.seed}"
     kept = {**result, "tasks": {t: {k: {"losses": r["losses"][::EVERY], "norms": r["norms"][::EVERY], "cuts": r["cuts"],

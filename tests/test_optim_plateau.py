@@ -16,6 +16,7 @@ from torch import nn
 
 from metaopt.optim import GMNOptimizer, core
 from metaopt.optim.optimizer import PLATEAU_KEYS
+from metaopt.optim.rules import RETIRED_RULES
 from test_optim_per_tensor import _normed, _train
 
 
@@ -67,7 +68,7 @@ def _noisy_fit(steps: int, plateau_block: int, noise: float = 2.0, batch: int = 
     y = clean + noise * torch.randn(4096, 1, generator=g)
     torch.manual_seed(0)
     model = nn.Linear(20, 1)
-    opt = GMNOptimizer(model, rule="lrfree_plateau", plateau_block=plateau_block, **kw)
+    opt = GMNOptimizer(model, **RETIRED_RULES["lrfree_plateau"].kwargs(plateau_block=plateau_block), **kw)
     g = torch.Generator().manual_seed(1)
     cut_steps, cuts = [], 0
     for t in range(1, steps + 1):
@@ -91,9 +92,9 @@ def test_off_unless_asked_or_recorded_and_at_zero() -> None:
     """Off in Prodigy's mode and in the modes shipped before 0.8 (GMNOptimizer(model) records 500 since 0.8);
     at 0 the run is 0.7's default bit for bit and nothing is cut."""
     assert GMNOptimizer(_normed(), rule="adam", lr_free=True).plateau_block == 0
-    assert GMNOptimizer(_normed(), rule="lrfree_settled").plateau_block == 0
+    assert GMNOptimizer(_normed(), **RETIRED_RULES["lrfree_settled"].kwargs()).plateau_block == 0
     a, b = _normed(), _normed()
-    opt_a, opt_b = GMNOptimizer(a, rule="lrfree_settled"), GMNOptimizer(b, plateau_block=0)
+    opt_a, opt_b = GMNOptimizer(a, **RETIRED_RULES["lrfree_settled"].kwargs()), GMNOptimizer(b, plateau_block=0)
     _train(a, opt_a, 40), _train(b, opt_b, 40)
     assert opt_b.plateau_block == 0 and opt_a.plateau_cuts == 0 == opt_b.plateau_cuts
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -132,7 +133,7 @@ def test_resumes_exactly_mid_block_and_older_states_load_uncut() -> None:
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(256, 20, generator=g), torch.randn(256, 1, generator=g)
     clone = copy.deepcopy(model)
-    opt2 = GMNOptimizer(clone, rule="lrfree_plateau", plateau_block=200)
+    opt2 = GMNOptimizer(clone, **RETIRED_RULES["lrfree_plateau"].kwargs(plateau_block=200))
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     for m, o in ((model, opt), (clone, opt2)):
         for t in range(300):
@@ -146,7 +147,7 @@ def test_resumes_exactly_mid_block_and_older_states_load_uncut() -> None:
     old = copy.deepcopy(opt.state_dict())
     for key in PLATEAU_KEYS:
         del old["state"][key]
-    opt3 = GMNOptimizer(copy.deepcopy(model), rule="lrfree_plateau", plateau_block=200)
+    opt3 = GMNOptimizer(copy.deepcopy(model), **RETIRED_RULES["lrfree_plateau"].kwargs(plateau_block=200))
     opt3.load_state_dict(old)
     assert opt3.plateau_cuts == 0 and int(opt3.state["plateau_samples"]) == 0
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from metaopt.optim import GMNOptimizer, core
 from metaopt.optim.optimizer import PLATEAU_KEYS
+from metaopt.optim.rules import RETIRED_RULES
 from test_optim_per_tensor import _normed
 from test_optim_plateau import _blocks as _plateau_blocks
 
@@ -82,7 +83,7 @@ def _separable(steps: int, plateau_block: int, boost: bool | int, lr_at: dict | 
     y = (x @ torch.randn(10, generator=g) > 0).long()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
-    opt = GMNOptimizer(model, rule="lrfree_plateau", plateau_block=plateau_block, plateau_boost=boost, **kw)
+    opt = GMNOptimizer(model, **RETIRED_RULES["lrfree_plateau"].kwargs(plateau_block=plateau_block), plateau_boost=boost, **kw)
     g = torch.Generator().manual_seed(1)
     ramps, ramp, losses = {}, 0, []
     for t in range(1, steps + 1):
@@ -126,7 +127,7 @@ def test_resumes_exactly_while_boosted_and_states_of_0_8_load_unboosted() -> Non
     model, opt, _, _ = _separable(1150, 100, True)
     assert opt.plateau_boosts == 2 and int(opt.state["plateau_samples"]) > 0
     clone = copy.deepcopy(model)
-    opt2 = GMNOptimizer(clone, rule="lrfree_plateau", plateau_block=100, plateau_boost=True)
+    opt2 = GMNOptimizer(clone, **RETIRED_RULES["lrfree_plateau"].kwargs(plateau_block=100), plateau_boost=True)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(64, 10, generator=g), torch.randint(0, 2, (64,), generator=g)
@@ -142,21 +143,21 @@ def test_resumes_exactly_while_boosted_and_states_of_0_8_load_unboosted() -> Non
     old = copy.deepcopy(opt.state_dict())
     for key in PLATEAU_KEYS[6:]:
         del old["state"][key]
-    opt3 = GMNOptimizer(copy.deepcopy(model), rule="lrfree_plateau", plateau_block=100, plateau_boost=True)
+    opt3 = GMNOptimizer(copy.deepcopy(model), **RETIRED_RULES["lrfree_plateau"].kwargs(plateau_block=100), plateau_boost=True)
     opt3.load_state_dict(old)
     assert opt3.plateau_boosts == 0 and opt3.plateau_cuts == opt.plateau_cuts
 
 
 def test_bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match="needs plateau_block > 0"):
-        GMNOptimizer(_normed(), rule="lrfree_settled", plateau_boost=True)
+        GMNOptimizer(_normed(), **RETIRED_RULES["lrfree_settled"].kwargs(), plateau_boost=True)
     for bad in (1.0, "2", None.__class__):
         with pytest.raises(TypeError, match="plateau_boost is True, False or the most doublings"):
             GMNOptimizer(_normed(), plateau_boost=bad)
     with pytest.raises(ValueError, match="an int >= 0, got -1"):
         GMNOptimizer(_normed(), plateau_boost=-1)
     with pytest.raises(ValueError, match="needs plateau_block > 0"):
-        GMNOptimizer(_normed(), rule="lrfree_settled", plateau_boost=1)
+        GMNOptimizer(_normed(), **RETIRED_RULES["lrfree_settled"].kwargs(), plateau_boost=1)
     with pytest.raises(ValueError, match="pass lr_free=True"):
         GMNOptimizer(_normed(), rule="adam", lr=1e-3, plateau_boost=True)
     with pytest.raises(ValueError, match="needs plateau_block > 0"):
@@ -243,7 +244,7 @@ def test_anchored_on_a_separable_fit_is_the_lr_raised_by_hand_to_the_anchored_mu
     def run(lr_at: dict | None = None, **kw) -> tuple[nn.Module, GMNOptimizer, dict[int, float]]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
-        opt = GMNOptimizer(model, rule="lrfree_plateau", plateau_block=block, **kw)
+        opt = GMNOptimizer(model, **RETIRED_RULES["lrfree_plateau"].kwargs(plateau_block=block), **kw)
         factors, last = {}, 1.0
         for t in range(1, steps + 1):
             if lr_at and t in lr_at:
@@ -273,7 +274,7 @@ def test_anchored_on_a_separable_fit_is_the_lr_raised_by_hand_to_the_anchored_mu
 
 def test_anchor_bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match="plateau_anchor .* needs plateau_boost"):
-        GMNOptimizer(_normed(), rule="lrfree_plateau", plateau_anchor=True)
+        GMNOptimizer(_normed(), **RETIRED_RULES["lrfree_plateau"].kwargs(), plateau_anchor=True)
     with pytest.raises(TypeError, match="plateau_anchor is True or False"):
         GMNOptimizer(_normed(), plateau_anchor=1)
     with pytest.raises(ValueError, match="pass lr_free=True"):

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from metaopt.optim import GMNOptimizer, RuleCheckpointError, RuleConfig, UpdateRule
-from metaopt.optim.rules import ADAM_RULE_DIR, DEFAULT_RULE_DIR
+from metaopt.optim.rules import ADAM_RULE_DIR, DEFAULT_RULE_DIR, RETIRED_RULES
 from test_optim_common import mlp, to_graph
 
 
@@ -31,7 +31,7 @@ def test_shipped_default_is_meta_trained_and_adam_is_the_untrained_rule():
     ({"lr": 1e-3}, ["exp_avg", "exp_avg_sq", "lr_scale"], 3),  # the fixed-lr GMN rule
     ({"rule": "lrfree"}, ["exp_avg", "exp_avg_sq", "grad_sum", "lr_scale", "start", "tensor_grad_sum"], 6),
     ({"rule": "adam", "lr": 1e-3}, ["exp_avg", "exp_avg_sq"], 2),  # exactly Adam: Adam's state
-    ({"rule": "lrfree_base"}, ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),  # 0.5's default
+    (RETIRED_RULES["lrfree_base"].kwargs(), ["exp_avg", "exp_avg_sq", "grad_sum", "start", "tensor_grad_sum"], 5),  # 0.5's default
     ({}, ["exp_avg", "exp_avg_sq", "grad_sum", "start"], 4),  # GMNOptimizer(model): lrfree_anchor (mlp()'s tensors all read)
 ])
 def test_optimizer_state_in_parameters(kwargs, keys, times):

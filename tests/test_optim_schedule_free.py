@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from metaopt.optim import GMNOptimizer, GraphIndex, Hyper, OptState, core
-from metaopt.optim.rules import resolve_rule
+from metaopt.optim.rules import RETIRED_RULES, resolve_rule
 from metaopt.optim.optimizer import TENSOR_DISTANCES
 from test_optim_common import flat_params
 from test_outer_common import ModelTask, step_both
@@ -172,14 +172,14 @@ def test_shipped_mode_trains_resumes_exactly_and_keeps_5x_state() -> None:
     for pa, pb in zip(model.parameters(), clone.parameters()):
         assert torch.equal(pa, pb)
     with pytest.raises(ValueError, match="schedule_free=True"):
-        GMNOptimizer(_model(), rule="lrfree_base").load_state_dict(opt.state_dict())
+        GMNOptimizer(_model(), **RETIRED_RULES["lrfree_base"].kwargs()).load_state_dict(opt.state_dict())
     with pytest.raises(ValueError, match="schedule_free=False"):
         GMNOptimizer(_model(), rule="lrfree_sf").load_state_dict(_saved_plain_state())
 
 
 def _saved_plain_state() -> dict:
     model = _model()
-    opt = GMNOptimizer(model, rule="lrfree_base")
+    opt = GMNOptimizer(model, **RETIRED_RULES["lrfree_base"].kwargs())
     train_losses(model, opt, nn.functional.mse_loss, *_data(), 2)
     return opt.state_dict()
 

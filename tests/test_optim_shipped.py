@@ -1,12 +1,15 @@
 """Rules shipped in the package: "adam" is exactly Adam; "default" (GMN) and "mlp" (the per-parameter
-baseline) are meta-trained lr-scale rules that load, change the update and train; "lrfree_base", what
-GMNOptimizer(model) runs, is the shipped lr-free mode with no rule, and "lrfree" the GMN rule meta-trained
-in that mode; the names of earlier releases are gone."""
+baseline) are meta-trained lr-scale rules that load, change the update and train; "lrfree_anchor", what
+GMNOptimizer(model) runs, is the shipped lr-free mode with no rule, "lrfree_boost1" 0.10's, "lrfree_sf" the
+schedule-free mode, and "lrfree" the GMN rule meta-trained in 0.5's mode; the names of earlier releases are
+gone (those of 0.5-0.9's defaults refused with the call that runs them)."""
 
 import json
 import math
+import re
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ from metaopt import GMNOptimizer
 from metaopt.optim import RuleCheckpointError, RuleConfig, UpdateRule, core
 from metaopt.optim import make_default
 from metaopt.optim.make_default import LR_FREE_RULE_DIR, write_lr_free_rule
-from metaopt.optim.rules import PRETRAINED_DIR, shipped_rules
+from metaopt.optim.rules import PRETRAINED_DIR, RETIRED_RULES, shipped_rules
 from training_loop import train_losses
 
 
@@ -29,8 +32,7 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_base", "lrfree_lean", "lrfree_settled", "lrfree_plateau", "lrfree_boost", "lrfree_boost1", "lrfree_anchor", "lrfree_sf",
-                                    "adam", "mlp"}
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_boost1", "lrfree_anchor", "lrfree_sf", "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
 
@@ -146,23 +148,6 @@ def test_the_mode_round_trips_and_bad_modes_are_refused(tmp_path):
         write_lr_free_rule(source, {}, tmp_path / "empty")
 
 
-def test_lrfree_base_is_the_default_mode_without_the_rule(tmp_path):
-    """rule="lrfree_base": the untrained rule (exactly Adam's direction) recording the default's lr-free mode,
-    i.e. GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7) bit for bit, with
-    no rule refresh; make_default's writer reproduces the directory from the "adam" rule."""
-    opts = []
-    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_base")) or opts[-1], steps=40)
-    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **SHIPPED_MODE), steps=40)
-    opt = opts[0]
-    assert opt.lr_free and opt.estimate_every == 10 and opt.per_tensor == 0.7 and opt.rule.is_identity
-    assert opt.rule_refreshes == 0 and losses[-1] < losses[0]
-    for a, b in zip(named.parameters(), explicit.parameters()):
-        assert torch.equal(a, b)
-    out = write_lr_free_rule(PRETRAINED_DIR / "adam", SHIPPED_MODE, tmp_path / "base")
-    written, shipped = (json.loads((d / "config.json").read_text()) for d in (out, PRETRAINED_DIR / "lrfree_base"))
-    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}  # written by 0.4.1
-
-
 def test_lrfree_sf_is_the_default_mode_schedule_free(tmp_path):
     """rule="lrfree_sf": the default's lr-free mode run schedule-free, i.e. GMNOptimizer(model, rule="adam",
     lr_free=True, estimate_every=10, per_tensor=0.7, schedule_free=True) bit for bit; make_default's command
@@ -182,118 +167,77 @@ def test_lrfree_sf_is_the_default_mode_schedule_free(tmp_path):
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
 
 
-def test_lrfree_lean_is_the_base_in_less_state(tmp_path):
-    """rule="lrfree_lean" (GMNOptimizer(model) in 0.6): lrfree_base's mode with the tensors' estimates
-    reading the network's gradient sum and x_0 and the sum holding every 3rd entry of each large tensor,
-    i.e. GMNOptimizer(model, rule="adam", lr_free=True, estimate_every=10, per_tensor=0.7, estimate_stride=3,
-    shared_sums=True) bit for bit; its state is at most 2x + 2/3x the parameters on large tensors (4x, 1x less
-    than lrfree_base's, where every entry is read); make_default's command line reproduces the directory
-    from the "adam" rule."""
+RETIRED_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures" / "optim" / "retired_rules"
+LEAN_ARGS = ["--estimate-every", "10", "--per-tensor", "0.7", "--estimate-stride", "3", "--shared-sums"]
+# The defaults of 0.5-0.9, retired as rule names in 0.12: their options, make_default's command line for their
+# directory (kept in the repository), and whether their first 60 steps must be GMNOptimizer(model)'s (the
+# plateau decay acts from step 1,000 on, so 0.7's mode and every later one agree before it).
+RETIRED = {
+    "lrfree_base": (SHIPPED_MODE, ["--estimate-every", "10", "--per-tensor", "0.7"], False),
+    "lrfree_lean": (LEAN_MODE, LEAN_ARGS, False),
+    "lrfree_settled": (SETTLED_MODE, [*LEAN_ARGS, "--settled-growth-rate", "1.02"], True),
+    "lrfree_plateau": (PLATEAU_MODE, [*LEAN_ARGS, "--settled-growth-rate", "1.02", "--plateau-block", "500"], True),
+    "lrfree_boost": (BOOST_MODE, [*LEAN_ARGS, "--settled-growth-rate", "1.02", "--plateau-block", "500",
+                                  "--plateau-boost"], True),
+}
+
+
+def test_the_retired_names_are_the_ones_listed():
+    assert set(RETIRED_RULES) == set(RETIRED) and not set(RETIRED) & set(shipped_rules())
+    assert sorted(p.name for p in RETIRED_DIR.iterdir()) == sorted(RETIRED)
+
+
+@pytest.mark.parametrize("name", sorted(RETIRED))
+def test_a_retired_name_is_refused_with_the_call_that_runs_it(name, tmp_path):
+    """rule="lrfree_plateau" and the other defaults of 0.5-0.9 raise a ValueError that gives the call running
+    the same optimizer; that call (rule="adam" with RETIRED_RULES[name].options) runs the retired directory,
+    kept in the repository, bit for bit (as the name did), and make_default's command line reproduces the
+    directory from the "adam" rule."""
+    mode, args, as_default = RETIRED[name]
+    retired = RETIRED_RULES[name]
+    assert retired.options == mode
+    with pytest.raises(ValueError, match=f"removed in 0.12.*{re.escape(retired.call())}"):
+        GMNOptimizer(nn.Linear(2, 2), rule=name)
     opts = []
-    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_lean")) or opts[-1], steps=40)
-    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **LEAN_MODE), steps=40)
-    opt = opts[0]
-    assert opt.shared_sums and opt.estimate_stride == 3 and opt.estimate_every == 10 and opt.per_tensor == 0.7
-    assert losses[-1] < losses[0]
-    for a, b in zip(named.parameters(), explicit.parameters()):
-        assert torch.equal(a, b)
+    stored, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=RETIRED_DIR / name)) or opts[-1], steps=60)
+    called, _ = _train(lambda m: eval(retired.call(), {"GMNOptimizer": GMNOptimizer, "model": m}), steps=60)
+    default, _ = _train(GMNOptimizer, steps=60)
+    assert opts[0].rule.is_identity and opts[0].rule_refreshes == 0 and losses[-1] < losses[0]
+    assert all(torch.equal(a, b) for a, b in zip(stored.parameters(), called.parameters()))
+    if as_default:
+        assert all(torch.equal(a, c) for a, c in zip(stored.parameters(), default.parameters()))
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), *args, "--out", str(tmp_path / name)])
+    written, kept = (json.loads((d / "config.json").read_text()) for d in (tmp_path / name, RETIRED_DIR / name))
+    assert {**written, "metaopt_version": None} == {**kept, "metaopt_version": None}
+
+
+def test_the_lean_state():
+    """0.6's estimate (kept by every later default): the tensors' estimates read the network's gradient sum and
+    x_0, and the sum holds every 3rd entry of each large tensor; the state is at most 2x + 2/3x the parameters
+    on large tensors (4x where every tensor is read whole)."""
+    opts = []
+    named, _ = _train(lambda m: opts.append(GMNOptimizer(m, rule="adam", lr_free=True, **LEAN_MODE)) or opts[-1])
     numel = sum(p.numel() for p in named.parameters())
-    assert sum(v.numel() for k, v in opt._buffers.items() if k != "step") == 4 * numel  # tensors < 1,024: all read
+    assert sum(v.numel() for k, v in opts[0]._buffers.items() if k != "step") == 4 * numel  # tensors < 1,024
     torch.manual_seed(0)
     big = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))  # weights read every 3rd entry
-    lean = GMNOptimizer(big, rule="lrfree_lean")
+    lean = GMNOptimizer(big)
     big(torch.randn(4, 128)).sum().backward()
     lean.step()
     sizes = [p.numel() for p in big.parameters()]
     sampled = sum(-(-n // k) for n, k in zip(sizes, core.tensor_strides(tuple(sizes), 3, True)))
     state = sum(v.numel() for k, v in lean._buffers.items() if k != "step")
     assert state == 2 * sum(sizes) + 2 * sampled and state / sum(sizes) < 2.0 + 2.0 / 3.0 + 0.02
-    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
-                       "--estimate-stride", "3", "--shared-sums", "--out", str(tmp_path / "lean")])
-    written, shipped = (json.loads((d / "config.json").read_text())
-                        for d in (tmp_path / "lean", PRETRAINED_DIR / "lrfree_lean"))
-    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
-
-
-def test_lrfree_settled_is_lean_with_the_settled_growth_rate(tmp_path):
-    """rule="lrfree_settled" = GMNOptimizer(model) in 0.7: lrfree_lean's mode with settled_growth_rate
-    1.02, i.e. GMNOptimizer(model, rule="adam", lr_free=True, ..., settled_growth_rate=1.02) bit for bit; the
-    state is lean's plus one flag per estimate; make_default's command line reproduces the directory from
-    the "adam" rule."""
-    opts = []
-    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_settled")) or opts[-1], steps=60)
-    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **SETTLED_MODE), steps=60)
-    default, _ = _train(lambda m: GMNOptimizer(m, plateau_block=0), steps=60)  # GMNOptimizer(model) in 0.7
-    lean_opts = []
-    lean, _ = _train(lambda m: lean_opts.append(GMNOptimizer(m, rule="lrfree_lean")) or lean_opts[-1], steps=60)
-    opt = opts[0]
-    assert opt.settled_growth_rate == 1.02 and opt.shared_sums and opt.estimate_stride == 3
-    assert losses[-1] < losses[0]
-    for a, b, c in zip(named.parameters(), explicit.parameters(), default.parameters()):
-        assert torch.equal(a, b) and torch.equal(a, c)
-    assert sorted(opt._buffers) == sorted(lean_opts[0]._buffers)
-    assert all(opt._buffers[k].numel() == v.numel() for k, v in lean_opts[0]._buffers.items())
-    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
-                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
-                       "--out", str(tmp_path / "settled")])
-    written, shipped = (json.loads((d / "config.json").read_text())
-                        for d in (tmp_path / "settled", PRETRAINED_DIR / "lrfree_settled"))
-    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
-
-
-def test_lrfree_plateau_is_settled_with_the_plateau_decay(tmp_path):
-    """rule="lrfree_plateau" = GMNOptimizer(model) in 0.8: lrfree_settled's mode with plateau_block 500, i.e.
-    GMNOptimizer(model, rule="adam", lr_free=True, ..., plateau_block=500) bit for bit; before its second block
-    ends it is lrfree_settled bit for bit (a cut can come at step 1,000 at the earliest, and acts from that
-    step's update on); the state is settled's plus the decay's scalars; make_default's command line
-    reproduces the directory from the "adam" rule."""
-    opts = []
-    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_plateau")) or opts[-1], steps=60)
-    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **PLATEAU_MODE), steps=60)
-    default, _ = _train(GMNOptimizer, steps=60)
-    settled, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_settled"), steps=60)
-    opt = opts[0]
-    assert opt.plateau_block == 500 and opt.settled_growth_rate == 1.02 and opt.plateau_cuts == 0
-    assert losses[-1] < losses[0]
-    for a, b, c, d in zip(named.parameters(), explicit.parameters(), default.parameters(), settled.parameters()):
-        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
-    assert int(opt.state["plateau_samples"]) == 6  # steps 1, 11, ..., 51
-    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
-                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
-                       "--plateau-block", "500", "--out", str(tmp_path / "plateau")])
-    written, shipped = (json.loads((d / "config.json").read_text())
-                        for d in (tmp_path / "plateau", PRETRAINED_DIR / "lrfree_plateau"))
-    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
-
-
-def test_lrfree_boost_is_plateau_with_the_boost(tmp_path):
-    """rule="lrfree_boost": lrfree_plateau's mode with plateau_boost, i.e. GMNOptimizer(model, rule="adam",
-    lr_free=True, ..., plateau_boost=True) bit for bit, and lrfree_plateau bit for bit before a boost can come
-    (step 1,000); make_default's command line reproduces the directory from the "adam" rule."""
-    opts = []
-    named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_boost")) or opts[-1], steps=60)
-    explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **BOOST_MODE), steps=60)
-    plateau, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_plateau"), steps=60)
-    opt = opts[0]
-    assert opt.plateau_block == 500 and opt.plateau_boost and opt.plateau_boosts == 0 and losses[-1] < losses[0]
-    for a, b, c in zip(named.parameters(), explicit.parameters(), plateau.parameters()):
-        assert torch.equal(a, b) and torch.equal(a, c)
-    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
-                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
-                       "--plateau-block", "500", "--plateau-boost", "--out", str(tmp_path / "boost")])
-    written, shipped = (json.loads((d / "config.json").read_text())
-                        for d in (tmp_path / "boost", PRETRAINED_DIR / "lrfree_boost"))
-    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
 
 
 def test_lrfree_boost1_is_the_boost_with_one_doubling(tmp_path):
-    """rule="lrfree_boost1" (GMNOptimizer(model) in 0.10): lrfree_boost's mode with plateau_boost=1, i.e.
-    GMNOptimizer(model, rule="adam", lr_free=True, ..., plateau_boost=1) bit for bit, and lrfree_boost bit for bit
+    """rule="lrfree_boost1" (GMNOptimizer(model) in 0.10): 0.9's mode with plateau_boost=1, i.e.
+    GMNOptimizer(model, rule="adam", lr_free=True, ..., plateau_boost=1) bit for bit, and 0.9's bit for bit
     before a second doubling can come (step 1,500); make_default's command line reproduces the directory."""
     opts = []
     named, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule="lrfree_boost1")) or opts[-1], steps=60)
     explicit, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **BOOST1_MODE), steps=60)
-    twice, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_boost"), steps=60)
+    twice, _ = _train(lambda m: GMNOptimizer(m, rule="adam", lr_free=True, **BOOST_MODE), steps=60)
     assert opts[0].plateau_boost == 1 and losses[-1] < losses[0]
     for a, b, c in zip(named.parameters(), explicit.parameters(), twice.parameters()):
         assert torch.equal(a, b) and torch.equal(a, c)

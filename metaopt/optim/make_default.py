@@ -5,14 +5,12 @@ residual is identically zero, so `GMNOptimizer` computes exactly Adam (AdamW wit
 bit. Kind "none" needs no network; "gmn"/"mlp" store a randomly initialised network that alpha = 0 leaves
 unused (a starting point with the right architecture).
 
-``--lr-free-from DIR`` writes ``pretrained/lrfree`` (the lr-free GMN rule; ``pretrained/lrfree_base``, what
-``GMNOptimizer(model)`` ran in 0.5, is the same from ``pretrained/adam``, ``pretrained/lrfree_sf`` that with
-``--schedule-free``, ``pretrained/lrfree_lean``, what it ran in 0.6, that with ``--estimate-stride 3
---shared-sums``, ``pretrained/lrfree_settled``, what it ran in 0.7, that with ``--settled-growth-rate
-1.02``, ``pretrained/lrfree_plateau``, what it ran in 0.8, that with ``--plateau-block 500``, and
-``pretrained/lrfree_boost``, what it ran in 0.9, that with ``--plateau-boost``, ``pretrained/lrfree_boost1``,
-what it ran in 0.10, that with ``--plateau-boost 1``, and ``pretrained/lrfree_anchor``, what it runs since 0.11,
-that with ``--plateau-anchor``): the rule in DIR
+``--lr-free-from DIR`` writes ``pretrained/lrfree`` (the lr-free GMN rule; ``pretrained/lrfree_sf`` is
+``pretrained/adam`` with ``--estimate-every 10 --per-tensor 0.7 --schedule-free``, ``pretrained/lrfree_boost1``,
+what ``GMNOptimizer(model)`` ran in 0.10, that with ``--estimate-every 10 --per-tensor 0.7 --estimate-stride 3
+--shared-sums --settled-growth-rate 1.02 --plateau-block 500 --plateau-boost 1``, and ``pretrained/lrfree_anchor``,
+what it runs since 0.11, that with ``--plateau-anchor``; the retired defaults of 0.5-0.9, `rules.RETIRED_RULES`,
+are made the same way into docs/figures/optim/retired_rules/): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
     python -m metaopt.optim.make_default --lr-free-from docs/figures/optim/lr_free/full_es_global/rule_best \

@@ -80,14 +80,12 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_anchor", since 0.11:
-# 0.8's "lrfree_plateau" (0.7's "lrfree_settled", 0.6's estimate in 2.4-2.7x the parameters of large models with
-# its growth capped once it has settled, and the step halved on plateaus of the gradient norm over blocks of 500
-# steps) with the plateau decay's boost, which doubles the step where a classifier's gradient keeps falling deep
-# in the fit, once (0.9's "lrfree_boost" twice, which killed ReLU CNNs on single seeds), to twice the step at the
-# grant (0.10's "lrfree_boost1" doubled whatever the estimate grew to after it); nothing changes in the first
-# 1,000 steps); with an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What
-# GMNOptimizer(model) runs (0.11)".
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_anchor", since 0.11):
+# Prodigy's estimate every 10th step in 2.4-2.7x the parameters of large models, its growth capped once it has
+# settled, the step halved on plateaus of the gradient norm over blocks of 500 steps and doubled, once, where a
+# classifier's gradient keeps falling deep in the fit, to twice the step at the grant (0.10's "lrfree_boost1"
+# doubled whatever the estimate grew to after it); nothing changes in the first 1,000 steps. With an lr (or
+# lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.11)".
 SHIPPED_LR_FREE = "lrfree_anchor"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
@@ -155,12 +153,11 @@ class GMNOptimizer(torch.optim.Optimizer):
     settled, the step halved where the gradient norm stops falling over a block of 500 steps and doubled,
     once, where it keeps falling fast deep in the fit, to twice the step at the doubling's grant) with no
     learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step (1).
-    ``rule="lrfree_boost1"`` (the default of 0.10) doubles whatever the estimate grows to after the grant,
-    ``rule="lrfree_boost"`` (the default of 0.9) at most twice, ``rule="lrfree_plateau"`` (the default of 0.8) is the same without the doubling, ``rule="lrfree_settled"`` (the default of 0.7) without the plateau decay,
-    ``rule="lrfree_lean"`` (the default of 0.6) that without the settled cap;
-    ``rule="lrfree_base"`` (the default of 0.5) is 0.6's with every entry read and a sum per tensor
-    (state 5x). The lr-free GMN rule ``rule="lrfree"`` (the default of
-    0.4) runs in 0.5's mode when named (docs/optim.md). With an
+    ``rule="lrfree_boost1"`` (the default of 0.10) doubles whatever the estimate grows to after the grant.
+    The defaults of 0.5-0.9 were removed as rule names in 0.12 (`rules.RETIRED_RULES` holds the options that
+    run each, bit for bit; naming one raises a ValueError that gives the call). The lr-free GMN rule
+    ``rule="lrfree"`` (the default of 0.4) runs in 0.5's mode (``estimate_every=10, per_tensor=0.7``; state
+    5x) when named (docs/optim.md). With an
     ``lr`` (or ``lr_free=False``) and no rule, the shipped fixed-lr GMN rule ``rule="default"`` runs at
     that lr. ``rule="adam"`` (the untrained rule, alpha = 0) is exactly Adam, AdamW with
     ``weight_decay > 0`` (decoupled decay). A rule runs in the mode it records unless ``lr_free`` says
@@ -171,7 +168,7 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_base"``, ``"lrfree_lean"``, ``"lrfree_settled"``, ``"lrfree_plateau"``, ``"lrfree_boost"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``) keeps no scale: 2x, as torch Adam, and 1x less in
+    (``rule="adam"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``, ``"lrfree_sf"``) keeps no scale: 2x, as torch Adam, and 1x less in
     every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
     3,072 entries, 2.4-2.7x on large models).
 
@@ -333,8 +330,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         anchor = options["plateau_anchor"] if given["plateau_anchor"] is not None or self.plateau_boost else False
         self.plateau_anchor = core.check_plateau_anchor(anchor, self.plateau_boost, "GMNOptimizer")
         if self.schedule_free and not rule.is_identity:
-            raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\", "
-                             "\"lrfree_base\" or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
+            raise ValueError("GMNOptimizer: schedule_free=True runs with no learned rule (rule=\"lrfree_sf\" "
+                             "or \"adam\"): a rule reads Adam's momentum, which a schedule-free "
                              "state does not keep.")
         if self.schedule_free and (spike_guard is not None or nowcast is not None):
             raise ValueError("GMNOptimizer: schedule_free=True does not go with spike_guard or nowcast (both move "

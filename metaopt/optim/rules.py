@@ -405,9 +405,49 @@ def _check_feature_set(stored: dict[str, Any], config: FeatureConfig, where: Pat
 PRETRAINED_DIR = DEFAULT_RULE_DIR.parent
 
 
+@dataclass(frozen=True)
+class RetiredRule:
+    """A shipped rule name removed from the package: the release whose ``GMNOptimizer(model)`` ran it, and
+    its lr-free mode, which ``GMNOptimizer(model, rule="adam", lr_free=True, **options)`` runs bit for bit
+    (each was the untrained rule, exactly Adam's direction, recording that mode)."""
+
+    default_of: str
+    options: dict[str, Any]
+
+    def kwargs(self, **replace: Any) -> dict[str, Any]:
+        """`GMNOptimizer`'s keyword arguments that run this mode (``replace``: options changed)."""
+        return {"rule": "adam", "lr_free": True, **self.options, **replace}
+
+    def call(self) -> str:
+        """The `GMNOptimizer` call that runs this mode, as a user would type it."""
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f'GMNOptimizer(model, rule="adam", lr_free=True, {kwargs})'
+
+
+_LEAN = dict(estimate_every=10, estimate_stride=3, per_tensor=0.7, shared_sums=True)
+# The lr-free defaults of 0.5-0.9, retired in 0.12 (the rule names no longer serve a user: each is a later
+# default's mode with an option off). Their directories are kept in the repository for the recorded commands
+# of docs/optim_history.md, under docs/figures/optim/retired_rules/<name>.
+RETIRED_RULES: dict[str, RetiredRule] = {
+    "lrfree_base": RetiredRule("0.5", dict(estimate_every=10, per_tensor=0.7)),
+    "lrfree_lean": RetiredRule("0.6", dict(_LEAN)),
+    "lrfree_settled": RetiredRule("0.7", dict(_LEAN, settled_growth_rate=1.02)),
+    "lrfree_plateau": RetiredRule("0.8", dict(_LEAN, settled_growth_rate=1.02, plateau_block=500)),
+    "lrfree_boost": RetiredRule("0.9", dict(_LEAN, settled_growth_rate=1.02, plateau_block=500, plateau_boost=True)),
+}
+RETIRED_IN = "0.12"
+
+
 def shipped_rules() -> list[str]:
     """Names of the rules shipped in the package (``rule="<name>"``)."""
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def _refuse_retired(name: str) -> None:
+    retired = RETIRED_RULES[name]
+    raise ValueError(f"GMNOptimizer: rule={name!r} (what GMNOptimizer(model) ran in {retired.default_of}) was "
+                     f"removed in {RETIRED_IN}; the same optimizer, bit for bit: {retired.call()}. "
+                     f"Shipped rules: {', '.join(shipped_rules())}.")
 
 
 def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
@@ -418,6 +458,8 @@ def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
         return rule
     if rule is None or rule == "default":
         return UpdateRule.default()
+    if isinstance(rule, str) and rule in RETIRED_RULES:
+        _refuse_retired(rule)
     if isinstance(rule, str) and "/" not in rule and (PRETRAINED_DIR / rule / CONFIG_FILE).is_file():
         return UpdateRule.from_pretrained(PRETRAINED_DIR / rule)
     if isinstance(rule, (str, Path)):
