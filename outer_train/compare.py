@@ -25,7 +25,7 @@ curve Adam's steps to its final loss over the rule's (0 where the rule never get
 over a task's seeds, then the median (or mean) over tasks, negated so that lower is better. A rule
 whose loss ends lower on average can still miss tuned Adam's loss on more tasks, and the held-out
 suite counts the misses; checkpoints kept on the loss ratio were twice ranked against their held-out
-order (docs/optim.md).
+order (docs/optim_history.md).
 
 Adam's curves depend only on the tasks, the horizon and the grid, and against tuned Adam they are
 the largest part of a comparison (7 runs per task and seed: ten CPU-minutes for 6 meta-validation

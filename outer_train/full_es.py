@@ -3,7 +3,7 @@
 ``python -m outer_train.full_es --rule DIR --add-features horizon --out runs/es_horizon``
 
 PES over 100-step truncations optimises the mean log loss of small meta-training tasks; every
-continuation of a shipped rule with it (docs/optim.md) made the rule *worse* on the
+continuation of a shipped rule with it (docs/optim_history.md) made the rule *worse* on the
 meta-validation suite against tuned Adam. When only a handful of weights are trained (the input
 columns of a feature added with `UpdateRule.with_features`), the evaluation's own objective can be
 optimised directly: antithetic ES whose fitness is a `Comparison` score, i.e. whole training runs

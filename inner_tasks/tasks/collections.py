@@ -164,7 +164,7 @@ def meta_validation_suite(seed: int = META_VALIDATION_SEED, horizon: int = HELD_
 # data sets at other widths, depths and image sizes, with seeds of their own, never a held-out task's knobs.
 # For choosing an optimizer's scalar settings (the lr-free multiplier, the estimate's warm-up, the per-tensor
 # share): the meta-validation suite, which by design has no held-out family or data, chose three such settings
-# that then failed on the held-out suite (docs/optim.md, "The estimate's warm-up"). Never used to train a rule,
+# that then failed on the held-out suite (docs/optim_history.md, "The estimate's warm-up"). Never used to train a rule,
 # and a setting chosen here is held-out-tested across knobs and seeds only, not across families (docs/outer_train.md).
 DEV_TASKS: dict[str, tuple[str, dict, str]] = {
     "mlp_digits_w192": ("mlp_classification", _mlp("digits", 8, 192, 2), "mlp_digits_wide"),

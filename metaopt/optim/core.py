@@ -41,7 +41,7 @@ from .rules import UpdateRule
 # With estimate_every = j > 1, the first ESTIMATE_WARMUP steps may still take an estimate each (d grows from
 # D0 to its working size in the first 30-100 steps). Off by default: 100 such steps made the meta-validation
 # suite faster but left 4 of 9 held-out tasks short of tuned Adam's loss at the multiplier 1, where the fast
-# early growth overshoots (docs/optim.md, "The estimate's warm-up").
+# early growth overshoots (docs/optim_history.md, "The estimate's warm-up").
 ESTIMATE_WARMUP = 0
 D0 = 1e-6  # the distance estimate before the first step (Prodigy's d0): it only grows from here
 
@@ -169,7 +169,7 @@ class OptState:
 # With per-tensor estimates and a strided estimate, each tensor's own estimate reads at least this many of
 # its entries (all of a smaller one). d is a running maximum of the estimate, so a small sample's noise
 # biases it upwards: a 32-entry LayerNorm gain read every 10th entry ran its d_i to 4,700x the network's d
-# within 1,000 steps and the held-out Transformer diverged (docs/optim.md, "Per-tensor estimates from a
+# within 1,000 steps and the held-out Transformer diverged (docs/optim_history.md, "Per-tensor estimates from a
 # sample": 128 with plain strides lost four held-out tasks; 1,024 with prime strides, the measured setting, two).
 MIN_TENSOR_SAMPLE = 1024
 
@@ -194,7 +194,7 @@ def _spread_stride(n: int, stride: int, min_sample: int) -> int:
     divide ``n`` divides no product of the tensor's trailing dimensions (they all divide ``n``), so the
     sample visits every row, column and kernel offset evenly: every 10th entry of a 64 x 64 weight reads
     even input columns only, and on the deep digits MLP that tensor's own estimate ran to 77x the
-    network's and the run diverged, while strides 9 and 11 trained as every entry does (docs/optim.md)."""
+    network's and the run diverged, while strides 9 and 11 trained as every entry does (docs/optim_history.md)."""
     def spread(k: int) -> bool:
         return k > 1 and n % k != 0 and all(k % q for q in range(2, int(k**0.5) + 1))
     k = stride
@@ -432,7 +432,7 @@ class DistanceEstimate:
     estimate is taken whole), a warm-up that caps how fast the step grows. A settled growth rate
     (``Hyper.settled_growth_rate``, this package's) caps it only once the estimate has settled: the
     search up from ``d0`` runs free, and a later jump of ``d`` (which killed a ReLU CNN's units before
-    it had learned anything, docs/optim.md) becomes a warm-up. Adam's moments
+    it had learned anything, docs/optim_history.md) becomes a warm-up. Adam's moments
     are kept in units of ``d`` (Prodigy's ``m``, ``v`` divided by ``d``, ``d^2``), so the step is
     Adam's at ``lr = d``, and when ``d`` grows the moments shrink by the growth (at the next step,
     before its gradient enters them): gradients taken under a smaller step weigh less, as in Prodigy. The tensors (``x_0`` and ``s``, [E] each) are the
@@ -586,7 +586,7 @@ PLATEAU_SAMPLE_EVERY = 10  # the squared norm is read on steps 1, 11, 21, ... (o
 # No cut takes the step below PLATEAU_FLOOR * block / step: the decay is never faster than 1 / t, so the steps'
 # sum still diverges (Robbins-Monro) and a run at a lasting noise floor keeps moving instead of freezing after a
 # few thousand steps of cuts (a Transformer LM's norm keeps rising; halved every block it would be at 2^-16 by
-# step 10,000). At 1/16 no cut of the 5,000-step held-out runs measured is held back (docs/optim.md).
+# step 10,000). At 1/16 no cut of the 5,000-step held-out runs measured is held back (docs/optim_history.md).
 PLATEAU_FLOOR = 1.0 / 16.0
 # The boost (``plateau_boost=True``, `PlateauDecay.boost`): the decay's other half, as a bold driver's. Prodigy's
 # estimate stops growing once the gradient has fallen (its numerator sums the gradient's projections), so where a
@@ -646,7 +646,7 @@ class PlateauDecay:
     (a language model) the minibatch noise keeps it level or rising while a constant step keeps the loss
     at the floor that step size allows, and each cut lowers that floor. The drop condition keeps the cut
     out of the first plateau at chance, where the gradient is flat from the start, and `PLATEAU_FLOOR` keeps
-    the decay from being faster than 1 / t (docs/optim.md, "What `GMNOptimizer(model)` ran in 0.8").
+    the decay from being faster than 1 / t (docs/optim_history.md, "What `GMNOptimizer(model)` ran in 0.8").
     With ``boost`` (a setting, not state: the most doublings) the step is also doubled where the gradient keeps
     falling fast, and the doublings are taken back at a spike (`PLATEAU_BOOST`; docs/optim.md, "What
     `GMNOptimizer(model)` runs (0.11)"); ``anchored`` (a setting), a doubling raises the step to twice the
@@ -778,7 +778,7 @@ class TensorDistances:
     estimate ``d_i`` (its own sums, weights ``d_i^2``), and moves by ``d^(1 - a) * d_i^a`` (``d``: the
     network's estimate). One ``d`` for all tensors under-steps those that sit far from zero (norm
     gains at 1, a classifier head) and over-steps others; a = 1 is each tensor on its own, which
-    over-steps small tensors such as biases (docs/optim.md, "Per-tensor estimates"). Moments of
+    over-steps small tensors such as biases (docs/optim_history.md, "Per-tensor estimates"). Moments of
     tensor i are in units of its step size. ``sizes``: each tensor's entries in flat order."""
 
     share: float
