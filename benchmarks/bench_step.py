@@ -97,8 +97,6 @@ def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
     if kind == SHIPPED_KIND:
         return SHIPPED_LR_FREE, True, {}
     name, *rest = kind.split("-", 1)[1].split("-lrfree")
-    if name in RETIRED_RULES:  # a default of 0.5-0.9 (retired in 0.12): rule="adam" with the options of its mode
-        return "adam", True, {**RETIRED_RULES[name].options, **_rule_of(f"gmnopt-adam-lrfree{rest[0] if rest else ''}")[2]}
     options = {}
     for part in (rest[0].split("-")[1:] if rest else []):
         key = next((k for k in ESTIMATE_OPTIONS if part.startswith(k) and part[len(k):].isdigit()), None)
@@ -107,6 +105,8 @@ def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
                              "e.g. gmnopt-default-lrfree-stride11-every10 or gmnopt-default-lrfree-every10-tensor70")
         option, value = ESTIMATE_OPTIONS[key], int(part[len(key):])
         options[option] = value / 100 if option in PERCENT_OPTIONS else value
+    if name in RETIRED_RULES:  # a default of 0.5-0.9 (retired in 0.12): rule="adam" with the options of its mode
+        return "adam", True, {**RETIRED_RULES[name].options, **options}
     return name, bool(rest), options
 
 

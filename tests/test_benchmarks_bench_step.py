@@ -33,3 +33,15 @@ def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     md = (tmp_path / "bench_step.md").read_text()
     assert "GMNOptimizer, rule=\"default\"" in md and "estimate_stride=4, estimate_every=10" in md
     assert "estimate_every=10, per_tensor=0.7" in md
+
+
+def test_a_retired_default_runs_by_its_options() -> None:
+    """gmnopt-lrfree_plateau-lrfree (0.8's default, a retired rule name since 0.12) is rule="adam" lr-free with
+    RETIRED_RULES' options, options after -lrfree overriding them; the current kinds name no retired rule."""
+    from benchmarks.bench_step import CURRENT_KINDS, _rule_of, label
+    from metaopt.optim.rules import RETIRED_RULES
+
+    assert _rule_of("gmnopt-lrfree_plateau-lrfree") == ("adam", True, RETIRED_RULES["lrfree_plateau"].options)
+    assert _rule_of("gmnopt-lrfree_lean-lrfree-every5")[2] == {**RETIRED_RULES["lrfree_lean"].options, "estimate_every": 5}
+    assert "0.8's default" in label("gmnopt-lrfree_plateau-lrfree")
+    assert not any(_rule_of(k)[0] in RETIRED_RULES for k in CURRENT_KINDS if k != "adam")

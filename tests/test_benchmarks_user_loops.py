@@ -71,3 +71,14 @@ def test_variants_share_tuned_adam_and_are_summarised_apart(tmp_path) -> None:
         assert a["adam"] == b["adam"] and a["gmn"] != b["gmn"]
     assert set(data["summary"]) == {"40", "40/per_tensor_0"}
     assert "GMNOptimizer(model, per_tensor=0)" in (tmp_path / "user_loops.md").read_text()
+
+
+def test_retired_variants_run_by_their_options() -> None:
+    """--variants plateau (0.8's default, a retired rule name since 0.12) builds rule="adam" lr-free with 0.8's
+    options and labels its row with the call a user would type."""
+    from metaopt.optim.rules import RETIRED_RULES
+
+    label, make = ul.VARIANTS["plateau"]
+    opt = make(torch.nn.Linear(4, 2))
+    assert label == RETIRED_RULES["lrfree_plateau"].call() and label.startswith('GMNOptimizer(model, rule="adam"')
+    assert opt.lr_free and opt.plateau_block == 500 and not opt.plateau_boost and opt.rule.is_identity
