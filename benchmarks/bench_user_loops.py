@@ -187,7 +187,8 @@ def gmn_default(m: nn.Module) -> torch.optim.Optimizer:
 # (rule="lrfree_boost1"); and the retired defaults of 0.6-0.9 by the options that run them (rules.RETIRED_RULES):
 # the estimate in less state (0.6: shared sums, every 3rd entry of large tensors), that with its growth capped
 # once it has settled (0.7), that with the plateau decay (0.8), and that with the decay's boost at most twice
-# (0.9). (Before 0.5, "default" was the GMN rule and "prodigy_per_tensor" today's default.)
+# (0.9); and the default at a quarter of its estimated step (the lr a multiplier). (Before 0.5, "default" was the
+# GMN rule and "prodigy_per_tensor" today's default.)
 def _retired(name: str) -> tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]:
     retired = RETIRED_RULES[name]
     return retired.call(), lambda m: GMNOptimizer(m, **retired.kwargs())
@@ -205,6 +206,7 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "plateau": _retired("lrfree_plateau"),
     "boost": _retired("lrfree_boost"),
     "boost1": ("GMNOptimizer(model, rule=\"lrfree_boost1\")", lambda m: GMNOptimizer(m, rule="lrfree_boost1")),
+    "quarter": ("GMNOptimizer(model, lr=0.25, lr_free=True)", lambda m: GMNOptimizer(m, lr=0.25, lr_free=True)),
 }
 
 

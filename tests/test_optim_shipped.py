@@ -109,6 +109,22 @@ def test_an_lr_picks_the_fixed_lr_rule_and_explicit_choices_win():
         GMNOptimizer(model, lr_free="yes")
 
 
+def test_an_lr_with_lr_free_scales_the_default_step():
+    """GMNOptimizer(model, lr=0.25, lr_free=True): the lr-free default (rule="lrfree_anchor", its mode) with the lr a
+    multiplier of the estimated step, bit for bit the named rule at that lr; without lr_free=True an lr still
+    picks the fixed-lr GMN rule."""
+    opts = []
+    scaled, losses = _train(lambda m: opts.append(GMNOptimizer(m, lr=0.25, lr_free=True)) or opts[-1], steps=40)
+    named, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_anchor", lr=0.25), steps=40)
+    full, _ = _train(GMNOptimizer, steps=40)
+    opt = opts[0]
+    assert opt.lr_free and opt.rule.is_identity and opt.rule.config.lr_free == ANCHOR_MODE
+    assert opt.param_groups[0]["lr"] == 0.25 and losses[-1] < losses[0]
+    assert all(torch.equal(a, b) for a, b in zip(scaled.parameters(), named.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(scaled.parameters(), full.parameters()))
+    assert GMNOptimizer(nn.Linear(2, 2), lr=0.25).rule.config.kind == "gmn"
+
+
 def test_a_small_lr_for_the_lr_free_rule_warns_and_spike_guard_needs_per_tensor_off():
     """rule="lrfree" with lr=1e-3 (likely meant as Adam's lr) runs lr-free at a 1000x smaller step and
     says so; a multiplier near 1 or an explicit lr_free=True does not warn. The spike guard does not go

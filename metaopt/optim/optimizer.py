@@ -107,14 +107,14 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
     No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_anchor") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
-    the shipped fixed-lr rule. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
+    the shipped fixed-lr rule; an ``lr`` with ``lr_free=True`` runs the lr-free default at that multiple of its step. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
     options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
     given to a rule that runs lr-free by its own mode warns: it multiplies the estimated step."""
     if lr_free is not None and not isinstance(lr_free, bool):
         raise TypeError(f"GMNOptimizer: lr_free is True, False or None (the rule's own mode), got {lr_free!r}.")
-    if rule is None:
-        rule = SHIPPED_LR_FREE if lr is None and lr_free is not False else SHIPPED_FIXED_LR
+    if rule is None:  # lr-free unless an lr comes without lr_free=True (then lr multiplies the estimated step)
+        rule = SHIPPED_LR_FREE if lr_free is True or (lr is None and lr_free is None) else SHIPPED_FIXED_LR
     rule = resolve_rule(rule)
     mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
     free = (mode is not None) if lr_free is None else lr_free
@@ -159,7 +159,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     ``rule="lrfree"`` (the default of 0.4) runs in 0.5's mode (``estimate_every=10, per_tensor=0.7``; state
     5x) when named (docs/optim.md). With an
     ``lr`` (or ``lr_free=False``) and no rule, the shipped fixed-lr GMN rule ``rule="default"`` runs at
-    that lr. ``rule="adam"`` (the untrained rule, alpha = 0) is exactly Adam, AdamW with
+    that lr; ``GMNOptimizer(model, lr=0.5, lr_free=True)`` runs the lr-free default at half its step (the lr
+    multiplies the estimate). ``rule="adam"`` (the untrained rule, alpha = 0) is exactly Adam, AdamW with
     ``weight_decay > 0`` (decoupled decay). A rule runs in the mode it records unless ``lr_free`` says
     otherwise; an option of the estimate passed here overrides the rule's. ``lr=None`` at a fixed lr
     takes the rule's ``config.default_lr`` (chosen on the meta-validation suite when the rule was
