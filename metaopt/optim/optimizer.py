@@ -106,9 +106,10 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_anchor") unless an ``lr`` (or ``lr_free=False``) asks for a fixed lr, then
-    the shipped fixed-lr rule; an ``lr`` with ``lr_free=True`` runs the lr-free default at that multiple of its step. ``lr_free=None``: the mode the rule records (`RuleConfig.lr_free`). The
-    options (``given``, None = not passed): those passed, else the rule's recorded ones, else
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_anchor") unless an ``lr`` (or
+    ``lr_free=False``) asks for a fixed lr, then the shipped fixed-lr rule; an ``lr`` with ``lr_free=True``
+    runs the lr-free default at that multiple of its step. ``lr_free=None``: the mode the rule records
+    (`RuleConfig.lr_free`). The options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
     given to a rule that runs lr-free by its own mode warns: it multiplies the estimated step."""
     if lr_free is not None and not isinstance(lr_free, bool):
