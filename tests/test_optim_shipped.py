@@ -211,7 +211,9 @@ def test_a_retired_name_is_refused_with_the_call_that_runs_it(name, tmp_path):
     directory from the "adam" rule."""
     mode, args, as_default = RETIRED[name]
     retired = RETIRED_RULES[name]
-    assert retired.options == mode
+    assert retired.options == mode and retired.kwargs(plateau_block=7)["plateau_block"] == 7
+    with pytest.raises(TypeError):
+        retired.options["estimate_every"] = 1  # the shared table is read-only
     with pytest.raises(ValueError, match=f"removed in 0.12.*{re.escape(retired.call())}"):
         GMNOptimizer(nn.Linear(2, 2), rule=name)
     opts = []

@@ -18,7 +18,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -412,7 +413,10 @@ class RetiredRule:
     (each was the untrained rule, exactly Adam's direction, recording that mode)."""
 
     default_of: str
-    options: dict[str, Any]
+    options: Mapping[str, Any]  # read-only (a shared table): kwargs() gives a dict to change
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     def kwargs(self, **replace: Any) -> dict[str, Any]:
         """`GMNOptimizer`'s keyword arguments that run this mode (``replace``: options changed)."""
