@@ -7,15 +7,8 @@ from inner_tasks import build_task
 from inner_tasks.tasks.collections import held_out_suite
 from outer_train.evaluate import tune, run_optimizer, steps_to, EvalSettings
 
-def ns5(G, steps=5, eps=1e-7):
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G / (G.norm() + eps)
-    tr = X.size(0) > X.size(1)
-    if tr: X = X.T
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tr else X
+# Newton-Schulz as outer_train.muon.orthogonalise (the same float32 iteration the probe ran inline)
+from outer_train.muon import orthogonalise as ns5
 
 class HybridMuon(torch.optim.Optimizer):
     """Muon (nesterov momentum 0.95, NS5, update RMS matched to Adam's: 0.2 sqrt(max(A, B))) on

@@ -11,15 +11,8 @@ from inner_tasks.tasks.collections import held_out_suite
 from outer_train.evaluate import run_optimizer, steps_to
 from metaopt.optim import GMNOptimizer
 
-def ns5(G, steps=5, eps=1e-7):
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G / (G.norm() + eps)
-    tr = X.size(0) > X.size(1)
-    if tr: X = X.T
-    for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tr else X
+# Newton-Schulz as outer_train.muon.orthogonalise (the same float32 iteration the probe ran inline)
+from outer_train.muon import orthogonalise as ns5
 
 def hidden_matrices(model):
     lay = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))]
