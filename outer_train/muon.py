@@ -78,6 +78,9 @@ class HybridMuon(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, momentum: float = 0.95, nesterov: bool = True,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"HybridMuon takes the model (it reads which layers come first and last), got "
+                            f"{type(model).__name__}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if not 0 <= momentum < 1:

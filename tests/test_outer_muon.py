@@ -138,6 +138,8 @@ def test_it_trains_follows_a_scheduler_and_its_state_round_trips() -> None:
     assert opt.adam.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(5e-3)
     with pytest.raises(ValueError, match="lr"):
         HybridMuon(net, lr=0.0)
+    with pytest.raises(TypeError, match="model"):
+        HybridMuon(list(net.parameters()), lr=0.1)
     with pytest.raises(ValueError, match="other parameters"):
         HybridMuon(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), lr=0.1).load_state_dict(
             {**HybridMuon(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), lr=0.1).state_dict(), "adam": None})
