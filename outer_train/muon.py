@@ -51,7 +51,7 @@ def _flushing_denormals() -> Iterator[None]:
     """Flush denormal floats to zero on this thread for the Newton-Schulz products, then turn it off again
     (PyTorch's default; there is no getter for a mode set before). Near the end of a fit some rows of a
     gradient sit 1e-10 to 1e-20 below the others, their fifth powers fall below float32's normal range, and
-    a CPU computes with denormals 10-50x slower: a 256 x 256 iteration took 50-300 ms instead of 4-8 ms.
+    a CPU computes with denormals 10-70x slower: a 256 x 256 iteration took 50-300 ms instead of 4-8 ms.
     What is flushed is below 1e-38, nothing the update can show."""
     torch.set_flush_denormal(True)  # False (a no-op) on CPUs without the mode
     try:
