@@ -10,8 +10,9 @@ Convolution filters count as matrices of shape ``out x (in * kernel)``, as in th
 The step is ``torch.optim.Muon``'s with ``adjust_lr_fn="match_rms_adamw"`` (the update scaled to
 0.2 sqrt(max(rows, cols)), the RMS of a typical Adam update) and no weight decay, so one lr serves both
 groups and the baseline is tuned over the same grid as Adam. The Newton-Schulz iterations run in float32
-(``torch.optim.Muon`` runs them in bfloat16, for GPUs; on a CPU float32 is the faster and the exact one),
-with denormals flushed to zero (``_flushing_denormals``).
+(``torch.optim.Muon`` runs them in bfloat16, a choice for GPUs; the two agree to bfloat16's precision, tested),
+with denormals flushed to zero (``_flushing_denormals``). Stacked weights (``nn.MultiheadAttention``'s
+``in_proj_weight``, a GRU's gates) are orthogonalised as one matrix, as ``torch.optim.Muon`` would.
 """
 
 from __future__ import annotations
