@@ -99,9 +99,6 @@ class HybridMuon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if self.adam is not None:  # schedulers set the lr on this optimizer's groups
-                for g in self.adam.param_groups:
-                    g["lr"] = group["lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -112,6 +109,7 @@ class HybridMuon(torch.optim.Optimizer):
                 direction = orthogonalise(rows)
                 p.add_(direction.reshape(p.shape), alpha=-group["lr"] * 0.2 * math.sqrt(max(rows.shape)))
         if self.adam is not None:
+            self.adam.param_groups[0]["lr"] = self.param_groups[0]["lr"]  # schedulers set it on this optimizer
             self.adam.step()
         return loss
 

@@ -12,17 +12,11 @@ from outer_train.evaluate import run_optimizer, steps_to
 from metaopt.optim import GMNOptimizer
 
 # Newton-Schulz as outer_train.muon.orthogonalise (the same float32 iteration the probe ran inline)
-from outer_train.muon import orthogonalise as ns5
-
-def hidden_matrices(model):
-    lay = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))]
-    skip = {id(lay[0].weight), id(lay[-1].weight)} if lay else set()
-    skip |= {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    return {id(p) for p in model.parameters() if p.ndim >= 2 and id(p) not in skip}
+from outer_train.muon import hidden_matrices, orthogonalise as ns5  # the baseline's choice of matrices
 
 class ProdigyMuon(torch.optim.Optimizer):
     def __init__(self, model, lr=1.0, muon=True, betas=(0.9, 0.999), eps=1e-8, d0=1e-6, momentum=0.95, ns_steps=5):
-        self.mu = hidden_matrices(model) if muon else set()
+        self.mu = {id(p) for p in hidden_matrices(model)} if muon else set()
         super().__init__(model.parameters(), dict(lr=lr))
         self.b1, self.b2, self.eps, self.d0, self.momentum, self.ns = *betas, eps, d0, momentum, ns_steps
         self.d, self.num, self.k = d0, 0.0, 0
