@@ -8,7 +8,8 @@ backward, ``opt.step()``), timed whole on this process's thread(s), the optimize
 1e-2), SGD+momentum (0.9) and Adam with cosine decay to zero over the horizon (``adam_cosine``: the
 schedule a practitioner who knows the step budget would use) run over a log grid of learning rates
 and keep the lr with the lowest final training loss; ``--baselines muon`` adds Muon on the hidden matrices with
-Adam on the rest (``outer_train.muon.HybridMuon``, on Adam's grid). Constant-lr tuned Adam stays the reference.
+Adam on the rest (``outer_train.muon.HybridMuon``, on Adam's grid), ``--baselines soap`` SOAP, Adam in Shampoo's
+eigenbasis on every matrix and Adam on vectors (``outer_train.soap.SOAP``, on Adam's grid). Constant-lr tuned Adam stays the reference.
 Each rule runs through the real `GMNOptimizer`:
 
 - ``<rule>``: at a fixed lr, its default, the rule's ``config.default_lr`` (what
@@ -52,6 +53,7 @@ from metaopt.optim import GMNOptimizer, UpdateRule
 from metaopt.optim.nowcast import Nowcaster
 from metaopt.optim.rules import resolve_rule
 from outer_train.muon import HybridMuon
+from outer_train.soap import SOAP
 
 ADAM_DEFAULT_LR = 1e-3  # torch.optim.Adam's default: the centre of Adam's lr-sensitivity columns
 
@@ -230,6 +232,7 @@ def evaluate_task(
                          s.grid(s.sgd_lr_min, s.sgd_lr_max)),
         "adam_cosine": (lambda lr: lambda m: cosine(torch.optim.Adam(m.parameters(), lr=lr), s.steps), grid),
         "muon": (lambda lr: lambda m: HybridMuon(m, lr=lr), grid),
+        "soap": (lambda lr: lambda m: SOAP(m.parameters(), lr=lr), grid),
     }
     tuned = {k: v for k, v in tuned.items() if k == "adam" or k in s.baselines}
     makers: dict[str, Callable[[float], Callable]] = {}  # rule label -> lr -> its optimizer factory
@@ -584,9 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--tune", choices=["first_seed", "every_seed"], default="first_seed",
                    help="tune baseline lrs on each task's first seed and reuse them (default), or on every seed")
-    p.add_argument("--baselines", nargs="+", choices=["adam", "adamw", "sgd_momentum", "adam_cosine", "muon"],
+    p.add_argument("--baselines", nargs="+", choices=["adam", "adamw", "sgd_momentum", "adam_cosine", "muon", "soap"],
                    help="tuned baselines to run (default adam, adamw, sgd_momentum; Adam always runs, it is the reference; "
-                        "muon: outer_train.muon.HybridMuon, Muon on hidden matrices and Adam on the rest)")
+                        "muon: outer_train.muon.HybridMuon, Muon on hidden matrices and Adam on the rest; "
+                        "soap: outer_train.soap.SOAP, Adam in Shampoo's eigenbasis on matrices, Adam on vectors)")
     p.add_argument("--no-horizon", action="store_true",
                    help="run rules without total_steps (as GMNOptimizer(model)); by default they are told --steps")
     p.add_argument("--rule-schedule", choices=["constant", "cosine"], default="constant",

@@ -1,0 +1,160 @@
+"""outer_train.soap: the SOAP baseline (Adam in Shampoo's eigenbasis on matrices, Adam on vectors)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from outer_train import evaluate
+from outer_train.soap import SOAP, rotate_back
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 7), nn.Tanh(), nn.Linear(7, 3))
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` batches cycling through four fixed ones (a set a network can fit)."""
+    g = torch.Generator().manual_seed(1)
+    pool = [(torch.randn(16, 2, 6, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(4)]
+    return [pool[i % 4] for i in range(n)]
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, batches) -> list[float]:  # noqa: ANN001
+    losses = []
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_unrotated_soap_is_adam() -> None:
+    """With no side short enough to rotate, every parameter runs Adam (betas, bias correction) exactly."""
+    a, b = _net(), _net()
+    soap = SOAP(a.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-12, max_dim=1)
+    adam = torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-12)
+    batches = _batches(25)
+    _train(a, soap, batches)
+    _train(b, adam, batches)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not any("q_left" in st or "q_right" in st for st in soap.state.values())
+
+
+def test_first_basis_diagonalises_the_statistics_and_filters_are_matrices() -> None:
+    net = _net()
+    opt = SOAP(net.parameters(), lr=1e-3)
+    _train(net, opt, _batches(1))
+    conv = opt.state[net[0].weight]
+    assert conv["q_left"].shape == (6, 6) and conv["q_right"].shape == (18, 18)  # out x (in * kernel)
+    for side, stat in (("q_left", "left"), ("q_right", "right")):
+        q = conv[side]
+        torch.testing.assert_close(q.T @ q, torch.eye(q.shape[0]), atol=1e-5, rtol=0)
+        rayleigh = q.T @ conv[stat] @ q
+        off = rayleigh - torch.diag(torch.diag(rayleigh))
+        assert off.abs().max() <= 1e-4 * rayleigh.abs().max()
+        assert torch.all(torch.diag(rayleigh)[:-1] >= torch.diag(rayleigh)[1:] - 1e-6)  # largest first
+    assert set(opt.state[net[0].bias]) == {"step", "exp_avg", "exp_avg_sq"}  # vectors: Adam
+
+
+def test_refresh_carries_the_momentum_and_reorders_the_second_moment() -> None:
+    net = _net()
+    opt = SOAP(net.parameters(), lr=1e-3, precondition_every=5)
+    batches = _batches(5)
+    _train(net, opt, batches[:4])
+    w = net[3].weight
+    st = opt.state[w]
+    before_q = st["q_left"].clone()
+    # the refresh runs at the end of the 5th step; compare the momentum as a matrix of the parameter's coordinates
+    snapshot = copy.deepcopy(st)
+    _train(net, opt, batches[4:])
+    assert not torch.allclose(st["q_left"], before_q)  # the basis moved
+    # what the 5th step left: the momentum before the refresh, in the old basis
+    g = w.grad.reshape(w.shape[0], -1)
+    expected = rotate_back(snapshot, snapshot["exp_avg"] * 0.95 + 0.05 * (snapshot["q_left"].T @ g @ snapshot["q_right"]))
+    torch.testing.assert_close(rotate_back(st, st["exp_avg"]), expected, atol=1e-6, rtol=1e-4)
+    v_old = snapshot["exp_avg_sq"] * 0.95 + 0.05 * (snapshot["q_left"].T @ g @ snapshot["q_right"]) ** 2
+    torch.testing.assert_close(st["exp_avg_sq"].flatten().sort().values, v_old.flatten().sort().values)
+
+
+def test_max_dim_leaves_a_long_side_unrotated() -> None:
+    lin = nn.Linear(40, 4)
+    opt = SOAP(lin.parameters(), lr=1e-3, max_dim=10)
+    lin(torch.randn(8, 40)).square().mean().backward()
+    opt.step()
+    assert {"left", "q_left"} <= set(opt.state[lin.weight]) and "q_right" not in opt.state[lin.weight]
+
+
+def test_soap_beats_adam_where_the_curvature_is_a_rotated_kronecker_product() -> None:
+    """min ||A W B - C||^2 with A, B ill-conditioned in a rotated basis: Adam's diagonal preconditioner cannot
+    undo the rotation, Shampoo's eigenbasis can. Each at its best lr of the same grid."""
+    g = torch.Generator().manual_seed(0)
+    def rotated(n: int) -> torch.Tensor:
+        q = torch.linalg.qr(torch.randn(n, n, generator=g))[0]
+        return q @ torch.diag(torch.logspace(0, -1.5, n)) @ q.T
+    a, b = rotated(12), rotated(10)
+    c = a @ torch.randn(12, 10, generator=g) @ b  # a solution of moderate size, loss 0 there
+
+    def final(make) -> float:  # noqa: ANN001
+        w = nn.Parameter(torch.zeros(12, 10))
+        opt = make([w])
+        for _ in range(300):
+            loss = (a @ w @ b - c).square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float((a @ w.detach() @ b - c).square().sum())
+
+    grid = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    soap = min(final(lambda p, lr=lr: SOAP(p, lr=lr)) for lr in grid)
+    adam = min(final(lambda p, lr=lr: torch.optim.Adam(p, lr=lr)) for lr in grid)
+    assert soap < adam / 10, (soap, adam)
+
+
+def test_training_lowers_the_loss_and_a_saved_state_resumes_bit_for_bit() -> None:
+    net = _net()
+    opt = SOAP(net.parameters(), lr=2e-2, precondition_every=4)
+    batches = _batches(50)
+    losses = _train(net, opt, batches[:40])
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4])
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # plain tensors and numbers: no pickled classes
+    twin = _net()
+    twin.load_state_dict(saved["model"])
+    twin_opt = SOAP(twin.parameters(), lr=2e-2, precondition_every=4)
+    twin_opt.load_state_dict(saved["opt"])
+    assert _train(net, opt, batches[40:]) == _train(twin, twin_opt, batches[40:])
+    for p, q in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"lr": 0.0}, "lr"), ({"betas": (0.9, 1.0)}, "betas"),
+                                           ({"shampoo_beta": -0.1}, "shampoo_beta"),
+                                           ({"precondition_every": 0}, "precondition_every"),
+                                           ({"max_dim": 0}, "max_dim")])
+def test_soap_rejects_bad_settings(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SOAP(nn.Linear(2, 2).parameters(), **{"lr": 1e-3, **kwargs})
+
+
+def test_evaluate_tunes_soap_as_a_baseline(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    evaluate.main(["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "12", "--grid-points", "2",
+                   "--threads", "1", "--baselines", "adam", "soap", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "results.json").read_text())["entries"][0]["results"]
+    assert set(res) == {"adam", "soap"} and len(res["soap"]["grid"]) == 2
+    assert res["soap"]["curve"][1:] != res["adam"]["curve"][1:]
+    assert "| soap |" in (tmp_path / "results.md").read_text()
