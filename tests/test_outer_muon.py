@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from outer_train import evaluate
 from outer_train.muon import HybridMuon, hidden_matrices, orthogonalise
 
 
@@ -143,14 +140,3 @@ def test_it_trains_follows_a_scheduler_and_its_state_round_trips() -> None:
     with pytest.raises(ValueError, match="other parameters"):
         HybridMuon(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), lr=0.1).load_state_dict(
             {**HybridMuon(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), lr=0.1).state_dict(), "adam": None})
-
-
-def test_evaluate_tunes_muon_as_a_baseline(tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    evaluate.main(["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "12", "--grid-points", "2",
-                   "--threads", "1", "--baselines", "adam", "muon", "--out", str(tmp_path)])
-    torch.set_num_threads(threads)
-    res = json.loads((tmp_path / "results.json").read_text())["entries"][0]["results"]
-    assert set(res) == {"adam", "muon"} and len(res["muon"]["grid"]) == 2
-    assert res["muon"]["curve"][1:] != res["adam"]["curve"][1:]
-    assert "| muon |" in (tmp_path / "results.md").read_text()

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import copy
 import io
-import json
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from outer_train import evaluate
 from outer_train.soap import SOAP, rotate_back
 
 
@@ -147,14 +144,3 @@ def test_training_lowers_the_loss_and_a_saved_state_resumes_bit_for_bit() -> Non
 def test_soap_rejects_bad_settings(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SOAP(nn.Linear(2, 2).parameters(), **{"lr": 1e-3, **kwargs})
-
-
-def test_evaluate_tunes_soap_as_a_baseline(tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    evaluate.main(["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "12", "--grid-points", "2",
-                   "--threads", "1", "--baselines", "adam", "soap", "--out", str(tmp_path)])
-    torch.set_num_threads(threads)
-    res = json.loads((tmp_path / "results.json").read_text())["entries"][0]["results"]
-    assert set(res) == {"adam", "soap"} and len(res["soap"]["grid"]) == 2
-    assert res["soap"]["curve"][1:] != res["adam"]["curve"][1:]
-    assert "| soap |" in (tmp_path / "results.md").read_text()

@@ -6,7 +6,9 @@ import torch
 torch.set_num_threads(1)
 from inner_tasks import build_task
 from inner_tasks.tasks.collections import held_out_suite
-from outer_train.evaluate import run_optimizer, steps_to
+from outer_train.evaluate import run_optimizer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from probe_common import score
 from metaopt.optim import GMNOptimizer
 from pathlib import Path
 LRS = json.load(open(Path(__file__).resolve().parents[2] / "muon_0.12/probe_prodigy_muon/adam_lrs.json"))["lr"]  # tuned Adam's lrs (1,000 steps, seed 0)
@@ -78,13 +80,7 @@ def main():
                   "default": lambda m: GMNOptimizer(m),
                   "soap": lambda m: SOAP(m.parameters(), lr_soap[t])}
         row = {n: run_optimizer(task, mk, steps, spec.seed) for n, mk in makers.items()}
-        tgt = row["adam"]["final_loss"]; a = steps_to(row["adam"]["curve"], tgt)
-        res[spec.name] = {}
-        for name, r in row.items():
-            s = steps_to(r["curve"], tgt)
-            res[spec.name][name] = {"final_loss": r["final_loss"], "steps_to_adam": s, "speedup": a / s if (a and s) else 0.0,
-                                    "wall_speedup": (row["adam"]["times"][a - 1] / r["times"][s - 1]) if (a and s) else 0.0,
-                                    "ms_per_step": r["ms_per_step"], "diverged": r["diverged"]}
+        res[spec.name] = {name: score(r, row["adam"]) for name, r in row.items()}
         print(spec.name, {n: (f"{v['final_loss']:.3g}", f"{v['speedup']:.2f}x", f"{v['wall_speedup']:.2f}x", f"{v['ms_per_step']:.2f}ms") for n, v in res[spec.name].items()}, flush=True)
         json.dump(res, open(out, "w"), indent=1)
 if __name__ == "__main__":

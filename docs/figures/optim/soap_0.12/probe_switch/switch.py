@@ -5,7 +5,9 @@ import json, os, sys, torch
 torch.set_num_threads(1)
 from inner_tasks import build_task
 from inner_tasks.tasks.collections import held_out_suite
-from outer_train.evaluate import run_optimizer, steps_to
+from outer_train.evaluate import run_optimizer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from probe_common import score
 from outer_train.soap import SOAP
 from metaopt.optim import GMNOptimizer
 C = float(os.environ.get("C", "0.5")); W = int(os.environ.get("W", "100"))
@@ -39,13 +41,7 @@ def main():
         def sw(m): o = Switch(m); info["o"] = o; return o
         makers = {"adam": lambda m: torch.optim.Adam(m.parameters(), lr=lrs[t]), "default": lambda m: GMNOptimizer(m), "switch": sw}
         row = {n: run_optimizer(task, mk, steps, spec.seed) for n, mk in makers.items()}
-        tgt = row["adam"]["final_loss"]; a = steps_to(row["adam"]["curve"], tgt)
-        res[spec.name] = {}
-        for name, r in row.items():
-            s = steps_to(r["curve"], tgt)
-            res[spec.name][name] = {"final_loss": r["final_loss"], "steps_to_adam": s, "speedup": a / s if (a and s) else 0.0,
-                                    "wall_speedup": (row["adam"]["times"][a - 1] / r["times"][s - 1]) if (a and s) else 0.0,
-                                    "ms_per_step": r["ms_per_step"], "diverged": r["diverged"]}
+        res[spec.name] = {name: score(r, row["adam"]) for name, r in row.items()}
         res[spec.name]["switch"].update(switched_at=info["o"].switched_at, d=info["o"].d)
         print(spec.name, {n: (f"{v['final_loss']:.3g}", f"{v['speedup']:.2f}x", f"{v['wall_speedup']:.2f}x") for n, v in res[spec.name].items()}, "switch at", info["o"].switched_at, "d", info["o"].d, flush=True)
         json.dump(res, open(out, "w"), indent=1)

@@ -2,11 +2,13 @@
 tasks, seeds, steps). Usage: switch_reuse.py OUT RESULTS_JSON... -- TASKS...   env C, W (as switch.py)"""
 import json, os, sys, torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 torch.set_num_threads(1)
 from inner_tasks import build_task
 from inner_tasks.tasks.collections import held_out_suite
-from outer_train.evaluate import run_optimizer, steps_to
+from outer_train.evaluate import run_optimizer
 from switch import Switch
+from probe_common import score
 
 def main():
     out = sys.argv[1]; i = sys.argv.index("--"); tasks = sys.argv[i + 1:]
@@ -20,14 +22,10 @@ def main():
         task = build_task(spec); info = {}
         def sw(m): o = Switch(m); info["o"] = o; return o
         r = run_optimizer(task, sw, steps, spec.seed)
-        adam = entries[spec.name]["results"]["adam"]; tgt = adam["final_loss"]; a = steps_to(adam["curve"], tgt)
-        s = steps_to(r["curve"], tgt)
-        d = entries[spec.name]["results"]["default+lrfree"]
-        res[spec.name] = {"adam": {"final_loss": tgt, "speedup": 1.0},
+        adam = entries[spec.name]["results"]["adam"]; d = entries[spec.name]["results"]["default+lrfree"]
+        res[spec.name] = {"adam": {"final_loss": adam["final_loss"], "speedup": 1.0},
                           "default": {"final_loss": d["final_loss"], "speedup": d["speedup"]},
-                          "switch": {"final_loss": r["final_loss"], "steps_to_adam": s, "speedup": a / s if (a and s) else 0.0,
-                                     "wall_speedup": (adam["times"][a - 1] / r["times"][s - 1]) if (a and s) else 0.0,
-                                     "loop_vs_adam": r["ms_per_step"] / adam["ms_per_step"], "diverged": r["diverged"],
+                          "switch": {**score(r, adam), "loop_vs_adam": r["ms_per_step"] / adam["ms_per_step"],
                                      "switched_at": info["o"].switched_at, "d": info["o"].d}}
         print(spec.name, {n: (f"{v['final_loss']:.3g}", f"{v['speedup']:.2f}x") for n, v in res[spec.name].items()},
               "switch at", info["o"].switched_at, flush=True)

@@ -1,0 +1,23 @@
+"""outer_train.evaluate's optional tuned baselines (Muon, SOAP): tuned on the grid, reported beside Adam."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from outer_train import evaluate
+
+
+@pytest.mark.parametrize("baseline", ["muon", "soap"])
+def test_evaluate_tunes_a_baseline(tmp_path: Path, baseline: str) -> None:
+    threads = torch.get_num_threads()
+    evaluate.main(["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "12", "--grid-points", "2",
+                   "--threads", "1", "--baselines", "adam", baseline, "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "results.json").read_text())["entries"][0]["results"]
+    assert set(res) == {"adam", baseline} and len(res[baseline]["grid"]) == 2
+    assert res[baseline]["curve"][1:] != res["adam"]["curve"][1:]
+    assert f"| {baseline} |" in (tmp_path / "results.md").read_text()
