@@ -11,7 +11,7 @@ The step is ``torch.optim.Muon``'s with ``adjust_lr_fn="match_rms_adamw"`` (the 
 0.2 sqrt(max(rows, cols)), the RMS of a typical Adam update) and no weight decay, so one lr serves both
 groups and the baseline is tuned over the same grid as Adam. The Newton-Schulz iterations run in float32
 (``torch.optim.Muon`` runs them in bfloat16, a choice for GPUs; the two agree to bfloat16's precision, tested),
-with denormals flushed to zero (``_flushing_denormals``). Stacked weights (``nn.MultiheadAttention``'s
+with denormals flushed to zero (``flushing_denormals``). Stacked weights (``nn.MultiheadAttention``'s
 ``in_proj_weight``, a GRU's gates) are orthogonalised as one matrix, as ``torch.optim.Muon`` would.
 """
 
@@ -40,7 +40,7 @@ def orthogonalise(update: Tensor, steps: int = NS_STEPS, eps: float = NS_EPS) ->
     wide = x.size(0) <= x.size(1)
     if not wide:
         x = x.T
-    with _flushing_denormals():
+    with flushing_denormals():
         for _ in range(steps):
             gram = x @ x.T
             x = a * x + (b * gram + c * gram @ gram) @ x
@@ -48,7 +48,7 @@ def orthogonalise(update: Tensor, steps: int = NS_STEPS, eps: float = NS_EPS) ->
 
 
 @contextlib.contextmanager
-def _flushing_denormals() -> Iterator[None]:
+def flushing_denormals() -> Iterator[None]:
     """Flush denormal floats to zero on this thread for the Newton-Schulz products, then turn it off again
     (PyTorch's default; there is no getter for a mode set before). Near the end of a fit some rows of a
     gradient sit 1e-10 to 1e-20 below the others, their fifth powers fall below float32's normal range, and
