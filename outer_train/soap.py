@@ -16,8 +16,9 @@ side longer than ``max_dim`` is not rotated (its factor is the identity), as the
 Defaults are the authors': betas (0.95, 0.95), the statistics averaged with the second beta, bias-corrected
 steps; no weight decay, as the other tuned baselines. The authors skip the first step's update (they have no
 basis before the first gradient); here the first basis comes from the first gradient and the step is taken.
-The step's products run with denormals flushed to zero (``outer_train.muon.flushing_denormals``: a fit's last
-gradients reach float32's denormal range, where this CPU computes 10-70x slower).
+The step's products run with denormals flushed to zero (``outer_train.muon.flushing_denormals``), as Muon's
+iteration does: a fit's last gradients can reach float32's denormal range, where this CPU computed Muon's
+products 10-70x slower.
 """
 
 from __future__ import annotations
