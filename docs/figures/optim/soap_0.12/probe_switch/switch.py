@@ -1,6 +1,6 @@
 """Probe: GMNOptimizer(model) (Adam's direction, Prodigy's d) until its estimate has stood still for W steps (checked
 every 10 from step W on), then SOAP (outer_train.soap) at lr = C * d, d frozen. vs tuned Adam and the default.
-Usage: switch.py OUT STEPS ADAM_SUMMARY SEEDS... -- TASKS...   env C (0.5), W (100)"""
+Usage: switch.py OUT STEPS ADAM_SUMMARY SEEDS... -- TASKS...   env C (0.5), W (100), BETAS (SOAP's, "0.95,0.95")"""
 import json, os, sys, torch
 torch.set_num_threads(1)
 from inner_tasks import build_task
@@ -11,6 +11,7 @@ from probe_common import score
 from outer_train.soap import SOAP
 from metaopt.optim import GMNOptimizer
 C = float(os.environ.get("C", "0.5")); W = int(os.environ.get("W", "100"))
+BETAS = tuple(float(b) for b in os.environ.get("BETAS", "0.95,0.95").split(","))
 
 class Switch(torch.optim.Optimizer):
     def __init__(self, model):
@@ -27,7 +28,7 @@ class Switch(torch.optim.Optimizer):
         self.first.step()
         d = self.first.distance; self.hist[self.t] = d
         if self.t >= W and self.t % 10 == 0 and self.hist.get(self.t - W) == d:
-            self.second = SOAP(self.model.parameters(), lr=C * d); self.switched_at = self.t; self.d = d
+            self.second = SOAP(self.model.parameters(), lr=C * d, betas=BETAS); self.switched_at = self.t; self.d = d
 
 def main():
     out, steps, summ = sys.argv[1], int(sys.argv[2]), sys.argv[3]
