@@ -126,17 +126,17 @@ class SOAP(torch.optim.Optimizer):
 
     def _step_one(self, p: Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"]
-        grad = p.grad.reshape(p.shape[0], -1) if p.ndim >= 2 else p.grad
+        matrix = p.ndim >= 2
+        grad = p.grad.reshape(p.shape[0], -1) if matrix else p.grad
         state = self.state[p]
         if not state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(grad)
             state["exp_avg_sq"] = torch.zeros_like(grad)
-            if p.ndim >= 2:
+            if matrix:
                 start_basis(state, grad, group["max_dim"])
         state["step"] += 1
         t = state["step"]
-        matrix = p.ndim >= 2
         rotated = rotate(state, grad) if matrix else grad
         state["exp_avg"].lerp_(rotated, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(rotated, rotated, value=1 - beta2)
