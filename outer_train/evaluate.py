@@ -570,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-per-tensor", action="store_true",
                    help="with --lr-free and per-tensor estimates: GMNOptimizer(scale_per_tensor=True) for the +lrfree "
                         "rows (the rule's scale normalised per tensor)")
+    p.add_argument("--soap-switch", action="store_true",
+                   help="with --lr-free: also run every +lrfree row with GMNOptimizer(soap_switch=True), labelled "
+                        "<rule>+lrfree+soap (SOAP's step at half the estimate once it has settled)")
     p.add_argument("--no-best", action="store_true",
                    help="run the rules at their default lr (lr-free: the multiplier 1) only, not also over the lr "
                         "grid (<rule>@best, 3x the runs); Adam is tuned as always")
@@ -674,6 +677,13 @@ def main(argv: list[str] | None = None) -> int:
             rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True, **estimate}
         how = ", ".join(["lr_free", *(f"{k} {v:g}" for k, v in estimate.items())])
         labels += [f"{label}+lrfree ({how})" for label in labels]
+    if a.soap_switch:
+        if not a.lr_free:
+            p.error("--soap-switch switches the +lrfree rows' step: add --lr-free")
+        for name in [n for n in rules if n.endswith("+lrfree")]:
+            rules[f"{name}+soap"] = rules[name]
+            rule_kwargs[f"{name}+soap"] = {**rule_kwargs[name], "soap_switch": True}
+        labels += [f"{label}+soap (soap_switch)" for label in labels if "+lrfree (" in label]
     if a.spike_guard is not None:
         if not a.spike_guard > 1:
             p.error(f"--spike-guard is a gradient-norm ratio > 1, got {a.spike_guard}")
@@ -684,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.variants_only:
         if a.spike_guard is None and not a.lr_free:
             p.error("--variants-only needs --spike-guard or --lr-free")
-        plain = [n for n in rules if not n.endswith(("+guard", "+lrfree"))]
+        plain = [n for n in rules if not n.endswith(("+guard", "+lrfree", "+soap"))]
         rules = {n: r for n, r in rules.items() if n not in plain}
         rule_kwargs = {n: kw for n, kw in rule_kwargs.items() if n not in plain}
         labels = [lb for lb in labels if "+guard (" in lb or "+lrfree (" in lb]

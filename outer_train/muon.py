@@ -11,18 +11,18 @@ The step is ``torch.optim.Muon``'s with ``adjust_lr_fn="match_rms_adamw"`` (the 
 0.2 sqrt(max(rows, cols)), the RMS of a typical Adam update) and no weight decay, so one lr serves both
 groups and the baseline is tuned over the same grid as Adam. The Newton-Schulz iterations run in float32
 (``torch.optim.Muon`` runs them in bfloat16, a choice for GPUs; the two agree to bfloat16's precision, tested),
-with denormals flushed to zero (``flushing_denormals``). Stacked weights (``nn.MultiheadAttention``'s
+with denormals flushed to zero (`metaopt.optim.eigenbasis.flushing_denormals`). Stacked weights (``nn.MultiheadAttention``'s
 ``in_proj_weight``, a GRU's gates) are orthogonalised as one matrix, as ``torch.optim.Muon`` would.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+
+from metaopt.optim.eigenbasis import flushing_denormals
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (and the authors') quintic iteration
 NS_STEPS = 5
@@ -45,20 +45,6 @@ def orthogonalise(update: Tensor, steps: int = NS_STEPS, eps: float = NS_EPS) ->
             gram = x @ x.T
             x = a * x + (b * gram + c * gram @ gram) @ x
     return x if wide else x.T
-
-
-@contextlib.contextmanager
-def flushing_denormals() -> Iterator[None]:
-    """Flush denormal floats to zero on this thread for the Newton-Schulz products, then turn it off again
-    (PyTorch's default; there is no getter for a mode set before). Near the end of a fit some rows of a
-    gradient sit 1e-10 to 1e-20 below the others, their fifth powers fall below float32's normal range, and
-    a CPU computes with denormals 10-70x slower: a 256 x 256 iteration took 50-300 ms instead of 4-8 ms.
-    What is flushed is below 1e-38, nothing the update can show."""
-    torch.set_flush_denormal(True)  # False (a no-op) on CPUs without the mode
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:

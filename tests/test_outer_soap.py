@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from outer_train.soap import SOAP, rotate_back
+from metaopt.optim.eigenbasis import rotate_back
+from outer_train.soap import SOAP
 
 
 def _net() -> nn.Module:

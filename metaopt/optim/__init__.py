@@ -9,11 +9,13 @@ meta-trained at a fixed lr, what an ``lr=`` without a rule runs; docs/optim.md g
 held-out evaluations. ``rule="adam"`` is the untrained rule (alpha = 0), with which ``GMNOptimizer``
 computes exactly Adam (AdamW with weight decay), bit for bit. ``rule="lrfree_boost1"`` is 0.10's default and
 ``rule="lrfree_sf"`` the schedule-free mode; the defaults of 0.5-0.9 are no longer rule names (`RETIRED_RULES`
-gives the options that run each).
+gives the options that run each). ``GMNOptimizer(model, soap_switch=True)`` (opt-in) runs the lr-free step until
+its estimate has settled, then SOAP's step (`eigenbasis`) at half the settled step (`SoapSwitch`).
 """
 
 from . import core
 from .core import Hyper, OptState
+from .eigenbasis import SoapSwitch
 from .features import FEATURE_VERSION, FeatureConfig, Features, GraphIndex, compute_features
 from .optimizer import GMNOptimizer
 from .rules import (RETIRED_RULES, RULE_KINDS, RULE_VERSION, RetiredRule, RuleCheckpointError, RuleConfig, UpdateRule,
@@ -21,6 +23,7 @@ from .rules import (RETIRED_RULES, RULE_KINDS, RULE_VERSION, RetiredRule, RuleCh
 
 __all__ = [
     "GMNOptimizer",
+    "SoapSwitch",
     "UpdateRule",
     "RuleConfig",
     "RuleCheckpointError",

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import core
+from . import core, eigenbasis
 from .core import Hyper, OptState
+from .eigenbasis import SoapSwitch
 from .features import GraphIndex
 from .lazy_graph import FirstCallGraph, build_graph, check_graph, graph_now, not_built_error, unwrap
 from .nowcast import Nowcaster, resolve_nowcaster, tensor_ids
@@ -57,12 +58,18 @@ PLATEAU_KEYS = ("plateau_log_sum", "plateau_samples", "plateau_blocks", "plateau
                 "plateau_boosts", "plateau_ramp", "plateau_spiked", "plateau_anchor")
 AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
 AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
+DISTANCE_MOVED_AT = "distance_moved_at"  # soap_switch: the last step on which the estimate d changed
+SOAP_SWITCHED_AT = "soap_switched_at"  # soap_switch: the step after which SOAP's step runs (0: not yet)
+SOAP_LR = "soap_lr"  # soap_switch: scale x d at the switch, SOAP's lr (times the group's lr)
+SOAP_STEPS = "soap_steps"  # soap_switch: SOAP's steps since the switch (its bias correction)
+SOAP_BASES = "soap_bases"  # soap_switch: {parameter index: its statistics and bases} of every matrix stepped
 TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] float64, each tensor's own estimate
 # (numerator, d, last, peak, settled) in the model's parameter order (states of 0.6 and before: 4 columns, unsettled)
 _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST_JUMPS, NOWCAST_FALLBACKS, NOWCAST_FILLED,
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
-             DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS)
+             DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS,
+             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
@@ -279,6 +286,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         plateau_anchor: bool | None = None,
         scale_per_tensor: bool = False,
         schedule_free: bool | None = None,
+        soap_switch: bool | SoapSwitch | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -342,6 +350,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             source = " (the rule's lr-free mode)" if given["per_tensor"] is None else ""
             raise ValueError(f"GMNOptimizer: per_tensor={self.per_tensor:g}{source} shares the lr-free step between "
                              "tensors and does not go with spike_guard; pass per_tensor=0 with it.")
+        self.soap_switch = _resolve_soap_switch(soap_switch, lr_free, rule, self.schedule_free, nowcast, spike_guard)
         if lr is None:  # lr-free: a multiplier of the estimate; else the rule's own default (1e-3 for Adam)
             lr = 1.0 if lr_free else rule.config.default_lr
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
@@ -617,8 +626,14 @@ class GMNOptimizer(torch.optim.Optimizer):
             self._watch_spikes(grads, buf.get("lr_scale"))
             if identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
                 self._lift_guard()  # what a refresh does for a rule (lr-free Prodigy: the cap on d)
+        if self.soap_switch is not None and self.state[SOAP_SWITCHED_AT]:
+            self._soap_step(entries, grads)
+            return loss
         if self.lr_free:
+            d_before = self.state[DISTANCE]
             entries = self._adapt_distance(entries, grads, buf)
+            if self.state[DISTANCE] != d_before:
+                self.state[DISTANCE_MOVED_AT] = self.state[STEPS_TAKEN]
 
         # Segments of tensors that share hyperparameters and step count (torch.optim's grouping):
         # one segment when every tensor takes part alike, the usual case.
@@ -656,7 +671,43 @@ class GMNOptimizer(torch.optim.Optimizer):
                 work, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors))
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
+        if self.soap_switch is not None and self.soap_switch.due(int(self.state[STEPS_TAKEN]),
+                                                                 int(self.state[DISTANCE_MOVED_AT])):
+            self._switch_to_soap(buf)
         return loss
+
+    def _switch_to_soap(self, buf: dict[str, Tensor]) -> None:
+        """soap_switch: the estimate has settled; SOAP's step from the next step on, at scale x d (frozen), with
+        fresh moments (they will hold a matrix's in its basis) and no bases yet (each from its first gradient)."""
+        self.state[SOAP_SWITCHED_AT] = int(self.state[STEPS_TAKEN])
+        self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[DISTANCE])
+        self.state[SOAP_STEPS] = 0
+        self.state[SOAP_BASES] = {}
+        buf["exp_avg"].zero_()
+        buf["exp_avg_sq"].zero_()
+
+    def _soap_step(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor]) -> None:
+        """soap_switch, after the switch: SOAP's step on every tensor (`eigenbasis.soap_step`; a matrix's moments
+        in its basis, in the flat buffers' views), at the group's lr x SOAP_LR x the plateau decay's scale (it runs
+        on: at a constant step SOAP stalls at its noise floor deep in a fit), decoupled weight decay."""
+        self.state[SOAP_STEPS] += 1
+        step, lr, bases = int(self.state[SOAP_STEPS]), float(self.state[SOAP_LR]), self.state[SOAP_BASES]
+        if self.plateau_block:
+            lr *= self._decay_on_plateau(int(self.state[STEPS_TAKEN]), grads)
+        hypers = {h: self.soap_switch.hyper(h.lr * lr, h.eps, h.weight_decay) for h in {h for _, _, h in entries}}
+        with eigenbasis.flushing_denormals():
+            for (i, p, h), g in zip(entries, grads):
+                basis = bases.setdefault(i, {}) if p.ndim >= 2 else None
+                if basis and basis["right" if "right" in basis else "left"].device != p.device:  # the model moved
+                    basis.update({k: v.to(p.device) for k, v in basis.items()})
+                st = self.state[p]
+                self._update_in_float32([p], lambda work: eigenbasis.soap_step(
+                    work[0], g.float(), st["exp_avg"], st["exp_avg_sq"], basis, step, hypers[h]))
+
+    @property
+    def soap_switched_at(self) -> int:
+        """``soap_switch``: the step after which SOAP's step runs (0 while the lr-free step runs)."""
+        return int(self.state[SOAP_SWITCHED_AT])
 
     def _schedule_free_step(self, seg_views: list[tuple[Hyper, int, list[tuple[int, Tensor]], dict[str, list[Tensor]]]],
                             grads: list[list[Tensor]]) -> None:
@@ -964,6 +1015,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for key in _COUNTERS:
             self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
+        if self.state[SOAP_SWITCHED_AT]:
+            self._load_soap_bases()
         if self.per_tensor:
             rows = self.state.get(TENSOR_DISTANCES)
             if isinstance(rows, Tensor) and tuple(rows.shape) == (len(self._params_all), 4):  # saved by 0.6 or before
@@ -1029,10 +1082,52 @@ class GMNOptimizer(torch.optim.Optimizer):
                 self._views[key][i].copy_(st[key].reshape(-1))
         self._attach_views()
 
+    def _load_soap_bases(self) -> None:
+        """A state saved after the soap switch: its bases, copied (the step updates them in place)."""
+        if self.soap_switch is None:
+            raise ValueError("GMNOptimizer.load_state_dict: the state was saved after the switch to SOAP's step "
+                             f"(at step {int(self.state[SOAP_SWITCHED_AT])}); load it into GMNOptimizer(..., "
+                             "soap_switch=True) (or the SoapSwitch it ran with).")
+        bases = self.state.get(SOAP_BASES)
+        if not isinstance(bases, dict) or any(not isinstance(k, int) or not 0 <= k < len(self._params_all)
+                                              or self._params_all[k].ndim < 2 for k in bases):
+            raise ValueError("GMNOptimizer.load_state_dict: the state was saved after the switch to SOAP's step but "
+                             f"holds no valid {SOAP_BASES!r} for this model's matrices (saved for another model?).")
+        for k, basis in bases.items():
+            rows, cols = eigenbasis.as_matrix(self._params_all[k]).shape
+            sides = {"left": rows, "q_left": rows, "right": cols, "q_right": cols}
+            if set(basis) - set(sides) or any(tuple(v.shape) != (sides[n], sides[n]) for n, v in basis.items()):
+                raise ValueError(f"GMNOptimizer.load_state_dict: the SOAP bases of parameter {k} do not fit its "
+                                 f"{rows} x {cols} matrix (saved for another model?).")
+        device = self._params_all[0].device
+        self.state[SOAP_BASES] = {k: {n: v.detach().to(device, torch.float32).clone() for n, v in basis.items()}
+                                  for k, basis in bases.items()}
+
     @classmethod
     def from_pretrained(cls, directory: str | Path, model: nn.Module, **kwargs: Any) -> "GMNOptimizer":
         """An optimizer for ``model`` driven by the rule saved in ``directory``."""
         return cls(model, rule=UpdateRule.from_pretrained(directory), **kwargs)
+
+
+def _resolve_soap_switch(soap_switch: bool | SoapSwitch | None, lr_free: bool, rule: UpdateRule, schedule_free: bool,
+                         nowcast: Any, spike_guard: float | None) -> SoapSwitch | None:
+    """``soap_switch``'s settings (True: `SoapSwitch`'s defaults), or an error where it cannot run."""
+    if soap_switch is None or soap_switch is False:
+        return None
+    switch = SoapSwitch() if soap_switch is True else soap_switch
+    if not isinstance(switch, SoapSwitch):
+        raise TypeError(f"GMNOptimizer: soap_switch is True, a metaopt.optim.SoapSwitch or None, got {soap_switch!r}.")
+    if not lr_free:
+        raise ValueError("GMNOptimizer: soap_switch switches when the lr-free estimate has settled and runs SOAP at "
+                         "a multiple of it; it needs lr_free (GMNOptimizer(model, soap_switch=True) has it).")
+    if not rule.is_identity or schedule_free:
+        raise ValueError("GMNOptimizer: soap_switch replaces Adam's step by SOAP's; a learned rule reads Adam's "
+                         "moments and a schedule-free state keeps none: use it with the lr-free default "
+                         "(no rule=, schedule_free=False).")
+    if nowcast is not None or spike_guard is not None:
+        raise ValueError("GMNOptimizer: soap_switch does not go with nowcast or spike_guard (both act on the lr-free "
+                         "step, which the switch ends).")
+    return switch.check()
 
 
 def _refuse_sharded(model: nn.Module, params: list[Tensor]) -> None:

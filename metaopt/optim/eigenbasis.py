@@ -1,0 +1,204 @@
+"""SOAP's step: Adam run in the eigenbasis of Shampoo's preconditioner, one tensor at a time.
+
+SOAP (Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR 2025) keeps, for every weight
+matrix ``G`` (``rows x cols``), Shampoo's two statistics ``L = E[G G^T]`` and ``R = E[G^T G]`` (exponential
+averages) and their eigenvectors ``Q_L``, ``Q_R``. Each step rotates the gradient into that basis,
+``G' = Q_L^T G Q_R``, runs Adam there (both moments kept in the basis) and rotates Adam's direction back,
+``Q_L (m' / (sqrt(v') + eps)) Q_R^T``. The bases are refreshed every ``precondition_every`` steps by one power
+iteration and a QR decomposition from the previous basis, as the authors do (the first by ``eigh``, from the
+first gradient, whose step is taken; the authors skip it); at a refresh the second moment's rows and columns
+follow the eigenvalues' new order and the momentum is carried into the new basis (the authors keep the
+momentum outside the basis and rotate it every step: the same direction at two matrix products less per step).
+
+Vectors (biases, norms' gains) get Adam. Convolution filters count as matrices ``out x (in * kernel)``. A side
+longer than ``max_dim`` is not rotated (its factor is the identity), as the authors' ``max_precond_dim``.
+
+Two optimizers run this step: ``GMNOptimizer(model, soap_switch=True)`` once its lr-free estimate has settled
+(metaopt/optim/optimizer.py) and the tuned baseline ``outer_train.soap.SOAP``. The moments are the caller's
+tensors (views into flat buffers, for ``GMNOptimizer``), updated in place; a matrix's statistics and bases are
+plain tensors in a dict the caller keeps in its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PRECONDITION_EVERY = 10  # the authors' precondition_frequency
+MAX_DIM = 10_000  # the authors' max_precond_dim
+BASIS_KEYS = ("left", "q_left", "right", "q_right")  # a matrix's statistics and bases (a long side keeps none)
+
+
+@dataclass(frozen=True)
+class SoapHyper:
+    """One SOAP step's hyperparameters (the authors' defaults but ``lr``). ``shampoo_beta`` averages the
+    statistics (None: the second beta, as the authors)."""
+
+    lr: float
+    betas: tuple[float, float] = (0.95, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    shampoo_beta: float | None = None
+    precondition_every: int = PRECONDITION_EVERY
+    max_dim: int = MAX_DIM
+
+    def check(self, owner: str) -> "SoapHyper":
+        """This, or a ValueError naming ``owner`` and the bad setting."""
+        if not self.lr >= 0:
+            raise ValueError(f"{owner}: lr must be >= 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"{owner}: betas are two numbers in [0, 1), got {self.betas}")
+        if self.shampoo_beta is not None and not 0 <= self.shampoo_beta < 1:
+            raise ValueError(f"{owner}: shampoo_beta must lie in [0, 1), got {self.shampoo_beta}")
+        if not self.eps >= 0 or not self.weight_decay >= 0:
+            raise ValueError(f"{owner}: eps and weight_decay must be >= 0, got {self.eps}, {self.weight_decay}")
+        for name in ("precondition_every", "max_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{owner}: {name} is an int >= 1, got {value!r}")
+        return self
+
+
+@contextlib.contextmanager
+def flushing_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero on this thread for the step's matrix products, then turn it off again
+    (PyTorch's default; there is no getter for a mode set before). Near the end of a fit some rows of a
+    gradient sit 1e-10 to 1e-20 below the others, products of them fall below float32's normal range, and
+    a CPU computes with denormals 10-70x slower (a 256 x 256 Newton-Schulz iteration of Muon took 50-300 ms
+    instead of 4-8 ms). What is flushed is below 1e-38, nothing the update can show."""
+    torch.set_flush_denormal(True)  # False (a no-op) on CPUs without the mode
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def as_matrix(x: Tensor) -> Tensor:
+    """A tensor of >= 2 dimensions as SOAP's matrix ``out x rest`` (a view of a contiguous tensor)."""
+    return x.reshape(x.shape[0], -1)
+
+
+def start_basis(basis: dict, grad: Tensor, max_dim: int) -> None:
+    """A matrix's Shampoo statistics from its first gradient and their eigenbases, into ``basis``
+    (``left`` / ``q_left``, ``right`` / ``q_right``; a side longer than ``max_dim`` keeps none: not rotated)."""
+    rows, cols = grad.shape
+    if rows <= max_dim:
+        basis["left"] = grad @ grad.T
+        basis["q_left"] = _eigenvectors(basis["left"])
+    if cols <= max_dim:
+        basis["right"] = grad.T @ grad
+        basis["q_right"] = _eigenvectors(basis["right"])
+
+
+def rotate(basis: dict, x: Tensor) -> Tensor:
+    """``Q_L^T x Q_R``: a matrix in the basis."""
+    if "q_left" in basis:
+        x = basis["q_left"].T @ x
+    return x @ basis["q_right"] if "q_right" in basis else x
+
+
+def rotate_back(basis: dict, x: Tensor) -> Tensor:
+    """``Q_L x Q_R^T``: a matrix from the basis back to the parameter's coordinates."""
+    if "q_left" in basis:
+        x = basis["q_left"] @ x
+    return x @ basis["q_right"].T if "q_right" in basis else x
+
+
+def accumulate(basis: dict, grad: Tensor, beta: float) -> None:
+    """The statistics' exponential averages take in this gradient."""
+    if "left" in basis:
+        basis["left"].lerp_(grad @ grad.T, 1 - beta)
+    if "right" in basis:
+        basis["right"].lerp_(grad.T @ grad, 1 - beta)
+
+
+def refresh(basis: dict, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
+    """One power iteration + QR per side from the current basis (its columns first ordered by the eigenvalues
+    they now estimate, largest first); the momentum (in place) is carried into the new basis and the second
+    moment's rows / columns (in place) follow the new order."""
+    momentum, second = rotate_back(basis, exp_avg), exp_avg_sq
+    for side, stat in (("q_left", "left"), ("q_right", "right")):
+        if side in basis:
+            order = _estimated_order(basis[stat], basis[side])
+            second = second[order] if side == "q_left" else second[:, order]
+            basis[side] = torch.linalg.qr(basis[stat] @ basis[side][:, order])[0]
+    exp_avg.copy_(rotate(basis, momentum))
+    exp_avg_sq.copy_(second)
+
+
+def soap_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, basis: dict | None, step: int,
+              h: SoapHyper) -> None:
+    """SOAP's step ``step`` (1, 2, ...) on one tensor, in place: ``param``, the moments (parameter-shaped; in
+    the basis for a matrix) and ``basis`` (a dict, empty before a matrix's first step; None: a vector, Adam).
+    Weight decay is decoupled (``param *= 1 - lr * weight_decay``). Run it under `flushing_denormals`."""
+    beta1, beta2 = h.betas
+    matrix = basis is not None
+    g = as_matrix(grad) if matrix else grad
+    m, v = (as_matrix(exp_avg), as_matrix(exp_avg_sq)) if matrix else (exp_avg, exp_avg_sq)
+    if matrix and not basis:
+        start_basis(basis, g, h.max_dim)
+    rotated = rotate(basis, g) if matrix else g
+    m.lerp_(rotated, 1 - beta1)
+    v.mul_(beta2).addcmul_(rotated, rotated, value=1 - beta2)
+    direction = m / v.sqrt().add_(h.eps)
+    if matrix:
+        direction = rotate_back(basis, direction)
+    size = h.lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    if h.weight_decay:
+        param.mul_(1 - h.lr * h.weight_decay)
+    param.add_(direction.reshape(param.shape), alpha=-size)
+    if matrix:
+        accumulate(basis, g, beta2 if h.shampoo_beta is None else h.shampoo_beta)
+        if step % h.precondition_every == 0:
+            refresh(basis, m, v)
+
+
+def _eigenvectors(stat: Tensor) -> Tensor:
+    """Eigenvectors of a symmetric PSD matrix, largest eigenvalue first."""
+    return torch.linalg.eigh(stat)[1].flip(1)
+
+
+def _estimated_order(stat: Tensor, basis: Tensor) -> Tensor:
+    """The basis' columns ordered by the Rayleigh quotients ``q^T S q``, largest first."""
+    return ((stat @ basis) * basis).sum(0).argsort(descending=True)
+
+
+SWITCH_CHECK_EVERY = 10  # GMNOptimizer's soap_switch looks at the estimate's history every this many steps
+
+
+@dataclass(frozen=True)
+class SoapSwitch:
+    """``GMNOptimizer(model, soap_switch=True | SoapSwitch(...))``: the lr-free step (Adam's direction, Prodigy's
+    estimate ``d``) until ``d`` has not moved for ``window`` steps (looked at every `SWITCH_CHECK_EVERY`th step),
+    then SOAP's step (`soap_step`, fresh moments, bias-corrected from the switch on) at ``lr = scale * d``, ``d``
+    frozen; the group's ``lr`` multiplies it as it multiplies ``d`` before. ``betas``: SOAP's after the switch
+    (the authors' second beta 0.95 lost the held-out SIREN in 1,000 steps; 0.99 kept it, docs/optim.md)."""
+
+    scale: float = 0.5
+    window: int = 100
+    betas: tuple[float, float] = (0.95, 0.99)
+    precondition_every: int = PRECONDITION_EVERY
+    max_dim: int = MAX_DIM
+
+    def check(self) -> "SoapSwitch":
+        """This, or a ValueError naming the bad setting."""
+        if not self.scale > 0:
+            raise ValueError(f"GMNOptimizer: soap_switch's scale multiplies the settled estimate d, > 0, got {self.scale!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < SWITCH_CHECK_EVERY:
+            raise ValueError(f"GMNOptimizer: soap_switch's window is a number of steps >= {SWITCH_CHECK_EVERY}, "
+                             f"got {self.window!r}")
+        self.hyper(1.0, 0.0, 0.0).check("GMNOptimizer: soap_switch")
+        return self
+
+    def hyper(self, lr: float, eps: float, weight_decay: float) -> SoapHyper:
+        """The SOAP step's hyperparameters at this lr (the group's lr x scale x d) and the group's eps / decay."""
+        return SoapHyper(lr, tuple(self.betas), eps, weight_decay, None, self.precondition_every, self.max_dim)
+
+    def due(self, step: int, moved_at: int) -> bool:
+        """Switch after ``step`` (steps taken), the estimate having last moved on step ``moved_at``?"""
+        return step > self.window and step % SWITCH_CHECK_EVERY == 0 and moved_at <= step - self.window

@@ -1,0 +1,174 @@
+"""GMNOptimizer(model, soap_switch=...): the lr-free step until its estimate settles, then SOAP's step."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from metaopt.optim import GMNOptimizer, SoapSwitch
+from metaopt.optim.optimizer import SOAP_BASES
+from outer_train.soap import SOAP
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 12), nn.Tanh(),
+                         nn.Linear(12, 10))
+
+
+X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+Y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer) -> float:
+    loss = nn.functional.cross_entropy(model(X), Y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step() -> None:
+    """Bit for bit: GMNOptimizer(model) until d has not moved for 100 steps (looked at every 10th step), then
+    a fresh SOAP (betas 0.95 / 0.99) at 0.5 x d, d frozen (before step 1,000, where no plateau cut can come)."""
+    switched, plain = _net(), _net()
+    opt = GMNOptimizer(switched, soap_switch=True, example_inputs=X[:2])
+    ref = GMNOptimizer(plain, example_inputs=X[:2])
+    second, history, moved_at = None, [ref.distance], 0
+    for t in range(1, 701):
+        _step(switched, opt)
+        _step(plain, second or ref)
+        if second is None:
+            history.append(ref.distance)
+            moved_at = t if history[-1] != history[-2] else moved_at
+            assert torch.equal(_flat(switched), _flat(plain))
+            if t > 100 and t % 10 == 0 and moved_at <= t - 100:
+                second = SOAP(plain.parameters(), lr=0.5 * ref.distance, betas=(0.95, 0.99))
+                assert opt.soap_switched_at == t and opt.distance == ref.distance
+            else:
+                assert opt.soap_switched_at == 0
+    assert second is not None, "the estimate never settled: the test's problem no longer exercises the switch"
+    assert opt.soap_switched_at < 600  # SOAP ran at least 100 steps
+    assert torch.equal(_flat(switched), _flat(plain))
+    assert opt.distance == ref.distance  # frozen at the switch
+    assert set(opt.state[SOAP_BASES]) == {0, 2, 4}  # the conv filter and the two Linear weights
+
+
+def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:
+    """min ||A W B - C||^2 with A, B ill-conditioned in a rotated basis: after the switch SOAP's eigenbasis undoes
+    the rotation that Adam's diagonal cannot, so the same 600 steps end far lower than GMNOptimizer(model)."""
+    g = torch.Generator().manual_seed(0)
+
+    def rotated(n: int) -> torch.Tensor:
+        q = torch.linalg.qr(torch.randn(n, n, generator=g))[0]
+        return q @ torch.diag(torch.logspace(0, -1.5, n)) @ q.T
+    a, b = rotated(12), rotated(10)
+    c = a @ torch.randn(12, 10, generator=g) @ b
+
+    def final(**kwargs) -> tuple[float, GMNOptimizer]:  # noqa: ANN003
+        model = nn.Linear(10, 12, bias=False)  # its weight is W
+        nn.init.zeros_(model.weight)
+        opt = GMNOptimizer(model, example_inputs=torch.zeros(1, 10), **kwargs)
+        for _ in range(600):
+            loss = (a @ model.weight @ b - c).square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float((a @ model.weight.detach() @ b - c).square().sum()), opt
+    soap, opt = final(soap_switch=True)
+    plain, _ = final()
+    assert 0 < opt.soap_switched_at < 500
+    assert soap < plain / 10, (soap, plain)
+
+
+@pytest.mark.parametrize("save_at", [150, 450])
+def test_a_saved_state_resumes_bit_for_bit_on_either_side_of_the_switch(save_at: int) -> None:
+    net = _net()
+    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=50), example_inputs=X[:2])
+    for _ in range(save_at):
+        _step(net, opt)
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    twin = _net()
+    twin.load_state_dict(saved["model"])
+    twin_opt = GMNOptimizer(twin, soap_switch=SoapSwitch(window=50), example_inputs=X[:2])
+    twin_opt.load_state_dict(saved["opt"])
+    assert twin_opt.soap_switched_at == opt.soap_switched_at
+    losses = [_step(net, opt) for _ in range(200)]
+    assert losses == [_step(twin, twin_opt) for _ in range(200)]
+    assert torch.equal(_flat(net), _flat(twin))
+    assert 0 < opt.soap_switched_at < save_at + 200
+    assert losses[-1] < 0.1 * float(nn.functional.cross_entropy(_net()(X), Y).detach())
+
+
+def _switched() -> tuple[nn.Module, GMNOptimizer]:
+    net = _net()
+    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=20), example_inputs=X[:2])
+    while not opt.soap_switched_at:
+        _step(net, opt)
+    _step(net, opt)
+    return net, opt
+
+
+def test_a_switched_state_needs_the_switch_and_bases_that_fit() -> None:
+    net, opt = _switched()
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match="soap_switch=True"):
+        GMNOptimizer(_net(), example_inputs=X[:2]).load_state_dict(state)
+    bad = {**state, "state": {**state["state"], SOAP_BASES: {0: {"q_left": torch.eye(3)}}}}
+    with pytest.raises(ValueError, match="do not fit"):
+        GMNOptimizer(_net(), soap_switch=True, example_inputs=X[:2]).load_state_dict(bad)
+    bad = {**state, "state": {**state["state"], SOAP_BASES: {1: {}}}}  # parameter 1 is a bias
+    with pytest.raises(ValueError, match="no valid"):
+        GMNOptimizer(_net(), soap_switch=True, example_inputs=X[:2]).load_state_dict(bad)
+    twin = GMNOptimizer(net, soap_switch=True, example_inputs=X[:2])
+    twin.load_state_dict(state)  # the bases are copied: stepping one optimizer leaves the saved state alone
+    before = state["state"][SOAP_BASES][0]["left"].clone()
+    _step(net, twin)
+    assert torch.equal(state["state"][SOAP_BASES][0]["left"], before)
+
+
+def test_a_non_finite_gradient_after_the_switch_skips_the_step() -> None:
+    net, opt = _switched()
+    before, steps = _flat(net), opt.state["soap_steps"]
+    opt.zero_grad()
+    nn.functional.cross_entropy(net(X), Y).backward()
+    net[0].weight.grad[0, 0, 0, 0] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1 and opt.state["soap_steps"] == steps and torch.equal(_flat(net), before)
+
+
+def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
+    """A plateau cut in force halves SOAP's step (the decay runs on after the switch)."""
+    net, opt = _switched()
+    twin_net = _net()
+    twin_net.load_state_dict(net.state_dict())
+    twin = GMNOptimizer(twin_net, soap_switch=SoapSwitch(window=20), example_inputs=X[:2])
+    twin.load_state_dict(opt.state_dict())
+    twin.state["plateau_cuts"] = 1
+    start = _flat(net)
+    _step(net, opt)
+    _step(twin_net, twin)
+    torch.testing.assert_close(_flat(twin_net) - start, 0.5 * (_flat(net) - start), rtol=1e-4, atol=3e-7)  # parameters ~1: ulps
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lr_free": False}, "needs lr_free"), ({"lr": 1e-3, "lr_free": False}, "needs lr_free"),
+    ({"rule": "default", "lr_free": True}, "learned rule"), ({"schedule_free": True}, "schedule-free"),
+    ({"spike_guard": 4.0, "per_tensor": 0.0}, "spike_guard"),
+    ({"soap_switch": SoapSwitch(scale=0.0)}, "scale"), ({"soap_switch": SoapSwitch(window=5)}, "window"),
+    ({"soap_switch": SoapSwitch(betas=(0.9, 1.0))}, "betas"), ({"soap_switch": "soap"}, "SoapSwitch"),
+])
+def test_the_switch_refuses_what_it_cannot_run(kwargs: dict, match: str) -> None:
+    kwargs = {"soap_switch": True, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        GMNOptimizer(_net(), example_inputs=X[:2], **kwargs)
