@@ -21,3 +21,19 @@ def test_evaluate_tunes_a_baseline(tmp_path: Path, baseline: str) -> None:
     assert set(res) == {"adam", baseline} and len(res[baseline]["grid"]) == 2
     assert res[baseline]["curve"][1:] != res["adam"]["curve"][1:]
     assert f"| {baseline} |" in (tmp_path / "results.md").read_text()
+
+
+def test_evaluate_runs_the_soap_switch_beside_the_lr_free_row(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    evaluate.main(["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "300", "--grid-points", "2", "--threads",
+                   "1", "--baselines", "adam", "--rule", "anchor=lrfree_anchor", "--lr-free", "--soap-switch",
+                   "--variants-only", "--no-best", "--out", str(tmp_path)])
+    torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "results.json").read_text())
+    res = out["entries"][0]["results"]
+    assert set(res) == {"adam", "anchor+lrfree", "anchor+lrfree+soap"}
+    assert any("+soap (soap_switch)" in label for label in out["rules"])
+    same = [a == b for a, b in zip(res["anchor+lrfree"]["curve"], res["anchor+lrfree+soap"]["curve"])]
+    assert same[0] and not same[-1]  # the same lr-free run until the switch, SOAP's after it
+    with pytest.raises(SystemExit):
+        evaluate.main(["--soap-switch", "--out", str(tmp_path / "x")])

@@ -46,6 +46,7 @@ class SoapHyper:
     shampoo_beta: float | None = None
     precondition_every: int = PRECONDITION_EVERY
     max_dim: int = MAX_DIM
+    statistics_every: int = 1  # the statistics take in every k-th gradient only (their average over as many steps)
 
     def check(self, owner: str) -> "SoapHyper":
         """This, or a ValueError naming ``owner`` and the bad setting."""
@@ -57,7 +58,7 @@ class SoapHyper:
             raise ValueError(f"{owner}: shampoo_beta must lie in [0, 1), got {self.shampoo_beta}")
         if not self.eps >= 0 or not self.weight_decay >= 0:
             raise ValueError(f"{owner}: eps and weight_decay must be >= 0, got {self.eps}, {self.weight_decay}")
-        for name in ("precondition_every", "max_dim"):
+        for name in ("precondition_every", "max_dim", "statistics_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{owner}: {name} is an int >= 1, got {value!r}")
@@ -153,7 +154,9 @@ def soap_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
         param.mul_(1 - h.lr * h.weight_decay)
     param.add_(direction.reshape(param.shape), alpha=-size)
     if matrix:
-        accumulate(basis, g, beta2 if h.shampoo_beta is None else h.shampoo_beta)
+        if step % h.statistics_every == 0:  # every k-th gradient stands for k: the average's memory in
+            # steps stays; two of the six matrix products of a step are spent on 1 in k steps only
+            accumulate(basis, g, (beta2 if h.shampoo_beta is None else h.shampoo_beta) ** h.statistics_every)
         if step % h.precondition_every == 0:
             refresh(basis, m, v)
 
@@ -184,6 +187,7 @@ class SoapSwitch:
     betas: tuple[float, float] = (0.95, 0.99)
     precondition_every: int = PRECONDITION_EVERY
     max_dim: int = MAX_DIM
+    statistics_every: int = 1
 
     def check(self) -> "SoapSwitch":
         """This, or a ValueError naming the bad setting."""
@@ -197,7 +201,8 @@ class SoapSwitch:
 
     def hyper(self, lr: float, eps: float, weight_decay: float) -> SoapHyper:
         """The SOAP step's hyperparameters at this lr (the group's lr x scale x d) and the group's eps / decay."""
-        return SoapHyper(lr, tuple(self.betas), eps, weight_decay, None, self.precondition_every, self.max_dim)
+        return SoapHyper(lr, tuple(self.betas), eps, weight_decay, None, self.precondition_every, self.max_dim,
+                         self.statistics_every)
 
     def due(self, step: int, moved_at: int) -> bool:
         """Switch after ``step`` (steps taken), the estimate having last moved on step ``moved_at``?"""
