@@ -19,6 +19,9 @@ def _net() -> nn.Module:
                          nn.Linear(12, 10))
 
 
+# The test problem (64 random images) is fitted so fast that the gradient norm is 200x down when d settles, where the
+# switch declines (SoapSwitch.decline_below); the tests of the switch itself turn that off.
+ALWAYS = SoapSwitch(decline_below=0.0)
 X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 Y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
 
@@ -39,7 +42,7 @@ def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step() 
     """Bit for bit: GMNOptimizer(model) until d has not moved for 100 steps (looked at every 10th step), then
     a fresh SOAP (betas 0.95 / 0.99) at 0.5 x d, d frozen (before step 1,000, where no plateau cut can come)."""
     switched, plain = _net(), _net()
-    opt = GMNOptimizer(switched, soap_switch=True, example_inputs=X[:2])
+    opt = GMNOptimizer(switched, soap_switch=ALWAYS, example_inputs=X[:2])
     ref = GMNOptimizer(plain, example_inputs=X[:2])
     second, history, moved_at = None, [ref.distance], 0
     for t in range(1, 701):
@@ -82,16 +85,18 @@ def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:
             loss.backward()
             opt.step()
         return float((a @ model.weight.detach() @ b - c).square().sum()), opt
-    soap, opt = final(soap_switch=True)
+    soap, opt = final(soap_switch=ALWAYS)
     plain, _ = final()
     assert 0 < opt.soap_switched_at < 500
     assert soap < plain / 10, (soap, plain)
+    _, declined = final(soap_switch=True)  # the gradient norm is 460x down when d settles: the default declines here
+    assert declined.soap_declined_at == opt.soap_switched_at and declined.soap_switched_at == 0
 
 
 @pytest.mark.parametrize("save_at", [150, 450])
 def test_a_saved_state_resumes_bit_for_bit_on_either_side_of_the_switch(save_at: int) -> None:
     net = _net()
-    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=50), example_inputs=X[:2])
+    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=50, decline_below=0.0), example_inputs=X[:2])
     for _ in range(save_at):
         _step(net, opt)
     buffer = io.BytesIO()
@@ -100,7 +105,7 @@ def test_a_saved_state_resumes_bit_for_bit_on_either_side_of_the_switch(save_at:
     saved = torch.load(buffer, weights_only=True)
     twin = _net()
     twin.load_state_dict(saved["model"])
-    twin_opt = GMNOptimizer(twin, soap_switch=SoapSwitch(window=50), example_inputs=X[:2])
+    twin_opt = GMNOptimizer(twin, soap_switch=SoapSwitch(window=50, decline_below=0.0), example_inputs=X[:2])
     twin_opt.load_state_dict(saved["opt"])
     assert twin_opt.soap_switched_at == opt.soap_switched_at
     losses = [_step(net, opt) for _ in range(200)]
@@ -112,7 +117,7 @@ def test_a_saved_state_resumes_bit_for_bit_on_either_side_of_the_switch(save_at:
 
 def _switched() -> tuple[nn.Module, GMNOptimizer]:
     net = _net()
-    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=20), example_inputs=X[:2])
+    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=20, decline_below=0.0), example_inputs=X[:2])
     while not opt.soap_switched_at:
         _step(net, opt)
     _step(net, opt)
@@ -126,11 +131,11 @@ def test_a_switched_state_needs_the_switch_and_bases_that_fit() -> None:
         GMNOptimizer(_net(), example_inputs=X[:2]).load_state_dict(state)
     bad = {**state, "state": {**state["state"], SOAP_BASES: {0: {"q_left": torch.eye(3)}}}}
     with pytest.raises(ValueError, match="do not fit"):
-        GMNOptimizer(_net(), soap_switch=True, example_inputs=X[:2]).load_state_dict(bad)
+        GMNOptimizer(_net(), soap_switch=ALWAYS, example_inputs=X[:2]).load_state_dict(bad)
     bad = {**state, "state": {**state["state"], SOAP_BASES: {1: {}}}}  # parameter 1 is a bias
     with pytest.raises(ValueError, match="no valid"):
-        GMNOptimizer(_net(), soap_switch=True, example_inputs=X[:2]).load_state_dict(bad)
-    twin = GMNOptimizer(net, soap_switch=True, example_inputs=X[:2])
+        GMNOptimizer(_net(), soap_switch=ALWAYS, example_inputs=X[:2]).load_state_dict(bad)
+    twin = GMNOptimizer(net, soap_switch=ALWAYS, example_inputs=X[:2])
     twin.load_state_dict(state)  # the bases are copied: stepping one optimizer leaves the saved state alone
     before = state["state"][SOAP_BASES][0]["left"].clone()
     _step(net, twin)
@@ -152,7 +157,7 @@ def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
     net, opt = _switched()
     twin_net = _net()
     twin_net.load_state_dict(net.state_dict())
-    twin = GMNOptimizer(twin_net, soap_switch=SoapSwitch(window=20), example_inputs=X[:2])
+    twin = GMNOptimizer(twin_net, soap_switch=SoapSwitch(window=20, decline_below=0.0), example_inputs=X[:2])
     twin.load_state_dict(opt.state_dict())
     twin.state["plateau_cuts"] = 1
     start = _flat(net)
@@ -167,6 +172,7 @@ def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
     ({"spike_guard": 4.0, "per_tensor": 0.0}, "spike_guard"),
     ({"soap_switch": SoapSwitch(scale=0.0)}, "scale"), ({"soap_switch": SoapSwitch(window=5)}, "window"),
     ({"soap_switch": SoapSwitch(betas=(0.9, 1.0))}, "betas"), ({"soap_switch": "soap"}, "SoapSwitch"),
+    ({"soap_switch": SoapSwitch(decline_below=1.0)}, "decline_below"),
 ])
 def test_the_switch_refuses_what_it_cannot_run(kwargs: dict, match: str) -> None:
     kwargs = {"soap_switch": True, **kwargs}
@@ -187,3 +193,42 @@ def test_statistics_every_k_steps_take_in_every_kth_gradient_at_the_kth_power_of
     for t in (3, 6):
         left = left.lerp(grads[t - 1] @ grads[t - 1].T, 1 - 0.99**3)
     torch.testing.assert_close(basis["left"], left)
+
+
+def test_bf16_parameters_take_soaps_step_through_float32() -> None:
+    """bf16 parameters: SOAP's step runs on float32 copies and float32 state (statistics and bases too), rounded
+    once into the parameter. (Lr-free on bf16 warns that steps of d0's size are lost in the rounding.)"""
+    net = _net().to(torch.bfloat16)
+    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=20, decline_below=0.0), lr=1e3, lr_free=True,
+                       example_inputs=X[:2].bfloat16())
+    def step() -> None:
+        loss = nn.functional.cross_entropy(net(X.bfloat16()).float(), Y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with pytest.warns(UserWarning, match="bf16"):
+        while not opt.soap_switched_at:
+            step()
+    before = _flat(net).float()
+    for _ in range(20):
+        step()
+    after = _flat(net).float()
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters()) and torch.isfinite(after).all()
+    assert not torch.equal(before, after)
+    assert all(v.dtype == torch.float32 for b in opt.state[SOAP_BASES].values() for v in b.values())
+
+
+def test_it_declines_to_switch_deep_in_a_fit_adams_step_is_making() -> None:
+    """Where the gradient norm has fallen 200x below its peak by the time d settles, no switch comes, for good; the
+    run is then GMNOptimizer(model)'s, bit for bit. decline_below=0 switches at the same step regardless."""
+    gate = SoapSwitch(decline_below=0.5)  # a fit 1.4x down in norm counts as deep here: the test's problem declines
+    nets = [_net() for _ in range(3)]
+    opts = [GMNOptimizer(nets[0], soap_switch=gate, example_inputs=X[:2]), GMNOptimizer(nets[1], example_inputs=X[:2]),
+            GMNOptimizer(nets[2], soap_switch=SoapSwitch(decline_below=0.0), example_inputs=X[:2])]
+    for _ in range(600):
+        for net, opt in zip(nets, opts):
+            _step(net, opt)
+    assert opts[0].soap_declined_at > 0 and opts[0].soap_switched_at == 0
+    assert opts[0].soap_declined_at == opts[2].soap_switched_at and opts[2].soap_declined_at == 0
+    assert torch.equal(_flat(nets[0]), _flat(nets[1]))
+    assert opts[0].state["soap_grad_last"] < 0.5 * opts[0].state["soap_grad_peak"]

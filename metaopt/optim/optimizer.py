@@ -62,6 +62,9 @@ DISTANCE_MOVED_AT = "distance_moved_at"  # soap_switch: the last step on which t
 SOAP_SWITCHED_AT = "soap_switched_at"  # soap_switch: the step after which SOAP's step runs (0: not yet)
 SOAP_LR = "soap_lr"  # soap_switch: scale x d at the switch, SOAP's lr (times the group's lr)
 SOAP_STEPS = "soap_steps"  # soap_switch: SOAP's steps since the switch (its bias correction)
+SOAP_DECLINED_AT = "soap_declined_at"  # soap_switch: the step at which it declined to switch, for good (0: it did not)
+SOAP_GRAD_PEAK = "soap_grad_peak"  # soap_switch: the largest squared gradient norm sampled (every 10th step) so far
+SOAP_GRAD_LAST = "soap_grad_last"  # soap_switch: the last one sampled
 SOAP_BASES = "soap_bases"  # soap_switch: {parameter index: its statistics and bases} of every matrix stepped
 TENSOR_DISTANCES = "tensor_distances"  # lr_free + per_tensor: [tensors, 5] float64, each tensor's own estimate
 # (numerator, d, last, peak, settled) in the model's parameter order (states of 0.6 and before: 4 columns, unsettled)
@@ -69,7 +72,8 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
              DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS,
-             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS)
+             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_DECLINED_AT, SOAP_GRAD_PEAK,
+             SOAP_GRAD_LAST)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
@@ -255,6 +259,13 @@ class GMNOptimizer(torch.optim.Optimizer):
     estimates set how far each tensor moves and the rule shares it out within the tensor only (by default
     it also shares between tensors, which on a GRU LM ran its gate biases away; docs/optim.md, "User-style
     loops").
+    ``soap_switch=True`` (or a `SoapSwitch`; opt-in, lr-free with no learned rule): the lr-free step until the
+    estimate ``d`` has not moved for 100 steps (looked at every 10th step), then SOAP's step (Adam in the
+    eigenbasis of Shampoo's gradient statistics on every matrix, Adam on vectors; `eigenbasis.soap_step`) at
+    ``lr = 0.5 * d`` with ``d`` frozen, betas (0.95, 0.99), fresh moments; the plateau decay goes on scaling the
+    step. ``opt.soap_switched_at`` is the step it switched after (0: not yet). Each matrix adds its statistics and
+    bases, ``2 * (rows^2 + cols^2)`` numbers, to the state (``state_dict()["state"]["soap_bases"]``), and about
+    six matrix products to each step (docs/optim.md, "The soap switch").
     """
 
     def __init__(
@@ -629,6 +640,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.soap_switch is not None and self.state[SOAP_SWITCHED_AT]:
             self._soap_step(entries, grads)
             return loss
+        watching = self.soap_switch is not None and not self.state[SOAP_DECLINED_AT]
+        if watching and self.state[STEPS_TAKEN] % eigenbasis.SWITCH_CHECK_EVERY == 0:
+            self.state[SOAP_GRAD_LAST] = sq = self._grad_sq_norm(grads)
+            self.state[SOAP_GRAD_PEAK] = max(float(self.state[SOAP_GRAD_PEAK]), sq)
         if self.lr_free:
             d_before = self.state[DISTANCE]
             entries = self._adapt_distance(entries, grads, buf)
@@ -671,9 +686,11 @@ class GMNOptimizer(torch.optim.Optimizer):
                 work, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors))
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
-        if self.soap_switch is not None and self.soap_switch.due(int(self.state[STEPS_TAKEN]),
-                                                                 int(self.state[DISTANCE_MOVED_AT])):
-            self._switch_to_soap(buf)
+        if watching and self.soap_switch.due(int(self.state[STEPS_TAKEN]), int(self.state[DISTANCE_MOVED_AT])):
+            if self.state[SOAP_GRAD_LAST] < self.soap_switch.decline_below * self.state[SOAP_GRAD_PEAK]:
+                self.state[SOAP_DECLINED_AT] = int(self.state[STEPS_TAKEN])  # deep in a fit Adam's step is making
+            else:
+                self._switch_to_soap(buf)
         return loss
 
     def _switch_to_soap(self, buf: dict[str, Tensor]) -> None:
@@ -695,19 +712,35 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.plateau_block:
             lr *= self._decay_on_plateau(int(self.state[STEPS_TAKEN]), grads)
         hypers = {h: self.soap_switch.hyper(h.lr * lr, h.eps, h.weight_decay) for h in {h for _, _, h in entries}}
+        vectors: dict[Hyper, list[tuple[Tensor, Tensor]]] = {}  # Adam's step, one foreach pass per group
         with eigenbasis.flushing_denormals():
             for (i, p, h), g in zip(entries, grads):
-                basis = bases.setdefault(i, {}) if p.ndim >= 2 else None
+                g = g if g.dtype == torch.float32 else g.float()
+                if p.ndim < 2:
+                    vectors.setdefault(h, []).append((p, g))
+                    continue
+                basis = bases.setdefault(i, {})
                 if basis and basis["right" if "right" in basis else "left"].device != p.device:  # the model moved
                     basis.update({k: v.to(p.device) for k, v in basis.items()})
                 st = self.state[p]
                 self._update_in_float32([p], lambda work: eigenbasis.soap_step(
-                    work[0], g.float(), st["exp_avg"], st["exp_avg_sq"], basis, step, hypers[h]))
+                    work[0], g, st["exp_avg"], st["exp_avg_sq"], basis, step, hypers[h]))
+            for h, pairs in vectors.items():  # under the same flush as outer_train.soap.SOAP's (bit for bit)
+                params, g = [p for p, _ in pairs], [g for _, g in pairs]
+                m, v = [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
+                self._update_in_float32(params, lambda work: eigenbasis.adam_step_foreach(work, g, m, v, step,
+                                                                                           hypers[h]))
 
     @property
     def soap_switched_at(self) -> int:
         """``soap_switch``: the step after which SOAP's step runs (0 while the lr-free step runs)."""
         return int(self.state[SOAP_SWITCHED_AT])
+
+    @property
+    def soap_declined_at(self) -> int:
+        """``soap_switch``: the step at which the estimate had settled but the gradient norm had already fallen
+        below ``SoapSwitch.decline_below`` of its peak, so no switch came, for good (0: it did not decline)."""
+        return int(self.state[SOAP_DECLINED_AT])
 
     def _schedule_free_step(self, seg_views: list[tuple[Hyper, int, list[tuple[int, Tensor]], dict[str, list[Tensor]]]],
                             grads: list[list[Tensor]]) -> None:

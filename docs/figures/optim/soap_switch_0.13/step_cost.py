@@ -1,0 +1,63 @@
+"""What the soap switch costs on the held-out tasks (seed 0, one thread): the whole loop and the step alone, ms per
+step over steps 101-300, for tuned-Adam-like Adam (lr 1e-3), GMNOptimizer(model) and GMNOptimizer(model,
+soap_switch=SoapSwitch(window=10)) (switched by step ~30, so steps 101-300 are SOAP's), and the switched state's size.
+
+    python docs/figures/optim/soap_switch_0.13/step_cost.py OUT_STEM [TASKS...]   -> OUT_STEM.json, OUT_STEM.md
+"""
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from inner_tasks import build_task
+from inner_tasks.tasks.collections import held_out_suite
+from inner_tasks.tasks.training import train_task
+from metaopt.optim import GMNOptimizer, SoapSwitch
+
+STEPS, FROM = 300, 100
+MAKERS = {"adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "default": lambda m: GMNOptimizer(m),
+          "switch": lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(window=10))}
+
+
+def state_numbers(opt: GMNOptimizer) -> int:
+    """Every number the optimizer keeps: its flat buffers and the matrices' statistics and bases."""
+    flat = sum(t.numel() for k, t in opt._buffers.items() if k != "step")
+    return flat + sum(v.numel() for b in opt.state.get("soap_bases", {}).values() for v in b.values())
+
+
+def main() -> None:
+    stem, tasks = sys.argv[1], sys.argv[2:]
+    rows = []
+    for spec in held_out_suite((0,), STEPS):
+        if tasks and spec.name.split("/")[0] not in tasks:
+            continue
+        task = build_task(spec)
+        row = {"task": spec.name, "params": task.num_params}
+        for name, make in MAKERS.items():
+            spent, held = [], {}
+            def timed_opt(model, make=make):
+                opt = make(model)
+                held["opt"], step = opt, opt.step
+                def step_timed(*a, **k):
+                    t = time.perf_counter(); out = step(*a, **k); spent.append(time.perf_counter() - t); return out
+                opt.step = step_timed
+                return opt
+            run = train_task(task, timed_opt, STEPS, 0, init_seed=0)
+            row[f"{name}_loop_ms"] = 1000 * (run.times[-1] - run.times[FROM - 1]) / (STEPS - FROM)
+            row[f"{name}_step_ms"] = 1000 * sum(spent[FROM:]) / (STEPS - FROM)
+            if name != "adam":
+                row[f"{name}_state_x"] = state_numbers(held["opt"]) / task.num_params
+            if name == "switch":
+                row["switched_at"] = held["opt"].soap_switched_at
+        rows.append(row)
+        print(row, flush=True)
+    json.dump(rows, open(f"{stem}.json", "w"), indent=1)
+    lines = ["| task | params | loop ms: Adam / default / switch (x Adam) | step ms: Adam / default / switch | state x params: default / switch |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['params']:,} | {r['adam_loop_ms']:.2f} / {r['default_loop_ms']:.2f} / "
+                     f"{r['switch_loop_ms']:.2f} ({r['switch_loop_ms'] / r['adam_loop_ms']:.2f}x) | {r['adam_step_ms']:.2f} / "
+                     f"{r['default_step_ms']:.2f} / {r['switch_step_ms']:.2f} | {r['default_state_x']:.2f} / {r['switch_state_x']:.2f} |")
+    open(f"{stem}.md", "w").write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
