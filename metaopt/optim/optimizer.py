@@ -263,7 +263,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     estimate ``d`` has not moved for 100 steps (looked at every 10th step), then SOAP's step (Adam in the
     eigenbasis of Shampoo's gradient statistics on every matrix, Adam on vectors; `eigenbasis.soap_step`) at
     ``lr = 0.5 * d`` with ``d`` frozen, betas (0.95, 0.99), fresh moments; the plateau decay goes on scaling the
-    step. ``opt.soap_switched_at`` is the step it switched after (0: not yet). Each matrix adds its statistics and
+    step. Where the gradient norm is already 200x below its peak when ``d`` settles (a fit Adam's step is making, as a
+    SIREN's) it declines, for good (``opt.soap_declined_at``; `SoapSwitch.decline_below`).
+    ``opt.soap_switched_at`` is the step it switched after (0: not yet). Each matrix adds its statistics and
     bases, ``2 * (rows^2 + cols^2)`` numbers, to the state (``state_dict()["state"]["soap_bases"]``), and about
     six matrix products to each step (docs/optim.md, "The soap switch").
     """
