@@ -207,6 +207,7 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "boost": _retired("lrfree_boost"),
     "boost1": ("GMNOptimizer(model, rule=\"lrfree_boost1\")", lambda m: GMNOptimizer(m, rule="lrfree_boost1")),
     "quarter": ("GMNOptimizer(model, lr=0.25, lr_free=True)", lambda m: GMNOptimizer(m, lr=0.25, lr_free=True)),
+    "soap_switch": ("GMNOptimizer(model, soap_switch=True)", lambda m: GMNOptimizer(m, soap_switch=True)),
 }
 
 
