@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import core
+
 PRECONDITION_EVERY = 10  # the authors' precondition_frequency
 MAX_DIM = 10_000  # the authors' max_precond_dim
 BASIS_KEYS = ("left", "q_left", "right", "q_right")  # a matrix's statistics and bases (a long side keeps none)
@@ -164,11 +166,10 @@ def soap_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
 def adam_step_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                       step: int, h: SoapHyper) -> None:
     """`soap_step` on vectors (Adam), for many tensors at once with ``torch._foreach`` ops: the same elementwise
-    arithmetic in the same order (bit for bit), one op per stage instead of one per tensor."""
+    arithmetic in the same order (bit for bit), one op per stage instead of one per tensor. The moments are the
+    update core's (`core.update_moments`); the step is SOAP's, whose eps is added before the bias correction."""
     beta1, beta2 = h.betas
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    core.update_moments(exp_avgs, exp_avg_sqs, grads, core.Hyper(h.lr, beta1, beta2, h.eps), inplace=True)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, h.eps)
     direction = torch._foreach_div(exp_avgs, denom)
