@@ -35,6 +35,8 @@ per seed). Writes ``results.json``, ``results.md`` and one loss-curve PNG per ta
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import math
 import statistics
@@ -49,7 +51,7 @@ from tqdm.auto import tqdm
 from inner_tasks import Task, TaskSpec, build_task
 from inner_tasks.tasks import train_task
 from inner_tasks.tasks.collections import HELD_OUT_TASKS, SELECTION_SUITES, held_out_suite
-from metaopt.optim import GMNOptimizer, UpdateRule
+from metaopt.optim import GMNOptimizer, SoapSwitch, UpdateRule
 from metaopt.optim.nowcast import Nowcaster
 from metaopt.optim.rules import resolve_rule
 from outer_train.muon import HybridMuon
@@ -529,6 +531,29 @@ def load_rules(dirs: list[str]) -> dict[str, UpdateRule]:
     return rules
 
 
+
+def parse_soap_variant(item: str, error: Callable[[str], Any]) -> tuple[str, SoapSwitch]:
+    """``--soap-variant LABEL:KEY=VALUE,...`` as (label, a checked SoapSwitch); values are Python literals
+    (``true`` / ``false`` as booleans), a bad one goes to ``error``."""
+    label, sep, spec = item.partition(":")
+    if not sep or not label.isidentifier():
+        error(f"--soap-variant takes LABEL:KEY=VALUE[,KEY=VALUE] with LABEL a name, got {item!r}")
+    known = {f.name for f in dataclasses.fields(SoapSwitch)}
+    kwargs: dict[str, Any] = {}
+    for pair in filter(None, spec.split(",")):
+        key, eq, raw = pair.partition("=")
+        if not eq or key not in known:
+            error(f"--soap-variant {label}: {pair!r} is not KEY=VALUE with KEY one of {sorted(known)}")
+        try:
+            kwargs[key] = ast.literal_eval({"true": "True", "false": "False"}.get(raw.lower(), raw))
+        except (ValueError, SyntaxError):
+            error(f"--soap-variant {label}: {key}={raw!r} is not a number, a boolean or a tuple")
+    try:
+        return label, SoapSwitch(**kwargs).check()
+    except (TypeError, ValueError) as e:
+        error(f"--soap-variant {label}: {e}")
+        raise
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m outer_train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--rule", action="append", default=[],
@@ -573,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soap-switch", action="store_true",
                    help="with --lr-free: also run every +lrfree row with GMNOptimizer(soap_switch=True), labelled "
                         "<rule>+lrfree+soap (SOAP's step at half the estimate once it has settled)")
+    p.add_argument("--soap-variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+                   help="with --lr-free: also run every +lrfree row with GMNOptimizer(soap_switch=SoapSwitch(KEY=VALUE, "
+                        "...)), labelled <rule>+lrfree+LABEL (e.g. columns:sides='columns'); repeatable")
     p.add_argument("--no-best", action="store_true",
                    help="run the rules at their default lr (lr-free: the multiplier 1) only, not also over the lr "
                         "grid (<rule>@best, 3x the runs); Adam is tuned as always")
@@ -684,6 +712,17 @@ def main(argv: list[str] | None = None) -> int:
             rules[f"{name}+soap"] = rules[name]
             rule_kwargs[f"{name}+soap"] = {**rule_kwargs[name], "soap_switch": True}
         labels += [f"{label}+soap (soap_switch)" for label in labels if "+lrfree (" in label]
+    variant_suffixes = ["+guard", "+lrfree", "+soap"]
+    if a.soap_variant and not a.lr_free:
+        p.error("--soap-variant switches the +lrfree rows' step: add --lr-free")
+    for item in a.soap_variant:
+        label, switch = parse_soap_variant(item, p.error)
+        variant_suffixes.append(f"+{label}")
+        lrfree_labels = [lb for lb in labels if "+lrfree (" in lb and "+soap (" not in lb]
+        for name in [n for n in rules if n.endswith("+lrfree")]:
+            rules[f"{name}+{label}"] = rules[name]
+            rule_kwargs[f"{name}+{label}"] = {**rule_kwargs[name], "soap_switch": switch}
+        labels += [f"{lb}+{label} (soap_switch {item.partition(':')[2]})" for lb in lrfree_labels]
     if a.spike_guard is not None:
         if not a.spike_guard > 1:
             p.error(f"--spike-guard is a gradient-norm ratio > 1, got {a.spike_guard}")
@@ -694,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.variants_only:
         if a.spike_guard is None and not a.lr_free:
             p.error("--variants-only needs --spike-guard or --lr-free")
-        plain = [n for n in rules if not n.endswith(("+guard", "+lrfree", "+soap"))]
+        plain = [n for n in rules if not n.endswith(tuple(variant_suffixes))]
         rules = {n: r for n, r in rules.items() if n not in plain}
         rule_kwargs = {n: kw for n, kw in rule_kwargs.items() if n not in plain}
         labels = [lb for lb in labels if "+guard (" in lb or "+lrfree (" in lb]

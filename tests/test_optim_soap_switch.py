@@ -38,11 +38,13 @@ def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step() -> None:
+@pytest.mark.parametrize("sides", ["both", "shorter"])
+def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step(sides: str) -> None:
     """Bit for bit: GMNOptimizer(model) until d has not moved for 100 steps (looked at every 10th step), then
-    a fresh SOAP (betas 0.95 / 0.99) at 0.5 x d, d frozen (before step 1,000, where no plateau cut can come)."""
+    a fresh SOAP (betas 0.95 / 0.99; one-sided or not as the switch) at 0.5 x d, d frozen (before step 1,000,
+    where no plateau cut can come)."""
     switched, plain = _net(), _net()
-    opt = GMNOptimizer(switched, soap_switch=ALWAYS, example_inputs=X[:2])
+    opt = GMNOptimizer(switched, soap_switch=SoapSwitch(decline_below=0.0, sides=sides), example_inputs=X[:2])
     ref = GMNOptimizer(plain, example_inputs=X[:2])
     second, history, moved_at = None, [ref.distance], 0
     for t in range(1, 701):
@@ -53,7 +55,7 @@ def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step() 
             moved_at = t if history[-1] != history[-2] else moved_at
             assert torch.equal(_flat(switched), _flat(plain))
             if t > 100 and t % 10 == 0 and moved_at <= t - 100:
-                second = SOAP(plain.parameters(), lr=0.5 * ref.distance, betas=(0.95, 0.99))
+                second = SOAP(plain.parameters(), lr=0.5 * ref.distance, betas=(0.95, 0.99), sides=sides)
                 assert opt.soap_switched_at == t and opt.distance == ref.distance
             else:
                 assert opt.soap_switched_at == 0
@@ -62,6 +64,10 @@ def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step() 
     assert torch.equal(_flat(switched), _flat(plain))
     assert opt.distance == ref.distance  # frozen at the switch
     assert set(opt.state[SOAP_BASES]) == {0, 2, 4}  # the conv filter and the two Linear weights
+    rotated = {k: {n for n in b if n.startswith("q_")} for k, b in opt.state[SOAP_BASES].items()}
+    # the shorter side: the conv's 6 of 6 x 9, the Linears' 12 of 12 x 216 and 10 of 10 x 12
+    assert rotated == ({0: {"q_left"}, 2: {"q_left"}, 4: {"q_left"}} if sides == "shorter" else
+                       {k: {"q_left", "q_right"} for k in (0, 2, 4)})
 
 
 def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:

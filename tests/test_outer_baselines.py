@@ -27,13 +27,25 @@ def test_evaluate_runs_the_soap_switch_beside_the_lr_free_row(tmp_path: Path) ->
     threads = torch.get_num_threads()
     evaluate.main(["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "300", "--grid-points", "2", "--threads",
                    "1", "--baselines", "adam", "--rule", "anchor=lrfree_anchor", "--lr-free", "--soap-switch",
-                   "--variants-only", "--no-best", "--out", str(tmp_path)])
+                   "--soap-variant", "onesided:sides='shorter',window=50", "--variants-only", "--no-best",
+                   "--out", str(tmp_path)])
     torch.set_num_threads(threads)
     out = json.loads((tmp_path / "results.json").read_text())
     res = out["entries"][0]["results"]
-    assert set(res) == {"adam", "anchor+lrfree", "anchor+lrfree+soap"}
+    assert set(res) == {"adam", "anchor+lrfree", "anchor+lrfree+soap", "anchor+lrfree+onesided"}
     assert any("+soap (soap_switch)" in label for label in out["rules"])
-    same = [a == b for a, b in zip(res["anchor+lrfree"]["curve"], res["anchor+lrfree+soap"]["curve"])]
-    assert same[0] and not same[-1]  # the same lr-free run until the switch, SOAP's after it
+    assert any("+onesided (soap_switch sides='shorter',window=50)" in label for label in out["rules"])
+    for variant in ("anchor+lrfree+soap", "anchor+lrfree+onesided"):
+        same = [a == b for a, b in zip(res["anchor+lrfree"]["curve"], res[variant]["curve"])]
+        assert same[0] and not same[-1]  # the same lr-free run until the switch, SOAP's after it
+    assert res["anchor+lrfree+soap"]["curve"][-1] != res["anchor+lrfree+onesided"]["curve"][-1]
     with pytest.raises(SystemExit):
         evaluate.main(["--soap-switch", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("variant", ["onesided:sides='rows'", "x:window=5", "x:sides='diagonal'", "x:colour=1", "x", "x:window=[",
+                                     "1a:scale=1"])
+def test_a_soap_variant_needs_lr_free_and_good_settings(tmp_path: Path, variant: str) -> None:
+    with pytest.raises(SystemExit):  # the first lacks --lr-free, the others are bad settings
+        evaluate.main(["--soap-variant", variant, *(["--lr-free"] if not variant.startswith("onesided") else []),
+                       "--out", str(tmp_path)])

@@ -1,8 +1,9 @@
 """What the soap switch costs on the held-out tasks (seed 0, one thread): the whole loop and the step alone, ms per
 step over steps 101-300, for tuned-Adam-like Adam (lr 1e-3), GMNOptimizer(model) and GMNOptimizer(model,
-soap_switch=SoapSwitch(window=10)) (switched by step ~30, so steps 101-300 are SOAP's), and the switched state's size.
+soap_switch=SoapSwitch(window=10)) (switched by step ~30, so steps 101-300 are SOAP's), and the switched state's size;
+with --one-sided also SoapSwitch(window=10, sides="columns") (0.14; step_cost_seed0.* were written without it).
 
-    python docs/figures/optim/soap_switch_0.13/step_cost.py OUT_STEM [TASKS...]   -> OUT_STEM.json, OUT_STEM.md
+    python docs/figures/optim/soap_switch_0.13/step_cost.py OUT_STEM [--one-sided] [TASKS...]  -> OUT_STEM.json, .md
 """
 import json, sys, time
 import torch
@@ -14,7 +15,8 @@ from metaopt.optim import GMNOptimizer, SoapSwitch
 
 STEPS, FROM = 300, 100
 MAKERS = {"adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "default": lambda m: GMNOptimizer(m),
-          "switch": lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(window=10))}
+          "switch": lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(window=10)),
+          "onesided": lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(window=10, sides="columns"))}
 
 
 def state_numbers(opt: GMNOptimizer) -> int:
@@ -24,14 +26,16 @@ def state_numbers(opt: GMNOptimizer) -> int:
 
 
 def main() -> None:
-    stem, tasks = sys.argv[1], sys.argv[2:]
+    stem, tasks = sys.argv[1], [t for t in sys.argv[2:] if t != "--one-sided"]
+    variants = ["switch", "onesided"] if "--one-sided" in sys.argv else ["switch"]
+    makers = {k: v for k, v in MAKERS.items() if k in ("adam", "default", *variants)}
     rows = []
     for spec in held_out_suite((0,), STEPS):
         if tasks and spec.name.split("/")[0] not in tasks:
             continue
         task = build_task(spec)
         row = {"task": spec.name, "params": task.num_params}
-        for name, make in MAKERS.items():
+        for name, make in makers.items():
             spent, held = [], {}
             def timed_opt(model, make=make):
                 opt = make(model)
@@ -45,17 +49,20 @@ def main() -> None:
             row[f"{name}_step_ms"] = 1000 * sum(spent[FROM:]) / (STEPS - FROM)
             if name != "adam":
                 row[f"{name}_state_x"] = state_numbers(held["opt"]) / task.num_params
-            if name == "switch":
-                row["switched_at"] = held["opt"].soap_switched_at
+            if name in variants:
+                row[f"{name}_switched_at"] = held["opt"].soap_switched_at
         rows.append(row)
         print(row, flush=True)
     json.dump(rows, open(f"{stem}.json", "w"), indent=1)
-    lines = ["| task | params | loop ms: Adam / default / switch (x Adam) | step ms: Adam / default / switch | state x params: default / switch |",
-             "|---|---:|---:|---:|---:|"]
+    names = " / ".join(variants)
+    lines = [f"| task | params | loop ms: Adam / default / {names} (x Adam) | step ms: Adam / default / {names} | "
+             f"state x params: default / {names} |", "|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['params']:,} | {r['adam_loop_ms']:.2f} / {r['default_loop_ms']:.2f} / "
-                     f"{r['switch_loop_ms']:.2f} ({r['switch_loop_ms'] / r['adam_loop_ms']:.2f}x) | {r['adam_step_ms']:.2f} / "
-                     f"{r['default_step_ms']:.2f} / {r['switch_step_ms']:.2f} | {r['default_state_x']:.2f} / {r['switch_state_x']:.2f} |")
+        loops = " / ".join(f"{r[f'{v}_loop_ms']:.2f} ({r[f'{v}_loop_ms'] / r['adam_loop_ms']:.2f}x)" for v in variants)
+        steps = " / ".join(f"{r[f'{v}_step_ms']:.2f}" for v in variants)
+        states = " / ".join(f"{r[f'{v}_state_x']:.2f}" for v in variants)
+        lines.append(f"| {r['task']} | {r['params']:,} | {r['adam_loop_ms']:.2f} / {r['default_loop_ms']:.2f} / {loops} | "
+                     f"{r['adam_step_ms']:.2f} / {r['default_step_ms']:.2f} / {steps} | {r['default_state_x']:.2f} / {states} |")
     open(f"{stem}.md", "w").write("\n".join(lines) + "\n")
 
 
