@@ -46,19 +46,26 @@ class SOAP(torch.optim.Optimizer):
             for group in self.param_groups:
                 h = SoapHyper(group["lr"], group["betas"], group["eps"], 0.0, group["shampoo_beta"],
                               group["precondition_every"], group["max_dim"], 1, group.get("sides", "both"))
+                by_step: dict[int, list[Tensor]] = {}  # tensors at the same step share one soap_step
                 for p in group["params"]:
                     if p.grad is not None:
-                        self._step_one(p, h)
+                        by_step.setdefault(self._count_step(p), []).append(p)
+                for step, params in by_step.items():
+                    states = [self.state[p] for p in params]
+                    bases = [{k: st[k] for k in BASIS_KEYS if k in st} if p.ndim >= 2 else None
+                             for p, st in zip(params, states)]
+                    soap_step(params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                              [st["exp_avg_sq"] for st in states], bases, step, h)
+                    for st, basis in zip(states, bases):
+                        if basis is not None:
+                            st.update(basis)  # the first step's statistics and bases, a refresh's new bases
         return loss
 
-    def _step_one(self, p: Tensor, h: SoapHyper) -> None:
-        matrix = p.ndim >= 2
+    def _count_step(self, p: Tensor) -> int:
+        """This step's number for ``p`` (its state started on its first step)."""
         state = self.state[p]
         if not state:
-            shape = as_matrix(p).shape if matrix else p.shape
+            shape = as_matrix(p).shape if p.ndim >= 2 else p.shape
             state.update(step=0, exp_avg=p.new_zeros(shape), exp_avg_sq=p.new_zeros(shape))
         state["step"] += 1
-        basis = {k: state[k] for k in BASIS_KEYS if k in state} if matrix else None
-        soap_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], basis, state["step"], h)
-        if matrix:
-            state.update(basis)  # the first step's statistics and bases, a refresh's new bases
+        return state["step"]

@@ -194,7 +194,7 @@ def test_statistics_every_k_steps_take_in_every_kth_gradient_at_the_kth_power_of
     p, m, v = torch.zeros(5, 4), torch.zeros(5, 4), torch.zeros(5, 4)
     h = SoapHyper(1e-2, (0.9, 0.99), statistics_every=3, precondition_every=100)
     for t, grad in enumerate(grads, 1):
-        soap_step(p, grad, m, v, basis, t, h)
+        soap_step([p], [grad], [m], [v], [basis], t, h)
     left = grads[0] @ grads[0].T  # the first gradient starts them, then steps 3 and 6 at 0.99 ** 3
     for t in (3, 6):
         left = left.lerp(grads[t - 1] @ grads[t - 1].T, 1 - 0.99**3)

@@ -195,3 +195,25 @@ def test_training_lowers_the_loss_and_a_saved_state_resumes_bit_for_bit() -> Non
 def test_soap_rejects_bad_settings(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SOAP(nn.Linear(2, 2).parameters(), **{"lr": 1e-3, **kwargs})
+
+
+def test_tensors_at_different_steps_take_their_own_bias_correction() -> None:
+    """A parameter without a gradient on some steps falls behind in steps; the step is grouped by step number, so
+    each tensor moves as a SOAP of its own would move it."""
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(3, 2)
+    a2, b2 = copy.deepcopy(a), copy.deepcopy(b)
+    together = SOAP([*a.parameters(), *b.parameters()], lr=1e-2, precondition_every=3)
+    apart = [SOAP(a2.parameters(), lr=1e-2, precondition_every=3), SOAP(b2.parameters(), lr=1e-2, precondition_every=3)]
+    g = torch.Generator().manual_seed(5)
+    for t in range(12):
+        x = torch.randn(8, 4, generator=g)
+        for first, second, opts in ((a, b, [together]), (a2, b2, apart)):
+            for p in [*first.parameters(), *second.parameters()]:
+                p.grad = None
+            (second(first(x).tanh()).square().mean() if t % 3 else first(x).square().mean()).backward()
+            for opt in opts:
+                opt.step()
+    assert together.state[b.weight]["step"] == 8 and together.state[a.weight]["step"] == 12
+    for p, q in zip([*a.parameters(), *b.parameters()], [*a2.parameters(), *b2.parameters()]):
+        assert torch.equal(p, q)

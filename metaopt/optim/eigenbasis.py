@@ -1,4 +1,4 @@
-"""SOAP's step: Adam run in the eigenbasis of Shampoo's preconditioner, one tensor at a time.
+"""SOAP's step: Adam run in the eigenbasis of Shampoo's preconditioner.
 
 SOAP (Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR 2025) keeps, for every weight
 matrix ``G`` (``rows x cols``), Shampoo's two statistics ``L = E[G G^T]`` and ``R = E[G^T G]`` (exponential
@@ -145,49 +145,42 @@ def refresh(basis: dict, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
     exp_avg_sq.copy_(second)
 
 
-def soap_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, basis: dict | None, step: int,
-              h: SoapHyper) -> None:
-    """SOAP's step ``step`` (1, 2, ...) on one tensor, in place: ``param``, the moments (parameter-shaped; in
-    the basis for a matrix) and ``basis`` (a dict, empty before a matrix's first step; None: a vector, Adam).
-    Weight decay is decoupled (``param *= 1 - lr * weight_decay``). Run it under `flushing_denormals`."""
+def soap_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+              bases: list[dict | None], step: int, h: SoapHyper) -> None:
+    """SOAP's step ``step`` (1, 2, ...) on tensors that share it, in place: the parameters, the moments
+    (parameter-shaped; in the basis for a matrix) and ``bases`` (per tensor a dict, empty before a matrix's first
+    step; None: a vector, which takes Adam's step). Weight decay is decoupled (``param *= 1 - lr * weight_decay``).
+    Each matrix is rotated by itself; Adam's elementwise arithmetic runs over all the tensors at once with
+    ``torch._foreach`` ops, the moments by the update core's `core.update_moments` (on a CPU a foreach op runs the
+    per-tensor op on each tensor: the same result bit for bit, without an interpreter round trip per tensor and
+    stage, what the step costs on networks of many small matrices). Adam's eps is added before the bias
+    correction, as the authors'. Run it under `flushing_denormals`."""
     beta1, beta2 = h.betas
-    matrix = basis is not None
-    g = as_matrix(grad) if matrix else grad
-    m, v = (as_matrix(exp_avg), as_matrix(exp_avg_sq)) if matrix else (exp_avg, exp_avg_sq)
-    if matrix and not basis:
-        start_basis(basis, g, h.max_dim, h.sides)
-    rotated = rotate(basis, g) if matrix else g
-    m.lerp_(rotated, 1 - beta1)
-    v.mul_(beta2).addcmul_(rotated, rotated, value=1 - beta2)
-    direction = m / v.sqrt().add_(h.eps)
-    if matrix:
-        direction = rotate_back(basis, direction)
-    size = h.lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-    if h.weight_decay:
-        param.mul_(1 - h.lr * h.weight_decay)
-    param.add_(direction.reshape(param.shape), alpha=-size)
-    if matrix:
-        if step % h.statistics_every == 0:  # every k-th gradient stands for k: the average's memory in
-            # steps stays; two of the six matrix products of a step are spent on 1 in k steps only
-            accumulate(basis, g, (beta2 if h.shampoo_beta is None else h.shampoo_beta) ** h.statistics_every)
-        if step % h.precondition_every == 0:
-            refresh(basis, m, v)
-
-
-def adam_step_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                      step: int, h: SoapHyper) -> None:
-    """`soap_step` on vectors (Adam), for many tensors at once with ``torch._foreach`` ops: the same elementwise
-    arithmetic in the same order (bit for bit), one op per stage instead of one per tensor. The moments are the
-    update core's (`core.update_moments`); the step is SOAP's, whose eps is added before the bias correction."""
-    beta1, beta2 = h.betas
-    core.update_moments(exp_avgs, exp_avg_sqs, grads, core.Hyper(h.lr, beta1, beta2, h.eps), inplace=True)
-    denom = torch._foreach_sqrt(exp_avg_sqs)
+    g = [grad if b is None else as_matrix(grad) for grad, b in zip(grads, bases)]
+    m = [x if b is None else as_matrix(x) for x, b in zip(exp_avgs, bases)]
+    v = [x if b is None else as_matrix(x) for x, b in zip(exp_avg_sqs, bases)]
+    for b, x in zip(bases, g):
+        if b is not None and not b:
+            start_basis(b, x, h.max_dim, h.sides)
+    rotated = [x if b is None else rotate(b, x) for b, x in zip(bases, g)]
+    core.update_moments(m, v, rotated, core.Hyper(h.lr, beta1, beta2, h.eps), inplace=True)
+    denom = torch._foreach_sqrt(v)
     torch._foreach_add_(denom, h.eps)
-    direction = torch._foreach_div(exp_avgs, denom)
+    direction = torch._foreach_div(m, denom)
+    direction = [d if b is None else rotate_back(b, d).reshape(p.shape) for d, b, p in zip(direction, bases, params)]
     size = h.lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
     if h.weight_decay:
         torch._foreach_mul_(params, 1 - h.lr * h.weight_decay)
     torch._foreach_add_(params, direction, alpha=-size)
+    shampoo_beta = beta2 if h.shampoo_beta is None else h.shampoo_beta
+    for b, x, mb, vb in zip(bases, g, m, v):
+        if b is None:
+            continue
+        if step % h.statistics_every == 0:  # every k-th gradient stands for k: the average's memory in
+            # steps stays; two of the six matrix products of a step are spent on 1 in k steps only
+            accumulate(b, x, shampoo_beta**h.statistics_every)
+        if step % h.precondition_every == 0:
+            refresh(b, mb, vb)
 
 
 def _eigenvectors(stat: Tensor) -> Tensor:

@@ -713,25 +713,20 @@ class GMNOptimizer(torch.optim.Optimizer):
         step, lr, bases = int(self.state[SOAP_STEPS]), float(self.state[SOAP_LR]), self.state[SOAP_BASES]
         if self.plateau_block:
             lr *= self._decay_on_plateau(int(self.state[STEPS_TAKEN]), grads)
-        hypers = {h: self.soap_switch.hyper(h.lr * lr, h.eps, h.weight_decay) for h in {h for _, _, h in entries}}
-        vectors: dict[Hyper, list[tuple[Tensor, Tensor]]] = {}  # Adam's step, one foreach pass per group
+        groups: dict[Hyper, list[tuple[int, Tensor, Tensor]]] = {}  # one soap_step per group
+        for (i, p, h), g in zip(entries, grads):
+            groups.setdefault(h, []).append((i, p, g if g.dtype == torch.float32 else g.float()))
         with eigenbasis.flushing_denormals():
-            for (i, p, h), g in zip(entries, grads):
-                g = g if g.dtype == torch.float32 else g.float()
-                if p.ndim < 2:
-                    vectors.setdefault(h, []).append((p, g))
-                    continue
-                basis = bases.setdefault(i, {})
-                if basis and basis["right" if "right" in basis else "left"].device != p.device:  # the model moved
-                    basis.update({k: v.to(p.device) for k, v in basis.items()})
-                st = self.state[p]
-                self._update_in_float32([p], lambda work: eigenbasis.soap_step(
-                    work[0], g, st["exp_avg"], st["exp_avg_sq"], basis, step, hypers[h]))
-            for h, pairs in vectors.items():  # under the same flush as outer_train.soap.SOAP's (bit for bit)
-                params, g = [p for p, _ in pairs], [g for _, g in pairs]
-                m, v = [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
-                self._update_in_float32(params, lambda work: eigenbasis.adam_step_foreach(work, g, m, v, step,
-                                                                                           hypers[h]))
+            for h, members in groups.items():
+                params = [p for _, p, _ in members]
+                basis_of = [None if p.ndim < 2 else bases.setdefault(i, {}) for i, p, _ in members]  # None: Adam
+                for basis, p in zip(basis_of, params):
+                    if basis and basis["right" if "right" in basis else "left"].device != p.device:  # the model moved
+                        basis.update({k: v.to(p.device) for k, v in basis.items()})
+                hyper = self.soap_switch.hyper(h.lr * lr, h.eps, h.weight_decay)
+                self._update_in_float32(params, lambda work: eigenbasis.soap_step(
+                    work, [g for _, _, g in members], [self.state[p]["exp_avg"] for p in params],
+                    [self.state[p]["exp_avg_sq"] for p in params], basis_of, step, hyper))
 
     @property
     def soap_switched_at(self) -> int:

@@ -1,9 +1,9 @@
 """What the soap switch costs on the held-out tasks (seed 0, one thread): the whole loop and the step alone, ms per
 step over steps 101-300, for tuned-Adam-like Adam (lr 1e-3), GMNOptimizer(model) and GMNOptimizer(model,
 soap_switch=SoapSwitch(window=10)) (switched by step ~30, so steps 101-300 are SOAP's), and the switched state's size;
-with --one-sided also SoapSwitch(window=10, sides="columns") (0.14; step_cost_seed0.* were written without it).
+with --columns also SoapSwitch(window=10, sides="columns") (0.14; step_cost_seed0.* were written without it).
 
-    python docs/figures/optim/soap_switch_0.13/step_cost.py OUT_STEM [--one-sided] [TASKS...]  -> OUT_STEM.json, .md
+    python docs/figures/optim/soap_switch_0.13/step_cost.py OUT_STEM [--columns] [TASKS...]  -> OUT_STEM.json, .md
 """
 import json, sys, time
 import torch
@@ -16,7 +16,7 @@ from metaopt.optim import GMNOptimizer, SoapSwitch
 STEPS, FROM = 300, 100
 MAKERS = {"adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "default": lambda m: GMNOptimizer(m),
           "switch": lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(window=10)),
-          "onesided": lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(window=10, sides="columns"))}
+          "columns": lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(window=10, sides="columns"))}
 
 
 def state_numbers(opt: GMNOptimizer) -> int:
@@ -26,8 +26,8 @@ def state_numbers(opt: GMNOptimizer) -> int:
 
 
 def main() -> None:
-    stem, tasks = sys.argv[1], [t for t in sys.argv[2:] if t != "--one-sided"]
-    variants = ["switch", "onesided"] if "--one-sided" in sys.argv else ["switch"]
+    stem, tasks = sys.argv[1], [t for t in sys.argv[2:] if t != "--columns"]
+    variants = ["switch", "columns"] if "--columns" in sys.argv else ["switch"]
     makers = {k: v for k, v in MAKERS.items() if k in ("adam", "default", *variants)}
     rows = []
     for spec in held_out_suite((0,), STEPS):
