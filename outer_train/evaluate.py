@@ -531,7 +531,6 @@ def load_rules(dirs: list[str]) -> dict[str, UpdateRule]:
     return rules
 
 
-
 def parse_soap_variant(item: str, error: Callable[[str], Any]) -> tuple[str, SoapSwitch]:
     """``--soap-variant LABEL:KEY=VALUE,...`` as (label, a checked SoapSwitch); values are Python literals
     (``true`` / ``false`` as booleans), a bad one goes to ``error``."""
@@ -553,6 +552,7 @@ def parse_soap_variant(item: str, error: Callable[[str], Any]) -> tuple[str, Soa
     except (TypeError, ValueError) as e:
         error(f"--soap-variant {label}: {e}")
         raise
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m outer_train.evaluate", description=__doc__.split("\n\n")[0])
@@ -704,22 +704,23 @@ def main(argv: list[str] | None = None) -> int:
             rules[f"{name}+lrfree"] = rules[name]
             rule_kwargs[f"{name}+lrfree"] = {**rule_kwargs.get(name, {}), "lr_free": True, **estimate}
         how = ", ".join(["lr_free", *(f"{k} {v:g}" for k, v in estimate.items())])
-        labels += [f"{label}+lrfree ({how})" for label in labels]
+        lrfree_labels = [f"{label}+lrfree ({how})" for label in labels]
+        labels += lrfree_labels
     if a.soap_switch:
         if not a.lr_free:
             p.error("--soap-switch switches the +lrfree rows' step: add --lr-free")
         for name in [n for n in rules if n.endswith("+lrfree")]:
             rules[f"{name}+soap"] = rules[name]
             rule_kwargs[f"{name}+soap"] = {**rule_kwargs[name], "soap_switch": True}
-        labels += [f"{label}+soap (soap_switch)" for label in labels if "+lrfree (" in label]
+        labels += [f"{label}+soap (soap_switch)" for label in lrfree_labels]
     variant_suffixes = ["+guard", "+lrfree", "+soap"]
     if a.soap_variant and not a.lr_free:
         p.error("--soap-variant switches the +lrfree rows' step: add --lr-free")
+    lrfree_names = [n for n in rules if n.endswith("+lrfree")]
     for item in a.soap_variant:
         label, switch = parse_soap_variant(item, p.error)
         variant_suffixes.append(f"+{label}")
-        lrfree_labels = [lb for lb in labels if "+lrfree (" in lb and "+soap (" not in lb]
-        for name in [n for n in rules if n.endswith("+lrfree")]:
+        for name in lrfree_names:
             rules[f"{name}+{label}"] = rules[name]
             rule_kwargs[f"{name}+{label}"] = {**rule_kwargs[name], "soap_switch": switch}
         labels += [f"{lb}+{label} (soap_switch {item.partition(':')[2]})" for lb in lrfree_labels]

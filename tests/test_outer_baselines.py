@@ -27,14 +27,17 @@ def test_evaluate_runs_the_soap_switch_beside_the_lr_free_row(tmp_path: Path) ->
     threads = torch.get_num_threads()
     evaluate.main(["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "300", "--grid-points", "2", "--threads",
                    "1", "--baselines", "adam", "--rule", "anchor=lrfree_anchor", "--lr-free", "--soap-switch",
-                   "--soap-variant", "onesided:sides='shorter',window=50", "--variants-only", "--no-best",
+                   "--soap-variant", "onesided:sides='shorter',window=50", "--soap-variant", "rows:sides='rows'",
+                   "--variants-only", "--no-best",
                    "--out", str(tmp_path)])
     torch.set_num_threads(threads)
     out = json.loads((tmp_path / "results.json").read_text())
     res = out["entries"][0]["results"]
-    assert set(res) == {"adam", "anchor+lrfree", "anchor+lrfree+soap", "anchor+lrfree+onesided"}
-    assert any("+soap (soap_switch)" in label for label in out["rules"])
-    assert any("+onesided (soap_switch sides='shorter',window=50)" in label for label in out["rules"])
+    assert set(res) == {"adam", "anchor+lrfree", "anchor+lrfree+soap", "anchor+lrfree+onesided", "anchor+lrfree+rows"}
+    lrfree = "anchor=lrfree_anchor+lrfree (lr_free)"
+    assert out["rules"] == [lrfree, f"{lrfree}+soap (soap_switch)",
+                            f"{lrfree}+onesided (soap_switch sides='shorter',window=50)",
+                            f"{lrfree}+rows (soap_switch sides='rows')"]
     for variant in ("anchor+lrfree+soap", "anchor+lrfree+onesided"):
         same = [a == b for a, b in zip(res["anchor+lrfree"]["curve"], res[variant]["curve"])]
         assert same[0] and not same[-1]  # the same lr-free run until the switch, SOAP's after it
