@@ -571,6 +571,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         elif self._buffers["exp_avg_sq"].device != device:  # the model moved (e.g. .to("cuda"))
             self._buffers = {k: (v if k == "step" else v.to(device)) for k, v in self._buffers.items()}
             self._attach_views()
+            for basis in self.state.get(SOAP_BASES, {}).values():  # soap_switch's statistics and bases go with them
+                basis.update({k: v.to(device) for k, v in basis.items()})
         assert self._buffers is not None
         return self._buffers
 
@@ -720,9 +722,6 @@ class GMNOptimizer(torch.optim.Optimizer):
             for h, members in groups.items():
                 params = [p for _, p, _ in members]
                 basis_of = [None if p.ndim < 2 else bases.setdefault(i, {}) for i, p, _ in members]  # None: Adam
-                for basis, p in zip(basis_of, params):
-                    if basis and basis["right" if "right" in basis else "left"].device != p.device:  # the model moved
-                        basis.update({k: v.to(p.device) for k, v in basis.items()})
                 hyper = self.soap_switch.hyper(h.lr * lr, h.eps, h.weight_decay)
                 self._update_in_float32(params, lambda work: eigenbasis.soap_step(
                     work, [g for _, _, g in members], [self.state[p]["exp_avg"] for p in params],
