@@ -3,7 +3,8 @@
 The step is `metaopt.optim.eigenbasis.soap_step` (the one ``GMNOptimizer(model, soap_switch=True)`` switches
 to); this is its ``torch.optim.Optimizer`` with the authors' defaults (Vyas et al., "SOAP: Improving and
 Stabilizing Shampoo using Adam", ICLR 2025): betas (0.95, 0.95), the statistics averaged with the second beta,
-bases refreshed every 10 steps, sides over 10,000 not rotated (``sides``: both, or one, `SoapHyper`'s);
+bases refreshed every 10 steps, sides over 10,000 not rotated (``sides``: both, or one, `SoapHyper`'s;
+``block``: sides cut into diagonal blocks of at most that);
 no weight decay, as the other tuned baselines.
 Every parameter of >= 2 dimensions is preconditioned (convolution filters as ``out x (in * kernel)``, as Muon's,
 ``outer_train.muon``), vectors get Adam. The step's products run with denormals flushed to zero
@@ -27,14 +28,15 @@ class SOAP(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),  # noqa: ANN001
                  eps: float = 1e-8, shampoo_beta: float | None = None,
-                 precondition_every: int = PRECONDITION_EVERY, max_dim: int = MAX_DIM, sides: str = "both") -> None:
+                 precondition_every: int = PRECONDITION_EVERY, max_dim: int = MAX_DIM, sides: str = "both",
+                 block: int | None = None) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        SoapHyper(lr, tuple(betas), eps, 0.0, shampoo_beta, precondition_every, max_dim, 1, sides).check("SOAP")
+        SoapHyper(lr, tuple(betas), eps, 0.0, shampoo_beta, precondition_every, max_dim, 1, sides, block).check("SOAP")
         shampoo_beta = betas[1] if shampoo_beta is None else shampoo_beta
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "shampoo_beta": shampoo_beta,
                                   "precondition_every": precondition_every, "max_dim": max_dim,
-                                  "sides": sides})
+                                  "sides": sides, "block": block})
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch.optim's signature
@@ -45,7 +47,8 @@ class SOAP(torch.optim.Optimizer):
         with flushing_denormals():
             for group in self.param_groups:
                 h = SoapHyper(group["lr"], group["betas"], group["eps"], 0.0, group["shampoo_beta"],
-                              group["precondition_every"], group["max_dim"], 1, group.get("sides", "both"))
+                              group["precondition_every"], group["max_dim"], 1, group.get("sides", "both"),
+                              group.get("block"))
                 by_step: dict[int, list[Tensor]] = {}  # tensors at the same step share one soap_step
                 for p in group["params"]:
                     if p.grad is not None:

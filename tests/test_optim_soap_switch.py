@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -38,13 +39,14 @@ def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-@pytest.mark.parametrize("sides", ["both", "shorter"])
-def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step(sides: str) -> None:
+@pytest.mark.parametrize("sides, block", [("both", None), ("shorter", None), ("columns", 8)])
+def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step(sides: str, block: int | None) -> None:
     """Bit for bit: GMNOptimizer(model) until d has not moved for 100 steps (looked at every 10th step), then
     a fresh SOAP (betas 0.95 / 0.99; one-sided or not as the switch) at 0.5 x d, d frozen (before step 1,000,
     where no plateau cut can come)."""
     switched, plain = _net(), _net()
-    opt = GMNOptimizer(switched, soap_switch=SoapSwitch(decline_below=0.0, sides=sides), example_inputs=X[:2])
+    opt = GMNOptimizer(switched, soap_switch=SoapSwitch(decline_below=0.0, sides=sides, block=block),
+                       example_inputs=X[:2])
     ref = GMNOptimizer(plain, example_inputs=X[:2])
     second, history, moved_at = None, [ref.distance], 0
     for t in range(1, 701):
@@ -55,7 +57,7 @@ def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step(si
             moved_at = t if history[-1] != history[-2] else moved_at
             assert torch.equal(_flat(switched), _flat(plain))
             if t > 100 and t % 10 == 0 and moved_at <= t - 100:
-                second = SOAP(plain.parameters(), lr=0.5 * ref.distance, betas=(0.95, 0.99), sides=sides)
+                second = SOAP(plain.parameters(), lr=0.5 * ref.distance, betas=(0.95, 0.99), sides=sides, block=block)
                 assert opt.soap_switched_at == t and opt.distance == ref.distance
             else:
                 assert opt.soap_switched_at == 0
@@ -64,10 +66,14 @@ def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step(si
     assert torch.equal(_flat(switched), _flat(plain))
     assert opt.distance == ref.distance  # frozen at the switch
     assert set(opt.state[SOAP_BASES]) == {0, 2, 4}  # the conv filter and the two Linear weights
-    rotated = {k: {n for n in b if n.startswith("q_")} for k, b in opt.state[SOAP_BASES].items()}
-    # the shorter side: the conv's 6 of 6 x 9, the Linears' 12 of 12 x 216 and 10 of 10 x 12
-    assert rotated == ({0: {"q_left"}, 2: {"q_left"}, 4: {"q_left"}} if sides == "shorter" else
-                       {k: {"q_left", "q_right"} for k in (0, 2, 4)})
+    rotated = {k: {n: tuple(v.shape) for n, v in b.items() if n.startswith("q_")}
+               for k, b in opt.state[SOAP_BASES].items()}
+    # the shorter side: the conv's 6 of 6 x 9, the Linears' 12 of 12 x 216 and 10 of 10 x 12; the columns in blocks of
+    # at most 8: the conv's 9 in three of 3, 216 in 27 of 8, 12 in two of 6
+    assert rotated == {"shorter": {0: {"q_left": (6, 6)}, 2: {"q_left": (12, 12)}, 4: {"q_left": (10, 10)}},
+                       "columns": {0: {"q_right": (3, 3, 3)}, 2: {"q_right": (27, 8, 8)}, 4: {"q_right": (2, 6, 6)}},
+                       "both": {0: {"q_left": (6, 6), "q_right": (9, 9)}, 2: {"q_left": (12, 12), "q_right": (216, 216)},
+                                4: {"q_left": (10, 10), "q_right": (12, 12)}}}[sides]
 
 
 def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:
@@ -99,10 +105,11 @@ def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:
     assert declined.soap_declined_at == opt.soap_switched_at and declined.soap_switched_at == 0
 
 
-@pytest.mark.parametrize("save_at", [150, 450])
-def test_a_saved_state_resumes_bit_for_bit_on_either_side_of_the_switch(save_at: int) -> None:
+@pytest.mark.parametrize("save_at, block", [(150, None), (450, None), (450, 8)])
+def test_a_saved_state_resumes_bit_for_bit_on_either_side_of_the_switch(save_at: int, block: int | None) -> None:
+    switch = SoapSwitch(window=50, decline_below=0.0, block=block)
     net = _net()
-    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=50, decline_below=0.0), example_inputs=X[:2])
+    opt = GMNOptimizer(net, soap_switch=switch, example_inputs=X[:2])
     for _ in range(save_at):
         _step(net, opt)
     buffer = io.BytesIO()
@@ -111,8 +118,9 @@ def test_a_saved_state_resumes_bit_for_bit_on_either_side_of_the_switch(save_at:
     saved = torch.load(buffer, weights_only=True)
     twin = _net()
     twin.load_state_dict(saved["model"])
-    twin_opt = GMNOptimizer(twin, soap_switch=SoapSwitch(window=50, decline_below=0.0), example_inputs=X[:2])
+    twin_opt = GMNOptimizer(twin, soap_switch=switch, example_inputs=X[:2])
     twin_opt.load_state_dict(saved["opt"])
+    assert block is None or saved["opt"]["state"][SOAP_BASES][2]["q_right"].shape == (27, 8, 8)  # blocks saved
     assert twin_opt.soap_switched_at == opt.soap_switched_at
     losses = [_step(net, opt) for _ in range(200)]
     assert losses == [_step(twin, twin_opt) for _ in range(200)]
@@ -135,9 +143,10 @@ def test_a_switched_state_needs_the_switch_and_bases_that_fit() -> None:
     state = opt.state_dict()
     with pytest.raises(ValueError, match="soap_switch=True"):
         GMNOptimizer(_net(), example_inputs=X[:2]).load_state_dict(state)
-    bad = {**state, "state": {**state["state"], SOAP_BASES: {0: {"q_left": torch.eye(3)}}}}
-    with pytest.raises(ValueError, match="do not fit"):
-        GMNOptimizer(_net(), soap_switch=ALWAYS, example_inputs=X[:2]).load_state_dict(bad)
+    for wrong in (torch.eye(3), torch.eye(2).expand(3, 2, 2), torch.ones(3, 3, 2)):  # the conv: 6 x 9
+        bad = {**state, "state": {**state["state"], SOAP_BASES: {0: {"q_right": wrong}}}}
+        with pytest.raises(ValueError, match="do not fit"):
+            GMNOptimizer(_net(), soap_switch=ALWAYS, example_inputs=X[:2]).load_state_dict(bad)
     bad = {**state, "state": {**state["state"], SOAP_BASES: {1: {}}}}  # parameter 1 is a bias
     with pytest.raises(ValueError, match="no valid"):
         GMNOptimizer(_net(), soap_switch=ALWAYS, example_inputs=X[:2]).load_state_dict(bad)
@@ -146,6 +155,32 @@ def test_a_switched_state_needs_the_switch_and_bases_that_fit() -> None:
     before = state["state"][SOAP_BASES][0]["left"].clone()
     _step(net, twin)
     assert torch.equal(state["state"][SOAP_BASES][0]["left"], before)
+
+
+def test_the_switch_frees_the_frozen_estimates_buffers() -> None:
+    """After the switch the estimate's x_0 and gradient sums are neither kept nor saved; a state saved before the
+    switch, loaded into a switched optimizer, brings them back and runs on as it would have."""
+    net = _net()
+    opt = GMNOptimizer(net, soap_switch=SoapSwitch(window=20, decline_below=0.0), example_inputs=X[:2])
+    _step(net, opt)
+    early = {"model": {k: v.clone() for k, v in net.state_dict().items()}, "opt": copy.deepcopy(opt.state_dict())}
+    assert {"start", "grad_sum"} <= set(opt.state[net[0].weight])
+    kept = sum(t.numel() for t in opt._buffers.values())
+    while not opt.soap_switched_at:
+        _step(net, opt)
+    assert set(opt._buffers) == {"exp_avg", "exp_avg_sq", "step"}
+    assert sum(t.numel() for t in opt._buffers.values()) < kept
+    assert not {"start", "grad_sum"} & set(opt.state_dict()["state"][0])
+    net.load_state_dict(early["model"])
+    opt.load_state_dict(early["opt"])  # back before the switch: the estimate's buffers return, as saved
+    assert opt.soap_switched_at == 0 and torch.equal(opt.state[net[0].weight]["start"],
+                                                      early["opt"]["state"][0]["start"])
+    twin = _net()
+    twin.load_state_dict(early["model"])
+    twin_opt = GMNOptimizer(twin, soap_switch=SoapSwitch(window=20, decline_below=0.0), example_inputs=X[:2])
+    twin_opt.load_state_dict(early["opt"])
+    assert [_step(net, opt) for _ in range(150)] == [_step(twin, twin_opt) for _ in range(150)]
+    assert opt.soap_switched_at == twin_opt.soap_switched_at > 0
 
 
 def test_a_non_finite_gradient_after_the_switch_skips_the_step() -> None:

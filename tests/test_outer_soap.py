@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from metaopt.optim.eigenbasis import _orthonormal, rotate_back
+from metaopt.optim.eigenbasis import _orthonormal, blocks, rotate, rotate_back, start_basis
 from outer_train.soap import SOAP
 
 
@@ -191,7 +191,8 @@ def test_training_lowers_the_loss_and_a_saved_state_resumes_bit_for_bit() -> Non
 @pytest.mark.parametrize("kwargs, match", [({"lr": 0.0}, "lr"), ({"betas": (0.9, 1.0)}, "betas"),
                                            ({"shampoo_beta": -0.1}, "shampoo_beta"),
                                            ({"precondition_every": 0}, "precondition_every"),
-                                           ({"max_dim": 0}, "max_dim"), ({"sides": "diagonal"}, "sides")])
+                                           ({"max_dim": 0}, "max_dim"), ({"sides": "diagonal"}, "sides"),
+                                           ({"block": 1}, "block"), ({"block": True}, "block")])
 def test_soap_rejects_bad_settings(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SOAP(nn.Linear(2, 2).parameters(), **{"lr": 1e-3, **kwargs})
@@ -217,3 +218,51 @@ def test_tensors_at_different_steps_take_their_own_bias_correction() -> None:
     assert together.state[b.weight]["step"] == 8 and together.state[a.weight]["step"] == 12
     for p, q in zip([*a.parameters(), *b.parameters()], [*a2.parameters(), *b2.parameters()]):
         assert torch.equal(p, q)
+
+
+def test_blocks_are_the_fewest_equal_ones_that_fit() -> None:
+    assert [blocks(d, 64) for d in (10, 64, 96, 256, 288, 576)] == [1, 1, 2, 4, 6, 9]
+    assert blocks(97, 64) == 97 and blocks(300, None) == 1  # a prime side: blocks of one (not rotated); None: whole
+
+
+def test_a_blocked_basis_is_block_diagonal_and_orthogonal() -> None:
+    g = torch.randn(256, 288, generator=torch.Generator().manual_seed(0))
+    basis: dict = {}
+    start_basis(basis, g, 10_000, "both", block=64)
+    assert basis["q_left"].shape == (4, 64, 64) and basis["q_right"].shape == (6, 48, 48)
+    dense = {side: torch.block_diag(*basis[side]) for side in ("q_left", "q_right")}
+    x = torch.randn(256, 288)
+    torch.testing.assert_close(rotate(basis, x), dense["q_left"].T @ x @ dense["q_right"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rotate_back(basis, rotate(basis, x)), x, atol=1e-4, rtol=1e-4)
+    for side, stat, full in (("q_left", "left", g @ g.T), ("q_right", "right", g.T @ g)):
+        size = basis[side].shape[1]
+        mask = torch.block_diag(*[torch.ones(size, size)] * basis[side].shape[0])
+        torch.testing.assert_close(torch.block_diag(*basis[stat]), full * mask)  # each block its own statistic
+    lopsided: dict = {}
+    start_basis(lopsided, torch.randn(97, 8), 10_000, "rows", block=64)
+    assert lopsided == {}  # 97 rows fit no blocks but ones: not rotated
+
+
+@pytest.mark.parametrize("sides", ["rows", "columns"])
+def test_one_blocked_side_is_soap_on_each_block_by_itself(sides: str) -> None:
+    """Rotating one side in diagonal blocks splits the matrix along that side into independent SOAPs: 60 steps
+    (six refreshes) of SOAP(block=4) on a 12 x 12 weight equal three SOAPs on its 4-row (4-column) slices."""
+    g = torch.Generator().manual_seed(5)
+    a, c = torch.randn(12, 12, generator=g), torch.randn(12, 12, generator=g)
+    w = nn.Parameter(torch.randn(12, 12, generator=g))
+    parts = [nn.Parameter(w.detach()[4 * i:4 * i + 4].clone() if sides == "rows" else w.detach()[:, 4 * i:4 * i + 4].clone())
+             for i in range(3)]
+    blocked = SOAP([w], lr=1e-2, precondition_every=10, sides=sides, block=4)
+    sliced = [SOAP([p], lr=1e-2, precondition_every=10, sides=sides) for p in parts]
+    for _ in range(60):
+        for params, opts in (([w], [blocked]), (parts, sliced)):
+            whole = torch.cat(params, 0 if sides == "rows" else 1) if len(params) > 1 else params[0]
+            loss = torch.tanh(a @ whole @ c).square().sum()
+            for opt in opts:
+                opt.zero_grad()
+            loss.backward()
+            for opt in opts:
+                opt.step()
+    torch.testing.assert_close(w.detach(), torch.cat([p.detach() for p in parts], 0 if sides == "rows" else 1),
+                               atol=1e-5, rtol=1e-4)
+    assert blocked.state[w][f"q_{'left' if sides == 'rows' else 'right'}"].shape == (3, 4, 4)

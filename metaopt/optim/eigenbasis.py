@@ -16,6 +16,10 @@ longer than ``max_dim`` is not rotated (its factor is the identity), as the auth
 (the columns on a square), ``"columns"`` (a linear layer's inputs, a filter's ``in * kernel``) or ``"rows"`` (its
 outputs). One side is three matrix products a step instead of six on a square, one QR instead of two at a refresh,
 one side's statistics and basis kept (a convolution's rows: ``out x out`` instead of also ``(in * kernel)^2``).
+``block`` cuts a side longer than it into equal diagonal blocks of at most ``block`` (block-diagonal statistics
+and bases, as distributed Shampoo's ``max_preconditioner_dim`` blocks; a side of 256 with ``block=64``: four
+64 x 64 bases, a quarter of the products and of the state, a sixteenth of a refresh's QR): a basis is then a
+stack ``n x b x b``, and a side no divisor of which fits (blocks of one) is not rotated.
 
 Two optimizers run this step: ``GMNOptimizer(model, soap_switch=True)`` once its lr-free estimate has settled
 (metaopt/optim/optimizer.py) and the tuned baseline ``outer_train.soap.SOAP``. The moments are the caller's
@@ -55,6 +59,7 @@ class SoapHyper:
     max_dim: int = MAX_DIM
     statistics_every: int = 1  # the statistics take in every k-th gradient only (their average over as many steps)
     sides: str = "both"  # which sides are rotated: both, shorter, columns, rows
+    block: int | None = None  # a side longer than this is cut into equal diagonal blocks of at most this
 
     def check(self, owner: str) -> "SoapHyper":
         """This, or a ValueError naming ``owner`` and the bad setting."""
@@ -72,6 +77,10 @@ class SoapHyper:
                 raise ValueError(f"{owner}: {name} is an int >= 1, got {value!r}")
         if self.sides not in SIDES:
             raise ValueError(f"{owner}: sides is one of {SIDES}, got {self.sides!r}")
+        if self.block is not None and (isinstance(self.block, bool) or not isinstance(self.block, int)
+                                       or self.block < 2):
+            raise ValueError(f"{owner}: block is the largest diagonal block of a basis, an int >= 2, or None "
+                             f"(whole sides), got {self.block!r}")
         return self
 
 
@@ -94,53 +103,62 @@ def as_matrix(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def start_basis(basis: dict, grad: Tensor, max_dim: int, sides: str = "both") -> None:
+def blocks(dim: int, block: int | None) -> int:
+    """How many equal diagonal blocks a side of ``dim`` is cut into: the fewest of at most ``block`` each (1: the
+    whole side; ``dim``: blocks of one, i.e. not rotated)."""
+    if block is None or dim <= block:
+        return 1
+    return next(n for n in range(-(-dim // block), dim + 1) if dim % n == 0)
+
+
+def start_basis(basis: dict, grad: Tensor, max_dim: int, sides: str = "both", block: int | None = None) -> None:
     """A matrix's Shampoo statistics from its first gradient and their eigenbases, into ``basis``
-    (``left`` / ``q_left``, ``right`` / ``q_right``; a side longer than ``max_dim`` keeps none: not rotated,
-    nor one that ``sides`` leaves out)."""
+    (``left`` / ``q_left``, ``right`` / ``q_right``; ``n x b x b`` stacks where `blocks` cuts a side; a side longer
+    than ``max_dim`` keeps none: not rotated, nor one that ``sides`` leaves out or cut into blocks of one)."""
     rows, cols = grad.shape
     left = {"both": True, "shorter": rows < cols, "columns": False, "rows": True}[sides]
     right = {"both": True, "shorter": cols <= rows, "columns": True, "rows": False}[sides]
-    if rows <= max_dim and left:
-        basis["left"] = grad @ grad.T
+    n_left, n_right = blocks(rows, block), blocks(cols, block)
+    if rows <= max_dim and left and n_left < rows:
+        basis["left"] = _left_statistic(grad, n_left)
         basis["q_left"] = _eigenvectors(basis["left"])
-    if cols <= max_dim and right:
-        basis["right"] = grad.T @ grad
+    if cols <= max_dim and right and n_right < cols:
+        basis["right"] = _right_statistic(grad, n_right)
         basis["q_right"] = _eigenvectors(basis["right"])
 
 
 def rotate(basis: dict, x: Tensor) -> Tensor:
     """``Q_L^T x Q_R``: a matrix in the basis."""
     if "q_left" in basis:
-        x = basis["q_left"].T @ x
-    return x @ basis["q_right"] if "q_right" in basis else x
+        x = _on_left(basis["q_left"], x, transposed=True)
+    return _on_right(x, basis["q_right"], transposed=False) if "q_right" in basis else x
 
 
 def rotate_back(basis: dict, x: Tensor) -> Tensor:
     """``Q_L x Q_R^T``: a matrix from the basis back to the parameter's coordinates."""
     if "q_left" in basis:
-        x = basis["q_left"] @ x
-    return x @ basis["q_right"].T if "q_right" in basis else x
+        x = _on_left(basis["q_left"], x, transposed=False)
+    return _on_right(x, basis["q_right"], transposed=True) if "q_right" in basis else x
 
 
 def accumulate(basis: dict, grad: Tensor, beta: float) -> None:
     """The statistics' exponential averages take in this gradient."""
     if "left" in basis:
-        basis["left"].lerp_(grad @ grad.T, 1 - beta)
+        basis["left"].lerp_(_left_statistic(grad, _count_blocks(basis["left"])), 1 - beta)
     if "right" in basis:
-        basis["right"].lerp_(grad.T @ grad, 1 - beta)
+        basis["right"].lerp_(_right_statistic(grad, _count_blocks(basis["right"])), 1 - beta)
 
 
 def refresh(basis: dict, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
-    """One power iteration + QR per side from the current basis (its columns first ordered by the eigenvalues
-    they now estimate, largest first); the momentum (in place) is carried into the new basis and the second
-    moment's rows / columns (in place) follow the new order."""
+    """One power iteration + QR per side (per block) from the current basis (its columns first ordered by the
+    eigenvalues they now estimate, largest first); the momentum (in place) is carried into the new basis and the
+    second moment's rows / columns (in place) follow the new order."""
     momentum, second = rotate_back(basis, exp_avg), exp_avg_sq
     for side, stat in (("q_left", "left"), ("q_right", "right")):
         if side in basis:
             order = _estimated_order(basis[stat], basis[side])
-            second = second[order] if side == "q_left" else second[:, order]
-            basis[side] = _orthonormal(basis[stat] @ basis[side][:, order])
+            second = _reorder(second, order, rows=side == "q_left")
+            basis[side] = _orthonormal(basis[stat] @ _reorder_columns(basis[side], order))
     exp_avg.copy_(rotate(basis, momentum))
     exp_avg_sq.copy_(second)
 
@@ -161,7 +179,7 @@ def soap_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     v = [x if b is None else as_matrix(x) for x, b in zip(exp_avg_sqs, bases)]
     for b, x in zip(bases, g):
         if b is not None and not b:
-            start_basis(b, x, h.max_dim, h.sides)
+            start_basis(b, x, h.max_dim, h.sides, h.block)
     rotated = [x if b is None else rotate(b, x) for b, x in zip(bases, g)]
     core.update_moments(m, v, rotated, core.Hyper(h.lr, beta1, beta2, h.eps), inplace=True)
     denom = torch._foreach_sqrt(v)
@@ -183,20 +201,73 @@ def soap_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
             refresh(b, mb, vb)
 
 
+def _count_blocks(stat: Tensor) -> int:
+    """How many diagonal blocks a side's statistic (or basis) holds: a matrix is one, a stack ``n x b x b`` n."""
+    return 1 if stat.ndim == 2 else stat.shape[0]
+
+
+def _left_statistic(x: Tensor, n: int) -> Tensor:
+    """``x x^T`` (``rows x rows``), or its ``n`` diagonal blocks (``n x b x b``)."""
+    if n == 1:
+        return x @ x.T
+    xb = x.reshape(n, -1, x.shape[1])
+    return xb @ xb.transpose(1, 2)
+
+
+def _right_statistic(x: Tensor, n: int) -> Tensor:
+    """``x^T x`` (``cols x cols``), or its ``n`` diagonal blocks (``n x b x b``)."""
+    if n == 1:
+        return x.T @ x
+    xb = x.reshape(x.shape[0], n, -1).transpose(0, 1)
+    return xb.transpose(1, 2) @ xb
+
+
+def _on_left(q: Tensor, x: Tensor, transposed: bool) -> Tensor:
+    """``q x`` or ``q^T x``, ``q`` a matrix or a stack of diagonal blocks."""
+    if q.ndim == 2:
+        return (q.T if transposed else q) @ x
+    n, b, _ = q.shape
+    return ((q.transpose(1, 2) if transposed else q) @ x.reshape(n, b, -1)).reshape(x.shape)
+
+
+def _on_right(x: Tensor, q: Tensor, transposed: bool) -> Tensor:
+    """``x q`` or ``x q^T``, ``q`` a matrix or a stack of diagonal blocks."""
+    if q.ndim == 2:
+        return x @ (q.T if transposed else q)
+    n, b, _ = q.shape
+    y = x.reshape(x.shape[0], n, b).transpose(0, 1) @ (q.transpose(1, 2) if transposed else q)
+    return y.transpose(0, 1).reshape(x.shape)
+
+
+def _reorder_columns(q: Tensor, order: Tensor) -> Tensor:
+    """A basis' columns (each block's) in ``order``."""
+    return q[:, order] if q.ndim == 2 else q.gather(2, order.unsqueeze(1).expand_as(q))
+
+
+def _reorder(x: Tensor, order: Tensor, rows: bool) -> Tensor:
+    """A matrix's rows (``rows``) or columns in ``order`` (one order per diagonal block: ``n x b``)."""
+    if order.ndim == 1:
+        return x[order] if rows else x[:, order]
+    n, b = order.shape
+    if rows:
+        return x.reshape(n, b, -1).gather(1, order.unsqueeze(2).expand(n, b, x.shape[1])).reshape(x.shape)
+    return x.reshape(x.shape[0], n, b).gather(2, order.unsqueeze(0).expand(x.shape[0], n, b)).reshape(x.shape)
+
+
 def _eigenvectors(stat: Tensor) -> Tensor:
-    """Eigenvectors of a symmetric PSD matrix, largest eigenvalue first."""
-    return torch.linalg.eigh(stat)[1].flip(1)
+    """Eigenvectors of a symmetric PSD matrix (or of each in a stack), largest eigenvalue first."""
+    return torch.linalg.eigh(stat)[1].flip(-1)
 
 
 def _orthonormal(x: Tensor) -> Tensor:
-    """``Q`` of ``x``'s QR decomposition: ``torch.linalg.qr(x)[0]`` bit for bit (the same LAPACK geqrf + orgqr)
-    without forming ``R`` (1.8 against 2.1 ms for a 256 x 256 matrix on one CPU thread)."""
+    """``Q`` of ``x``'s QR decomposition (of each in a stack): ``torch.linalg.qr(x)[0]`` bit for bit (the same LAPACK
+    geqrf + orgqr) without forming ``R`` (1.8 against 2.1 ms for a 256 x 256 matrix on one CPU thread)."""
     return torch.linalg.householder_product(*torch.geqrf(x))
 
 
 def _estimated_order(stat: Tensor, basis: Tensor) -> Tensor:
-    """The basis' columns ordered by the Rayleigh quotients ``q^T S q``, largest first."""
-    return ((stat @ basis) * basis).sum(0).argsort(descending=True)
+    """The basis' columns (each block's) ordered by the Rayleigh quotients ``q^T S q``, largest first."""
+    return ((stat @ basis) * basis).sum(-2).argsort(dim=-1, descending=True)
 
 
 SWITCH_CHECK_EVERY = 10  # GMNOptimizer's soap_switch looks at the estimate's history every this many steps
@@ -213,7 +284,8 @@ class SoapSwitch:
     already below this fraction of its largest sample (a norm 200x down), the run is deep in a fit that Adam's step
     is making, as a SIREN's, whose float32 precision SOAP's step did not keep: no switch, for good. On the dev suite
     (docs/optim.md, "The soap switch") the SIREN sat at 1e-6 of its peak when ``d`` settled, every other task at
-    1e-3 or above."""
+    1e-3 or above. ``sides`` and ``block``: which sides are rotated, and diagonal blocks of at most ``block`` per
+    side (`SoapHyper`)."""
 
     scale: float = 0.5
     window: int = 100
@@ -223,6 +295,7 @@ class SoapSwitch:
     statistics_every: int = 1
     decline_below: float = 2.5e-5
     sides: str = "both"
+    block: int | None = None
 
     def check(self) -> "SoapSwitch":
         """This, or a ValueError naming the bad setting."""
@@ -240,7 +313,7 @@ class SoapSwitch:
     def hyper(self, lr: float, eps: float, weight_decay: float) -> SoapHyper:
         """The SOAP step's hyperparameters at this lr (the group's lr x scale x d) and the group's eps / decay."""
         return SoapHyper(lr, tuple(self.betas), eps, weight_decay, None, self.precondition_every, self.max_dim,
-                         self.statistics_every, self.sides)
+                         self.statistics_every, self.sides, self.block)
 
     def due(self, step: int, moved_at: int) -> bool:
         """Switch after ``step`` (steps taken), the estimate having last moved on step ``moved_at``?"""

@@ -267,7 +267,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     SIREN's) it declines, for good (``opt.soap_declined_at``; `SoapSwitch.decline_below`).
     ``opt.soap_switched_at`` is the step it switched after (0: not yet). Each matrix adds its statistics and
     bases, ``2 * (rows^2 + cols^2)`` numbers, to the state (``state_dict()["state"]["soap_bases"]``), and about
-    six matrix products to each step (docs/optim.md, "The soap switch").
+    six matrix products to each step (docs/optim.md, "The soap switch"); ``SoapSwitch(sides=...)`` rotates one
+    side, ``SoapSwitch(block=b)`` cuts a side into diagonal blocks of at most ``b`` (``2 * side * b`` numbers).
     """
 
     def __init__(
@@ -402,9 +403,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         # An identity rule (rule="adam": its scale is 1 everywhere) keeps no lr_scale buffer: Adam's state
         # is 2x the parameters, and the scale is allocated (as ones) if the rule stops being the identity.
         self._moment_keys = self.SCHEDULE_FREE_KEYS if self.schedule_free else self.MOMENT_KEYS
-        self._state_keys = ((*self._moment_keys, *(() if self._rule_is_identity() else ("lr_scale",)))
-                            + (self.DISTANCE_KEYS if lr_free else ())
-                            + (("tensor_grad_sum",) if self.per_tensor and not self.shared_sums else ()))
+        self._state_keys = self._all_state_keys(with_scale=not self._rule_is_identity())
         self._numels = [p.numel() for p in self._params_all]
         self._num_edges = sum(self._numels)
         # lr_free: per parameter, how many flattened entries the estimate reads (every k-th from its first,
@@ -519,6 +518,12 @@ class GMNOptimizer(torch.optim.Optimizer):
     STATE_KEYS = (*MOMENT_KEYS, "z", "lr_scale")  # what the step's Adam part reads (those the optimizer keeps)
     DISTANCE_KEYS = ("start", "grad_sum")  # lr_free: x_0 and Prodigy's gradient sum s
     SAMPLED_KEYS = (*DISTANCE_KEYS, "tensor_grad_sum")  # the entries the estimate reads (estimate_stride)
+
+    def _all_state_keys(self, with_scale: bool) -> tuple[str, ...]:
+        """The flat buffers this optimizer keeps (before a soap switch frees the estimate's)."""
+        return ((*self._moment_keys, *(("lr_scale",) if with_scale else ()))
+                + (self.DISTANCE_KEYS if self.lr_free else ())
+                + (("tensor_grad_sum",) if self.per_tensor and not self.shared_sums else ()))
 
     def _allocate(self, device: torch.device) -> None:
         """Fresh flat buffers (edge order) on ``device`` and per-parameter views into them."""
@@ -706,6 +711,14 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[SOAP_BASES] = {}
         buf["exp_avg"].zero_()
         buf["exp_avg_sq"].zero_()
+        self._drop_estimate_buffers()
+
+    def _drop_estimate_buffers(self) -> None:
+        """soap_switch, switched: the estimate is frozen, so its x_0 and gradient sums are freed (and not saved)."""
+        self._state_keys = tuple(k for k in self._state_keys if k not in self.SAMPLED_KEYS)
+        if self._buffers is not None:
+            self._buffers = {k: v for k, v in self._buffers.items() if k not in self.SAMPLED_KEYS}
+            self._attach_views()
 
     def _soap_step(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor]) -> None:
         """soap_switch, after the switch: SOAP's step on every tensor (`eigenbasis.soap_step`; a matrix's moments
@@ -1044,8 +1057,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for key in _COUNTERS:
             self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
+        self._state_keys = self._all_state_keys(with_scale="lr_scale" in self._state_keys)  # a switch freed some
         if self.state[SOAP_SWITCHED_AT]:
             self._load_soap_bases()
+            self._drop_estimate_buffers()  # a state saved before 0.15 holds them: not read
         if self.per_tensor:
             rows = self.state.get(TENSOR_DISTANCES)
             if isinstance(rows, Tensor) and tuple(rows.shape) == (len(self._params_all), 4):  # saved by 0.6 or before
@@ -1125,7 +1140,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         for k, basis in bases.items():
             rows, cols = eigenbasis.as_matrix(self._params_all[k]).shape
             sides = {"left": rows, "q_left": rows, "right": cols, "q_right": cols}
-            if set(basis) - set(sides) or any(tuple(v.shape) != (sides[n], sides[n]) for n, v in basis.items()):
+            if set(basis) - set(sides) or any(not _fits_side(v, sides[n]) for n, v in basis.items()):
                 raise ValueError(f"GMNOptimizer.load_state_dict: the SOAP bases of parameter {k} do not fit its "
                                  f"{rows} x {cols} matrix (saved for another model?).")
         device = self._params_all[0].device
@@ -1136,6 +1151,14 @@ class GMNOptimizer(torch.optim.Optimizer):
     def from_pretrained(cls, directory: str | Path, model: nn.Module, **kwargs: Any) -> "GMNOptimizer":
         """An optimizer for ``model`` driven by the rule saved in ``directory``."""
         return cls(model, rule=UpdateRule.from_pretrained(directory), **kwargs)
+
+
+def _fits_side(basis: Tensor, side: int) -> bool:
+    """A saved statistic or basis of a side of ``side``: ``side x side``, or diagonal blocks ``n x b x b`` with
+    ``n b = side`` (`SoapSwitch.block`)."""
+    shape = tuple(basis.shape)
+    return (len(shape) == 2 and shape == (side, side)) or (len(shape) == 3 and shape[1] == shape[2]
+                                                            and shape[0] * shape[1] == side)
 
 
 def _resolve_soap_switch(soap_switch: bool | SoapSwitch | None, lr_free: bool, rule: UpdateRule, schedule_free: bool,

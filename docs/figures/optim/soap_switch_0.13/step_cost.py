@@ -1,17 +1,21 @@
 """What the soap switch costs on the held-out tasks (seed 0, one thread): the whole loop and the step alone, ms per
 step over steps 101-300, for tuned-Adam-like Adam (lr 1e-3), GMNOptimizer(model) and GMNOptimizer(model,
 soap_switch=SoapSwitch(window=10)) (switched by step ~30, so steps 101-300 are SOAP's), and the switched state's size;
-with --columns also SoapSwitch(window=10, sides="columns") (0.14; step_cost_seed0.* were written without it).
+with --columns also SoapSwitch(window=10, sides="columns") (0.14; step_cost_seed0.* were written without it), and
+with --variant LABEL:KEY=VALUE[,KEY=VALUE] (as outer_train.evaluate's --soap-variant; repeatable) a
+SoapSwitch(window=10, KEY=VALUE, ...) labelled LABEL (0.15: e.g. block64c:sides="'columns'",block=64).
 
-    python docs/figures/optim/soap_switch_0.13/step_cost.py OUT_STEM [--columns] [TASKS...]  -> OUT_STEM.json, .md
+    python docs/figures/optim/soap_switch_0.13/step_cost.py OUT_STEM [--columns] [--variant ...] [TASKS...]
+        -> OUT_STEM.json, .md
 """
-import json, sys, time
+import dataclasses, json, sys, time
 import torch
 torch.set_num_threads(1)
 from inner_tasks import build_task
 from inner_tasks.tasks.collections import held_out_suite
 from inner_tasks.tasks.training import train_task
 from metaopt.optim import GMNOptimizer, SoapSwitch
+from outer_train.evaluate import parse_soap_variant
 
 STEPS, FROM = 300, 100
 MAKERS = {"adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), "default": lambda m: GMNOptimizer(m),
@@ -26,9 +30,18 @@ def state_numbers(opt: GMNOptimizer) -> int:
 
 
 def main() -> None:
-    stem, tasks = sys.argv[1], [t for t in sys.argv[2:] if t != "--columns"]
+    stem, args, tasks, extra = sys.argv[1], sys.argv[2:], [], {}
+    while args:
+        arg = args.pop(0)
+        if arg == "--variant":
+            label, switch = parse_soap_variant(args.pop(0), sys.exit)
+            window = switch.window if "window=" in sys.argv[sys.argv.index(arg) + 1] else 10
+            extra[label] = lambda m, s=dataclasses.replace(switch, window=window): GMNOptimizer(m, soap_switch=s)
+        elif arg != "--columns":
+            tasks.append(arg)
     variants = ["switch", "columns"] if "--columns" in sys.argv else ["switch"]
-    makers = {k: v for k, v in MAKERS.items() if k in ("adam", "default", *variants)}
+    variants += list(extra)
+    makers = {k: v for k, v in {**MAKERS, **extra}.items() if k in ("adam", "default", *variants)}
     rows = []
     for spec in held_out_suite((0,), STEPS):
         if tasks and spec.name.split("/")[0] not in tasks:
