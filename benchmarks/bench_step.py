@@ -3,9 +3,12 @@
     python -m benchmarks.bench_step --out results/bench_step [--sizes 1e5 1e6 1e7]
 
 For MLPs of about 100k, 1M and 10M parameters, times ``optimizer.step()`` alone (gradients are
-fixed random tensors). The shipped rules run every ``refresh_every`` steps, so each optimizer is
-timed over blocks of that many steps (one refresh + the plain steps between), and the amortised
-step is the block time / its length; the refresh and the plain step are also timed alone.
+fixed random tensors). ``gmnopt-shipped-soap[-columns][-block<b>]`` is ``GMNOptimizer(model,
+soap_switch=SoapSwitch(...))`` after its switch (forced after the warm-up step: fixed gradients would keep its
+estimate growing), i.e. SOAP's step, its statistics and bases counted in its state. The shipped rules run
+every ``refresh_every`` steps, so each optimizer is timed over blocks of that many steps (one refresh + the
+plain steps between), and the amortised step is the block time / its length; the refresh and the plain step
+are also timed alone.
 Optimizers are interleaved round-robin, so the ratios are taken side by side on a shared machine.
 Memory: on a GPU, ``torch.cuda.max_memory_allocated`` during a step; on CPU, the step's peak
 resident-set growth (VmHWM after resetting it via /proc/self/clear_refs). Optimizer state bytes
@@ -29,7 +32,7 @@ from torch import nn
 
 from benchmarks.common import proc_status_bytes
 from metaopt.graph import to_graph
-from metaopt.optim import GMNOptimizer
+from metaopt.optim import GMNOptimizer, SoapSwitch
 from metaopt.optim.optimizer import SHIPPED_LR_FREE
 from metaopt.optim.rules import RETIRED_RULES, resolve_rule
 
@@ -41,8 +44,9 @@ def mlp_of_size(target: float) -> nn.Module:
 
 
 def _state_bytes(opt: torch.optim.Optimizer) -> int:
-    if isinstance(opt, GMNOptimizer):
-        return sum(t.numel() * t.element_size() for t in (opt._buffers or {}).values())
+    if isinstance(opt, GMNOptimizer):  # the flat buffers, and the soap switch's statistics and bases
+        bases = [v for b in opt.state.get("soap_bases", {}).values() for v in b.values()]
+        return sum(t.numel() * t.element_size() for t in [*(opt._buffers or {}).values(), *bases])
     return sum(
         v.numel() * v.element_size()
         for st in opt.state.values()
@@ -89,12 +93,29 @@ PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0
 
 
 SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_anchor") in the mode it records
+SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -columns, -block<b> set its sides / blocks
+
+
+def _soap_switch_of(kind: str) -> SoapSwitch | None:
+    """`SOAP_KIND`[-columns][-block<b>] -> its SoapSwitch; None for any other kind."""
+    if not (kind == SOAP_KIND or kind.startswith(SOAP_KIND + "-")):
+        return None
+    options: dict[str, Any] = {}
+    for part in filter(None, kind[len(SOAP_KIND):].split("-")):
+        if part == "columns":
+            options["sides"] = "columns"
+        elif part.startswith("block") and part[5:].isdigit():
+            options["block"] = int(part[5:])
+        else:
+            raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -columns / -block<b>, "
+                             f"e.g. {SOAP_KIND}-columns-block64")
+    return SoapSwitch(**options).check()
 
 
 def _rule_of(kind: str) -> tuple[str, bool, dict[str, float]]:
     """``gmnopt-<rule>[-lrfree[-stride<k>][-every<j>][-tensor<percent>]]`` -> (rule name, lr_free, options of the
     estimate); `SHIPPED_KIND` -> what ``GMNOptimizer(model)`` runs, lr-free with the options it records."""
-    if kind == SHIPPED_KIND:
+    if kind == SHIPPED_KIND or _soap_switch_of(kind) is not None:
         return SHIPPED_LR_FREE, True, {}
     name, *rest = kind.split("-", 1)[1].split("-lrfree")
     options = {}
@@ -114,6 +135,9 @@ def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     rule, lr_free, options = _rule_of(kind)
+    switch = _soap_switch_of(kind)
+    if switch is not None:
+        options = {**options, "soap_switch": switch}
     return GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free, **options)
 
 
@@ -140,6 +164,9 @@ def _setup(target: float, kinds: list[str], device: torch.device) -> dict[str, A
                 torch.cuda.synchronize()
 
         run(1)  # warm-up: allocates state, builds caches, runs the rule once (step 1 is a refresh)
+        if _soap_switch_of(kind) is not None:
+            opt._switch_to_soap(opt._buffers)  # what the switch does once d has settled
+            run(1)  # the matrices' first statistics and bases
         runners[kind], opts[kind] = run, opt
     return {
         "params": sum(p.numel() for p in base.parameters()),
@@ -235,6 +262,10 @@ def label(kind: str) -> str:
     """The table's name for an optimizer kind (any options of an lr-free kind)."""
     if kind in LABELS:
         return LABELS[kind]
+    switch = _soap_switch_of(kind)
+    if switch is not None:
+        return (f"GMNOptimizer(model, soap_switch=SoapSwitch(sides={switch.sides!r}, block={switch.block})), "
+                "after the switch")
     rule, _, options = _rule_of(kind)
     base = LABELS.get(f"gmnopt-{rule}-lrfree", f"GMNOptimizer, rule=\"{rule}\", lr_free=True")
     return ", ".join([base, *(f"{k}={v}" for k, v in options.items())])

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from benchmarks.common import machine
 from metaopt import GMNOptimizer
+from metaopt.optim import SoapSwitch
 from metaopt.optim.rules import RETIRED_RULES
 from outer_train.evaluate import final_loss, steps_to
 
@@ -208,6 +209,12 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "boost1": ("GMNOptimizer(model, rule=\"lrfree_boost1\")", lambda m: GMNOptimizer(m, rule="lrfree_boost1")),
     "quarter": ("GMNOptimizer(model, lr=0.25, lr_free=True)", lambda m: GMNOptimizer(m, lr=0.25, lr_free=True)),
     "soap_switch": ("GMNOptimizer(model, soap_switch=True)", lambda m: GMNOptimizer(m, soap_switch=True)),
+    "soap_switch_whole": ("GMNOptimizer(model, soap_switch=SoapSwitch(block=None))",  # 0.13-0.14's soap_switch=True
+                          lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(block=None))),
+    "soap_switch_b64": ("GMNOptimizer(model, soap_switch=SoapSwitch(block=64))",  # soap_switch=True since 0.15
+                        lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(block=64))),
+    "soap_switch_b64c": ("GMNOptimizer(model, soap_switch=SoapSwitch(sides=\"columns\", block=64))",
+                         lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(sides="columns", block=64))),
 }
 
 

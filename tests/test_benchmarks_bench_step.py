@@ -45,3 +45,19 @@ def test_a_retired_default_runs_by_its_options() -> None:
     assert _rule_of("gmnopt-lrfree_lean-lrfree-every5")[2] == {**RETIRED_RULES["lrfree_lean"].options, "estimate_every": 5}
     assert "0.8's default" in label("gmnopt-lrfree_plateau-lrfree")
     assert not any(_rule_of(k)[0] in RETIRED_RULES for k in CURRENT_KINDS if k != "adam")
+
+
+def test_soap_switch_kinds_time_soaps_step_and_count_its_bases(tmp_path) -> None:
+    """gmnopt-shipped-soap[-columns][-block<b>]: after the switch (forced), the moments and each matrix's statistics
+    and bases are the state; the estimate's buffers are freed. A 50-wide MLP (4 layers of 50 x 50 + 50): both sides
+    keep 2 (50^2 + 50^2) per layer, the columns in blocks of 25 keep 2 x 2 x 25^2."""
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e4",
+                    "--repeats", "1", "--kinds", "adam", "gmnopt-shipped-soap", "gmnopt-shipped-soap-columns-block32"],
+                   check=True, capture_output=True)
+    (size,) = json.loads((tmp_path / "bench_step.json").read_text())["sizes"]
+    params = 4 * (50 * 50 + 50)
+    both, blocked = size["rows"]["gmnopt-shipped-soap"], size["rows"]["gmnopt-shipped-soap-columns-block32"]
+    assert abs(both["state_over_params"] - (2 * params + 4 * 2 * 2 * 50**2) / params) < 0.01
+    assert abs(blocked["state_over_params"] - (2 * params + 4 * 2 * 2 * 25**2) / params) < 0.01
+    assert both["ms_per_step"] > 0 and blocked["ms_per_step"] > 0
+    assert "SoapSwitch(sides='columns', block=32)" in (tmp_path / "bench_step.md").read_text()

@@ -69,9 +69,9 @@ def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step(si
     rotated = {k: {n: tuple(v.shape) for n, v in b.items() if n.startswith("q_")}
                for k, b in opt.state[SOAP_BASES].items()}
     # the shorter side: the conv's 6 of 6 x 9, the Linears' 12 of 12 x 216 and 10 of 10 x 12; the columns in blocks of
-    # at most 8: the conv's 9 in three of 3, 216 in 27 of 8, 12 in two of 6
+    # 4 to 8: 216 in 27 of 8, 12 in two of 6, the conv's 9 whole (blocks of 3 would be under half of 8)
     assert rotated == {"shorter": {0: {"q_left": (6, 6)}, 2: {"q_left": (12, 12)}, 4: {"q_left": (10, 10)}},
-                       "columns": {0: {"q_right": (3, 3, 3)}, 2: {"q_right": (27, 8, 8)}, 4: {"q_right": (2, 6, 6)}},
+                       "columns": {0: {"q_right": (9, 9)}, 2: {"q_right": (27, 8, 8)}, 4: {"q_right": (2, 6, 6)}},
                        "both": {0: {"q_left": (6, 6), "q_right": (9, 9)}, 2: {"q_left": (12, 12), "q_right": (216, 216)},
                                 4: {"q_left": (10, 10), "q_right": (12, 12)}}}[sides]
 

@@ -221,8 +221,8 @@ def test_tensors_at_different_steps_take_their_own_bias_correction() -> None:
 
 
 def test_blocks_are_the_fewest_equal_ones_that_fit() -> None:
-    assert [blocks(d, 64) for d in (10, 64, 96, 256, 288, 576)] == [1, 1, 2, 4, 6, 9]
-    assert blocks(97, 64) == 97 and blocks(300, None) == 1  # a prime side: blocks of one (not rotated); None: whole
+    assert [blocks(d, 64) for d in (10, 64, 96, 256, 288, 576, 1000, 1581)] == [1, 1, 2, 4, 6, 9, 20, 31]
+    assert blocks(97, 64) == blocks(158, 64) == 1 and blocks(300, None) == 1  # no blocks of 32-64 divide them: whole
 
 
 def test_a_blocked_basis_is_block_diagonal_and_orthogonal() -> None:
@@ -240,7 +240,7 @@ def test_a_blocked_basis_is_block_diagonal_and_orthogonal() -> None:
         torch.testing.assert_close(torch.block_diag(*basis[stat]), full * mask)  # each block its own statistic
     lopsided: dict = {}
     start_basis(lopsided, torch.randn(97, 8), 10_000, "rows", block=64)
-    assert lopsided == {}  # 97 rows fit no blocks but ones: not rotated
+    assert lopsided["q_left"].shape == (97, 97)  # no blocks of 32-64 divide 97: the side stays whole
 
 
 @pytest.mark.parametrize("sides", ["rows", "columns"])

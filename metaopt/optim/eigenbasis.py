@@ -16,10 +16,10 @@ longer than ``max_dim`` is not rotated (its factor is the identity), as the auth
 (the columns on a square), ``"columns"`` (a linear layer's inputs, a filter's ``in * kernel``) or ``"rows"`` (its
 outputs). One side is three matrix products a step instead of six on a square, one QR instead of two at a refresh,
 one side's statistics and basis kept (a convolution's rows: ``out x out`` instead of also ``(in * kernel)^2``).
-``block`` cuts a side longer than it into equal diagonal blocks of at most ``block`` (block-diagonal statistics
-and bases, as distributed Shampoo's ``max_preconditioner_dim`` blocks; a side of 256 with ``block=64``: four
-64 x 64 bases, a quarter of the products and of the state, a sixteenth of a refresh's QR): a basis is then a
-stack ``n x b x b``, and a side no divisor of which fits (blocks of one) is not rotated.
+``block`` cuts a side longer than it into equal diagonal blocks of ``block / 2`` to ``block`` (block-diagonal
+statistics and bases, as distributed Shampoo's ``max_preconditioner_dim`` blocks; a side of 256 with ``block=64``:
+four 64 x 64 bases, a quarter of the products and of the state, a sixteenth of a refresh's QR): a basis is then a
+stack ``n x b x b``; a side no such blocks divide stays whole (`blocks`).
 
 Two optimizers run this step: ``GMNOptimizer(model, soap_switch=True)`` once its lr-free estimate has settled
 (metaopt/optim/optimizer.py) and the tuned baseline ``outer_train.soap.SOAP``. The moments are the caller's
@@ -59,7 +59,7 @@ class SoapHyper:
     max_dim: int = MAX_DIM
     statistics_every: int = 1  # the statistics take in every k-th gradient only (their average over as many steps)
     sides: str = "both"  # which sides are rotated: both, shorter, columns, rows
-    block: int | None = None  # a side longer than this is cut into equal diagonal blocks of at most this
+    block: int | None = None  # a side longer than this: equal diagonal blocks of block / 2 to block (else whole)
 
     def check(self, owner: str) -> "SoapHyper":
         """This, or a ValueError naming ``owner`` and the bad setting."""
@@ -104,25 +104,27 @@ def as_matrix(x: Tensor) -> Tensor:
 
 
 def blocks(dim: int, block: int | None) -> int:
-    """How many equal diagonal blocks a side of ``dim`` is cut into: the fewest of at most ``block`` each (1: the
-    whole side; ``dim``: blocks of one, i.e. not rotated)."""
+    """How many equal diagonal blocks a side of ``dim`` is cut into: the fewest of at most ``block`` each, where
+    those are at least half a ``block``; else 1, the whole side (158 = 2 x 79 with ``block=64``: blocks of two would
+    be Adam's diagonal, so the 158 stay whole)."""
     if block is None or dim <= block:
         return 1
-    return next(n for n in range(-(-dim // block), dim + 1) if dim % n == 0)
+    n = next(n for n in range(-(-dim // block), dim + 1) if dim % n == 0)
+    return n if 2 * (dim // n) >= block else 1
 
 
 def start_basis(basis: dict, grad: Tensor, max_dim: int, sides: str = "both", block: int | None = None) -> None:
     """A matrix's Shampoo statistics from its first gradient and their eigenbases, into ``basis``
     (``left`` / ``q_left``, ``right`` / ``q_right``; ``n x b x b`` stacks where `blocks` cuts a side; a side longer
-    than ``max_dim`` keeps none: not rotated, nor one that ``sides`` leaves out or cut into blocks of one)."""
+    than ``max_dim`` keeps none: not rotated, nor one that ``sides`` leaves out)."""
     rows, cols = grad.shape
     left = {"both": True, "shorter": rows < cols, "columns": False, "rows": True}[sides]
     right = {"both": True, "shorter": cols <= rows, "columns": True, "rows": False}[sides]
     n_left, n_right = blocks(rows, block), blocks(cols, block)
-    if rows <= max_dim and left and n_left < rows:
+    if rows <= max_dim and left:
         basis["left"] = _left_statistic(grad, n_left)
         basis["q_left"] = _eigenvectors(basis["left"])
-    if cols <= max_dim and right and n_right < cols:
+    if cols <= max_dim and right:
         basis["right"] = _right_statistic(grad, n_right)
         basis["q_right"] = _eigenvectors(basis["right"])
 
@@ -284,8 +286,10 @@ class SoapSwitch:
     already below this fraction of its largest sample (a norm 200x down), the run is deep in a fit that Adam's step
     is making, as a SIREN's, whose float32 precision SOAP's step did not keep: no switch, for good. On the dev suite
     (docs/optim.md, "The soap switch") the SIREN sat at 1e-6 of its peak when ``d`` settled, every other task at
-    1e-3 or above. ``sides`` and ``block``: which sides are rotated, and diagonal blocks of at most ``block`` per
-    side (`SoapHyper`)."""
+    1e-3 or above. ``sides`` and ``block``: which sides are rotated, and diagonal blocks of ``block / 2`` to
+    ``block`` per side (`SoapHyper`; None: whole sides, as up to 0.14). Blocks of 64 are the default since 0.15:
+    on fresh held-out seeds the same steps as whole sides and sooner by the clock at 1,000 and 5,000 steps
+    (docs/optim.md, "Diagonal blocks")."""
 
     scale: float = 0.5
     window: int = 100
@@ -295,7 +299,7 @@ class SoapSwitch:
     statistics_every: int = 1
     decline_below: float = 2.5e-5
     sides: str = "both"
-    block: int | None = None
+    block: int | None = 64
 
     def check(self) -> "SoapSwitch":
         """This, or a ValueError naming the bad setting."""

@@ -266,9 +266,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     step. Where the gradient norm is already 200x below its peak when ``d`` settles (a fit Adam's step is making, as a
     SIREN's) it declines, for good (``opt.soap_declined_at``; `SoapSwitch.decline_below`).
     ``opt.soap_switched_at`` is the step it switched after (0: not yet). Each matrix adds its statistics and
-    bases, ``2 * (rows^2 + cols^2)`` numbers, to the state (``state_dict()["state"]["soap_bases"]``), and about
-    six matrix products to each step (docs/optim.md, "The soap switch"); ``SoapSwitch(sides=...)`` rotates one
-    side, ``SoapSwitch(block=b)`` cuts a side into diagonal blocks of at most ``b`` (``2 * side * b`` numbers).
+    bases to the state (``state_dict()["state"]["soap_bases"]``): a side longer than 64 in diagonal blocks of 32
+    to 64 (`SoapSwitch.block`, since 0.15), ``2 * side * block`` numbers, a shorter one whole, ``2 * side^2``; and
+    about six (batched) matrix products to each step (docs/optim.md, "The soap switch", "Diagonal blocks");
+    ``SoapSwitch(sides=...)`` rotates one side. The estimate's buffers are freed at the switch.
     """
 
     def __init__(

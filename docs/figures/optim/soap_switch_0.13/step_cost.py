@@ -34,8 +34,9 @@ def main() -> None:
     while args:
         arg = args.pop(0)
         if arg == "--variant":
-            label, switch = parse_soap_variant(args.pop(0), sys.exit)
-            window = switch.window if "window=" in sys.argv[sys.argv.index(arg) + 1] else 10
+            spec = args.pop(0)
+            label, switch = parse_soap_variant(spec, sys.exit)
+            window = switch.window if "window=" in spec else 10  # switched by step ~30 unless it says otherwise
             extra[label] = lambda m, s=dataclasses.replace(switch, window=window): GMNOptimizer(m, soap_switch=s)
         elif arg != "--columns":
             tasks.append(arg)
