@@ -329,6 +329,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def merge(paths: list[Path], out: Path, command: str) -> int:
+    """user_loops.json and .md over the rows of several runs' user_loops.json; a task, horizon, seed and variant in
+    two of them is refused (the medians would count it twice)."""
+    rows = [r for path in paths for r in json.loads(path.read_text())["rows"]]
+    keys = [(r["task"], r["steps"], r["seed"], r["variant"]) for r in rows]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise SystemExit(f"bench_user_loops --merge: {twice[0]} (task, steps, seed, variant) is in more than one file")
+    out.mkdir(parents=True, exist_ok=True)
+    summ = summary(rows)
+    (out / "user_loops.json").write_text(json.dumps({"machine": machine(), "command": command, "merged": [str(p) for p in paths],
+                                                      "summary": summ, "rows": rows}, indent=1))
+    md = markdown(rows, summ, command)
+    (out / "user_loops.md").write_text(md)
+    print(md.split("\n\n| task")[0])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/user_loops")
@@ -338,7 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["default"],
                    help="optimizers to run against tuned Adam (default: GMNOptimizer(model) only)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", nargs="+", type=Path, metavar="USER_LOOPS_JSON",
+                   help="merge the rows of earlier runs' user_loops.json (e.g. tasks run as two processes) into --out "
+                        "(user_loops.json and .md over all their tasks; no curves or plots) instead of running")
     a = p.parse_args(argv)
+    command = "python -m benchmarks.bench_user_loops " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.merge:
+        return merge(a.merge, Path(a.out), command)
     torch.set_num_threads(a.threads)
     chosen = loops()
     names = a.tasks or list(chosen)
@@ -349,7 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summ = summary(rows)
-    command = "python -m benchmarks.bench_user_loops " + " ".join(argv if argv is not None else sys.argv[1:])
     compact = [{k: v for k, v in r.items() if k != "curves"} for r in rows]  # small enough to keep in docs
     (out / "user_loops.json").write_text(json.dumps({"machine": machine(), "command": command, "summary": summ,
                                                       "rows": compact}, indent=1))

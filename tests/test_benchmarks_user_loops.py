@@ -82,3 +82,17 @@ def test_retired_variants_run_by_their_options() -> None:
     opt = make(torch.nn.Linear(4, 2))
     assert label == RETIRED_RULES["lrfree_plateau"].call() and label.startswith('GMNOptimizer(model, rule="adam"')
     assert opt.lr_free and opt.plateau_block == 500 and not opt.plateau_boost and opt.rule.is_identity
+
+
+def test_merge_summarises_two_runs_as_one_and_refuses_a_row_twice(tmp_path) -> None:
+    """--merge: tasks run as two processes give the summary one run over all of them would (medians over tasks)."""
+    for name in ("logistic_regression", "tabular_mlp"):
+        ul.main(["--out", str(tmp_path / name), "--steps", "40", "--seeds", "0", "--tasks", name])
+    parts = [tmp_path / name / "user_loops.json" for name in ("logistic_regression", "tabular_mlp")]
+    assert ul.main(["--merge", *map(str, parts), "--out", str(tmp_path / "both")]) == 0
+    merged = json.loads((tmp_path / "both" / "user_loops.json").read_text())
+    rows = [r for p in parts for r in json.loads(p.read_text())["rows"]]
+    assert merged["rows"] == rows and merged["summary"] == ul.summary(rows)
+    assert merged["summary"]["40"]["tasks"] == 2 and "| 40 |" in (tmp_path / "both" / "user_loops.md").read_text()
+    with pytest.raises(SystemExit, match="more than one file"):
+        ul.main(["--merge", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "twice")])
