@@ -22,6 +22,7 @@ default without per-tensor estimates; the lr-free GMN rule, alone and with its s
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import math
@@ -333,8 +334,8 @@ def merge(paths: list[Path], out: Path, command: str) -> int:
     """user_loops.json and .md over the rows of several runs' user_loops.json; a task, horizon, seed and variant in
     two of them is refused (the medians would count it twice)."""
     rows = [r for path in paths for r in json.loads(path.read_text())["rows"]]
-    keys = [(r["task"], r["steps"], r["seed"], r["variant"]) for r in rows]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
+    counts = collections.Counter((r["task"], r["steps"], r["seed"], r["variant"]) for r in rows)
+    twice = sorted(k for k, n in counts.items() if n > 1)
     if twice:
         raise SystemExit(f"bench_user_loops --merge: {twice[0]} (task, steps, seed, variant) is in more than one file")
     out.mkdir(parents=True, exist_ok=True)

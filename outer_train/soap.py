@@ -4,7 +4,7 @@ The step is `metaopt.optim.eigenbasis.soap_step` (the one ``GMNOptimizer(model, 
 to); this is its ``torch.optim.Optimizer`` with the authors' defaults (Vyas et al., "SOAP: Improving and
 Stabilizing Shampoo using Adam", ICLR 2025): betas (0.95, 0.95), the statistics averaged with the second beta,
 bases refreshed every 10 steps, sides over 10,000 not rotated (``sides``: both, or one, `SoapHyper`'s;
-``block``: sides cut into diagonal blocks of at most that);
+``block``: a side longer than that cut into diagonal blocks of ``block / 2`` to ``block``);
 no weight decay, as the other tuned baselines.
 Every parameter of >= 2 dimensions is preconditioned (convolution filters as ``out x (in * kernel)``, as Muon's,
 ``outer_train.muon``), vectors get Adam. The step's products run with denormals flushed to zero
@@ -32,11 +32,19 @@ class SOAP(torch.optim.Optimizer):
                  block: int | None = None) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        SoapHyper(lr, tuple(betas), eps, 0.0, shampoo_beta, precondition_every, max_dim, 1, sides, block).check("SOAP")
-        shampoo_beta = betas[1] if shampoo_beta is None else shampoo_beta
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "shampoo_beta": shampoo_beta,
-                                  "precondition_every": precondition_every, "max_dim": max_dim,
-                                  "sides": sides, "block": block})
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps,
+                    "shampoo_beta": betas[1] if shampoo_beta is None else shampoo_beta,
+                    "precondition_every": precondition_every, "max_dim": max_dim, "sides": sides, "block": block}
+        self._hyper({**defaults, "shampoo_beta": shampoo_beta}).check("SOAP")
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _hyper(group: dict) -> SoapHyper:
+        """A param group's SOAP step hyperparameters (no weight decay; groups saved before ``sides`` / ``block``
+        existed run both sides whole)."""
+        return SoapHyper(group["lr"], tuple(group["betas"]), group["eps"], 0.0, group["shampoo_beta"],
+                         group["precondition_every"], group["max_dim"], sides=group.get("sides", "both"),
+                         block=group.get("block"))
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch.optim's signature
@@ -46,9 +54,7 @@ class SOAP(torch.optim.Optimizer):
                 loss = closure()
         with flushing_denormals():
             for group in self.param_groups:
-                h = SoapHyper(group["lr"], group["betas"], group["eps"], 0.0, group["shampoo_beta"],
-                              group["precondition_every"], group["max_dim"], 1, group.get("sides", "both"),
-                              group.get("block"))
+                h = self._hyper(group)
                 by_step: dict[int, list[Tensor]] = {}  # tensors at the same step share one soap_step
                 for p in group["params"]:
                     if p.grad is not None:

@@ -113,6 +113,13 @@ def blocks(dim: int, block: int | None) -> int:
     return n if 2 * (dim // n) >= block else 1
 
 
+def fits_side(stat: Tensor, side: int) -> bool:
+    """Whether ``stat`` (a saved statistic or basis) can be a side of ``side``'s: ``side x side``, or diagonal blocks
+    ``n x b x b`` with ``n b = side``."""
+    shape = tuple(stat.shape)
+    return shape == (side, side) or (len(shape) == 3 and shape[1] == shape[2] and shape[0] * shape[1] == side)
+
+
 def start_basis(basis: dict, grad: Tensor, max_dim: int, sides: str = "both", block: int | None = None) -> None:
     """A matrix's Shampoo statistics from its first gradient and their eigenbases, into ``basis``
     (``left`` / ``q_left``, ``right`` / ``q_right``; ``n x b x b`` stacks where `blocks` cuts a side; a side longer
@@ -120,12 +127,11 @@ def start_basis(basis: dict, grad: Tensor, max_dim: int, sides: str = "both", bl
     rows, cols = grad.shape
     left = {"both": True, "shorter": rows < cols, "columns": False, "rows": True}[sides]
     right = {"both": True, "shorter": cols <= rows, "columns": True, "rows": False}[sides]
-    n_left, n_right = blocks(rows, block), blocks(cols, block)
     if rows <= max_dim and left:
-        basis["left"] = _left_statistic(grad, n_left)
+        basis["left"] = _left_statistic(grad, blocks(rows, block))
         basis["q_left"] = _eigenvectors(basis["left"])
     if cols <= max_dim and right:
-        basis["right"] = _right_statistic(grad, n_right)
+        basis["right"] = _right_statistic(grad, blocks(cols, block))
         basis["q_right"] = _eigenvectors(basis["right"])
 
 
@@ -316,8 +322,9 @@ class SoapSwitch:
 
     def hyper(self, lr: float, eps: float, weight_decay: float) -> SoapHyper:
         """The SOAP step's hyperparameters at this lr (the group's lr x scale x d) and the group's eps / decay."""
-        return SoapHyper(lr, tuple(self.betas), eps, weight_decay, None, self.precondition_every, self.max_dim,
-                         self.statistics_every, self.sides, self.block)
+        return SoapHyper(lr, tuple(self.betas), eps, weight_decay, precondition_every=self.precondition_every,
+                         max_dim=self.max_dim, statistics_every=self.statistics_every, sides=self.sides,
+                         block=self.block)
 
     def due(self, step: int, moved_at: int) -> bool:
         """Switch after ``step`` (steps taken), the estimate having last moved on step ``moved_at``?"""

@@ -1141,7 +1141,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         for k, basis in bases.items():
             rows, cols = eigenbasis.as_matrix(self._params_all[k]).shape
             sides = {"left": rows, "q_left": rows, "right": cols, "q_right": cols}
-            if set(basis) - set(sides) or any(not _fits_side(v, sides[n]) for n, v in basis.items()):
+            if set(basis) - set(sides) or any(not eigenbasis.fits_side(v, sides[n]) for n, v in basis.items()):
                 raise ValueError(f"GMNOptimizer.load_state_dict: the SOAP bases of parameter {k} do not fit its "
                                  f"{rows} x {cols} matrix (saved for another model?).")
         device = self._params_all[0].device
@@ -1152,14 +1152,6 @@ class GMNOptimizer(torch.optim.Optimizer):
     def from_pretrained(cls, directory: str | Path, model: nn.Module, **kwargs: Any) -> "GMNOptimizer":
         """An optimizer for ``model`` driven by the rule saved in ``directory``."""
         return cls(model, rule=UpdateRule.from_pretrained(directory), **kwargs)
-
-
-def _fits_side(basis: Tensor, side: int) -> bool:
-    """A saved statistic or basis of a side of ``side``: ``side x side``, or diagonal blocks ``n x b x b`` with
-    ``n b = side`` (`SoapSwitch.block`)."""
-    shape = tuple(basis.shape)
-    return (len(shape) == 2 and shape == (side, side)) or (len(shape) == 3 and shape[1] == shape[2]
-                                                            and shape[0] * shape[1] == side)
 
 
 def _resolve_soap_switch(soap_switch: bool | SoapSwitch | None, lr_free: bool, rule: UpdateRule, schedule_free: bool,
