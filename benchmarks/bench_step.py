@@ -3,7 +3,7 @@
     python -m benchmarks.bench_step --out results/bench_step [--sizes 1e5 1e6 1e7]
 
 For MLPs of about 100k, 1M and 10M parameters, times ``optimizer.step()`` alone (gradients are
-fixed random tensors). ``gmnopt-shipped-soap[-columns][-block<b>]`` is ``GMNOptimizer(model,
+fixed random tensors). ``gmnopt-shipped-soap[-columns][-block<b>][-stats<k>]`` is ``GMNOptimizer(model,
 soap_switch=SoapSwitch(...))`` after its switch (forced after the warm-up step: fixed gradients would keep its
 estimate growing), i.e. SOAP's step, its statistics and bases counted in its state. The shipped rules run
 every ``refresh_every`` steps, so each optimizer is timed over blocks of that many steps (one refresh + the
@@ -93,11 +93,11 @@ PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0
 
 
 SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_anchor") in the mode it records
-SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -columns, -block<b> set its sides / blocks
+SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -columns, -block<b>, -stats<k> set its sides / blocks / statistics_every
 
 
 def _soap_switch_of(kind: str) -> SoapSwitch | None:
-    """`SOAP_KIND`[-columns][-block<b>] -> its SoapSwitch; None for any other kind."""
+    """`SOAP_KIND`[-columns][-block<b>][-stats<k>] -> its SoapSwitch (sides, block, statistics_every); None for any other kind."""
     if not (kind == SOAP_KIND or kind.startswith(SOAP_KIND + "-")):
         return None
     options: dict[str, Any] = {}
@@ -106,8 +106,10 @@ def _soap_switch_of(kind: str) -> SoapSwitch | None:
             options["sides"] = "columns"
         elif part.startswith("block") and part[5:].isdigit():
             options["block"] = int(part[5:])
+        elif part.startswith("stats") and part[5:].isdigit():
+            options["statistics_every"] = int(part[5:])
         else:
-            raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -columns / -block<b>, "
+            raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -columns / -block<b> / -stats<k>, "
                              f"e.g. {SOAP_KIND}-columns-block64")
     return SoapSwitch(**options).check()
 

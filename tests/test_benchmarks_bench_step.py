@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_step_writes_times_state_and_peaks(tmp_path) -> None:
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e5",
@@ -61,3 +63,18 @@ def test_soap_switch_kinds_time_soaps_step_and_count_its_bases(tmp_path) -> None
     assert abs(blocked["state_over_params"] - (2 * params + 4 * 2 * 2 * 25**2) / params) < 0.01
     assert both["ms_per_step"] > 0 and blocked["ms_per_step"] > 0
     assert "SoapSwitch(sides='columns', block=32)" in (tmp_path / "bench_step.md").read_text()
+
+
+def test_soap_switch_kind_names_parse_to_their_switch() -> None:
+    """-columns, -block<b> and -stats<k> set the switch's sides, blocks and statistics_every in any order; other
+    suffixes are refused with the grammar; kinds that are not the switch's have none."""
+    from benchmarks.bench_step import _soap_switch_of
+    from metaopt.optim import SoapSwitch
+
+    assert _soap_switch_of("gmnopt-shipped-soap") == SoapSwitch()
+    assert _soap_switch_of("gmnopt-shipped-soap-stats4-columns-block32") == SoapSwitch(
+        sides="columns", block=32, statistics_every=4)
+    assert _soap_switch_of("gmnopt-shipped") is None and _soap_switch_of("adam") is None
+    for bad in ("gmnopt-shipped-soap-stats", "gmnopt-shipped-soap-rows", "gmnopt-shipped-soap-stats0"):
+        with pytest.raises(ValueError, match="-stats<k>|statistics_every"):
+            _soap_switch_of(bad)

@@ -243,8 +243,12 @@ def _on_right(x: Tensor, q: Tensor, transposed: bool) -> Tensor:
     if q.ndim == 2:
         return x @ (q.T if transposed else q)
     n, b, _ = q.shape
-    y = x.reshape(x.shape[0], n, b).transpose(0, 1) @ (q.transpose(1, 2) if transposed else q)
-    return y.transpose(0, 1).reshape(x.shape)
+    # the blocks' products written straight into the rows' layout: a batched product's own (block-major) output
+    # moved back there was a strided copy that cost 4x the products on a 1581 x 1581 matrix (13.2 vs 2.9 ms)
+    y = x.new_empty(x.shape)
+    torch.bmm(x.reshape(x.shape[0], n, b).transpose(0, 1), q.transpose(1, 2) if transposed else q,
+              out=y.view(x.shape[0], n, b).transpose(0, 1))
+    return y
 
 
 def _reorder_columns(q: Tensor, order: Tensor) -> Tensor:
