@@ -222,7 +222,22 @@ def test_tensors_at_different_steps_take_their_own_bias_correction() -> None:
 
 def test_blocks_are_the_fewest_equal_ones_that_fit() -> None:
     assert [blocks(d, 64) for d in (10, 64, 96, 256, 288, 576, 1000, 1581)] == [1, 1, 2, 4, 6, 9, 20, 31]
-    assert blocks(97, 64) == blocks(158, 64) == 1 and blocks(300, None) == 1  # no blocks of 32-64 divide them: whole
+    assert blocks(97, 64) == blocks(158, 64) == blocks(254, 64) == 1 and blocks(300, None) == 1  # none of 32-64 divide
+    assert blocks(1009, 64) == blocks(262, 64) == 0 and blocks(1009, None) == 1  # longer than 4 blocks: not rotated
+
+
+def test_a_side_no_blocks_divide_beyond_four_blocks_is_not_rotated() -> None:
+    """A 1,009-row (prime) matrix keeps no left basis with blocks of 64 (a whole 1,009 x 1,009 eigendecomposition is
+    what blocks cap): its rows take Adam's diagonal, its 128 columns two blocks of 64; whole sides keep both."""
+    g = torch.randn(1009, 128, generator=torch.Generator().manual_seed(0))
+    blocked: dict = {}
+    start_basis(blocked, g, 10_000, "both", block=64)
+    assert "q_left" not in blocked and "left" not in blocked and blocked["q_right"].shape == (2, 64, 64)
+    x = torch.randn(1009, 128)
+    torch.testing.assert_close(rotate_back(blocked, rotate(blocked, x)), x, atol=1e-4, rtol=1e-4)
+    whole: dict = {}
+    start_basis(whole, g, 10_000, "both", block=None)
+    assert whole["q_left"].shape == (1009, 1009)
 
 
 def test_a_blocked_basis_is_block_diagonal_and_orthogonal() -> None:

@@ -103,14 +103,21 @@ def as_matrix(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+WHOLE_UP_TO = 4  # a side that no blocks divide stays whole up to this many blocks' length (not rotated beyond)
+
+
 def blocks(dim: int, block: int | None) -> int:
     """How many equal diagonal blocks a side of ``dim`` is cut into: the fewest of at most ``block`` each, where
-    those are at least half a ``block``; else 1, the whole side (158 = 2 x 79 with ``block=64``: blocks of two would
-    be Adam's diagonal, so the 158 stay whole)."""
+    those are at least half a ``block``; else 1, the whole side, up to `WHOLE_UP_TO` blocks' length (158 = 2 x 79
+    with ``block=64``: blocks of two would be Adam's diagonal, so the 158 stay whole); 0 beyond that: the side is not
+    rotated (1,009, a prime, would keep a whole 1,009 x 1,009 basis and its eigendecomposition, the cost that blocks
+    are there to cap)."""
     if block is None or dim <= block:
         return 1
     n = next(n for n in range(-(-dim // block), dim + 1) if dim % n == 0)
-    return n if 2 * (dim // n) >= block else 1
+    if 2 * (dim // n) >= block:
+        return n
+    return 1 if dim <= WHOLE_UP_TO * block else 0
 
 
 def fits_side(stat: Tensor, side: int) -> bool:
@@ -123,15 +130,16 @@ def fits_side(stat: Tensor, side: int) -> bool:
 def start_basis(basis: dict, grad: Tensor, max_dim: int, sides: str = "both", block: int | None = None) -> None:
     """A matrix's Shampoo statistics from its first gradient and their eigenbases, into ``basis``
     (``left`` / ``q_left``, ``right`` / ``q_right``; ``n x b x b`` stacks where `blocks` cuts a side; a side longer
-    than ``max_dim`` keeps none: not rotated, nor one that ``sides`` leaves out)."""
+    than ``max_dim`` keeps none: not rotated, nor one that ``sides`` leaves out or that `blocks` leaves unrotated)."""
     rows, cols = grad.shape
     left = {"both": True, "shorter": rows < cols, "columns": False, "rows": True}[sides]
     right = {"both": True, "shorter": cols <= rows, "columns": True, "rows": False}[sides]
-    if rows <= max_dim and left:
-        basis["left"] = _left_statistic(grad, blocks(rows, block))
+    n_rows, n_cols = blocks(rows, block), blocks(cols, block)
+    if rows <= max_dim and left and n_rows:
+        basis["left"] = _left_statistic(grad, n_rows)
         basis["q_left"] = _eigenvectors(basis["left"])
-    if cols <= max_dim and right:
-        basis["right"] = _right_statistic(grad, blocks(cols, block))
+    if cols <= max_dim and right and n_cols:
+        basis["right"] = _right_statistic(grad, n_cols)
         basis["q_right"] = _eigenvectors(basis["right"])
 
 
