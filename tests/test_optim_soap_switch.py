@@ -273,3 +273,29 @@ def test_it_declines_to_switch_deep_in_a_fit_adams_step_is_making() -> None:
     assert opts[0].soap_declined_at == opts[2].soap_switched_at and opts[2].soap_declined_at == 0
     assert torch.equal(_flat(nets[0]), _flat(nets[1]))
     assert opts[0].state["soap_grad_last"] < 0.5 * opts[0].state["soap_grad_peak"]
+
+
+def test_a_rules_mode_records_its_switch_and_the_optimizer_runs_it(tmp_path) -> None:
+    """make_default --soap-switch records every SoapSwitch field beside the lr-free options; GMNOptimizer runs that
+    switch with soap_switch left out, none with soap_switch=False, at a fixed lr or with schedule_free, and the one
+    passed over the recorded one; a recorded switch without lr_free or with an unknown field is refused."""
+    from metaopt.optim.make_default import main as make_default
+    from metaopt.optim.rules import RuleConfig, UpdateRule
+
+    make_default(["--lr-free-from", "metaopt/optim/pretrained/lrfree_anchor", "--estimate-every", "10",
+                  "--soap-switch", "sides=columns", "block=32", "--out", str(tmp_path / "mode")])
+    recorded = SoapSwitch(sides="columns", block=32)
+    assert UpdateRule.from_pretrained(tmp_path / "mode").config.soap_switch == recorded.to_dict()
+    assert SoapSwitch.from_dict(recorded.to_dict()) == recorded  # JSON's lists back to tuples
+    model = _net()
+    assert GMNOptimizer(model, rule=tmp_path / "mode").soap_switch == recorded
+    assert GMNOptimizer(model, rule=tmp_path / "mode", soap_switch=False).soap_switch is None
+    assert GMNOptimizer(model, rule=tmp_path / "mode", lr_free=False, lr=1e-3).soap_switch is None
+    assert GMNOptimizer(model, rule=tmp_path / "mode", schedule_free=True).soap_switch is None
+    assert GMNOptimizer(model, rule=tmp_path / "mode", soap_switch=ALWAYS).soap_switch == ALWAYS
+    with pytest.raises(ValueError, match="record it with lr_free"):
+        RuleConfig(kind="none", soap_switch={"sides": "columns"})
+    with pytest.raises(ValueError, match="SoapSwitch's fields"):
+        RuleConfig(kind="none", lr_free={"estimate_every": 10}, soap_switch={"sidez": "columns"})
+    with pytest.raises(ValueError, match="SoapSwitch's fields"):
+        RuleConfig(kind="none", lr_free={"estimate_every": 10}, soap_switch={"block": 1})

@@ -30,9 +30,9 @@ plain tensors in a dict the caller keeps in its state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ BASIS_KEYS = ("left", "q_left", "right", "q_right")  # a matrix's statistics and
 SIDES = ("both", "shorter", "columns", "rows")  # SoapHyper.sides
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SoapHyper:
     """One SOAP step's hyperparameters (the authors' defaults but ``lr``). ``shampoo_beta`` averages the
     statistics (None: the second beta, as the authors)."""
@@ -293,7 +293,7 @@ def _estimated_order(stat: Tensor, basis: Tensor) -> Tensor:
 SWITCH_CHECK_EVERY = 10  # GMNOptimizer's soap_switch looks at the estimate's history every this many steps
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SoapSwitch:
     """``GMNOptimizer(model, soap_switch=True | SoapSwitch(...))``: the lr-free step (Adam's direction, Prodigy's
     estimate ``d``) until ``d`` has not moved for ``window`` steps (looked at every `SWITCH_CHECK_EVERY`th step),
@@ -318,6 +318,19 @@ class SoapSwitch:
     decline_below: float = 2.5e-5
     sides: str = "both"
     block: int | None = 64
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "SoapSwitch":
+        """The switch a rule's mode records (`to_dict`; JSON's lists back to tuples), checked; an unknown field is a
+        TypeError naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(fields, dict) or set(fields) - known:
+            raise TypeError(f"SoapSwitch: fields are {sorted(known)}, got {fields!r}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}).check()
+
+    def to_dict(self) -> dict:
+        """Every field (what a rule's mode records: later changes to the defaults leave a recorded mode as it was)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def check(self) -> "SoapSwitch":
         """This, or a ValueError naming the bad setting."""

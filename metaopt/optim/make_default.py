@@ -23,11 +23,13 @@ are made the same way into docs/figures/optim/retired_rules/): the rule in DIR
 from __future__ import annotations
 
 import argparse
+import ast
 import shutil
 from pathlib import Path
 
 import torch
 
+from .eigenbasis import SoapSwitch
 from .rules import ADAM_RULE_DIR, PRETRAINED_DIR, RuleConfig, UpdateRule
 
 LR_FREE_RULE_DIR = PRETRAINED_DIR / "lrfree"
@@ -40,19 +42,34 @@ def write_adam_rule(directory: Path = ADAM_RULE_DIR, kind: str = "none", seed: i
 
 
 def write_lr_free_rule(source: Path, options: dict[str, float], directory: Path = LR_FREE_RULE_DIR,
-                       records: dict[str, Path] | None = None) -> Path:
-    """Save the rule in ``source`` with ``options`` as its lr-free mode to ``directory``, with the
-    source's training records (``train_*``) and ``records`` (name in the directory -> file: how the
-    rule was made) beside it; returns the directory."""
+                       records: dict[str, Path] | None = None, soap_switch: dict | None = None) -> Path:
+    """Save the rule in ``source`` with ``options`` as its lr-free mode (and ``soap_switch``, `SoapSwitch`'s fields,
+    as the switch that mode runs) to ``directory``, with the source's training records (``train_*``) and
+    ``records`` (name in the directory -> file: how the rule was made) beside it; returns the directory."""
     if not options:
         raise ValueError("write_lr_free_rule: give the lr-free estimate's options the rule was tuned with "
                          "(e.g. estimate_every=10, per_tensor=0.7); an empty mode is plain Prodigy.")
-    rule = UpdateRule.from_pretrained(source).with_lr_free(options)
+    rule = UpdateRule.from_pretrained(source).with_lr_free(options, soap_switch)
     out = rule.save_pretrained(directory)
     copies = {f.name: f for f in sorted(Path(source).glob("train_*"))} | dict(records or {})
     for name, record in copies.items():
         shutil.copy2(record, out / name)
     return out
+
+
+def _fields(pairs: list[str]) -> dict:
+    """``["sides=columns", "block=64"]`` -> ``{"sides": "columns", "block": 64}`` (values read as Python literals,
+    else kept as strings)."""
+    fields = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"make_default: --soap-switch takes KEY=VALUE pairs, got {pair!r}")
+        try:
+            fields[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            fields[key] = text
+    return fields
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--schedule-free", action="store_true", help="with --lr-free-from: its mode is schedule-free")
     ap.add_argument("--shared-sums", action="store_true",
                     help="with --lr-free-from: its per-tensor estimates read the network's gradient sum")
+    ap.add_argument("--soap-switch", nargs="*", metavar="KEY=VALUE",
+                    help="with --lr-free-from: its mode switches to SOAP's step once the estimate has settled "
+                         "(SoapSwitch's defaults, with these fields changed, e.g. sides=columns block=64; every field "
+                         "is recorded)")
     ap.add_argument("--record", action="append", default=[], metavar="FILE[:NAME]",
                     help="with --lr-free-from: a file on how the rule was made, copied beside it (as NAME)")
     ap.add_argument("--out", type=Path, default=None, help="directory (default: the shipped one)")
@@ -87,8 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         for item in args.record:
             path, _, name = item.partition(":")
             records[name or Path(path).name] = Path(path)
-        out = write_lr_free_rule(args.lr_free_from, options, args.out or LR_FREE_RULE_DIR, records)
-        print(f"wrote {args.lr_free_from} with the lr-free mode {options} to {out}")
+        switch = None if args.soap_switch is None else SoapSwitch.from_dict(_fields(args.soap_switch)).to_dict()
+        out = write_lr_free_rule(args.lr_free_from, options, args.out or LR_FREE_RULE_DIR, records, switch)
+        print(f"wrote {args.lr_free_from} with the lr-free mode {options}"
+              f"{'' if switch is None else f' and the soap switch {switch}'} to {out}")
         return
     print(f"wrote untrained {args.kind} rule (alpha = 0, i.e. Adam) to {write_adam_rule(args.out or ADAM_RULE_DIR, args.kind)}")
 

@@ -1156,8 +1156,15 @@ class GMNOptimizer(torch.optim.Optimizer):
 
 def _resolve_soap_switch(soap_switch: bool | SoapSwitch | None, lr_free: bool, rule: UpdateRule, schedule_free: bool,
                          nowcast: Any, spike_guard: float | None) -> SoapSwitch | None:
-    """``soap_switch``'s settings (True: `SoapSwitch`'s defaults), or an error where it cannot run."""
-    if soap_switch is None or soap_switch is False:
+    """``soap_switch``'s settings (True: `SoapSwitch`'s defaults; None: the switch the rule's lr-free mode records,
+    `RuleConfig.soap_switch`, where it can run: not at a fixed lr, nor with schedule_free, nowcast or spike_guard,
+    which ask for the lr-free step it ends), or an error where a switch asked for cannot run."""
+    if soap_switch is None:
+        recorded = rule.config.soap_switch
+        if recorded is None or not lr_free or schedule_free or nowcast is not None or spike_guard is not None:
+            return None
+        return SoapSwitch.from_dict(recorded)
+    if soap_switch is False:
         return None
     switch = SoapSwitch() if soap_switch is True else soap_switch
     if not isinstance(switch, SoapSwitch):

@@ -116,6 +116,10 @@ class RuleConfig:
         tuned with (`LR_FREE_OPTIONS`, GMNOptimizer's names, e.g. ``{"estimate_every": 10,
         "per_tensor": 0.7}``): `GMNOptimizer` then runs it lr-free with those options unless told
         otherwise (``lr_free=False``, or an option passed), and ``lr`` multiplies the estimated step.
+    soap_switch: None, or the soap switch its lr-free mode runs (`SoapSwitch`'s fields, e.g. ``{"sides":
+        "columns", "block": 64, ...}``; lr-free only): `GMNOptimizer` switches to SOAP's step once the estimate has
+        settled unless ``soap_switch=False`` or an option the switch does not go with (``schedule_free``,
+        ``nowcast``, ``spike_guard``) is passed.
     """
 
     kind: str = "gmn"
@@ -129,6 +133,7 @@ class RuleConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     net_kwargs: dict[str, Any] = field(default_factory=dict)
     lr_free: dict[str, float] | None = None
+    soap_switch: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in RULE_KINDS:
@@ -144,6 +149,16 @@ class RuleConfig:
                 raise ValueError(f"RuleConfig: lr_free is None or a dict of the lr-free estimate's options "
                                  f"{list(LR_FREE_OPTIONS)}, got {self.lr_free!r}.")
             self.lr_free = dict(self.lr_free)
+        if self.soap_switch is not None:
+            from .eigenbasis import SoapSwitch  # here: eigenbasis imports the update core, which imports this module
+
+            if self.lr_free is None:
+                raise ValueError("RuleConfig: soap_switch is a mode of the lr-free step; record it with lr_free.")
+            try:
+                SoapSwitch.from_dict(self.soap_switch)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"RuleConfig: soap_switch is None or SoapSwitch's fields: {err}") from None
+            self.soap_switch = dict(self.soap_switch)
         if isinstance(self.features, dict):
             self.features = FeatureConfig.from_dict(self.features)
 
@@ -160,6 +175,7 @@ class RuleConfig:
             "features": self.features.to_dict(),
             "net_kwargs": dict(self.net_kwargs),
             **({} if self.lr_free is None else {"lr_free": dict(self.lr_free)}),
+            **({} if self.soap_switch is None else {"soap_switch": dict(self.soap_switch)}),
         }
 
 
@@ -242,10 +258,12 @@ class UpdateRule(nn.Module):
         return rule  # a trained correction (gate, offset) carries over when both bounds are > 0
 
     # ---- checkpoints ---------------------------------------------------------------------
-    def with_lr_free(self, options: dict[str, float] | None) -> "UpdateRule":
+    def with_lr_free(self, options: dict[str, float] | None, soap_switch: dict[str, Any] | None = None) -> "UpdateRule":
         """This rule (same weights) recording ``options`` as the lr-free mode `GMNOptimizer` runs it in
-        (`RuleConfig.lr_free`; None: a fixed-lr rule)."""
-        rule = type(self)(RuleConfig(**{**self.config.to_dict(), "lr_free": options})).to(self.alpha.device)
+        (`RuleConfig.lr_free`; None: a fixed-lr rule) and ``soap_switch`` as that mode's switch
+        (`RuleConfig.soap_switch`; None: none)."""
+        config = {**self.config.to_dict(), "lr_free": options, "soap_switch": soap_switch}
+        rule = type(self)(RuleConfig(**config)).to(self.alpha.device)
         rule.load_state_dict(self.state_dict())
         return rule
 
