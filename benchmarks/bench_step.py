@@ -3,7 +3,7 @@
     python -m benchmarks.bench_step --out results/bench_step [--sizes 1e5 1e6 1e7]
 
 For MLPs of about 100k, 1M and 10M parameters, times ``optimizer.step()`` alone (gradients are
-fixed random tensors). ``gmnopt-shipped-soap[-columns][-block<b>][-stats<k>]`` is ``GMNOptimizer(model,
+fixed random tensors). ``gmnopt-shipped-soap[-both|-columns][-block<b>][-stats<k>]`` is ``GMNOptimizer(model,
 soap_switch=SoapSwitch(...))`` after its switch (forced after the warm-up step: fixed gradients would keep its
 estimate growing), i.e. SOAP's step, its statistics and bases counted in its state. The shipped rules run
 every ``refresh_every`` steps, so each optimizer is timed over blocks of that many steps (one refresh + the
@@ -93,23 +93,24 @@ PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0
 
 
 SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_anchor") in the mode it records
-SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -columns, -block<b>, -stats<k> set its sides / blocks / statistics_every
+SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -both / -columns, -block<b>, -stats<k> set its sides / blocks / statistics_every
 
 
 def _soap_switch_of(kind: str) -> SoapSwitch | None:
-    """`SOAP_KIND`[-columns][-block<b>][-stats<k>] -> its SoapSwitch (sides, block, statistics_every); None for any other kind."""
+    """`SOAP_KIND`[-both|-columns][-block<b>][-stats<k>] -> its SoapSwitch (sides, block, statistics_every; by
+    default `SoapSwitch`'s, what ``GMNOptimizer(model)`` switches to: the input side in blocks of 64 since 0.16); None for any other kind."""
     if not (kind == SOAP_KIND or kind.startswith(SOAP_KIND + "-")):
         return None
     options: dict[str, Any] = {}
     for part in filter(None, kind[len(SOAP_KIND):].split("-")):
-        if part == "columns":
-            options["sides"] = "columns"
+        if part in ("columns", "both"):
+            options["sides"] = part
         elif part.startswith("block") and part[5:].isdigit():
             options["block"] = int(part[5:])
         elif part.startswith("stats") and part[5:].isdigit():
             options["statistics_every"] = int(part[5:])
         else:
-            raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -columns / -block<b> / -stats<k>, "
+            raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -both / -columns / -block<b> / -stats<k>, "
                              f"e.g. {SOAP_KIND}-columns-block64")
     return SoapSwitch(**options).check()
 
@@ -251,7 +252,8 @@ LABELS = {
     "gmnopt-default-lrfree": "GMNOptimizer, rule=\"default\", lr_free=True",
     "gmnopt-default-lrfree-stride11": "GMNOptimizer, rule=\"default\", lr_free=True, estimate_stride=11",
     "gmnopt-lrfree_sf-lrfree": "GMNOptimizer, rule=\"lrfree_sf\" (schedule-free), lr_free=True",
-    SHIPPED_KIND: f"GMNOptimizer(model): rule=\"{SHIPPED_LR_FREE}\" in its lr-free mode",
+    SHIPPED_KIND: f"GMNOptimizer(model): rule=\"{SHIPPED_LR_FREE}\" in its lr-free mode (before its switch)",
+    SOAP_KIND: f"GMNOptimizer(model): rule=\"{SHIPPED_LR_FREE}\" after its soap switch (SoapSwitch())",
     "gmnopt-lrfree_boost1-lrfree": "GMNOptimizer, rule=\"lrfree_boost1\" (the default of 0.10), lr_free=True",
 }
 CURRENT_KINDS = list(LABELS)  # what --kinds runs by default

@@ -209,11 +209,13 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "boost": _retired("lrfree_boost"),
     "boost1": ("GMNOptimizer(model, rule=\"lrfree_boost1\")", lambda m: GMNOptimizer(m, rule="lrfree_boost1")),
     "quarter": ("GMNOptimizer(model, lr=0.25, lr_free=True)", lambda m: GMNOptimizer(m, lr=0.25, lr_free=True)),
+    "anchor": ("GMNOptimizer(model, rule=\"lrfree_anchor\")",  # GMNOptimizer(model) of 0.11-0.15: no soap switch
+               lambda m: GMNOptimizer(m, rule="lrfree_anchor")),
     "soap_switch": ("GMNOptimizer(model, soap_switch=True)", lambda m: GMNOptimizer(m, soap_switch=True)),
-    "soap_switch_whole": ("GMNOptimizer(model, soap_switch=SoapSwitch(block=None))",  # 0.13-0.14's soap_switch=True
-                          lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(block=None))),
-    "soap_switch_b64": ("GMNOptimizer(model, soap_switch=SoapSwitch(block=64))",  # soap_switch=True since 0.15
-                        lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(block=64))),
+    "soap_switch_whole": ("GMNOptimizer(model, soap_switch=SoapSwitch(sides=\"both\", block=None))",  # 0.13-0.14's
+                          lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(sides="both", block=None))),
+    "soap_switch_b64": ("GMNOptimizer(model, soap_switch=SoapSwitch(sides=\"both\", block=64))",  # 0.15's
+                        lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(sides="both", block=64))),
     "soap_switch_b64c": ("GMNOptimizer(model, soap_switch=SoapSwitch(sides=\"columns\", block=64))",
                          lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(sides="columns", block=64))),
 }

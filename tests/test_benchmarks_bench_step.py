@@ -50,30 +50,37 @@ def test_a_retired_default_runs_by_its_options() -> None:
 
 
 def test_soap_switch_kinds_time_soaps_step_and_count_its_bases(tmp_path) -> None:
-    """gmnopt-shipped-soap[-columns][-block<b>]: after the switch (forced), the moments and each matrix's statistics
-    and bases are the state; the estimate's buffers are freed. A 50-wide MLP (4 layers of 50 x 50 + 50): both sides
-    keep 2 (50^2 + 50^2) per layer, the columns in blocks of 25 keep 2 x 2 x 25^2."""
+    """gmnopt-shipped-soap[-both|-columns][-block<b>]: after the switch (forced), the moments and each matrix's
+    statistics and bases are the state; the estimate's buffers are freed. A 50-wide MLP (4 layers of 50 x 50 + 50):
+    GMNOptimizer(model)'s switch (the input side, 50 <= 64: whole) keeps 2 x 50^2 per layer, both sides 2 (50^2 +
+    50^2), the columns in blocks of 25 2 x 2 x 25^2."""
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e4",
-                    "--repeats", "1", "--kinds", "adam", "gmnopt-shipped-soap", "gmnopt-shipped-soap-columns-block32"],
-                   check=True, capture_output=True)
+                    "--repeats", "1", "--kinds", "adam", "gmnopt-shipped-soap", "gmnopt-shipped-soap-both",
+                    "gmnopt-shipped-soap-columns-block32"], check=True, capture_output=True)
     (size,) = json.loads((tmp_path / "bench_step.json").read_text())["sizes"]
     params = 4 * (50 * 50 + 50)
-    both, blocked = size["rows"]["gmnopt-shipped-soap"], size["rows"]["gmnopt-shipped-soap-columns-block32"]
+    rows = size["rows"]
+    default, both, blocked = rows["gmnopt-shipped-soap"], rows["gmnopt-shipped-soap-both"], rows["gmnopt-shipped-soap-columns-block32"]
+    assert abs(default["state_over_params"] - (2 * params + 4 * 2 * 50**2) / params) < 0.01
     assert abs(both["state_over_params"] - (2 * params + 4 * 2 * 2 * 50**2) / params) < 0.01
     assert abs(blocked["state_over_params"] - (2 * params + 4 * 2 * 2 * 25**2) / params) < 0.01
-    assert both["ms_per_step"] > 0 and blocked["ms_per_step"] > 0
-    assert "SoapSwitch(sides='columns', block=32)" in (tmp_path / "bench_step.md").read_text()
+    assert default["ms_per_step"] > 0 and both["ms_per_step"] > 0 and blocked["ms_per_step"] > 0
+    md = (tmp_path / "bench_step.md").read_text()
+    assert "SoapSwitch(sides='columns', block=32)" in md and "SoapSwitch(sides='both', block=64)" in md
+    assert "after its soap switch" in md
 
 
 def test_soap_switch_kind_names_parse_to_their_switch() -> None:
-    """-columns, -block<b> and -stats<k> set the switch's sides, blocks and statistics_every in any order; other
-    suffixes are refused with the grammar; kinds that are not the switch's have none."""
+    """-both / -columns, -block<b> and -stats<k> set the switch's sides, blocks and statistics_every in any order
+    (none: GMNOptimizer(model)'s, SoapSwitch()); other suffixes are refused with the grammar; kinds that are not the
+    switch's have none."""
     from benchmarks.bench_step import _soap_switch_of
     from metaopt.optim import SoapSwitch
 
     assert _soap_switch_of("gmnopt-shipped-soap") == SoapSwitch()
     assert _soap_switch_of("gmnopt-shipped-soap-stats4-columns-block32") == SoapSwitch(
         sides="columns", block=32, statistics_every=4)
+    assert _soap_switch_of("gmnopt-shipped-soap-both-block64") == SoapSwitch(sides="both", block=64)
     assert _soap_switch_of("gmnopt-shipped") is None and _soap_switch_of("adam") is None
     for bad in ("gmnopt-shipped-soap-stats", "gmnopt-shipped-soap-rows", "gmnopt-shipped-soap-stats0"):
         with pytest.raises(ValueError, match="-stats<k>|statistics_every"):

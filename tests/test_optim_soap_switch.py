@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 import io
 
 import pytest
 import torch
 from torch import nn
 
-from metaopt.optim import GMNOptimizer, SoapSwitch
+from metaopt.optim import GMNOptimizer, SoapSwitch, UpdateRule
 from metaopt.optim.optimizer import SOAP_BASES
 from outer_train.soap import SOAP
 
@@ -299,3 +300,45 @@ def test_a_rules_mode_records_its_switch_and_the_optimizer_runs_it(tmp_path) -> 
         RuleConfig(kind="none", lr_free={"estimate_every": 10}, soap_switch={"sidez": "columns"})
     with pytest.raises(ValueError, match="SoapSwitch's fields"):
         RuleConfig(kind="none", lr_free={"estimate_every": 10}, soap_switch={"block": 1})
+
+
+def test_the_default_is_the_anchored_lr_free_mode_then_soaps_step_on_the_input_side(tmp_path) -> None:
+    """GMNOptimizer(model) (rule="lrfree_soap", 0.16): lrfree_anchor's lr-free options and the switch SoapSwitch()
+    (the input side in blocks of 64), i.e. GMNOptimizer(model, rule="lrfree_anchor", soap_switch=SoapSwitch(
+    sides="columns", block=64)) bit for bit, through its switch on a noisy regression (fresh minibatches keep the
+    gradient norm up, so it does not decline); soap_switch=False is lrfree_anchor bit for bit; make_default's
+    command line reproduces the shipped mode."""
+    from metaopt.optim import make_default
+    from metaopt.optim.rules import PRETRAINED_DIR
+
+    def run(**kwargs) -> tuple[nn.Module, GMNOptimizer]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+        opt = GMNOptimizer(model, **kwargs)
+        data = torch.Generator().manual_seed(3)
+        teacher = torch.randn(8, 4, generator=data)
+        for _ in range(300):
+            x = torch.randn(32, 8, generator=data)
+            y = x @ teacher + 0.3 * torch.randn(32, 4, generator=data)
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        return model, opt
+
+    default, opt = run()
+    assert opt.soap_switch == SoapSwitch() == SoapSwitch(sides="columns", block=64)
+    assert opt.rule.config.lr_free == UpdateRule.from_pretrained(PRETRAINED_DIR / "lrfree_anchor").config.lr_free
+    assert 0 < opt.soap_switched_at < 300 and not opt.soap_declined_at
+    explicit, _ = run(rule="lrfree_anchor", soap_switch=SoapSwitch(sides="columns", block=64))
+    off, off_opt = run(soap_switch=False)
+    anchor, _ = run(rule="lrfree_anchor")
+    assert off_opt.soap_switch is None
+    for a, b, c, d in zip(default.parameters(), explicit.parameters(), off.parameters(), anchor.parameters()):
+        assert torch.equal(a, b) and torch.equal(c, d)
+    assert not all(torch.equal(a, c) for a, c in zip(default.parameters(), off.parameters()))
+    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
+                       "--plateau-block", "500", "--plateau-boost", "1", "--plateau-anchor",
+                       "--soap-switch", "sides=columns", "block=64", "--out", str(tmp_path / "soap")])
+    written, shipped = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "soap", PRETRAINED_DIR / "lrfree_soap"))
+    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}

@@ -1,16 +1,17 @@
 """The learned optimizer: features, update rules, the update core and `GMNOptimizer`.
 
-``GMNOptimizer(model)`` runs the shipped lr-free mode with no learned rule (``rule="lrfree_anchor"``:
+``GMNOptimizer(model)`` runs the shipped lr-free mode with no learned rule (``rule="lrfree_soap"``, since 0.16:
 Prodigy's distance estimate every 10th step, 70% per tensor, in about half the state of 0.5's default,
-its growth capped once it has settled, the step halved on plateaus of the
-gradient norm and doubled, once, where it keeps falling fast, to twice the step at the doubling): no lr to tune. ``rule="lrfree"`` (``pretrained/lrfree``) is the GMN rule
+its growth capped once it has settled, the step halved on plateaus of the gradient norm and doubled, once, where it
+keeps falling fast, to twice the step at the doubling; once the estimate has settled, SOAP's step (`eigenbasis`) on
+each matrix's input side at half the settled step, `SoapSwitch`): no lr to tune. ``rule="lrfree_anchor"`` is the
+same without the switch (the default of 0.11-0.15). ``rule="lrfree"`` (``pretrained/lrfree``) is the GMN rule
 meta-trained in 0.5's mode (the default of 0.4; behind it over nine held-out seeds, docs/optim.md). ``rule="default"`` (``pretrained/default``) is the GMN rule
 meta-trained at a fixed lr, what an ``lr=`` without a rule runs; docs/optim.md gives their budgets and
 held-out evaluations. ``rule="adam"`` is the untrained rule (alpha = 0), with which ``GMNOptimizer``
 computes exactly Adam (AdamW with weight decay), bit for bit. ``rule="lrfree_boost1"`` is 0.10's default and
 ``rule="lrfree_sf"`` the schedule-free mode; the defaults of 0.5-0.9 are no longer rule names (`RETIRED_RULES`
-gives the options that run each). ``GMNOptimizer(model, soap_switch=True)`` (opt-in) runs the lr-free step until
-its estimate has settled, then SOAP's step (`eigenbasis`) at half the settled step (`SoapSwitch`).
+gives the options that run each). ``GMNOptimizer(model, soap_switch=False)`` keeps the lr-free step throughout.
 """
 
 from . import core

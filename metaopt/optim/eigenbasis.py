@@ -307,7 +307,9 @@ class SoapSwitch:
     1e-3 or above. ``sides`` and ``block``: which sides are rotated, and diagonal blocks of ``block / 2`` to
     ``block`` per side (`SoapHyper`; None: whole sides, as up to 0.14). Blocks of 64 are the default since 0.15:
     on fresh held-out seeds the same steps as whole sides and sooner by the clock at 1,000 and 5,000 steps
-    (docs/optim.md, "Diagonal blocks")."""
+    (docs/optim.md, "Diagonal blocks"); the input side only (``sides="columns"``) since 0.16, when this became what
+    ``GMNOptimizer(model)`` runs: the same steps as both sides at half the matrix products (docs/optim.md, "What
+    GMNOptimizer(model) runs (0.16)")."""
 
     scale: float = 0.5
     window: int = 100
@@ -316,7 +318,7 @@ class SoapSwitch:
     max_dim: int = MAX_DIM
     statistics_every: int = 1
     decline_below: float = 2.5e-5
-    sides: str = "both"
+    sides: str = "columns"
     block: int | None = 64
 
     @classmethod

@@ -9,7 +9,8 @@ unused (a starting point with the right architecture).
 ``pretrained/adam`` with ``--estimate-every 10 --per-tensor 0.7 --schedule-free``, ``pretrained/lrfree_boost1``,
 what ``GMNOptimizer(model)`` ran in 0.10, that with ``--estimate-every 10 --per-tensor 0.7 --estimate-stride 3
 --shared-sums --settled-growth-rate 1.02 --plateau-block 500 --plateau-boost 1``, and ``pretrained/lrfree_anchor``,
-what it runs since 0.11, that with ``--plateau-anchor``; the retired defaults of 0.5-0.9, `rules.RETIRED_RULES`,
+what it ran in 0.11-0.15, that with ``--plateau-anchor``, and ``pretrained/lrfree_soap``, what it runs since 0.16, that
+with ``--soap-switch sides=columns block=64``; the retired defaults of 0.5-0.9, `rules.RETIRED_RULES`,
 are made the same way into docs/figures/optim/retired_rules/): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 

@@ -91,13 +91,14 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_anchor", since 0.11):
-# Prodigy's estimate every 10th step in 2.4-2.7x the parameters of large models, its growth capped once it has
-# settled, the step halved on plateaus of the gradient norm over blocks of 500 steps and doubled, once, where a
-# classifier's gradient keeps falling deep in the fit, to twice the step at the grant (0.10's "lrfree_boost1"
-# doubled whatever the estimate grew to after it); nothing changes in the first 1,000 steps. With an lr (or
-# lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model) runs (0.11)".
-SHIPPED_LR_FREE = "lrfree_anchor"
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_soap", since 0.16):
+# 0.11's "lrfree_anchor" (Prodigy's estimate every 10th step in 2.4-2.7x the parameters of large models, its growth
+# capped once it has settled, the step halved on plateaus of the gradient norm over blocks of 500 steps and doubled,
+# once, where a classifier's gradient keeps falling deep in the fit, to twice the step at the grant) until the
+# estimate has settled, then SOAP's step on each matrix's input side in blocks of 64 at half the settled step (the
+# soap switch it records). With an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What
+# GMNOptimizer(model) runs (0.16)".
+SHIPPED_LR_FREE = "lrfree_soap"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
@@ -117,7 +118,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_anchor") unless an ``lr`` (or
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_soap") unless an ``lr`` (or
     ``lr_free=False``) asks for a fixed lr, then the shipped fixed-lr rule; an ``lr`` with ``lr_free=True``
     runs the lr-free default at that multiple of its step. ``lr_free=None``: the mode the rule records
     (`RuleConfig.lr_free`). The options (``given``, None = not passed): those passed, else the rule's recorded ones, else
@@ -158,14 +159,17 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
 
-    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_anchor"``
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_soap"``
     runs: the shipped lr-free mode (the step size is Prodigy's distance estimate, taken every 10th step,
     70% per tensor, the tensors' estimates reading the network's gradient sum, x_0 and the sum holding
     every 3rd entry of large tensors, each estimate growing by at most 1.02x per step once it has
     settled, the step halved where the gradient norm stops falling over a block of 500 steps and doubled,
     once, where it keeps falling fast deep in the fit, to twice the step at the doubling's grant) with no
-    learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step (1).
-    ``rule="lrfree_boost1"`` (the default of 0.10) doubles whatever the estimate grows to after the grant.
+    learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step (1). Once the estimate
+    has settled it switches to SOAP's step (the soap switch its mode records: ``SoapSwitch()``, each matrix's
+    input side rotated in blocks of 64; below). ``rule="lrfree_anchor"`` (the default of 0.11-0.15) is the same
+    mode without the switch; ``rule="lrfree_boost1"`` (the default of 0.10) doubles whatever the estimate grows
+    to after the grant.
     The defaults of 0.5-0.9 were removed as rule names in 0.12 (`rules.RETIRED_RULES` holds the options that
     run each, bit for bit; naming one raises a ValueError that gives the call). The lr-free GMN rule
     ``rule="lrfree"`` (the default of 0.4) runs in 0.5's mode (``estimate_every=10, per_tensor=0.7``; state
@@ -181,9 +185,10 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``, ``"lrfree_sf"``) keeps no scale: 2x, as torch Adam, and 1x less in
+    (``rule="adam"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``, ``"lrfree_soap"``, ``"lrfree_sf"``) keeps no scale: 2x, as torch Adam, and 1x less in
     every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
-    3,072 entries, 2.4-2.7x on large models).
+    3,072 entries, 2.4-2.7x on large models) until its switch, then 2x + each matrix's input-side statistics and
+    bases (``2 * 64 * in`` numbers a matrix of ``out x in``: 2.1x on a 1581 x 1581 layer).
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call
@@ -259,17 +264,19 @@ class GMNOptimizer(torch.optim.Optimizer):
     estimates set how far each tensor moves and the rule shares it out within the tensor only (by default
     it also shares between tensors, which on a GRU LM ran its gate biases away; docs/optim.md, "User-style
     loops").
-    ``soap_switch=True`` (or a `SoapSwitch`; opt-in, lr-free with no learned rule): the lr-free step until the
+    ``soap_switch`` (None: the switch the rule's mode records, as ``GMNOptimizer(model)``'s; True or a `SoapSwitch`;
+    False: none; lr-free with no learned rule): the lr-free step until the
     estimate ``d`` has not moved for 100 steps (looked at every 10th step), then SOAP's step (Adam in the
     eigenbasis of Shampoo's gradient statistics on every matrix, Adam on vectors; `eigenbasis.soap_step`) at
     ``lr = 0.5 * d`` with ``d`` frozen, betas (0.95, 0.99), fresh moments; the plateau decay goes on scaling the
     step. Where the gradient norm is already 200x below its peak when ``d`` settles (a fit Adam's step is making, as a
     SIREN's) it declines, for good (``opt.soap_declined_at``; `SoapSwitch.decline_below`).
     ``opt.soap_switched_at`` is the step it switched after (0: not yet). Each matrix adds its statistics and
-    bases to the state (``state_dict()["state"]["soap_bases"]``): a side longer than 64 in diagonal blocks of 32
-    to 64 (`SoapSwitch.block`, since 0.15), ``2 * side * block`` numbers, a shorter one whole, ``2 * side^2``; and
-    about six (batched) matrix products to each step (docs/optim.md, "The soap switch", "Diagonal blocks");
-    ``SoapSwitch(sides=...)`` rotates one side. The estimate's buffers are freed at the switch.
+    bases to the state (``state_dict()["state"]["soap_bases"]``): its input side (``SoapSwitch.sides``, "columns"
+    since 0.16: a linear layer's inputs, a filter's ``in * kernel``), if longer than 64 in diagonal blocks of 32 to
+    64 (`SoapSwitch.block`, since 0.15), ``2 * side * block`` numbers, a shorter one whole, ``2 * side^2``; and
+    three (batched) matrix products to each step (docs/optim.md, "The soap switch", "One side", "Diagonal
+    blocks"); ``SoapSwitch(sides="both")`` rotates both sides (six). The estimate's buffers are freed at the switch.
     """
 
     def __init__(
