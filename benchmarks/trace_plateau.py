@@ -3,7 +3,8 @@ or boosted.
 
     python -m benchmarks.trace_plateau --seed 0 --steps 5000 --out docs/figures/optim/boost_0.9/trace
 
-Trains held-out tasks (all nine by default) with ``GMNOptimizer(model)`` (since 0.11 ``rule="lrfree_anchor"``:
+Trains held-out tasks (all nine by default) with ``rule="lrfree_anchor"`` (``GMNOptimizer(model)`` of 0.11-0.15,
+the lr-free step without 0.16's soap switch, which runs on with the same decay:
 the plateau decay in blocks of 500 steps with its boost, one doubling of the step at its grant; 0.10's
 ``"lrfree_boost1"`` doubled whatever the estimate grew to, 0.9's default doubled twice), with 0.8's default (the decay without the boost) and with 0.7's (no decay), both
 run by their options (`rules.RETIRED_RULES`, the rule names retired in 0.12), on the task's init and batches
@@ -35,8 +36,8 @@ from metaopt.optim import GMNOptimizer
 from metaopt.optim.rules import RETIRED_RULES
 
 BLOCK = 500  # the shipped mode's plateau_block, which the table's block means use
-# GMNOptimizer(model, **kwargs): the default (0.11), 0.8's and 0.7's
-VARIANTS = {"boost": {}, **{name: RETIRED_RULES[f"lrfree_{name}"].kwargs() for name in ("plateau", "settled")}}
+# GMNOptimizer(model, **kwargs): the default of 0.11-0.15, 0.8's and 0.7's
+VARIANTS = {"boost": {"rule": "lrfree_anchor"}, **{name: RETIRED_RULES[f"lrfree_{name}"].kwargs() for name in ("plateau", "settled")}}
 EVERY = 10  # what the JSON keeps
 
 
@@ -81,7 +82,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"(`{result['command']}`).", "",
              f"Per task: the gradient's squared norm under 0.7's default (`RETIRED_RULES[\"lrfree_settled\"]`), geometric "
              f"mean per block of {BLOCK} steps (every 10th step), first / largest / last block; the steps at which "
-             "0.8's default (`RETIRED_RULES[\"lrfree_plateau\"]`) halved its step, and those at which `GMNOptimizer(model)` "
+             "0.8's default (`RETIRED_RULES[\"lrfree_plateau\"]`) halved its step, and those at which `rule=\"lrfree_anchor\"` "
              "halved or doubled it (-t: a spike took the doublings back at step t); the final training loss "
              "(mean of the last 50 steps) of each.", "",
              "| task | norm^2: first / peak / last block | blocks where it rose | cuts (0.8) | cuts / boosts (default) "

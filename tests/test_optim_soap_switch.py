@@ -143,7 +143,7 @@ def test_a_switched_state_needs_the_switch_and_bases_that_fit() -> None:
     net, opt = _switched()
     state = opt.state_dict()
     with pytest.raises(ValueError, match="soap_switch=True"):
-        GMNOptimizer(_net(), example_inputs=X[:2]).load_state_dict(state)
+        GMNOptimizer(_net(), soap_switch=False, example_inputs=X[:2]).load_state_dict(state)
     for wrong in (torch.eye(3), torch.eye(2).expand(3, 2, 2), torch.ones(3, 3, 2)):  # the conv: 6 x 9
         bad = {**state, "state": {**state["state"], SOAP_BASES: {0: {"q_right": wrong}}}}
         with pytest.raises(ValueError, match="do not fit"):
@@ -153,9 +153,9 @@ def test_a_switched_state_needs_the_switch_and_bases_that_fit() -> None:
         GMNOptimizer(_net(), soap_switch=ALWAYS, example_inputs=X[:2]).load_state_dict(bad)
     twin = GMNOptimizer(net, soap_switch=ALWAYS, example_inputs=X[:2])
     twin.load_state_dict(state)  # the bases are copied: stepping one optimizer leaves the saved state alone
-    before = state["state"][SOAP_BASES][0]["left"].clone()
+    before = state["state"][SOAP_BASES][0]["right"].clone()
     _step(net, twin)
-    assert torch.equal(state["state"][SOAP_BASES][0]["left"], before)
+    assert torch.equal(state["state"][SOAP_BASES][0]["right"], before)
 
 
 def test_the_switch_frees_the_frozen_estimates_buffers() -> None:

@@ -1138,8 +1138,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         """A state saved after the soap switch: its bases, copied (the step updates them in place)."""
         if self.soap_switch is None:
             raise ValueError("GMNOptimizer.load_state_dict: the state was saved after the switch to SOAP's step "
-                             f"(at step {int(self.state[SOAP_SWITCHED_AT])}); load it into GMNOptimizer(..., "
-                             "soap_switch=True) (or the SoapSwitch it ran with).")
+                             f"(at step {int(self.state[SOAP_SWITCHED_AT])}); load it into an optimizer that switches: "
+                             "GMNOptimizer(model) (its default mode), soap_switch=True or the SoapSwitch it ran "
+                             "with, not soap_switch=False nor a mode without the switch.")
         bases = self.state.get(SOAP_BASES)
         if not isinstance(bases, dict) or any(not isinstance(k, int) or not 0 <= k < len(self._params_all)
                                               or self._params_all[k].ndim < 2 for k in bases):
