@@ -55,12 +55,15 @@ def test_soap_switch_kinds_time_soaps_step_and_count_its_bases(tmp_path) -> None
     GMNOptimizer(model)'s switch (the input side, 50 <= 64: whole) keeps 2 x 50^2 per layer, both sides 2 (50^2 +
     50^2), the columns in blocks of 25 2 x 2 x 25^2."""
     subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--out", str(tmp_path), "--sizes", "1e4",
-                    "--repeats", "1", "--kinds", "adam", "gmnopt-shipped-soap", "gmnopt-shipped-soap-both",
+                    "--repeats", "1", "--kinds", "adam", "gmnopt-shipped", "gmnopt-shipped-soap", "gmnopt-shipped-soap-both",
                     "gmnopt-shipped-soap-columns-block32"], check=True, capture_output=True)
     (size,) = json.loads((tmp_path / "bench_step.json").read_text())["sizes"]
     params = 4 * (50 * 50 + 50)
     rows = size["rows"]
     default, both, blocked = rows["gmnopt-shipped-soap"], rows["gmnopt-shipped-soap-both"], rows["gmnopt-shipped-soap-columns-block32"]
+    # gmnopt-shipped is the step before the switch (on fixed gradients the mode would switch within the timed blocks):
+    # the lr-free state, every entry of tensors this small sampled (x_0 and a gradient sum: 4x)
+    assert abs(rows["gmnopt-shipped"]["state_over_params"] - 4.0) < 0.01
     assert abs(default["state_over_params"] - (2 * params + 4 * 2 * 50**2) / params) < 0.01
     assert abs(both["state_over_params"] - (2 * params + 4 * 2 * 2 * 50**2) / params) < 0.01
     assert abs(blocked["state_over_params"] - (2 * params + 4 * 2 * 2 * 25**2) / params) < 0.01
