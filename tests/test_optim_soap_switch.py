@@ -279,7 +279,8 @@ def test_it_declines_to_switch_deep_in_a_fit_adams_step_is_making() -> None:
 def test_a_rules_mode_records_its_switch_and_the_optimizer_runs_it(tmp_path) -> None:
     """make_default --soap-switch records every SoapSwitch field beside the lr-free options; GMNOptimizer runs that
     switch with soap_switch left out, none with soap_switch=False, at a fixed lr or with schedule_free, and the one
-    passed over the recorded one; a recorded switch without lr_free or with an unknown field is refused."""
+    passed over the recorded one; a recorded switch without lr_free or with an unknown field is refused, and a learned
+    rule recording one is refused by the optimizer, as a switch passed with it."""
     from metaopt.optim.make_default import main as make_default
     from metaopt.optim.rules import RuleConfig, UpdateRule
 
@@ -294,6 +295,10 @@ def test_a_rules_mode_records_its_switch_and_the_optimizer_runs_it(tmp_path) -> 
     assert GMNOptimizer(model, rule=tmp_path / "mode", lr_free=False, lr=1e-3).soap_switch is None
     assert GMNOptimizer(model, rule=tmp_path / "mode", schedule_free=True).soap_switch is None
     assert GMNOptimizer(model, rule=tmp_path / "mode", soap_switch=ALWAYS).soap_switch == ALWAYS
+    learned = UpdateRule.from_pretrained("metaopt/optim/pretrained/lrfree").with_lr_free(
+        {"estimate_every": 10}, recorded.to_dict())  # a learned rule reads Adam's moments: no switch
+    with pytest.raises(ValueError, match="learned rule"):
+        GMNOptimizer(model, rule=learned)
     with pytest.raises(ValueError, match="record it with lr_free"):
         RuleConfig(kind="none", soap_switch={"sides": "columns"})
     with pytest.raises(ValueError, match="SoapSwitch's fields"):

@@ -1171,7 +1171,7 @@ def _resolve_soap_switch(soap_switch: bool | SoapSwitch | None, lr_free: bool, r
         recorded = rule.config.soap_switch
         if recorded is None or not lr_free or schedule_free or nowcast is not None or spike_guard is not None:
             return None
-        return SoapSwitch.from_dict(recorded)
+        soap_switch = SoapSwitch.from_dict(recorded)  # checked below as one passed (a learned rule is refused)
     if soap_switch is False:
         return None
     switch = SoapSwitch() if soap_switch is True else soap_switch
