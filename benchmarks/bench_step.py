@@ -141,13 +141,13 @@ def _make(kind: str, model: nn.Module, graph: Any) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     rule, lr_free, options = _rule_of(kind)
     switch = _soap_switch_of(kind)
+    recorded = resolve_rule(rule).config.soap_switch if kind == SHIPPED_KIND else None
+    if recorded is not None:  # the step before the switch, its watch included: on fixed gradients the estimate stops
+        # moving within the timed blocks and the mode would switch (0.16)
+        switch = dataclasses.replace(SoapSwitch.from_dict(recorded), window=NEVER)
     if switch is not None:
         options = {**options, "soap_switch": switch}
-    opt = GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free, **options)
-    if kind == SHIPPED_KIND and opt.soap_switch is not None:  # the step before the switch, its watch included: on
-        # fixed gradients the estimate stops moving within the timed blocks and the mode would switch (0.16)
-        opt.soap_switch = dataclasses.replace(opt.soap_switch, window=NEVER)
-    return opt
+    return GMNOptimizer(model, rule=rule, lr=1.0 if lr_free else 1e-3, graph=graph, lr_free=lr_free, **options)
 
 
 def _setup(target: float, kinds: list[str], device: torch.device) -> dict[str, Any]:

@@ -35,8 +35,6 @@ per seed). Writes ``results.json``, ``results.md`` and one loss-curve PNG per ta
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import json
 import math
 import statistics
@@ -532,24 +530,14 @@ def load_rules(dirs: list[str]) -> dict[str, UpdateRule]:
 
 
 def parse_soap_variant(item: str, error: Callable[[str], Any]) -> tuple[str, SoapSwitch]:
-    """``--soap-variant LABEL:KEY=VALUE,...`` as (label, a checked SoapSwitch); values are Python literals
-    (``true`` / ``false`` as booleans), a bad one goes to ``error``."""
+    """``--soap-variant LABEL:KEY=VALUE,...`` as (label, a checked SoapSwitch; `SoapSwitch.from_pairs`: values are
+    Python literals, ``true`` / ``false`` booleans, else strings), a bad one goes to ``error``."""
     label, sep, spec = item.partition(":")
     if not sep or not label.isidentifier():
         error(f"--soap-variant takes LABEL:KEY=VALUE[,KEY=VALUE] with LABEL a name, got {item!r}")
-    known = {f.name for f in dataclasses.fields(SoapSwitch)}
-    kwargs: dict[str, Any] = {}
-    for pair in filter(None, spec.split(",")):
-        key, eq, raw = pair.partition("=")
-        if not eq or key not in known:
-            error(f"--soap-variant {label}: {pair!r} is not KEY=VALUE with KEY one of {sorted(known)}")
-        try:
-            kwargs[key] = ast.literal_eval({"true": "True", "false": "False"}.get(raw.lower(), raw))
-        except (ValueError, SyntaxError):
-            error(f"--soap-variant {label}: {key}={raw!r} is not a number, a boolean or a tuple")
     try:
-        return label, SoapSwitch(**kwargs).check()
-    except (TypeError, ValueError) as e:
+        return label, SoapSwitch.from_pairs(filter(None, spec.split(",")))
+    except ValueError as e:
         error(f"--soap-variant {label}: {e}")
         raise
 

@@ -29,10 +29,11 @@ plain tensors in a dict the caller keeps in its state.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -329,6 +330,26 @@ class SoapSwitch:
         if not isinstance(fields, dict) or set(fields) - known:
             raise TypeError(f"SoapSwitch: fields are {sorted(known)}, got {fields!r}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}).check()
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[str]) -> "SoapSwitch":
+        """A command line's ``KEY=VALUE`` pairs (``["sides=columns", "block=64"]``) -> the switch with those fields,
+        checked: values are Python literals (``true`` / ``false`` booleans), else strings; a malformed pair, an
+        unknown field or a bad value is a ValueError saying which."""
+        fields = {}
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"{pair!r} is not KEY=VALUE")
+            text = {"true": "True", "false": "False"}.get(text.lower(), text)
+            try:
+                fields[key] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                fields[key] = text
+        try:
+            return cls.from_dict(fields)
+        except TypeError as err:
+            raise ValueError(str(err)) from None
 
     def to_dict(self) -> dict:
         """Every field (what a rule's mode records: later changes to the defaults leave a recorded mode as it was)."""

@@ -24,7 +24,6 @@ are made the same way into docs/figures/optim/retired_rules/): the rule in DIR
 from __future__ import annotations
 
 import argparse
-import ast
 import shutil
 from pathlib import Path
 
@@ -56,21 +55,6 @@ def write_lr_free_rule(source: Path, options: dict[str, float], directory: Path 
     for name, record in copies.items():
         shutil.copy2(record, out / name)
     return out
-
-
-def _fields(pairs: list[str]) -> dict:
-    """``["sides=columns", "block=64"]`` -> ``{"sides": "columns", "block": 64}`` (values read as Python literals,
-    else kept as strings)."""
-    fields = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"make_default: --soap-switch takes KEY=VALUE pairs, got {pair!r}")
-        try:
-            fields[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            fields[key] = text
-    return fields
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         for item in args.record:
             path, _, name = item.partition(":")
             records[name or Path(path).name] = Path(path)
-        switch = None if args.soap_switch is None else SoapSwitch.from_dict(_fields(args.soap_switch)).to_dict()
+        try:
+            switch = None if args.soap_switch is None else SoapSwitch.from_pairs(args.soap_switch).to_dict()
+        except ValueError as err:
+            raise SystemExit(f"make_default: --soap-switch: {err}") from None
         out = write_lr_free_rule(args.lr_free_from, options, args.out or LR_FREE_RULE_DIR, records, switch)
         print(f"wrote {args.lr_free_from} with the lr-free mode {options}"
               f"{'' if switch is None else f' and the soap switch {switch}'} to {out}")
