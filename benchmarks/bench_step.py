@@ -95,12 +95,14 @@ PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0
 
 SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_anchor") in the mode it records
 NEVER = 2**62  # a switch window no run reaches
-SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -both / -columns, -block<b>, -stats<k> set its sides / blocks / statistics_every
+SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -both / -columns, -block<b>, -stats<k>,
+# -precond<k> set its sides / blocks / statistics_every / precondition_every
 
 
 def _soap_switch_of(kind: str) -> SoapSwitch | None:
-    """`SOAP_KIND`[-both|-columns][-block<b>][-stats<k>] -> its SoapSwitch (sides, block, statistics_every; by
-    default `SoapSwitch`'s, what ``GMNOptimizer(model)`` switches to: the input side in blocks of 64 since 0.16); None for any other kind."""
+    """`SOAP_KIND`[-both|-columns][-block<b>][-stats<k>][-precond<k>] -> its SoapSwitch (sides, block, statistics_every,
+    precondition_every; by default `SoapSwitch`'s, what ``GMNOptimizer(model)`` switches to: the input side in blocks
+    of 64 since 0.16); None for any other kind."""
     if not (kind == SOAP_KIND or kind.startswith(SOAP_KIND + "-")):
         return None
     options: dict[str, Any] = {}
@@ -111,9 +113,11 @@ def _soap_switch_of(kind: str) -> SoapSwitch | None:
             options["block"] = int(part[5:])
         elif part.startswith("stats") and part[5:].isdigit():
             options["statistics_every"] = int(part[5:])
+        elif part.startswith("precond") and part[7:].isdigit():
+            options["precondition_every"] = int(part[7:])
         else:
-            raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -both / -columns / -block<b> / -stats<k>, "
-                             f"e.g. {SOAP_KIND}-columns-block64")
+            raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -both / -columns / -block<b> / -stats<k> / "
+                             f"-precond<k>, e.g. {SOAP_KIND}-columns-block64 or {SOAP_KIND}-stats2-precond20")
     return SoapSwitch(**options).check()
 
 
@@ -273,9 +277,9 @@ def label(kind: str) -> str:
     if kind in LABELS:
         return LABELS[kind]
     switch = _soap_switch_of(kind)
-    if switch is not None:
-        return (f"GMNOptimizer(model, soap_switch=SoapSwitch(sides={switch.sides!r}, block={switch.block})), "
-                "after the switch")
+    if switch is not None:  # the fields that set the switched step's work
+        fields = ", ".join(f"{k}={getattr(switch, k)!r}" for k in ("sides", "block", "statistics_every", "precondition_every"))
+        return f"GMNOptimizer(model, soap_switch=SoapSwitch({fields})), after the switch"
     rule, _, options = _rule_of(kind)
     base = LABELS.get(f"gmnopt-{rule}-lrfree", f"GMNOptimizer, rule=\"{rule}\", lr_free=True")
     return ", ".join([base, *(f"{k}={v}" for k, v in options.items())])

@@ -69,12 +69,14 @@ def test_soap_switch_kinds_time_soaps_step_and_count_its_bases(tmp_path) -> None
     assert abs(blocked["state_over_params"] - (2 * params + 4 * 2 * 2 * 25**2) / params) < 0.01
     assert default["ms_per_step"] > 0 and both["ms_per_step"] > 0 and blocked["ms_per_step"] > 0
     md = (tmp_path / "bench_step.md").read_text()
-    assert "SoapSwitch(sides='columns', block=32)" in md and "SoapSwitch(sides='both', block=64)" in md
+    assert "SoapSwitch(sides='columns', block=32, statistics_every=1, precondition_every=10)" in md
+    assert "SoapSwitch(sides='both', block=64, statistics_every=1, precondition_every=10)" in md
     assert "after its soap switch" in md
 
 
 def test_soap_switch_kind_names_parse_to_their_switch() -> None:
-    """-both / -columns, -block<b> and -stats<k> set the switch's sides, blocks and statistics_every in any order
+    """-both / -columns, -block<b>, -stats<k> and -precond<k> set the switch's sides, blocks, statistics_every and
+    precondition_every in any order
     (none: GMNOptimizer(model)'s, SoapSwitch()); other suffixes are refused with the grammar; kinds that are not the
     switch's have none."""
     from benchmarks.bench_step import _soap_switch_of
@@ -84,7 +86,9 @@ def test_soap_switch_kind_names_parse_to_their_switch() -> None:
     assert _soap_switch_of("gmnopt-shipped-soap-stats4-columns-block32") == SoapSwitch(
         sides="columns", block=32, statistics_every=4)
     assert _soap_switch_of("gmnopt-shipped-soap-both-block64") == SoapSwitch(sides="both", block=64)
+    assert _soap_switch_of("gmnopt-shipped-soap-precond20-stats2") == SoapSwitch(precondition_every=20, statistics_every=2)
     assert _soap_switch_of("gmnopt-shipped") is None and _soap_switch_of("adam") is None
-    for bad in ("gmnopt-shipped-soap-stats", "gmnopt-shipped-soap-rows", "gmnopt-shipped-soap-stats0"):
-        with pytest.raises(ValueError, match="-stats<k>|statistics_every"):
+    for bad in ("gmnopt-shipped-soap-stats", "gmnopt-shipped-soap-rows", "gmnopt-shipped-soap-stats0",
+                "gmnopt-shipped-soap-precond", "gmnopt-shipped-soap-precond0"):
+        with pytest.raises(ValueError, match="-precond<k>|statistics_every|precondition_every"):
             _soap_switch_of(bad)
