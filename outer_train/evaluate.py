@@ -529,6 +529,19 @@ def load_rules(dirs: list[str]) -> dict[str, UpdateRule]:
     return rules
 
 
+def split_pairs(spec: str) -> list[str]:
+    """``"a=1,betas=(0.95,0.999),b=2"`` -> ``["a=1", "betas=(0.95,0.999)", "b=2"]``: commas inside brackets belong to
+    the value."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(spec):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    return parts + [spec[start:]]
+
+
 def parse_soap_variant(item: str, error: Callable[[str], Any]) -> tuple[str, SoapSwitch]:
     """``--soap-variant LABEL:KEY=VALUE,...`` as (label, a checked SoapSwitch; `SoapSwitch.from_pairs`: values are
     Python literals, ``true`` / ``false`` booleans, else strings), a bad one goes to ``error``."""
@@ -536,7 +549,7 @@ def parse_soap_variant(item: str, error: Callable[[str], Any]) -> tuple[str, Soa
     if not sep or not label.isidentifier():
         error(f"--soap-variant takes LABEL:KEY=VALUE[,KEY=VALUE] with LABEL a name, got {item!r}")
     try:
-        return label, SoapSwitch.from_pairs(filter(None, spec.split(",")))
+        return label, SoapSwitch.from_pairs(filter(None, split_pairs(spec)))
     except ValueError as e:
         error(f"--soap-variant {label}: {e}")
         raise

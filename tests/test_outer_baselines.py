@@ -52,3 +52,13 @@ def test_a_soap_variant_needs_lr_free_and_good_settings(tmp_path: Path, variant:
     with pytest.raises(SystemExit):  # the first lacks --lr-free, the others are bad settings
         evaluate.main(["--soap-variant", variant, *(["--lr-free"] if not variant.startswith("onesided") else []),
                        "--out", str(tmp_path)])
+
+
+def test_a_soap_variant_takes_tuple_values() -> None:
+    """A comma inside brackets belongs to the value (betas), the others separate the pairs."""
+    from metaopt.optim import SoapSwitch
+
+    assert evaluate.split_pairs("block=64,betas=(0.95,0.999),sides=columns") == [
+        "block=64", "betas=(0.95,0.999)", "sides=columns"]
+    label, switch = evaluate.parse_soap_variant("b999:block=64,betas=(0.95,0.999),sides=columns", pytest.fail)
+    assert label == "b999" and switch == SoapSwitch(block=64, betas=(0.95, 0.999), sides="columns")
