@@ -93,7 +93,7 @@ ESTIMATE_OPTIONS = {"stride": "estimate_stride", "every": "estimate_every",  # k
 PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0.7
 
 
-SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (rule="lrfree_anchor") in the mode it records
+SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (SHIPPED_LR_FREE) in the mode it records
 NEVER = 2**62  # a switch window no run reaches
 SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -both / -columns, -block<b>, -stats<k>,
 # -precond<k> set its sides / blocks / statistics_every / precondition_every
