@@ -95,8 +95,9 @@ PERCENT_OPTIONS = ("per_tensor",)  # given in percent: -tensor70 is per_tensor=0
 
 SHIPPED_KIND = "gmnopt-shipped"  # GMNOptimizer(model): the shipped default (SHIPPED_LR_FREE) in the mode it records
 NEVER = 2**62  # a switch window no run reaches
-SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -both / -columns, -block<b>, -stats<k>,
-# -precond<k> set its sides / blocks / statistics_every / precondition_every
+SOAP_KIND = f"{SHIPPED_KIND}-soap"  # ... with soap_switch, timed after the switch: -both / -columns set its sides,
+# -<suffix><k> the SoapSwitch field SOAP_NUMBERS names
+SOAP_NUMBERS = {"block": "block", "stats": "statistics_every", "precond": "precondition_every"}
 
 
 def _soap_switch_of(kind: str) -> SoapSwitch | None:
@@ -107,14 +108,11 @@ def _soap_switch_of(kind: str) -> SoapSwitch | None:
         return None
     options: dict[str, Any] = {}
     for part in filter(None, kind[len(SOAP_KIND):].split("-")):
+        suffix = part.rstrip("0123456789")
         if part in ("columns", "both"):
             options["sides"] = part
-        elif part.startswith("block") and part[5:].isdigit():
-            options["block"] = int(part[5:])
-        elif part.startswith("stats") and part[5:].isdigit():
-            options["statistics_every"] = int(part[5:])
-        elif part.startswith("precond") and part[7:].isdigit():
-            options["precondition_every"] = int(part[7:])
+        elif suffix in SOAP_NUMBERS and part != suffix:
+            options[SOAP_NUMBERS[suffix]] = int(part[len(suffix):])
         else:
             raise ValueError(f"bench_step: {kind!r}: after {SOAP_KIND} come -both / -columns / -block<b> / -stats<k> / "
                              f"-precond<k>, e.g. {SOAP_KIND}-columns-block64 or {SOAP_KIND}-stats2-precond20")
@@ -278,7 +276,7 @@ def label(kind: str) -> str:
         return LABELS[kind]
     switch = _soap_switch_of(kind)
     if switch is not None:  # the fields that set the switched step's work
-        fields = ", ".join(f"{k}={getattr(switch, k)!r}" for k in ("sides", "block", "statistics_every", "precondition_every"))
+        fields = ", ".join(f"{k}={getattr(switch, k)!r}" for k in ("sides", *SOAP_NUMBERS.values()))
         return f"GMNOptimizer(model, soap_switch=SoapSwitch({fields})), after the switch"
     rule, _, options = _rule_of(kind)
     base = LABELS.get(f"gmnopt-{rule}-lrfree", f"GMNOptimizer, rule=\"{rule}\", lr_free=True")
