@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import io
+import math
 
 import pytest
 import torch
@@ -215,6 +217,9 @@ def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
     ({"soap_switch": SoapSwitch(scale=0.0)}, "scale"), ({"soap_switch": SoapSwitch(window=5)}, "window"),
     ({"soap_switch": SoapSwitch(betas=(0.9, 1.0))}, "betas"), ({"soap_switch": "soap"}, "SoapSwitch"),
     ({"soap_switch": SoapSwitch(decline_below=1.0)}, "decline_below"),
+    ({"soap_switch": SoapSwitch(second_beta_rise=0.0)}, "second_beta_rise"),
+    ({"soap_switch": SoapSwitch(second_beta_rise=True)}, "second_beta_rise"),
+    ({"soap_switch": SoapSwitch(second_beta_rise="0.8")}, "second_beta_rise"),
 ])
 def test_the_switch_refuses_what_it_cannot_run(kwargs: dict, match: str) -> None:
     kwargs = {"soap_switch": True, **kwargs}
@@ -235,6 +240,65 @@ def test_statistics_every_k_steps_take_in_every_kth_gradient_at_the_kth_power_of
     for t in (3, 6):
         left = left.lerp(grads[t - 1] @ grads[t - 1].T, 1 - 0.99**3)
     torch.testing.assert_close(basis["left"], left)
+
+
+def test_a_varying_second_beta_is_bias_corrected_by_the_product_of_its_betas() -> None:
+    """Adam's property that a constant gradient moves every entry by lr a step holds for any sequence of second betas
+    when the correction is 1 - prod(beta2_s) (`weight_after`); the closed form at the current beta, 1 - beta2_t^t,
+    would not."""
+    from metaopt.optim.eigenbasis import SoapHyper, soap_step, weight_after
+    grad = torch.tensor([0.5, -2.0, 3e-3])
+    p, m, v, weight = torch.zeros(3), torch.zeros(3), torch.zeros(3), 0.0
+    for t, beta2 in enumerate((0.9, 0.99, 0.999, 0.9999, 0.99999), 1):
+        weight = weight_after(weight, beta2)
+        before = p.clone()
+        soap_step([p], [grad], [m], [v], [None], t, SoapHyper(1e-2, (0.9, beta2), eps=1e-12), weight)
+        torch.testing.assert_close(p - before, -1e-2 * grad.sign(), rtol=1e-5, atol=0)
+    assert abs(weight - (1 - 0.9 * 0.99 * 0.999 * 0.9999 * 0.99999)) < 1e-15
+    wrong = 1 - 0.99999**5  # what the closed form would take: the step would be ~11x too small
+    assert math.sqrt(wrong / weight) < 0.1
+
+
+def test_a_rising_second_beta_runs_adafactors_schedule_after_the_switch_and_resumes() -> None:
+    """second_beta_rise c: after the switch the second beta is max(0.99, 1 - t^-c) at the run's step t and the
+    state's bias correction is 1 - the product of those betas; a state saved mid-run resumes bit for bit; a state
+    saved by 0.16 (no such key, a constant beta) loads its closed form 1 - 0.99^k; with no rise the step is 0.16's."""
+    from metaopt.optim.optimizer import SOAP_SECOND_WEIGHT, SOAP_STEPS
+    switch = SoapSwitch(window=20, decline_below=0.0, second_beta_rise=0.8)
+    assert switch.second_beta(100) == 0.99 and switch.second_beta(1000) == 1 - 1000**-0.8
+    assert SoapSwitch().second_beta(5000) == 0.99
+    assert SoapSwitch.from_dict({k: v for k, v in SoapSwitch().to_dict().items() if k != "second_beta_rise"}) \
+        == SoapSwitch()  # a mode recorded by 0.16 runs 0.16's switch
+    net = _net()
+    opt = GMNOptimizer(net, soap_switch=switch, example_inputs=X[:2])
+    for _ in range(400):
+        _step(net, opt)
+    start = opt.soap_switched_at
+    assert 0 < start < 300
+    product = math.prod(switch.second_beta(t) for t in range(start + 1, 401))
+    assert abs(opt.state[SOAP_SECOND_WEIGHT] - (1 - product)) < 1e-12
+    assert switch.second_beta(400) > 0.99  # the schedule has risen within the test
+    state = copy.deepcopy(opt.state_dict())
+    twin_net = _net()
+    twin_net.load_state_dict(net.state_dict())
+    twin = GMNOptimizer(twin_net, soap_switch=switch, example_inputs=X[:2])
+    twin.load_state_dict(state)
+    losses = [_step(net, opt) for _ in range(50)]
+    assert losses == [_step(twin_net, twin) for _ in range(50)]
+    assert torch.equal(_flat(net), _flat(twin_net))
+    del state["state"][SOAP_SECOND_WEIGHT]
+    old = GMNOptimizer(_net(), soap_switch=switch, example_inputs=X[:2])
+    old.load_state_dict(state)
+    assert old.state[SOAP_SECOND_WEIGHT] == 1 - 0.99 ** int(state["state"][SOAP_STEPS])
+    # a rise whose schedule stays below the floor over these steps: 0.99 throughout, the correction by the product
+    # equal to 0.16's closed form to rounding
+    flat, plain = _net(), _net()
+    opt = GMNOptimizer(flat, soap_switch=dataclasses.replace(switch, second_beta_rise=0.1), example_inputs=X[:2])
+    ref = GMNOptimizer(plain, soap_switch=dataclasses.replace(switch, second_beta_rise=None), example_inputs=X[:2])
+    for _ in range(300):
+        _step(flat, opt), _step(plain, ref)
+    assert opt.soap_switched_at == ref.soap_switched_at > 0
+    torch.testing.assert_close(_flat(flat), _flat(plain), rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_parameters_take_soaps_step_through_float32() -> None:

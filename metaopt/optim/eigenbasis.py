@@ -181,7 +181,7 @@ def refresh(basis: dict, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
 
 
 def soap_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-              bases: list[dict | None], step: int, h: SoapHyper) -> None:
+              bases: list[dict | None], step: int, h: SoapHyper, second_weight: float | None = None) -> None:
     """SOAP's step ``step`` (1, 2, ...) on tensors that share it, in place: the parameters, the moments
     (parameter-shaped; in the basis for a matrix) and ``bases`` (per tensor a dict, empty before a matrix's first
     step; None: a vector, which takes Adam's step). Weight decay is decoupled (``param *= 1 - lr * weight_decay``).
@@ -189,6 +189,8 @@ def soap_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     ``torch._foreach`` ops, the moments by the update core's `core.update_moments`: one path for matrices and
     vectors (on a CPU a foreach op runs the per-tensor op on each tensor, so the result is the per-tensor step's
     bit for bit; its time measured the same). Adam's eps is added before the bias correction, as the authors'.
+    ``second_weight``: the second moment's bias correction where its beta has varied, ``1 - prod(beta2_s)`` over the
+    steps so far, this one's included (`weight_after`); None: a constant beta's ``1 - beta2^step``.
     Run it under `flushing_denormals`."""
     beta1, beta2 = h.betas
     g = [grad if b is None else as_matrix(grad) for grad, b in zip(grads, bases)]
@@ -203,7 +205,7 @@ def soap_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     torch._foreach_add_(denom, h.eps)
     direction = torch._foreach_div(m, denom)
     direction = [d if b is None else rotate_back(b, d).reshape(p.shape) for d, b, p in zip(direction, bases, params)]
-    size = h.lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    size = h.lr * math.sqrt(1 - beta2**step if second_weight is None else second_weight) / (1 - beta1**step)
     if h.weight_decay:
         torch._foreach_mul_(params, 1 - h.lr * h.weight_decay)
     torch._foreach_add_(params, direction, alpha=-size)
@@ -216,6 +218,12 @@ def soap_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
             accumulate(b, x, shampoo_beta**h.statistics_every)
         if step % h.precondition_every == 0:
             refresh(b, mb, vb)
+
+
+def weight_after(previous: float, beta2: float) -> float:
+    """The weight an exponential average gives its inputs in all after one more step at ``beta2``, from
+    ``previous`` (0 before the first): ``1 - prod(beta2_s)``, the average of a constant 1, its bias correction."""
+    return beta2 * previous + (1 - beta2)
 
 
 def _count_blocks(stat: Tensor) -> int:
@@ -310,7 +318,11 @@ class SoapSwitch:
     on fresh held-out seeds the same steps as whole sides and sooner by the clock at 1,000 and 5,000 steps
     (docs/optim.md, "Diagonal blocks"); the input side only (``sides="columns"``) since 0.16, when this became what
     ``GMNOptimizer(model)`` runs: the same steps as both sides at half the matrix products (docs/optim.md, "What
-    GMNOptimizer(model) runs (0.16)")."""
+    GMNOptimizer(model) runs (0.16)"). ``second_beta_rise`` c: the second beta rises after the switch as Adafactor's,
+    ``max(betas[1], 1 - t^-c)`` at the run's step t (`second_beta`), bias-corrected by the product of the betas
+    taken (`weight_after`); None (0.16): constant. A second beta of 0.99 forgets a deep fit's small gradients fast:
+    the held-out SIREN reaches 1.7e-12 and bounces back to 1e-8..2e-6 (docs/optim.md, "A lead for the SIREN's
+    stall")."""
 
     scale: float = 0.5
     window: int = 100
@@ -321,6 +333,7 @@ class SoapSwitch:
     decline_below: float = 2.5e-5
     sides: str = "columns"
     block: int | None = 64
+    second_beta_rise: float | None = None
 
     @classmethod
     def from_dict(cls, fields: dict) -> "SoapSwitch":
@@ -365,12 +378,28 @@ class SoapSwitch:
         if not 0 <= self.decline_below < 1:
             raise ValueError(f"GMNOptimizer: soap_switch's decline_below is a fraction of the squared gradient norm's "
                              f"peak in [0, 1) (0: always switch), got {self.decline_below!r}")
+        rise = self.second_beta_rise
+        if rise is not None and (isinstance(rise, bool) or not isinstance(rise, (int, float)) or not rise > 0):
+            raise ValueError(f"GMNOptimizer: soap_switch's second_beta_rise is the exponent c of a second beta "
+                             f"max(betas[1], 1 - t^-c), a number > 0 (0.8: Adafactor's), or None (constant), "
+                             f"got {rise!r}")
         self.hyper(1.0, 0.0, 0.0).check("GMNOptimizer: soap_switch")
         return self
 
-    def hyper(self, lr: float, eps: float, weight_decay: float) -> SoapHyper:
-        """The SOAP step's hyperparameters at this lr (the group's lr x scale x d) and the group's eps / decay."""
-        return SoapHyper(lr, tuple(self.betas), eps, weight_decay, precondition_every=self.precondition_every,
+    def second_beta(self, step: int) -> float:
+        """The second beta of the run's step ``step`` (1, 2, ..., the lr-free steps before the switch counted):
+        ``betas[1]``, or with ``second_beta_rise`` c, ``max(betas[1], 1 - step^-c)`` (Adafactor's schedule at
+        c = 0.8: 0.99 up to step 316, 0.996 at 1,000, 0.9989 at 5,000; a longer average of the squared gradient, and
+        of the statistics where ``shampoo_beta`` follows it, as a fit goes deep)."""
+        if self.second_beta_rise is None:
+            return self.betas[1]
+        return max(self.betas[1], 1 - step ** -self.second_beta_rise)
+
+    def hyper(self, lr: float, eps: float, weight_decay: float, step: int = 1) -> SoapHyper:
+        """The SOAP step's hyperparameters at this lr (the group's lr x scale x d), the group's eps / decay, on the
+        run's step ``step`` (`second_beta`)."""
+        return SoapHyper(lr, (self.betas[0], self.second_beta(step)), eps, weight_decay,
+                         precondition_every=self.precondition_every,
                          max_dim=self.max_dim, statistics_every=self.statistics_every, sides=self.sides,
                          block=self.block)
 

@@ -62,6 +62,8 @@ DISTANCE_MOVED_AT = "distance_moved_at"  # soap_switch: the last step on which t
 SOAP_SWITCHED_AT = "soap_switched_at"  # soap_switch: the step after which SOAP's step runs (0: not yet)
 SOAP_LR = "soap_lr"  # soap_switch: scale x d at the switch, SOAP's lr (times the group's lr)
 SOAP_STEPS = "soap_steps"  # soap_switch: SOAP's steps since the switch (its bias correction)
+SOAP_SECOND_WEIGHT = "soap_second_weight"  # soap_switch: 1 - the product of the second betas since the switch (the
+# second moment's bias correction; read where the beta rises, `SoapSwitch.second_beta_rise`)
 SOAP_DECLINED_AT = "soap_declined_at"  # soap_switch: the step at which it declined to switch, for good (0: it did not)
 SOAP_GRAD_PEAK = "soap_grad_peak"  # soap_switch: the largest squared gradient norm sampled (every 10th step) so far
 SOAP_GRAD_LAST = "soap_grad_last"  # soap_switch: the last one sampled
@@ -72,8 +74,8 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
              DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS,
-             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_DECLINED_AT, SOAP_GRAD_PEAK,
-             SOAP_GRAD_LAST)
+             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_DECLINED_AT,
+             SOAP_GRAD_PEAK, SOAP_GRAD_LAST)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
@@ -716,6 +718,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[SOAP_SWITCHED_AT] = int(self.state[STEPS_TAKEN])
         self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[DISTANCE])
         self.state[SOAP_STEPS] = 0
+        self.state[SOAP_SECOND_WEIGHT] = 0.0
         self.state[SOAP_BASES] = {}
         buf["exp_avg"].zero_()
         buf["exp_avg_sq"].zero_()
@@ -734,6 +737,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         on: at a constant step SOAP stalls at its noise floor deep in a fit), decoupled weight decay."""
         self.state[SOAP_STEPS] += 1
         step, lr, bases = int(self.state[SOAP_STEPS]), float(self.state[SOAP_LR]), self.state[SOAP_BASES]
+        run_step = int(self.state[STEPS_TAKEN])
+        self.state[SOAP_SECOND_WEIGHT] = eigenbasis.weight_after(float(self.state[SOAP_SECOND_WEIGHT]),
+                                                                 self.soap_switch.second_beta(run_step))
+        # a constant beta keeps its closed form 1 - beta2^step (bit for bit the step of 0.16)
+        weight = None if self.soap_switch.second_beta_rise is None else float(self.state[SOAP_SECOND_WEIGHT])
         if self.plateau_block:
             lr *= self._decay_on_plateau(int(self.state[STEPS_TAKEN]), grads)
         groups: dict[Hyper, list[tuple[int, Tensor, Tensor]]] = {}  # one soap_step per group
@@ -743,10 +751,10 @@ class GMNOptimizer(torch.optim.Optimizer):
             for h, members in groups.items():
                 params = [p for _, p, _ in members]
                 basis_of = [None if p.ndim < 2 else bases.setdefault(i, {}) for i, p, _ in members]  # None: Adam
-                hyper = self.soap_switch.hyper(h.lr * lr, h.eps, h.weight_decay)
+                hyper = self.soap_switch.hyper(h.lr * lr, h.eps, h.weight_decay, run_step)
                 self._update_in_float32(params, lambda work: eigenbasis.soap_step(
                     work, [g for _, _, g in members], [self.state[p]["exp_avg"] for p in params],
-                    [self.state[p]["exp_avg_sq"] for p in params], basis_of, step, hyper))
+                    [self.state[p]["exp_avg_sq"] for p in params], basis_of, step, hyper, weight))
 
     @property
     def soap_switched_at(self) -> int:
@@ -1063,6 +1071,9 @@ class GMNOptimizer(torch.optim.Optimizer):
                 f"holds none of GMNOptimizer's counters ({STEPS_TAKEN!r}): it was not saved by a GMNOptimizer (e.g. "
                 "by torch.optim.Adam).")
         super().load_state_dict(state_dict)
+        if packed.get(SOAP_SWITCHED_AT) and SOAP_SECOND_WEIGHT not in packed and self.soap_switch is not None:
+            # saved by 0.16, whose second beta was constant after the switch: its closed form
+            self.state[SOAP_SECOND_WEIGHT] = 1 - self.soap_switch.betas[1] ** int(packed.get(SOAP_STEPS, 0))
         for key in _COUNTERS:
             self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
         self._state_keys = self._all_state_keys(with_scale="lr_scale" in self._state_keys)  # a switch freed some
