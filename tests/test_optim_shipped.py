@@ -127,7 +127,8 @@ def test_an_lr_with_lr_free_scales_the_default_step():
 
 def test_a_small_lr_for_the_lr_free_rule_warns_and_spike_guard_needs_per_tensor_off():
     """rule="lrfree" with lr=1e-3 (likely meant as Adam's lr) runs lr-free at a 1000x smaller step and
-    says so; a multiplier near 1 or an explicit lr_free=True does not warn. The spike guard does not go
+    says so; a multiplier near 1 or an explicit lr_free=True does not warn. GMNOptimizer(model, lr=3) runs the
+    fixed-lr rule at lr 3 (blowing up) and says how to scale the default's step instead. The spike guard does not go
     with per-tensor estimates: the error names the rule's mode and the way out."""
     model = nn.Linear(4, 2)
     with pytest.warns(UserWarning, match="lr multiplies the estimated step"):
@@ -137,6 +138,13 @@ def test_a_small_lr_for_the_lr_free_rule_warns_and_spike_guard_needs_per_tensor_
         warnings.simplefilter("error")
         GMNOptimizer(model, rule="lrfree", lr=0.5)
         GMNOptimizer(model, rule="lrfree", lr=1e-3, lr_free=True)
+    with pytest.warns(UserWarning, match="pass lr_free=True"):  # meant as a multiplier of GMNOptimizer(model)'s step
+        assert not GMNOptimizer(model, lr=3.0).lr_free
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GMNOptimizer(model, lr=1e-2)  # an Adam-sized lr for the fixed-lr rule
+        GMNOptimizer(model, lr=3.0, lr_free=True)
+        GMNOptimizer(model, lr=3.0, lr_free=False)  # asked for in so many words
     with pytest.raises(ValueError, match="rule's lr-free mode.*per_tensor=0"):
         GMNOptimizer(model, spike_guard=3.0)
     assert GMNOptimizer(model, spike_guard=3.0, per_tensor=0.0).spike_guard == 3.0

@@ -111,6 +111,9 @@ ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("in
 ESTIMATE_OPTIONS = tuple(k for k in ESTIMATE_DEFAULTS if k != "schedule_free")
 # Below this, an lr passed to a rule that runs lr-free by its own mode is most likely meant as a fixed lr: warn.
 LR_FREE_MULTIPLIER_WARNING = 0.1
+# At or above this, an lr passed with no rule and no lr_free (the shipped fixed-lr rule) is most likely meant as a
+# multiplier of GMNOptimizer(model)'s estimated step: warn (the fixed-lr rule at lr 1 or 3 blows up in a few steps).
+FIXED_LR_MULTIPLIER_WARNING = 0.5
 
 # Parameter dtypes updated through a float32 copy (the state is always float32).
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -125,11 +128,16 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
     runs the lr-free default at that multiple of its step. ``lr_free=None``: the mode the rule records
     (`RuleConfig.lr_free`). The options (``given``, None = not passed): those passed, else the rule's recorded ones, else
     ESTIMATE_DEFAULTS; passed at a fixed lr (other than their defaults) they are an error. A small ``lr``
-    given to a rule that runs lr-free by its own mode warns: it multiplies the estimated step."""
+    given to a rule that runs lr-free by its own mode warns: it multiplies the estimated step; a large one with no
+    rule and no ``lr_free`` warns too: it is the fixed-lr rule's step size, not a multiplier."""
     if lr_free is not None and not isinstance(lr_free, bool):
         raise TypeError(f"GMNOptimizer: lr_free is True, False or None (the rule's own mode), got {lr_free!r}.")
     if rule is None:  # lr-free unless an lr comes without lr_free=True (then lr multiplies the estimated step)
         rule = SHIPPED_LR_FREE if lr_free is True or (lr is None and lr_free is None) else SHIPPED_FIXED_LR
+        if lr_free is None and lr is not None and lr >= FIXED_LR_MULTIPLIER_WARNING:
+            warnings.warn(f"GMNOptimizer: lr={lr:g} without lr_free runs the shipped fixed-lr rule at a step size of "
+                          f"{lr:g} (Adam-sized lrs, 1e-4..1e-2, suit it). To scale GMNOptimizer(model)'s estimated "
+                          f"step by {lr:g}, pass lr_free=True.", stacklevel=3)
     rule = resolve_rule(rule)
     mode = rule.config.lr_free  # the lr-free options the rule was tuned with (None: a fixed-lr rule)
     free = (mode is not None) if lr_free is None else lr_free
