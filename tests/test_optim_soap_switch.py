@@ -220,6 +220,7 @@ def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
     ({"soap_switch": SoapSwitch(second_beta_rise=0.0)}, "second_beta_rise"),
     ({"soap_switch": SoapSwitch(second_beta_rise=True)}, "second_beta_rise"),
     ({"soap_switch": SoapSwitch(second_beta_rise="0.8")}, "second_beta_rise"),
+    ({"soap_switch": SoapSwitch(spike_cut=1.0)}, "spike_cut"), ({"soap_switch": SoapSwitch(spike_cut=True)}, "spike_cut"),
 ])
 def test_the_switch_refuses_what_it_cannot_run(kwargs: dict, match: str) -> None:
     kwargs = {"soap_switch": True, **kwargs}
@@ -299,6 +300,74 @@ def test_a_rising_second_beta_runs_adafactors_schedule_after_the_switch_and_resu
         _step(flat, opt), _step(plain, ref)
     assert opt.soap_switched_at == ref.soap_switched_at > 0
     torch.testing.assert_close(_flat(flat), _flat(plain), rtol=1e-4, atol=1e-5)
+
+
+def test_the_spike_watch_cuts_on_a_sustained_rise_not_on_one_noisy_batch() -> None:
+    from metaopt.optim.eigenbasis import spike_watch
+
+    def cuts(log_sqs: list[float], ratio: float = 30.0, armed_from: int = 0) -> list[int]:
+        short = long = None
+        out = []
+        for t, x in enumerate(log_sqs):
+            short, long, cut = spike_watch(short, long, x, ratio, armed=t >= armed_from)
+            out += [t] * cut
+        return out
+    flat = [math.log(1e-4) + 0.5 * math.sin(t) for t in range(300)]  # a noisy norm, 2.7x up and down
+    assert cuts(flat) == []
+    spikes = list(flat)
+    for t in (100, 150, 200):
+        spikes[t] += math.log(1e4)  # single batches 100x up in norm
+    assert cuts(spikes) == []
+    rise = flat[:100] + [x + math.log(1e3) for x in flat[100:]]  # up 30x in norm, and it stays
+    first = cuts(rise)
+    assert first and 100 < first[0] < 110 and len(first) == 1  # one cut: the long average restarts from the short
+    twice = rise[:200] + [x + math.log(1e3) for x in rise[200:]]  # a second rise of the same size, a second cut
+    second = cuts(twice)
+    assert second[0] == first[0] and len(second) == 2 and 200 < second[1] < 210
+    assert cuts(rise, armed_from=200) == []  # unarmed (the hold after the switch), the rise is taken in
+
+
+def test_the_spike_cut_halves_soaps_step_where_the_gradient_rises_and_stays_up_and_resumes() -> None:
+    """After the switch the loss is scaled up 1,000x (the gradient 1,000x, for good): with spike_cut the watch
+    halves SOAP's step once the hold (50 steps after the switch) is over, not before; without it nothing changes;
+    the counters survive a save and load bit for bit; a state of 0.16 (no watch) loads and starts the watch."""
+    from metaopt.optim import eigenbasis
+    from metaopt.optim.optimizer import SOAP_NORM_LONG, SOAP_NORM_SHORT, SOAP_SPIKE_CUTS, SOAP_SPIKE_SCALE
+
+    def run(switch: SoapSwitch, steps: int, scale_after: int) -> tuple[nn.Module, GMNOptimizer, list[int]]:
+        net = _net()
+        opt = GMNOptimizer(net, soap_switch=switch, example_inputs=X[:2])
+        cut_at = []
+        for _ in range(steps):
+            k = 1000.0 if opt.soap_switched_at and opt.state["soap_steps"] >= scale_after else 1.0
+            loss = k * nn.functional.cross_entropy(net(X), Y)
+            opt.zero_grad()
+            loss.backward()
+            cuts = opt.soap_spike_cuts
+            opt.step()
+            cut_at += [opt.state["soap_steps"]] * (opt.soap_spike_cuts - cuts)
+        return net, opt, cut_at
+    switch = SoapSwitch(window=20, decline_below=0.0, spike_cut=30.0)
+    _, opt, cut_at = run(switch, 300, scale_after=80)
+    assert 0 < opt.soap_switched_at < 150 and cut_at and cut_at[0] > 80
+    assert opt.state[SOAP_SPIKE_SCALE] == eigenbasis.SPIKE_FACTOR ** len(cut_at) and opt.soap_spike_cuts == len(cut_at)
+    _, early, early_at = run(switch, 300, scale_after=1)  # the rise comes within the hold: taken in, no cut
+    assert early_at == [] or early_at[0] > 80
+    _, off, off_at = run(dataclasses.replace(switch, spike_cut=None), 300, scale_after=80)
+    assert off_at == [] and off.soap_spike_cuts == 0
+    net, opt, _ = run(switch, 150, scale_after=10_000)
+    state = copy.deepcopy(opt.state_dict())
+    twin_net = _net()
+    twin_net.load_state_dict(net.state_dict())
+    twin = GMNOptimizer(twin_net, soap_switch=switch, example_inputs=X[:2])
+    twin.load_state_dict(state)
+    assert [_step(net, opt) for _ in range(30)] == [_step(twin_net, twin) for _ in range(30)]
+    for key in (SOAP_NORM_SHORT, SOAP_NORM_LONG, SOAP_SPIKE_SCALE, SOAP_SPIKE_CUTS):
+        del state["state"][key]
+    old = GMNOptimizer(_net(), soap_switch=switch, example_inputs=X[:2])
+    old.load_state_dict(state)
+    assert old.soap_spike_cuts == 0
+    _step(_net(), old)
 
 
 def test_bf16_parameters_take_soaps_step_through_float32() -> None:

@@ -300,6 +300,28 @@ def _estimated_order(stat: Tensor, basis: Tensor) -> Tensor:
 
 
 SWITCH_CHECK_EVERY = 10  # GMNOptimizer's soap_switch looks at the estimate's history every this many steps
+# SoapSwitch.spike_cut: the gradient's log squared norm is averaged over ~5 steps (SPIKE_SHORT_BETA) and ~50 steps
+# (SPIKE_LONG_BETA) after the switch; a short average above the long one by log(spike_cut), from SPIKE_HOLD steps after
+# the switch on (SOAP's first steps in fresh moments move the norm), halves SOAP's step (SPIKE_FACTOR) for good. A
+# sustained rise, not one noisy batch: a BatchNorm ResCNN's single-step spikes of 100x move the short average 2.5x.
+SPIKE_SHORT_BETA = 0.8
+SPIKE_LONG_BETA = 0.98
+SPIKE_HOLD = 50
+SPIKE_FACTOR = 0.5
+
+
+def spike_watch(short: float | None, long: float | None, log_sq: float, ratio: float, armed: bool
+                ) -> tuple[float, float, bool]:
+    """One step of `SoapSwitch.spike_cut`'s watch: the two averages of the log squared gradient norm after this
+    step's ``log_sq`` (None: no sample yet) and whether to cut. Until ``armed`` the long average is the short one
+    (what the norm does in the hold is taken in: the watch starts from where it has come to); after a cut it starts
+    from the short one again, so the next cut needs another rise of ``ratio``."""
+    short = log_sq if short is None else SPIKE_SHORT_BETA * short + (1 - SPIKE_SHORT_BETA) * log_sq
+    if not armed or long is None:
+        return short, short, False
+    if short > long + math.log(ratio):
+        return short, short, True
+    return short, SPIKE_LONG_BETA * long + (1 - SPIKE_LONG_BETA) * log_sq, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,7 +344,10 @@ class SoapSwitch:
     ``max(betas[1], 1 - t^-c)`` at the run's step t (`second_beta`), bias-corrected by the product of the betas
     taken (`weight_after`); None (0.16): constant. A second beta of 0.99 forgets a deep fit's small gradients fast:
     the held-out SIREN reaches 1.7e-12 and bounces back to 1e-8..2e-6 (docs/optim.md, "A lead for the SIREN's
-    stall")."""
+    stall"); a rising beta stops that and slows every other fit (docs/optim.md, "The rising second beta").
+    ``spike_cut`` R: after the switch, SOAP's step is halved for good each time the gradient's squared norm has risen
+    R-fold and stayed up (its ~5-step average R times its ~50-step one; `spike_watch`), as a bounce out of a deep
+    fit or the start of a blow-up does; ``opt.soap_spike_cuts`` counts them. None (0.16): no cut."""
 
     scale: float = 0.5
     window: int = 100
@@ -334,6 +359,7 @@ class SoapSwitch:
     sides: str = "columns"
     block: int | None = 64
     second_beta_rise: float | None = None
+    spike_cut: float | None = None
 
     @classmethod
     def from_dict(cls, fields: dict) -> "SoapSwitch":
@@ -383,6 +409,11 @@ class SoapSwitch:
             raise ValueError(f"GMNOptimizer: soap_switch's second_beta_rise is the exponent c of a second beta "
                              f"max(betas[1], 1 - t^-c), a number > 0 (0.8: Adafactor's), or None (constant), "
                              f"got {rise!r}")
+        cut = self.spike_cut
+        if cut is not None and (isinstance(cut, bool) or not isinstance(cut, (int, float)) or not cut > 1):
+            raise ValueError(f"GMNOptimizer: soap_switch's spike_cut is the rise of the squared gradient norm (its "
+                             f"~5-step average over its ~50-step one) that halves SOAP's step, a number > 1, or None "
+                             f"(no cut), got {cut!r}")
         self.hyper(1.0, 0.0, 0.0).check("GMNOptimizer: soap_switch")
         return self
 

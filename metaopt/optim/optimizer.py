@@ -12,6 +12,7 @@ Weight decay is decoupled (AdamW-style): ``p *= 1 - lr * weight_decay`` before t
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -64,6 +65,10 @@ SOAP_LR = "soap_lr"  # soap_switch: scale x d at the switch, SOAP's lr (times th
 SOAP_STEPS = "soap_steps"  # soap_switch: SOAP's steps since the switch (its bias correction)
 SOAP_SECOND_WEIGHT = "soap_second_weight"  # soap_switch: 1 - the product of the second betas since the switch (the
 # second moment's bias correction; read where the beta rises, `SoapSwitch.second_beta_rise`)
+SOAP_SPIKE_SCALE = "soap_spike_scale"  # soap_switch with spike_cut: what its cuts multiply SOAP's step by (1 before any)
+SOAP_SPIKE_CUTS = "soap_spike_cuts"  # soap_switch with spike_cut: the cuts so far
+SOAP_NORM_SHORT = "soap_norm_short"  # soap_switch with spike_cut: the ~5-step average of the log squared gradient norm
+SOAP_NORM_LONG = "soap_norm_long"  # soap_switch with spike_cut: its ~50-step average (both NaN before their first sample)
 SOAP_DECLINED_AT = "soap_declined_at"  # soap_switch: the step at which it declined to switch, for good (0: it did not)
 SOAP_GRAD_PEAK = "soap_grad_peak"  # soap_switch: the largest squared gradient norm sampled (every 10th step) so far
 SOAP_GRAD_LAST = "soap_grad_last"  # soap_switch: the last one sampled
@@ -74,8 +79,8 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
              DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS,
-             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_DECLINED_AT,
-             SOAP_GRAD_PEAK, SOAP_GRAD_LAST)
+             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_SPIKE_CUTS,
+             SOAP_DECLINED_AT, SOAP_GRAD_PEAK, SOAP_GRAD_LAST)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
@@ -727,6 +732,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[DISTANCE])
         self.state[SOAP_STEPS] = 0
         self.state[SOAP_SECOND_WEIGHT] = 0.0
+        self.state[SOAP_SPIKE_SCALE], self.state[SOAP_SPIKE_CUTS] = 1.0, 0
+        self.state[SOAP_NORM_SHORT] = self.state[SOAP_NORM_LONG] = math.nan
         self.state[SOAP_BASES] = {}
         buf["exp_avg"].zero_()
         buf["exp_avg_sq"].zero_()
@@ -752,6 +759,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         weight = None if self.soap_switch.second_beta_rise is None else float(self.state[SOAP_SECOND_WEIGHT])
         if self.plateau_block:
             lr *= self._decay_on_plateau(int(self.state[STEPS_TAKEN]), grads)
+        if self.soap_switch.spike_cut is not None:
+            lr *= self._watch_soap_spikes(step, grads)
         groups: dict[Hyper, list[tuple[int, Tensor, Tensor]]] = {}  # one soap_step per group
         for (i, p, h), g in zip(entries, grads):
             groups.setdefault(h, []).append((i, p, g if g.dtype == torch.float32 else g.float()))
@@ -763,6 +772,27 @@ class GMNOptimizer(torch.optim.Optimizer):
                 self._update_in_float32(params, lambda work: eigenbasis.soap_step(
                     work, [g for _, _, g in members], [self.state[p]["exp_avg"] for p in params],
                     [self.state[p]["exp_avg_sq"] for p in params], basis_of, step, hyper, weight))
+
+    def _watch_soap_spikes(self, soap_steps: int, grads: list[Tensor]) -> float:
+        """soap_switch's spike_cut: this gradient's squared norm into the watch (`eigenbasis.spike_watch`; the
+        averages are NaN in the state, or absent in one saved by 0.16, before their first sample), a cut where it has
+        risen and stayed up; the scale the cuts so far put on SOAP's step."""
+        sq = self._grad_sq_norm(grads)
+        if sq > 0 and math.isfinite(sq):
+            short, long = (float(self.state.get(k, math.nan)) for k in (SOAP_NORM_SHORT, SOAP_NORM_LONG))
+            short, long, cut = eigenbasis.spike_watch(
+                None if math.isnan(short) else short, None if math.isnan(long) else long, math.log(sq),
+                self.soap_switch.spike_cut, armed=soap_steps > eigenbasis.SPIKE_HOLD)
+            self.state[SOAP_NORM_SHORT], self.state[SOAP_NORM_LONG] = short, long
+            if cut:
+                self.state[SOAP_SPIKE_SCALE] = float(self.state.get(SOAP_SPIKE_SCALE, 1.0)) * eigenbasis.SPIKE_FACTOR
+                self.state[SOAP_SPIKE_CUTS] += 1
+        return float(self.state.get(SOAP_SPIKE_SCALE, 1.0))
+
+    @property
+    def soap_spike_cuts(self) -> int:
+        """``SoapSwitch.spike_cut``: how many times SOAP's step has been halved (0 without the cut)."""
+        return int(self.state[SOAP_SPIKE_CUTS])
 
     @property
     def soap_switched_at(self) -> int:
