@@ -749,7 +749,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     def _soap_step(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor]) -> None:
         """soap_switch, after the switch: SOAP's step on every tensor (`eigenbasis.soap_step`; a matrix's moments
         in its basis, in the flat buffers' views), at the group's lr x SOAP_LR x the plateau decay's scale (it runs
-        on: at a constant step SOAP stalls at its noise floor deep in a fit), decoupled weight decay."""
+        on: at a constant step SOAP stalls at its noise floor deep in a fit) x the spike cuts' scale (with
+        ``SoapSwitch.spike_cut``), decoupled weight decay; the second beta of this run step (`SoapSwitch.second_beta`)
+        and, where it varies, its bias correction from the product of those taken (SOAP_SECOND_WEIGHT)."""
         self.state[SOAP_STEPS] += 1
         step, lr, bases = int(self.state[SOAP_STEPS]), float(self.state[SOAP_LR]), self.state[SOAP_BASES]
         run_step = int(self.state[STEPS_TAKEN])
