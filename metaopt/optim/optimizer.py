@@ -760,7 +760,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         # a constant beta keeps its closed form 1 - beta2^step (bit for bit the step of 0.16)
         weight = None if self.soap_switch.second_beta_rise is None else float(self.state[SOAP_SECOND_WEIGHT])
         if self.plateau_block:
-            lr *= self._decay_on_plateau(int(self.state[STEPS_TAKEN]), grads)
+            lr *= self._decay_on_plateau(run_step, grads)
         if self.soap_switch.spike_cut is not None:
             lr *= self._watch_soap_spikes(step, grads)
         groups: dict[Hyper, list[tuple[int, Tensor, Tensor]]] = {}  # one soap_step per group
