@@ -221,6 +221,7 @@ def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
     ({"soap_switch": SoapSwitch(second_beta_rise=True)}, "second_beta_rise"),
     ({"soap_switch": SoapSwitch(second_beta_rise="0.8")}, "second_beta_rise"),
     ({"soap_switch": SoapSwitch(spike_cut=1.0)}, "spike_cut"), ({"soap_switch": SoapSwitch(spike_cut=True)}, "spike_cut"),
+    ({"soap_switch": SoapSwitch(settle_on="d_max")}, "settle_on"),
 ])
 def test_the_switch_refuses_what_it_cannot_run(kwargs: dict, match: str) -> None:
     kwargs = {"soap_switch": True, **kwargs}
@@ -480,3 +481,60 @@ def test_the_default_is_the_anchored_lr_free_mode_then_soaps_step_on_the_input_s
                        "--soap-switch", "sides=columns", "block=64", "--out", str(tmp_path / "soap")])
     written, shipped = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "soap", PRETRAINED_DIR / "lrfree_soap"))
     assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+
+
+def test_settling_on_the_peak_switches_once_the_largest_estimate_has_held_at_scale_times_it_and_resumes() -> None:
+    """A fit that settles early and then climbs (zero gradients on steps 12-40 hold d, so the estimate settles at
+    8e-6; from then on d climbs 1.02x a step towards its largest estimate): with settle_on="peak" the switch comes
+    once that largest estimate has not moved for the window (d still far below it), at scale x it; with "d" (0.16)
+    once d has caught up and held, at the same lr, 150 steps later. The runs are the same step for step until the
+    first switch; the peak's switch ends lower; a state saved mid-climb resumes bit for bit; a state of 0.16 (no peak
+    step) loads with the peak taken to have moved when d last did."""
+    from metaopt.optim.optimizer import DISTANCE_MOVED_AT, DISTANCE_PEAK, PEAK_MOVED_AT, SOAP_LR
+    g = torch.Generator().manual_seed(0)
+
+    def rotated(n: int) -> torch.Tensor:
+        q = torch.linalg.qr(torch.randn(n, n, generator=g))[0]
+        return q @ torch.diag(torch.logspace(0, -1.5, n)) @ q.T
+    a, b = rotated(12), rotated(10)
+    c = a @ torch.randn(12, 10, generator=g) @ b
+
+    def start(settle_on: str) -> tuple[nn.Module, GMNOptimizer]:
+        model = nn.Linear(10, 12, bias=False)  # its weight is W
+        nn.init.zeros_(model.weight)
+        return model, GMNOptimizer(model, example_inputs=torch.zeros(1, 10),
+                                   soap_switch=SoapSwitch(decline_below=0.0, settle_on=settle_on))
+
+    def run(model: nn.Module, opt: GMNOptimizer, steps: range) -> dict[int, tuple[int, float, float, torch.Tensor]]:
+        seen = {}
+        for t in steps:
+            loss = (0.0 if 12 <= t <= 40 else 1.0) * (a @ model.weight @ b - c).square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen[t] = (opt.soap_switched_at, opt.distance, float(opt.state[DISTANCE_PEAK]), model.weight.detach().clone())
+        return seen
+    (peak_net, peak), (d_net, on_d) = start("peak"), start("d")
+    by_peak, by_d = run(peak_net, peak, range(1, 801)), run(d_net, on_d, range(1, 801))
+    first = peak.soap_switched_at
+    assert 0 < first < on_d.soap_switched_at - 100, (first, on_d.soap_switched_at)
+    assert all(torch.equal(by_peak[t][3], by_d[t][3]) for t in range(1, first + 1))
+    _, d_at_switch, peak_at_switch, _ = by_peak[first]
+    assert d_at_switch < peak_at_switch / 2  # d was still climbing
+    assert peak.state[PEAK_MOVED_AT] <= first - 100 < peak.state[PEAK_MOVED_AT] + 10
+    assert peak.state[SOAP_LR] == 0.5 * peak_at_switch == on_d.state[SOAP_LR]
+    fit = [float((a @ net.weight.detach() @ b - c).square().sum()) for net in (peak_net, d_net)]
+    assert fit[0] < fit[1] / 10, fit
+
+    model, opt = start("peak")
+    run(model, opt, range(1, 301))
+    state = copy.deepcopy(opt.state_dict())
+    twin_model, twin = start("peak")
+    twin_model.load_state_dict(model.state_dict())
+    twin.load_state_dict(state)
+    assert run(model, opt, range(301, 701)).keys() == run(twin_model, twin, range(301, 701)).keys()
+    assert torch.equal(model.weight, twin_model.weight) and twin.soap_switched_at == first
+    del state["state"][PEAK_MOVED_AT]
+    old_model, old = start("peak")
+    old.load_state_dict(state)
+    assert old.state[PEAK_MOVED_AT] == state["state"][DISTANCE_MOVED_AT] == 291  # the climb's last estimate

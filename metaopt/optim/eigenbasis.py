@@ -347,7 +347,12 @@ class SoapSwitch:
     stall"); a rising beta stops that and slows every other fit (docs/optim.md, "The rising second beta").
     ``spike_cut`` R: after the switch, SOAP's step is halved for good each time the gradient's squared norm has risen
     R-fold and stayed up (its ~5-step average R times its ~50-step one; `spike_watch`), as a bounce out of a deep
-    fit or the start of a blow-up does; ``opt.soap_spike_cuts`` counts them. None (0.16): no cut."""
+    fit or the start of a blow-up does; ``opt.soap_spike_cuts`` counts them. None (0.16): no cut.
+    ``settle_on``: the estimate that has to sit still for ``window`` steps, and that SOAP's lr is ``scale`` times:
+    ``"d"`` (0.16), the step size, or ``"peak"``, the largest estimate so far (Prodigy's ``d_max``), which ``d``
+    climbs towards at the settled growth rate. Where the estimate settled in a plateau at the start (the shapes
+    networks, at ``d`` 40-1,000x below where it ends), the peak is there 200-300 steps before ``d`` is, and those
+    steps take SOAP's instead of Adam's (docs/optim.md, "Settling on the peak"); elsewhere the two coincide."""
 
     scale: float = 0.5
     window: int = 100
@@ -360,6 +365,7 @@ class SoapSwitch:
     block: int | None = 64
     second_beta_rise: float | None = None
     spike_cut: float | None = None
+    settle_on: str = "d"
 
     @classmethod
     def from_dict(cls, fields: dict) -> "SoapSwitch":
@@ -414,6 +420,9 @@ class SoapSwitch:
             raise ValueError(f"GMNOptimizer: soap_switch's spike_cut is the rise of the squared gradient norm (its "
                              f"~5-step average over its ~50-step one) that halves SOAP's step, a number > 1, or None "
                              f"(no cut), got {cut!r}")
+        if self.settle_on not in ("d", "peak"):
+            raise ValueError(f"GMNOptimizer: soap_switch's settle_on is the estimate it waits on, 'd' (the step size) "
+                             f"or 'peak' (the largest estimate so far, which d climbs towards), got {self.settle_on!r}")
         self.hyper(1.0, 0.0, 0.0).check("GMNOptimizer: soap_switch")
         return self
 

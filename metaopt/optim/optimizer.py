@@ -60,6 +60,7 @@ PLATEAU_KEYS = ("plateau_log_sum", "plateau_samples", "plateau_blocks", "plateau
 AVERAGE_WEIGHT_SUM = "average_weight_sum"  # schedule_free: the sum of the average's weights (`core.Averaging`)
 AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, whose square weighs each new z
 DISTANCE_MOVED_AT = "distance_moved_at"  # soap_switch: the last step on which the estimate d changed
+PEAK_MOVED_AT = "distance_peak_moved_at"  # soap_switch: the last step on which the largest estimate so far changed
 SOAP_SWITCHED_AT = "soap_switched_at"  # soap_switch: the step after which SOAP's step runs (0: not yet)
 SOAP_LR = "soap_lr"  # soap_switch: scale x d at the switch, SOAP's lr (times the group's lr)
 SOAP_STEPS = "soap_steps"  # soap_switch: SOAP's steps since the switch (its bias correction)
@@ -79,9 +80,10 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              NOWCAST_REVERTS, NOWCAST_GUARD, NOWCAST_HORIZON, SPIKE_TRIPS, SPIKE_LEVEL, SPIKE_NORM_EMA, SPIKE_TRIPPED,
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
              DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS,
-             DISTANCE_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_SPIKE_CUTS,
+             DISTANCE_MOVED_AT, PEAK_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_SPIKE_CUTS,
              SOAP_DECLINED_AT, SOAP_GRAD_PEAK, SOAP_GRAD_LAST)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
+_SETTLE_MOVED_AT = {"d": DISTANCE_MOVED_AT, "peak": PEAK_MOVED_AT}  # SoapSwitch.settle_on: the estimate it watches
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
@@ -677,10 +679,12 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.state[SOAP_GRAD_LAST] = sq = self._grad_sq_norm(grads)
             self.state[SOAP_GRAD_PEAK] = max(float(self.state[SOAP_GRAD_PEAK]), sq)
         if self.lr_free:
-            d_before = self.state[DISTANCE]
+            d_before, peak_before = self.state[DISTANCE], self.state[DISTANCE_PEAK]
             entries = self._adapt_distance(entries, grads, buf)
             if self.state[DISTANCE] != d_before:
                 self.state[DISTANCE_MOVED_AT] = self.state[STEPS_TAKEN]
+            if self.state[DISTANCE_PEAK] != peak_before:
+                self.state[PEAK_MOVED_AT] = self.state[STEPS_TAKEN]
 
         # Segments of tensors that share hyperparameters and step count (torch.optim's grouping):
         # one segment when every tensor takes part alike, the usual case.
@@ -718,7 +722,8 @@ class GMNOptimizer(torch.optim.Optimizer):
                 work, v["exp_avg"], denom, scale, h, t, inplace=True, factors=factors))
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
-        if watching and self.soap_switch.due(int(self.state[STEPS_TAKEN]), int(self.state[DISTANCE_MOVED_AT])):
+        if watching and self.soap_switch.due(int(self.state[STEPS_TAKEN]),
+                                             int(self.state[_SETTLE_MOVED_AT[self.soap_switch.settle_on]])):
             if self.state[SOAP_GRAD_LAST] < self.soap_switch.decline_below * self.state[SOAP_GRAD_PEAK]:
                 self.state[SOAP_DECLINED_AT] = int(self.state[STEPS_TAKEN])  # deep in a fit Adam's step is making
             else:
@@ -726,10 +731,12 @@ class GMNOptimizer(torch.optim.Optimizer):
         return loss
 
     def _switch_to_soap(self, buf: dict[str, Tensor]) -> None:
-        """soap_switch: the estimate has settled; SOAP's step from the next step on, at scale x d (frozen), with
-        fresh moments (they will hold a matrix's in its basis) and no bases yet (each from its first gradient)."""
+        """soap_switch: the estimate has settled; SOAP's step from the next step on, at scale x d (frozen; with
+        ``settle_on="peak"`` scale x the largest estimate so far, which d was climbing towards), with fresh moments
+        (they will hold a matrix's in its basis) and no bases yet (each from its first gradient)."""
         self.state[SOAP_SWITCHED_AT] = int(self.state[STEPS_TAKEN])
-        self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[DISTANCE])
+        settled = DISTANCE_PEAK if self.soap_switch.settle_on == "peak" else DISTANCE
+        self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[settled])
         self.state[SOAP_STEPS] = 0
         self.state[SOAP_SECOND_WEIGHT] = 0.0
         self.state[SOAP_SPIKE_SCALE], self.state[SOAP_SPIKE_CUTS] = 1.0, 0
@@ -1114,6 +1121,8 @@ class GMNOptimizer(torch.optim.Optimizer):
         if packed.get(SOAP_SWITCHED_AT) and SOAP_SECOND_WEIGHT not in packed and self.soap_switch is not None:
             # saved by 0.16, whose second beta was constant after the switch: its closed form
             self.state[SOAP_SECOND_WEIGHT] = 1 - self.soap_switch.betas[1] ** int(packed.get(SOAP_STEPS, 0))
+        if PEAK_MOVED_AT not in packed:  # saved by 0.16 or before: the peak moved no later than d, which climbs to it
+            self.state[PEAK_MOVED_AT] = int(packed.get(DISTANCE_MOVED_AT, 0))
         for key in _COUNTERS:
             self.state.setdefault(key, self.d0 if key in _DISTANCE_SCALARS else 0)
         self._state_keys = self._all_state_keys(with_scale="lr_scale" in self._state_keys)  # a switch freed some
