@@ -50,3 +50,17 @@ def test_a_diverged_run_fails_the_rule_and_the_command_writes_its_json(tmp_path,
     assert json.loads((tmp_path / "d.json").read_text())["met"] is False == out["met"]
     with pytest.raises(KeyError, match="not in the run"):
         decide(RUNS, "base", "missing")
+
+
+def test_tasks_at_1x_can_be_counted_in_steps_and_a_negative_margin_asks_for_a_gain() -> None:
+    """Task b is at 1.0x in steps in both rows and 1.02x / 0.98x by the clock (timing noise): counted by the clock the
+    candidate has one task fewer at >= 1x, in steps none; a steps margin of -0.1 asks for a gain of 0.1."""
+    runs = [_run("a", s, base=(1.5, 1.4, 1e-3, 600, False), cand=(1.8, 1.7, 1e-4, 550, False)) for s in range(3)]
+    runs += [_run("b", s, base=(1.0, 1.02, 1e-2, 990, False), cand=(1.0, 0.98, 1e-2, 990, False)) for s in range(3)]
+    assert not decide(runs, "base", "cand")["met"]
+    out = decide(runs, "base", "cand", count_tasks_by="steps")
+    assert out["met"] and out["cand"]["tasks_steps_at_least_1x"] == 2 and "3a tasks >= 1x in steps, no fewer" in out["conditions"]
+    assert decide(runs, "base", "cand", steps_margin=-0.1, count_tasks_by="steps")["met"]  # +0.15 in steps
+    assert not decide(runs, "base", "cand", steps_margin=-0.2, count_tasks_by="steps")["met"]
+    with pytest.raises(ValueError, match="count_tasks_by"):
+        decide(runs, "base", "cand", count_tasks_by="wall")

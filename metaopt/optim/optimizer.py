@@ -62,7 +62,7 @@ AVERAGE_PEAK = "average_peak"  # schedule_free: the largest step size so far, wh
 DISTANCE_MOVED_AT = "distance_moved_at"  # soap_switch: the last step on which the estimate d changed
 PEAK_MOVED_AT = "distance_peak_moved_at"  # soap_switch: the last step on which the largest estimate so far changed
 SOAP_SWITCHED_AT = "soap_switched_at"  # soap_switch: the step after which SOAP's step runs (0: not yet)
-SOAP_LR = "soap_lr"  # soap_switch: scale x d at the switch, SOAP's lr (times the group's lr)
+SOAP_LR = "soap_lr"  # soap_switch: scale x d (or its peak, SoapSwitch.settle_on) at the switch, SOAP's lr (x group lr)
 SOAP_STEPS = "soap_steps"  # soap_switch: SOAP's steps since the switch (its bias correction)
 SOAP_SECOND_WEIGHT = "soap_second_weight"  # soap_switch: 1 - the product of the second betas since the switch (the
 # second moment's bias correction; read where the beta rises, `SoapSwitch.second_beta_rise`)
