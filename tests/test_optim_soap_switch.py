@@ -79,16 +79,21 @@ def test_the_switch_is_the_lr_free_default_then_soap_at_half_the_settled_step(si
                                 4: {"q_left": (10, 10), "q_right": (12, 12)}}}[sides]
 
 
-def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:
-    """min ||A W B - C||^2 with A, B ill-conditioned in a rotated basis: after the switch SOAP's eigenbasis undoes
-    the rotation that Adam's diagonal cannot, so the same 600 steps end far lower than GMNOptimizer(model)."""
+def _rotated_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A, B, C of min ||A W B - C||^2 (W 12 x 10), A and B ill-conditioned (1 to 10^-1.5) in random rotated bases."""
     g = torch.Generator().manual_seed(0)
 
     def rotated(n: int) -> torch.Tensor:
         q = torch.linalg.qr(torch.randn(n, n, generator=g))[0]
         return q @ torch.diag(torch.logspace(0, -1.5, n)) @ q.T
     a, b = rotated(12), rotated(10)
-    c = a @ torch.randn(12, 10, generator=g) @ b
+    return a, b, a @ torch.randn(12, 10, generator=g) @ b
+
+
+def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:
+    """min ||A W B - C||^2 with A, B ill-conditioned in a rotated basis: after the switch SOAP's eigenbasis undoes
+    the rotation that Adam's diagonal cannot, so the same 600 steps end far lower than GMNOptimizer(model)."""
+    a, b, c = _rotated_problem()
 
     def final(**kwargs) -> tuple[float, GMNOptimizer]:  # noqa: ANN003
         model = nn.Linear(10, 12, bias=False)  # its weight is W
@@ -491,13 +496,7 @@ def test_settling_on_the_peak_switches_once_the_largest_estimate_has_held_at_sca
     first switch; the peak's switch ends lower; a state saved mid-climb resumes bit for bit; a state of 0.16 (no peak
     step) loads with the peak taken to have moved when d last did."""
     from metaopt.optim.optimizer import DISTANCE_MOVED_AT, DISTANCE_PEAK, PEAK_MOVED_AT, SOAP_LR
-    g = torch.Generator().manual_seed(0)
-
-    def rotated(n: int) -> torch.Tensor:
-        q = torch.linalg.qr(torch.randn(n, n, generator=g))[0]
-        return q @ torch.diag(torch.logspace(0, -1.5, n)) @ q.T
-    a, b = rotated(12), rotated(10)
-    c = a @ torch.randn(12, 10, generator=g) @ b
+    a, b, c = _rotated_problem()
 
     def start(settle_on: str) -> tuple[nn.Module, GMNOptimizer]:
         model = nn.Linear(10, 12, bias=False)  # its weight is W
