@@ -15,7 +15,8 @@ final loss (median over seeds) is below the baseline's. The candidate meets the 
 5. (with ``--final-loss-wins N``) its final loss is below the baseline's on >= N tasks.
 
 ``python -m outer_train.eval_decide SUMMARY.json BASELINE_ROW CANDIDATE_ROW [--clock-margin X] [--steps-margin X]
-[--count-tasks-by clock|steps] [--final-loss-wins N] [--json OUT]`` (a negative margin asks for a gain) prints both rows' figures, each condition, and "rule met" / "rule not met".
+[--count-tasks-by clock|steps] [--final-loss-wins N] [--json OUT]`` (a negative margin asks for a gain) prints both
+rows' figures, each condition, and "rule met" / "rule not met".
 """
 
 from __future__ import annotations
