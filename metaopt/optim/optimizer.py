@@ -83,7 +83,8 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              DISTANCE_MOVED_AT, PEAK_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_SPIKE_CUTS,
              SOAP_DECLINED_AT, SOAP_GRAD_PEAK, SOAP_GRAD_LAST)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
-_SETTLE_MOVED_AT = {"d": DISTANCE_MOVED_AT, "peak": PEAK_MOVED_AT}  # SoapSwitch.settle_on: the estimate it watches
+# SoapSwitch.settle_on -> the estimate the switch waits on (its value, the step it last moved on)
+_SETTLE_ON = {"d": (DISTANCE, DISTANCE_MOVED_AT), "peak": (DISTANCE_PEAK, PEAK_MOVED_AT)}
 # The jump guard: a jump is undone when the first gradient after it is this many times larger (squared
 # norm; 2x in norm) than the one before it. Then the next horizons are halved; each kept jump
 # lengthens them by one interval again, up to the nowcaster's horizon (a trust region on the jump).
@@ -723,7 +724,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.nowcaster is not None and self.state[STEPS_TAKEN] % self.nowcaster.config.interval == 0:
             self._nowcast(entries, device)
         if watching and self.soap_switch.due(int(self.state[STEPS_TAKEN]),
-                                             int(self.state[_SETTLE_MOVED_AT[self.soap_switch.settle_on]])):
+                                             int(self.state[_SETTLE_ON[self.soap_switch.settle_on][1]])):
             if self.state[SOAP_GRAD_LAST] < self.soap_switch.decline_below * self.state[SOAP_GRAD_PEAK]:
                 self.state[SOAP_DECLINED_AT] = int(self.state[STEPS_TAKEN])  # deep in a fit Adam's step is making
             else:
@@ -735,7 +736,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         ``settle_on="peak"`` scale x the largest estimate so far, which d was climbing towards), with fresh moments
         (they will hold a matrix's in its basis) and no bases yet (each from its first gradient)."""
         self.state[SOAP_SWITCHED_AT] = int(self.state[STEPS_TAKEN])
-        settled = DISTANCE_PEAK if self.soap_switch.settle_on == "peak" else DISTANCE
+        settled, _ = _SETTLE_ON[self.soap_switch.settle_on]
         self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[settled])
         self.state[SOAP_STEPS] = 0
         self.state[SOAP_SECOND_WEIGHT] = 0.0

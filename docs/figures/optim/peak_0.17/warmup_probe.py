@@ -16,7 +16,7 @@ import torch
 from inner_tasks import build_task
 from inner_tasks.tasks.collections import HELD_OUT_TASKS, held_out_suite
 from metaopt.optim import GMNOptimizer, SoapSwitch
-from metaopt.optim.optimizer import DISTANCE, DISTANCE_PEAK, SOAP_LR
+from metaopt.optim.optimizer import DISTANCE, DISTANCE_PEAK, SOAP_LR, STEPS_TAKEN
 from outer_train.evaluate import run_optimizer, steps_to
 from outer_train.soap import SOAP
 
@@ -37,7 +37,7 @@ for spec in held_out_suite(seeds, STEPS):
         def make(model, switch=switch, box=box, trace=trace):
             opt = box["opt"] = GMNOptimizer(model) if switch is None else GMNOptimizer(model, soap_switch=switch)
             def watch(opt, args, kwargs):  # d and the peak every 20 steps until the switch
-                steps = int(opt.state["steps_taken"])
+                steps = int(opt.state[STEPS_TAKEN])
                 if steps % 20 == 0 and not opt.soap_switched_at:
                     trace.append([steps, float(opt.state[DISTANCE]), float(opt.state[DISTANCE_PEAK])])
             opt.register_step_post_hook(watch)
@@ -82,11 +82,11 @@ for task in HELD_OUT_TASKS:
     def when(key):
         return ", ".join(str(r[key]["switched_at"]) if r[key]["switched_at"] else f"declined {r[key]['declined_at']}"
                          for r in mine)
-    first_settle = []
+    at_peak_switch = []  # 0.16's d / peak at the step settle_on="peak" switched
     for r in mine:
         tr = [t for t in r["default"]["trace"] if t[0] <= (r["peak"]["switched_at"] or 0)]
-        first_settle.append(f"{tr[-1][1]:.1e} / {tr[-1][2]:.1e}" if tr else "-")
-    lines.append(f"| {task} | {when('default')} ({'; '.join(first_settle)} at the peak's switch) | {med('default')} | "
+        at_peak_switch.append(f"{tr[-1][1]:.1e} / {tr[-1][2]:.1e}" if tr else "-")
+    lines.append(f"| {task} | {when('default')} ({'; '.join(at_peak_switch)} at the peak's switch) | {med('default')} | "
                  f"{med('soap_from_step_1') if all('soap_from_step_1' in r for r in mine) else '-'} | {when('peak')} | {med('peak')} |")
 (HERE / f"{name}.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
