@@ -602,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soap-variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
                    help="with --lr-free: also run every +lrfree row with GMNOptimizer(soap_switch=SoapSwitch(KEY=VALUE, "
                         "...)), labelled <rule>+lrfree+LABEL (e.g. columns:sides='columns'); repeatable")
+    p.add_argument("--soap-variants-only", action="store_true",
+                   help="with --soap-variant: run only the switch variants' rows, not the +lrfree rows they vary (a "
+                        "screen that reuses those from another run, --reuse)")
     p.add_argument("--no-best", action="store_true",
                    help="run the rules at their default lr (lr-free: the multiplier 1) only, not also over the lr "
                         "grid (<rule>@best, 3x the runs); Adam is tuned as always")
@@ -739,6 +742,12 @@ def main(argv: list[str] | None = None) -> int:
         rules = {n: r for n, r in rules.items() if n not in plain}
         rule_kwargs = {n: kw for n, kw in rule_kwargs.items() if n not in plain}
         labels = [lb for lb in labels if "+guard (" in lb or "+lrfree (" in lb]
+    if a.soap_variants_only:
+        if not a.soap_variant:
+            p.error("--soap-variants-only runs the --soap-variant rows alone: add --soap-variant")
+        rules = {n: r for n, r in rules.items() if n not in lrfree_names}
+        rule_kwargs = {n: kw for n, kw in rule_kwargs.items() if n not in lrfree_names}
+        labels = [lb for lb in labels if lb not in lrfree_labels]
     if s.rule_schedule == "cosine":
         rules = {f"{name}+cosine": rule for name, rule in rules.items()}
         rule_kwargs = {f"{name}+cosine": kw for name, kw in rule_kwargs.items()}

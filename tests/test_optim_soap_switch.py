@@ -227,6 +227,7 @@ def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
     ({"soap_switch": SoapSwitch(second_beta_rise="0.8")}, "second_beta_rise"),
     ({"soap_switch": SoapSwitch(spike_cut=1.0)}, "spike_cut"), ({"soap_switch": SoapSwitch(spike_cut=True)}, "spike_cut"),
     ({"soap_switch": SoapSwitch(settle_on="d_max")}, "settle_on"),
+    ({"soap_switch": SoapSwitch(follow=1)}, "follow"),
 ])
 def test_the_switch_refuses_what_it_cannot_run(kwargs: dict, match: str) -> None:
     kwargs = {"soap_switch": True, **kwargs}
@@ -537,3 +538,61 @@ def test_settling_on_the_peak_switches_once_the_largest_estimate_has_held_at_sca
     old_model, old = start("peak")
     old.load_state_dict(state)
     assert old.state[PEAK_MOVED_AT] == state["state"][DISTANCE_MOVED_AT] == 291  # the climb's last estimate
+
+
+def test_following_the_estimate_after_the_switch_lets_a_switch_made_in_a_plateau_climb_and_resumes() -> None:
+    """A fit whose gradients are zero on steps 12-80 holds d still, so a switch with a 20-step window comes in that
+    plateau, at half of d there (8e-6). Frozen (0.16), SOAP's step stays that small; with follow=True the estimate
+    runs on after the switch (on its own steps, at the settled growth rate), SOAP's lr is half of it every step and
+    the fit goes 10x lower. The two runs are the same step for step up to the switch; following keeps the estimate's
+    buffers and saves them, and a state saved mid-climb resumes bit for bit. A following state loaded without follow,
+    or a frozen one loaded with it, takes SOAP's step at the lr it was saved with, from then on frozen."""
+    from metaopt.optim.optimizer import DISTANCE, SOAP_FOLLOWS, SOAP_LR
+    a, b, c = _rotated_problem()
+
+    def start(follow: bool) -> tuple[nn.Module, GMNOptimizer]:
+        model = nn.Linear(10, 12, bias=False)
+        nn.init.zeros_(model.weight)
+        return model, GMNOptimizer(model, example_inputs=torch.zeros(1, 10),
+                                   soap_switch=SoapSwitch(window=20, decline_below=0.0, follow=follow))
+
+    def run(model: nn.Module, opt: GMNOptimizer, steps: range) -> dict[int, tuple[float, float, torch.Tensor]]:
+        seen = {}
+        for t in steps:
+            loss = (0.0 if 12 <= t <= 80 else 1.0) * (a @ model.weight @ b - c).square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen[t] = (float(opt.state[DISTANCE]), float(opt.state[SOAP_LR]), model.weight.detach().clone())
+        return seen
+    (frozen_net, frozen), (follow_net, follows) = start(False), start(True)
+    by_frozen, by_follow = run(frozen_net, frozen, range(1, 601)), run(follow_net, follows, range(1, 601))
+    switch = follows.soap_switched_at
+    assert 40 <= switch <= 60 and frozen.soap_switched_at == switch
+    assert all(torch.equal(by_frozen[t][2], by_follow[t][2]) for t in range(1, switch + 1))
+    lr_at_switch = by_follow[switch][1]
+    assert lr_at_switch == by_frozen[switch][1] == 0.5 * by_follow[switch][0] < 1e-5
+    assert all(by_frozen[t][1] == lr_at_switch for t in range(switch, 601))
+    assert all(lr == 0.5 * d for d, lr, _ in by_follow.values() if lr > 0)
+    assert by_follow[600][1] > 100 * lr_at_switch  # d climbed after the switch
+    fit = [float((a @ net.weight.detach() @ b - c).square().sum()) for net in (frozen_net, follow_net)]
+    assert fit[1] < fit[0] / 10, fit
+    assert {"start", "grad_sum"} <= set(follows.state_dict()["state"][0])
+    assert not {"start", "grad_sum"} & set(frozen.state_dict()["state"][0])
+
+    model, opt = start(True)
+    run(model, opt, range(1, 201))
+    state = copy.deepcopy(opt.state_dict())
+    twin_model, twin = start(True)
+    twin_model.load_state_dict(model.state_dict())
+    twin.load_state_dict(state)
+    assert twin.state[SOAP_FOLLOWS] == 1
+    assert run(model, opt, range(201, 401)) .keys() == run(twin_model, twin, range(201, 401)).keys()
+    assert torch.equal(model.weight, twin_model.weight) and float(twin.state[SOAP_LR]) == float(opt.state[SOAP_LR])
+    for saved, follow in ((state, False), (frozen.state_dict(), True)):
+        other_model, other = start(follow)
+        other.load_state_dict(copy.deepcopy(saved))
+        lr = float(other.state[SOAP_LR])
+        assert other.state[SOAP_FOLLOWS] == 0 and "start" not in other.state_dict()["state"][0]
+        run(other_model, other, range(1, 51))
+        assert float(other.state[SOAP_LR]) == lr

@@ -353,7 +353,14 @@ class SoapSwitch:
     climbs towards at the settled growth rate. Where the estimate settled in a plateau at the start (the shapes
     networks), the peak holds 50-220 steps before ``d`` has climbed to it, and those steps take SOAP's step at the
     same lr; elsewhere the two coincide. Level with "d" on the dev suite at 1,000 steps, so not the default
-    (docs/optim.md, "Settling on the peak")."""
+    (docs/optim.md, "Settling on the peak").
+    ``follow``: after the switch the estimate runs on (on its own steps, the network's ``d`` only, at the settled
+    growth rate) and SOAP's lr is ``scale`` times it, not frozen at the switch. A network that starts in a plateau
+    holds ``d`` still for ``window`` steps before its loss starts falling, and a frozen lr then stays at the
+    plateau's step: with ``d0=1e-4`` the held-out shapes CNN switched after 130-160 steps at 7.5e-4-1.5e-3 and never
+    left its plateau, where the estimate run on climbed to 0.02-0.05 and fit it (docs/optim.md, "The estimate run on
+    after the switch"). It keeps the estimate's x_0 and gradient sum after the switch (freed otherwise). False
+    (0.16): frozen."""
 
     scale: float = 0.5
     window: int = 100
@@ -367,6 +374,7 @@ class SoapSwitch:
     second_beta_rise: float | None = None
     spike_cut: float | None = None
     settle_on: str = "d"
+    follow: bool = False
 
     @classmethod
     def from_dict(cls, fields: dict) -> "SoapSwitch":
@@ -424,6 +432,9 @@ class SoapSwitch:
         if self.settle_on not in ("d", "peak"):
             raise ValueError(f"GMNOptimizer: soap_switch's settle_on is the estimate it waits on, 'd' (the step size) "
                              f"or 'peak' (the largest estimate so far, which d climbs towards), got {self.settle_on!r}")
+        if not isinstance(self.follow, bool):
+            raise ValueError(f"GMNOptimizer: soap_switch's follow is True (SOAP's lr follows the estimate, run on after "
+                             f"the switch) or False (frozen at the switch), got {self.follow!r}")
         self.hyper(1.0, 0.0, 0.0).check("GMNOptimizer: soap_switch")
         return self
 

@@ -70,6 +70,9 @@ SOAP_SPIKE_SCALE = "soap_spike_scale"  # soap_switch with spike_cut: what its cu
 SOAP_SPIKE_CUTS = "soap_spike_cuts"  # soap_switch with spike_cut: the cuts so far
 SOAP_NORM_SHORT = "soap_norm_short"  # soap_switch with spike_cut: the ~5-step average of the log squared gradient norm
 SOAP_NORM_LONG = "soap_norm_long"  # soap_switch with spike_cut: its ~50-step average (both NaN before their first sample)
+# soap_switch: 1 while SOAP's lr follows the estimate run on after the switch (SoapSwitch.follow; 0: frozen at the
+# switch, as a state saved without follow stays where it is loaded)
+SOAP_FOLLOWS = "soap_follows"
 SOAP_DECLINED_AT = "soap_declined_at"  # soap_switch: the step at which it declined to switch, for good (0: it did not)
 SOAP_GRAD_PEAK = "soap_grad_peak"  # soap_switch: the largest squared gradient norm sampled (every 10th step) so far
 SOAP_GRAD_LAST = "soap_grad_last"  # soap_switch: the last one sampled
@@ -81,7 +84,7 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
              DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS,
              DISTANCE_MOVED_AT, PEAK_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_SPIKE_CUTS,
-             SOAP_DECLINED_AT, SOAP_GRAD_PEAK, SOAP_GRAD_LAST)
+             SOAP_DECLINED_AT, SOAP_GRAD_PEAK, SOAP_GRAD_LAST, SOAP_FOLLOWS)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # SoapSwitch.settle_on -> the estimate the switch waits on (its value, the step it last moved on)
 _SETTLE_ON = {"d": (DISTANCE, DISTANCE_MOVED_AT), "peak": (DISTANCE_PEAK, PEAK_MOVED_AT)}
@@ -673,6 +676,8 @@ class GMNOptimizer(torch.optim.Optimizer):
             if identity and core.refresh_due(self.state[STEPS_TAKEN], self.rule.config.refresh_every):
                 self._lift_guard()  # what a refresh does for a rule (lr-free Prodigy: the cap on d)
         if self.soap_switch is not None and self.state[SOAP_SWITCHED_AT]:
+            if self.state[SOAP_FOLLOWS]:
+                self._follow_estimate(entries, grads)
             self._soap_step(entries, grads)
             return loss
         watching = self.soap_switch is not None and not self.state[SOAP_DECLINED_AT]
@@ -680,12 +685,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             self.state[SOAP_GRAD_LAST] = sq = self._grad_sq_norm(grads)
             self.state[SOAP_GRAD_PEAK] = max(float(self.state[SOAP_GRAD_PEAK]), sq)
         if self.lr_free:
-            d_before, peak_before = self.state[DISTANCE], self.state[DISTANCE_PEAK]
             entries = self._adapt_distance(entries, grads, buf)
-            if self.state[DISTANCE] != d_before:
-                self.state[DISTANCE_MOVED_AT] = self.state[STEPS_TAKEN]
-            if self.state[DISTANCE_PEAK] != peak_before:
-                self.state[PEAK_MOVED_AT] = self.state[STEPS_TAKEN]
 
         # Segments of tensors that share hyperparameters and step count (torch.optim's grouping):
         # one segment when every tensor takes part alike, the usual case.
@@ -743,9 +743,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[SOAP_SPIKE_SCALE], self.state[SOAP_SPIKE_CUTS] = 1.0, 0
         self.state[SOAP_NORM_SHORT] = self.state[SOAP_NORM_LONG] = math.nan
         self.state[SOAP_BASES] = {}
+        self.state[SOAP_FOLLOWS] = int(self.soap_switch.follow)
         buf["exp_avg"].zero_()
         buf["exp_avg_sq"].zero_()
-        self._drop_estimate_buffers()
+        if not self.soap_switch.follow:
+            self._drop_estimate_buffers()
 
     def _drop_estimate_buffers(self) -> None:
         """soap_switch, switched: the estimate is frozen, so its x_0 and gradient sums are freed (and not saved)."""
@@ -952,9 +954,7 @@ class GMNOptimizer(torch.optim.Optimizer):
             scale = self._decay_on_plateau(step, grads)
             if scale != 1.0:
                 entries = self._scale_lrs(entries, scale)
-        est = core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
-                                    float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]),
-                                    bool(self.state[DISTANCE_SETTLED]))
+        est = self._network_estimate()
         tens, held = self._tensor_distances() if self.per_tensor else (None, None)
         first = None if self.schedule_free else self._views["exp_avg"]  # schedule-free: z is a point, not a moment
         if tens is not None and held is None:  # each tensor's moments to units of its own step size
@@ -971,19 +971,12 @@ class GMNOptimizer(torch.optim.Optimizer):
                 self._tensor_cache = (*self._tensor_cache[:2], held)
             self._tensor_factors = held
             return self._scale_lrs(entries, est.d)
-        params, grads = [p for _, p, _ in entries], list(grads)
-        if self.schedule_free:  # the estimate reads how far z has come from x_0 (core.advance)
-            params = [self.state[p]["z"] for _, p, _ in entries]
-        if self.estimate_stride > 1:  # the sampled entries (strided views; copies only of non-contiguous tensors)
-            strides = self._strides
-            params = [p.detach().reshape(-1)[::strides[i]] for (i, _, _), p in zip(entries, params)]
-            grads = [g.reshape(-1)[::strides[i]] for (i, _, _), g in zip(entries, grads)]
+        params, grads = self._estimate_inputs(entries, grads)
         # Parameters without a gradient this step take no part (their x_0 - x and s stay as they are).
         # The network's estimate and (per tensor) each tensor's own from its own sum, in one pass over x_0 - x.
         ests = None if tens is None else list(tens.held().estimates)  # the tensors without a gradient: theirs stays
         new, _, mine, _ = core.estimate_distances(
-            [p.float() for p in params], [g.float() for g in grads],
-            [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
+            params, grads, [self.state[p]["start"] for _, p, _ in entries],  # the parameter-shaped views (_attach_views)
             [self.state[p]["grad_sum"] for _, p, _ in entries], est, core.estimate_hyper(entries[0][2], self.schedule_free),
             step, inplace=True, span=span, strides=[self._strides[i] for i, _, _ in entries],
             tensor_sums=None if tens is None or self.shared_sums else [self.state[p]["tensor_grad_sum"] for _, p, _ in entries],
@@ -994,14 +987,60 @@ class GMNOptimizer(torch.optim.Optimizer):
                 ests[i] = e
             tens = replace(tens, estimates=tuple(ests))
             self._store_tensor_estimates(tens.estimates)
-        cap = float(self.state[DISTANCE_CAP])
-        if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
-            new = replace(new, d=max(cap, est.d))
-        self.state[DISTANCE_NUMERATOR], self.state[DISTANCE], self.state[DISTANCE_LAST] = new.numerator, new.d, new.last
-        self.state[DISTANCE_PEAK], self.state[DISTANCE_SETTLED] = new.peak, int(new.settled)
+        self._store_network_estimate(est, new)
         if tens is not None:
             self._tensor_factors = tens.factors(new)
         return self._scale_lrs(entries, new.last)
+
+    def _network_estimate(self) -> core.DistanceEstimate:
+        """The network's estimate as the state's counters hold it."""
+        return core.DistanceEstimate(float(self.state[DISTANCE_NUMERATOR]), float(self.state[DISTANCE]),
+                                     float(self.state[DISTANCE_LAST]), float(self.state[DISTANCE_PEAK]),
+                                     bool(self.state[DISTANCE_SETTLED]))
+
+    def _estimate_inputs(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor]
+                         ) -> tuple[list[Tensor], list[Tensor]]:
+        """The points (schedule-free: z, which has come from x_0 as `core.advance` moves it) and gradients the
+        estimate reads, in float32: every ``estimate_stride``-th entry (strided views; copies only of non-contiguous
+        tensors)."""
+        params, grads = [p for _, p, _ in entries], list(grads)
+        if self.schedule_free:
+            params = [self.state[p]["z"] for _, p, _ in entries]
+        if self.estimate_stride > 1:
+            strides = self._strides
+            params = [p.detach().reshape(-1)[::strides[i]] for (i, _, _), p in zip(entries, params)]
+            grads = [g.reshape(-1)[::strides[i]] for (i, _, _), g in zip(entries, grads)]
+        return [p.float() for p in params], [g.float() for g in grads]
+
+    def _store_network_estimate(self, before: core.DistanceEstimate, new: core.DistanceEstimate) -> None:
+        """The network's new estimate into the counters (held at the spike guard's cap while it is set), and the
+        steps ``d`` and its peak last moved on (what the soap switch waits on)."""
+        cap = float(self.state[DISTANCE_CAP])
+        if cap > 0 and new.d > cap:  # the spike guard halved d: the estimate may not take it back yet
+            new = replace(new, d=max(cap, before.d))
+        if new.d != float(self.state[DISTANCE]):
+            self.state[DISTANCE_MOVED_AT] = self.state[STEPS_TAKEN]
+        if new.peak != float(self.state[DISTANCE_PEAK]):
+            self.state[PEAK_MOVED_AT] = self.state[STEPS_TAKEN]
+        self.state[DISTANCE_NUMERATOR], self.state[DISTANCE], self.state[DISTANCE_LAST] = new.numerator, new.d, new.last
+        self.state[DISTANCE_PEAK], self.state[DISTANCE_SETTLED] = new.peak, int(new.settled)
+
+    def _follow_estimate(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor]) -> None:
+        """``SoapSwitch.follow``, after the switch: on the estimate's steps the network's ``d`` as before the switch
+        (the per-tensor estimates stay as they were: SOAP's step has one lr), and SOAP's lr ``scale`` x it."""
+        step = int(self.state[STEPS_TAKEN])
+        span = core.estimate_span(step, self.estimate_every, self.estimate_warmup)
+        if not span:
+            return
+        est = self._network_estimate()
+        params, grads = self._estimate_inputs(entries, grads)
+        new, _, _, _ = core.estimate_distances(
+            params, grads, [self.state[p]["start"] for _, p, _ in entries],
+            [self.state[p]["grad_sum"] for _, p, _ in entries], est,
+            core.estimate_hyper(entries[0][2], self.schedule_free), step, inplace=True, span=span,
+            strides=[self._strides[i] for i, _, _ in entries])
+        self._store_network_estimate(est, new)
+        self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[_SETTLE_ON[self.soap_switch.settle_on][0]])
 
     def _decay_on_plateau(self, step: int, grads: list[Tensor]) -> float:
         """``plateau_block``: the plateau decay after this step's gradient (a sample of its squared norm on
@@ -1129,7 +1168,10 @@ class GMNOptimizer(torch.optim.Optimizer):
         self._state_keys = self._all_state_keys(with_scale="lr_scale" in self._state_keys)  # a switch freed some
         if self.state[SOAP_SWITCHED_AT]:
             self._load_soap_bases()
-            self._drop_estimate_buffers()  # a state saved before 0.15 holds them: not read
+            saved = all("start" in packed[k] for k in per_param)  # a frozen switch of 0.15 on saves no estimate
+            if not (self.state[SOAP_FOLLOWS] and self.soap_switch.follow and saved):
+                self.state[SOAP_FOLLOWS] = 0  # SOAP's lr stays where the state left it (SoapSwitch.follow)
+                self._drop_estimate_buffers()  # a state saved before 0.15 holds them: not read
         if self.per_tensor:
             rows = self.state.get(TENSOR_DISTANCES)
             if isinstance(rows, Tensor) and tuple(rows.shape) == (len(self._params_all), 4):  # saved by 0.6 or before
