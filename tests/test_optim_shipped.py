@@ -32,7 +32,8 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_boost1", "lrfree_anchor", "lrfree_soap", "lrfree_sf", "adam", "mlp"}
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_boost1", "lrfree_anchor", "lrfree_soap", "lrfree_soap_1e4",
+                                   "lrfree_sf", "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
 

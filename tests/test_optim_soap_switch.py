@@ -447,12 +447,13 @@ def test_a_rules_mode_records_its_switch_and_the_optimizer_runs_it(tmp_path) -> 
         RuleConfig(kind="none", lr_free={"estimate_every": 10}, soap_switch={"block": 1})
 
 
-def test_the_default_is_the_anchored_lr_free_mode_then_soaps_step_on_the_input_side(tmp_path) -> None:
-    """GMNOptimizer(model) (rule="lrfree_soap", 0.16): lrfree_anchor's lr-free options and the switch SoapSwitch()
-    (the input side in blocks of 64), i.e. GMNOptimizer(model, rule="lrfree_anchor", soap_switch=SoapSwitch(
-    sides="columns", block=64)) bit for bit, through its switch on a noisy regression (fresh minibatches keep the
-    gradient norm up, so it does not decline); soap_switch=False is lrfree_anchor bit for bit; make_default's
-    command line reproduces the shipped mode."""
+def test_the_default_is_the_anchored_lr_free_mode_from_1e4_then_soaps_step_on_the_input_side(tmp_path) -> None:
+    """GMNOptimizer(model) (rule="lrfree_soap_1e4", 0.17): lrfree_anchor's lr-free options from d0=1e-4 and the switch
+    SoapSwitch(window=150) (the input side in blocks of 64), i.e. GMNOptimizer(model, rule="lrfree_anchor", d0=1e-4,
+    soap_switch=SoapSwitch(sides="columns", block=64, window=150)) bit for bit, through its switch on a noisy
+    regression (fresh minibatches keep the gradient norm up, so it does not decline); rule="lrfree_soap" is 0.16's
+    (d0 1e-6, window 100); soap_switch=False is lrfree_anchor from 1e-4 bit for bit; make_default's command lines
+    reproduce both shipped modes."""
     from metaopt.optim import make_default
     from metaopt.optim.rules import PRETRAINED_DIR
 
@@ -462,7 +463,7 @@ def test_the_default_is_the_anchored_lr_free_mode_then_soaps_step_on_the_input_s
         opt = GMNOptimizer(model, **kwargs)
         data = torch.Generator().manual_seed(3)
         teacher = torch.randn(8, 4, generator=data)
-        for _ in range(300):
+        for _ in range(400):
             x = torch.randn(32, 8, generator=data)
             y = x @ teacher + 0.3 * torch.randn(32, 4, generator=data)
             opt.zero_grad()
@@ -471,22 +472,32 @@ def test_the_default_is_the_anchored_lr_free_mode_then_soaps_step_on_the_input_s
         return model, opt
 
     default, opt = run()
-    assert opt.soap_switch == SoapSwitch() == SoapSwitch(sides="columns", block=64)
-    assert opt.rule.config.lr_free == UpdateRule.from_pretrained(PRETRAINED_DIR / "lrfree_anchor").config.lr_free
-    assert 0 < opt.soap_switched_at < 300 and not opt.soap_declined_at
-    explicit, _ = run(rule="lrfree_anchor", soap_switch=SoapSwitch(sides="columns", block=64))
+    assert opt.soap_switch == SoapSwitch(window=150) == SoapSwitch(sides="columns", block=64, window=150)
+    anchor_mode = UpdateRule.from_pretrained(PRETRAINED_DIR / "lrfree_anchor").config.lr_free
+    assert opt.rule.config.lr_free == {**anchor_mode, "d0": 1e-4} and opt.d0 == 1e-4
+    assert 150 < opt.soap_switched_at < 400 and not opt.soap_declined_at
+    explicit, _ = run(rule="lrfree_anchor", d0=1e-4, soap_switch=SoapSwitch(sides="columns", block=64, window=150))
     off, off_opt = run(soap_switch=False)
-    anchor, _ = run(rule="lrfree_anchor")
+    anchor, _ = run(rule="lrfree_anchor", d0=1e-4)
     assert off_opt.soap_switch is None
     for a, b, c, d in zip(default.parameters(), explicit.parameters(), off.parameters(), anchor.parameters()):
         assert torch.equal(a, b) and torch.equal(c, d)
     assert not all(torch.equal(a, c) for a, c in zip(default.parameters(), off.parameters()))
-    make_default.main(["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
-                       "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
-                       "--plateau-block", "500", "--plateau-boost", "1", "--plateau-anchor",
-                       "--soap-switch", "sides=columns", "block=64", "--out", str(tmp_path / "soap")])
-    written, shipped = (json.loads((d / "config.json").read_text()) for d in (tmp_path / "soap", PRETRAINED_DIR / "lrfree_soap"))
-    assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
+    old, old_opt = run(rule="lrfree_soap")
+    old_explicit, _ = run(rule="lrfree_anchor", soap_switch=SoapSwitch())
+    assert old_opt.d0 == 1e-6 and old_opt.soap_switch == SoapSwitch() and old_opt.soap_switched_at > 0
+    assert all(torch.equal(a, b) for a, b in zip(old.parameters(), old_explicit.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(old.parameters(), default.parameters()))
+    mode = ["--lr-free-from", str(PRETRAINED_DIR / "adam"), "--estimate-every", "10", "--per-tensor", "0.7",
+            "--estimate-stride", "3", "--shared-sums", "--settled-growth-rate", "1.02",
+            "--plateau-block", "500", "--plateau-boost", "1", "--plateau-anchor"]
+    make_default.main([*mode, "--soap-switch", "sides=columns", "block=64", "--out", str(tmp_path / "soap")])
+    make_default.main([*mode, "--d0", "1e-4", "--soap-switch", "sides=columns", "block=64", "window=150",
+                       "--out", str(tmp_path / "soap_1e4")])
+    for written_dir, shipped_dir in (("soap", "lrfree_soap"), ("soap_1e4", "lrfree_soap_1e4")):
+        written, shipped = (json.loads((d / "config.json").read_text())
+                            for d in (tmp_path / written_dir, PRETRAINED_DIR / shipped_dir))
+        assert {**written, "metaopt_version": None} == {**shipped, "metaopt_version": None}
 
 
 def test_settling_on_the_peak_switches_once_the_largest_estimate_has_held_at_scale_times_it_and_resumes() -> None:

@@ -9,8 +9,9 @@ unused (a starting point with the right architecture).
 ``pretrained/adam`` with ``--estimate-every 10 --per-tensor 0.7 --schedule-free``, ``pretrained/lrfree_boost1``,
 what ``GMNOptimizer(model)`` ran in 0.10, that with ``--estimate-every 10 --per-tensor 0.7 --estimate-stride 3
 --shared-sums --settled-growth-rate 1.02 --plateau-block 500 --plateau-boost 1``, and ``pretrained/lrfree_anchor``,
-what it ran in 0.11-0.15, that with ``--plateau-anchor``, and ``pretrained/lrfree_soap``, what it runs since 0.16, that
-with ``--soap-switch sides=columns block=64``; the retired defaults of 0.5-0.9, `rules.RETIRED_RULES`,
+what it ran in 0.11-0.15, that with ``--plateau-anchor``, ``pretrained/lrfree_soap``, what it ran in 0.16, that
+with ``--soap-switch sides=columns block=64``, and ``pretrained/lrfree_soap_1e4``, what it runs since 0.17, that with
+``--d0 1e-4`` and the switch's ``window=150``; the retired defaults of 0.5-0.9, `rules.RETIRED_RULES`,
 are made the same way into docs/figures/optim/retired_rules/): the rule in DIR
 (its weights untouched) recording the lr-free mode it was tuned in (`RuleConfig.lr_free`), e.g.::
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--estimate-stride", type=int, help="with --lr-free-from: its mode's estimate_stride")
     ap.add_argument("--per-tensor", type=float, help="with --lr-free-from: its mode's per_tensor")
     ap.add_argument("--settled-growth-rate", type=float, help="with --lr-free-from: its mode's settled_growth_rate")
+    ap.add_argument("--d0", type=float, help="with --lr-free-from: its mode's d0 (the estimate before the first step)")
     ap.add_argument("--plateau-block", type=int, help="with --lr-free-from: its mode's plateau_block")
     ap.add_argument("--plateau-boost", type=int, nargs="?", const=True, default=None, metavar="N",
                     help="with --lr-free-from and --plateau-block: its plateau decay also boosts (at most N doublings; "
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.lr_free_from is not None:
         options = {k: v for k, v in (("estimate_every", args.estimate_every), ("estimate_stride", args.estimate_stride),
                                      ("per_tensor", args.per_tensor), ("settled_growth_rate", args.settled_growth_rate),
-                                     ("plateau_block", args.plateau_block), ("plateau_boost", args.plateau_boost))
+                                     ("d0", args.d0), ("plateau_block", args.plateau_block),
+                                     ("plateau_boost", args.plateau_boost))
                    if v is not None}
         options.update({k: True for k, on in (("schedule_free", args.schedule_free), ("plateau_anchor", args.plateau_anchor),
                                               ("shared_sums", args.shared_sums)) if on})

@@ -104,14 +104,15 @@ SPIKE_STEPS = 3
 SPIKE_MAX_LEVEL = 10
 
 
-# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_soap", since 0.16):
-# 0.11's "lrfree_anchor" (Prodigy's estimate every 10th step in 2.4-2.7x the parameters of large models, its growth
-# capped once it has settled, the step halved on plateaus of the gradient norm over blocks of 500 steps and doubled,
+# GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_soap_1e4", since 0.17):
+# 0.11's "lrfree_anchor" (Prodigy's estimate every 10th step in 2.4-2.7x the parameters of large models, here from d0
+# 1e-4, its growth capped once it has settled, the step halved on plateaus of the gradient norm over blocks of 500 steps and doubled,
 # once, where a classifier's gradient keeps falling deep in the fit, to twice the step at the grant) until the
-# estimate has settled, then SOAP's step on each matrix's input side in blocks of 64 at half the settled step (the
-# soap switch it records). With an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What
-# GMNOptimizer(model) runs (0.16)".
-SHIPPED_LR_FREE = "lrfree_soap"
+# estimate has held still for 150 steps, then SOAP's step on each matrix's input side in blocks of 64 at half the
+# settled step (the soap switch it records). 0.16's "lrfree_soap" started the estimate at 1e-6 and switched after 100
+# steps held. With an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model)
+# runs (0.17)".
+SHIPPED_LR_FREE = "lrfree_soap_1e4"
 SHIPPED_FIXED_LR = "default"
 # The lr-free estimate's options where neither the call nor the rule's mode sets them (plain Prodigy, d0 1e-6).
 ESTIMATE_DEFAULTS = dict(growth_rate=float("inf"), settled_growth_rate=float("inf"), estimate_stride=1, estimate_every=1,
@@ -134,7 +135,7 @@ def resolve_mode(rule: str | Path | UpdateRule | None, lr: float | None, lr_free
                  given: dict[str, Any]) -> tuple[UpdateRule, bool, dict[str, Any]]:
     """The rule, whether it runs lr-free, and the estimate's options, from `GMNOptimizer`'s arguments.
 
-    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_soap") unless an ``lr`` (or
+    No rule: the shipped lr-free default (`SHIPPED_LR_FREE`, "lrfree_soap_1e4") unless an ``lr`` (or
     ``lr_free=False``) asks for a fixed lr, then the shipped fixed-lr rule; an ``lr`` with ``lr_free=True``
     runs the lr-free default at that multiple of its step. ``lr_free=None``: the mode the rule records
     (`RuleConfig.lr_free`). The options (``given``, None = not passed): those passed, else the rule's recorded ones, else
@@ -180,17 +181,18 @@ class GMNOptimizer(torch.optim.Optimizer):
     list of tensors or param-group dicts (each tensor must belong to ``model``) for per-group
     ``lr`` / ``betas`` / ``eps`` / ``weight_decay``. Model parameters in no group are untouched.
 
-    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_soap"``
-    runs: the shipped lr-free mode (the step size is Prodigy's distance estimate, taken every 10th step,
+    Which rule, in which mode: with nothing passed (``rule=None``, ``lr=None``), ``rule="lrfree_soap_1e4"``
+    runs: the shipped lr-free mode (the step size is Prodigy's distance estimate from 1e-4, taken every 10th step,
     70% per tensor, the tensors' estimates reading the network's gradient sum, x_0 and the sum holding
     every 3rd entry of large tensors, each estimate growing by at most 1.02x per step once it has
     settled, the step halved where the gradient norm stops falling over a block of 500 steps and doubled,
     once, where it keeps falling fast deep in the fit, to twice the step at the doubling's grant) with no
     learned rule, so there is no lr to tune; ``lr`` then multiplies the estimated step (1). Once the estimate
-    has settled it switches to SOAP's step (the soap switch its mode records: ``SoapSwitch()``, each matrix's
-    input side rotated in blocks of 64; below). ``rule="lrfree_anchor"`` (the default of 0.11-0.15) is the same
-    mode without the switch; ``rule="lrfree_boost1"`` (the default of 0.10) doubles whatever the estimate grows
-    to after the grant.
+    has settled and held still for 150 steps it switches to SOAP's step (the soap switch its mode records:
+    ``SoapSwitch(window=150)``, each matrix's input side rotated in blocks of 64; below). ``rule="lrfree_soap"`` (the
+    default of 0.16) starts the estimate at 1e-6 and switches after 100 steps held. ``rule="lrfree_anchor"`` (the
+    default of 0.11-0.15) is 0.16's mode without the switch; ``rule="lrfree_boost1"`` (the default of 0.10) doubles
+    whatever the estimate grows to after the grant.
     The defaults of 0.5-0.9 were removed as rule names in 0.12 (`rules.RETIRED_RULES` holds the options that
     run each, bit for bit; naming one raises a ValueError that gives the call). The lr-free GMN rule
     ``rule="lrfree"`` (the default of 0.4) runs in 0.5's mode (``estimate_every=10, per_tensor=0.7``; state
@@ -206,9 +208,9 @@ class GMNOptimizer(torch.optim.Optimizer):
     groups, so ``state_dict`` carries it); without it such a rule runs in its horizon-unknown mode.
     State: Adam's two moments plus the lr scale, 3x the parameters at a fixed lr (6x in the lr-free GMN
     rule's mode: the estimate's start point and two gradient sums on top). An identity rule
-    (``rule="adam"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``, ``"lrfree_soap"``, ``"lrfree_sf"``) keeps no scale: 2x, as torch Adam, and 1x less in
-    every mode; ``GMNOptimizer(model)`` keeps 2x + 2x the sampled entries (4x where every tensor is under
-    3,072 entries, 2.4-2.7x on large models) until its switch, then 2x + each matrix's input-side statistics and
+    (``rule="adam"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``, ``"lrfree_soap"``, ``"lrfree_soap_1e4"``,
+    ``"lrfree_sf"``) keeps no scale: 2x, as torch Adam, and 1x less in every mode; ``GMNOptimizer(model)`` keeps 2x
+    + 2x the sampled entries (4x where every tensor is under 3,072 entries, 2.4-2.7x on large models) until its switch, then 2x + each matrix's input-side statistics and
     bases (``2 * 64 * in`` numbers a matrix of ``out x in``: 2.1x on a 1581 x 1581 layer).
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the

@@ -400,7 +400,7 @@ class UpdateRule(nn.Module):
     def default(cls) -> "UpdateRule":
         """The rule shipped in ``metaopt/optim/pretrained/default``: the GMN lr-scale rule
         meta-trained at a fixed lr by ``outer_train`` (command, budget and evaluation in docs/optim.md),
-        which ``GMNOptimizer(model, lr=...)`` runs; ``GMNOptimizer(model)`` runs ``rule="lrfree_soap"``.
+        which ``GMNOptimizer(model, lr=...)`` runs; ``GMNOptimizer(model)`` runs ``rule="lrfree_soap_1e4"``.
         ``rule="adam"`` is the untrained rule (alpha = 0), i.e. exactly Adam."""
         return cls.from_pretrained(DEFAULT_RULE_DIR)
 
@@ -473,7 +473,7 @@ def _refuse_retired(name: str) -> None:
 
 
 def resolve_rule(rule: "str | Path | UpdateRule | None") -> UpdateRule:
-    """``"default"`` or another shipped name (`shipped_rules`: ``"lrfree_soap"``, ``"adam"``, ...) -> that
+    """``"default"`` or another shipped name (`shipped_rules`: ``"lrfree_soap_1e4"``, ``"adam"``, ...) -> that
     rule; a path -> `UpdateRule.from_pretrained`; a rule -> itself (None -> ``"default"``; `GMNOptimizer`
     picks the shipped rule for its mode itself)."""
     if isinstance(rule, UpdateRule):
