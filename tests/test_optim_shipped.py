@@ -65,24 +65,26 @@ PLATEAU_MODE = {**SETTLED_MODE, "plateau_block": 500}  # GMNOptimizer(model)'s i
 BOOST_MODE = {**PLATEAU_MODE, "plateau_boost": True}  # ... in 0.9 (at most core.PLATEAU_BOOST_MAX = 2 doublings)
 BOOST1_MODE = {**PLATEAU_MODE, "plateau_boost": 1}  # ... in 0.10 (one doubling)
 ANCHOR_MODE = {**BOOST1_MODE, "plateau_anchor": True}  # ... since 0.11 (the doubling of the step at its grant)
+DEFAULT_MODE = {**ANCHOR_MODE, "d0": 1e-4}  # ... since 0.17 (the estimate from 1e-4; its switch after 150 steps held)
 
 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
-    """GMNOptimizer(model): rule="lrfree_anchor" (no learned rule, no refresh), lr-free with the options it
-    records, the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
+    """GMNOptimizer(model): rule="lrfree_soap_1e4" (no learned rule, no refresh), lr-free with the options it
+    records (lrfree_anchor's from d0=1e-4), the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
     tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
-    assert opt.rule.config.lr_free == (ANCHOR_MODE if rule is None else SHIPPED_MODE)
+    assert opt.rule.config.lr_free == (DEFAULT_MODE if rule is None else SHIPPED_MODE)
+    assert opt.d0 == (1e-4 if rule is None else core.D0)
     assert opt.plateau_block == (500 if rule is None else 0) and opt.plateau_boost == (1 if rule is None else 0)
     assert opt.plateau_anchor == (rule is None)
     assert opt.rule.is_identity == (rule is None) and opt.rule.config.kind == ("none" if rule is None else "gmn")
     assert opt.lr_free and opt.param_groups[0]["lr"] == 1.0
     assert (opt.estimate_every, opt.estimate_stride, opt.per_tensor) == (10, 3 if rule is None else 1, 0.7)
     assert opt.shared_sums == (rule is None) and opt.settled_growth_rate == (1.02 if rule is None else math.inf)
-    assert opt.distance > 100 * core.D0 and opt.rule_fallbacks == 0 and opt.rule_refreshes == (rule is not None)
+    assert opt.distance > 10 * opt.d0 and opt.rule_fallbacks == 0 and opt.rule_refreshes == (rule is not None)
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -111,15 +113,15 @@ def test_an_lr_picks_the_fixed_lr_rule_and_explicit_choices_win():
 
 
 def test_an_lr_with_lr_free_scales_the_default_step():
-    """GMNOptimizer(model, lr=0.25, lr_free=True): the lr-free default (rule="lrfree_anchor", its mode) with the lr a
+    """GMNOptimizer(model, lr=0.25, lr_free=True): the lr-free default (rule="lrfree_soap_1e4", its mode) with the lr a
     multiplier of the estimated step, bit for bit the named rule at that lr; without lr_free=True an lr still
     picks the fixed-lr GMN rule."""
     opts = []
     scaled, losses = _train(lambda m: opts.append(GMNOptimizer(m, lr=0.25, lr_free=True)) or opts[-1], steps=40)
-    named, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_anchor", lr=0.25), steps=40)
+    named, _ = _train(lambda m: GMNOptimizer(m, rule="lrfree_soap_1e4", lr=0.25), steps=40)
     full, _ = _train(GMNOptimizer, steps=40)
     opt = opts[0]
-    assert opt.lr_free and opt.rule.is_identity and opt.rule.config.lr_free == ANCHOR_MODE
+    assert opt.lr_free and opt.rule.is_identity and opt.rule.config.lr_free == DEFAULT_MODE
     assert opt.param_groups[0]["lr"] == 0.25 and losses[-1] < losses[0]
     assert all(torch.equal(a, b) for a, b in zip(scaled.parameters(), named.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(scaled.parameters(), full.parameters()))
@@ -228,7 +230,7 @@ def test_a_retired_name_is_refused_with_the_call_that_runs_it(name, tmp_path):
     opts = []
     stored, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=RETIRED_DIR / name)) or opts[-1], steps=60)
     called, _ = _train(lambda m: eval(retired.call(), {"GMNOptimizer": GMNOptimizer, "model": m}), steps=60)
-    default, _ = _train(GMNOptimizer, steps=60)
+    default, _ = _train(lambda m: GMNOptimizer(m, d0=1e-6), steps=60)  # the estimate's start of 0.5-0.16
     assert opts[0].rule.is_identity and opts[0].rule_refreshes == 0 and losses[-1] < losses[0]
     assert all(torch.equal(a, b) for a, b in zip(stored.parameters(), called.parameters()))
     if as_default:

@@ -513,7 +513,7 @@ def test_settling_on_the_peak_switches_once_the_largest_estimate_has_held_at_sca
     def start(settle_on: str) -> tuple[nn.Module, GMNOptimizer]:
         model = nn.Linear(10, 12, bias=False)  # its weight is W
         nn.init.zeros_(model.weight)
-        return model, GMNOptimizer(model, example_inputs=torch.zeros(1, 10),
+        return model, GMNOptimizer(model, example_inputs=torch.zeros(1, 10), d0=1e-6,  # 0.16's start
                                    soap_switch=SoapSwitch(decline_below=0.0, settle_on=settle_on))
 
     def run(model: nn.Module, opt: GMNOptimizer, steps: range) -> dict[int, tuple[int, float, float, torch.Tensor]]:
@@ -564,7 +564,7 @@ def test_following_the_estimate_after_the_switch_lets_a_switch_made_in_a_plateau
     def start(follow: bool) -> tuple[nn.Module, GMNOptimizer]:
         model = nn.Linear(10, 12, bias=False)
         nn.init.zeros_(model.weight)
-        return model, GMNOptimizer(model, example_inputs=torch.zeros(1, 10),
+        return model, GMNOptimizer(model, example_inputs=torch.zeros(1, 10), d0=1e-6,  # 0.16's start
                                    soap_switch=SoapSwitch(window=20, decline_below=0.0, follow=follow))
 
     def run(model: nn.Module, opt: GMNOptimizer, steps: range) -> dict[int, tuple[float, float, torch.Tensor]]:
