@@ -62,3 +62,24 @@ def test_a_soap_variant_takes_tuple_values() -> None:
         "block=64", "betas=(0.95,0.999)", "sides=columns"]
     label, switch = evaluate.parse_soap_variant("b999:block=64,betas=(0.95,0.999),sides=columns", pytest.fail)
     assert label == "b999" and switch == SoapSwitch(block=64, betas=(0.95, 0.999), sides="columns")
+
+
+def test_soap_variants_only_runs_the_variants_and_reuses_the_row_they_vary(tmp_path: Path) -> None:
+    """--soap-variants-only: a screen of switch variants runs them alone (not the +lrfree row they vary), and takes
+    that row from an earlier run with --reuse; without --soap-variant it is refused."""
+    threads = torch.get_num_threads()
+    common = ["--tasks", "mlp_digits_deep", "--seeds", "0", "--steps", "300", "--grid-points", "2", "--threads", "1",
+              "--baselines", "adam", "--lr-free", "--variants-only", "--no-best"]
+    evaluate.main([*common, "--rule", "base=lrfree_anchor", "--out", str(tmp_path / "base")])
+    evaluate.main([*common, "--rule", "fo=lrfree_anchor", "--soap-variant", "w50:window=50", "--soap-variants-only",
+                   "--reuse", str(tmp_path / "base" / "results.json"), "--out", str(tmp_path / "screen")])
+    torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "screen" / "results.json").read_text())
+    assert out["rules"] == ["base=lrfree_anchor+lrfree (lr_free)",  # reused, then the one row run here
+                            "fo=lrfree_anchor+lrfree (lr_free)+w50 (soap_switch window=50)"]
+    res = out["entries"][0]["results"]
+    assert set(res) == {"adam", "base+lrfree", "fo+lrfree+w50"}
+    assert res["fo+lrfree+w50"]["curve"][0] == res["base+lrfree"]["curve"][0]
+    assert res["fo+lrfree+w50"]["curve"][-1] != res["base+lrfree"]["curve"][-1]  # switched after 50 steps held
+    with pytest.raises(SystemExit):
+        evaluate.main([*common, "--soap-variants-only", "--out", str(tmp_path / "x")])

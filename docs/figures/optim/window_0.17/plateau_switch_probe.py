@@ -1,6 +1,6 @@
 """Why the search from d0=1e-4 lost the held-out shapes CNN (seeds 108 and 110 of the d0 sitting, which never reached
 tuned Adam's loss there): per run, the estimate d every 40 steps, the step the soap switch came after, SOAP's lr, the
-loss along the way and at the end, for 0.16's GMNOptimizer(model), d0=1e-4, d0=1e-4 with SoapSwitch(follow=True) and
+loss along the way and at the end, for 0.16's GMNOptimizer(model) (rule="lrfree_soap"), d0=1e-4, d0=1e-4 with SoapSwitch(follow=True) and
 d0=1e-4 with SoapSwitch(window=150). Steps only, one thread. Writes plateau_switch_probe.json / .md beside this file.
 
     python docs/figures/optim/window_0.17/plateau_switch_probe.py
@@ -34,8 +34,9 @@ for spec in held_out_suite(seeds, STEPS):
         box, trace = {}, []
 
         def make(model, options=options, switch=switch, box=box, trace=trace):
-            # SoapSwitch()'s fields are the switch GMNOptimizer(model) records (lrfree_soap's config.json)
-            opt = box["opt"] = GMNOptimizer(model, soap_switch=dataclasses.replace(SoapSwitch(), **switch), **options)
+            # 0.16's mode (rule="lrfree_soap", d0 1e-6, SoapSwitch() its recorded switch), with the changes of the row
+            opt = box["opt"] = GMNOptimizer(model, rule="lrfree_soap", d0=options.get("d0", 1e-6),
+                                            soap_switch=dataclasses.replace(SoapSwitch(), **switch))
 
             def watch(opt, args, kwargs):
                 steps = int(opt.state[STEPS_TAKEN])
@@ -52,7 +53,7 @@ for spec in held_out_suite(seeds, STEPS):
 
 name = "plateau_switch_probe"
 (HERE / f"{name}.json").write_text(json.dumps({"seeds": seeds, "steps": STEPS, "rows": rows}, indent=1) + "\n")
-lines = [f"Held-out `{TASK}`, seeds {', '.join(map(str, seeds))}, {STEPS} steps (`python {Path(__file__).as_posix()}`): "
+lines = [f"Held-out `{TASK}`, seeds {', '.join(map(str, seeds))}, {STEPS} steps (`python {Path(__file__).relative_to(Path.cwd()).as_posix()}`): "
          "the step the switch came after, SOAP's lr, the loss at steps " + ", ".join(map(str, LOSS_AT))
          + ", and d at steps 1, 81, 161, ... (every 80th).", "",
          "| task | run | switched after | SOAP's lr | loss | d |", "|---|---|---:|---:|---|---|"]
