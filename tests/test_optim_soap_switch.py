@@ -7,6 +7,7 @@ import dataclasses
 import json
 import io
 import math
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -88,6 +89,21 @@ def _rotated_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return q @ torch.diag(torch.logspace(0, -1.5, n)) @ q.T
     a, b = rotated(12), rotated(10)
     return a, b, a @ torch.randn(12, 10, generator=g) @ b
+
+
+def _paused_fit(model: nn.Module, opt: GMNOptimizer, problem: tuple[torch.Tensor, ...], steps: range, pause: range,
+                record: Callable[[], Any]) -> dict[int, Any]:
+    """Steps on `_rotated_problem`'s fit of ``model.weight`` with zero gradients on the steps in ``pause`` (the
+    estimate holds still there, as in a plateau); ``record()`` after each step, by step."""
+    a, b, c = problem
+    seen = {}
+    for t in steps:
+        loss = (0.0 if t in pause else 1.0) * (a @ model.weight @ b - c).square().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen[t] = record()
+    return seen
 
 
 def test_the_switch_speeds_up_a_fit_whose_curvature_is_rotated() -> None:
@@ -517,14 +533,8 @@ def test_settling_on_the_peak_switches_once_the_largest_estimate_has_held_at_sca
                                    soap_switch=SoapSwitch(decline_below=0.0, settle_on=settle_on))
 
     def run(model: nn.Module, opt: GMNOptimizer, steps: range) -> dict[int, tuple[int, float, float, torch.Tensor]]:
-        seen = {}
-        for t in steps:
-            loss = (0.0 if 12 <= t <= 40 else 1.0) * (a @ model.weight @ b - c).square().sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            seen[t] = (opt.soap_switched_at, opt.distance, float(opt.state[DISTANCE_PEAK]), model.weight.detach().clone())
-        return seen
+        return _paused_fit(model, opt, (a, b, c), steps, range(12, 41), lambda: (
+            opt.soap_switched_at, opt.distance, float(opt.state[DISTANCE_PEAK]), model.weight.detach().clone()))
     (peak_net, peak), (d_net, on_d) = start("peak"), start("d")
     by_peak, by_d = run(peak_net, peak, range(1, 801)), run(d_net, on_d, range(1, 801))
     first = peak.soap_switched_at
@@ -568,14 +578,8 @@ def test_following_the_estimate_after_the_switch_lets_a_switch_made_in_a_plateau
                                    soap_switch=SoapSwitch(window=20, decline_below=0.0, follow=follow))
 
     def run(model: nn.Module, opt: GMNOptimizer, steps: range) -> dict[int, tuple[float, float, torch.Tensor]]:
-        seen = {}
-        for t in steps:
-            loss = (0.0 if 12 <= t <= 80 else 1.0) * (a @ model.weight @ b - c).square().sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            seen[t] = (float(opt.state[DISTANCE]), float(opt.state[SOAP_LR]), model.weight.detach().clone())
-        return seen
+        return _paused_fit(model, opt, (a, b, c), steps, range(12, 81), lambda: (
+            float(opt.state[DISTANCE]), float(opt.state[SOAP_LR]), model.weight.detach().clone()))
     (frozen_net, frozen), (follow_net, follows) = start(False), start(True)
     by_frozen, by_follow = run(frozen_net, frozen, range(1, 601)), run(follow_net, follows, range(1, 601))
     switch = follows.soap_switched_at
