@@ -94,7 +94,8 @@ def test_off_unless_asked_or_recorded_and_at_zero() -> None:
     assert GMNOptimizer(_normed(), rule="adam", lr_free=True).plateau_block == 0
     assert GMNOptimizer(_normed(), **RETIRED_RULES["lrfree_settled"].kwargs()).plateau_block == 0
     a, b = _normed(), _normed()
-    opt_a, opt_b = GMNOptimizer(a, **RETIRED_RULES["lrfree_settled"].kwargs()), GMNOptimizer(b, plateau_block=0, d0=1e-6)
+    opt_a = GMNOptimizer(a, **RETIRED_RULES["lrfree_settled"].kwargs())
+    opt_b = GMNOptimizer(b, plateau_block=0, d0=1e-6)
     _train(a, opt_a, 40), _train(b, opt_b, 40)
     assert opt_b.plateau_block == 0 and opt_a.plateau_cuts == 0 == opt_b.plateau_cuts
     for pa, pb in zip(a.parameters(), b.parameters()):

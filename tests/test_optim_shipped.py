@@ -32,8 +32,8 @@ def _train(opt_fn, steps=5):
 
 
 def test_named_rules_are_listed():
-    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_boost1", "lrfree_anchor", "lrfree_soap", "lrfree_soap_1e4",
-                                   "lrfree_sf", "adam", "mlp"}
+    assert set(shipped_rules()) == {"default", "lrfree", "lrfree_boost1", "lrfree_anchor", "lrfree_soap",
+                                   "lrfree_soap_1e4", "lrfree_sf", "adam", "mlp"}
     assert UpdateRule.from_pretrained(PRETRAINED_DIR / "mlp").config.kind == "mlp"
 
 
@@ -71,8 +71,8 @@ DEFAULT_MODE = {**ANCHOR_MODE, "d0": 1e-4}  # ... since 0.17 (the estimate from 
 @pytest.mark.parametrize("rule", [None, "lrfree"])
 def test_nothing_passed_runs_the_lr_free_base_and_the_gmn_rule_runs_in_the_same_mode(rule):
     """GMNOptimizer(model): rule="lrfree_soap_1e4" (no learned rule, no refresh), lr-free with the options it
-    records (lrfree_anchor's from d0=1e-4), the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode (every entry, a sum per
-    tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
+    records (lrfree_anchor's from d0=1e-4), the lr a multiplier of 1; rule="lrfree" (the GMN rule) in 0.5's mode
+    (every entry, a sum per tensor), refreshed on step 1; the loss goes down and the estimate grows from d0."""
     opts = []
     _, losses = _train(lambda m: opts.append(GMNOptimizer(m, rule=rule)) or opts[-1], steps=60)
     opt = opts[0]
