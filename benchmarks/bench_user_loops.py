@@ -211,6 +211,8 @@ VARIANTS: dict[str, tuple[str, Callable[[nn.Module], torch.optim.Optimizer]]] = 
     "quarter": ("GMNOptimizer(model, lr=0.25, lr_free=True)", lambda m: GMNOptimizer(m, lr=0.25, lr_free=True)),
     "anchor": ("GMNOptimizer(model, rule=\"lrfree_anchor\")",  # GMNOptimizer(model) of 0.11-0.15: no soap switch
                lambda m: GMNOptimizer(m, rule="lrfree_anchor")),
+    "lrfree_soap": ("GMNOptimizer(model, rule=\"lrfree_soap\")",  # GMNOptimizer(model) of 0.16: the estimate from
+                    lambda m: GMNOptimizer(m, rule="lrfree_soap")),  # 1e-6, the switch after 100 steps held
     "soap_switch": ("GMNOptimizer(model, soap_switch=True)", lambda m: GMNOptimizer(m, soap_switch=True)),
     "soap_switch_whole": ("GMNOptimizer(model, soap_switch=SoapSwitch(sides=\"both\", block=None))",  # 0.13-0.14's
                           lambda m: GMNOptimizer(m, soap_switch=SoapSwitch(sides="both", block=None))),

@@ -244,6 +244,9 @@ def test_the_plateau_decay_scales_soaps_step_after_the_switch() -> None:
     ({"soap_switch": SoapSwitch(spike_cut=1.0)}, "spike_cut"), ({"soap_switch": SoapSwitch(spike_cut=True)}, "spike_cut"),
     ({"soap_switch": SoapSwitch(settle_on="d_max")}, "settle_on"),
     ({"soap_switch": SoapSwitch(follow=1)}, "follow"),
+    ({"soap_switch": SoapSwitch(follow_climb=1.0)}, "follow_climb"),
+    ({"soap_switch": SoapSwitch(follow_climb=True)}, "follow_climb"),
+    ({"soap_switch": SoapSwitch(follow=True, follow_climb=6.0)}, "set one of them"),
 ])
 def test_the_switch_refuses_what_it_cannot_run(kwargs: dict, match: str) -> None:
     kwargs = {"soap_switch": True, **kwargs}
@@ -611,3 +614,48 @@ def test_following_the_estimate_after_the_switch_lets_a_switch_made_in_a_plateau
         assert other.state[SOAP_FOLLOWS] == 0 and "start" not in other.state_dict()["state"][0]
         run(other_model, other, range(1, 51))
         assert float(other.state[SOAP_LR]) == lr
+
+
+def test_following_after_a_climb_keeps_the_frozen_lr_until_the_estimate_has_climbed_k_fold_then_follows_it() -> None:
+    """The plateau fit of the follow test, with follow_climb=k: the estimate runs on after the switch, SOAP's lr stays
+    at its value at the switch (the runs equal the frozen one step for step) until half of d first reaches k x it
+    (opt.soap_climbed_at), and is half of d on every step from then on. A k the estimate never reaches is the frozen
+    run to the end, bit for bit. A state saved while waiting resumes bit for bit, climb included."""
+    from metaopt.optim.optimizer import DISTANCE, SOAP_FOLLOWS, SOAP_LR
+    a, b, c = _rotated_problem()
+
+    def start(**switch) -> tuple[nn.Module, GMNOptimizer]:
+        model = nn.Linear(10, 12, bias=False)
+        nn.init.zeros_(model.weight)
+        return model, GMNOptimizer(model, example_inputs=torch.zeros(1, 10), d0=1e-6,  # 0.16's start
+                                   soap_switch=SoapSwitch(window=20, decline_below=0.0, **switch))
+
+    def run(model: nn.Module, opt: GMNOptimizer, steps: range) -> dict[int, tuple[float, float, torch.Tensor, int]]:
+        return _paused_fit(model, opt, (a, b, c), steps, range(12, 81), lambda: (
+            float(opt.state[DISTANCE]), float(opt.state[SOAP_LR]), model.weight.detach().clone(), opt.soap_climbed_at))
+    runs = {k: start(**kw) for k, kw in (("frozen", {}), ("climb", {"follow_climb": 8.0}),
+                                         ("never", {"follow_climb": 1e12}))}
+    by = {k: run(net, opt, range(1, 601)) for k, (net, opt) in runs.items()}
+    switch, climbed = runs["climb"][1].soap_switched_at, runs["climb"][1].soap_climbed_at
+    assert 40 <= switch <= 60 and runs["frozen"][1].soap_switched_at == switch
+    lr_at_switch = by["frozen"][switch][1]
+    assert switch + 10 < climbed < 500, climbed
+    assert all(torch.equal(by["climb"][t][2], by["frozen"][t][2]) for t in range(1, climbed))  # lr moves in climbed
+    assert all(by["climb"][t][1] == lr_at_switch and by["climb"][t][3] == 0 for t in range(switch, climbed))
+    assert 0.5 * by["climb"][climbed - 1][0] < 8 * lr_at_switch <= 0.5 * by["climb"][climbed][0]
+    assert all(lr == 0.5 * d for d, lr, _, _ in list(by["climb"].values())[climbed - 1:])
+    assert by["climb"][600][1] > 100 * lr_at_switch
+    fit = [float((a @ net.weight.detach() @ b - c).square().sum()) for net, _ in runs.values()]
+    assert fit[1] < fit[0] / 10, fit
+    assert all(torch.equal(by["never"][t][2], by["frozen"][t][2]) for t in range(1, 601))
+    assert runs["never"][1].soap_climbed_at == 0 and runs["never"][1].state[SOAP_FOLLOWS] == 2
+
+    model, opt = start(follow_climb=8.0)
+    run(model, opt, range(1, switch + 11))
+    state = copy.deepcopy(opt.state_dict())
+    twin_model, twin = start(follow_climb=8.0)
+    twin_model.load_state_dict(model.state_dict())
+    twin.load_state_dict(state)
+    assert twin.state[SOAP_FOLLOWS] == 2
+    run(model, opt, range(switch + 11, 401)), run(twin_model, twin, range(switch + 11, 401))
+    assert torch.equal(model.weight, twin_model.weight) and twin.soap_climbed_at == opt.soap_climbed_at == climbed

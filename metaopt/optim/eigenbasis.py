@@ -300,6 +300,8 @@ def _estimated_order(stat: Tensor, basis: Tensor) -> Tensor:
 
 
 SWITCH_CHECK_EVERY = 10  # GMNOptimizer's soap_switch looks at the estimate's history every this many steps
+# after the switch (GMNOptimizer's soap_follows): SOAP's lr follows the estimate run on; it runs on and the lr waits
+FOLLOWS, WAITS_FOR_CLIMB = 1, 2
 # SoapSwitch.spike_cut: the gradient's log squared norm is averaged over ~5 steps (SPIKE_SHORT_BETA) and ~50 steps
 # (SPIKE_LONG_BETA) after the switch; a short average above the long one by log(spike_cut), from SPIKE_HOLD steps after
 # the switch on (SOAP's first steps in fresh moments move the norm), halves SOAP's step (SPIKE_FACTOR) for good. A
@@ -361,7 +363,12 @@ class SoapSwitch:
     left its plateau, where the estimate run on climbed to 0.04-0.1 and fit it; on the dev suite it also climbs under
     SOAP's step on the shapes MLP, whose fit ends 40x higher, so it is not the default (docs/optim.md, "The plateau
     switch"). It keeps the estimate's x_0 and gradient sum after the switch (freed otherwise). False (0.16, 0.17):
-    frozen."""
+    frozen.
+    ``follow_climb`` k: the estimate runs on after the switch as with ``follow``, SOAP's lr stays frozen until the
+    estimate has reached k times its value at the switch, and follows it from then on (``opt.soap_climbed_at``). Run on
+    after a switch, the estimate climbed 12-64x where the switch came in a plateau (the shapes CNNs that never left
+    it) and at most 3.2x elsewhere (the shapes MLPs; 1x on most tasks): docs/optim.md, "The plateau switch". None:
+    as ``follow`` says."""
 
     scale: float = 0.5
     window: int = 100
@@ -376,6 +383,7 @@ class SoapSwitch:
     spike_cut: float | None = None
     settle_on: str = "d"
     follow: bool = False
+    follow_climb: float | None = None
 
     @classmethod
     def from_dict(cls, fields: dict) -> "SoapSwitch":
@@ -436,8 +444,21 @@ class SoapSwitch:
         if not isinstance(self.follow, bool):
             raise ValueError(f"GMNOptimizer: soap_switch's follow is True (SOAP's lr follows the estimate, run on after "
                              f"the switch) or False (frozen at the switch), got {self.follow!r}")
+        climb = self.follow_climb
+        if climb is not None and (isinstance(climb, bool) or not isinstance(climb, (int, float)) or not climb > 1):
+            raise ValueError(f"GMNOptimizer: soap_switch's follow_climb is how many times its value at the switch the "
+                             f"estimate run on has to reach before SOAP's lr follows it, a number > 1, or None, "
+                             f"got {climb!r}")
+        if climb is not None and self.follow:
+            raise ValueError("GMNOptimizer: soap_switch's follow=True follows the estimate from the switch on and "
+                             "follow_climb from a climb: set one of them")
         self.hyper(1.0, 0.0, 0.0).check("GMNOptimizer: soap_switch")
         return self
+
+    def follows_from_switch(self) -> int:
+        """What the estimate does after the switch: `FOLLOWS` (``follow``), `WAITS_FOR_CLIMB` (``follow_climb``),
+        0: frozen."""
+        return FOLLOWS if self.follow else WAITS_FOR_CLIMB if self.follow_climb is not None else 0
 
     def second_beta(self, step: int) -> float:
         """The second beta of the run's step ``step`` (1, 2, ..., the lr-free steps before the switch counted):

@@ -70,9 +70,11 @@ SOAP_SPIKE_SCALE = "soap_spike_scale"  # soap_switch with spike_cut: what its cu
 SOAP_SPIKE_CUTS = "soap_spike_cuts"  # soap_switch with spike_cut: the cuts so far
 SOAP_NORM_SHORT = "soap_norm_short"  # soap_switch with spike_cut: the ~5-step average of the log squared gradient norm
 SOAP_NORM_LONG = "soap_norm_long"  # soap_switch with spike_cut: its ~50-step average (both NaN before their first sample)
-# soap_switch: 1 while SOAP's lr follows the estimate run on after the switch (SoapSwitch.follow; 0: frozen at the
-# switch, as a state saved without follow stays where it is loaded)
+# soap_switch: 1 while SOAP's lr follows the estimate run on after the switch (SoapSwitch.follow, or follow_climb once
+# the estimate has climbed); 2 while the estimate runs on and SOAP's lr waits for that climb (follow_climb); 0: frozen
+# at the switch, as a state saved without either stays where it is loaded
 SOAP_FOLLOWS = "soap_follows"
+SOAP_CLIMBED_AT = "soap_climbed_at"  # soap_switch.follow_climb: the step SOAP's lr began to follow (0: not yet)
 SOAP_DECLINED_AT = "soap_declined_at"  # soap_switch: the step at which it declined to switch, for good (0: it did not)
 SOAP_GRAD_PEAK = "soap_grad_peak"  # soap_switch: the largest squared gradient norm sampled (every 10th step) so far
 SOAP_GRAD_LAST = "soap_grad_last"  # soap_switch: the last one sampled
@@ -84,7 +86,7 @@ _COUNTERS = (SKIPPED_STEPS, RULE_FALLBACKS, STEPS_TAKEN, RULE_REFRESHES, NOWCAST
              SPIKE_STREAK, DISTANCE, DISTANCE_NUMERATOR, DISTANCE_LAST,
              DISTANCE_CAP, DISTANCE_PEAK, DISTANCE_SETTLED, AVERAGE_WEIGHT_SUM, AVERAGE_PEAK, *PLATEAU_KEYS,
              DISTANCE_MOVED_AT, PEAK_MOVED_AT, SOAP_SWITCHED_AT, SOAP_LR, SOAP_STEPS, SOAP_SECOND_WEIGHT, SOAP_SPIKE_CUTS,
-             SOAP_DECLINED_AT, SOAP_GRAD_PEAK, SOAP_GRAD_LAST, SOAP_FOLLOWS)
+             SOAP_DECLINED_AT, SOAP_GRAD_PEAK, SOAP_GRAD_LAST, SOAP_FOLLOWS, SOAP_CLIMBED_AT)
 _DISTANCE_SCALARS = (DISTANCE, DISTANCE_LAST, DISTANCE_PEAK)  # start at d0 (core.D0 by default), not 0
 # SoapSwitch.settle_on -> the estimate the switch waits on (its value, the step it last moved on)
 _SETTLE_ON = {"d": (DISTANCE, DISTANCE_MOVED_AT), "peak": (DISTANCE_PEAK, PEAK_MOVED_AT)}
@@ -745,10 +747,11 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[SOAP_SPIKE_SCALE], self.state[SOAP_SPIKE_CUTS] = 1.0, 0
         self.state[SOAP_NORM_SHORT] = self.state[SOAP_NORM_LONG] = math.nan
         self.state[SOAP_BASES] = {}
-        self.state[SOAP_FOLLOWS] = int(self.soap_switch.follow)
+        self.state[SOAP_FOLLOWS] = self.soap_switch.follows_from_switch()
+        self.state[SOAP_CLIMBED_AT] = 0
         buf["exp_avg"].zero_()
         buf["exp_avg_sq"].zero_()
-        if not self.soap_switch.follow:
+        if not self.state[SOAP_FOLLOWS]:
             self._drop_estimate_buffers()
 
     def _drop_estimate_buffers(self) -> None:
@@ -812,6 +815,12 @@ class GMNOptimizer(torch.optim.Optimizer):
     def soap_switched_at(self) -> int:
         """``soap_switch``: the step after which SOAP's step runs (0 while the lr-free step runs)."""
         return int(self.state[SOAP_SWITCHED_AT])
+
+    @property
+    def soap_climbed_at(self) -> int:
+        """``SoapSwitch.follow_climb``: the step on which the estimate run on after the switch had climbed
+        ``follow_climb``-fold and SOAP's lr began to follow it (0: it has not; a switch made in a plateau)."""
+        return int(self.state[SOAP_CLIMBED_AT])
 
     @property
     def soap_declined_at(self) -> int:
@@ -1029,8 +1038,9 @@ class GMNOptimizer(torch.optim.Optimizer):
         self.state[DISTANCE_PEAK], self.state[DISTANCE_SETTLED] = new.peak, int(new.settled)
 
     def _follow_estimate(self, entries: list[tuple[int, Tensor, Hyper]], grads: list[Tensor]) -> None:
-        """``SoapSwitch.follow``, after the switch: on the estimate's steps the network's ``d`` as before the switch
-        (the per-tensor estimates stay as they were: SOAP's step has one lr), and SOAP's lr ``scale`` x it."""
+        """``SoapSwitch.follow`` / ``follow_climb``, after the switch: on the estimate's steps the network's ``d`` as
+        before the switch (the per-tensor estimates stay as they were: SOAP's step has one lr), and SOAP's lr ``scale``
+        x it; with ``follow_climb`` only from the step it first reaches ``follow_climb`` x the lr it was frozen at."""
         step = int(self.state[STEPS_TAKEN])
         span = core.estimate_span(step, self.estimate_every, self.estimate_warmup)
         if not span:
@@ -1043,7 +1053,12 @@ class GMNOptimizer(torch.optim.Optimizer):
             core.estimate_hyper(entries[0][2], self.schedule_free), step, inplace=True, span=span,
             strides=[self._strides[i] for i, _, _ in entries])
         self._store_network_estimate(est, new)
-        self.state[SOAP_LR] = self.soap_switch.scale * float(self.state[_SETTLE_ON[self.soap_switch.settle_on][0]])
+        lr = self.soap_switch.scale * float(self.state[_SETTLE_ON[self.soap_switch.settle_on][0]])
+        if self.state[SOAP_FOLLOWS] == eigenbasis.WAITS_FOR_CLIMB:
+            if lr < self.soap_switch.follow_climb * float(self.state[SOAP_LR]):
+                return  # frozen yet: a climb this small is a fit's own under SOAP's step
+            self.state[SOAP_FOLLOWS], self.state[SOAP_CLIMBED_AT] = eigenbasis.FOLLOWS, step
+        self.state[SOAP_LR] = lr
 
     def _decay_on_plateau(self, step: int, grads: list[Tensor]) -> float:
         """``plateau_block``: the plateau decay after this step's gradient (a sample of its squared norm on
@@ -1172,9 +1187,12 @@ class GMNOptimizer(torch.optim.Optimizer):
         if self.state[SOAP_SWITCHED_AT]:
             self._load_soap_bases()
             saved = all("start" in packed[k] for k in per_param)  # a frozen switch of 0.15 on saves no estimate
-            if not (self.state[SOAP_FOLLOWS] and self.soap_switch.follow and saved):
+            follows = self.soap_switch.follows_from_switch()
+            if not (self.state[SOAP_FOLLOWS] and follows and saved):
                 self.state[SOAP_FOLLOWS] = 0  # SOAP's lr stays where the state left it (SoapSwitch.follow)
                 self._drop_estimate_buffers()  # a state saved before 0.15 holds them: not read
+            elif follows == eigenbasis.FOLLOWS:
+                self.state[SOAP_FOLLOWS] = follows  # follow=True: from now on, climbed or not
         if self.per_tensor:
             rows = self.state.get(TENSOR_DISTANCES)
             if isinstance(rows, Tensor) and tuple(rows.shape) == (len(self._params_all), 4):  # saved by 0.6 or before
