@@ -365,10 +365,10 @@ class SoapSwitch:
     switch"). It keeps the estimate's x_0 and gradient sum after the switch (freed otherwise). False (0.16, 0.17):
     frozen.
     ``follow_climb`` k: the estimate runs on after the switch as with ``follow``, SOAP's lr stays frozen until the
-    estimate has reached k times its value at the switch, and follows it from then on (``opt.soap_climbed_at``). Run on
-    after a switch, the estimate climbed 12-64x where the switch came in a plateau (the shapes CNNs that never left
-    it) and at most 3.2x elsewhere (the shapes MLPs; 1x on most tasks): docs/optim.md, "The plateau switch". None:
-    as ``follow`` says."""
+    estimate has reached k times its value at the switch, and follows it from then on (``opt.soap_climbed_at``). Under
+    ``follow`` SOAP's lr climbed 12-64x where the switch came in a plateau and at most 3.2x elsewhere; with the lr
+    frozen, though, the estimate climbs past 6x on the shapes MLPs too, and the jump ruins their fits (docs/optim.md,
+    "The plateau switch"): not the default. None: as ``follow`` says."""
 
     scale: float = 0.5
     window: int = 100
