@@ -620,7 +620,8 @@ def test_following_after_a_climb_keeps_the_frozen_lr_until_the_estimate_has_clim
     """The plateau fit of the follow test, with follow_climb=k: the estimate runs on after the switch, SOAP's lr stays
     at its value at the switch (the runs equal the frozen one step for step) until half of d first reaches k x it
     (opt.soap_climbed_at), and is half of d on every step from then on. A k the estimate never reaches is the frozen
-    run to the end, bit for bit. A state saved while waiting resumes bit for bit, climb included."""
+    run to the end, bit for bit. A state saved while waiting resumes bit for bit, climb included; loaded with follow=True it follows from then on,
+    loaded frozen it stays frozen."""
     from metaopt.optim.optimizer import DISTANCE, SOAP_FOLLOWS, SOAP_LR
     a, b, c = _rotated_problem()
 
@@ -659,3 +660,7 @@ def test_following_after_a_climb_keeps_the_frozen_lr_until_the_estimate_has_clim
     assert twin.state[SOAP_FOLLOWS] == 2
     run(model, opt, range(switch + 11, 401)), run(twin_model, twin, range(switch + 11, 401))
     assert torch.equal(model.weight, twin_model.weight) and twin.soap_climbed_at == opt.soap_climbed_at == climbed
+    for switch, follows in (({"follow": True}, 1), ({}, 0)):  # waiting, loaded with follow: follows; frozen: frozen
+        other_model, other = start(**switch)
+        other.load_state_dict(copy.deepcopy(state))
+        assert other.state[SOAP_FOLLOWS] == follows and ("start" in other.state_dict()["state"][0]) == bool(follows)
