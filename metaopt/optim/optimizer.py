@@ -1056,7 +1056,7 @@ class GMNOptimizer(torch.optim.Optimizer):
         lr = self.soap_switch.scale * float(self.state[_SETTLE_ON[self.soap_switch.settle_on][0]])
         if self.state[SOAP_FOLLOWS] == eigenbasis.WAITS_FOR_CLIMB:
             if lr < self.soap_switch.follow_climb * float(self.state[SOAP_LR]):
-                return  # frozen yet: a climb this small is a fit's own under SOAP's step
+                return  # not yet k-fold: SOAP's lr stays where the switch froze it
             self.state[SOAP_FOLLOWS], self.state[SOAP_CLIMBED_AT] = eigenbasis.FOLLOWS, step
         self.state[SOAP_LR] = lr
 
