@@ -9,4 +9,4 @@ __all__ = [
     "GMN", "GMNOutput", "PerParameterMLP",
     "GMNOptimizer", "UpdateRule",
 ]
-__version__ = "0.17.0"
+__version__ = "0.17.1"
