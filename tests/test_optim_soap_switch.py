@@ -620,8 +620,8 @@ def test_following_after_a_climb_keeps_the_frozen_lr_until_the_estimate_has_clim
     """The plateau fit of the follow test, with follow_climb=k: the estimate runs on after the switch, SOAP's lr stays
     at its value at the switch (the runs equal the frozen one step for step) until half of d first reaches k x it
     (opt.soap_climbed_at), and is half of d on every step from then on. A k the estimate never reaches is the frozen
-    run to the end, bit for bit. A state saved while waiting resumes bit for bit, climb included; loaded with follow=True it follows from then on,
-    loaded frozen it stays frozen."""
+    run to the end, bit for bit. A state saved while waiting resumes bit for bit, climb included; loaded with
+    follow=True it follows from then on, loaded frozen it stays frozen."""
     from metaopt.optim.optimizer import DISTANCE, SOAP_FOLLOWS, SOAP_LR
     a, b, c = _rotated_problem()
 

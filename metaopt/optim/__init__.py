@@ -9,7 +9,8 @@ each matrix's input side at half the settled step once it has held for 150 steps
 ``rule="lrfree_anchor"`` is 0.16's without the switch (the default of 0.11-0.15). ``rule="lrfree"``
 (``pretrained/lrfree``) is the GMN rule meta-trained in 0.5's mode (the default of 0.4; behind it over nine held-out
 seeds, docs/optim.md). ``rule="default"`` (``pretrained/default``) is the GMN rule meta-trained at a fixed lr, what
-an ``lr=`` without a rule runs; docs/optim.md gives their budgets and held-out evaluations. ``rule="adam"`` is the untrained rule (alpha = 0), with which ``GMNOptimizer``
+an ``lr=`` without a rule runs; docs/optim.md gives their budgets and held-out evaluations. ``rule="adam"`` is the
+untrained rule (alpha = 0), with which ``GMNOptimizer``
 computes exactly Adam (AdamW with weight decay), bit for bit. ``rule="lrfree_boost1"`` is 0.10's default and
 ``rule="lrfree_sf"`` the schedule-free mode; the defaults of 0.5-0.9 are no longer rule names (`RETIRED_RULES`
 gives the options that run each). ``GMNOptimizer(model, soap_switch=False)`` keeps the lr-free step throughout.

@@ -109,8 +109,8 @@ SPIKE_MAX_LEVEL = 10
 # GMNOptimizer(model) with nothing else: the shipped lr-free mode with no rule (rule="lrfree_soap_1e4", since 0.17):
 # 0.11's "lrfree_anchor" (Prodigy's estimate every 10th step in 2.4-2.7x the parameters of large models, here from d0
 # 1e-4, its growth capped once it has settled, the step halved on plateaus of the gradient norm over blocks of 500
-# steps and doubled, once, where a classifier's gradient keeps falling deep in the fit, to twice the step at the grant) until the
-# estimate has held still for 150 steps, then SOAP's step on each matrix's input side in blocks of 64 at half the
+# steps and doubled, once, where a classifier's gradient keeps falling deep in the fit, to twice the step at the
+# grant) until the estimate has held still for 150 steps, then SOAP's step on each matrix's input side in blocks of 64 at half the
 # settled step (the soap switch it records). 0.16's "lrfree_soap" started the estimate at 1e-6 and switched after 100
 # steps held. With an lr (or lr_free=False), the shipped fixed-lr GMN rule. docs/optim.md, "What GMNOptimizer(model)
 # runs (0.17)".
@@ -213,7 +213,8 @@ class GMNOptimizer(torch.optim.Optimizer):
     (``rule="adam"``, ``"lrfree_boost1"``, ``"lrfree_anchor"``, ``"lrfree_soap"``, ``"lrfree_soap_1e4"``,
     ``"lrfree_sf"``) keeps no scale: 2x, as torch Adam, and 1x less in every mode; ``GMNOptimizer(model)`` keeps 2x
     + 2x the sampled entries (4x where every tensor is under 3,072 entries, 2.4-2.7x on large models) until its
-    switch, then 2x + each matrix's input-side statistics and bases (``2 * 64 * in`` numbers a matrix of ``out x in``: 2.1x on a 1581 x 1581 layer).
+    switch, then 2x + each matrix's input-side statistics and bases (``2 * 64 * in`` numbers a matrix of ``out x in``:
+    2.1x on a 1581 x 1581 layer).
 
     The parameter graph is built once with ``metaopt.to_graph``: from ``example_inputs`` (or the
     model's ``example_inputs()``) when given, else from the model's first real forward call

@@ -28,7 +28,8 @@ STEPS = 1000
 def specs(suite: str) -> list:
     if suite == "dev":
         return [s for k in range(4) for s in dev_suite(20 + k, STEPS)]
-    return [s for s in held_out_suite(tuple(range(144, 164)), STEPS) if s.name.split("/")[0] in ("cnn_shapes", "mlp_shapes")]
+    return [s for s in held_out_suite(tuple(range(144, 164)), STEPS)
+            if s.name.split("/")[0] in ("cnn_shapes", "mlp_shapes")]
 
 
 def probe(suite: str, part: int, parts: int) -> None:
@@ -52,13 +53,14 @@ def probe(suite: str, part: int, parts: int) -> None:
             row["output_grad_at_switch"] = sum(norms[t - 10:t]) / 10 / (sum(norms[:10]) / 10)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    (HERE / f"output_gradient_probe_{suite}_{part}.json").write_text(json.dumps({"steps": STEPS, "rows": rows}, indent=1) + "\n")
+    out = HERE / f"output_gradient_probe_{suite}_{part}.json"
+    out.write_text(json.dumps({"steps": STEPS, "rows": rows}, indent=1) + "\n")
 
 
 def merge() -> None:
     rows = [r for f in sorted(HERE.glob("output_gradient_probe_*.json")) for r in json.loads(f.read_text())["rows"]]
-    lines = [f"0.17's `GMNOptimizer(model)`, {STEPS} steps (`python docs/figures/optim/window_0.17/output_gradient_probe.py`): "
-             "per task, the runs' loss at the switch over the first loss and the output gradient's norm there over its "
+    lines = [f"0.17's `GMNOptimizer(model)`, {STEPS} steps "
+             "(`python docs/figures/optim/window_0.17/output_gradient_probe.py`): per task, the runs' loss at the switch over the first loss and the output gradient's norm there over its "
              "first 10 steps' (each the mean of the 10 steps before the switch), lowest to highest; runs that did not "
              "switch left out.", "", "| task | runs | loss at switch / first | output gradient at switch / first |",
              "|---|---:|---|---|"]

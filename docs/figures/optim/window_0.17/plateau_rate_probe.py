@@ -5,7 +5,8 @@ GMNOptimizer(model) (frozen), with SoapSwitch(follow=True) and with 0.16's (rule
 thread; the seeds are split over processes by the first argument (k of n). Writes plateau_rate_probe_<k>.json; with
 --merge, plateau_rate_probe.md from them.
 
-    python docs/figures/optim/window_0.17/plateau_rate_probe.py 0 2 & python docs/figures/optim/window_0.17/plateau_rate_probe.py 1 2
+    python docs/figures/optim/window_0.17/plateau_rate_probe.py 0 2 &
+    python docs/figures/optim/window_0.17/plateau_rate_probe.py 1 2
     python docs/figures/optim/window_0.17/plateau_rate_probe.py --merge
 """
 import dataclasses
@@ -24,7 +25,7 @@ from outer_train.evaluate import run_optimizer
 torch.set_num_threads(1)
 HERE = Path(__file__).parent
 STEPS, SEEDS, TASKS = 1000, tuple(range(144, 164)), ("cnn_shapes", "mlp_shapes")
-PLATEAU = 0.75  # the loss at the switch above this fraction of the first: the switch came in (or near) the starting plateau
+PLATEAU = 0.75  # the loss at the switch above this fraction of the first: in (or near) the starting plateau
 
 
 def make(kind: str):
@@ -33,7 +34,8 @@ def make(kind: str):
             return GMNOptimizer(model, rule="lrfree_soap")
         opt = GMNOptimizer(model)
         if kind == "follow":
-            opt = GMNOptimizer(model, rule="lrfree_soap_1e4", soap_switch=dataclasses.replace(opt.soap_switch, follow=True))
+            opt = GMNOptimizer(model, rule="lrfree_soap_1e4",
+                               soap_switch=dataclasses.replace(opt.soap_switch, follow=True))
         return opt
     return build
 
@@ -71,7 +73,8 @@ def merge() -> None:
         lines += [f"**{name}**: {len(plateau)} of {len(mine)} switches in the plateau; median final loss 0.17 "
                   f"{med['0.17']:.3g}, follow {med['follow']:.3g}, 0.16 {med['0.16']:.3g}; follow 3x lower on "
                   f"{follow_better}, 3x higher on {follow_worse}.", "",
-                  "| run | switched after | loss there / first | 0.17 | follow | 0.16 |", "|---|---:|---:|---:|---:|---:|"]
+                  "| run | switched after | loss there / first | 0.17 | follow | 0.16 |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for r in mine:
             z = r["0.17"]
             lines.append(f"| {r['task']} | {z['switched_at']} | "
